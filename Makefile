@@ -1,0 +1,42 @@
+# The two commands a newcomer needs:
+#   make run    installs dependencies, builds, runs the main job on the bundled model
+#   make test   installs dependencies, builds, runs every test
+BUILD ?= build
+JOBS ?= $(shell nproc)
+MODEL ?= models/tiny-random-moe
+PROMPT ?= Once upon a time
+
+.PHONY: all deps build run test bench fuzz clean
+
+all: build
+
+deps:
+	@bash scripts/install-deps.sh
+
+$(BUILD)/build.ninja:
+	cmake -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Release
+
+build: deps $(BUILD)/build.ninja
+	cmake --build $(BUILD) -j $(JOBS)
+
+# The bundled default model is made by the build (seeded, reproducible) until
+# the trained model lands in models/tiny-moe.
+$(MODEL)/config.json: | build
+	$(BUILD)/epwa synth --preset tiny-random-moe --out $(MODEL)
+
+run: build $(MODEL)/config.json
+	@bash scripts/demo.sh $(BUILD)/epwa $(MODEL) "$(PROMPT)"
+
+test: build
+	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
+
+bench: build
+	$(BUILD)/epwa bench --out-dir $(BUILD)/bench-model
+
+fuzz: deps
+	CC=clang CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DEPWA_FUZZ=ON -DEPWA_BUILD_TESTS=OFF -DEPWA_BUILD_BENCH=OFF
+	cmake --build build-fuzz --target safetensors_fuzz
+	mkdir -p build-fuzz/corpus && ./build-fuzz/safetensors_fuzz -max_total_time=60 build-fuzz/corpus fuzz/corpus
+
+clean:
+	rm -rf $(BUILD) build-fuzz

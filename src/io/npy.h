@@ -1,0 +1,14 @@
+// Writes float32 arrays as NumPy .npy (format version 1.0), atomically.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace epwa {
+
+void WriteNpyF32(const std::string& path, const float* data, const std::vector<int64_t>& shape);
+// Reads a little-endian float32 C-order .npy file (for tests and tools).
+std::vector<float> ReadNpyF32(const std::string& path, std::vector<int64_t>* shape);
+
+}  // namespace epwa

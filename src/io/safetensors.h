@@ -1,0 +1,116 @@
+// Reading (memory-mapped, zero-copy) and writing safetensors checkpoints.
+//
+// Format: an 8-byte little-endian header length N, N bytes of JSON mapping
+// tensor names to {"dtype", "shape", "data_offsets": [begin, end]} (offsets
+// relative to the end of the header) plus an optional "__metadata__" object
+// of strings, then the raw little-endian tensor bytes.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "tensor/dtype.h"
+
+namespace epwa {
+
+// A read-only memory mapping of a whole file. Move-only; unmaps on destruction.
+class MappedFile {
+ public:
+  // Throws epwa::Error naming the path if it cannot be opened or mapped.
+  static std::shared_ptr<MappedFile> Open(const std::string& path);
+  ~MappedFile();
+  const uint8_t* data() const { return data_; }
+  size_t size() const { return size_; }
+  const std::string& path() const { return path_; }
+
+ private:
+  MappedFile() = default;
+  const uint8_t* data_ = nullptr;
+  size_t size_ = 0;
+  std::string path_;
+};
+
+struct TensorInfo {
+  std::string name;
+  DType dtype = DType::kF32;
+  std::vector<int64_t> shape;
+  uint64_t begin = 0;  // byte offsets into the data section
+  uint64_t end = 0;
+  const uint8_t* data = nullptr;  // points into the mapping; set by SafetensorsFile
+  std::string file;               // file name it came from, for messages
+
+  int64_t NumElements() const;
+  size_t NumBytes() const { return static_cast<size_t>(end - begin); }
+};
+
+// Parses and fully validates a safetensors header held in `bytes` (the whole
+// file, or at least its first 8 + N bytes when `file_size` says how long the
+// file is). Checks: the length prefix fits in the file, the JSON is well
+// formed and an object, every entry has a known dtype, a non-negative shape
+// and two offsets, shape x dtype size == end - begin, every range lies in the
+// data section, and ranges do not overlap. Throws epwa::Error naming `origin`
+// and the tensor. Returned TensorInfo::data is left null. This is the fuzzed
+// entry point: it must never read outside [bytes, bytes + size).
+std::vector<TensorInfo> ParseSafetensorsHeader(const uint8_t* bytes, size_t size,
+                                               const std::string& origin,
+                                               uint64_t* data_section_offset = nullptr);
+
+// One opened, validated safetensors file.
+class SafetensorsFile {
+ public:
+  static std::unique_ptr<SafetensorsFile> Open(const std::string& path);
+  const std::vector<TensorInfo>& tensors() const { return tensors_; }
+  const std::map<std::string, std::string>& metadata() const { return metadata_; }
+  const std::string& path() const { return file_->path(); }
+
+ private:
+  std::shared_ptr<MappedFile> file_;
+  std::vector<TensorInfo> tensors_;
+  std::map<std::string, std::string> metadata_;
+};
+
+// All tensors of a model folder: either model.safetensors, or the shards
+// listed in model.safetensors.index.json ("weight_map": name -> shard file).
+// With neither, a lone *.safetensors file in the folder is accepted.
+class TensorStore {
+ public:
+  static std::unique_ptr<TensorStore> OpenDir(const std::string& model_dir);
+
+  // nullptr when absent.
+  const TensorInfo* Find(const std::string& name) const;
+  // The tensor, checked to exist with exactly `shape`; otherwise throws
+  // epwa::Error naming the file, the tensor, and expected vs actual shape.
+  const TensorInfo& Require(const std::string& name, const std::vector<int64_t>& shape) const;
+  // Every tensor, sorted by name.
+  std::vector<const TensorInfo*> All() const;
+  // Total bytes of tensor data across shards.
+  uint64_t TotalBytes() const;
+  const std::vector<std::string>& files() const { return files_; }
+
+ private:
+  std::vector<std::unique_ptr<SafetensorsFile>> shards_;
+  std::map<std::string, const TensorInfo*> by_name_;
+  std::vector<std::string> files_;
+};
+
+// Writes a safetensors file tensor by tensor without holding the data in
+// memory: the header is computed from the declared tensors up front, then
+// each tensor's bytes are produced by a callback in declaration order. The
+// file appears atomically (written to a temporary name, then renamed), so a
+// failure never leaves a partial file behind.
+struct TensorSpec {
+  std::string name;
+  DType dtype;
+  std::vector<int64_t> shape;
+  // Fills `out` (exactly NumBytes) with the tensor's raw little-endian bytes.
+  // Called once; may be called with a chunk per row group for large tensors.
+  std::function<void(uint8_t* out, size_t nbytes)> fill;
+};
+void WriteSafetensors(const std::string& path, const std::vector<TensorSpec>& tensors,
+                      const std::map<std::string, std::string>& metadata = {});
+
+}  // namespace epwa

@@ -1,0 +1,54 @@
+// Numeric kernels on plain float arrays and weight views.
+//
+// These functions know nothing about models. Each has a scalar reference in
+// kernels/reference.h; the optimised versions (AVX-512, AVX2) are chosen once
+// at start-up from the CPU's features and are tested against the reference.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "base/thread_pool.h"
+#include "tensor/dtype.h"
+
+namespace epwa::kernels {
+
+// Instruction-set paths a kernel may be compiled for, best first.
+enum class Isa { kAvx512, kAvx2, kScalar };
+const char* IsaName(Isa isa);
+// Paths compiled into this binary that the running CPU supports.
+std::vector<Isa> SupportedIsas();
+// The path in use (the best supported one unless overridden).
+Isa ActiveIsa();
+// Forces a path, for tests and benchmarks. Throws epwa::Error if unsupported.
+void SetActiveIsa(Isa isa);
+
+// y[m, n] = sum_k x[m, k] * w[n, k]
+//   x: [M, K] float32, row-major, K == w.cols
+//   w: [N, K] in w.dtype (N == w.rows)
+//   y: [M, N] float32, row-major (overwritten)
+// M == 1 is the decode case (matrix-vector, bandwidth bound); M > 1 is
+// prefill (matrix-matrix: each weight tile is converted once and reused for
+// all M rows). Work is split over `pool` by output columns n.
+void MatMul(const float* x, int64_t M, const WeightView& w, float* y, ThreadPool& pool);
+
+// out[i] = x[i] / sqrt(mean(x^2) + eps) * weight[i]; out may alias x.
+void RmsNorm(const float* x, const float* weight, int64_t n, float eps, float* out);
+
+// In-place numerically stable softmax over n values.
+void Softmax(float* x, int64_t n);
+
+// gate[i] = silu(gate[i]) * up[i], silu(v) = v / (1 + exp(-v)).
+void SiluMul(float* gate, const float* up, int64_t n);
+
+// sum_i a[i] * b[i]
+float Dot(const float* a, const float* b, int64_t n);
+
+// y[i] += alpha * x[i]
+void Axpy(float alpha, const float* x, float* y, int64_t n);
+
+// dst[i] = float(src[i]) for n elements of `dtype` at src.
+void ConvertToF32(DType dtype, const void* src, int64_t n, float* dst);
+
+}  // namespace epwa::kernels

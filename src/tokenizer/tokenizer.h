@@ -1,0 +1,49 @@
+// Hugging Face tokenizer.json, both families used by MoE models:
+//  * SentencePiece-style BPE with byte fallback (Llama, Mistral, Mixtral):
+//    Metaspace pre-tokenizer or Prepend+Replace normalizers, "<0xNN>" byte
+//    tokens, decoders Replace/ByteFallback/Fuse/Strip or Metaspace.
+//  * Byte-level BPE with regex pre-tokenization (GPT-2, GPT-NeoX/OLMoE, Qwen,
+//    DeepSeek): ByteLevel pre-tokenizer/decoder, Split with a regex.
+// Added tokens (special or not) are matched on the raw text before the
+// normalizer and BPE, as the reference library does.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace epwa {
+
+class Tokenizer {
+ public:
+  // Throws epwa::Error naming the file and the offending field for malformed
+  // JSON, unsupported model types or components.
+  static std::unique_ptr<Tokenizer> FromFile(const std::string& path);
+  static std::unique_ptr<Tokenizer> FromJson(std::string_view json, const std::string& origin);
+  ~Tokenizer();
+
+  // add_special_tokens applies the post_processor (e.g. BOS for Mistral).
+  std::vector<int32_t> Encode(std::string_view text, bool add_special_tokens = false) const;
+  // As the reference decode(ids, skip_special_tokens). Invalid UTF-8 from byte
+  // tokens becomes U+FFFD, as in the reference. Throws on out-of-range ids.
+  std::string Decode(std::span<const int32_t> ids, bool skip_special_tokens = false) const;
+
+  // Number of ids (max id + 1 over the vocabulary and added tokens).
+  int32_t VocabSize() const;
+  // The vocabulary string of an id ("▁Hello", "<0x0A>", "Ġworld"); throws if out of range.
+  const std::string& IdToPiece(int32_t id) const;
+  std::optional<int32_t> PieceToId(std::string_view piece) const;
+  bool IsSpecial(int32_t id) const;
+
+  struct Impl;
+
+ private:
+  explicit Tokenizer(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace epwa
