@@ -17,12 +17,17 @@
 
 namespace epwa {
 
-// A read-only memory mapping of a whole file. Move-only; unmaps on destruction.
+// A read-only memory mapping of a whole file, shared through shared_ptr so
+// that every tensor view keeps it alive. Not copyable; unmaps on destruction.
+// An empty file is represented by data() == nullptr and size() == 0, because
+// mmap refuses a length of zero.
 class MappedFile {
  public:
   // Throws epwa::Error naming the path if it cannot be opened or mapped.
   static std::shared_ptr<MappedFile> Open(const std::string& path);
   ~MappedFile();
+  MappedFile(const MappedFile&) = delete;
+  MappedFile& operator=(const MappedFile&) = delete;
   const uint8_t* data() const { return data_; }
   size_t size() const { return size_; }
   const std::string& path() const { return path_; }
@@ -47,17 +52,31 @@ struct TensorInfo {
   size_t NumBytes() const { return static_cast<size_t>(end - begin); }
 };
 
-// Parses and fully validates a safetensors header held in `bytes` (the whole
-// file, or at least its first 8 + N bytes when `file_size` says how long the
-// file is). Checks: the length prefix fits in the file, the JSON is well
-// formed and an object, every entry has a known dtype, a non-negative shape
-// and two offsets, shape x dtype size == end - begin, every range lies in the
-// data section, and ranges do not overlap. Throws epwa::Error naming `origin`
-// and the tensor. Returned TensorInfo::data is left null. This is the fuzzed
-// entry point: it must never read outside [bytes, bytes + size).
+// Parses and fully validates a safetensors header held in `bytes`, which
+// must be the whole file (`size` is the file size: the data section is
+// everything after the header, and offsets are checked against it). Checks:
+// the length prefix fits in the file (and is at most 100 MB), the JSON is
+// well formed and an object, "__metadata__" (if present) is an object of
+// strings, no name appears twice, every entry has a known dtype, a shape of
+// non-negative integers and two offsets, shape x dtype size == end - begin,
+// every range lies in the data section, and ranges do not overlap. Throws
+// epwa::Error naming `origin` and the tensor. Tensors come back in data
+// offset order (file order); TensorInfo::data is left null and
+// TensorInfo::file is set to `origin`. *data_section_offset receives 8 + N.
+// This is the fuzzed entry point: it must never read outside
+// [bytes, bytes + size).
 std::vector<TensorInfo> ParseSafetensorsHeader(const uint8_t* bytes, size_t size,
                                                const std::string& origin,
                                                uint64_t* data_section_offset = nullptr);
+
+// The same as ParseSafetensorsHeader, also returning the "__metadata__"
+// strings.
+struct SafetensorsHeader {
+  std::vector<TensorInfo> tensors;
+  std::map<std::string, std::string> metadata;
+  uint64_t data_section_offset = 0;
+};
+SafetensorsHeader ParseSafetensors(const uint8_t* bytes, size_t size, const std::string& origin);
 
 // One opened, validated safetensors file.
 class SafetensorsFile {
@@ -89,28 +108,45 @@ class TensorStore {
   std::vector<const TensorInfo*> All() const;
   // Total bytes of tensor data across shards.
   uint64_t TotalBytes() const;
+  // Paths of the opened safetensors files, in the order they were opened.
   const std::vector<std::string>& files() const { return files_; }
 
  private:
+  std::string dir_;  // the model folder, for messages
   std::vector<std::unique_ptr<SafetensorsFile>> shards_;
   std::map<std::string, const TensorInfo*> by_name_;
   std::vector<std::string> files_;
 };
 
 // Writes a safetensors file tensor by tensor without holding the data in
-// memory: the header is computed from the declared tensors up front, then
-// each tensor's bytes are produced by a callback in declaration order. The
-// file appears atomically (written to a temporary name, then renamed), so a
-// failure never leaves a partial file behind.
+// memory: the header is computed from the declared tensors up front (its JSON
+// padded with spaces to a multiple of 8 bytes, as the reference
+// implementation does, so the data section starts 8-byte aligned), then the
+// tensors are laid out back to back in declaration order, each tensor's
+// bytes produced by its callback. Free space on the target folder is checked
+// first, and the file appears atomically (written to a temporary name, then
+// renamed), so a failure never leaves a partial file behind.
 struct TensorSpec {
   std::string name;
-  DType dtype;
+  DType dtype = DType::kF32;
   std::vector<int64_t> shape;
-  // Fills `out` (exactly NumBytes) with the tensor's raw little-endian bytes.
-  // Called once; may be called with a chunk per row group for large tensors.
-  std::function<void(uint8_t* out, size_t nbytes)> fill;
+  // Fills out[0, nbytes) with bytes [offset_bytes, offset_bytes + nbytes) of
+  // the tensor's raw little-endian, row-major data. Called on a buffer reused
+  // across calls, in increasing offset order, with chunks of at most about
+  // 64 MB that cover the tensor exactly once. Chunk boundaries fall on whole
+  // rows (a row is the last dimension x the dtype size; a single row larger
+  // than the chunk limit comes as one chunk). Not called for a tensor with no
+  // elements, and may then be left empty.
+  std::function<void(uint8_t* out, size_t offset_bytes, size_t nbytes)> fill;
 };
 void WriteSafetensors(const std::string& path, const std::vector<TensorSpec>& tensors,
                       const std::map<std::string, std::string>& metadata = {});
+
+// The chunk limit WriteSafetensors uses, and a variant taking another limit
+// so that tests can exercise chunking with small tensors.
+inline constexpr size_t kSafetensorsWriteChunkBytes = size_t{64} << 20;
+void WriteSafetensorsChunked(const std::string& path, const std::vector<TensorSpec>& tensors,
+                             const std::map<std::string, std::string>& metadata,
+                             size_t max_chunk_bytes);
 
 }  // namespace epwa

@@ -51,4 +51,15 @@ void Axpy(float alpha, const float* x, float* y, int64_t n);
 // dst[i] = float(src[i]) for n elements of `dtype` at src.
 void ConvertToF32(DType dtype, const void* src, int64_t n, float* dst);
 
+// Machine probes for `epwa bench` and the benchmarks, run on the active path.
+//
+// Memory read bandwidth in GB/s (1e9 bytes/s): every thread of `pool` sums its
+// share of a `bytes`-sized buffer with vector loads; best of five passes. The
+// buffer must be far larger than the caches to measure DRAM.
+double MeasureReadBandwidthGBs(ThreadPool& pool, size_t bytes = 1ull << 30);
+// Floating-point peak in GFLOP/s (an FMA counts as two operations): every
+// thread of `pool` runs independent FMA chains, enough to hide the latency,
+// on the widest vectors of the active path; best of five runs.
+double MeasureFmaPeakGflops(ThreadPool& pool);
+
 }  // namespace epwa::kernels

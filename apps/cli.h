@@ -1,0 +1,47 @@
+// Shared pieces of the epwa command-line frontends.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include "runtime/engine.h"
+
+namespace epwa::cli {
+
+using nlohmann::json;
+
+// Options every model-loading command shares.
+struct ModelFlags {
+  std::string model_dir;
+  int threads = 0;
+};
+void AddModelFlags(CLI::App* cmd, ModelFlags* flags);
+std::unique_ptr<Engine> LoadEngine(const ModelFlags& flags, bool quiet);
+
+// "1,2,3" -> {1, 2, 3}; throws epwa::Error naming `flag` on anything else.
+std::vector<int32_t> ParseIdList(const std::string& text, const std::string& flag);
+std::string ReadTextFile(const std::string& path);
+
+json LoadStatsJson(const LoadStats& s);
+void PrintLoadStats(const LoadStats& s);  // one block on stderr
+
+// Prints `j` on stdout followed by a newline. Invalid UTF-8 in strings (from
+// byte-fallback tokens) is replaced rather than throwing.
+void PrintJson(const json& j);
+
+// Registration of each subcommand: adds it to `app` and returns the function
+// that runs it after parsing (returns the process exit code).
+using Runner = std::function<int()>;
+Runner RegisterInfo(CLI::App& app);
+Runner RegisterRun(CLI::App& app);
+Runner RegisterScore(CLI::App& app);
+Runner RegisterTokenize(CLI::App& app);
+Runner RegisterSynth(CLI::App& app);
+Runner RegisterBench(CLI::App& app);
+
+}  // namespace epwa::cli

@@ -1,0 +1,162 @@
+// epwa run: generate text from a prompt, streaming tokens as they come.
+#include <cstdio>
+#include <iostream>
+#include <optional>
+
+#include "base/error.h"
+#include "cli.h"
+
+namespace epwa::cli {
+namespace {
+
+// Streams the text of generated tokens. SentencePiece decoders drop the
+// leading space of the first token and byte-fallback tokens may end in the
+// middle of a UTF-8 character, so the text is always decoded with a few
+// prompt tokens in front and only complete characters are printed.
+class TextStream {
+ public:
+  TextStream(const Tokenizer& tok, std::span<const int32_t> prompt) : tok_(tok) {
+    const size_t keep = std::min<size_t>(prompt.size(), 4);
+    ids_.assign(prompt.end() - keep, prompt.end());
+    prefix_ = tok_.Decode(ids_);
+  }
+  // Returns the newly completed text after appending `token`.
+  std::string Push(int32_t token) {
+    ids_.push_back(token);
+    std::string full = tok_.Decode(ids_);
+    if (full.compare(0, prefix_.size(), prefix_) != 0) return "";
+    std::string text = full.substr(prefix_.size());
+    // Hold back a trailing replacement character: the next byte token may
+    // complete it.
+    static const std::string kReplacement = "\xEF\xBF\xBD";
+    size_t end = text.size();
+    if (end >= 3 && text.compare(end - 3, 3, kReplacement) == 0) end -= 3;
+    if (end <= printed_) return "";
+    std::string delta = text.substr(printed_, end - printed_);
+    printed_ = end;
+    return delta;
+  }
+  std::string Flush() {
+    std::string full = tok_.Decode(ids_);
+    if (full.size() < prefix_.size() + printed_) return "";
+    std::string rest = full.substr(prefix_.size() + printed_);
+    printed_ += rest.size();
+    return rest;
+  }
+
+ private:
+  const Tokenizer& tok_;
+  std::vector<int32_t> ids_;
+  std::string prefix_;
+  size_t printed_ = 0;
+};
+
+}  // namespace
+
+Runner RegisterRun(CLI::App& app) {
+  auto* cmd = app.add_subcommand("run", "generate text from a prompt");
+  struct Flags {
+    ModelFlags model;
+    std::string prompt;
+    std::optional<int32_t> max_new_tokens;
+    std::optional<float> temperature, top_p, min_p, repeat_penalty;
+    std::optional<int32_t> top_k;
+    int32_t repeat_last_n = 64;
+    uint64_t seed = 0;
+    bool json = false;
+  };
+  auto f = std::make_shared<Flags>();
+  AddModelFlags(cmd, &f->model);
+  cmd->add_option("-p,--prompt", f->prompt, "prompt text")->required();
+  cmd->add_option("-n,--max-tokens", f->max_new_tokens, "tokens to generate (default 64)")
+      ->check(CLI::Range(0, 1 << 20));
+  cmd->add_option("--temp,--temperature", f->temperature, "sampling temperature; 0 = greedy")
+      ->check(CLI::Range(0.0f, 100.0f));
+  cmd->add_option("--top-k", f->top_k, "keep the k most likely tokens; 0 = off")
+      ->check(CLI::Range(0, 1 << 30));
+  cmd->add_option("--top-p", f->top_p, "nucleus sampling mass in (0, 1]; 1 = off")
+      ->check(CLI::Range(1e-6f, 1.0f));
+  cmd->add_option("--min-p", f->min_p, "drop tokens below min-p x the top probability; 0 = off")
+      ->check(CLI::Range(0.0f, 1.0f));
+  cmd->add_option("--repeat-penalty", f->repeat_penalty, "repetition penalty; 1 = off")
+      ->check(CLI::Range(0.01f, 100.0f));
+  cmd->add_option("--repeat-last-n", f->repeat_last_n, "tokens the repetition penalty looks back at")
+      ->check(CLI::Range(0, 1 << 20));
+  cmd->add_option("--seed", f->seed, "seed of the sampler's PRNG (xoshiro256**)");
+  cmd->add_flag("--json", f->json, "print one JSON object instead of streaming");
+
+  return [f]() {
+    auto engine = LoadEngine(f->model, /*quiet=*/false);
+    const GenerationDefaults& d = engine->defaults();
+    Require(!f->prompt.empty(), "the prompt is empty: give some text with -p");
+    GenerateOptions o;
+    o.max_new_tokens = f->max_new_tokens.value_or(64);
+    // Flags override generation_config.json, which overrides epwa's defaults.
+    SamplerParams& s = o.sampler;
+    if (d.do_sample.has_value() && !*d.do_sample) s.temperature = 0.0f;
+    else if (d.temperature) s.temperature = *d.temperature;
+    if (d.top_k) s.top_k = *d.top_k;
+    if (d.top_p) s.top_p = *d.top_p;
+    if (d.min_p) s.min_p = *d.min_p;
+    if (d.repetition_penalty) s.repeat_penalty = *d.repetition_penalty;
+    if (f->temperature) s.temperature = *f->temperature;
+    if (f->top_k) s.top_k = *f->top_k;
+    if (f->top_p) s.top_p = *f->top_p;
+    if (f->min_p) s.min_p = *f->min_p;
+    if (f->repeat_penalty) s.repeat_penalty = *f->repeat_penalty;
+    s.repeat_last_n = f->repeat_last_n;
+    s.seed = f->seed;
+
+    std::vector<int32_t> prompt = engine->EncodePrompt(f->prompt);
+    TextStream stream(engine->tokenizer(), prompt);
+    if (!f->json) {
+      std::cout << f->prompt;
+      std::cout.flush();
+      o.on_token = [&](int32_t token) {
+        std::cout << stream.Push(token);
+        std::cout.flush();
+        return true;
+      };
+    }
+    GenerateResult r = engine->Generate(prompt, o);
+    const GenerateStats& st = r.stats;
+    if (f->json) {
+      // Full text of prompt + continuation minus the prompt's own decoding,
+      // so the leading space of the first generated word is kept.
+      TextStream whole(engine->tokenizer(), prompt);
+      std::string generated;
+      for (int32_t t : r.tokens) generated += whole.Push(t);
+      generated += whole.Flush();
+      PrintJson(json{{"prompt", f->prompt},
+                     {"prompt_ids", prompt},
+                     {"text", generated},
+                     {"ids", r.tokens},
+                     {"sampler",
+                      {{"temperature", s.temperature}, {"top_k", s.top_k}, {"top_p", s.top_p},
+                       {"min_p", s.min_p}, {"repeat_penalty", s.repeat_penalty},
+                       {"repeat_last_n", s.repeat_last_n}, {"seed", s.seed}}},
+                     {"stats",
+                      {{"load", LoadStatsJson(engine->load_stats())},
+                       {"prompt_tokens", st.prompt_tokens},
+                       {"generated_tokens", st.generated_tokens},
+                       {"prefill_ms", st.prefill_ms},
+                       {"decode_ms", st.decode_ms},
+                       {"prefill_tokens_per_s", st.prefill_tokens_per_s},
+                       {"decode_tokens_per_s", st.decode_tokens_per_s},
+                       {"stop_reason", st.stop_reason},
+                       {"threads", engine->threads()}}}});
+    } else {
+      std::cout << stream.Flush() << "\n";
+      std::cout.flush();
+      std::fprintf(stderr,
+                   "generate: %lld prompt tokens at %.1f tok/s (prefill), %lld tokens at %.1f tok/s "
+                   "(decode), stop: %s, %d threads\n",
+                   (long long)st.prompt_tokens, st.prefill_tokens_per_s,
+                   (long long)st.generated_tokens, st.decode_tokens_per_s, st.stop_reason.c_str(),
+                   engine->threads());
+    }
+    return 0;
+  };
+}
+
+}  // namespace epwa::cli

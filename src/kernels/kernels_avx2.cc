@@ -1,0 +1,542 @@
+// AVX2 kernels (with FMA and F16C), for x86-64 CPUs without AVX-512.
+//
+// This file is compiled with -mavx2 -mfma -mf16c; nothing in it may run before
+// kernels.cc has checked the CPU, so everything lives in its own namespace and
+// is reached only through kAvx2Kernels. The structure mirrors
+// kernels_avx512.cc with 8-lane vectors, 16 registers and no mask registers.
+#if defined(__x86_64__) || defined(__i386__)
+
+// GCC 12 reports the deliberately undefined pass-through operands inside its
+// own intrinsic headers as uninitialised (GCC bug 105593); the headers' code
+// is correct, so the warning is silenced for them only.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+#pragma GCC diagnostic pop
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "base/aligned.h"
+#include "kernels/kernels_internal.h"
+
+namespace epwa::kernels {
+namespace avx2 {
+namespace {
+
+// A lane mask selecting the first n (0..8) of 8 lanes, for maskload/maskstore,
+// which never touch the lanes they skip.
+inline __m256i FirstLanes(int64_t n) {
+  const __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(std::min<int64_t>(n, 8))), idx);
+}
+
+inline float HorizontalSum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+inline float HorizontalMax(__m256 v) {
+  __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_max_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// ---------------------------------------------------------------------------
+// Weight loads: 8 consecutive elements of a row as 8 floats (BF16 widened and
+// shifted into the upper half, F16 through F16C). LoadPartial reads only the
+// first n elements, so a row's tail never reads past the end of the mapping.
+
+template <DType D>
+struct Weights;
+
+template <>
+struct Weights<DType::kF32> {
+  static __m256 Load(const uint8_t* row, int64_t k) {
+    return _mm256_loadu_ps(reinterpret_cast<const float*>(row) + k);
+  }
+  static __m256 LoadPartial(const uint8_t* row, int64_t k, int64_t n) {
+    return _mm256_maskload_ps(reinterpret_cast<const float*>(row) + k, FirstLanes(n));
+  }
+};
+
+template <>
+struct Weights<DType::kBF16> {
+  static __m256 Widen(__m128i h) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+  }
+  static __m256 Load(const uint8_t* row, int64_t k) {
+    return Widen(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 2 * k)));
+  }
+  static __m256 LoadPartial(const uint8_t* row, int64_t k, int64_t n) {
+    uint16_t tmp[8] = {};
+    std::memcpy(tmp, row + 2 * k, static_cast<size_t>(std::min<int64_t>(n, 8)) * 2);
+    return Widen(_mm_loadu_si128(reinterpret_cast<const __m128i*>(tmp)));
+  }
+};
+
+template <>
+struct Weights<DType::kF16> {
+  static __m256 Load(const uint8_t* row, int64_t k) {
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 2 * k)));
+  }
+  static __m256 LoadPartial(const uint8_t* row, int64_t k, int64_t n) {
+    uint16_t tmp[8] = {};
+    std::memcpy(tmp, row + 2 * k, static_cast<size_t>(std::min<int64_t>(n, 8)) * 2);
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(tmp)));
+  }
+};
+
+// ---------------------------------------------------------------------------
+// Decode (see kernels_avx512.cc): each weight element is loaded once and used
+// for all M rows of x; R rows and U-fold unrolling give R * M * U independent
+// accumulators within the 16 vector registers.
+
+template <DType D, int M, int R, int U>
+void MatVecRows(const float* x, int64_t K, const WeightView& w, float* y, int64_t N, int64_t n) {
+  const uint8_t* rows[R];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) rows[r] = w.Row(n + r);
+  __m256 acc[U][R][M];
+#pragma GCC unroll 8
+  for (int u = 0; u < U; ++u)
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+      for (int m = 0; m < M; ++m) acc[u][r][m] = _mm256_setzero_ps();
+
+  int64_t k = 0;
+  for (; k + 8 * U <= K; k += 8 * U) {
+#pragma GCC unroll 8
+    for (int u = 0; u < U; ++u) {
+      __m256 xv[M];
+#pragma GCC unroll 8
+      for (int m = 0; m < M; ++m) xv[m] = _mm256_loadu_ps(x + m * K + k + 8 * u);
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) {
+        const __m256 wv = Weights<D>::Load(rows[r], k + 8 * u);
+#pragma GCC unroll 8
+        for (int m = 0; m < M; ++m) acc[u][r][m] = _mm256_fmadd_ps(wv, xv[m], acc[u][r][m]);
+      }
+    }
+  }
+  for (; k < K; k += 8) {
+    const __m256i mask = FirstLanes(K - k);
+    __m256 xv[M];
+#pragma GCC unroll 8
+    for (int m = 0; m < M; ++m) xv[m] = _mm256_maskload_ps(x + m * K + k, mask);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const __m256 wv = Weights<D>::LoadPartial(rows[r], k, K - k);
+#pragma GCC unroll 8
+      for (int m = 0; m < M; ++m) acc[0][r][m] = _mm256_fmadd_ps(wv, xv[m], acc[0][r][m]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 8
+    for (int m = 0; m < M; ++m) {
+      __m256 sum = acc[0][r][m];
+#pragma GCC unroll 8
+      for (int u = 1; u < U; ++u) sum = _mm256_add_ps(sum, acc[u][r][m]);
+      y[m * N + n + r] = HorizontalSum(sum);
+    }
+  }
+}
+
+template <DType D, int M>
+void MatVecRange(const float* x, int64_t K, const WeightView& w, float* y, int64_t n0, int64_t n1) {
+  constexpr int kRows = M <= 2 ? 4 : 2;
+  constexpr int kUnroll = M == 1 ? 2 : 1;
+  int64_t n = n0;
+  for (; n + kRows <= n1; n += kRows) MatVecRows<D, M, kRows, kUnroll>(x, K, w, y, w.rows, n);
+  for (; n < n1; ++n) MatVecRows<D, M, 1, 2>(x, K, w, y, w.rows, n);
+}
+
+template <DType D>
+void Decode(const float* x, int64_t M, const WeightView& w, float* y, ThreadPool& pool) {
+  const int64_t K = w.cols;
+  pool.ParallelFor(w.rows, 4, [&](int64_t n0, int64_t n1) {
+    switch (M) {
+      case 1: MatVecRange<D, 1>(x, K, w, y, n0, n1); break;
+      case 2: MatVecRange<D, 2>(x, K, w, y, n0, n1); break;
+      case 3: MatVecRange<D, 3>(x, K, w, y, n0, n1); break;
+      default: MatVecRange<D, 4>(x, K, w, y, n0, n1); break;
+    }
+  });
+}
+static_assert(internal::kMaxDecodeRows == 4, "Decode has one instantiation per row count.");
+
+// ---------------------------------------------------------------------------
+// Prefill (see kernels_avx512.cc): packed, transposed float panels of W reused
+// for all rows of x; register tile kMr = 6 rows by kNr = 16 columns (12
+// accumulators, 2 panel vectors and a broadcast: 15 of 16 registers).
+
+constexpr int kMr = 6;
+constexpr int kNr = 16;
+constexpr int kKb = 256;  // A kMr x kKb slice of x is 6 KiB (L1).
+constexpr int kNb = 256;  // kKb x kNb floats are 256 KiB (L2).
+constexpr int kMc = 240;  // Rows of x packed at once; bounds the packed-x buffer.
+static_assert(kNb % kNr == 0 && kMc % kMr == 0);
+
+// In-place transpose of an 8x8 float block: afterwards r[j] holds column j.
+inline void Transpose8x8(__m256 r[8]) {
+  const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+  const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+  const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+  const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+  const __m256 s0 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0));
+  const __m256 s1 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2));
+  const __m256 s2 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0));
+  const __m256 s3 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2));
+  const __m256 s4 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(1, 0, 1, 0));
+  const __m256 s5 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(3, 2, 3, 2));
+  const __m256 s6 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(1, 0, 1, 0));
+  const __m256 s7 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(3, 2, 3, 2));
+  r[0] = _mm256_permute2f128_ps(s0, s4, 0x20);
+  r[1] = _mm256_permute2f128_ps(s1, s5, 0x20);
+  r[2] = _mm256_permute2f128_ps(s2, s6, 0x20);
+  r[3] = _mm256_permute2f128_ps(s3, s7, 0x20);
+  r[4] = _mm256_permute2f128_ps(s0, s4, 0x31);
+  r[5] = _mm256_permute2f128_ps(s1, s5, 0x31);
+  r[6] = _mm256_permute2f128_ps(s2, s6, 0x31);
+  r[7] = _mm256_permute2f128_ps(s3, s7, 0x31);
+}
+
+// out[j * kNr + i] = w[r0 + i, k0 + j] for i < 8, j < nk; rows at or beyond
+// `nrows` read as zero.
+template <DType D>
+inline void PackBlock8(const WeightView& w, int64_t r0, int nrows, int64_t k0, int nk, float* out) {
+  __m256 r[8];
+  if (nrows == 8 && nk == 8) {
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; ++i) r[i] = Weights<D>::Load(w.Row(r0 + i), k0);
+    Transpose8x8(r);
+#pragma GCC unroll 8
+    for (int j = 0; j < 8; ++j) _mm256_store_ps(out + j * kNr, r[j]);
+    return;
+  }
+  for (int i = 0; i < 8; ++i) {
+    r[i] = i < nrows ? Weights<D>::LoadPartial(w.Row(r0 + i), k0, nk) : _mm256_setzero_ps();
+  }
+  Transpose8x8(r);
+  for (int j = 0; j < nk; ++j) _mm256_store_ps(out + j * kNr, r[j]);
+}
+
+// Packs W[n0 : n0 + ncols, k0 : k0 + kb] as ceil(ncols / 16) strips, each
+// [kb][16] floats, zero-padding the columns beyond ncols.
+template <DType D>
+void PackWeights(const WeightView& w, int64_t n0, int64_t ncols, int64_t k0, int64_t kb,
+                 float* out) {
+  for (int64_t s = 0; s * kNr < ncols; ++s) {
+    float* strip = out + s * kb * kNr;  // [kb, kNr]
+    for (int h = 0; h < 2; ++h) {
+      const int64_t first = s * kNr + h * 8;
+      const int nrows = static_cast<int>(std::clamp<int64_t>(ncols - first, 0, 8));
+      if (nrows == 0) {
+        for (int64_t k = 0; k < kb; ++k) _mm256_store_ps(strip + k * kNr + h * 8, _mm256_setzero_ps());
+        continue;
+      }
+      for (int64_t k = 0; k < kb; k += 8) {
+        PackBlock8<D>(w, n0 + first, nrows, k0 + k, static_cast<int>(std::min<int64_t>(8, kb - k)),
+                      strip + k * kNr + h * 8);
+      }
+    }
+  }
+}
+
+// Packs `rows` rows of x (row stride K) as [K][kMr], zero-padded.
+void PackX(const float* x, int64_t K, int64_t rows, float* out) {
+  for (int64_t k = 0; k < K; ++k) {
+    for (int i = 0; i < kMr; ++i) out[k * kMr + i] = i < rows ? x[i * K + k] : 0.f;
+  }
+}
+
+// y[0:MR, 0:16] (+)= xp[kb][kMr] (first MR columns) * bp[kb][16]; only the
+// first `cols` columns are stored.
+template <int MR>
+void MicroKernel(const float* xp, const float* bp, int64_t kb, float* y, int64_t ldy, int64_t cols,
+                 bool accumulate) {
+  __m256 c0[MR], c1[MR];
+#pragma GCC unroll 8
+  for (int m = 0; m < MR; ++m) c0[m] = c1[m] = _mm256_setzero_ps();
+  for (int64_t k = 0; k < kb; ++k) {
+    const __m256 b0 = _mm256_load_ps(bp);
+    const __m256 b1 = _mm256_load_ps(bp + 8);
+#pragma GCC unroll 8
+    for (int m = 0; m < MR; ++m) {
+      const __m256 a = _mm256_broadcast_ss(xp + m);
+      c0[m] = _mm256_fmadd_ps(a, b0, c0[m]);
+      c1[m] = _mm256_fmadd_ps(a, b1, c1[m]);
+    }
+    xp += kMr;
+    bp += kNr;
+  }
+  if (cols >= kNr) {
+#pragma GCC unroll 8
+    for (int m = 0; m < MR; ++m) {
+      float* row = y + m * ldy;
+      if (accumulate) {
+        c0[m] = _mm256_add_ps(c0[m], _mm256_loadu_ps(row));
+        c1[m] = _mm256_add_ps(c1[m], _mm256_loadu_ps(row + 8));
+      }
+      _mm256_storeu_ps(row, c0[m]);
+      _mm256_storeu_ps(row + 8, c1[m]);
+    }
+    return;
+  }
+  const __m256i mask0 = FirstLanes(cols), mask1 = FirstLanes(std::max<int64_t>(cols - 8, 0));
+#pragma GCC unroll 8
+  for (int m = 0; m < MR; ++m) {
+    float* row = y + m * ldy;
+    if (accumulate) {
+      c0[m] = _mm256_add_ps(c0[m], _mm256_maskload_ps(row, mask0));
+      c1[m] = _mm256_add_ps(c1[m], _mm256_maskload_ps(row + 8, mask1));
+    }
+    _mm256_maskstore_ps(row, mask0, c0[m]);
+    _mm256_maskstore_ps(row + 8, mask1, c1[m]);
+  }
+}
+
+using MicroKernelFn = void (*)(const float*, const float*, int64_t, float*, int64_t, int64_t, bool);
+constexpr MicroKernelFn kMicroKernels[kMr + 1] = {
+    nullptr, MicroKernel<1>, MicroKernel<2>, MicroKernel<3>, MicroKernel<4>, MicroKernel<5>, MicroKernel<6>,
+};
+
+template <DType D>
+void PrefillRange(const float* xp, int64_t mc, const WeightView& w, float* y, int64_t n_begin,
+                  int64_t n_end) {
+  const int64_t N = w.rows;
+  const int64_t K = w.cols;
+  thread_local AlignedBuffer<float> panel(static_cast<size_t>(kKb) * kNb);  // [kNb / kNr][kKb][kNr]
+  for (int64_t nb = n_begin; nb < n_end; nb += kNb) {
+    const int64_t ncols = std::min<int64_t>(kNb, n_end - nb);
+    for (int64_t k0 = 0; k0 < K; k0 += kKb) {
+      const int64_t kb = std::min<int64_t>(kKb, K - k0);
+      PackWeights<D>(w, nb, ncols, k0, kb, panel.data());
+      for (int64_t m0 = 0; m0 < mc; m0 += kMr) {
+        const int mr = static_cast<int>(std::min<int64_t>(kMr, mc - m0));
+        const float* xtile = xp + m0 * K + k0 * kMr;  // [kb][kMr]
+        for (int64_t s = 0; s * kNr < ncols; ++s) {
+          kMicroKernels[mr](xtile, panel.data() + s * kb * kNr, kb, y + m0 * N + nb + s * kNr, N,
+                            ncols - s * kNr, k0 > 0);
+        }
+      }
+    }
+  }
+}
+
+template <DType D>
+void Prefill(const float* x, int64_t M, const WeightView& w, float* y, ThreadPool& pool) {
+  const int64_t N = w.rows;
+  const int64_t K = w.cols;
+  thread_local AlignedBuffer<float> packed_x;  // [kMc / kMr][K][kMr]
+  const size_t need = static_cast<size_t>(kMc) * K;
+  if (packed_x.size() < need) packed_x.Resize(need);
+  // The workers must see this thread's buffer, not their own thread_local.
+  float* xp = packed_x.data();
+  for (int64_t m0 = 0; m0 < M; m0 += kMc) {
+    const int64_t mc = std::min<int64_t>(kMc, M - m0);
+    const int64_t tiles = (mc + kMr - 1) / kMr;
+    pool.ParallelFor(tiles, 1, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) {
+        PackX(x + (m0 + t * kMr) * K, K, std::min<int64_t>(kMr, mc - t * kMr), xp + t * K * kMr);
+      }
+    });
+    pool.ParallelFor(N, kNr, [&](int64_t n0, int64_t n1) {
+      PrefillRange<D>(xp, mc, w, y + m0 * N, n0, n1);
+    });
+  }
+}
+
+template <DType D>
+void MatMulTyped(const float* x, int64_t M, const WeightView& w, float* y, ThreadPool& pool) {
+  if (M <= internal::kMaxDecodeRows) {
+    Decode<D>(x, M, w, y, pool);
+  } else {
+    Prefill<D>(x, M, w, y, pool);
+  }
+}
+
+void MatMul(const float* x, int64_t M, const WeightView& w, float* y, ThreadPool& pool) {
+  switch (w.dtype) {
+    case DType::kF32: return MatMulTyped<DType::kF32>(x, M, w, y, pool);
+    case DType::kF16: return MatMulTyped<DType::kF16>(x, M, w, y, pool);
+    case DType::kBF16: return MatMulTyped<DType::kBF16>(x, M, w, y, pool);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Element-wise kernels.
+
+// exp(x) for 8 lanes; the same Cephes scheme and edge behaviour as the
+// AVX-512 Exp: flush to zero below the smallest normal float, saturate above
+// 88.37, propagate NaN.
+inline __m256 Exp(__m256 x) {
+  const __m256 lo = _mm256_set1_ps(-87.33654f);
+  const __m256 tiny = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
+  x = _mm256_min_ps(_mm256_set1_ps(88.3762626647949f), _mm256_max_ps(lo, x));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+  p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+  const __m256i bits = _mm256_slli_epi32(
+      _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_andnot_ps(tiny, _mm256_mul_ps(p, _mm256_castsi256_ps(bits)));
+}
+
+float Dot(const float* a, const float* b, int64_t n) {
+  __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+    s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
+    s2 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 16), _mm256_loadu_ps(b + i + 16), s2);
+    s3 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 24), _mm256_loadu_ps(b + i + 24), s3);
+  }
+  for (; i < n; i += 8) {
+    const __m256i mask = FirstLanes(n - i);
+    s0 = _mm256_fmadd_ps(_mm256_maskload_ps(a + i, mask), _mm256_maskload_ps(b + i, mask), s0);
+  }
+  return HorizontalSum(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
+}
+
+void RmsNorm(const float* x, const float* weight, int64_t n, float eps, float* out) {
+  const float mean_sq = Dot(x, x, n) / static_cast<float>(n);
+  const __m256 inv = _mm256_set1_ps(1.0f / std::sqrt(mean_sq + eps));
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 v = _mm256_mul_ps(_mm256_loadu_ps(x + i), inv);
+    _mm256_storeu_ps(out + i, _mm256_mul_ps(v, _mm256_loadu_ps(weight + i)));
+  }
+  if (i < n) {
+    const __m256i mask = FirstLanes(n - i);
+    const __m256 v = _mm256_mul_ps(_mm256_maskload_ps(x + i, mask), inv);
+    _mm256_maskstore_ps(out + i, mask, _mm256_mul_ps(v, _mm256_maskload_ps(weight + i, mask)));
+  }
+}
+
+void Softmax(float* x, int64_t n) {
+  const __m256 neg_inf = _mm256_set1_ps(-INFINITY);
+  __m256 max_v = neg_inf;
+  for (int64_t i = 0; i < n; i += 8) {
+    const __m256i mask = FirstLanes(n - i);
+    const __m256 v = _mm256_blendv_ps(neg_inf, _mm256_maskload_ps(x + i, mask), _mm256_castsi256_ps(mask));
+    max_v = _mm256_max_ps(max_v, v);
+  }
+  const __m256 max_b = _mm256_set1_ps(HorizontalMax(max_v));
+  __m256 sum = _mm256_setzero_ps();
+  for (int64_t i = 0; i < n; i += 8) {
+    const __m256i mask = FirstLanes(n - i);
+    const __m256 e = _mm256_and_ps(Exp(_mm256_sub_ps(_mm256_maskload_ps(x + i, mask), max_b)),
+                                   _mm256_castsi256_ps(mask));
+    sum = _mm256_add_ps(sum, e);
+    _mm256_maskstore_ps(x + i, mask, e);
+  }
+  const __m256 inv = _mm256_set1_ps(1.0f / HorizontalSum(sum));
+  for (int64_t i = 0; i < n; i += 8) {
+    const __m256i mask = FirstLanes(n - i);
+    _mm256_maskstore_ps(x + i, mask, _mm256_mul_ps(_mm256_maskload_ps(x + i, mask), inv));
+  }
+}
+
+void SiluMul(float* gate, const float* up, int64_t n) {
+  const __m256 one = _mm256_set1_ps(1.0f);
+  for (int64_t i = 0; i < n; i += 8) {
+    const __m256i mask = FirstLanes(n - i);
+    const __m256 g = _mm256_maskload_ps(gate + i, mask);
+    const __m256 e = Exp(_mm256_sub_ps(_mm256_setzero_ps(), g));
+    const __m256 silu = _mm256_div_ps(g, _mm256_add_ps(one, e));
+    _mm256_maskstore_ps(gate + i, mask, _mm256_mul_ps(silu, _mm256_maskload_ps(up + i, mask)));
+  }
+}
+
+void Axpy(float alpha, const float* x, float* y, int64_t n) {
+  const __m256 a = _mm256_set1_ps(alpha);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    _mm256_storeu_ps(y + i, _mm256_fmadd_ps(a, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+  }
+  if (i < n) {
+    const __m256i mask = FirstLanes(n - i);
+    const __m256 v = _mm256_fmadd_ps(a, _mm256_maskload_ps(x + i, mask), _mm256_maskload_ps(y + i, mask));
+    _mm256_maskstore_ps(y + i, mask, v);
+  }
+}
+
+template <DType D>
+void ConvertTyped(const void* src, int64_t n, float* dst) {
+  const auto* p = static_cast<const uint8_t*>(src);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, Weights<D>::Load(p, i));
+  if (i < n) _mm256_maskstore_ps(dst + i, FirstLanes(n - i), Weights<D>::LoadPartial(p, i, n - i));
+}
+
+void ConvertToF32(DType dtype, const void* src, int64_t n, float* dst) {
+  switch (dtype) {
+    case DType::kF32: return ConvertTyped<DType::kF32>(src, n, dst);
+    case DType::kF16: return ConvertTyped<DType::kF16>(src, n, dst);
+    case DType::kBF16: return ConvertTyped<DType::kBF16>(src, n, dst);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Machine probes.
+
+float SumFloats(const float* p, int64_t n) {
+  __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    s0 = _mm256_add_ps(s0, _mm256_loadu_ps(p + i));
+    s1 = _mm256_add_ps(s1, _mm256_loadu_ps(p + i + 8));
+    s2 = _mm256_add_ps(s2, _mm256_loadu_ps(p + i + 16));
+    s3 = _mm256_add_ps(s3, _mm256_loadu_ps(p + i + 24));
+  }
+  for (; i < n; i += 8) s0 = _mm256_add_ps(s0, _mm256_maskload_ps(p + i, FirstLanes(n - i)));
+  return HorizontalSum(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
+}
+
+// Ten independent chains: the FMA latency (4 cycles) times two FMA pipes,
+// with a margin, in 16 registers.
+double FmaChains(int64_t iterations) {
+  constexpr int kChains = 10;
+  __m256 acc[kChains];
+  for (int i = 0; i < kChains; ++i) acc[i] = _mm256_set1_ps(static_cast<float>(i));
+  const __m256 a = _mm256_set1_ps(0.999999f), b = _mm256_set1_ps(1e-7f);
+  for (int64_t it = 0; it < iterations; ++it) {
+#pragma GCC unroll 16
+    for (int i = 0; i < kChains; ++i) acc[i] = _mm256_fmadd_ps(acc[i], a, b);
+  }
+  __m256 sum = acc[0];
+  for (int i = 1; i < kChains; ++i) sum = _mm256_add_ps(sum, acc[i]);
+  volatile float sink = HorizontalSum(sum);
+  (void)sink;
+  return static_cast<double>(iterations) * kChains * 8 * 2;
+}
+
+}  // namespace
+}  // namespace avx2
+
+namespace internal {
+
+const IsaKernels kAvx2Kernels = {
+    avx2::MatMul, avx2::RmsNorm, avx2::Softmax,      avx2::SiluMul,   avx2::Dot,
+    avx2::Axpy,   avx2::ConvertToF32, avx2::SumFloats, avx2::FmaChains,
+};
+
+}  // namespace internal
+}  // namespace epwa::kernels
+
+#endif  // x86

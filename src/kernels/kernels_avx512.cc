@@ -1,0 +1,531 @@
+// AVX-512 kernels (F, BW, VL, DQ with FMA and F16C).
+//
+// This file is compiled with -mavx512* flags; nothing in it may run before
+// kernels.cc has checked the CPU, so everything lives in its own namespace and
+// is reached only through kAvx512Kernels.
+#if defined(__x86_64__) || defined(__i386__)
+
+// GCC 12 reports the deliberately undefined pass-through operands inside its
+// own intrinsic headers as uninitialised (GCC bug 105593); the headers' code
+// is correct, so the warning is silenced for them only.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+#pragma GCC diagnostic pop
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "base/aligned.h"
+#include "kernels/kernels_internal.h"
+
+namespace epwa::kernels {
+namespace avx512 {
+namespace {
+
+// ---------------------------------------------------------------------------
+// Weight loads: 16 consecutive elements of a row as 16 floats. BF16 is the
+// upper half of an F32, so widening to 32 bits and shifting left by 16 is an
+// exact conversion; F16 goes through the F16C instruction.
+
+template <DType D>
+struct Weights;
+
+template <>
+struct Weights<DType::kF32> {
+  static __m512 Load(const uint8_t* row, int64_t k) {
+    return _mm512_loadu_ps(reinterpret_cast<const float*>(row) + k);
+  }
+  static __m512 LoadMasked(const uint8_t* row, int64_t k, __mmask16 mask) {
+    return _mm512_maskz_loadu_ps(mask, reinterpret_cast<const float*>(row) + k);
+  }
+};
+
+template <>
+struct Weights<DType::kBF16> {
+  static __m512 Widen(__m256i h) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+  }
+  static __m512 Load(const uint8_t* row, int64_t k) {
+    return Widen(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + 2 * k)));
+  }
+  static __m512 LoadMasked(const uint8_t* row, int64_t k, __mmask16 mask) {
+    return Widen(_mm256_maskz_loadu_epi16(mask, row + 2 * k));
+  }
+};
+
+template <>
+struct Weights<DType::kF16> {
+  static __m512 Load(const uint8_t* row, int64_t k) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + 2 * k)));
+  }
+  static __m512 LoadMasked(const uint8_t* row, int64_t k, __mmask16 mask) {
+    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, row + 2 * k));
+  }
+};
+
+// The first `n` lanes (n <= 16) of a vector.
+inline __mmask16 FirstLanes(int64_t n) {
+  return n >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << n) - 1u);
+}
+
+// ---------------------------------------------------------------------------
+// Decode: y[m, n] for a handful of rows of x. The kernel is bound by how fast
+// weights stream from DRAM, so each weight element is loaded exactly once and
+// used for all M rows of x while it is in a register. R weight rows are
+// processed together (with U-fold unrolling along k) so that there are enough
+// independent accumulators to keep the FMA latency off the critical path.
+
+template <DType D, int M, int R, int U>
+void MatVecRows(const float* x, int64_t K, const WeightView& w, float* y, int64_t N, int64_t n) {
+  const uint8_t* rows[R];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) rows[r] = w.Row(n + r);
+  __m512 acc[U][R][M];
+#pragma GCC unroll 8
+  for (int u = 0; u < U; ++u)
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+      for (int m = 0; m < M; ++m) acc[u][r][m] = _mm512_setzero_ps();
+
+  int64_t k = 0;
+  for (; k + 16 * U <= K; k += 16 * U) {
+#pragma GCC unroll 8
+    for (int u = 0; u < U; ++u) {
+      __m512 xv[M];
+#pragma GCC unroll 8
+      for (int m = 0; m < M; ++m) xv[m] = _mm512_loadu_ps(x + m * K + k + 16 * u);
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) {
+        const __m512 wv = Weights<D>::Load(rows[r], k + 16 * u);
+#pragma GCC unroll 8
+        for (int m = 0; m < M; ++m) acc[u][r][m] = _mm512_fmadd_ps(wv, xv[m], acc[u][r][m]);
+      }
+    }
+  }
+  // Masked loads never touch the lanes they skip, so the tail reads nothing
+  // past the end of a row (which may be the end of the mapped file).
+  for (; k < K; k += 16) {
+    const __mmask16 mask = FirstLanes(K - k);
+    __m512 xv[M];
+#pragma GCC unroll 8
+    for (int m = 0; m < M; ++m) xv[m] = _mm512_maskz_loadu_ps(mask, x + m * K + k);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const __m512 wv = Weights<D>::LoadMasked(rows[r], k, mask);
+#pragma GCC unroll 8
+      for (int m = 0; m < M; ++m) acc[0][r][m] = _mm512_fmadd_ps(wv, xv[m], acc[0][r][m]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 8
+    for (int m = 0; m < M; ++m) {
+      __m512 sum = acc[0][r][m];
+#pragma GCC unroll 8
+      for (int u = 1; u < U; ++u) sum = _mm512_add_ps(sum, acc[u][r][m]);
+      y[m * N + n + r] = _mm512_reduce_add_ps(sum);
+    }
+  }
+}
+
+// Rows processed together per x row count: enough accumulators (R * M * U)
+// to cover the 4-cycle FMA latency, few enough to stay in 32 registers.
+template <DType D, int M>
+void MatVecRange(const float* x, int64_t K, const WeightView& w, float* y, int64_t n0, int64_t n1) {
+  constexpr int kRows = 4;
+  constexpr int kUnroll = M == 1 ? 2 : 1;
+  int64_t n = n0;
+  for (; n + kRows <= n1; n += kRows) MatVecRows<D, M, kRows, kUnroll>(x, K, w, y, w.rows, n);
+  for (; n < n1; ++n) MatVecRows<D, M, 1, 2>(x, K, w, y, w.rows, n);
+}
+
+template <DType D>
+void Decode(const float* x, int64_t M, const WeightView& w, float* y, ThreadPool& pool) {
+  const int64_t K = w.cols;
+  pool.ParallelFor(w.rows, 4, [&](int64_t n0, int64_t n1) {
+    switch (M) {
+      case 1: MatVecRange<D, 1>(x, K, w, y, n0, n1); break;
+      case 2: MatVecRange<D, 2>(x, K, w, y, n0, n1); break;
+      case 3: MatVecRange<D, 3>(x, K, w, y, n0, n1); break;
+      default: MatVecRange<D, 4>(x, K, w, y, n0, n1); break;
+    }
+  });
+}
+static_assert(internal::kMaxDecodeRows == 4, "Decode has one instantiation per row count.");
+
+// ---------------------------------------------------------------------------
+// Prefill: a blocked matrix product. y = x * W^T is computed as C = A * B with
+// A = x [M, K] and B = W^T [K, N]. A panel of W (kNb output columns by kKb
+// input features) is converted to float and transposed once into a
+// thread-local buffer, then reused by every row of x; the register tile is
+// kMr rows of x by kNr = 32 output columns (two vectors), i.e. 16 independent
+// accumulators per k step for 2 vector loads and kMr broadcasts.
+
+constexpr int kMr = 8;      // Rows of x per register tile.
+constexpr int kNr = 32;     // Output columns per register tile.
+constexpr int kKb = 256;    // Input features per panel: a kMr x kKb slice of x is 8 KiB (L1).
+constexpr int kNb = 256;    // Output columns per panel: kKb x kNb floats are 256 KiB (L2).
+constexpr int kMc = 256;    // Rows of x packed at once; bounds the packed-x buffer.
+static_assert(kNb % kNr == 0 && kMc % kMr == 0);
+
+// In-place transpose of a 16x16 float block held in 16 registers: after it,
+// r[j] holds what was column j.
+inline void Transpose16x16(__m512 r[16]) {
+  __m512 t[16];
+#pragma GCC unroll 16
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  // Within each 128-bit lane, r[4i + j] now gathers element j of rows 4i..4i+3.
+#pragma GCC unroll 16
+  for (int i = 0; i < 4; ++i) {
+    const __m512d a = _mm512_castps_pd(t[4 * i]), b = _mm512_castps_pd(t[4 * i + 2]);
+    const __m512d c = _mm512_castps_pd(t[4 * i + 1]), d = _mm512_castps_pd(t[4 * i + 3]);
+    r[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, b));
+    r[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, b));
+    r[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(c, d));
+    r[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(c, d));
+  }
+  // Then move whole 128-bit lanes: lane L of r[4i + j] is column 4L + j of
+  // rows 4i..4i+3, and two rounds of lane shuffles put the four row groups
+  // of one column side by side.
+#pragma GCC unroll 16
+  for (int j = 0; j < 4; ++j) {
+    t[j] = _mm512_shuffle_f32x4(r[j], r[4 + j], 0x88);
+    t[4 + j] = _mm512_shuffle_f32x4(r[j], r[4 + j], 0xdd);
+    t[8 + j] = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0x88);
+    t[12 + j] = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0xdd);
+  }
+#pragma GCC unroll 16
+  for (int j = 0; j < 4; ++j) {
+    r[j] = _mm512_shuffle_f32x4(t[j], t[8 + j], 0x88);
+    r[8 + j] = _mm512_shuffle_f32x4(t[j], t[8 + j], 0xdd);
+    r[4 + j] = _mm512_shuffle_f32x4(t[4 + j], t[12 + j], 0x88);
+    r[12 + j] = _mm512_shuffle_f32x4(t[4 + j], t[12 + j], 0xdd);
+  }
+}
+
+// out[j * 32 + i] = w[r0 + i, k0 + j] for i < 16, j < nk, with rows at or
+// beyond `nrows` (the end of the matrix) read as zero.
+template <DType D>
+inline void PackBlock16(const WeightView& w, int64_t r0, int nrows, int64_t k0, int nk, float* out) {
+  __m512 r[16];
+  if (nrows == 16 && nk == 16) {
+#pragma GCC unroll 16
+    for (int i = 0; i < 16; ++i) r[i] = Weights<D>::Load(w.Row(r0 + i), k0);
+    Transpose16x16(r);
+#pragma GCC unroll 16
+    for (int j = 0; j < 16; ++j) _mm512_store_ps(out + j * kNr, r[j]);
+    return;
+  }
+  const __mmask16 mask = FirstLanes(nk);
+  for (int i = 0; i < 16; ++i) {
+    r[i] = i < nrows ? Weights<D>::LoadMasked(w.Row(r0 + i), k0, mask) : _mm512_setzero_ps();
+  }
+  Transpose16x16(r);
+  for (int j = 0; j < nk; ++j) _mm512_store_ps(out + j * kNr, r[j]);
+}
+
+// Packs W[n0 : n0 + ncols, k0 : k0 + kb] as ceil(ncols / 32) strips, each
+// [kb][32] floats, zero-padding the columns beyond ncols.
+template <DType D>
+void PackWeights(const WeightView& w, int64_t n0, int64_t ncols, int64_t k0, int64_t kb,
+                 float* out) {
+  for (int64_t s = 0; s * kNr < ncols; ++s) {
+    float* strip = out + s * kb * kNr;  // [kb, kNr]
+    for (int h = 0; h < 2; ++h) {
+      const int64_t first = s * kNr + h * 16;
+      const int nrows = static_cast<int>(std::clamp<int64_t>(ncols - first, 0, 16));
+      if (nrows == 0) {
+        for (int64_t k = 0; k < kb; ++k) _mm512_store_ps(strip + k * kNr + h * 16, _mm512_setzero_ps());
+        continue;
+      }
+      for (int64_t k = 0; k < kb; k += 16) {
+        PackBlock16<D>(w, n0 + first, nrows, k0 + k, static_cast<int>(std::min<int64_t>(16, kb - k)),
+                       strip + k * kNr + h * 16);
+      }
+    }
+  }
+}
+
+// Packs rows [m0, m0 + rows) of x (row stride K) as [K][kMr], zero-padding
+// the rows beyond `rows`, so that the micro-kernel broadcasts from one
+// sequential stream.
+void PackX(const float* x, int64_t K, int64_t rows, float* out) {
+  for (int64_t k = 0; k < K; ++k) {
+    for (int i = 0; i < kMr; ++i) out[k * kMr + i] = i < rows ? x[i * K + k] : 0.f;
+  }
+}
+
+// y[0:MR, 0:32] (+)= xp[kb][kMr] (first MR columns) * bp[kb][32], storing the
+// columns selected by the two masks.
+template <int MR>
+void MicroKernel(const float* xp, const float* bp, int64_t kb, float* y, int64_t ldy,
+                 __mmask16 mask0, __mmask16 mask1, bool accumulate) {
+  __m512 c0[MR], c1[MR];
+#pragma GCC unroll 16
+  for (int m = 0; m < MR; ++m) c0[m] = c1[m] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < kb; ++k) {
+    const __m512 b0 = _mm512_load_ps(bp);
+    const __m512 b1 = _mm512_load_ps(bp + 16);
+#pragma GCC unroll 16
+    for (int m = 0; m < MR; ++m) {
+      const __m512 a = _mm512_set1_ps(xp[m]);
+      c0[m] = _mm512_fmadd_ps(a, b0, c0[m]);
+      c1[m] = _mm512_fmadd_ps(a, b1, c1[m]);
+    }
+    xp += kMr;
+    bp += kNr;
+  }
+#pragma GCC unroll 16
+  for (int m = 0; m < MR; ++m) {
+    float* row = y + m * ldy;
+    if (accumulate) {
+      c0[m] = _mm512_add_ps(c0[m], _mm512_maskz_loadu_ps(mask0, row));
+      c1[m] = _mm512_add_ps(c1[m], _mm512_maskz_loadu_ps(mask1, row + 16));
+    }
+    _mm512_mask_storeu_ps(row, mask0, c0[m]);
+    _mm512_mask_storeu_ps(row + 16, mask1, c1[m]);
+  }
+}
+
+using MicroKernelFn = void (*)(const float*, const float*, int64_t, float*, int64_t, __mmask16,
+                               __mmask16, bool);
+constexpr MicroKernelFn kMicroKernels[kMr + 1] = {
+    nullptr,         MicroKernel<1>, MicroKernel<2>, MicroKernel<3>, MicroKernel<4>,
+    MicroKernel<5>, MicroKernel<6>, MicroKernel<7>, MicroKernel<8>,
+};
+
+// One thread's share: output columns [n_begin, n_end) for `mc` rows of x
+// packed in xp ([ceil(mc / kMr)][K][kMr]).
+template <DType D>
+void PrefillRange(const float* xp, int64_t mc, const WeightView& w, float* y, int64_t n_begin,
+                  int64_t n_end) {
+  const int64_t N = w.rows;
+  const int64_t K = w.cols;
+  thread_local AlignedBuffer<float> panel(static_cast<size_t>(kKb) * kNb);  // [kNb / kNr][kKb][kNr]
+  for (int64_t nb = n_begin; nb < n_end; nb += kNb) {
+    const int64_t ncols = std::min<int64_t>(kNb, n_end - nb);
+    for (int64_t k0 = 0; k0 < K; k0 += kKb) {
+      const int64_t kb = std::min<int64_t>(kKb, K - k0);
+      PackWeights<D>(w, nb, ncols, k0, kb, panel.data());
+      for (int64_t m0 = 0; m0 < mc; m0 += kMr) {
+        const int mr = static_cast<int>(std::min<int64_t>(kMr, mc - m0));
+        const float* xtile = xp + m0 * K + k0 * kMr;  // [kb][kMr]
+        for (int64_t s = 0; s * kNr < ncols; ++s) {
+          const int64_t cols = ncols - s * kNr;
+          kMicroKernels[mr](xtile, panel.data() + s * kb * kNr, kb, y + m0 * N + nb + s * kNr, N,
+                            FirstLanes(cols), FirstLanes(std::max<int64_t>(cols - 16, 0)), k0 > 0);
+        }
+      }
+    }
+  }
+}
+
+template <DType D>
+void Prefill(const float* x, int64_t M, const WeightView& w, float* y, ThreadPool& pool) {
+  const int64_t N = w.rows;
+  const int64_t K = w.cols;
+  thread_local AlignedBuffer<float> packed_x;  // [kMc / kMr][K][kMr]
+  const size_t need = static_cast<size_t>(kMc) * K;
+  if (packed_x.size() < need) packed_x.Resize(need);
+  // The workers must see this thread's buffer, not their own thread_local.
+  float* xp = packed_x.data();
+  for (int64_t m0 = 0; m0 < M; m0 += kMc) {
+    const int64_t mc = std::min<int64_t>(kMc, M - m0);
+    const int64_t tiles = (mc + kMr - 1) / kMr;
+    pool.ParallelFor(tiles, 1, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) {
+        PackX(x + (m0 + t * kMr) * K, K, std::min<int64_t>(kMr, mc - t * kMr),
+              xp + t * K * kMr);
+      }
+    });
+    pool.ParallelFor(N, kNr, [&](int64_t n0, int64_t n1) {
+      PrefillRange<D>(xp, mc, w, y + m0 * N, n0, n1);
+    });
+  }
+}
+
+template <DType D>
+void MatMulTyped(const float* x, int64_t M, const WeightView& w, float* y, ThreadPool& pool) {
+  if (M <= internal::kMaxDecodeRows) {
+    Decode<D>(x, M, w, y, pool);
+  } else {
+    Prefill<D>(x, M, w, y, pool);
+  }
+}
+
+void MatMul(const float* x, int64_t M, const WeightView& w, float* y, ThreadPool& pool) {
+  switch (w.dtype) {
+    case DType::kF32: return MatMulTyped<DType::kF32>(x, M, w, y, pool);
+    case DType::kF16: return MatMulTyped<DType::kF16>(x, M, w, y, pool);
+    case DType::kBF16: return MatMulTyped<DType::kBF16>(x, M, w, y, pool);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Element-wise kernels.
+
+// exp(x) for 16 lanes: x = n ln2 + r with |r| <= ln2 / 2, e^r from the Cephes
+// degree-7 polynomial (about 1 ulp), and 2^n built in the exponent bits.
+// Results below the smallest normal float are flushed to zero (so exp(-inf)
+// is 0), inputs above 88.37 saturate at 2.4e38, and NaN propagates.
+inline __m512 Exp(__m512 x) {
+  const __m512 lo = _mm512_set1_ps(-87.33654f);
+  const __mmask16 tiny = _mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ);
+  // min/max return their second operand when either is NaN.
+  x = _mm512_min_ps(_mm512_set1_ps(88.3762626647949f), _mm512_max_ps(lo, x));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  const __m512i bits = _mm512_slli_epi32(
+      _mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
+  return _mm512_maskz_mul_ps(static_cast<__mmask16>(~tiny), p, _mm512_castsi512_ps(bits));
+}
+
+float Dot(const float* a, const float* b, int64_t n) {
+  __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+  int64_t i = 0;
+  for (; i + 64 <= n; i += 64) {
+    s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s0);
+    s1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16), _mm512_loadu_ps(b + i + 16), s1);
+    s2 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 32), _mm512_loadu_ps(b + i + 32), s2);
+    s3 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 48), _mm512_loadu_ps(b + i + 48), s3);
+  }
+  for (; i < n; i += 16) {
+    const __mmask16 mask = FirstLanes(n - i);
+    s0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, a + i), _mm512_maskz_loadu_ps(mask, b + i), s0);
+  }
+  return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3)));
+}
+
+void RmsNorm(const float* x, const float* weight, int64_t n, float eps, float* out) {
+  const float mean_sq = Dot(x, x, n) / static_cast<float>(n);
+  const __m512 inv = _mm512_set1_ps(1.0f / std::sqrt(mean_sq + eps));
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 mask = FirstLanes(n - i);
+    const __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(mask, x + i), inv);
+    _mm512_mask_storeu_ps(out + i, mask, _mm512_mul_ps(v, _mm512_maskz_loadu_ps(mask, weight + i)));
+  }
+}
+
+void Softmax(float* x, int64_t n) {
+  __m512 max_v = _mm512_set1_ps(-INFINITY);
+  for (int64_t i = 0; i < n; i += 16) {
+    max_v = _mm512_max_ps(max_v, _mm512_mask_loadu_ps(max_v, FirstLanes(n - i), x + i));
+  }
+  const __m512 max_b = _mm512_set1_ps(_mm512_reduce_max_ps(max_v));
+  __m512 sum = _mm512_setzero_ps();
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 mask = FirstLanes(n - i);
+    const __m512 e = Exp(_mm512_sub_ps(_mm512_maskz_loadu_ps(mask, x + i), max_b));
+    sum = _mm512_mask_add_ps(sum, mask, sum, e);
+    _mm512_mask_storeu_ps(x + i, mask, e);
+  }
+  const __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(sum));
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 mask = FirstLanes(n - i);
+    _mm512_mask_storeu_ps(x + i, mask, _mm512_mul_ps(_mm512_maskz_loadu_ps(mask, x + i), inv));
+  }
+}
+
+void SiluMul(float* gate, const float* up, int64_t n) {
+  const __m512 one = _mm512_set1_ps(1.0f);
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 mask = FirstLanes(n - i);
+    const __m512 g = _mm512_maskz_loadu_ps(mask, gate + i);
+    const __m512 e = Exp(_mm512_sub_ps(_mm512_setzero_ps(), g));
+    const __m512 silu = _mm512_div_ps(g, _mm512_add_ps(one, e));
+    _mm512_mask_storeu_ps(gate + i, mask, _mm512_mul_ps(silu, _mm512_maskz_loadu_ps(mask, up + i)));
+  }
+}
+
+void Axpy(float alpha, const float* x, float* y, int64_t n) {
+  const __m512 a = _mm512_set1_ps(alpha);
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 mask = FirstLanes(n - i);
+    const __m512 v = _mm512_fmadd_ps(a, _mm512_maskz_loadu_ps(mask, x + i), _mm512_maskz_loadu_ps(mask, y + i));
+    _mm512_mask_storeu_ps(y + i, mask, v);
+  }
+}
+
+template <DType D>
+void ConvertTyped(const void* src, int64_t n, float* dst) {
+  const auto* p = static_cast<const uint8_t*>(src);
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) _mm512_storeu_ps(dst + i, Weights<D>::Load(p, i));
+  if (i < n) {
+    const __mmask16 mask = FirstLanes(n - i);
+    _mm512_mask_storeu_ps(dst + i, mask, Weights<D>::LoadMasked(p, i, mask));
+  }
+}
+
+void ConvertToF32(DType dtype, const void* src, int64_t n, float* dst) {
+  switch (dtype) {
+    case DType::kF32: return ConvertTyped<DType::kF32>(src, n, dst);
+    case DType::kF16: return ConvertTyped<DType::kF16>(src, n, dst);
+    case DType::kBF16: return ConvertTyped<DType::kBF16>(src, n, dst);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Machine probes.
+
+float SumFloats(const float* p, int64_t n) {
+  __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+  int64_t i = 0;
+  for (; i + 64 <= n; i += 64) {
+    s0 = _mm512_add_ps(s0, _mm512_loadu_ps(p + i));
+    s1 = _mm512_add_ps(s1, _mm512_loadu_ps(p + i + 16));
+    s2 = _mm512_add_ps(s2, _mm512_loadu_ps(p + i + 32));
+    s3 = _mm512_add_ps(s3, _mm512_loadu_ps(p + i + 48));
+  }
+  for (; i < n; i += 16) s0 = _mm512_add_ps(s0, _mm512_maskz_loadu_ps(FirstLanes(n - i), p + i));
+  return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3)));
+}
+
+// Twelve independent chains: three times the FMA latency (4 cycles) times the
+// throughput (one 512-bit FMA per cycle on Zen 4, two on Intel server parts).
+double FmaChains(int64_t iterations) {
+  constexpr int kChains = 12;
+  __m512 acc[kChains];
+  for (int i = 0; i < kChains; ++i) acc[i] = _mm512_set1_ps(static_cast<float>(i));
+  const __m512 a = _mm512_set1_ps(0.999999f), b = _mm512_set1_ps(1e-7f);
+  for (int64_t it = 0; it < iterations; ++it) {
+#pragma GCC unroll 16
+    for (int i = 0; i < kChains; ++i) acc[i] = _mm512_fmadd_ps(acc[i], a, b);
+  }
+  __m512 sum = acc[0];
+  for (int i = 1; i < kChains; ++i) sum = _mm512_add_ps(sum, acc[i]);
+  volatile float sink = _mm512_reduce_add_ps(sum);
+  (void)sink;
+  return static_cast<double>(iterations) * kChains * 16 * 2;
+}
+
+}  // namespace
+}  // namespace avx512
+
+namespace internal {
+
+const IsaKernels kAvx512Kernels = {
+    avx512::MatMul, avx512::RmsNorm, avx512::Softmax,      avx512::SiluMul,   avx512::Dot,
+    avx512::Axpy,   avx512::ConvertToF32, avx512::SumFloats, avx512::FmaChains,
+};
+
+}  // namespace internal
+}  // namespace epwa::kernels
+
+#endif  // x86

@@ -1,0 +1,43 @@
+// The per-instruction-set kernel tables behind kernels.h.
+//
+// Each instruction-set file (kernels.cc for scalar, kernels_avx2.cc,
+// kernels_avx512.cc) fills one IsaKernels table; kernels.cc picks a table at
+// start-up and forwards the public functions to it. Only kernels.cc and the
+// tests of this folder include this header.
+#pragma once
+
+#include <cstdint>
+
+#include "base/thread_pool.h"
+#include "tensor/dtype.h"
+
+namespace epwa::kernels::internal {
+
+struct IsaKernels {
+  void (*mat_mul)(const float* x, int64_t M, const WeightView& w, float* y, ThreadPool& pool);
+  void (*rms_norm)(const float* x, const float* weight, int64_t n, float eps, float* out);
+  void (*softmax)(float* x, int64_t n);
+  void (*silu_mul)(float* gate, const float* up, int64_t n);
+  float (*dot)(const float* a, const float* b, int64_t n);
+  void (*axpy)(float alpha, const float* x, float* y, int64_t n);
+  void (*convert_to_f32)(DType dtype, const void* src, int64_t n, float* dst);
+  // Sums n floats with the widest loads of this instruction set; the
+  // bandwidth probe times it.
+  float (*sum_floats)(const float* p, int64_t n);
+  // Runs `iterations` rounds of independent FMA chains and returns the number
+  // of floating-point operations it performed (an FMA counts as two).
+  double (*fma_chains)(int64_t iterations);
+};
+
+extern const IsaKernels kScalarKernels;
+#if defined(__x86_64__) || defined(__i386__)
+extern const IsaKernels kAvx2Kernels;
+extern const IsaKernels kAvx512Kernels;
+#endif
+
+// Up to this many rows of x, MatMul streams each weight row once and reuses
+// it for all rows of x in registers (the decode regime); above it, tiles of
+// weights are converted into a float buffer and reused (the prefill regime).
+inline constexpr int64_t kMaxDecodeRows = 4;
+
+}  // namespace epwa::kernels::internal

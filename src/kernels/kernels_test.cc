@@ -1,0 +1,335 @@
+// Every instruction-set path this CPU supports is checked against the double-
+// accumulating references in kernels/reference.h, on awkward shapes chosen to
+// hit every tail of the register tiles and cache blocks.
+#include "kernels/kernels.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <random>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "kernels/reference.h"
+
+namespace epwa::kernels {
+namespace {
+
+// Restores the active path after a test that forces one.
+class ScopedIsa {
+ public:
+  explicit ScopedIsa(Isa isa) : saved_(ActiveIsa()) { SetActiveIsa(isa); }
+  ~ScopedIsa() { SetActiveIsa(saved_); }
+
+ private:
+  Isa saved_;
+};
+
+// A weight matrix stored in `dtype` two bytes past an aligned address, as
+// tensors in a memory-mapped safetensors file may be, with values drawn from
+// a normal distribution and rounded to the dtype (so that the reference,
+// which reads the same bytes, sees exactly the same weights).
+struct TestWeights {
+  std::vector<uint8_t> storage;
+  WeightView view;
+};
+
+TestWeights MakeWeights(DType dtype, int64_t rows, int64_t cols, uint32_t seed) {
+  TestWeights t;
+  const size_t elem = DTypeSize(dtype);
+  // The buffer ends exactly where the matrix does, so any read past the end
+  // of the last row is visible to AddressSanitizer builds.
+  t.storage.resize(2 + static_cast<size_t>(rows * cols) * elem);
+  uint8_t* base = t.storage.data() + 2;
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> dist(0.f, 1.f);
+  for (int64_t i = 0; i < rows * cols; ++i) {
+    const float v = dist(rng);
+    switch (dtype) {
+      case DType::kF32: std::memcpy(base + 4 * i, &v, 4); break;
+      case DType::kF16: { const uint16_t h = F32ToF16(v); std::memcpy(base + 2 * i, &h, 2); break; }
+      case DType::kBF16: { const uint16_t h = F32ToBF16(v); std::memcpy(base + 2 * i, &h, 2); break; }
+    }
+  }
+  t.view = WeightView{dtype, base, rows, cols};
+  return t;
+}
+
+std::vector<float> RandomVector(int64_t n, uint32_t seed, float lo = -2.f, float hi = 2.f) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> dist(lo, hi);
+  std::vector<float> v(static_cast<size_t>(n));
+  for (float& f : v) f = dist(rng);
+  return v;
+}
+
+// Checks y against the reference with the tolerance the kernels promise:
+// |y - ref| <= 1e-5 * sum_k |x[m, k]| |w[n, k]| per element, i.e. relative to
+// the magnitude of the terms summed, which bounds float accumulation error
+// independently of cancellation.
+void ExpectMatMulClose(const float* x, int64_t M, const WeightView& w, const std::vector<float>& y,
+                       const std::string& what) {
+  const int64_t N = w.rows, K = w.cols;
+  std::vector<float> want(static_cast<size_t>(M * N));
+  reference::MatMul(x, M, w, want.data());
+  int failures = 0;
+  for (int64_t m = 0; m < M && failures < 5; ++m) {
+    for (int64_t n = 0; n < N && failures < 5; ++n) {
+      double magnitude = 0.0;
+      for (int64_t k = 0; k < K; ++k) magnitude += std::fabs(x[m * K + k] * w.At(n, k));
+      const float got = y[m * N + n], ref = want[m * N + n];
+      if (!(std::fabs(got - ref) <= 1e-5 * magnitude + 1e-30)) {
+        ADD_FAILURE() << what << " y[" << m << ", " << n << "] = " << got << ", reference " << ref
+                      << ", magnitude " << magnitude;
+        ++failures;
+      }
+    }
+  }
+}
+
+ThreadPool& TwoThreads() {
+  static ThreadPool pool(2);
+  return pool;
+}
+
+// ---------------------------------------------------------------------------
+// MatMul over ISA x dtype x K x N x M.
+
+using MatMulParam = std::tuple<Isa, DType, int, int, int>;
+
+class MatMulTest : public ::testing::TestWithParam<MatMulParam> {};
+
+TEST_P(MatMulTest, MatchesReference) {
+  const auto [isa, dtype, K, N, M] = GetParam();
+  ScopedIsa scoped(isa);
+  TestWeights w = MakeWeights(dtype, N, K, static_cast<uint32_t>(K * 7919 + N * 31 + M));
+  const std::vector<float> x = RandomVector(static_cast<int64_t>(M) * K, static_cast<uint32_t>(M + K));
+  std::vector<float> y(static_cast<size_t>(M) * N, std::numeric_limits<float>::quiet_NaN());
+  MatMul(x.data(), M, w.view, y.data(), TwoThreads());
+  ExpectMatMulClose(x.data(), M, w.view, y, "");
+}
+
+std::string MatMulName(const ::testing::TestParamInfo<MatMulParam>& info) {
+  const auto [isa, dtype, K, N, M] = info.param;
+  return std::string(IsaName(isa)) + "_" + DTypeName(dtype) + "_K" + std::to_string(K) + "_N" +
+         std::to_string(N) + "_M" + std::to_string(M);
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, MatMulTest,
+                         ::testing::Combine(::testing::ValuesIn(SupportedIsas()),
+                                            ::testing::Values(DType::kF32, DType::kF16, DType::kBF16),
+                                            ::testing::Values(1, 3, 17, 63, 64, 65, 1000),
+                                            ::testing::Values(1, 5, 33, 257),
+                                            ::testing::Values(1, 2, 3, 4, 5, 16, 37)),
+                         MatMulName);
+
+// ---------------------------------------------------------------------------
+// Per-ISA tests of the remaining kernels and of the cache-blocked sizes.
+
+class IsaTest : public ::testing::TestWithParam<Isa> {
+ protected:
+  void SetUp() override { scoped_ = std::make_unique<ScopedIsa>(GetParam()); }
+  void TearDown() override { scoped_.reset(); }
+
+ private:
+  std::unique_ptr<ScopedIsa> scoped_;
+};
+
+const std::vector<int64_t> kLengths = {1, 3, 7, 8, 9, 15, 16, 17, 31, 33, 63, 64, 65, 1000, 4097};
+
+// Shapes larger than one cache block in every dimension (K > 256, N > 256
+// per thread, M > 256 rows of packed x), so the accumulation across k blocks
+// and the re-packing of x are exercised.
+TEST_P(IsaTest, MatMulLargeBlockedShapes) {
+  for (DType dtype : {DType::kF32, DType::kF16, DType::kBF16}) {
+    for (auto [M, N, K] : {std::tuple<int64_t, int64_t, int64_t>{300, 600, 520}, {6, 1100, 777}}) {
+      TestWeights w = MakeWeights(dtype, N, K, 11);
+      const std::vector<float> x = RandomVector(M * K, 12);
+      std::vector<float> y(static_cast<size_t>(M * N));
+      MatMul(x.data(), M, w.view, y.data(), TwoThreads());
+      ExpectMatMulClose(x.data(), M, w.view, y, DTypeName(dtype));
+    }
+  }
+}
+
+// Each output element is computed by the same instruction sequence whichever
+// thread owns it, so the result must not depend on the thread count.
+TEST_P(IsaTest, MatMulIsIndependentOfThreadCount) {
+  ThreadPool one(1), two(2), three(3);
+  for (DType dtype : {DType::kF32, DType::kBF16, DType::kF16}) {
+    for (int64_t M : {1, 3, 37}) {
+      const int64_t N = 301, K = 333;
+      TestWeights w = MakeWeights(dtype, N, K, 5);
+      const std::vector<float> x = RandomVector(M * K, 6);
+      std::vector<float> y1(static_cast<size_t>(M * N)), y2(y1.size()), y3(y1.size());
+      MatMul(x.data(), M, w.view, y1.data(), one);
+      MatMul(x.data(), M, w.view, y2.data(), two);
+      MatMul(x.data(), M, w.view, y3.data(), three);
+      EXPECT_EQ(y1, y2) << DTypeName(dtype) << " M=" << M;
+      EXPECT_EQ(y1, y3) << DTypeName(dtype) << " M=" << M;
+    }
+  }
+}
+
+TEST_P(IsaTest, RmsNormMatchesReference) {
+  for (int64_t n : kLengths) {
+    const std::vector<float> x = RandomVector(n, 1), weight = RandomVector(n, 2);
+    std::vector<float> got(static_cast<size_t>(n)), want(static_cast<size_t>(n));
+    RmsNorm(x.data(), weight.data(), n, 1e-6f, got.data());
+    reference::RmsNorm(x.data(), weight.data(), n, 1e-6f, want.data());
+    for (int64_t i = 0; i < n; ++i) ASSERT_NEAR(got[i], want[i], 1e-5 * std::fabs(want[i]) + 1e-6) << n;
+    // In place (out == x).
+    std::vector<float> inplace = x;
+    RmsNorm(inplace.data(), weight.data(), n, 1e-6f, inplace.data());
+    EXPECT_EQ(inplace, got) << n;
+  }
+}
+
+TEST_P(IsaTest, SoftmaxMatchesReference) {
+  for (int64_t n : kLengths) {
+    std::vector<float> got = RandomVector(n, 3, -30.f, 30.f);
+    // A masked-out position (as in causal attention) must come out as zero.
+    if (n > 2) got[1] = -INFINITY;
+    std::vector<float> want = got;
+    Softmax(got.data(), n);
+    reference::Softmax(want.data(), n);
+    double total = 0.0;
+    for (int64_t i = 0; i < n; ++i) {
+      ASSERT_NEAR(got[i], want[i], 1e-5 * want[i] + 1e-7) << "n=" << n << " i=" << i;
+      total += got[i];
+    }
+    if (n > 2) {
+      EXPECT_EQ(got[1], 0.f);
+    }
+    EXPECT_NEAR(total, 1.0, 1e-5);
+  }
+}
+
+TEST_P(IsaTest, SiluMulMatchesReference) {
+  for (int64_t n : kLengths) {
+    std::vector<float> gate = RandomVector(n, 4, -20.f, 20.f);
+    const std::vector<float> up = RandomVector(n, 5);
+    // Saturating inputs: silu tends to 0 and to the identity.
+    if (n >= 4) {
+      gate[0] = -100.f;
+      gate[1] = 100.f;
+      gate[2] = 0.f;
+      gate[3] = -1e-30f;
+    }
+    std::vector<float> want = gate;
+    SiluMul(gate.data(), up.data(), n);
+    reference::SiluMul(want.data(), up.data(), n);
+    for (int64_t i = 0; i < n; ++i) {
+      ASSERT_NEAR(gate[i], want[i], 1e-5 * std::fabs(want[i]) + 1e-30) << "n=" << n << " i=" << i;
+    }
+  }
+}
+
+TEST_P(IsaTest, SoftmaxAndSiluPropagateNaN) {
+  std::vector<float> x(20, 1.f);
+  x[17] = std::numeric_limits<float>::quiet_NaN();
+  std::vector<float> gate = x;
+  Softmax(x.data(), 20);
+  EXPECT_TRUE(std::isnan(x[17]));
+  const std::vector<float> up(20, 1.f);
+  SiluMul(gate.data(), up.data(), 20);
+  EXPECT_TRUE(std::isnan(gate[17]));
+  EXPECT_NEAR(gate[0], 1.0 / (1.0 + std::exp(-1.0)), 1e-6);
+}
+
+TEST_P(IsaTest, DotMatchesDoubleSum) {
+  for (int64_t n : kLengths) {
+    const std::vector<float> a = RandomVector(n, 6), b = RandomVector(n, 7);
+    double want = 0.0, magnitude = 0.0;
+    for (int64_t i = 0; i < n; ++i) {
+      want += static_cast<double>(a[i]) * b[i];
+      magnitude += std::fabs(static_cast<double>(a[i]) * b[i]);
+    }
+    EXPECT_NEAR(Dot(a.data(), b.data(), n), want, 1e-6 * magnitude) << n;
+  }
+}
+
+TEST_P(IsaTest, AxpyMatchesScalar) {
+  for (int64_t n : kLengths) {
+    const std::vector<float> x = RandomVector(n, 8);
+    std::vector<float> y = RandomVector(n + 1, 9);
+    const float sentinel = y[n];
+    std::vector<float> want = y;
+    Axpy(0.75f, x.data(), y.data(), n);
+    for (int64_t i = 0; i < n; ++i) {
+      const double exact = want[i] + 0.75 * x[i];
+      ASSERT_NEAR(y[i], exact, 1e-6 * (std::fabs(want[i]) + std::fabs(x[i]))) << n;
+    }
+    EXPECT_EQ(y[n], sentinel) << "Axpy wrote past the end, n=" << n;
+  }
+}
+
+TEST_P(IsaTest, ConvertToF32IsExactForEvery16BitValue) {
+  std::vector<uint8_t> storage(2 + 65536 * 2);
+  for (uint32_t h = 0; h < 65536; ++h) std::memcpy(storage.data() + 2 + 2 * h, &h, 2);
+  for (DType dtype : {DType::kF16, DType::kBF16}) {
+    // Misaligned start and lengths with every tail size.
+    for (int64_t n : {int64_t{65536}, int64_t{65535}, int64_t{17}, int64_t{5}}) {
+      std::vector<float> got(static_cast<size_t>(n) + 1, 42.f);
+      ConvertToF32(dtype, storage.data() + 2, n, got.data());
+      for (int64_t i = 0; i < n; ++i) {
+        uint16_t h;
+        std::memcpy(&h, storage.data() + 2 + 2 * i, 2);
+        const float want = dtype == DType::kF16 ? F16ToF32(h) : BF16ToF32(h);
+        if (std::isnan(want)) {
+          ASSERT_TRUE(std::isnan(got[i])) << DTypeName(dtype) << " " << h;
+        } else {
+          ASSERT_EQ(got[i], want) << DTypeName(dtype) << " " << h;
+        }
+      }
+      EXPECT_EQ(got[n], 42.f) << "ConvertToF32 wrote past the end";
+    }
+  }
+  for (int64_t n : kLengths) {
+    const std::vector<float> src = RandomVector(n, 10);
+    std::vector<uint8_t> bytes(2 + 4 * static_cast<size_t>(n));
+    std::memcpy(bytes.data() + 2, src.data(), 4 * static_cast<size_t>(n));
+    std::vector<float> got(static_cast<size_t>(n));
+    ConvertToF32(DType::kF32, bytes.data() + 2, n, got.data());
+    EXPECT_EQ(got, src);
+  }
+}
+
+TEST_P(IsaTest, ProbesReportPositiveRates) {
+  ThreadPool pool(2);
+  EXPECT_GT(MeasureReadBandwidthGBs(pool, 32 << 20), 0.0);
+  EXPECT_GT(MeasureFmaPeakGflops(pool), 0.0);
+}
+
+INSTANTIATE_TEST_SUITE_P(AllSupported, IsaTest, ::testing::ValuesIn(SupportedIsas()),
+                         [](const ::testing::TestParamInfo<Isa>& info) { return IsaName(info.param); });
+
+// ---------------------------------------------------------------------------
+// Dispatch.
+
+TEST(Dispatch, DefaultsToTheBestSupportedPath) {
+  const std::vector<Isa> isas = SupportedIsas();
+  ASSERT_FALSE(isas.empty());
+  EXPECT_EQ(isas.back(), Isa::kScalar);
+  EXPECT_EQ(ActiveIsa(), isas.front());
+}
+
+TEST(Dispatch, EveryPathHasAName) {
+  EXPECT_STREQ(IsaName(Isa::kAvx512), "avx512");
+  EXPECT_STREQ(IsaName(Isa::kAvx2), "avx2");
+  EXPECT_STREQ(IsaName(Isa::kScalar), "scalar");
+}
+
+TEST(Dispatch, MatMulWithEmptyInnerDimensionIsZero) {
+  const WeightView w{DType::kBF16, nullptr, 3, 0};
+  std::vector<float> y(6, 1.f);
+  MatMul(nullptr, 2, w, y.data(), TwoThreads());
+  EXPECT_EQ(y, std::vector<float>(6, 0.f));
+}
+
+}  // namespace
+}  // namespace epwa::kernels

@@ -1,0 +1,256 @@
+#include "model/transformer.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "base/error.h"
+#include "kernels/kernels.h"
+
+namespace epwa {
+namespace {
+
+template <typename T>
+void Grow(std::vector<T>& v, size_t n) {
+  if (v.size() < n) v.resize(n);
+}
+
+void AddBias(float* rows, const std::vector<float>& bias, int64_t T) {
+  if (bias.empty()) return;
+  const int64_t n = static_cast<int64_t>(bias.size());
+  for (int64_t t = 0; t < T; ++t) kernels::Axpy(1.0f, bias.data(), rows + t * n, n);
+}
+
+}  // namespace
+
+KVCache::KVCache(const ModelConfig& config, int64_t capacity)
+    : capacity_(capacity), kv_dim_(config.KvDim()) {
+  const size_t n = static_cast<size_t>(config.num_layers * capacity * kv_dim_);
+  keys_.assign(n, 0.f);
+  values_.assign(n, 0.f);
+}
+
+void RouteToken(const float* router_logits, int64_t num_experts, int64_t top_k, bool renormalize,
+                int32_t* experts, float* weights) {
+  // Softmax in float32 over all experts, as Mixtral does, then the top-k.
+  float max_logit = router_logits[0];
+  for (int64_t e = 1; e < num_experts; ++e) max_logit = std::max(max_logit, router_logits[e]);
+  std::vector<float> probs(num_experts);
+  float sum = 0.f;
+  for (int64_t e = 0; e < num_experts; ++e) {
+    probs[e] = std::exp(router_logits[e] - max_logit);
+    sum += probs[e];
+  }
+  for (auto& p : probs) p /= sum;
+  std::vector<int32_t> order(num_experts);
+  std::iota(order.begin(), order.end(), 0);
+  // Stable ordering on (probability desc, index asc) makes ties deterministic.
+  std::partial_sort(order.begin(), order.begin() + top_k, order.end(), [&](int32_t a, int32_t b) {
+    return probs[a] != probs[b] ? probs[a] > probs[b] : a < b;
+  });
+  float chosen = 0.f;
+  for (int64_t i = 0; i < top_k; ++i) chosen += probs[order[i]];
+  for (int64_t i = 0; i < top_k; ++i) {
+    experts[i] = order[i];
+    weights[i] = renormalize ? probs[order[i]] / chosen : probs[order[i]];
+  }
+}
+
+Transformer::Transformer(ModelConfig config, ModelWeights weights, ThreadPool& pool)
+    : config_(std::move(config)), weights_(std::move(weights)), pool_(pool) {
+  const int64_t half = config_.head_dim / 2;
+  inv_freq_.resize(half);
+  for (int64_t i = 0; i < half; ++i)
+    inv_freq_[i] = 1.0 / std::pow(config_.rope_theta, static_cast<double>(2 * i) /
+                                                          static_cast<double>(config_.head_dim));
+  if (config_.IsMoe())
+    for (int64_t l = 0; l < config_.num_layers; ++l) moe_layers_.push_back(static_cast<int32_t>(l));
+}
+
+// Rotary embedding, Hugging Face "rotate half" convention: dimension i pairs
+// with i + head_dim/2 (not with i + 1 as in the original RoPE paper's layout).
+void Transformer::ApplyRope(float* vec, int64_t num_heads, int64_t pos) const {
+  const int64_t hd = config_.head_dim, half = hd / 2;
+  for (int64_t i = 0; i < half; ++i) {
+    const double angle = static_cast<double>(pos) * inv_freq_[i];
+    const float c = static_cast<float>(std::cos(angle));
+    const float s = static_cast<float>(std::sin(angle));
+    for (int64_t h = 0; h < num_heads; ++h) {
+      float* head = vec + h * hd;
+      const float a = head[i], b = head[i + half];
+      head[i] = a * c - b * s;
+      head[i + half] = b * c + a * s;
+    }
+  }
+}
+
+void Transformer::Forward(std::span<const int32_t> tokens, int64_t start_pos, KVCache& cache,
+                          bool all_logits, std::vector<float>* logits, RoutingTrace* trace) {
+  const int64_t T = static_cast<int64_t>(tokens.size());
+  const int64_t D = config_.hidden_size;
+  Require(T > 0, "cannot run the model on an empty token sequence");
+  Require(start_pos >= 0 && start_pos + T <= cache.capacity(),
+          "sequence of " + std::to_string(start_pos + T) +
+              " tokens exceeds the context capacity of " + std::to_string(cache.capacity()));
+  Grow(x_, T * D);
+  Grow(xn_, T * D);
+  Grow(q_, T * config_.QDim());
+  Grow(k_, T * config_.KvDim());
+  Grow(v_, T * config_.KvDim());
+  Grow(att_, T * config_.QDim());
+  Grow(proj_, T * D);
+
+  for (int64_t t = 0; t < T; ++t) {
+    const int32_t id = tokens[t];
+    Require(id >= 0 && id < config_.vocab_size,
+            "token id " + std::to_string(id) + " is outside the vocabulary (vocab_size " +
+                std::to_string(config_.vocab_size) + ")");
+    kernels::ConvertToF32(weights_.embed.dtype, weights_.embed.Row(id), D, x_.data() + t * D);
+  }
+  if (trace)
+    trace->Reset(T, start_pos, moe_layers_, config_.num_experts, config_.num_experts_per_tok);
+
+  int64_t moe_slot = 0;
+  for (int64_t l = 0; l < config_.num_layers; ++l) {
+    const LayerWeights& lw = weights_.layers[l];
+    for (int64_t t = 0; t < T; ++t)
+      kernels::RmsNorm(x_.data() + t * D, lw.attn_norm.data(), D, config_.rms_norm_eps,
+                       xn_.data() + t * D);
+    Attention(l, T, start_pos, cache);
+    for (int64_t t = 0; t < T; ++t)
+      kernels::RmsNorm(x_.data() + t * D, lw.ffn_norm.data(), D, config_.rms_norm_eps,
+                       xn_.data() + t * D);
+    FeedForward(l, T, trace, config_.IsMoe() ? moe_slot++ : -1);
+  }
+
+  // Only the rows whose logits are wanted go through the final norm and the
+  // (large) lm_head product.
+  const int64_t first = all_logits ? 0 : T - 1;
+  const int64_t rows = T - first;
+  for (int64_t t = first; t < T; ++t)
+    kernels::RmsNorm(x_.data() + t * D, weights_.final_norm.data(), D, config_.rms_norm_eps,
+                     xn_.data() + (t - first) * D);
+  logits->resize(static_cast<size_t>(rows * config_.vocab_size));
+  kernels::MatMul(xn_.data(), rows, weights_.lm_head, logits->data(), pool_);
+}
+
+void Transformer::Attention(int64_t layer, int64_t T, int64_t start_pos, KVCache& cache) {
+  const LayerWeights& lw = weights_.layers[layer];
+  const int64_t D = config_.hidden_size, hd = config_.head_dim;
+  const int64_t H = config_.num_heads, KVH = config_.num_kv_heads, group = H / KVH;
+  const int64_t q_dim = config_.QDim(), kv_dim = config_.KvDim();
+
+  kernels::MatMul(xn_.data(), T, lw.q, q_.data(), pool_);  // [T, q_dim]
+  kernels::MatMul(xn_.data(), T, lw.k, k_.data(), pool_);  // [T, kv_dim]
+  kernels::MatMul(xn_.data(), T, lw.v, v_.data(), pool_);  // [T, kv_dim]
+  AddBias(q_.data(), lw.q_bias, T);
+  AddBias(k_.data(), lw.k_bias, T);
+  AddBias(v_.data(), lw.v_bias, T);
+  for (int64_t t = 0; t < T; ++t) {
+    const int64_t pos = start_pos + t;
+    ApplyRope(q_.data() + t * q_dim, H, pos);
+    ApplyRope(k_.data() + t * kv_dim, KVH, pos);
+    std::copy_n(k_.data() + t * kv_dim, kv_dim, cache.Key(layer, pos));
+    std::copy_n(v_.data() + t * kv_dim, kv_dim, cache.Value(layer, pos));
+  }
+
+  const int64_t end_pos = start_pos + T;
+  const int threads = pool_.size();
+  Grow(scores_, static_cast<size_t>(threads) * end_pos);
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  const int64_t window = config_.sliding_window;
+  // One work item per (token, head): independent, so they split across cores.
+  pool_.RunOnAll([&](int thread) {
+    float* scores = scores_.data() + static_cast<size_t>(thread) * end_pos;
+    const int64_t items = T * H;
+    const int64_t begin = items * thread / threads, end = items * (thread + 1) / threads;
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t t = item / H, h = item % H, kvh = h / group;
+      const int64_t pos = start_pos + t;
+      // Causal mask, and with a sliding window only keys with pos - j < window.
+      const int64_t first = window > 0 ? std::max<int64_t>(0, pos - window + 1) : 0;
+      const float* q = q_.data() + t * q_dim + h * hd;
+      for (int64_t j = first; j <= pos; ++j)
+        scores[j - first] = kernels::Dot(q, cache.Key(layer, j) + kvh * hd, hd) * scale;
+      const int64_t n = pos - first + 1;
+      kernels::Softmax(scores, n);
+      float* out = att_.data() + t * q_dim + h * hd;
+      std::fill_n(out, hd, 0.f);
+      for (int64_t j = first; j <= pos; ++j)
+        kernels::Axpy(scores[j - first], cache.Value(layer, j) + kvh * hd, out, hd);
+    }
+  });
+
+  kernels::MatMul(att_.data(), T, lw.o, proj_.data(), pool_);  // [T, d_model]
+  AddBias(proj_.data(), lw.o_bias, T);
+  for (int64_t i = 0; i < T * D; ++i) x_[i] += proj_[i];
+}
+
+// SwiGLU on the first `rows` rows of ffn_in_, result in ffn_out_.
+void Transformer::ExpertForward(const ExpertWeights& e, int64_t rows) {
+  const int64_t F = config_.intermediate_size;
+  kernels::MatMul(ffn_in_.data(), rows, e.gate, ffn_gate_.data(), pool_);  // [rows, d_ff]
+  kernels::MatMul(ffn_in_.data(), rows, e.up, ffn_up_.data(), pool_);      // [rows, d_ff]
+  kernels::SiluMul(ffn_gate_.data(), ffn_up_.data(), rows * F);
+  kernels::MatMul(ffn_gate_.data(), rows, e.down, ffn_out_.data(), pool_);  // [rows, d_model]
+}
+
+void Transformer::FeedForward(int64_t layer, int64_t T, RoutingTrace* trace, int64_t moe_slot) {
+  const LayerWeights& lw = weights_.layers[layer];
+  const int64_t D = config_.hidden_size, F = config_.intermediate_size;
+  Grow(ffn_in_, T * D);
+  Grow(ffn_gate_, T * F);
+  Grow(ffn_up_, T * F);
+  Grow(ffn_out_, T * D);
+
+  if (!config_.IsMoe()) {
+    std::copy_n(xn_.data(), T * D, ffn_in_.data());
+    ExpertForward(lw.experts[0], T);
+    for (int64_t i = 0; i < T * D; ++i) x_[i] += ffn_out_[i];
+    return;
+  }
+
+  // Router in float32: logits [T, E] = xn [T, D] x router^T.
+  const int64_t E = config_.num_experts, K = config_.num_experts_per_tok;
+  Grow(router_logits_, T * E);
+  const WeightView router{DType::kF32, lw.router.data(), E, D};
+  kernels::MatMul(xn_.data(), T, router, router_logits_.data(), pool_);
+
+  std::vector<int32_t> experts(T * K);
+  std::vector<float> mix(T * K);
+  for (int64_t t = 0; t < T; ++t) {
+    RouteToken(router_logits_.data() + t * E, E, K, config_.norm_topk_prob,
+               experts.data() + t * K, mix.data() + t * K);
+    if (trace) {
+      std::copy_n(router_logits_.data() + t * E, E, trace->MutableLogits(t, moe_slot));
+      std::copy_n(experts.data() + t * K, K, trace->MutableExperts(t, moe_slot));
+      std::copy_n(mix.data() + t * K, K, trace->MutableWeights(t, moe_slot));
+    }
+  }
+
+  // Group tokens by expert so that each expert's weights are streamed once
+  // per forward call and multiplied against all of its tokens together.
+  std::vector<float> moe_out(T * D, 0.f);
+  std::vector<int64_t> rows_token;
+  std::vector<float> rows_weight;
+  for (int64_t e = 0; e < E; ++e) {
+    rows_token.clear();
+    rows_weight.clear();
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t k = 0; k < K; ++k)
+        if (experts[t * K + k] == e) {
+          rows_token.push_back(t);
+          rows_weight.push_back(mix[t * K + k]);
+        }
+    if (rows_token.empty()) continue;
+    const int64_t rows = static_cast<int64_t>(rows_token.size());
+    for (int64_t r = 0; r < rows; ++r)
+      std::copy_n(xn_.data() + rows_token[r] * D, D, ffn_in_.data() + r * D);
+    ExpertForward(lw.experts[e], rows);
+    for (int64_t r = 0; r < rows; ++r)
+      kernels::Axpy(rows_weight[r], ffn_out_.data() + r * D, moe_out.data() + rows_token[r] * D, D);
+  }
+  for (int64_t i = 0; i < T * D; ++i) x_[i] += moe_out[i];
+}
+
+}  // namespace epwa

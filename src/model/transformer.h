@@ -1,0 +1,86 @@
+// The transformer forward pass shared by every supported architecture.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "base/thread_pool.h"
+#include "model/config.h"
+#include "model/routing.h"
+#include "model/weights.h"
+
+namespace epwa {
+
+// Keys and values of every layer for positions [0, capacity), float32.
+class KVCache {
+ public:
+  KVCache(const ModelConfig& config, int64_t capacity);
+  int64_t capacity() const { return capacity_; }
+  size_t Bytes() const { return (keys_.size() + values_.size()) * sizeof(float); }
+  // [kv_heads * head_dim] for one layer and position.
+  float* Key(int64_t layer, int64_t pos) { return keys_.data() + Offset(layer, pos); }
+  float* Value(int64_t layer, int64_t pos) { return values_.data() + Offset(layer, pos); }
+
+ private:
+  size_t Offset(int64_t layer, int64_t pos) const {
+    return static_cast<size_t>((layer * capacity_ + pos) * kv_dim_);
+  }
+  int64_t capacity_;
+  int64_t kv_dim_;
+  std::vector<float> keys_;    // [layers, capacity, kv_dim]
+  std::vector<float> values_;  // [layers, capacity, kv_dim]
+};
+
+// Top-k routing of one token: softmax over the router logits, the k most
+// probable experts (ties: lower index first), weights renormalised to sum 1
+// when `renormalize`. Exposed for tests and tools.
+void RouteToken(const float* router_logits, int64_t num_experts, int64_t top_k, bool renormalize,
+                int32_t* experts, float* weights);
+
+class Transformer {
+ public:
+  Transformer(ModelConfig config, ModelWeights weights, ThreadPool& pool);
+
+  const ModelConfig& config() const { return config_; }
+  const ModelWeights& weights() const { return weights_; }
+
+  // Runs `tokens` at positions [start_pos, start_pos + T), reading earlier
+  // positions from `cache` and appending these. Prefill passes the whole
+  // prompt at once (matrix-matrix products); decode passes one token.
+  //   logits: [T, vocab] when all_logits, else [1, vocab] for the last token.
+  //   trace: when non-null, receives the routing of every token and MoE layer.
+  // Throws epwa::Error for token ids outside the vocabulary or positions past
+  // the cache capacity.
+  void Forward(std::span<const int32_t> tokens, int64_t start_pos, KVCache& cache,
+               bool all_logits, std::vector<float>* logits, RoutingTrace* trace);
+
+ private:
+  void Attention(int64_t layer, int64_t T, int64_t start_pos, KVCache& cache);
+  void FeedForward(int64_t layer, int64_t T, RoutingTrace* trace, int64_t moe_slot);
+  void ExpertForward(const ExpertWeights& e, int64_t rows);
+  void ApplyRope(float* vec, int64_t num_heads, int64_t pos) const;
+
+  ModelConfig config_;
+  ModelWeights weights_;
+  ThreadPool& pool_;
+  std::vector<double> inv_freq_;  // [head_dim / 2]
+  std::vector<int32_t> moe_layers_;
+
+  // Scratch, grown on demand and reused across calls so decode allocates nothing.
+  std::vector<float> x_;      // [T, d_model] residual stream
+  std::vector<float> xn_;     // [T, d_model] normalised input of a block
+  std::vector<float> q_;      // [T, q_dim]
+  std::vector<float> k_;      // [T, kv_dim]
+  std::vector<float> v_;      // [T, kv_dim]
+  std::vector<float> att_;    // [T, q_dim]
+  std::vector<float> proj_;   // [T, d_model]
+  std::vector<float> router_logits_;  // [T, n_experts]
+  std::vector<float> ffn_in_;    // [rows, d_model] tokens routed to one expert
+  std::vector<float> ffn_gate_;  // [rows, d_ff]
+  std::vector<float> ffn_up_;    // [rows, d_ff]
+  std::vector<float> ffn_out_;   // [rows, d_model]
+  std::vector<float> scores_;    // [threads, capacity] attention scores
+};
+
+}  // namespace epwa

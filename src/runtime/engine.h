@@ -1,0 +1,125 @@
+// Engine: a loaded model folder (config, tokenizer, weights) plus the
+// prefill/decode loop, sampling and scoring.
+//
+// Frontends (the CLI today; the watermark and a server later) use only this
+// API. Generation exposes two hooks: a logits processor that sees the logits
+// and the routing of the step that produced them before sampling (the
+// watermark's entry point), and a token callback for streaming.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "base/thread_pool.h"
+#include "io/safetensors.h"
+#include "model/config.h"
+#include "model/routing.h"
+#include "model/transformer.h"
+#include "runtime/sampler.h"
+#include "tokenizer/tokenizer.h"
+
+namespace epwa {
+
+struct LoadOptions {
+  std::string model_dir;
+  int threads = 0;  // 0 = all hardware threads
+};
+
+// Wall-clock milliseconds of each load stage.
+struct LoadStats {
+  double config_ms = 0;
+  double tokenizer_ms = 0;
+  double weights_ms = 0;      // map, validate every header, bind tensors
+  double router_hash_ms = 0;  // IRSH; 0 until the watermark issue adds it
+  double total_ms = 0;
+  uint64_t weight_bytes = 0;     // bytes of tensor data in the checkpoint
+  uint64_t mapped_bytes = 0;     // used in place from the mapping
+  uint64_t converted_bytes = 0;  // converted into float32 copies
+  uint64_t peak_rss_bytes = 0;
+};
+
+// Defaults from generation_config.json and tokenizer_config.json; command
+// line flags override them.
+struct GenerationDefaults {
+  std::optional<float> temperature, top_p, min_p, repetition_penalty;
+  std::optional<int32_t> top_k, max_new_tokens;
+  std::optional<bool> do_sample;
+  std::vector<int32_t> eos_token_ids;  // union of config.json and generation_config.json
+  int32_t bos_token_id = -1;
+  bool add_bos_token = false;
+};
+
+struct GenerateStats {
+  int64_t prompt_tokens = 0;
+  int64_t generated_tokens = 0;
+  double prefill_ms = 0;
+  double decode_ms = 0;
+  double prefill_tokens_per_s = 0;
+  double decode_tokens_per_s = 0;
+  std::string stop_reason;  // "eos", "length" or "callback"
+};
+
+struct GenerateOptions {
+  int32_t max_new_tokens = 64;
+  SamplerParams sampler;
+  // Called with the logits of the next token ([vocab], modifiable), the
+  // routing of the step that produced them (the trace covers the tokens fed
+  // in that step; its last token is the one predicting), and all tokens so
+  // far. Runs before sampling.
+  std::function<void(std::span<float> logits, const RoutingTrace& routing,
+                     std::span<const int32_t> context)>
+      logits_processor;
+  // Called after each sampled token; return false to stop.
+  std::function<bool(int32_t token)> on_token;
+};
+
+struct GenerateResult {
+  std::vector<int32_t> tokens;  // generated ids only (EOS included if produced)
+  GenerateStats stats;
+};
+
+// Output of one causal forward pass over a whole sequence.
+struct ScoreResult {
+  std::vector<int32_t> ids;
+  std::vector<float> logits;  // [T, vocab]: row t predicts token t + 1
+  RoutingTrace routing;
+};
+
+class Engine {
+ public:
+  // Throws epwa::Error with a one-line message for every bad-input case.
+  static std::unique_ptr<Engine> Load(const LoadOptions& options);
+
+  const ModelConfig& config() const { return model_->config(); }
+  const Tokenizer& tokenizer() const { return *tokenizer_; }
+  const TensorStore& tensors() const { return *store_; }
+  const ModelWeights& weights() const { return model_->weights(); }
+  const GenerationDefaults& defaults() const { return defaults_; }
+  const LoadStats& load_stats() const { return load_stats_; }
+  int threads() const { return pool_->size(); }
+  // The KV cache capacity a sequence may use (context window).
+  int64_t max_context() const { return config().max_position_embeddings; }
+
+  // Text to prompt ids: the tokenizer's special tokens plus BOS when
+  // tokenizer_config.json asks for it and the tokenizer did not add it.
+  std::vector<int32_t> EncodePrompt(const std::string& text) const;
+
+  GenerateResult Generate(std::span<const int32_t> prompt, const GenerateOptions& options);
+  ScoreResult Score(std::span<const int32_t> ids);
+
+ private:
+  Engine() = default;
+  std::unique_ptr<ThreadPool> pool_;
+  std::unique_ptr<TensorStore> store_;
+  std::unique_ptr<Tokenizer> tokenizer_;
+  std::unique_ptr<Transformer> model_;
+  GenerationDefaults defaults_;
+  LoadStats load_stats_;
+};
+
+}  // namespace epwa
