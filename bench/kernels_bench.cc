@@ -1,1 +1,222 @@
-int main(){}
+// Benchmarks of the numeric kernels against what the machine can do.
+//
+// Decode (matrix-vector) is bound by memory bandwidth, so it reports GB/s of
+// weights streamed and the percentage of the read bandwidth measured on the
+// same thread count; prefill (matrix-matrix) is bound by arithmetic, so it
+// reports GFLOP/s and the percentage of the measured FMA peak. Arguments are
+// (dtype, threads) or (dtype, M, threads); run with --benchmark_filter to pick.
+//
+//   build-kern/bench/kernels_bench --benchmark_filter=MatVec
+#include <benchmark/benchmark.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <random>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "base/aligned.h"
+#include "base/timer.h"
+#include "kernels/kernels.h"
+
+namespace epwa::kernels {
+namespace {
+
+// Decode shape: 32768 output rows of 4096 inputs, 256 MiB in BF16/F16 and
+// 512 MiB in F32, far beyond any cache, like an LM head or a large FFN.
+constexpr int64_t kDecodeN = 32768;
+constexpr int64_t kDecodeK = 4096;
+// Prefill shape: a 4096 x 4096 projection.
+constexpr int64_t kPrefillN = 4096;
+constexpr int64_t kPrefillK = 4096;
+
+ThreadPool& Pool(int threads) {
+  static std::map<int, std::unique_ptr<ThreadPool>> pools;
+  auto& pool = pools[threads];
+  if (!pool) pool = std::make_unique<ThreadPool>(threads);
+  return *pool;
+}
+
+double Bandwidth(int threads) {
+  static std::map<int, double> cache;
+  auto it = cache.find(threads);
+  if (it == cache.end()) it = cache.emplace(threads, MeasureReadBandwidthGBs(Pool(threads))).first;
+  return it->second;
+}
+
+double Peak(int threads) {
+  static std::map<int, double> cache;
+  auto it = cache.find(threads);
+  if (it == cache.end()) it = cache.emplace(threads, MeasureFmaPeakGflops(Pool(threads))).first;
+  return it->second;
+}
+
+// Weights of the given shape and dtype with small random values; cached so
+// that the large matrices are built once per process.
+const WeightView& Weights(DType dtype, int64_t rows, int64_t cols) {
+  struct Entry {
+    AlignedBuffer<uint8_t> bytes;
+    WeightView view;
+  };
+  static std::map<std::tuple<int, int64_t, int64_t>, std::unique_ptr<Entry>> cache;
+  auto& entry = cache[{static_cast<int>(dtype), rows, cols}];
+  if (!entry) {
+    entry = std::make_unique<Entry>();
+    const size_t count = static_cast<size_t>(rows * cols);
+    entry->bytes.Resize(count * DTypeSize(dtype));
+    std::mt19937 rng(1);
+    std::uniform_real_distribution<float> dist(-0.05f, 0.05f);
+    uint8_t* p = entry->bytes.data();
+    // A short random pattern repeated keeps set-up fast for the 512 MiB case.
+    std::vector<float> pattern(4099);
+    for (float& f : pattern) f = dist(rng);
+    for (size_t i = 0; i < count; ++i) {
+      const float v = pattern[i % pattern.size()];
+      if (dtype == DType::kF32) {
+        std::memcpy(p + 4 * i, &v, 4);
+      } else {
+        const uint16_t h = dtype == DType::kF16 ? F32ToF16(v) : F32ToBF16(v);
+        std::memcpy(p + 2 * i, &h, 2);
+      }
+    }
+    entry->view = WeightView{dtype, p, rows, cols};
+  }
+  return entry->view;
+}
+
+std::vector<float> Activations(int64_t n) {
+  std::mt19937 rng(2);
+  std::uniform_real_distribution<float> dist(-1.f, 1.f);
+  std::vector<float> v(static_cast<size_t>(n));
+  for (float& f : v) f = dist(rng);
+  return v;
+}
+
+void SetLabel(benchmark::State& state, DType dtype, int threads) {
+  state.SetLabel(std::string(DTypeName(dtype)) + " " + IsaName(ActiveIsa()) + " " +
+                 std::to_string(threads) + "t");
+}
+
+// Machine probes, reported as benchmarks so they sit beside the kernels.
+void BM_ReadBandwidth(benchmark::State& state) {
+  const int threads = static_cast<int>(state.range(0));
+  double gbs = 0.0;
+  for (auto _ : state) gbs = MeasureReadBandwidthGBs(Pool(threads));
+  state.counters["GB/s"] = gbs;
+  state.SetLabel(std::to_string(threads) + "t");
+}
+BENCHMARK(BM_ReadBandwidth)->Arg(1)->Arg(2)->Iterations(1)->Unit(benchmark::kMillisecond);
+
+void BM_FmaPeak(benchmark::State& state) {
+  const int threads = static_cast<int>(state.range(0));
+  double gflops = 0.0;
+  for (auto _ : state) gflops = MeasureFmaPeakGflops(Pool(threads));
+  state.counters["GFLOP/s"] = gflops;
+  state.SetLabel(std::to_string(threads) + "t");
+}
+BENCHMARK(BM_FmaPeak)->Arg(1)->Arg(2)->Iterations(1)->Unit(benchmark::kMillisecond);
+
+// Decode: y[1, N] = x[1, K] * W[N, K]^T.
+void BM_MatVec(benchmark::State& state) {
+  const auto dtype = static_cast<DType>(state.range(0));
+  const int threads = static_cast<int>(state.range(1));
+  const WeightView& w = Weights(dtype, kDecodeN, kDecodeK);
+  const std::vector<float> x = Activations(kDecodeK);  // [1, K]
+  std::vector<float> y(kDecodeN);                      // [1, N]
+  ThreadPool& pool = Pool(threads);
+  const double bandwidth = Bandwidth(threads);
+  MatMul(x.data(), 1, w, y.data(), pool);
+  Stopwatch watch;
+  for (auto _ : state) {
+    MatMul(x.data(), 1, w, y.data(), pool);
+    benchmark::DoNotOptimize(y.data());
+  }
+  const double gbs = static_cast<double>(w.Bytes()) * state.iterations() / watch.Seconds() / 1e9;
+  state.counters["GB/s"] = gbs;
+  state.counters["%bw"] = 100.0 * gbs / bandwidth;
+  SetLabel(state, dtype, threads);
+}
+
+// Small M between decode and prefill, to place the switch between them
+// (internal::kMaxDecodeRows): weights streamed per second, as for MatVec.
+void BM_MatMulSmallM(benchmark::State& state) {
+  const auto dtype = static_cast<DType>(state.range(0));
+  const int64_t M = state.range(1);
+  const int threads = static_cast<int>(state.range(2));
+  const WeightView& w = Weights(dtype, kDecodeN / 2, kDecodeK);
+  const std::vector<float> x = Activations(M * kDecodeK);  // [M, K]
+  std::vector<float> y(static_cast<size_t>(M * w.rows));    // [M, N]
+  ThreadPool& pool = Pool(threads);
+  MatMul(x.data(), M, w, y.data(), pool);
+  Stopwatch watch;
+  for (auto _ : state) {
+    MatMul(x.data(), M, w, y.data(), pool);
+    benchmark::DoNotOptimize(y.data());
+  }
+  const double seconds = watch.Seconds();
+  state.counters["GB/s"] = static_cast<double>(w.Bytes()) * state.iterations() / seconds / 1e9;
+  state.counters["GFLOP/s"] =
+      2.0 * static_cast<double>(M * w.rows * w.cols) * state.iterations() / seconds / 1e9;
+  SetLabel(state, dtype, threads);
+}
+
+// Prefill: y[M, N] = x[M, K] * W[N, K]^T.
+void BM_Prefill(benchmark::State& state) {
+  const auto dtype = static_cast<DType>(state.range(0));
+  const int64_t M = state.range(1);
+  const int threads = static_cast<int>(state.range(2));
+  const WeightView& w = Weights(dtype, kPrefillN, kPrefillK);
+  const std::vector<float> x = Activations(M * kPrefillK);  // [M, K]
+  std::vector<float> y(static_cast<size_t>(M * kPrefillN));  // [M, N]
+  ThreadPool& pool = Pool(threads);
+  const double peak = Peak(threads);
+  MatMul(x.data(), M, w, y.data(), pool);
+  Stopwatch watch;
+  for (auto _ : state) {
+    MatMul(x.data(), M, w, y.data(), pool);
+    benchmark::DoNotOptimize(y.data());
+  }
+  const double gflops =
+      2.0 * static_cast<double>(M * kPrefillN * kPrefillK) * state.iterations() / watch.Seconds() / 1e9;
+  state.counters["GFLOP/s"] = gflops;
+  state.counters["%peak"] = 100.0 * gflops / peak;
+  SetLabel(state, dtype, threads);
+}
+
+constexpr int64_t kF32 = static_cast<int64_t>(DType::kF32);
+constexpr int64_t kF16 = static_cast<int64_t>(DType::kF16);
+constexpr int64_t kBF16 = static_cast<int64_t>(DType::kBF16);
+
+BENCHMARK(BM_MatVec)
+    ->ArgsProduct({{kBF16, kF16, kF32}, {1, 2}})
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_MatMulSmallM)
+    ->ArgsProduct({{kBF16}, {1, 2, 3, 4, 5, 6, 8}, {2}})
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_Prefill)
+    ->ArgsProduct({{kBF16, kF16, kF32}, {64, 128, 512}, {1, 2}})
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+
+}  // namespace
+}  // namespace epwa::kernels
+
+// EPWA_ISA=avx2 (or scalar) benchmarks a slower path on a faster CPU.
+int main(int argc, char** argv) {
+  if (const char* isa = std::getenv("EPWA_ISA")) {
+    using epwa::kernels::Isa;
+    for (Isa candidate : {Isa::kAvx512, Isa::kAvx2, Isa::kScalar}) {
+      if (std::string(isa) == epwa::kernels::IsaName(candidate)) epwa::kernels::SetActiveIsa(candidate);
+    }
+  }
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}

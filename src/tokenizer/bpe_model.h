@@ -51,11 +51,11 @@ class BpeModel {
   // the reference.
   void MergeWord(std::string_view word, std::vector<int32_t>* ids) const;
 
-  std::string origin_;
-  std::vector<std::string> id_to_token_;
-  std::vector<bool> id_present_;
-  // Keys point into id_to_token_, which is never resized after loading.
+  // Every vocabulary string, in document order; never resized after
+  // loading, so the string_views and pointers below stay valid.
+  std::vector<std::string> entries_;
   std::unordered_map<std::string_view, int32_t> token_to_id_;
+  std::vector<const std::string*> id_to_token_;  // nullptr for unused ids.
   std::unordered_map<uint64_t, MergeResult> merges_;
   std::string unk_token_;          // Empty when the model has none.
   std::optional<int32_t> unk_id_;  // Unset when unk_token_ is not in vocab.

@@ -1,0 +1,227 @@
+// The epwa command end to end: the golden run on the bundled default model,
+// and every bad-input case (one clear line on stderr, a non-zero exit code,
+// never a crash).
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include <nlohmann/json.hpp>
+
+#include "io/safetensors.h"
+#include "test_util.h"
+
+namespace epwa {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+struct Result {
+  int exit_code;  // -1 when killed by a signal
+  std::string out, err;
+};
+
+std::string Quote(const std::string& s) {
+  std::string q = "'";
+  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return q + "'";
+}
+
+Result Run(const std::string& args, const testing::TempDir& dir) {
+  const std::string out = dir.path() + "/stdout", err = dir.path() + "/stderr";
+  const std::string cmd = std::string(EPWA_BINARY) + " " + args + " >" + out + " 2>" + err;
+  const int status = std::system(cmd.c_str());
+  Result r;
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  r.out = testing::ReadFile(out);
+  r.err = testing::ReadFile(err);
+  return r;
+}
+
+// One line on stderr that contains `needle`, and exit code `code`.
+void ExpectCleanError(const Result& r, int code, const std::string& needle) {
+  EXPECT_EQ(r.exit_code, code) << r.err;
+  EXPECT_NE(r.err.find(needle), std::string::npos) << "stderr was: " << r.err;
+  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+  EXPECT_EQ(r.err.rfind("epwa: error: ", 0), 0u) << r.err;
+}
+
+class CliTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = new testing::TempDir();
+    model_ = testing::MakeModel(*dir_, "tiny-random-moe");
+  }
+  static void TearDownTestSuite() { delete dir_; }
+  // A copy of the model folder to break in one way.
+  std::string CopyModel(const std::string& name) {
+    const std::string to = scratch_.path() + "/" + name;
+    fs::copy(model_, to, fs::copy_options::recursive);
+    return to;
+  }
+  static void WriteFile(const std::string& path, const std::string& text) {
+    std::ofstream(path, std::ios::binary | std::ios::trunc) << text;
+  }
+  static testing::TempDir* dir_;
+  static std::string model_;
+  testing::TempDir scratch_;
+};
+testing::TempDir* CliTest::dir_ = nullptr;
+std::string CliTest::model_;
+
+// The golden end-to-end test: fixed model, prompt and seed give exactly the
+// committed token ids (tests/data/golden/tiny-random-moe.json, made by
+// tools/make_golden.sh).
+TEST_F(CliTest, GoldenRunMatchesCommittedTokens) {
+  const json golden = json::parse(testing::ReadFile("tests/data/golden/tiny-random-moe.json"));
+  Result r = Run("run -m " + model_ + " -p " + Quote(golden["prompt"].get<std::string>()) + " -n " +
+                     std::to_string(golden["n"].get<int>()) + " --seed " +
+                     std::to_string(golden["seed"].get<int>()) + " --json",
+                 scratch_);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const json got = json::parse(r.out);
+  EXPECT_EQ(got["prompt_ids"], golden["prompt_ids"]);
+  EXPECT_EQ(got["ids"], golden["ids"]);
+  EXPECT_EQ(got["text"], golden["text"]);
+  EXPECT_GT(got["stats"]["decode_tokens_per_s"].get<double>(), 0.0);
+}
+
+TEST_F(CliTest, StreamingRunPrintsPromptAndContinuation) {
+  Result r = Run("run -m " + model_ + " -p 'Once upon a time' -n 8 --seed 3", scratch_);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out.rfind("Once upon a time", 0), 0u) << r.out;
+  EXPECT_NE(r.err.find("load: tokenizer"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("tok/s (decode)"), std::string::npos) << r.err;
+  // The streamed text equals the --json text.
+  Result j = Run("run -m " + model_ + " -p 'Once upon a time' -n 8 --seed 3 --json", scratch_);
+  ASSERT_EQ(j.exit_code, 0) << j.err;
+  EXPECT_EQ(r.out, "Once upon a time" + json::parse(j.out)["text"].get<std::string>() + "\n");
+}
+
+TEST_F(CliTest, ScoreReportsEveryPositionAndWritesNpy) {
+  const std::string npy = scratch_.path() + "/logits.npy";
+  Result r = Run("score -m " + model_ + " -p 'The bell rang twelve times' --json --logits-out " + npy,
+                 scratch_);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const json j = json::parse(r.out);
+  const size_t T = j["ids"].size();
+  ASSERT_EQ(j["positions"].size(), T);
+  const json& last = j["positions"][T - 1];
+  EXPECT_LT(last["logprob"].get<double>(), 0.0);
+  EXPECT_EQ(last["top"].size(), 5u);
+  EXPECT_EQ(last["routing"].size(), 4u);  // four MoE layers
+  EXPECT_EQ(last["routing"][0]["experts"].size(), 2u);
+  EXPECT_EQ(last["routing"][0]["router_logits"].size(), 8u);
+  const std::string npy_bytes = testing::ReadFile(npy);
+  EXPECT_EQ(npy_bytes.substr(1, 5), "NUMPY");
+  EXPECT_NE(npy_bytes.find("'shape': (" + std::to_string(T) + ", 1024)"), std::string::npos);
+}
+
+TEST_F(CliTest, TokenizeRoundTrips) {
+  Result r = Run("tokenize -m " + model_ + " --text 'Hello, clock!' --json", scratch_);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const json j = json::parse(r.out);
+  std::string ids;
+  for (const auto& id : j["ids"]) ids += (ids.empty() ? "" : ",") + std::to_string(id.get<int>());
+  Result d = Run("tokenize -m " + model_ + " --decode " + ids, scratch_);
+  ASSERT_EQ(d.exit_code, 0) << d.err;
+  EXPECT_EQ(d.out, "Hello, clock!\n");
+}
+
+TEST_F(CliTest, InfoDescribesTheModel) {
+  Result r = Run("info -m " + model_ + " --json", scratch_);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const json j = json::parse(r.out);
+  EXPECT_EQ(j["architecture"], "MixtralForCausalLM");
+  EXPECT_EQ(j["num_experts"], 8);
+  EXPECT_LT(j["active_parameters_per_token"].get<int64_t>(), j["parameters"].get<int64_t>());
+}
+
+TEST_F(CliTest, MissingFolder) {
+  ExpectCleanError(Run("run -m /nonexistent/model -p hi", scratch_), 1,
+                   "model folder '/nonexistent/model' does not exist");
+}
+
+TEST_F(CliTest, MissingConfig) {
+  const std::string m = CopyModel("noconfig");
+  fs::remove(m + "/config.json");
+  ExpectCleanError(Run("run -m " + m + " -p hi", scratch_), 1, "config.json");
+}
+
+TEST_F(CliTest, MissingTokenizer) {
+  const std::string m = CopyModel("notok");
+  fs::remove(m + "/tokenizer.json");
+  ExpectCleanError(Run("info -m " + m, scratch_), 1, "tokenizer.json is missing");
+}
+
+TEST_F(CliTest, MissingWeights) {
+  const std::string m = CopyModel("noweights");
+  fs::remove(m + "/model.safetensors");
+  ExpectCleanError(Run("info -m " + m, scratch_), 1, "safetensors");
+}
+
+TEST_F(CliTest, UnsupportedArchitecture) {
+  const std::string m = CopyModel("gpt2");
+  std::string cfg = testing::ReadFile(m + "/config.json");
+  cfg.replace(cfg.find("MixtralForCausalLM"), 18, "GPT2LMHeadModel");
+  WriteFile(m + "/config.json", cfg);
+  ExpectCleanError(Run("info -m " + m, scratch_), 1,
+                   "architecture 'GPT2LMHeadModel' is not supported (supported: MixtralForCausalLM");
+}
+
+TEST_F(CliTest, ConfigContradictsTensors) {
+  const std::string m = CopyModel("wrongvocab");
+  std::string cfg = testing::ReadFile(m + "/config.json");
+  cfg.replace(cfg.find("\"hidden_size\": 128"), 18, "\"hidden_size\": 256");
+  WriteFile(m + "/config.json", cfg);
+  ExpectCleanError(Run("info -m " + m, scratch_), 1, "model.embed_tokens.weight");
+}
+
+TEST_F(CliTest, TruncatedSafetensors) {
+  const std::string m = CopyModel("truncated");
+  fs::resize_file(m + "/model.safetensors", fs::file_size(m + "/model.safetensors") / 2);
+  ExpectCleanError(Run("info -m " + m, scratch_), 1, "model.safetensors");
+}
+
+TEST_F(CliTest, MalformedTokenizer) {
+  const std::string m = CopyModel("badtok");
+  WriteFile(m + "/tokenizer.json", "{\"model\": {\"type\": \"BPE\", \"vocab\": ");
+  ExpectCleanError(Run("info -m " + m, scratch_), 1, "tokenizer.json");
+}
+
+TEST_F(CliTest, EmptyPrompt) {
+  ExpectCleanError(Run("run -m " + model_ + " -p ''", scratch_), 1, "prompt is empty");
+}
+
+TEST_F(CliTest, PromptLongerThanContext) {
+  const std::string m = CopyModel("shortctx");
+  std::string cfg = testing::ReadFile(m + "/config.json");
+  cfg.replace(cfg.find("\"max_position_embeddings\": 2048"), 31, "\"max_position_embeddings\": 8");
+  WriteFile(m + "/config.json", cfg);
+  ExpectCleanError(Run("run -m " + m + " -p 'the quick brown fox jumps over the lazy dog again'", scratch_),
+                   1, "does not fit the model's context of 8 tokens");
+}
+
+TEST_F(CliTest, FlagsOutOfRange) {
+  ExpectCleanError(Run("run -m " + model_ + " -p hi --temp -1", scratch_), 2, "--temp");
+  ExpectCleanError(Run("run -m " + model_ + " -p hi --top-p 1.5", scratch_), 2, "--top-p");
+  ExpectCleanError(Run("run -m " + model_ + " -p hi -n -3", scratch_), 2, "max-tokens");
+  ExpectCleanError(Run("run -m " + model_ + " -p hi --bogus", scratch_), 2, "--bogus");
+  ExpectCleanError(Run("score -m " + model_ + " --ids 1,x,3", scratch_), 1, "--ids");
+  ExpectCleanError(Run("score -m " + model_ + " --ids 1,99999", scratch_), 1,
+                   "token id 99999 is outside the vocabulary");
+  ExpectCleanError(Run("tokenize -m " + model_ + " --decode 5000000", scratch_), 1,
+                   "outside the tokenizer's vocabulary");
+}
+
+TEST_F(CliTest, NoPartialLogitsFileOnFailure) {
+  const std::string npy = scratch_.path() + "/out.npy";
+  Result r = Run("score -m " + model_ + " --ids 1,99999 --logits-out " + npy, scratch_);
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_FALSE(fs::exists(npy));
+}
+
+}  // namespace
+}  // namespace epwa

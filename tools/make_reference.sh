@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Regenerates tests/data/reference/: for each fixture, writes the seeded model
+# with `epwa synth` and runs the independent NumPy reference on fixed ids.
+# Usage: tools/make_reference.sh [path/to/epwa]   (after building)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+EPWA=${1:-build/epwa}
+PY=/usr/bin/python3
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+# preset dtype ids (16 tokens, fixed; vocabulary of the fixtures is 512)
+while read -r preset dtype ids; do
+  out=tests/data/reference/$preset
+  mkdir -p "$out"
+  "$EPWA" synth --preset "$preset" --dtype "$dtype" --out "$tmp/$preset" >/dev/null 2>&1
+  echo "[$ids]" > "$out/ids.json"
+  "$PY" tools/reference_forward.py "$tmp/$preset" --ids "$ids" \
+    --logits-out "$out/logits.npy" --routing-out "$out/routing.json"
+done <<'LIST'
+fixture-mixtral bf16 1,17,300,42,42,511,7,256,99,100,3,480,12,13,77,200
+fixture-mistral-swa bf16 1,5,6,7,8,9,10,11,12,400,401,402,3,4,5,6
+fixture-llama f32 1,250,251,2,3,4,100,101,102,103,500,9,8,7,6,5
+fixture-qwen2 f16 1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16
+LIST
