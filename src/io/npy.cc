@@ -150,7 +150,8 @@ class HeaderParser {
 void WriteNpyF32(const std::string& path, const float* data, const std::vector<int64_t>& shape) {
   uint64_t numel = 1;
   for (int64_t d : shape) {
-    Require(d >= 0, "writing " + path + ": shape " + ShapeTuple(shape) + " has a negative dimension");
+    Require(d >= 0,
+            "writing " + path + ": shape " + ShapeTuple(shape) + " has a negative dimension");
     Require(!__builtin_mul_overflow(numel, static_cast<uint64_t>(d), &numel) &&
                 numel <= (uint64_t{1} << 61),
             "writing " + path + ": shape " + ShapeTuple(shape) + " is too large");
@@ -165,7 +166,7 @@ void WriteNpyF32(const std::string& path, const float* data, const std::vector<i
   header.append((kAlign - unpadded % kAlign) % kAlign, ' ');
   header += '\n';
   Require(header.size() <= 0xffff, "writing " + path + ": shape " + ShapeTuple(shape) +
-                                        " has too many dimensions for an .npy header");
+                                       " has too many dimensions for an .npy header");
 
   AtomicFile out(path);
   out.Write(kMagic, kMagicLen);
@@ -192,8 +193,8 @@ std::vector<float> ReadNpyF32(const std::string& path, std::vector<int64_t>* sha
     header_start = 10;
   } else if (major == 2 || major == 3) {
     Require(size >= 12, path + " is truncated inside its .npy header");
-    header_len = bytes[8] | (size_t{bytes[9]} << 8) | (size_t{bytes[10]} << 16) |
-                 (size_t{bytes[11]} << 24);
+    header_len =
+        bytes[8] | (size_t{bytes[9]} << 8) | (size_t{bytes[10]} << 16) | (size_t{bytes[11]} << 24);
     header_start = 12;
   } else {
     throw Error(path + " uses .npy format version " + std::to_string(major) +
@@ -202,8 +203,8 @@ std::vector<float> ReadNpyF32(const std::string& path, std::vector<int64_t>* sha
   Require(header_len <= size - header_start, path + " is truncated inside its .npy header");
 
   std::string_view header(reinterpret_cast<const char*>(bytes + header_start), header_len);
-  while (!header.empty() && (header.back() == '\n' || header.back() == ' ' ||
-                             header.back() == '\0')) {
+  while (!header.empty() &&
+         (header.back() == '\n' || header.back() == ' ' || header.back() == '\0')) {
     header.remove_suffix(1);
   }
   std::string descr;

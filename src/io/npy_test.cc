@@ -104,7 +104,8 @@ TEST(NpyTest, ClearErrors) {
     WriteBytes(path, bytes);
     const std::string message = ErrorOf(path);
     EXPECT_NE(message.find(path), std::string::npos) << message;
-    EXPECT_NE(message.find(part), std::string::npos) << "\"" << message << "\" lacks \"" << part << "\"";
+    EXPECT_NE(message.find(part), std::string::npos)
+        << "\"" << message << "\" lacks \"" << part << "\"";
   };
   expect({}, "not a NumPy .npy file");
   expect({'P', 'K', 3, 4, 0, 0, 0, 0, 0, 0, 0}, "not a NumPy .npy file");
@@ -114,17 +115,21 @@ TEST(NpyTest, ClearErrors) {
   std::vector<uint8_t> f8 = Header("{'descr': '<f8', 'fortran_order': False, 'shape': (1,), }");
   f8.resize(f8.size() + 8);
   expect(f8, "'<f8'");
-  std::vector<uint8_t> big_endian = Header("{'descr': '>f4', 'fortran_order': False, 'shape': (1,), }");
+  std::vector<uint8_t> big_endian =
+      Header("{'descr': '>f4', 'fortran_order': False, 'shape': (1,), }");
   big_endian.resize(big_endian.size() + 4);
   expect(big_endian, "'>f4'");
-  std::vector<uint8_t> fortran = Header("{'descr': '<f4', 'fortran_order': True, 'shape': (2, 2), }");
+  std::vector<uint8_t> fortran =
+      Header("{'descr': '<f4', 'fortran_order': True, 'shape': (2, 2), }");
   fortran.resize(fortran.size() + 16);
   expect(fortran, "Fortran");
-  std::vector<uint8_t> short_data = Header("{'descr': '<f4', 'fortran_order': False, 'shape': (2, 2), }");
+  std::vector<uint8_t> short_data =
+      Header("{'descr': '<f4', 'fortran_order': False, 'shape': (2, 2), }");
   short_data.resize(short_data.size() + 12);
   expect(short_data, "12 bytes of data but shape (2, 2) x float32 needs 16");
   expect(Header("{'descr': '<f4', 'fortran_order': False}"), "'shape'");
-  expect(Header("{'descr': '<f4', 'fortran_order': False, 'shape': (2, x), }"), "tuple of integers");
+  expect(Header("{'descr': '<f4', 'fortran_order': False, 'shape': (2, x), }"),
+         "tuple of integers");
   expect(Header("{'descr': '<f4', 'fortran_order': Maybe, 'shape': (2,), }"), "True nor False");
   expect(Header("{'descr': '<f4', 'fortran_order': False, 'shape': (99999999999999999999,), }"),
          "too large");

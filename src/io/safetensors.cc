@@ -19,10 +19,9 @@
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
-
-#include <nlohmann/json.hpp>
 
 #include "base/error.h"
 #include "io/atomic_file.h"
@@ -44,12 +43,16 @@ constexpr uint64_t kMaxHeaderBytes = 100'000'000;
 // millions of '[' cannot exhaust memory.
 constexpr int kMaxJsonDepth = 2;
 
+// "[10, 4]". A corrupt header may hold millions of dimensions, so long
+// shapes are cut short to keep messages to one readable line.
 std::string ShapeString(const std::vector<int64_t>& shape) {
+  constexpr size_t kMaxDims = 16;
   std::string s = "[";
-  for (size_t i = 0; i < shape.size(); ++i) {
+  for (size_t i = 0; i < shape.size() && i < kMaxDims; ++i) {
     if (i) s += ", ";
     s += std::to_string(shape[i]);
   }
+  if (shape.size() > kMaxDims) s += ", ... (" + std::to_string(shape.size()) + " dimensions)";
   return s + "]";
 }
 
@@ -118,9 +121,9 @@ json ParseHeaderJson(const uint8_t* begin, const uint8_t* end, const std::string
       case json::parse_event_t::object_start:
       case json::parse_event_t::array_start:
         if (depth > kMaxJsonDepth) {
-          throw Error(origin + ": the header JSON nests deeper than a safetensors header can" +
-                      (current_entry.empty() ? std::string()
-                                             : " (in entry '" + current_entry + "')"));
+          throw Error(
+              origin + ": the header JSON nests deeper than a safetensors header can" +
+              (current_entry.empty() ? std::string() : " (in entry '" + current_entry + "')"));
         }
         if (depth == 1) entry_keys.clear();
         break;
@@ -180,8 +183,8 @@ TensorInfo ParseEntry(const std::string& name, const json& entry, uint64_t data_
   Require(dtype_it->is_string(), where + " has a \"dtype\" that is not a string");
   const std::string& dtype_name = dtype_it->get_ref<const std::string&>();
   if (!ParseDType(dtype_name, &info.dtype)) {
-    throw Error("unsupported dtype " + Excerpt(dtype_name) + " for tensor '" + name + "' in " + origin +
-                " (epwa reads F32, F16 and BF16)");
+    throw Error("unsupported dtype " + Excerpt(dtype_name) + " for tensor '" + name + "' in " +
+                origin + " (epwa reads F32, F16 and BF16)");
   }
 
   const auto shape_it = entry.find("shape");
@@ -196,8 +199,8 @@ TensorInfo ParseEntry(const std::string& name, const json& entry, uint64_t data_
 
   const auto offsets_it = entry.find("data_offsets");
   Require(offsets_it != entry.end(), where + " has no \"data_offsets\"");
-  Require(offsets_it->is_array() && offsets_it->size() == 2 && (*offsets_it)[0].is_number_unsigned() &&
-              (*offsets_it)[1].is_number_unsigned(),
+  Require(offsets_it->is_array() && offsets_it->size() == 2 &&
+              (*offsets_it)[0].is_number_unsigned() && (*offsets_it)[1].is_number_unsigned(),
           where + " has \"data_offsets\" " + Excerpt(*offsets_it) +
               " instead of two non-negative integers [begin, end]");
   info.begin = (*offsets_it)[0].get<uint64_t>();
@@ -280,8 +283,8 @@ SafetensorsHeader ParseSafetensors(const uint8_t* bytes, size_t size, const std:
           origin + " declares a header of " + std::to_string(header_len) +
               " bytes, more than the 100 MB limit; it is not a safetensors file or is corrupt");
   Require(header_len <= size - 8,
-          origin + " declares a header of " + std::to_string(header_len) +
-              " bytes but only " + std::to_string(size - 8) +
+          origin + " declares a header of " + std::to_string(header_len) + " bytes but only " +
+              std::to_string(size - 8) +
               " bytes follow the length prefix; the file is truncated or corrupt");
 
   const uint8_t* header_begin = bytes + 8;
@@ -297,8 +300,8 @@ SafetensorsHeader ParseSafetensors(const uint8_t* bytes, size_t size, const std:
     if (name == "__metadata__") {
       Require(value.is_object(), origin + ": \"__metadata__\" is not a JSON object");
       for (const auto& [key, v] : value.items()) {
-        Require(v.is_string(), origin + ": \"__metadata__\" entry '" + key +
-                                   "' is not a string (" + Excerpt(v) + ")");
+        Require(v.is_string(), origin + ": \"__metadata__\" entry '" + key + "' is not a string (" +
+                                   Excerpt(v) + ")");
         result.metadata[key] = v.get<std::string>();
       }
       continue;
@@ -394,7 +397,8 @@ std::map<std::string, std::string> ReadWeightMap(const std::string& index_path) 
 std::unique_ptr<TensorStore> TensorStore::OpenDir(const std::string& model_dir) {
   std::error_code ec;
   epwa::Require(fs::exists(model_dir, ec), "model folder '" + model_dir + "' does not exist");
-  epwa::Require(fs::is_directory(model_dir, ec), "model folder '" + model_dir + "' is not a folder");
+  epwa::Require(fs::is_directory(model_dir, ec),
+                "model folder '" + model_dir + "' is not a folder");
 
   std::unique_ptr<TensorStore> store(new TensorStore());
   store->dir_ = model_dir;
@@ -424,15 +428,15 @@ std::unique_ptr<TensorStore> TensorStore::OpenDir(const std::string& model_dir) 
     for (const auto& [shard, tensor_names] : shards) {
       const fs::path shard_path = dir / shard;
       epwa::Require(fs::exists(shard_path, ec),
-              index_path.string() + " lists shard '" + shard + "' (for tensor '" +
-                  tensor_names.front() + "') but " + shard_path.string() + " does not exist");
+                    index_path.string() + " lists shard '" + shard + "' (for tensor '" +
+                        tensor_names.front() + "') but " + shard_path.string() + " does not exist");
       const SafetensorsFile& file = add_file(shard_path.string());
       std::set<std::string> present;
       for (const TensorInfo& t : file.tensors()) present.insert(t.name);
       for (const std::string& name : tensor_names) {
         epwa::Require(present.count(name) != 0, index_path.string() + " says tensor '" + name +
-                                              "' is in " + shard_path.string() +
-                                              ", but that file does not contain it");
+                                                    "' is in " + shard_path.string() +
+                                                    ", but that file does not contain it");
       }
     }
     return store;
@@ -452,8 +456,8 @@ std::unique_ptr<TensorStore> TensorStore::OpenDir(const std::string& model_dir) 
   }
   std::sort(candidates.begin(), candidates.end());
   epwa::Require(!candidates.empty(), "no .safetensors weights in '" + model_dir +
-                                   "' (expected model.safetensors or "
-                                   "model.safetensors.index.json)");
+                                         "' (expected model.safetensors or "
+                                         "model.safetensors.index.json)");
   if (candidates.size() > 1) {
     std::string list;
     for (const std::string& c : candidates) list += (list.empty() ? "" : ", ") + c;
@@ -556,7 +560,8 @@ void WriteSafetensorsChunked(const std::string& path, const std::vector<TensorSp
 
   AtomicFile out(path);
   uint8_t prefix[8];
-  for (int i = 0; i < 8; ++i) prefix[i] = static_cast<uint8_t>(uint64_t{header_text.size()} >> (8 * i));
+  for (int i = 0; i < 8; ++i)
+    prefix[i] = static_cast<uint8_t>(uint64_t{header_text.size()} >> (8 * i));
   out.Write(prefix, sizeof prefix);
   out.Write(header_text.data(), header_text.size());
 
@@ -569,7 +574,8 @@ void WriteSafetensorsChunked(const std::string& path, const std::vector<TensorSp
     const size_t row_bytes =
         (spec.shape.empty() ? 1 : static_cast<size_t>(spec.shape.back())) * DTypeSize(spec.dtype);
     const size_t rows_per_chunk = std::max<size_t>(1, max_chunk_bytes / row_bytes);
-    const size_t chunk = static_cast<size_t>(std::min<uint64_t>(nbytes, rows_per_chunk * row_bytes));
+    const size_t chunk =
+        static_cast<size_t>(std::min<uint64_t>(nbytes, rows_per_chunk * row_bytes));
     if (chunk > buffer_size) {
       buffer = std::make_unique_for_overwrite<uint8_t[]>(chunk);
       buffer_size = chunk;

@@ -99,14 +99,15 @@ TEST(SafetensorsTest, RoundTripAllDtypesMetadataEmptyAndScalar) {
   const std::string path = dir.File("model.safetensors");
   const std::vector<uint8_t> f32 = Pattern(2 * 3 * 4, 10), f16 = Pattern(5 * 2, 20),
                              bf16 = Pattern(2 * 2 * 2, 30), scalar = Pattern(4, 40), none;
-  const std::map<std::string, std::string> metadata = {{"format", "pt"}, {"note", "hello \"world\""}};
-  WriteSafetensors(path,
-                   {SpecFrom("w.f32", DType::kF32, {2, 3}, &f32),
-                    SpecFrom("w.f16", DType::kF16, {5}, &f16),
-                    SpecFrom("w.bf16", DType::kBF16, {2, 2}, &bf16),
-                    SpecFrom("w.empty", DType::kF32, {0, 5}, &none),
-                    SpecFrom("w.scalar", DType::kF32, {}, &scalar)},
-                   metadata);
+  const std::map<std::string, std::string> metadata = {{"format", "pt"},
+                                                       {"note", "hello \"world\""}};
+  WriteSafetensors(
+      path,
+      {SpecFrom("w.f32", DType::kF32, {2, 3}, &f32), SpecFrom("w.f16", DType::kF16, {5}, &f16),
+       SpecFrom("w.bf16", DType::kBF16, {2, 2}, &bf16),
+       SpecFrom("w.empty", DType::kF32, {0, 5}, &none),
+       SpecFrom("w.scalar", DType::kF32, {}, &scalar)},
+      metadata);
   EXPECT_EQ(dir.List(), std::vector<std::string>{"model.safetensors"});  // no temp file left
 
   const std::vector<uint8_t> raw = ReadBytes(path);
@@ -180,7 +181,8 @@ TEST(SafetensorsTest, WriterChunksOnRowBoundaries) {
       std::memcpy(out, data.data() + offset, n);
     };
     WriteSafetensorsChunked(path, {spec}, {}, limit);
-    const size_t expected_chunk = std::min<size_t>(data.size(), std::max<size_t>(12, limit / 12 * 12));
+    const size_t expected_chunk =
+        std::min<size_t>(data.size(), std::max<size_t>(12, limit / 12 * 12));
     size_t next = 0;
     for (const auto& [offset, n] : calls) {
       EXPECT_EQ(offset, next);
@@ -200,13 +202,19 @@ TEST(SafetensorsTest, WriterRejectsBadSpecsWithoutCreatingAFile) {
   TempDir dir;
   const std::string path = dir.File("out.safetensors");
   const std::vector<uint8_t> d = Pattern(8, 1);
-  ExpectError([&] { WriteSafetensors(path, {SpecFrom("x", DType::kF32, {2}, &d),
-                                            SpecFrom("x", DType::kF32, {2}, &d)}); },
-              {path, "'x'", "more than once"});
+  ExpectError(
+      [&] {
+        WriteSafetensors(
+            path, {SpecFrom("x", DType::kF32, {2}, &d), SpecFrom("x", DType::kF32, {2}, &d)});
+      },
+      {path, "'x'", "more than once"});
   ExpectError([&] { WriteSafetensors(path, {SpecFrom("__metadata__", DType::kF32, {2}, &d)}); },
               {path, "reserved"});
-  ExpectError([&] { WriteSafetensors(path, {SpecFrom("neg", DType::kF32, {-1, 2}, &d)}); },
-              {path, "'neg'", "[-1, 2]"});
+  ExpectError(
+      [&] {
+        WriteSafetensors(path, {SpecFrom("neg", DType::kF32, {-1, 2}, &d)});
+      },
+      {path, "'neg'", "[-1, 2]"});
   TensorSpec no_fill;
   no_fill.name = "nofill";
   no_fill.shape = {2};
@@ -239,8 +247,11 @@ TEST(SafetensorsTest, WriterLeavesNothingWhenFillThrows) {
   bad.name = "bad";
   bad.shape = {2};
   bad.fill = [](uint8_t*, size_t, size_t) { throw Error("conversion failed"); };
-  ExpectError([&] { WriteSafetensors(path, {SpecFrom("ok", DType::kF32, {2}, &d), bad}); },
-              {"conversion failed"});
+  ExpectError(
+      [&] {
+        WriteSafetensors(path, {SpecFrom("ok", DType::kF32, {2}, &d), bad});
+      },
+      {"conversion failed"});
   EXPECT_TRUE(dir.List().empty());
 
   // An existing file survives a failed rewrite untouched.
@@ -254,9 +265,8 @@ TEST(SafetensorsTest, WriterLeavesNothingWhenFillThrows) {
 // ---------------------------------------------------------------- parsing
 
 TEST(SafetensorsTest, ParseReportsDataSectionOffsetAndAllowsGaps) {
-  const std::string header =
-      R"({"b":{"dtype":"F16","shape":[2],"data_offsets":[8,12]},)"
-      R"("a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})";
+  const std::string header = R"({"b":{"dtype":"F16","shape":[2],"data_offsets":[8,12]},)"
+                             R"("a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})";
   const std::vector<uint8_t> bytes = MakeFile(header, 16);
   uint64_t offset = 0;
   const std::vector<TensorInfo> tensors =
@@ -272,10 +282,10 @@ TEST(SafetensorsTest, ParseReportsDataSectionOffsetAndAllowsGaps) {
 }
 
 TEST(SafetensorsTest, EmptyTensorsMayShareOffsetsWithOthers) {
-  const std::vector<uint8_t> bytes = MakeFile(
-      R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
-      R"("e":{"dtype":"F32","shape":[0],"data_offsets":[4,4]}})",
-      8);
+  const std::vector<uint8_t> bytes =
+      MakeFile(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
+               R"("e":{"dtype":"F32","shape":[0],"data_offsets":[4,4]}})",
+               8);
   EXPECT_EQ(Parse(bytes).size(), 2u);
 }
 
@@ -318,62 +328,123 @@ TEST(SafetensorsTest, RejectsEveryKindOfBadHeader) {
       {"trailing garbage", R"({} x)", 0, {"not valid JSON"}},
       {"not an object", R"([1, 2])", 0, {"not an object"}},
       {"string root", R"("w")", 0, {"not an object"}},
-      {"metadata not object", R"({"__metadata__": ["a"]})", 0, {"__metadata__", "not a JSON object"}},
-      {"metadata value not string", R"({"__metadata__": {"format": 1}})", 0,
+      {"metadata not object",
+       R"({"__metadata__": ["a"]})",
+       0,
+       {"__metadata__", "not a JSON object"}},
+      {"metadata value not string",
+       R"({"__metadata__": {"format": 1}})",
+       0,
        {"__metadata__", "'format'", "not a string"}},
       {"entry not object", R"({"w": 3})", 0, {"'w'", "not described by a JSON object"}},
       {"missing dtype", R"({"w": {"shape":[2],"data_offsets":[0,8]}})", 8, {"'w'", "no \"dtype\""}},
-      {"dtype not string", R"({"w": {"dtype":4,"shape":[2],"data_offsets":[0,8]}})", 8,
+      {"dtype not string",
+       R"({"w": {"dtype":4,"shape":[2],"data_offsets":[0,8]}})",
+       8,
        {"'w'", "\"dtype\" that is not a string"}},
-      {"unsupported I8", R"({"w": {"dtype":"I8","shape":[2],"data_offsets":[0,2]}})", 2,
+      {"unsupported I8",
+       R"({"w": {"dtype":"I8","shape":[2],"data_offsets":[0,2]}})",
+       2,
        {"unsupported dtype I8 for tensor 'w' in bad.safetensors"}},
-      {"unsupported F64", R"({"w": {"dtype":"F64","shape":[2],"data_offsets":[0,16]}})", 16,
+      {"unsupported F64",
+       R"({"w": {"dtype":"F64","shape":[2],"data_offsets":[0,16]}})",
+       16,
        {"unsupported dtype F64 for tensor 'w' in bad.safetensors"}},
-      {"unsupported U8", R"({"w": {"dtype":"U8","shape":[2],"data_offsets":[0,2]}})", 2,
+      {"unsupported U8",
+       R"({"w": {"dtype":"U8","shape":[2],"data_offsets":[0,2]}})",
+       2,
        {"unsupported dtype U8 for tensor 'w' in bad.safetensors"}},
-      {"missing shape", R"({"w": {"dtype":"F32","data_offsets":[0,8]}})", 8, {"'w'", "no \"shape\""}},
-      {"shape not array", R"({"w": {"dtype":"F32","shape":2,"data_offsets":[0,8]}})", 8,
+      {"missing shape",
+       R"({"w": {"dtype":"F32","data_offsets":[0,8]}})",
+       8,
+       {"'w'", "no \"shape\""}},
+      {"shape not array",
+       R"({"w": {"dtype":"F32","shape":2,"data_offsets":[0,8]}})",
+       8,
        {"'w'", "\"shape\" that is not an array"}},
-      {"negative dim", R"({"w": {"dtype":"F32","shape":[-2],"data_offsets":[0,8]}})", 8,
+      {"negative dim",
+       R"({"w": {"dtype":"F32","shape":[-2],"data_offsets":[0,8]}})",
+       8,
        {"'w'", "-2", "non-negative integer"}},
-      {"float dim", R"({"w": {"dtype":"F32","shape":[2.5],"data_offsets":[0,8]}})", 8,
+      {"float dim",
+       R"({"w": {"dtype":"F32","shape":[2.5],"data_offsets":[0,8]}})",
+       8,
        {"'w'", "2.5", "non-negative integer"}},
-      {"string dim", R"({"w": {"dtype":"F32","shape":["2"],"data_offsets":[0,8]}})", 8,
+      {"string dim",
+       R"({"w": {"dtype":"F32","shape":["2"],"data_offsets":[0,8]}})",
+       8,
        {"'w'", "non-negative integer"}},
-      {"dim beyond int64", R"({"w": {"dtype":"F32","shape":[9223372036854775808],"data_offsets":[0,8]}})",
-       8, {"'w'", "non-negative integer"}},
-      {"shape overflows", R"({"w": {"dtype":"F32","shape":[4294967296,4294967296,4],"data_offsets":[0,8]}})",
-       8, {"'w'", "overflows"}},
-      {"bytes overflow", R"({"w": {"dtype":"F32","shape":[4611686018427387904],"data_offsets":[0,8]}})",
-       8, {"'w'", "overflows"}},
-      {"missing offsets", R"({"w": {"dtype":"F32","shape":[2]}})", 8, {"'w'", "no \"data_offsets\""}},
-      {"one offset", R"({"w": {"dtype":"F32","shape":[2],"data_offsets":[0]}})", 8,
+      {"dim beyond int64",
+       R"({"w": {"dtype":"F32","shape":[9223372036854775808],"data_offsets":[0,8]}})",
+       8,
+       {"'w'", "non-negative integer"}},
+      {"shape overflows",
+       R"({"w": {"dtype":"F32","shape":[4294967296,4294967296,4],"data_offsets":[0,8]}})",
+       8,
+       {"'w'", "overflows"}},
+      {"bytes overflow",
+       R"({"w": {"dtype":"F32","shape":[4611686018427387904],"data_offsets":[0,8]}})",
+       8,
+       {"'w'", "overflows"}},
+      {"missing offsets",
+       R"({"w": {"dtype":"F32","shape":[2]}})",
+       8,
+       {"'w'", "no \"data_offsets\""}},
+      {"one offset",
+       R"({"w": {"dtype":"F32","shape":[2],"data_offsets":[0]}})",
+       8,
        {"'w'", "two non-negative integers"}},
-      {"three offsets", R"({"w": {"dtype":"F32","shape":[2],"data_offsets":[0,8,8]}})", 8,
+      {"three offsets",
+       R"({"w": {"dtype":"F32","shape":[2],"data_offsets":[0,8,8]}})",
+       8,
        {"'w'", "two non-negative integers"}},
-      {"negative offset", R"({"w": {"dtype":"F32","shape":[2],"data_offsets":[-8,0]}})", 8,
+      {"negative offset",
+       R"({"w": {"dtype":"F32","shape":[2],"data_offsets":[-8,0]}})",
+       8,
        {"'w'", "two non-negative integers"}},
-      {"float offset", R"({"w": {"dtype":"F32","shape":[2],"data_offsets":[0,8.0]}})", 8,
+      {"float offset",
+       R"({"w": {"dtype":"F32","shape":[2],"data_offsets":[0,8.0]}})",
+       8,
        {"'w'", "two non-negative integers"}},
-      {"offsets not array", R"({"w": {"dtype":"F32","shape":[2],"data_offsets":"0,8"}})", 8,
+      {"offsets not array",
+       R"({"w": {"dtype":"F32","shape":[2],"data_offsets":"0,8"}})",
+       8,
        {"'w'", "two non-negative integers"}},
-      {"begin after end", R"({"w": {"dtype":"F32","shape":[0],"data_offsets":[8,0]}})", 8,
+      {"begin after end",
+       R"({"w": {"dtype":"F32","shape":[0],"data_offsets":[8,0]}})",
+       8,
        {"'w'", "[8, 0]", "end before they begin"}},
-      {"size mismatch", R"({"w": {"dtype":"BF16","shape":[3],"data_offsets":[0,8]}})", 8,
+      {"size mismatch",
+       R"({"w": {"dtype":"BF16","shape":[3],"data_offsets":[0,8]}})",
+       8,
        {"'w'", "[0, 8]", "[3] x BF16 needs 6 bytes"}},
-      {"past the data", R"({"w": {"dtype":"F32","shape":[2],"data_offsets":[4,12]}})", 8,
+      {"past the data",
+       R"({"w": {"dtype":"F32","shape":[2],"data_offsets":[4,12]}})",
+       8,
        {"'w'", "[4, 12]", "past the end of the data section (8 bytes"}},
-      {"huge offsets", R"({"w": {"dtype":"F32","shape":[2],"data_offsets":[18446744073709551608,18446744073709551615]}})",
-       8, {"'w'", "needs 8 bytes"}},
-      {"overlap", R"({"w": )" + ok_entry + R"(, "v": {"dtype":"F32","shape":[1],"data_offsets":[4,8]}})",
-       8, {"'w'", "'v'", "overlap"}},
-      {"identical ranges", R"({"w": )" + ok_entry + R"(, "v": )" + ok_entry + "}", 8,
+      {"huge offsets",
+       R"({"w": {"dtype":"F32","shape":[2],"data_offsets":[18446744073709551608,18446744073709551615]}})",
+       8,
+       {"'w'", "needs 8 bytes"}},
+      {"overlap",
+       R"({"w": )" + ok_entry + R"(, "v": {"dtype":"F32","shape":[1],"data_offsets":[4,8]}})",
+       8,
        {"'w'", "'v'", "overlap"}},
-      {"duplicate tensor", R"({"w": )" + ok_entry + R"(, "w": )" + ok_entry + "}", 8,
+      {"identical ranges",
+       R"({"w": )" + ok_entry + R"(, "v": )" + ok_entry + "}",
+       8,
+       {"'w'", "'v'", "overlap"}},
+      {"duplicate tensor",
+       R"({"w": )" + ok_entry + R"(, "w": )" + ok_entry + "}",
+       8,
        {"'w'", "more than once"}},
-      {"duplicate key", R"({"w": {"dtype":"F32","dtype":"F16","shape":[2],"data_offsets":[0,8]}})", 8,
+      {"duplicate key",
+       R"({"w": {"dtype":"F32","dtype":"F16","shape":[2],"data_offsets":[0,8]}})",
+       8,
        {"'w'", "'dtype'", "more than once"}},
-      {"too deep", R"({"w": {"dtype":"F32","shape":[[2]],"data_offsets":[0,8]}})", 8,
+      {"too deep",
+       R"({"w": {"dtype":"F32","shape":[[2]],"data_offsets":[0,8]}})",
+       8,
        {"'w'", "nests deeper"}},
       {"very deep", std::string(100000, '[') + std::string(100000, ']'), 0, {"nests deeper"}},
       {"invalid utf-8", "{\"w\xff\": 1}", 0, {"not valid JSON"}},
@@ -390,7 +461,8 @@ TEST(SafetensorsTest, RejectsEveryKindOfBadHeader) {
 TEST(SafetensorsTest, OpenNamesThePathOnBadFiles) {
   TempDir dir;
   const std::string path = dir.File("broken.safetensors");
-  WriteBytes(path, MakeFile(R"({"layer.0.w": {"dtype":"F32","shape":[4],"data_offsets":[0,8]}})", 8));
+  WriteBytes(path,
+             MakeFile(R"({"layer.0.w": {"dtype":"F32","shape":[4],"data_offsets":[0,8]}})", 8));
   ExpectError([&] { SafetensorsFile::Open(path); }, {path, "'layer.0.w'", "needs 16 bytes"});
   ExpectError([&] { SafetensorsFile::Open(dir.File("absent.safetensors")); },
               {dir.File("absent.safetensors"), "No such file"});
@@ -483,7 +555,8 @@ class TensorStoreTest : public ::testing::Test {
     WriteSafetensors(dir_.File(name), specs);
   }
   void WriteIndex(const std::string& weight_map_json) {
-    const std::string text = R"({"metadata": {"total_size": 0}, "weight_map": )" + weight_map_json + "}";
+    const std::string text =
+        R"({"metadata": {"total_size": 0}, "weight_map": )" + weight_map_json + "}";
     WriteBytes(dir_.File("model.safetensors.index.json"),
                std::vector<uint8_t>(text.begin(), text.end()));
   }
@@ -498,8 +571,9 @@ TEST_F(TensorStoreTest, OpensAShardedFolder) {
                  "b.weight": "model-00001-of-00002.safetensors",
                  "c.weight": "model-00002-of-00002.safetensors"})");
   auto store = TensorStore::OpenDir(dir_.path());
-  EXPECT_EQ(store->files(), (std::vector<std::string>{dir_.File("model-00001-of-00002.safetensors"),
-                                                      dir_.File("model-00002-of-00002.safetensors")}));
+  EXPECT_EQ(store->files(),
+            (std::vector<std::string>{dir_.File("model-00001-of-00002.safetensors"),
+                                      dir_.File("model-00002-of-00002.safetensors")}));
   const std::vector<const TensorInfo*> all = store->All();
   ASSERT_EQ(all.size(), 3u);
   EXPECT_EQ(all[0]->name, "a.weight");
@@ -512,8 +586,11 @@ TEST_F(TensorStoreTest, OpensAShardedFolder) {
   EXPECT_EQ(store->Find("nope"), nullptr);
   EXPECT_EQ(store->Require("b.weight", {2, 3}).NumElements(), 6);
 
-  ExpectError([&] { store->Require("b.weight", {3, 2}); },
-              {dir_.File("model-00001-of-00002.safetensors"), "'b.weight'", "[2, 3]", "[3, 2]"});
+  ExpectError(
+      [&] {
+        store->Require("b.weight", {3, 2});
+      },
+      {dir_.File("model-00001-of-00002.safetensors"), "'b.weight'", "[2, 3]", "[3, 2]"});
   ExpectError([&] { store->Require("lm_head.weight", {3, 2}); }, {"'lm_head.weight'", dir_.path()});
 }
 
@@ -540,14 +617,16 @@ TEST_F(TensorStoreTest, IndexErrors) {
   ExpectError([&] { TensorStore::OpenDir(dir_.path()); }, {"model.safetensors.index.json", "'a'"});
 
   WriteIndex(R"({})");
-  ExpectError([&] { TensorStore::OpenDir(dir_.path()); }, {"model.safetensors.index.json", "no tensors"});
+  ExpectError([&] { TensorStore::OpenDir(dir_.path()); },
+              {"model.safetensors.index.json", "no tensors"});
 
   WriteBytes(dir_.File("model.safetensors.index.json"), {'{', 'x'});
   ExpectError([&] { TensorStore::OpenDir(dir_.path()); },
               {"model.safetensors.index.json", "not valid JSON"});
 
   WriteBytes(dir_.File("model.safetensors.index.json"), {'{', '}'});
-  ExpectError([&] { TensorStore::OpenDir(dir_.path()); }, {"model.safetensors.index.json", "weight_map"});
+  ExpectError([&] { TensorStore::OpenDir(dir_.path()); },
+              {"model.safetensors.index.json", "weight_map"});
 }
 
 TEST_F(TensorStoreTest, SingleFileFolders) {

@@ -17,10 +17,12 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <cstdlib>
 
 #include "base/aligned.h"
 #include "kernels/kernels_internal.h"
 
+int g_tune[8] = {4, 0, 8, 0, 0, 0, 0, 0};
 namespace epwa::kernels {
 namespace avx512 {
 namespace {
@@ -75,11 +77,35 @@ inline __mmask16 FirstLanes(int64_t n) {
 // Decode: y[m, n] for a handful of rows of x. The kernel is bound by how fast
 // weights stream from DRAM, so each weight element is loaded exactly once and
 // used for all M rows of x while it is in a register. R weight rows are
-// processed together (with U-fold unrolling along k) so that there are enough
-// independent accumulators to keep the FMA latency off the critical path.
+// processed together, with U-fold unrolling along k, so that R * M * U
+// independent accumulators keep the 4-cycle FMA latency off the critical path.
 
+// Rows of x up to which MatMul uses the decode kernel.
+constexpr int64_t kMaxDecodeRows = 8;
+
+// The BF16 decode kernel loads 32 weights (64 bytes) at a time and splits
+// them without any shuffle: shifting each 32-bit lane left by 16 yields the
+// even-indexed weights as floats, clearing its low half yields the odd ones.
+// x is permuted to match once per call: within every full block of 32
+// columns, the 16 even columns come first, then the 16 odd ones. [M, K]
+void DeinterleaveX(const float* x, int64_t M, int64_t K, float* out) {
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+  for (int64_t m = 0; m < M; ++m) {
+    const float* src = x + m * K;
+    float* dst = out + m * K;
+    for (int64_t k = 0; k + 32 <= K; k += 32) {
+      const __m512 a = _mm512_loadu_ps(src + k), b = _mm512_loadu_ps(src + k + 16);
+      _mm512_storeu_ps(dst + k, _mm512_permutex2var_ps(a, even, b));
+      _mm512_storeu_ps(dst + k + 16, _mm512_permutex2var_ps(a, odd, b));
+    }
+  }
+}
+
+// x: [M, K] as given; xd: [M, K] deinterleaved by DeinterleaveX (BF16 only).
 template <DType D, int M, int R, int U>
-void MatVecRows(const float* x, int64_t K, const WeightView& w, float* y, int64_t N, int64_t n) {
+void MatVecRows(const float* x, const float* xd, int64_t K, const WeightView& w, float* y, int64_t N,
+                int64_t n) {
   const uint8_t* rows[R];
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) rows[r] = w.Row(n + r);
@@ -92,17 +118,39 @@ void MatVecRows(const float* x, int64_t K, const WeightView& w, float* y, int64_
       for (int m = 0; m < M; ++m) acc[u][r][m] = _mm512_setzero_ps();
 
   int64_t k = 0;
-  for (; k + 16 * U <= K; k += 16 * U) {
+  if constexpr (D == DType::kBF16) {
+    static_assert(U % 2 == 0, "BF16 splits each 64-byte load into two accumulators.");
+    const __m512i high = _mm512_set1_epi32(static_cast<int>(0xffff0000u));
+    for (; k + 16 * U <= K; k += 16 * U) {
 #pragma GCC unroll 8
-    for (int u = 0; u < U; ++u) {
-      __m512 xv[M];
+      for (int u = 0; u < U; u += 2) {
 #pragma GCC unroll 8
-      for (int m = 0; m < M; ++m) xv[m] = _mm512_loadu_ps(x + m * K + k + 16 * u);
+        for (int r = 0; r < R; ++r) {
+          const __m512i v = _mm512_loadu_si512(rows[r] + 2 * (k + 16 * u));
+          const __m512 we = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
+          const __m512 wo = _mm512_castsi512_ps(_mm512_and_si512(v, high));
 #pragma GCC unroll 8
-      for (int r = 0; r < R; ++r) {
-        const __m512 wv = Weights<D>::Load(rows[r], k + 16 * u);
+          for (int m = 0; m < M; ++m) {
+            const float* xm = xd + m * K + k + 16 * u;
+            acc[u][r][m] = _mm512_fmadd_ps(we, _mm512_loadu_ps(xm), acc[u][r][m]);
+            acc[u + 1][r][m] = _mm512_fmadd_ps(wo, _mm512_loadu_ps(xm + 16), acc[u + 1][r][m]);
+          }
+        }
+      }
+    }
+  } else {
+    for (; k + 16 * U <= K; k += 16 * U) {
 #pragma GCC unroll 8
-        for (int m = 0; m < M; ++m) acc[u][r][m] = _mm512_fmadd_ps(wv, xv[m], acc[u][r][m]);
+      for (int u = 0; u < U; ++u) {
+        __m512 xv[M];
+#pragma GCC unroll 8
+        for (int m = 0; m < M; ++m) xv[m] = _mm512_loadu_ps(x + m * K + k + 16 * u);
+#pragma GCC unroll 8
+        for (int r = 0; r < R; ++r) {
+          const __m512 wv = Weights<D>::Load(rows[r], k + 16 * u);
+#pragma GCC unroll 8
+          for (int m = 0; m < M; ++m) acc[u][r][m] = _mm512_fmadd_ps(wv, xv[m], acc[u][r][m]);
+        }
       }
     }
   }
@@ -132,30 +180,49 @@ void MatVecRows(const float* x, int64_t K, const WeightView& w, float* y, int64_
   }
 }
 
-// Rows processed together per x row count: enough accumulators (R * M * U)
-// to cover the 4-cycle FMA latency, few enough to stay in 32 registers.
+// Rows per group and unrolling per row count of x: at least 8 accumulators,
+// and at most 16 plus the x and weight vectors within the 32 registers.
 template <DType D, int M>
-void MatVecRange(const float* x, int64_t K, const WeightView& w, float* y, int64_t n0, int64_t n1) {
-  constexpr int kRows = 4;
-  constexpr int kUnroll = M == 1 ? 2 : 1;
+void MatVecRange(const float* x, const float* xd, int64_t K, const WeightView& w, float* y,
+                 int64_t n0, int64_t n1) {
+  constexpr bool kBf16 = D == DType::kBF16;
+  constexpr int kRows = M <= 2 ? 4 : M <= 4 ? 2 : 1;
+  constexpr int kUnroll = kBf16 ? 2 : (M == 1 ? 2 : 1) * (M > 4 ? 2 : 1);
   int64_t n = n0;
-  for (; n + kRows <= n1; n += kRows) MatVecRows<D, M, kRows, kUnroll>(x, K, w, y, w.rows, n);
-  for (; n < n1; ++n) MatVecRows<D, M, 1, 2>(x, K, w, y, w.rows, n);
+  if (g_tune[0] == 1) {
+    for (; n < n1; ++n) MatVecRows<D, M, 1, 2>(x, xd, K, w, y, w.rows, n);
+    return;
+  }
+  for (; n + kRows <= n1; n += kRows) MatVecRows<D, M, kRows, kUnroll>(x, xd, K, w, y, w.rows, n);
+  for (; n < n1; ++n) MatVecRows<D, M, 1, 2>(x, xd, K, w, y, w.rows, n);
 }
 
 template <DType D>
 void Decode(const float* x, int64_t M, const WeightView& w, float* y, ThreadPool& pool) {
   const int64_t K = w.cols;
+  const float* xd = nullptr;
+  if constexpr (D == DType::kBF16) {
+    thread_local AlignedBuffer<float> deinterleaved;  // [M, K]
+    const size_t need = static_cast<size_t>(M * K);
+    if (deinterleaved.size() < need) deinterleaved.Resize(need);
+    DeinterleaveX(x, M, K, deinterleaved.data());
+    // The workers must see this thread's buffer, not their own thread_local.
+    xd = deinterleaved.data();
+  }
   pool.ParallelFor(w.rows, 4, [&](int64_t n0, int64_t n1) {
     switch (M) {
-      case 1: MatVecRange<D, 1>(x, K, w, y, n0, n1); break;
-      case 2: MatVecRange<D, 2>(x, K, w, y, n0, n1); break;
-      case 3: MatVecRange<D, 3>(x, K, w, y, n0, n1); break;
-      default: MatVecRange<D, 4>(x, K, w, y, n0, n1); break;
+      case 1: MatVecRange<D, 1>(x, xd, K, w, y, n0, n1); break;
+      case 2: MatVecRange<D, 2>(x, xd, K, w, y, n0, n1); break;
+      case 3: MatVecRange<D, 3>(x, xd, K, w, y, n0, n1); break;
+      case 4: MatVecRange<D, 4>(x, xd, K, w, y, n0, n1); break;
+      case 5: MatVecRange<D, 5>(x, xd, K, w, y, n0, n1); break;
+      case 6: MatVecRange<D, 6>(x, xd, K, w, y, n0, n1); break;
+      case 7: MatVecRange<D, 7>(x, xd, K, w, y, n0, n1); break;
+      default: MatVecRange<D, 8>(x, xd, K, w, y, n0, n1); break;
     }
   });
 }
-static_assert(internal::kMaxDecodeRows == 4, "Decode has one instantiation per row count.");
+static_assert(kMaxDecodeRows == 8, "Decode has one instantiation per row count.");
 
 // ---------------------------------------------------------------------------
 // Prefill: a blocked matrix product. y = x * W^T is computed as C = A * B with
@@ -174,7 +241,7 @@ static_assert(kNb % kNr == 0 && kMc % kMr == 0);
 
 // In-place transpose of a 16x16 float block held in 16 registers: after it,
 // r[j] holds what was column j.
-inline void Transpose16x16(__m512 r[16]) {
+__attribute__((always_inline)) inline void Transpose16x16(__m512 r[16]) {
   __m512 t[16];
 #pragma GCC unroll 16
   for (int i = 0; i < 8; ++i) {
@@ -210,14 +277,16 @@ inline void Transpose16x16(__m512 r[16]) {
   }
 }
 
-// out[j * 32 + i] = w[r0 + i, k0 + j] for i < 16, j < nk, with rows at or
-// beyond `nrows` (the end of the matrix) read as zero.
+// out[j * 32 + i] = row_i[k0 + j] for i < 16, j < nk, where row_i starts at
+// rows + i * stride; rows at or beyond `nrows` (the end of the matrix) read as
+// zero.
 template <DType D>
-inline void PackBlock16(const WeightView& w, int64_t r0, int nrows, int64_t k0, int nk, float* out) {
+__attribute__((always_inline)) inline void PackBlock16(const uint8_t* rows, int64_t stride, int nrows,
+                                                       int64_t k0, int nk, float* out) {
   __m512 r[16];
   if (nrows == 16 && nk == 16) {
 #pragma GCC unroll 16
-    for (int i = 0; i < 16; ++i) r[i] = Weights<D>::Load(w.Row(r0 + i), k0);
+    for (int i = 0; i < 16; ++i) r[i] = Weights<D>::Load(rows + i * stride, k0);
     Transpose16x16(r);
 #pragma GCC unroll 16
     for (int j = 0; j < 16; ++j) _mm512_store_ps(out + j * kNr, r[j]);
@@ -225,29 +294,73 @@ inline void PackBlock16(const WeightView& w, int64_t r0, int nrows, int64_t k0, 
   }
   const __mmask16 mask = FirstLanes(nk);
   for (int i = 0; i < 16; ++i) {
-    r[i] = i < nrows ? Weights<D>::LoadMasked(w.Row(r0 + i), k0, mask) : _mm512_setzero_ps();
+    r[i] = i < nrows ? Weights<D>::LoadMasked(rows + i * stride, k0, mask) : _mm512_setzero_ps();
   }
   Transpose16x16(r);
   for (int j = 0; j < nk; ++j) _mm512_store_ps(out + j * kNr, r[j]);
 }
 
-// Packs W[n0 : n0 + ncols, k0 : k0 + kb] as ceil(ncols / 32) strips, each
-// [kb][32] floats, zero-padding the columns beyond ncols.
+// A block of weights [n0, n0 + ncols) x [k0, k0 + kb), the unit of packing.
+struct Panel {
+  int64_t n0 = 0, ncols = 0, k0 = 0, kb = 0;
+};
+
+// Brings a panel of weights into L2 a few cache lines at a time. The weights
+// usually come from DRAM, and packing reads each row for only a few cache
+// lines, too short a run for the hardware prefetchers to pick up; fetching
+// the next panel piecemeal while the current one is multiplied hides the DRAM
+// latency behind the arithmetic without flooding the miss queues.
+class PanelPrefetcher {
+ public:
+  PanelPrefetcher(const WeightView& w, const Panel& panel)
+      : w_(w), panel_(panel), bytes_(panel.kb * static_cast<int64_t>(DTypeSize(w.dtype))) {
+    lines_per_row_ = (bytes_ + 63) / 64 + 1;
+  }
+  int64_t TotalLines() const { return panel_.ncols * lines_per_row_; }
+  // Issues the next `count` prefetches of the panel, row by row.
+  void Issue(int64_t count) {
+    for (; count > 0 && row_ < panel_.ncols; --count) {
+      const char* p = reinterpret_cast<const char*>(w_.Row(panel_.n0 + row_)) +
+                      panel_.k0 * static_cast<int64_t>(DTypeSize(w_.dtype));
+      // The last "line" is the row's final byte, which may sit on one more
+      // cache line when the row segment is not line aligned.
+      PrefetchL2(line_ + 1 < lines_per_row_ ? p + std::min(line_ * 64, bytes_ - 1) : p + bytes_ - 1);
+      if (++line_ == lines_per_row_) {
+        line_ = 0;
+        ++row_;
+      }
+    }
+  }
+
+ private:
+  // An asm statement, because GCC deletes loops that contain nothing but
+  // __builtin_prefetch calls.
+  static void PrefetchL2(const char* p) { asm volatile("prefetcht1 %0" : : "m"(*p)); }
+
+  const WeightView& w_;
+  Panel panel_;
+  int64_t bytes_;
+  int64_t lines_per_row_;
+  int64_t row_ = 0, line_ = 0;
+};
+
+// Packs the panel as ceil(ncols / 32) strips, each [kb][32] floats,
+// zero-padding the columns beyond ncols.
 template <DType D>
-void PackWeights(const WeightView& w, int64_t n0, int64_t ncols, int64_t k0, int64_t kb,
-                 float* out) {
-  for (int64_t s = 0; s * kNr < ncols; ++s) {
+void PackWeights(const WeightView& w, const Panel& panel, float* out) {
+  const int64_t kb = panel.kb;
+  for (int64_t s = 0; s * kNr < panel.ncols; ++s) {
     float* strip = out + s * kb * kNr;  // [kb, kNr]
     for (int h = 0; h < 2; ++h) {
       const int64_t first = s * kNr + h * 16;
-      const int nrows = static_cast<int>(std::clamp<int64_t>(ncols - first, 0, 16));
+      const int nrows = static_cast<int>(std::clamp<int64_t>(panel.ncols - first, 0, 16));
       if (nrows == 0) {
         for (int64_t k = 0; k < kb; ++k) _mm512_store_ps(strip + k * kNr + h * 16, _mm512_setzero_ps());
         continue;
       }
       for (int64_t k = 0; k < kb; k += 16) {
-        PackBlock16<D>(w, n0 + first, nrows, k0 + k, static_cast<int>(std::min<int64_t>(16, kb - k)),
-                       strip + k * kNr + h * 16);
+        PackBlock16<D>(w.Row(panel.n0 + first), static_cast<int64_t>(w.RowBytes()), nrows, panel.k0 + k,
+                       static_cast<int>(std::min<int64_t>(16, kb - k)), strip + k * kNr + h * 16);
       }
     }
   }
@@ -308,19 +421,36 @@ void PrefillRange(const float* xp, int64_t mc, const WeightView& w, float* y, in
                   int64_t n_end) {
   const int64_t N = w.rows;
   const int64_t K = w.cols;
-  thread_local AlignedBuffer<float> panel(static_cast<size_t>(kKb) * kNb);  // [kNb / kNr][kKb][kNr]
+  thread_local AlignedBuffer<float> packed(static_cast<size_t>(kKb) * kNb);  // [kNb / kNr][kKb][kNr]
+  // Panels in the order they are multiplied: all k blocks of one column block,
+  // then the next column block.
+  auto panel_at = [&](int64_t nb, int64_t k0) {
+    Panel p;
+    if (nb >= n_end) return p;
+    p.n0 = nb;
+    p.ncols = std::min<int64_t>(kNb, n_end - nb);
+    p.k0 = k0;
+    p.kb = std::min<int64_t>(kKb, K - k0);
+    return p;
+  };
   for (int64_t nb = n_begin; nb < n_end; nb += kNb) {
-    const int64_t ncols = std::min<int64_t>(kNb, n_end - nb);
     for (int64_t k0 = 0; k0 < K; k0 += kKb) {
-      const int64_t kb = std::min<int64_t>(kKb, K - k0);
-      PackWeights<D>(w, nb, ncols, k0, kb, panel.data());
+      const Panel panel = panel_at(nb, k0);
+      const Panel next = k0 + kKb < K ? panel_at(nb, k0 + kKb) : panel_at(nb + kNb, 0);
+      PackWeights<D>(w, panel, packed.data());
+      PanelPrefetcher prefetcher(w, next);
+      const int64_t strips = (panel.ncols + kNr - 1) / kNr;
+      const int64_t calls = (mc + kMr - 1) / kMr * strips;
+      const int64_t per_call = g_tune[3] ? (prefetcher.TotalLines() + calls - 1) / calls : 0;
       for (int64_t m0 = 0; m0 < mc; m0 += kMr) {
         const int mr = static_cast<int>(std::min<int64_t>(kMr, mc - m0));
         const float* xtile = xp + m0 * K + k0 * kMr;  // [kb][kMr]
-        for (int64_t s = 0; s * kNr < ncols; ++s) {
-          const int64_t cols = ncols - s * kNr;
-          kMicroKernels[mr](xtile, panel.data() + s * kb * kNr, kb, y + m0 * N + nb + s * kNr, N,
-                            FirstLanes(cols), FirstLanes(std::max<int64_t>(cols - 16, 0)), k0 > 0);
+        for (int64_t s = 0; s * kNr < panel.ncols; ++s) {
+          const int64_t cols = panel.ncols - s * kNr;
+          kMicroKernels[mr](xtile, packed.data() + s * panel.kb * kNr, panel.kb,
+                            y + m0 * N + nb + s * kNr, N, FirstLanes(cols),
+                            FirstLanes(std::max<int64_t>(cols - 16, 0)), k0 > 0);
+          prefetcher.Issue(per_call);
         }
       }
     }
@@ -353,7 +483,7 @@ void Prefill(const float* x, int64_t M, const WeightView& w, float* y, ThreadPoo
 
 template <DType D>
 void MatMulTyped(const float* x, int64_t M, const WeightView& w, float* y, ThreadPool& pool) {
-  if (M <= internal::kMaxDecodeRows) {
+  if (M <= std::min<int64_t>(kMaxDecodeRows, g_tune[2])) {
     Decode<D>(x, M, w, y, pool);
   } else {
     Prefill<D>(x, M, w, y, pool);

@@ -51,6 +51,7 @@ class BpeModel {
   // the reference.
   void MergeWord(std::string_view word, std::vector<int32_t>* ids) const;
 
+  std::string origin_;
   // Every vocabulary string, in document order; never resized after
   // loading, so the string_views and pointers below stay valid.
   std::vector<std::string> entries_;

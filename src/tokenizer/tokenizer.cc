@@ -47,7 +47,13 @@ struct Piece {
 class AddedTokenMatcher {
  public:
   void Add(std::string pattern, const AddedToken* token) {
-    if (pattern.empty()) return;
+    if (pattern.empty()) {
+      // A normalized token can normalize to nothing (e.g. a run of spaces
+      // under a Strip normalizer). The reference's automaton then matches
+      // the empty string everywhere, splitting the text into characters.
+      if (empty_pattern_token_ == nullptr) empty_pattern_token_ = token;
+      return;
+    }
     const auto first = static_cast<uint8_t>(pattern[0]);
     patterns_.push_back({std::move(pattern), token});
     buckets_[first].push_back(patterns_.size() - 1);
@@ -63,7 +69,7 @@ class AddedTokenMatcher {
     }
   }
 
-  bool empty() const { return patterns_.empty(); }
+  bool empty() const { return patterns_.empty() && empty_pattern_token_ == nullptr; }
 
   std::vector<Piece> Split(std::string_view text) const {
     std::vector<Piece> pieces;
@@ -75,8 +81,9 @@ class AddedTokenMatcher {
       const AddedToken* token = FindFrom(text, search_from, &start, &stop);
       if (token == nullptr) break;
       // The automaton resumes after the match even when the match is then
-      // discarded or its bounds extended below.
-      search_from = stop;
+      // discarded or its bounds extended below; after an empty match it
+      // moves on by one character.
+      search_from = stop > start ? stop : stop + tokenizer_internal::CharLength(text, stop);
       if (token->single_word) {
         const bool start_space = start == 0 || !tokenizer_internal::IsWordChar(CharBefore(text, start));
         const bool stop_space = stop == text.size() || !tokenizer_internal::IsWordChar(CharAt(text, stop));
@@ -95,7 +102,8 @@ class AddedTokenMatcher {
         }
       }
       if (start_offset < start) pieces.push_back({start_offset, start, nullptr});
-      pieces.push_back({start, stop, token});
+      // Empty matches produce no token, as the reference drops empty slices.
+      if (start < stop) pieces.push_back({start, stop, token});
       start_offset = stop;
     }
     if (start_offset < text.size()) pieces.push_back({start_offset, text.size(), nullptr});
@@ -118,6 +126,11 @@ class AddedTokenMatcher {
           return pattern.token;
         }
       }
+      if (empty_pattern_token_ != nullptr) {
+        *start = pos;
+        *stop = pos;
+        return empty_pattern_token_;
+      }
     }
     return nullptr;
   }
@@ -137,6 +150,7 @@ class AddedTokenMatcher {
 
   std::vector<Pattern> patterns_;
   std::array<std::vector<size_t>, 256> buckets_;
+  const AddedToken* empty_pattern_token_ = nullptr;
 };
 
 std::string ReadFile(const std::string& path) {

@@ -46,4 +46,23 @@ class Tokenizer {
   std::unique_ptr<Impl> impl_;
 };
 
+// Trains a small SentencePiece-style BPE (Metaspace "▁", prepend_scheme first,
+// byte_fallback, tokens <unk>=0, <s>=1, </s>=2, then the 256 "<0xNN>" byte
+// tokens, then merged pieces) on `text` and returns the tokenizer.json text,
+// with exactly vocab_size tokens (padded with "<reserved_N>" pieces if the
+// text runs out of merges). It exists so that epwa's seeded random test
+// models get a real, loadable tokenizer without any downloaded files.
+//
+// Deterministic: the most frequent pair is merged first, ties broken by the
+// lexicographic order of (left piece, right piece). Pairs seen only once are
+// not merged. decode(encode(text)) == text holds for any UTF-8 text except
+// for the reference's own quirks: a leading space is dropped (" a" encodes
+// like "a") and a literal "▁" decodes as a space. Throws epwa::Error when
+// vocab_size is below 260 (the special and byte tokens plus "▁").
+std::string TrainByteFallbackBpeJson(std::string_view text, int32_t vocab_size);
+
+// A Mistral-like tokenizer_config.json to go with TrainByteFallbackBpeJson:
+// bos "<s>", eos "</s>", unk "<unk>", add_bos_token true, add_eos_token false.
+std::string TokenizerConfigJson();
+
 }  // namespace epwa
