@@ -86,9 +86,9 @@ Runner RegisterRun(CLI::App& app) {
   cmd->add_flag("--json", f->json, "print one JSON object instead of streaming");
 
   return [f]() {
+    Require(!f->prompt.empty(), "the prompt is empty: give some text with -p");
     auto engine = LoadEngine(f->model, /*quiet=*/false);
     const GenerationDefaults& d = engine->defaults();
-    Require(!f->prompt.empty(), "the prompt is empty: give some text with -p");
     GenerateOptions o;
     o.max_new_tokens = f->max_new_tokens.value_or(64);
     // Flags override generation_config.json, which overrides epwa's defaults.
@@ -108,6 +108,7 @@ Runner RegisterRun(CLI::App& app) {
     s.seed = f->seed;
 
     std::vector<int32_t> prompt = engine->EncodePrompt(f->prompt);
+    engine->ValidatePrompt(prompt);
     TextStream stream(engine->tokenizer(), prompt);
     if (!f->json) {
       std::cout << f->prompt;

@@ -33,9 +33,11 @@ Runner RegisterScore(CLI::App& app) {
 
   return [f, p, i]() {
     Require(p->count() + i->count() == 1, "score needs the text: give -p TEXT or --ids 1,2,3");
+    Require(i->count() || !f->prompt.empty(), "nothing to score: the text is empty");
+    std::vector<int32_t> ids;
+    if (i->count()) ids = ParseIdList(f->ids, "--ids");
     auto engine = LoadEngine(f->model, /*quiet=*/f->json);
-    std::vector<int32_t> ids =
-        i->count() ? ParseIdList(f->ids, "--ids") : engine->EncodePrompt(f->prompt);
+    if (!i->count()) ids = engine->EncodePrompt(f->prompt);
     Require(!ids.empty(), "nothing to score: the text has no tokens");
     const Tokenizer& tok = engine->tokenizer();
     const int64_t V = engine->config().vocab_size;

@@ -29,7 +29,7 @@ std::string Quote(const std::string& s) {
   return q + "'";
 }
 
-Result Run(const std::string& args, const testing::TempDir& dir) {
+Result RunEpwa(const std::string& args, const testing::TempDir& dir) {
   const std::string out = dir.path() + "/stdout", err = dir.path() + "/stderr";
   const std::string cmd = std::string(EPWA_BINARY) + " " + args + " >" + out + " 2>" + err;
   const int status = std::system(cmd.c_str());
@@ -40,12 +40,23 @@ Result Run(const std::string& args, const testing::TempDir& dir) {
   return r;
 }
 
-// One line on stderr that contains `needle`, and exit code `code`.
+// Exit code `code` and exactly one error line, the last line of stderr,
+// containing `needle` (load statistics may precede it when the failure comes
+// after a successful load). Nothing on stdout.
 void ExpectCleanError(const Result& r, int code, const std::string& needle) {
   EXPECT_EQ(r.exit_code, code) << r.err;
-  EXPECT_NE(r.err.find(needle), std::string::npos) << "stderr was: " << r.err;
-  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
-  EXPECT_EQ(r.err.rfind("epwa: error: ", 0), 0u) << r.err;
+  ASSERT_FALSE(r.err.empty());
+  ASSERT_EQ(r.err.back(), '\n') << r.err;
+  const size_t start = r.err.rfind('\n', r.err.size() - 2);
+  const std::string last = r.err.substr(start == std::string::npos ? 0 : start + 1);
+  EXPECT_EQ(last.rfind("epwa: error: ", 0), 0u) << r.err;
+  EXPECT_NE(last.find(needle), std::string::npos) << "stderr was: " << r.err;
+  size_t error_lines = 0;
+  for (size_t pos = r.err.find("epwa: error"); pos != std::string::npos;
+       pos = r.err.find("epwa: error", pos + 1))
+    ++error_lines;
+  EXPECT_EQ(error_lines, 1u) << r.err;
+  EXPECT_TRUE(r.out.empty()) << r.out;
 }
 
 class CliTest : public ::testing::Test {
@@ -76,7 +87,7 @@ std::string CliTest::model_;
 // tools/make_golden.sh).
 TEST_F(CliTest, GoldenRunMatchesCommittedTokens) {
   const json golden = json::parse(testing::ReadFile("tests/data/golden/tiny-random-moe.json"));
-  Result r = Run("run -m " + model_ + " -p " + Quote(golden["prompt"].get<std::string>()) + " -n " +
+  Result r = RunEpwa("run -m " + model_ + " -p " + Quote(golden["prompt"].get<std::string>()) + " -n " +
                      std::to_string(golden["n"].get<int>()) + " --seed " +
                      std::to_string(golden["seed"].get<int>()) + " --json",
                  scratch_);
@@ -89,20 +100,20 @@ TEST_F(CliTest, GoldenRunMatchesCommittedTokens) {
 }
 
 TEST_F(CliTest, StreamingRunPrintsPromptAndContinuation) {
-  Result r = Run("run -m " + model_ + " -p 'Once upon a time' -n 8 --seed 3", scratch_);
+  Result r = RunEpwa("run -m " + model_ + " -p 'Once upon a time' -n 8 --seed 3", scratch_);
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(r.out.rfind("Once upon a time", 0), 0u) << r.out;
   EXPECT_NE(r.err.find("load: tokenizer"), std::string::npos) << r.err;
   EXPECT_NE(r.err.find("tok/s (decode)"), std::string::npos) << r.err;
   // The streamed text equals the --json text.
-  Result j = Run("run -m " + model_ + " -p 'Once upon a time' -n 8 --seed 3 --json", scratch_);
+  Result j = RunEpwa("run -m " + model_ + " -p 'Once upon a time' -n 8 --seed 3 --json", scratch_);
   ASSERT_EQ(j.exit_code, 0) << j.err;
   EXPECT_EQ(r.out, "Once upon a time" + json::parse(j.out)["text"].get<std::string>() + "\n");
 }
 
 TEST_F(CliTest, ScoreReportsEveryPositionAndWritesNpy) {
   const std::string npy = scratch_.path() + "/logits.npy";
-  Result r = Run("score -m " + model_ + " -p 'The bell rang twelve times' --json --logits-out " + npy,
+  Result r = RunEpwa("score -m " + model_ + " -p 'The bell rang twelve times' --json --logits-out " + npy,
                  scratch_);
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const json j = json::parse(r.out);
@@ -120,18 +131,18 @@ TEST_F(CliTest, ScoreReportsEveryPositionAndWritesNpy) {
 }
 
 TEST_F(CliTest, TokenizeRoundTrips) {
-  Result r = Run("tokenize -m " + model_ + " --text 'Hello, clock!' --json", scratch_);
+  Result r = RunEpwa("tokenize -m " + model_ + " --text 'Hello, clock!' --json", scratch_);
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const json j = json::parse(r.out);
   std::string ids;
   for (const auto& id : j["ids"]) ids += (ids.empty() ? "" : ",") + std::to_string(id.get<int>());
-  Result d = Run("tokenize -m " + model_ + " --decode " + ids, scratch_);
+  Result d = RunEpwa("tokenize -m " + model_ + " --decode " + ids, scratch_);
   ASSERT_EQ(d.exit_code, 0) << d.err;
   EXPECT_EQ(d.out, "Hello, clock!\n");
 }
 
 TEST_F(CliTest, InfoDescribesTheModel) {
-  Result r = Run("info -m " + model_ + " --json", scratch_);
+  Result r = RunEpwa("info -m " + model_ + " --json", scratch_);
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const json j = json::parse(r.out);
   EXPECT_EQ(j["architecture"], "MixtralForCausalLM");
@@ -140,26 +151,26 @@ TEST_F(CliTest, InfoDescribesTheModel) {
 }
 
 TEST_F(CliTest, MissingFolder) {
-  ExpectCleanError(Run("run -m /nonexistent/model -p hi", scratch_), 1,
+  ExpectCleanError(RunEpwa("run -m /nonexistent/model -p hi", scratch_), 1,
                    "model folder '/nonexistent/model' does not exist");
 }
 
 TEST_F(CliTest, MissingConfig) {
   const std::string m = CopyModel("noconfig");
   fs::remove(m + "/config.json");
-  ExpectCleanError(Run("run -m " + m + " -p hi", scratch_), 1, "config.json");
+  ExpectCleanError(RunEpwa("run -m " + m + " -p hi", scratch_), 1, "config.json");
 }
 
 TEST_F(CliTest, MissingTokenizer) {
   const std::string m = CopyModel("notok");
   fs::remove(m + "/tokenizer.json");
-  ExpectCleanError(Run("info -m " + m, scratch_), 1, "tokenizer.json is missing");
+  ExpectCleanError(RunEpwa("info -m " + m, scratch_), 1, "tokenizer.json is missing");
 }
 
 TEST_F(CliTest, MissingWeights) {
   const std::string m = CopyModel("noweights");
   fs::remove(m + "/model.safetensors");
-  ExpectCleanError(Run("info -m " + m, scratch_), 1, "safetensors");
+  ExpectCleanError(RunEpwa("info -m " + m, scratch_), 1, "safetensors");
 }
 
 TEST_F(CliTest, UnsupportedArchitecture) {
@@ -167,7 +178,7 @@ TEST_F(CliTest, UnsupportedArchitecture) {
   std::string cfg = testing::ReadFile(m + "/config.json");
   cfg.replace(cfg.find("MixtralForCausalLM"), 18, "GPT2LMHeadModel");
   WriteFile(m + "/config.json", cfg);
-  ExpectCleanError(Run("info -m " + m, scratch_), 1,
+  ExpectCleanError(RunEpwa("info -m " + m, scratch_), 1,
                    "architecture 'GPT2LMHeadModel' is not supported (supported: MixtralForCausalLM");
 }
 
@@ -176,23 +187,23 @@ TEST_F(CliTest, ConfigContradictsTensors) {
   std::string cfg = testing::ReadFile(m + "/config.json");
   cfg.replace(cfg.find("\"hidden_size\": 128"), 18, "\"hidden_size\": 256");
   WriteFile(m + "/config.json", cfg);
-  ExpectCleanError(Run("info -m " + m, scratch_), 1, "model.embed_tokens.weight");
+  ExpectCleanError(RunEpwa("info -m " + m, scratch_), 1, "model.embed_tokens.weight");
 }
 
 TEST_F(CliTest, TruncatedSafetensors) {
   const std::string m = CopyModel("truncated");
   fs::resize_file(m + "/model.safetensors", fs::file_size(m + "/model.safetensors") / 2);
-  ExpectCleanError(Run("info -m " + m, scratch_), 1, "model.safetensors");
+  ExpectCleanError(RunEpwa("info -m " + m, scratch_), 1, "model.safetensors");
 }
 
 TEST_F(CliTest, MalformedTokenizer) {
   const std::string m = CopyModel("badtok");
   WriteFile(m + "/tokenizer.json", "{\"model\": {\"type\": \"BPE\", \"vocab\": ");
-  ExpectCleanError(Run("info -m " + m, scratch_), 1, "tokenizer.json");
+  ExpectCleanError(RunEpwa("info -m " + m, scratch_), 1, "tokenizer.json");
 }
 
 TEST_F(CliTest, EmptyPrompt) {
-  ExpectCleanError(Run("run -m " + model_ + " -p ''", scratch_), 1, "prompt is empty");
+  ExpectCleanError(RunEpwa("run -m " + model_ + " -p ''", scratch_), 1, "prompt is empty");
 }
 
 TEST_F(CliTest, PromptLongerThanContext) {
@@ -200,25 +211,25 @@ TEST_F(CliTest, PromptLongerThanContext) {
   std::string cfg = testing::ReadFile(m + "/config.json");
   cfg.replace(cfg.find("\"max_position_embeddings\": 2048"), 31, "\"max_position_embeddings\": 8");
   WriteFile(m + "/config.json", cfg);
-  ExpectCleanError(Run("run -m " + m + " -p 'the quick brown fox jumps over the lazy dog again'", scratch_),
+  ExpectCleanError(RunEpwa("run -m " + m + " -p 'the quick brown fox jumps over the lazy dog again'", scratch_),
                    1, "does not fit the model's context of 8 tokens");
 }
 
 TEST_F(CliTest, FlagsOutOfRange) {
-  ExpectCleanError(Run("run -m " + model_ + " -p hi --temp -1", scratch_), 2, "--temp");
-  ExpectCleanError(Run("run -m " + model_ + " -p hi --top-p 1.5", scratch_), 2, "--top-p");
-  ExpectCleanError(Run("run -m " + model_ + " -p hi -n -3", scratch_), 2, "max-tokens");
-  ExpectCleanError(Run("run -m " + model_ + " -p hi --bogus", scratch_), 2, "--bogus");
-  ExpectCleanError(Run("score -m " + model_ + " --ids 1,x,3", scratch_), 1, "--ids");
-  ExpectCleanError(Run("score -m " + model_ + " --ids 1,99999", scratch_), 1,
+  ExpectCleanError(RunEpwa("run -m " + model_ + " -p hi --temp -1", scratch_), 2, "--temp");
+  ExpectCleanError(RunEpwa("run -m " + model_ + " -p hi --top-p 1.5", scratch_), 2, "--top-p");
+  ExpectCleanError(RunEpwa("run -m " + model_ + " -p hi -n -3", scratch_), 2, "max-tokens");
+  ExpectCleanError(RunEpwa("run -m " + model_ + " -p hi --bogus", scratch_), 2, "--bogus");
+  ExpectCleanError(RunEpwa("score -m " + model_ + " --ids 1,x,3", scratch_), 1, "--ids");
+  ExpectCleanError(RunEpwa("score -m " + model_ + " --ids 1,99999", scratch_), 1,
                    "token id 99999 is outside the vocabulary");
-  ExpectCleanError(Run("tokenize -m " + model_ + " --decode 5000000", scratch_), 1,
+  ExpectCleanError(RunEpwa("tokenize -m " + model_ + " --decode 5000000", scratch_), 1,
                    "outside the tokenizer's vocabulary");
 }
 
 TEST_F(CliTest, NoPartialLogitsFileOnFailure) {
   const std::string npy = scratch_.path() + "/out.npy";
-  Result r = Run("score -m " + model_ + " --ids 1,99999 --logits-out " + npy, scratch_);
+  Result r = RunEpwa("score -m " + model_ + " --ids 1,99999 --logits-out " + npy, scratch_);
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_FALSE(fs::exists(npy));
 }

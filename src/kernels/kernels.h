@@ -28,9 +28,13 @@ void SetActiveIsa(Isa isa);
 //   x: [M, K] float32, row-major, K == w.cols
 //   w: [N, K] in w.dtype (N == w.rows)
 //   y: [M, N] float32, row-major (overwritten)
-// M == 1 is the decode case (matrix-vector, bandwidth bound); M > 1 is
-// prefill (matrix-matrix: each weight tile is converted once and reused for
-// all M rows). Work is split over `pool` by output columns n.
+// M == 1 is the decode case (matrix-vector, bandwidth bound): each weight row
+// is streamed once and applied to every row of x in registers, which the
+// vector paths also do for a few rows (M <= 8 with AVX-512, M <= 4 with
+// AVX2). Larger M is prefill (matrix-matrix: each weight tile is converted to
+// float once and reused for all M rows). Work is split over `pool` by output
+// columns n; the result does not depend on the number of threads. Weights may
+// start at any 2-byte aligned address (a tensor in a mapped file).
 void MatMul(const float* x, int64_t M, const WeightView& w, float* y, ThreadPool& pool);
 
 // out[i] = x[i] / sqrt(mean(x^2) + eps) * weight[i]; out may alias x.

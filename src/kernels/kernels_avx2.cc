@@ -97,8 +97,34 @@ struct Weights<DType::kF16> {
 // for all M rows of x; R rows and U-fold unrolling give R * M * U independent
 // accumulators within the 16 vector registers.
 
+// Rows of x up to which MatMul uses the decode kernel; 16 registers do not
+// hold the accumulators and x vectors of more.
+constexpr int64_t kMaxDecodeRows = 4;
+
+// BF16 weights are loaded 16 at a time (32 bytes) and split into the even
+// (shifted left by 16) and odd (low half cleared) elements, as in the
+// AVX-512 kernel; x is permuted to match: within every full block of 16
+// columns, the 8 even columns, then the 8 odd ones. [M, K]
+void DeinterleaveX(const float* x, int64_t M, int64_t K, float* out) {
+  for (int64_t m = 0; m < M; ++m) {
+    const float* src = x + m * K;
+    float* dst = out + m * K;
+    for (int64_t k = 0; k + 16 <= K; k += 16) {
+      const __m256 a = _mm256_loadu_ps(src + k), b = _mm256_loadu_ps(src + k + 8);
+      // shuffle_ps works per 128-bit lane: [a0 a2 b0 b2 | a4 a6 b4 b6]; the
+      // 64-bit permute then restores the order [a0 a2 a4 a6 b0 b2 b4 b6].
+      const __m256 even = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0));
+      const __m256 odd = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1));
+      _mm256_storeu_ps(dst + k, _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(even), 0xd8)));
+      _mm256_storeu_ps(dst + k + 8, _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(odd), 0xd8)));
+    }
+  }
+}
+
+// x: [M, K] as given; xd: [M, K] deinterleaved by DeinterleaveX (BF16 only).
 template <DType D, int M, int R, int U>
-void MatVecRows(const float* x, int64_t K, const WeightView& w, float* y, int64_t N, int64_t n) {
+void MatVecRows(const float* x, const float* xd, int64_t K, const WeightView& w, float* y, int64_t N,
+                int64_t n) {
   const uint8_t* rows[R];
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) rows[r] = w.Row(n + r);
@@ -111,20 +137,42 @@ void MatVecRows(const float* x, int64_t K, const WeightView& w, float* y, int64_
       for (int m = 0; m < M; ++m) acc[u][r][m] = _mm256_setzero_ps();
 
   int64_t k = 0;
-  for (; k + 8 * U <= K; k += 8 * U) {
-#pragma GCC unroll 8
-    for (int u = 0; u < U; ++u) {
-      __m256 xv[M];
-#pragma GCC unroll 8
-      for (int m = 0; m < M; ++m) xv[m] = _mm256_loadu_ps(x + m * K + k + 8 * u);
+  if constexpr (D == DType::kBF16) {
+    static_assert(U == 1 || U == 2, "BF16 splits each 32-byte load into at most two accumulators.");
+    constexpr int kOdd = U - 1;
+    const __m256i high = _mm256_set1_epi32(static_cast<int>(0xffff0000u));
+    for (; k + 16 <= K; k += 16) {
 #pragma GCC unroll 8
       for (int r = 0; r < R; ++r) {
-        const __m256 wv = Weights<D>::Load(rows[r], k + 8 * u);
+        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows[r] + 2 * k));
+        const __m256 we = _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+        const __m256 wo = _mm256_castsi256_ps(_mm256_and_si256(v, high));
 #pragma GCC unroll 8
-        for (int m = 0; m < M; ++m) acc[u][r][m] = _mm256_fmadd_ps(wv, xv[m], acc[u][r][m]);
+        for (int m = 0; m < M; ++m) {
+          const float* xm = xd + m * K + k;
+          acc[0][r][m] = _mm256_fmadd_ps(we, _mm256_loadu_ps(xm), acc[0][r][m]);
+          acc[kOdd][r][m] = _mm256_fmadd_ps(wo, _mm256_loadu_ps(xm + 8), acc[kOdd][r][m]);
+        }
+      }
+    }
+  } else {
+    for (; k + 8 * U <= K; k += 8 * U) {
+#pragma GCC unroll 8
+      for (int u = 0; u < U; ++u) {
+        __m256 xv[M];
+#pragma GCC unroll 8
+        for (int m = 0; m < M; ++m) xv[m] = _mm256_loadu_ps(x + m * K + k + 8 * u);
+#pragma GCC unroll 8
+        for (int r = 0; r < R; ++r) {
+          const __m256 wv = Weights<D>::Load(rows[r], k + 8 * u);
+#pragma GCC unroll 8
+          for (int m = 0; m < M; ++m) acc[u][r][m] = _mm256_fmadd_ps(wv, xv[m], acc[u][r][m]);
+        }
       }
     }
   }
+  // Partial loads read nothing past the end of a row (which may be the end of
+  // the mapped file).
   for (; k < K; k += 8) {
     const __m256i mask = FirstLanes(K - k);
     __m256 xv[M];
@@ -149,28 +197,40 @@ void MatVecRows(const float* x, int64_t K, const WeightView& w, float* y, int64_
   }
 }
 
+// Rows per group and unrolling per row count of x: 6 to 8 accumulators plus
+// the x vectors and a weight vector within 16 registers.
 template <DType D, int M>
-void MatVecRange(const float* x, int64_t K, const WeightView& w, float* y, int64_t n0, int64_t n1) {
+void MatVecRange(const float* x, const float* xd, int64_t K, const WeightView& w, float* y,
+                 int64_t n0, int64_t n1) {
   constexpr int kRows = M <= 2 ? 4 : 2;
   constexpr int kUnroll = M == 1 ? 2 : 1;
   int64_t n = n0;
-  for (; n + kRows <= n1; n += kRows) MatVecRows<D, M, kRows, kUnroll>(x, K, w, y, w.rows, n);
-  for (; n < n1; ++n) MatVecRows<D, M, 1, 2>(x, K, w, y, w.rows, n);
+  for (; n + kRows <= n1; n += kRows) MatVecRows<D, M, kRows, kUnroll>(x, xd, K, w, y, w.rows, n);
+  for (; n < n1; ++n) MatVecRows<D, M, 1, kUnroll>(x, xd, K, w, y, w.rows, n);
 }
 
 template <DType D>
 void Decode(const float* x, int64_t M, const WeightView& w, float* y, ThreadPool& pool) {
   const int64_t K = w.cols;
+  const float* xd = nullptr;
+  if constexpr (D == DType::kBF16) {
+    thread_local AlignedBuffer<float> deinterleaved;  // [M, K]
+    const size_t need = static_cast<size_t>(M * K);
+    if (deinterleaved.size() < need) deinterleaved.Resize(need);
+    DeinterleaveX(x, M, K, deinterleaved.data());
+    // The workers must see this thread's buffer, not their own thread_local.
+    xd = deinterleaved.data();
+  }
   pool.ParallelFor(w.rows, 4, [&](int64_t n0, int64_t n1) {
     switch (M) {
-      case 1: MatVecRange<D, 1>(x, K, w, y, n0, n1); break;
-      case 2: MatVecRange<D, 2>(x, K, w, y, n0, n1); break;
-      case 3: MatVecRange<D, 3>(x, K, w, y, n0, n1); break;
-      default: MatVecRange<D, 4>(x, K, w, y, n0, n1); break;
+      case 1: MatVecRange<D, 1>(x, xd, K, w, y, n0, n1); break;
+      case 2: MatVecRange<D, 2>(x, xd, K, w, y, n0, n1); break;
+      case 3: MatVecRange<D, 3>(x, xd, K, w, y, n0, n1); break;
+      default: MatVecRange<D, 4>(x, xd, K, w, y, n0, n1); break;
     }
   });
 }
-static_assert(internal::kMaxDecodeRows == 4, "Decode has one instantiation per row count.");
+static_assert(kMaxDecodeRows == 4, "Decode has one instantiation per row count.");
 
 // ---------------------------------------------------------------------------
 // Prefill (see kernels_avx512.cc): packed, transposed float panels of W reused
@@ -185,7 +245,7 @@ constexpr int kMc = 240;  // Rows of x packed at once; bounds the packed-x buffe
 static_assert(kNb % kNr == 0 && kMc % kMr == 0);
 
 // In-place transpose of an 8x8 float block: afterwards r[j] holds column j.
-inline void Transpose8x8(__m256 r[8]) {
+__attribute__((always_inline)) inline void Transpose8x8(__m256 r[8]) {
   const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
   const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
   const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
@@ -208,43 +268,83 @@ inline void Transpose8x8(__m256 r[8]) {
   r[7] = _mm256_permute2f128_ps(s3, s7, 0x31);
 }
 
-// out[j * kNr + i] = w[r0 + i, k0 + j] for i < 8, j < nk; rows at or beyond
-// `nrows` read as zero.
+// out[j * kNr + i] = row_i[k0 + j] for i < 8, j < nk, where row_i starts at
+// rows + i * stride; rows at or beyond `nrows` read as zero.
 template <DType D>
-inline void PackBlock8(const WeightView& w, int64_t r0, int nrows, int64_t k0, int nk, float* out) {
+__attribute__((always_inline)) inline void PackBlock8(const uint8_t* rows, int64_t stride, int nrows,
+                                                      int64_t k0, int nk, float* out) {
   __m256 r[8];
   if (nrows == 8 && nk == 8) {
 #pragma GCC unroll 8
-    for (int i = 0; i < 8; ++i) r[i] = Weights<D>::Load(w.Row(r0 + i), k0);
+    for (int i = 0; i < 8; ++i) r[i] = Weights<D>::Load(rows + i * stride, k0);
     Transpose8x8(r);
 #pragma GCC unroll 8
     for (int j = 0; j < 8; ++j) _mm256_store_ps(out + j * kNr, r[j]);
     return;
   }
   for (int i = 0; i < 8; ++i) {
-    r[i] = i < nrows ? Weights<D>::LoadPartial(w.Row(r0 + i), k0, nk) : _mm256_setzero_ps();
+    r[i] = i < nrows ? Weights<D>::LoadPartial(rows + i * stride, k0, nk) : _mm256_setzero_ps();
   }
   Transpose8x8(r);
   for (int j = 0; j < nk; ++j) _mm256_store_ps(out + j * kNr, r[j]);
 }
 
-// Packs W[n0 : n0 + ncols, k0 : k0 + kb] as ceil(ncols / 16) strips, each
-// [kb][16] floats, zero-padding the columns beyond ncols.
+// A block of weights [n0, n0 + ncols) x [k0, k0 + kb), the unit of packing.
+struct Panel {
+  int64_t n0 = 0, ncols = 0, k0 = 0, kb = 0;
+};
+
+// Brings the next panel of weights into L2 a few lines at a time while the
+// current one is multiplied (see kernels_avx512.cc for why).
+class PanelPrefetcher {
+ public:
+  PanelPrefetcher(const WeightView& w, const Panel& panel)
+      : w_(w), panel_(panel), bytes_(panel.kb * static_cast<int64_t>(DTypeSize(w.dtype))) {
+    lines_per_row_ = (bytes_ + 63) / 64 + 1;
+  }
+  int64_t TotalLines() const { return panel_.ncols * lines_per_row_; }
+  void Issue(int64_t count) {
+    for (; count > 0 && row_ < panel_.ncols; --count) {
+      const char* p = reinterpret_cast<const char*>(w_.Row(panel_.n0 + row_)) +
+                      panel_.k0 * static_cast<int64_t>(DTypeSize(w_.dtype));
+      PrefetchL2(line_ + 1 < lines_per_row_ ? p + std::min(line_ * 64, bytes_ - 1) : p + bytes_ - 1);
+      if (++line_ == lines_per_row_) {
+        line_ = 0;
+        ++row_;
+      }
+    }
+  }
+
+ private:
+  // An asm statement, because GCC deletes loops that contain nothing but
+  // __builtin_prefetch calls.
+  static void PrefetchL2(const char* p) { asm volatile("prefetcht1 %0" : : "m"(*p)); }
+
+  const WeightView& w_;
+  Panel panel_;
+  int64_t bytes_;
+  int64_t lines_per_row_;
+  int64_t row_ = 0, line_ = 0;
+};
+
+// Packs the panel as ceil(ncols / 16) strips, each [kb][16] floats,
+// zero-padding the columns beyond ncols.
 template <DType D>
-void PackWeights(const WeightView& w, int64_t n0, int64_t ncols, int64_t k0, int64_t kb,
-                 float* out) {
-  for (int64_t s = 0; s * kNr < ncols; ++s) {
+void PackWeights(const WeightView& w, const Panel& panel, float* out) {
+  const int64_t kb = panel.kb;
+  const int64_t stride = static_cast<int64_t>(w.RowBytes());
+  for (int64_t s = 0; s * kNr < panel.ncols; ++s) {
     float* strip = out + s * kb * kNr;  // [kb, kNr]
     for (int h = 0; h < 2; ++h) {
       const int64_t first = s * kNr + h * 8;
-      const int nrows = static_cast<int>(std::clamp<int64_t>(ncols - first, 0, 8));
+      const int nrows = static_cast<int>(std::clamp<int64_t>(panel.ncols - first, 0, 8));
       if (nrows == 0) {
         for (int64_t k = 0; k < kb; ++k) _mm256_store_ps(strip + k * kNr + h * 8, _mm256_setzero_ps());
         continue;
       }
       for (int64_t k = 0; k < kb; k += 8) {
-        PackBlock8<D>(w, n0 + first, nrows, k0 + k, static_cast<int>(std::min<int64_t>(8, kb - k)),
-                      strip + k * kNr + h * 8);
+        PackBlock8<D>(w.Row(panel.n0 + first), stride, nrows, panel.k0 + k,
+                      static_cast<int>(std::min<int64_t>(8, kb - k)), strip + k * kNr + h * 8);
       }
     }
   }
@@ -313,18 +413,34 @@ void PrefillRange(const float* xp, int64_t mc, const WeightView& w, float* y, in
                   int64_t n_end) {
   const int64_t N = w.rows;
   const int64_t K = w.cols;
-  thread_local AlignedBuffer<float> panel(static_cast<size_t>(kKb) * kNb);  // [kNb / kNr][kKb][kNr]
+  thread_local AlignedBuffer<float> packed(static_cast<size_t>(kKb) * kNb);  // [kNb / kNr][kKb][kNr]
+  // Panels in the order they are multiplied: all k blocks of one column block,
+  // then the next column block.
+  auto panel_at = [&](int64_t nb, int64_t k0) {
+    Panel p;
+    if (nb >= n_end) return p;
+    p.n0 = nb;
+    p.ncols = std::min<int64_t>(kNb, n_end - nb);
+    p.k0 = k0;
+    p.kb = std::min<int64_t>(kKb, K - k0);
+    return p;
+  };
   for (int64_t nb = n_begin; nb < n_end; nb += kNb) {
-    const int64_t ncols = std::min<int64_t>(kNb, n_end - nb);
     for (int64_t k0 = 0; k0 < K; k0 += kKb) {
-      const int64_t kb = std::min<int64_t>(kKb, K - k0);
-      PackWeights<D>(w, nb, ncols, k0, kb, panel.data());
+      const Panel panel = panel_at(nb, k0);
+      const Panel next = k0 + kKb < K ? panel_at(nb, k0 + kKb) : panel_at(nb + kNb, 0);
+      PackWeights<D>(w, panel, packed.data());
+      PanelPrefetcher prefetcher(w, next);
+      const int64_t strips = (panel.ncols + kNr - 1) / kNr;
+      const int64_t calls = (mc + kMr - 1) / kMr * strips;
+      const int64_t per_call = (prefetcher.TotalLines() + calls - 1) / calls;
       for (int64_t m0 = 0; m0 < mc; m0 += kMr) {
         const int mr = static_cast<int>(std::min<int64_t>(kMr, mc - m0));
         const float* xtile = xp + m0 * K + k0 * kMr;  // [kb][kMr]
-        for (int64_t s = 0; s * kNr < ncols; ++s) {
-          kMicroKernels[mr](xtile, panel.data() + s * kb * kNr, kb, y + m0 * N + nb + s * kNr, N,
-                            ncols - s * kNr, k0 > 0);
+        for (int64_t s = 0; s * kNr < panel.ncols; ++s) {
+          kMicroKernels[mr](xtile, packed.data() + s * panel.kb * kNr, panel.kb,
+                            y + m0 * N + nb + s * kNr, N, panel.ncols - s * kNr, k0 > 0);
+          prefetcher.Issue(per_call);
         }
       }
     }
@@ -356,7 +472,7 @@ void Prefill(const float* x, int64_t M, const WeightView& w, float* y, ThreadPoo
 
 template <DType D>
 void MatMulTyped(const float* x, int64_t M, const WeightView& w, float* y, ThreadPool& pool) {
-  if (M <= internal::kMaxDecodeRows) {
+  if (M <= kMaxDecodeRows) {
     Decode<D>(x, M, w, y, pool);
   } else {
     Prefill<D>(x, M, w, y, pool);

@@ -15,14 +15,14 @@
 #pragma GCC diagnostic pop
 
 #include <algorithm>
+#include <array>
+#include <utility>
 #include <cmath>
 #include <cstring>
-#include <cstdlib>
 
 #include "base/aligned.h"
 #include "kernels/kernels_internal.h"
 
-int g_tune[8] = {4, 0, 8, 0, 0, 0, 0, 0};
 namespace epwa::kernels {
 namespace avx512 {
 namespace {
@@ -119,22 +119,23 @@ void MatVecRows(const float* x, const float* xd, int64_t K, const WeightView& w,
 
   int64_t k = 0;
   if constexpr (D == DType::kBF16) {
-    static_assert(U % 2 == 0, "BF16 splits each 64-byte load into two accumulators.");
+    // One 64-byte load per row per step; with U == 2 the even and odd halves
+    // go to separate accumulators, with U == 1 both to the same one (there
+    // are then enough rows of accumulators to hide the latency anyway).
+    static_assert(U == 1 || U == 2, "BF16 splits each 64-byte load into at most two accumulators.");
+    constexpr int kOdd = U - 1;
     const __m512i high = _mm512_set1_epi32(static_cast<int>(0xffff0000u));
-    for (; k + 16 * U <= K; k += 16 * U) {
+    for (; k + 32 <= K; k += 32) {
 #pragma GCC unroll 8
-      for (int u = 0; u < U; u += 2) {
+      for (int r = 0; r < R; ++r) {
+        const __m512i v = _mm512_loadu_si512(rows[r] + 2 * k);
+        const __m512 we = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
+        const __m512 wo = _mm512_castsi512_ps(_mm512_and_si512(v, high));
 #pragma GCC unroll 8
-        for (int r = 0; r < R; ++r) {
-          const __m512i v = _mm512_loadu_si512(rows[r] + 2 * (k + 16 * u));
-          const __m512 we = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
-          const __m512 wo = _mm512_castsi512_ps(_mm512_and_si512(v, high));
-#pragma GCC unroll 8
-          for (int m = 0; m < M; ++m) {
-            const float* xm = xd + m * K + k + 16 * u;
-            acc[u][r][m] = _mm512_fmadd_ps(we, _mm512_loadu_ps(xm), acc[u][r][m]);
-            acc[u + 1][r][m] = _mm512_fmadd_ps(wo, _mm512_loadu_ps(xm + 16), acc[u + 1][r][m]);
-          }
+        for (int m = 0; m < M; ++m) {
+          const float* xm = xd + m * K + k;
+          acc[0][r][m] = _mm512_fmadd_ps(we, _mm512_loadu_ps(xm), acc[0][r][m]);
+          acc[kOdd][r][m] = _mm512_fmadd_ps(wo, _mm512_loadu_ps(xm + 16), acc[kOdd][r][m]);
         }
       }
     }
@@ -181,20 +182,18 @@ void MatVecRows(const float* x, const float* xd, int64_t K, const WeightView& w,
 }
 
 // Rows per group and unrolling per row count of x: at least 8 accumulators,
-// and at most 16 plus the x and weight vectors within the 32 registers.
+// and at most 16 plus the x and weight vectors within the 32 registers. Four
+// rows share each x vector load up to M = 4; beyond that two rows keep the
+// accumulators within bounds (measured: M = 5..8 streams at 2x the rate of
+// the prefill path, whose packing does not pay off for so few rows).
 template <DType D, int M>
 void MatVecRange(const float* x, const float* xd, int64_t K, const WeightView& w, float* y,
                  int64_t n0, int64_t n1) {
-  constexpr bool kBf16 = D == DType::kBF16;
-  constexpr int kRows = M <= 2 ? 4 : M <= 4 ? 2 : 1;
-  constexpr int kUnroll = kBf16 ? 2 : (M == 1 ? 2 : 1) * (M > 4 ? 2 : 1);
+  constexpr int kRows = M <= 4 ? 4 : 2;
+  constexpr int kUnroll = M == 1 ? 2 : 1;
   int64_t n = n0;
-  if (g_tune[0] == 1) {
-    for (; n < n1; ++n) MatVecRows<D, M, 1, 2>(x, xd, K, w, y, w.rows, n);
-    return;
-  }
   for (; n + kRows <= n1; n += kRows) MatVecRows<D, M, kRows, kUnroll>(x, xd, K, w, y, w.rows, n);
-  for (; n < n1; ++n) MatVecRows<D, M, 1, 2>(x, xd, K, w, y, w.rows, n);
+  for (; n < n1; ++n) MatVecRows<D, M, 1, kUnroll>(x, xd, K, w, y, w.rows, n);
 }
 
 template <DType D>
@@ -409,10 +408,14 @@ void MicroKernel(const float* xp, const float* bp, int64_t kb, float* y, int64_t
 
 using MicroKernelFn = void (*)(const float*, const float*, int64_t, float*, int64_t, __mmask16,
                                __mmask16, bool);
-constexpr MicroKernelFn kMicroKernels[kMr + 1] = {
-    nullptr,         MicroKernel<1>, MicroKernel<2>, MicroKernel<3>, MicroKernel<4>,
-    MicroKernel<5>, MicroKernel<6>, MicroKernel<7>, MicroKernel<8>,
-};
+
+// kMicroKernels[mr] handles a tile of mr rows (1 <= mr <= kMr).
+template <size_t... I>
+constexpr std::array<MicroKernelFn, kMr + 1> MakeMicroKernels(std::index_sequence<I...>) {
+  return {nullptr, &MicroKernel<static_cast<int>(I) + 1>...};
+}
+constexpr std::array<MicroKernelFn, kMr + 1> kMicroKernels =
+    MakeMicroKernels(std::make_index_sequence<kMr>());
 
 // One thread's share: output columns [n_begin, n_end) for `mc` rows of x
 // packed in xp ([ceil(mc / kMr)][K][kMr]).
@@ -441,7 +444,7 @@ void PrefillRange(const float* xp, int64_t mc, const WeightView& w, float* y, in
       PanelPrefetcher prefetcher(w, next);
       const int64_t strips = (panel.ncols + kNr - 1) / kNr;
       const int64_t calls = (mc + kMr - 1) / kMr * strips;
-      const int64_t per_call = g_tune[3] ? (prefetcher.TotalLines() + calls - 1) / calls : 0;
+      const int64_t per_call = (prefetcher.TotalLines() + calls - 1) / calls;
       for (int64_t m0 = 0; m0 < mc; m0 += kMr) {
         const int mr = static_cast<int>(std::min<int64_t>(kMr, mc - m0));
         const float* xtile = xp + m0 * K + k0 * kMr;  // [kb][kMr]
@@ -483,7 +486,7 @@ void Prefill(const float* x, int64_t M, const WeightView& w, float* y, ThreadPoo
 
 template <DType D>
 void MatMulTyped(const float* x, int64_t M, const WeightView& w, float* y, ThreadPool& pool) {
-  if (M <= std::min<int64_t>(kMaxDecodeRows, g_tune[2])) {
+  if (M <= kMaxDecodeRows) {
     Decode<D>(x, M, w, y, pool);
   } else {
     Prefill<D>(x, M, w, y, pool);

@@ -35,9 +35,4 @@ extern const IsaKernels kAvx2Kernels;
 extern const IsaKernels kAvx512Kernels;
 #endif
 
-// Up to this many rows of x, MatMul streams each weight row once and reuses
-// it for all rows of x in registers (the decode regime); above it, tiles of
-// weights are converted into a float buffer and reused (the prefill regime).
-inline constexpr int64_t kMaxDecodeRows = 4;
-
 }  // namespace epwa::kernels::internal

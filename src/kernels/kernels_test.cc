@@ -124,7 +124,7 @@ INSTANTIATE_TEST_SUITE_P(Shapes, MatMulTest,
                                             ::testing::Values(DType::kF32, DType::kF16, DType::kBF16),
                                             ::testing::Values(1, 3, 17, 63, 64, 65, 1000),
                                             ::testing::Values(1, 5, 33, 257),
-                                            ::testing::Values(1, 2, 3, 4, 5, 16, 37)),
+                                            ::testing::Values(1, 2, 3, 4, 5, 8, 9, 16, 37)),
                          MatMulName);
 
 // ---------------------------------------------------------------------------
@@ -161,7 +161,7 @@ TEST_P(IsaTest, MatMulLargeBlockedShapes) {
 TEST_P(IsaTest, MatMulIsIndependentOfThreadCount) {
   ThreadPool one(1), two(2), three(3);
   for (DType dtype : {DType::kF32, DType::kBF16, DType::kF16}) {
-    for (int64_t M : {1, 3, 37}) {
+    for (int64_t M : {1, 3, 6, 37}) {
       const int64_t N = 301, K = 333;
       TestWeights w = MakeWeights(dtype, N, K, 5);
       const std::vector<float> x = RandomVector(M * K, 6);

@@ -148,14 +148,18 @@ std::vector<int32_t> Engine::EncodePrompt(const std::string& text) const {
   return ids;
 }
 
-GenerateResult Engine::Generate(std::span<const int32_t> prompt, const GenerateOptions& options) {
+void Engine::ValidatePrompt(std::span<const int32_t> prompt) const {
   Require(!prompt.empty(), "the prompt is empty: give at least one token of text");
-  Require(options.max_new_tokens >= 0, "the number of tokens to generate must not be negative");
-  const int64_t needed = static_cast<int64_t>(prompt.size()) + options.max_new_tokens;
   Require(static_cast<int64_t>(prompt.size()) < max_context(),
           "the prompt has " + std::to_string(prompt.size()) +
               " tokens, which does not fit the model's context of " +
               std::to_string(max_context()) + " tokens");
+}
+
+GenerateResult Engine::Generate(std::span<const int32_t> prompt, const GenerateOptions& options) {
+  ValidatePrompt(prompt);
+  Require(options.max_new_tokens >= 0, "the number of tokens to generate must not be negative");
+  const int64_t needed = static_cast<int64_t>(prompt.size()) + options.max_new_tokens;
   const int64_t capacity = std::min<int64_t>(needed, max_context());
 
   GenerateResult result;

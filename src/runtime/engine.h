@@ -109,6 +109,8 @@ class Engine {
   // tokenizer_config.json asks for it and the tokenizer did not add it.
   std::vector<int32_t> EncodePrompt(const std::string& text) const;
 
+  // Throws epwa::Error if `prompt` is empty or leaves no room in the context.
+  void ValidatePrompt(std::span<const int32_t> prompt) const;
   GenerateResult Generate(std::span<const int32_t> prompt, const GenerateOptions& options);
   ScoreResult Score(std::span<const int32_t> ids);
 

@@ -20,6 +20,31 @@ constexpr size_t kMaxCacheEntries = 1 << 16;
 
 }  // namespace
 
+void MergeTable::Reserve(size_t count) {
+  // At most half full, so that probe sequences stay short.
+  size_t capacity = 16;
+  int bits = 4;
+  while (capacity < count * 2) {
+    capacity *= 2;
+    ++bits;
+  }
+  keys_.assign(capacity, kEmpty);
+  values_.assign(capacity, Merge{0, 0});
+  mask_ = capacity - 1;
+  shift_ = 64 - bits;
+}
+
+void MergeTable::Assign(int32_t left, int32_t right, Merge merge) {
+  const uint64_t key = Key(left, right);
+  for (size_t slot = Slot(key);; slot = (slot + 1) & mask_) {
+    if (keys_[slot] == key || keys_[slot] == kEmpty) {
+      keys_[slot] = key;
+      values_[slot] = merge;
+      return;
+    }
+  }
+}
+
 BpeModel::BpeModel(const nlohmann::json& model_node, const JsonPlace& place,
                    std::vector<std::pair<std::string, int64_t>> vocab,
                    std::vector<std::pair<std::string, std::string>> merges)
@@ -67,7 +92,7 @@ BpeModel::BpeModel(const nlohmann::json& model_node, const JsonPlace& place,
   }
 
   // Merges: rank is the position in the list; a later duplicate pair wins.
-  merges_.reserve(merges.size() * 2);
+  merges_.Reserve(merges.size());
   std::string merged;
   for (size_t i = 0; i < merges.size(); ++i) {
     const auto& [left, right] = merges[i];
@@ -83,8 +108,7 @@ BpeModel::BpeModel(const nlohmann::json& model_node, const JsonPlace& place,
       merge_place.Fail("produces the token \"" + merged + "\", which is not in model.vocab");
     }
     if (i > static_cast<size_t>(INT32_MAX)) merge_place.Fail("is beyond the supported number of merges");
-    merges_.insert_or_assign(PairKey(*left_id, *right_id),
-                             MergeResult{static_cast<int32_t>(i), *merged_id});
+    merges_.Assign(*left_id, *right_id, {static_cast<int32_t>(i), *merged_id});
   }
 }
 
@@ -200,12 +224,9 @@ void BpeModel::MergeWord(std::string_view word, std::vector<int32_t>* ids) const
     return a.rank != b.rank ? a.rank > b.rank : a.pos > b.pos;
   };
   std::priority_queue<Candidate, std::vector<Candidate>, decltype(worse)> queue(worse);
-  const auto find_merge = [this](int32_t left, int32_t right) -> const MergeResult* {
-    const auto it = merges_.find(PairKey(left, right));
-    return it == merges_.end() ? nullptr : &it->second;
-  };
+  const auto find_merge = [this](int32_t left, int32_t right) { return merges_.Find(left, right); };
   for (size_t i = 0; i + 1 < symbols.size(); ++i) {
-    if (const MergeResult* m = find_merge(symbols[i].id, symbols[i + 1].id)) {
+    if (const MergeTable::Merge* m = find_merge(symbols[i].id, symbols[i + 1].id)) {
       queue.push({m->rank, static_cast<int32_t>(i), m->new_id});
     }
   }
@@ -217,7 +238,7 @@ void BpeModel::MergeWord(std::string_view word, std::vector<int32_t>* ids) const
     const int32_t next_pos = current.next;
     const Symbol right = symbols[next_pos];
     // Skip stale entries: the pair at this position has changed since.
-    const MergeResult* still = find_merge(current.id, right.id);
+    const MergeTable::Merge* still = find_merge(current.id, right.id);
     if (still == nullptr || still->new_id != top.new_id) continue;
 
     current.id = top.new_id;
@@ -227,12 +248,12 @@ void BpeModel::MergeWord(std::string_view word, std::vector<int32_t>* ids) const
     if (right.next >= 0) symbols[right.next].prev = top.pos;
 
     if (current.prev >= 0) {
-      if (const MergeResult* m = find_merge(symbols[current.prev].id, current.id)) {
+      if (const MergeTable::Merge* m = find_merge(symbols[current.prev].id, current.id)) {
         queue.push({m->rank, current.prev, m->new_id});
       }
     }
     if (current.next >= 0) {
-      if (const MergeResult* m = find_merge(current.id, symbols[current.next].id)) {
+      if (const MergeTable::Merge* m = find_merge(current.id, symbols[current.next].id)) {
         queue.push({m->rank, top.pos, m->new_id});
       }
     }

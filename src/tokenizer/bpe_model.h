@@ -18,6 +18,43 @@
 
 namespace epwa::tokenizer_internal {
 
+// An open-addressing hash map from a token-id pair to its merge. Merge
+// lookups dominate BPE time, and this flat table is several times faster
+// than std::unordered_map for them.
+class MergeTable {
+ public:
+  struct Merge {
+    int32_t rank;
+    int32_t new_id;
+  };
+
+  void Reserve(size_t count);
+  // Later assignments to the same pair replace earlier ones.
+  void Assign(int32_t left, int32_t right, Merge merge);
+  const Merge* Find(int32_t left, int32_t right) const {
+    if (keys_.empty()) return nullptr;
+    const uint64_t key = Key(left, right);
+    for (size_t slot = Slot(key);; slot = (slot + 1) & mask_) {
+      if (keys_[slot] == key) return &values_[slot];
+      if (keys_[slot] == kEmpty) return nullptr;
+    }
+  }
+
+ private:
+  static constexpr uint64_t kEmpty = ~uint64_t{0};  // Ids are below 2^31, so no pair maps here.
+  static uint64_t Key(int32_t left, int32_t right) {
+    return (static_cast<uint64_t>(static_cast<uint32_t>(left)) << 32) | static_cast<uint32_t>(right);
+  }
+  size_t Slot(uint64_t key) const {
+    return static_cast<size_t>((key * 0x9E3779B97F4A7C15ull) >> shift_) & mask_;
+  }
+
+  std::vector<uint64_t> keys_;
+  std::vector<Merge> values_;
+  size_t mask_ = 0;
+  int shift_ = 64;
+};
+
 class BpeModel {
  public:
   // Builds the model from the "model" node (for its options) and the vocab
@@ -38,14 +75,6 @@ class BpeModel {
   int32_t IdBound() const { return static_cast<int32_t>(id_to_token_.size()); }
 
  private:
-  struct MergeResult {
-    int32_t rank;
-    int32_t new_id;
-  };
-  static uint64_t PairKey(int32_t left, int32_t right) {
-    return (static_cast<uint64_t>(static_cast<uint32_t>(left)) << 32) | static_cast<uint32_t>(right);
-  }
-
   // Splits `word` into initial symbols (characters, byte-fallback tokens,
   // unknown tokens) and applies the merges, as merge_word/merge_all do in
   // the reference.
@@ -57,7 +86,7 @@ class BpeModel {
   std::vector<std::string> entries_;
   std::unordered_map<std::string_view, int32_t> token_to_id_;
   std::vector<const std::string*> id_to_token_;  // nullptr for unused ids.
-  std::unordered_map<uint64_t, MergeResult> merges_;
+  MergeTable merges_;
   std::string unk_token_;          // Empty when the model has none.
   std::optional<int32_t> unk_id_;  // Unset when unk_token_ is not in vocab.
   bool fuse_unk_ = false;

@@ -374,7 +374,7 @@ const std::string& Tokenizer::IdToPiece(int32_t id) const {
   const std::string* piece = impl_->Lookup(id);
   if (piece == nullptr) {
     throw Error(impl_->origin + ": token id " + std::to_string(id) +
-                " is not in the vocabulary (valid ids are 0 to " +
+                " has no entry in the vocabulary (whose ids go up to " +
                 std::to_string(impl_->vocab_size - 1) + ").");
   }
   return *piece;
