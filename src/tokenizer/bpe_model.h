@@ -3,7 +3,6 @@
 #pragma once
 
 #include <cstdint>
-#include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -19,8 +18,8 @@
 namespace epwa::tokenizer_internal {
 
 // An open-addressing hash map from a token-id pair to its merge. Merge
-// lookups dominate BPE time, and this flat table is several times faster
-// than std::unordered_map for them.
+// lookups are the inner loop of BPE, and a flat table avoids the pointer
+// chasing of std::unordered_map.
 class MergeTable {
  public:
   struct Merge {
@@ -59,8 +58,8 @@ class BpeModel {
  public:
   // Builds the model from the "model" node (for its options) and the vocab
   // and merges streamed out of the document. Throws epwa::Error naming the
-  // file and field for ids out of range, merges that use unknown tokens, and
-  // options epwa does not implement.
+  // file and field for ids out of range, mistyped options, and merges that
+  // use or produce tokens missing from the vocabulary.
   BpeModel(const nlohmann::json& model_node, const JsonPlace& place,
            std::vector<std::pair<std::string, int64_t>> vocab,
            std::vector<std::pair<std::string, std::string>> merges);

@@ -4,7 +4,6 @@
 
 #include <algorithm>
 #include <cstdlib>
-#include <map>
 
 #include "base/error.h"
 #include "tokenizer/regex.h"

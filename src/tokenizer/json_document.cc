@@ -1,5 +1,7 @@
 #include "tokenizer/json_document.h"
 
+#include <cstdint>
+
 #include "base/error.h"
 
 namespace epwa::tokenizer_internal {
