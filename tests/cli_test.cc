@@ -127,7 +127,7 @@ TEST_F(CliTest, ScoreReportsEveryPositionAndWritesNpy) {
   EXPECT_EQ(last["routing"][0]["router_logits"].size(), 8u);
   const std::string npy_bytes = testing::ReadFile(npy);
   EXPECT_EQ(npy_bytes.substr(1, 5), "NUMPY");
-  EXPECT_NE(npy_bytes.find("'shape': (" + std::to_string(T) + ", 1024)"), std::string::npos);
+  EXPECT_NE(npy_bytes.find("'shape': (" + std::to_string(T) + ", 768)"), std::string::npos);
 }
 
 TEST_F(CliTest, TokenizeRoundTrips) {

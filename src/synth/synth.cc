@@ -61,7 +61,7 @@ std::vector<Preset> Presets() {
   std::vector<Preset> p;
   // Small models: the bundled default and the reference-test fixtures.
   p.push_back({"tiny-random-moe", "4-layer Mixtral layout, 8 experts top-2, GQA; the default model",
-               Make("MixtralForCausalLM", 1024, 128, 256, 4, 4, 2, 8, 2, 2048, 10000.0)});
+               Make("MixtralForCausalLM", 768, 128, 256, 4, 4, 2, 8, 2, 2048, 10000.0)});
   p.push_back({"fixture-mixtral", "2-layer Mixtral layout, 4 experts top-2 (reference tests)",
                Make("MixtralForCausalLM", 512, 64, 96, 2, 4, 2, 4, 2, 256, 10000.0)});
   {
