@@ -3,6 +3,7 @@
 #   make test   installs dependencies, builds, runs every test
 BUILD ?= build
 JOBS ?= $(shell nproc)
+FUZZ_SECONDS ?= 60
 MODEL ?= models/tiny-random-moe
 PROMPT ?= Once upon a time
 
@@ -36,7 +37,7 @@ bench: build
 fuzz: deps
 	CC=clang CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DEPWA_FUZZ=ON -DEPWA_BUILD_TESTS=OFF -DEPWA_BUILD_BENCH=OFF
 	cmake --build build-fuzz --target safetensors_fuzz
-	mkdir -p build-fuzz/corpus && ./build-fuzz/safetensors_fuzz -max_total_time=60 build-fuzz/corpus fuzz/corpus
+	mkdir -p build-fuzz/corpus && ./build-fuzz/safetensors_fuzz -max_total_time=$(FUZZ_SECONDS) build-fuzz/corpus fuzz/corpus
 
 clean:
 	rm -rf $(BUILD) build-fuzz
