@@ -7,6 +7,10 @@
 #include <cmath>
 #include <cstring>
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#endif
+
 #include "base/aligned.h"
 #include "base/error.h"
 #include "base/timer.h"
@@ -137,6 +141,17 @@ double FmaChains(int64_t iterations) {
 
 namespace internal {
 
+float* ThreadScratch(Scratch slot, size_t count) {
+  thread_local AlignedBuffer<float> buffers[3];
+  AlignedBuffer<float>& buffer = buffers[static_cast<int>(slot)];
+  if (buffer.size() < count) buffer.Resize(count);
+  return buffer.data();
+}
+
+void ParallelFor(ThreadPool& pool, int64_t n, int64_t grain, RangeFn fn, void* context) {
+  pool.ParallelFor(n, grain, [&](int64_t begin, int64_t end) { fn(context, begin, end); });
+}
+
 const IsaKernels kScalarKernels = {
     scalar::MatMul, scalar::RmsNorm, scalar::Softmax,   scalar::SiluMul,  scalar::DotF32,
     scalar::Axpy,   scalar::ConvertRow, scalar::SumFloats, scalar::FmaChains,
@@ -175,6 +190,16 @@ const IsaKernels& Active() {
   return TableFor(static_cast<Isa>(isa));
 }
 
+#if defined(__x86_64__) || defined(__i386__)
+// CPUID leaf 1, ECX bit 29. Read directly because clang's
+// __builtin_cpu_supports does not know "f16c"; F16C uses the AVX register
+// state, whose OS support the "avx2" check already covers.
+bool HasF16c() {
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  return __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & (1u << 29)) != 0;
+}
+#endif
+
 }  // namespace
 
 const char* IsaName(Isa isa) {
@@ -192,8 +217,7 @@ std::vector<Isa> SupportedIsas() {
   // __builtin_cpu_supports also checks that the OS saves the wide registers;
   // the explicit init makes it safe to call from static constructors.
   __builtin_cpu_init();
-  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                    __builtin_cpu_supports("f16c");
+  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && HasF16c();
   if (avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
       __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")) {
     isas.push_back(Isa::kAvx512);

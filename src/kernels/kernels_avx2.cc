@@ -9,28 +9,50 @@
 // GCC 12 reports the deliberately undefined pass-through operands inside its
 // own intrinsic headers as uninitialised (GCC bug 105593); the headers' code
 // is correct, so the warning is silenced for them only.
+#if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 #include <immintrin.h>
+#if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic pop
+#endif
 
-#include <algorithm>
-#include <cmath>
-#include <cstring>
+#include <cstdint>
+#include <type_traits>
 
-#include "base/aligned.h"
 #include "kernels/kernels_internal.h"
 
 namespace epwa::kernels {
 namespace avx2 {
 namespace {
 
+// Local stand-ins for std::min, std::clamp, DTypeSize and WeightView::Row,
+// so that this file emits no shared inline code (see kernels_internal.h).
+constexpr int64_t Min(int64_t a, int64_t b) { return a < b ? a : b; }
+constexpr int64_t Max(int64_t a, int64_t b) { return a > b ? a : b; }
+constexpr int64_t Clamp(int64_t v, int64_t lo, int64_t hi) { return v < lo ? lo : v > hi ? hi : v; }
+inline int64_t ElemBytes(DType dtype) { return dtype == DType::kF32 ? 4 : 2; }
+inline int64_t RowBytes(const WeightView& w) { return w.cols * ElemBytes(w.dtype); }
+inline const uint8_t* RowAt(const WeightView& w, int64_t r) {
+  return static_cast<const uint8_t*>(w.data) + r * RowBytes(w);
+}
+inline float Sqrt(float v) { return _mm_cvtss_f32(_mm_sqrt_ss(_mm_set_ss(v))); }
+
+// pool.ParallelFor over a lambda, without instantiating std::function here.
+template <typename F>
+void ParallelRange(ThreadPool& pool, int64_t n, int64_t grain, F&& fn) {
+  using Fn = std::remove_reference_t<F>;
+  internal::ParallelFor(
+      pool, n, grain, [](void* c, int64_t b, int64_t e) { (*static_cast<Fn*>(c))(b, e); }, &fn);
+}
+
 // A lane mask selecting the first n (0..8) of 8 lanes, for maskload/maskstore,
 // which never touch the lanes they skip.
 inline __m256i FirstLanes(int64_t n) {
   const __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-  return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(std::min<int64_t>(n, 8))), idx);
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(Min(n, 8))), idx);
 }
 
 inline float HorizontalSum(__m256 v) {
@@ -75,7 +97,7 @@ struct Weights<DType::kBF16> {
   }
   static __m256 LoadPartial(const uint8_t* row, int64_t k, int64_t n) {
     uint16_t tmp[8] = {};
-    std::memcpy(tmp, row + 2 * k, static_cast<size_t>(std::min<int64_t>(n, 8)) * 2);
+    __builtin_memcpy(tmp, row + 2 * k, static_cast<size_t>(Min(n, 8)) * 2);
     return Widen(_mm_loadu_si128(reinterpret_cast<const __m128i*>(tmp)));
   }
 };
@@ -87,10 +109,18 @@ struct Weights<DType::kF16> {
   }
   static __m256 LoadPartial(const uint8_t* row, int64_t k, int64_t n) {
     uint16_t tmp[8] = {};
-    std::memcpy(tmp, row + 2 * k, static_cast<size_t>(std::min<int64_t>(n, 8)) * 2);
+    __builtin_memcpy(tmp, row + 2 * k, static_cast<size_t>(Min(n, 8)) * 2);
     return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(tmp)));
   }
 };
+
+// Asks for the cache line holding p to be brought into L2. An asm statement,
+// because GCC deletes loops that contain nothing but __builtin_prefetch.
+// Prefetches never fault, so the address may lie past the end of a row or of
+// the mapping.
+inline void PrefetchL2(const void* p) {
+  asm volatile("prefetcht1 %0" : : "m"(*static_cast<const char*>(p)));
+}
 
 // ---------------------------------------------------------------------------
 // Decode (see kernels_avx512.cc): each weight element is loaded once and used
@@ -121,13 +151,17 @@ void DeinterleaveX(const float* x, int64_t M, int64_t K, float* out) {
   }
 }
 
+// How far ahead of the loads the decode kernel prefetches each weight row
+// (see kernels_avx512.cc).
+constexpr int64_t kDecodePrefetchBytes = 2048;
+
 // x: [M, K] as given; xd: [M, K] deinterleaved by DeinterleaveX (BF16 only).
 template <DType D, int M, int R, int U>
 void MatVecRows(const float* x, const float* xd, int64_t K, const WeightView& w, float* y, int64_t N,
                 int64_t n) {
   const uint8_t* rows[R];
 #pragma GCC unroll 8
-  for (int r = 0; r < R; ++r) rows[r] = w.Row(n + r);
+  for (int r = 0; r < R; ++r) rows[r] = RowAt(w, n + r);
   __m256 acc[U][R][M];
 #pragma GCC unroll 8
   for (int u = 0; u < U; ++u)
@@ -144,6 +178,9 @@ void MatVecRows(const float* x, const float* xd, int64_t K, const WeightView& w,
     for (; k + 16 <= K; k += 16) {
 #pragma GCC unroll 8
       for (int r = 0; r < R; ++r) {
+        // One prefetch per 32-byte step: each line is asked for twice, which
+        // costs next to nothing.
+        PrefetchL2(rows[r] + 2 * k + kDecodePrefetchBytes);
         const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows[r] + 2 * k));
         const __m256 we = _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
         const __m256 wo = _mm256_castsi256_ps(_mm256_and_si256(v, high));
@@ -156,7 +193,10 @@ void MatVecRows(const float* x, const float* xd, int64_t K, const WeightView& w,
       }
     }
   } else {
+    constexpr int64_t kElem = D == DType::kF32 ? 4 : 2;
     for (; k + 8 * U <= K; k += 8 * U) {
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) PrefetchL2(rows[r] + k * kElem + kDecodePrefetchBytes);
 #pragma GCC unroll 8
       for (int u = 0; u < U; ++u) {
         __m256 xv[M];
@@ -214,14 +254,12 @@ void Decode(const float* x, int64_t M, const WeightView& w, float* y, ThreadPool
   const int64_t K = w.cols;
   const float* xd = nullptr;
   if constexpr (D == DType::kBF16) {
-    thread_local AlignedBuffer<float> deinterleaved;  // [M, K]
-    const size_t need = static_cast<size_t>(M * K);
-    if (deinterleaved.size() < need) deinterleaved.Resize(need);
-    DeinterleaveX(x, M, K, deinterleaved.data());
-    // The workers must see this thread's buffer, not their own thread_local.
-    xd = deinterleaved.data();
+    // The calling thread's buffer, shared with the workers below.
+    float* deinterleaved = internal::ThreadScratch(internal::Scratch::kDecodeX, static_cast<size_t>(M * K));  // [M, K]
+    DeinterleaveX(x, M, K, deinterleaved);
+    xd = deinterleaved;
   }
-  pool.ParallelFor(w.rows, 4, [&](int64_t n0, int64_t n1) {
+  ParallelRange(pool, w.rows, 4, [&](int64_t n0, int64_t n1) {
     switch (M) {
       case 1: MatVecRange<D, 1>(x, xd, K, w, y, n0, n1); break;
       case 2: MatVecRange<D, 2>(x, xd, K, w, y, n0, n1); break;
@@ -299,15 +337,15 @@ struct Panel {
 class PanelPrefetcher {
  public:
   PanelPrefetcher(const WeightView& w, const Panel& panel)
-      : w_(w), panel_(panel), bytes_(panel.kb * static_cast<int64_t>(DTypeSize(w.dtype))) {
+      : w_(w), panel_(panel), bytes_(panel.kb * ElemBytes(w.dtype)) {
     lines_per_row_ = (bytes_ + 63) / 64 + 1;
   }
   int64_t TotalLines() const { return panel_.ncols * lines_per_row_; }
   void Issue(int64_t count) {
     for (; count > 0 && row_ < panel_.ncols; --count) {
-      const char* p = reinterpret_cast<const char*>(w_.Row(panel_.n0 + row_)) +
-                      panel_.k0 * static_cast<int64_t>(DTypeSize(w_.dtype));
-      PrefetchL2(line_ + 1 < lines_per_row_ ? p + std::min(line_ * 64, bytes_ - 1) : p + bytes_ - 1);
+      const char* p = reinterpret_cast<const char*>(RowAt(w_, panel_.n0 + row_)) +
+                      panel_.k0 * ElemBytes(w_.dtype);
+      PrefetchL2(line_ + 1 < lines_per_row_ ? p + Min(line_ * 64, bytes_ - 1) : p + bytes_ - 1);
       if (++line_ == lines_per_row_) {
         line_ = 0;
         ++row_;
@@ -316,10 +354,6 @@ class PanelPrefetcher {
   }
 
  private:
-  // An asm statement, because GCC deletes loops that contain nothing but
-  // __builtin_prefetch calls.
-  static void PrefetchL2(const char* p) { asm volatile("prefetcht1 %0" : : "m"(*p)); }
-
   const WeightView& w_;
   Panel panel_;
   int64_t bytes_;
@@ -332,19 +366,19 @@ class PanelPrefetcher {
 template <DType D>
 void PackWeights(const WeightView& w, const Panel& panel, float* out) {
   const int64_t kb = panel.kb;
-  const int64_t stride = static_cast<int64_t>(w.RowBytes());
+  const int64_t stride = RowBytes(w);
   for (int64_t s = 0; s * kNr < panel.ncols; ++s) {
     float* strip = out + s * kb * kNr;  // [kb, kNr]
     for (int h = 0; h < 2; ++h) {
       const int64_t first = s * kNr + h * 8;
-      const int nrows = static_cast<int>(std::clamp<int64_t>(panel.ncols - first, 0, 8));
+      const int nrows = static_cast<int>(Clamp(panel.ncols - first, 0, 8));
       if (nrows == 0) {
         for (int64_t k = 0; k < kb; ++k) _mm256_store_ps(strip + k * kNr + h * 8, _mm256_setzero_ps());
         continue;
       }
       for (int64_t k = 0; k < kb; k += 8) {
-        PackBlock8<D>(w.Row(panel.n0 + first), stride, nrows, panel.k0 + k,
-                      static_cast<int>(std::min<int64_t>(8, kb - k)), strip + k * kNr + h * 8);
+        PackBlock8<D>(RowAt(w, panel.n0 + first), stride, nrows, panel.k0 + k,
+                      static_cast<int>(Min(8, kb - k)), strip + k * kNr + h * 8);
       }
     }
   }
@@ -390,7 +424,7 @@ void MicroKernel(const float* xp, const float* bp, int64_t kb, float* y, int64_t
     }
     return;
   }
-  const __m256i mask0 = FirstLanes(cols), mask1 = FirstLanes(std::max<int64_t>(cols - 8, 0));
+  const __m256i mask0 = FirstLanes(cols), mask1 = FirstLanes(Max(cols - 8, 0));
 #pragma GCC unroll 8
   for (int m = 0; m < MR; ++m) {
     float* row = y + m * ldy;
@@ -413,32 +447,32 @@ void PrefillRange(const float* xp, int64_t mc, const WeightView& w, float* y, in
                   int64_t n_end) {
   const int64_t N = w.rows;
   const int64_t K = w.cols;
-  thread_local AlignedBuffer<float> packed(static_cast<size_t>(kKb) * kNb);  // [kNb / kNr][kKb][kNr]
+  float* packed = internal::ThreadScratch(internal::Scratch::kPanel, static_cast<size_t>(kKb) * kNb);  // [kNb / kNr][kKb][kNr]
   // Panels in the order they are multiplied: all k blocks of one column block,
   // then the next column block.
   auto panel_at = [&](int64_t nb, int64_t k0) {
     Panel p;
     if (nb >= n_end) return p;
     p.n0 = nb;
-    p.ncols = std::min<int64_t>(kNb, n_end - nb);
+    p.ncols = Min(kNb, n_end - nb);
     p.k0 = k0;
-    p.kb = std::min<int64_t>(kKb, K - k0);
+    p.kb = Min(kKb, K - k0);
     return p;
   };
   for (int64_t nb = n_begin; nb < n_end; nb += kNb) {
     for (int64_t k0 = 0; k0 < K; k0 += kKb) {
       const Panel panel = panel_at(nb, k0);
       const Panel next = k0 + kKb < K ? panel_at(nb, k0 + kKb) : panel_at(nb + kNb, 0);
-      PackWeights<D>(w, panel, packed.data());
+      PackWeights<D>(w, panel, packed);
       PanelPrefetcher prefetcher(w, next);
       const int64_t strips = (panel.ncols + kNr - 1) / kNr;
       const int64_t calls = (mc + kMr - 1) / kMr * strips;
       const int64_t per_call = (prefetcher.TotalLines() + calls - 1) / calls;
       for (int64_t m0 = 0; m0 < mc; m0 += kMr) {
-        const int mr = static_cast<int>(std::min<int64_t>(kMr, mc - m0));
+        const int mr = static_cast<int>(Min(kMr, mc - m0));
         const float* xtile = xp + m0 * K + k0 * kMr;  // [kb][kMr]
         for (int64_t s = 0; s * kNr < panel.ncols; ++s) {
-          kMicroKernels[mr](xtile, packed.data() + s * panel.kb * kNr, panel.kb,
+          kMicroKernels[mr](xtile, packed + s * panel.kb * kNr, panel.kb,
                             y + m0 * N + nb + s * kNr, N, panel.ncols - s * kNr, k0 > 0);
           prefetcher.Issue(per_call);
         }
@@ -451,20 +485,17 @@ template <DType D>
 void Prefill(const float* x, int64_t M, const WeightView& w, float* y, ThreadPool& pool) {
   const int64_t N = w.rows;
   const int64_t K = w.cols;
-  thread_local AlignedBuffer<float> packed_x;  // [kMc / kMr][K][kMr]
-  const size_t need = static_cast<size_t>(kMc) * K;
-  if (packed_x.size() < need) packed_x.Resize(need);
-  // The workers must see this thread's buffer, not their own thread_local.
-  float* xp = packed_x.data();
+  // The calling thread's buffer, shared with the workers below.
+  float* xp = internal::ThreadScratch(internal::Scratch::kPackedX, static_cast<size_t>(kMc) * K);  // [kMc / kMr][K][kMr]
   for (int64_t m0 = 0; m0 < M; m0 += kMc) {
-    const int64_t mc = std::min<int64_t>(kMc, M - m0);
+    const int64_t mc = Min(kMc, M - m0);
     const int64_t tiles = (mc + kMr - 1) / kMr;
-    pool.ParallelFor(tiles, 1, [&](int64_t t0, int64_t t1) {
+    ParallelRange(pool, tiles, 1, [&](int64_t t0, int64_t t1) {
       for (int64_t t = t0; t < t1; ++t) {
-        PackX(x + (m0 + t * kMr) * K, K, std::min<int64_t>(kMr, mc - t * kMr), xp + t * K * kMr);
+        PackX(x + (m0 + t * kMr) * K, K, Min(kMr, mc - t * kMr), xp + t * K * kMr);
       }
     });
-    pool.ParallelFor(N, kNr, [&](int64_t n0, int64_t n1) {
+    ParallelRange(pool, N, kNr, [&](int64_t n0, int64_t n1) {
       PrefillRange<D>(xp, mc, w, y + m0 * N, n0, n1);
     });
   }
@@ -531,7 +562,7 @@ float Dot(const float* a, const float* b, int64_t n) {
 
 void RmsNorm(const float* x, const float* weight, int64_t n, float eps, float* out) {
   const float mean_sq = Dot(x, x, n) / static_cast<float>(n);
-  const __m256 inv = _mm256_set1_ps(1.0f / std::sqrt(mean_sq + eps));
+  const __m256 inv = _mm256_set1_ps(1.0f / Sqrt(mean_sq + eps));
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) {
     const __m256 v = _mm256_mul_ps(_mm256_loadu_ps(x + i), inv);
@@ -545,7 +576,7 @@ void RmsNorm(const float* x, const float* weight, int64_t n, float eps, float* o
 }
 
 void Softmax(float* x, int64_t n) {
-  const __m256 neg_inf = _mm256_set1_ps(-INFINITY);
+  const __m256 neg_inf = _mm256_set1_ps(-__builtin_inff());
   __m256 max_v = neg_inf;
   for (int64_t i = 0; i < n; i += 8) {
     const __m256i mask = FirstLanes(n - i);

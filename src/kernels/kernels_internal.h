@@ -6,6 +6,7 @@
 // tests of this folder include this header.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 
 #include "base/thread_pool.h"
@@ -28,6 +29,21 @@ struct IsaKernels {
   // of floating-point operations it performed (an FMA counts as two).
   double (*fma_chains)(int64_t iterations);
 };
+
+// Scratch space and the thread pool are reached from the instruction-set
+// files only through these plain functions, defined in kernels.cc. Those
+// files must not instantiate inline code with external linkage (std::function,
+// AlignedBuffer, std::min, WeightView::Row, ...): the linker keeps a single
+// copy of such code for the whole program, and if it kept the one compiled
+// with -mavx512f, code outside the kernels would fault on CPUs without
+// AVX-512. So they use local helpers in anonymous namespaces instead.
+enum class Scratch { kPackedX, kDecodeX, kPanel };
+// A 64-byte aligned buffer of at least `count` floats, private to the calling
+// thread and to `slot`, kept between calls; its contents are unspecified.
+float* ThreadScratch(Scratch slot, size_t count);
+// pool.ParallelFor(n, grain, ...) calling fn(context, begin, end).
+using RangeFn = void (*)(void* context, int64_t begin, int64_t end);
+void ParallelFor(ThreadPool& pool, int64_t n, int64_t grain, RangeFn fn, void* context);
 
 extern const IsaKernels kScalarKernels;
 #if defined(__x86_64__) || defined(__i386__)

@@ -143,7 +143,9 @@ const std::vector<int64_t> kLengths = {1, 3, 7, 8, 9, 15, 16, 17, 31, 33, 63, 64
 
 // Shapes larger than one cache block in every dimension (K > 256, N > 256
 // per thread, M > 256 rows of packed x), so the accumulation across k blocks
-// and the re-packing of x are exercised.
+// and the re-packing of x are exercised; and a wide one with M = 6, which the
+// AVX-512 path runs through the decode kernel and the AVX2 path through the
+// prefill kernel.
 TEST_P(IsaTest, MatMulLargeBlockedShapes) {
   for (DType dtype : {DType::kF32, DType::kF16, DType::kBF16}) {
     for (auto [M, N, K] : {std::tuple<int64_t, int64_t, int64_t>{300, 600, 520}, {6, 1100, 777}}) {
