@@ -193,12 +193,13 @@ std::vector<TensorSpec> TensorSpecs(const ModelConfig& c, DType dtype, uint64_t 
     spec.dtype = dtype;
     spec.shape = s.shape;
     const std::string name = s.name;
-    spec.fill = [seed, name, init, dtype](uint8_t* out, size_t offset_bytes, size_t nbytes) {
+    const uint64_t key = SynthTensorKey(seed, name);
+    spec.fill = [key, init, dtype](uint8_t* out, size_t offset_bytes, size_t nbytes) {
       const size_t esize = DTypeSize(dtype);
       const uint64_t first = offset_bytes / esize;
       const size_t count = nbytes / esize;
       for (size_t i = 0; i < count; ++i) {
-        const float v = init.offset + init.scale * SynthUnitValue(seed, name, first + i);
+        const float v = init.offset + init.scale * SynthUnitValue(key, first + i);
         switch (dtype) {
           case DType::kF32: std::memcpy(out + i * 4, &v, 4); break;
           case DType::kF16: { uint16_t h = F32ToF16(v); std::memcpy(out + i * 2, &h, 2); break; }
@@ -240,8 +241,12 @@ ModelConfig SynthPreset(const std::string& name) {
   throw Error("unknown synth preset '" + name + "' (presets: " + list + ")");
 }
 
-float SynthUnitValue(uint64_t seed, const std::string& name, uint64_t index) {
-  const uint64_t bits = SplitMix(SplitMix(seed ^ Fnv1a(name)) + index);
+uint64_t SynthTensorKey(uint64_t seed, const std::string& name) {
+  return SplitMix(seed ^ Fnv1a(name));
+}
+
+float SynthUnitValue(uint64_t tensor_key, uint64_t index) {
+  const uint64_t bits = SplitMix(tensor_key + index);
   // 24 random bits -> [0, 1) exactly representable, then unit variance.
   const float u = static_cast<float>(bits >> 40) * (1.0f / 16777216.0f);
   return (u - 0.5f) * 3.4641016f;

@@ -33,8 +33,10 @@ std::vector<std::string> SynthPresetNames();
 ModelConfig SynthPreset(const std::string& name);
 
 // The value of element `index` of tensor `name` before dtype rounding:
-// uniform in [-sqrt(3), sqrt(3)) (unit variance), from SplitMix64.
-float SynthUnitValue(uint64_t seed, const std::string& name, uint64_t index);
+// uniform in [-sqrt(3), sqrt(3)) (unit variance), from SplitMix64 keyed by
+// SynthTensorKey(seed, name) (FNV-1a of the name mixed with the seed).
+uint64_t SynthTensorKey(uint64_t seed, const std::string& name);
+float SynthUnitValue(uint64_t tensor_key, uint64_t index);
 
 // Writes the folder (config.json, generation_config.json, tokenizer.json,
 // tokenizer_config.json, model.safetensors or shards + index). The folder
