@@ -18,12 +18,12 @@ class TextStream {
   TextStream(const Tokenizer& tok, std::span<const int32_t> prompt) : tok_(tok) {
     const size_t keep = std::min<size_t>(prompt.size(), 4);
     ids_.assign(prompt.end() - keep, prompt.end());
-    prefix_ = tok_.Decode(ids_);
+    prefix_ = Text();
   }
   // Returns the newly completed text after appending `token`.
   std::string Push(int32_t token) {
     ids_.push_back(token);
-    std::string full = tok_.Decode(ids_);
+    std::string full = Text();
     if (full.compare(0, prefix_.size(), prefix_) != 0) return "";
     std::string text = full.substr(prefix_.size());
     // Hold back a trailing replacement character: the next byte token may
@@ -37,7 +37,7 @@ class TextStream {
     return delta;
   }
   std::string Flush() {
-    std::string full = tok_.Decode(ids_);
+    std::string full = Text();
     if (full.size() < prefix_.size() + printed_) return "";
     std::string rest = full.substr(prefix_.size() + printed_);
     printed_ += rest.size();
@@ -45,6 +45,9 @@ class TextStream {
   }
 
  private:
+  // Special tokens (BOS, EOS) are control symbols, not text to show.
+  std::string Text() const { return tok_.Decode(ids_, /*skip_special_tokens=*/true); }
+
   const Tokenizer& tok_;
   std::vector<int32_t> ids_;
   std::string prefix_;
@@ -90,7 +93,7 @@ Runner RegisterRun(CLI::App& app) {
     auto engine = LoadEngine(f->model, /*quiet=*/false);
     const GenerationDefaults& d = engine->defaults();
     GenerateOptions o;
-    o.max_new_tokens = f->max_new_tokens.value_or(64);
+    o.max_new_tokens = f->max_new_tokens.value_or(d.max_new_tokens.value_or(64));
     // Flags override generation_config.json, which overrides epwa's defaults.
     SamplerParams& s = o.sampler;
     if (d.do_sample.has_value() && !*d.do_sample) s.temperature = 0.0f;

@@ -51,6 +51,9 @@ Runner RegisterScore(CLI::App& app) {
     auto piece = [&](int32_t id) {
       return id < tok.VocabSize() ? tok.Decode(std::span<const int32_t>(&id, 1)) : std::string();
     };
+    // Ids past the tokenizer's vocabulary (padding rows of the embedding)
+    // have no text.
+    auto raw_piece = [&](int32_t id) { return id < tok.VocabSize() ? tok.IdToPiece(id) : std::string(); };
     // Log-softmax of row t gives the log-probability of token t + 1.
     std::vector<float> logprobs(V);
     std::vector<int32_t> order(V);
@@ -58,7 +61,7 @@ Runner RegisterScore(CLI::App& app) {
     double total_logprob = 0;
     std::vector<float> row_lp(T, 0.f);
     for (int64_t t = 0; t < T; ++t) {
-      json pos{{"position", t}, {"id", ids[t]}, {"text", piece(ids[t])}};
+      json pos{{"position", t}, {"id", ids[t]}, {"piece", raw_piece(ids[t])}, {"text", piece(ids[t])}};
       if (t == 0) {
         pos["logprob"] = nullptr;
         pos["top"] = json::array();
@@ -112,7 +115,7 @@ Runner RegisterScore(CLI::App& app) {
       if (r.routing.num_moe_layers() > 0)
         for (int32_t e : r.routing.Experts(t, r.routing.num_moe_layers() - 1))
           experts += std::to_string(e) + " ";
-      json s = piece(ids[t]);
+      json s = raw_piece(ids[t]);
       std::printf("%5lld %8d %10s  %-20s %s\n", (long long)t, ids[t],
                   t == 0 ? "-" : std::to_string(row_lp[t]).c_str(),
                   s.dump(-1, ' ', false, json::error_handler_t::replace).c_str(), experts.c_str());

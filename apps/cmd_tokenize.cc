@@ -10,7 +10,7 @@ Runner RegisterTokenize(CLI::App& app) {
   auto* cmd = app.add_subcommand("tokenize", "encode text to ids or decode ids to text");
   struct Flags {
     std::string model_dir, tokenizer_path, text, file, decode;
-    bool special = false, json = false;
+    bool special = false, skip_special = false, json = false;
   };
   auto f = std::make_shared<Flags>();
   auto* m = cmd->add_option("-m,--model", f->model_dir, "model folder holding tokenizer.json")
@@ -22,7 +22,8 @@ Runner RegisterTokenize(CLI::App& app) {
   auto* dec = cmd->add_option("--decode", f->decode, "ids to decode, e.g. 1,2,3");
   text->excludes(file)->excludes(dec);
   file->excludes(dec);
-  cmd->add_flag("--special", f->special, "add special tokens (BOS) / keep them when decoding");
+  cmd->add_flag("--special", f->special, "encode with the tokenizer's special tokens (e.g. BOS)");
+  cmd->add_flag("--skip-special", f->skip_special, "leave special tokens out when decoding");
   cmd->add_flag("--json", f->json, "print {\"ids\": [...], \"tokens\": [...]}");
 
   return [f, text, file, dec]() {
@@ -41,7 +42,7 @@ Runner RegisterTokenize(CLI::App& app) {
         Require(id < tok->VocabSize(), "token id " + std::to_string(id) +
                                            " is outside the tokenizer's vocabulary of " +
                                            std::to_string(tok->VocabSize()));
-      std::string out = tok->Decode(ids, /*skip_special_tokens=*/!f->special);
+      std::string out = tok->Decode(ids, /*skip_special_tokens=*/f->skip_special);
       if (f->json) {
         PrintJson(json{{"ids", ids}, {"text", out}});
       } else {

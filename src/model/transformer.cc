@@ -35,14 +35,17 @@ void RouteToken(const float* router_logits, int64_t num_experts, int64_t top_k, 
   // Softmax in float32 over all experts, as Mixtral does, then the top-k.
   float max_logit = router_logits[0];
   for (int64_t e = 1; e < num_experts; ++e) max_logit = std::max(max_logit, router_logits[e]);
-  std::vector<float> probs(num_experts);
+  // Scratch reused across calls: routing runs for every token and MoE layer.
+  thread_local std::vector<float> probs;
+  thread_local std::vector<int32_t> order;
+  probs.resize(num_experts);
+  order.resize(num_experts);
   float sum = 0.f;
   for (int64_t e = 0; e < num_experts; ++e) {
     probs[e] = std::exp(router_logits[e] - max_logit);
     sum += probs[e];
   }
   for (auto& p : probs) p /= sum;
-  std::vector<int32_t> order(num_experts);
   std::iota(order.begin(), order.end(), 0);
   // Stable ordering on (probability desc, index asc) makes ties deterministic.
   std::partial_sort(order.begin(), order.begin() + top_k, order.end(), [&](int32_t a, int32_t b) {
@@ -216,8 +219,10 @@ void Transformer::FeedForward(int64_t layer, int64_t T, RoutingTrace* trace, int
   const WeightView router{DType::kF32, lw.router.data(), E, D};
   kernels::MatMul(xn_.data(), T, router, router_logits_.data(), pool_);
 
-  std::vector<int32_t> experts(T * K);
-  std::vector<float> mix(T * K);
+  std::vector<int32_t>& experts = token_experts_;
+  std::vector<float>& mix = token_weights_;
+  experts.resize(T * K);
+  mix.resize(T * K);
   for (int64_t t = 0; t < T; ++t) {
     RouteToken(router_logits_.data() + t * E, E, K, config_.norm_topk_prob,
                experts.data() + t * K, mix.data() + t * K);
@@ -230,9 +235,10 @@ void Transformer::FeedForward(int64_t layer, int64_t T, RoutingTrace* trace, int
 
   // Group tokens by expert so that each expert's weights are streamed once
   // per forward call and multiplied against all of its tokens together.
-  std::vector<float> moe_out(T * D, 0.f);
-  std::vector<int64_t> rows_token;
-  std::vector<float> rows_weight;
+  std::vector<float>& moe_out = moe_out_;
+  moe_out.assign(T * D, 0.f);
+  std::vector<int64_t>& rows_token = rows_token_;
+  std::vector<float>& rows_weight = rows_weight_;
   for (int64_t e = 0; e < E; ++e) {
     rows_token.clear();
     rows_weight.clear();

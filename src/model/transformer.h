@@ -81,6 +81,11 @@ class Transformer {
   std::vector<float> ffn_up_;    // [rows, d_ff]
   std::vector<float> ffn_out_;   // [rows, d_model]
   std::vector<float> scores_;    // [threads, capacity] attention scores
+  std::vector<int32_t> token_experts_;  // [T, top_k] chosen experts per token
+  std::vector<float> token_weights_;    // [T, top_k] their mixing weights
+  std::vector<float> moe_out_;          // [T, d_model] weighted sum of expert outputs
+  std::vector<int64_t> rows_token_;     // tokens routed to the expert in progress
+  std::vector<float> rows_weight_;      // and their weights
 };
 
 }  // namespace epwa
