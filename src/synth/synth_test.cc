@@ -102,7 +102,7 @@ TEST(Synth, ShardsWithAnIndexWhenLarge) {
   EXPECT_FALSE(fs::exists(o.out_dir + "/model.safetensors"));
   // The store opens the shards through the index and finds every tensor.
   auto store = TensorStore::OpenDir(o.out_dir);
-  EXPECT_GT(store->files().size(), 2u);
+  EXPECT_GE(store->files().size(), 2u);
   EXPECT_NE(store->Find("lm_head.weight"), nullptr);
   EXPECT_NE(store->Find("model.embed_tokens.weight"), nullptr);
 }
