@@ -60,7 +60,7 @@ Runner RegisterRun(CLI::App& app) {
   auto* cmd = app.add_subcommand("run", "generate text from a prompt");
   struct Flags {
     ModelFlags model;
-    std::string prompt;
+    std::string prompt, prompt_file;
     std::optional<int32_t> max_new_tokens;
     std::optional<float> temperature, top_p, min_p, repeat_penalty;
     std::optional<int32_t> top_k;
@@ -70,7 +70,9 @@ Runner RegisterRun(CLI::App& app) {
   };
   auto f = std::make_shared<Flags>();
   AddModelFlags(cmd, &f->model);
-  cmd->add_option("-p,--prompt", f->prompt, "prompt text")->required();
+  auto* prompt = cmd->add_option("-p,--prompt", f->prompt, "prompt text");
+  auto* prompt_file = cmd->add_option("-f,--prompt-file", f->prompt_file, "read the prompt from a file");
+  prompt->excludes(prompt_file);
   cmd->add_option("-n,--max-tokens", f->max_new_tokens, "tokens to generate (default 64)")
       ->check(CLI::Range(0, 1 << 20));
   cmd->add_option("--temp,--temperature", f->temperature, "sampling temperature; 0 = greedy")
@@ -88,7 +90,9 @@ Runner RegisterRun(CLI::App& app) {
   cmd->add_option("--seed", f->seed, "seed of the sampler's PRNG (xoshiro256**)");
   cmd->add_flag("--json", f->json, "print one JSON object instead of streaming");
 
-  return [f]() {
+  return [f, prompt, prompt_file]() {
+    Require(prompt->count() + prompt_file->count() == 1, "run needs a prompt: -p TEXT or -f FILE");
+    if (prompt_file->count()) f->prompt = ReadTextFile(f->prompt_file);
     Require(!f->prompt.empty(), "the prompt is empty: give some text with -p");
     auto engine = LoadEngine(f->model, /*quiet=*/false);
     const GenerationDefaults& d = engine->defaults();

@@ -204,6 +204,12 @@ TEST_F(CliTest, MalformedTokenizer) {
 
 TEST_F(CliTest, EmptyPrompt) {
   ExpectCleanError(RunEpwa("run -m " + model_ + " -p ''", scratch_), 1, "prompt is empty");
+  ExpectCleanError(RunEpwa("run -m " + model_, scratch_), 1, "run needs a prompt");
+  const std::string empty = scratch_.path() + "/empty.txt";
+  WriteFile(empty, "");
+  ExpectCleanError(RunEpwa("run -m " + model_ + " -f " + empty, scratch_), 1, "prompt is empty");
+  ExpectCleanError(RunEpwa("run -m " + model_ + " -f /nonexistent.txt", scratch_), 1,
+                   "cannot open file '/nonexistent.txt'");
 }
 
 TEST_F(CliTest, PromptLongerThanContext) {
