@@ -20,28 +20,26 @@ namespace epwa::kernels {
 namespace scalar {
 namespace {
 
-// Weights may sit at any even offset of a memory-mapped file, so F32 values
-// are read through memcpy rather than a possibly misaligned float pointer.
+// Converts n 16-bit values (F16 or BF16, as `ToF32` decodes them) to floats.
+template <float (*ToF32)(uint16_t)>
+void WidenHalves(const uint8_t* bytes, int64_t n, float* dst) {
+  for (int64_t i = 0; i < n; ++i) {
+    uint16_t h;
+    std::memcpy(&h, bytes + 2 * i, 2);
+    dst[i] = ToF32(h);
+  }
+}
+
+// Weights may sit at any even offset of a memory-mapped file, so all values
+// are read through memcpy rather than a possibly misaligned pointer.
 void ConvertRow(DType dtype, const void* src, int64_t n, float* dst) {
   const auto* bytes = static_cast<const uint8_t*>(src);
   switch (dtype) {
     case DType::kF32:
       std::memcpy(dst, src, static_cast<size_t>(n) * sizeof(float));
       return;
-    case DType::kF16:
-      for (int64_t i = 0; i < n; ++i) {
-        uint16_t h;
-        std::memcpy(&h, bytes + 2 * i, 2);
-        dst[i] = F16ToF32(h);
-      }
-      return;
-    case DType::kBF16:
-      for (int64_t i = 0; i < n; ++i) {
-        uint16_t h;
-        std::memcpy(&h, bytes + 2 * i, 2);
-        dst[i] = BF16ToF32(h);
-      }
-      return;
+    case DType::kF16: return WidenHalves<F16ToF32>(bytes, n, dst);
+    case DType::kBF16: return WidenHalves<BF16ToF32>(bytes, n, dst);
   }
 }
 

@@ -4,49 +4,16 @@
 // kernels.cc has checked the CPU, so everything lives in its own namespace and
 // is reached only through kAvx2Kernels. The structure mirrors
 // kernels_avx512.cc with 8-lane vectors, 16 registers and no mask registers.
+// The code that does not depend on the vector width is shared with that file
+// through kernels_isa_common.h and kernels_blocking_inl.h, which explain how
+// each file still gets its own copy, compiled with its own flags.
 #if defined(__x86_64__) || defined(__i386__)
 
-// GCC 12 reports the deliberately undefined pass-through operands inside its
-// own intrinsic headers as uninitialised (GCC bug 105593); the headers' code
-// is correct, so the warning is silenced for them only.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
-#include <immintrin.h>
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic pop
-#endif
-
-#include <cstdint>
-#include <type_traits>
-
-#include "kernels/kernels_internal.h"
+#include "kernels/kernels_isa_common.h"
 
 namespace epwa::kernels {
 namespace avx2 {
 namespace {
-
-// Local stand-ins for std::min, std::clamp, DTypeSize and WeightView::Row,
-// so that this file emits no shared inline code (see kernels_internal.h).
-constexpr int64_t Min(int64_t a, int64_t b) { return a < b ? a : b; }
-constexpr int64_t Max(int64_t a, int64_t b) { return a > b ? a : b; }
-constexpr int64_t Clamp(int64_t v, int64_t lo, int64_t hi) { return v < lo ? lo : v > hi ? hi : v; }
-inline int64_t ElemBytes(DType dtype) { return dtype == DType::kF32 ? 4 : 2; }
-inline int64_t RowBytes(const WeightView& w) { return w.cols * ElemBytes(w.dtype); }
-inline const uint8_t* RowAt(const WeightView& w, int64_t r) {
-  return static_cast<const uint8_t*>(w.data) + r * RowBytes(w);
-}
-inline float Sqrt(float v) { return _mm_cvtss_f32(_mm_sqrt_ss(_mm_set_ss(v))); }
-
-// pool.ParallelFor over a lambda, without instantiating std::function here.
-template <typename F>
-void ParallelRange(ThreadPool& pool, int64_t n, int64_t grain, F&& fn) {
-  using Fn = std::remove_reference_t<F>;
-  internal::ParallelFor(
-      pool, n, grain, [](void* c, int64_t b, int64_t e) { (*static_cast<Fn*>(c))(b, e); }, &fn);
-}
 
 // A lane mask selecting the first n (0..8) of 8 lanes, for maskload/maskstore,
 // which never touch the lanes they skip.
@@ -114,12 +81,13 @@ struct Weights<DType::kF16> {
   }
 };
 
-// Asks for the cache line holding p to be brought into L2. An asm statement,
-// because GCC deletes loops that contain nothing but __builtin_prefetch.
-// Prefetches never fault, so the address may lie past the end of a row or of
-// the mapping.
-inline void PrefetchL2(const void* p) {
-  asm volatile("prefetcht1 %0" : : "m"(*static_cast<const char*>(p)));
+// Converts n weights to floats (ConvertToF32).
+template <DType D>
+void ConvertTyped(const void* src, int64_t n, float* dst) {
+  const auto* p = static_cast<const uint8_t*>(src);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, Weights<D>::Load(p, i));
+  if (i < n) _mm256_maskstore_ps(dst + i, FirstLanes(n - i), Weights<D>::LoadPartial(p, i, n - i));
 }
 
 // ---------------------------------------------------------------------------
@@ -271,16 +239,16 @@ void Decode(const float* x, int64_t M, const WeightView& w, float* y, ThreadPool
 static_assert(kMaxDecodeRows == 4, "Decode has one instantiation per row count.");
 
 // ---------------------------------------------------------------------------
-// Prefill (see kernels_avx512.cc): packed, transposed float panels of W reused
-// for all rows of x; register tile kMr = 6 rows by kNr = 16 columns (12
+// Prefill (see kernels_blocking_inl.h): packed, transposed float panels of W
+// reused for all rows of x; register tile kMr = 6 rows by kNr = 16 columns (12
 // accumulators, 2 panel vectors and a broadcast: 15 of 16 registers).
 
+constexpr int kLanes = 8;  // Floats per vector.
 constexpr int kMr = 6;
 constexpr int kNr = 16;
 constexpr int kKb = 256;  // A kMr x kKb slice of x is 6 KiB (L1).
 constexpr int kNb = 256;  // kKb x kNb floats are 256 KiB (L2).
 constexpr int kMc = 240;  // Rows of x packed at once; bounds the packed-x buffer.
-static_assert(kNb % kNr == 0 && kMc % kMr == 0);
 
 // In-place transpose of an 8x8 float block: afterwards r[j] holds column j.
 __attribute__((always_inline)) inline void Transpose8x8(__m256 r[8]) {
@@ -309,8 +277,8 @@ __attribute__((always_inline)) inline void Transpose8x8(__m256 r[8]) {
 // out[j * kNr + i] = row_i[k0 + j] for i < 8, j < nk, where row_i starts at
 // rows + i * stride; rows at or beyond `nrows` read as zero.
 template <DType D>
-__attribute__((always_inline)) inline void PackBlock8(const uint8_t* rows, int64_t stride, int nrows,
-                                                      int64_t k0, int nk, float* out) {
+__attribute__((always_inline)) inline void PackBlock(const uint8_t* rows, int64_t stride, int nrows,
+                                                     int64_t k0, int nk, float* out) {
   __m256 r[8];
   if (nrows == 8 && nk == 8) {
 #pragma GCC unroll 8
@@ -327,69 +295,8 @@ __attribute__((always_inline)) inline void PackBlock8(const uint8_t* rows, int64
   for (int j = 0; j < nk; ++j) _mm256_store_ps(out + j * kNr, r[j]);
 }
 
-// A block of weights [n0, n0 + ncols) x [k0, k0 + kb), the unit of packing.
-struct Panel {
-  int64_t n0 = 0, ncols = 0, k0 = 0, kb = 0;
-};
-
-// Brings the next panel of weights into L2 a few lines at a time while the
-// current one is multiplied (see kernels_avx512.cc for why).
-class PanelPrefetcher {
- public:
-  PanelPrefetcher(const WeightView& w, const Panel& panel)
-      : w_(w), panel_(panel), bytes_(panel.kb * ElemBytes(w.dtype)) {
-    lines_per_row_ = (bytes_ + 63) / 64 + 1;
-  }
-  int64_t TotalLines() const { return panel_.ncols * lines_per_row_; }
-  void Issue(int64_t count) {
-    for (; count > 0 && row_ < panel_.ncols; --count) {
-      const char* p = reinterpret_cast<const char*>(RowAt(w_, panel_.n0 + row_)) +
-                      panel_.k0 * ElemBytes(w_.dtype);
-      PrefetchL2(line_ + 1 < lines_per_row_ ? p + Min(line_ * 64, bytes_ - 1) : p + bytes_ - 1);
-      if (++line_ == lines_per_row_) {
-        line_ = 0;
-        ++row_;
-      }
-    }
-  }
-
- private:
-  const WeightView& w_;
-  Panel panel_;
-  int64_t bytes_;
-  int64_t lines_per_row_;
-  int64_t row_ = 0, line_ = 0;
-};
-
-// Packs the panel as ceil(ncols / 16) strips, each [kb][16] floats,
-// zero-padding the columns beyond ncols.
-template <DType D>
-void PackWeights(const WeightView& w, const Panel& panel, float* out) {
-  const int64_t kb = panel.kb;
-  const int64_t stride = RowBytes(w);
-  for (int64_t s = 0; s * kNr < panel.ncols; ++s) {
-    float* strip = out + s * kb * kNr;  // [kb, kNr]
-    for (int h = 0; h < 2; ++h) {
-      const int64_t first = s * kNr + h * 8;
-      const int nrows = static_cast<int>(Clamp(panel.ncols - first, 0, 8));
-      if (nrows == 0) {
-        for (int64_t k = 0; k < kb; ++k) _mm256_store_ps(strip + k * kNr + h * 8, _mm256_setzero_ps());
-        continue;
-      }
-      for (int64_t k = 0; k < kb; k += 8) {
-        PackBlock8<D>(RowAt(w, panel.n0 + first), stride, nrows, panel.k0 + k,
-                      static_cast<int>(Min(8, kb - k)), strip + k * kNr + h * 8);
-      }
-    }
-  }
-}
-
-// Packs `rows` rows of x (row stride K) as [K][kMr], zero-padded.
-void PackX(const float* x, int64_t K, int64_t rows, float* out) {
-  for (int64_t k = 0; k < K; ++k) {
-    for (int i = 0; i < kMr; ++i) out[k * kMr + i] = i < rows ? x[i * K + k] : 0.f;
-  }
-}
+// Stores kLanes zeros at the 32-byte aligned out.
+inline void StoreZeros(float* out) { _mm256_store_ps(out, _mm256_setzero_ps()); }
 
 // y[0:MR, 0:16] (+)= xp[kb][kMr] (first MR columns) * bp[kb][16]; only the
 // first `cols` columns are stored.
@@ -442,81 +349,15 @@ constexpr MicroKernelFn kMicroKernels[kMr + 1] = {
     nullptr, MicroKernel<1>, MicroKernel<2>, MicroKernel<3>, MicroKernel<4>, MicroKernel<5>, MicroKernel<6>,
 };
 
-template <DType D>
-void PrefillRange(const float* xp, int64_t mc, const WeightView& w, float* y, int64_t n_begin,
-                  int64_t n_end) {
-  const int64_t N = w.rows;
-  const int64_t K = w.cols;
-  float* packed = internal::ThreadScratch(internal::Scratch::kPanel, static_cast<size_t>(kKb) * kNb);  // [kNb / kNr][kKb][kNr]
-  // Panels in the order they are multiplied: all k blocks of one column block,
-  // then the next column block.
-  auto panel_at = [&](int64_t nb, int64_t k0) {
-    Panel p;
-    if (nb >= n_end) return p;
-    p.n0 = nb;
-    p.ncols = Min(kNb, n_end - nb);
-    p.k0 = k0;
-    p.kb = Min(kKb, K - k0);
-    return p;
-  };
-  for (int64_t nb = n_begin; nb < n_end; nb += kNb) {
-    for (int64_t k0 = 0; k0 < K; k0 += kKb) {
-      const Panel panel = panel_at(nb, k0);
-      const Panel next = k0 + kKb < K ? panel_at(nb, k0 + kKb) : panel_at(nb + kNb, 0);
-      PackWeights<D>(w, panel, packed);
-      PanelPrefetcher prefetcher(w, next);
-      const int64_t strips = (panel.ncols + kNr - 1) / kNr;
-      const int64_t calls = (mc + kMr - 1) / kMr * strips;
-      const int64_t per_call = (prefetcher.TotalLines() + calls - 1) / calls;
-      for (int64_t m0 = 0; m0 < mc; m0 += kMr) {
-        const int mr = static_cast<int>(Min(kMr, mc - m0));
-        const float* xtile = xp + m0 * K + k0 * kMr;  // [kb][kMr]
-        for (int64_t s = 0; s * kNr < panel.ncols; ++s) {
-          kMicroKernels[mr](xtile, packed + s * panel.kb * kNr, panel.kb,
-                            y + m0 * N + nb + s * kNr, N, panel.ncols - s * kNr, k0 > 0);
-          prefetcher.Issue(per_call);
-        }
-      }
-    }
-  }
+// Runs the micro-kernel for a tile of mr rows (1 <= mr <= kMr).
+__attribute__((always_inline)) inline void RunMicroKernel(int mr, const float* xp, const float* bp, int64_t kb,
+                                                          float* y, int64_t ldy, int64_t cols, bool accumulate) {
+  kMicroKernels[mr](xp, bp, kb, y, ldy, cols, accumulate);
 }
 
-template <DType D>
-void Prefill(const float* x, int64_t M, const WeightView& w, float* y, ThreadPool& pool) {
-  const int64_t N = w.rows;
-  const int64_t K = w.cols;
-  // The calling thread's buffer, shared with the workers below.
-  float* xp = internal::ThreadScratch(internal::Scratch::kPackedX, static_cast<size_t>(kMc) * K);  // [kMc / kMr][K][kMr]
-  for (int64_t m0 = 0; m0 < M; m0 += kMc) {
-    const int64_t mc = Min(kMc, M - m0);
-    const int64_t tiles = (mc + kMr - 1) / kMr;
-    ParallelRange(pool, tiles, 1, [&](int64_t t0, int64_t t1) {
-      for (int64_t t = t0; t < t1; ++t) {
-        PackX(x + (m0 + t * kMr) * K, K, Min(kMr, mc - t * kMr), xp + t * K * kMr);
-      }
-    });
-    ParallelRange(pool, N, kNr, [&](int64_t n0, int64_t n1) {
-      PrefillRange<D>(xp, mc, w, y + m0 * N, n0, n1);
-    });
-  }
-}
-
-template <DType D>
-void MatMulTyped(const float* x, int64_t M, const WeightView& w, float* y, ThreadPool& pool) {
-  if (M <= kMaxDecodeRows) {
-    Decode<D>(x, M, w, y, pool);
-  } else {
-    Prefill<D>(x, M, w, y, pool);
-  }
-}
-
-void MatMul(const float* x, int64_t M, const WeightView& w, float* y, ThreadPool& pool) {
-  switch (w.dtype) {
-    case DType::kF32: return MatMulTyped<DType::kF32>(x, M, w, y, pool);
-    case DType::kF16: return MatMulTyped<DType::kF16>(x, M, w, y, pool);
-    case DType::kBF16: return MatMulTyped<DType::kBF16>(x, M, w, y, pool);
-  }
-}
+// The prefill driver and the dtype dispatch of MatMul and ConvertToF32, built
+// on the definitions above and compiled here for AVX2.
+#include "kernels/kernels_blocking_inl.h"
 
 // ---------------------------------------------------------------------------
 // Element-wise kernels.
@@ -620,22 +461,6 @@ void Axpy(float alpha, const float* x, float* y, int64_t n) {
     const __m256i mask = FirstLanes(n - i);
     const __m256 v = _mm256_fmadd_ps(a, _mm256_maskload_ps(x + i, mask), _mm256_maskload_ps(y + i, mask));
     _mm256_maskstore_ps(y + i, mask, v);
-  }
-}
-
-template <DType D>
-void ConvertTyped(const void* src, int64_t n, float* dst) {
-  const auto* p = static_cast<const uint8_t*>(src);
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, Weights<D>::Load(p, i));
-  if (i < n) _mm256_maskstore_ps(dst + i, FirstLanes(n - i), Weights<D>::LoadPartial(p, i, n - i));
-}
-
-void ConvertToF32(DType dtype, const void* src, int64_t n, float* dst) {
-  switch (dtype) {
-    case DType::kF32: return ConvertTyped<DType::kF32>(src, n, dst);
-    case DType::kF16: return ConvertTyped<DType::kF16>(src, n, dst);
-    case DType::kBF16: return ConvertTyped<DType::kBF16>(src, n, dst);
   }
 }
 

@@ -3,49 +3,18 @@
 // This file is compiled with -mavx512* flags; nothing in it may run before
 // kernels.cc has checked the CPU, so everything lives in its own namespace and
 // is reached only through kAvx512Kernels.
+//
+// The code that does not depend on the vector width is shared with
+// kernels_avx2.cc through kernels_isa_common.h and kernels_blocking_inl.h,
+// which explain how each file still gets its own copy, compiled with its own
+// flags.
 #if defined(__x86_64__) || defined(__i386__)
 
-// GCC 12 reports the deliberately undefined pass-through operands inside its
-// own intrinsic headers as uninitialised (GCC bug 105593); the headers' code
-// is correct, so the warning is silenced for them only.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
-#include <immintrin.h>
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic pop
-#endif
-
-#include <cstdint>
-#include <type_traits>
-
-#include "kernels/kernels_internal.h"
+#include "kernels/kernels_isa_common.h"
 
 namespace epwa::kernels {
 namespace avx512 {
 namespace {
-
-// Local stand-ins for std::min, std::clamp, DTypeSize and WeightView::Row,
-// so that this file emits no shared inline code (see kernels_internal.h).
-constexpr int64_t Min(int64_t a, int64_t b) { return a < b ? a : b; }
-constexpr int64_t Max(int64_t a, int64_t b) { return a > b ? a : b; }
-constexpr int64_t Clamp(int64_t v, int64_t lo, int64_t hi) { return v < lo ? lo : v > hi ? hi : v; }
-inline int64_t ElemBytes(DType dtype) { return dtype == DType::kF32 ? 4 : 2; }
-inline int64_t RowBytes(const WeightView& w) { return w.cols * ElemBytes(w.dtype); }
-inline const uint8_t* RowAt(const WeightView& w, int64_t r) {
-  return static_cast<const uint8_t*>(w.data) + r * RowBytes(w);
-}
-inline float Sqrt(float v) { return _mm_cvtss_f32(_mm_sqrt_ss(_mm_set_ss(v))); }
-
-// pool.ParallelFor over a lambda, without instantiating std::function here.
-template <typename F>
-void ParallelRange(ThreadPool& pool, int64_t n, int64_t grain, F&& fn) {
-  using Fn = std::remove_reference_t<F>;
-  internal::ParallelFor(
-      pool, n, grain, [](void* c, int64_t b, int64_t e) { (*static_cast<Fn*>(c))(b, e); }, &fn);
-}
 
 // ---------------------------------------------------------------------------
 // Weight loads: 16 consecutive elements of a row as 16 floats. BF16 is the
@@ -93,12 +62,16 @@ inline __mmask16 FirstLanes(int64_t n) {
   return n >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << n) - 1u);
 }
 
-// Asks for the cache line holding p to be brought into L2. An asm statement,
-// because GCC deletes loops that contain nothing but __builtin_prefetch.
-// Prefetches never fault, so the address may lie past the end of a row or of
-// the mapping.
-inline void PrefetchL2(const void* p) {
-  asm volatile("prefetcht1 %0" : : "m"(*static_cast<const char*>(p)));
+// Converts n weights to floats (ConvertToF32).
+template <DType D>
+void ConvertTyped(const void* src, int64_t n, float* dst) {
+  const auto* p = static_cast<const uint8_t*>(src);
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) _mm512_storeu_ps(dst + i, Weights<D>::Load(p, i));
+  if (i < n) {
+    const __mmask16 mask = FirstLanes(n - i);
+    _mm512_mask_storeu_ps(dst + i, mask, Weights<D>::LoadMasked(p, i, mask));
+  }
 }
 
 // ---------------------------------------------------------------------------
@@ -266,19 +239,23 @@ void Decode(const float* x, int64_t M, const WeightView& w, float* y, ThreadPool
 static_assert(kMaxDecodeRows == 8, "Decode has one instantiation per row count.");
 
 // ---------------------------------------------------------------------------
-// Prefill: a blocked matrix product. y = x * W^T is computed as C = A * B with
-// A = x [M, K] and B = W^T [K, N]. A panel of W (kNb output columns by kKb
-// input features) is converted to float and transposed once into a
-// thread-local buffer, then reused by every row of x; the register tile is
-// kMr rows of x by kNr = 32 output columns (two vectors), i.e. 16 independent
-// accumulators per k step for 2 vector loads and kMr broadcasts.
+// Prefill (see kernels_blocking_inl.h): the register tile is kMr = 8 rows of
+// x by kNr = 32 output columns (two vectors), i.e. 16 independent accumulators
+// per k step for 2 vector loads and 8 broadcasts.
 
+constexpr int kLanes = 16;  // Floats per vector.
 constexpr int kMr = 8;      // Rows of x per register tile.
 constexpr int kNr = 32;     // Output columns per register tile.
 constexpr int kKb = 256;    // Input features per panel: a kMr x kKb slice of x is 8 KiB (L1).
 constexpr int kNb = 256;    // Output columns per panel: kKb x kNb floats are 256 KiB (L2).
 constexpr int kMc = 256;    // Rows of x packed at once; bounds the packed-x buffer.
-static_assert(kNb % kNr == 0 && kMc % kMr == 0);
+
+// Splits the 128-bit lanes of a and b into their even lanes (a0 a2 b0 b2) and
+// their odd lanes (a1 a3 b1 b3): one round of Transpose16x16's lane moves.
+__attribute__((always_inline)) inline void ShuffleLanePairs(__m512 a, __m512 b, __m512& even, __m512& odd) {
+  even = _mm512_shuffle_f32x4(a, b, 0x88);
+  odd = _mm512_shuffle_f32x4(a, b, 0xdd);
+}
 
 // In-place transpose of a 16x16 float block held in 16 registers: after it,
 // r[j] holds what was column j.
@@ -304,17 +281,13 @@ __attribute__((always_inline)) inline void Transpose16x16(__m512 r[16]) {
   // of one column side by side.
 #pragma GCC unroll 16
   for (int j = 0; j < 4; ++j) {
-    t[j] = _mm512_shuffle_f32x4(r[j], r[4 + j], 0x88);
-    t[4 + j] = _mm512_shuffle_f32x4(r[j], r[4 + j], 0xdd);
-    t[8 + j] = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0x88);
-    t[12 + j] = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0xdd);
+    ShuffleLanePairs(r[j], r[4 + j], t[j], t[4 + j]);
+    ShuffleLanePairs(r[8 + j], r[12 + j], t[8 + j], t[12 + j]);
   }
 #pragma GCC unroll 16
   for (int j = 0; j < 4; ++j) {
-    r[j] = _mm512_shuffle_f32x4(t[j], t[8 + j], 0x88);
-    r[8 + j] = _mm512_shuffle_f32x4(t[j], t[8 + j], 0xdd);
-    r[4 + j] = _mm512_shuffle_f32x4(t[4 + j], t[12 + j], 0x88);
-    r[12 + j] = _mm512_shuffle_f32x4(t[4 + j], t[12 + j], 0xdd);
+    ShuffleLanePairs(t[j], t[8 + j], r[j], r[8 + j]);
+    ShuffleLanePairs(t[4 + j], t[12 + j], r[4 + j], r[12 + j]);
   }
 }
 
@@ -322,8 +295,8 @@ __attribute__((always_inline)) inline void Transpose16x16(__m512 r[16]) {
 // rows + i * stride; rows at or beyond `nrows` (the end of the matrix) read as
 // zero.
 template <DType D>
-__attribute__((always_inline)) inline void PackBlock16(const uint8_t* rows, int64_t stride, int nrows,
-                                                       int64_t k0, int nk, float* out) {
+__attribute__((always_inline)) inline void PackBlock(const uint8_t* rows, int64_t stride, int nrows,
+                                                     int64_t k0, int nk, float* out) {
   __m512 r[16];
   if (nrows == 16 && nk == 16) {
 #pragma GCC unroll 16
@@ -341,76 +314,8 @@ __attribute__((always_inline)) inline void PackBlock16(const uint8_t* rows, int6
   for (int j = 0; j < nk; ++j) _mm512_store_ps(out + j * kNr, r[j]);
 }
 
-// A block of weights [n0, n0 + ncols) x [k0, k0 + kb), the unit of packing.
-struct Panel {
-  int64_t n0 = 0, ncols = 0, k0 = 0, kb = 0;
-};
-
-// Brings a panel of weights into L2 a few cache lines at a time. The weights
-// usually come from DRAM, and packing reads each row for only a few cache
-// lines, too short a run for the hardware prefetchers to pick up; fetching
-// the next panel piecemeal while the current one is multiplied hides the DRAM
-// latency behind the arithmetic without flooding the miss queues.
-class PanelPrefetcher {
- public:
-  PanelPrefetcher(const WeightView& w, const Panel& panel)
-      : w_(w), panel_(panel), bytes_(panel.kb * ElemBytes(w.dtype)) {
-    lines_per_row_ = (bytes_ + 63) / 64 + 1;
-  }
-  int64_t TotalLines() const { return panel_.ncols * lines_per_row_; }
-  // Issues the next `count` prefetches of the panel, row by row.
-  void Issue(int64_t count) {
-    for (; count > 0 && row_ < panel_.ncols; --count) {
-      const char* p = reinterpret_cast<const char*>(RowAt(w_, panel_.n0 + row_)) +
-                      panel_.k0 * ElemBytes(w_.dtype);
-      // The last "line" is the row's final byte, which may sit on one more
-      // cache line when the row segment is not line aligned.
-      PrefetchL2(line_ + 1 < lines_per_row_ ? p + Min(line_ * 64, bytes_ - 1) : p + bytes_ - 1);
-      if (++line_ == lines_per_row_) {
-        line_ = 0;
-        ++row_;
-      }
-    }
-  }
-
- private:
-  const WeightView& w_;
-  Panel panel_;
-  int64_t bytes_;
-  int64_t lines_per_row_;
-  int64_t row_ = 0, line_ = 0;
-};
-
-// Packs the panel as ceil(ncols / 32) strips, each [kb][32] floats,
-// zero-padding the columns beyond ncols.
-template <DType D>
-void PackWeights(const WeightView& w, const Panel& panel, float* out) {
-  const int64_t kb = panel.kb;
-  for (int64_t s = 0; s * kNr < panel.ncols; ++s) {
-    float* strip = out + s * kb * kNr;  // [kb, kNr]
-    for (int h = 0; h < 2; ++h) {
-      const int64_t first = s * kNr + h * 16;
-      const int nrows = static_cast<int>(Clamp(panel.ncols - first, 0, 16));
-      if (nrows == 0) {
-        for (int64_t k = 0; k < kb; ++k) _mm512_store_ps(strip + k * kNr + h * 16, _mm512_setzero_ps());
-        continue;
-      }
-      for (int64_t k = 0; k < kb; k += 16) {
-        PackBlock16<D>(RowAt(w, panel.n0 + first), RowBytes(w), nrows, panel.k0 + k,
-                       static_cast<int>(Min(16, kb - k)), strip + k * kNr + h * 16);
-      }
-    }
-  }
-}
-
-// Packs rows [m0, m0 + rows) of x (row stride K) as [K][kMr], zero-padding
-// the rows beyond `rows`, so that the micro-kernel broadcasts from one
-// sequential stream.
-void PackX(const float* x, int64_t K, int64_t rows, float* out) {
-  for (int64_t k = 0; k < K; ++k) {
-    for (int i = 0; i < kMr; ++i) out[k * kMr + i] = i < rows ? x[i * K + k] : 0.f;
-  }
-}
+// Stores kLanes zeros at the 64-byte aligned out.
+inline void StoreZeros(float* out) { _mm512_store_ps(out, _mm512_setzero_ps()); }
 
 // y[0:MR, 0:32] (+)= xp[kb][kMr] (first MR columns) * bp[kb][32], storing the
 // columns selected by the two masks.
@@ -454,86 +359,16 @@ constexpr MicroKernelFn kMicroKernels[kMr + 1] = {
 };
 static_assert(kMr == 8, "kMicroKernels lists one kernel per tile height.");
 
-// One thread's share: output columns [n_begin, n_end) for `mc` rows of x
-// packed in xp ([ceil(mc / kMr)][K][kMr]).
-template <DType D>
-void PrefillRange(const float* xp, int64_t mc, const WeightView& w, float* y, int64_t n_begin,
-                  int64_t n_end) {
-  const int64_t N = w.rows;
-  const int64_t K = w.cols;
-  float* packed = internal::ThreadScratch(internal::Scratch::kPanel, static_cast<size_t>(kKb) * kNb);  // [kNb / kNr][kKb][kNr]
-  // Panels in the order they are multiplied: all k blocks of one column block,
-  // then the next column block.
-  auto panel_at = [&](int64_t nb, int64_t k0) {
-    Panel p;
-    if (nb >= n_end) return p;
-    p.n0 = nb;
-    p.ncols = Min(kNb, n_end - nb);
-    p.k0 = k0;
-    p.kb = Min(kKb, K - k0);
-    return p;
-  };
-  for (int64_t nb = n_begin; nb < n_end; nb += kNb) {
-    for (int64_t k0 = 0; k0 < K; k0 += kKb) {
-      const Panel panel = panel_at(nb, k0);
-      const Panel next = k0 + kKb < K ? panel_at(nb, k0 + kKb) : panel_at(nb + kNb, 0);
-      PackWeights<D>(w, panel, packed);
-      PanelPrefetcher prefetcher(w, next);
-      const int64_t strips = (panel.ncols + kNr - 1) / kNr;
-      const int64_t calls = (mc + kMr - 1) / kMr * strips;
-      const int64_t per_call = (prefetcher.TotalLines() + calls - 1) / calls;
-      for (int64_t m0 = 0; m0 < mc; m0 += kMr) {
-        const int mr = static_cast<int>(Min(kMr, mc - m0));
-        const float* xtile = xp + m0 * K + k0 * kMr;  // [kb][kMr]
-        for (int64_t s = 0; s * kNr < panel.ncols; ++s) {
-          const int64_t cols = panel.ncols - s * kNr;
-          kMicroKernels[mr](xtile, packed + s * panel.kb * kNr, panel.kb,
-                            y + m0 * N + nb + s * kNr, N, FirstLanes(cols),
-                            FirstLanes(Max(cols - 16, 0)), k0 > 0);
-          prefetcher.Issue(per_call);
-        }
-      }
-    }
-  }
+// Runs the micro-kernel for a tile of mr rows (1 <= mr <= kMr), storing the
+// first `cols` columns.
+__attribute__((always_inline)) inline void RunMicroKernel(int mr, const float* xp, const float* bp, int64_t kb,
+                                                          float* y, int64_t ldy, int64_t cols, bool accumulate) {
+  kMicroKernels[mr](xp, bp, kb, y, ldy, FirstLanes(cols), FirstLanes(Max(cols - 16, 0)), accumulate);
 }
 
-template <DType D>
-void Prefill(const float* x, int64_t M, const WeightView& w, float* y, ThreadPool& pool) {
-  const int64_t N = w.rows;
-  const int64_t K = w.cols;
-  // The calling thread's buffer, shared with the workers below.
-  float* xp = internal::ThreadScratch(internal::Scratch::kPackedX, static_cast<size_t>(kMc) * K);  // [kMc / kMr][K][kMr]
-  for (int64_t m0 = 0; m0 < M; m0 += kMc) {
-    const int64_t mc = Min(kMc, M - m0);
-    const int64_t tiles = (mc + kMr - 1) / kMr;
-    ParallelRange(pool, tiles, 1, [&](int64_t t0, int64_t t1) {
-      for (int64_t t = t0; t < t1; ++t) {
-        PackX(x + (m0 + t * kMr) * K, K, Min(kMr, mc - t * kMr),
-              xp + t * K * kMr);
-      }
-    });
-    ParallelRange(pool, N, kNr, [&](int64_t n0, int64_t n1) {
-      PrefillRange<D>(xp, mc, w, y + m0 * N, n0, n1);
-    });
-  }
-}
-
-template <DType D>
-void MatMulTyped(const float* x, int64_t M, const WeightView& w, float* y, ThreadPool& pool) {
-  if (M <= kMaxDecodeRows) {
-    Decode<D>(x, M, w, y, pool);
-  } else {
-    Prefill<D>(x, M, w, y, pool);
-  }
-}
-
-void MatMul(const float* x, int64_t M, const WeightView& w, float* y, ThreadPool& pool) {
-  switch (w.dtype) {
-    case DType::kF32: return MatMulTyped<DType::kF32>(x, M, w, y, pool);
-    case DType::kF16: return MatMulTyped<DType::kF16>(x, M, w, y, pool);
-    case DType::kBF16: return MatMulTyped<DType::kBF16>(x, M, w, y, pool);
-  }
-}
+// The prefill driver and the dtype dispatch of MatMul and ConvertToF32, built
+// on the definitions above and compiled here for AVX-512.
+#include "kernels/kernels_blocking_inl.h"
 
 // ---------------------------------------------------------------------------
 // Element-wise kernels.
@@ -626,25 +461,6 @@ void Axpy(float alpha, const float* x, float* y, int64_t n) {
     const __mmask16 mask = FirstLanes(n - i);
     const __m512 v = _mm512_fmadd_ps(a, _mm512_maskz_loadu_ps(mask, x + i), _mm512_maskz_loadu_ps(mask, y + i));
     _mm512_mask_storeu_ps(y + i, mask, v);
-  }
-}
-
-template <DType D>
-void ConvertTyped(const void* src, int64_t n, float* dst) {
-  const auto* p = static_cast<const uint8_t*>(src);
-  int64_t i = 0;
-  for (; i + 16 <= n; i += 16) _mm512_storeu_ps(dst + i, Weights<D>::Load(p, i));
-  if (i < n) {
-    const __mmask16 mask = FirstLanes(n - i);
-    _mm512_mask_storeu_ps(dst + i, mask, Weights<D>::LoadMasked(p, i, mask));
-  }
-}
-
-void ConvertToF32(DType dtype, const void* src, int64_t n, float* dst) {
-  switch (dtype) {
-    case DType::kF32: return ConvertTyped<DType::kF32>(src, n, dst);
-    case DType::kF16: return ConvertTyped<DType::kF16>(src, n, dst);
-    case DType::kBF16: return ConvertTyped<DType::kBF16>(src, n, dst);
   }
 }
 

@@ -2,8 +2,8 @@
 //
 // Each instruction-set file (kernels.cc for scalar, kernels_avx2.cc,
 // kernels_avx512.cc) fills one IsaKernels table; kernels.cc picks a table at
-// start-up and forwards the public functions to it. Only kernels.cc and the
-// tests of this folder include this header.
+// start-up and forwards the public functions to it. Only the kernel files
+// and the tests of this folder include this header.
 #pragma once
 
 #include <cstddef>
@@ -36,7 +36,9 @@ struct IsaKernels {
 // AlignedBuffer, std::min, WeightView::Row, ...): the linker keeps a single
 // copy of such code for the whole program, and if it kept the one compiled
 // with -mavx512f, code outside the kernels would fault on CPUs without
-// AVX-512. So they use local helpers in anonymous namespaces instead.
+// AVX-512. So they use local helpers in anonymous namespaces instead, and
+// share code only in ways that give each of them a private copy
+// (kernels_isa_common.h, kernels_blocking_inl.h).
 enum class Scratch { kPackedX, kDecodeX, kPanel };
 // A 64-byte aligned buffer of at least `count` floats, private to the calling
 // thread and to `slot`, kept between calls; its contents are unspecified.

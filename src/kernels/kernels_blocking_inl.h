@@ -1,0 +1,200 @@
+// The cache-blocked prefill driver and the dtype dispatch of MatMul and
+// ConvertToF32, shared by the instruction-set files.
+//
+// Unlike an ordinary header, this file is included inside the anonymous
+// namespace of each instruction-set file's own namespace (epwa::kernels::avx2
+// in kernels_avx2.cc, epwa::kernels::avx512 in kernels_avx512.cc), after the
+// code it builds on. Each of those files thus compiles a private copy of the
+// code below with its own -m flags and internal linkage, so the linker never
+// sees two definitions to merge (see kernels_internal.h for why that would
+// break CPUs without AVX-512), and the unqualified names below bind to that
+// file's vector widths, tile sizes and kernels. For the same reason this file
+// includes nothing itself.
+//
+// The including file defines, before the include:
+//   kLanes          floats per vector register;
+//   kMr, kNr        the register tile: rows of x by output columns, with
+//                   kNr == 2 * kLanes (two vectors per tile row);
+//   kKb, kNb        input features and output columns per packed panel of W;
+//   kMc             rows of x packed at once;
+//   kMaxDecodeRows  rows of x up to which MatMul uses Decode;
+//   PackBlock<D>(rows, stride, nrows, k0, nk, out), which sets
+//                   out[j * kNr + i] = row_i[k0 + j] for i < kLanes, j < nk,
+//                   where row_i starts at rows + i * stride and rows at or
+//                   beyond nrows read as zero;
+//   StoreZeros(out), which stores kLanes zeros at the vector-aligned out;
+//   RunMicroKernel(mr, xp, bp, kb, y, ldy, cols, accumulate), which sets
+//                   (or, if accumulate, adds to) y[0:mr, 0:cols] the product
+//                   of xp [kb][kMr] (first mr columns) and bp [kb][kNr];
+//   Decode<D>(x, M, w, y, pool), the MatMul kernel for M <= kMaxDecodeRows;
+//   ConvertTyped<D>(src, n, dst), which converts n weights to floats.
+//
+// Prefill is a blocked matrix product. y = x * W^T is computed as C = A * B
+// with A = x [M, K] and B = W^T [K, N]. A panel of W (kNb output columns by
+// kKb input features) is converted to float and transposed once into a
+// thread-local buffer, then reused by every row of x; the register tile is
+// kMr rows of x by kNr output columns, i.e. 2 * kMr independent accumulators
+// per k step for 2 vector loads and kMr broadcasts.
+#pragma once
+
+static_assert(kNr == 2 * kLanes, "A register tile row is two vectors.");
+static_assert(kNb % kNr == 0 && kMc % kMr == 0, "Panels hold whole tiles.");
+
+// A block of weights [n0, n0 + ncols) x [k0, k0 + kb), the unit of packing.
+struct Panel {
+  int64_t n0 = 0, ncols = 0, k0 = 0, kb = 0;
+};
+
+// Brings a panel of weights into L2 a few cache lines at a time. The weights
+// usually come from DRAM, and packing reads each row for only a few cache
+// lines, too short a run for the hardware prefetchers to pick up; fetching
+// the next panel piecemeal while the current one is multiplied hides the DRAM
+// latency behind the arithmetic without flooding the miss queues.
+class PanelPrefetcher {
+ public:
+  PanelPrefetcher(const WeightView& w, const Panel& panel)
+      : w_(w), panel_(panel), bytes_(panel.kb * ElemBytes(w.dtype)) {
+    lines_per_row_ = (bytes_ + 63) / 64 + 1;
+  }
+  int64_t TotalLines() const { return panel_.ncols * lines_per_row_; }
+  // Issues the next `count` prefetches of the panel, row by row.
+  void Issue(int64_t count) {
+    for (; count > 0 && row_ < panel_.ncols; --count) {
+      const char* p = reinterpret_cast<const char*>(RowAt(w_, panel_.n0 + row_)) +
+                      panel_.k0 * ElemBytes(w_.dtype);
+      // The last "line" is the row's final byte, which may sit on one more
+      // cache line when the row segment is not line aligned.
+      PrefetchL2(line_ + 1 < lines_per_row_ ? p + Min(line_ * 64, bytes_ - 1) : p + bytes_ - 1);
+      if (++line_ == lines_per_row_) {
+        line_ = 0;
+        ++row_;
+      }
+    }
+  }
+
+ private:
+  const WeightView& w_;
+  Panel panel_;
+  int64_t bytes_;
+  int64_t lines_per_row_;
+  int64_t row_ = 0, line_ = 0;
+};
+
+// Packs the panel as ceil(ncols / kNr) strips, each [kb][kNr] floats,
+// zero-padding the columns beyond ncols. Each half of a strip holds kLanes
+// weight rows, packed one kLanes x kLanes block at a time.
+template <DType D>
+void PackWeights(const WeightView& w, const Panel& panel, float* out) {
+  const int64_t kb = panel.kb;
+  const int64_t stride = RowBytes(w);
+  for (int64_t s = 0; s * kNr < panel.ncols; ++s) {
+    float* strip = out + s * kb * kNr;  // [kb, kNr]
+    for (int h = 0; h < 2; ++h) {
+      const int64_t first = s * kNr + h * kLanes;
+      const int nrows = static_cast<int>(Clamp(panel.ncols - first, 0, kLanes));
+      if (nrows == 0) {
+        for (int64_t k = 0; k < kb; ++k) StoreZeros(strip + k * kNr + h * kLanes);
+        continue;
+      }
+      for (int64_t k = 0; k < kb; k += kLanes) {
+        PackBlock<D>(RowAt(w, panel.n0 + first), stride, nrows, panel.k0 + k,
+                     static_cast<int>(Min(kLanes, kb - k)), strip + k * kNr + h * kLanes);
+      }
+    }
+  }
+}
+
+// Packs `rows` rows of x (row stride K) as [K][kMr], zero-padding the rows
+// beyond `rows`, so that the micro-kernel broadcasts from one sequential
+// stream.
+void PackX(const float* x, int64_t K, int64_t rows, float* out) {
+  for (int64_t k = 0; k < K; ++k) {
+    for (int i = 0; i < kMr; ++i) out[k * kMr + i] = i < rows ? x[i * K + k] : 0.f;
+  }
+}
+
+// One thread's share: output columns [n_begin, n_end) for `mc` rows of x
+// packed in xp ([ceil(mc / kMr)][K][kMr]).
+template <DType D>
+void PrefillRange(const float* xp, int64_t mc, const WeightView& w, float* y, int64_t n_begin,
+                  int64_t n_end) {
+  const int64_t N = w.rows;
+  const int64_t K = w.cols;
+  float* packed = internal::ThreadScratch(internal::Scratch::kPanel, static_cast<size_t>(kKb) * kNb);  // [kNb / kNr][kKb][kNr]
+  // Panels in the order they are multiplied: all k blocks of one column block,
+  // then the next column block.
+  auto panel_at = [&](int64_t nb, int64_t k0) {
+    Panel p;
+    if (nb >= n_end) return p;
+    p.n0 = nb;
+    p.ncols = Min(kNb, n_end - nb);
+    p.k0 = k0;
+    p.kb = Min(kKb, K - k0);
+    return p;
+  };
+  for (int64_t nb = n_begin; nb < n_end; nb += kNb) {
+    for (int64_t k0 = 0; k0 < K; k0 += kKb) {
+      const Panel panel = panel_at(nb, k0);
+      const Panel next = k0 + kKb < K ? panel_at(nb, k0 + kKb) : panel_at(nb + kNb, 0);
+      PackWeights<D>(w, panel, packed);
+      PanelPrefetcher prefetcher(w, next);
+      const int64_t strips = (panel.ncols + kNr - 1) / kNr;
+      const int64_t calls = (mc + kMr - 1) / kMr * strips;
+      const int64_t per_call = (prefetcher.TotalLines() + calls - 1) / calls;
+      for (int64_t m0 = 0; m0 < mc; m0 += kMr) {
+        const int mr = static_cast<int>(Min(kMr, mc - m0));
+        const float* xtile = xp + m0 * K + k0 * kMr;  // [kb][kMr]
+        for (int64_t s = 0; s * kNr < panel.ncols; ++s) {
+          RunMicroKernel(mr, xtile, packed + s * panel.kb * kNr, panel.kb, y + m0 * N + nb + s * kNr,
+                         N, panel.ncols - s * kNr, k0 > 0);
+          prefetcher.Issue(per_call);
+        }
+      }
+    }
+  }
+}
+
+template <DType D>
+void Prefill(const float* x, int64_t M, const WeightView& w, float* y, ThreadPool& pool) {
+  const int64_t N = w.rows;
+  const int64_t K = w.cols;
+  // The calling thread's buffer, shared with the workers below.
+  float* xp = internal::ThreadScratch(internal::Scratch::kPackedX, static_cast<size_t>(kMc) * K);  // [kMc / kMr][K][kMr]
+  for (int64_t m0 = 0; m0 < M; m0 += kMc) {
+    const int64_t mc = Min(kMc, M - m0);
+    const int64_t tiles = (mc + kMr - 1) / kMr;
+    ParallelRange(pool, tiles, 1, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) {
+        PackX(x + (m0 + t * kMr) * K, K, Min(kMr, mc - t * kMr), xp + t * K * kMr);
+      }
+    });
+    ParallelRange(pool, N, kNr, [&](int64_t n0, int64_t n1) {
+      PrefillRange<D>(xp, mc, w, y + m0 * N, n0, n1);
+    });
+  }
+}
+
+template <DType D>
+void MatMulTyped(const float* x, int64_t M, const WeightView& w, float* y, ThreadPool& pool) {
+  if (M <= kMaxDecodeRows) {
+    Decode<D>(x, M, w, y, pool);
+  } else {
+    Prefill<D>(x, M, w, y, pool);
+  }
+}
+
+void MatMul(const float* x, int64_t M, const WeightView& w, float* y, ThreadPool& pool) {
+  switch (w.dtype) {
+    case DType::kF32: return MatMulTyped<DType::kF32>(x, M, w, y, pool);
+    case DType::kF16: return MatMulTyped<DType::kF16>(x, M, w, y, pool);
+    case DType::kBF16: return MatMulTyped<DType::kBF16>(x, M, w, y, pool);
+  }
+}
+
+void ConvertToF32(DType dtype, const void* src, int64_t n, float* dst) {
+  switch (dtype) {
+    case DType::kF32: return ConvertTyped<DType::kF32>(src, n, dst);
+    case DType::kF16: return ConvertTyped<DType::kF16>(src, n, dst);
+    case DType::kBF16: return ConvertTyped<DType::kBF16>(src, n, dst);
+  }
+}
