@@ -7,7 +7,11 @@ EPWA=$1
 MODEL=$2
 PROMPT=${3:-Once upon a time}
 
-step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+if [ -t 1 ]; then
+  step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+else
+  step() { printf '\n== %s\n' "$*"; }
+fi
 
 step "epwa info -m $MODEL"
 "$EPWA" info -m "$MODEL"
