@@ -4,7 +4,9 @@
 BUILD ?= build
 JOBS ?= $(shell nproc)
 FUZZ_SECONDS ?= 60
-MODEL ?= models/tiny-random-moe
+# The trained model once it is in the repository, else the seeded random one
+# that the build makes.
+MODEL ?= $(if $(wildcard models/tiny-moe/config.json),models/tiny-moe,models/tiny-random-moe)
 PROMPT ?= Once upon a time
 
 .PHONY: all deps build run test bench fuzz clean
@@ -22,8 +24,8 @@ build: deps $(BUILD)/build.ninja
 
 # The bundled default model is made by the build (seeded, reproducible) until
 # the trained model lands in models/tiny-moe.
-$(MODEL)/config.json: | build
-	$(BUILD)/epwa synth --preset tiny-random-moe --out $(MODEL)
+models/tiny-random-moe/config.json: | build
+	$(BUILD)/epwa synth --preset tiny-random-moe --out models/tiny-random-moe --force
 
 run: build $(MODEL)/config.json
 	@bash scripts/demo.sh $(BUILD)/epwa $(MODEL) "$(PROMPT)"
