@@ -22,7 +22,7 @@ struct StepCost {
 
 StepCost CostOf(const Engine& engine) {
   const ModelConfig& c = engine.config();
-  const ModelWeights& w = [&]() -> const ModelWeights& { return engine.weights(); }();
+  const ModelWeights& w = engine.weights();
   StepCost cost;
   for (const LayerWeights& l : w.layers) {
     const double attn = l.q.Bytes() + l.k.Bytes() + l.v.Bytes() + l.o.Bytes();
