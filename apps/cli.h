@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -19,7 +20,13 @@ using nlohmann::json;
 struct ModelFlags {
   std::string model_dir;
   int threads = 0;
+  std::optional<std::string> quant;
+  int64_t ctx = 0;  // 0: the engine's default plan context
+  std::optional<std::string> mem_budget;
 };
+// "6G", "512M", "1500000000" -> bytes (K/M/G/T are powers of 1024); throws
+// epwa::Error naming `flag` otherwise.
+uint64_t ParseByteSize(const std::string& text, const std::string& flag);
 void AddModelFlags(CLI::App* cmd, ModelFlags* flags);
 std::unique_ptr<Engine> LoadEngine(const ModelFlags& flags, bool quiet);
 
@@ -43,5 +50,7 @@ Runner RegisterScore(CLI::App& app);
 Runner RegisterTokenize(CLI::App& app);
 Runner RegisterSynth(CLI::App& app);
 Runner RegisterBench(CLI::App& app);
+Runner RegisterPlan(CLI::App& app);
+Runner RegisterEval(CLI::App& app);
 
 }  // namespace epwa::cli

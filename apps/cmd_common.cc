@@ -1,9 +1,14 @@
+#include <unistd.h>
+
 #include <cstdio>
+#include <cstdlib>
+#include <memory>
 #include <fstream>
 #include <iostream>
 #include <sstream>
 
 #include "base/error.h"
+#include "base/timer.h"
 #include "cli.h"
 
 namespace epwa::cli {
@@ -14,12 +19,62 @@ void AddModelFlags(CLI::App* cmd, ModelFlags* flags) {
       ->envname("EPW_MODEL_PATH");
   cmd->add_option("-t,--threads", flags->threads, "worker threads (default: all cores)")
       ->check(CLI::Range(0, 1024));
+  cmd->add_option("--quant", flags->quant,
+                  "weight precision: auto (default: the least lossy that fits), none, fp16, "
+                  "int8, int4 or mixed; overrides EPW_LOAD_IN_4BIT / EPW_LOAD_IN_8BIT / "
+                  "EPW_FAST_LOADING");
+  cmd->add_option("--ctx", flags->ctx,
+                  "context (prompt + generated tokens) the memory plan must hold "
+                  "(default: max_position_embeddings, at most 4096)")
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 24));
+  cmd->add_option("--mem-budget", flags->mem_budget,
+                  "memory the process may use, e.g. 512M or 6G (default: free memory)");
+}
+
+uint64_t ParseByteSize(const std::string& text, const std::string& flag) {
+  size_t used = 0;
+  double v = -1;
+  try {
+    v = std::stod(text, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  std::string unit = text.substr(used);
+  for (auto& ch : unit) ch = static_cast<char>(std::toupper(static_cast<unsigned char>(ch)));
+  if (!unit.empty() && unit.back() == 'B') unit.pop_back();
+  if (unit.size() == 2 && unit[1] == 'I') unit.pop_back();  // KiB, MiB, GiB: binary anyway
+  double scale = 0;
+  if (unit.empty()) scale = 1;
+  else if (unit == "K") scale = 1024.0;
+  else if (unit == "M") scale = 1024.0 * 1024;
+  else if (unit == "G") scale = 1024.0 * 1024 * 1024;
+  else if (unit == "T") scale = 1024.0 * 1024 * 1024 * 1024;
+  Require(used > 0 && scale > 0 && v > 0 && v * scale < 1.8e19,
+          flag + " expects a positive size such as 1500000000, 512M or 6G, got '" + text + "'");
+  return static_cast<uint64_t>(v * scale);
 }
 
 std::unique_ptr<Engine> LoadEngine(const ModelFlags& flags, bool quiet) {
   LoadOptions o;
   o.model_dir = flags.model_dir;
   o.threads = flags.threads;
+  const LevelRequest level = ResolveLevel(flags.quant, [](const char* n) { return std::getenv(n); });
+  EnvForcesCpu([](const char* n) { return std::getenv(n); });  // validates EPW_USE_CPU
+  o.quant = level.level;
+  o.quant_source = level.source;
+  o.plan_ctx = flags.ctx;
+  if (flags.mem_budget) o.mem_budget_bytes = ParseByteSize(*flags.mem_budget, "--mem-budget");
+  const bool tty = !quiet && isatty(2);
+  if (tty) {
+    // A progress line for conversions that take more than a second.
+    auto start = std::make_shared<Stopwatch>();
+    o.progress = [start](uint64_t done, uint64_t total) {
+      if (start->Millis() < 1000 && done < total) return;
+      std::fprintf(stderr, "\rconverting weights: %3.0f%% (%.0f / %.0f MB)", 100.0 * done / total,
+                   done / 1e6, total / 1e6);
+      if (done == total) std::fprintf(stderr, "\n");
+    };
+  }
   auto engine = Engine::Load(o);
   if (!quiet) PrintLoadStats(engine->load_stats());
   return engine;
@@ -55,19 +110,27 @@ std::string ReadTextFile(const std::string& path) {
 }
 
 json LoadStatsJson(const LoadStats& s) {
-  return json{{"config_ms", s.config_ms},       {"tokenizer_ms", s.tokenizer_ms},
-              {"weights_ms", s.weights_ms},     {"router_hash_ms", s.router_hash_ms},
-              {"total_ms", s.total_ms},         {"weight_bytes", s.weight_bytes},
-              {"mapped_bytes", s.mapped_bytes}, {"converted_bytes", s.converted_bytes},
-              {"peak_rss_bytes", s.peak_rss_bytes}};
+  return json{{"config_ms", s.config_ms},         {"tokenizer_ms", s.tokenizer_ms},
+              {"weights_ms", s.weights_ms},       {"plan_ms", s.plan_ms},
+              {"quantize_ms", s.quantize_ms},     {"router_hash_ms", s.router_hash_ms},
+              {"total_ms", s.total_ms},           {"weight_bytes", s.weight_bytes},
+              {"mapped_bytes", s.mapped_bytes},   {"converted_bytes", s.converted_bytes},
+              {"peak_rss_bytes", s.peak_rss_bytes}, {"quant_level", s.quant_level},
+              {"quant_source", s.quant_source},   {"planned_bytes", s.planned_bytes},
+              {"budget_bytes", s.budget_bytes},   {"plan_ctx", s.plan_ctx}};
 }
 
 void PrintLoadStats(const LoadStats& s) {
+  std::fprintf(stderr, "quant: %s (decided by %s); plan %s for a %lld-token context, budget %s\n",
+               s.quant_level.c_str(), s.quant_source.c_str(), FormatBytes(s.planned_bytes).c_str(),
+               static_cast<long long>(s.plan_ctx), FormatBytes(s.budget_bytes).c_str());
   std::fprintf(stderr,
                "load: tokenizer %.1f ms, config %.1f ms, weights %.1f ms (%.1f MB mapped in place, "
-               "%.2f MB converted), router hash %.1f ms, total %.1f ms, peak RSS %.1f MB\n",
+               "%.2f MB converted), plan %.1f ms, quantize %.1f ms, router hash %.1f ms, "
+               "total %.1f ms, peak RSS %.1f MB\n",
                s.tokenizer_ms, s.config_ms, s.weights_ms, s.mapped_bytes / 1e6,
-               s.converted_bytes / 1e6, s.router_hash_ms, s.total_ms, s.peak_rss_bytes / 1e6);
+               s.converted_bytes / 1e6, s.plan_ms, s.quantize_ms, s.router_hash_ms, s.total_ms,
+               s.peak_rss_bytes / 1e6);
 }
 
 void PrintJson(const json& j) {

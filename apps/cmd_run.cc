@@ -4,6 +4,7 @@
 #include <optional>
 
 #include "base/error.h"
+#include "base/sysinfo.h"
 #include "cli.h"
 
 namespace epwa::cli {
@@ -152,16 +153,18 @@ Runner RegisterRun(CLI::App& app) {
                        {"prefill_tokens_per_s", st.prefill_tokens_per_s},
                        {"decode_tokens_per_s", st.decode_tokens_per_s},
                        {"stop_reason", st.stop_reason},
-                       {"threads", engine->threads()}}}});
+                       {"threads", engine->threads()},
+                       {"peak_rss_bytes", PeakRssBytes()}}}});
     } else {
       std::cout << stream.Flush() << "\n";
       std::cout.flush();
       std::fprintf(stderr,
                    "generate: %lld prompt tokens at %.1f tok/s (prefill), %lld tokens at %.1f tok/s "
-                   "(decode), stop: %s, %d threads\n",
+                   "(decode), stop: %s, %d threads; peak RSS %.1f MB (planned %.1f MB)\n",
                    (long long)st.prompt_tokens, st.prefill_tokens_per_s,
                    (long long)st.generated_tokens, st.decode_tokens_per_s, st.stop_reason.c_str(),
-                   engine->threads());
+                   engine->threads(), PeakRssBytes() / 1e6,
+                   engine->load_stats().planned_bytes / 1e6);
     }
     return 0;
   };

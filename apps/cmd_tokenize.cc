@@ -5,11 +5,52 @@
 #include "cli.h"
 
 namespace epwa::cli {
+namespace {
+
+// Batch mode, one process for many texts (tests compare whole corpora against
+// other tokenizers this way). The whole output is built before anything is
+// printed, so a bad line yields an error and no partial output.
+int TokenizeJsonLines(const Tokenizer& tok, const std::string& path, bool special,
+                      bool skip_special) {
+  const std::string input = ReadTextFile(path);
+  std::string out;
+  size_t line_no = 0;
+  for (size_t pos = 0; pos < input.size();) {
+    size_t end = input.find('\n', pos);
+    if (end == std::string::npos) end = input.size();
+    const std::string line = input.substr(pos, end - pos);
+    pos = end + 1;
+    ++line_no;
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    const std::string where = path + " line " + std::to_string(line_no);
+    json item = json::parse(line, nullptr, /*allow_exceptions=*/false);
+    if (item.is_string()) {
+      out += json(tok.Encode(item.get<std::string>(), special)).dump() + "\n";
+    } else if (item.is_array()) {
+      std::vector<int32_t> ids;
+      for (const json& v : item) {
+        Require(v.is_number_integer() && v.get<int64_t>() >= 0 &&
+                    v.get<int64_t>() < tok.VocabSize(),
+                where + ": ids must be integers in [0, " + std::to_string(tok.VocabSize()) + ")");
+        ids.push_back(v.get<int32_t>());
+      }
+      out += json(tok.Decode(ids, skip_special)).dump(-1, ' ', false,
+                                                       json::error_handler_t::replace) +
+             "\n";
+    } else {
+      throw Error(where + ": expected a JSON string (to encode) or an array of ids (to decode)");
+    }
+  }
+  std::fwrite(out.data(), 1, out.size(), stdout);
+  return 0;
+}
+
+}  // namespace
 
 Runner RegisterTokenize(CLI::App& app) {
   auto* cmd = app.add_subcommand("tokenize", "encode text to ids or decode ids to text");
   struct Flags {
-    std::string model_dir, tokenizer_path, text, file, decode;
+    std::string model_dir, tokenizer_path, text, file, decode, jsonl;
     bool special = false, skip_special = false, json = false;
   };
   auto f = std::make_shared<Flags>();
@@ -20,15 +61,20 @@ Runner RegisterTokenize(CLI::App& app) {
   auto* text = cmd->add_option("--text", f->text, "text to encode");
   auto* file = cmd->add_option("--file", f->file, "file whose text to encode");
   auto* dec = cmd->add_option("--decode", f->decode, "ids to decode, e.g. 1,2,3");
-  text->excludes(file)->excludes(dec);
-  file->excludes(dec);
+  auto* jsonl = cmd->add_option(
+      "--jsonl", f->jsonl,
+      "batch mode: each line of the file is a JSON string (printed back as its ids, a JSON "
+      "array) or a JSON array of ids (printed back as its text, a JSON string)");
+  text->excludes(file)->excludes(dec)->excludes(jsonl);
+  file->excludes(dec)->excludes(jsonl);
+  dec->excludes(jsonl);
   cmd->add_flag("--special", f->special, "encode with the tokenizer's special tokens (e.g. BOS)");
   cmd->add_flag("--skip-special", f->skip_special, "leave special tokens out when decoding");
   cmd->add_flag("--json", f->json, "print {\"ids\": [...], \"tokens\": [...]}");
 
-  return [f, text, file, dec]() {
-    Require(text->count() + file->count() + dec->count() == 1,
-            "tokenize needs one of --text, --file or --decode");
+  return [f, text, file, dec, jsonl]() {
+    Require(text->count() + file->count() + dec->count() + jsonl->count() == 1,
+            "tokenize needs one of --text, --file, --decode or --jsonl");
     std::string path = f->tokenizer_path;
     if (path.empty()) {
       Require(!f->model_dir.empty(), "tokenize needs -m MODEL_DIR or --tokenizer tokenizer.json");
@@ -36,6 +82,7 @@ Runner RegisterTokenize(CLI::App& app) {
     }
     auto tok = Tokenizer::FromFile(path);
     std::vector<int32_t> ids;
+    if (jsonl->count()) return TokenizeJsonLines(*tok, f->jsonl, f->special, f->skip_special);
     if (dec->count()) {
       ids = ParseIdList(f->decode, "--decode");
       for (int32_t id : ids)

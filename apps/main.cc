@@ -24,6 +24,8 @@ int main(int argc, char** argv) {
   add(epwa::cli::RegisterTokenize);
   add(epwa::cli::RegisterSynth);
   add(epwa::cli::RegisterBench);
+  add(epwa::cli::RegisterPlan);
+  add(epwa::cli::RegisterEval);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

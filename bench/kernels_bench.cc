@@ -1,8 +1,8 @@
 // Benchmarks of the numeric kernels against what the machine can do.
 //
 // Decode (matrix-vector) is bound by memory bandwidth, so it reports GB/s of
-// weights streamed and the percentage of the read bandwidth measured on the
-// same thread count; prefill (matrix-matrix) is bound by arithmetic, so it
+// weights streamed (codes plus scales for the quantized dtypes Q8/Q4/NF4)
+// and the percentage of the read bandwidth measured on the same thread count; prefill (matrix-matrix) is bound by arithmetic, so it
 // reports GFLOP/s and the percentage of the measured FMA peak. Arguments are
 // (dtype, threads) or (dtype, M, threads); run with --benchmark_filter to pick.
 //
@@ -51,14 +51,25 @@ double Bandwidth(int threads) { return MeasureReadBandwidthGBs(Pool(threads)); }
 double Peak(int threads) { return MeasureFmaPeakGflops(Pool(threads)); }
 
 // Weights of the given shape and dtype with small random values; cached so
-// that the large matrices are built once per process.
-const WeightView& Weights(DType dtype, int64_t rows, int64_t cols) {
+// that the large matrices are built once per process. `copy` tells apart
+// several matrices of the same shape (the experts of BM_ExpertMatVec).
+// Quantized weights are made from the BF16 matrix with Quantize.
+const WeightView& Weights(DType dtype, int64_t rows, int64_t cols, int copy = 0) {
   struct Entry {
     AlignedBuffer<uint8_t> bytes;
+    AlignedBuffer<uint16_t> scales;
     WeightView view;
   };
-  static std::map<std::tuple<int, int64_t, int64_t>, std::unique_ptr<Entry>> cache;
-  auto& entry = cache[{static_cast<int>(dtype), rows, cols}];
+  static std::map<std::tuple<int, int64_t, int64_t, int>, std::unique_ptr<Entry>> cache;
+  auto& entry = cache[{static_cast<int>(dtype), rows, cols, copy}];
+  if (!entry && IsQuantized(dtype)) {
+    const WeightView& src = Weights(DType::kBF16, rows, cols, -1);
+    entry = std::make_unique<Entry>();
+    entry->bytes.Resize(static_cast<size_t>(CodeRowBytes(dtype, cols) * rows));
+    entry->scales.Resize(static_cast<size_t>(rows * cols / kQuantGroup));
+    Quantize(src, dtype, entry->bytes.data(), entry->scales.data(), Pool(2));
+    entry->view = WeightView{dtype, entry->bytes.data(), rows, cols, entry->scales.data()};
+  }
   if (!entry) {
     entry = std::make_unique<Entry>();
     const size_t count = static_cast<size_t>(rows * cols);
@@ -130,12 +141,72 @@ void BM_MatVec(benchmark::State& state) {
     MatMul(x.data(), 1, w, y.data(), pool);
     benchmark::DoNotOptimize(y.data());
   }
-  const double gbs = static_cast<double>(w.Bytes()) * state.iterations() / watch.Seconds() / 1e9;
+  const double gbs = static_cast<double>(w.Bytes() + w.ScaleBytes()) * state.iterations() / watch.Seconds() / 1e9;
   bandwidth = std::max(bandwidth, Bandwidth(threads));
   state.counters["GB/s"] = gbs;
   state.counters["bw GB/s"] = bandwidth;
   state.counters["%bw"] = 100.0 * gbs / bandwidth;
   SetLabel(state, dtype, threads);
+}
+
+// Decode of MoE expert matrices: each call multiplies a different expert, as
+// a decode step does when successive layers and tokens pick different
+// experts, from a ring of copies several times the size of the L3 cache, so
+// that the weights stream from DRAM as they do in a real model rather than
+// staying cached. Arguments: (dtype, shape, threads) with shape 0 = [1024,
+// 2048] (a down projection's input side), 1 = [2048, 1024], 2 = [4096, 4096].
+// Reports the weight bytes (codes + scales) streamed per second, the
+// percentage of the read bandwidth measured in the same run, and output rows
+// per second (compare dtypes on the same shape: Q4 rows/s over BF16 rows/s
+// is the decode speed-up).
+constexpr int64_t kExpertShapes[][2] = {{1024, 2048}, {2048, 1024}, {4096, 4096}};
+
+void BM_ExpertMatVec(benchmark::State& state) {
+  const auto dtype = static_cast<DType>(state.range(0));
+  const int64_t N = kExpertShapes[state.range(1)][0], K = kExpertShapes[state.range(1)][1];
+  const int threads = static_cast<int>(state.range(2));
+  const uint64_t bytes = QuantizedBytes(dtype, N, K);
+  // At least 256 MiB in all (8x the L3 of the machines we measure on).
+  const int copies = static_cast<int>(std::max<uint64_t>(2, (256ull << 20) / bytes + 1));
+  std::vector<const WeightView*> experts;
+  for (int c = 0; c < copies; ++c) experts.push_back(&Weights(dtype, N, K, c));
+  const std::vector<float> x = Activations(K);  // [1, K]
+  std::vector<float> y(static_cast<size_t>(N));  // [1, N]
+  ThreadPool& pool = Pool(threads);
+  double bandwidth = Bandwidth(threads);
+  size_t next = 0;
+  Stopwatch watch;
+  for (auto _ : state) {
+    MatMul(x.data(), 1, *experts[next], y.data(), pool);
+    next = (next + 1) % experts.size();
+    benchmark::DoNotOptimize(y.data());
+  }
+  const double seconds = watch.Seconds();
+  const double gbs = static_cast<double>(bytes) * state.iterations() / seconds / 1e9;
+  bandwidth = std::max(bandwidth, Bandwidth(threads));
+  state.counters["GB/s"] = gbs;
+  state.counters["bw GB/s"] = bandwidth;
+  state.counters["%bw"] = 100.0 * gbs / bandwidth;
+  state.counters["Mrows/s"] = static_cast<double>(N) * state.iterations() / seconds / 1e6;
+  SetLabel(state, dtype, threads);
+}
+
+// Quantize from BF16: source bytes read per second. Argument: (target,
+// threads); the source is a 4096 x 4096 BF16 matrix (32 MiB).
+void BM_Quantize(benchmark::State& state) {
+  const auto target = static_cast<DType>(state.range(0));
+  const int threads = static_cast<int>(state.range(1));
+  const WeightView& src = Weights(DType::kBF16, 4096, 4096);
+  AlignedBuffer<uint8_t> codes(static_cast<size_t>(CodeRowBytes(target, src.cols) * src.rows));
+  AlignedBuffer<uint16_t> scales(static_cast<size_t>(src.rows * src.cols / kQuantGroup));
+  ThreadPool& pool = Pool(threads);
+  Stopwatch watch;
+  for (auto _ : state) {
+    Quantize(src, target, codes.data(), scales.data(), pool);
+    benchmark::DoNotOptimize(codes.data());
+  }
+  state.counters["src GB/s"] = static_cast<double>(src.Bytes()) * state.iterations() / watch.Seconds() / 1e9;
+  SetLabel(state, target, threads);
 }
 
 // Small M between decode and prefill, to place the switch between them
@@ -155,7 +226,7 @@ void BM_MatMulSmallM(benchmark::State& state) {
     benchmark::DoNotOptimize(y.data());
   }
   const double seconds = watch.Seconds();
-  state.counters["GB/s"] = static_cast<double>(w.Bytes()) * state.iterations() / seconds / 1e9;
+  state.counters["GB/s"] = static_cast<double>(w.Bytes() + w.ScaleBytes()) * state.iterations() / seconds / 1e9;
   state.counters["GFLOP/s"] =
       2.0 * static_cast<double>(M * w.rows * w.cols) * state.iterations() / seconds / 1e9;
   SetLabel(state, dtype, threads);
@@ -189,6 +260,9 @@ void BM_Prefill(benchmark::State& state) {
 constexpr int64_t kF32 = static_cast<int64_t>(DType::kF32);
 constexpr int64_t kF16 = static_cast<int64_t>(DType::kF16);
 constexpr int64_t kBF16 = static_cast<int64_t>(DType::kBF16);
+constexpr int64_t kQ8 = static_cast<int64_t>(DType::kQ8);
+constexpr int64_t kQ4 = static_cast<int64_t>(DType::kQ4);
+constexpr int64_t kNF4 = static_cast<int64_t>(DType::kNF4);
 
 // On a shared machine other tenants only ever slow a run down, so with
 // --benchmark_repetitions the best repetition ("min" time, "max" counters) is
@@ -197,19 +271,32 @@ double Min(const std::vector<double>& v) { return *std::min_element(v.begin(), v
 double Max(const std::vector<double>& v) { return *std::max_element(v.begin(), v.end()); }
 
 BENCHMARK(BM_MatVec)
-    ->ArgsProduct({{kBF16, kF16, kF32}, {1, 2}})
+    ->ArgsProduct({{kBF16, kF16, kF32, kQ8, kQ4, kNF4}, {1, 2}})
+    ->UseRealTime()
+    ->ComputeStatistics("min", Min)
+    ->ComputeStatistics("max", Max)
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_ExpertMatVec)
+    ->ArgsProduct({{kBF16, kQ8, kQ4, kNF4}, {0, 1, 2}, {1, 2}})
+    ->UseRealTime()
+    ->MinTime(0.3)
+    ->ComputeStatistics("min", Min)
+    ->ComputeStatistics("max", Max)
+    ->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_Quantize)
+    ->ArgsProduct({{kQ8, kQ4, kNF4}, {1, 2}})
     ->UseRealTime()
     ->ComputeStatistics("min", Min)
     ->ComputeStatistics("max", Max)
     ->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_MatMulSmallM)
-    ->ArgsProduct({{kBF16}, {1, 2, 3, 4, 5, 6, 8, 9, 12, 16}, {2}})
+    ->ArgsProduct({{kBF16, kQ4}, {1, 2, 3, 4, 5, 6, 8, 9, 12, 16}, {2}})
     ->UseRealTime()
     ->ComputeStatistics("min", Min)
     ->ComputeStatistics("max", Max)
     ->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_Prefill)
-    ->ArgsProduct({{kBF16, kF16, kF32}, {64, 128, 512}, {1, 2}})
+    ->ArgsProduct({{kBF16, kF16, kF32, kQ8, kQ4, kNF4}, {64, 128, 512}, {1, 2}})
     ->UseRealTime()
     ->ComputeStatistics("min", Min)
     ->ComputeStatistics("max", Max)

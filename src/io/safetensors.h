@@ -21,6 +21,13 @@ namespace epwa {
 // that every tensor view keeps it alive. Not copyable; unmaps on destruction.
 // An empty file is represented by data() == nullptr and size() == 0, because
 // mmap refuses a length of zero.
+// Drops the pages of [data, data + bytes) inside a read-only file mapping from
+// this process's resident memory (madvise MADV_DONTNEED on the whole pages
+// inside the range). Later reads fault them back in from the file. Used after
+// a tensor has been converted, so that the source and its copy are not both
+// resident for the rest of the run.
+void ReleaseMappedPages(const void* data, size_t bytes);
+
 class MappedFile {
  public:
   // Throws epwa::Error naming the path if it cannot be opened or mapped.

@@ -30,6 +30,9 @@ void WidenHalves(const uint8_t* bytes, int64_t n, float* dst) {
   }
 }
 
+// Bytes of codes before group g of a row.
+int64_t SpanOf(DType target, int64_t g) { return target == DType::kQ8 ? g * 32 : g * 16; }
+
 // Weights may sit at any even offset of a memory-mapped file, so all values
 // are read through memcpy rather than a possibly misaligned pointer.
 void ConvertRow(DType dtype, const void* src, int64_t n, float* dst) {
@@ -40,6 +43,99 @@ void ConvertRow(DType dtype, const void* src, int64_t n, float* dst) {
       return;
     case DType::kF16: return WidenHalves<F16ToF32>(bytes, n, dst);
     case DType::kBF16: return WidenHalves<BF16ToF32>(bytes, n, dst);
+    // Quantized rows need their scales: see DequantizeRow.
+    case DType::kQ8:
+    case DType::kQ4:
+    case DType::kNF4: return;
+  }
+}
+
+// out[c] = w.At(row, c) for a quantized w, group by group.
+void DequantizeRow(const WeightView& w, int64_t row, float* out) {
+  const uint8_t* codes = w.Row(row);
+  const uint16_t* scales = w.scales + row * (w.cols / kQuantGroup);
+  for (int64_t g = 0; g < w.cols / kQuantGroup; ++g) {
+    const float s = F16ToF32(scales[g]);
+    float* o = out + g * kQuantGroup;
+    if (w.dtype == DType::kQ8) {
+      for (int j = 0; j < 32; ++j) o[j] = static_cast<float>(static_cast<int8_t>(codes[g * 32 + j])) * s;
+      continue;
+    }
+    const uint8_t* bytes = codes + g * 16;
+    for (int j = 0; j < 16; ++j) {
+      const int lo = bytes[j] & 0x0f, hi = bytes[j] >> 4;
+      if (w.dtype == DType::kQ4) {
+        o[j] = static_cast<float>(lo - 8) * s;
+        o[j + 16] = static_cast<float>(hi - 8) * s;
+      } else {
+        o[j] = kNF4Codebook[lo] * s;
+        o[j + 16] = kNF4Codebook[hi] * s;
+      }
+    }
+  }
+}
+
+// The group scale as stored: d rounded to fp16 away from zero, saturating at
+// the largest finite half, zero as +0 (tensor/dtype.h).
+uint16_t StoredScale(float d) {
+  if (d == 0.f) return 0;  // +0 whatever the sign of d.
+  uint16_t h = F32ToF16(d);
+  if ((h & 0x7fffu) >= 0x7c00u) return static_cast<uint16_t>((h & 0x8000u) | 0x7bffu);
+  if (std::fabs(F16ToF32(h)) < std::fabs(d)) ++h;  // One step up in magnitude, sign kept.
+  return h;
+}
+
+// Codes of one group of 32 floats for `target`; returns the stored scale.
+uint16_t QuantizeGroup(const float* x, DType target, uint8_t* codes) {
+  float amax = 0.f, max_v = x[0], min_v = x[0];
+  for (int j = 0; j < 32; ++j) {
+    amax = std::max(amax, std::fabs(x[j]));
+    max_v = std::max(max_v, x[j]);
+    min_v = std::min(min_v, x[j]);
+  }
+  float d = amax;
+  if (target == DType::kQ8) d = amax / 127.0f;
+  if (target == DType::kQ4) d = (max_v >= -min_v ? max_v : min_v) / -8.0f;
+  const uint16_t h = StoredScale(d);
+  const float s = F16ToF32(h);
+  const float inv = s != 0.f ? 1.0f / s : 0.f;
+  int n[32];
+  for (int j = 0; j < 32; ++j) {
+    const float t = x[j] * inv;
+    if (target == DType::kQ8) {
+      n[j] = static_cast<int>(std::clamp(std::nearbyint(t), -127.0f, 127.0f));
+    } else if (target == DType::kQ4) {
+      n[j] = static_cast<int>(std::clamp(std::nearbyint(t), -8.0f, 7.0f)) + 8;
+    } else {
+      // Binary search over the 15 midpoints between codebook values.
+      int idx = 0;
+      for (int step = 8; step >= 1; step /= 2) {
+        const int probe = idx + step - 1;
+        if (t > (kNF4Codebook[probe] + kNF4Codebook[probe + 1]) * 0.5f) idx += step;
+      }
+      n[j] = idx;
+    }
+  }
+  if (target == DType::kQ8) {
+    for (int j = 0; j < 32; ++j) codes[j] = static_cast<uint8_t>(static_cast<int8_t>(n[j]));
+  } else {
+    for (int j = 0; j < 16; ++j) codes[j] = static_cast<uint8_t>(n[j] | (n[j + 16] << 4));
+  }
+  return h;
+}
+
+void QuantizeRows(const WeightView& src, DType target, int64_t row_begin, int64_t row_end, uint8_t* codes,
+                  uint16_t* scales) {
+  const int64_t K = src.cols, groups = K / kQuantGroup;
+  const int64_t code_bytes = static_cast<int64_t>(CodeRowBytes(target, K));
+  thread_local AlignedBuffer<float> row;  // [K]
+  if (row.size() < static_cast<size_t>(K)) row.Resize(static_cast<size_t>(K));
+  for (int64_t r = row_begin; r < row_end; ++r) {
+    ConvertRow(src.dtype, src.Row(r), K, row.data());
+    for (int64_t g = 0; g < groups; ++g) {
+      scales[r * groups + g] = QuantizeGroup(row.data() + g * kQuantGroup, target,
+                                             codes + r * code_bytes + SpanOf(target, g));
+    }
   }
 }
 
@@ -66,7 +162,11 @@ void MatMul(const float* x, int64_t M, const WeightView& w, float* y, ThreadPool
     thread_local AlignedBuffer<float> row;  // [K]
     if (row.size() < static_cast<size_t>(K)) row.Resize(static_cast<size_t>(K));
     for (int64_t n = n0; n < n1; ++n) {
-      ConvertRow(w.dtype, w.Row(n), K, row.data());
+      if (IsQuantized(w.dtype)) {
+        DequantizeRow(w, n, row.data());
+      } else {
+        ConvertRow(w.dtype, w.Row(n), K, row.data());
+      }
       for (int64_t m = 0; m < M; ++m) y[m * N + n] = DotF32(x + m * K, row.data(), K);
     }
   });
@@ -150,9 +250,22 @@ void ParallelFor(ThreadPool& pool, int64_t n, int64_t grain, RangeFn fn, void* c
   pool.ParallelFor(n, grain, [&](int64_t begin, int64_t end) { fn(context, begin, end); });
 }
 
+bool HasAvx512Vnni() {
+#if defined(__x86_64__) || defined(__i386__)
+  static const bool has = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512vnni") != 0;
+  }();
+  return has;
+#else
+  return false;
+#endif
+}
+
 const IsaKernels kScalarKernels = {
-    scalar::MatMul, scalar::RmsNorm, scalar::Softmax,   scalar::SiluMul,  scalar::DotF32,
-    scalar::Axpy,   scalar::ConvertRow, scalar::SumFloats, scalar::FmaChains,
+    scalar::MatMul,       scalar::RmsNorm,       scalar::Softmax,   scalar::SiluMul,
+    scalar::DotF32,       scalar::Axpy,          scalar::ConvertRow, scalar::QuantizeRows,
+    scalar::DequantizeRow, scalar::SumFloats,    scalar::FmaChains,
 };
 
 }  // namespace internal
@@ -240,6 +353,10 @@ void SetActiveIsa(Isa isa) {
 }
 
 void MatMul(const float* x, int64_t M, const WeightView& w, float* y, ThreadPool& pool) {
+  if (IsQuantized(w.dtype) && (w.cols % kQuantGroup != 0 || (w.scales == nullptr && w.rows > 0))) {
+    throw Error(std::string("MatMul: a ") + DTypeName(w.dtype) +
+                " weight needs a multiple of 32 columns and its scales.");
+  }
   if (M <= 0 || w.rows <= 0) return;
   if (w.cols <= 0) {
     // An empty sum is zero; the vector paths assume at least one column.
@@ -268,7 +385,52 @@ void Axpy(float alpha, const float* x, float* y, int64_t n) {
 }
 
 void ConvertToF32(DType dtype, const void* src, int64_t n, float* dst) {
+  if (IsQuantized(dtype)) {
+    throw Error(std::string("ConvertToF32 cannot read ") + DTypeName(dtype) +
+                " data without its scales; use DequantizeRow.");
+  }
   if (n > 0) Active().convert_to_f32(dtype, src, n, dst);
+}
+
+void Quantize(const WeightView& src, DType target, void* codes, uint16_t* scales, ThreadPool& pool) {
+  Require(src.dtype == DType::kF32 || src.dtype == DType::kF16 || src.dtype == DType::kBF16,
+          std::string("Quantize needs an F32, F16 or BF16 source, not ") + DTypeName(src.dtype) + ".");
+  Require(IsQuantized(target),
+          std::string("Quantize needs a quantized target (Q8, Q4 or NF4), not ") + DTypeName(target) + ".");
+  Require(src.rows >= 0 && src.cols >= 0 && src.cols % kQuantGroup == 0,
+          "Quantize needs a number of columns that is a multiple of 32, got " + std::to_string(src.cols) + ".");
+  if (src.rows == 0 || src.cols == 0) return;
+  Require(src.data != nullptr && codes != nullptr && scales != nullptr, "Quantize was given a null buffer.");
+  const IsaKernels& k = Active();
+  auto* code_bytes = static_cast<uint8_t*>(codes);
+  pool.ParallelFor(src.rows, 4, [&](int64_t r0, int64_t r1) { k.quantize_rows(src, target, r0, r1, code_bytes, scales); });
+}
+
+uint64_t MatMulScratchBytes(int64_t max_rows, int64_t max_k, int threads) {
+  // Mirrors the ThreadScratch requests of the instruction-set files, taking
+  // the largest constants of any of them: kMc = 256 rows of packed x (prefill),
+  // up to kMaxDecodeRows = 8 rows of x deinterleaved (BF16 decode) or
+  // quantized (codes padded to 64 plus two floats per group padded to 16
+  // groups), and one kKb x kNb = 256 x 256 float panel per thread; the scalar
+  // path keeps one converted weight row of max_k floats per thread.
+  const uint64_t k = static_cast<uint64_t>(std::max<int64_t>(max_k, 0));
+  const uint64_t rows = static_cast<uint64_t>(std::clamp<int64_t>(max_rows, 0, 256));
+  const uint64_t decode_rows = std::min<uint64_t>(rows, 8);
+  const uint64_t quantized_x_row = (k + 63) / 64 * 16 + 2 * ((k / 32 + 15) / 16 * 16);
+  const uint64_t calling_thread = rows * k + decode_rows * std::max(k, quantized_x_row);
+  const uint64_t per_thread = std::max<uint64_t>(256 * 256, k);
+  return 4 * (calling_thread + static_cast<uint64_t>(std::max(threads, 1)) * per_thread);
+}
+
+void DequantizeRow(const WeightView& w, int64_t row, float* out) {
+  if (w.cols <= 0) return;
+  if (IsQuantized(w.dtype)) {
+    Require(w.cols % kQuantGroup == 0 && w.scales != nullptr,
+            std::string("DequantizeRow: a ") + DTypeName(w.dtype) + " weight needs a multiple of 32 columns and its scales.");
+    Active().dequantize_row(w, row, out);
+  } else {
+    Active().convert_to_f32(w.dtype, w.Row(row), w.cols, out);
+  }
 }
 
 double MeasureReadBandwidthGBs(ThreadPool& pool, size_t bytes) {

@@ -91,6 +91,142 @@ void ConvertTyped(const void* src, int64_t n, float* dst) {
 }
 
 // ---------------------------------------------------------------------------
+// Quantized weights (layout and rounding rules in tensor/dtype.h; see
+// kernels_avx512.cc for the design).
+
+inline float HorizontalMin(__m256 v) {
+  __m128 s = _mm_min_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_min_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_min_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+inline int HorizontalSumInt(__m256i v) {
+  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(1, 0, 3, 2)));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(2, 3, 0, 1)));
+  return _mm_cvtsi128_si32(s);
+}
+
+// 8 consecutive weights of row `row` from k (k % 8 == 0) as floats, each the
+// level times the group's scale in one float multiplication, as WeightView::At
+// computes it. For 4-bit codes the 8 are nibbles of 8 bytes of one group.
+template <DType D>
+__m256 DequantLoad(const WeightView& w, int64_t row, int64_t k) {
+  const uint8_t* codes = RowAt(w, row);
+  const __m256 s = _mm256_set1_ps(HalfToFloat(ScaleRow(w, row)[k / 32]));
+  if constexpr (D == DType::kQ8) {
+    const __m128i c = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(codes + k));
+    return _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(c)), s);
+  } else {
+    const int64_t j = k % 32;
+    __m128i c = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(codes + k / 32 * 16 + (j & 15)));
+    if (j & 16) c = _mm_srli_epi16(c, 4);
+    const __m256i n = _mm256_cvtepu8_epi32(_mm_and_si128(c, _mm_set1_epi8(0x0f)));
+    if constexpr (D == DType::kQ4) {
+      return _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(n, _mm256_set1_epi32(8))), s);
+    } else {
+      // Two 8-entry lookups (vpermps uses the low 3 bits of the index) and a
+      // blend on bit 3, moved into the sign bit.
+      const __m256 lo = _mm256_permutevar8x32_ps(_mm256_loadu_ps(kNF4Codebook), n);
+      const __m256 hi = _mm256_permutevar8x32_ps(_mm256_loadu_ps(kNF4Codebook + 8), n);
+      return _mm256_mul_ps(_mm256_blendv_ps(lo, hi, _mm256_castsi256_ps(_mm256_slli_epi32(n, 28))), s);
+    }
+  }
+}
+
+template <DType D>
+void DequantizeRowTyped(const WeightView& w, int64_t row, float* out) {
+  for (int64_t k = 0; k < w.cols; k += 8) _mm256_storeu_ps(out + k, DequantLoad<D>(w, row, k));
+}
+
+// 32 int32 values (each in [-128, 255]) in four vectors, in order, as bytes
+// stored at out. The packs interleave 128-bit lanes; the final permute undoes
+// that.
+inline void StoreBytes32(__m256i a, __m256i b, __m256i c, __m256i d, uint8_t* out) {
+  const __m256i ab = _mm256_packs_epi32(a, b), cd = _mm256_packs_epi32(c, d);
+  const __m256i bytes = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(ab, cd),
+                                                    _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), bytes);
+}
+
+// 16 int32 values in [0, 255] in two vectors, in order, as bytes at out.
+inline void StoreBytes16(__m256i a, __m256i b, uint8_t* out) {
+  const __m256i ab = _mm256_permute4x64_epi64(_mm256_packs_epi32(a, b), 0xd8);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(out),
+                   _mm_packus_epi16(_mm256_castsi256_si128(ab), _mm256_extracti128_si256(ab, 1)));
+}
+
+template <DType S, DType T>
+void QuantizeRowsTo(const WeightView& src, int64_t r0, int64_t r1, uint8_t* codes, uint16_t* scales) {
+  const int64_t K = src.cols, groups = K / 32;
+  const int64_t code_bytes = SpanBytes(T, K);
+  float mids[16];
+  NF4Midpoints(mids);
+  const __m256 sign = _mm256_set1_ps(-0.f);
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint8_t* row = RowAt(src, r);
+    uint8_t* out = codes + r * code_bytes;
+    for (int64_t g = 0; g < groups; ++g) {
+      __m256 a[4];
+#pragma GCC unroll 4
+      for (int i = 0; i < 4; ++i) a[i] = Weights<S>::Load(row, 32 * g + 8 * i);
+      float d;
+      if constexpr (T == DType::kQ4) {
+        const float hi = HorizontalMax(_mm256_max_ps(_mm256_max_ps(a[0], a[1]), _mm256_max_ps(a[2], a[3])));
+        const float lo = HorizontalMin(_mm256_min_ps(_mm256_min_ps(a[0], a[1]), _mm256_min_ps(a[2], a[3])));
+        d = (hi >= -lo ? hi : lo) / -8.0f;
+      } else {
+        const __m256 m01 = _mm256_max_ps(_mm256_andnot_ps(sign, a[0]), _mm256_andnot_ps(sign, a[1]));
+        const __m256 m23 = _mm256_max_ps(_mm256_andnot_ps(sign, a[2]), _mm256_andnot_ps(sign, a[3]));
+        const float amax = HorizontalMax(_mm256_max_ps(m01, m23));
+        d = T == DType::kQ8 ? amax / 127.0f : amax;
+      }
+      const uint16_t h = StoredScale(d);
+      scales[r * groups + g] = h;
+      const float s = HalfToFloat(h);
+      const __m256 inv = _mm256_set1_ps(s != 0.f ? 1.0f / s : 0.f);
+      __m256i n[4];
+#pragma GCC unroll 4
+      for (int i = 0; i < 4; ++i) {
+        const __m256 t = _mm256_mul_ps(a[i], inv);
+        // Clamping before the conversion keeps huge quotients (a saturated
+        // scale) from turning into the integer indefinite value.
+        if constexpr (T == DType::kQ8) {
+          n[i] = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(t, _mm256_set1_ps(-127.f)), _mm256_set1_ps(127.f)));
+        } else if constexpr (T == DType::kQ4) {
+          n[i] = _mm256_add_epi32(
+              _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(t, _mm256_set1_ps(-8.f)), _mm256_set1_ps(7.f))),
+              _mm256_set1_epi32(8));
+        } else {
+          // Counts the midpoints below t: each true comparison is -1.
+          __m256i count = _mm256_setzero_si256();
+          for (int m = 0; m < 15; ++m) {
+            count = _mm256_sub_epi32(count, _mm256_castps_si256(_mm256_cmp_ps(t, _mm256_set1_ps(mids[m]), _CMP_GT_OQ)));
+          }
+          n[i] = count;
+        }
+      }
+      if constexpr (T == DType::kQ8) {
+        StoreBytes32(n[0], n[1], n[2], n[3], out + 32 * g);
+      } else {
+        // Element j in the low nibble of byte j, element j + 16 in its high nibble.
+        StoreBytes16(_mm256_or_si256(n[0], _mm256_slli_epi32(n[2], 4)),
+                     _mm256_or_si256(n[1], _mm256_slli_epi32(n[3], 4)), out + 16 * g);
+      }
+    }
+  }
+}
+
+template <DType S>
+void QuantizeRowsFrom(const WeightView& src, DType target, int64_t r0, int64_t r1, uint8_t* codes,
+                      uint16_t* scales) {
+  if (target == DType::kQ8) return QuantizeRowsTo<S, DType::kQ8>(src, r0, r1, codes, scales);
+  if (target == DType::kQ4) return QuantizeRowsTo<S, DType::kQ4>(src, r0, r1, codes, scales);
+  if (target == DType::kNF4) return QuantizeRowsTo<S, DType::kNF4>(src, r0, r1, codes, scales);
+}
+
+// ---------------------------------------------------------------------------
 // Decode (see kernels_avx512.cc): each weight element is loaded once and used
 // for all M rows of x; R rows and U-fold unrolling give R * M * U independent
 // accumulators within the 16 vector registers.
@@ -217,8 +353,178 @@ void MatVecRange(const float* x, const float* xd, int64_t K, const WeightView& w
   for (; n < n1; ++n) MatVecRows<D, M, 1, kUnroll>(x, xd, K, w, y, w.rows, n);
 }
 
+// ---------------------------------------------------------------------------
+// Decode with quantized weights: integer dot products against x quantized to
+// int8 per group of 32, as in kernels_avx512.cc, one group per 256-bit
+// register. vpmaddubsw multiplies unsigned by signed bytes and adds pairs
+// with int16 saturation, so: kQ4 multiplies its nibbles (level + 8, at most
+// 15) by the x codes and subtracts 8 * s_w * s_x * sum(q) per group; kQ8 and
+// kNF4 use the sign trick, |w| times x * sign(w), which is exact for levels
+// in [-128, 127] against codes in [-127, 127] (|pair sum| <= 32512). vpmaddwd
+// then adds the pairs into 8 int32 lanes of the group, converted to float
+// and scaled by the group's s_w * s_x.
+
+// The offset of the unsigned weight operand (see above).
 template <DType D>
-void Decode(const float* x, int64_t M, const WeightView& w, float* y, ThreadPool& pool) {
+constexpr float kAvx2Offset = D == DType::kQ4 ? 8.f : 0.f;
+
+// Quantizes the M rows of x (codes in natural order) into the calling
+// thread's scratch buffer.
+template <DType D>
+QuantizedX QuantizeX(const float* x, int64_t M, int64_t K) {
+  QuantizedX q;
+  q.kpad = RoundUp(K, 64);
+  q.gpad = RoundUp(K / 32, 16);
+  q.row_floats = q.kpad / 4 + 2 * q.gpad;
+  float* base = internal::ThreadScratch(internal::Scratch::kDecodeX, static_cast<size_t>(M * q.row_floats));  // [M, row_floats]
+  q.base = base;
+  const __m256 sign = _mm256_set1_ps(-0.f);
+  const int64_t groups = K / 32;
+  for (int64_t m = 0; m < M; ++m) {
+    float* row = base + m * q.row_floats;
+    auto* codes = reinterpret_cast<uint8_t*>(row);
+    float* scales = row + q.kpad / 4;
+    float* corrections = scales + q.gpad;
+    for (int64_t i = 0; i < q.row_floats; i += 8) _mm256_store_ps(row + i, _mm256_setzero_ps());
+    for (int64_t g = 0; g < groups; ++g) {
+      __m256 a[4];
+      __m256 amax = _mm256_setzero_ps();
+#pragma GCC unroll 4
+      for (int i = 0; i < 4; ++i) {
+        a[i] = _mm256_loadu_ps(x + m * K + 32 * g + 8 * i);
+        amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, a[i]));
+      }
+      const float max_abs = HorizontalMax(amax);
+      const __m256 inv = _mm256_set1_ps(max_abs > 0.f ? 127.0f / max_abs : 0.f);
+      __m256i qv[4];
+#pragma GCC unroll 4
+      for (int i = 0; i < 4; ++i) qv[i] = _mm256_cvtps_epi32(_mm256_mul_ps(a[i], inv));
+      const int sum = HorizontalSumInt(_mm256_add_epi32(_mm256_add_epi32(qv[0], qv[1]), _mm256_add_epi32(qv[2], qv[3])));
+      scales[g] = max_abs / 127.0f;
+      corrections[g] = kAvx2Offset<D> * static_cast<float>(sum) * scales[g];
+      StoreBytes32(qv[0], qv[1], qv[2], qv[3], codes + 32 * g);
+    }
+  }
+  return q;
+}
+
+// The 32 weights of the group starting at element k of a row as bytes in
+// natural order: kQ4 nibbles (unsigned), kQ8 codes and kNF4 int8 levels
+// (signed).
+template <DType D>
+__attribute__((always_inline)) inline __m256i LoadWeightGroup(const uint8_t* row, int64_t k, __m256i nf4_table) {
+  if constexpr (D == DType::kQ8) {
+    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + k));
+  } else {
+    const __m128i c = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + k / 2));
+    const __m128i mask = _mm_set1_epi8(0x0f);
+    const __m256i nibbles = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(c, 4), mask), _mm_and_si128(c, mask));
+    if constexpr (D == DType::kQ4) return nibbles;
+    return _mm256_shuffle_epi8(nf4_table, nibbles);
+  }
+}
+
+template <DType D, int M, int R>
+void QuantMatVecRows(const QuantizedX& qx, const WeightView& w, float* y, int64_t n, __m256i nf4_table) {
+  const int64_t K = w.cols, N = w.rows, groups = K / 32;
+  const uint8_t* rows[R];
+  const uint16_t* scale_rows[R];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+    rows[r] = RowAt(w, n + r);
+    scale_rows[r] = ScaleRow(w, n + r);
+  }
+  const int64_t ahead = QuantPrefetchDistance(R * RowBytes(w));
+  alignas(32) float products[R][M][8];  // s_w * s_x per group of the current 8.
+  __m256 acc[R][M];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (int m = 0; m < M; ++m) acc[r][m] = _mm256_setzero_ps();
+  const __m256 level_unit = _mm256_set1_ps(D == DType::kNF4 ? 1.0f / 127.0f : 1.0f);
+  const __m256i ones = _mm256_set1_epi16(1);
+  for (int64_t g0 = 0; g0 < groups; g0 += 8) {
+    const int64_t ng = Min(8, groups - g0);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      __m128i halves;
+      if (ng == 8) {
+        halves = _mm_loadu_si128(reinterpret_cast<const __m128i*>(scale_rows[r] + g0));
+      } else {
+        uint16_t tmp[8] = {};
+        __builtin_memcpy(tmp, scale_rows[r] + g0, static_cast<size_t>(ng) * 2);
+        halves = _mm_loadu_si128(reinterpret_cast<const __m128i*>(tmp));
+      }
+      const __m256 ws = _mm256_mul_ps(_mm256_cvtph_ps(halves), level_unit);
+#pragma GCC unroll 8
+      for (int m = 0; m < M; ++m) {
+        _mm256_store_ps(products[r][m], _mm256_mul_ps(ws, _mm256_load_ps(qx.Scales(m) + g0)));
+        if constexpr (kAvx2Offset<D> != 0.f) {
+          acc[r][m] = _mm256_fnmadd_ps(ws, _mm256_load_ps(qx.Corrections(m) + g0), acc[r][m]);
+        }
+      }
+    }
+    for (int64_t j = 0; j < ng; ++j) {
+      const int64_t k = (g0 + j) * 32;
+      __m256i wv[R];
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) {
+        PrefetchL2(rows[r] + SpanBytes(D, k) + ahead);
+        wv[r] = LoadWeightGroup<D>(rows[r], k, nf4_table);
+      }
+#pragma GCC unroll 8
+      for (int m = 0; m < M; ++m) {
+        const __m256i xq = _mm256_load_si256(reinterpret_cast<const __m256i*>(qx.Codes(m) + k));
+#pragma GCC unroll 8
+        for (int r = 0; r < R; ++r) {
+          __m256i pairs;
+          if constexpr (D == DType::kQ4) {
+            pairs = _mm256_maddubs_epi16(wv[r], xq);
+          } else {
+            pairs = _mm256_maddubs_epi16(_mm256_abs_epi8(wv[r]), _mm256_sign_epi8(xq, wv[r]));
+          }
+          const __m256 dot = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones));
+          acc[r][m] = _mm256_fmadd_ps(dot, _mm256_broadcast_ss(products[r][m] + j), acc[r][m]);
+        }
+      }
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (int m = 0; m < M; ++m) y[m * N + n + r] = HorizontalSum(acc[r][m]);
+}
+
+// Four rows share each x code load for M == 1, two rows otherwise, so that
+// accumulators, weights and x stay within 16 registers.
+template <DType D, int M>
+void QuantMatVecRange(const QuantizedX& qx, const WeightView& w, float* y, int64_t n0, int64_t n1,
+                      __m256i nf4_table) {
+  constexpr int kRows = M == 1 ? 4 : 2;
+  int64_t n = n0;
+  for (; n + kRows <= n1; n += kRows) QuantMatVecRows<D, M, kRows>(qx, w, y, n, nf4_table);
+  for (; n < n1; ++n) QuantMatVecRows<D, M, 1>(qx, w, y, n, nf4_table);
+}
+
+template <DType D>
+void DecodeQuantized(const float* x, int64_t M, const WeightView& w, float* y, ThreadPool& pool) {
+  const QuantizedX qx = QuantizeX<D>(x, M, w.cols);
+  int8_t levels[16];
+  NF4Levels(levels);
+  const __m128i table = _mm_loadu_si128(reinterpret_cast<const __m128i*>(levels));
+  const __m256i nf4_table = _mm256_set_m128i(table, table);  // The same lookup in both lanes.
+  ParallelRange(pool, w.rows, 4, [&](int64_t n0, int64_t n1) {
+    switch (M) {
+      case 1: return QuantMatVecRange<D, 1>(qx, w, y, n0, n1, nf4_table);
+      case 2: return QuantMatVecRange<D, 2>(qx, w, y, n0, n1, nf4_table);
+      case 3: return QuantMatVecRange<D, 3>(qx, w, y, n0, n1, nf4_table);
+      default: return QuantMatVecRange<D, 4>(qx, w, y, n0, n1, nf4_table);
+    }
+  });
+}
+
+template <DType D>
+void DecodeFloat(const float* x, int64_t M, const WeightView& w, float* y, ThreadPool& pool) {
   const int64_t K = w.cols;
   const float* xd = nullptr;
   if constexpr (D == DType::kBF16) {
@@ -237,6 +543,15 @@ void Decode(const float* x, int64_t M, const WeightView& w, float* y, ThreadPool
   });
 }
 static_assert(kMaxDecodeRows == 4, "Decode has one instantiation per row count.");
+
+template <DType D>
+void Decode(const float* x, int64_t M, const WeightView& w, float* y, ThreadPool& pool) {
+  if constexpr (IsQuantizedType(D)) {
+    DecodeQuantized<D>(x, M, w, y, pool);
+  } else {
+    DecodeFloat<D>(x, M, w, y, pool);
+  }
+}
 
 // ---------------------------------------------------------------------------
 // Prefill (see kernels_blocking_inl.h): packed, transposed float panels of W
@@ -274,22 +589,37 @@ __attribute__((always_inline)) inline void Transpose8x8(__m256 r[8]) {
   r[7] = _mm256_permute2f128_ps(s3, s7, 0x31);
 }
 
-// out[j * kNr + i] = row_i[k0 + j] for i < 8, j < nk, where row_i starts at
-// rows + i * stride; rows at or beyond `nrows` read as zero.
+// out[j * kNr + i] = w.At(row0 + i, k0 + j) for i < 8, j < nk; rows at or
+// beyond `nrows` read as zero. Quantized rows are dequantized here; their k0
+// is a multiple of 8 and nk == 8 (K and the panel depth are multiples of 32).
 template <DType D>
-__attribute__((always_inline)) inline void PackBlock(const uint8_t* rows, int64_t stride, int nrows,
+__attribute__((always_inline)) inline void PackBlock(const WeightView& w, int64_t row0, int nrows,
                                                      int64_t k0, int nk, float* out) {
   __m256 r[8];
+  const uint8_t* rows = RowAt(w, row0);
+  const int64_t stride = RowBytes(w);
   if (nrows == 8 && nk == 8) {
 #pragma GCC unroll 8
-    for (int i = 0; i < 8; ++i) r[i] = Weights<D>::Load(rows + i * stride, k0);
+    for (int i = 0; i < 8; ++i) {
+      if constexpr (IsQuantizedType(D)) {
+        r[i] = DequantLoad<D>(w, row0 + i, k0);
+      } else {
+        r[i] = Weights<D>::Load(rows + i * stride, k0);
+      }
+    }
     Transpose8x8(r);
 #pragma GCC unroll 8
     for (int j = 0; j < 8; ++j) _mm256_store_ps(out + j * kNr, r[j]);
     return;
   }
   for (int i = 0; i < 8; ++i) {
-    r[i] = i < nrows ? Weights<D>::LoadPartial(rows + i * stride, k0, nk) : _mm256_setzero_ps();
+    if (i >= nrows) {
+      r[i] = _mm256_setzero_ps();
+    } else if constexpr (IsQuantizedType(D)) {
+      r[i] = DequantLoad<D>(w, row0 + i, k0);
+    } else {
+      r[i] = Weights<D>::LoadPartial(rows + i * stride, k0, nk);
+    }
   }
   Transpose8x8(r);
   for (int j = 0; j < nk; ++j) _mm256_store_ps(out + j * kNr, r[j]);
@@ -504,8 +834,9 @@ double FmaChains(int64_t iterations) {
 namespace internal {
 
 const IsaKernels kAvx2Kernels = {
-    avx2::MatMul, avx2::RmsNorm, avx2::Softmax,      avx2::SiluMul,   avx2::Dot,
-    avx2::Axpy,   avx2::ConvertToF32, avx2::SumFloats, avx2::FmaChains,
+    avx2::MatMul,        avx2::RmsNorm,   avx2::Softmax,      avx2::SiluMul,
+    avx2::Dot,           avx2::Axpy,      avx2::ConvertToF32, avx2::QuantizeRows,
+    avx2::DequantizeRow, avx2::SumFloats, avx2::FmaChains,
 };
 
 }  // namespace internal

@@ -1,4 +1,6 @@
-// AVX-512 kernels (F, BW, VL, DQ with FMA and F16C).
+// AVX-512 kernels (F, BW, VL, DQ with FMA and F16C). The quantized decode
+// kernel also needs VNNI, which is checked separately at run time (without
+// it that case runs the AVX2 kernel).
 //
 // This file is compiled with -mavx512* flags; nothing in it may run before
 // kernels.cc has checked the CPU, so everything lives in its own namespace and
@@ -72,6 +74,115 @@ void ConvertTyped(const void* src, int64_t n, float* dst) {
     const __mmask16 mask = FirstLanes(n - i);
     _mm512_mask_storeu_ps(dst + i, mask, Weights<D>::LoadMasked(p, i, mask));
   }
+}
+
+// ---------------------------------------------------------------------------
+// Quantized weights (layout and rounding rules in tensor/dtype.h).
+
+// 16 consecutive weights of row `row` from k (k % 16 == 0) as floats, each
+// the level times the group's scale in one float multiplication, exactly as
+// WeightView::At computes it. The 16 lie in one group of 32: for 4-bit codes
+// they are the low (first half) or high (second half) nibbles of its 16 bytes.
+template <DType D>
+__m512 DequantLoad(const WeightView& w, int64_t row, int64_t k) {
+  const uint8_t* codes = RowAt(w, row);
+  const __m512 s = _mm512_set1_ps(HalfToFloat(ScaleRow(w, row)[k / 32]));
+  if constexpr (D == DType::kQ8) {
+    const __m128i c = _mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + k));
+    return _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(c)), s);
+  } else {
+    __m128i c = _mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + k / 32 * 16));
+    if (k & 16) c = _mm_srli_epi16(c, 4);
+    const __m512i n = _mm512_cvtepu8_epi32(_mm_and_si128(c, _mm_set1_epi8(0x0f)));
+    if constexpr (D == DType::kQ4) {
+      return _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(n, _mm512_set1_epi32(8))), s);
+    } else {
+      return _mm512_mul_ps(_mm512_permutexvar_ps(n, _mm512_loadu_ps(kNF4Codebook)), s);
+    }
+  }
+}
+
+template <DType D>
+void DequantizeRowTyped(const WeightView& w, int64_t row, float* out) {
+  for (int64_t k = 0; k < w.cols; k += 16) _mm512_storeu_ps(out + k, DequantLoad<D>(w, row, k));
+}
+
+// NF4 code of each lane of t (already divided by the scale): the number of
+// codebook midpoints below t, found by a 4-step binary search with the 16
+// midpoints held in one register.
+inline __m512i NF4Codes(__m512 t, __m512 mids) {
+  __m512i idx = _mm512_setzero_si512();
+#pragma GCC unroll 4
+  for (int step = 8; step >= 1; step /= 2) {
+    const __m512 probe = _mm512_permutexvar_ps(_mm512_add_epi32(idx, _mm512_set1_epi32(step - 1)), mids);
+    idx = _mm512_mask_add_epi32(idx, _mm512_cmp_ps_mask(t, probe, _CMP_GT_OQ), idx, _mm512_set1_epi32(step));
+  }
+  return idx;
+}
+
+// Quantizes rows [r0, r1) of src (float dtype S) to T, one group of 32
+// (two vectors) at a time.
+template <DType S, DType T>
+void QuantizeRowsTo(const WeightView& src, int64_t r0, int64_t r1, uint8_t* codes, uint16_t* scales) {
+  const int64_t K = src.cols, groups = K / 32;
+  const int64_t code_bytes = SpanBytes(T, K);
+  float mid_values[16];
+  NF4Midpoints(mid_values);
+  const __m512 mids = _mm512_loadu_ps(mid_values);
+  const __m512 sign = _mm512_set1_ps(-0.f);
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint8_t* row = RowAt(src, r);
+    uint8_t* out = codes + r * code_bytes;
+    uint16_t* out_scales = scales + r * groups;
+    for (int64_t g = 0; g < groups; ++g) {
+      const __m512 a0 = Weights<S>::Load(row, 32 * g), a1 = Weights<S>::Load(row, 32 * g + 16);
+      float d;
+      if constexpr (T == DType::kQ4) {
+        const float hi = _mm512_reduce_max_ps(_mm512_max_ps(a0, a1));
+        const float lo = _mm512_reduce_min_ps(_mm512_min_ps(a0, a1));
+        d = (hi >= -lo ? hi : lo) / -8.0f;
+      } else {
+        const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_andnot_ps(sign, a0), _mm512_andnot_ps(sign, a1)));
+        d = T == DType::kQ8 ? amax / 127.0f : amax;
+      }
+      const uint16_t h = StoredScale(d);
+      out_scales[g] = h;
+      const float s = HalfToFloat(h);
+      const __m512 inv = _mm512_set1_ps(s != 0.f ? 1.0f / s : 0.f);
+      const __m512 t0 = _mm512_mul_ps(a0, inv), t1 = _mm512_mul_ps(a1, inv);
+      if constexpr (T == DType::kQ8) {
+        // Clamping before the conversion keeps huge quotients (a saturated
+        // scale) from turning into the integer indefinite value.
+        const __m512 lo = _mm512_set1_ps(-127.f), hi = _mm512_set1_ps(127.f);
+        const __m512i n0 = _mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(t0, lo), hi));
+        const __m512i n1 = _mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(t1, lo), hi));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(out + 32 * g), _mm512_cvtepi32_epi8(n0));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(out + 32 * g + 16), _mm512_cvtepi32_epi8(n1));
+      } else {
+        __m512i n0, n1;
+        if constexpr (T == DType::kQ4) {
+          const __m512 lo = _mm512_set1_ps(-8.f), hi = _mm512_set1_ps(7.f);
+          const __m512i eight = _mm512_set1_epi32(8);
+          n0 = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(t0, lo), hi)), eight);
+          n1 = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(t1, lo), hi)), eight);
+        } else {
+          n0 = NF4Codes(t0, mids);
+          n1 = NF4Codes(t1, mids);
+        }
+        // Element j in the low nibble of byte j, element j + 16 in its high nibble.
+        const __m512i bytes = _mm512_or_si512(n0, _mm512_slli_epi32(n1, 4));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(out + 16 * g), _mm512_cvtepi32_epi8(bytes));
+      }
+    }
+  }
+}
+
+template <DType S>
+void QuantizeRowsFrom(const WeightView& src, DType target, int64_t r0, int64_t r1, uint8_t* codes,
+                      uint16_t* scales) {
+  if (target == DType::kQ8) return QuantizeRowsTo<S, DType::kQ8>(src, r0, r1, codes, scales);
+  if (target == DType::kQ4) return QuantizeRowsTo<S, DType::kQ4>(src, r0, r1, codes, scales);
+  if (target == DType::kNF4) return QuantizeRowsTo<S, DType::kNF4>(src, r0, r1, codes, scales);
 }
 
 // ---------------------------------------------------------------------------
@@ -213,8 +324,211 @@ void MatVecRange(const float* x, const float* xd, int64_t K, const WeightView& w
   for (; n < n1; ++n) MatVecRows<D, M, 1, kUnroll>(x, xd, K, w, y, w.rows, n);
 }
 
+// ---------------------------------------------------------------------------
+// Decode with quantized weights: integer dot products against x quantized to
+// int8 (kernels.h states the contract and its error bound).
+//
+// Each row of x is quantized once per call, per group of 32: s_x = max|x| /
+// 127, codes q = rne(x / s_x). A pair of groups (64 weights) is one 512-bit
+// vpdpbusd of unsigned weight bytes (level + offset, kLevelOffset) with the
+// signed x codes; its 16 int32 lanes each hold a partial sum of one group,
+// which is converted to float and multiplied by that group's s_w * s_x. The
+// offset contributes offset * s_w * s_x * sum(q) per group, subtracted once
+// per 16 groups as s_w times a precomputed per-group constant. Per 64 weights
+// that is about 8 vector instructions for M == 1, enough to keep up with
+// memory on the 4-bit formats.
+
+// Quantizes the M rows of x into the calling thread's scratch buffer. The
+// order of the codes within a pair of groups matches the weight bytes that
+// LoadWeightPair builds: kQ8 codes are in natural order (a 64-byte load of
+// weights is two groups in order). A 32-byte load of 4-bit weights broadcast
+// to both halves of a register, with its upper half shifted right by 4,
+// yields [low nibbles of group 0 | of group 1 | high nibbles of group 0 | of
+// group 1], so for those formats the codes of a pair are stored as
+// [elements 0..15 of group 0 | 0..15 of group 1 | 16..31 of group 0 | 16..31
+// of group 1].
 template <DType D>
-void Decode(const float* x, int64_t M, const WeightView& w, float* y, ThreadPool& pool) {
+QuantizedX QuantizeX(const float* x, int64_t M, int64_t K) {
+  QuantizedX q;
+  q.kpad = RoundUp(K, 64);
+  q.gpad = RoundUp(K / 32, 16);
+  q.row_floats = q.kpad / 4 + 2 * q.gpad;
+  float* base = internal::ThreadScratch(internal::Scratch::kDecodeX, static_cast<size_t>(M * q.row_floats));  // [M, row_floats]
+  q.base = base;
+  const __m512 sign = _mm512_set1_ps(-0.f);
+  const int64_t groups = K / 32;
+  for (int64_t m = 0; m < M; ++m) {
+    float* row = base + m * q.row_floats;
+    auto* codes = reinterpret_cast<int8_t*>(row);
+    float* scales = row + q.kpad / 4;
+    float* corrections = scales + q.gpad;
+    for (int64_t i = 0; i < q.row_floats; i += 16) _mm512_store_ps(row + i, _mm512_setzero_ps());
+    for (int64_t g = 0; g < groups; ++g) {
+      const __m512 a0 = _mm512_loadu_ps(x + m * K + 32 * g), a1 = _mm512_loadu_ps(x + m * K + 32 * g + 16);
+      const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_andnot_ps(sign, a0), _mm512_andnot_ps(sign, a1)));
+      const __m512 inv = _mm512_set1_ps(amax > 0.f ? 127.0f / amax : 0.f);
+      const __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(a0, inv));
+      const __m512i q1 = _mm512_cvtps_epi32(_mm512_mul_ps(a1, inv));
+      const int sum = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+      scales[g] = amax / 127.0f;
+      corrections[g] = kLevelOffset<D> * static_cast<float>(sum) * scales[g];
+      int8_t* first = codes + 32 * g;
+      int8_t* second = first + 16;
+      if constexpr (D != DType::kQ8) {
+        first = codes + 64 * (g / 2) + 16 * (g % 2);
+        second = first + 32;
+      }
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(first), _mm512_cvtepi32_epi8(q0));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(second), _mm512_cvtepi32_epi8(q1));
+    }
+  }
+  return q;
+}
+
+// vpdpbusd is AVX-512 VNNI, which kernels.cc checks for separately
+// (internal::HasAvx512Vnni) before any of the functions up to pop_options
+// run; only they are compiled with it.
+#pragma GCC push_options
+#pragma GCC target("avx512vnni")
+
+// The unsigned weight bytes (level + offset) of the pair of groups starting
+// at element k of a row, in the order described at QuantizedX. With `half`
+// only the first group exists (the last pair of a row with an odd number of
+// groups): masked loads read nothing beyond it, and the missing group's bytes
+// meet zero x codes.
+template <DType D>
+__attribute__((always_inline)) inline __m512i LoadWeightPair(const uint8_t* row, int64_t k, bool half,
+                                                              __m512i nf4_table) {
+  if constexpr (D == DType::kQ8) {
+    const __m512i v = half ? _mm512_maskz_loadu_epi8(0xffffffffull, row + k) : _mm512_loadu_si512(row + k);
+    return _mm512_xor_si512(v, _mm512_set1_epi8(static_cast<char>(0x80)));
+  } else {
+    const __m256i v = half ? _mm256_maskz_loadu_epi8(0xffffu, row + k / 2)
+                           : _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + k / 2));
+    const __m512i both = _mm512_broadcast_i64x4(v);
+    const __m512i nibbles = _mm512_and_si512(_mm512_mask_srli_epi16(both, 0xffff0000u, both, 4),
+                                             _mm512_set1_epi8(0x0f));
+    if constexpr (D == DType::kQ4) return nibbles;
+    return _mm512_shuffle_epi8(nf4_table, nibbles);
+  }
+}
+
+// y[m, n + r] for r < R, m < M.
+template <DType D, int M, int R>
+void QuantMatVecRows(const QuantizedX& qx, const WeightView& w, float* y, int64_t n, __m512i nf4_table) {
+  const int64_t K = w.cols, N = w.rows, groups = K / 32;
+  const uint8_t* rows[R];
+  const uint16_t* scale_rows[R];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+    rows[r] = RowAt(w, n + r);
+    scale_rows[r] = ScaleRow(w, n + r);
+  }
+  const int64_t ahead = QuantPrefetchDistance(R * RowBytes(w));
+  // s_w * s_x per group of the current 16, padded so that the 16-float load
+  // at any even offset below 16 stays inside.
+  alignas(64) float products[R][M][32];
+  __m512 acc[R][M];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (int m = 0; m < M; ++m) {
+      acc[r][m] = _mm512_setzero_ps();
+      _mm512_store_ps(products[r][m] + 16, _mm512_setzero_ps());
+    }
+  // Which of the pair's two products each int32 lane of vpdpbusd needs.
+  const __m512i lane_group = D == DType::kQ8
+      ? _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1)
+      : _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1);
+  // NF4 levels are codebook * 127; the 1/127 goes into the weight scale.
+  const __m512 level_unit = _mm512_set1_ps(D == DType::kNF4 ? 1.0f / 127.0f : 1.0f);
+  for (int64_t g0 = 0; g0 < groups; g0 += 16) {
+    const int64_t ng = Min(16, groups - g0);
+    const __mmask16 group_mask = FirstLanes(ng);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const __m512 ws = _mm512_mul_ps(
+          _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(group_mask, scale_rows[r] + g0)), level_unit);
+#pragma GCC unroll 8
+      for (int m = 0; m < M; ++m) {
+        _mm512_store_ps(products[r][m], _mm512_mul_ps(ws, _mm512_load_ps(qx.Scales(m) + g0)));
+        acc[r][m] = _mm512_fnmadd_ps(ws, _mm512_load_ps(qx.Corrections(m) + g0), acc[r][m]);
+      }
+    }
+    for (int64_t p = 0; p < ng; p += 2) {
+      const int64_t k = (g0 + p) * 32;
+      const bool half = p + 1 == ng;
+      __m512i wu[R];
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) {
+        PrefetchL2(rows[r] + SpanBytes(D, k) + ahead);
+        wu[r] = LoadWeightPair<D>(rows[r], k, half, nf4_table);
+      }
+#pragma GCC unroll 8
+      for (int m = 0; m < M; ++m) {
+        const __m512i xq = _mm512_load_si512(qx.Codes(m) + k);
+#pragma GCC unroll 8
+        for (int r = 0; r < R; ++r) {
+          const __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wu[r], xq);
+          const __m512 scale = _mm512_permutexvar_ps(lane_group, _mm512_load_ps(products[r][m] + p));
+          acc[r][m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, acc[r][m]);
+        }
+      }
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (int m = 0; m < M; ++m) y[m * N + n + r] = _mm512_reduce_add_ps(acc[r][m]);
+}
+
+// Four rows share each x code load up to M = 4 (at most 16 accumulators);
+// beyond that two rows keep the accumulators within the 32 registers.
+template <DType D, int M>
+void QuantMatVecRange(const QuantizedX& qx, const WeightView& w, float* y, int64_t n0, int64_t n1,
+                      __m512i nf4_table) {
+  constexpr int kRows = M <= 4 ? 4 : 2;
+  int64_t n = n0;
+  for (; n + kRows <= n1; n += kRows) QuantMatVecRows<D, M, kRows>(qx, w, y, n, nf4_table);
+  for (; n < n1; ++n) QuantMatVecRows<D, M, 1>(qx, w, y, n, nf4_table);
+}
+
+template <DType D>
+void QuantMatVecRangeFor(int64_t M, const QuantizedX& qx, const WeightView& w, float* y, int64_t n0,
+                         int64_t n1, __m512i nf4_table) {
+  switch (M) {
+    case 1: return QuantMatVecRange<D, 1>(qx, w, y, n0, n1, nf4_table);
+    case 2: return QuantMatVecRange<D, 2>(qx, w, y, n0, n1, nf4_table);
+    case 3: return QuantMatVecRange<D, 3>(qx, w, y, n0, n1, nf4_table);
+    case 4: return QuantMatVecRange<D, 4>(qx, w, y, n0, n1, nf4_table);
+    case 5: return QuantMatVecRange<D, 5>(qx, w, y, n0, n1, nf4_table);
+    case 6: return QuantMatVecRange<D, 6>(qx, w, y, n0, n1, nf4_table);
+    case 7: return QuantMatVecRange<D, 7>(qx, w, y, n0, n1, nf4_table);
+    default: return QuantMatVecRange<D, 8>(qx, w, y, n0, n1, nf4_table);
+  }
+}
+
+#pragma GCC pop_options
+
+template <DType D>
+void DecodeQuantized(const float* x, int64_t M, const WeightView& w, float* y, ThreadPool& pool) {
+  // Without VNNI the AVX2 kernels (vpmaddubsw) are the faster integer path.
+  if (!internal::HasAvx512Vnni()) return internal::kAvx2Kernels.mat_mul(x, M, w, y, pool);
+  const QuantizedX qx = QuantizeX<D>(x, M, w.cols);
+  // NF4 levels + 128 as unsigned bytes, repeated in each 128-bit lane for
+  // vpshufb.
+  int8_t levels[16];
+  NF4Levels(levels);
+  const __m512i nf4_table = _mm512_add_epi8(
+      _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(levels))),
+      _mm512_set1_epi8(static_cast<char>(0x80)));
+  ParallelRange(pool, w.rows, 4, [&](int64_t n0, int64_t n1) {
+    QuantMatVecRangeFor<D>(M, qx, w, y, n0, n1, nf4_table);
+  });
+}
+
+template <DType D>
+void DecodeFloat(const float* x, int64_t M, const WeightView& w, float* y, ThreadPool& pool) {
   const int64_t K = w.cols;
   const float* xd = nullptr;
   if constexpr (D == DType::kBF16) {
@@ -237,6 +551,15 @@ void Decode(const float* x, int64_t M, const WeightView& w, float* y, ThreadPool
   });
 }
 static_assert(kMaxDecodeRows == 8, "Decode has one instantiation per row count.");
+
+template <DType D>
+void Decode(const float* x, int64_t M, const WeightView& w, float* y, ThreadPool& pool) {
+  if constexpr (IsQuantizedType(D)) {
+    DecodeQuantized<D>(x, M, w, y, pool);
+  } else {
+    DecodeFloat<D>(x, M, w, y, pool);
+  }
+}
 
 // ---------------------------------------------------------------------------
 // Prefill (see kernels_blocking_inl.h): the register tile is kMr = 8 rows of
@@ -291,16 +614,26 @@ __attribute__((always_inline)) inline void Transpose16x16(__m512 r[16]) {
   }
 }
 
-// out[j * 32 + i] = row_i[k0 + j] for i < 16, j < nk, where row_i starts at
-// rows + i * stride; rows at or beyond `nrows` (the end of the matrix) read as
-// zero.
+// out[j * 32 + i] = w.At(row0 + i, k0 + j) for i < 16, j < nk; rows at or
+// beyond `nrows` (the end of the matrix) read as zero.
+//
+// Quantized rows are dequantized here (DequantLoad); their k0 is a multiple
+// of 16 and nk == 16, because K and the panel depth are multiples of 32.
 template <DType D>
-__attribute__((always_inline)) inline void PackBlock(const uint8_t* rows, int64_t stride, int nrows,
+__attribute__((always_inline)) inline void PackBlock(const WeightView& w, int64_t row0, int nrows,
                                                      int64_t k0, int nk, float* out) {
   __m512 r[16];
+  const uint8_t* rows = RowAt(w, row0);
+  const int64_t stride = RowBytes(w);
   if (nrows == 16 && nk == 16) {
 #pragma GCC unroll 16
-    for (int i = 0; i < 16; ++i) r[i] = Weights<D>::Load(rows + i * stride, k0);
+    for (int i = 0; i < 16; ++i) {
+      if constexpr (IsQuantizedType(D)) {
+        r[i] = DequantLoad<D>(w, row0 + i, k0);
+      } else {
+        r[i] = Weights<D>::Load(rows + i * stride, k0);
+      }
+    }
     Transpose16x16(r);
 #pragma GCC unroll 16
     for (int j = 0; j < 16; ++j) _mm512_store_ps(out + j * kNr, r[j]);
@@ -308,7 +641,13 @@ __attribute__((always_inline)) inline void PackBlock(const uint8_t* rows, int64_
   }
   const __mmask16 mask = FirstLanes(nk);
   for (int i = 0; i < 16; ++i) {
-    r[i] = i < nrows ? Weights<D>::LoadMasked(rows + i * stride, k0, mask) : _mm512_setzero_ps();
+    if (i >= nrows) {
+      r[i] = _mm512_setzero_ps();
+    } else if constexpr (IsQuantizedType(D)) {
+      r[i] = DequantLoad<D>(w, row0 + i, k0);
+    } else {
+      r[i] = Weights<D>::LoadMasked(rows + i * stride, k0, mask);
+    }
   }
   Transpose16x16(r);
   for (int j = 0; j < nk; ++j) _mm512_store_ps(out + j * kNr, r[j]);
@@ -504,8 +843,9 @@ double FmaChains(int64_t iterations) {
 namespace internal {
 
 const IsaKernels kAvx512Kernels = {
-    avx512::MatMul, avx512::RmsNorm, avx512::Softmax,      avx512::SiluMul,   avx512::Dot,
-    avx512::Axpy,   avx512::ConvertToF32, avx512::SumFloats, avx512::FmaChains,
+    avx512::MatMul,       avx512::RmsNorm,        avx512::Softmax,       avx512::SiluMul,
+    avx512::Dot,          avx512::Axpy,           avx512::ConvertToF32,  avx512::QuantizeRows,
+    avx512::DequantizeRow, avx512::SumFloats,     avx512::FmaChains,
 };
 
 }  // namespace internal

@@ -18,16 +18,25 @@
 //   kKb, kNb        input features and output columns per packed panel of W;
 //   kMc             rows of x packed at once;
 //   kMaxDecodeRows  rows of x up to which MatMul uses Decode;
-//   PackBlock<D>(rows, stride, nrows, k0, nk, out), which sets
-//                   out[j * kNr + i] = row_i[k0 + j] for i < kLanes, j < nk,
-//                   where row_i starts at rows + i * stride and rows at or
-//                   beyond nrows read as zero;
+//   PackBlock<D>(w, row0, nrows, k0, nk, out), which sets
+//                   out[j * kNr + i] = w.At(row0 + i, k0 + j) for i < kLanes,
+//                   j < nk, where rows at or beyond nrows read as zero (for
+//                   quantized D, k0 is a multiple of kLanes and nk == kLanes,
+//                   since K and kKb are multiples of 32);
 //   StoreZeros(out), which stores kLanes zeros at the vector-aligned out;
 //   RunMicroKernel(mr, xp, bp, kb, y, ldy, cols, accumulate), which sets
 //                   (or, if accumulate, adds to) y[0:mr, 0:cols] the product
 //                   of xp [kb][kMr] (first mr columns) and bp [kb][kNr];
 //   Decode<D>(x, M, w, y, pool), the MatMul kernel for M <= kMaxDecodeRows;
-//   ConvertTyped<D>(src, n, dst), which converts n weights to floats.
+//   ConvertTyped<D>(src, n, dst), which converts n weights to floats (float
+//                   dtypes only);
+//   DequantizeRowTyped<D>(w, row, out), out[c] = w.At(row, c) (quantized D);
+//   QuantizeRowsFrom<S>(src, target, row_begin, row_end, codes, scales), the
+//                   quantizer for float source dtype S.
+//
+// Quantized weights go through the same blocked product: packing a panel
+// dequantizes it to float (PackBlock), once per panel as for BF16, so prefill
+// runs at nearly the float path's speed whatever the storage format.
 //
 // Prefill is a blocked matrix product. y = x * W^T is computed as C = A * B
 // with A = x [M, K] and B = W^T [K, N]. A panel of W (kNb output columns by
@@ -53,18 +62,25 @@ struct Panel {
 class PanelPrefetcher {
  public:
   PanelPrefetcher(const WeightView& w, const Panel& panel)
-      : w_(w), panel_(panel), bytes_(panel.kb * ElemBytes(w.dtype)) {
-    lines_per_row_ = (bytes_ + 63) / 64 + 1;
+      : w_(w), panel_(panel), bytes_(SpanBytes(w.dtype, panel.kb)) {
+    // Quantized rows have one more line to fetch: the row's group scales.
+    lines_per_row_ = (bytes_ + 63) / 64 + 1 + (IsQuantizedType(w.dtype) ? 1 : 0);
   }
   int64_t TotalLines() const { return panel_.ncols * lines_per_row_; }
   // Issues the next `count` prefetches of the panel, row by row.
   void Issue(int64_t count) {
     for (; count > 0 && row_ < panel_.ncols; --count) {
-      const char* p = reinterpret_cast<const char*>(RowAt(w_, panel_.n0 + row_)) +
-                      panel_.k0 * ElemBytes(w_.dtype);
+      const int64_t n = panel_.n0 + row_;
+      const char* p = reinterpret_cast<const char*>(RowAt(w_, n)) + SpanBytes(w_.dtype, panel_.k0);
       // The last "line" is the row's final byte, which may sit on one more
-      // cache line when the row segment is not line aligned.
-      PrefetchL2(line_ + 1 < lines_per_row_ ? p + Min(line_ * 64, bytes_ - 1) : p + bytes_ - 1);
+      // cache line when the row segment is not line aligned; for quantized
+      // weights the one before it holds the segment's scales.
+      const int64_t code_lines = lines_per_row_ - (IsQuantizedType(w_.dtype) ? 1 : 0);
+      if (line_ >= code_lines) {
+        PrefetchL2(ScaleRow(w_, n) + panel_.k0 / 32);
+      } else {
+        PrefetchL2(line_ + 1 < code_lines ? p + Min(line_ * 64, bytes_ - 1) : p + bytes_ - 1);
+      }
       if (++line_ == lines_per_row_) {
         line_ = 0;
         ++row_;
@@ -86,7 +102,6 @@ class PanelPrefetcher {
 template <DType D>
 void PackWeights(const WeightView& w, const Panel& panel, float* out) {
   const int64_t kb = panel.kb;
-  const int64_t stride = RowBytes(w);
   for (int64_t s = 0; s * kNr < panel.ncols; ++s) {
     float* strip = out + s * kb * kNr;  // [kb, kNr]
     for (int h = 0; h < 2; ++h) {
@@ -97,8 +112,8 @@ void PackWeights(const WeightView& w, const Panel& panel, float* out) {
         continue;
       }
       for (int64_t k = 0; k < kb; k += kLanes) {
-        PackBlock<D>(RowAt(w, panel.n0 + first), stride, nrows, panel.k0 + k,
-                     static_cast<int>(Min(kLanes, kb - k)), strip + k * kNr + h * kLanes);
+        PackBlock<D>(w, panel.n0 + first, nrows, panel.k0 + k, static_cast<int>(Min(kLanes, kb - k)),
+                     strip + k * kNr + h * kLanes);
       }
     }
   }
@@ -188,6 +203,9 @@ void MatMul(const float* x, int64_t M, const WeightView& w, float* y, ThreadPool
     case DType::kF32: return MatMulTyped<DType::kF32>(x, M, w, y, pool);
     case DType::kF16: return MatMulTyped<DType::kF16>(x, M, w, y, pool);
     case DType::kBF16: return MatMulTyped<DType::kBF16>(x, M, w, y, pool);
+    case DType::kQ8: return MatMulTyped<DType::kQ8>(x, M, w, y, pool);
+    case DType::kQ4: return MatMulTyped<DType::kQ4>(x, M, w, y, pool);
+    case DType::kNF4: return MatMulTyped<DType::kNF4>(x, M, w, y, pool);
   }
 }
 
@@ -196,5 +214,35 @@ void ConvertToF32(DType dtype, const void* src, int64_t n, float* dst) {
     case DType::kF32: return ConvertTyped<DType::kF32>(src, n, dst);
     case DType::kF16: return ConvertTyped<DType::kF16>(src, n, dst);
     case DType::kBF16: return ConvertTyped<DType::kBF16>(src, n, dst);
+    // kernels.cc rejects quantized data before it gets here: without its
+    // scales it has no float values.
+    case DType::kQ8:
+    case DType::kQ4:
+    case DType::kNF4: return;
+  }
+}
+
+void DequantizeRow(const WeightView& w, int64_t row, float* out) {
+  switch (w.dtype) {
+    case DType::kQ8: return DequantizeRowTyped<DType::kQ8>(w, row, out);
+    case DType::kQ4: return DequantizeRowTyped<DType::kQ4>(w, row, out);
+    case DType::kNF4: return DequantizeRowTyped<DType::kNF4>(w, row, out);
+    // kernels.cc converts float rows with ConvertToF32.
+    case DType::kF32:
+    case DType::kF16:
+    case DType::kBF16: return;
+  }
+}
+
+void QuantizeRows(const WeightView& src, DType target, int64_t row_begin, int64_t row_end, uint8_t* codes,
+                  uint16_t* scales) {
+  switch (src.dtype) {
+    case DType::kF32: return QuantizeRowsFrom<DType::kF32>(src, target, row_begin, row_end, codes, scales);
+    case DType::kF16: return QuantizeRowsFrom<DType::kF16>(src, target, row_begin, row_end, codes, scales);
+    case DType::kBF16: return QuantizeRowsFrom<DType::kBF16>(src, target, row_begin, row_end, codes, scales);
+    // kernels.cc only passes float sources.
+    case DType::kQ8:
+    case DType::kQ4:
+    case DType::kNF4: return;
   }
 }

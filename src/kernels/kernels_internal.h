@@ -22,6 +22,12 @@ struct IsaKernels {
   float (*dot)(const float* a, const float* b, int64_t n);
   void (*axpy)(float alpha, const float* x, float* y, int64_t n);
   void (*convert_to_f32)(DType dtype, const void* src, int64_t n, float* dst);
+  // Quantizes rows [row_begin, row_end) of the float matrix src to `target`;
+  // codes and scales point at the start of the whole matrix's arrays.
+  void (*quantize_rows)(const WeightView& src, DType target, int64_t row_begin, int64_t row_end,
+                        uint8_t* codes, uint16_t* scales);
+  // out[c] = w.At(row, c) for a quantized w.
+  void (*dequantize_row)(const WeightView& w, int64_t row, float* out);
   // Sums n floats with the widest loads of this instruction set; the
   // bandwidth probe times it.
   float (*sum_floats)(const float* p, int64_t n);
@@ -46,6 +52,9 @@ float* ThreadScratch(Scratch slot, size_t count);
 // pool.ParallelFor(n, grain, ...) calling fn(context, begin, end).
 using RangeFn = void (*)(void* context, int64_t begin, int64_t end);
 void ParallelFor(ThreadPool& pool, int64_t n, int64_t grain, RangeFn fn, void* context);
+// Whether the CPU has AVX-512 VNNI (vpdpbusd), which the AVX-512 quantized
+// decode kernel needs; without it that path falls back to the AVX2 kernels.
+bool HasAvx512Vnni();
 
 extern const IsaKernels kScalarKernels;
 #if defined(__x86_64__) || defined(__i386__)

@@ -43,12 +43,100 @@ namespace {
 constexpr int64_t Min(int64_t a, int64_t b) { return a < b ? a : b; }
 constexpr int64_t Max(int64_t a, int64_t b) { return a > b ? a : b; }
 constexpr int64_t Clamp(int64_t v, int64_t lo, int64_t hi) { return v < lo ? lo : v > hi ? hi : v; }
-inline int64_t ElemBytes(DType dtype) { return dtype == DType::kF32 ? 4 : 2; }
-inline int64_t RowBytes(const WeightView& w) { return w.cols * ElemBytes(w.dtype); }
+// Bytes of n consecutive elements of a row (for kQ4/kNF4 n is even; for
+// quantized types the codes only).
+inline int64_t SpanBytes(DType dtype, int64_t n) {
+  switch (dtype) {
+    case DType::kF32: return 4 * n;
+    case DType::kF16:
+    case DType::kBF16: return 2 * n;
+    case DType::kQ8: return n;
+    case DType::kQ4:
+    case DType::kNF4: return n / 2;
+  }
+  return 0;
+}
+inline int64_t RowBytes(const WeightView& w) { return SpanBytes(w.dtype, w.cols); }
+constexpr bool IsQuantizedType(DType d) { return d == DType::kQ8 || d == DType::kQ4 || d == DType::kNF4; }
+// The fp16 scale of the group holding element (r, k) of a quantized w, and the
+// scales of row r.
+inline const uint16_t* ScaleRow(const WeightView& w, int64_t r) { return w.scales + r * (w.cols / 32); }
 inline const uint8_t* RowAt(const WeightView& w, int64_t r) {
   return static_cast<const uint8_t*>(w.data) + r * RowBytes(w);
 }
 inline float Sqrt(float v) { return _mm_cvtss_f32(_mm_sqrt_ss(_mm_set_ss(v))); }
+
+// Both instruction-set files are compiled with F16C, so the scalar half
+// conversions below may use it.
+inline float HalfToFloat(uint16_t h) { return _cvtsh_ss(h); }
+
+// The stored form of a quantization group's scale d (tensor/dtype.h): d
+// rounded to fp16 away from zero, saturating at the largest finite half; zero
+// (of either sign) is stored as +0 so that every path agrees on the bits.
+inline uint16_t StoredScale(float d) {
+  if (d == 0.f) return 0;
+  uint16_t h = static_cast<uint16_t>(_cvtss_sh(d, _MM_FROUND_TO_NEAREST_INT));
+  if ((h & 0x7fffu) >= 0x7c00u) return static_cast<uint16_t>((h & 0x8000u) | 0x7bffu);
+  if (__builtin_fabsf(_cvtsh_ss(h)) < __builtin_fabsf(d)) ++h;  // One step up in magnitude.
+  return h;
+}
+
+// The midpoints between consecutive NF4 codebook values, computed in float as
+// tensor/dtype.h specifies, padded to 16 with +inf (never probed).
+inline void NF4Midpoints(float out[16]) {
+  for (int i = 0; i < 15; ++i) out[i] = (kNF4Codebook[i] + kNF4Codebook[i + 1]) * 0.5f;
+  out[15] = __builtin_inff();
+}
+
+// The integer decode kernels multiply int8 weight levels by int8 activation
+// codes. The AVX-512 kernel (vpdpbusd: unsigned x signed bytes) sees each
+// weight as the unsigned byte level + offset and subtracts offset * (sum of
+// the group's x codes) afterwards: offset 128 for kQ8 (code ^ 0x80) and kNF4,
+// 8 for kQ4 (the nibble itself, level + 8).
+template <DType D>
+constexpr float kLevelOffset = D == DType::kQ4 ? 8.f : 128.f;
+
+// The int8 levels the integer decode kernels use for NF4: codebook * 127,
+// rounded to nearest. The rounding moves a weight by at most |scale| / 254,
+// an error the tests allow for (see kernels.h).
+inline void NF4Levels(int8_t out[16]) {
+  for (int i = 0; i < 16; ++i) {
+    out[i] = static_cast<int8_t>(_mm_cvtss_si32(_mm_set_ss(kNF4Codebook[i] * 127.f)));
+  }
+}
+
+// The quantized rows of x in scratch memory. Row m holds `codes` (int8,
+// padded with zeros to a whole number of 64-weight pairs), then the group
+// scales s_x and the offset corrections offset * s_x * sum(q) as floats, both
+// padded with zeros to a multiple of 16 groups.
+//
+// The order of the codes within a group or pair of groups is each kernel's
+// own (see QuantizeX in the instruction-set files). The corrections are zero
+// for kernels whose weight operand needs no offset.
+struct QuantizedX {
+  const float* base;
+  int64_t row_floats;  // Floats per row of x.
+  int64_t kpad;        // Codes per row (K rounded up to 64).
+  int64_t gpad;        // Groups per row (K / 32 rounded up to 16).
+  const int8_t* Codes(int m) const { return reinterpret_cast<const int8_t*>(base + m * row_floats); }
+  const float* Scales(int m) const { return base + m * row_floats + kpad / 4; }
+  const float* Corrections(int m) const { return Scales(m) + gpad; }
+};
+
+inline int64_t RoundUp(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+
+// How far ahead of its loads the quantized decode kernel prefetches each
+// weight row, given the bytes of the R rows it processes together. Those
+// rows are consecutive in memory, so a fixed distance shorter than that
+// block lands in rows already being read (quantized rows are short: 2 KiB
+// for 4096 columns of Q4) and prefetches nothing new. A whole number of row
+// blocks, at least 4 KiB, lands at the same column of a later block instead
+// (measured on Zen 4, one core, Q4 [4096, 4096] from DRAM: 10 -> 22 GB/s;
+// 4 KiB beat 2 KiB for 1024 columns).
+inline int64_t QuantPrefetchDistance(int64_t block_bytes) {
+  constexpr int64_t kMin = 4096;
+  return (kMin + block_bytes - 1) / block_bytes * block_bytes;
+}
 
 // pool.ParallelFor over a lambda, without instantiating std::function here.
 template <typename F>

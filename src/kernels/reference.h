@@ -14,4 +14,10 @@ void RmsNorm(const float* x, const float* weight, int64_t n, float eps, float* o
 void Softmax(float* x, int64_t n);
 void SiluMul(float* gate, const float* up, int64_t n);
 
+// kernels::Quantize written out literally from the rules in tensor/dtype.h,
+// one element at a time (codes: src.rows * CodeRowBytes(target, cols) bytes,
+// scales: src.rows * cols / 32). MatMul above also accepts quantized weights:
+// it dequantizes them with WeightView::At.
+void Quantize(const WeightView& src, DType target, uint8_t* codes, uint16_t* scales);
+
 }  // namespace epwa::kernels::reference

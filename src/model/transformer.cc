@@ -23,6 +23,40 @@ void AddBias(float* rows, const std::vector<float>& bias, int64_t T) {
 
 }  // namespace
 
+uint64_t KVCache::BytesFor(const ModelConfig& config, int64_t capacity) {
+  return 2ull * static_cast<uint64_t>(config.num_layers * capacity * config.KvDim()) * sizeof(float);
+}
+
+uint64_t Transformer::ScratchBytes(const ModelConfig& c, int64_t T, int64_t capacity, int threads,
+                                   bool all_logits) {
+  const uint64_t D = c.hidden_size, F = c.intermediate_size, E = c.num_experts,
+                 K = c.num_experts_per_tok;
+  const uint64_t t = static_cast<uint64_t>(T);
+  uint64_t floats = t * D * 3                         // x_, xn_, proj_
+                    + t * c.QDim() * 2                // q_, att_
+                    + t * c.KvDim() * 2               // k_, v_
+                    + static_cast<uint64_t>(threads) * capacity  // scores_
+                    + t * D * 2 + t * F * 2;          // ffn_in_, ffn_out_, ffn_gate_, ffn_up_
+  uint64_t bytes = floats * sizeof(float);
+  bytes += (all_logits ? t : 1) * c.vocab_size * sizeof(float);  // logits
+  if (c.IsMoe()) {
+    bytes += t * E * sizeof(float)                                     // router_logits_
+             + t * K * (sizeof(int32_t) + sizeof(float))               // token_experts_/weights_
+             + t * D * sizeof(float)                                   // moe_out_
+             + t * (sizeof(int64_t) + sizeof(float));                  // rows_token_/weight_
+    // The routing trace: router logits, experts and weights per token and layer.
+    bytes += t * c.num_layers * (E * sizeof(float) + K * (sizeof(int32_t) + sizeof(float)));
+  }
+  return bytes;
+}
+
+uint64_t Transformer::ScratchBytesInUse() const {
+  auto b = [](const auto& v) { return static_cast<uint64_t>(v.capacity() * sizeof(v[0])); };
+  return b(x_) + b(xn_) + b(q_) + b(k_) + b(v_) + b(att_) + b(proj_) + b(router_logits_) +
+         b(ffn_in_) + b(ffn_gate_) + b(ffn_up_) + b(ffn_out_) + b(scores_) + b(token_experts_) +
+         b(token_weights_) + b(moe_out_) + b(rows_token_) + b(rows_weight_);
+}
+
 KVCache::KVCache(const ModelConfig& config, int64_t capacity)
     : capacity_(capacity), kv_dim_(config.KvDim()) {
   const size_t n = static_cast<size_t>(config.num_layers * capacity * kv_dim_);
@@ -238,6 +272,8 @@ void Transformer::FeedForward(int64_t layer, int64_t T, RoutingTrace* trace, int
   std::vector<float>& moe_out = moe_out_;
   moe_out.assign(T * D, 0.f);
   std::vector<int64_t>& rows_token = rows_token_;
+  rows_token_.reserve(T);  // at most T tokens pick one expert; sized once, not by doubling
+  rows_weight_.reserve(T);
   std::vector<float>& rows_weight = rows_weight_;
   for (int64_t e = 0; e < E; ++e) {
     rows_token.clear();

@@ -16,6 +16,8 @@ namespace epwa {
 class KVCache {
  public:
   KVCache(const ModelConfig& config, int64_t capacity);
+  // Bytes a cache of `capacity` positions allocates (the memory planner's KV term).
+  static uint64_t BytesFor(const ModelConfig& config, int64_t capacity);
   int64_t capacity() const { return capacity_; }
   size_t Bytes() const { return (keys_.size() + values_.size()) * sizeof(float); }
   // [kv_heads * head_dim] for one layer and position.
@@ -41,6 +43,16 @@ void RouteToken(const float* router_logits, int64_t num_experts, int64_t top_k, 
 class Transformer {
  public:
   Transformer(ModelConfig config, ModelWeights weights, ThreadPool& pool);
+
+  // Bytes of scratch (activations, attention scores, routing buffers, the
+  // logits and the routing trace) one Forward call of `tokens` tokens with a
+  // cache of `capacity` allocates on `threads` threads; the memory planner's
+  // scratch term. Mirrors the Grow calls in Forward/Attention/FeedForward;
+  // transformer_test keeps the two in step through ScratchBytesInUse().
+  static uint64_t ScratchBytes(const ModelConfig& config, int64_t tokens, int64_t capacity,
+                               int threads, bool all_logits);
+  // Bytes the scratch vectors hold now (for that test).
+  uint64_t ScratchBytesInUse() const;
 
   const ModelConfig& config() const { return config_; }
   const ModelWeights& weights() const { return weights_; }

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "base/aligned.h"
 #include "io/safetensors.h"
 #include "model/config.h"
 #include "tensor/dtype.h"
@@ -37,6 +38,9 @@ struct ModelWeights {
   WeightView lm_head;  // [vocab, d_model]; aliases embed when tied
   std::vector<float> final_norm;  // [d_model]
   std::vector<LayerWeights> layers;
+  // Buffers owning matrices converted at load time (float32 or quantized);
+  // views point into them.
+  std::vector<AlignedBuffer<uint8_t>> storage;
   uint64_t mapped_bytes = 0;  // bytes of weights used in place from the mapping
   uint64_t converted_bytes = 0;  // bytes converted to float32 copies
 };

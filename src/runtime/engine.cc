@@ -9,7 +9,9 @@
 
 #include "base/error.h"
 #include "base/sysinfo.h"
+#include "base/meminfo.h"
 #include "base/timer.h"
+#include "plan/materialize.h"
 
 namespace epwa {
 namespace {
@@ -101,6 +103,10 @@ GenerationDefaults ReadDefaults(const std::string& dir, const ModelConfig& confi
 
 }  // namespace
 
+int64_t DefaultPlanContext(const ModelConfig& config) {
+  return std::min<int64_t>(config.max_position_embeddings, 4096);
+}
+
 std::unique_ptr<Engine> Engine::Load(const LoadOptions& options) {
   Stopwatch total;
   const std::string& dir = options.model_dir;
@@ -129,11 +135,36 @@ std::unique_ptr<Engine> Engine::Load(const LoadOptions& options) {
   engine->store_ = TensorStore::OpenDir(dir);
   ModelWeights weights = BindWeights(config, *engine->store_);
   stats.weight_bytes = engine->store_->TotalBytes();
+  engine->pool_ = std::make_unique<ThreadPool>(options.threads);
+  stats.weights_ms = stage.Millis();
+
+  // Plan memory with what is resident now (binary, libraries, tokenizer,
+  // headers) as the runtime baseline, then convert to the chosen formats.
+  stage.Reset();
+  PlanContext pc;
+  pc.device = Device::kCpu;
+  pc.ctx = options.plan_ctx > 0 ? options.plan_ctx : DefaultPlanContext(config);
+  pc.threads = engine->pool_->size();
+  pc.runtime_bytes = CurrentRssBytes();
+  pc.vector_bytes = weights.converted_bytes;
+  const uint64_t budget = options.mem_budget_bytes
+                              ? *options.mem_budget_bytes
+                              : ProbeHostMemory().free_bytes + CurrentRssBytes();
+  std::vector<MatrixSlot> slots = ListMatrices(config, weights);
+  const LevelPlan plan = ChooseLevel(config, slots, options.quant, pc, budget);
+  stats.plan_ms = stage.Millis();
+  stats.quant_level = QuantLevelName(plan.level);
+  stats.quant_source = options.quant_source;
+  stats.planned_bytes = plan.ExpectedBytes();
+  stats.budget_bytes = budget;
+  stats.plan_ctx = pc.ctx;
+
+  stage.Reset();
+  MaterializeWeights(config, weights, plan.tensors, *engine->pool_, options.progress);
+  stats.quantize_ms = stage.Millis();
   stats.mapped_bytes = weights.mapped_bytes;
   stats.converted_bytes = weights.converted_bytes;
-  engine->pool_ = std::make_unique<ThreadPool>(options.threads);
   engine->model_ = std::make_unique<Transformer>(std::move(config), std::move(weights), *engine->pool_);
-  stats.weights_ms = stage.Millis();
 
   stats.total_ms = total.Millis();
   stats.peak_rss_bytes = PeakRssBytes();
@@ -161,6 +192,12 @@ GenerateResult Engine::Generate(std::span<const int32_t> prompt, const GenerateO
   Require(options.max_new_tokens >= 0, "the number of tokens to generate must not be negative");
   const int64_t needed = static_cast<int64_t>(prompt.size()) + options.max_new_tokens;
   const int64_t capacity = std::min<int64_t>(needed, max_context());
+  Require(capacity <= load_stats_.plan_ctx,
+          "the prompt (" + std::to_string(prompt.size()) + " tokens) plus " +
+              std::to_string(options.max_new_tokens) + " new tokens needs a context of " +
+              std::to_string(capacity) + " tokens, but memory was planned for " +
+              std::to_string(load_stats_.plan_ctx) + " (raise it with --ctx " +
+              std::to_string(capacity) + ")");
 
   GenerateResult result;
   GenerateStats& stats = result.stats;
@@ -215,6 +252,10 @@ ScoreResult Engine::Score(std::span<const int32_t> ids) {
   Require(static_cast<int64_t>(ids.size()) <= max_context(),
           "the text has " + std::to_string(ids.size()) + " tokens, more than the model's context of " +
               std::to_string(max_context()));
+  Require(static_cast<int64_t>(ids.size()) <= load_stats_.plan_ctx,
+          "the text has " + std::to_string(ids.size()) + " tokens, but memory was planned for " +
+              std::to_string(load_stats_.plan_ctx) + " (raise it with --ctx " +
+              std::to_string(ids.size()) + ")");
   ScoreResult result;
   result.ids.assign(ids.begin(), ids.end());
   KVCache cache(config(), static_cast<int64_t>(ids.size()));

@@ -20,14 +20,28 @@
 #include "model/config.h"
 #include "model/routing.h"
 #include "model/transformer.h"
+#include "plan/memory_plan.h"
+#include "plan/quant_level.h"
 #include "runtime/sampler.h"
 #include "tokenizer/tokenizer.h"
 
 namespace epwa {
 
 struct LoadOptions {
+  LoadOptions() = default;
+  LoadOptions(std::string dir, int thread_count) : model_dir(std::move(dir)), threads(thread_count) {}
   std::string model_dir;
   int threads = 0;  // 0 = all hardware threads
+  QuantLevel quant = QuantLevel::kAuto;
+  std::string quant_source = "default";  // what decided `quant`, for the report
+  // Context (prompt + generated tokens) the memory plan must hold; 0 = the
+  // model's max_position_embeddings, capped at 4096.
+  int64_t plan_ctx = 0;
+  // Memory the whole process may use; unset = free host memory (the lower of
+  // MemAvailable and the cgroup limit) plus what the process already uses.
+  std::optional<uint64_t> mem_budget_bytes;
+  // Called during weight conversion with (bytes done, bytes total); may be empty.
+  std::function<void(uint64_t, uint64_t)> progress;
 };
 
 // Wall-clock milliseconds of each load stage.
@@ -35,12 +49,19 @@ struct LoadStats {
   double config_ms = 0;
   double tokenizer_ms = 0;
   double weights_ms = 0;      // map, validate every header, bind tensors
+  double plan_ms = 0;         // the memory plan
+  double quantize_ms = 0;     // converting / quantizing matrices to the plan's formats
   double router_hash_ms = 0;  // IRSH; 0 until the watermark issue adds it
   double total_ms = 0;
   uint64_t weight_bytes = 0;     // bytes of tensor data in the checkpoint
   uint64_t mapped_bytes = 0;     // used in place from the mapping
   uint64_t converted_bytes = 0;  // converted into float32 copies
   uint64_t peak_rss_bytes = 0;
+  std::string quant_level;         // the concrete level loaded ("int4", ...)
+  std::string quant_source;        // what decided it ("--quant int4", "EPW_LOAD_IN_4BIT=true", ...)
+  uint64_t planned_bytes = 0;      // the plan's expected peak (without margin)
+  uint64_t budget_bytes = 0;       // the memory the plan had to fit
+  int64_t plan_ctx = 0;            // context the plan was made for
 };
 
 // Defaults from generation_config.json and tokenizer_config.json; command
@@ -89,6 +110,10 @@ struct ScoreResult {
   std::vector<float> logits;  // [T, vocab]: row t predicts token t + 1
   RoutingTrace routing;
 };
+
+// The context a memory plan assumes when none is given: the model's
+// max_position_embeddings, capped at 4096.
+int64_t DefaultPlanContext(const ModelConfig& config);
 
 class Engine {
  public:

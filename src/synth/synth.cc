@@ -204,6 +204,11 @@ std::vector<TensorSpec> TensorSpecs(const ModelConfig& c, DType dtype, uint64_t 
           case DType::kF32: std::memcpy(out + i * 4, &v, 4); break;
           case DType::kF16: { uint16_t h = F32ToF16(v); std::memcpy(out + i * 2, &h, 2); break; }
           case DType::kBF16: { uint16_t h = F32ToBF16(v); std::memcpy(out + i * 2, &h, 2); break; }
+          // Checkpoints hold float tensors only; quantized types are made at
+          // load time, so synth never writes them.
+          case DType::kQ8:
+          case DType::kQ4:
+          case DType::kNF4: break;
         }
       }
     };

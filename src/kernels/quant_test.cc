@@ -1,0 +1,431 @@
+// Group-wise quantized weights (Q8, Q4, NF4) on every instruction-set path
+// this CPU supports: Quantize against the literal scalar reference, the
+// reconstruction error against its theoretical bound, DequantizeRow against
+// WeightView::At, and MatMul against a double-accumulating product of the
+// dequantized weights, with a tolerance derived from the int8 activation
+// quantization of the decode kernels.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <random>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "base/error.h"
+#include "kernels/kernels.h"
+#include "kernels/reference.h"
+
+namespace epwa::kernels {
+namespace {
+
+class ScopedIsa {
+ public:
+  explicit ScopedIsa(Isa isa) : saved_(ActiveIsa()) { SetActiveIsa(isa); }
+  ~ScopedIsa() { SetActiveIsa(saved_); }
+
+ private:
+  Isa saved_;
+};
+
+ThreadPool& TwoThreads() {
+  static ThreadPool pool(2);
+  return pool;
+}
+
+constexpr DType kQuantTypes[] = {DType::kQ8, DType::kQ4, DType::kNF4};
+
+// A float matrix [rows, cols] stored in `dtype` two bytes past an aligned
+// address, holding `values` rounded to the dtype.
+struct FloatMatrix {
+  std::vector<uint8_t> storage;
+  WeightView view;
+};
+
+FloatMatrix MakeFloatMatrix(DType dtype, int64_t rows, int64_t cols, const std::vector<float>& values) {
+  FloatMatrix m;
+  const size_t elem = DTypeSize(dtype);
+  m.storage.resize(2 + static_cast<size_t>(rows * cols) * elem);
+  uint8_t* base = m.storage.data() + 2;
+  for (int64_t i = 0; i < rows * cols; ++i) {
+    const float v = values[static_cast<size_t>(i)];
+    if (dtype == DType::kF32) {
+      std::memcpy(base + 4 * i, &v, 4);
+    } else {
+      const uint16_t h = dtype == DType::kF16 ? F32ToF16(v) : F32ToBF16(v);
+      std::memcpy(base + 2 * i, &h, 2);
+    }
+  }
+  m.view = WeightView{dtype, base, rows, cols};
+  return m;
+}
+
+// A quantized matrix. The codes start one byte past an aligned address and
+// the buffers end exactly where the data does, so that misaligned access is
+// exercised and over-reads show up in sanitizer builds.
+struct QuantMatrix {
+  std::vector<uint8_t> codes;
+  std::vector<uint16_t> scales;
+  WeightView view;
+};
+
+QuantMatrix EmptyQuantMatrix(DType dtype, int64_t rows, int64_t cols) {
+  QuantMatrix q;
+  q.codes.assign(1 + static_cast<size_t>(CodeRowBytes(dtype, cols) * rows), 0xee);
+  q.scales.assign(static_cast<size_t>(rows * (cols / kQuantGroup)), 0xeeee);
+  q.view = WeightView{dtype, q.codes.data() + 1, rows, cols, q.scales.data()};
+  return q;
+}
+
+QuantMatrix ReferenceQuantize(const WeightView& src, DType dtype) {
+  QuantMatrix q = EmptyQuantMatrix(dtype, src.rows, src.cols);
+  reference::Quantize(src, dtype, q.codes.data() + 1, q.scales.data());
+  return q;
+}
+
+std::vector<float> Gaussian(int64_t n, uint32_t seed, float sigma = 1.f) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> dist(0.f, sigma);
+  std::vector<float> v(static_cast<size_t>(n));
+  for (float& f : v) f = dist(rng);
+  return v;
+}
+
+// Rows of 32-element groups chosen to hit the edge cases of the scale and
+// rounding rules, followed by random rows.
+std::vector<float> EdgeValues(int64_t rows, int64_t cols, uint32_t seed) {
+  std::vector<float> v = Gaussian(rows * cols, seed);
+  std::mt19937 rng(seed + 1);
+  std::uniform_real_distribution<float> uniform(-1.f, 1.f);
+  const int64_t groups = rows * cols / 32;
+  for (int64_t g = 0; g < groups; ++g) {
+    float* x = v.data() + g * 32;
+    switch (g % 12) {
+      case 0: std::fill(x, x + 32, 0.f); break;                              // All zero.
+      case 1: x[7] = 1000.f; break;                                          // One huge outlier.
+      case 2: x[31] = -1000.f; break;                                        // A negative outlier.
+      case 3: x[3] = -5.f; x[4] = 5.f; break;                                // Extremes of both signs.
+      case 4: for (int j = 0; j < 32; ++j) x[j] *= 1e-6f; break;             // fp16-subnormal scales.
+      case 5: for (int j = 0; j < 32; ++j) x[j] *= 1e-9f; break;             // Below fp16's range.
+      case 6: for (int j = 0; j < 32; ++j) x[j] = static_cast<float>(j - 16) * 0.25f; break;  // Exact levels.
+      case 7: for (int j = 0; j < 32; ++j) x[j] = -std::fabs(x[j]); break;   // All negative.
+      case 8: for (int j = 0; j < 32; ++j) x[j] = uniform(rng) * 60000.f; break;  // Near fp16's top.
+      case 9: std::fill(x, x + 32, -0.f); x[5] = 0.f; break;                 // Signed zeros.
+      case 10: for (int j = 0; j < 32; ++j) x[j] = (j % 2 ? 1.f : -1.f) * (0.5f + j); break;
+      default: break;
+    }
+  }
+  return v;
+}
+
+// ---------------------------------------------------------------------------
+// Quantize: identical codes and scales on every path.
+
+using QuantizeParam = std::tuple<Isa, DType, DType>;  // ISA, source dtype, target dtype.
+
+class QuantizeTest : public ::testing::TestWithParam<QuantizeParam> {};
+
+TEST_P(QuantizeTest, MatchesReferenceExactly) {
+  const auto [isa, source, target] = GetParam();
+  ScopedIsa scoped(isa);
+  for (auto [rows, cols] : {std::pair<int64_t, int64_t>{12, 32}, {7, 96}, {24, 512}, {3, 2048}}) {
+    const FloatMatrix src = MakeFloatMatrix(source, rows, cols, EdgeValues(rows, cols, static_cast<uint32_t>(cols)));
+    const QuantMatrix want = ReferenceQuantize(src.view, target);
+    QuantMatrix got = EmptyQuantMatrix(target, rows, cols);
+    Quantize(src.view, target, got.codes.data() + 1, got.scales.data(), TwoThreads());
+    ASSERT_EQ(got.scales, want.scales) << rows << "x" << cols;
+    ASSERT_EQ(got.codes, want.codes) << rows << "x" << cols;
+  }
+}
+
+std::string QuantizeName(const ::testing::TestParamInfo<QuantizeParam>& info) {
+  const auto [isa, source, target] = info.param;
+  return std::string(IsaName(isa)) + "_" + DTypeName(source) + "_to_" + DTypeName(target);
+}
+
+INSTANTIATE_TEST_SUITE_P(AllPaths, QuantizeTest,
+                         ::testing::Combine(::testing::ValuesIn(SupportedIsas()),
+                                            ::testing::Values(DType::kF32, DType::kF16, DType::kBF16),
+                                            ::testing::ValuesIn(kQuantTypes)),
+                         QuantizeName);
+
+// Known values, worked out by hand from the rules in tensor/dtype.h.
+TEST(QuantizeRules, WorkedExamples) {
+  std::vector<float> x(32, 0.f);
+  x[0] = 2.f;
+  x[1] = -1.f;
+  x[16] = 0.5f;
+  const FloatMatrix src = MakeFloatMatrix(DType::kF32, 1, 32, x);
+  // Q4: the element of largest magnitude is +2, so the scale is 2 / -8 =
+  // -0.25 and 2 maps to level -8 (nibble 0) exactly; -1 to level 4 (nibble
+  // 12); 0.5 to level -2 (nibble 6); zeros to nibble 8.
+  const QuantMatrix q4 = ReferenceQuantize(src.view, DType::kQ4);
+  EXPECT_EQ(F16ToF32(q4.scales[0]), -0.25f);
+  EXPECT_EQ(q4.view.Row(0)[0], 0x60);  // Element 0 in the low nibble, element 16 in the high one.
+  EXPECT_EQ(q4.view.Row(0)[1], 0x8c);
+  EXPECT_EQ(q4.view.At(0, 0), 2.f);
+  EXPECT_EQ(q4.view.At(0, 1), -1.f);
+  EXPECT_EQ(q4.view.At(0, 16), 0.5f);
+  EXPECT_EQ(q4.view.At(0, 2), 0.f);
+  // NF4: scale 2 (exact in fp16); 2 -> 1.0 (nibble 15), -1 -> -0.5 whose
+  // nearest level is -0.5250730514526367 (nibble 2), 0.5 -> 0.25 whose
+  // nearest level is 0.24611230194568634 (nibble 10), 0 -> nibble 7.
+  const QuantMatrix nf4 = ReferenceQuantize(src.view, DType::kNF4);
+  EXPECT_EQ(F16ToF32(nf4.scales[0]), 2.f);
+  EXPECT_EQ(nf4.view.Row(0)[0], 0xaf);
+  EXPECT_EQ(nf4.view.Row(0)[1], 0x72);
+  // Q8: scale 2 / 127 rounded up to fp16.
+  const QuantMatrix q8 = ReferenceQuantize(src.view, DType::kQ8);
+  EXPECT_GE(F16ToF32(q8.scales[0]), 2.f / 127.f);
+  EXPECT_EQ(static_cast<int8_t>(q8.view.Row(0)[0]), 127);
+}
+
+// ---------------------------------------------------------------------------
+// Reconstruction error against the bounds the rules imply.
+
+// The largest gap between consecutive NF4 levels (between 0.7229568 and 1).
+double NF4MaxGap() {
+  double gap = 0.0;
+  for (int i = 0; i < 15; ++i) gap = std::max(gap, static_cast<double>(kNF4Codebook[i + 1] - kNF4Codebook[i]));
+  return gap;
+}
+
+TEST(QuantizeRules, ErrorWithinTheoreticalBound) {
+  const int64_t rows = 64, cols = 1024;
+  for (uint32_t seed : {1u, 2u}) {
+    std::vector<float> values = EdgeValues(rows, cols, seed);
+    const FloatMatrix src = MakeFloatMatrix(DType::kF32, rows, cols, values);
+    for (DType target : kQuantTypes) {
+      QuantMatrix q = EmptyQuantMatrix(target, rows, cols);
+      Quantize(src.view, target, q.codes.data() + 1, q.scales.data(), TwoThreads());
+      for (int64_t r = 0; r < rows; ++r) {
+        for (int64_t c = 0; c < cols; ++c) {
+          const double x = values[static_cast<size_t>(r * cols + c)];
+          const double signed_scale = F16ToF32(q.scales[static_cast<size_t>(r * (cols / 32) + c / 32)]);
+          const double s = std::fabs(signed_scale);
+          const double err = std::fabs(x - q.view.At(r, c));
+          // x * (1 / s) is rounded twice in float (relative 2^-23 each).
+          const double slack = 1e-6 * std::fabs(x) + 1e-6 * s;
+          double bound = s / 2;  // Round to nearest on a uniform grid of step s.
+          if (target == DType::kQ4 && x / signed_scale > 7.5) bound = s;  // -m clips to level 7 (Q4_0 rule).
+          if (target == DType::kNF4) bound = s * NF4MaxGap() / 2;  // Nearest of the codebook levels.
+          ASSERT_LE(err, bound + slack) << DTypeName(target) << " r=" << r << " c=" << c << " x=" << x
+                                        << " scale=" << s;
+        }
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// DequantizeRow == WeightView::At, bit for bit.
+
+class QuantIsaTest : public ::testing::TestWithParam<Isa> {
+ protected:
+  void SetUp() override { scoped_ = std::make_unique<ScopedIsa>(GetParam()); }
+  void TearDown() override { scoped_.reset(); }
+
+ private:
+  std::unique_ptr<ScopedIsa> scoped_;
+};
+
+TEST_P(QuantIsaTest, DequantizeRowMatchesAt) {
+  const int64_t rows = 5, cols = 608;
+  const FloatMatrix src = MakeFloatMatrix(DType::kBF16, rows, cols, EdgeValues(rows, cols, 3));
+  for (DType target : kQuantTypes) {
+    const QuantMatrix q = ReferenceQuantize(src.view, target);
+    for (int64_t r = 0; r < rows; ++r) {
+      std::vector<float> out(static_cast<size_t>(cols) + 1, 42.f);
+      DequantizeRow(q.view, r, out.data());
+      for (int64_t c = 0; c < cols; ++c) ASSERT_EQ(out[c], q.view.At(r, c)) << DTypeName(target) << " " << r << " " << c;
+      EXPECT_EQ(out[cols], 42.f) << "DequantizeRow wrote past the end";
+    }
+  }
+  // Float dtypes go through ConvertToF32.
+  std::vector<float> out(static_cast<size_t>(cols));
+  DequantizeRow(src.view, 2, out.data());
+  for (int64_t c = 0; c < cols; ++c) ASSERT_EQ(out[c], src.view.At(2, c));
+}
+
+// ---------------------------------------------------------------------------
+// MatMul.
+
+// The tolerance for y[m, n] against the double-accumulated product of x and
+// the dequantized weights (reference::MatMul):
+//
+// * Every path: 1e-5 * sum_k |x[m, k] w[n, k]|, float accumulation as for the
+//   float dtypes (kernels_test.cc).
+// * Integer decode paths: the activation row is quantized per group g with
+//   s_x[g] = max_{k in g} |x[k]| / 127 and rounded to nearest, so each x[k]
+//   moves by at most s_x[g] / 2 and the product by at most
+//   sum_g (s_x[g] / 2) * sum_{k in g} |w[n, k]|. The integer products are
+//   exact; the float steps (s_w * s_x, the int-to-float sums) are covered by
+//   the first term; the factor 1.001 covers x * (127 / max) being rounded in
+//   float before rne.
+// * NF4 integer decode: the kernels use round(codebook * 127) / 127, which
+//   moves each weight by at most |s_w[g]| / 254, adding
+//   sum_g (|s_w[g]| / 254) * sum_{k in g} |x[k]|.
+//
+// The scalar path and the prefill paths (M > 8 on AVX-512, M > 4 on AVX2)
+// dequantize exactly and are held to the first term alone; tests of M <= 8
+// allow the decode terms whichever path runs.
+void ExpectQuantMatMulClose(const float* x, int64_t M, const WeightView& w, const std::vector<float>& y,
+                            bool exact_weights, const std::string& what) {
+  const int64_t N = w.rows, K = w.cols, G = K / 32;
+  std::vector<float> want(static_cast<size_t>(M * N));
+  reference::MatMul(x, M, w, want.data());
+  std::vector<float> wf(static_cast<size_t>(N * K));  // [N, K] dequantized
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t k = 0; k < K; ++k) wf[static_cast<size_t>(n * K + k)] = w.At(n, k);
+  int failures = 0;
+  for (int64_t m = 0; m < M && failures < 5; ++m) {
+    const float* xm = x + m * K;
+    for (int64_t n = 0; n < N && failures < 5; ++n) {
+      const float* wn = wf.data() + n * K;
+      double magnitude = 0.0, activation = 0.0, levels = 0.0;
+      for (int64_t g = 0; g < G; ++g) {
+        double xmax = 0.0, wsum = 0.0, xsum = 0.0;
+        for (int64_t k = g * 32; k < g * 32 + 32; ++k) {
+          magnitude += std::fabs(static_cast<double>(xm[k]) * wn[k]);
+          xmax = std::max(xmax, static_cast<double>(std::fabs(xm[k])));
+          wsum += std::fabs(wn[k]);
+          xsum += std::fabs(xm[k]);
+        }
+        activation += xmax / 127.0 / 2.0 * wsum;
+        if (w.dtype == DType::kNF4) levels += std::fabs(F16ToF32(w.scales[n * G + g])) / 254.0 * xsum;
+      }
+      double tolerance = 1e-5 * magnitude + 1e-30;
+      if (!exact_weights) tolerance += 1.001 * activation + 1.001 * levels;
+      const float got = y[static_cast<size_t>(m * N + n)], ref = want[static_cast<size_t>(m * N + n)];
+      if (!(std::fabs(got - ref) <= tolerance)) {
+        ADD_FAILURE() << what << " y[" << m << ", " << n << "] = " << got << ", reference " << ref
+                      << ", tolerance " << tolerance << " (magnitude " << magnitude << ")";
+        ++failures;
+      }
+    }
+  }
+}
+
+using QuantMatMulParam = std::tuple<Isa, DType, int, int>;  // ISA, dtype, shape index, M.
+
+constexpr std::pair<int64_t, int64_t> kShapes[] = {
+    {33, 32},    // N, K: a single group per row.
+    {129, 96},   // Three groups: an odd last pair; rows in groups of 4 plus a tail.
+    {17, 544},   // 17 groups: more than one block of 16 groups.
+    {7, 2048},   // Long rows.
+};
+
+class QuantMatMulTest : public ::testing::TestWithParam<QuantMatMulParam> {};
+
+TEST_P(QuantMatMulTest, MatchesDequantizedReference) {
+  const auto [isa, dtype, shape, M] = GetParam();
+  const auto [N, K] = kShapes[shape];
+  ScopedIsa scoped(isa);
+  const FloatMatrix src = MakeFloatMatrix(DType::kBF16, N, K, Gaussian(N * K, static_cast<uint32_t>(N * K + M), 0.05f));
+  const QuantMatrix q = ReferenceQuantize(src.view, dtype);
+  std::vector<float> x = Gaussian(M * K, static_cast<uint32_t>(M + 17));
+  x[0] = 9.f;  // One large activation, which coarsens its group's int8 grid.
+  std::vector<float> y(static_cast<size_t>(M * N), std::numeric_limits<float>::quiet_NaN());
+  MatMul(x.data(), M, q.view, y.data(), TwoThreads());
+  const bool exact = isa == Isa::kScalar || M > 8;
+  ExpectQuantMatMulClose(x.data(), M, q.view, y, exact, "");
+}
+
+std::string QuantMatMulName(const ::testing::TestParamInfo<QuantMatMulParam>& info) {
+  const auto [isa, dtype, shape, M] = info.param;
+  const auto [N, K] = kShapes[shape];
+  return std::string(IsaName(isa)) + "_" + DTypeName(dtype) + "_N" + std::to_string(N) + "_K" + std::to_string(K) +
+         "_M" + std::to_string(M);
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, QuantMatMulTest,
+                         ::testing::Combine(::testing::ValuesIn(SupportedIsas()), ::testing::ValuesIn(kQuantTypes),
+                                            ::testing::Values(0, 1, 2, 3),
+                                            ::testing::Values(1, 2, 3, 4, 5, 8, 9, 17, 64, 130)),
+                         QuantMatMulName);
+
+// The integer decode error is real but small: on Gaussian data it stays well
+// inside the bound above, and far below the weight quantization error itself.
+TEST_P(QuantIsaTest, DecodeErrorIsSmallOnTypicalData) {
+  const int64_t N = 256, K = 1024;
+  const FloatMatrix src = MakeFloatMatrix(DType::kF32, N, K, Gaussian(N * K, 9, 0.02f));
+  const std::vector<float> x = Gaussian(K, 10);
+  for (DType dtype : kQuantTypes) {
+    const QuantMatrix q = ReferenceQuantize(src.view, dtype);
+    std::vector<float> y(N), want(N);
+    MatMul(x.data(), 1, q.view, y.data(), TwoThreads());
+    reference::MatMul(x.data(), 1, q.view, want.data());
+    double err = 0.0, norm = 0.0;
+    for (int64_t n = 0; n < N; ++n) {
+      err += (y[n] - want[n]) * (y[n] - want[n]);
+      norm += want[n] * want[n];
+    }
+    EXPECT_LT(std::sqrt(err / norm), 0.01) << DTypeName(dtype);
+  }
+}
+
+// Each output element is computed by the same instruction sequence whichever
+// thread owns it, so the result must not depend on the thread count.
+TEST_P(QuantIsaTest, MatMulIsIndependentOfThreadCount) {
+  ThreadPool one(1), three(3);
+  const int64_t N = 301, K = 352;
+  const FloatMatrix src = MakeFloatMatrix(DType::kBF16, N, K, Gaussian(N * K, 5));
+  for (DType dtype : kQuantTypes) {
+    const QuantMatrix q = ReferenceQuantize(src.view, dtype);
+    for (int64_t M : {1, 3, 6, 37}) {
+      const std::vector<float> x = Gaussian(M * K, 6);
+      std::vector<float> y1(static_cast<size_t>(M * N)), y3(y1.size());
+      MatMul(x.data(), M, q.view, y1.data(), one);
+      MatMul(x.data(), M, q.view, y3.data(), three);
+      EXPECT_EQ(y1, y3) << DTypeName(dtype) << " M=" << M;
+    }
+    // Quantize too.
+    QuantMatrix a = EmptyQuantMatrix(dtype, N, K), b = EmptyQuantMatrix(dtype, N, K);
+    Quantize(src.view, dtype, a.codes.data() + 1, a.scales.data(), one);
+    Quantize(src.view, dtype, b.codes.data() + 1, b.scales.data(), three);
+    EXPECT_EQ(a.codes, b.codes);
+    EXPECT_EQ(a.scales, b.scales);
+  }
+}
+
+// Prefill over several cache blocks in every dimension.
+TEST_P(QuantIsaTest, MatMulLargeBlockedShapes) {
+  const int64_t M = 300, N = 600, K = 544;
+  const FloatMatrix src = MakeFloatMatrix(DType::kBF16, N, K, Gaussian(N * K, 11));
+  const std::vector<float> x = Gaussian(M * K, 12);
+  for (DType dtype : kQuantTypes) {
+    const QuantMatrix q = ReferenceQuantize(src.view, dtype);
+    std::vector<float> y(static_cast<size_t>(M * N));
+    MatMul(x.data(), M, q.view, y.data(), TwoThreads());
+    ExpectQuantMatMulClose(x.data(), M, q.view, y, true, DTypeName(dtype));
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(AllSupported, QuantIsaTest, ::testing::ValuesIn(SupportedIsas()),
+                         [](const ::testing::TestParamInfo<Isa>& info) { return IsaName(info.param); });
+
+// ---------------------------------------------------------------------------
+// Bad arguments.
+
+TEST(QuantizeArguments, RejectsBadShapesAndTypes) {
+  const FloatMatrix src = MakeFloatMatrix(DType::kF32, 2, 48, Gaussian(96, 1));
+  std::vector<uint8_t> codes(1024);
+  std::vector<uint16_t> scales(64);
+  EXPECT_THROW(Quantize(src.view, DType::kQ8, codes.data(), scales.data(), TwoThreads()), Error);
+  const FloatMatrix ok = MakeFloatMatrix(DType::kF32, 2, 64, Gaussian(128, 1));
+  EXPECT_THROW(Quantize(ok.view, DType::kBF16, codes.data(), scales.data(), TwoThreads()), Error);
+  const QuantMatrix q = ReferenceQuantize(ok.view, DType::kQ4);
+  EXPECT_THROW(Quantize(q.view, DType::kQ8, codes.data(), scales.data(), TwoThreads()), Error);
+  EXPECT_THROW(ConvertToF32(DType::kQ8, codes.data(), 32, reinterpret_cast<float*>(scales.data())), Error);
+  WeightView bad = q.view;
+  bad.scales = nullptr;
+  std::vector<float> x(64), y(2);
+  EXPECT_THROW(MatMul(x.data(), 1, bad, y.data(), TwoThreads()), Error);
+}
+
+}  // namespace
+}  // namespace epwa::kernels

@@ -1,0 +1,288 @@
+#include "plan/memory_plan.h"
+
+#include <algorithm>
+#include <cstdio>
+
+#include "base/error.h"
+#include "kernels/kernels.h"
+#include "model/transformer.h"
+
+namespace epwa {
+namespace {
+
+constexpr uint64_t kMiB = 1ull << 20;
+// A CUDA context with cuBLAS loaded takes 300-500 MiB of device memory; the
+// planner assumes the top of that range.
+constexpr uint64_t kCudaContextBytes = 512 * kMiB;
+// Margin: a fixed floor for allocator slack and page-cache effects plus a
+// fraction of the expected peak.
+constexpr uint64_t kMarginFloorBytes = 64 * kMiB;
+constexpr double kMarginFraction = 0.03;
+
+uint64_t MarginFor(uint64_t expected) {
+  return kMarginFloorBytes + static_cast<uint64_t>(kMarginFraction * static_cast<double>(expected));
+}
+
+constexpr uint64_t kPageBytes = 4096;
+constexpr uint64_t kFaultAroundBytes = 64 * 1024;
+
+uint64_t RoundUp64(uint64_t n) { return (n + 63) / 64 * 64; }
+
+DType SixteenBit(DType source) { return source == DType::kF32 ? DType::kBF16 : source; }
+
+DType TargetFor(const MatrixSlot& m, QuantLevel level, bool raise_to_int8) {
+  const WeightView& v = *m.view;
+  // An untied embedding is only ever read one row per token, converted to
+  // float32 on the way: keeping it in place costs no speed and no accuracy.
+  if (m.role == MatrixRole::kEmbedding) return v.dtype;
+  if (level == QuantLevel::kNone) return DType::kF32;
+  const bool quantizable = m.role != MatrixRole::kEmbedding && m.role != MatrixRole::kLmHead &&
+                           v.cols % kQuantGroup == 0;
+  if (level == QuantLevel::kFp16 || !quantizable) return SixteenBit(v.dtype);
+  if (level == QuantLevel::kInt8 || raise_to_int8) return DType::kQ8;
+  return kInt4Format;
+}
+
+// Order in which kMixed raises matrices to 8 bits: attention first (every
+// token passes through it and it feeds the router), then the experts of the
+// first and last layers, then the remaining ones in layer order.
+std::vector<size_t> MixedRaiseOrder(const std::vector<MatrixSlot>& matrices, int64_t num_layers) {
+  auto rank = [&](const MatrixSlot& m) {
+    if (m.role == MatrixRole::kAttention) return 0;
+    if (m.layer == 0 || m.layer == num_layers - 1) return 1;
+    return 2;
+  };
+  std::vector<size_t> order;
+  for (size_t i = 0; i < matrices.size(); ++i)
+    if (matrices[i].role != MatrixRole::kEmbedding && matrices[i].role != MatrixRole::kLmHead)
+      order.push_back(i);
+  std::stable_sort(order.begin(), order.end(),
+                   [&](size_t a, size_t b) { return rank(matrices[a]) < rank(matrices[b]); });
+  return order;
+}
+
+void Total(const ModelConfig& config, const PlanContext& cx, LevelPlan* p) {
+  p->weights_bytes = cx.vector_bytes;
+  p->transient_bytes = 0;
+  for (const TensorPlan& t : p->tensors) {
+    p->weights_bytes += t.bytes;
+    // While a tensor is converted its source pages are resident too; they are
+    // released right after (see MaterializeWeights), so only the largest counts.
+    if (!t.InPlace())
+      p->transient_bytes = std::max<uint64_t>(
+          p->transient_bytes, static_cast<uint64_t>(t.rows * t.cols) * DTypeSize(t.source));
+  }
+  const int64_t ctx = std::max<int64_t>(cx.ctx, 1);
+  p->kv_bytes = KVCache::BytesFor(config, ctx);
+  int64_t max_k = std::max(config.hidden_size, config.intermediate_size);
+  max_k = std::max(max_k, config.QDim());
+  p->scratch_bytes = Transformer::ScratchBytes(config, ctx, ctx, cx.threads, false) +
+                     kernels::MatMulScratchBytes(ctx, max_k, cx.threads);
+  p->runtime_bytes = cx.runtime_bytes + (cx.device == Device::kCuda ? kCudaContextBytes : 0);
+  p->margin_bytes = MarginFor(p->ExpectedBytes());
+}
+
+}  // namespace
+
+const char* MatrixRoleName(MatrixRole role) {
+  switch (role) {
+    case MatrixRole::kEmbedding: return "embedding";
+    case MatrixRole::kLmHead: return "lm_head";
+    case MatrixRole::kAttention: return "attention";
+    case MatrixRole::kExpert: return "expert";
+    case MatrixRole::kDenseMlp: return "mlp";
+  }
+  return "?";
+}
+
+const char* DeviceName(Device device) { return device == Device::kCuda ? "cuda" : "cpu"; }
+
+std::vector<MatrixSlot> ListMatrices(const ModelConfig& c, ModelWeights& w) {
+  std::vector<MatrixSlot> out;
+  // A tied embedding is the lm_head too, and is planned as one.
+  out.push_back({"model.embed_tokens.weight",
+                 c.tie_word_embeddings ? MatrixRole::kLmHead : MatrixRole::kEmbedding, -1, &w.embed});
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    LayerWeights& lw = w.layers[l];
+    auto name = [&](const std::string& s) { return TensorNames::Layer(l, s); };
+    out.push_back({name("self_attn.q_proj.weight"), MatrixRole::kAttention, l, &lw.q});
+    out.push_back({name("self_attn.k_proj.weight"), MatrixRole::kAttention, l, &lw.k});
+    out.push_back({name("self_attn.v_proj.weight"), MatrixRole::kAttention, l, &lw.v});
+    out.push_back({name("self_attn.o_proj.weight"), MatrixRole::kAttention, l, &lw.o});
+    if (c.IsMoe()) {
+      for (int64_t e = 0; e < static_cast<int64_t>(lw.experts.size()); ++e) {
+        ExpertWeights& ew = lw.experts[e];
+        out.push_back({TensorNames::Expert(l, e, "w1"), MatrixRole::kExpert, l, &ew.gate});
+        out.push_back({TensorNames::Expert(l, e, "w2"), MatrixRole::kExpert, l, &ew.down});
+        out.push_back({TensorNames::Expert(l, e, "w3"), MatrixRole::kExpert, l, &ew.up});
+      }
+    } else {
+      ExpertWeights& mlp = lw.experts[0];
+      out.push_back({name("mlp.gate_proj.weight"), MatrixRole::kDenseMlp, l, &mlp.gate});
+      out.push_back({name("mlp.up_proj.weight"), MatrixRole::kDenseMlp, l, &mlp.up});
+      out.push_back({name("mlp.down_proj.weight"), MatrixRole::kDenseMlp, l, &mlp.down});
+    }
+  }
+  if (!c.tie_word_embeddings)
+    out.push_back({"lm_head.weight", MatrixRole::kLmHead, -1, &w.lm_head});
+  return out;
+}
+
+uint64_t StoredBytes(DType dtype, int64_t rows, int64_t cols) {
+  if (!IsQuantized(dtype)) return RoundUp64(static_cast<uint64_t>(rows * cols) * DTypeSize(dtype));
+  const WeightView v{dtype, nullptr, rows, cols};
+  return RoundUp64(v.Bytes()) + RoundUp64(v.ScaleBytes());
+}
+
+std::vector<TensorPlan> PlanTensors(const std::vector<MatrixSlot>& matrices, QuantLevel level,
+                                    int64_t ctx, const std::vector<bool>& int8_matrices) {
+  Require(level != QuantLevel::kAuto, "internal: PlanTensors needs a concrete level");
+  std::vector<TensorPlan> out;
+  for (size_t i = 0; i < matrices.size(); ++i) {
+    const MatrixSlot& m = matrices[i];
+    TensorPlan t;
+    t.name = m.name;
+    t.role = m.role;
+    t.layer = m.layer;
+    t.rows = m.view->rows;
+    t.cols = m.view->cols;
+    t.source = m.view->dtype;
+    const bool raise = i < int8_matrices.size() && int8_matrices[i];
+    t.target = TargetFor(m, level, raise);
+    // Tensors used in place stay in the mapping: exactly their stored bytes,
+    // which become resident as they are read. An untied embedding is read
+    // one row per token: at most ctx distinct rows. Each maps its own pages
+    // (one more than its length when it straddles a boundary) or, when it is
+    // smaller, the kernel's fault-around window (64 KiB by default): a page
+    // fault on a file mapping maps the cached pages around it too.
+    const uint64_t full = static_cast<uint64_t>(t.rows * t.cols) * DTypeSize(t.source);
+    if (!t.InPlace()) {
+      t.bytes = StoredBytes(t.target, t.rows, t.cols);
+    } else if (t.role == MatrixRole::kEmbedding) {
+      const uint64_t row_pages =
+          std::max<uint64_t>((t.cols * DTypeSize(t.source) + kPageBytes - 1) / kPageBytes + 1,
+                             kFaultAroundBytes / kPageBytes);
+      t.bytes = std::min<uint64_t>(full, static_cast<uint64_t>(std::min(t.rows, std::max<int64_t>(ctx, 1))) *
+                                             row_pages * kPageBytes);
+    } else {
+      t.bytes = full;
+    }
+    out.push_back(std::move(t));
+  }
+  return out;
+}
+
+LevelPlan PlanLevel(const ModelConfig& config, const std::vector<MatrixSlot>& matrices,
+                    QuantLevel level, const PlanContext& context, uint64_t budget_bytes) {
+  Require(level != QuantLevel::kAuto, "internal: PlanLevel needs a concrete level");
+  LevelPlan p;
+  p.level = level;
+  std::vector<bool> raised(matrices.size(), false);
+  p.tensors = PlanTensors(matrices, level, context.ctx, raised);
+  Total(config, context, &p);
+  if (level != QuantLevel::kMixed) return p;
+  // Raise matrices to int8 one at a time while the plan still fits. Only the
+  // weights term (and the margin, a function of the total) changes.
+  for (size_t i : MixedRaiseOrder(matrices, config.num_layers)) {
+    TensorPlan& t = p.tensors[i];
+    if (t.target != kInt4Format) continue;
+    const uint64_t int8_bytes = StoredBytes(DType::kQ8, t.rows, t.cols);
+    const uint64_t expected = p.ExpectedBytes() + int8_bytes - t.bytes;
+    if (expected + MarginFor(expected) > budget_bytes) break;
+    p.weights_bytes += int8_bytes - t.bytes;
+    p.margin_bytes = MarginFor(expected);
+    t.target = DType::kQ8;
+    t.bytes = int8_bytes;
+    ++p.raised_to_int8;
+  }
+  return p;
+}
+
+PlanReport PlanAllLevels(const ModelConfig& config, const std::vector<MatrixSlot>& matrices,
+                         const PlanContext& context, uint64_t budget_bytes) {
+  PlanReport r;
+  r.budget_bytes = budget_bytes;
+  for (QuantLevel l : ConcreteLevels())
+    r.levels.push_back(PlanLevel(config, matrices, l, context, budget_bytes));
+  // For a 16-bit checkpoint fp16 is exact, like none, at half the memory.
+  bool sixteen_bit = true;
+  for (const MatrixSlot& m : matrices) sixteen_bit &= m.view->dtype != DType::kF32;
+  std::vector<int> order = {0, 1, 2, 3, 4};
+  if (sixteen_bit) std::swap(order[0], order[1]);
+  for (int i : order) {
+    const LevelPlan& p = r.levels[i];
+    // Mixed with nothing raised is int4 under another name: let int4 answer.
+    if (p.level == QuantLevel::kMixed && p.raised_to_int8 == 0) continue;
+    if (p.RequiredBytes() <= budget_bytes) {
+      r.chosen = i;
+      break;
+    }
+  }
+  if (r.chosen >= 0) return r;
+  const LevelPlan& smallest = r.levels.back();  // int4
+  std::string advice = "Nothing fits in " + FormatBytes(budget_bytes) + ": the smallest level, " +
+                       std::string(QuantLevelName(smallest.level)) + ", needs " +
+                       FormatBytes(smallest.RequiredBytes()) + " (" +
+                       FormatBytes(smallest.RequiredBytes() - budget_bytes) + " missing).";
+  // The longest context that would fit at int4, by bisection (memory grows
+  // with the context through the KV cache and scratch).
+  PlanContext shorter = context;
+  int64_t lo = 0, hi = context.ctx;
+  while (lo < hi) {
+    const int64_t mid = (lo + hi + 1) / 2;
+    shorter.ctx = mid;
+    if (PlanLevel(config, matrices, QuantLevel::kInt4, shorter, budget_bytes).RequiredBytes() <=
+        budget_bytes)
+      lo = mid;
+    else
+      hi = mid - 1;
+  }
+  if (lo >= 16)
+    advice += " With --ctx " + std::to_string(lo) + " (instead of " + std::to_string(context.ctx) +
+              ") int4 would fit.";
+  else
+    advice += " No context length makes it fit: free " +
+              FormatBytes(smallest.RequiredBytes() - budget_bytes) +
+              " of memory or use a machine with more.";
+  r.advice = advice;
+  return r;
+}
+
+LevelPlan ChooseLevel(const ModelConfig& config, const std::vector<MatrixSlot>& matrices,
+                      QuantLevel requested, const PlanContext& context, uint64_t budget_bytes) {
+  if (requested == QuantLevel::kAuto) {
+    PlanReport r = PlanAllLevels(config, matrices, context, budget_bytes);
+    Require(r.chosen >= 0, r.advice);
+    return r.levels[r.chosen];
+  }
+  LevelPlan p = PlanLevel(config, matrices, requested, context, budget_bytes);
+  if (p.RequiredBytes() > budget_bytes) {
+    PlanReport r = PlanAllLevels(config, matrices, context, budget_bytes);
+    std::string msg = std::string("level ") + QuantLevelName(requested) + " needs " +
+                      FormatBytes(p.RequiredBytes()) + " but only " + FormatBytes(budget_bytes) +
+                      " is available (" + FormatBytes(p.RequiredBytes() - budget_bytes) +
+                      " missing).";
+    if (r.chosen >= 0)
+      msg += std::string(" Level ") + QuantLevelName(r.levels[r.chosen].level) + " fits (" +
+             FormatBytes(r.levels[r.chosen].RequiredBytes()) + "): use --quant " +
+             QuantLevelName(r.levels[r.chosen].level) + " or --quant auto.";
+    else
+      msg += " " + r.advice;
+    throw Error(msg);
+  }
+  return p;
+}
+
+std::string FormatBytes(uint64_t bytes) {
+  char buf[64];
+  const double b = static_cast<double>(bytes);
+  if (bytes >= (1ull << 30))
+    std::snprintf(buf, sizeof buf, "%.2f GiB", b / (1ull << 30));
+  else if (bytes >= (1ull << 20))
+    std::snprintf(buf, sizeof buf, "%.1f MiB", b / (1ull << 20));
+  else
+    std::snprintf(buf, sizeof buf, "%.0f KiB", b / 1024);
+  return buf;
+}
+
+}  // namespace epwa
