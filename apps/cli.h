@@ -23,6 +23,7 @@ struct ModelFlags {
   std::optional<std::string> quant;
   int64_t ctx = 0;  // 0: the engine's default plan context
   std::optional<std::string> mem_budget;
+  bool no_cache = false;
 };
 // "6G", "512M", "1500000000" -> bytes (K/M/G/T are powers of 1024); throws
 // epwa::Error naming `flag` otherwise.

@@ -27,6 +27,9 @@ void AddModelFlags(CLI::App* cmd, ModelFlags* flags) {
                   "context (prompt + generated tokens) the memory plan must hold "
                   "(default: max_position_embeddings, at most 4096)")
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 24));
+  cmd->add_flag("--no-cache", flags->no_cache,
+                "do not read or write the quantized-weight cache ($EPWA_CACHE_DIR, else "
+                "~/.cache/epwa)");
   cmd->add_option("--mem-budget", flags->mem_budget,
                   "memory the process may use, e.g. 512M or 6G (default: free memory)");
 }
@@ -63,6 +66,7 @@ std::unique_ptr<Engine> LoadEngine(const ModelFlags& flags, bool quiet) {
   o.quant = level.level;
   o.quant_source = level.source;
   o.plan_ctx = flags.ctx;
+  o.use_cache = !flags.no_cache;
   if (flags.mem_budget) o.mem_budget_bytes = ParseByteSize(*flags.mem_budget, "--mem-budget");
   const bool tty = !quiet && isatty(2);
   if (tty) {
@@ -117,20 +121,23 @@ json LoadStatsJson(const LoadStats& s) {
               {"mapped_bytes", s.mapped_bytes},   {"converted_bytes", s.converted_bytes},
               {"peak_rss_bytes", s.peak_rss_bytes}, {"quant_level", s.quant_level},
               {"quant_source", s.quant_source},   {"planned_bytes", s.planned_bytes},
-              {"budget_bytes", s.budget_bytes},   {"plan_ctx", s.plan_ctx}};
+              {"budget_bytes", s.budget_bytes},   {"plan_ctx", s.plan_ctx},
+              {"cache", s.cache},                 {"cache_path", s.cache_path},
+              {"cache_ms", s.cache_ms},           {"warnings", s.warnings}};
 }
 
 void PrintLoadStats(const LoadStats& s) {
+  for (const std::string& w : s.warnings) std::fprintf(stderr, "epwa: warning: %s\n", w.c_str());
   std::fprintf(stderr, "quant: %s (decided by %s); plan %s for a %lld-token context, budget %s\n",
                s.quant_level.c_str(), s.quant_source.c_str(), FormatBytes(s.planned_bytes).c_str(),
                static_cast<long long>(s.plan_ctx), FormatBytes(s.budget_bytes).c_str());
   std::fprintf(stderr,
                "load: tokenizer %.1f ms, config %.1f ms, weights %.1f ms (%.1f MB mapped in place, "
-               "%.2f MB converted), plan %.1f ms, quantize %.1f ms, router hash %.1f ms, "
-               "total %.1f ms, peak RSS %.1f MB\n",
+               "%.2f MB converted), plan %.1f ms, quantize %.1f ms, cache %.1f ms (%s), "
+               "router hash %.1f ms, total %.1f ms, peak RSS %.1f MB\n",
                s.tokenizer_ms, s.config_ms, s.weights_ms, s.mapped_bytes / 1e6,
-               s.converted_bytes / 1e6, s.plan_ms, s.quantize_ms, s.router_hash_ms, s.total_ms,
-               s.peak_rss_bytes / 1e6);
+               s.converted_bytes / 1e6, s.plan_ms, s.quantize_ms, s.cache_ms, s.cache.c_str(),
+               s.router_hash_ms, s.total_ms, s.peak_rss_bytes / 1e6);
 }
 
 void PrintJson(const json& j) {

@@ -68,10 +68,11 @@ Runner RegisterEval(CLI::App& app) {
     const int64_t body = f->window - (bos >= 0 ? 1 : 0);
     std::vector<std::vector<int32_t>> windows;
     for (size_t at = 0; at + 2 <= ids.size(); at += body) {
+      const size_t end = std::min(ids.size(), at + static_cast<size_t>(body));
       std::vector<int32_t> w;
+      w.reserve(end - at + 1);
       if (bos >= 0) w.push_back(bos);
-      const size_t end = std::min(ids.size(), at + body);
-      w.insert(w.end(), ids.begin() + at, ids.begin() + end);
+      for (size_t k = at; k < end; ++k) w.push_back(ids[k]);
       windows.push_back(std::move(w));
     }
     std::vector<ScoreResult> ref_scores;

@@ -71,7 +71,11 @@ struct Row {
 
 class PlanAccuracy : public ::testing::Test {
  protected:
-  static void SetUpTestSuite() { dir_ = new testing::TempDir(); }
+  static void SetUpTestSuite() {
+    dir_ = new testing::TempDir();
+    // Quantized-weight caches go to the test's own folder, not the user's.
+    setenv("EPWA_CACHE_DIR", (dir_->path() + "/cache").c_str(), 1);
+  }
   static void TearDownTestSuite() {
     std::printf("\n%-28s %-6s %6s %12s %12s %9s\n", "model", "level", "ctx", "plan MiB",
                 "actual MiB", "error");

@@ -41,6 +41,8 @@ struct ModelWeights {
   // Buffers owning matrices converted at load time (float32 or quantized);
   // views point into them.
   std::vector<AlignedBuffer<uint8_t>> storage;
+  // The mapped weight cache file quantized views point into, when one was used.
+  std::shared_ptr<MappedFile> cache_mapping;
   uint64_t mapped_bytes = 0;  // bytes of weights used in place from the mapping
   uint64_t converted_bytes = 0;  // bytes converted to float32 copies
 };

@@ -41,9 +41,9 @@ MaterializeStats MaterializeWeights(const ModelConfig& config, ModelWeights& wei
   for (size_t i = 0; i < slots.size(); ++i) {
     const TensorPlan& t = plan[i];
     WeightView& view = *slots[i].view;
+    if (t.InPlace() || (view.dtype == t.target && view.rows == t.rows)) continue;  // or from the cache
     Require(view.rows == t.rows && view.cols == t.cols && view.dtype == t.source,
             "internal: plan entry " + t.name + " does not match the model");
-    if (t.InPlace()) continue;
     const WeightView src = view;
     WeightView out{t.target, nullptr, t.rows, t.cols};
     // Pointers, not references, into `storage`: a later emplace_back may move

@@ -12,6 +12,7 @@
 #include "base/meminfo.h"
 #include "base/timer.h"
 #include "plan/materialize.h"
+#include "plan/weight_cache.h"
 
 namespace epwa {
 namespace {
@@ -159,9 +160,47 @@ std::unique_ptr<Engine> Engine::Load(const LoadOptions& options) {
   stats.budget_bytes = budget;
   stats.plan_ctx = pc.ctx;
 
+  // The quantized-weight cache: a valid file replaces quantizing; a missing
+  // one is written after quantizing; a corrupt one is reported and rebuilt.
+  stage.Reset();
+  std::string model_id, cache_path;
+  bool cache_hit = false;
+  stats.cache = "off";
+  if (options.use_cache) {
+    model_id = ModelIdentity(dir, *engine->store_);
+    cache_path = CacheFilePath(options.cache_dir.empty() ? DefaultCacheDir() : options.cache_dir,
+                               model_id, plan.level, plan.tensors);
+    stats.cache = "not used (nothing is quantized)";
+  }
+  if (!cache_path.empty()) {
+    stats.cache_path = cache_path;
+    std::string why;
+    cache_hit = LoadWeightCache(cache_path, model_id, config, weights, plan.tensors, &why);
+    if (cache_hit) {
+      stats.cache = "hit";
+    } else if (why != "no cache file yet") {
+      stats.warnings.push_back("weight cache " + cache_path + " is invalid (" + why +
+                               "); rebuilding it");
+      std::error_code ec;
+      fs::remove(cache_path, ec);
+    }
+  }
+  stats.cache_ms = stage.Millis();
+
   stage.Reset();
   MaterializeWeights(config, weights, plan.tensors, *engine->pool_, options.progress);
   stats.quantize_ms = stage.Millis();
+  if (!cache_path.empty() && !cache_hit) {
+    Stopwatch write;
+    try {
+      WriteWeightCache(cache_path, model_id, config, weights, plan.tensors);
+      stats.cache = "written";
+    } catch (const std::exception& e) {
+      stats.cache = "not written";
+      stats.warnings.push_back(std::string("could not write the weight cache: ") + e.what());
+    }
+    stats.cache_ms += write.Millis();
+  }
   stats.mapped_bytes = weights.mapped_bytes;
   stats.converted_bytes = weights.converted_bytes;
   engine->model_ = std::make_unique<Transformer>(std::move(config), std::move(weights), *engine->pool_);

@@ -40,6 +40,9 @@ struct LoadOptions {
   // Memory the whole process may use; unset = free host memory (the lower of
   // MemAvailable and the cgroup limit) plus what the process already uses.
   std::optional<uint64_t> mem_budget_bytes;
+  // Quantized weights are cached on disk (see plan/weight_cache.h) unless off.
+  bool use_cache = true;
+  std::string cache_dir;  // empty: DefaultCacheDir()
   // Called during weight conversion with (bytes done, bytes total); may be empty.
   std::function<void(uint64_t, uint64_t)> progress;
 };
@@ -62,6 +65,10 @@ struct LoadStats {
   uint64_t planned_bytes = 0;      // the plan's expected peak (without margin)
   uint64_t budget_bytes = 0;       // the memory the plan had to fit
   int64_t plan_ctx = 0;            // context the plan was made for
+  std::string cache;               // "hit", "written", "off", "not used (...)"
+  std::string cache_path;
+  double cache_ms = 0;             // identity, validation or writing of the cache
+  std::vector<std::string> warnings;  // e.g. a corrupt cache file that was rebuilt
 };
 
 // Defaults from generation_config.json and tokenizer_config.json; command

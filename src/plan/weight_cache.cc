@@ -1,0 +1,281 @@
+#include "plan/weight_cache.h"
+
+#include <openssl/evp.h>
+#include <sys/stat.h>
+#include <xxhash.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+
+#include <nlohmann/json.hpp>
+
+#include "base/error.h"
+#include "io/atomic_file.h"
+
+namespace epwa {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+constexpr char kMagic[8] = {'E', 'P', 'W', 'A', 'Q', 'C', '1', '\n'};
+constexpr uint64_t kAlign = 64;
+// Headers beyond this size are not ours (a cache of 100k matrices would need ~20 MB).
+constexpr uint64_t kMaxHeaderBytes = 64ull << 20;
+
+uint64_t AlignUp(uint64_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
+
+// Incremental SHA-256 over OpenSSL's EVP interface.
+class Sha256 {
+ public:
+  Sha256() : ctx_(EVP_MD_CTX_new()) {
+    Require(ctx_ && EVP_DigestInit_ex(ctx_, EVP_sha256(), nullptr) == 1, "SHA-256 unavailable");
+  }
+  ~Sha256() { EVP_MD_CTX_free(ctx_); }
+  Sha256(const Sha256&) = delete;
+  Sha256& operator=(const Sha256&) = delete;
+  void Add(const void* data, size_t n) { EVP_DigestUpdate(ctx_, data, n); }
+  // Length-prefixed, so that ("ab", "c") and ("a", "bc") differ.
+  void Add(const std::string& s) {
+    const uint64_t n = s.size();
+    Add(&n, sizeof n);
+    Add(s.data(), s.size());
+  }
+  void Add(uint64_t v) { Add(&v, sizeof v); }
+  std::string Hex() {
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int len = 0;
+    EVP_DigestFinal_ex(ctx_, md, &len);
+    static const char* digits = "0123456789abcdef";
+    std::string out;
+    for (unsigned i = 0; i < len; ++i) {
+      out += digits[md[i] >> 4];
+      out += digits[md[i] & 15];
+    }
+    return out;
+  }
+
+ private:
+  EVP_MD_CTX* ctx_;
+};
+
+std::string ReadHead(const std::string& path, uint64_t max_bytes) {
+  std::ifstream in(path, std::ios::binary);
+  std::string out(max_bytes, '\0');
+  in.read(out.data(), static_cast<std::streamsize>(max_bytes));
+  out.resize(static_cast<size_t>(in.gcount()));
+  return out;
+}
+
+// The matrices of `plan` that the cache holds, with their current views.
+struct Entry {
+  const TensorPlan* plan;
+  WeightView* view;
+};
+std::vector<Entry> CachedEntries(const ModelConfig& config, ModelWeights& weights,
+                                 const std::vector<TensorPlan>& plan) {
+  std::vector<MatrixSlot> slots = ListMatrices(config, weights);
+  Require(slots.size() == plan.size(), "internal: the plan does not match the model's matrices");
+  std::vector<Entry> out;
+  for (size_t i = 0; i < plan.size(); ++i)
+    if (IsQuantized(plan[i].target)) out.push_back({&plan[i], slots[i].view});
+  return out;
+}
+
+std::string PlanIdentity(QuantLevel level, const std::vector<TensorPlan>& plan) {
+  Sha256 h;
+  h.Add(std::string(QuantLevelName(level)));
+  for (const TensorPlan& t : plan) {
+    h.Add(t.name);
+    h.Add(std::string(DTypeName(t.target)));
+    h.Add(static_cast<uint64_t>(t.rows));
+    h.Add(static_cast<uint64_t>(t.cols));
+  }
+  return h.Hex();
+}
+
+std::string Hex64(uint64_t v) {
+  char buf[17];
+  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(v));
+  return buf;
+}
+
+}  // namespace
+
+std::string DefaultCacheDir() {
+  if (const char* d = std::getenv("EPWA_CACHE_DIR"); d && *d) return d;
+  if (const char* d = std::getenv("XDG_CACHE_HOME"); d && *d) return std::string(d) + "/epwa";
+  if (const char* d = std::getenv("HOME"); d && *d) return std::string(d) + "/.cache/epwa";
+  return "/tmp/epwa-cache";
+}
+
+std::string ModelIdentity(const std::string& model_dir, const TensorStore& store) {
+  Sha256 h;
+  h.Add(ReadHead(model_dir + "/config.json", 1 << 20));
+  for (const std::string& file : store.files()) {
+    struct stat st {};
+    Require(::stat(file.c_str(), &st) == 0, "cannot stat " + file);
+    h.Add(fs::path(file).filename().string());
+    h.Add(static_cast<uint64_t>(st.st_size));
+    h.Add(static_cast<uint64_t>(st.st_mtim.tv_sec) * 1000000000ull + st.st_mtim.tv_nsec);
+    h.Add(static_cast<uint64_t>(st.st_ino));
+    // The safetensors header: 8-byte length, then the JSON.
+    std::string head = ReadHead(file, 8);
+    uint64_t n = 0;
+    if (head.size() == 8) std::memcpy(&n, head.data(), 8);
+    h.Add(ReadHead(file, 8 + std::min<uint64_t>(n, 100ull << 20)));
+  }
+  return h.Hex();
+}
+
+std::string CacheFilePath(const std::string& cache_dir, const std::string& model_id,
+                          QuantLevel level, const std::vector<TensorPlan>& plan) {
+  bool any = false;
+  for (const TensorPlan& t : plan) any |= IsQuantized(t.target);
+  if (!any) return "";
+  return cache_dir + "/" + model_id.substr(0, 32) + "/" + QuantLevelName(level) + "-" +
+         PlanIdentity(level, plan).substr(0, 16) + ".epwq";
+}
+
+bool LoadWeightCache(const std::string& path, const std::string& model_id,
+                     const ModelConfig& config, ModelWeights& weights,
+                     const std::vector<TensorPlan>& plan, std::string* why) {
+  auto fail = [&](const std::string& reason) {
+    *why = reason;
+    return false;
+  };
+  std::error_code ec;
+  if (!fs::exists(path, ec)) return fail("no cache file yet");
+  std::shared_ptr<MappedFile> file;
+  try {
+    file = MappedFile::Open(path);
+  } catch (const Error& e) {
+    return fail(e.what());
+  }
+  const uint8_t* base = file->data();
+  const uint64_t size = file->size();
+  if (size < 16 || std::memcmp(base, kMagic, 8) != 0) return fail("not an epwa cache file (bad magic)");
+  uint64_t header_len = 0;
+  std::memcpy(&header_len, base + 8, 8);
+  if (header_len == 0 || header_len > kMaxHeaderBytes || 16 + header_len > size)
+    return fail("header length out of range (truncated?)");
+  const json header = json::parse(base + 16, base + 16 + header_len, nullptr, false);
+  if (!header.is_object()) return fail("header is not valid JSON");
+  const uint64_t payload_start = AlignUp(16 + header_len);
+  try {
+    if (header.at("format").get<int>() != 1) return fail("unknown cache format");
+    if (header.at("model_id").get<std::string>() != model_id) return fail("written for another model");
+    const uint64_t payload_bytes = header.at("payload_bytes").get<uint64_t>();
+    if (payload_start > size || size - payload_start != payload_bytes)
+      return fail("file size " + std::to_string(size) + " does not match its header (truncated?)");
+    std::vector<Entry> entries = CachedEntries(config, weights, plan);
+    const json& tensors = header.at("tensors");
+    if (!tensors.is_array() || tensors.size() != entries.size())
+      return fail("tensor count differs from the plan");
+    // Check everything before changing any view.
+    std::vector<WeightView> views;
+    uint64_t next_offset = 0;
+    for (size_t i = 0; i < entries.size(); ++i) {
+      const TensorPlan& t = *entries[i].plan;
+      const json& j = tensors[i];
+      if (j.at("name").get<std::string>() != t.name || j.at("dtype").get<std::string>() != DTypeName(t.target) ||
+          j.at("rows").get<int64_t>() != t.rows || j.at("cols").get<int64_t>() != t.cols)
+        return fail("tensor " + std::to_string(i) + " does not match the plan (" + t.name + ")");
+      WeightView v{t.target, nullptr, t.rows, t.cols};
+      const uint64_t codes_off = j.at("codes").at(0).get<uint64_t>();
+      const uint64_t codes_len = j.at("codes").at(1).get<uint64_t>();
+      const uint64_t scales_off = j.at("scales").at(0).get<uint64_t>();
+      const uint64_t scales_len = j.at("scales").at(1).get<uint64_t>();
+      if (codes_len != v.Bytes() || scales_len != v.ScaleBytes() || codes_off % kAlign ||
+          scales_off % kAlign || codes_off < next_offset || scales_off < codes_off + codes_len ||
+          scales_off + scales_len > payload_bytes)
+        return fail("tensor " + t.name + " has bad offsets or lengths");
+      next_offset = scales_off + scales_len;
+      v.data = base + payload_start + codes_off;
+      v.scales = reinterpret_cast<const uint16_t*>(base + payload_start + scales_off);
+      views.push_back(v);
+    }
+    const uint64_t digest = XXH3_64bits(base + payload_start, payload_bytes);
+    if (Hex64(digest) != header.at("xxh3").get<std::string>()) return fail("checksum mismatch (corrupt)");
+    for (size_t i = 0; i < entries.size(); ++i) {
+      // The source stays mapped but unused; the cache is now what is read in place.
+      weights.mapped_bytes += views[i].Bytes() + views[i].ScaleBytes() - entries[i].view->Bytes();
+      *entries[i].view = views[i];
+    }
+  } catch (const json::exception& e) {
+    return fail(std::string("malformed header (") + e.what() + ")");
+  }
+  weights.cache_mapping = file;
+  return true;
+}
+
+void WriteWeightCache(const std::string& path, const std::string& model_id,
+                      const ModelConfig& config, ModelWeights& weights,
+                      const std::vector<TensorPlan>& plan) {
+  std::vector<Entry> entries = CachedEntries(config, weights, plan);
+  // Offsets first, then the checksum of exactly the bytes that will follow
+  // the header, then the file.
+  json tensors = json::array();
+  uint64_t offset = 0;
+  std::vector<std::pair<uint64_t, uint64_t>> offsets;
+  for (const Entry& e : entries) {
+    const WeightView& v = *e.view;
+    Require(v.dtype == e.plan->target, "internal: " + e.plan->name + " is not materialized");
+    const uint64_t codes = offset;
+    const uint64_t scales = AlignUp(codes + v.Bytes());
+    offset = AlignUp(scales + v.ScaleBytes());
+    offsets.emplace_back(codes, scales);
+    tensors.push_back({{"name", e.plan->name},
+                       {"dtype", DTypeName(v.dtype)},
+                       {"rows", v.rows},
+                       {"cols", v.cols},
+                       {"codes", {codes, v.Bytes()}},
+                       {"scales", {scales, v.ScaleBytes()}}});
+  }
+  const uint64_t payload_bytes = offset;
+  static const uint8_t zeros[kAlign] = {};
+  // Visits the payload in file order: (pointer, length) pieces.
+  auto visit = [&](const auto& emit) {
+    uint64_t at = 0;
+    for (size_t i = 0; i < entries.size(); ++i) {
+      const WeightView& v = *entries[i].view;
+      emit(zeros, offsets[i].first - at);
+      emit(v.data, v.Bytes());
+      emit(zeros, offsets[i].second - (offsets[i].first + v.Bytes()));
+      emit(v.scales, v.ScaleBytes());
+      at = offsets[i].second + v.ScaleBytes();
+    }
+    emit(zeros, payload_bytes - at);
+  };
+  XXH3_state_t* state = XXH3_createState();
+  Require(state != nullptr, "out of memory");
+  XXH3_64bits_reset(state);
+  visit([&](const void* p, uint64_t n) {
+    if (n) XXH3_64bits_update(state, p, n);
+  });
+  const uint64_t digest = XXH3_64bits_digest(state);
+  XXH3_freeState(state);
+
+  const std::string header = json{{"format", 1},
+                                  {"model_id", model_id},
+                                  {"plan_id", fs::path(path).stem().string()},
+                                  {"payload_bytes", payload_bytes},
+                                  {"xxh3", Hex64(digest)},
+                                  {"tensors", tensors}}
+                                 .dump();
+  fs::create_directories(fs::path(path).parent_path());
+  AtomicFile out(path);
+  out.Write(kMagic, 8);
+  const uint64_t header_len = header.size();
+  out.Write(&header_len, 8);
+  out.Write(header.data(), header.size());
+  out.Write(zeros, AlignUp(16 + header_len) - (16 + header_len));
+  visit([&](const void* p, uint64_t n) {
+    if (n) out.Write(p, n);
+  });
+  out.Commit();
+}
+
+}  // namespace epwa

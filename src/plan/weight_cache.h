@@ -1,0 +1,62 @@
+// An on-disk cache of quantized weights, so that the second load of a model
+// at an int level costs about as much as reading the cache file.
+//
+// One file per (model, plan): <cache dir>/<model id>/<level>-<plan id>.epwq.
+// The model id is a SHA-256 over config.json and, for every safetensors shard,
+// its name, size, modification time, inode and header (no weight is read);
+// the plan id a SHA-256 over the planned format of every matrix. Files are
+// written atomically (temp file + rename), validated completely on read
+// (magic, header, every tensor's name, format, shape, offsets and length,
+// file size, and an XXH3-64 checksum of the whole payload) and are safe to
+// delete at any time. A file that fails validation is reported, removed and
+// rebuilt, never used.
+//
+// Layout (little-endian):
+//   bytes 0-7    magic "EPWAQC1\n"
+//   bytes 8-15   u64 header length H
+//   bytes 16..   H bytes of JSON: {"format":1, "model_id", "plan_id",
+//                "payload_bytes", "xxh3" (16 hex digits), "tensors": [{"name",
+//                "dtype", "rows", "cols", "codes": [offset, bytes],
+//                "scales": [offset, bytes]}...]}
+//   zero padding to a multiple of 64, then the payload: each tensor's codes
+//   and scales at 64-byte aligned offsets (relative to the payload start)
+//   in header order, zero padding between them.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "io/safetensors.h"
+#include "model/config.h"
+#include "model/weights.h"
+#include "plan/memory_plan.h"
+
+namespace epwa {
+
+// $EPWA_CACHE_DIR, else $XDG_CACHE_HOME/epwa, else $HOME/.cache/epwa.
+std::string DefaultCacheDir();
+
+// Hex SHA-256 identity of a model folder from its metadata (see above).
+std::string ModelIdentity(const std::string& model_dir, const TensorStore& store);
+
+// The cache file for `plan` (only matrices planned in a quantized format are
+// cached); empty when the plan quantizes nothing.
+std::string CacheFilePath(const std::string& cache_dir, const std::string& model_id,
+                          QuantLevel level, const std::vector<TensorPlan>& plan);
+
+// Maps `path` and points every quantized matrix of `plan` at it. Returns false
+// with the reason in *why when the file is absent or fails validation (then
+// nothing in `weights` has changed). The mapping is kept alive by `weights`.
+bool LoadWeightCache(const std::string& path, const std::string& model_id,
+                     const ModelConfig& config, ModelWeights& weights,
+                     const std::vector<TensorPlan>& plan, std::string* why);
+
+// Writes the quantized matrices of `weights` (already materialized to `plan`)
+// to `path` atomically. Throws epwa::Error on failure (e.g. a full disk); the
+// caller decides whether that matters.
+void WriteWeightCache(const std::string& path, const std::string& model_id,
+                      const ModelConfig& config, ModelWeights& weights,
+                      const std::vector<TensorPlan>& plan);
+
+}  // namespace epwa
