@@ -53,5 +53,6 @@ Runner RegisterSynth(CLI::App& app);
 Runner RegisterBench(CLI::App& app);
 Runner RegisterPlan(CLI::App& app);
 Runner RegisterEval(CLI::App& app);
+Runner RegisterBenchLoad(CLI::App& app);
 
 }  // namespace epwa::cli

@@ -26,6 +26,7 @@ int main(int argc, char** argv) {
   add(epwa::cli::RegisterBench);
   add(epwa::cli::RegisterPlan);
   add(epwa::cli::RegisterEval);
+  add(epwa::cli::RegisterBenchLoad);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
