@@ -24,19 +24,21 @@ StepCost CostOf(const Engine& engine) {
   const ModelConfig& c = engine.config();
   const ModelWeights& w = engine.weights();
   StepCost cost;
+  // Codes plus scales for quantized weights.
+  auto bytes = [](const WeightView& v) { return static_cast<double>(v.Bytes() + v.ScaleBytes()); };
   for (const LayerWeights& l : w.layers) {
-    const double attn = l.q.Bytes() + l.k.Bytes() + l.v.Bytes() + l.o.Bytes();
+    const double attn = bytes(l.q) + bytes(l.k) + bytes(l.v) + bytes(l.o);
     const double attn_params = static_cast<double>(l.q.rows * l.q.cols + l.k.rows * l.k.cols +
                                                    l.v.rows * l.v.cols + l.o.rows * l.o.cols);
     const ExpertWeights& e = l.experts[0];
-    const double expert = e.gate.Bytes() + e.up.Bytes() + e.down.Bytes();
+    const double expert = bytes(e.gate) + bytes(e.up) + bytes(e.down);
     const double expert_params = static_cast<double>(3 * e.gate.rows * e.gate.cols);
     const double used = c.IsMoe() ? static_cast<double>(c.num_experts_per_tok) : 1.0;
     cost.decode_bytes += attn + used * expert + l.router.size() * sizeof(float);
     cost.flops_per_token += 2.0 * (attn_params + used * expert_params +
                                    static_cast<double>(l.router.size()));
   }
-  cost.decode_bytes += w.lm_head.Bytes();
+  cost.decode_bytes += bytes(w.lm_head);
   cost.lm_head_flops = 2.0 * static_cast<double>(w.lm_head.rows * w.lm_head.cols);
   return cost;
 }
