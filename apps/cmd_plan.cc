@@ -99,6 +99,7 @@ Runner RegisterPlan(CLI::App& app) {
                           {"kv_cache_bytes", p.kv_bytes},
                           {"scratch_bytes", p.scratch_bytes},
                           {"load_transient_bytes", p.transient_bytes},
+                          {"in_place_bytes", p.in_place_bytes},
                           {"runtime_bytes", p.runtime_bytes},
                           {"margin_bytes", p.margin_bytes},
                           {"expected_peak_bytes", p.ExpectedBytes()},

@@ -64,8 +64,10 @@ std::vector<size_t> MixedRaiseOrder(const std::vector<MatrixSlot>& matrices, int
 void Total(const ModelConfig& config, const PlanContext& cx, LevelPlan* p) {
   p->weights_bytes = cx.vector_bytes;
   p->transient_bytes = 0;
+  p->in_place_bytes = 0;
   for (const TensorPlan& t : p->tensors) {
     p->weights_bytes += t.bytes;
+    if (t.InPlace()) p->in_place_bytes += t.bytes;
     // While a tensor is converted its source pages are resident too; they are
     // released right after (see MaterializeWeights), so only the largest counts.
     if (!t.InPlace())

@@ -1,8 +1,9 @@
 // Exact memory plans: which format every weight matrix is stored in at a
 // quantization level, and the bytes a run needs, term by term.
 //
-//   required = weights + runtime overhead
-//              + max(load transient, KV cache + compute scratch) + margin
+//   required = runtime overhead + margin
+//              + max(weights not used in place + load transient,
+//                    weights + KV cache + compute scratch)
 //
 // Every term is computed from the checkpoint's headers and the engine's own
 // sizing code, not from multipliers: weights from each tensor's shape and its
@@ -90,11 +91,16 @@ struct LevelPlan {
   uint64_t runtime_bytes = 0;    // process baseline (+ CUDA context on a GPU)
   uint64_t margin_bytes = 0;
   int64_t raised_to_int8 = 0;    // kMixed: matrices kept at 8 bits
+  uint64_t in_place_bytes = 0;   // part of weights_bytes used in place from the mapping
   // What the process is expected to peak at, and that plus the safety margin.
-  // The load transient and the run's KV cache and scratch never coexist (the
-  // cache and scratch are allocated after loading), so the larger counts.
+  // The peak is the larger of two moments: the end of loading (converted
+  // weights plus the transient; weights used in place have not been touched
+  // yet) and the run (all weights, KV cache and scratch, which are allocated
+  // after loading).
   uint64_t ExpectedBytes() const {
-    return weights_bytes + runtime_bytes + std::max(transient_bytes, kv_bytes + scratch_bytes);
+    const uint64_t at_load = weights_bytes - in_place_bytes + transient_bytes;
+    const uint64_t at_run = weights_bytes + kv_bytes + scratch_bytes;
+    return runtime_bytes + std::max(at_load, at_run);
   }
   uint64_t RequiredBytes() const { return ExpectedBytes() + margin_bytes; }
 };

@@ -120,8 +120,10 @@ TEST(MemoryPlan, TermsMatchHandComputation) {
   EXPECT_EQ(p.transient_bytes, 96ull * 64 * 2);    // the largest bf16 source being converted
   EXPECT_EQ(p.runtime_bytes, pc.runtime_bytes);
   EXPECT_GE(p.scratch_bytes, Transformer::ScratchBytes(m.config, 128, 128, 2, false));
-  EXPECT_EQ(p.ExpectedBytes(), p.weights_bytes + p.runtime_bytes +
-                                   std::max(p.transient_bytes, p.kv_bytes + p.scratch_bytes));
+  EXPECT_EQ(p.in_place_bytes, 2ull * 320 * 64 * 2);  // embedding and lm_head
+  EXPECT_EQ(p.ExpectedBytes(),
+            p.runtime_bytes + std::max(p.weights_bytes - p.in_place_bytes + p.transient_bytes,
+                                       p.weights_bytes + p.kv_bytes + p.scratch_bytes));
   EXPECT_EQ(p.RequiredBytes(), p.ExpectedBytes() + p.margin_bytes);
   EXPECT_GE(p.margin_bytes, 64u << 20);
   // A CUDA plan adds the context.
