@@ -9,7 +9,7 @@ FUZZ_SECONDS ?= 60
 MODEL ?= $(if $(wildcard models/tiny-moe/config.json),models/tiny-moe,models/tiny-random-moe)
 PROMPT ?= Once upon a time
 
-.PHONY: all deps build run test bench fuzz clean
+.PHONY: all deps build run test bench bench-plan fuzz clean
 
 all: build
 
@@ -35,6 +35,12 @@ test: build
 
 bench: build
 	$(BUILD)/epwa bench --out-dir $(BUILD)/bench-model
+
+# The memory plan against measured peak RSS on bigger synthetic models (several
+# GB of disk and RAM, minutes): PLAN_MODELS lists preset:layers pairs.
+PLAN_MODELS ?= olmoe-1b-7b:4 mixtral-8x7b:1 llama-3-8b:2
+bench-plan: build
+	EPWA_PLAN_BENCH_MODELS="$(PLAN_MODELS)" $(BUILD)/tests/plan_accuracy_test --gtest_filter='*BiggerModels*'
 
 fuzz: deps
 	CC=clang CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DEPWA_FUZZ=ON -DEPWA_BUILD_TESTS=OFF -DEPWA_BUILD_BENCH=OFF

@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <map>
+#include <sstream>
 
 #include <nlohmann/json.hpp>
 
@@ -141,6 +142,24 @@ TEST_F(PlanAccuracy, SyntheticDense) {
   o.out_dir = dir_->path() + "/mistral-7b-1";
   WriteSynthModel(o);
   CheckModel("mistral-7b (1 layer)", o.out_dir, {128, 1024});
+}
+
+// `make bench-plan`: the same check on bigger synthetic models, named in
+// EPWA_PLAN_BENCH_MODELS as "preset:layers ..." (not run by ctest).
+TEST_F(PlanAccuracy, BiggerModels) {
+  const char* list = std::getenv("EPWA_PLAN_BENCH_MODELS");
+  if (!list || !*list) GTEST_SKIP() << "set EPWA_PLAN_BENCH_MODELS (make bench-plan)";
+  std::stringstream ss(list);
+  for (std::string item; ss >> item;) {
+    const size_t colon = item.find(':');
+    SynthOptions o;
+    o.preset = item.substr(0, colon);
+    o.layers = colon == std::string::npos ? 0 : std::stoll(item.substr(colon + 1));
+    o.out_dir = dir_->path() + "/" + o.preset;
+    WriteSynthModel(o);
+    CheckModel(item, o.out_dir, {512, 4096});
+    std::filesystem::remove_all(o.out_dir);
+  }
 }
 
 // A budget just below a level's requirement: an explicit level refuses and
