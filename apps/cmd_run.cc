@@ -160,11 +160,11 @@ Runner RegisterRun(CLI::App& app) {
       std::cout.flush();
       std::fprintf(stderr,
                    "generate: %lld prompt tokens at %.1f tok/s (prefill), %lld tokens at %.1f tok/s "
-                   "(decode), stop: %s, %d threads; peak RSS %.1f MB (planned %.1f MB)\n",
+                   "(decode), stop: %s, %d threads; peak RSS %s (planned %s)\n",
                    (long long)st.prompt_tokens, st.prefill_tokens_per_s,
                    (long long)st.generated_tokens, st.decode_tokens_per_s, st.stop_reason.c_str(),
-                   engine->threads(), PeakRssBytes() / 1e6,
-                   engine->load_stats().planned_bytes / 1e6);
+                   engine->threads(), FormatBytes(PeakRssBytes()).c_str(),
+                   FormatBytes(engine->load_stats().planned_bytes).c_str());
     }
     return 0;
   };
