@@ -6,17 +6,10 @@
 #include <string_view>
 
 #include "base/error.h"
+#include "base/text.h"
 
 namespace epwa {
 namespace {
-
-std::string_view Trim(std::string_view s) {
-  const char* ws = " \t\r\n\v\f";
-  size_t b = s.find_first_not_of(ws);
-  if (b == std::string_view::npos) return {};
-  size_t e = s.find_last_not_of(ws);
-  return s.substr(b, e - b + 1);
-}
 
 std::string Lower(std::string_view s) {
   std::string out(s);
@@ -51,7 +44,7 @@ std::string Quote(std::string_view s) {
 
 std::optional<bool> ParseEnvBool(const char* name, const char* value_or_null) {
   if (value_or_null == nullptr) return std::nullopt;
-  std::string_view value = Trim(value_or_null);
+  std::string_view value = TrimWhitespace(value_or_null);
   if (value.empty()) return std::nullopt;
   std::string v = Lower(value);
   if (v == "1" || v == "true" || v == "yes" || v == "on") return true;

@@ -1,5 +1,7 @@
 #include "base/meminfo.h"
 
+#include "base/text.h"
+
 #include <dlfcn.h>
 #include <glob.h>
 
@@ -17,18 +19,10 @@ namespace {
 // ---------------------------------------------------------------------------
 // Small parsing helpers. None of them throw: bad input gives nullopt.
 
-std::string_view Trim(std::string_view s) {
-  const char* ws = " \t\r\n\v\f";
-  size_t b = s.find_first_not_of(ws);
-  if (b == std::string_view::npos) return {};
-  size_t e = s.find_last_not_of(ws);
-  return s.substr(b, e - b + 1);
-}
-
 // A plain unsigned decimal (after trimming); nullopt on anything else,
 // including signs, empty strings and values that overflow 64 bits.
 std::optional<uint64_t> ParseU64(std::string_view s) {
-  s = Trim(s);
+  s = TrimWhitespace(s);
   if (s.empty()) return std::nullopt;
   uint64_t v = 0;
   for (char c : s) {
@@ -61,12 +55,12 @@ std::optional<uint64_t> MeminfoBytes(std::string_view meminfo, std::string_view 
         line[key.size()] != ':') {
       continue;
     }
-    std::string_view rest = Trim(line.substr(key.size() + 1));
+    std::string_view rest = TrimWhitespace(line.substr(key.size() + 1));
     uint64_t scale = 1;
     if (rest.size() >= 2 && (rest.substr(rest.size() - 2) == "kB" ||
                              rest.substr(rest.size() - 2) == "KB")) {
       scale = 1024;
-      rest = Trim(rest.substr(0, rest.size() - 2));
+      rest = TrimWhitespace(rest.substr(0, rest.size() - 2));
     }
     std::optional<uint64_t> v = ParseU64(rest);
     if (!v) return std::nullopt;  // malformed: the bound is left out
@@ -179,7 +173,7 @@ CgroupResult WalkCgroup(const ReadFileFn& read_file, const std::string& root,
     std::optional<uint64_t> usage = usage_text ? ParseU64(*usage_text) : std::nullopt;
     std::optional<uint64_t> limit;
     if (limit_text) {
-      std::string_view t = Trim(*limit_text);
+      std::string_view t = TrimWhitespace(*limit_text);
       if (!(v2 && t == "max")) {
         limit = ParseU64(t);  // malformed: nullopt, the bound is left out
         if (limit && !v2 && *limit >= kV1UnlimitedAtOrAbove) limit.reset();

@@ -15,19 +15,10 @@
 #include <vector>
 
 #include "kernels/reference.h"
+#include "kernels/scoped_isa_test_util.h"
 
 namespace epwa::kernels {
 namespace {
-
-// Restores the active path after a test that forces one.
-class ScopedIsa {
- public:
-  explicit ScopedIsa(Isa isa) : saved_(ActiveIsa()) { SetActiveIsa(isa); }
-  ~ScopedIsa() { SetActiveIsa(saved_); }
-
- private:
-  Isa saved_;
-};
 
 // A weight matrix stored in `dtype` two bytes past an aligned address, as
 // tensors in a memory-mapped safetensors file may be, with values drawn from

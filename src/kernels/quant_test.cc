@@ -19,18 +19,10 @@
 #include "base/error.h"
 #include "kernels/kernels.h"
 #include "kernels/reference.h"
+#include "kernels/scoped_isa_test_util.h"
 
 namespace epwa::kernels {
 namespace {
-
-class ScopedIsa {
- public:
-  explicit ScopedIsa(Isa isa) : saved_(ActiveIsa()) { SetActiveIsa(isa); }
-  ~ScopedIsa() { SetActiveIsa(saved_); }
-
- private:
-  Isa saved_;
-};
 
 ThreadPool& TwoThreads() {
   static ThreadPool pool(2);
