@@ -3,6 +3,8 @@
 // tools/make_reference.sh, and its logits and routing are committed under
 // tests/data/reference/. The fixtures are regenerated here by `synth`, whose
 // output is a pure function of the seed, so both sides see identical weights.
+// The trained default model (models/tiny-moe, committed) is checked the same
+// way on a sentence of real text.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -24,6 +26,15 @@ struct Fixture {
 };
 
 class ReferenceTest : public ::testing::TestWithParam<Fixture> {};
+
+constexpr const char* kTrainedModel = "tiny-moe";
+
+// The folder to load: the committed trained model, or the synthetic fixture
+// written into `dir`.
+std::string ModelFor(const Fixture& fx, const testing::TempDir& dir) {
+  if (std::string(fx.preset) == kTrainedModel) return "models/tiny-moe";
+  return testing::MakeModel(dir, fx.preset, fx.dtype);
+}
 
 struct Reference {
   std::vector<int32_t> ids;
@@ -73,7 +84,7 @@ TEST_P(ReferenceTest, FullForwardMatchesReference) {
   const Fixture fx = GetParam();
   testing::TempDir dir;
   const Reference ref = LoadReference(fx.preset);
-  auto engine = Engine::Load({testing::MakeModel(dir, fx.preset, fx.dtype), 2});
+  auto engine = Engine::Load({ModelFor(fx, dir), 2});
   ScoreResult r = engine->Score(ref.ids);
   const int64_t V = engine->config().vocab_size;
   ASSERT_EQ(r.logits.size(), ref.logits.size());
@@ -98,7 +109,7 @@ TEST_P(ReferenceTest, IncrementalDecodeMatchesReference) {
   const Fixture fx = GetParam();
   testing::TempDir dir;
   const Reference ref = LoadReference(fx.preset);
-  auto engine = Engine::Load({testing::MakeModel(dir, fx.preset, fx.dtype), 2});
+  auto engine = Engine::Load({ModelFor(fx, dir), 2});
   const int64_t T = static_cast<int64_t>(ref.ids.size());
   const int64_t prefill = T / 2;
   GenerateOptions o;
@@ -129,7 +140,8 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, ReferenceTest,
                          ::testing::Values(Fixture{"fixture-mixtral", DType::kBF16},
                                            Fixture{"fixture-mistral-swa", DType::kBF16},
                                            Fixture{"fixture-llama", DType::kF32},
-                                           Fixture{"fixture-qwen2", DType::kF16}),
+                                           Fixture{"fixture-qwen2", DType::kF16},
+                                           Fixture{kTrainedModel, DType::kBF16}),
                          [](const auto& info) {
                            std::string name = info.param.preset;
                            for (auto& ch : name)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Regenerates tests/data/reference/: for each fixture, writes the seeded model
-# with `epwa synth` and runs the independent NumPy reference on fixed ids.
+# with `epwa synth` and runs the independent NumPy reference on fixed ids;
+# then the same on the trained default model (models/tiny-moe), on real text.
 # Usage: tools/make_reference.sh [path/to/epwa]   (after building)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,3 +23,12 @@ fixture-mistral-swa bf16 1,5,6,7,8,9,10,11,12,400,401,402,3,4,5,6
 fixture-llama f32 1,250,251,2,3,4,100,101,102,103,500,9,8,7,6,5
 fixture-qwen2 f16 1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16
 LIST
+
+# The trained default model on a sentence of real text (BOS + the sentence's ids).
+out=tests/data/reference/tiny-moe
+mkdir -p "$out"
+ids=$("$EPWA" tokenize -m models/tiny-moe --special \
+  --text "The package manager installs the library, and the user reads the manual before running the program.")
+echo "[$ids]" > "$out/ids.json"
+"$PY" tools/reference_forward.py models/tiny-moe --ids "$ids" \
+  --logits-out "$out/logits.npy" --routing-out "$out/routing.json"

@@ -3,7 +3,8 @@
 #   tools/train/train_all.sh            full run (~95 min of training) -> models/tiny-moe
 #   tools/train/train_all.sh --quick    few-minute smoke run -> $WORK/quick-model
 # Environment: WORK (default /tmp/epwa-train), MINUTES (full-run training budget, default 95),
-#   STEPS (fixed step count instead of a time budget, for exact reproduction), EPWA (build/epwa).
+#   STEPS (fixed step count instead of a time budget, for exact reproduction), BALANCE_STEPS
+#   (steps of the balance phase, default 80), EPWA (build/epwa).
 # Needs: apt-get install sentencepiece python3-sentencepiece python3-torch libopenblas0-pthread
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -37,6 +38,12 @@ else
   [ -n "${STEPS:-}" ] && EXTRA=(--steps "$STEPS")
   $PY tools/train/train_moe.py --work "$WORK" --tok "$WORK/tok" --out "$OUT" --seed $SEED \
       --minutes "${MINUTES:-95}" "${EXTRA[@]}"
+  # Balance phase: a short continuation with a strong load-balancing loss, so
+  # that every expert of every layer takes at least 3% of the top-1 choices
+  # on held-out text (the main run's coefficient leaves the last layer's
+  # rarest expert just under it).
+  $PY tools/train/train_moe.py --work "$WORK" --tok "$WORK/tok" --out "$OUT" --seed $SEED \
+      --init "$OUT" --steps "${BALANCE_STEPS:-80}" --lr 3e-4 --warmup 10 --aux-coef 0.5
 fi
 cp "$WORK/tok/verify.json" "$OUT/tokenizer_verify.json"
 cp "$WORK/versions.txt" "$OUT/source_packages.txt"

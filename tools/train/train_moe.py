@@ -269,6 +269,25 @@ def write_safetensors(path, names, src):
     return 8 + len(h) + off
 
 
+def load_exported(model, path):
+    """Inverse of export_tensors + write_safetensors: bf16 weights of an exported folder into
+    `model` (for the balance phase, which continues from the main run's export)."""
+    with open(path, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        header = json.loads(f.read(n))
+        data = f.read()
+    names, src = export_tensors(model)
+    # export_tensors names a state-dict key k as "model." + k (lm_head as itself).
+    sd_key = {hf: hf[len("model."):] if hf.startswith("model.") else hf for hf in names}
+    with torch.no_grad():
+        for hf in names:
+            info = header[hf]
+            b, e = info["data_offsets"]
+            raw = np.frombuffer(data[b:e], dtype=np.int16).copy()
+            t = torch.from_numpy(raw).view(torch.bfloat16).float().view(info["shape"])
+            model.state_dict()[sd_key[hf]].copy_(t)
+
+
 def hf_config(c):
     return {
         "architectures": ["MixtralForCausalLM"],
@@ -332,6 +351,8 @@ def main():
     ap.add_argument("--steps", type=int, default=0, help="fixed step count (overrides --minutes)")
     ap.add_argument("--quick", action="store_true", help="3-minute smoke run, short evaluation")
     ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--init", default="", help="continue from this exported folder (balance phase): "
+                    "appends to its training curve and adds to its metrics")
     ap.add_argument("--seq", type=int, default=512)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--lr", type=float, default=2e-3)
@@ -377,18 +398,33 @@ def main():
 
     model = Mixtral(c)
     init_weights(model, c)
+    base = None
+    if a.init:
+        load_exported(model, os.path.join(a.init, "model.safetensors"))
+        base = json.load(open(os.path.join(a.init, "metrics.json")))
+        base_curve = open(os.path.join(a.init, "training_curve.csv")).read()
+        print(f"continuing from {a.init} ({base['steps']} steps) with aux coefficient {a.aux_coef}",
+              flush=True)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": a.wd},
                              {"params": no_decay, "weight_decay": 0.0}],
                             lr=a.lr, betas=(0.9, 0.95), eps=1e-8)
-    gen = np.random.default_rng(a.seed)
+    # The balance phase keeps the main run's data split (same seed) but draws
+    # other batches.
+    gen = np.random.default_rng(a.seed + (1 if a.init else 0))
     seq, B = a.seq, a.batch
     os.makedirs(a.out, exist_ok=True)
     curve_path = os.path.join(a.out, "training_curve.csv")
     curve = open(curve_path, "w", newline="")
     wr = csv.writer(curve)
-    wr.writerow(["step", "tokens", "train_loss", "aux_loss", "lr", "elapsed_s"])
+    if base is None:
+        wr.writerow(["step", "tokens", "train_loss", "aux_loss", "lr", "elapsed_s"])
+        step0, tokens0, el0 = 0, 0, 0.0
+    else:
+        curve.write(base_curve)
+        last = base_curve.strip().splitlines()[-1].split(",")
+        step0, tokens0, el0 = int(last[0]), int(last[1]), float(last[5])
 
     budget = a.minutes * 60.0
     total_steps = a.steps if a.steps else 10 ** 9
@@ -411,7 +447,8 @@ def main():
         tokens += B * seq
         el = time.time() - start
         smooth = loss.item() if smooth is None else 0.95 * smooth + 0.05 * loss.item()
-        wr.writerow([step, tokens, f"{loss.item():.4f}", f"{aux.item():.4f}", f"{lr:.6g}", f"{el:.1f}"])
+        wr.writerow([step0 + step, tokens0 + tokens, f"{loss.item():.4f}", f"{aux.item():.4f}",
+                     f"{lr:.6g}", f"{el0 + el:.1f}"])
         if not a.steps and step == 20:
             # fix the schedule: steps that fit the budget (the first steps are representative)
             total_steps = max(step + 1, int(budget / (el / step)))
@@ -476,6 +513,19 @@ def main():
         "min_expert_share": round(min_usage, 4),
         "torch_version": torch.__version__,
     }
+    if base is not None:
+        # The model is the main run plus this phase: totals cover both.
+        metrics["balance_phase"] = {"steps": step, "tokens": tokens, "aux_coef": a.aux_coef,
+                                    "batch_seed": a.seed + 1, "init": a.init,
+                                    "peak_lr": a.lr, "warmup": a.warmup,
+                                    "train_minutes": round(train_s / 60, 2)}
+        for k in ("seed", "batch", "seq_len", "peak_lr", "warmup", "aux_coef"):
+            metrics[k] = base[k]
+        metrics["main_run_steps"] = base["steps"]
+        metrics["steps"] = base["steps"] + step
+        metrics["tokens"] = base["tokens"] + tokens
+        metrics["train_minutes"] = round(base["train_minutes"] + train_s / 60, 2)
+        metrics["tokens_per_s"] = round(metrics["tokens"] / (metrics["train_minutes"] * 60), 1)
     json.dump(metrics, open(os.path.join(a.out, "metrics.json"), "w"), indent=2)
     print(f"exported {a.out}: model.safetensors {nbytes:,} bytes, {step} steps, {tokens:,} tokens, "
           f"{tokens / train_s:.0f} tok/s")
