@@ -54,5 +54,6 @@ Runner RegisterBench(CLI::App& app);
 Runner RegisterPlan(CLI::App& app);
 Runner RegisterEval(CLI::App& app);
 Runner RegisterBenchLoad(CLI::App& app);
+Runner RegisterHash(CLI::App& app);
 
 }  // namespace epwa::cli

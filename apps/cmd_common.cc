@@ -122,7 +122,8 @@ json LoadStatsJson(const LoadStats& s) {
               {"peak_rss_bytes", s.peak_rss_bytes}, {"quant_level", s.quant_level},
               {"quant_source", s.quant_source},   {"planned_bytes", s.planned_bytes},
               {"budget_bytes", s.budget_bytes},   {"plan_ctx", s.plan_ctx},
-              {"cache", s.cache},                 {"cache_path", s.cache_path},
+              {"router_hash", s.router_hash},     {"cache", s.cache},
+              {"cache_path", s.cache_path},
               {"cache_ms", s.cache_ms},           {"warnings", s.warnings}};
 }
 

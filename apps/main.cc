@@ -27,6 +27,7 @@ int main(int argc, char** argv) {
   add(epwa::cli::RegisterPlan);
   add(epwa::cli::RegisterEval);
   add(epwa::cli::RegisterBenchLoad);
+  add(epwa::cli::RegisterHash);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

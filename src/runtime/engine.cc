@@ -11,6 +11,7 @@
 #include "base/sysinfo.h"
 #include "base/meminfo.h"
 #include "base/timer.h"
+#include "model/router_hash.h"
 #include "plan/materialize.h"
 #include "plan/weight_cache.h"
 
@@ -203,6 +204,10 @@ std::unique_ptr<Engine> Engine::Load(const LoadOptions& options) {
   }
   stats.mapped_bytes = weights.mapped_bytes;
   stats.converted_bytes = weights.converted_bytes;
+  // IRSH over the checkpoint's routers: the same whatever the level.
+  stage.Reset();
+  if (config.IsMoe()) stats.router_hash = RouterHash(config, *engine->store_);
+  stats.router_hash_ms = stage.Millis();
   engine->model_ = std::make_unique<Transformer>(std::move(config), std::move(weights), *engine->pool_);
 
   stats.total_ms = total.Millis();

@@ -54,7 +54,7 @@ struct LoadStats {
   double weights_ms = 0;      // map, validate every header, bind tensors
   double plan_ms = 0;         // the memory plan
   double quantize_ms = 0;     // converting / quantizing matrices to the plan's formats
-  double router_hash_ms = 0;  // IRSH; 0 until the watermark issue adds it
+  double router_hash_ms = 0;  // IRSH (model/router_hash.h); 0 for dense models
   double total_ms = 0;
   uint64_t weight_bytes = 0;     // bytes of tensor data in the checkpoint
   uint64_t mapped_bytes = 0;     // used in place from the mapping
@@ -65,6 +65,7 @@ struct LoadStats {
   uint64_t planned_bytes = 0;      // the plan's expected peak (without margin)
   uint64_t budget_bytes = 0;       // the memory the plan had to fit
   int64_t plan_ctx = 0;            // context the plan was made for
+  std::string router_hash;         // IRSH hex SHA-256; empty for dense models
   std::string cache;               // "hit", "written", "off", "not used (...)"
   std::string cache_path;
   double cache_ms = 0;             // identity, validation or writing of the cache

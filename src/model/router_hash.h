@@ -1,0 +1,27 @@
+// IRSH (Initial Router State Hashing): a SHA-256 that binds a watermark to one
+// version of a model's MoE routers.
+//
+// Serialization, version 1 (all integers little-endian):
+//   the 16 ASCII bytes "EPW-A IRSH v1\0\0\0"
+//   u32  number of MoE layers L
+//   for each MoE layer, in layer order:
+//     u32 layer index, u32 rows (experts), u32 cols (hidden size)
+//     rows x cols float32, row-major: the checkpoint's router weights
+//     ("model.layers.N.block_sparse_moe.gate.weight") converted to float32
+//     exactly (bf16 and f16 values are representable in float32)
+// The hash is the lowercase hex SHA-256 of that byte string. It reads the
+// checkpoint, not the loaded copy, so it is the same at every quantization
+// level, and it changes when any router weight, shape or layer changes.
+#pragma once
+
+#include <string>
+
+#include "io/safetensors.h"
+#include "model/config.h"
+
+namespace epwa {
+
+// Throws epwa::Error for a dense model (no routers to hash).
+std::string RouterHash(const ModelConfig& config, const TensorStore& store);
+
+}  // namespace epwa

@@ -1,0 +1,77 @@
+// IRSH against an independent computation (Python hashlib + NumPy reading the
+// safetensors file by hand: tools/irsh_reference.py, run on the committed model), the same at every quantization level, and
+// sensitive to any router change.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+
+#include "base/error.h"
+#include "model/router_hash.h"
+#include "runtime/engine.h"
+#include "test_util.h"
+
+namespace epwa {
+namespace {
+
+namespace fs = std::filesystem;
+
+constexpr const char* kTinyMoeHash = "122fa78b170b6890516ab6b2bc89d333f6085853245f331a3fb80bd2183dd1f8";
+
+TEST(RouterHash, MatchesIndependentComputationOnTheBundledModel) {
+  auto store = TensorStore::OpenDir("models/tiny-moe");
+  EXPECT_EQ(RouterHash(LoadModelConfig("models/tiny-moe"), *store), kTinyMoeHash);
+}
+
+TEST(RouterHash, SameAtEveryLevel) {
+  testing::TempDir cache;
+  for (QuantLevel level : {QuantLevel::kNone, QuantLevel::kFp16, QuantLevel::kInt8, QuantLevel::kInt4}) {
+    LoadOptions o("models/tiny-moe", 2);
+    o.quant = level;
+    o.cache_dir = cache.path();
+    auto engine = Engine::Load(o);
+    EXPECT_EQ(engine->load_stats().router_hash, kTinyMoeHash) << QuantLevelName(level);
+    EXPECT_GT(engine->load_stats().router_hash_ms, 0.0);
+  }
+}
+
+TEST(RouterHash, ChangesWithOneRouterWeight) {
+  testing::TempDir dir;
+  const std::string copy = dir.path() + "/m";
+  fs::copy("models/tiny-moe", copy);
+  const std::string before = RouterHash(LoadModelConfig(copy), *TensorStore::OpenDir(copy));
+  // Flip the lowest bit of one bf16 router weight of layer 2, found through
+  // the header's data offsets.
+  uint64_t at = 0;
+  {
+    auto store = TensorStore::OpenDir(copy);
+    const TensorInfo* t = store->Find("model.layers.2.block_sparse_moe.gate.weight");
+    ASSERT_NE(t, nullptr);
+    at = t->begin;
+  }
+  const std::string file = copy + "/model.safetensors";
+  std::fstream f(file, std::ios::in | std::ios::out | std::ios::binary);
+  uint64_t header = 0;
+  f.read(reinterpret_cast<char*>(&header), 8);
+  f.seekg(static_cast<std::streamoff>(8 + header + at + 10));
+  char byte = 0;
+  f.read(&byte, 1);
+  byte = static_cast<char>(byte ^ 1);
+  f.seekp(static_cast<std::streamoff>(8 + header + at + 10));
+  f.write(&byte, 1);
+  f.close();
+  const std::string after = RouterHash(LoadModelConfig(copy), *TensorStore::OpenDir(copy));
+  EXPECT_NE(after, before);
+  EXPECT_EQ(before, kTinyMoeHash);
+}
+
+TEST(RouterHash, DenseModelIsAnError) {
+  testing::TempDir dir;
+  const std::string model = testing::MakeModel(dir, "fixture-llama");
+  EXPECT_THROW(RouterHash(LoadModelConfig(model), *TensorStore::OpenDir(model)), Error);
+  EXPECT_EQ(Engine::Load({model, 2})->load_stats().router_hash, "");
+}
+
+}  // namespace
+}  // namespace epwa
