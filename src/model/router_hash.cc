@@ -1,11 +1,10 @@
 #include "model/router_hash.h"
 
-#include <openssl/evp.h>
-
 #include <cstring>
 #include <vector>
 
 #include "base/error.h"
+#include "base/sha256.h"
 #include "model/weights.h"
 
 namespace epwa {
@@ -19,12 +18,11 @@ void AppendU32(std::vector<uint8_t>* out, uint32_t v) {
 
 std::string RouterHash(const ModelConfig& config, const TensorStore& store) {
   Require(config.IsMoe(), "the model has no MoE routers to hash (dense " + config.architecture + ")");
-  EVP_MD_CTX* ctx = EVP_MD_CTX_new();
-  Require(ctx && EVP_DigestInit_ex(ctx, EVP_sha256(), nullptr) == 1, "SHA-256 unavailable");
+  Sha256 sha;
   std::vector<uint8_t> head(16, 0);
   std::memcpy(head.data(), "EPW-A IRSH v1", 13);
   AppendU32(&head, static_cast<uint32_t>(config.num_layers));
-  EVP_DigestUpdate(ctx, head.data(), head.size());
+  sha.Add(head.data(), head.size());
   std::vector<uint8_t> row;
   for (int64_t l = 0; l < config.num_layers; ++l) {
     const TensorInfo& t = store.Require(TensorNames::Layer(l, "block_sparse_moe.gate.weight"),
@@ -33,7 +31,7 @@ std::string RouterHash(const ModelConfig& config, const TensorStore& store) {
     AppendU32(&shape, static_cast<uint32_t>(l));
     AppendU32(&shape, static_cast<uint32_t>(config.num_experts));
     AppendU32(&shape, static_cast<uint32_t>(config.hidden_size));
-    EVP_DigestUpdate(ctx, shape.data(), shape.size());
+    sha.Add(shape.data(), shape.size());
     const WeightView v{t.dtype, t.data, config.num_experts, config.hidden_size};
     row.resize(static_cast<size_t>(v.cols) * 4);
     for (int64_t r = 0; r < v.rows; ++r) {
@@ -43,20 +41,10 @@ std::string RouterHash(const ModelConfig& config, const TensorStore& store) {
         std::memcpy(&bits, &f, 4);
         for (int i = 0; i < 4; ++i) row[c * 4 + i] = static_cast<uint8_t>(bits >> (8 * i));
       }
-      EVP_DigestUpdate(ctx, row.data(), row.size());
+      sha.Add(row.data(), row.size());
     }
   }
-  unsigned char md[EVP_MAX_MD_SIZE];
-  unsigned int len = 0;
-  EVP_DigestFinal_ex(ctx, md, &len);
-  EVP_MD_CTX_free(ctx);
-  static const char* digits = "0123456789abcdef";
-  std::string hex;
-  for (unsigned i = 0; i < len; ++i) {
-    hex += digits[md[i] >> 4];
-    hex += digits[md[i] & 15];
-  }
-  return hex;
+  return sha.Hex();
 }
 
 }  // namespace epwa

@@ -1,6 +1,5 @@
 #include "plan/weight_cache.h"
 
-#include <openssl/evp.h>
 #include <sys/stat.h>
 #include <xxhash.h>
 
@@ -12,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "base/error.h"
+#include "base/sha256.h"
 #include "io/atomic_file.h"
 
 namespace epwa {
@@ -26,40 +26,6 @@ constexpr uint64_t kAlign = 64;
 constexpr uint64_t kMaxHeaderBytes = 64ull << 20;
 
 uint64_t AlignUp(uint64_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
-
-// Incremental SHA-256 over OpenSSL's EVP interface.
-class Sha256 {
- public:
-  Sha256() : ctx_(EVP_MD_CTX_new()) {
-    Require(ctx_ && EVP_DigestInit_ex(ctx_, EVP_sha256(), nullptr) == 1, "SHA-256 unavailable");
-  }
-  ~Sha256() { EVP_MD_CTX_free(ctx_); }
-  Sha256(const Sha256&) = delete;
-  Sha256& operator=(const Sha256&) = delete;
-  void Add(const void* data, size_t n) { EVP_DigestUpdate(ctx_, data, n); }
-  // Length-prefixed, so that ("ab", "c") and ("a", "bc") differ.
-  void Add(const std::string& s) {
-    const uint64_t n = s.size();
-    Add(&n, sizeof n);
-    Add(s.data(), s.size());
-  }
-  void Add(uint64_t v) { Add(&v, sizeof v); }
-  std::string Hex() {
-    unsigned char md[EVP_MAX_MD_SIZE];
-    unsigned int len = 0;
-    EVP_DigestFinal_ex(ctx_, md, &len);
-    static const char* digits = "0123456789abcdef";
-    std::string out;
-    for (unsigned i = 0; i < len; ++i) {
-      out += digits[md[i] >> 4];
-      out += digits[md[i] & 15];
-    }
-    return out;
-  }
-
- private:
-  EVP_MD_CTX* ctx_;
-};
 
 std::string ReadHead(const std::string& path, uint64_t max_bytes) {
   std::ifstream in(path, std::ios::binary);
@@ -86,12 +52,12 @@ std::vector<Entry> CachedEntries(const ModelConfig& config, ModelWeights& weight
 
 std::string PlanIdentity(QuantLevel level, const std::vector<TensorPlan>& plan) {
   Sha256 h;
-  h.Add(std::string(QuantLevelName(level)));
+  h.AddString(std::string(QuantLevelName(level)));
   for (const TensorPlan& t : plan) {
-    h.Add(t.name);
-    h.Add(std::string(DTypeName(t.target)));
-    h.Add(static_cast<uint64_t>(t.rows));
-    h.Add(static_cast<uint64_t>(t.cols));
+    h.AddString(t.name);
+    h.AddString(std::string(DTypeName(t.target)));
+    h.AddU64(static_cast<uint64_t>(t.rows));
+    h.AddU64(static_cast<uint64_t>(t.cols));
   }
   return h.Hex();
 }
@@ -113,19 +79,19 @@ std::string DefaultCacheDir() {
 
 std::string ModelIdentity(const std::string& model_dir, const TensorStore& store) {
   Sha256 h;
-  h.Add(ReadHead(model_dir + "/config.json", 1 << 20));
+  h.AddString(ReadHead(model_dir + "/config.json", 1 << 20));
   for (const std::string& file : store.files()) {
     struct stat st {};
     Require(::stat(file.c_str(), &st) == 0, "cannot stat " + file);
-    h.Add(fs::path(file).filename().string());
-    h.Add(static_cast<uint64_t>(st.st_size));
-    h.Add(static_cast<uint64_t>(st.st_mtim.tv_sec) * 1000000000ull + st.st_mtim.tv_nsec);
-    h.Add(static_cast<uint64_t>(st.st_ino));
+    h.AddString(fs::path(file).filename().string());
+    h.AddU64(static_cast<uint64_t>(st.st_size));
+    h.AddU64(static_cast<uint64_t>(st.st_mtim.tv_sec) * 1000000000ull + st.st_mtim.tv_nsec);
+    h.AddU64(static_cast<uint64_t>(st.st_ino));
     // The safetensors header: 8-byte length, then the JSON.
     std::string head = ReadHead(file, 8);
     uint64_t n = 0;
     if (head.size() == 8) std::memcpy(&n, head.data(), 8);
-    h.Add(ReadHead(file, 8 + std::min<uint64_t>(n, 100ull << 20)));
+    h.AddString(ReadHead(file, 8 + std::min<uint64_t>(n, 100ull << 20)));
   }
   return h.Hex();
 }
