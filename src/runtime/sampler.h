@@ -16,6 +16,10 @@ namespace epwa {
 class Rng {
  public:
   explicit Rng(uint64_t seed);
+  // Starts from the given state words as they are (no SplitMix64), for
+  // generators whose state is itself specified, such as the watermark's
+  // keyed permutation (docs/watermark.md).
+  static Rng FromState(uint64_t s0, uint64_t s1, uint64_t s2, uint64_t s3);
   uint64_t Next();
   // Uniform in [0, 1) with 24 random bits: (Next() >> 40) * 2^-24.
   float Uniform();

@@ -1,0 +1,70 @@
+#include "watermark/pipeline.h"
+
+#include <algorithm>
+
+#include "base/error.h"
+
+namespace epwa::wm {
+
+DetectInput InputFromText(const Engine& engine, const std::optional<std::string>& prompt,
+                          const std::string& text) {
+  Require(!text.empty(), "the text to test is empty");
+  DetectInput in;
+  if (prompt) {
+    Require(!prompt->empty(), "--prompt is empty; leave it out to detect without the prompt");
+    const std::vector<int32_t> prompt_ids = engine.EncodePrompt(*prompt);
+    in.ids = engine.EncodePrompt(*prompt + text);
+    // The prompt's tokens normally form a prefix of the joint tokenization;
+    // where a token spans the boundary, scoring starts after the common part.
+    const auto diff = std::mismatch(prompt_ids.begin(), prompt_ids.end(), in.ids.begin(), in.ids.end());
+    in.first = std::max<int64_t>(1, diff.first - prompt_ids.begin());
+    in.prompt_given = true;
+  } else {
+    in.ids = engine.EncodePrompt(text);
+    in.bos_prepended = engine.defaults().add_bos_token && !in.ids.empty() &&
+                       in.ids.front() == engine.defaults().bos_token_id;
+    in.first = in.bos_prepended ? 1 : 0;
+  }
+  Require(static_cast<int64_t>(in.ids.size()) > in.first, "the text to test has no tokens");
+  return in;
+}
+
+DetectInput InputFromIds(const Engine& engine, const std::optional<std::string>& prompt,
+                         const std::vector<int32_t>& ids) {
+  Require(!ids.empty(), "the id list to test is empty");
+  const int64_t vocab = engine.config().vocab_size;
+  for (int32_t id : ids)
+    Require(id >= 0 && id < vocab,
+            "token id " + std::to_string(id) + " is outside this model's vocabulary of " +
+                std::to_string(vocab) + " ids (were these ids made by another tokenizer?)");
+  DetectInput in;
+  if (prompt) {
+    Require(!prompt->empty(), "--prompt is empty; leave it out to detect without the prompt");
+    in.ids = engine.EncodePrompt(*prompt);
+    in.prompt_given = true;
+  } else if (engine.defaults().add_bos_token && engine.defaults().bos_token_id >= 0 &&
+             ids.front() != engine.defaults().bos_token_id) {
+    // Generation started from BOS + prompt; BOS alone is the closest context
+    // a detector without the prompt can give the router.
+    in.ids.push_back(engine.defaults().bos_token_id);
+    in.bos_prepended = true;
+  }
+  in.first = static_cast<int64_t>(in.ids.size());
+  in.ids.insert(in.ids.end(), ids.begin(), ids.end());
+  return in;
+}
+
+std::vector<TokenScore> ScoreInput(Engine& engine, const DetectInput& input, GreenLists& lists,
+                                   int slot, int shift, ScoreResult* score) {
+  if (lists.keyed_by() == KeyedBy::kPreviousToken && score == nullptr)
+    return ScoreByPreviousToken(input.ids, input.first, lists);
+  ScoreResult local;
+  ScoreResult& r = score ? *score : local;
+  r = engine.Score(input.ids);
+  if (lists.keyed_by() == KeyedBy::kPreviousToken) return ScoreByPreviousToken(input.ids, input.first, lists);
+  Require(r.routing.num_tokens() == static_cast<int64_t>(input.ids.size()),
+          "the model returned no routing, so experts cannot be recovered (is it an MoE model?)");
+  return ScoreByRouting(input.ids, input.first, r.routing, slot, lists, shift);
+}
+
+}  // namespace epwa::wm

@@ -1,0 +1,45 @@
+// Detection end to end on a loaded model: turning user input (text or ids,
+// with or without the prompt) into the sequence to score, and running the one
+// forward pass that recovers every position's expert.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "runtime/engine.h"
+#include "watermark/detector.h"
+
+namespace epwa::wm {
+
+// The sequence a detector scores: ids[0 .. first) is context (the prompt, or
+// BOS when the prompt is not given and the model adds one), ids[first ..) is
+// the text under test.
+struct DetectInput {
+  std::vector<int32_t> ids;
+  int64_t first = 0;
+  bool prompt_given = false;
+  bool bos_prepended = false;
+};
+
+// Text: tokenized exactly as the model's tokenizer does. With a prompt the
+// two are tokenized together (as they were generated: one sequence), and the
+// text starts where the prompt's own tokens end. Throws epwa::Error for an
+// empty text.
+DetectInput InputFromText(const Engine& engine, const std::optional<std::string>& prompt,
+                          const std::string& text);
+// Ids as generated (no retokenization). Throws epwa::Error for an empty list
+// or ids outside the model's vocabulary.
+DetectInput InputFromIds(const Engine& engine, const std::optional<std::string>& prompt,
+                         const std::vector<int32_t>& ids);
+
+// Every scorable token of `input` under `lists`: for expert-keyed lists one
+// causal forward pass (Engine::Score) recovers the router decision at each
+// position of router slot `slot`; KGW needs no model pass. `shift` as in
+// ScoreByRouting. When `score` is given it receives the forward pass (logits
+// for PEPI).
+std::vector<TokenScore> ScoreInput(Engine& engine, const DetectInput& input, GreenLists& lists,
+                                   int slot, int shift = 1, ScoreResult* score = nullptr);
+
+}  // namespace epwa::wm

@@ -1,0 +1,142 @@
+#include "watermark/processor.h"
+
+#include <cmath>
+#include <fstream>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "base/error.h"
+
+namespace epwa::wm {
+
+Scheme ParseScheme(const std::string& name) {
+  if (name == "gsg") return Scheme::kGsg;
+  if (name == "ewp") return Scheme::kEwp;
+  if (name == "kgw") return Scheme::kKgw;
+  throw Error("unknown watermark '" + name + "': use gsg, ewp or kgw");
+}
+
+const char* SchemeName(Scheme scheme) {
+  switch (scheme) {
+    case Scheme::kGsg: return "gsg";
+    case Scheme::kEwp: return "ewp";
+    case Scheme::kKgw: return "kgw";
+  }
+  return "?";
+}
+
+std::vector<double> DefaultExpertDeltas(double delta, int64_t num_experts) {
+  return std::vector<double>(static_cast<size_t>(num_experts), 2.0 * delta);
+}
+
+std::vector<double> ReadExpertDeltas(const std::string& path, int64_t num_experts) {
+  std::ifstream in(path);
+  Require(in.good(), "cannot read the expert-delta file '" + path + "'");
+  std::stringstream text;
+  text << in.rdbuf();
+  nlohmann::json j = nlohmann::json::parse(text.str(), nullptr, /*allow_exceptions=*/false);
+  Require(j.is_array() && static_cast<int64_t>(j.size()) == num_experts,
+          "the expert-delta file '" + path + "' must hold a JSON array of " +
+              std::to_string(num_experts) + " numbers, one per expert");
+  std::vector<double> deltas;
+  for (const auto& v : j) {
+    Require(v.is_number() && std::isfinite(v.get<double>()) && v.get<double>() >= 0 &&
+                v.get<double>() <= 100,
+            "the expert-delta file '" + path + "' must hold numbers between 0 and 100");
+    deltas.push_back(v.get<double>());
+  }
+  return deltas;
+}
+
+int ResolveRouterLayer(int requested, int64_t num_moe_layers) {
+  const int64_t slot = requested < 0 ? num_moe_layers + requested : requested;
+  Require(slot >= 0 && slot < num_moe_layers,
+          "--router-layer " + std::to_string(requested) + " is outside the model's " +
+              std::to_string(num_moe_layers) + " MoE layers (use 0.." +
+              std::to_string(num_moe_layers - 1) + ", or -1 for the last)");
+  return static_cast<int>(slot);
+}
+
+ExpertChoice ChooseExpert(std::span<const float> router_logits) {
+  ExpertChoice c;
+  if (router_logits.empty()) return c;
+  int32_t best = 0, second = -1;
+  for (int32_t e = 1; e < static_cast<int32_t>(router_logits.size()); ++e) {
+    if (router_logits[e] > router_logits[best]) {
+      second = best;
+      best = e;
+    } else if (second < 0 || router_logits[e] > router_logits[second]) {
+      second = e;
+    }
+  }
+  double sum = 0;
+  for (float v : router_logits) sum += std::exp(static_cast<double>(v) - router_logits[best]);
+  c.expert = best;
+  c.confidence = static_cast<float>(1.0 / sum);
+  const double p2 =
+      second < 0 ? 0.0 : std::exp(static_cast<double>(router_logits[second]) - router_logits[best]) / sum;
+  c.margin = static_cast<float>(c.confidence - p2);
+  return c;
+}
+
+namespace {
+KeyedBy CheckedKeying(const WatermarkParams& p, const ModelConfig& config) {
+  Require(p.scheme == Scheme::kKgw || config.IsMoe(),
+          std::string("--watermark ") + SchemeName(p.scheme) +
+              " keys green lists by the MoE router, but this model is dense (no experts); use "
+              "--watermark kgw, which keys them by the previous token");
+  Require(std::isfinite(p.delta) && p.delta >= 0 && p.delta <= 100,
+          "--delta must be between 0 and 100");
+  return KeyedByOf(p.scheme);
+}
+}  // namespace
+
+WatermarkProcessor::WatermarkProcessor(const SecretKey& key, const WatermarkParams& params,
+                                       const ModelConfig& config, const std::string& router_hash_hex)
+    : params_(params),
+      lists_(key, CheckedKeying(params, config), router_hash_hex, config.vocab_size, params.gamma),
+      vocab_(config.vocab_size) {
+  if (params_.scheme != Scheme::kKgw) {
+    // Every layer of the MoE architectures epwa runs is an MoE layer, so the
+    // MoE layer count is the layer count (the trace lists them: moe_layers()).
+    router_slot_ = ResolveRouterLayer(params_.router_layer, config.num_layers);
+    if (params_.scheme == Scheme::kEwp) {
+      if (params_.expert_deltas.empty())
+        params_.expert_deltas = DefaultExpertDeltas(params_.delta, config.num_experts);
+      Require(static_cast<int64_t>(params_.expert_deltas.size()) == config.num_experts,
+              "the EWP expert-delta table needs one entry per expert (" +
+                  std::to_string(config.num_experts) + ")");
+    }
+  }
+}
+
+void WatermarkProcessor::Apply(std::span<float> logits, const RoutingTrace& routing,
+                               std::span<const int32_t> context) {
+  Require(static_cast<int64_t>(logits.size()) == vocab_,
+          "the watermark expected " + std::to_string(vocab_) + " logits per step, got " +
+              std::to_string(logits.size()));
+  double bias = params_.delta;
+  int32_t seed_value = 0;
+  if (params_.scheme == Scheme::kKgw) {
+    Require(!context.empty(), "the KGW watermark needs a previous token");
+    seed_value = context.back();
+  } else {
+    Require(routing.num_tokens() > 0 && routing.num_moe_layers() > router_slot_ &&
+                routing.num_experts() > 0,
+            "the routing of this step is missing, so no watermark can be applied; refusing to "
+            "generate unwatermarked text under --watermark");
+    const ExpertChoice choice = ChooseExpert(routing.Logits(routing.num_tokens() - 1, router_slot_));
+    seed_value = choice.expert;
+    experts_used_.push_back(choice.expert);
+    if (params_.scheme == Scheme::kEwp)
+      bias = params_.expert_deltas[static_cast<size_t>(choice.expert)] * choice.confidence;
+  }
+  const GreenMask& green = lists_.For(seed_value);
+  const float b = static_cast<float>(bias);
+  for (int32_t id : green.ids()) logits[static_cast<size_t>(id)] += b;
+  bias_sum_ += bias;
+  ++steps_;
+}
+
+}  // namespace epwa::wm
