@@ -11,6 +11,8 @@
 #include <nlohmann/json.hpp>
 
 #include "runtime/engine.h"
+#include "watermark/key.h"
+#include "watermark/processor.h"
 
 namespace epwa::cli {
 
@@ -42,6 +44,27 @@ void PrintLoadStats(const LoadStats& s);  // one block on stderr
 // byte-fallback tokens) is replaced rather than throwing.
 void PrintJson(const json& j);
 
+// Watermark flags shared by run and detect.
+struct WatermarkFlags {
+  std::string scheme;  // run: "" = no watermark; detect: gsg (default), ewp or kgw
+  std::string key_file;
+  double gamma = 0.25;
+  double delta = 2.0;
+  int router_layer = -1;
+  std::string expert_deltas;
+  CLI::Option* scheme_option = nullptr;
+  std::vector<CLI::Option*> needs_scheme;  // run: flags that mean nothing without --watermark
+};
+void AddWatermarkFlags(CLI::App* cmd, WatermarkFlags* flags, bool generation);
+// The key named by --key-file or $EPWA_KEY_FILE.
+wm::SecretKey LoadKey(const WatermarkFlags& flags);
+wm::WatermarkParams WatermarkParamsFrom(const WatermarkFlags& flags, const Engine& engine);
+// run: null when no --watermark was given; throws epwa::Error for watermark
+// flags without --watermark.
+std::unique_ptr<wm::WatermarkProcessor> MakeWatermark(const WatermarkFlags& flags, const Engine& engine);
+json WatermarkJson(const wm::WatermarkProcessor& w, const Engine& engine);
+void PrintWatermarkLine(const wm::WatermarkProcessor& w, const Engine& engine);
+
 // Registration of each subcommand: adds it to `app` and returns the function
 // that runs it after parsing (returns the process exit code).
 using Runner = std::function<int()>;
@@ -55,5 +78,8 @@ Runner RegisterPlan(CLI::App& app);
 Runner RegisterEval(CLI::App& app);
 Runner RegisterBenchLoad(CLI::App& app);
 Runner RegisterHash(CLI::App& app);
+Runner RegisterKeygen(CLI::App& app);
+Runner RegisterDetect(CLI::App& app);
+Runner RegisterOracle(CLI::App& app);
 
 }  // namespace epwa::cli

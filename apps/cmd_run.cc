@@ -6,6 +6,8 @@
 #include "base/error.h"
 #include "base/sysinfo.h"
 #include "cli.h"
+#include "watermark/logprobs.h"
+#include "watermark/processor.h"
 
 namespace epwa::cli {
 namespace {
@@ -68,6 +70,9 @@ Runner RegisterRun(CLI::App& app) {
     int32_t repeat_last_n = 64;
     uint64_t seed = 0;
     bool json = false;
+    bool ignore_eos = false;
+    int logprobs = 0;
+    WatermarkFlags wm;
   };
   auto f = std::make_shared<Flags>();
   AddModelFlags(cmd, &f->model);
@@ -90,6 +95,12 @@ Runner RegisterRun(CLI::App& app) {
       ->check(CLI::Range(0, 1 << 20));
   cmd->add_option("--seed", f->seed, "seed of the sampler's PRNG (xoshiro256**)");
   cmd->add_flag("--json", f->json, "print one JSON object instead of streaming");
+  cmd->add_flag("--ignore-eos", f->ignore_eos, "keep generating past end-of-sequence tokens");
+  AddWatermarkFlags(cmd, &f->wm, /*generation=*/true);
+  cmd->add_option("--logprobs", f->logprobs,
+                  "with --json: the top K log-probabilities of the model's distribution at each "
+                  "generated token (before the watermark and the sampler), as an API returns them")
+      ->check(CLI::Range(1, 1000));
 
   return [f, prompt, prompt_file]() {
     Require(prompt->count() + prompt_file->count() == 1, "run needs a prompt: -p TEXT or -f FILE");
@@ -115,6 +126,18 @@ Runner RegisterRun(CLI::App& app) {
     s.repeat_last_n = f->repeat_last_n;
     s.seed = f->seed;
 
+    o.ignore_eos = f->ignore_eos;
+    std::unique_ptr<wm::WatermarkProcessor> watermark = MakeWatermark(f->wm, *engine);
+    Require(f->logprobs == 0 || f->json, "--logprobs is part of the --json output; add --json");
+    wm::LogprobsFile logprobs;
+    logprobs.vocab_size = engine->config().vocab_size;
+    if (watermark || f->logprobs > 0) {
+      o.logits_processor = [&](std::span<float> logits, const RoutingTrace& routing,
+                               std::span<const int32_t> context) {
+        if (f->logprobs > 0) logprobs.tokens.push_back({0, wm::TopKFromLogits(logits, f->logprobs)});
+        if (watermark) watermark->Apply(logits, routing, context);
+      };
+    }
     std::vector<int32_t> prompt = engine->EncodePrompt(f->prompt);
     engine->ValidatePrompt(prompt);
     TextStream stream(engine->tokenizer(), prompt);
@@ -128,6 +151,8 @@ Runner RegisterRun(CLI::App& app) {
       };
     }
     GenerateResult r = engine->Generate(prompt, o);
+    for (size_t i = 0; i < logprobs.tokens.size() && i < r.tokens.size(); ++i)
+      logprobs.tokens[i].id = r.tokens[i];
     const GenerateStats& st = r.stats;
     if (f->json) {
       // Full text of prompt + continuation minus the prompt's own decoding,
@@ -136,10 +161,11 @@ Runner RegisterRun(CLI::App& app) {
       std::string generated;
       for (int32_t t : r.tokens) generated += whole.Push(t);
       generated += whole.Flush();
-      PrintJson(json{{"prompt", f->prompt},
+      json out{{"prompt", f->prompt},
                      {"prompt_ids", prompt},
                      {"text", generated},
                      {"ids", r.tokens},
+                     {"watermark", watermark ? WatermarkJson(*watermark, *engine) : json(nullptr)},
                      {"sampler",
                       {{"temperature", s.temperature}, {"top_k", s.top_k}, {"top_p", s.top_p},
                        {"min_p", s.min_p}, {"repeat_penalty", s.repeat_penalty},
@@ -154,7 +180,9 @@ Runner RegisterRun(CLI::App& app) {
                        {"decode_tokens_per_s", st.decode_tokens_per_s},
                        {"stop_reason", st.stop_reason},
                        {"threads", engine->threads()},
-                       {"peak_rss_bytes", PeakRssBytes()}}}});
+                       {"peak_rss_bytes", PeakRssBytes()}}}};
+      if (f->logprobs > 0) out["logprobs"] = wm::LogprobsJson(logprobs);
+      PrintJson(out);
     } else {
       std::cout << stream.Flush() << "\n";
       std::cout.flush();
@@ -165,6 +193,7 @@ Runner RegisterRun(CLI::App& app) {
                    (long long)st.generated_tokens, st.decode_tokens_per_s, st.stop_reason.c_str(),
                    engine->threads(), FormatBytes(PeakRssBytes()).c_str(),
                    FormatBytes(engine->load_stats().planned_bytes).c_str());
+      if (watermark) PrintWatermarkLine(*watermark, *engine);
     }
     return 0;
   };

@@ -28,6 +28,9 @@ int main(int argc, char** argv) {
   add(epwa::cli::RegisterEval);
   add(epwa::cli::RegisterBenchLoad);
   add(epwa::cli::RegisterHash);
+  add(epwa::cli::RegisterKeygen);
+  add(epwa::cli::RegisterDetect);
+  add(epwa::cli::RegisterOracle);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

@@ -266,7 +266,7 @@ GenerateResult Engine::Generate(std::span<const int32_t> prompt, const GenerateO
     const int32_t token = sampler.Sample(logits, context);
     context.push_back(token);
     result.tokens.push_back(token);
-    const bool is_eos = std::find(defaults_.eos_token_ids.begin(), defaults_.eos_token_ids.end(),
+    const bool is_eos = !options.ignore_eos && std::find(defaults_.eos_token_ids.begin(), defaults_.eos_token_ids.end(),
                                   token) != defaults_.eos_token_ids.end();
     if (options.on_token && !options.on_token(token)) {
       stats.stop_reason = "callback";

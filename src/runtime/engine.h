@@ -95,6 +95,8 @@ struct GenerateStats {
 
 struct GenerateOptions {
   int32_t max_new_tokens = 64;
+  // Keep going past end-of-sequence tokens (for fixed-length evaluations).
+  bool ignore_eos = false;
   SamplerParams sampler;
   // Called with the logits of the next token ([vocab], modifiable), the
   // routing of the step that produced them (the trace covers the tokens fed

@@ -68,3 +68,30 @@ std::vector<TokenScore> ScoreInput(Engine& engine, const DetectInput& input, Gre
 }
 
 }  // namespace epwa::wm
+
+namespace epwa::wm {
+
+void CollectOracleExamples(Engine& engine, const std::string& text, int64_t window, int64_t max_tokens,
+                           int slot, int top_k, std::vector<TopLogprobs>* x, std::vector<int32_t>* labels) {
+  Require(window >= 2, "the training window must hold at least 2 tokens");
+  const std::vector<int32_t> ids = engine.tokenizer().Encode(text);
+  Require(!ids.empty(), "the training corpus has no tokens");
+  const int64_t V = engine.config().vocab_size;
+  const int32_t bos = engine.defaults().bos_token_id;
+  const int64_t body = bos >= 0 ? window - 1 : window;
+  int64_t taken = 0;
+  for (size_t start = 0; start < ids.size() && taken < max_tokens; start += static_cast<size_t>(body)) {
+    std::vector<int32_t> chunk;
+    if (bos >= 0) chunk.push_back(bos);
+    const size_t end = std::min(ids.size(), start + static_cast<size_t>(body));
+    chunk.insert(chunk.end(), ids.begin() + static_cast<std::ptrdiff_t>(start),
+                 ids.begin() + static_cast<std::ptrdiff_t>(end));
+    const ScoreResult r = engine.Score(chunk);
+    for (int64_t t = 0; t < static_cast<int64_t>(chunk.size()) && taken < max_tokens; ++t, ++taken) {
+      x->push_back(TopKFromLogits(std::span<const float>(r.logits.data() + t * V, static_cast<size_t>(V)), top_k));
+      labels->push_back(ChooseExpert(r.routing.Logits(t, slot)).expert);
+    }
+  }
+}
+
+}  // namespace epwa::wm

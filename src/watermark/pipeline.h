@@ -10,6 +10,7 @@
 
 #include "runtime/engine.h"
 #include "watermark/detector.h"
+#include "watermark/oracle.h"
 
 namespace epwa::wm {
 
@@ -41,5 +42,17 @@ DetectInput InputFromIds(const Engine& engine, const std::optional<std::string>&
 // for PEPI).
 std::vector<TokenScore> ScoreInput(Engine& engine, const DetectInput& input, GreenLists& lists,
                                    int slot, int shift = 1, ScoreResult* score = nullptr);
+
+}  // namespace epwa::wm
+
+namespace epwa::wm {
+
+// PEPI training data from a corpus: the text is tokenized, cut into windows
+// of BOS + (window - 1) tokens, and every position of every window yields one
+// example: the top-k of its output distribution and the argmax expert of
+// router slot `slot` there. Examples come out in corpus order (so the last
+// fraction can be held out as unseen text). Stops after max_tokens positions.
+void CollectOracleExamples(Engine& engine, const std::string& text, int64_t window, int64_t max_tokens,
+                           int slot, int top_k, std::vector<TopLogprobs>* x, std::vector<int32_t>* labels);
 
 }  // namespace epwa::wm

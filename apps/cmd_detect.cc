@@ -1,0 +1,336 @@
+// epwa detect: is this text watermarked with this key?
+//
+// Methods: full (one forward pass recovers every position's expert), cspv
+// (the same pass, then a confidence-stratified sample) and pepi (an oracle
+// predicts each expert from the output log-probabilities: from a forward
+// pass, or from an API's logprobs file with no model weights at all).
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <iostream>
+
+#include "base/error.h"
+#include "base/timer.h"
+#include "cli.h"
+#include "watermark/detector.h"
+#include "watermark/logprobs.h"
+#include "watermark/oracle.h"
+#include "watermark/pipeline.h"
+
+namespace epwa::cli {
+namespace {
+
+struct Input {
+  std::string label;
+  std::optional<std::string> text;
+  std::optional<std::vector<int32_t>> ids;
+  std::optional<std::string> prompt;
+};
+
+std::vector<int32_t> IdsFromJson(const json& j, const std::string& origin) {
+  Require(j.is_array(), origin + " must be a JSON array of token ids");
+  std::vector<int32_t> ids;
+  for (const json& v : j) {
+    Require(v.is_number_integer() && v.get<int64_t>() >= 0 && v.get<int64_t>() < (int64_t{1} << 31),
+            origin + " must hold non-negative integer token ids");
+    ids.push_back(v.get<int32_t>());
+  }
+  return ids;
+}
+
+json ParseJsonFile(const std::string& path) {
+  const std::string text = ReadTextFile(path);
+  json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
+  Require(!j.is_discarded(), "'" + path + "' is not valid JSON");
+  return j;
+}
+
+json SummaryJson(const wm::Summary& s) {
+  return json{{"scored", s.scored},
+              {"green", s.green},
+              {"green_fraction", s.green_fraction},
+              {"p0", s.p0},
+              {"z", s.z},
+              {"p_value", s.p_value},
+              {"log10_p", s.log10_p},
+              {"detected", s.detected},
+              {"skipped_repeats", s.skipped_repeats},
+              {"skipped_low_margin", s.skipped_low_margin},
+              {"candidates", s.candidates}};
+}
+
+std::string PValueText(const wm::Summary& s) {
+  char buf[64];
+  if (s.log10_p > -300) std::snprintf(buf, sizeof(buf), "%.3g", s.p_value);
+  else std::snprintf(buf, sizeof(buf), "1e%.1f", s.log10_p);
+  return buf;
+}
+
+void PrintSummary(const std::string& what, const wm::Summary& s, double z_threshold) {
+  std::printf("  %-6s %lld scored (%lld repeats, %lld low-margin skipped), %lld green (%.1f%%, "
+              "null %.1f%%), z = %.2f, p = %s -> %s\n",
+              what.c_str(), (long long)s.scored, (long long)s.skipped_repeats,
+              (long long)s.skipped_low_margin, (long long)s.green, 100 * s.green_fraction,
+              100 * s.p0, s.z, PValueText(s).c_str(),
+              s.detected ? "WATERMARKED" : (s.z > z_threshold ? "?" : "not detected"));
+}
+
+}  // namespace
+
+Runner RegisterDetect(CLI::App& app) {
+  auto* cmd = app.add_subcommand("detect", "test texts for a watermark (full, cspv or pepi)");
+  struct Flags {
+    ModelFlags model;
+    WatermarkFlags wm;
+    std::vector<std::string> texts, files;
+    std::string ids_file, jsonl_file, logprobs_file, oracle_file;
+    std::optional<std::string> prompt;
+    std::string method = "full";
+    wm::DetectOptions detect;
+    bool no_dedup = false;
+    int64_t sample = 48;
+    uint64_t seed = 0;
+    bool json = false;
+  };
+  auto f = std::make_shared<Flags>();
+  AddModelFlags(cmd, &f->model);
+  AddWatermarkFlags(cmd, &f->wm, /*generation=*/false);
+  cmd->add_option("--text", f->texts, "text to test (repeatable)");
+  cmd->add_option("--file", f->files, "file whose whole content is one text to test (repeatable)");
+  cmd->add_option("--ids", f->ids_file,
+                  "JSON file: an array of generated token ids, or an array of such arrays");
+  cmd->add_option("--jsonl", f->jsonl_file,
+                  "one JSON object per line: {\"text\": ...} or {\"ids\": [...]}, optional \"prompt\"");
+  cmd->add_option("--prompt", f->prompt, "the prompt the text continued (optional; improves recovery)");
+  cmd->add_option("--method", f->method, "full (default), cspv or pepi")
+      ->check(CLI::IsMember({"full", "cspv", "pepi"}));
+  cmd->add_option("--z-threshold", f->detect.z_threshold, "decide 'watermarked' above this z (default 4)");
+  cmd->add_flag("--no-dedup", f->no_dedup, "score repeated (expert, token) pairs every time");
+  cmd->add_option("--min-tokens", f->detect.min_tokens, "fewest scored tokens for a verdict (default 16)")
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 40));
+  cmd->add_option("--min-margin", f->detect.min_margin,
+                  "skip tokens whose router top-1 minus top-2 probability is below this (default 0)")
+      ->check(CLI::Range(0.0, 1.0));
+  cmd->add_option("--sample", f->sample, "cspv: tokens in the stratified sample (default 48)")
+      ->check(CLI::Range(int64_t{3}, int64_t{1} << 40));
+  cmd->add_option("--seed", f->seed, "cspv: seed of the random stratum");
+  cmd->add_option("--oracle", f->oracle_file, "pepi: oracle file from epwa oracle train");
+  cmd->add_option("--logprobs", f->logprobs_file,
+                  "pepi: per-token top log-probabilities (JSON, as run --json --logprobs K "
+                  "writes); needs no model");
+  cmd->add_flag("--json", f->json, "one JSON object per input (one per line)");
+
+  return [f]() {
+    f->detect.dedup = !f->no_dedup;
+    const wm::Scheme scheme = wm::ParseScheme(f->wm.scheme.empty() ? "gsg" : f->wm.scheme);
+    const bool pepi = f->method == "pepi";
+    Require(!pepi || !f->oracle_file.empty(), "--method pepi needs --oracle FILE (epwa oracle train makes one)");
+    Require(f->logprobs_file.empty() || pepi, "--logprobs is read by --method pepi only");
+    Require(scheme != wm::Scheme::kKgw || f->method == "full",
+            "kgw green lists are keyed by the previous token, which the text itself gives: use "
+            "--method full");
+    const wm::SecretKey key = LoadKey(f->wm);
+
+    std::vector<json> results;
+    int failures = 0;
+    auto emit = [&](json j) {
+      if (f->json) PrintJson(j);
+      results.push_back(std::move(j));
+    };
+
+    // Black-box PEPI from an API's log-probabilities: no model at all.
+    if (pepi && !f->logprobs_file.empty()) {
+      Require(f->texts.empty() && f->files.empty() && f->ids_file.empty() && f->jsonl_file.empty(),
+              "--logprobs gives the tokens itself; leave out --text/--file/--ids/--jsonl");
+      const wm::ExpertOracle oracle = wm::ExpertOracle::Load(f->oracle_file);
+      const wm::OracleInfo& info = oracle.info();
+      Stopwatch clock;
+      const wm::LogprobsFile lp = wm::ReadLogprobsFile(f->logprobs_file, info.vocab_size);
+      const double read_ms = clock.Millis();
+      clock.Reset();
+      wm::GreenLists lists(key, wm::KeyedBy::kExpert, info.router_hash, info.vocab_size, f->wm.gamma);
+      // Entry i's distribution produced token i, so its predicted expert keys
+      // token i: a placeholder in front aligns this with seeds[t - 1] -> t.
+      std::vector<int32_t> ids = {0};
+      std::vector<int32_t> seeds;
+      for (const auto& entry : lp.tokens) {
+        ids.push_back(entry.id);
+        seeds.push_back(oracle.PredictExpert(entry.top));
+      }
+      const auto tokens = wm::ScoreBySeeds(ids, 1, seeds, lists);
+      const wm::Summary s = wm::SummarizeChecked(tokens, lists.p0(), f->detect);
+      const double score_ms = clock.Millis();
+      json j{{"input", f->logprobs_file}, {"method", "pepi"}, {"source", "logprobs"},
+             {"scheme", wm::SchemeName(scheme)}, {"tokens", lp.tokens.size()},
+             {"oracle", {{"heldout_accuracy", info.heldout_accuracy},
+                         {"chance", 1.0 / info.num_experts},
+                         {"top_k", info.top_k},
+                         {"router_layer", info.router_layer}}},
+             {"router_hash", info.router_hash}, {"z_threshold", f->detect.z_threshold},
+             {"dedup", f->detect.dedup}, {"read_ms", read_ms}, {"detect_ms", score_ms},
+             {"tokens_per_s", lp.tokens.size() / std::max(1e-9, (read_ms + score_ms) / 1e3)}};
+      j.update(SummaryJson(s));
+      emit(j);
+      if (!f->json) {
+        std::printf("%s: pepi from logprobs (oracle held-out accuracy %.1f%%, chance %.1f%%)\n",
+                    f->logprobs_file.c_str(), 100 * info.heldout_accuracy, 100.0 / info.num_experts);
+        PrintSummary("pepi", s, f->detect.z_threshold);
+      }
+      return 0;
+    }
+
+    std::vector<Input> inputs;
+    for (size_t i = 0; i < f->texts.size(); ++i)
+      inputs.push_back({"text " + std::to_string(i + 1), f->texts[i], std::nullopt, f->prompt});
+    for (const std::string& path : f->files) inputs.push_back({path, ReadTextFile(path), std::nullopt, f->prompt});
+    if (!f->ids_file.empty()) {
+      const json j = ParseJsonFile(f->ids_file);
+      if (j.is_array() && !j.empty() && j[0].is_array()) {
+        for (size_t i = 0; i < j.size(); ++i)
+          inputs.push_back({f->ids_file + "[" + std::to_string(i) + "]", std::nullopt,
+                            IdsFromJson(j[i], f->ids_file), f->prompt});
+      } else {
+        inputs.push_back({f->ids_file, std::nullopt, IdsFromJson(j, f->ids_file), f->prompt});
+      }
+    }
+    if (!f->jsonl_file.empty()) {
+      std::ifstream in(f->jsonl_file);
+      Require(in.good(), "cannot open file '" + f->jsonl_file + "'");
+      std::string line;
+      for (int n = 1; std::getline(in, line); ++n) {
+        if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+        const std::string where = f->jsonl_file + ":" + std::to_string(n);
+        json j = json::parse(line, nullptr, false);
+        Require(j.is_object() && (j.contains("text") != j.contains("ids")),
+                where + " must be an object with either \"text\" or \"ids\"");
+        Input input{where, std::nullopt, std::nullopt, f->prompt};
+        if (j.contains("text")) {
+          Require(j["text"].is_string(), where + ": \"text\" must be a string");
+          input.text = j["text"].get<std::string>();
+        } else {
+          input.ids = IdsFromJson(j["ids"], where);
+        }
+        if (j.contains("prompt")) {
+          Require(j["prompt"].is_string(), where + ": \"prompt\" must be a string");
+          input.prompt = j["prompt"].get<std::string>();
+        }
+        inputs.push_back(std::move(input));
+      }
+    }
+    Require(!inputs.empty(), "nothing to test: give --text, --file, --ids or --jsonl");
+
+    auto engine = LoadEngine(f->model, /*quiet=*/f->json);
+    const ModelConfig& config = engine->config();
+    const std::string& router_hash = engine->load_stats().router_hash;
+    Require(scheme == wm::Scheme::kKgw || config.IsMoe(),
+            "this model is dense (no router), so only --watermark kgw can be detected on it");
+    wm::GreenLists lists(key, wm::KeyedByOf(scheme), router_hash, config.vocab_size, f->wm.gamma);
+    const int slot = scheme == wm::Scheme::kKgw ? -1 : wm::ResolveRouterLayer(f->wm.router_layer, config.num_layers);
+    std::optional<wm::ExpertOracle> oracle;
+    if (pepi) {
+      oracle = wm::ExpertOracle::Load(f->oracle_file);
+      const wm::OracleInfo& info = oracle->info();
+      Require(info.router_hash == router_hash,
+              "the oracle '" + f->oracle_file + "' was trained on another model (router hash " +
+                  info.router_hash.substr(0, 16) + "..., this model " + router_hash.substr(0, 16) + "...)");
+      Require(info.router_layer == slot, "the oracle predicts router layer " +
+                                             std::to_string(info.router_layer) + ", but --router-layer selects " +
+                                             std::to_string(slot));
+      Require(info.vocab_size == config.vocab_size, "the oracle's vocabulary does not match the model's");
+    }
+
+    for (const Input& input : inputs) {
+      json j{{"input", input.label}, {"method", f->method}, {"scheme", wm::SchemeName(scheme)}};
+      try {
+        const wm::DetectInput in = input.text ? wm::InputFromText(*engine, input.prompt, *input.text)
+                                              : wm::InputFromIds(*engine, input.prompt, *input.ids);
+        Stopwatch clock;
+        ScoreResult pass;
+        const bool need_pass = scheme != wm::Scheme::kKgw;
+        std::vector<wm::TokenScore> tokens;
+        if (need_pass) tokens = wm::ScoreInput(*engine, in, lists, slot, 1, &pass);
+        else tokens = wm::ScoreInput(*engine, in, lists, slot);
+        j["prompt_given"] = in.prompt_given;
+        j["bos_prepended"] = in.bos_prepended;
+        j["tokens"] = static_cast<int64_t>(in.ids.size()) - in.first;
+        j["z_threshold"] = f->detect.z_threshold;
+        j["dedup"] = f->detect.dedup;
+        j["min_margin"] = f->detect.min_margin;
+        if (need_pass) {
+          j["router_layer"] = slot;
+          j["router_hash"] = router_hash;
+        }
+        if (f->method == "full") {
+          const wm::Summary s = wm::SummarizeChecked(tokens, lists.p0(), f->detect);
+          j.update(SummaryJson(s));
+          j["detect_ms"] = clock.Millis();
+          if (!f->json) {
+            std::printf("%s%s:\n", input.label.c_str(), in.prompt_given ? " (with prompt)" : "");
+            PrintSummary("full", s, f->detect.z_threshold);
+          }
+        } else if (f->method == "cspv") {
+          const wm::CspvResult r = wm::Cspv(tokens, lists.p0(), f->detect, f->sample, f->seed);
+          Require(r.population >= f->detect.min_tokens,
+                  "only " + std::to_string(r.population) +
+                      " tokens could be scored; detection needs at least " +
+                      std::to_string(f->detect.min_tokens) + " (--min-tokens)");
+          j.update(SummaryJson(r.sample));
+          j["population"] = r.population;
+          j["sample_size"] = f->sample;
+          j["strata"] = {{"low_confidence", SummaryJson(r.low)},
+                         {"random", SummaryJson(r.random)},
+                         {"high_confidence", SummaryJson(r.high)}};
+          j["detect_ms"] = clock.Millis();
+          if (!f->json) {
+            std::printf("%s%s: cspv, %lld of %lld tokens sampled\n", input.label.c_str(),
+                        in.prompt_given ? " (with prompt)" : "", (long long)r.sample.scored,
+                        (long long)r.population);
+            PrintSummary("sample", r.sample, f->detect.z_threshold);
+            PrintSummary("low", r.low, f->detect.z_threshold);
+            PrintSummary("random", r.random, f->detect.z_threshold);
+            PrintSummary("high", r.high, f->detect.z_threshold);
+          }
+        } else {
+          const int64_t T = static_cast<int64_t>(in.ids.size());
+          const int64_t V = config.vocab_size;
+          std::vector<int32_t> seeds(static_cast<size_t>(T), 0);
+          int64_t agree = 0, compared = 0;
+          for (int64_t t = std::max<int64_t>(in.first, 1) - 1; t + 1 < T; ++t) {
+            const std::span<const float> row(pass.logits.data() + t * V, static_cast<size_t>(V));
+            seeds[t] = oracle->PredictExpert(wm::TopKFromLogits(row, oracle->info().top_k));
+          }
+          for (const wm::TokenScore& s : tokens) {
+            agree += seeds[s.position - 1] == s.seed;
+            ++compared;
+          }
+          const auto pepi_tokens = wm::ScoreBySeeds(in.ids, in.first, seeds, lists);
+          const wm::Summary s = wm::SummarizeChecked(pepi_tokens, lists.p0(), f->detect);
+          j.update(SummaryJson(s));
+          j["source"] = "model";
+          j["oracle"] = {{"heldout_accuracy", oracle->info().heldout_accuracy},
+                         {"chance", 1.0 / oracle->info().num_experts},
+                         {"top_k", oracle->info().top_k},
+                         {"agreement_with_router", compared ? double(agree) / compared : 0.0}};
+          j["detect_ms"] = clock.Millis();
+          if (!f->json) {
+            std::printf("%s%s: pepi (oracle held-out accuracy %.1f%%, chance %.1f%%; agrees with "
+                        "the router on %.1f%% of this text)\n",
+                        input.label.c_str(), in.prompt_given ? " (with prompt)" : "",
+                        100 * oracle->info().heldout_accuracy, 100.0 / oracle->info().num_experts,
+                        compared ? 100.0 * agree / compared : 0.0);
+            PrintSummary("pepi", s, f->detect.z_threshold);
+          }
+        }
+      } catch (const Error& e) {
+        if (inputs.size() == 1) throw;
+        ++failures;
+        j["error"] = e.what();
+        if (!f->json) std::fprintf(stderr, "epwa: error: %s: %s\n", input.label.c_str(), e.what());
+      }
+      emit(std::move(j));
+    }
+    return failures ? 1 : 0;
+  };
+}
+
+}  // namespace epwa::cli
