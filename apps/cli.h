@@ -81,5 +81,7 @@ Runner RegisterHash(CLI::App& app);
 Runner RegisterKeygen(CLI::App& app);
 Runner RegisterDetect(CLI::App& app);
 Runner RegisterOracle(CLI::App& app);
+// `eval watermark`, registered under `eval`.
+Runner RegisterEvalWatermark(CLI::App& eval, CLI::App** cmd);
 
 }  // namespace epwa::cli

@@ -34,8 +34,11 @@ Runner RegisterEval(CLI::App& app) {
   cmd->add_option("--max-tokens", f->max_tokens, "text tokens to score at most")
       ->check(CLI::Range(int64_t{16}, int64_t{1} << 30));
   cmd->add_flag("--json", f->json, "print one JSON object");
+  CLI::App* watermark_cmd = nullptr;
+  const Runner watermark = RegisterEvalWatermark(*eval, &watermark_cmd);
 
-  return [f]() {
+  return [f, watermark, watermark_cmd]() {
+    if (watermark_cmd->parsed()) return watermark();
     std::vector<QuantLevel> levels;
     std::stringstream ss(f->levels);
     for (std::string item; std::getline(ss, item, ',');) {

@@ -120,7 +120,6 @@ GreenMask::GreenMask(std::span<const int32_t> green_ids, int64_t vocab)
     : vocab_(vocab), bits_(static_cast<size_t>((vocab + 63) / 64), 0) {
   for (int32_t id : green_ids) bits_[static_cast<size_t>(id) >> 6] |= uint64_t{1} << (id & 63);
   ids_.assign(green_ids.begin(), green_ids.end());
-  std::sort(ids_.begin(), ids_.end());
 }
 
 GreenLists::GreenLists(const SecretKey& key, KeyedBy keyed_by, const std::string& router_hash_hex,

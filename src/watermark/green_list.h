@@ -49,7 +49,8 @@ class GreenMask {
     return token >= 0 && token < vocab_ &&
            ((bits_[static_cast<size_t>(token) >> 6] >> (token & 63)) & 1) != 0;
   }
-  // Ids in ascending order.
+  // The green ids in shuffle order (not sorted: sorting would cost more than
+  // building the list, which KGW does for every new previous token).
   const std::vector<int32_t>& ids() const { return ids_; }
 
  private:

@@ -74,7 +74,16 @@ namespace epwa::wm {
 void CollectOracleExamples(Engine& engine, const std::string& text, int64_t window, int64_t max_tokens,
                            int slot, int top_k, std::vector<TopLogprobs>* x, std::vector<int32_t>* labels) {
   Require(window >= 2, "the training window must hold at least 2 tokens");
-  const std::vector<int32_t> ids = engine.tokenizer().Encode(text);
+  // Tokenize only as much of the corpus as the examples need: paragraph by
+  // paragraph (blank-line separated), a few tokens beyond max_tokens.
+  std::vector<int32_t> ids;
+  for (size_t at = 0; at < text.size() && static_cast<int64_t>(ids.size()) < max_tokens + window;) {
+    size_t end = text.find("\n\n", at);
+    end = end == std::string::npos ? text.size() : end + 2;
+    const std::vector<int32_t> part = engine.tokenizer().Encode(std::string_view(text).substr(at, end - at));
+    ids.insert(ids.end(), part.begin(), part.end());
+    at = end;
+  }
   Require(!ids.empty(), "the training corpus has no tokens");
   const int64_t V = engine.config().vocab_size;
   const int32_t bos = engine.defaults().bos_token_id;

@@ -1,0 +1,57 @@
+// Running the epwa binary from tests: its exit code and output, and the
+// shape every user-facing error must have.
+#pragma once
+
+#include <sys/wait.h>
+
+#include <cstdlib>
+#include <string>
+
+#include <gtest/gtest.h>
+
+#include "test_util.h"
+
+namespace epwa {
+
+struct Result {
+  int exit_code;  // -1 when killed by a signal
+  std::string out, err;
+};
+
+inline std::string Quote(const std::string& s) {
+  std::string q = "'";
+  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return q + "'";
+}
+
+inline Result RunEpwa(const std::string& args, const testing::TempDir& dir) {
+  const std::string out = dir.path() + "/stdout", err = dir.path() + "/stderr";
+  const std::string cmd = std::string(EPWA_BINARY) + " " + args + " >" + out + " 2>" + err;
+  const int status = std::system(cmd.c_str());
+  Result r;
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  r.out = testing::ReadFile(out);
+  r.err = testing::ReadFile(err);
+  return r;
+}
+
+// Exit code `code` and exactly one error line, the last line of stderr,
+// containing `needle` (load statistics may precede it when the failure comes
+// after a successful load). Nothing on stdout.
+inline void ExpectCleanError(const Result& r, int code, const std::string& needle) {
+  EXPECT_EQ(r.exit_code, code) << r.err;
+  ASSERT_FALSE(r.err.empty());
+  ASSERT_EQ(r.err.back(), '\n') << r.err;
+  const size_t start = r.err.rfind('\n', r.err.size() - 2);
+  const std::string last = r.err.substr(start == std::string::npos ? 0 : start + 1);
+  EXPECT_EQ(last.rfind("epwa: error: ", 0), 0u) << r.err;
+  EXPECT_NE(last.find(needle), std::string::npos) << "stderr was: " << r.err;
+  size_t error_lines = 0;
+  for (size_t pos = r.err.find("epwa: error"); pos != std::string::npos;
+       pos = r.err.find("epwa: error", pos + 1))
+    ++error_lines;
+  EXPECT_EQ(error_lines, 1u) << r.err;
+  EXPECT_TRUE(r.out.empty()) << r.out;
+}
+
+}  // namespace epwa

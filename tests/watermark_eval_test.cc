@@ -1,0 +1,94 @@
+// The watermark's statistical claims on the bundled model (issue 5's bars),
+// with the same protocol as `epwa eval watermark` (src/watermark/evaluate.h):
+//   round trip: 100 gsg and 100 ewp generations of 200 tokens, each detected
+//               by `full` with the prompt (>= 99 of 100);
+//   no false alarms: 1,000 held-out human paragraphs and 200 unwatermarked
+//               generations, none detected at z = 4 with dedup; their z has
+//               mean near 0 and sd near 1;
+//   alignment:  pairing token t with the expert at t (the original's bug)
+//               loses the signal wherever the expert changed;
+//   guard:      no watermarked generation equals the unwatermarked one;
+//   CSPV and PEPI: reported, with PEPI's oracle far above chance.
+// The figures are printed so a CI log shows them.
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "runtime/engine.h"
+#include "watermark/evaluate.h"
+#include "watermark/pipeline.h"
+
+namespace epwa::wm {
+namespace {
+
+std::string ReadAll(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+TEST(WatermarkEval, RoundTripFalseAlarmsAlignmentAndGuard) {
+  LoadOptions lo("models/tiny-moe", 0);
+  lo.plan_ctx = 512;
+  lo.use_cache = false;
+  auto engine = Engine::Load(lo);
+  const std::string human = ReadAll("data/heldout/jargon.txt");
+  ASSERT_FALSE(human.empty());
+
+  // The PEPI oracle learns from the END of the held-out file, so the
+  // paragraphs scored as human negatives (the first 1,000) are not its
+  // training text.
+  const std::string tail = human.substr(human.size() * 3 / 4);
+  std::vector<TopLogprobs> x;
+  std::vector<int32_t> y;
+  CollectOracleExamples(*engine, tail, 256, 20000, 3, 20, &x, &y);
+  OracleInfo info;
+  info.router_hash = engine->load_stats().router_hash;
+  info.router_layer = 3;
+  info.num_experts = 8;
+  info.vocab_size = 4096;
+  info.top_k = 20;
+  const ExpertOracle oracle = ExpertOracle::Train(x, y, info, OracleTrainOptions());
+
+  EvalOptions o;
+  o.schemes = {Scheme::kGsg, Scheme::kEwp};
+  o.human_text = human;
+  o.oracle = &oracle;
+  const EvalReport r = EvaluateWatermark(*engine, EvaluationKey(), o);
+  const nlohmann::json j = r.Json(o);
+  std::printf("%s\n", j.dump(1).c_str());
+
+  for (const SchemeEval& s : r.schemes) {
+    SCOPED_TRACE(SchemeName(s.scheme));
+    ASSERT_EQ(s.full_prompt.z.size(), 100u);
+    EXPECT_GE(s.full_prompt.Detected(4.0), 99);
+    EXPECT_GE(s.full_no_prompt.Detected(4.0), 95);
+    EXPECT_EQ(s.identical_to_plain, 0);
+    EXPECT_GE(s.expert_recovery_prompt, 0.99);
+    // Misaligned: far weaker overall, and at chance where the expert changed.
+    const auto med = [](const ZSet& z) { return z.Json(4.0)["median"].get<double>(); };
+    EXPECT_LT(med(s.shift0), 0.5 * med(s.full_prompt));
+    EXPECT_LT(std::abs(s.shift0_changed.Json(4.0)["mean"].get<double>()), 1.0);
+    EXPECT_LE(s.shift0_changed.Detected(4.0), 2);
+    EXPECT_GE(s.cspv.Detected(4.0), 90);
+  }
+  EXPECT_EQ(r.human_paragraphs_used, 1000);
+  EXPECT_EQ(r.human_full.Detected(4.0), 0);
+  EXPECT_EQ(r.plain_full.Detected(4.0), 0);
+  ASSERT_EQ(r.plain_full.z.size(), 200u);
+  for (const ZSet* z : {&r.human_full, &r.plain_full}) {
+    const nlohmann::json s = z->Json(4.0);
+    EXPECT_NEAR(s["mean"].get<double>(), 0.0, z == &r.human_full ? 0.15 : 0.3);
+    EXPECT_NEAR(s["sd"].get<double>(), 1.0, 0.2);
+  }
+  EXPECT_LE(r.human_cspv.Detected(4.0), 2);
+  EXPECT_LE(r.human_pepi.Detected(4.0), 2);
+  EXPECT_GT(oracle.info().heldout_accuracy, 3.0 / 8);
+}
+
+}  // namespace
+}  // namespace epwa::wm
