@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The main job, end to end, on the bundled default model: what the model is,
 # its memory plan, how a prompt tokenizes, a streamed generation (16-bit and
-# int4), and a scored text with its MoE routing.
+# int4), a scored text with its MoE routing, and the EPW-A watermark: a
+# watermarked and an unwatermarked generation from the same prompt and seed,
+# and detection of both.
 set -euo pipefail
 EPWA=$1
 MODEL=$2
@@ -31,3 +33,40 @@ EPW_LOAD_IN_4BIT=true "$EPWA" run -m "$MODEL" -p "$PROMPT" -n 48 --seed 7
 step "epwa score -m $MODEL -p \"$PROMPT\"   (log-probabilities and the experts of the last MoE layer)"
 "$EPWA" score -m "$MODEL" -p "$PROMPT"
 
+
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+KEY="$WORK/demo.key"
+WM_PROMPT="The history of the computer"
+
+step "epwa keygen --out demo.key   (32 random bytes, mode 0600)"
+"$EPWA" keygen --out "$KEY"
+
+step "epwa hash -m $MODEL   (IRSH: the router hash that binds green lists to this model)"
+"$EPWA" hash -m "$MODEL"
+
+step "epwa run ... --watermark gsg --key-file demo.key -n 120 --seed 11"
+"$EPWA" run -m "$MODEL" -p "$WM_PROMPT" -n 120 --seed 11 --ignore-eos --watermark gsg --key-file "$KEY"
+"$EPWA" run -m "$MODEL" -p "$WM_PROMPT" -n 120 --seed 11 --ignore-eos --watermark gsg --key-file "$KEY" \
+  --json 2>/dev/null > "$WORK/marked.json"
+
+step "epwa run ... -n 120 --seed 11   (the same prompt and seed, no watermark)"
+"$EPWA" run -m "$MODEL" -p "$WM_PROMPT" -n 120 --seed 11 --ignore-eos --json 2>/dev/null > "$WORK/plain.json"
+python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["text"].strip())' "$WORK/plain.json"
+
+for name in marked plain; do
+  python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); json.dump(d["ids"], open(sys.argv[2], "w"))' \
+    "$WORK/$name.json" "$WORK/$name.ids.json"
+done
+
+step "epwa detect --key-file demo.key --ids marked.ids.json --prompt ...   (full: one forward pass)"
+"$EPWA" detect -m "$MODEL" --key-file "$KEY" --ids "$WORK/marked.ids.json" --prompt "$WM_PROMPT" 2>/dev/null
+
+step "epwa detect --key-file demo.key --ids plain.ids.json --prompt ..."
+"$EPWA" detect -m "$MODEL" --key-file "$KEY" --ids "$WORK/plain.ids.json" --prompt "$WM_PROMPT" 2>/dev/null
+
+step "epwa detect --key-file demo.key --ids marked.ids.json   (without the prompt)"
+"$EPWA" detect -m "$MODEL" --key-file "$KEY" --ids "$WORK/marked.ids.json" 2>/dev/null
+
+step "epwa detect --method cspv --ids marked.ids.json   (confidence-stratified sample of 48 tokens)"
+"$EPWA" detect -m "$MODEL" --key-file "$KEY" --ids "$WORK/marked.ids.json" --method cspv 2>/dev/null
