@@ -188,7 +188,7 @@ void BM_Apply(benchmark::State& state) {
   int32_t step = 0;
   for (auto _ : state) {
     trace.MutableLogits(0, 31)[step % 8] = static_cast<float>(step);
-    ctx[0] = (step * 7919) % static_cast<int32_t>(V);  // a new previous token each step
+    ctx[0] = static_cast<int32_t>((int64_t{step} * 7919) % V);  // a new previous token each step
     proc.Apply(logits, trace, ctx);
     ++step;
   }

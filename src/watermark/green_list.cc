@@ -107,13 +107,21 @@ Seed KgwSeed(const SecretKey& key, int64_t vocab, int32_t previous_token) {
 void GreenIds(const Seed& seed, int64_t vocab, int64_t n_green, std::vector<int32_t>& scratch,
               std::vector<int32_t>& out) {
   Rng rng = SeededRng(seed);
-  scratch.resize(static_cast<size_t>(vocab));
-  std::iota(scratch.begin(), scratch.end(), 0);
+  // `scratch` is kept as the identity permutation between calls: the swaps
+  // are undone afterwards, so a list costs O(n_green) rather than O(vocab)
+  // (KGW builds one per new previous token).
+  if (static_cast<int64_t>(scratch.size()) != vocab) {
+    scratch.resize(static_cast<size_t>(vocab));
+    std::iota(scratch.begin(), scratch.end(), 0);
+  }
+  std::vector<int64_t> swapped(static_cast<size_t>(n_green));
   for (int64_t i = 0; i < n_green; ++i) {
     const int64_t j = i + static_cast<int64_t>(Below(rng, static_cast<uint64_t>(vocab - i)));
     std::swap(scratch[i], scratch[j]);
+    swapped[i] = j;
   }
   out.assign(scratch.begin(), scratch.begin() + n_green);
+  for (int64_t i = n_green - 1; i >= 0; --i) std::swap(scratch[i], scratch[swapped[i]]);
 }
 
 GreenMask::GreenMask(std::span<const int32_t> green_ids, int64_t vocab)

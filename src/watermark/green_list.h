@@ -36,7 +36,8 @@ Rng SeededRng(const Seed& seed);
 uint64_t Below(Rng& rng, uint64_t bound);
 
 // The first n_green ids of the keyed forward Fisher-Yates shuffle, in
-// shuffle order. `scratch` ([vocab]) avoids reallocating per call.
+// shuffle order. `scratch` ([vocab]) is working memory that callers keep
+// between calls (it is left as the identity permutation).
 void GreenIds(const Seed& seed, int64_t vocab, int64_t n_green, std::vector<int32_t>& scratch,
               std::vector<int32_t>& out);
 

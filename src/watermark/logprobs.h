@@ -33,7 +33,6 @@ struct LogprobsFile {
 // Throws epwa::Error naming the file and the entry for anything malformed,
 // and when the file's vocabulary differs from `expected_vocab`.
 LogprobsFile ReadLogprobsFile(const std::string& path, int64_t expected_vocab);
-LogprobsFile ParseLogprobs(const nlohmann::json& j, const std::string& origin, int64_t expected_vocab);
 nlohmann::json LogprobsJson(const LogprobsFile& file);
 
 }  // namespace epwa::wm
