@@ -1,6 +1,7 @@
 // epwa eval watermark: the watermark's evaluation protocol on a model
 // (src/watermark/evaluate.h): detection rates, false alarms on human and
 // unwatermarked text, z distributions, expert recovery and decode cost.
+#include <cmath>
 #include <cstdio>
 #include <sstream>
 
@@ -34,6 +35,8 @@ Runner RegisterEvalWatermark(CLI::App& eval, CLI::App** out_cmd) {
   struct Flags {
     ModelFlags model;
     std::string key_file, human = "data/heldout/jargon.txt", oracle_file, schemes = "gsg,ewp,kgw";
+    std::string substitution = "0.1,0.2,0.3";
+    std::string detect_quant;
     wm::EvalOptions o;
     bool json = false;
   };
@@ -56,12 +59,31 @@ Runner RegisterEvalWatermark(CLI::App& eval, CLI::App** out_cmd) {
   cmd->add_option("--z-threshold", f->o.detect.z_threshold, "detection threshold (default 4)");
   cmd->add_option("--oracle", f->oracle_file, "also evaluate PEPI with this oracle");
   cmd->add_option("--seed", f->o.seed, "first sampler seed (default 1)");
+  cmd->add_option("--substitution", f->substitution,
+                  "fractions of generated tokens replaced by random ids, comma-separated (default "
+                  "0.1,0.2,0.3; empty: none)");
+  cmd->add_option("--detect-quant", f->detect_quant,
+                  "also detect with the model loaded at this level (int8, int4, ...): router flips "
+                  "between precisions");
+  cmd->add_option("--detect-min-margin", f->o.other_min_margin,
+                  "router margin filter for --detect-quant (default 0.1)")
+      ->check(CLI::Range(0.0, 1.0));
   cmd->add_flag("--json", f->json, "print one JSON object");
   return [f]() {
     f->o.schemes.clear();
     std::stringstream ss(f->schemes);
     for (std::string s; std::getline(ss, s, ',');) f->o.schemes.push_back(wm::ParseScheme(s));
     f->o.human_text = ReadTextFile(f->human);
+    std::stringstream rates(f->substitution);
+    for (std::string r; std::getline(rates, r, ',');) {
+      double v = -1;
+      try {
+        v = std::stod(r);
+      } catch (const std::exception&) {
+      }
+      Require(v > 0 && v < 1, "--substitution takes fractions between 0 and 1, got '" + r + "'");
+      f->o.substitution_rates.push_back(v);
+    }
     if (f->model.ctx == 0) f->model.ctx = 512;
     auto engine = LoadEngine(f->model, /*quiet=*/f->json);
     std::optional<wm::ExpertOracle> oracle;
@@ -70,6 +92,13 @@ Runner RegisterEvalWatermark(CLI::App& eval, CLI::App** out_cmd) {
       Require(oracle->info().router_hash == engine->load_stats().router_hash,
               "the oracle was trained on another model");
       f->o.oracle = &*oracle;
+    }
+    std::unique_ptr<Engine> other;
+    if (!f->detect_quant.empty()) {
+      ModelFlags m = f->model;
+      m.quant = f->detect_quant;
+      other = LoadEngine(m, /*quiet=*/true);
+      f->o.other_engine = other.get();
     }
     const wm::SecretKey key = f->key_file.empty() ? wm::EvaluationKey() : wm::SecretKey::FromFile(f->key_file);
     if (!f->json) f->o.progress = [](const std::string& s) { std::fprintf(stderr, "eval: %s...\n", s.c_str()); };
@@ -93,6 +122,23 @@ Runner RegisterEvalWatermark(CLI::App& eval, CLI::App** out_cmd) {
       if (s.scheme == wm::Scheme::kKgw) continue;
       PrintZ("cspv (sample)", s.cspv, t);
       if (oracle) PrintZ("pepi", s.pepi, t);
+      for (size_t a = 0; a < s.substituted.size(); ++a) {
+        const std::string what = std::to_string(static_cast<int>(std::lround(100 * f->o.substitution_rates[a]))) +
+                                 "% of tokens substituted";
+        PrintZ(what.c_str(), s.substituted[a], t);
+      }
+      if (other) {
+        const std::string lvl = "detected at " + other->load_stats().quant_level;
+        PrintZ(lvl.c_str(), s.other_level, t);
+        char what[96];
+        std::snprintf(what, sizeof what, "  ... with --min-margin %.2f", f->o.other_min_margin);
+        PrintZ(what, s.other_level_margin, t);
+        std::printf("  experts at %s agree with %s on %.2f%% of tokens; %.2f%% of the %.1f%% above the "
+                    "margin\n",
+                    other->load_stats().quant_level.c_str(), engine->load_stats().quant_level.c_str(),
+                    100 * s.other_level_expert_agreement, 100 * s.other_level_expert_agreement_margin,
+                    100 * s.other_level_margin_kept);
+      }
       PrintZ("misaligned: expert at t (original)", s.shift0, t);
       PrintZ("misaligned: expert at t-2", s.shift2, t);
       PrintZ("misaligned at t, expert changed", s.shift0_changed, t);

@@ -166,6 +166,18 @@ nlohmann::json EvalReport::Json(const EvalOptions& o) const {
       j["expert_recovery_with_prompt"] = s.expert_recovery_prompt;
       j["expert_recovery_without_prompt"] = s.expert_recovery_no_prompt;
     }
+    for (size_t a = 0; a < s.substituted.size(); ++a)
+      j["substituted_" + std::to_string(static_cast<int>(std::lround(100 * o.substitution_rates[a]))) + "pct"] =
+          s.substituted[a].Json(t);
+    if (o.other_engine && s.scheme != Scheme::kKgw) {
+      j["other_level"] = {{"level", o.other_engine->load_stats().quant_level},
+                          {"full", s.other_level.Json(t)},
+                          {"full_min_margin", s.other_level_margin.Json(t)},
+                          {"min_margin", o.other_min_margin},
+                          {"expert_agreement", s.other_level_expert_agreement},
+                          {"expert_agreement_above_margin", s.other_level_expert_agreement_margin},
+                          {"tokens_above_margin", s.other_level_margin_kept}};
+    }
     if (o.oracle && s.scheme != Scheme::kKgw) {
       j["pepi"] = s.pepi.Json(t);
       j["pepi_expert_agreement"] = s.pepi_agreement;
@@ -263,6 +275,8 @@ EvalReport EvaluateWatermark(Engine& engine, const SecretKey& key, const EvalOpt
     se.scheme = scheme;
     int64_t recovered_p = 0, recovered_np = 0, steps = 0, agree = 0, agree_n = 0;
     int64_t adjacent_same = 0, adjacent = 0;
+    int64_t other_recovered = 0, other_n = 0, other_recovered_margin = 0, other_n_margin = 0;
+    se.substituted.resize(o.substitution_rates.size());
     double decode_ms = 0, bias = 0;
     int64_t decoded = 0;
     for (int i = 0; i < o.generations; ++i) {
@@ -301,6 +315,33 @@ EvalReport EvaluateWatermark(Engine& engine, const SecretKey& key, const EvalOpt
       adjacent += rw.adjacent;
       Add(se.cspv, rw.cspv);
       if (o.oracle) Add(se.pepi, rw.pepi);
+      // Robustness: a fraction of the generated tokens replaced by uniformly
+      // random ids (the prompt kept), detected with the prompt.
+      for (size_t a = 0; a < o.substitution_rates.size(); ++a) {
+        Rng rng(o.seed * 1000003 + static_cast<uint64_t>(i) * 101 + a);
+        std::vector<int32_t> attacked = r.tokens;
+        for (int32_t& id : attacked)
+          if (rng.Uniform() < o.substitution_rates[a]) id = static_cast<int32_t>(rng.Next() % c.vocab_size);
+        Add(se.substituted[a], det.Run(InputFromIds(engine, prompt, attacked), false).full);
+      }
+      // Another precision: the same ids detected by an engine at another
+      // quantization level, whose router may flip on close calls.
+      if (o.other_engine) {
+        ScoreResult pass;
+        const auto tokens = ScoreInput(*o.other_engine, with, det.expert_lists, det.slot, 1, &pass);
+        Add(se.other_level, ZOf(tokens, det.expert_lists.p0(), o.detect));
+        DetectOptions margin = o.detect;
+        margin.min_margin = o.other_min_margin;
+        Add(se.other_level_margin, ZOf(tokens, det.expert_lists.p0(), margin));
+        for (size_t k = 0; k < tokens.size(); ++k) {
+          other_recovered += tokens[k].seed == rw.experts[tokens[k].position - 1];
+          ++other_n;
+          if (tokens[k].margin >= o.other_min_margin) {
+            other_recovered_margin += tokens[k].seed == rw.experts[tokens[k].position - 1];
+            ++other_n_margin;
+          }
+        }
+      }
       // Expert recovery: generation step s keyed token s with the expert the
       // processor saw; detection recovers it at position first + s - 1.
       const auto& used = proc.experts_used();
@@ -317,6 +358,10 @@ EvalReport EvaluateWatermark(Engine& engine, const SecretKey& key, const EvalOpt
     }
     se.expert_recovery_prompt = steps ? static_cast<double>(recovered_p) / steps : 0;
     se.expert_recovery_no_prompt = steps ? static_cast<double>(recovered_np) / steps : 0;
+    se.other_level_expert_agreement = other_n ? static_cast<double>(other_recovered) / other_n : 0;
+    se.other_level_expert_agreement_margin =
+        other_n_margin ? static_cast<double>(other_recovered_margin) / other_n_margin : 0;
+    se.other_level_margin_kept = other_n ? static_cast<double>(other_n_margin) / other_n : 0;
     se.adjacent_same_expert = adjacent ? static_cast<double>(adjacent_same) / adjacent : 0;
     se.pepi_agreement = agree_n ? static_cast<double>(agree) / agree_n : 0;
     se.mean_bias = bias / std::max(1, o.generations);

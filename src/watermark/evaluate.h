@@ -40,6 +40,12 @@ struct EvalOptions {
   uint64_t seed = 1;
   std::string human_text;  // the held-out corpus (contents)
   const ExpertOracle* oracle = nullptr;  // PEPI is evaluated when given
+  // Robustness: fractions of generated tokens replaced by random ids.
+  std::vector<double> substitution_rates;
+  // Cross-precision: detection by this engine (the same model at another
+  // quantization level), with and without a router-margin filter.
+  Engine* other_engine = nullptr;
+  double other_min_margin = 0.1;
   std::function<void(const std::string&)> progress;
 };
 
@@ -59,6 +65,10 @@ struct SchemeEval {
   // position's: where the misaligned pairing cannot borrow the right list.
   ZSet shift0_changed;
   double adjacent_same_expert = 0;  // how often the router keeps its expert
+  std::vector<ZSet> substituted;    // per EvalOptions::substitution_rates
+  ZSet other_level, other_level_margin;
+  double other_level_expert_agreement = 0, other_level_expert_agreement_margin = 0;
+  double other_level_margin_kept = 0;  // fraction of tokens at or above the margin
   double expert_recovery_prompt = 0, expert_recovery_no_prompt = 0;  // fraction of steps
   double pepi_agreement = 0;     // oracle vs the generation's expert
   double mean_bias = 0;
