@@ -12,22 +12,38 @@ namespace epwa::cli {
 Runner RegisterHash(CLI::App& app) {
   auto* cmd = app.add_subcommand("hash", "IRSH: SHA-256 of every MoE layer's router weights");
   struct Flags {
-    std::string model_dir;
+    ModelFlags model;
     bool json = false;
   };
   auto f = std::make_shared<Flags>();
-  cmd->add_option("-m,--model", f->model_dir, "Hugging Face model folder")->envname("EPW_MODEL_PATH");
+  AddModelFlags(cmd, &f->model);
   cmd->add_flag("--json", f->json, "print one JSON object");
   return [f]() {
-    Require(!f->model_dir.empty(), "no model folder given (use -m MODEL_DIR or set EPW_MODEL_PATH)");
-    const ModelConfig config = LoadModelConfig(f->model_dir);
-    auto store = TensorStore::OpenDir(f->model_dir);
-    Stopwatch clock;
-    const std::string hash = RouterHash(config, *store);
-    const double ms = clock.Millis();
+    const std::string& dir = f->model.model_dir;
+    Require(!dir.empty(), "no model folder given (use -m MODEL_DIR or set EPW_MODEL_PATH)");
+    const ModelConfig config = LoadModelConfig(dir);
+    Require(config.IsMoe(), "the model in '" + dir +
+                                "' is dense: it has no MoE routers to hash (only --watermark kgw "
+                                "applies to it)");
+    std::string hash;
+    double ms = 0;
+    std::string level = "checkpoint";
+    if (f->model.quant || f->model.mem_budget) {
+      // Loaded as a watermarking run would load it: the hash the load
+      // computes (the same at every level, by construction).
+      auto engine = LoadEngine(f->model, /*quiet=*/true);
+      hash = engine->load_stats().router_hash;
+      ms = engine->load_stats().router_hash_ms;
+      level = engine->load_stats().quant_level;
+    } else {
+      auto store = TensorStore::OpenDir(dir);
+      Stopwatch clock;
+      hash = RouterHash(config, *store);
+      ms = clock.Millis();
+    }
     if (f->json) {
-      PrintJson(json{{"model_dir", f->model_dir}, {"router_hash", hash}, {"scheme", "EPW-A IRSH v1"},
-                     {"moe_layers", config.num_layers}, {"ms", ms}});
+      PrintJson(json{{"model_dir", dir}, {"router_hash", hash}, {"scheme", "EPW-A IRSH v1"},
+                     {"moe_layers", config.num_layers}, {"loaded_as", level}, {"ms", ms}});
     } else {
       std::printf("%s\n", hash.c_str());
       std::fprintf(stderr, "router hash (EPW-A IRSH v1) over %lld MoE layers in %.1f ms\n",
