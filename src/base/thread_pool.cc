@@ -61,10 +61,18 @@ void ThreadPool::RunOnAll(const std::function<void(int)>& fn) {
   }
   wake_.notify_all();
   fn(0);
-  while (pending_.load(std::memory_order_acquire) != 0) {
+  // Spin briefly, then yield: when the machine has more runnable threads than
+  // cores (ctest -j, other processes, a second engine), a worker may be
+  // waiting for this very core, and pure spinning would hold it for a whole
+  // scheduler time slice per parallel region.
+  for (int spin = 0; pending_.load(std::memory_order_acquire) != 0; ++spin) {
+    if (spin < 4000) {
 #if defined(__x86_64__)
-    __builtin_ia32_pause();
+      __builtin_ia32_pause();
 #endif
+    } else {
+      std::this_thread::yield();
+    }
   }
   job_ = nullptr;
 }
