@@ -29,8 +29,10 @@ Runner RegisterOracle(CLI::App& app) {
   AddModelFlags(cmd, &f->model);
   cmd->add_option("--corpus", f->corpus, "UTF-8 text to learn from")->required();
   cmd->add_option("--out", f->out, "oracle file to write")->required();
-  cmd->add_option("--top-k", f->top_k, "log-probabilities per position the API returns (default 20)")
-      ->check(CLI::Range(1, 1 << 20));
+  cmd->add_option("--top-k", f->top_k,
+                  "log-probabilities per position the API returns (default 20; at most 1024, which "
+                  "is also the best choice for a full distribution)")
+      ->check(CLI::Range(1, 1024));
   cmd->add_option("--router-layer", f->router_layer, "MoE layer the watermark keys on (default -1)");
   cmd->add_option("--window", f->window, "tokens per forward pass (default 256)")
       ->check(CLI::Range(int64_t{2}, int64_t{1} << 20));

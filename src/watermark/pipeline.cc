@@ -81,7 +81,7 @@ void CollectOracleExamples(Engine& engine, const std::string& text, int64_t wind
     size_t end = text.find("\n\n", at);
     end = end == std::string::npos ? text.size() : end + 2;
     const std::vector<int32_t> part = engine.tokenizer().Encode(std::string_view(text).substr(at, end - at));
-    for (int32_t id : part) ids.push_back(id);  // (insert() trips a GCC 12 false warning)
+    for (int32_t id : part) ids.push_back(id);  // (insert() trips a false GCC 12 warning)
     at = end;
   }
   Require(!ids.empty(), "the training corpus has no tokens");
@@ -93,8 +93,7 @@ void CollectOracleExamples(Engine& engine, const std::string& text, int64_t wind
     std::vector<int32_t> chunk;
     if (bos >= 0) chunk.push_back(bos);
     const size_t end = std::min(ids.size(), start + static_cast<size_t>(body));
-    chunk.insert(chunk.end(), ids.begin() + static_cast<std::ptrdiff_t>(start),
-                 ids.begin() + static_cast<std::ptrdiff_t>(end));
+    for (size_t k = start; k < end; ++k) chunk.push_back(ids[k]);
     const ScoreResult r = engine.Score(chunk);
     for (int64_t t = 0; t < static_cast<int64_t>(chunk.size()) && taken < max_tokens; ++t, ++taken) {
       x->push_back(TopKFromLogits(std::span<const float>(r.logits.data() + t * V, static_cast<size_t>(V)), top_k));
