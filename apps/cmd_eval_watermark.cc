@@ -119,14 +119,14 @@ Runner RegisterEvalWatermark(CLI::App& eval, CLI::App** out_cmd) {
                   wm::SchemeName(s.scheme), f->o.generations, s.mean_bias, s.identical_to_plain);
       PrintZ("full, with prompt", s.full_prompt, t);
       PrintZ("full, without prompt", s.full_no_prompt, t);
-      if (s.scheme == wm::Scheme::kKgw) continue;
-      PrintZ("cspv (sample)", s.cspv, t);
-      if (oracle) PrintZ("pepi", s.pepi, t);
       for (size_t a = 0; a < s.substituted.size(); ++a) {
         const std::string what = std::to_string(static_cast<int>(std::lround(100 * f->o.substitution_rates[a]))) +
                                  "% of tokens substituted";
         PrintZ(what.c_str(), s.substituted[a], t);
       }
+      if (s.scheme == wm::Scheme::kKgw) continue;
+      PrintZ("cspv (sample)", s.cspv, t);
+      if (oracle) PrintZ("pepi", s.pepi, t);
       if (other) {
         const std::string lvl = "detected at " + other->load_stats().quant_level;
         PrintZ(lvl.c_str(), s.other_level, t);

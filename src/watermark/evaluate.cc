@@ -154,15 +154,15 @@ nlohmann::json EvalReport::Json(const EvalOptions& o) const {
     nlohmann::json j{{"scheme", SchemeName(s.scheme)},
                      {"full_with_prompt", s.full_prompt.Json(t)},
                      {"full_without_prompt", s.full_no_prompt.Json(t)},
-                     {"misaligned_shift0", s.shift0.Json(t)},
-                     {"misaligned_shift2", s.shift2.Json(t)},
-                     {"misaligned_shift0_expert_changed", s.shift0_changed.Json(t)},
-                     {"adjacent_same_expert", s.adjacent_same_expert},
-                     {"cspv", s.cspv.Json(t)},
                      {"mean_bias", s.mean_bias},
                      {"identical_to_plain", s.identical_to_plain},
                      {"decode_ms_per_token", s.decode_ms_per_token}};
     if (s.scheme != Scheme::kKgw) {
+      j["misaligned_shift0"] = s.shift0.Json(t);
+      j["misaligned_shift2"] = s.shift2.Json(t);
+      j["misaligned_shift0_expert_changed"] = s.shift0_changed.Json(t);
+      j["adjacent_same_expert"] = s.adjacent_same_expert;
+      j["cspv"] = s.cspv.Json(t);
       j["expert_recovery_with_prompt"] = s.expert_recovery_prompt;
       j["expert_recovery_without_prompt"] = s.expert_recovery_no_prompt;
     }
@@ -299,6 +299,18 @@ EvalReport EvaluateWatermark(Engine& engine, const SecretKey& key, const EvalOpt
       const std::string prompt = prompts[static_cast<size_t>(i) % prompts.size()];
       DetectInput with = InputFromIds(engine, prompt, r.tokens);
       DetectInput without = InputFromIds(engine, std::nullopt, r.tokens);
+      // Robustness: a fraction of the generated tokens replaced by uniformly
+      // random ids (the prompt kept), detected with the prompt.
+      for (size_t a = 0; a < o.substitution_rates.size(); ++a) {
+        Rng rng(o.seed * 1000003 + static_cast<uint64_t>(i) * 101 + a);
+        std::vector<int32_t> attacked = r.tokens;
+        for (int32_t& id : attacked)
+          if (rng.Uniform() < o.substitution_rates[a]) id = static_cast<int32_t>(rng.Next() % c.vocab_size);
+        const DetectInput in = InputFromIds(engine, prompt, attacked);
+        Add(se.substituted[a], scheme == Scheme::kKgw
+                                   ? ZOf(ScoreByPreviousToken(in.ids, in.first, det.kgw_lists), det.kgw_lists.p0(), o.detect)
+                                   : det.Run(in, false).full);
+      }
       if (scheme == Scheme::kKgw) {
         Add(se.full_prompt, ZOf(ScoreByPreviousToken(with.ids, with.first, det.kgw_lists), det.kgw_lists.p0(), o.detect));
         Add(se.full_no_prompt, ZOf(ScoreByPreviousToken(without.ids, without.first, det.kgw_lists), det.kgw_lists.p0(), o.detect));
@@ -315,15 +327,6 @@ EvalReport EvaluateWatermark(Engine& engine, const SecretKey& key, const EvalOpt
       adjacent += rw.adjacent;
       Add(se.cspv, rw.cspv);
       if (o.oracle) Add(se.pepi, rw.pepi);
-      // Robustness: a fraction of the generated tokens replaced by uniformly
-      // random ids (the prompt kept), detected with the prompt.
-      for (size_t a = 0; a < o.substitution_rates.size(); ++a) {
-        Rng rng(o.seed * 1000003 + static_cast<uint64_t>(i) * 101 + a);
-        std::vector<int32_t> attacked = r.tokens;
-        for (int32_t& id : attacked)
-          if (rng.Uniform() < o.substitution_rates[a]) id = static_cast<int32_t>(rng.Next() % c.vocab_size);
-        Add(se.substituted[a], det.Run(InputFromIds(engine, prompt, attacked), false).full);
-      }
       // Another precision: the same ids detected by an engine at another
       // quantization level, whose router may flip on close calls.
       if (o.other_engine) {
