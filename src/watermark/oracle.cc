@@ -17,6 +17,7 @@
 #include "base/sha256.h"
 #include "base/thread_pool.h"
 #include "io/atomic_file.h"
+#include "kernels/kernels.h"
 
 namespace epwa::wm {
 namespace {
@@ -206,18 +207,6 @@ TopLogprobs Canonical(const TopLogprobs& x) {
     out.logprobs.push_back(x.logprobs[i]);
   }
   return out;
-}
-
-void Softmax(float* v, int n) {
-  float mx = v[0];
-  for (int i = 1; i < n; ++i) mx = std::max(mx, v[i]);
-  float sum = 0;
-  for (int i = 0; i < n; ++i) {
-    v[i] = std::exp(v[i] - mx);
-    sum += v[i];
-  }
-  const float inv = 1.f / sum;
-  for (int i = 0; i < n; ++i) v[i] *= inv;
 }
 
 int ArgMax(const float* v, int n) {
@@ -472,7 +461,7 @@ void ExpertOracle::PredictChecked(const TopLogprobs& x, float* probs) const {
     const TopLogprobs c = Canonical(x);
     Forward(c.ids.data(), c.logprobs.data(), n, h, probs);
   }
-  Softmax(probs, info_.num_experts);
+  kernels::Softmax(probs, info_.num_experts);
 }
 
 void ExpertOracle::Predict(const TopLogprobs& x, std::span<float> probs_out) const {
@@ -647,7 +636,7 @@ ExpertOracle ExpertOracle::Train(std::span<const TopLogprobs> x, std::span<const
             const int64_t ex = order[j];
             const View& vw = views[ex];
             o.Forward(vw.ids, vw.lps, vw.n, h, p);
-            Softmax(p, E);
+            kernels::Softmax(p, E);
             p[labels[ex]] -= 1.f;  // d(loss)/d(score) = probabilities - one-hot
             if (H == 0) {
               std::copy(p, p + E, dh);
@@ -746,7 +735,7 @@ ExpertOracle ExpertOracle::Train(std::span<const TopLogprobs> x, std::span<const
         const int64_t a = lo + (hi - lo) * part / kParts, b = lo + (hi - lo) * (part + 1) / kParts;
         for (int64_t i = a; i < b; ++i) {
           o.Forward(views[i].ids, views[i].lps, views[i].n, h.data(), p.data());
-          Softmax(p.data(), E);
+          kernels::Softmax(p.data(), E);
           c[part] += ArgMax(p.data(), E) == labels[i];
           l[part] -= std::log(std::max(p[labels[i]], 1e-30f));
         }
