@@ -40,9 +40,10 @@ std::string ReadTextFile(const std::string& path);
 json LoadStatsJson(const LoadStats& s);
 void PrintLoadStats(const LoadStats& s);  // one block on stderr
 
-// Prints `j` on stdout followed by a newline. Invalid UTF-8 in strings (from
-// byte-fallback tokens) is replaced rather than throwing.
-void PrintJson(const json& j);
+// Prints `j` on stdout followed by a newline, indented or on one line (JSON
+// Lines, for commands that print one object per input). Invalid UTF-8 in
+// strings (from byte-fallback tokens) is replaced rather than throwing.
+void PrintJson(const json& j, bool one_line = false);
 
 // Watermark flags shared by run and detect.
 struct WatermarkFlags {

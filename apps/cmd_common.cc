@@ -141,8 +141,8 @@ void PrintLoadStats(const LoadStats& s) {
                s.router_hash_ms, s.total_ms, s.peak_rss_bytes / 1e6);
 }
 
-void PrintJson(const json& j) {
-  std::cout << j.dump(2, ' ', false, json::error_handler_t::replace) << "\n";
+void PrintJson(const json& j, bool one_line) {
+  std::cout << j.dump(one_line ? -1 : 2, ' ', false, json::error_handler_t::replace) << "\n";
   std::cout.flush();
 }
 

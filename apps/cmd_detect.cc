@@ -134,7 +134,7 @@ Runner RegisterDetect(CLI::App& app) {
     std::vector<json> results;
     int failures = 0;
     auto emit = [&](json j) {
-      if (f->json) PrintJson(j);
+      if (f->json) PrintJson(j, /*one_line=*/true);
       results.push_back(std::move(j));
     };
 
