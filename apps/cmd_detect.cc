@@ -149,15 +149,7 @@ Runner RegisterDetect(CLI::App& app) {
       const double read_ms = clock.Millis();
       clock.Reset();
       wm::GreenLists lists(key, wm::KeyedBy::kExpert, info.router_hash, info.vocab_size, f->wm.gamma);
-      // Entry i's distribution produced token i, so its predicted expert keys
-      // token i: a placeholder in front aligns this with seeds[t - 1] -> t.
-      std::vector<int32_t> ids = {0};
-      std::vector<int32_t> seeds;
-      for (const auto& entry : lp.tokens) {
-        ids.push_back(entry.id);
-        seeds.push_back(oracle.PredictExpert(entry.top));
-      }
-      const auto tokens = wm::ScoreBySeeds(ids, 1, seeds, lists);
+      const auto tokens = wm::ScoreLogprobs(lp, oracle, lists);
       const wm::Summary s = wm::SummarizeChecked(tokens, lists.p0(), f->detect);
       const double score_ms = clock.Millis();
       json j{{"input", f->logprobs_file}, {"method", "pepi"}, {"source", "logprobs"},
@@ -291,14 +283,9 @@ Runner RegisterDetect(CLI::App& app) {
             PrintSummary("high", r.high, f->detect.z_threshold);
           }
         } else {
-          const int64_t T = static_cast<int64_t>(in.ids.size());
           const int64_t V = config.vocab_size;
-          std::vector<int32_t> seeds(static_cast<size_t>(T), 0);
+          const std::vector<int32_t> seeds = wm::PredictExperts(*oracle, pass, V, in.first);
           int64_t agree = 0, compared = 0;
-          for (int64_t t = std::max<int64_t>(in.first, 1) - 1; t + 1 < T; ++t) {
-            const std::span<const float> row(pass.logits.data() + t * V, static_cast<size_t>(V));
-            seeds[t] = oracle->PredictExpert(wm::TopKFromLogits(row, oracle->info().top_k));
-          }
           for (const wm::TokenScore& s : tokens) {
             agree += seeds[s.position - 1] == s.seed;
             ++compared;

@@ -144,9 +144,7 @@ void BM_DetectPepiWithModel(benchmark::State& state) {
   const int64_t V = e.config().vocab_size, T = static_cast<int64_t>(ids.size());
   for (auto _ : state) {
     const ScoreResult r = e.Score(ids);
-    std::vector<int32_t> seeds(static_cast<size_t>(T));
-    for (int64_t t = 0; t + 1 < T; ++t)
-      seeds[t] = oracle.PredictExpert(TopKFromLogits(std::span<const float>(r.logits.data() + t * V, V), 20));
+    const std::vector<int32_t> seeds = PredictExperts(oracle, r, V, static_cast<int64_t>(Prompt().size()));
     benchmark::DoNotOptimize(Summarize(ScoreBySeeds(ids, Prompt().size(), seeds, lists), lists.p0(), DetectOptions()));
   }
   state.counters["tok_per_s"] = benchmark::Counter(static_cast<double>(T), benchmark::Counter::kIsIterationInvariantRate);
@@ -173,12 +171,7 @@ void BM_DetectPepiFromLogprobsFile(benchmark::State& state) {
   GreenLists lists(EvaluationKey(), KeyedBy::kExpert, TheEngine().load_stats().router_hash, 4096, 0.25);
   for (auto _ : state) {
     const LogprobsFile f = ReadLogprobsFile(path, 4096);
-    std::vector<int32_t> ids = {0}, seeds;
-    for (const auto& e : f.tokens) {
-      ids.push_back(e.id);
-      seeds.push_back(oracle.PredictExpert(e.top));
-    }
-    benchmark::DoNotOptimize(Summarize(ScoreBySeeds(ids, 1, seeds, lists), lists.p0(), DetectOptions()));
+    benchmark::DoNotOptimize(Summarize(ScoreLogprobs(f, oracle, lists), lists.p0(), DetectOptions()));
   }
   state.counters["tok_per_s"] = benchmark::Counter(static_cast<double>(n), benchmark::Counter::kIsIterationInvariantRate);
   std::remove(path.c_str());

@@ -124,12 +124,7 @@ struct Detectors {
     r.shift0_changed = ZOf(changed, p0, o.detect);
     r.shift2 = ZOf(ScoreByRouting(in.ids, in.first, pass.routing, slot, expert_lists, 2), p0, o.detect);
     if (o.oracle) {
-      const int64_t V = engine.config().vocab_size;
-      r.predicted.assign(static_cast<size_t>(T), 0);
-      for (int64_t t = std::max<int64_t>(in.first, 1) - 1; t + 1 < T; ++t)
-        r.predicted[t] = o.oracle->PredictExpert(
-            TopKFromLogits(std::span<const float>(pass.logits.data() + t * V, static_cast<size_t>(V)),
-                           o.oracle->info().top_k));
+      r.predicted = PredictExperts(*o.oracle, pass, engine.config().vocab_size, in.first);
       r.pepi = ZOf(ScoreBySeeds(in.ids, in.first, r.predicted, expert_lists), p0, o.detect);
     }
     return r;

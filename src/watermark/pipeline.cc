@@ -71,6 +71,32 @@ std::vector<TokenScore> ScoreInput(Engine& engine, const DetectInput& input, Gre
 
 namespace epwa::wm {
 
+std::vector<int32_t> PredictExperts(const ExpertOracle& oracle, const ScoreResult& pass,
+                                    int64_t vocab, int64_t first) {
+  const int64_t T = static_cast<int64_t>(pass.ids.size());
+  std::vector<int32_t> experts(static_cast<size_t>(T), 0);
+  for (int64_t t = std::max<int64_t>(first, 1) - 1; t + 1 < T; ++t)
+    experts[t] = oracle.PredictExpert(TopKFromLogits(
+        std::span<const float>(pass.logits.data() + t * vocab, static_cast<size_t>(vocab)),
+        oracle.info().top_k));
+  return experts;
+}
+
+std::vector<TokenScore> ScoreLogprobs(const LogprobsFile& file, const ExpertOracle& oracle,
+                                      GreenLists& lists) {
+  std::vector<TokenScore> out;
+  out.reserve(file.tokens.size());
+  for (size_t i = 0; i < file.tokens.size(); ++i) {
+    TokenScore s;
+    s.position = static_cast<int64_t>(i);
+    s.token = file.tokens[i].id;
+    s.seed = oracle.PredictExpert(file.tokens[i].top);
+    s.green = lists.For(s.seed).Contains(s.token);
+    out.push_back(s);
+  }
+  return out;
+}
+
 void CollectOracleExamples(Engine& engine, const std::string& text, int64_t window, int64_t max_tokens,
                            int slot, int top_k, std::vector<TopLogprobs>* x, std::vector<int32_t>* labels) {
   Require(window >= 2, "the training window must hold at least 2 tokens");

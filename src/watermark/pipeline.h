@@ -10,6 +10,7 @@
 
 #include "runtime/engine.h"
 #include "watermark/detector.h"
+#include "watermark/logprobs.h"
 #include "watermark/oracle.h"
 
 namespace epwa::wm {
@@ -46,6 +47,18 @@ std::vector<TokenScore> ScoreInput(Engine& engine, const DetectInput& input, Gre
 }  // namespace epwa::wm
 
 namespace epwa::wm {
+
+// PEPI with a model: the oracle's expert for every predicting position
+// t in [max(first, 1) - 1, T - 1) of a forward pass over T ids ([T], 0 at
+// positions that key no scored token), from the top-k of row t's logits.
+std::vector<int32_t> PredictExperts(const ExpertOracle& oracle, const ScoreResult& pass,
+                                    int64_t vocab, int64_t first);
+
+// PEPI without a model: entry i of the file is generated token i and the
+// distribution it was drawn from, so the oracle's expert for entry i keys
+// token i. Every entry is scored.
+std::vector<TokenScore> ScoreLogprobs(const LogprobsFile& file, const ExpertOracle& oracle,
+                                      GreenLists& lists);
 
 // PEPI training data from a corpus: the text is tokenized, cut into windows
 // of BOS + (window - 1) tokens, and every position of every window yields one
