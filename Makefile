@@ -9,7 +9,7 @@ FUZZ_SECONDS ?= 60
 MODEL ?= $(if $(wildcard models/tiny-moe/config.json),models/tiny-moe,models/tiny-random-moe)
 PROMPT ?= Once upon a time
 
-.PHONY: all deps build run test bench bench-plan fuzz clean
+.PHONY: all deps build run test test-asan bench bench-plan fuzz clean
 
 all: build
 
@@ -42,10 +42,20 @@ PLAN_MODELS ?= olmoe-1b-7b:4 mixtral-8x7b:1 llama-3-8b:2
 bench-plan: build
 	EPWA_PLAN_BENCH_MODELS="$(PLAN_MODELS)" $(BUILD)/tests/plan_accuracy_test --gtest_filter='*BiggerModels*'
 
-fuzz: deps
-	CC=clang CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DEPWA_FUZZ=ON -DEPWA_BUILD_TESTS=OFF -DEPWA_BUILD_BENCH=OFF
-	cmake --build build-fuzz --target safetensors_fuzz
-	mkdir -p build-fuzz/corpus && ./build-fuzz/safetensors_fuzz -max_total_time=$(FUZZ_SECONDS) build-fuzz/corpus fuzz/corpus
+# Every libFuzzer target under ASan/UBSan (clang): FUZZ_SECONDS each (or
+# FUZZ_RUNS executions), FUZZ_TARGETS="tokenizer npy" for some only.
+fuzz:
+	@bash scripts/install-deps.sh --fuzz
+	CC=clang CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DEPWA_FUZZ=ON -DEPWA_BUILD_TESTS=OFF -DEPWA_BUILD_BENCH=OFF
+	cmake --build build-fuzz -j $(JOBS) --target fuzz_targets
+	FUZZ_SECONDS=$(FUZZ_SECONDS) bash scripts/fuzz.sh
+
+# The whole test suite in a Debug build under AddressSanitizer and
+# UndefinedBehaviorSanitizer (build-asan/); run before every release.
+test-asan: deps
+	cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DEPWA_SANITIZE=ON -DEPWA_BUILD_BENCH=OFF
+	cmake --build build-asan -j $(JOBS)
+	cd build-asan && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 ctest --output-on-failure -j $(JOBS)
 
 clean:
-	rm -rf $(BUILD) build-fuzz
+	rm -rf $(BUILD) build-fuzz build-asan

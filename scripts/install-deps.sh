@@ -9,6 +9,11 @@ packages=(
   nlohmann-json3-dev libcli11-dev libpcre2-dev libutf8proc-dev libssl-dev libxxhash-dev libsimdjson-dev
   python3 python3-numpy python3-sentencepiece
 )
+# `make fuzz` (scripts/install-deps.sh --fuzz) also needs clang with its
+# libFuzzer and sanitizer runtimes.
+if [ "${1:-}" = "--fuzz" ]; then
+  packages+=(clang libclang-rt-14-dev)
+fi
 
 missing=()
 for p in "${packages[@]}"; do

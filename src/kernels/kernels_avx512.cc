@@ -426,7 +426,10 @@ void QuantMatVecRows(const QuantizedX& qx, const WeightView& w, float* y, int64_
   }
   const int64_t ahead = QuantPrefetchDistance(R * RowBytes(w));
   // s_w * s_x per group of the current 16, padded so that the 16-float load
-  // at any even offset below 16 stays inside.
+  // at any even offset below 16 stays inside. That load starts at p floats
+  // (8-byte steps), so it must be the unaligned form: an aligned load there
+  // is undefined behaviour and faults whenever the compiler does not happen
+  // to fold it into vpermps.
   alignas(64) float products[R][M][32];
   __m512 acc[R][M];
 #pragma GCC unroll 8
@@ -470,7 +473,7 @@ void QuantMatVecRows(const QuantizedX& qx, const WeightView& w, float* y, int64_
 #pragma GCC unroll 8
         for (int r = 0; r < R; ++r) {
           const __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wu[r], xq);
-          const __m512 scale = _mm512_permutexvar_ps(lane_group, _mm512_load_ps(products[r][m] + p));
+          const __m512 scale = _mm512_permutexvar_ps(lane_group, _mm512_loadu_ps(products[r][m] + p));
           acc[r][m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, acc[r][m]);
         }
       }
