@@ -3,6 +3,12 @@
 // reported and rebuilt, never used.
 #include <gtest/gtest.h>
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <sys/time.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <filesystem>
 #include <fstream>
 
@@ -120,6 +126,66 @@ TEST_F(WeightCacheTest, ChangedModelDoesNotHitTheOldFile) {
   fs::copy_file(st, st + ".copy");
   fs::rename(st + ".copy", st);
   EXPECT_EQ(Load()->load_stats().cache, "written");
+}
+
+// F13 of the hostile sweep: a checkpoint edited in place whose size, inode and
+// mtime were all kept (an in-place write followed by touch -r / os.utime) was
+// served stale from the cache. The change time, which user space cannot set,
+// is part of the identity.
+TEST_F(WeightCacheTest, InPlaceEditWithRestoredMtimeIsNotServedStale) {
+  Load();
+  const std::string st = model_ + "/model.safetensors";
+  struct stat before {};
+  ASSERT_EQ(::stat(st.c_str(), &before), 0);
+  {
+    // Zero the last 64 KB of weights in place (same file, same size).
+    std::fstream f(st, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(static_cast<std::streamoff>(before.st_size - 65536));
+    const std::string zeros(65536, '\0');
+    f.write(zeros.data(), static_cast<std::streamsize>(zeros.size()));
+  }
+  const timespec times[2] = {before.st_atim, before.st_mtim};
+  ASSERT_EQ(::utimensat(AT_FDCWD, st.c_str(), times, 0), 0);
+  struct stat after {};
+  ASSERT_EQ(::stat(st.c_str(), &after), 0);
+  ASSERT_EQ(after.st_ino, before.st_ino);
+  ASSERT_EQ(after.st_mtim.tv_nsec, before.st_mtim.tv_nsec);
+
+  auto cached = Load();
+  EXPECT_EQ(cached->load_stats().cache, "written");
+  LoadOptions o(model_, 2);
+  o.quant = QuantLevel::kInt4;
+  o.use_cache = false;
+  o.plan_ctx = 64;
+  EXPECT_EQ(Logits(*cached), Logits(*Engine::Load(o)));
+}
+
+// F8: a writer killed by SIGKILL leaves "<cache>.tmp.<pid>"; the next load
+// removes it once its process is gone and it has not been written for a
+// minute. F4: a FIFO at the cache path is refused (not waited on) and
+// replaced by a valid file.
+TEST_F(WeightCacheTest, OrphanedTemporaryFilesAndFifosAreCleanedUp) {
+  Load();
+  const std::string path = CacheFile();
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) ::_exit(0);
+  ASSERT_EQ(::waitpid(child, nullptr, 0), child);
+  const std::string orphan = path + ".tmp." + std::to_string(child);
+  std::ofstream(orphan) << std::string(4096, 'x');
+  const timeval old[2] = {{::time(nullptr) - 600, 0}, {::time(nullptr) - 600, 0}};
+  ASSERT_EQ(::utimes(orphan.c_str(), old), 0);
+  EXPECT_EQ(Load()->load_stats().cache, "hit");
+  EXPECT_FALSE(fs::exists(orphan));
+
+  fs::remove(path);
+  ASSERT_EQ(::mkfifo(path.c_str(), 0600), 0);
+  auto e = Load();
+  EXPECT_EQ(e->load_stats().cache, "written");
+  ASSERT_EQ(e->load_stats().warnings.size(), 1u);
+  EXPECT_NE(e->load_stats().warnings[0].find("FIFO"), std::string::npos) << e->load_stats().warnings[0];
+  EXPECT_TRUE(fs::is_regular_file(path));
+  EXPECT_EQ(Load()->load_stats().cache, "hit");
 }
 
 TEST_F(WeightCacheTest, UnwritableCacheIsAWarningNotAnError) {

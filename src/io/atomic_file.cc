@@ -5,6 +5,7 @@
 #include "io/atomic_file.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -12,21 +13,85 @@
 #include <filesystem>
 
 #include "base/error.h"
+#include "base/file_read.h"
+#include "base/temp_files.h"
 
 namespace epwa {
 
-AtomicFile::AtomicFile(const std::string& path)
-    : path_(path), tmp_path_(path + ".tmp." + std::to_string(::getpid())) {
-  f_ = std::fopen(tmp_path_.c_str(), "wb");
+AtomicFile::AtomicFile(const std::string& path) : path_(path), final_path_(path) {
+  Require(!path.empty(), "an output file name is empty");
+  struct stat link_st {};
+  if (::lstat(path.c_str(), &link_st) == 0) {
+    struct stat st = link_st;
+    if (S_ISLNK(link_st.st_mode)) {
+      if (::stat(path.c_str(), &st) != 0) {
+        throw Error("cannot write '" + path + "': it is a symbolic link to nothing (" +
+                    std::strerror(errno) + ")");
+      }
+      if (S_ISREG(st.st_mode)) {
+        // /dev/stdout and /proc/self/fd/N name an already open file (a shell
+        // redirection): replacing that file by rename would cut the output
+        // the process writes through the descriptor, so it is written in
+        // place like a device.
+        if (path.rfind("/dev/", 0) == 0 || path.rfind("/proc/", 0) == 0) {
+          st.st_mode = S_IFCHR;
+        } else {
+          // Replacing the link itself would silently turn it into a file;
+          // the user meant the file it names.
+          std::error_code ec;
+          const std::filesystem::path resolved = std::filesystem::canonical(path, ec);
+          if (ec) throw Error("cannot resolve the symbolic link '" + path + "': " + ec.message());
+          final_path_ = resolved.string();
+        }
+      }
+    }
+    if (S_ISDIR(st.st_mode) || S_ISBLK(st.st_mode)) {
+      throw Error("cannot write '" + path + "': it is " + DescribeFileType(st.st_mode) +
+                  ", not a file");
+    }
+    if (S_ISCHR(st.st_mode) || S_ISFIFO(st.st_mode) || S_ISSOCK(st.st_mode)) {
+      streaming_ = true;
+      f_ = std::fopen(path.c_str(), "wb");
+      if (f_ == nullptr) {
+        throw Error("cannot open '" + path + "' for writing: " + std::strerror(errno));
+      }
+      return;
+    }
+  }
+  tmp_path_ = TempPathFor(final_path_);
+  // O_EXCL: never write through something that already sits at the
+  // temporary name (a symlink planted there, or a leftover of a process with
+  // the same pid), and 0666 & ~umask as fopen would.
+  RegisterTempFile(tmp_path_);
+  int fd = ::open(tmp_path_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+  if (fd < 0 && errno == EEXIST) {
+    // A leftover of an earlier process that had our pid: it is not ours to
+    // keep, and only a regular file may be removed.
+    struct stat old {};
+    if (::lstat(tmp_path_.c_str(), &old) == 0 && S_ISREG(old.st_mode)) ::unlink(tmp_path_.c_str());
+    fd = ::open(tmp_path_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+  }
+  if (fd < 0) {
+    const int err = errno;
+    UnregisterTempFile(tmp_path_);
+    throw Error("cannot create '" + tmp_path_ + "' to write " + path_ + ": " + std::strerror(err));
+  }
+  f_ = ::fdopen(fd, "wb");
   if (f_ == nullptr) {
-    throw Error("cannot create '" + tmp_path_ + "' to write " + path_ + ": " +
-                std::strerror(errno));
+    const int err = errno;
+    ::close(fd);
+    ::unlink(tmp_path_.c_str());
+    UnregisterTempFile(tmp_path_);
+    throw Error("cannot write " + path_ + ": " + std::strerror(err));
   }
 }
 
 AtomicFile::~AtomicFile() {
   if (f_ != nullptr) std::fclose(f_);
-  if (!committed_) std::remove(tmp_path_.c_str());
+  if (!committed_ && !streaming_) {
+    std::remove(tmp_path_.c_str());
+    UnregisterTempFile(tmp_path_);
+  }
 }
 
 void AtomicFile::Write(const void* data, size_t n) {
@@ -44,6 +109,17 @@ void AtomicFile::Commit() {
   if (std::fflush(f_) != 0) {
     throw Error("writing " + path_ + " failed: " + std::strerror(errno));
   }
+  if (streaming_) {
+    // Devices and pipes have nothing to make durable (fsync would fail with
+    // EINVAL on most of them); the flush above caught any write error.
+    const int close_result = std::fclose(f_);
+    f_ = nullptr;
+    if (close_result != 0) {
+      throw Error("writing " + path_ + " failed (close): " + std::strerror(errno));
+    }
+    committed_ = true;
+    return;
+  }
   if (::fsync(::fileno(f_)) != 0) {
     throw Error("writing " + path_ + " failed (fsync): " + std::strerror(errno));
   }
@@ -52,13 +128,23 @@ void AtomicFile::Commit() {
   if (close_result != 0) {
     throw Error("writing " + path_ + " failed (close): " + std::strerror(errno));
   }
-  if (std::rename(tmp_path_.c_str(), path_.c_str()) != 0) {
-    throw Error("cannot rename '" + tmp_path_ + "' to '" + path_ + "': " + std::strerror(errno));
+  // The target may have been replaced by a device or folder since the
+  // constructor looked; rename() would replace a device node, so look again
+  // (a remaining race needs an attacker with write access to the folder,
+  // who could replace the file anyway).
+  struct stat st {};
+  if (::lstat(final_path_.c_str(), &st) == 0 && !S_ISREG(st.st_mode)) {
+    throw Error("cannot write '" + path_ + "': it became " + DescribeFileType(st.st_mode) +
+                " while it was written");
+  }
+  if (std::rename(tmp_path_.c_str(), final_path_.c_str()) != 0) {
+    throw Error("cannot rename '" + tmp_path_ + "' to '" + final_path_ + "': " + std::strerror(errno));
   }
   committed_ = true;
+  UnregisterTempFile(tmp_path_);
   // Make the rename itself durable. Failure here cannot undo the rename and
   // the data is already safe, so it is not an error.
-  std::filesystem::path folder = std::filesystem::path(path_).parent_path();
+  std::filesystem::path folder = std::filesystem::path(final_path_).parent_path();
   if (folder.empty()) folder = ".";
   const int dir_fd = ::open(folder.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (dir_fd >= 0) {

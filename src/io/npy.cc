@@ -180,8 +180,11 @@ void WriteNpyF32(const std::string& path, const float* data, const std::vector<i
 
 std::vector<float> ReadNpyF32(const std::string& path, std::vector<int64_t>* shape) {
   const std::shared_ptr<MappedFile> file = MappedFile::Open(path);
-  const uint8_t* bytes = file->data();
-  const size_t size = file->size();
+  return ParseNpyF32(file->data(), file->size(), path, shape);
+}
+
+std::vector<float> ParseNpyF32(const uint8_t* bytes, size_t size, const std::string& path,
+                               std::vector<int64_t>* shape) {
 
   Require(size >= kMagicLen + 4 && std::memcmp(bytes, kMagic, kMagicLen) == 0,
           path + " is not a NumPy .npy file (it does not start with \\x93NUMPY)");

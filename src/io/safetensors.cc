@@ -24,6 +24,8 @@
 #include <sstream>
 
 #include "base/error.h"
+#include "base/file_read.h"
+#include "base/mapped_regions.h"
 #include "io/atomic_file.h"
 
 namespace epwa {
@@ -241,10 +243,9 @@ int64_t TensorInfo::NumElements() const {
 // ---------------------------------------------------------------- MappedFile
 
 std::shared_ptr<MappedFile> MappedFile::Open(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
-    throw Error("cannot open '" + path + "': " + std::strerror(errno));
-  }
+  // OpenRegularFile opens without blocking (a FIFO in place of a weight file
+  // would otherwise hang here forever) and refuses folders, FIFOs and devices.
+  const int fd = OpenRegularFile(path, UINT64_MAX, "file");
   // The descriptor is not needed once mapped (the mapping keeps the file
   // alive), so it is closed on every path out of this function.
   struct FdCloser {
@@ -256,8 +257,6 @@ std::shared_ptr<MappedFile> MappedFile::Open(const std::string& path) {
   if (::fstat(fd, &st) != 0) {
     throw Error("cannot stat '" + path + "': " + std::strerror(errno));
   }
-  Require(!S_ISDIR(st.st_mode), "cannot open '" + path + "': it is a folder, not a file");
-  Require(S_ISREG(st.st_mode), "cannot open '" + path + "': it is not a regular file");
 
   std::shared_ptr<MappedFile> file(new MappedFile());
   file->path_ = path;
@@ -269,6 +268,10 @@ std::shared_ptr<MappedFile> MappedFile::Open(const std::string& path) {
     throw Error("cannot memory-map '" + path + "': " + std::strerror(errno));
   }
   file->data_ = static_cast<const uint8_t*>(p);
+  // A read past the end of a file truncated while mapped raises SIGBUS; the
+  // handler names the file (base/mapped_regions.h).
+  InstallMappedFileFaultReport();
+  RegisterMappedFile(p, file->size_, path);
   // Every weight is read on every forward pass, so ask the kernel to start
   // reading the file in now rather than fault it in page by page later. This
   // is only advice; failure is harmless.
@@ -277,6 +280,7 @@ std::shared_ptr<MappedFile> MappedFile::Open(const std::string& path) {
 }
 
 MappedFile::~MappedFile() {
+  UnregisterMappedFile(data_);
   if (data_ != nullptr) ::munmap(const_cast<uint8_t*>(data_), size_);
 }
 
@@ -369,13 +373,11 @@ constexpr const char* kSingleName = "model.safetensors";
 
 // Reads model.safetensors.index.json and returns its weight_map.
 std::map<std::string, std::string> ReadWeightMap(const std::string& index_path) {
-  std::ifstream in(index_path, std::ios::binary);
-  if (!in) throw Error("cannot open '" + index_path + "': " + std::strerror(errno));
-  std::stringstream text;
-  text << in.rdbuf();
+  // A real index is a few hundred KB even for the largest checkpoints.
+  const std::string text = ReadRegularFile(index_path, kMaxTokenizerFileBytes, "the shard index");
   json index;
   try {
-    index = json::parse(text.str());
+    index = json::parse(text);
   } catch (const json::exception& e) {
     throw Error(index_path + " is not valid JSON (" + JsonErrorText(e) + ")");
   }
@@ -454,6 +456,18 @@ std::unique_ptr<TensorStore> TensorStore::OpenDir(const std::string& model_dir) 
   if (fs::exists(single_path, ec)) {
     add_file(single_path.string());
     return store;
+  }
+  // fs::exists follows links, so a link to a missing blob (a Hugging Face
+  // cache whose download did not finish) or a link loop lands here: say so
+  // rather than claim there are no weights.
+  if (fs::is_symlink(fs::symlink_status(single_path, ec))) {
+    std::error_code target_ec;
+    const fs::path target = fs::read_symlink(single_path, target_ec);
+    (void)fs::status(single_path, ec);
+    throw Error(single_path.string() + " is a symbolic link to '" + target.string() +
+                "', which cannot be opened (" +
+                (ec ? ec.message() : std::string("missing")) +
+                "); the download may be incomplete");
   }
 
   std::vector<std::string> candidates;

@@ -1,8 +1,11 @@
 #include "plan/weight_cache.h"
 
 #include <sys/stat.h>
+#include <unistd.h>
 #include <xxhash.h>
 
+#include <cerrno>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -11,6 +14,8 @@
 #include <nlohmann/json.hpp>
 
 #include "base/error.h"
+#include "base/file_read.h"
+#include "base/temp_files.h"
 #include "base/sha256.h"
 #include "io/atomic_file.h"
 
@@ -27,11 +32,20 @@ constexpr uint64_t kMaxHeaderBytes = 64ull << 20;
 
 uint64_t AlignUp(uint64_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
 
+// The first `max_bytes` of a regular file (fewer if it is shorter). Opened
+// without blocking, so a FIFO in place of the file is an error, not a hang.
 std::string ReadHead(const std::string& path, uint64_t max_bytes) {
-  std::ifstream in(path, std::ios::binary);
+  const int fd = OpenRegularFile(path, UINT64_MAX, "file");
   std::string out(max_bytes, '\0');
-  in.read(out.data(), static_cast<std::streamsize>(max_bytes));
-  out.resize(static_cast<size_t>(in.gcount()));
+  size_t have = 0;
+  while (have < out.size()) {
+    const ssize_t n = ::read(fd, out.data() + have, out.size() - have);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    have += static_cast<size_t>(n);
+  }
+  ::close(fd);
+  out.resize(have);
   return out;
 }
 
@@ -87,6 +101,13 @@ std::string ModelIdentity(const std::string& model_dir, const TensorStore& store
     h.AddU64(static_cast<uint64_t>(st.st_size));
     h.AddU64(static_cast<uint64_t>(st.st_mtim.tv_sec) * 1000000000ull + st.st_mtim.tv_nsec);
     h.AddU64(static_cast<uint64_t>(st.st_ino));
+    // The change time is set by the kernel on every write and on every
+    // utime() call, and cannot be set back from user space: a file edited in
+    // place whose mtime was then restored (same size, inode and mtime) still
+    // gets a new identity. A chmod also changes it, which costs one needless
+    // rebuild; hashing the content instead would cost a full read of the
+    // checkpoint (17 GB for Qwen3-30B-A3B at int4 sources) on every load.
+    h.AddU64(static_cast<uint64_t>(st.st_ctim.tv_sec) * 1000000000ull + st.st_ctim.tv_nsec);
     // The safetensors header: 8-byte length, then the JSON.
     std::string head = ReadHead(file, 8);
     uint64_t n = 0;
@@ -105,27 +126,17 @@ std::string CacheFilePath(const std::string& cache_dir, const std::string& model
          PlanIdentity(level, plan).substr(0, 16) + ".epwq";
 }
 
-bool LoadWeightCache(const std::string& path, const std::string& model_id,
-                     const ModelConfig& config, ModelWeights& weights,
-                     const std::vector<TensorPlan>& plan, std::string* why) {
+bool ParseWeightCache(const uint8_t* base, uint64_t size, const std::string& model_id,
+                      const std::vector<CachedMatrix>& expected, std::vector<WeightView>* views,
+                      std::string* why) {
   auto fail = [&](const std::string& reason) {
     *why = reason;
     return false;
   };
-  std::error_code ec;
-  if (!fs::exists(path, ec)) return fail("no cache file yet");
-  std::shared_ptr<MappedFile> file;
-  try {
-    file = MappedFile::Open(path);
-  } catch (const Error& e) {
-    return fail(e.what());
-  }
-  const uint8_t* base = file->data();
-  const uint64_t size = file->size();
   if (size < 16 || std::memcmp(base, kMagic, 8) != 0) return fail("not an epwa cache file (bad magic)");
   uint64_t header_len = 0;
   std::memcpy(&header_len, base + 8, 8);
-  if (header_len == 0 || header_len > kMaxHeaderBytes || 16 + header_len > size)
+  if (header_len == 0 || header_len > kMaxHeaderBytes || header_len > size - 16)
     return fail("header length out of range (truncated?)");
   const json header = json::parse(base + 16, base + 16 + header_len, nullptr, false);
   if (!header.is_object()) return fail("header is not valid JSON");
@@ -136,42 +147,72 @@ bool LoadWeightCache(const std::string& path, const std::string& model_id,
     const uint64_t payload_bytes = header.at("payload_bytes").get<uint64_t>();
     if (payload_start > size || size - payload_start != payload_bytes)
       return fail("file size " + std::to_string(size) + " does not match its header (truncated?)");
-    std::vector<Entry> entries = CachedEntries(config, weights, plan);
     const json& tensors = header.at("tensors");
-    if (!tensors.is_array() || tensors.size() != entries.size())
+    if (!tensors.is_array() || tensors.size() != expected.size())
       return fail("tensor count differs from the plan");
-    // Check everything before changing any view.
-    std::vector<WeightView> views;
+    // Check everything before the caller changes any view.
+    std::vector<WeightView> out;
     uint64_t next_offset = 0;
-    for (size_t i = 0; i < entries.size(); ++i) {
-      const TensorPlan& t = *entries[i].plan;
+    for (size_t i = 0; i < expected.size(); ++i) {
+      const CachedMatrix& t = expected[i];
       const json& j = tensors[i];
-      if (j.at("name").get<std::string>() != t.name || j.at("dtype").get<std::string>() != DTypeName(t.target) ||
+      if (j.at("name").get<std::string>() != t.name || j.at("dtype").get<std::string>() != DTypeName(t.dtype) ||
           j.at("rows").get<int64_t>() != t.rows || j.at("cols").get<int64_t>() != t.cols)
         return fail("tensor " + std::to_string(i) + " does not match the plan (" + t.name + ")");
-      WeightView v{t.target, nullptr, t.rows, t.cols};
+      WeightView v{t.dtype, nullptr, t.rows, t.cols};
       const uint64_t codes_off = j.at("codes").at(0).get<uint64_t>();
       const uint64_t codes_len = j.at("codes").at(1).get<uint64_t>();
       const uint64_t scales_off = j.at("scales").at(0).get<uint64_t>();
       const uint64_t scales_len = j.at("scales").at(1).get<uint64_t>();
+      // Written so that no sum can wrap around: every offset is first checked
+      // against payload_bytes, which is at most the file size.
       if (codes_len != v.Bytes() || scales_len != v.ScaleBytes() || codes_off % kAlign ||
-          scales_off % kAlign || codes_off < next_offset || scales_off < codes_off + codes_len ||
-          scales_off + scales_len > payload_bytes)
+          scales_off % kAlign || codes_off < next_offset || codes_off > payload_bytes ||
+          codes_len > payload_bytes - codes_off || scales_off < codes_off + codes_len ||
+          scales_off > payload_bytes || scales_len > payload_bytes - scales_off)
         return fail("tensor " + t.name + " has bad offsets or lengths");
       next_offset = scales_off + scales_len;
       v.data = base + payload_start + codes_off;
       v.scales = reinterpret_cast<const uint16_t*>(base + payload_start + scales_off);
-      views.push_back(v);
+      out.push_back(v);
     }
     const uint64_t digest = XXH3_64bits(base + payload_start, payload_bytes);
     if (Hex64(digest) != header.at("xxh3").get<std::string>()) return fail("checksum mismatch (corrupt)");
-    for (size_t i = 0; i < entries.size(); ++i) {
-      // The source stays mapped but unused; the cache is now what is read in place.
-      weights.mapped_bytes += views[i].Bytes() + views[i].ScaleBytes() - entries[i].view->Bytes();
-      *entries[i].view = views[i];
-    }
+    *views = std::move(out);
   } catch (const json::exception& e) {
     return fail(std::string("malformed header (") + e.what() + ")");
+  }
+  return true;
+}
+
+bool LoadWeightCache(const std::string& path, const std::string& model_id,
+                     const ModelConfig& config, ModelWeights& weights,
+                     const std::vector<TensorPlan>& plan, std::string* why) {
+  std::error_code ec;
+  // Temporary files of cache writers killed by SIGKILL (which no handler can
+  // catch) would otherwise stay forever, each as big as the cache itself.
+  RemoveStaleTempFiles(fs::path(path).parent_path().string());
+  if (!fs::exists(fs::symlink_status(path, ec))) {
+    *why = "no cache file yet";
+    return false;
+  }
+  std::shared_ptr<MappedFile> file;
+  try {
+    file = MappedFile::Open(path);
+  } catch (const Error& e) {
+    *why = e.what();
+    return false;
+  }
+  std::vector<Entry> entries = CachedEntries(config, weights, plan);
+  std::vector<CachedMatrix> expected;
+  for (const Entry& e : entries)
+    expected.push_back({e.plan->name, e.plan->target, e.plan->rows, e.plan->cols});
+  std::vector<WeightView> views;
+  if (!ParseWeightCache(file->data(), file->size(), model_id, expected, &views, why)) return false;
+  for (size_t i = 0; i < entries.size(); ++i) {
+    // The source stays mapped but unused; the cache is now what is read in place.
+    weights.mapped_bytes += views[i].Bytes() + views[i].ScaleBytes() - entries[i].view->Bytes();
+    *entries[i].view = views[i];
   }
   weights.cache_mapping = file;
   return true;
@@ -180,20 +221,34 @@ bool LoadWeightCache(const std::string& path, const std::string& model_id,
 void WriteWeightCache(const std::string& path, const std::string& model_id,
                       const ModelConfig& config, ModelWeights& weights,
                       const std::vector<TensorPlan>& plan) {
-  std::vector<Entry> entries = CachedEntries(config, weights, plan);
+  std::vector<std::pair<std::string, WeightView>> matrices;
+  for (const Entry& e : CachedEntries(config, weights, plan)) {
+    Require(e.view->dtype == e.plan->target, "internal: " + e.plan->name + " is not materialized");
+    matrices.emplace_back(e.plan->name, *e.view);
+  }
+  WriteWeightCacheFile(path, model_id, matrices);
+}
+
+void WriteWeightCacheFile(const std::string& path, const std::string& model_id,
+                          const std::vector<std::pair<std::string, WeightView>>& matrices) {
+  struct Item {
+    const std::string* name;
+    const WeightView* view;
+  };
+  std::vector<Item> entries;
+  for (const auto& [name, view] : matrices) entries.push_back({&name, &view});
   // Offsets first, then the checksum of exactly the bytes that will follow
   // the header, then the file.
   json tensors = json::array();
   uint64_t offset = 0;
   std::vector<std::pair<uint64_t, uint64_t>> offsets;
-  for (const Entry& e : entries) {
+  for (const Item& e : entries) {
     const WeightView& v = *e.view;
-    Require(v.dtype == e.plan->target, "internal: " + e.plan->name + " is not materialized");
     const uint64_t codes = offset;
     const uint64_t scales = AlignUp(codes + v.Bytes());
     offset = AlignUp(scales + v.ScaleBytes());
     offsets.emplace_back(codes, scales);
-    tensors.push_back({{"name", e.plan->name},
+    tensors.push_back({{"name", *e.name},
                        {"dtype", DTypeName(v.dtype)},
                        {"rows", v.rows},
                        {"cols", v.cols},

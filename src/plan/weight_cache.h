@@ -3,7 +3,8 @@
 //
 // One file per (model, plan): <cache dir>/<model id>/<level>-<plan id>.epwq.
 // The model id is a SHA-256 over config.json and, for every safetensors shard,
-// its name, size, modification time, inode and header (no weight is read);
+// its name, size, modification and change times, inode and header (no weight
+// is read);
 // the plan id a SHA-256 over the planned format of every matrix. Files are
 // written atomically (temp file + rename), validated completely on read
 // (magic, header, every tensor's name, format, shape, offsets and length,
@@ -23,7 +24,9 @@
 //   in header order, zero padding between them.
 #pragma once
 
+#include <cstdint>
 #include <memory>
+#include <utility>
 #include <string>
 #include <vector>
 
@@ -51,6 +54,26 @@ std::string CacheFilePath(const std::string& cache_dir, const std::string& model
 bool LoadWeightCache(const std::string& path, const std::string& model_id,
                      const ModelConfig& config, ModelWeights& weights,
                      const std::vector<TensorPlan>& plan, std::string* why);
+
+// One matrix a cache file must hold, in file order.
+struct CachedMatrix {
+  std::string name;
+  DType dtype;
+  int64_t rows, cols;
+};
+
+// Validates a whole cache file held in memory (`base`, `size` bytes) against
+// `model_id` and the matrices it must hold, and returns a view of each into
+// `base` (nothing is copied). Returns false with the reason in *why on any
+// defect; never reads outside [base, base + size). The part of
+// LoadWeightCache that interprets untrusted bytes, and what the fuzzer runs.
+bool ParseWeightCache(const uint8_t* base, uint64_t size, const std::string& model_id,
+                      const std::vector<CachedMatrix>& expected, std::vector<WeightView>* views,
+                      std::string* why);
+
+// Writes `matrices` (quantized views) as a cache file at `path`, atomically.
+void WriteWeightCacheFile(const std::string& path, const std::string& model_id,
+                          const std::vector<std::pair<std::string, WeightView>>& matrices);
 
 // Writes the quantized matrices of `weights` (already materialized to `plan`)
 // to `path` atomically. Throws epwa::Error on failure (e.g. a full disk); the

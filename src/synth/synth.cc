@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <regex>
 
 #include <nlohmann/json.hpp>
 
@@ -257,6 +258,36 @@ float SynthUnitValue(uint64_t tensor_key, uint64_t index) {
   return (u - 0.5f) * 3.4641016f;
 }
 
+
+// --force replaces a folder only when it holds nothing but what synth itself
+// writes: "--out ." or "--out ~" with --force used to delete every file of
+// the user's folder. Never the current folder or one above it, nor a
+// symbolic link (whose target synth did not make).
+static void CheckReplaceableSynthFolder(const fs::path& out, const std::string& shown) {
+  const fs::file_status status = fs::symlink_status(out);
+  Require(status.type() == fs::file_type::directory,
+          "synth --force will not replace '" + shown + "': it is not a folder");
+  std::error_code ec;
+  const fs::path cwd = fs::current_path(ec);
+  if (!ec) {
+    for (fs::path p = cwd; !p.empty(); p = p.parent_path()) {
+      Require(!fs::equivalent(p, out, ec),
+              "synth --force will not replace '" + shown +
+                  "': it is the current folder or one above it");
+      if (p == p.parent_path()) break;
+    }
+  }
+  static const std::regex kSynthFiles(
+      R"((config|generation_config|tokenizer|tokenizer_config)\.json|model\.safetensors(\.index\.json)?|)"
+      R"(model-[0-9]{5}-of-[0-9]{5}\.safetensors)");
+  for (const fs::directory_entry& e : fs::directory_iterator(out)) {
+    const std::string name = e.path().filename().string();
+    Require(e.symlink_status().type() == fs::file_type::regular && std::regex_match(name, kSynthFiles),
+            "synth --force will not replace '" + shown + "': it holds '" + name +
+                "', which synth does not write (only an earlier synth output folder is replaced)");
+  }
+}
+
 uint64_t WriteSynthModel(const SynthOptions& o) {
   ModelConfig c = SynthPreset(o.preset);
   if (o.layers > 0) {
@@ -266,9 +297,13 @@ uint64_t WriteSynthModel(const SynthOptions& o) {
   }
   c.torch_dtype = o.dtype == DType::kF32 ? "float32" : o.dtype == DType::kF16 ? "float16" : "bfloat16";
   Require(!o.out_dir.empty(), "synth needs an output folder (--out DIR)");
-  const fs::path out = fs::absolute(o.out_dir);
-  if (fs::exists(out)) {
+  // weakly_canonical drops "." and ".." so that "--out ." names the folder
+  // itself, not an entry called "." inside it.
+  const fs::path out = fs::weakly_canonical(fs::absolute(o.out_dir));
+  Require(out.has_relative_path(), "synth --out '" + o.out_dir + "' names the root folder");
+  if (fs::symlink_status(out).type() != fs::file_type::not_found) {
     Require(o.force, "output folder '" + o.out_dir + "' already exists (use --force to replace it)");
+    CheckReplaceableSynthFolder(out, o.out_dir);
   }
   fs::create_directories(out.parent_path());
 
@@ -327,8 +362,22 @@ uint64_t WriteSynthModel(const SynthOptions& o) {
     WriteText((tmp / "tokenizer.json").string(),
               TrainByteFallbackBpeJson(SynthTokenizerCorpus(), tokenizer_vocab));
     WriteText((tmp / "tokenizer_config.json").string(), TokenizerConfigJson());
-    if (fs::exists(out)) fs::remove_all(out);
-    fs::rename(tmp, out);
+    // The old folder is moved aside before the new one takes its place and
+    // only then deleted, so a failure at any step loses neither.
+    const fs::path old = out.string() + ".old-" + std::to_string(getpid());
+    const bool had_old = fs::symlink_status(out).type() != fs::file_type::not_found;
+    if (had_old) fs::rename(out, old);
+    try {
+      fs::rename(tmp, out);
+    } catch (...) {
+      std::error_code ec;
+      if (had_old) fs::rename(old, out, ec);
+      throw;
+    }
+    if (had_old) {
+      std::error_code ec;
+      fs::remove_all(old, ec);
+    }
   } catch (...) {
     std::error_code ec;
     fs::remove_all(tmp, ec);

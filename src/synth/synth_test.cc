@@ -118,6 +118,51 @@ TEST(Synth, RefusesExistingFolderWithoutForce) {
   EXPECT_THROW(WriteSynthModel(o), Error);
 }
 
+// F2 of the hostile sweep: "synth --force --out ." deleted every file of the
+// current folder. --force replaces only an earlier synth output.
+TEST(Synth, ForceReplacesOnlyAnEarlierSynthFolder) {
+  TempDir dir;
+  SynthOptions o;
+  o.preset = "fixture-mixtral";
+  o.out_dir = dir.path_ + "/m";
+  WriteSynthModel(o);
+  o.force = true;
+  o.seed = 3;
+  WriteSynthModel(o);  // an earlier output is replaced
+  EXPECT_TRUE(fs::exists(o.out_dir + "/model.safetensors"));
+  EXPECT_EQ(std::distance(fs::directory_iterator(dir.path_), fs::directory_iterator()), 1);
+
+  // A folder with anything else in it is left exactly as it was.
+  const std::string precious = dir.path_ + "/home";
+  fs::create_directories(precious + "/sub");
+  std::ofstream(precious + "/thesis.tex") << "years of work";
+  std::ofstream(precious + "/config.json") << "{}";
+  o.out_dir = precious;
+  try {
+    WriteSynthModel(o);
+    FAIL() << "expected a refusal";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("which synth does not write"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(Slurp(precious + "/thesis.tex"), "years of work");
+  EXPECT_TRUE(fs::exists(precious + "/sub"));
+
+  // The current folder, written as ".", even when it holds only model files.
+  const fs::path saved = fs::current_path();
+  fs::current_path(dir.path_ + "/m");
+  o.out_dir = ".";
+  EXPECT_THROW(WriteSynthModel(o), Error);
+  o.out_dir = "..";
+  EXPECT_THROW(WriteSynthModel(o), Error);
+  fs::current_path(saved);
+  EXPECT_TRUE(fs::exists(dir.path_ + "/m/model.safetensors"));
+
+  // A file is not a folder to replace.
+  o.out_dir = precious + "/thesis.tex";
+  EXPECT_THROW(WriteSynthModel(o), Error);
+  EXPECT_EQ(Slurp(precious + "/thesis.tex"), "years of work");
+}
+
 TEST(Synth, RefusesWhatDoesNotFitOnDisk) {
   // The full Mixtral-8x7B is about 93 GB; /dev/shm (memory-backed) is smaller
   // on any ordinary machine, so the refusal comes before anything is written.
