@@ -390,6 +390,11 @@ QuantizedX QuantizeX(const float* x, int64_t M, int64_t K) {
 // run; only they are compiled with it.
 #pragma GCC push_options
 #pragma GCC target("avx512vnni")
+// clang (the fuzz and sanitizer builds) ignores GCC's target pragma; its own
+// form applies the same attribute to every function up to the pop below.
+#ifdef __clang__
+#pragma clang attribute push(__attribute__((target("avx512vnni"))), apply_to = function)
+#endif
 
 // The unsigned weight bytes (level + offset) of the pair of groups starting
 // at element k of a row, in the order described at QuantizedX. With `half`
@@ -511,6 +516,9 @@ void QuantMatVecRangeFor(int64_t M, const QuantizedX& qx, const WeightView& w, f
   }
 }
 
+#ifdef __clang__
+#pragma clang attribute pop
+#endif
 #pragma GCC pop_options
 
 template <DType D>
