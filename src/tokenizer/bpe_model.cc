@@ -264,4 +264,12 @@ void BpeModel::MergeWord(std::string_view word, std::vector<int32_t>* ids) const
   }
 }
 
+bool BpeModel::HasCompleteByteFallback() const {
+  if (!byte_fallback_) return false;
+  for (const int32_t id : byte_ids_) {
+    if (id < 0) return false;
+  }
+  return true;
+}
+
 }  // namespace epwa::tokenizer_internal

@@ -70,6 +70,11 @@ class BpeModel {
   std::optional<int32_t> TokenToId(std::string_view token) const;
   // nullptr when no vocabulary entry has this id.
   const std::string* IdToToken(int32_t id) const;
+  // True when byte_fallback is on and all 256 "<0xNN>" tokens exist, so that
+  // every character can be spelled.
+  bool HasCompleteByteFallback() const;
+  bool HasUnknownToken() const { return unk_id_.has_value(); }
+  bool FusesUnknown() const { return fuse_unk_; }
   // One more than the largest id in the vocabulary (0 when empty).
   int32_t IdBound() const { return static_cast<int32_t>(id_to_token_.size()); }
 

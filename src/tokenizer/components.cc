@@ -107,6 +107,9 @@ std::string RegexReplace(const Regex& regex, const std::string& text, const std:
   size_t previous = 0;
   for (const auto& [begin, end] : regex.FindAll(text)) {
     out.append(text, previous, begin - previous);
+    // A long content replacing many matches could grow the text without
+    // limit; check before it does.
+    RegexWorkScope::CheckTextGrowth(out.size() + content.size(), "Replace step", text.size());
     out.append(content);
     previous = end;
   }
@@ -121,6 +124,7 @@ std::string LiteralReplace(const std::string& text, const std::string& from, con
     const size_t found = text.find(from, previous);
     if (found == std::string::npos) break;
     out.append(text, previous, found - previous);
+    RegexWorkScope::CheckTextGrowth(out.size() + to.size(), "Replace step", text.size());
     out.append(to);
     previous = found + from.size();
   }
@@ -239,6 +243,17 @@ void SplitAll(const Regex& regex, bool invert, SplitBehavior behavior,
 // ---------------------------------------------------------------------------
 // Normalizers.
 
+// Multiplies coverage->shrink by `factor`; a factor past any useful bound
+// (it would overflow after enough stages) counts as no bound at all.
+void ShrinkBy(size_t factor, Coverage* coverage) {
+  constexpr size_t kUselessShrink = size_t{1} << 20;
+  if (coverage->shrink > kUselessShrink / factor) {
+    coverage->unbounded = true;
+  } else {
+    coverage->shrink *= factor;
+  }
+}
+
 class UnicodeNormalizer : public Normalizer {
  public:
   explicit UnicodeNormalizer(int options) : options_(options) {}
@@ -255,6 +270,12 @@ class UnicodeNormalizer : public Normalizer {
     }
     text->assign(reinterpret_cast<const char*>(result), static_cast<size_t>(length));
     std::free(result);
+  }
+  void DescribeCoverage(Coverage* coverage) const override {
+    // A normalized character is at least one byte and stands for at most one
+    // input character of at most four bytes (compatibility mappings such as
+    // U+1D400 -> "A"); compositions shrink less than that.
+    ShrinkBy(4, coverage);
   }
 
  private:
@@ -279,6 +300,10 @@ class LowercaseNormalizer : public Normalizer {
       pos += length;
     }
     *text = std::move(out);
+  }
+  void DescribeCoverage(Coverage* coverage) const override {
+    // Some characters lose bytes when lowercased (U+212A KELVIN SIGN -> "k").
+    ShrinkBy(4, coverage);
   }
 };
 
@@ -305,6 +330,7 @@ class StripNormalizer : public Normalizer {
     }
     *text = text->substr(begin, end - begin);
   }
+  void DescribeCoverage(Coverage* coverage) const override { coverage->unbounded = true; }
 
  private:
   bool left_;
@@ -318,6 +344,7 @@ class PrependNormalizer : public Normalizer {
     // The reference leaves empty strings empty.
     if (!text->empty()) text->insert(0, prefix_);
   }
+  void DescribeCoverage(Coverage* /*coverage*/) const override {}
 
  private:
   std::string prefix_;
@@ -331,6 +358,15 @@ class ReplaceNormalizer : public Normalizer {
     *text = literal_.empty() ? RegexReplace(*regex_, *text, content_)
                              : LiteralReplace(*text, literal_, content_);
   }
+  void DescribeCoverage(Coverage* coverage) const override {
+    // A literal replaced by a non-empty content shrinks by at most their
+    // length ratio; a regex can match any length.
+    if (literal_.empty() || content_.empty()) {
+      coverage->unbounded = true;
+    } else {
+      ShrinkBy((literal_.size() + content_.size() - 1) / content_.size(), coverage);
+    }
+  }
 
  private:
   std::unique_ptr<Regex> regex_;
@@ -343,7 +379,13 @@ class SequenceNormalizer : public Normalizer {
   explicit SequenceNormalizer(std::vector<std::unique_ptr<Normalizer>> steps)
       : steps_(std::move(steps)) {}
   void Normalize(std::string* text) const override {
-    for (const auto& step : steps_) step->Normalize(text);
+    for (const auto& step : steps_) {
+      step->Normalize(text);
+      RegexWorkScope::CheckTextGrowth(text->size(), "normalizer", text->size());
+    }
+  }
+  void DescribeCoverage(Coverage* coverage) const override {
+    for (const auto& step : steps_) step->DescribeCoverage(coverage);
   }
 
  private:
@@ -381,6 +423,7 @@ class ByteLevelPreTokenizer : public PreTokenizer {
       split.text = std::move(mapped);
     }
   }
+  void DescribeCoverage(Coverage* coverage) const override { coverage->byte_level = true; }
 
  private:
   bool add_prefix_space_;
@@ -433,6 +476,7 @@ class MetaspacePreTokenizer : public PreTokenizer {
     }
     *splits = std::move(out);
   }
+  void DescribeCoverage(Coverage* /*coverage*/) const override {}
 
  private:
   std::string replacement_;
@@ -447,6 +491,10 @@ class RegexSplitPreTokenizer : public PreTokenizer {
   void PreTokenize(std::vector<TextSplit>* splits) const override {
     SplitAll(*regex_, invert_, behavior_, splits);
   }
+  void DescribeCoverage(Coverage* coverage) const override {
+    // Removed delimiters belong to no token.
+    if (behavior_ == SplitBehavior::kRemoved) coverage->unbounded = true;
+  }
 
  private:
   std::unique_ptr<Regex> regex_;
@@ -459,7 +507,17 @@ class SequencePreTokenizer : public PreTokenizer {
   explicit SequencePreTokenizer(std::vector<std::unique_ptr<PreTokenizer>> steps)
       : steps_(std::move(steps)) {}
   void PreTokenize(std::vector<TextSplit>* splits) const override {
-    for (const auto& step : steps_) step->PreTokenize(splits);
+    for (const auto& step : steps_) {
+      step->PreTokenize(splits);
+      // Each ByteLevel step can double the text, so a long Sequence of them
+      // would grow it exponentially.
+      size_t total = 0;
+      for (const TextSplit& split : *splits) total += split.text.size();
+      RegexWorkScope::CheckTextGrowth(total, "pre_tokenizer", total);
+    }
+  }
+  void DescribeCoverage(Coverage* coverage) const override {
+    for (const auto& step : steps_) step->DescribeCoverage(coverage);
   }
 
  private:
@@ -639,7 +697,12 @@ class SequenceDecoder : public Decoder {
  public:
   explicit SequenceDecoder(std::vector<std::unique_ptr<Decoder>> steps) : steps_(std::move(steps)) {}
   void DecodeChain(std::vector<std::string>* tokens) const override {
-    for (const auto& step : steps_) step->DecodeChain(tokens);
+    for (const auto& step : steps_) {
+      step->DecodeChain(tokens);
+      size_t total = 0;
+      for (const std::string& token : *tokens) total += token.size();
+      RegexWorkScope::CheckTextGrowth(total, "decoder", total);
+    }
   }
 
  private:
@@ -681,12 +744,20 @@ class NoOpPostProcessor : public PostProcessor {
   void AddSpecialTokens(std::vector<int32_t>* /*ids*/) const override {}
 };
 
-int32_t CheckedId(int64_t id, const JsonPlace& place) {
+// A special-token id that the post-processor inserts. It must name a token of
+// the vocabulary: otherwise every encode with special tokens would produce an
+// id that decoding and the model refuse, far from the file that caused it.
+int32_t CheckedId(int64_t id, const JsonPlace& place, const IdCheck& id_exists) {
   if (id < 0 || id > INT32_MAX) place.Fail("holds the id " + std::to_string(id) + ", which is out of range");
+  if (id_exists && !id_exists(static_cast<int32_t>(id))) {
+    place.Fail("holds the id " + std::to_string(id) +
+               ", which is not a token of the vocabulary or the added tokens");
+  }
   return static_cast<int32_t>(id);
 }
 
-std::unique_ptr<PostProcessor> MakeTemplate(const Json& node, const JsonPlace& place) {
+std::unique_ptr<PostProcessor> MakeTemplate(const Json& node, const JsonPlace& place,
+                                            const IdCheck& id_exists) {
   const Json& special = RequireMember(node, "special_tokens", place);
   if (!special.is_object()) place.Child("special_tokens").Fail("must be an object");
   const Json& single = RequireArray(node, "single", place);
@@ -712,7 +783,7 @@ std::unique_ptr<PostProcessor> MakeTemplate(const Json& node, const JsonPlace& p
     const Json& ids = RequireArray(special[name], "ids", token_place);
     for (size_t k = 0; k < ids.size(); ++k) {
       if (!ids[k].is_number_integer()) token_place.Child("ids").Index(k).Fail("must be an integer id");
-      const int32_t id = CheckedId(ids[k].get<int64_t>(), token_place.Child("ids").Index(k));
+      const int32_t id = CheckedId(ids[k].get<int64_t>(), token_place.Child("ids").Index(k), id_exists);
       (seen_sequence ? after : before).push_back(id);
     }
   }
@@ -721,12 +792,12 @@ std::unique_ptr<PostProcessor> MakeTemplate(const Json& node, const JsonPlace& p
 }
 
 // RobertaProcessing and BertProcessing hold ["token", id] pairs.
-int32_t TokenPairId(const Json& node, const char* key, const JsonPlace& place) {
+int32_t TokenPairId(const Json& node, const char* key, const JsonPlace& place, const IdCheck& id_exists) {
   const Json& pair = RequireMember(node, key, place);
   if (!pair.is_array() || pair.size() != 2 || !pair[1].is_number_integer()) {
     place.Child(key).Fail("must be a [\"token\", id] pair");
   }
-  return CheckedId(pair[1].get<int64_t>(), place.Child(key));
+  return CheckedId(pair[1].get<int64_t>(), place.Child(key), id_exists);
 }
 
 }  // namespace
@@ -734,8 +805,42 @@ int32_t TokenPairId(const Json& node, const char* key, const JsonPlace& place) {
 // ---------------------------------------------------------------------------
 // Factories.
 
-std::unique_ptr<Normalizer> MakeNormalizer(const Json& node, const JsonPlace& place) {
+namespace {
+
+// Real tokenizers nest Sequence components two or three levels deep and list
+// a handful of steps. Without limits a hostile tokenizer.json could nest them
+// 100,000 deep (one C++ stack frame and one JsonPlace path per level: the
+// stack overflows) or list millions of steps (every step runs over every
+// input, so encoding would take time proportional to both). The limits sit
+// far above any real file and are checked before recursing.
+constexpr int kMaxComponentDepth = 32;
+constexpr int kMaxComponentsPerStage = 256;
+
+// Tracks one pipeline stage (normalizer, pre_tokenizer, ...) while it is built.
+struct BuildState {
+  const char* stage;  // "normalizer", for messages.
+  int components = 0;
+};
+
+// Called once per component about to be built, at nesting level `depth`
+// (0 for the stage's top-level component).
+void CheckLimits(const JsonPlace& place, int depth, BuildState* state) {
+  if (depth > kMaxComponentDepth) {
+    throw Error(place.origin + ": the " + state->stage + " nests Sequence components more than " +
+                std::to_string(kMaxComponentDepth) + " levels deep (at field '" + place.path +
+                "'); real tokenizers nest two or three levels, so this file is refused.");
+  }
+  if (++state->components > kMaxComponentsPerStage) {
+    throw Error(place.origin + ": the " + state->stage + " has more than " +
+                std::to_string(kMaxComponentsPerStage) + " components (at field '" + place.path +
+                "'); real tokenizers have a handful, so this file is refused.");
+  }
+}
+
+std::unique_ptr<Normalizer> BuildNormalizer(const Json& node, const JsonPlace& place, int depth,
+                                            BuildState* state) {
   if (node.is_null()) return nullptr;
+  CheckLimits(place, depth, state);
   const std::string type = TypeOf(node, place);
   if (type == "NFC") return std::make_unique<UnicodeNormalizer>(UTF8PROC_STABLE | UTF8PROC_COMPOSE);
   if (type == "NFD") return std::make_unique<UnicodeNormalizer>(UTF8PROC_STABLE | UTF8PROC_DECOMPOSE);
@@ -761,7 +866,7 @@ std::unique_ptr<Normalizer> MakeNormalizer(const Json& node, const JsonPlace& pl
     const Json& list = RequireArray(node, "normalizers", place);
     std::vector<std::unique_ptr<Normalizer>> steps;
     for (size_t i = 0; i < list.size(); ++i) {
-      auto step = MakeNormalizer(list[i], place.Child("normalizers").Index(i));
+      auto step = BuildNormalizer(list[i], place.Child("normalizers").Index(i), depth + 1, state);
       if (step) steps.push_back(std::move(step));
     }
     return std::make_unique<SequenceNormalizer>(std::move(steps));
@@ -769,8 +874,10 @@ std::unique_ptr<Normalizer> MakeNormalizer(const Json& node, const JsonPlace& pl
   Unsupported(place, type, "NFC, NFD, NFKC, NFKD, Lowercase, Strip, Prepend, Replace, Sequence");
 }
 
-std::unique_ptr<PreTokenizer> MakePreTokenizer(const Json& node, const JsonPlace& place) {
+std::unique_ptr<PreTokenizer> BuildPreTokenizer(const Json& node, const JsonPlace& place, int depth,
+                                                BuildState* state) {
   if (node.is_null()) return nullptr;
+  CheckLimits(place, depth, state);
   const std::string type = TypeOf(node, place);
   if (type == "ByteLevel") {
     return std::make_unique<ByteLevelPreTokenizer>(OptionalBool(node, "add_prefix_space", place, true),
@@ -790,7 +897,7 @@ std::unique_ptr<PreTokenizer> MakePreTokenizer(const Json& node, const JsonPlace
     const Json& list = RequireArray(node, "pretokenizers", place);
     std::vector<std::unique_ptr<PreTokenizer>> steps;
     for (size_t i = 0; i < list.size(); ++i) {
-      auto step = MakePreTokenizer(list[i], place.Child("pretokenizers").Index(i));
+      auto step = BuildPreTokenizer(list[i], place.Child("pretokenizers").Index(i), depth + 1, state);
       if (step) steps.push_back(std::move(step));
     }
     return std::make_unique<SequencePreTokenizer>(std::move(steps));
@@ -822,8 +929,10 @@ std::unique_ptr<PreTokenizer> MakePreTokenizer(const Json& node, const JsonPlace
               "Punctuation, CharDelimiterSplit");
 }
 
-std::unique_ptr<Decoder> MakeDecoder(const Json& node, const JsonPlace& place) {
+std::unique_ptr<Decoder> BuildDecoder(const Json& node, const JsonPlace& place, int depth,
+                                      BuildState* state) {
   if (node.is_null()) return nullptr;
+  CheckLimits(place, depth, state);
   const std::string type = TypeOf(node, place);
   if (type == "ByteLevel") return std::make_unique<ByteLevelDecoder>();
   if (type == "Metaspace") {
@@ -850,7 +959,7 @@ std::unique_ptr<Decoder> MakeDecoder(const Json& node, const JsonPlace& place) {
     const Json& list = RequireArray(node, "decoders", place);
     std::vector<std::unique_ptr<Decoder>> steps;
     for (size_t i = 0; i < list.size(); ++i) {
-      auto step = MakeDecoder(list[i], place.Child("decoders").Index(i));
+      auto step = BuildDecoder(list[i], place.Child("decoders").Index(i), depth + 1, state);
       if (step) steps.push_back(std::move(step));
     }
     return std::make_unique<SequenceDecoder>(std::move(steps));
@@ -858,26 +967,54 @@ std::unique_ptr<Decoder> MakeDecoder(const Json& node, const JsonPlace& place) {
   Unsupported(place, type, "ByteLevel, Metaspace, Replace, ByteFallback, Fuse, Strip, Sequence");
 }
 
-std::unique_ptr<PostProcessor> MakePostProcessor(const Json& node, const JsonPlace& place) {
+std::unique_ptr<PostProcessor> BuildPostProcessor(const Json& node, const JsonPlace& place,
+                                                  const IdCheck& id_exists, int depth,
+                                                  BuildState* state) {
   if (node.is_null()) return nullptr;
+  CheckLimits(place, depth, state);
   const std::string type = TypeOf(node, place);
-  if (type == "TemplateProcessing") return MakeTemplate(node, place);
+  if (type == "TemplateProcessing") return MakeTemplate(node, place, id_exists);
   // ByteLevel only trims offsets, which epwa does not track.
   if (type == "ByteLevel") return std::make_unique<NoOpPostProcessor>();
   if (type == "RobertaProcessing" || type == "BertProcessing") {
-    return std::make_unique<TemplatePostProcessor>(std::vector<int32_t>{TokenPairId(node, "cls", place)},
-                                                   std::vector<int32_t>{TokenPairId(node, "sep", place)});
+    return std::make_unique<TemplatePostProcessor>(
+        std::vector<int32_t>{TokenPairId(node, "cls", place, id_exists)},
+        std::vector<int32_t>{TokenPairId(node, "sep", place, id_exists)});
   }
   if (type == "Sequence") {
     const Json& list = RequireArray(node, "processors", place);
     std::vector<std::unique_ptr<PostProcessor>> steps;
     for (size_t i = 0; i < list.size(); ++i) {
-      auto step = MakePostProcessor(list[i], place.Child("processors").Index(i));
+      auto step = BuildPostProcessor(list[i], place.Child("processors").Index(i), id_exists, depth + 1,
+                                     state);
       if (step) steps.push_back(std::move(step));
     }
     return std::make_unique<SequencePostProcessor>(std::move(steps));
   }
   Unsupported(place, type, "TemplateProcessing, ByteLevel, RobertaProcessing, BertProcessing, Sequence");
+}
+
+}  // namespace
+
+std::unique_ptr<Normalizer> MakeNormalizer(const Json& node, const JsonPlace& place) {
+  BuildState state{"normalizer"};
+  return BuildNormalizer(node, place, 0, &state);
+}
+
+std::unique_ptr<PreTokenizer> MakePreTokenizer(const Json& node, const JsonPlace& place) {
+  BuildState state{"pre_tokenizer"};
+  return BuildPreTokenizer(node, place, 0, &state);
+}
+
+std::unique_ptr<Decoder> MakeDecoder(const Json& node, const JsonPlace& place) {
+  BuildState state{"decoder"};
+  return BuildDecoder(node, place, 0, &state);
+}
+
+std::unique_ptr<PostProcessor> MakePostProcessor(const Json& node, const JsonPlace& place,
+                                                 const IdCheck& id_exists) {
+  BuildState state{"post_processor"};
+  return BuildPostProcessor(node, place, id_exists, 0, &state);
 }
 
 }  // namespace epwa::tokenizer_internal

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -40,10 +41,26 @@ struct TextSplit {
   bool at_origin = false;
 };
 
+// What a pipeline stage does to the number of input bytes that one token can
+// stand for (Tokenizer::MaxTokenBytes). Stages that can only grow the text or
+// split it leave it alone.
+struct Coverage {
+  // True when the stage can delete or compress input without limit (Strip,
+  // a Replace with a regex or with a shorter content, splits that remove
+  // their delimiters): then no bound exists.
+  bool unbounded = false;
+  // Each normalized byte stands for at most this many input bytes.
+  size_t shrink = 1;
+  // True when a ByteLevel pre-tokenizer maps every input byte to one
+  // character of the byte alphabet.
+  bool byte_level = false;
+};
+
 class Normalizer {
  public:
   virtual ~Normalizer() = default;
   virtual void Normalize(std::string* text) const = 0;
+  virtual void DescribeCoverage(Coverage* coverage) const = 0;
 };
 
 class PreTokenizer {
@@ -51,6 +68,7 @@ class PreTokenizer {
   virtual ~PreTokenizer() = default;
   // Replaces `splits` with their finer splits; empty pieces are dropped.
   virtual void PreTokenize(std::vector<TextSplit>* splits) const = 0;
+  virtual void DescribeCoverage(Coverage* coverage) const = 0;
 };
 
 class Decoder {
@@ -68,10 +86,18 @@ class PostProcessor {
   virtual void AddSpecialTokens(std::vector<int32_t>* ids) const = 0;
 };
 
-// Factories. A null node yields nullptr (the stage is absent).
+// Whether a token id exists (in the vocabulary or among the added tokens).
+using IdCheck = std::function<bool(int32_t)>;
+
+// Factories. A null node yields nullptr (the stage is absent). Sequence
+// components may nest at most 32 levels deep and a stage may hold at most
+// 256 components; deeper or larger stages are refused with an epwa::Error
+// naming the file, the stage and the limit. The post-processor's special-token
+// ids must pass `id_exists` (when it is set).
 std::unique_ptr<Normalizer> MakeNormalizer(const nlohmann::json& node, const JsonPlace& place);
 std::unique_ptr<PreTokenizer> MakePreTokenizer(const nlohmann::json& node, const JsonPlace& place);
 std::unique_ptr<Decoder> MakeDecoder(const nlohmann::json& node, const JsonPlace& place);
-std::unique_ptr<PostProcessor> MakePostProcessor(const nlohmann::json& node, const JsonPlace& place);
+std::unique_ptr<PostProcessor> MakePostProcessor(const nlohmann::json& node, const JsonPlace& place,
+                                                 const IdCheck& id_exists = nullptr);
 
 }  // namespace epwa::tokenizer_internal

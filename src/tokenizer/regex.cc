@@ -3,7 +3,9 @@
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
 
+#include <algorithm>
 #include <memory>
+#include <utility>
 
 #include "base/error.h"
 #include "tokenizer/utf8.h"
@@ -19,7 +21,8 @@ std::string Pcre2Message(int code) {
 
 // The JIT machine stack defaults to 32 KiB, which patterns such as
 // \s+(?!\S) can exhaust on long whitespace runs. Each thread gets its own
-// larger stack because a JIT stack must not be shared between threads.
+// larger stack because a JIT stack must not be shared between threads, and
+// its own match context because every attempt sets its own limits in it.
 struct ThreadMatchContext {
   pcre2_jit_stack* stack = nullptr;
   pcre2_match_context* context = nullptr;
@@ -44,52 +47,217 @@ struct MatchDataDeleter {
   void operator()(pcre2_match_data* data) const { pcre2_match_data_free(data); }
 };
 
+thread_local RegexWorkScope* current_scope = nullptr;
+
+// Every attempt first looks at most this many bytes ahead and may take this
+// many backtracking steps; both double while the attempt needs more. Nearly
+// every match of a tokenizer's pattern (a word, a number, a run of spaces)
+// is decided within the first window.
+constexpr size_t kFirstWindow = 32;
+constexpr uint32_t kFirstMatchLimit = 64;
+// PCRE2's own default: one attempt that needs more backtracking steps than
+// this (catastrophic patterns such as (a+)+$) fails outright.
+constexpr uint32_t kMaxMatchLimit = 10'000'000;
+
+// Finds \G and backtracking-control verbs such as (*SKIP) or (*COMMIT)
+// outside \Q...\E quotes and character classes. Both depend on where PCRE2
+// starts its search, which the bounded matcher below moves one position at a
+// time, and Oniguruma (the reference) has neither.
+std::string UnsupportedConstruct(std::string_view pattern) {
+  bool in_class = false;
+  for (size_t i = 0; i < pattern.size(); ++i) {
+    const char c = pattern[i];
+    if (c == '\\' && i + 1 < pattern.size()) {
+      const char next = pattern[i + 1];
+      if (next == 'Q') {
+        const size_t close = pattern.find("\\E", i + 2);
+        if (close == std::string_view::npos) return "";
+        i = close + 1;
+        continue;
+      }
+      if (next == 'G' && !in_class) return "\\G";
+      ++i;
+      continue;
+    }
+    if (in_class) {
+      if (c == ']') in_class = false;
+      continue;
+    }
+    if (c == '[') {
+      in_class = true;
+      // A ']' right after '[' or '[^' is a literal member of the class.
+      if (i + 1 < pattern.size() && pattern[i + 1] == '^') ++i;
+      if (i + 1 < pattern.size() && pattern[i + 1] == ']') ++i;
+      continue;
+    }
+    if (c == '(' && i + 1 < pattern.size() && pattern[i + 1] == '*') return "(*";
+  }
+  return "";
+}
+
 }  // namespace
 
-Regex::Regex(std::string_view pattern, const std::string& where) : where_(where) {
+RegexWorkScope::RegexWorkScope(size_t input_bytes, std::string origin)
+    : input_bytes_(input_bytes),
+      origin_(std::move(origin)),
+      limit_(kBaseWork + kWorkPerByte * static_cast<uint64_t>(input_bytes)),
+      previous_(current_scope) {
+  current_scope = this;
+}
+
+RegexWorkScope::~RegexWorkScope() { current_scope = previous_; }
+
+bool RegexWorkScope::Spend(uint64_t units) {
+  if (units > limit_ - spent_) {
+    spent_ = limit_;
+    return false;
+  }
+  spent_ += units;
+  return true;
+}
+
+RegexWorkScope* RegexWorkScope::Current() { return current_scope; }
+
+void RegexWorkScope::CheckTextGrowth(size_t bytes, const char* stage, size_t fallback_input_bytes) {
+  const RegexWorkScope* scope = current_scope;
+  const uint64_t input = scope != nullptr ? scope->input_bytes_ : fallback_input_bytes;
+  const uint64_t cap = kGrowthPerByte * input + (uint64_t{1} << 20);
+  if (bytes <= cap) return;
+  throw Error((scope != nullptr ? scope->origin_ : std::string("the tokenizer")) + ": its " + stage +
+              " grows a " + std::to_string(input) + "-byte input to more than " + std::to_string(cap) +
+              " bytes (the limit is " + std::to_string(kGrowthPerByte) +
+              " bytes per input byte plus 1 MiB); real tokenizers grow text by small factors, so "
+              "this tokenizer is refused.");
+}
+
+Regex::Regex(std::string_view pattern, const std::string& where) : pattern_(pattern), where_(where) {
+  const std::string unsupported = UnsupportedConstruct(pattern);
+  if (!unsupported.empty()) {
+    throw Error(where + " holds the regular expression " + Describe() + ", which uses " + unsupported +
+                "; epwa (like the Oniguruma engine of the reference) does not support that.");
+  }
   int error_code = 0;
   PCRE2_SIZE error_offset = 0;
+  // USE_OFFSET_LIMIT lets each attempt pin its start position (see MatchAt).
   code_ = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(),
-                        PCRE2_UTF | PCRE2_UCP, &error_code, &error_offset, nullptr);
+                        PCRE2_UTF | PCRE2_UCP | PCRE2_USE_OFFSET_LIMIT, &error_code, &error_offset,
+                        nullptr);
   if (code_ == nullptr) {
     throw Error(where + " holds a regular expression that does not compile (" +
                 Pcre2Message(error_code) + " at offset " + std::to_string(error_offset) + ").");
   }
   // JIT compilation is an optimisation only: when it is unavailable the
-  // interpreter gives the same matches.
-  pcre2_jit_compile(code_, PCRE2_JIT_COMPLETE);
+  // interpreter gives the same matches. Both modes are compiled because
+  // MatchAt matches windows of the text with PARTIAL_HARD.
+  pcre2_jit_compile(code_, PCRE2_JIT_COMPLETE | PCRE2_JIT_PARTIAL_HARD);
 }
 
 Regex::~Regex() { pcre2_code_free(code_); }
 
+std::string Regex::Describe() const {
+  constexpr size_t kShown = 80;
+  if (pattern_.size() <= kShown) return "/" + pattern_ + "/";
+  size_t cut = kShown;
+  while (cut > 0 && (static_cast<uint8_t>(pattern_[cut]) & 0xC0) == 0x80) --cut;
+  return "/" + pattern_.substr(0, cut) + "/...";
+}
+
+// One attempt at `start` only (the offset limit pins it there), first on a
+// window of the text that ends kFirstWindow bytes after `start`. With
+// PCRE2_PARTIAL_HARD the attempt reports a partial match as soon as it needs
+// a character beyond the window, so a complete match or a failure inside the
+// window is exactly what the whole text would give; a partial result
+// doubles the window. Work is charged before each try as the window's length
+// (the characters the attempt may inspect) plus its match limit (the
+// backtracking steps it may take), which bounds what the try can cost.
+bool Regex::MatchAt(std::string_view text, size_t start, RegexWorkScope* budget,
+                    pcre2_match_data* data, size_t* begin, size_t* end) const {
+  const auto* subject = reinterpret_cast<PCRE2_SPTR>(text.data());
+  pcre2_match_context* context = MatchContext();
+  if (context == nullptr) throw Error(where_ + ": out of memory while matching its regular expression.");
+  pcre2_set_offset_limit(context, start);
+  size_t window = kFirstWindow;
+  uint32_t match_limit = kFirstMatchLimit;
+  while (true) {
+    size_t window_end = text.size();
+    if (text.size() - start > window) {
+      window_end = start + window;
+      // Never cut a character in two: PCRE2 is told the text is valid UTF-8.
+      while (window_end < text.size() && (static_cast<uint8_t>(text[window_end]) & 0xC0) == 0x80) {
+        ++window_end;
+      }
+    }
+    const bool whole = window_end == text.size();
+    if (!budget->Spend((window_end - start) + match_limit)) {
+      throw Error(where_ + ": matching its regular expression " + Describe() + " on this " +
+                  std::to_string(budget->input_bytes()) + "-byte input needs more than " +
+                  std::to_string(budget->limit()) + " steps (" +
+                  std::to_string(RegexWorkScope::kWorkPerByte) +
+                  " per input byte); the pattern backtracks or rescans too much to be used on it.");
+    }
+    pcre2_set_match_limit(context, match_limit);
+    // The input was validated once up front, so PCRE2 need not re-check it
+    // on every call (which would make the loop quadratic).
+    const uint32_t options = PCRE2_NO_UTF_CHECK | (whole ? 0 : PCRE2_PARTIAL_HARD);
+    int rc = pcre2_match(code_, subject, window_end, start, options, data, context);
+    if (rc == PCRE2_ERROR_JIT_STACKLIMIT) {
+      // Retry with the interpreter, whose backtracking memory lives on the heap.
+      rc = pcre2_match(code_, subject, window_end, start, options | PCRE2_NO_JIT, data, context);
+    }
+    if (rc >= 0) {
+      const PCRE2_SIZE* ovector = pcre2_get_ovector_pointer(data);
+      *begin = ovector[0];
+      *end = ovector[1];
+      return true;
+    }
+    if (rc == PCRE2_ERROR_NOMATCH) return false;
+    if (rc == PCRE2_ERROR_PARTIAL && !whole) {
+      window *= 2;
+      continue;
+    }
+    if (rc == PCRE2_ERROR_MATCHLIMIT && match_limit < kMaxMatchLimit) {
+      match_limit = std::min<uint64_t>(uint64_t{match_limit} * 2, kMaxMatchLimit);
+      continue;
+    }
+    throw Error(where_ + ": matching its regular expression " + Describe() + " failed (" +
+                Pcre2Message(rc) + ").");
+  }
+}
+
 std::vector<std::pair<size_t, size_t>> Regex::FindAll(std::string_view text) const {
   std::vector<std::pair<size_t, size_t>> matches;
+  RegexWorkScope* budget = RegexWorkScope::Current();
+  std::unique_ptr<RegexWorkScope> own_budget;
+  if (budget == nullptr) {
+    own_budget = std::make_unique<RegexWorkScope>(text.size());
+    budget = own_budget.get();
+  }
   std::unique_ptr<pcre2_match_data, MatchDataDeleter> data(
       pcre2_match_data_create_from_pattern(code_, nullptr));
   if (!data) throw Error(where_ + ": out of memory while matching its regular expression.");
-  const auto* subject = reinterpret_cast<PCRE2_SPTR>(text.data());
+  const auto next_position = [&](size_t pos) {
+    return pos < text.size() ? pos + CharLength(text, pos) : pos + 1;
+  };
   size_t search_from = 0;
   bool have_last_end = false;
   size_t last_match_end = 0;
   while (search_from <= text.size()) {
-    // The input was validated once up front, so PCRE2 need not re-check it
-    // on every call (which would make the loop quadratic).
-    int rc = pcre2_match(code_, subject, text.size(), search_from, PCRE2_NO_UTF_CHECK, data.get(),
-                         MatchContext());
-    if (rc == PCRE2_ERROR_JIT_STACKLIMIT) {
-      // Retry with the interpreter, whose backtracking memory lives on the heap.
-      rc = pcre2_match(code_, subject, text.size(), search_from, PCRE2_NO_UTF_CHECK | PCRE2_NO_JIT,
-                       data.get(), nullptr);
+    // An unanchored search, one start position at a time, so that no single
+    // PCRE2 call can rescan the text from many start positions unmetered.
+    size_t begin = 0;
+    size_t end = 0;
+    size_t start = search_from;
+    bool found = false;
+    while (start <= text.size()) {
+      if (MatchAt(text, start, budget, data.get(), &begin, &end)) {
+        found = true;
+        break;
+      }
+      start = next_position(start);
     }
-    if (rc == PCRE2_ERROR_NOMATCH) break;
-    if (rc < 0) {
-      throw Error(where_ + ": matching its regular expression failed (" + Pcre2Message(rc) + ").");
-    }
-    const PCRE2_SIZE* ovector = pcre2_get_ovector_pointer(data.get());
-    const size_t begin = ovector[0];
-    const size_t end = ovector[1];
+    if (!found) break;
     if (begin == end && have_last_end && last_match_end == end) {
-      search_from += search_from < text.size() ? CharLength(text, search_from) : 1;
+      search_from = next_position(search_from);
       continue;
     }
     search_from = end;

@@ -2,17 +2,16 @@
 
 #include <algorithm>
 #include <array>
-#include <cerrno>
-#include <cstring>
-#include <fstream>
-#include <sstream>
+#include <limits>
 #include <unordered_map>
 #include <unordered_set>
 
 #include "base/error.h"
+#include "base/file_read.h"
 #include "tokenizer/bpe_model.h"
 #include "tokenizer/components.h"
 #include "tokenizer/json_document.h"
+#include "tokenizer/regex.h"
 #include "tokenizer/utf8.h"
 
 namespace epwa {
@@ -154,15 +153,6 @@ class AddedTokenMatcher {
   const AddedToken* empty_pattern_token_ = nullptr;
 };
 
-std::string ReadFile(const std::string& path) {
-  std::ifstream file(path, std::ios::binary);
-  if (!file) throw Error(path + ": cannot open the tokenizer file (" + std::strerror(errno) + ").");
-  std::ostringstream contents;
-  contents << file.rdbuf();
-  if (file.bad()) throw Error(path + ": reading the tokenizer file failed.");
-  return std::move(contents).str();
-}
-
 }  // namespace
 
 struct Tokenizer::Impl {
@@ -180,8 +170,10 @@ struct Tokenizer::Impl {
   std::unique_ptr<tokenizer_internal::PostProcessor> post_processor;
   std::unique_ptr<tokenizer_internal::Decoder> decoder;
   int32_t vocab_size = 0;
+  size_t max_token_bytes = 0;
 
   void Load(std::string_view json);
+  size_t ComputeMaxTokenBytes() const;
   void LoadAddedTokens(const Json& list, const JsonPlace& place);
   void EncodePlain(std::string_view text, bool at_origin, std::vector<int32_t>* ids) const;
   const std::string* Lookup(int32_t id) const;
@@ -223,11 +215,64 @@ void Tokenizer::Impl::Load(std::string_view json) {
 
   normalizer = tokenizer_internal::MakeNormalizer(field("normalizer"), place("normalizer"));
   pre_tokenizer = tokenizer_internal::MakePreTokenizer(field("pre_tokenizer"), place("pre_tokenizer"));
-  post_processor = tokenizer_internal::MakePostProcessor(field("post_processor"), place("post_processor"));
   decoder = tokenizer_internal::MakeDecoder(field("decoder"), place("decoder"));
   // "truncation" and "padding" shape batches for training; epwa's callers
   // decide lengths themselves, so both are ignored.
   if (!field("added_tokens").is_null()) LoadAddedTokens(field("added_tokens"), place("added_tokens"));
+  // Built last so that its special-token ids can be checked against the
+  // whole vocabulary, added tokens included.
+  post_processor = tokenizer_internal::MakePostProcessor(
+      field("post_processor"), place("post_processor"),
+      [this](int32_t id) { return Lookup(id) != nullptr; });
+  max_token_bytes = ComputeMaxTokenBytes();
+}
+
+// See Tokenizer::MaxTokenBytes. Every bound below errs on the large side.
+size_t Tokenizer::Impl::ComputeMaxTokenBytes() const {
+  constexpr size_t kUnbounded = std::numeric_limits<size_t>::max();
+  tokenizer_internal::Coverage coverage;
+  if (normalizer) normalizer->DescribeCoverage(&coverage);
+  if (pre_tokenizer) pre_tokenizer->DescribeCoverage(&coverage);
+  if (coverage.unbounded) return kUnbounded;
+  const auto& byte_table = tokenizer_internal::ByteToUnicode();
+  // Input bytes that the text of one vocabulary entry can stand for. After a
+  // ByteLevel pre-tokenizer every character of the byte alphabet is one input
+  // byte; otherwise a piece's own bytes are an upper bound (a "▁" is one space
+  // or a literal "▁", a "<0xNN>" one byte or itself).
+  const auto piece_bytes = [&](const std::string& piece) -> size_t {
+    if (!coverage.byte_level) return piece.size();
+    size_t bytes = 0;
+    for (size_t pos = 0; pos < piece.size();) {
+      const size_t length = tokenizer_internal::CharLength(piece, pos);
+      const char32_t c = tokenizer_internal::DecodeAt(piece, pos, length);
+      bytes += tokenizer_internal::UnicodeToByte(c) >= 0 ? 1 : length;
+      pos += length;
+    }
+    return bytes;
+  };
+  size_t longest = 0;
+  // A character that no vocabulary entry or byte token spells becomes the
+  // unknown token (one character, at most 4 bytes), a run of them with
+  // fuse_unk (unbounded), or nothing at all without an unknown token.
+  bool every_char_spelled = model->HasCompleteByteFallback();
+  if (coverage.byte_level && !every_char_spelled) {
+    every_char_spelled = true;
+    for (const std::string& c : byte_table) every_char_spelled = every_char_spelled && model->TokenToId(c);
+  }
+  if (!every_char_spelled) {
+    if (!model->HasUnknownToken() || model->FusesUnknown()) return kUnbounded;
+    longest = 4;
+  }
+  for (int32_t id = 0; id < model->IdBound(); ++id) {
+    if (const std::string* piece = model->IdToToken(id)) longest = std::max(longest, piece_bytes(*piece));
+  }
+  for (const AddedToken& token : added_tokens) {
+    // lstrip and rstrip swallow any amount of whitespace around the token.
+    if (token.lstrip || token.rstrip) return kUnbounded;
+    longest = std::max(longest, token.content.size());
+  }
+  if (longest > kUnbounded / coverage.shrink) return kUnbounded;
+  return longest * coverage.shrink;
 }
 
 void Tokenizer::Impl::LoadAddedTokens(const Json& list, const JsonPlace& place) {
@@ -267,7 +312,11 @@ void Tokenizer::Impl::LoadAddedTokens(const Json& list, const JsonPlace& place) 
         continue;
       }
       std::string pattern = token.content;
-      if (normalizer) normalizer->Normalize(&pattern);
+      if (normalizer) {
+        // The same bounds as for any input apply to the token's own text.
+        tokenizer_internal::RegexWorkScope scope(pattern.size(), origin);
+        normalizer->Normalize(&pattern);
+      }
       normalized_matcher.Add(std::move(pattern), &token);
     }
   }
@@ -310,7 +359,10 @@ Tokenizer::Tokenizer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Tokenizer::~Tokenizer() = default;
 
 std::unique_ptr<Tokenizer> Tokenizer::FromFile(const std::string& path) {
-  const std::string json = ReadFile(path);
+  // ReadRegularFile refuses folders, FIFOs (without blocking on them) and
+  // devices with a message that says what the path is, and files past the
+  // size limit before reading them.
+  const std::string json = ReadRegularFile(path, kMaxTokenizerFileBytes, "the tokenizer file");
   return FromJson(json, path);
 }
 
@@ -329,6 +381,8 @@ std::vector<int32_t> Tokenizer::Encode(std::string_view text, bool add_special_t
     repaired = tokenizer_internal::LossyUtf8(text);
     text = repaired;
   }
+  // Bounds the regex work and text growth of every stage for this input.
+  tokenizer_internal::RegexWorkScope scope(text.size(), impl_->origin);
   std::vector<int32_t> ids;
   ids.reserve(text.size() / 3 + 4);
   if (impl_->raw_matcher.empty()) {
@@ -363,6 +417,9 @@ std::string Tokenizer::Decode(std::span<const int32_t> ids, bool skip_special_to
     }
     return joined;
   }
+  size_t token_bytes = 0;
+  for (const std::string& token : tokens) token_bytes += token.size();
+  tokenizer_internal::RegexWorkScope scope(token_bytes, impl_->origin);
   impl_->decoder->DecodeChain(&tokens);
   std::string text;
   for (const std::string& token : tokens) text.append(token);
@@ -370,6 +427,8 @@ std::string Tokenizer::Decode(std::span<const int32_t> ids, bool skip_special_to
 }
 
 int32_t Tokenizer::VocabSize() const { return impl_->vocab_size; }
+
+size_t Tokenizer::MaxTokenBytes() const { return impl_->max_token_bytes; }
 
 const std::string& Tokenizer::IdToPiece(int32_t id) const {
   const std::string* piece = impl_->Lookup(id);

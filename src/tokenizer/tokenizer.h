@@ -8,6 +8,7 @@
 // normalizer and BPE, as the reference library does.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -21,12 +22,19 @@ namespace epwa {
 class Tokenizer {
  public:
   // Throws epwa::Error naming the file and the offending field for malformed
-  // JSON, unsupported model types or components.
+  // JSON, unsupported model types or components. FromFile reads only a
+  // regular file of at most kMaxTokenizerFileBytes (a folder, FIFO or device
+  // is refused as such); FromJson loads from memory (`origin` names the
+  // source in messages).
   static std::unique_ptr<Tokenizer> FromFile(const std::string& path);
   static std::unique_ptr<Tokenizer> FromJson(std::string_view json, const std::string& origin);
   ~Tokenizer();
 
   // add_special_tokens applies the post_processor (e.g. BOS for Mistral).
+  // The regexes of all stages together may spend a budget proportional to
+  // the text's length and no stage may grow the text past 64 bytes per input
+  // byte (plus 1 MiB); beyond either, Encode throws epwa::Error naming the
+  // file and the pattern or stage, instead of running for hours.
   std::vector<int32_t> Encode(std::string_view text, bool add_special_tokens = false) const;
   // As the reference decode(ids, skip_special_tokens). Invalid UTF-8 from byte
   // tokens becomes U+FFFD, as in the reference. Throws on out-of-range ids.
@@ -34,6 +42,16 @@ class Tokenizer {
 
   // Number of ids (max id + 1 over the vocabulary and added tokens).
   int32_t VocabSize() const;
+  // An upper bound on the number of input bytes that one token can stand for
+  // (the longest vocabulary entry or added token, counted in the input bytes
+  // it spells: one per character of a ByteLevel alphabet, scaled up where a
+  // normalizer can shrink text). A text of more than n * MaxTokenBytes()
+  // bytes therefore always encodes to more than n tokens, which lets a
+  // caller refuse an input that can never fit a context before encoding it.
+  // SIZE_MAX when no bound exists: a stage deletes text (Strip, Replace with
+  // a regex or a shorter content, splits that remove delimiters), added
+  // tokens strip whitespace, or unknown characters are fused or dropped.
+  size_t MaxTokenBytes() const;
   // The vocabulary string of an id ("▁Hello", "<0x0A>", "Ġworld"); throws if out of range.
   const std::string& IdToPiece(int32_t id) const;
   std::optional<int32_t> PieceToId(std::string_view piece) const;
