@@ -35,7 +35,14 @@ std::unique_ptr<Engine> LoadEngine(const ModelFlags& flags, bool quiet);
 
 // "1,2,3" -> {1, 2, 3}; throws epwa::Error naming `flag` on anything else.
 std::vector<int32_t> ParseIdList(const std::string& text, const std::string& flag);
-std::string ReadTextFile(const std::string& path);
+// The whole regular file `path` of at most kMaxTextInputBytes; `what` names
+// it in messages, e.g. "the --prompt-file".
+std::string ReadTextFile(const std::string& path, const std::string& what = "the input file");
+// A CLI11 transform for a uint64 option (--seed): decimal digits only, at
+// most 2^64-1. CLI11's own conversion clamps larger values, wraps "-1" and
+// reads "010" as octal. Add it with ->transform(), not ->check(): it rewrites
+// the text into canonical decimal.
+CLI::Validator Uint64Number();
 
 json LoadStatsJson(const LoadStats& s);
 void PrintLoadStats(const LoadStats& s);  // one block on stderr
@@ -57,6 +64,9 @@ struct WatermarkFlags {
   std::vector<CLI::Option*> needs_scheme;  // run: flags that mean nothing without --watermark
 };
 void AddWatermarkFlags(CLI::App* cmd, WatermarkFlags* flags, bool generation);
+// A CLI11 check that refuses NaN and +-inf (CLI::Range lets NaN through, as
+// every comparison with NaN is false). Combine: FiniteNumber() & CLI::Range(a, b).
+CLI::Validator FiniteNumber();
 // The key named by --key-file or $EPWA_KEY_FILE.
 wm::SecretKey LoadKey(const WatermarkFlags& flags);
 wm::WatermarkParams WatermarkParamsFrom(const WatermarkFlags& flags, const Engine& engine);

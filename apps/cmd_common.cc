@@ -1,13 +1,15 @@
 #include <unistd.h>
 
+#include <algorithm>
+#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
-#include <fstream>
 #include <iostream>
 #include <sstream>
 
 #include "base/error.h"
+#include "base/file_read.h"
 #include "base/timer.h"
 #include "cli.h"
 
@@ -105,12 +107,33 @@ std::vector<int32_t> ParseIdList(const std::string& text, const std::string& fla
   return ids;
 }
 
-std::string ReadTextFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  Require(in.good(), "cannot open file '" + path + "'");
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
+std::string ReadTextFile(const std::string& path, const std::string& what) {
+  // A prompt or text never usefully exceeds the model's context, so the
+  // limit turns /dev/zero, a FIFO or a folder into an immediate clear error
+  // instead of a hang or an out-of-memory end.
+  return ReadRegularFile(path, kMaxTextInputBytes, what);
+}
+
+CLI::Validator Uint64Number() {
+  return CLI::Validator(
+      [](std::string& text) -> std::string {
+        // CLI11 reads unsigned options with strtoull, which clamps values past
+        // 2^64-1 to 2^64-1 and accepts "-1" as 2^64-1; a seed that silently
+        // becomes another seed defeats the point of giving one.
+        errno = 0;
+        char* end = nullptr;
+        const bool digits = !text.empty() && std::all_of(text.begin(), text.end(), [](char c) {
+          return c >= '0' && c <= '9';
+        });
+        unsigned long long v = 0;
+        if (digits) v = std::strtoull(text.c_str(), &end, 10);
+        if (!digits || errno == ERANGE || end != text.c_str() + text.size())
+          return "must be a whole number from 0 to 18446744073709551615, not " + text;
+        // CLI11 converts with base 0, which would read "010" as octal 8.
+        text = std::to_string(v);
+        return std::string();
+      },
+      "UINT64");
 }
 
 json LoadStatsJson(const LoadStats& s) {

@@ -4,14 +4,16 @@
 // (the same pass, then a confidence-stratified sample) and pepi (an oracle
 // predicts each expert from the output log-probabilities: from a forward
 // pass, or from an API's logprobs file with no model weights at all).
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
-#include <fstream>
 #include <iostream>
 
 #include "base/error.h"
+#include "base/file_read.h"
 #include "base/timer.h"
 #include "cli.h"
+#include "tokenizer/utf8.h"
 #include "watermark/detector.h"
 #include "watermark/logprobs.h"
 #include "watermark/oracle.h"
@@ -25,6 +27,10 @@ struct Input {
   std::optional<std::string> text;
   std::optional<std::vector<int32_t>> ids;
   std::optional<std::string> prompt;
+  // Set when this input itself is malformed (a bad --jsonl line, a bad
+  // element of an --ids array of arrays). It is reported in the input's own
+  // result, so one bad line never costs the other lines theirs.
+  std::optional<std::string> error;
 };
 
 std::vector<int32_t> IdsFromJson(const json& j, const std::string& origin) {
@@ -39,10 +45,50 @@ std::vector<int32_t> IdsFromJson(const json& j, const std::string& origin) {
 }
 
 json ParseJsonFile(const std::string& path) {
-  const std::string text = ReadTextFile(path);
+  // An id list is text-sized; the limit keeps /dev/zero-like paths (refused
+  // anyway as devices) and huge files from exhausting memory.
+  const std::string text = ReadRegularFile(path, kMaxTextInputBytes, "the --ids file");
+  Require(tokenizer_internal::IsValidUtf8(text), "the --ids file '" + path + "' is not valid UTF-8");
   json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
-  Require(!j.is_discarded(), "'" + path + "' is not valid JSON");
+  Require(!j.is_discarded(), "the --ids file '" + path + "' is not valid JSON");
   return j;
+}
+
+// One line of a --jsonl batch as an input; throws epwa::Error naming `where`
+// (file:line) for anything malformed. Invalid UTF-8 is reported as such
+// before JSON parsing, whose own message for it would be obscure.
+Input InputFromJsonLine(const std::string& line, const std::string& where,
+                        const std::optional<std::string>& default_prompt) {
+  Require(tokenizer_internal::IsValidUtf8(line), where + " is not valid UTF-8");
+  json j;
+  try {
+    j = json::parse(line);
+  } catch (const json::exception& e) {
+    // nlohmann's message says where in the line the syntax broke.
+    const std::string what = e.what();
+    const size_t colon = what.find(": ");
+    throw Error(where + " is not valid JSON (" +
+                (colon == std::string::npos ? what : what.substr(colon + 2)) + ")");
+  }
+  Require(j.is_object() && (j.contains("text") != j.contains("ids")),
+          where + " must be an object with either \"text\" or \"ids\"");
+  Input input{where, std::nullopt, std::nullopt, default_prompt, std::nullopt};
+  if (j.contains("text")) {
+    Require(j["text"].is_string(), where + ": \"text\" must be a string");
+    input.text = j["text"].get<std::string>();
+  } else {
+    input.ids = IdsFromJson(j["ids"], where);
+  }
+  if (j.contains("prompt")) {
+    Require(j["prompt"].is_string(), where + ": \"prompt\" must be a string");
+    input.prompt = j["prompt"].get<std::string>();
+  }
+  return input;
+}
+
+// A malformed input, to be reported in its own result.
+Input BadInput(const std::string& label, const std::string& error) {
+  return Input{label, std::nullopt, std::nullopt, std::nullopt, error};
 }
 
 json SummaryJson(const wm::Summary& s) {
@@ -75,6 +121,18 @@ void PrintSummary(const std::string& what, const wm::Summary& s, double z_thresh
               s.detected ? "WATERMARKED" : (s.z > z_threshold ? "?" : "not detected"));
 }
 
+// The oracle's held-out accuracy for reports: null / "not measured" when it
+// was trained without a held-out part, rather than a 0/0 shown as 0%.
+json HeldoutJson(const wm::OracleInfo& info) {
+  return info.heldout_examples > 0 ? json(info.heldout_accuracy) : json();
+}
+std::string HeldoutText(const wm::OracleInfo& info) {
+  if (info.heldout_examples == 0) return "held-out accuracy not measured";
+  char buf[64];
+  std::snprintf(buf, sizeof(buf), "held-out accuracy %.1f%%", 100 * info.heldout_accuracy);
+  return buf;
+}
+
 }  // namespace
 
 Runner RegisterDetect(CLI::App& app) {
@@ -98,22 +156,27 @@ Runner RegisterDetect(CLI::App& app) {
   cmd->add_option("--text", f->texts, "text to test (repeatable)");
   cmd->add_option("--file", f->files, "file whose whole content is one text to test (repeatable)");
   cmd->add_option("--ids", f->ids_file,
-                  "JSON file: an array of generated token ids, or an array of such arrays");
+                  "JSON file: an array of generated token ids, or an array of such arrays (a batch, "
+                  "like --jsonl)");
   cmd->add_option("--jsonl", f->jsonl_file,
-                  "one JSON object per line: {\"text\": ...} or {\"ids\": [...]}, optional \"prompt\"");
+                  "one JSON object per line: {\"text\": ...} or {\"ids\": [...]}, optional "
+                  "\"prompt\". In a batch every input gets its own result; one that cannot be "
+                  "tested gets an \"error\" naming it (file:line) instead, the others are still "
+                  "tested, and the exit status is then 1");
   cmd->add_option("--prompt", f->prompt, "the prompt the text continued (optional; improves recovery)");
   cmd->add_option("--method", f->method, "full (default), cspv or pepi")
       ->check(CLI::IsMember({"full", "cspv", "pepi"}));
-  cmd->add_option("--z-threshold", f->detect.z_threshold, "decide 'watermarked' above this z (default 4)");
+  cmd->add_option("--z-threshold", f->detect.z_threshold, "decide 'watermarked' above this z (default 4)")
+      ->check(FiniteNumber());
   cmd->add_flag("--no-dedup", f->no_dedup, "score repeated (expert, token) pairs every time");
   cmd->add_option("--min-tokens", f->detect.min_tokens, "fewest scored tokens for a verdict (default 16)")
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 40));
   cmd->add_option("--min-margin", f->detect.min_margin,
                   "skip tokens whose router top-1 minus top-2 probability is below this (default 0)")
-      ->check(CLI::Range(0.0, 1.0));
+      ->check(FiniteNumber() & CLI::Range(0.0, 1.0));
   cmd->add_option("--sample", f->sample, "cspv: tokens in the stratified sample (default 48)")
       ->check(CLI::Range(int64_t{3}, int64_t{1} << 40));
-  cmd->add_option("--seed", f->seed, "cspv: seed of the random stratum");
+  cmd->add_option("--seed", f->seed, "cspv: seed of the random stratum")->transform(Uint64Number());
   cmd->add_option("--oracle", f->oracle_file, "pepi: oracle file from epwa oracle train");
   cmd->add_option("--logprobs", f->logprobs_file,
                   "pepi: per-token top log-probabilities (JSON, as run --json --logprobs K "
@@ -145,27 +208,37 @@ Runner RegisterDetect(CLI::App& app) {
       const wm::ExpertOracle oracle = wm::ExpertOracle::Load(f->oracle_file);
       const wm::OracleInfo& info = oracle.info();
       Stopwatch clock;
-      const wm::LogprobsFile lp = wm::ReadLogprobsFile(f->logprobs_file, info.vocab_size);
-      const double read_ms = clock.Millis();
-      clock.Reset();
       wm::GreenLists lists(key, wm::KeyedBy::kExpert, info.router_hash, info.vocab_size, f->wm.gamma);
-      const auto tokens = wm::ScoreLogprobs(lp, oracle, lists);
+      // Streamed: each entry is scored as it is parsed, so memory stays near
+      // the file's size whatever its length (read_ms is reading the bytes,
+      // detect_ms parsing, predicting and scoring).
+      wm::LogprobsScan scan;
+      const auto tokens = wm::ScoreLogprobsFile(f->logprobs_file, oracle, lists, &scan);
       const wm::Summary s = wm::SummarizeChecked(tokens, lists.p0(), f->detect);
-      const double score_ms = clock.Millis();
+      const double read_ms = scan.read_ms;
+      const double score_ms = clock.Millis() - read_ms;
+      // Shorter lists than the oracle was trained for still give a valid
+      // test (a wrong expert guess only weakens it), but a much weaker one.
+      if (scan.max_listed < info.top_k && !f->json)
+        std::fprintf(stderr,
+                     "note: %s lists at most %lld log-probabilities per token, the oracle was trained "
+                     "on %d: expert predictions (and detection) will be less accurate\n",
+                     f->logprobs_file.c_str(), (long long)scan.max_listed, info.top_k);
       json j{{"input", f->logprobs_file}, {"method", "pepi"}, {"source", "logprobs"},
-             {"scheme", wm::SchemeName(scheme)}, {"tokens", lp.tokens.size()},
-             {"oracle", {{"heldout_accuracy", info.heldout_accuracy},
+             {"scheme", wm::SchemeName(scheme)}, {"tokens", scan.tokens},
+             {"top_k_listed", {{"min", scan.min_listed}, {"max", scan.max_listed}}},
+             {"oracle", {{"heldout_accuracy", HeldoutJson(info)},
                          {"chance", 1.0 / info.num_experts},
                          {"top_k", info.top_k},
                          {"router_layer", info.router_layer}}},
              {"router_hash", info.router_hash}, {"z_threshold", f->detect.z_threshold},
              {"dedup", f->detect.dedup}, {"read_ms", read_ms}, {"detect_ms", score_ms},
-             {"tokens_per_s", lp.tokens.size() / std::max(1e-9, (read_ms + score_ms) / 1e3)}};
+             {"tokens_per_s", scan.tokens / std::max(1e-9, (read_ms + score_ms) / 1e3)}};
       j.update(SummaryJson(s));
       emit(j);
       if (!f->json) {
-        std::printf("%s: pepi from logprobs (oracle held-out accuracy %.1f%%, chance %.1f%%)\n",
-                    f->logprobs_file.c_str(), 100 * info.heldout_accuracy, 100.0 / info.num_experts);
+        std::printf("%s: pepi from logprobs (oracle %s, chance %.1f%%)\n", f->logprobs_file.c_str(),
+                    HeldoutText(info).c_str(), 100.0 / info.num_experts);
         PrintSummary("pepi", s, f->detect.z_threshold);
       }
       return 0;
@@ -173,40 +246,44 @@ Runner RegisterDetect(CLI::App& app) {
 
     std::vector<Input> inputs;
     for (size_t i = 0; i < f->texts.size(); ++i)
-      inputs.push_back({"text " + std::to_string(i + 1), f->texts[i], std::nullopt, f->prompt});
-    for (const std::string& path : f->files) inputs.push_back({path, ReadTextFile(path), std::nullopt, f->prompt});
+      inputs.push_back({"text " + std::to_string(i + 1), f->texts[i], std::nullopt, f->prompt, std::nullopt});
+    for (const std::string& path : f->files)
+      inputs.push_back({path, ReadRegularFile(path, kMaxTextInputBytes, "the --file text"), std::nullopt,
+                        f->prompt, std::nullopt});
     if (!f->ids_file.empty()) {
       const json j = ParseJsonFile(f->ids_file);
       if (j.is_array() && !j.empty() && j[0].is_array()) {
-        for (size_t i = 0; i < j.size(); ++i)
-          inputs.push_back({f->ids_file + "[" + std::to_string(i) + "]", std::nullopt,
-                            IdsFromJson(j[i], f->ids_file), f->prompt});
+        // An array of arrays is a batch like --jsonl: each element stands
+        // alone, so a malformed one is reported in its own result.
+        for (size_t i = 0; i < j.size(); ++i) {
+          const std::string label = f->ids_file + "[" + std::to_string(i) + "]";
+          try {
+            inputs.push_back({label, std::nullopt, IdsFromJson(j[i], label), f->prompt, std::nullopt});
+          } catch (const Error& e) {
+            inputs.push_back(BadInput(label, e.what()));
+          }
+        }
       } else {
-        inputs.push_back({f->ids_file, std::nullopt, IdsFromJson(j, f->ids_file), f->prompt});
+        inputs.push_back({f->ids_file, std::nullopt, IdsFromJson(j, f->ids_file), f->prompt, std::nullopt});
       }
     }
     if (!f->jsonl_file.empty()) {
-      std::ifstream in(f->jsonl_file);
-      Require(in.good(), "cannot open file '" + f->jsonl_file + "'");
-      std::string line;
-      for (int n = 1; std::getline(in, line); ++n) {
+      // Read whole (and bounded) through ReadRegularFile: a FIFO or device
+      // is refused instead of hanging or eating memory.
+      const std::string data = ReadRegularFile(f->jsonl_file, kMaxTextInputBytes, "the --jsonl file");
+      size_t begin = 0;
+      for (int n = 1; begin < data.size(); ++n) {
+        size_t end = data.find('\n', begin);
+        if (end == std::string::npos) end = data.size();
+        const std::string line = data.substr(begin, end - begin);
+        begin = end + 1;
         if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
         const std::string where = f->jsonl_file + ":" + std::to_string(n);
-        json j = json::parse(line, nullptr, false);
-        Require(j.is_object() && (j.contains("text") != j.contains("ids")),
-                where + " must be an object with either \"text\" or \"ids\"");
-        Input input{where, std::nullopt, std::nullopt, f->prompt};
-        if (j.contains("text")) {
-          Require(j["text"].is_string(), where + ": \"text\" must be a string");
-          input.text = j["text"].get<std::string>();
-        } else {
-          input.ids = IdsFromJson(j["ids"], where);
+        try {
+          inputs.push_back(InputFromJsonLine(line, where, f->prompt));
+        } catch (const Error& e) {
+          inputs.push_back(BadInput(where, e.what()));
         }
-        if (j.contains("prompt")) {
-          Require(j["prompt"].is_string(), where + ": \"prompt\" must be a string");
-          input.prompt = j["prompt"].get<std::string>();
-        }
-        inputs.push_back(std::move(input));
       }
     }
     Require(!inputs.empty(), "nothing to test: give --text, --file, --ids or --jsonl");
@@ -234,6 +311,7 @@ Runner RegisterDetect(CLI::App& app) {
     for (const Input& input : inputs) {
       json j{{"input", input.label}, {"method", f->method}, {"scheme", wm::SchemeName(scheme)}};
       try {
+        if (input.error) throw Error(*input.error);
         const wm::DetectInput in = input.text ? wm::InputFromText(*engine, input.prompt, *input.text)
                                               : wm::InputFromIds(*engine, input.prompt, *input.ids);
         Stopwatch clock;
@@ -294,16 +372,16 @@ Runner RegisterDetect(CLI::App& app) {
           const wm::Summary s = wm::SummarizeChecked(pepi_tokens, lists.p0(), f->detect);
           j.update(SummaryJson(s));
           j["source"] = "model";
-          j["oracle"] = {{"heldout_accuracy", oracle->info().heldout_accuracy},
+          j["oracle"] = {{"heldout_accuracy", HeldoutJson(oracle->info())},
                          {"chance", 1.0 / oracle->info().num_experts},
                          {"top_k", oracle->info().top_k},
                          {"agreement_with_router", compared ? double(agree) / compared : 0.0}};
           j["detect_ms"] = clock.Millis();
           if (!f->json) {
-            std::printf("%s%s: pepi (oracle held-out accuracy %.1f%%, chance %.1f%%; agrees with "
+            std::printf("%s%s: pepi (oracle %s, chance %.1f%%; agrees with "
                         "the router on %.1f%% of this text)\n",
                         input.label.c_str(), in.prompt_given ? " (with prompt)" : "",
-                        100 * oracle->info().heldout_accuracy, 100.0 / oracle->info().num_experts,
+                        HeldoutText(oracle->info()).c_str(), 100.0 / oracle->info().num_experts,
                         compared ? 100.0 * agree / compared : 0.0);
             PrintSummary("pepi", s, f->detect.z_threshold);
           }
@@ -312,7 +390,11 @@ Runner RegisterDetect(CLI::App& app) {
         if (inputs.size() == 1) throw;
         ++failures;
         j["error"] = e.what();
-        if (!f->json) std::fprintf(stderr, "epwa: error: %s: %s\n", input.label.c_str(), e.what());
+        // Messages about the input's own format already start with its label.
+        const std::string msg = e.what();
+        if (!f->json)
+          std::fprintf(stderr, "epwa: error: %s\n",
+                       (msg.rfind(input.label, 0) == 0 ? msg : input.label + ": " + msg).c_str());
       }
       emit(std::move(j));
     }

@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "base/error.h"
+#include "base/file_read.h"
 #include "cli.h"
 #include "watermark/evaluate.h"
 
@@ -53,12 +54,13 @@ Runner RegisterEvalWatermark(CLI::App& eval, CLI::App** out_cmd) {
       ->check(CLI::Range(0, 1000000));
   cmd->add_option("--paragraphs", f->o.human_paragraphs, "human paragraphs (default 1000)")
       ->check(CLI::Range(0, 10000000));
-  cmd->add_option("--gamma", f->o.gamma, "green fraction (default 0.25)");
-  cmd->add_option("--delta", f->o.delta, "bias (default 2.0)");
+  cmd->add_option("--gamma", f->o.gamma, "green fraction (default 0.25)")->check(FiniteNumber());
+  cmd->add_option("--delta", f->o.delta, "bias (default 2.0)")->check(FiniteNumber());
   cmd->add_option("--router-layer", f->o.router_layer, "MoE layer keying the lists (default -1)");
-  cmd->add_option("--z-threshold", f->o.detect.z_threshold, "detection threshold (default 4)");
+  cmd->add_option("--z-threshold", f->o.detect.z_threshold, "detection threshold (default 4)")
+      ->check(FiniteNumber());
   cmd->add_option("--oracle", f->oracle_file, "also evaluate PEPI with this oracle");
-  cmd->add_option("--seed", f->o.seed, "first sampler seed (default 1)");
+  cmd->add_option("--seed", f->o.seed, "first sampler seed (default 1)")->transform(Uint64Number());
   cmd->add_option("--substitution", f->substitution,
                   "fractions of generated tokens replaced by random ids, comma-separated (default "
                   "0.1,0.2,0.3; empty: none)");
@@ -67,13 +69,13 @@ Runner RegisterEvalWatermark(CLI::App& eval, CLI::App** out_cmd) {
                   "between precisions");
   cmd->add_option("--detect-min-margin", f->o.other_min_margin,
                   "router margin filter for --detect-quant (default 0.1)")
-      ->check(CLI::Range(0.0, 1.0));
+      ->check(FiniteNumber() & CLI::Range(0.0, 1.0));
   cmd->add_flag("--json", f->json, "print one JSON object");
   return [f]() {
     f->o.schemes.clear();
     std::stringstream ss(f->schemes);
     for (std::string s; std::getline(ss, s, ',');) f->o.schemes.push_back(wm::ParseScheme(s));
-    f->o.human_text = ReadTextFile(f->human);
+    f->o.human_text = ReadRegularFile(f->human, kMaxTextInputBytes, "the --human text");
     std::stringstream rates(f->substitution);
     for (std::string r; std::getline(rates, r, ',');) {
       double v = -1;

@@ -14,7 +14,9 @@ Runner RegisterKeygen(CLI::App& app) {
   };
   auto f = std::make_shared<Flags>();
   cmd->add_option("--out", f->out, "key file to create")->required();
-  cmd->add_flag("--force", f->force, "replace an existing key file (text marked with it becomes undetectable)");
+  cmd->add_flag("--force", f->force,
+                "replace an existing key file (text marked with it becomes undetectable); never a "
+                "device, FIFO, folder or symbolic link");
   return [f]() {
     wm::WriteNewKeyFile(f->out, f->force);
     std::fprintf(stderr, "wrote a new 32-byte watermark key to %s (mode 0600); keep it secret and back it up\n",

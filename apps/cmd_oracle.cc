@@ -3,6 +3,7 @@
 #include <cstdio>
 
 #include "base/error.h"
+#include "base/file_read.h"
 #include "base/timer.h"
 #include "cli.h"
 #include "watermark/oracle.h"
@@ -41,8 +42,8 @@ Runner RegisterOracle(CLI::App& app) {
   cmd->add_option("--epochs", f->train.epochs, "passes over the training data")->check(CLI::Range(1, 1000));
   cmd->add_option("--heldout", f->train.heldout_fraction,
                   "fraction of the corpus (its end) held out to measure accuracy (default 0.1)")
-      ->check(CLI::Range(0.01, 0.9));
-  cmd->add_option("--seed", f->train.seed, "seed of the training order");
+      ->check(FiniteNumber() & CLI::Range(0.01, 0.9));
+  cmd->add_option("--seed", f->train.seed, "seed of the training order")->transform(Uint64Number());
   cmd->add_flag("--json", f->json, "print one JSON object");
   return [f]() {
     if (f->model.ctx == 0) f->model.ctx = f->window;
@@ -54,9 +55,17 @@ Runner RegisterOracle(CLI::App& app) {
     Stopwatch clock;
     std::vector<wm::TopLogprobs> x;
     std::vector<int32_t> labels;
-    wm::CollectOracleExamples(*engine, ReadTextFile(f->corpus), f->window, f->max_tokens, slot, f->top_k,
+    wm::CollectOracleExamples(*engine, ReadRegularFile(f->corpus, kMaxTextInputBytes, "the --corpus text"), f->window, f->max_tokens, slot, f->top_k,
                               &x, &labels);
     const double collect_ms = clock.Millis();
+    const int64_t needed = wm::ExpertOracle::MinTrainingExamples(f->train.heldout_fraction);
+    char fraction[32];
+    std::snprintf(fraction, sizeof(fraction), "%g", f->train.heldout_fraction);
+    Require(static_cast<int64_t>(x.size()) >= needed,
+            "the corpus '" + f->corpus + "' gives only " + std::to_string(x.size()) +
+                " positions to learn from, too few to also hold out --heldout " + fraction +
+                " of them for measuring accuracy: it needs at least " + std::to_string(needed) +
+                " (use a longer corpus)");
     clock.Reset();
     wm::OracleInfo info;
     info.router_hash = engine->load_stats().router_hash;
@@ -76,8 +85,9 @@ Runner RegisterOracle(CLI::App& app) {
                      {"train_examples", r.train_examples},
                      {"heldout_examples", r.heldout_examples},
                      {"train_accuracy", r.train_accuracy},
-                     {"heldout_accuracy", r.heldout_accuracy},
-                     {"heldout_prior_accuracy", r.heldout_prior_accuracy},
+                     {"heldout_accuracy", r.heldout_examples ? json(r.heldout_accuracy) : json()},
+                     {"heldout_prior_accuracy",
+                      r.heldout_examples ? json(r.heldout_prior_accuracy) : json()},
                      {"chance", 1.0 / r.num_experts},
                      {"top_k", r.top_k},
                      {"router_layer", r.router_layer},
@@ -88,10 +98,16 @@ Runner RegisterOracle(CLI::App& app) {
       std::printf("oracle: %lld positions from %s (forward passes %.1f s), trained in %.1f s\n",
                   (long long)x.size(), f->corpus.c_str(), collect_ms / 1e3, train_ms / 1e3);
       std::printf("  predicts router layer %d's expert from the top %d log-probabilities\n", slot, f->top_k);
-      std::printf("  accuracy: train %.1f%%, held-out %.1f%% (%lld positions at the end of the corpus); "
-                  "most-common-expert guess %.1f%%, chance %.1f%%\n",
-                  100 * r.train_accuracy, 100 * r.heldout_accuracy, (long long)r.heldout_examples,
-                  100 * r.heldout_prior_accuracy, 100.0 / r.num_experts);
+      // Train refuses a held-out part of 0 positions; this guard keeps a 0/0
+      // from ever being printed as 0% should that change.
+      if (r.heldout_examples > 0)
+        std::printf("  accuracy: train %.1f%%, held-out %.1f%% (%lld positions at the end of the "
+                    "corpus); most-common-expert guess %.1f%%, chance %.1f%%\n",
+                    100 * r.train_accuracy, 100 * r.heldout_accuracy, (long long)r.heldout_examples,
+                    100 * r.heldout_prior_accuracy, 100.0 / r.num_experts);
+      else
+        std::printf("  accuracy: train %.1f%%, held-out not measured; chance %.1f%%\n",
+                    100 * r.train_accuracy, 100.0 / r.num_experts);
       std::printf("  wrote %s\n", f->out.c_str());
     }
     return 0;

@@ -82,18 +82,19 @@ Runner RegisterRun(CLI::App& app) {
   cmd->add_option("-n,--max-tokens", f->max_new_tokens, "tokens to generate (default 64)")
       ->check(CLI::Range(0, 1 << 20));
   cmd->add_option("--temp,--temperature", f->temperature, "sampling temperature; 0 = greedy")
-      ->check(CLI::Range(0.0f, 100.0f));
+      ->check(FiniteNumber() & CLI::Range(0.0f, 100.0f));
   cmd->add_option("--top-k", f->top_k, "keep the k most likely tokens; 0 = off")
       ->check(CLI::Range(0, 1 << 30));
   cmd->add_option("--top-p", f->top_p, "nucleus sampling mass in (0, 1]; 1 = off")
-      ->check(CLI::Range(1e-6f, 1.0f));
+      ->check(FiniteNumber() & CLI::Range(1e-6f, 1.0f));
   cmd->add_option("--min-p", f->min_p, "drop tokens below min-p x the top probability; 0 = off")
-      ->check(CLI::Range(0.0f, 1.0f));
+      ->check(FiniteNumber() & CLI::Range(0.0f, 1.0f));
   cmd->add_option("--repeat-penalty", f->repeat_penalty, "repetition penalty; 1 = off")
-      ->check(CLI::Range(0.01f, 100.0f));
+      ->check(FiniteNumber() & CLI::Range(0.01f, 100.0f));
   cmd->add_option("--repeat-last-n", f->repeat_last_n, "tokens the repetition penalty looks back at")
       ->check(CLI::Range(0, 1 << 20));
-  cmd->add_option("--seed", f->seed, "seed of the sampler's PRNG (xoshiro256**)");
+  cmd->add_option("--seed", f->seed, "seed of the sampler's PRNG (xoshiro256**)")
+      ->transform(Uint64Number());
   cmd->add_flag("--json", f->json, "print one JSON object instead of streaming");
   cmd->add_flag("--ignore-eos", f->ignore_eos, "keep generating past end-of-sequence tokens");
   AddWatermarkFlags(cmd, &f->wm, /*generation=*/true);
@@ -104,7 +105,11 @@ Runner RegisterRun(CLI::App& app) {
 
   return [f, prompt, prompt_file]() {
     Require(prompt->count() + prompt_file->count() == 1, "run needs a prompt: -p TEXT or -f FILE");
-    if (prompt_file->count()) f->prompt = ReadTextFile(f->prompt_file);
+    if (prompt_file->count()) {
+      f->prompt = ReadTextFile(f->prompt_file, "the --prompt-file");
+      Require(!f->prompt.empty(), "the prompt is empty: the --prompt-file '" + f->prompt_file +
+                                      "' has no text");
+    }
     Require(!f->prompt.empty(), "the prompt is empty: give some text with -p");
     auto engine = LoadEngine(f->model, /*quiet=*/false);
     const GenerationDefaults& d = engine->defaults();
@@ -141,10 +146,18 @@ Runner RegisterRun(CLI::App& app) {
     std::vector<int32_t> prompt = engine->EncodePrompt(f->prompt);
     engine->ValidatePrompt(prompt);
     TextStream stream(engine->tokenizer(), prompt);
-    if (!f->json) {
+    // The prompt is echoed with the first generated token, not before the
+    // prefill, so that a prefill that fails (non-finite logits from damaged
+    // weights) leaves nothing on stdout but the error on stderr.
+    bool prompt_printed = false;
+    auto print_prompt = [&] {
+      if (prompt_printed) return;
       std::cout << f->prompt;
-      std::cout.flush();
+      prompt_printed = true;
+    };
+    if (!f->json) {
       o.on_token = [&](int32_t token) {
+        print_prompt();
         std::cout << stream.Push(token);
         std::cout.flush();
         return true;
@@ -184,6 +197,7 @@ Runner RegisterRun(CLI::App& app) {
       if (f->logprobs > 0) out["logprobs"] = wm::LogprobsJson(logprobs);
       PrintJson(out);
     } else {
+      print_prompt();  // -n 0 generates nothing
       std::cout << stream.Flush() << "\n";
       std::cout.flush();
       std::fprintf(stderr,

@@ -99,6 +99,13 @@ Runner RegisterScore(CLI::App& app) {
     }
     const double scored = static_cast<double>(std::max<int64_t>(T - 1, 1));
     const double ppl = std::exp(-total_logprob / scored);
+    // Engine::Score has refused non-finite logits already; a perplexity can
+    // still overflow double when the logits are finite but absurdly spread,
+    // and JSON would print that as null.
+    Require(std::isfinite(total_logprob) && (T < 2 || std::isfinite(ppl)),
+            "the perplexity of this text overflows (mean log-probability " +
+                std::to_string(-total_logprob / scored) +
+                " per token); the model's logits are implausibly large");
     if (f->json) {
       PrintJson(json{{"ids", ids},
                      {"num_tokens", T},

@@ -22,7 +22,7 @@ Runner RegisterSynth(CLI::App& app) {
       ->check(CLI::Range(1, 1000));
   cmd->add_option("--dtype", f->dtype, "bf16, f16 or f32")
       ->check(CLI::IsMember({"bf16", "f16", "f32"}));
-  cmd->add_option("--seed", f->options.seed, "weight seed (default 1)");
+  cmd->add_option("--seed", f->options.seed, "weight seed (default 1)")->transform(Uint64Number());
   cmd->add_flag("--force", f->options.force, "replace an existing output folder");
   cmd->add_flag("--list", f->list, "list the presets");
   return [f]() {

@@ -1,4 +1,5 @@
 // Watermark flags and reports shared by `run` and `detect`.
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 
@@ -6,6 +7,19 @@
 #include "cli.h"
 
 namespace epwa::cli {
+
+CLI::Validator FiniteNumber() {
+  return CLI::Validator(
+      [](std::string& text) -> std::string {
+        // Only a value that parses as a number is judged here; anything else
+        // is left to the option's own conversion, which names the problem.
+        char* end = nullptr;
+        const double v = std::strtod(text.c_str(), &end);
+        if (end == text.c_str() || *end != '\0') return std::string();
+        return std::isfinite(v) ? std::string() : "must be a finite number, not " + text;
+      },
+      "FINITE");
+}
 
 void AddWatermarkFlags(CLI::App* cmd, WatermarkFlags* f, bool generation) {
   f->scheme_option = cmd->add_option(
@@ -17,13 +31,15 @@ void AddWatermarkFlags(CLI::App* cmd, WatermarkFlags* f, bool generation) {
   f->needs_scheme.push_back(cmd->add_option(
       "--key-file", f->key_file, "secret key file from epwa keygen (default: $EPWA_KEY_FILE)"));
   f->needs_scheme.push_back(
-      cmd->add_option("--gamma", f->gamma, "fraction of the vocabulary that is green (default 0.25)"));
+      cmd->add_option("--gamma", f->gamma, "fraction of the vocabulary that is green (default 0.25)")
+          ->check(FiniteNumber()));
   f->needs_scheme.push_back(cmd->add_option(
       "--router-layer", f->router_layer,
       "MoE layer whose router keys the green lists: 0-based, negative from the end (default -1)"));
   if (generation) {
     f->needs_scheme.push_back(
-        cmd->add_option("--delta", f->delta, "logit bias added to green tokens (default 2.0)"));
+        cmd->add_option("--delta", f->delta, "logit bias added to green tokens (default 2.0)")
+            ->check(FiniteNumber()));
     f->needs_scheme.push_back(cmd->add_option(
         "--expert-deltas", f->expert_deltas,
         "EWP: JSON array with one base delta per expert (default: 2 x delta for each)"));

@@ -171,7 +171,7 @@ TEST_F(CliTest, EmptyPrompt) {
   WriteFile(empty, "");
   ExpectCleanError(RunEpwa("run -m " + model_ + " -f " + empty, scratch_), 1, "prompt is empty");
   ExpectCleanError(RunEpwa("run -m " + model_ + " -f /nonexistent.txt", scratch_), 1,
-                   "cannot open file '/nonexistent.txt'");
+                   "cannot open the --prompt-file '/nonexistent.txt'");
 }
 
 TEST_F(CliTest, PromptLongerThanContext) {

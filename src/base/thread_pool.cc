@@ -1,17 +1,85 @@
 #include "base/thread_pool.h"
 
+#include <sched.h>
+
 #include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <fstream>
 
 namespace epwa {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// How long a waiting thread spins before it sleeps. Within one decode step
+// the gaps between parallel regions are a few microseconds and between steps
+// (sampling, the watermark) tens of microseconds, so 200 us keeps workers
+// awake through a whole generation while an idle pool stops burning a core
+// within a fraction of a millisecond.
+constexpr auto kSpinBudget = std::chrono::microseconds(200);
+// Spinning iterations between sched_yield calls: frequent enough that a
+// runnable thread of this pool sharing the core (the one holding the last
+// chunk) waits microseconds, not a scheduler time slice; rare enough that
+// on an idle machine the syscalls cost nothing measurable.
+constexpr int kPausesPerYield = 256;
+
+inline void CpuRelax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
+}
+
+// Spins until ready() or the budget is spent; returns ready().
+template <typename Ready>
+bool SpinUntil(Ready ready) {
+  const Clock::time_point deadline = Clock::now() + kSpinBudget;
+  for (int i = 1;; ++i) {
+    if (ready()) return true;
+    CpuRelax();
+    if (i % kPausesPerYield == 0) {
+      if (Clock::now() >= deadline) return ready();
+      sched_yield();
+    }
+  }
+}
+
+// The CPU quota of a cgroup v2 (cpu.max: "QUOTA PERIOD" or "max PERIOD"),
+// rounded up to whole CPUs; 0 when there is none or it cannot be read.
+int CgroupCpuQuota() {
+  std::ifstream in("/sys/fs/cgroup/cpu.max");
+  std::string quota;
+  double period = 0;
+  if (!(in >> quota >> period) || quota == "max" || period <= 0) return 0;
+  double q = 0;
+  try {
+    q = std::stod(quota);
+  } catch (const std::exception&) {
+    return 0;
+  }
+  return q > 0 ? static_cast<int>(std::ceil(q / period)) : 0;
+}
+
+}  // namespace
 
 int ThreadPool::HardwareThreads() {
-  unsigned n = std::thread::hardware_concurrency();
-  return n == 0 ? 1 : static_cast<int>(n);
+  int n = 0;
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) n = CPU_COUNT(&set);
+  if (n <= 0) n = static_cast<int>(std::thread::hardware_concurrency());
+  if (const int quota = CgroupCpuQuota(); quota > 0) n = std::min(n, quota);
+  return std::max(n, 1);
 }
 
 ThreadPool::ThreadPool(int num_threads) {
   num_threads_ = num_threads <= 0 ? HardwareThreads() : num_threads;
-  for (int i = 1; i < num_threads_; ++i) workers_.emplace_back([this, i] { WorkerLoop(i); });
+  // Nothing to claim until the first RunOnAll.
+  next_.store(num_threads_);
+  done_.store(num_threads_);
+  for (int i = 1; i < num_threads_; ++i) workers_.emplace_back([this] { WorkerLoop(); });
 }
 
 ThreadPool::~ThreadPool() {
@@ -24,27 +92,33 @@ ThreadPool::~ThreadPool() {
   for (auto& t : workers_) t.join();
 }
 
-void ThreadPool::WorkerLoop(int index) {
+void ThreadPool::RunClaims() {
+  for (;;) {
+    const int i = next_.fetch_add(1, std::memory_order_acq_rel);
+    if (i >= num_threads_) return;
+    (*job_)(i);
+    // The thread that finishes the last index wakes the caller if it sleeps.
+    if (done_.fetch_add(1, std::memory_order_seq_cst) + 1 == num_threads_ &&
+        caller_sleeping_.load(std::memory_order_seq_cst)) {
+      std::lock_guard<std::mutex> lock(mutex_);
+      finished_.notify_one();
+    }
+  }
+}
+
+void ThreadPool::WorkerLoop() {
   uint64_t seen = 0;
   for (;;) {
-    // Spin for a short while: the next parallel region usually follows within
-    // microseconds during decode.
-    uint64_t gen = generation_.load(std::memory_order_acquire);
-    for (int spin = 0; gen == seen && spin < 20000; ++spin) {
-#if defined(__x86_64__)
-      __builtin_ia32_pause();
-#endif
-      gen = generation_.load(std::memory_order_acquire);
-    }
-    if (gen == seen) {
+    auto fresh = [&] { return generation_.load(std::memory_order_seq_cst) != seen; };
+    if (!SpinUntil(fresh)) {
       std::unique_lock<std::mutex> lock(mutex_);
-      wake_.wait(lock, [&] { return generation_.load(std::memory_order_acquire) != seen; });
-      gen = generation_.load(std::memory_order_acquire);
+      sleeping_workers_.fetch_add(1, std::memory_order_seq_cst);
+      wake_.wait(lock, fresh);
+      sleeping_workers_.fetch_sub(1, std::memory_order_relaxed);
     }
-    seen = gen;
+    seen = generation_.load(std::memory_order_acquire);
     if (stop_.load()) return;
-    (*job_)(index);
-    pending_.fetch_sub(1, std::memory_order_acq_rel);
+    RunClaims();
   }
 }
 
@@ -53,28 +127,31 @@ void ThreadPool::RunOnAll(const std::function<void(int)>& fn) {
     fn(0);
     return;
   }
+  // The previous job is complete (done_ == size()), so no thread is inside
+  // it; a late worker can only claim from the counter reset below, and then
+  // runs an index of this job.
   job_ = &fn;
-  pending_.store(num_threads_ - 1, std::memory_order_release);
-  {
+  done_.store(0, std::memory_order_relaxed);
+  next_.store(0, std::memory_order_release);
+  generation_.fetch_add(1, std::memory_order_seq_cst);
+  // A worker going to sleep registers in sleeping_workers_ before it checks
+  // the generation (both seq_cst), so either it sees the new generation or
+  // this sees it and wakes it.
+  if (sleeping_workers_.load(std::memory_order_seq_cst) > 0) {
     std::lock_guard<std::mutex> lock(mutex_);
-    generation_.fetch_add(1, std::memory_order_acq_rel);
+    wake_.notify_all();
   }
-  wake_.notify_all();
-  fn(0);
-  // Spin briefly, then yield: when the machine has more runnable threads than
-  // cores (ctest -j, other processes, a second engine), a worker may be
-  // waiting for this very core, and pure spinning would hold it for a whole
-  // scheduler time slice per parallel region.
-  for (int spin = 0; pending_.load(std::memory_order_acquire) != 0; ++spin) {
-    if (spin < 4000) {
-#if defined(__x86_64__)
-      __builtin_ia32_pause();
-#endif
-    } else {
-      std::this_thread::yield();
-    }
+  RunClaims();
+  // Only indices other threads are running now remain. Sleeping follows the
+  // same pattern as the workers': the flag is set before done_ is checked
+  // again, and the last finisher reads the flag after counting itself.
+  auto all_done = [&] { return done_.load(std::memory_order_seq_cst) == num_threads_; };
+  if (!SpinUntil(all_done)) {
+    std::unique_lock<std::mutex> lock(mutex_);
+    caller_sleeping_.store(true, std::memory_order_seq_cst);
+    finished_.wait(lock, all_done);
+    caller_sleeping_.store(false, std::memory_order_relaxed);
   }
-  job_ = nullptr;
 }
 
 void ThreadPool::ParallelFor(int64_t n, int64_t grain,

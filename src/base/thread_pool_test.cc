@@ -2,7 +2,11 @@
 
 #include <gtest/gtest.h>
 
+#include <sched.h>
+
 #include <atomic>
+#include <chrono>
+#include <thread>
 #include <vector>
 
 namespace epwa {
@@ -28,6 +32,53 @@ TEST(ThreadPool, RunOnAllRunsEachThreadIndexOnceManyTimes) {
   std::vector<std::atomic<int>> hits(4);
   for (int round = 0; round < 2000; ++round) pool.RunOnAll([&](int t) { hits[t].fetch_add(1); });
   for (int t = 0; t < 4; ++t) EXPECT_EQ(hits[t].load(), 2000);
+}
+
+
+// F12: a pool with far more threads than cores used to need every worker
+// scheduled once per region (spinning 20,000 pauses each before sleeping),
+// so -t 1024 on two cores took a minute for four tokens. Indices are claimed
+// now, so the caller finishes a region alone if no worker gets a core.
+TEST(ThreadPool, OversubscribedPoolStaysFast) {
+  const int threads = 16 * ThreadPool::HardwareThreads();
+  ThreadPool pool(threads);
+  std::vector<std::atomic<int>> hits(threads);
+  const auto start = std::chrono::steady_clock::now();
+  for (int round = 0; round < 5000; ++round) pool.RunOnAll([&](int t) { hits[t].fetch_add(1); });
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  for (int t = 0; t < threads; ++t) ASSERT_EQ(hits[t].load(), 5000) << t;
+  // The old pool took minutes here; the new one takes milliseconds. The
+  // bound leaves room for a loaded test machine.
+  EXPECT_LT(seconds, 5.0);
+}
+
+// An index may run on any thread, but never on two at once, and the pool
+// must survive idle gaps long enough for its workers to fall asleep.
+TEST(ThreadPool, IndicesNeverRunTwiceAtOnceAndSleepingWorkersWake) {
+  ThreadPool pool(4);
+  std::vector<std::atomic<int>> running(4);
+  std::atomic<int> overlaps{0}, total{0};
+  for (int round = 0; round < 200; ++round) {
+    pool.RunOnAll([&](int t) {
+      if (running[t].fetch_add(1) != 0) overlaps.fetch_add(1);
+      total.fetch_add(1);
+      running[t].fetch_sub(1);
+    });
+    if (round % 50 == 0) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  EXPECT_EQ(overlaps.load(), 0);
+  EXPECT_EQ(total.load(), 800);
+}
+
+TEST(ThreadPool, HardwareThreadsFollowsTheAffinityMask) {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  ASSERT_EQ(sched_getaffinity(0, sizeof(set), &set), 0);
+  const int hw = ThreadPool::HardwareThreads();
+  EXPECT_GE(hw, 1);
+  EXPECT_LE(hw, CPU_COUNT(&set));
+  EXPECT_EQ(ThreadPool(0).size(), hw);
 }
 
 }  // namespace

@@ -403,7 +403,99 @@ void Quantize(const WeightView& src, DType target, void* codes, uint16_t* scales
   Require(src.data != nullptr && codes != nullptr && scales != nullptr, "Quantize was given a null buffer.");
   const IsaKernels& k = Active();
   auto* code_bytes = static_cast<uint8_t*>(codes);
-  pool.ParallelFor(src.rows, 4, [&](int64_t r0, int64_t r1) { k.quantize_rows(src, target, r0, r1, code_bytes, scales); });
+  // Quantizing NaN or infinity has no meaning (the group scale ignores NaN
+  // and the float-to-int cast of the codes is undefined), and it would hide
+  // the damage behind finite garbage, so each chunk of rows is checked just
+  // before it is quantized (it then stays in cache for the quantizer).
+  // Workers cannot throw; they record the first bad element.
+  std::atomic<int64_t> first_bad{INT64_MAX};
+  pool.ParallelFor(src.rows, 4, [&](int64_t r0, int64_t r1) {
+    const int64_t bad = FirstNonFinite(src, r0, r1);
+    if (bad < 0) {
+      k.quantize_rows(src, target, r0, r1, code_bytes, scales);
+      return;
+    }
+    int64_t seen = first_bad.load();
+    while (bad < seen && !first_bad.compare_exchange_weak(seen, bad)) {
+    }
+  });
+  const int64_t bad = first_bad.load();
+  if (bad != INT64_MAX)
+    throw Error("the matrix holds a non-finite value (NaN or infinity) at row " +
+                std::to_string(bad / src.cols) + ", column " + std::to_string(bad % src.cols) +
+                ", which cannot be quantized; the checkpoint is damaged");
+}
+
+namespace {
+
+// True when one of the `bytes` bytes at p, read as values of the element type
+// of Vec's lanes, has all the bits of `mask` set (NaN or infinity when mask is
+// the exponent field). Written with the compilers' vector extension because
+// GCC's -O2 leaves the plain loop scalar: this runs over every quantized
+// weight at load, fused with the quantizer, and must not slow it down.
+template <typename Vec, typename Lane>
+bool AnyMasked(const uint8_t* p, size_t bytes, Lane mask) {
+  constexpr size_t kLanes = sizeof(Vec) / sizeof(Lane);
+  Vec m;
+  for (size_t l = 0; l < kLanes; ++l) m[l] = mask;
+  Vec bad0 = m ^ m, bad1 = bad0;
+  size_t i = 0;
+  for (; i + 2 * sizeof(Vec) <= bytes; i += 2 * sizeof(Vec)) {
+    Vec a, b;
+    std::memcpy(&a, p + i, sizeof(Vec));
+    std::memcpy(&b, p + i + sizeof(Vec), sizeof(Vec));
+    bad0 |= (Vec)((a & m) == m);
+    bad1 |= (Vec)((b & m) == m);
+  }
+  const Vec bad = bad0 | bad1;
+  Lane any = 0;
+  for (size_t l = 0; l < kLanes; ++l) any |= bad[l];
+  for (; i + sizeof(Lane) <= bytes; i += sizeof(Lane)) {
+    Lane v;
+    std::memcpy(&v, p + i, sizeof(Lane));
+    any |= static_cast<Lane>((v & mask) == mask);
+  }
+  return any != 0;
+}
+
+}  // namespace
+
+int64_t FirstNonFinite(const WeightView& w, int64_t row_begin, int64_t row_end) {
+  // A value is NaN or infinite exactly when its exponent bits are all ones;
+  // testing the raw bits needs no conversion. Rows are screened with the
+  // vector test; only a row that fails it is searched element by element.
+  typedef uint32_t U32x4 __attribute__((vector_size(16)));
+  typedef uint16_t U16x8 __attribute__((vector_size(16)));
+  auto scan = [&](auto lane, auto mask, auto any_masked) -> int64_t {
+    using Lane = decltype(lane);
+    const size_t row_bytes = static_cast<size_t>(w.cols) * sizeof(Lane);
+    for (int64_t r = row_begin; r < row_end; ++r) {
+      const uint8_t* row = w.Row(r);
+      if (!any_masked(row, row_bytes)) continue;
+      for (int64_t c = 0; c < w.cols; ++c) {
+        Lane v;
+        std::memcpy(&v, row + c * sizeof(Lane), sizeof(Lane));
+        if ((v & mask) == mask) return r * w.cols + c;
+      }
+    }
+    return -1;
+  };
+  switch (w.dtype) {
+    case DType::kF32:
+      return scan(uint32_t{0}, uint32_t{0x7f800000u}, [](const uint8_t* p, size_t n) {
+        return AnyMasked<U32x4, uint32_t>(p, n, 0x7f800000u);
+      });
+    case DType::kF16:
+      return scan(uint16_t{0}, uint16_t{0x7c00u}, [](const uint8_t* p, size_t n) {
+        return AnyMasked<U16x8, uint16_t>(p, n, 0x7c00u);
+      });
+    case DType::kBF16:
+      return scan(uint16_t{0}, uint16_t{0x7f80u}, [](const uint8_t* p, size_t n) {
+        return AnyMasked<U16x8, uint16_t>(p, n, 0x7f80u);
+      });
+    default:
+      return -1;  // quantized and integer formats cannot hold NaN
+  }
 }
 
 uint64_t MatMulScratchBytes(int64_t max_rows, int64_t max_k, int threads) {

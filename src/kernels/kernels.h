@@ -62,7 +62,14 @@ void MatMul(const float* x, int64_t M, const WeightView& w, float* y, ThreadPool
 // is computed the same way whatever the thread count, and all paths produce
 // identical bytes. Throws epwa::Error for a quantized or unknown src dtype, a
 // float target, or cols % 32 != 0.
+// Also throws epwa::Error (after quantizing) when src holds a NaN or an
+// infinity, which no quantized format can represent.
 void Quantize(const WeightView& src, DType target, void* codes, uint16_t* scales, ThreadPool& pool);
+
+// The flat index (row * cols + col) of the first NaN or infinite element in
+// rows [row_begin, row_end) of a F32, F16 or BF16 matrix; -1 when all are
+// finite (and for formats that cannot hold NaN).
+int64_t FirstNonFinite(const WeightView& w, int64_t row_begin, int64_t row_end);
 
 // An upper bound on the scratch memory MatMul keeps between calls (per-thread
 // buffers that grow to the largest call and are never freed) for calls with

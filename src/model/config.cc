@@ -1,11 +1,14 @@
 #include "model/config.h"
 
-#include <fstream>
-#include <sstream>
+#include <sys/stat.h>
+
+#include <cmath>
+#include <limits>
 
 #include <nlohmann/json.hpp>
 
 #include "base/error.h"
+#include "base/file_read.h"
 
 namespace epwa {
 namespace {
@@ -43,6 +46,11 @@ std::string JoinSupported() {
   return s;
 }
 
+// Every size field is held to this bound before anything is allocated: far
+// above any real model (the largest vocabularies are ~10^6, hidden sizes
+// ~10^4-10^5). Products of fields are bounded separately (kMaxParameters).
+constexpr int64_t kMaxSizeField = int64_t{1} << 40;
+
 class Fields {
  public:
   Fields(const json& j, const std::string& origin) : j_(j), origin_(origin) {}
@@ -56,10 +64,15 @@ class Fields {
   int64_t IntOr(const char* key, int64_t fallback, int64_t min_value) const {
     return Has(key) ? IntValue(key, min_value) : fallback;
   }
+  // A finite number. JSON itself has no NaN or infinity, but a literal such
+  // as 1e400 parses to infinity, and NaN/Infinity written by Python's json
+  // module are refused by the parser already.
   double Number(const char* key, double fallback) const {
     if (!Has(key)) return fallback;
     Require(j_[key].is_number(), origin_ + ": field '" + key + "' must be a number");
-    return j_[key].get<double>();
+    const double v = j_[key].get<double>();
+    Require(std::isfinite(v), origin_ + ": field '" + key + "' must be a finite number");
+    return v;
   }
   bool Bool(const char* key, bool fallback) const {
     if (!Has(key)) return fallback;
@@ -71,23 +84,48 @@ class Fields {
   int64_t IntValue(const char* key, int64_t min_value) const {
     const json& v = j_[key];
     Require(v.is_number_integer(), origin_ + ": field '" + key + "' must be an integer");
-    int64_t x = v.get<int64_t>();
+    // nlohmann keeps integers above INT64_MAX as unsigned; reading those as
+    // int64 would wrap 2^64-1 round to -1 and report the wrong value.
+    if (v.is_number_unsigned()) {
+      const uint64_t u = v.get<uint64_t>();
+      Require(u <= static_cast<uint64_t>(kMaxSizeField),
+              origin_ + ": field '" + key + "' is " + std::to_string(u) +
+                  ", which is too large (at most " + std::to_string(kMaxSizeField) + ")");
+      return CheckMin(key, static_cast<int64_t>(u), min_value);
+    }
+    const int64_t x = v.get<int64_t>();
+    // Guard every size against absurd values before anything is allocated.
+    Require(x <= kMaxSizeField, origin_ + ": field '" + key + "' is " + std::to_string(x) +
+                                    ", which is too large (at most " +
+                                    std::to_string(kMaxSizeField) + ")");
+    return CheckMin(key, x, min_value);
+  }
+  int64_t CheckMin(const char* key, int64_t x, int64_t min_value) const {
     Require(x >= min_value, origin_ + ": field '" + key + "' is " + std::to_string(x) +
                                 ", must be at least " + std::to_string(min_value));
-    // Guard every size against absurd values before anything is allocated.
-    Require(x <= (int64_t{1} << 40), origin_ + ": field '" + key + "' is implausibly large");
     return x;
   }
   const json& j_;
   const std::string& origin_;
 };
 
-std::vector<int32_t> TokenIdList(const json& v, const std::string& origin, const char* key) {
+// A token id or a list of them, each an integer in [0, vocab_size). The
+// value is judged before any narrowing, so 2^33 is reported as 2^33, not as
+// the id its low 32 bits would make.
+std::vector<int32_t> TokenIdList(const json& v, const std::string& origin, const char* key,
+                                 int64_t vocab_size) {
   std::vector<int32_t> ids;
   if (v.is_null()) return ids;
   auto add = [&](const json& x) {
-    Require(x.is_number_integer() && x.get<int64_t>() >= 0 && x.get<int64_t>() < (1ll << 31),
-            origin + ": field '" + key + "' must be a token id or a list of token ids");
+    Require(x.is_number_integer(),
+            origin + ": field '" + key + "' must be a token id or a list of token ids, not " +
+                x.dump(-1, ' ', false, json::error_handler_t::replace));
+    const bool negative = x.is_number_integer() && !x.is_number_unsigned() && x.get<int64_t>() < 0;
+    const std::string text = x.dump();
+    Require(!negative && x.get<uint64_t>() < static_cast<uint64_t>(vocab_size),
+            origin + ": field '" + key + "' has token id " + text +
+                ", which is outside the vocabulary (vocab_size " + std::to_string(vocab_size) +
+                ")");
     ids.push_back(static_cast<int32_t>(x.get<int64_t>()));
   };
   if (v.is_array()) {
@@ -96,6 +134,22 @@ std::vector<int32_t> TokenIdList(const json& v, const std::string& origin, const
     add(v);
   }
   return ids;
+}
+
+// Total parameters the config describes, in double so that absurd sizes
+// cannot overflow while they are being judged.
+// The bound on that count: 2^50 (10^15) is ~1000x the largest released model,
+// and keeps every product of sizes that later code forms in int64 (rows x
+// columns of a matrix, layers x experts x elements) far from overflowing.
+constexpr double kMaxParameters = 1125899906842624.0;  // 2^50
+
+double ParameterCount(const ModelConfig& c) {
+  const double D = c.hidden_size, F = c.intermediate_size;
+  const double attention = D * static_cast<double>(c.QDim()) * 2 + D * static_cast<double>(c.KvDim()) * 2;
+  const double experts = c.IsMoe() ? static_cast<double>(c.num_experts) : 1.0;
+  const double ffn = experts * 3 * D * F + static_cast<double>(c.num_experts) * D;
+  return static_cast<double>(c.vocab_size) * D * 2 +
+         static_cast<double>(c.num_layers) * (attention + ffn);
 }
 
 }  // namespace
@@ -110,7 +164,8 @@ ModelConfig ParseModelConfig(const std::string& json_text, const std::string& or
   json j;
   try {
     j = json::parse(json_text);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {
+    // parse_error, and out_of_range for numbers such as 1e400.
     throw Error(origin + ": malformed JSON (" + std::string(e.what()) + ")");
   }
   Require(j.is_object(), origin + ": expected a JSON object");
@@ -145,10 +200,26 @@ ModelConfig ParseModelConfig(const std::string& json_text, const std::string& or
   }
   Require(c.head_dim % 2 == 0, origin + ": head_dim must be even for rotary embeddings");
   c.max_position_embeddings = f.IntOr("max_position_embeddings", 4096, 1);
-  c.rms_norm_eps = static_cast<float>(f.Number("rms_norm_eps", 1e-6));
-  Require(c.rms_norm_eps > 0, origin + ": rms_norm_eps must be positive");
+  // The forward pass computes in float32, so the epsilon must be a positive
+  // float32: 1e300 would become infinity (every activation 0) and 1e-50 zero.
+  const double eps = f.Number("rms_norm_eps", 1e-6);
+  Require(eps > 0 && eps <= std::numeric_limits<float>::max() &&
+              static_cast<float>(eps) > 0,
+          origin + ": rms_norm_eps is " + json(eps).dump() +
+              ", which is not a positive float32 value (real models use ~1e-5 or 1e-6)");
+  c.rms_norm_eps = static_cast<float>(eps);
   c.rope_theta = f.Number("rope_theta", 10000.0);
-  Require(c.rope_theta > 1.0, origin + ": rope_theta must be greater than 1");
+  Require(c.rope_theta > 1.0, origin + ": rope_theta is " + json(c.rope_theta).dump() +
+                                  ", must be greater than 1");
+  // Every supported architecture uses SwiGLU; HF maps both "silu" and
+  // "swish" to the same function. Any other activation (gelu, relu, ...)
+  // would silently compute a different model, so it is refused.
+  if (f.Has("hidden_act")) {
+    const json& act = j["hidden_act"];
+    Require(act.is_string() && (act.get<std::string>() == "silu" || act.get<std::string>() == "swish"),
+            origin + ": hidden_act " + act.dump(-1, ' ', false, json::error_handler_t::replace) +
+                " is not supported (supported: \"silu\", also spelt \"swish\")");
+  }
   if (f.Has("rope_scaling")) {
     const json& rs = j["rope_scaling"];
     std::string type = "?";
@@ -187,15 +258,15 @@ ModelConfig ParseModelConfig(const std::string& json_text, const std::string& or
             origin + ": num_experts_per_tok (" + std::to_string(c.num_experts_per_tok) +
                 ") exceeds num_local_experts (" + std::to_string(c.num_experts) + ")");
   }
-  if (j.contains("eos_token_id")) c.eos_token_ids = TokenIdList(j["eos_token_id"], origin, "eos_token_id");
+  Require(ParameterCount(c) <= kMaxParameters,
+          origin + ": the sizes describe a model of about " + json(ParameterCount(c)).dump() +
+              " parameters, which is implausibly large (at most 2^50)");
+  if (j.contains("eos_token_id"))
+    c.eos_token_ids = TokenIdList(j["eos_token_id"], origin, "eos_token_id", c.vocab_size);
   if (j.contains("bos_token_id")) {
-    auto bos = TokenIdList(j["bos_token_id"], origin, "bos_token_id");
+    auto bos = TokenIdList(j["bos_token_id"], origin, "bos_token_id", c.vocab_size);
     if (!bos.empty()) c.bos_token_id = bos[0];
   }
-  for (int32_t id : c.eos_token_ids)
-    Require(id < c.vocab_size, origin + ": eos_token_id " + std::to_string(id) +
-                                   " is outside the vocabulary (vocab_size " +
-                                   std::to_string(c.vocab_size) + ")");
   if (j.contains("torch_dtype") && j["torch_dtype"].is_string())
     c.torch_dtype = j["torch_dtype"].get<std::string>();
   return c;
@@ -203,11 +274,13 @@ ModelConfig ParseModelConfig(const std::string& json_text, const std::string& or
 
 ModelConfig LoadModelConfig(const std::string& model_dir) {
   const std::string path = model_dir + "/config.json";
-  std::ifstream in(path, std::ios::binary);
-  Require(in.good(), "cannot open " + path + " (is '" + model_dir + "' a Hugging Face model folder?)");
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ParseModelConfig(ss.str(), path);
+  // A missing config.json most often means a wrong -m folder; say so. Anything
+  // else (a folder, a FIFO, a huge file) gets ReadRegularFile's message.
+  struct stat st {};
+  Require(::lstat(path.c_str(), &st) == 0,
+          "cannot open " + path + " (is '" + model_dir + "' a Hugging Face model folder?)");
+  return ParseModelConfig(ReadRegularFile(path, kMaxConfigFileBytes, "the model's config.json"),
+                          path);
 }
 
 std::string ModelConfigToJson(const ModelConfig& c) {

@@ -99,5 +99,96 @@ TEST(ModelConfig, RefusesContradictions) {
   EXPECT_NE(ErrorOf("[1, 2]").find("expected a JSON object"), std::string::npos);
 }
 
+
+// F15: a size field of 2^64-1 was read as int64 -1 and reported as "is -1".
+TEST(ModelConfig, HugeSizeFieldsReportTheirRealValue) {
+  for (const char* field : {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                            "num_attention_heads", "num_key_value_heads",
+                            "max_position_embeddings", "num_local_experts",
+                            "num_experts_per_tok"}) {
+    const std::string key = std::string("\"") + field + "\": ";
+    std::string json = kMixtral;
+    const size_t at = json.find(key);
+    ASSERT_NE(at, std::string::npos) << field;
+    const size_t end = json.find(',', at);
+    json.replace(at, end - at, key + "18446744073709551615");
+    const std::string msg = ErrorOf(json);
+    EXPECT_NE(msg.find(std::string("'") + field + "' is 18446744073709551615, which is too large"),
+              std::string::npos)
+        << msg;
+    EXPECT_EQ(msg.find("-1"), std::string::npos) << msg;
+  }
+  for (const char* extra : {"\"head_dim\": 18446744073709551615",
+                                   "\"sliding_window\": 9223372036854775807"}) {
+    std::string m = Replace(kMixtral, "\"sliding_window\": null", extra);
+    EXPECT_NE(ErrorOf(m).find("which is too large"), std::string::npos) << ErrorOf(m);
+  }
+}
+
+// Each size may be plausible alone while their product is absurd; the
+// product is bounded too, so that no later int64 product can overflow.
+TEST(ModelConfig, RefusesAnImplausibleParameterCount) {
+  std::string m = Replace(kMixtral, "\"hidden_size\": 4096", "\"hidden_size\": 1099511627776");
+  m = Replace(m, "\"num_attention_heads\": 32", "\"num_attention_heads\": 8, \"head_dim\": 128");
+  EXPECT_NE(ErrorOf(m).find("implausibly large"), std::string::npos) << ErrorOf(m);
+}
+
+// F14: every supported architecture is SwiGLU; another activation is refused
+// instead of silently running SiLU.
+TEST(ModelConfig, HiddenActMustBeSilu) {
+  for (const char* act : {"\"gelu\"", "\"no_such_activation\"", "\"relu\"", "7", "[\"silu\"]"}) {
+    const std::string msg =
+        ErrorOf(Replace(kMixtral, "\"sliding_window\": null", std::string("\"hidden_act\": ") + act));
+    EXPECT_NE(msg.find("config.json: hidden_act"), std::string::npos) << act << ": " << msg;
+    EXPECT_NE(msg.find("not supported (supported: \"silu\""), std::string::npos) << msg;
+  }
+  for (const char* act : {"\"silu\"", "\"swish\"", "null"})
+    EXPECT_EQ(ErrorOf(Replace(kMixtral, "\"sliding_window\": null",
+                              std::string("\"hidden_act\": ") + act)),
+              "")
+        << act;
+}
+
+// F14: float fields must be finite and, for the epsilon, a positive float32.
+TEST(ModelConfig, RefusesFloatFieldsThatAreNotUsable) {
+  for (const char* eps : {"1e300", "0", "-1e-5", "1e-50", "3.5e38"}) {
+    const std::string msg =
+        ErrorOf(Replace(kMixtral, "\"rms_norm_eps\": 1e-05", std::string("\"rms_norm_eps\": ") + eps));
+    EXPECT_NE(msg.find("rms_norm_eps is"), std::string::npos) << eps << ": " << msg;
+    EXPECT_NE(msg.find("not a positive float32"), std::string::npos) << msg;
+  }
+  EXPECT_NE(ErrorOf(Replace(kMixtral, "\"rms_norm_eps\": 1e-05", "\"rms_norm_eps\": 1e400"))
+                .find("config.json: malformed JSON"),
+            std::string::npos);
+  EXPECT_NE(ErrorOf(Replace(kMixtral, "\"rope_theta\": 1000000.0", "\"rope_theta\": 0.5"))
+                .find("rope_theta is 0.5, must be greater than 1"),
+            std::string::npos);
+  EXPECT_NE(ErrorOf(Replace(kMixtral, "\"rope_theta\": 1000000.0", "\"rope_theta\": \"1e6\""))
+                .find("'rope_theta' must be a number"),
+            std::string::npos);
+  EXPECT_EQ(ErrorOf(Replace(kMixtral, "\"rms_norm_eps\": 1e-05", "\"rms_norm_eps\": 1e-6")), "");
+}
+
+// Token ids are judged before narrowing: 2^33 is not truncated to 0, a
+// string is not dropped, and BOS is held to the vocabulary like EOS.
+TEST(ModelConfig, TokenIdsAreCheckedWhole) {
+  EXPECT_NE(ErrorOf(Replace(kMixtral, "\"eos_token_id\": 2", "\"eos_token_id\": 8589934592"))
+                .find("token id 8589934592, which is outside the vocabulary (vocab_size 32000)"),
+            std::string::npos);
+  EXPECT_NE(ErrorOf(Replace(kMixtral, "\"eos_token_id\": 2", "\"eos_token_id\": \"2\""))
+                .find("'eos_token_id' must be a token id or a list of token ids, not \"2\""),
+            std::string::npos);
+  EXPECT_NE(ErrorOf(Replace(kMixtral, "\"bos_token_id\": 1", "\"bos_token_id\": 32000"))
+                .find("'bos_token_id' has token id 32000"),
+            std::string::npos);
+  EXPECT_NE(ErrorOf(Replace(kMixtral, "\"eos_token_id\": 2", "\"eos_token_id\": [2, -1]"))
+                .find("token id -1"),
+            std::string::npos);
+  EXPECT_EQ(ParseModelConfig(Replace(kMixtral, "\"eos_token_id\": 2", "\"eos_token_id\": [2, 7]"),
+                             "config.json")
+                .eos_token_ids,
+            (std::vector<int32_t>{2, 7}));
+}
+
 }  // namespace
 }  // namespace epwa

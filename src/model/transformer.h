@@ -2,6 +2,8 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
+#include <string>
 #include <span>
 #include <vector>
 
@@ -40,6 +42,11 @@ class KVCache {
 void RouteToken(const float* router_logits, int64_t num_experts, int64_t top_k, bool renormalize,
                 int32_t* experts, float* weights);
 
+// True when none of the n values is NaN or infinite. Tests the exponent bits
+// rather than calling std::isfinite so that the loop vectorizes: it runs on
+// every step's logits.
+bool AllFinite(const float* values, size_t n);
+
 class Transformer {
  public:
   Transformer(ModelConfig config, ModelWeights weights, ThreadPool& pool);
@@ -67,10 +74,24 @@ class Transformer {
   void Forward(std::span<const int32_t> tokens, int64_t start_pos, KVCache& cache,
                bool all_logits, std::vector<float>* logits, RoutingTrace* trace);
 
+  // The failure path of a non-finite (NaN or infinite) output: runs `tokens`
+  // again from position 0 with every intermediate result checked, and
+  // returns where the first non-finite value appears, e.g. "layer 2, expert
+  // 5's w1 (model.layers.2.block_sparse_moe.experts.5.w1.weight)"; empty if
+  // this pass finds none.
+  std::string LocateNonFinite(std::span<const int32_t> tokens);
+
  private:
+  // While LocateNonFinite runs: records `stage` as the culprit when the first
+  // n values at `values` are not all finite and no earlier stage was.
+  void CheckStage(const float* values, int64_t n, const std::function<std::string()>& stage);
+
   void Attention(int64_t layer, int64_t T, int64_t start_pos, KVCache& cache);
   void FeedForward(int64_t layer, int64_t T, RoutingTrace* trace, int64_t moe_slot);
-  void ExpertForward(const ExpertWeights& e, int64_t rows);
+  // `name(which)` names the expert's tensor `which` (w1, w3, w2) for
+  // LocateNonFinite's messages.
+  void ExpertForward(const ExpertWeights& e, int64_t rows,
+                     const std::function<std::string(const char*)>& name);
   void ApplyRope(float* vec, int64_t num_heads, int64_t pos) const;
 
   ModelConfig config_;
@@ -78,6 +99,9 @@ class Transformer {
   ThreadPool& pool_;
   std::vector<double> inv_freq_;  // [head_dim / 2]
   std::vector<int32_t> moe_layers_;
+  // Set only during LocateNonFinite.
+  bool checking_ = false;
+  std::string first_non_finite_;
 
   // Scratch, grown on demand and reused across calls so decode allocates nothing.
   std::vector<float> x_;      // [T, d_model] residual stream

@@ -1,19 +1,60 @@
 #include "model/weights.h"
 
+#include <algorithm>
+#include <cmath>
+
 #include "base/error.h"
 
 namespace epwa {
 namespace {
 
+// Converts a small tensor (a norm, a bias, a router) to float32. These are
+// read whole here anyway, so each value is also checked: a NaN or infinite
+// norm or router weight is refused at load, naming the tensor, instead of
+// turning every later output into garbage.
 std::vector<float> ToFloat(const TensorInfo& t) {
   std::vector<float> out(static_cast<size_t>(t.NumElements()));
   WeightView view{t.dtype, t.data, 1, t.NumElements()};
-  for (int64_t i = 0; i < t.NumElements(); ++i) out[i] = view.At(0, i);
+  for (int64_t i = 0; i < t.NumElements(); ++i) {
+    out[i] = view.At(0, i);
+    if (!std::isfinite(out[i]))
+      throw Error(t.file + ": tensor '" + t.name + "' holds " +
+                  (std::isnan(out[i]) ? "NaN" : "an infinity") + " at element " +
+                  std::to_string(i) + "; the checkpoint is damaged");
+  }
   return out;
 }
 
 WeightView View(const TensorInfo& t) {
   return WeightView{t.dtype, t.data, t.shape[0], t.shape.size() > 1 ? t.shape[1] : 1};
+}
+
+// Layers of the checkpoint past config.json's num_hidden_layers. Running
+// fewer layers than a checkpoint has is how some people probe truncated
+// models, so, like Hugging Face (which reports "Some weights of the model
+// checkpoint ... were not used"), this warns rather than refuses; but it must
+// not pass in silence, because it is far more often a damaged config.json.
+std::string UnusedLayersWarning(const ModelConfig& c, const TensorStore& store) {
+  const std::string prefix = "model.layers.";
+  int64_t last_layer = -1, tensors = 0;
+  for (const TensorInfo* t : store.All()) {
+    if (t->name.compare(0, prefix.size(), prefix) != 0) continue;
+    int64_t layer = 0;
+    size_t i = prefix.size(), digits = 0;
+    for (; i < t->name.size() && t->name[i] >= '0' && t->name[i] <= '9' && digits < 12; ++i, ++digits)
+      layer = layer * 10 + (t->name[i] - '0');
+    if (digits == 0 || layer < c.num_layers) continue;
+    last_layer = std::max(last_layer, layer);
+    ++tensors;
+  }
+  if (last_layer < 0) return "";
+  const int64_t unused = last_layer + 1 - c.num_layers;
+  return "the checkpoint has " + std::to_string(last_layer + 1) +
+         " layers but config.json's num_hidden_layers is " + std::to_string(c.num_layers) + ": " +
+         std::to_string(unused) + (unused == 1 ? " layer" : " layers") + " (" +
+         std::to_string(tensors) + " tensors, model.layers." + std::to_string(c.num_layers) +
+         (unused == 1 ? ") is not used" : " to model.layers." + std::to_string(last_layer) +
+                                                ") are not used");
 }
 
 }  // namespace
@@ -27,7 +68,8 @@ std::string TensorNames::Expert(int64_t layer, int64_t expert, const char* which
                           ".weight");
 }
 
-ModelWeights BindWeights(const ModelConfig& c, const TensorStore& store) {
+ModelWeights BindWeights(const ModelConfig& c, const TensorStore& store,
+                         std::vector<std::string>* warnings) {
   ModelWeights w;
   const int64_t D = c.hidden_size, F = c.intermediate_size;
   auto matrix = [&](const std::string& name, int64_t rows, int64_t cols) {
@@ -93,6 +135,10 @@ ModelWeights BindWeights(const ModelConfig& c, const TensorStore& store) {
                             matrix(name("mlp.down_proj.weight"), D, F)});
     }
     w.layers.push_back(std::move(lw));
+  }
+  if (warnings) {
+    if (std::string w_text = UnusedLayersWarning(c, store); !w_text.empty())
+      warnings->push_back(std::move(w_text));
   }
   return w;
 }

@@ -57,7 +57,10 @@ struct TensorNames {
 
 // Binds every required tensor, checking presence and exact shape. Throws
 // epwa::Error naming the file and tensor on any mismatch, and for a checkpoint
-// whose tensors contradict config.json.
-ModelWeights BindWeights(const ModelConfig& config, const TensorStore& store);
+// whose tensors contradict config.json. When `warnings` is given, it receives
+// a line for checkpoint layers past config.json's num_hidden_layers, whose
+// weights are not used (as Hugging Face warns about unused weights).
+ModelWeights BindWeights(const ModelConfig& config, const TensorStore& store,
+                         std::vector<std::string>* warnings = nullptr);
 
 }  // namespace epwa

@@ -53,7 +53,11 @@ MaterializeStats MaterializeWeights(const ModelConfig& config, ModelWeights& wei
     if (IsQuantized(t.target)) {
       auto* scales = reinterpret_cast<uint16_t*>(weights.storage.emplace_back(out.ScaleBytes()).data());
       out.scales = scales;
-      kernels::Quantize(src, t.target, codes, scales, pool);
+      try {
+        kernels::Quantize(src, t.target, codes, scales, pool);
+      } catch (const Error& e) {
+        throw Error("tensor '" + t.name + "': " + e.what());  // Quantize cannot know the name
+      }
     } else {
       ConvertMatrix(src, t.target, codes, pool);
     }

@@ -1,13 +1,17 @@
 #include "runtime/engine.h"
 
+#include <sys/stat.h>
+
 #include <algorithm>
+#include <cerrno>
+#include <climits>
+#include <cmath>
 #include <filesystem>
-#include <fstream>
-#include <sstream>
 
 #include <nlohmann/json.hpp>
 
 #include "base/error.h"
+#include "base/file_read.h"
 #include "base/sysinfo.h"
 #include "base/meminfo.h"
 #include "base/timer.h"
@@ -21,35 +25,83 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-// Optional JSON file: returns null when absent, throws on malformed content.
-json ReadOptionalJson(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in.good()) return nullptr;
-  std::stringstream ss;
-  ss << in.rdbuf();
+// Parses the text of an optional JSON file that must hold an object.
+json ParseJsonObject(const std::string& text, const std::string& origin) {
+  json j;
   try {
-    json j = json::parse(ss.str());
-    Require(j.is_object(), path + ": expected a JSON object");
-    return j;
-  } catch (const json::parse_error& e) {
-    throw Error(path + ": malformed JSON (" + std::string(e.what()) + ")");
+    j = json::parse(text);
+  } catch (const json::exception& e) {
+    // parse_error, and out_of_range for numbers such as 1e400.
+    throw Error(origin + ": malformed JSON (" + std::string(e.what()) + ")");
   }
+  Require(j.is_object(), origin + ": expected a JSON object");
+  return j;
 }
 
-template <typename T>
-void ReadField(const json& j, const char* key, const std::string& origin, std::optional<T>* out) {
-  if (!j.contains(key) || j[key].is_null()) return;
-  try {
-    *out = j[key].get<T>();
-  } catch (const json::exception&) {
-    throw Error(origin + ": field '" + key + "' has the wrong type");
-  }
+// The text of an optional file: nothing when it is absent; an error for
+// anything else that is not a readable regular file (a folder, a FIFO, a huge
+// file), because a generation_config.json that cannot be read would silently
+// change how the model samples.
+std::optional<std::string> ReadOptionalFile(const std::string& path, const std::string& what) {
+  struct stat st {};
+  if (::lstat(path.c_str(), &st) != 0 && errno == ENOENT) return std::nullopt;
+  return ReadRegularFile(path, kMaxConfigFileBytes, what);
 }
 
-void AddIds(const json& v, std::vector<int32_t>* ids) {
+std::string Dump(const json& v) { return v.dump(-1, ' ', false, json::error_handler_t::replace); }
+
+// The checks below follow what the command line flags accept, and Hugging
+// Face's GenerationConfig.validate() and logits warpers where those are
+// stricter, so that a value the flags would refuse cannot slip in through
+// the model folder.
+
+// A finite number (JSON integers are numbers too; true/false are not),
+// checked after the conversion to float that the sampler uses, so that 1e39
+// (infinity in float32) is refused as well.
+std::optional<float> ReadFloat(const json& j, const char* key, const std::string& origin) {
+  if (!j.contains(key) || j[key].is_null()) return std::nullopt;
+  const json& v = j[key];
+  Require(v.is_number(), origin + ": field '" + key + "' must be a number, not " + Dump(v));
+  const double d = v.get<double>();
+  Require(std::isfinite(d) && std::isfinite(static_cast<float>(d)),
+          origin + ": field '" + key + "' is " + Dump(v) + ", which is not a finite float32 number");
+  return static_cast<float>(d);
+}
+
+// An integer in [min_value, INT32_MAX], judged before narrowing: 2^40 is
+// refused, not truncated to its low 32 bits.
+std::optional<int32_t> ReadInt32(const json& j, const char* key, const std::string& origin,
+                                 int64_t min_value) {
+  if (!j.contains(key) || j[key].is_null()) return std::nullopt;
+  const json& v = j[key];
+  Require(v.is_number_integer(), origin + ": field '" + key + "' must be an integer, not " + Dump(v));
+  const bool too_large = v.is_number_unsigned()
+                             ? v.get<uint64_t>() > static_cast<uint64_t>(INT32_MAX)
+                             : v.get<int64_t>() > INT32_MAX;
+  Require(!too_large, origin + ": field '" + key + "' is " + Dump(v) +
+                          ", which is too large (at most " + std::to_string(INT32_MAX) + ")");
+  Require(v.get<int64_t>() >= min_value, origin + ": field '" + key + "' is " + Dump(v) +
+                                             ", must be at least " + std::to_string(min_value));
+  return static_cast<int32_t>(v.get<int64_t>());
+}
+
+// One token id, an integer in [0, vocab_size); a string, a float or an id
+// past the vocabulary is refused rather than dropped or truncated.
+int32_t ReadTokenId(const json& x, const char* key, const std::string& origin, int64_t vocab_size) {
+  Require(x.is_number_integer(), origin + ": field '" + key +
+                                     "' must be a token id or a list of token ids, not " + Dump(x));
+  const bool negative = !x.is_number_unsigned() && x.get<int64_t>() < 0;
+  Require(!negative && x.get<uint64_t>() < static_cast<uint64_t>(vocab_size),
+          origin + ": field '" + key + "' has token id " + Dump(x) +
+              ", which is outside the vocabulary (vocab_size " + std::to_string(vocab_size) + ")");
+  return static_cast<int32_t>(x.get<int64_t>());
+}
+
+void AddIds(const json& v, const char* key, const std::string& origin, int64_t vocab_size,
+            std::vector<int32_t>* ids) {
+  if (v.is_null()) return;
   auto add = [&](const json& x) {
-    if (!x.is_number_integer()) return;
-    int32_t id = x.get<int32_t>();
+    const int32_t id = ReadTokenId(x, key, origin, vocab_size);
     if (std::find(ids->begin(), ids->end(), id) == ids->end()) ids->push_back(id);
   };
   if (v.is_array())
@@ -64,39 +116,12 @@ GenerationDefaults ReadDefaults(const std::string& dir, const ModelConfig& confi
   d.eos_token_ids = config.eos_token_ids;
   d.bos_token_id = config.bos_token_id;
   const std::string gen_path = dir + "/generation_config.json";
-  json gen = ReadOptionalJson(gen_path);
-  if (!gen.is_null()) {
-    ReadField(gen, "temperature", gen_path, &d.temperature);
-    ReadField(gen, "top_p", gen_path, &d.top_p);
-    ReadField(gen, "min_p", gen_path, &d.min_p);
-    ReadField(gen, "repetition_penalty", gen_path, &d.repetition_penalty);
-    ReadField(gen, "top_k", gen_path, &d.top_k);
-    ReadField(gen, "max_new_tokens", gen_path, &d.max_new_tokens);
-    ReadField(gen, "do_sample", gen_path, &d.do_sample);
-    if (gen.contains("eos_token_id")) AddIds(gen["eos_token_id"], &d.eos_token_ids);
-    if (gen.contains("bos_token_id") && gen["bos_token_id"].is_number_integer())
-      d.bos_token_id = gen["bos_token_id"].get<int32_t>();
-  }
+  if (auto gen = ReadOptionalFile(gen_path, "the model's generation_config.json"))
+    ApplyGenerationConfig(*gen, gen_path, config.vocab_size, &d);
   const std::string tc_path = dir + "/tokenizer_config.json";
-  json tc = ReadOptionalJson(tc_path);
-  if (!tc.is_null()) {
-    if (tc.contains("add_bos_token") && tc["add_bos_token"].is_boolean())
-      d.add_bos_token = tc["add_bos_token"].get<bool>();
-    // tokenizer_config.json names BOS/EOS by their text; resolve them to ids
-    // when config.json did not say.
-    auto token_text = [&](const char* key) -> std::string {
-      if (!tc.contains(key)) return "";
-      const json& v = tc[key];
-      if (v.is_string()) return v.get<std::string>();
-      if (v.is_object() && v.contains("content") && v["content"].is_string())
-        return v["content"].get<std::string>();
-      return "";
-    };
-    if (d.bos_token_id < 0)
-      if (auto id = tokenizer.PieceToId(token_text("bos_token"))) d.bos_token_id = *id;
-    if (d.eos_token_ids.empty())
-      if (auto id = tokenizer.PieceToId(token_text("eos_token"))) d.eos_token_ids.push_back(*id);
-  }
+  if (auto tc = ReadOptionalFile(tc_path, "the model's tokenizer_config.json"))
+    ApplyTokenizerConfig(*tc, tc_path,
+                         [&](const std::string& piece) { return tokenizer.PieceToId(piece); }, &d);
   for (int32_t id : d.eos_token_ids)
     Require(id >= 0 && id < config.vocab_size,
             dir + ": eos token id " + std::to_string(id) + " is outside the vocabulary");
@@ -104,6 +129,64 @@ GenerationDefaults ReadDefaults(const std::string& dir, const ModelConfig& confi
 }
 
 }  // namespace
+
+void ApplyGenerationConfig(const std::string& json_text, const std::string& origin,
+                           int64_t vocab_size, GenerationDefaults* d) {
+  const json gen = ParseJsonObject(json_text, origin);
+  // Refuses a present value of `key` unless `ok`; the message is built only
+  // on failure (the field may be absent, and then must not be looked up).
+  auto check = [&](const char* key, bool ok, const char* rule) {
+    if (!ok) throw Error(origin + ": field '" + key + "' is " + Dump(gen.at(key)) + ", " + rule);
+  };
+  d->temperature = ReadFloat(gen, "temperature", origin);
+  // 0 means greedy, as for --temp; below 0 has no meaning (HF refuses it).
+  check("temperature", !d->temperature || *d->temperature >= 0, "must be at least 0");
+  d->top_p = ReadFloat(gen, "top_p", origin);
+  check("top_p", !d->top_p || (*d->top_p > 0 && *d->top_p <= 1), "must be in (0, 1]");
+  d->min_p = ReadFloat(gen, "min_p", origin);
+  check("min_p", !d->min_p || (*d->min_p >= 0 && *d->min_p <= 1), "must be in [0, 1]");
+  d->repetition_penalty = ReadFloat(gen, "repetition_penalty", origin);
+  // The penalty divides positive logits: 0 would divide by zero.
+  check("repetition_penalty", !d->repetition_penalty || *d->repetition_penalty > 0,
+        "must be greater than 0");
+  d->top_k = ReadInt32(gen, "top_k", origin, 0);  // 0 = off, as for --top-k
+  // HF's validate() refuses max_new_tokens <= 0.
+  d->max_new_tokens = ReadInt32(gen, "max_new_tokens", origin, 1);
+  if (gen.contains("do_sample") && !gen["do_sample"].is_null()) {
+    Require(gen["do_sample"].is_boolean(),
+            origin + ": field 'do_sample' must be true or false, not " + Dump(gen["do_sample"]));
+    d->do_sample = gen["do_sample"].get<bool>();
+  }
+  if (gen.contains("eos_token_id"))
+    AddIds(gen["eos_token_id"], "eos_token_id", origin, vocab_size, &d->eos_token_ids);
+  if (gen.contains("bos_token_id") && !gen["bos_token_id"].is_null())
+    d->bos_token_id = ReadTokenId(gen["bos_token_id"], "bos_token_id", origin, vocab_size);
+}
+
+void ApplyTokenizerConfig(const std::string& json_text, const std::string& origin,
+                          const std::function<std::optional<int32_t>(const std::string&)>& piece_to_id,
+                          GenerationDefaults* d) {
+  const json tc = ParseJsonObject(json_text, origin);
+  if (tc.contains("add_bos_token") && !tc["add_bos_token"].is_null()) {
+    Require(tc["add_bos_token"].is_boolean(), origin + ": field 'add_bos_token' must be true or "
+                                                       "false, not " + Dump(tc["add_bos_token"]));
+    d->add_bos_token = tc["add_bos_token"].get<bool>();
+  }
+  // tokenizer_config.json names BOS/EOS by their text; resolve them to ids
+  // when config.json did not say.
+  auto token_text = [&](const char* key) -> std::string {
+    if (!tc.contains(key)) return "";
+    const json& v = tc[key];
+    if (v.is_string()) return v.get<std::string>();
+    if (v.is_object() && v.contains("content") && v["content"].is_string())
+      return v["content"].get<std::string>();
+    return "";
+  };
+  if (d->bos_token_id < 0)
+    if (auto id = piece_to_id(token_text("bos_token"))) d->bos_token_id = *id;
+  if (d->eos_token_ids.empty())
+    if (auto id = piece_to_id(token_text("eos_token"))) d->eos_token_ids.push_back(*id);
+}
 
 int64_t DefaultPlanContext(const ModelConfig& config) {
   return std::min<int64_t>(config.max_position_embeddings, 4096);
@@ -117,6 +200,7 @@ std::unique_ptr<Engine> Engine::Load(const LoadOptions& options) {
   Require(fs::is_directory(dir), "'" + dir + "' is not a folder (expected a Hugging Face model folder)");
 
   std::unique_ptr<Engine> engine(new Engine());
+  engine->model_dir_ = dir;
   LoadStats& stats = engine->load_stats_;
 
   Stopwatch stage;
@@ -135,9 +219,20 @@ std::unique_ptr<Engine> Engine::Load(const LoadOptions& options) {
 
   stage.Reset();
   engine->store_ = TensorStore::OpenDir(dir);
-  ModelWeights weights = BindWeights(config, *engine->store_);
+  ModelWeights weights = BindWeights(config, *engine->store_, &stats.warnings);
   stats.weight_bytes = engine->store_->TotalBytes();
-  engine->pool_ = std::make_unique<ThreadPool>(options.threads);
+  // More threads than the hardware threads this process may use only add
+  // scheduling delays to every parallel region (-t 1024 on two cores took a
+  // minute for four tokens), so the count is capped, with a warning.
+  int threads = options.threads;
+  const int hardware = ThreadPool::HardwareThreads();
+  if (threads > hardware) {
+    stats.warnings.push_back(std::to_string(threads) + " threads were asked for, but this process " +
+                             "may run on only " + std::to_string(hardware) +
+                             " hardware threads; using " + std::to_string(hardware));
+    threads = hardware;
+  }
+  engine->pool_ = std::make_unique<ThreadPool>(threads);
   stats.weights_ms = stage.Millis();
 
   // Plan memory with what is resident now (binary, libraries, tokenizer,
@@ -254,6 +349,7 @@ GenerateResult Engine::Generate(std::span<const int32_t> prompt, const GenerateO
 
   Stopwatch clock;
   model_->Forward(prompt, 0, cache, /*all_logits=*/false, &logits, &routing);
+  CheckLogits(logits, context);
   stats.prefill_ms = clock.Millis();
   stats.stop_reason = "length";
   clock.Reset();
@@ -279,6 +375,7 @@ GenerateResult Engine::Generate(std::span<const int32_t> prompt, const GenerateO
     if (step + 1 == options.max_new_tokens) break;  // no forward pass for an unused token
     const int32_t last[1] = {token};
     model_->Forward(last, static_cast<int64_t>(context.size()) - 1, cache, false, &logits, &routing);
+    CheckLogits(logits, context);
   }
   stats.decode_ms = clock.Millis();
   stats.generated_tokens = static_cast<int64_t>(result.tokens.size());
@@ -304,7 +401,22 @@ ScoreResult Engine::Score(std::span<const int32_t> ids) {
   result.ids.assign(ids.begin(), ids.end());
   KVCache cache(config(), static_cast<int64_t>(ids.size()));
   model_->Forward(ids, 0, cache, /*all_logits=*/true, &result.logits, &result.routing);
+  CheckLogits(result.logits, ids);
   return result;
+}
+
+void Engine::CheckLogits(std::span<const float> logits, std::span<const int32_t> context) {
+  // V values per step: negligible next to the forward pass that made them,
+  // and the only place that sees every kind of damage (NaN or infinite
+  // weights that are used in place, overflow of finite weights at run time)
+  // before it turns into garbage text or null perplexities.
+  if (AllFinite(logits.data(), logits.size())) return;
+  const std::string where = model_->LocateNonFinite(context);
+  throw Error("the model computed non-finite logits (NaN or infinity) for a " +
+              std::to_string(context.size()) + "-token sequence: " +
+              (where.empty() ? std::string("a checked re-run did not reproduce it")
+                             : "the first non-finite value comes from " + where) +
+              "; the weights in '" + model_dir_ + "' are damaged or overflow float32");
 }
 
 }  // namespace epwa

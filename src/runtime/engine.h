@@ -83,6 +83,20 @@ struct GenerationDefaults {
   bool add_bos_token = false;
 };
 
+// Reads generation_config.json text (named `origin` in messages) into `d`,
+// which already holds config.json's BOS/EOS ids: sampling defaults, and EOS
+// ids added to the list. Throws epwa::Error naming `origin` and the field for
+// every value the command line flags or Hugging Face would refuse (negative
+// temperature, top_p outside (0, 1], ids outside [0, vocab_size), integers
+// past int32, non-finite numbers, wrong types).
+void ApplyGenerationConfig(const std::string& json_text, const std::string& origin,
+                           int64_t vocab_size, GenerationDefaults* d);
+// Reads tokenizer_config.json text: add_bos_token, and BOS/EOS given by their
+// text (resolved with `piece_to_id`) when no id was known yet.
+void ApplyTokenizerConfig(const std::string& json_text, const std::string& origin,
+                          const std::function<std::optional<int32_t>(const std::string&)>& piece_to_id,
+                          GenerationDefaults* d);
+
 struct GenerateStats {
   int64_t prompt_tokens = 0;
   int64_t generated_tokens = 0;
@@ -151,6 +165,11 @@ class Engine {
 
  private:
   Engine() = default;
+  // Throws epwa::Error naming the first layer and tensor whose output is not
+  // finite when `logits` (computed for `context`) hold a NaN or infinity.
+  void CheckLogits(std::span<const float> logits, std::span<const int32_t> context);
+
+  std::string model_dir_;
   std::unique_ptr<ThreadPool> pool_;
   std::unique_ptr<TensorStore> store_;
   std::unique_ptr<Tokenizer> tokenizer_;

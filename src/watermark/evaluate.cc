@@ -201,7 +201,9 @@ nlohmann::json EvalReport::Json(const EvalOptions& o) const {
                    {"plain_decode_ms_per_token", plain_decode_ms_per_token},
                    {"seconds", seconds}};
   if (o.oracle)
-    j["oracle"] = {{"heldout_accuracy", o.oracle->info().heldout_accuracy},
+    j["oracle"] = {{"heldout_accuracy", o.oracle->info().heldout_examples > 0
+                                            ? nlohmann::json(o.oracle->info().heldout_accuracy)
+                                            : nlohmann::json()},
                    {"chance", 1.0 / o.oracle->info().num_experts},
                    {"top_k", o.oracle->info().top_k}};
   return j;

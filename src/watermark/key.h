@@ -20,6 +20,9 @@ class SecretKey {
   // Reads `path`; throws epwa::Error if it is missing, unreadable, or not
   // exactly 32 bytes long.
   static SecretKey FromFile(const std::string& path);
+  // The key-file check on a file's whole content (`path` names it in
+  // messages): exactly 32 bytes. FromFile's parser, exposed for fuzzing.
+  static SecretKey FromFileBytes(std::span<const uint8_t> bytes, const std::string& path);
   // For tests and reference vectors.
   static SecretKey FromBytes(std::span<const uint8_t> bytes);
 

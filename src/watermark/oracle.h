@@ -133,6 +133,10 @@ class ExpertOracle {
   static ExpertOracle Train(std::span<const TopLogprobs> x, std::span<const int32_t> labels,
                             const OracleInfo& info, const OracleTrainOptions& opts);
 
+  // The fewest examples Train accepts with this held-out fraction: enough
+  // that at least one is held out (when the fraction is > 0) and one trained on.
+  static int64_t MinTrainingExamples(double heldout_fraction);
+
   // Probability of each expert: probs_out is [num_experts] and sums to 1.
   // Thread-safe; allocates nothing for canonically ordered inputs (after a
   // thread's first input of more than 32 entries, which sizes a bitmap).
@@ -145,6 +149,8 @@ class ExpertOracle {
 
   void Save(const std::string& path) const;           // atomic: never a partial file
   static ExpertOracle Load(const std::string& path);  // validates everything
+  // Load's parser on the file's bytes; `path` only names it in messages.
+  static ExpertOracle FromBytes(const std::string& data, const std::string& path);
 
   // Every parameter in file order (embed, embed_bias, out, out_bias), for tests.
   std::vector<float> Parameters() const;

@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 
 #include <algorithm>
 #include <cmath>
@@ -449,6 +450,52 @@ TEST(ExpertOracle, SaveFailsCleanlyIntoAMissingFolder) {
   const ExpertOracle o = ExpertOracle::Train(s.x, s.labels, SmallInfo(), FastOptions(0));
   EXPECT_THROW(o.Save(dir.File("no/such/folder/oracle.bin")), Error);
   EXPECT_EQ(dir.Count(), 0u);
+}
+
+// Hostile-input sweep F15: a corpus so small that the held-out part rounds
+// down to nothing used to train anyway and store a "held-out accuracy" of 0/0
+// as 0%. Train refuses it and says how many examples it needs.
+TEST(ExpertOracle, RefusesTooFewExamplesToHoldAnyOut) {
+  const Synthetic s = MakeSynthetic(40, 3);
+  OracleTrainOptions opts = FastOptions(0);
+  opts.heldout_fraction = 0.1;
+  EXPECT_EQ(ExpertOracle::MinTrainingExamples(0.1), 10);
+  EXPECT_EQ(ExpertOracle::MinTrainingExamples(0.25), 4);
+  EXPECT_EQ(ExpertOracle::MinTrainingExamples(0.9), 2);
+  EXPECT_EQ(ExpertOracle::MinTrainingExamples(0.0), 1);
+  try {
+    ExpertOracle::Train(std::span(s.x).first(5), std::span(s.labels).first(5), SmallInfo(), opts);
+    FAIL() << "5 examples with 10% held out were accepted";
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find("only 5 examples"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("at least 10"), std::string::npos) << msg;
+  }
+  // The smallest accepted set really holds one example out.
+  const ExpertOracle o =
+      ExpertOracle::Train(std::span(s.x).first(10), std::span(s.labels).first(10), SmallInfo(), opts);
+  EXPECT_EQ(o.info().heldout_examples, 1);
+  EXPECT_EQ(o.info().train_examples, 9);
+}
+
+// F4: the oracle file is read without blocking, so a FIFO (or a folder) is
+// refused at once with a message that says what it is.
+TEST(ExpertOracle, LoadRefusesFifosAndFolders) {
+  ScratchDir dir;
+  const std::string fifo = dir.File("oracle.fifo");
+  ASSERT_EQ(mkfifo(fifo.c_str(), 0600), 0);
+  try {
+    ExpertOracle::Load(fifo);
+    FAIL() << "a FIFO was loaded as an oracle";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("FIFO"), std::string::npos) << e.what();
+  }
+  try {
+    ExpertOracle::Load(dir.File(""));
+    FAIL() << "a folder was loaded as an oracle";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("folder"), std::string::npos) << e.what();
+  }
 }
 
 }  // namespace

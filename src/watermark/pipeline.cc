@@ -1,6 +1,7 @@
 #include "watermark/pipeline.h"
 
 #include <algorithm>
+#include <functional>
 
 #include "base/error.h"
 
@@ -94,6 +95,27 @@ std::vector<TokenScore> ScoreLogprobs(const LogprobsFile& file, const ExpertOrac
     s.green = lists.For(s.seed).Contains(s.token);
     out.push_back(s);
   }
+  return out;
+}
+
+std::vector<TokenScore> ScoreLogprobsFile(const std::string& path, const ExpertOracle& oracle,
+                                          GreenLists& lists, LogprobsScan* scan) {
+  std::vector<TokenScore> out;
+  *scan = ScanLogprobsFile(
+      path, oracle.info().vocab_size,
+      [&](int64_t i, const LogprobsEntry& e, const std::function<std::string()>& where) {
+        TokenScore s;
+        s.position = i;
+        s.token = e.id;
+        try {
+          s.seed = oracle.PredictExpert(e.top);
+        } catch (const Error& err) {
+          // The oracle's message names "the top-logprobs input"; say which.
+          throw Error(where() + ": " + err.what());
+        }
+        s.green = lists.For(s.seed).Contains(s.token);
+        out.push_back(s);
+      });
   return out;
 }
 

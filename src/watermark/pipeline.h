@@ -59,6 +59,11 @@ std::vector<int32_t> PredictExperts(const ExpertOracle& oracle, const ScoreResul
 // token i. Every entry is scored.
 std::vector<TokenScore> ScoreLogprobs(const LogprobsFile& file, const ExpertOracle& oracle,
                                       GreenLists& lists);
+// The same, streamed from the logprobs file `path` as it is parsed (no
+// entry is kept: memory is the file plus the parser's index). `scan`
+// receives what the reader saw. Errors name the file and the entry.
+std::vector<TokenScore> ScoreLogprobsFile(const std::string& path, const ExpertOracle& oracle,
+                                          GreenLists& lists, LogprobsScan* scan);
 
 // PEPI training data from a corpus: the text is tokenized, cut into windows
 // of BOS + (window - 1) tokens, and every position of every window yields one

@@ -1,12 +1,11 @@
 #include "watermark/processor.h"
 
 #include <cmath>
-#include <fstream>
-#include <sstream>
 
 #include <nlohmann/json.hpp>
 
 #include "base/error.h"
+#include "base/file_read.h"
 
 namespace epwa::wm {
 
@@ -31,11 +30,10 @@ std::vector<double> DefaultExpertDeltas(double delta, int64_t num_experts) {
 }
 
 std::vector<double> ReadExpertDeltas(const std::string& path, int64_t num_experts) {
-  std::ifstream in(path);
-  Require(in.good(), "cannot read the expert-delta file '" + path + "'");
-  std::stringstream text;
-  text << in.rdbuf();
-  nlohmann::json j = nlohmann::json::parse(text.str(), nullptr, /*allow_exceptions=*/false);
+  // A list of a few numbers: the config-file limit is plenty, and
+  // ReadRegularFile refuses FIFOs and devices instead of hanging on them.
+  const std::string text = ReadRegularFile(path, kMaxConfigFileBytes, "the expert-delta file");
+  nlohmann::json j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
   Require(j.is_array() && static_cast<int64_t>(j.size()) == num_experts,
           "the expert-delta file '" + path + "' must hold a JSON array of " +
               std::to_string(num_experts) + " numbers, one per expert");

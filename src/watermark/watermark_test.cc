@@ -4,9 +4,12 @@
 // statistics against exact binomial tails and their null distribution, the
 // logits processor, the detector's alignment, dedup and CSPV, and key files.
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <random>
@@ -391,6 +394,86 @@ TEST_F(KeyFileTest, BadKeyFilesAreClearErrorsThatNeverShowTheKey) {
   EXPECT_EQ(ResolveKeyPath("a", "b"), "a");
   EXPECT_EQ(ResolveKeyPath("", "b"), "b");
   EXPECT_THROW(ResolveKeyPath("", nullptr), Error);
+}
+
+// Hostile-input sweep F4: a FIFO at the key path must be refused at once
+// (the blocking open() used to wait forever for a writer).
+TEST_F(KeyFileTest, AFifoKeyIsRefusedWithoutHanging) {
+  const std::string fifo = (dir_ / "fifo.key").string();
+  ASSERT_EQ(mkfifo(fifo.c_str(), 0600), 0);
+  try {
+    SecretKey::FromFile(fifo);
+    FAIL() << "a FIFO was accepted as a key file";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("FIFO"), std::string::npos) << e.what();
+  }
+  const std::string missing = (dir_ / "missing.key").string();
+  try {
+    SecretKey::FromFile(missing);
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("epwa keygen --out " + missing), std::string::npos) << e.what();
+  }
+}
+
+// F1: keygen --force replaces a key file and nothing else: not a FIFO, a
+// folder, a symbolic link (nor the file it names) or a device node.
+TEST_F(KeyFileTest, ForceNeverReplacesSomethingThatIsNotARegularFile) {
+  const std::string fifo = (dir_ / "fifo").string();
+  ASSERT_EQ(mkfifo(fifo.c_str(), 0600), 0);
+  EXPECT_THROW(WriteNewKeyFile(fifo, true), Error);
+  struct stat st {};
+  ASSERT_EQ(lstat(fifo.c_str(), &st), 0);
+  EXPECT_TRUE(S_ISFIFO(st.st_mode));
+
+  const std::string folder = (dir_ / "folder").string();
+  std::filesystem::create_directory(folder);
+  EXPECT_THROW(WriteNewKeyFile(folder, true), Error);
+  EXPECT_TRUE(std::filesystem::is_directory(folder));
+
+  const std::string target = (dir_ / "real.key").string();
+  WriteNewKeyFile(target, false);
+  const SecretKey before = SecretKey::FromFile(target);
+  const std::string link = (dir_ / "link.key").string();
+  std::filesystem::create_symlink(target, link);
+  try {
+    WriteNewKeyFile(link, true);
+    FAIL() << "keygen --force replaced a symbolic link";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("symbolic link"), std::string::npos) << e.what();
+  }
+  EXPECT_TRUE(std::filesystem::is_symlink(link));
+  const SecretKey after = SecretKey::FromFile(target);
+  EXPECT_TRUE(std::equal(before.bytes().begin(), before.bytes().end(), after.bytes().begin()));
+
+  // Nothing but what the test made: no temporary key files left behind.
+  EXPECT_EQ(std::distance(std::filesystem::directory_iterator(dir_), {}), 4);
+}
+
+// F1 as found: as root, `keygen --out /dev/null --force` turned /dev/null into
+// a regular file holding the key. A node like /dev/null (char 1, 3) is made
+// here rather than touching the real /dev; creating one needs privileges.
+TEST_F(KeyFileTest, ForceNeverReplacesADeviceNode) {
+  const std::string dev = (dir_ / "null").string();
+  if (mknod(dev.c_str(), S_IFCHR | 0666, makedev(1, 3)) != 0)
+    GTEST_SKIP() << "mknod not permitted here: " << std::strerror(errno);
+  try {
+    WriteNewKeyFile(dev, true);
+    FAIL() << "keygen --force replaced a device node";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("character device"), std::string::npos) << e.what();
+  }
+  struct stat st {};
+  ASSERT_EQ(lstat(dev.c_str(), &st), 0);
+  EXPECT_TRUE(S_ISCHR(st.st_mode));
+  EXPECT_EQ(std::distance(std::filesystem::directory_iterator(dir_), {}), 1);
+}
+
+TEST(KeyBytes, OnlyExactly32BytesAreAKey) {
+  const std::vector<uint8_t> bytes(33, 7);
+  EXPECT_NO_THROW(SecretKey::FromFileBytes(std::span(bytes).first(32), "k"));
+  EXPECT_THROW(SecretKey::FromFileBytes(std::span(bytes), "k"), Error);
+  EXPECT_THROW(SecretKey::FromFileBytes(std::span(bytes).first(0), "k"), Error);
 }
 
 }  // namespace
