@@ -131,5 +131,19 @@ TEST_F(HostileIoTest, LogitsOutToADeviceKeepsTheDevice) {
     EXPECT_EQ(e.path().filename().string().find(".tmp."), std::string::npos) << e.path();
 }
 
+// F5: a prompt that cannot fit the context is refused from its byte length
+// before it is tokenized (1 MB used to be tokenized in full first).
+TEST_F(HostileIoTest, HugePromptIsRefusedBeforeTokenizing) {
+  const std::string prompt = scratch_.path() + "/prompt.txt";
+  std::ofstream(prompt) << std::string(1 << 20, 'a');
+  const auto start = std::chrono::steady_clock::now();
+  Result r = RunEpwa("run -m " + model_ + " -f " + prompt + " -n 2", scratch_);
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  ExpectCleanError(r, 1, "the text is 1048576 bytes");
+  EXPECT_NE(r.err.find("cannot fit the model's context of"), std::string::npos) << r.err;
+  EXPECT_LT(seconds, 5.0);
+}
+
 }  // namespace
 }  // namespace epwa

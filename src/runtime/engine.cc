@@ -311,6 +311,18 @@ std::unique_ptr<Engine> Engine::Load(const LoadOptions& options) {
 }
 
 std::vector<int32_t> Engine::EncodePrompt(const std::string& text) const {
+  // No token covers more than MaxTokenBytes() bytes of input, so a text
+  // longer than context x that can never fit: refuse it before tokenizing,
+  // which on megabytes of hostile text costs far more than the refusal.
+  const size_t per_token = tokenizer_->MaxTokenBytes();
+  const uint64_t context = static_cast<uint64_t>(max_context());
+  if (per_token != SIZE_MAX && per_token > 0 && context <= UINT64_MAX / per_token &&
+      text.size() > context * per_token) {
+    throw Error("the text is " + std::to_string(text.size()) + " bytes; no token of this model covers more than " +
+                std::to_string(per_token) + " bytes, so it needs more than " +
+                std::to_string(text.size() / per_token) + " tokens and cannot fit the model's context of " +
+                std::to_string(context) + " tokens");
+  }
   std::vector<int32_t> ids = tokenizer_->Encode(text, /*add_special_tokens=*/true);
   if (defaults_.add_bos_token && defaults_.bos_token_id >= 0 &&
       (ids.empty() || ids.front() != defaults_.bos_token_id))
