@@ -195,7 +195,7 @@ TEST(TokenizerHostileTest, MaxTokenBytesBoundsEveryEncoding) {
   ASSERT_NE(max_bytes, std::numeric_limits<size_t>::max());
   // Byte fallback "<0xNN>" pieces are 6 bytes, so nothing is shorter than that.
   EXPECT_GE(max_bytes, 6u);
-  for (const std::string text : {std::string(5000, ' '), std::string(5000, 'a'),
+  for (const std::string& text : {std::string(5000, ' '), std::string(5000, 'a'),
                                  std::string("\xE2\x96\x81") + std::string(3000, 'x'),
                                  std::string("<s><s></s>"), ReadText("README.md")}) {
     const auto ids = bundled->Encode(text);
