@@ -19,30 +19,7 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-class CliTest : public ::testing::Test {
- protected:
-  static void SetUpTestSuite() {
-    dir_ = new testing::TempDir();
-    // Quantized-weight caches go to the test's own folder, not the user's.
-    setenv("EPWA_CACHE_DIR", (dir_->path() + "/cache").c_str(), 1);
-    model_ = testing::MakeModel(*dir_, "tiny-random-moe");
-  }
-  static void TearDownTestSuite() { delete dir_; }
-  // A copy of the model folder to break in one way.
-  std::string CopyModel(const std::string& name) {
-    const std::string to = scratch_.path() + "/" + name;
-    fs::copy(model_, to, fs::copy_options::recursive);
-    return to;
-  }
-  static void WriteFile(const std::string& path, const std::string& text) {
-    std::ofstream(path, std::ios::binary | std::ios::trunc) << text;
-  }
-  static testing::TempDir* dir_;
-  static std::string model_;
-  testing::TempDir scratch_;
-};
-testing::TempDir* CliTest::dir_ = nullptr;
-std::string CliTest::model_;
+using CliTest = SynthModelCliTest;
 
 // The golden end-to-end test: the trained default model, a prompt and a seed
 // give exactly the committed token ids (tests/data/golden/tiny-moe.json, made

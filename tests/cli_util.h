@@ -5,6 +5,8 @@
 #include <sys/wait.h>
 
 #include <cstdlib>
+#include <filesystem>
+#include <fstream>
 #include <string>
 
 #include <gtest/gtest.h>
@@ -24,9 +26,13 @@ inline std::string Quote(const std::string& s) {
   return q + "'";
 }
 
+// Runs under `timeout` with standard input from /dev/null, so that a
+// regression to a hang (a FIFO waited on, a runaway regex) fails its test
+// with exit code 124 instead of stalling the suite.
 inline Result RunEpwa(const std::string& args, const testing::TempDir& dir) {
   const std::string out = dir.path() + "/stdout", err = dir.path() + "/stderr";
-  const std::string cmd = std::string(EPWA_BINARY) + " " + args + " >" + out + " 2>" + err;
+  const std::string cmd = "timeout 300 " + std::string(EPWA_BINARY) + " " + args + " >" + out +
+                          " 2>" + err + " </dev/null";
   const int status = std::system(cmd.c_str());
   Result r;
   r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
@@ -53,5 +59,31 @@ inline void ExpectCleanError(const Result& r, int code, const std::string& needl
   EXPECT_EQ(error_lines, 1u) << r.err;
   EXPECT_TRUE(r.out.empty()) << r.out;
 }
+
+// A suite whose tests share one seeded synthetic model folder
+// (tiny-random-moe) and a weight cache of their own; each test gets a
+// scratch folder and can break a copy of the model in it.
+class SynthModelCliTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = new testing::TempDir();
+    // Quantized-weight caches go to the suite's own folder, not the user's.
+    setenv("EPWA_CACHE_DIR", (dir_->path() + "/cache").c_str(), 1);
+    model_ = testing::MakeModel(*dir_, "tiny-random-moe");
+  }
+  static void TearDownTestSuite() { delete dir_; }
+  // A copy of the model folder to break in one way.
+  std::string CopyModel(const std::string& name) {
+    const std::string to = scratch_.path() + "/" + name;
+    std::filesystem::copy(model_, to, std::filesystem::copy_options::recursive);
+    return to;
+  }
+  static void WriteFile(const std::string& path, const std::string& text) {
+    std::ofstream(path, std::ios::binary | std::ios::trunc) << text;
+  }
+  static inline testing::TempDir* dir_ = nullptr;
+  static inline std::string model_;
+  testing::TempDir scratch_;
+};
 
 }  // namespace epwa

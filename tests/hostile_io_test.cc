@@ -23,25 +23,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-class HostileIoTest : public ::testing::Test {
- protected:
-  static void SetUpTestSuite() {
-    dir_ = new testing::TempDir();
-    setenv("EPWA_CACHE_DIR", (dir_->path() + "/cache").c_str(), 1);
-    model_ = testing::MakeModel(*dir_, "tiny-random-moe");
-  }
-  static void TearDownTestSuite() { delete dir_; }
-  std::string CopyModel(const std::string& name) {
-    const std::string to = scratch_.path() + "/" + name;
-    fs::copy(model_, to, fs::copy_options::recursive);
-    return to;
-  }
-  static testing::TempDir* dir_;
-  static std::string model_;
-  testing::TempDir scratch_;
-};
-testing::TempDir* HostileIoTest::dir_ = nullptr;
-std::string HostileIoTest::model_;
+using HostileIoTest = SynthModelCliTest;
 
 // F4: a FIFO in place of any model file is refused at once, not waited on.
 TEST_F(HostileIoTest, FifosInTheModelFolderAreRefusedNotWaitedOn) {

@@ -24,20 +24,6 @@ using nlohmann::json;
 
 const std::string kModel = "models/tiny-moe";
 
-// RunEpwa under `timeout`, for inputs that used to hang (FIFOs): a
-// regression fails the test (exit 124) instead of blocking the suite.
-Result RunBounded(const std::string& args, const testing::TempDir& dir) {
-  const std::string out = dir.path() + "/stdout", err = dir.path() + "/stderr";
-  const std::string cmd = "timeout 20 " + std::string(EPWA_BINARY) + " " + args + " >" + out +
-                          " 2>" + err + " </dev/null";
-  const int status = std::system(cmd.c_str());
-  Result r;
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  r.out = testing::ReadFile(out);
-  r.err = testing::ReadFile(err);
-  return r;
-}
-
 // JSON Lines output: one object per line.
 std::vector<json> JsonLines(const std::string& out) {
   std::vector<json> lines;
@@ -227,22 +213,22 @@ TEST_F(HostileWatermark, FifosFoldersAndDevicesAreRefused) {
   const std::string ids = Write("ids.json", ids_);
   const std::string oracle = SmallOracle(0.1);
   const std::string lp = LogprobsFile("lp.json", 20, 2);
-  ExpectCleanError(RunBounded("detect -m " + kModel + " --key-file " + fifo + " --ids " + ids, scratch_), 1,
+  ExpectCleanError(RunEpwa("detect -m " + kModel + " --key-file " + fifo + " --ids " + ids, scratch_), 1,
                    "the key file '" + fifo + "' is a FIFO");
-  ExpectCleanError(RunBounded(Detect() + "--ids " + fifo, scratch_), 1, "is a FIFO");
-  ExpectCleanError(RunBounded(Detect() + "--ids /dev/zero", scratch_), 1,
+  ExpectCleanError(RunEpwa(Detect() + "--ids " + fifo, scratch_), 1, "is a FIFO");
+  ExpectCleanError(RunEpwa(Detect() + "--ids /dev/zero", scratch_), 1,
                    "the --ids file '/dev/zero' is a character device");
-  ExpectCleanError(RunBounded(Detect() + "--jsonl " + fifo, scratch_), 1, "is a FIFO");
-  ExpectCleanError(RunBounded(Detect() + "--file /dev/zero", scratch_), 1, "character device");
-  ExpectCleanError(RunBounded(Detect() + "--file " + scratch_.path(), scratch_), 1, "is a folder");
+  ExpectCleanError(RunEpwa(Detect() + "--jsonl " + fifo, scratch_), 1, "is a FIFO");
+  ExpectCleanError(RunEpwa(Detect() + "--file /dev/zero", scratch_), 1, "character device");
+  ExpectCleanError(RunEpwa(Detect() + "--file " + scratch_.path(), scratch_), 1, "is a folder");
   const std::string pepi = "detect --method pepi --key-file " + key_;
-  ExpectCleanError(RunBounded(pepi + " --oracle " + fifo + " --logprobs " + lp, scratch_), 1,
+  ExpectCleanError(RunEpwa(pepi + " --oracle " + fifo + " --logprobs " + lp, scratch_), 1,
                    "the expert oracle file '" + fifo + "' is a FIFO");
-  ExpectCleanError(RunBounded(pepi + " --oracle " + oracle + " --logprobs " + fifo, scratch_), 1,
+  ExpectCleanError(RunEpwa(pepi + " --oracle " + oracle + " --logprobs " + fifo, scratch_), 1,
                    "the logprobs file '" + fifo + "' is a FIFO");
-  ExpectCleanError(RunBounded(pepi + " --oracle " + oracle + " --logprobs " + scratch_.path(), scratch_), 1,
+  ExpectCleanError(RunEpwa(pepi + " --oracle " + oracle + " --logprobs " + scratch_.path(), scratch_), 1,
                    "is a folder");
-  ExpectCleanError(RunBounded("oracle train -m " + kModel + " --corpus " + fifo + " --out o.bin", scratch_), 1,
+  ExpectCleanError(RunEpwa("oracle train -m " + kModel + " --corpus " + fifo + " --out o.bin", scratch_), 1,
                    "is a FIFO");
 }
 
@@ -278,7 +264,7 @@ TEST_F(HostileWatermark, AnUnmeasuredOracleIsNotReportedAsZeroPercent) {
 TEST_F(HostileWatermark, KeygenForceReplacesOnlyARegularFile) {
   const std::string fifo = scratch_.path() + "/fifo.key";
   ASSERT_EQ(mkfifo(fifo.c_str(), 0600), 0);
-  ExpectCleanError(RunBounded("keygen --out " + fifo + " --force", scratch_), 1,
+  ExpectCleanError(RunEpwa("keygen --out " + fifo + " --force", scratch_), 1,
                    "exists and is a FIFO (named pipe), not a regular file");
   EXPECT_TRUE(fs::is_fifo(fifo));
   const std::string link = scratch_.path() + "/link.key";
