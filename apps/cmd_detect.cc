@@ -294,7 +294,7 @@ Runner RegisterDetect(CLI::App& app) {
     Require(scheme == wm::Scheme::kKgw || config.IsMoe(),
             "this model is dense (no router), so only --watermark kgw can be detected on it");
     wm::GreenLists lists(key, wm::KeyedByOf(scheme), router_hash, config.vocab_size, f->wm.gamma);
-    const int slot = scheme == wm::Scheme::kKgw ? -1 : wm::ResolveRouterLayer(f->wm.router_layer, config.num_layers);
+    const int slot = scheme == wm::Scheme::kKgw ? -1 : wm::ResolveRouterLayer(f->wm.router_layer, config.NumMoeLayers());
     std::optional<wm::ExpertOracle> oracle;
     if (pepi) {
       oracle = wm::ExpertOracle::Load(f->oracle_file);

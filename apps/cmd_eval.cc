@@ -59,9 +59,9 @@ Runner RegisterEval(CLI::App& app) {
     };
     auto reference = load(QuantLevel::kNone);
     const ModelConfig& c = reference->config();
-    Require(f->window <= c.max_position_embeddings,
+    Require(f->window <= c.ContextLimit(),
             "--window " + std::to_string(f->window) + " exceeds the model's context of " +
-                std::to_string(c.max_position_embeddings));
+                std::to_string(c.ContextLimit()));
     const std::string text = ReadTextFile(f->text_file);
     std::vector<int32_t> ids = reference->tokenizer().Encode(text, /*add_special_tokens=*/false);
     Require(ids.size() >= 16, f->text_file + ": too little text to score (" +

@@ -43,11 +43,11 @@ Runner RegisterHash(CLI::App& app) {
     }
     if (f->json) {
       PrintJson(json{{"model_dir", dir}, {"router_hash", hash}, {"scheme", "EPW-A IRSH v1"},
-                     {"moe_layers", config.num_layers}, {"loaded_as", level}, {"ms", ms}});
+                     {"moe_layers", config.NumMoeLayers()}, {"loaded_as", level}, {"ms", ms}});
     } else {
       std::printf("%s\n", hash.c_str());
       std::fprintf(stderr, "router hash (EPW-A IRSH v1) over %lld MoE layers in %.1f ms\n",
-                   static_cast<long long>(config.num_layers), ms);
+                   static_cast<long long>(config.NumMoeLayers()), ms);
     }
     return 0;
   };

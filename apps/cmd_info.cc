@@ -23,8 +23,11 @@ Runner RegisterInfo(CLI::App& app) {
     for (const TensorInfo* t : engine->tensors().All()) {
       total_params += t->NumElements();
       tensors_by_dtype[DTypeName(t->dtype)] += 1;
-      if (t->name.find(".experts.") != std::string::npos) expert_params += t->NumElements();
     }
+    // Routed expert parameters from the config, whatever the layout stores
+    // them as (per-expert tensors or fused stacks); shared experts always run.
+    for (int64_t l = 0; l < c.num_layers; ++l)
+      if (c.IsMoeLayer(l)) expert_params += c.num_experts * 3 * c.hidden_size * c.ExpertFf();
     // Per token, a MoE layer runs num_experts_per_tok of its experts.
     const int64_t active_params =
         c.IsMoe() ? total_params - expert_params + expert_params * c.num_experts_per_tok / c.num_experts
@@ -45,6 +48,15 @@ Runner RegisterInfo(CLI::App& app) {
            {"tie_word_embeddings", c.tie_word_embeddings},
            {"num_experts", c.num_experts},
            {"num_experts_per_tok", c.num_experts_per_tok},
+           {"moe_layers", c.MoeLayers()},
+           {"expert_intermediate_size", c.IsMoe() ? c.ExpertFf() : 0},
+           {"router", c.IsMoe() ? RouterKindName(c.router) : "none"},
+           {"norm_topk_prob", c.IsMoe() && c.norm_topk_prob},
+           {"shared_expert_intermediate_size", c.shared_expert_intermediate_size},
+           {"qk_norm", QkNormKindName(c.qk_norm)},
+           {"rope_scaling", RopeScalingKindName(c.rope_scaling.kind)},
+           {"rope_scaling_factor", c.rope_scaling.factor},
+           {"context_limit", c.ContextLimit()},
            {"parameters", total_params},
            {"active_parameters_per_token", active_params},
            {"expert_parameters", expert_params},
@@ -63,15 +75,43 @@ Runner RegisterInfo(CLI::App& app) {
     std::printf("layers       %lld, d_model %lld, d_ff %lld, heads %lld (kv %lld, head_dim %lld)\n",
                 (long long)c.num_layers, (long long)c.hidden_size, (long long)c.intermediate_size,
                 (long long)c.num_heads, (long long)c.num_kv_heads, (long long)c.head_dim);
-    if (c.IsMoe())
-      std::printf("experts      %lld per layer, top-%lld routing\n", (long long)c.num_experts,
-                  (long long)c.num_experts_per_tok);
-    else
+    if (c.IsMoe()) {
+      const std::vector<int32_t> moe = c.MoeLayers();
+      std::string which;
+      if (static_cast<int64_t>(moe.size()) == c.num_layers) {
+        which = "all " + std::to_string(c.num_layers) + " layers MoE";
+      } else {
+        for (int32_t l : moe) which += (which.empty() ? "" : ",") + std::to_string(l);
+        which = std::to_string(moe.size()) + " of " + std::to_string(c.num_layers) +
+                " layers MoE (" + which + "), the rest dense";
+      }
+      std::printf("experts      %lld per layer of d_ff %lld, top-%lld routing (%s%s); %s\n",
+                  (long long)c.num_experts, (long long)c.ExpertFf(), (long long)c.num_experts_per_tok,
+                  RouterKindName(c.router),
+                  c.router == RouterKind::kSoftmaxTopK
+                      ? (c.norm_topk_prob ? ", renormalised" : ", not renormalised")
+                      : "",
+                  which.c_str());
+      if (c.shared_expert != SharedExpertKind::kNone)
+        std::printf("shared       one sigmoid-gated shared expert of d_ff %lld per MoE layer\n",
+                    (long long)c.shared_expert_intermediate_size);
+    } else {
       std::printf("experts      none (dense MLP)\n");
+    }
+    std::printf("attention    q/k norm: %s%s%s%s\n", QkNormKindName(c.qk_norm),
+                c.qkv_bias ? (c.o_bias ? "; q/k/v/o biases" : "; q/k/v biases") : "",
+                c.clip_qkv > 0 ? ("; clip_qkv " + std::to_string(c.clip_qkv)).c_str() : "",
+                c.attention_scale > 0 ? ("; scale " + std::to_string(c.attention_scale)).c_str() : "");
+    if (c.embedding_multiplier != 1 || c.residual_multiplier != 1 || c.logits_scaling != 1)
+      std::printf("multipliers  embedding x%g, residual x%g, logits /%g\n", c.embedding_multiplier,
+                  c.residual_multiplier, c.logits_scaling);
     std::printf("vocabulary   %lld (tokenizer: %d)\n", (long long)c.vocab_size,
                 engine->tokenizer().VocabSize());
-    std::printf("context      %lld positions, rope_theta %g%s\n", (long long)c.max_position_embeddings,
-                c.rope_theta,
+    std::printf("context      %lld positions, rope_theta %g, rope scaling %s%s%s\n",
+                (long long)c.ContextLimit(), c.rope_theta, RopeScalingKindName(c.rope_scaling.kind),
+                c.rope_scaling.kind != RopeScalingKind::kDefault
+                    ? (" x" + std::to_string(c.rope_scaling.factor)).c_str()
+                    : "",
                 c.sliding_window ? (", sliding window " + std::to_string(c.sliding_window)).c_str() : "");
     std::printf("parameters   %.3f M total, %.3f M active per token\n", total_params / 1e6,
                 active_params / 1e6);

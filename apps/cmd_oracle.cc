@@ -50,8 +50,8 @@ Runner RegisterOracle(CLI::App& app) {
     auto engine = LoadEngine(f->model, /*quiet=*/f->json);
     const ModelConfig& c = engine->config();
     Require(c.IsMoe(), "the model is dense: there is no router for an oracle to predict");
-    Require(f->window <= c.max_position_embeddings, "--window exceeds the model's context");
-    const int slot = wm::ResolveRouterLayer(f->router_layer, c.num_layers);
+    Require(f->window <= c.ContextLimit(), "--window exceeds the model's context");
+    const int slot = wm::ResolveRouterLayer(f->router_layer, c.NumMoeLayers());
     Stopwatch clock;
     std::vector<wm::TopLogprobs> x;
     std::vector<int32_t> labels;

@@ -16,7 +16,10 @@ Runner RegisterSynth(CLI::App& app) {
     bool list = false;
   };
   auto f = std::make_shared<Flags>();
-  cmd->add_option("--preset", f->options.preset, "model shape (see --list)");
+  auto* preset = cmd->add_option("--preset", f->options.preset, "model shape (see --list)");
+  cmd->add_option("--config", f->options.config_path,
+                  "a real config.json whose shape and layout to write (instead of --preset)")
+      ->excludes(preset);
   cmd->add_option("--out", f->options.out_dir, "output folder");
   cmd->add_option("--layers", f->options.layers, "keep only the first N layers")
       ->check(CLI::Range(1, 1000));
@@ -37,13 +40,16 @@ Runner RegisterSynth(CLI::App& app) {
       }
       return 0;
     }
-    Require(!f->options.preset.empty(), "synth needs --preset NAME (see epwa synth --list)");
+    Require(!f->options.preset.empty() || !f->options.config_path.empty(),
+            "synth needs --preset NAME (see epwa synth --list) or --config FILE");
     Require(!f->options.out_dir.empty(), "synth needs --out DIR");
     f->options.dtype = f->dtype == "f32" ? DType::kF32 : f->dtype == "f16" ? DType::kF16 : DType::kBF16;
     Stopwatch clock;
     const uint64_t bytes = WriteSynthModel(f->options);
     std::fprintf(stderr, "synth: wrote %s (%s, %.1f MB of weights) in %.1f s\n",
-                 f->options.out_dir.c_str(), f->options.preset.c_str(), bytes / 1e6, clock.Seconds());
+                 f->options.out_dir.c_str(),
+                 (f->options.preset.empty() ? f->options.config_path : f->options.preset).c_str(),
+                 bytes / 1e6, clock.Seconds());
     return 0;
   };
 }

@@ -2,6 +2,7 @@
 
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -15,23 +16,74 @@ namespace {
 
 using nlohmann::json;
 
-// Per-architecture facts that config.json leaves implicit.
-struct ArchitectureTraits {
+// One family: which config.json fields it reads and which kind it uses for
+// each concern. Defaults are those of the family's configuration_*.py in
+// transformers, used when a field is absent.
+enum class BiasRule {
+  kNone,            // no attention biases (Mixtral, Mistral)
+  kQkv,             // q/k/v biases always (Qwen2)
+  kQkvField,        // q/k/v biases unless `qkv_bias` is false (Qwen2-MoE)
+  kAttentionField,  // q/k/v/o biases iff `attention_bias` (Llama, Qwen3, OLMoE, Granite)
+};
+enum class WindowRule {
+  kNone,               // no sliding window field
+  kAlways,             // `sliding_window` applies to every layer when set (Mistral, Mixtral)
+  kFlagAllLayers,      // ... only when `use_sliding_window` (Qwen3-MoE: every layer)
+  kFlagFromMaxLayers,  // ... only when `use_sliding_window`, from max_window_layers on (Qwen2, Qwen3)
+};
+
+struct ArchitectureSpec {
   const char* name;
   const char* model_type;
   bool moe;
-  bool qkv_bias;
-  bool has_sliding_window;  // reads `sliding_window` from config.json
+  const char* experts_field;      // MoE: "num_local_experts" or "num_experts"
+  const char* expert_ff_field;    // MoE: "intermediate_size" or "moe_intermediate_size"
+  bool reads_norm_topk_prob;      // false: always renormalised (Mixtral)
+  bool norm_topk_prob_default;
+  bool layer_schedule;            // mlp_only_layers and decoder_sparse_step
+  RouterKind router;
+  ExpertLayout expert_layout;
+  SharedExpertKind shared_expert;
+  QkNormKind qk_norm;
+  BiasRule bias;
+  WindowRule window;
+  bool clip_qkv;                  // reads clip_qkv
+  bool multipliers;               // Granite's embedding/residual/attention/logits multipliers
 };
 
-constexpr ArchitectureTraits kArchitectures[] = {
-    {"MixtralForCausalLM", "mixtral", true, false, true},
-    {"LlamaForCausalLM", "llama", false, false, false},
-    {"MistralForCausalLM", "mistral", false, false, true},
-    {"Qwen2ForCausalLM", "qwen2", false, true, true},
+constexpr ArchitectureSpec kArchitectures[] = {
+    {"MixtralForCausalLM", "mixtral", true, "num_local_experts", "intermediate_size", false, true,
+     false, RouterKind::kSoftmaxTopK, ExpertLayout::kMixtral, SharedExpertKind::kNone,
+     QkNormKind::kNone, BiasRule::kNone, WindowRule::kAlways, false, false},
+    {"LlamaForCausalLM", "llama", false, nullptr, nullptr, false, true, false,
+     RouterKind::kSoftmaxTopK, ExpertLayout::kMixtral, SharedExpertKind::kNone, QkNormKind::kNone,
+     BiasRule::kAttentionField, WindowRule::kNone, false, false},
+    {"MistralForCausalLM", "mistral", false, nullptr, nullptr, false, true, false,
+     RouterKind::kSoftmaxTopK, ExpertLayout::kMixtral, SharedExpertKind::kNone, QkNormKind::kNone,
+     BiasRule::kNone, WindowRule::kAlways, false, false},
+    {"Qwen2ForCausalLM", "qwen2", false, nullptr, nullptr, false, true, false,
+     RouterKind::kSoftmaxTopK, ExpertLayout::kMixtral, SharedExpertKind::kNone, QkNormKind::kNone,
+     BiasRule::kQkv, WindowRule::kFlagFromMaxLayers, false, false},
+    {"Qwen3ForCausalLM", "qwen3", false, nullptr, nullptr, false, true, false,
+     RouterKind::kSoftmaxTopK, ExpertLayout::kPerExpert, SharedExpertKind::kNone,
+     QkNormKind::kPerHead, BiasRule::kAttentionField, WindowRule::kFlagFromMaxLayers, false,
+     false},
+    {"Qwen3MoeForCausalLM", "qwen3_moe", true, "num_experts", "moe_intermediate_size", true, false,
+     true, RouterKind::kSoftmaxTopK, ExpertLayout::kPerExpert, SharedExpertKind::kNone,
+     QkNormKind::kPerHead, BiasRule::kAttentionField, WindowRule::kFlagAllLayers, false, false},
+    {"OlmoeForCausalLM", "olmoe", true, "num_experts", "intermediate_size", true, false, false,
+     RouterKind::kSoftmaxTopK, ExpertLayout::kPerExpert, SharedExpertKind::kNone,
+     QkNormKind::kWholeProjection, BiasRule::kAttentionField, WindowRule::kNone, true, false},
+    {"Qwen2MoeForCausalLM", "qwen2_moe", true, "num_experts", "moe_intermediate_size", true, false,
+     true, RouterKind::kSoftmaxTopK, ExpertLayout::kPerExpert, SharedExpertKind::kSigmoidGated,
+     QkNormKind::kNone, BiasRule::kQkvField, WindowRule::kFlagAllLayers, false, false},
+    {"GraniteMoeForCausalLM", "granitemoe", true, "num_local_experts", "intermediate_size", false,
+     true, false, RouterKind::kTopKSoftmax, ExpertLayout::kFused, SharedExpertKind::kNone,
+     QkNormKind::kNone, BiasRule::kAttentionField, WindowRule::kNone, false, true},
 };
 
-const ArchitectureTraits* FindArchitecture(const std::string& name) {
+
+const ArchitectureSpec* FindArchitecture(const std::string& name) {
   for (const auto& a : kArchitectures)
     if (name == a.name) return &a;
   return nullptr;
@@ -144,15 +196,155 @@ std::vector<int32_t> TokenIdList(const json& v, const std::string& origin, const
 constexpr double kMaxParameters = 1125899906842624.0;  // 2^50
 
 double ParameterCount(const ModelConfig& c) {
-  const double D = c.hidden_size, F = c.intermediate_size;
+  const double D = static_cast<double>(c.hidden_size);
   const double attention = D * static_cast<double>(c.QDim()) * 2 + D * static_cast<double>(c.KvDim()) * 2;
-  const double experts = c.IsMoe() ? static_cast<double>(c.num_experts) : 1.0;
-  const double ffn = experts * 3 * D * F + static_cast<double>(c.num_experts) * D;
-  return static_cast<double>(c.vocab_size) * D * 2 +
-         static_cast<double>(c.num_layers) * (attention + ffn);
+  const double dense = 3 * D * static_cast<double>(c.intermediate_size);
+  const double moe = static_cast<double>(c.num_experts) * (3 * D * static_cast<double>(c.ExpertFf()) + D) +
+                     3 * D * static_cast<double>(c.shared_expert_intermediate_size) + D;
+  double layers = 0;
+  for (int64_t l = 0; l < c.num_layers; ++l) layers += attention + (c.IsMoeLayer(l) ? moe : dense);
+  return static_cast<double>(c.vocab_size) * D * 2 + layers;
+}
+
+// A positive float32 read from config.json (epsilons and multipliers).
+float PositiveFloat(const Fields& f, const json& j, const char* key, double fallback,
+                    const std::string& origin, const char* what) {
+  const double v = f.Number(key, fallback);
+  Require(v > 0 && v <= std::numeric_limits<float>::max() && static_cast<float>(v) > 0,
+          origin + ": " + key + " is " + json(v).dump() + ", which is not a positive float32 value" +
+              what);
+  return static_cast<float>(v);
+}
+
+// Reads rope_scaling (transformers v4) or rope_parameters (v5) into
+// c->rope_scaling, following transformers' modeling_rope_utils: `type` is an
+// old spelling of `rope_type`; each kind's required fields must be present.
+void ParseRopeScaling(const json& j, const std::string& origin, ModelConfig* c) {
+  const char* key = j.contains("rope_parameters") && !j["rope_parameters"].is_null()
+                        ? "rope_parameters"
+                        : "rope_scaling";
+  if (!j.contains(key) || j[key].is_null()) return;
+  const json& rs = j[key];
+  const std::string where = origin + ": " + key;
+  Require(rs.is_object(), where + " must be an object");
+  Fields f(rs, where);
+  std::string type;
+  for (const char* k : {"rope_type", "type"}) {
+    if (!f.Has(k)) continue;
+    Require(rs[k].is_string(), where + "." + k + " must be a string");
+    const std::string t = rs[k].get<std::string>();
+    Require(type.empty() || type == t, where + " has rope_type '" + type + "' and type '" + t +
+                                           "', which disagree");
+    type = t;
+  }
+  Require(!type.empty(), where + " has no 'rope_type' (or 'type') field");
+  if (rs.contains("rope_theta")) {
+    c->rope_theta = f.Number("rope_theta", c->rope_theta);
+    Require(c->rope_theta > 1.0, where + ".rope_theta must be greater than 1");
+  }
+  RopeScaling& r = c->rope_scaling;
+  auto factor = [&](bool required) {
+    Require(!required || f.Has("factor"), where + ": rope_type '" + type + "' needs the field 'factor'");
+    r.factor = f.Number("factor", r.factor);
+    Require(r.factor >= 1.0, where + ".factor is " + json(r.factor).dump() + ", must be at least 1");
+  };
+  if (type == "default") {
+    r.kind = RopeScalingKind::kDefault;
+  } else if (type == "linear") {
+    r.kind = RopeScalingKind::kLinear;
+    factor(true);
+  } else if (type == "dynamic") {
+    r.kind = RopeScalingKind::kDynamic;
+    factor(true);
+  } else if (type == "llama3") {
+    r.kind = RopeScalingKind::kLlama3;
+    factor(true);
+    for (const char* k : {"low_freq_factor", "high_freq_factor", "original_max_position_embeddings"})
+      Require(f.Has(k), where + ": rope_type 'llama3' needs the field '" + k + "'");
+    r.low_freq_factor = f.Number("low_freq_factor", 1.0);
+    r.high_freq_factor = f.Number("high_freq_factor", 4.0);
+    Require(r.low_freq_factor > 0 && r.high_freq_factor > r.low_freq_factor,
+            where + ": high_freq_factor must be greater than low_freq_factor, and both positive");
+    r.original_max_position_embeddings = f.Int("original_max_position_embeddings", 1);
+  } else if (type == "yarn") {
+    r.kind = RopeScalingKind::kYarn;
+    r.original_max_position_embeddings =
+        f.IntOr("original_max_position_embeddings", c->max_position_embeddings, 1);
+    if (f.Has("factor")) {
+      factor(true);
+    } else {
+      // transformers derives the factor from the two context lengths when it is absent.
+      r.factor = static_cast<double>(c->max_position_embeddings) /
+                 static_cast<double>(r.original_max_position_embeddings);
+      Require(r.factor >= 1.0, where + ": rope_type 'yarn' needs the field 'factor'");
+    }
+    r.beta_fast = f.Number("beta_fast", 32.0);
+    r.beta_slow = f.Number("beta_slow", 1.0);
+    Require(r.beta_fast > 0 && r.beta_slow > 0 && r.beta_fast > r.beta_slow,
+            where + ": beta_fast must be greater than beta_slow, and both positive");
+    r.truncate = f.Bool("truncate", true);
+    // mscale(s, m) = 0.1 m ln(s) + 1 (1 for s <= 1), the YaRN paper's attention temperature.
+    auto mscale = [&](double m) { return r.factor <= 1 ? 1.0 : 0.1 * m * std::log(r.factor) + 1.0; };
+    if (f.Has("attention_factor")) {
+      r.attention_factor = f.Number("attention_factor", 1.0);
+      Require(r.attention_factor > 0, where + ".attention_factor must be positive");
+    } else {
+      const double m = f.Number("mscale", 0.0), m_all = f.Number("mscale_all_dim", 0.0);
+      r.attention_factor = (m != 0 && m_all != 0) ? mscale(m) / mscale(m_all) : mscale(1.0);
+    }
+  } else {
+    throw Error(where + " type '" + type +
+                "' is not supported (supported: default, linear, dynamic, llama3, yarn)");
+  }
+}
+
+// A list of layer indices such as mlp_only_layers, each in [0, layers).
+std::vector<int32_t> LayerList(const json& j, const char* key, int64_t layers,
+                               const std::string& origin) {
+  std::vector<int32_t> out;
+  if (!j.contains(key) || j[key].is_null()) return out;
+  Require(j[key].is_array(), origin + ": field '" + key + "' must be a list of layer indices");
+  for (const json& v : j[key]) {
+    Require(v.is_number_integer() && v.get<int64_t>() >= 0 && v.get<int64_t>() < layers,
+            origin + ": field '" + key + "' holds " +
+                v.dump(-1, ' ', false, json::error_handler_t::replace) +
+                ", which is not a layer index below num_hidden_layers (" + std::to_string(layers) + ")");
+    out.push_back(static_cast<int32_t>(v.get<int64_t>()));
+  }
+  std::sort(out.begin(), out.end());
+  out.erase(std::unique(out.begin(), out.end()), out.end());
+  return out;
 }
 
 }  // namespace
+
+const char* QkNormKindName(QkNormKind kind) {
+  switch (kind) {
+    case QkNormKind::kNone: return "none";
+    case QkNormKind::kPerHead: return "per-head RMSNorm";
+    case QkNormKind::kWholeProjection: return "whole-projection RMSNorm";
+  }
+  return "?";
+}
+
+const char* RouterKindName(RouterKind kind) {
+  switch (kind) {
+    case RouterKind::kSoftmaxTopK: return "softmax, top-k";
+    case RouterKind::kTopKSoftmax: return "top-k, softmax over k";
+  }
+  return "?";
+}
+
+const char* RopeScalingKindName(RopeScalingKind kind) {
+  switch (kind) {
+    case RopeScalingKind::kDefault: return "default";
+    case RopeScalingKind::kLinear: return "linear";
+    case RopeScalingKind::kDynamic: return "dynamic";
+    case RopeScalingKind::kLlama3: return "llama3";
+    case RopeScalingKind::kYarn: return "yarn";
+  }
+  return "?";
+}
 
 std::vector<std::string> SupportedArchitectures() {
   std::vector<std::string> names;
@@ -174,7 +366,7 @@ ModelConfig ParseModelConfig(const std::string& json_text, const std::string& or
           origin + ": field 'architectures' is missing (expected e.g. [\"MixtralForCausalLM\"])");
   ModelConfig c;
   c.architecture = j["architectures"][0].get<std::string>();
-  const ArchitectureTraits* arch = FindArchitecture(c.architecture);
+  const ArchitectureSpec* arch = FindArchitecture(c.architecture);
   Require(arch != nullptr, origin + ": architecture '" + c.architecture +
                                "' is not supported (supported: " + JoinSupported() + ")");
   c.model_type = arch->model_type;
@@ -202,12 +394,7 @@ ModelConfig ParseModelConfig(const std::string& json_text, const std::string& or
   c.max_position_embeddings = f.IntOr("max_position_embeddings", 4096, 1);
   // The forward pass computes in float32, so the epsilon must be a positive
   // float32: 1e300 would become infinity (every activation 0) and 1e-50 zero.
-  const double eps = f.Number("rms_norm_eps", 1e-6);
-  Require(eps > 0 && eps <= std::numeric_limits<float>::max() &&
-              static_cast<float>(eps) > 0,
-          origin + ": rms_norm_eps is " + json(eps).dump() +
-              ", which is not a positive float32 value (real models use ~1e-5 or 1e-6)");
-  c.rms_norm_eps = static_cast<float>(eps);
+  c.rms_norm_eps = PositiveFloat(f, j, "rms_norm_eps", 1e-6, origin, " (real models use ~1e-5 or 1e-6)");
   c.rope_theta = f.Number("rope_theta", 10000.0);
   Require(c.rope_theta > 1.0, origin + ": rope_theta is " + json(c.rope_theta).dump() +
                                   ", must be greater than 1");
@@ -220,43 +407,77 @@ ModelConfig ParseModelConfig(const std::string& json_text, const std::string& or
             origin + ": hidden_act " + act.dump(-1, ' ', false, json::error_handler_t::replace) +
                 " is not supported (supported: \"silu\", also spelt \"swish\")");
   }
-  if (f.Has("rope_scaling")) {
-    const json& rs = j["rope_scaling"];
-    std::string type = "?";
-    if (rs.is_object()) {
-      for (const char* key : {"rope_type", "type"})
-        if (rs.contains(key) && rs[key].is_string()) type = rs[key].get<std::string>();
-    }
-    // "default" is the HF spelling of plain RoPE; every other type changes the
-    // frequencies and would silently produce wrong logits if ignored.
-    Require(type == "default", origin + ": rope_scaling type '" + type +
-                                   "' is not supported (only plain RoPE with rope_theta)");
-  }
+  // A partial rotary embedding rotates only part of each head; no supported
+  // family uses one, and ignoring it would rotate the wrong dimensions.
+  if (f.Has("partial_rotary_factor"))
+    Require(f.Number("partial_rotary_factor", 1.0) == 1.0,
+            origin + ": partial_rotary_factor other than 1 is not supported");
+  ParseRopeScaling(j, origin, &c);
   c.tie_word_embeddings = f.Bool("tie_word_embeddings", false);
-  c.qkv_bias = arch->qkv_bias;
-  if (c.architecture == "LlamaForCausalLM") {
-    c.qkv_bias = c.o_bias = f.Bool("attention_bias", false);
-    Require(!f.Bool("mlp_bias", false),
-            origin + ": mlp_bias=true is not supported (no released Llama model uses it)");
+
+  switch (arch->bias) {
+    case BiasRule::kNone: break;
+    case BiasRule::kQkv: c.qkv_bias = true; break;
+    case BiasRule::kQkvField: c.qkv_bias = f.Bool("qkv_bias", true); break;
+    case BiasRule::kAttentionField: c.qkv_bias = c.o_bias = f.Bool("attention_bias", false); break;
   }
-  if (arch->has_sliding_window && f.Has("sliding_window")) {
-    // Qwen2 configs carry a sliding_window that is only used when
+  Require(!f.Bool("mlp_bias", false),
+          origin + ": mlp_bias=true is not supported (no released model of these families uses it)");
+  c.qk_norm = arch->qk_norm;
+  if (arch->clip_qkv && f.Has("clip_qkv")) {
+    const double clip = f.Number("clip_qkv", 0.0);
+    Require(clip > 0 && clip <= std::numeric_limits<float>::max(),
+            origin + ": clip_qkv is " + json(clip).dump() + ", must be a positive number or null");
+    c.clip_qkv = static_cast<float>(clip);
+  }
+  if (arch->multipliers) {
+    c.embedding_multiplier = PositiveFloat(f, j, "embedding_multiplier", 1.0, origin, "");
+    c.residual_multiplier = PositiveFloat(f, j, "residual_multiplier", 1.0, origin, "");
+    c.attention_scale = PositiveFloat(f, j, "attention_multiplier", 1.0, origin, "");
+    c.logits_scaling = PositiveFloat(f, j, "logits_scaling", 1.0, origin, "");
+  }
+
+  if (arch->window != WindowRule::kNone && f.Has("sliding_window")) {
+    // Qwen configs carry a sliding_window that is only used when
     // use_sliding_window is true; Mistral and Mixtral use it whenever set.
-    bool enabled = c.model_type == "qwen2" ? f.Bool("use_sliding_window", false) : true;
+    const bool enabled = arch->window == WindowRule::kAlways || f.Bool("use_sliding_window", false);
     if (enabled) c.sliding_window = f.Int("sliding_window", 1);
-    // Qwen2 windows only the layers from max_window_layers on; epwa applies
-    // one window to every layer, so refuse the mixed case rather than guess.
-    Require(!(enabled && c.model_type == "qwen2" &&
+    // Qwen2 and Qwen3 window only the layers from max_window_layers on; epwa
+    // applies one window to every layer, so refuse the mixed case rather than guess.
+    Require(!(enabled && arch->window == WindowRule::kFlagFromMaxLayers &&
               f.IntOr("max_window_layers", c.num_layers, 0) < c.num_layers),
-            origin + ": Qwen2 with use_sliding_window=true and max_window_layers below "
-                     "num_hidden_layers is not supported");
+            origin + ": use_sliding_window=true with max_window_layers below num_hidden_layers "
+                     "is not supported");
   }
   if (arch->moe) {
-    c.num_experts = f.Int("num_local_experts", 1);
+    c.router = arch->router;
+    c.expert_layout = arch->expert_layout;
+    c.num_experts = f.Int(arch->experts_field, 1);
     c.num_experts_per_tok = f.Int("num_experts_per_tok", 1);
     Require(c.num_experts_per_tok <= c.num_experts,
             origin + ": num_experts_per_tok (" + std::to_string(c.num_experts_per_tok) +
-                ") exceeds num_local_experts (" + std::to_string(c.num_experts) + ")");
+                ") exceeds " + arch->experts_field + " (" + std::to_string(c.num_experts) + ")");
+    c.moe_intermediate_size = f.Int(arch->expert_ff_field, 1);
+    c.norm_topk_prob = arch->reads_norm_topk_prob
+                           ? f.Bool("norm_topk_prob", arch->norm_topk_prob_default)
+                           : arch->norm_topk_prob_default;
+    if (arch->shared_expert != SharedExpertKind::kNone) {
+      c.shared_expert = arch->shared_expert;
+      c.shared_expert_intermediate_size = f.Int("shared_expert_intermediate_size", 1);
+    }
+    if (arch->layer_schedule) {
+      // transformers: layer i is MoE iff i is not in mlp_only_layers and
+      // (i + 1) % decoder_sparse_step == 0.
+      const std::vector<int32_t> mlp_only = LayerList(j, "mlp_only_layers", c.num_layers, origin);
+      const int64_t step = f.IntOr("decoder_sparse_step", 1, 1);
+      for (int64_t l = 0; l < c.num_layers; ++l)
+        if (std::binary_search(mlp_only.begin(), mlp_only.end(), static_cast<int32_t>(l)) ||
+            (l + 1) % step != 0)
+          c.dense_layers.push_back(static_cast<int32_t>(l));
+      Require(c.NumMoeLayers() > 0,
+              origin + ": mlp_only_layers and decoder_sparse_step leave no MoE layer; "
+                       "set num_experts to 0 for a dense model");
+    }
   }
   Require(ParameterCount(c) <= kMaxParameters,
           origin + ": the sizes describe a model of about " + json(ParameterCount(c)).dump() +
@@ -284,32 +505,74 @@ ModelConfig LoadModelConfig(const std::string& model_dir) {
 }
 
 std::string ModelConfigToJson(const ModelConfig& c) {
+  const ArchitectureSpec* arch = FindArchitecture(c.architecture);
+  Require(arch != nullptr, "internal: no architecture entry for " + c.architecture);
   json j;
   j["architectures"] = {c.architecture};
-  j["model_type"] = c.model_type;
+  j["model_type"] = arch->model_type;
   j["vocab_size"] = c.vocab_size;
   j["hidden_size"] = c.hidden_size;
   j["intermediate_size"] = c.intermediate_size;
   j["num_hidden_layers"] = c.num_layers;
   j["num_attention_heads"] = c.num_heads;
   j["num_key_value_heads"] = c.num_kv_heads;
-  if (c.head_dim != c.hidden_size / c.num_heads) j["head_dim"] = c.head_dim;
+  if (c.head_dim * c.num_heads != c.hidden_size || arch->qk_norm == QkNormKind::kPerHead ||
+      arch->qk_norm == QkNormKind::kWholeProjection)
+    j["head_dim"] = c.head_dim;
   j["max_position_embeddings"] = c.max_position_embeddings;
   j["rms_norm_eps"] = c.rms_norm_eps;
   j["rope_theta"] = c.rope_theta;
+  const RopeScaling& r = c.rope_scaling;
+  if (r.kind != RopeScalingKind::kDefault) {
+    json rs = {{"rope_type", RopeScalingKindName(r.kind)}, {"factor", r.factor}};
+    if (r.kind == RopeScalingKind::kLlama3) {
+      rs["low_freq_factor"] = r.low_freq_factor;
+      rs["high_freq_factor"] = r.high_freq_factor;
+    }
+    if (r.kind == RopeScalingKind::kLlama3 || r.kind == RopeScalingKind::kYarn)
+      rs["original_max_position_embeddings"] = r.original_max_position_embeddings;
+    if (r.kind == RopeScalingKind::kYarn) {
+      rs["beta_fast"] = r.beta_fast;
+      rs["beta_slow"] = r.beta_slow;
+      rs["truncate"] = r.truncate;
+      rs["attention_factor"] = r.attention_factor;
+    }
+    j["rope_scaling"] = rs;
+  }
   j["tie_word_embeddings"] = c.tie_word_embeddings;
   j["hidden_act"] = "silu";
-  if (c.model_type == "qwen2") {
-    j["use_sliding_window"] = c.sliding_window > 0;
-    j["sliding_window"] = c.sliding_window > 0 ? c.sliding_window : c.max_position_embeddings;
-  } else if (c.model_type == "mistral" || c.model_type == "mixtral") {
-    j["sliding_window"] = c.sliding_window > 0 ? json(c.sliding_window) : json(nullptr);
-  } else if (c.model_type == "llama") {
-    j["attention_bias"] = c.o_bias;
+  switch (arch->window) {
+    case WindowRule::kNone: break;
+    case WindowRule::kAlways:
+      j["sliding_window"] = c.sliding_window > 0 ? json(c.sliding_window) : json(nullptr);
+      break;
+    case WindowRule::kFlagAllLayers:
+    case WindowRule::kFlagFromMaxLayers:
+      j["use_sliding_window"] = c.sliding_window > 0;
+      j["sliding_window"] = c.sliding_window > 0 ? c.sliding_window : c.max_position_embeddings;
+      if (arch->window == WindowRule::kFlagFromMaxLayers) j["max_window_layers"] = c.num_layers;
+      break;
+  }
+  if (arch->bias == BiasRule::kAttentionField) j["attention_bias"] = c.o_bias;
+  if (arch->bias == BiasRule::kQkvField) j["qkv_bias"] = c.qkv_bias;
+  if (arch->clip_qkv) j["clip_qkv"] = c.clip_qkv > 0 ? json(c.clip_qkv) : json(nullptr);
+  if (arch->multipliers) {
+    j["embedding_multiplier"] = c.embedding_multiplier;
+    j["residual_multiplier"] = c.residual_multiplier;
+    j["attention_multiplier"] = c.attention_scale;
+    j["logits_scaling"] = c.logits_scaling;
   }
   if (c.IsMoe()) {
-    j["num_local_experts"] = c.num_experts;
+    j[arch->experts_field] = c.num_experts;
     j["num_experts_per_tok"] = c.num_experts_per_tok;
+    j[arch->expert_ff_field] = c.ExpertFf();
+    if (arch->reads_norm_topk_prob) j["norm_topk_prob"] = c.norm_topk_prob;
+    if (arch->shared_expert != SharedExpertKind::kNone)
+      j["shared_expert_intermediate_size"] = c.shared_expert_intermediate_size;
+    if (arch->layer_schedule) {
+      j["decoder_sparse_step"] = 1;
+      j["mlp_only_layers"] = c.dense_layers;
+    }
     j["router_aux_loss_coef"] = 0.02;
   }
   if (c.bos_token_id >= 0) j["bos_token_id"] = c.bos_token_id;
@@ -317,6 +580,69 @@ std::string ModelConfigToJson(const ModelConfig& c) {
   else if (!c.eos_token_ids.empty()) j["eos_token_id"] = c.eos_token_ids;
   j["torch_dtype"] = c.torch_dtype.empty() ? "bfloat16" : c.torch_dtype;
   return j.dump(2) + "\n";
+}
+
+std::vector<double> RopeInverseFrequencies(const ModelConfig& c, int64_t seq_len) {
+  const RopeScaling& r = c.rope_scaling;
+  const int64_t dim = c.head_dim, half = dim / 2;
+  double theta = c.rope_theta;
+  // Dynamic NTK raises the base once the sequence outgrows the trained
+  // context, by the factor transformers' _compute_dynamic_ntk_parameters uses.
+  if (r.kind == RopeScalingKind::kDynamic && seq_len > c.max_position_embeddings) {
+    const double s = static_cast<double>(seq_len) / static_cast<double>(c.max_position_embeddings);
+    theta *= std::pow(r.factor * s - (r.factor - 1), static_cast<double>(dim) / static_cast<double>(dim - 2));
+  }
+  std::vector<double> inv(half);
+  for (int64_t i = 0; i < half; ++i)
+    inv[i] = 1.0 / std::pow(theta, static_cast<double>(2 * i) / static_cast<double>(dim));
+  switch (r.kind) {
+    case RopeScalingKind::kDefault:
+    case RopeScalingKind::kDynamic:
+      break;
+    case RopeScalingKind::kLinear:
+      for (double& f : inv) f /= r.factor;
+      break;
+    case RopeScalingKind::kLlama3: {
+      // Long wavelengths are slowed by `factor`, short ones kept, and the
+      // band between blended smoothly (Llama 3.1's recipe).
+      const double orig = static_cast<double>(r.original_max_position_embeddings);
+      const double low_wavelen = orig / r.low_freq_factor, high_wavelen = orig / r.high_freq_factor;
+      for (double& f : inv) {
+        const double wavelen = 2 * M_PI / f;
+        if (wavelen > low_wavelen) {
+          f /= r.factor;
+        } else if (wavelen >= high_wavelen) {
+          const double s = (orig / wavelen - r.low_freq_factor) / (r.high_freq_factor - r.low_freq_factor);
+          f = (1 - s) * f / r.factor + s * f;
+        }
+      }
+      break;
+    }
+    case RopeScalingKind::kYarn: {
+      // Pairs that turn more than beta_fast times over the original context
+      // keep their frequency, those turning fewer than beta_slow times are
+      // interpolated by `factor`, and a linear ramp joins the two.
+      const double orig = static_cast<double>(r.original_max_position_embeddings);
+      auto correction_dim = [&](double rotations) {
+        return static_cast<double>(dim) * std::log(orig / (rotations * 2 * M_PI)) / (2 * std::log(c.rope_theta));
+      };
+      double low = correction_dim(r.beta_fast), high = correction_dim(r.beta_slow);
+      if (r.truncate) {
+        low = std::floor(low);
+        high = std::ceil(high);
+      }
+      low = std::max(low, 0.0);
+      high = std::min(high, static_cast<double>(dim - 1));
+      if (low == high) high += 0.001;
+      for (int64_t i = 0; i < half; ++i) {
+        const double ramp = std::clamp((static_cast<double>(i) - low) / (high - low), 0.0, 1.0);
+        const double keep = 1 - ramp;  // weight of the original (extrapolated) frequency
+        inv[i] = inv[i] / r.factor * (1 - keep) + inv[i] * keep;
+      }
+      break;
+    }
+  }
+  return inv;
 }
 
 }  // namespace epwa

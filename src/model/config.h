@@ -1,23 +1,71 @@
 // ModelConfig: everything the forward pass needs to know about a model,
 // filled from a Hugging Face config.json.
 //
-// Architecture differences (MoE or dense, q/k/v biases, sliding window, tied
-// embeddings) are data in this struct, set from a per-architecture table, so
-// the forward pass has no `if (architecture == ...)` branches.
+// Architectures are data. A family (MixtralForCausalLM, Qwen3MoeForCausalLM,
+// ...) is one entry of a table in config.cc that says which config.json
+// fields it reads and which *kind* it uses for each concern below; the
+// forward pass, the weight binder, the planner and the router hash ask the
+// kind, never the architecture name. A new family is a table entry, a
+// reference fixture and at most one new kind.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <vector>
 
 namespace epwa {
 
+// How q and k are normalised before the rotary embedding.
+enum class QkNormKind {
+  kNone,
+  kPerHead,          // Qwen3: RMSNorm of each head vector over head_dim, one [head_dim] weight
+  kWholeProjection,  // OLMoE: RMSNorm over the whole q (heads*head_dim) / k projection
+};
+
+// How a router turns its logits into (experts, weights). The routing trace
+// records the logits and the kind's choice; see RouteToken.
+enum class RouterKind {
+  kSoftmaxTopK,  // Mixtral, Qwen-MoE, OLMoE: softmax over all experts, top-k, renorm optional
+  kTopKSoftmax,  // Granite-MoE: top-k of the logits, softmax over those k
+};
+
+// How the experts of an MoE layer are stored in the checkpoint.
+enum class ExpertLayout {
+  kMixtral,   // block_sparse_moe.experts.{e}.w1/w3/w2 (gate/up/down), router block_sparse_moe.gate
+  kPerExpert, // mlp.experts.{e}.{gate,up,down}_proj, router mlp.gate (Qwen-MoE, OLMoE)
+  kFused,     // block_sparse_moe.input_linear [E, 2I, H] (gate rows then up rows) and
+              // output_linear [E, H, I], router block_sparse_moe.router.layer (Granite-MoE)
+};
+
+// A shared expert applied to every token beside the routed ones.
+enum class SharedExpertKind {
+  kNone,
+  kSigmoidGated,  // Qwen2-MoE: sigmoid(x . shared_expert_gate) * SwiGLU_shared(x)
+};
+
+// Rotary scaling (config.json rope_scaling / rope_parameters).
+enum class RopeScalingKind { kDefault, kLinear, kDynamic, kLlama3, kYarn };
+
+struct RopeScaling {
+  RopeScalingKind kind = RopeScalingKind::kDefault;
+  double factor = 1.0;
+  // llama3 and yarn: the pre-training context the frequencies were fitted to.
+  int64_t original_max_position_embeddings = 0;
+  double low_freq_factor = 1.0, high_freq_factor = 4.0;  // llama3
+  double beta_fast = 32.0, beta_slow = 1.0;              // yarn
+  bool truncate = true;                                  // yarn: floor/ceil the ramp ends
+  // The factor cos and sin are multiplied by (yarn); 1 for the other kinds.
+  double attention_factor = 1.0;
+};
+
 struct ModelConfig {
   std::string architecture;  // e.g. "MixtralForCausalLM"
   std::string model_type;    // e.g. "mixtral"
   int64_t vocab_size = 0;
   int64_t hidden_size = 0;        // d_model
-  int64_t intermediate_size = 0;  // d_ff of the dense MLP or of one expert
+  int64_t intermediate_size = 0;  // d_ff of a dense MLP layer (and of an expert when
+                                  // moe_intermediate_size is 0)
   int64_t num_layers = 0;
   int64_t num_heads = 0;
   int64_t num_kv_heads = 0;
@@ -25,25 +73,78 @@ struct ModelConfig {
   int64_t max_position_embeddings = 0;
   float rms_norm_eps = 1e-5f;
   double rope_theta = 10000.0;
+  RopeScaling rope_scaling;
   // Attention sees keys j with i - j < sliding_window; 0 means unlimited.
   int64_t sliding_window = 0;
   bool tie_word_embeddings = false;
-  bool qkv_bias = false;  // Qwen2: q/k/v projections carry biases
-  bool o_bias = false;    // Llama attention_bias=true: o_proj has a bias too
+  bool qkv_bias = false;  // q/k/v projections carry biases
+  bool o_bias = false;    // o_proj carries a bias
+  QkNormKind qk_norm = QkNormKind::kNone;
+  float clip_qkv = 0;     // OLMoE: q, k, v clamped to [-clip, clip] after the norms; 0 = off
+
+  // Granite multipliers (1 elsewhere): the embedding output is multiplied by
+  // embedding_multiplier, each branch output by residual_multiplier before it
+  // is added, the logits divided by logits_scaling. attention_scale replaces
+  // head_dim^-0.5 when non-zero.
+  float embedding_multiplier = 1.0f;
+  float residual_multiplier = 1.0f;
+  float attention_scale = 0.0f;
+  float logits_scaling = 1.0f;
 
   // Mixture of experts; num_experts == 0 means a dense MLP in every layer.
   int64_t num_experts = 0;
   int64_t num_experts_per_tok = 0;
-  bool norm_topk_prob = true;  // renormalise the top-k router weights to sum 1
+  int64_t moe_intermediate_size = 0;  // d_ff of one expert; 0: intermediate_size
+  bool norm_topk_prob = true;  // kSoftmaxTopK: renormalise the top-k weights to sum 1
+  RouterKind router = RouterKind::kSoftmaxTopK;
+  ExpertLayout expert_layout = ExpertLayout::kMixtral;
+  SharedExpertKind shared_expert = SharedExpertKind::kNone;
+  int64_t shared_expert_intermediate_size = 0;
+  // Layers that use a dense MLP although the model has experts (Qwen's
+  // mlp_only_layers and decoder_sparse_step), ascending. Empty: every layer
+  // is MoE when num_experts > 0.
+  std::vector<int32_t> dense_layers;
 
   std::vector<int32_t> eos_token_ids;
   int32_t bos_token_id = -1;
   std::string torch_dtype;
 
   bool IsMoe() const { return num_experts > 0; }
+  bool IsMoeLayer(int64_t layer) const {
+    return IsMoe() && !std::binary_search(dense_layers.begin(), dense_layers.end(),
+                                          static_cast<int32_t>(layer));
+  }
+  // Model layer indices of the MoE layers, ascending.
+  std::vector<int32_t> MoeLayers() const {
+    std::vector<int32_t> out;
+    for (int64_t l = 0; l < num_layers; ++l)
+      if (IsMoeLayer(l)) out.push_back(static_cast<int32_t>(l));
+    return out;
+  }
+  int64_t NumMoeLayers() const { return static_cast<int64_t>(MoeLayers().size()); }
+  int64_t ExpertFf() const { return moe_intermediate_size > 0 ? moe_intermediate_size : intermediate_size; }
+  bool HasDenseLayers() const { return !IsMoe() || !dense_layers.empty(); }
+  // The widest feed-forward of any layer (dense MLP, expert or shared expert).
+  int64_t MaxFf() const {
+    int64_t f = IsMoe() ? ExpertFf() : intermediate_size;
+    if (HasDenseLayers()) f = std::max(f, intermediate_size);
+    if (shared_expert != SharedExpertKind::kNone) f = std::max(f, shared_expert_intermediate_size);
+    return f;
+  }
   int64_t QDim() const { return num_heads * head_dim; }
   int64_t KvDim() const { return num_kv_heads * head_dim; }
+  // The longest context the model supports: max_position_embeddings, times
+  // the factor for dynamic NTK scaling (whose purpose is running past it).
+  int64_t ContextLimit() const {
+    if (rope_scaling.kind == RopeScalingKind::kDynamic)
+      return static_cast<int64_t>(static_cast<double>(max_position_embeddings) * rope_scaling.factor);
+    return max_position_embeddings;
+  }
 };
+
+const char* QkNormKindName(QkNormKind kind);
+const char* RouterKindName(RouterKind kind);
+const char* RopeScalingKindName(RopeScalingKind kind);
 
 // The architectures epwa runs, for messages: "MixtralForCausalLM, ...".
 std::vector<std::string> SupportedArchitectures();
@@ -57,5 +158,10 @@ ModelConfig LoadModelConfig(const std::string& model_dir);
 // Writes config.json text for `config` in the Hugging Face layout of its
 // architecture (used by `epwa synth`).
 std::string ModelConfigToJson(const ModelConfig& config);
+
+// The rotary inverse frequencies [head_dim / 2] for a forward call whose last
+// position is seq_len - 1 (only dynamic scaling depends on it), and the factor
+// cos/sin are multiplied by. Written from transformers' modeling_rope_utils.
+std::vector<double> RopeInverseFrequencies(const ModelConfig& config, int64_t seq_len);
 
 }  // namespace epwa

@@ -3,6 +3,16 @@
 #include <gtest/gtest.h>
 
 #include "base/error.h"
+#include "model/weights.h"
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <optional>
+#include <set>
+
+#include <nlohmann/json.hpp>
 
 namespace epwa {
 namespace {
@@ -68,15 +78,118 @@ TEST(ModelConfig, MistralUsesSlidingWindow) {
 TEST(ModelConfig, RefusesUnknownArchitectureListingSupported) {
   std::string msg = ErrorOf(Replace(kMixtral, "MixtralForCausalLM", "GPT2LMHeadModel"));
   EXPECT_NE(msg.find("GPT2LMHeadModel"), std::string::npos) << msg;
-  EXPECT_NE(msg.find("MixtralForCausalLM, LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM"),
+  EXPECT_NE(msg.find("MixtralForCausalLM, LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, "
+                     "Qwen3ForCausalLM, Qwen3MoeForCausalLM, OlmoeForCausalLM, Qwen2MoeForCausalLM, "
+                     "GraniteMoeForCausalLM"),
             std::string::npos)
       << msg;
 }
 
-TEST(ModelConfig, RefusesRopeScaling) {
-  std::string msg = ErrorOf(Replace(kMixtral, "\"sliding_window\": null",
-                                    "\"rope_scaling\": {\"type\": \"yarn\", \"factor\": 4.0}"));
-  EXPECT_NE(msg.find("rope_scaling type 'yarn'"), std::string::npos) << msg;
+std::string WithRope(const std::string& rope_json) {
+  return Replace(kMixtral, "\"sliding_window\": null", "\"rope_scaling\": " + rope_json);
+}
+
+TEST(ModelConfig, RefusesUnknownRopeTypesNamingTheField) {
+  std::string msg = ErrorOf(WithRope(R"({"type": "longrope", "factor": 4.0})"));
+  EXPECT_NE(msg.find("rope_scaling type 'longrope' is not supported"), std::string::npos) << msg;
+  msg = ErrorOf(WithRope(R"({"rope_type": "llama3", "factor": 8.0})"));
+  EXPECT_NE(msg.find("needs the field 'low_freq_factor'"), std::string::npos) << msg;
+  msg = ErrorOf(WithRope(R"({"rope_type": "linear"})"));
+  EXPECT_NE(msg.find("needs the field 'factor'"), std::string::npos) << msg;
+  msg = ErrorOf(WithRope(R"({"factor": 2.0})"));
+  EXPECT_NE(msg.find("no 'rope_type'"), std::string::npos) << msg;
+  msg = ErrorOf(WithRope(R"({"rope_type": "linear", "type": "dynamic", "factor": 2.0})"));
+  EXPECT_NE(msg.find("disagree"), std::string::npos) << msg;
+  msg = ErrorOf(WithRope(R"({"rope_type": "dynamic", "factor": 0.5})"));
+  EXPECT_NE(msg.find("factor is 0.5"), std::string::npos) << msg;
+}
+
+TEST(ModelConfig, AcceptsEveryRopeTypeAndTheTypeAlias) {
+  EXPECT_EQ(ParseModelConfig(WithRope(R"({"type": "linear", "factor": 2.0})"), "c").rope_scaling.kind,
+            RopeScalingKind::kLinear);
+  EXPECT_EQ(ParseModelConfig(WithRope(R"({"rope_type": "default"})"), "c").rope_scaling.kind,
+            RopeScalingKind::kDefault);
+  const ModelConfig d = ParseModelConfig(WithRope(R"({"rope_type": "dynamic", "factor": 2.0})"), "c");
+  EXPECT_EQ(d.rope_scaling.kind, RopeScalingKind::kDynamic);
+  EXPECT_EQ(d.ContextLimit(), 2 * 32768);
+  // transformers v5 moves the theta into rope_parameters.
+  std::string v5 = Replace(kMixtral, "\"sliding_window\": null",
+                           R"("rope_parameters": {"rope_type": "default", "rope_theta": 5e5})");
+  EXPECT_DOUBLE_EQ(ParseModelConfig(v5, "c").rope_theta, 5e5);
+}
+
+// Inverse frequencies against values computed by hand from transformers'
+// formulas (modeling_rope_utils.py), with head_dim 128.
+TEST(RopeScaling, Llama31FrequenciesFollowTheThreeBands) {
+  ModelConfig c = ParseModelConfig(
+      WithRope(R"({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                   "high_freq_factor": 4.0, "original_max_position_embeddings": 8192})"),
+      "c");
+  c.rope_theta = 500000.0;
+  const std::vector<double> inv = RopeInverseFrequencies(c, 1);
+  ASSERT_EQ(inv.size(), 64u);
+  for (int i = 0; i < 64; ++i) {
+    const double base = std::pow(500000.0, -2.0 * i / 128.0);
+    const double wavelen = 2 * M_PI / base;
+    double want = base;  // short wavelengths (below 8192/4 = 2048) are kept
+    if (wavelen > 8192.0) want = base / 8;  // long ones (above 8192/1) are slowed 8x
+    else if (wavelen >= 2048.0) {
+      const double smooth = (8192.0 / wavelen - 1.0) / (4.0 - 1.0);
+      want = (1 - smooth) * base / 8 + smooth * base;
+    }
+    EXPECT_NEAR(inv[i], want, 1e-15 + 1e-12 * want) << i;
+  }
+  EXPECT_DOUBLE_EQ(inv[0], 1.0);      // the fastest pair is untouched
+  EXPECT_NEAR(inv[63], std::pow(500000.0, -126.0 / 128.0) / 8, 1e-18);
+}
+
+TEST(RopeScaling, YarnMatchesGptOssAndQwenValues) {
+  // gpt-oss: head_dim 64, theta 150000, factor 32, beta 32/1, original 4096,
+  // truncate false: attention factor 0.1 ln 32 + 1, ramp from pair 8.0928 to 17.3980.
+  std::string j = Replace(kMixtral, "\"num_attention_heads\": 32", "\"num_attention_heads\": 64");
+  j = Replace(j, "\"num_key_value_heads\": 8", "\"num_key_value_heads\": 8, \"head_dim\": 64");
+  j = Replace(j, "\"rope_theta\": 1000000.0", "\"rope_theta\": 150000.0");
+  j = Replace(j, "\"sliding_window\": null",
+              R"("rope_scaling": {"rope_type": "yarn", "factor": 32.0, "beta_fast": 32.0,
+                  "beta_slow": 1.0, "original_max_position_embeddings": 4096, "truncate": false})");
+  const ModelConfig c = ParseModelConfig(j, "c");
+  EXPECT_NEAR(c.rope_scaling.attention_factor, 1.3465735902799727, 1e-12);
+  const std::vector<double> inv = RopeInverseFrequencies(c, 1);
+  const double low = 64 * std::log(4096 / (32 * 2 * M_PI)) / (2 * std::log(150000.0));
+  const double high = 64 * std::log(4096 / (1 * 2 * M_PI)) / (2 * std::log(150000.0));
+  EXPECT_NEAR(low, 8.0928, 1e-4);
+  EXPECT_NEAR(high, 17.3980, 1e-4);
+  for (int i = 0; i < 32; ++i) {
+    const double base = std::pow(150000.0, -2.0 * i / 64.0);
+    const double ramp = std::clamp((i - low) / (high - low), 0.0, 1.0);
+    EXPECT_NEAR(inv[i], base / 32 * ramp + base * (1 - ramp), 1e-15) << i;
+  }
+  EXPECT_DOUBLE_EQ(inv[0], 1.0);
+  EXPECT_NEAR(inv[31], std::pow(150000.0, -62.0 / 64.0) / 32, 1e-18);
+  // Qwen's documented recipe: factor 4, original 32768 -> attention factor 1.1386.
+  const ModelConfig q = ParseModelConfig(
+      WithRope(R"({"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768})"), "c");
+  EXPECT_NEAR(q.rope_scaling.attention_factor, 0.1 * std::log(4.0) + 1, 1e-12);
+  EXPECT_TRUE(q.rope_scaling.truncate);
+  // DeepSeek's mscale pair cancels: attention factor 1.
+  const ModelConfig d = ParseModelConfig(
+      WithRope(R"({"rope_type": "yarn", "factor": 40, "mscale": 0.707, "mscale_all_dim": 0.707,
+                   "original_max_position_embeddings": 4096})"), "c");
+  EXPECT_DOUBLE_EQ(d.rope_scaling.attention_factor, 1.0);
+}
+
+TEST(RopeScaling, LinearDividesAndDynamicRaisesTheBaseOnlyPastTheContext) {
+  ModelConfig lin = ParseModelConfig(WithRope(R"({"type": "linear", "factor": 4.0})"), "c");
+  ModelConfig plain = ParseModelConfig(kMixtral, "c");
+  const auto a = RopeInverseFrequencies(lin, 10), b = RopeInverseFrequencies(plain, 10);
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_DOUBLE_EQ(a[i], b[i] / 4);
+  ModelConfig dyn = ParseModelConfig(WithRope(R"({"type": "dynamic", "factor": 2.0})"), "c");
+  EXPECT_EQ(RopeInverseFrequencies(dyn, 32768), b);  // at the trained length: unchanged
+  const auto longer = RopeInverseFrequencies(dyn, 65536);
+  // theta' = theta * (2 * 2 - 1)^(128/126)
+  const double theta = 1e6 * std::pow(3.0, 128.0 / 126.0);
+  for (size_t i = 0; i < longer.size(); ++i)
+    EXPECT_NEAR(longer[i], std::pow(theta, -2.0 * i / 128.0), 1e-15) << i;
 }
 
 TEST(ModelConfig, RefusesContradictions) {
@@ -188,6 +301,140 @@ TEST(ModelConfig, TokenIdsAreCheckedWhole) {
                              "config.json")
                 .eos_token_ids,
             (std::vector<int32_t>{2, 7}));
+}
+
+
+// ---------------------------------------------------------------------------
+// The new families: real configs from ../shared/data/models and schedules.
+
+namespace fs = std::filesystem;
+
+std::optional<std::string> SharedModelFile(const std::string& model, const std::string& file) {
+  const fs::path path = fs::path("..") / "shared" / "data" / "models" / model / file;
+  std::ifstream in(path);
+  if (!in) return std::nullopt;
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+#define SHARED_OR_SKIP(var, model, file)                                                      \
+  const auto var = SharedModelFile(model, file);                                              \
+  if (!var) GTEST_SKIP() << "../shared/data/models/" << model << "/" << file                  \
+                         << " is absent (the shared data folder is not beside the repository)"
+
+TEST(Families, RealQwen3MoeConfigAndItsTensorNames) {
+  SHARED_OR_SKIP(text, "qwen3-coder-30b-a3b-instruct", "config.json");
+  const ModelConfig c = ParseModelConfig(*text, "qwen3 config.json");
+  EXPECT_EQ(c.model_type, "qwen3_moe");
+  EXPECT_EQ(c.qk_norm, QkNormKind::kPerHead);
+  EXPECT_EQ(c.router, RouterKind::kSoftmaxTopK);
+  EXPECT_TRUE(c.norm_topk_prob);
+  EXPECT_EQ(c.num_experts, 128);
+  EXPECT_EQ(c.ExpertFf(), 768);
+  EXPECT_EQ(c.intermediate_size, 5472);
+  EXPECT_EQ(c.head_dim, 128);
+  EXPECT_EQ(c.QDim(), 4096);  // not hidden_size: head_dim is explicit
+  EXPECT_EQ(c.NumMoeLayers(), 48);
+  EXPECT_FALSE(c.qkv_bias);
+  // Every tensor name and only those: the real index's weight_map against
+  // the layout the family table produces.
+  SHARED_OR_SKIP(index, "qwen3-coder-30b-a3b-instruct", "model.safetensors.index.json");
+  const nlohmann::json parsed = nlohmann::json::parse(*index);
+  std::set<std::string> real;
+  for (auto it = parsed["weight_map"].begin(); it != parsed["weight_map"].end(); ++it) real.insert(it.key());
+  ASSERT_GT(real.size(), 18000u);
+  std::set<std::string> ours;
+  for (const CheckpointTensor& t : CheckpointTensors(c)) ours.insert(t.name);
+  EXPECT_EQ(ours, real);
+}
+
+TEST(Families, RealMixtralInstructTensorNames) {
+  SHARED_OR_SKIP(text, "mixtral-8x7b-instruct-v0.1", "config.json");
+  SHARED_OR_SKIP(index, "mixtral-8x7b-instruct-v0.1", "model.safetensors.index.json");
+  const ModelConfig c = ParseModelConfig(*text, "mixtral config.json");
+  const nlohmann::json parsed = nlohmann::json::parse(*index);
+  std::set<std::string> real, ours;
+  for (auto it = parsed["weight_map"].begin(); it != parsed["weight_map"].end(); ++it) real.insert(it.key());
+  ASSERT_EQ(real.size(), 995u);
+  for (const CheckpointTensor& t : CheckpointTensors(c)) ours.insert(t.name);
+  EXPECT_EQ(ours, real);
+}
+
+TEST(Families, RealGraniteMoeConfigs) {
+  for (const char* model : {"granite-3.0-1b-a400m-instruct", "granite-3.1-1b-a400m-instruct"}) {
+    SHARED_OR_SKIP(text, model, "config.json");
+    const ModelConfig c = ParseModelConfig(*text, model);
+    EXPECT_EQ(c.expert_layout, ExpertLayout::kFused) << model;
+    EXPECT_EQ(c.router, RouterKind::kTopKSoftmax);
+    EXPECT_FLOAT_EQ(c.embedding_multiplier, 12.0f);
+    EXPECT_FLOAT_EQ(c.residual_multiplier, 0.22f);
+    EXPECT_FLOAT_EQ(c.attention_scale, 0.015625f);
+    EXPECT_FLOAT_EQ(c.logits_scaling, 6.0f);
+    EXPECT_TRUE(c.tie_word_embeddings);
+    EXPECT_EQ(c.num_experts, 32);
+    EXPECT_EQ(c.ExpertFf(), 512);
+    // The fused stacks: [E, 2 I, H] and [E, H, I].
+    bool found = false;
+    for (const CheckpointTensor& t : CheckpointTensors(c))
+      if (t.name == "model.layers.0.block_sparse_moe.input_linear.weight") {
+        EXPECT_EQ(t.shape, (std::vector<int64_t>{32, 1024, 1024}));
+        found = true;
+      }
+    EXPECT_TRUE(found);
+  }
+}
+
+const char* kQwen2Moe = R"({
+  "architectures": ["Qwen2MoeForCausalLM"], "vocab_size": 151936, "hidden_size": 2048,
+  "intermediate_size": 5632, "moe_intermediate_size": 1408, "shared_expert_intermediate_size": 5632,
+  "num_hidden_layers": 6, "num_attention_heads": 16, "num_key_value_heads": 16,
+  "num_experts": 60, "num_experts_per_tok": 4, "decoder_sparse_step": 2, "mlp_only_layers": [3],
+  "norm_topk_prob": false, "rope_theta": 1000000.0, "rms_norm_eps": 1e-06,
+  "use_sliding_window": false, "sliding_window": 32768, "tie_word_embeddings": false})";
+
+TEST(Families, QwenLayerScheduleAndSharedExpert) {
+  const ModelConfig c = ParseModelConfig(kQwen2Moe, "config.json");
+  // (i + 1) % 2 == 0 -> 1, 3, 5; layer 3 is in mlp_only_layers.
+  EXPECT_EQ(c.MoeLayers(), (std::vector<int32_t>{1, 5}));
+  EXPECT_EQ(c.dense_layers, (std::vector<int32_t>{0, 2, 3, 4}));
+  EXPECT_EQ(c.shared_expert, SharedExpertKind::kSigmoidGated);
+  EXPECT_TRUE(c.qkv_bias);
+  EXPECT_FALSE(c.o_bias);
+  EXPECT_FALSE(c.norm_topk_prob);
+  EXPECT_EQ(c.MaxFf(), 5632);
+  const ModelConfig again = ParseModelConfig(ModelConfigToJson(c), "again");
+  EXPECT_EQ(again.MoeLayers(), c.MoeLayers());
+  EXPECT_EQ(again.shared_expert_intermediate_size, 5632);
+}
+
+TEST(Families, RefusesContradictoryMoeConfigs) {
+  EXPECT_NE(ErrorOf(Replace(kQwen2Moe, "\"mlp_only_layers\": [3]", "\"mlp_only_layers\": [6]"))
+                .find("'mlp_only_layers' holds 6, which is not a layer index below num_hidden_layers (6)"),
+            std::string::npos);
+  EXPECT_NE(ErrorOf(Replace(kQwen2Moe, "\"num_experts_per_tok\": 4", "\"num_experts_per_tok\": 61"))
+                .find("num_experts_per_tok (61) exceeds num_experts (60)"),
+            std::string::npos);
+  EXPECT_NE(ErrorOf(Replace(kQwen2Moe, "\"shared_expert_intermediate_size\": 5632,", ""))
+                .find("'shared_expert_intermediate_size' is missing"),
+            std::string::npos);
+  EXPECT_NE(ErrorOf(Replace(kQwen2Moe, "\"mlp_only_layers\": [3]", "\"mlp_only_layers\": [1, 3, 5]"))
+                .find("leave no MoE layer"),
+            std::string::npos);
+  EXPECT_NE(ErrorOf(Replace(kQwen2Moe, "\"decoder_sparse_step\": 2", "\"decoder_sparse_step\": 0"))
+                .find("'decoder_sparse_step' is 0"),
+            std::string::npos);
+}
+
+TEST(Families, OlmoeReadsClipQkvAndNeverRenormalisesByDefault) {
+  std::string j = Replace(kQwen2Moe, "Qwen2MoeForCausalLM", "OlmoeForCausalLM");
+  j = Replace(j, "\"norm_topk_prob\": false,", "\"clip_qkv\": 8.0,");
+  const ModelConfig c = ParseModelConfig(j, "config.json");
+  EXPECT_EQ(c.qk_norm, QkNormKind::kWholeProjection);
+  EXPECT_FLOAT_EQ(c.clip_qkv, 8.0f);
+  EXPECT_FALSE(c.norm_topk_prob);
+  EXPECT_EQ(c.NumMoeLayers(), 6);  // OLMoE has no dense layers: the schedule fields are not read
+  EXPECT_EQ(c.ExpertFf(), 5632);   // OLMoE's intermediate_size is the expert width
+  EXPECT_NE(ErrorOf(Replace(j, "\"clip_qkv\": 8.0", "\"clip_qkv\": -1")).find("clip_qkv is -1"),
+            std::string::npos);
 }
 
 }  // namespace

@@ -21,11 +21,14 @@ std::string RouterHash(const ModelConfig& config, const TensorStore& store) {
   Sha256 sha;
   std::vector<uint8_t> head(16, 0);
   std::memcpy(head.data(), "EPW-A IRSH v1", 13);
-  AppendU32(&head, static_cast<uint32_t>(config.num_layers));
+  // Only MoE layers have routers: the count and the per-layer records cover
+  // those, each under its model layer index (for Mixtral, every layer).
+  const std::vector<int32_t> moe_layers = config.MoeLayers();
+  AppendU32(&head, static_cast<uint32_t>(moe_layers.size()));
   sha.Add(head.data(), head.size());
   std::vector<uint8_t> row;
-  for (int64_t l = 0; l < config.num_layers; ++l) {
-    const TensorInfo& t = store.Require(TensorNames::Layer(l, "block_sparse_moe.gate.weight"),
+  for (const int32_t l : moe_layers) {
+    const TensorInfo& t = store.Require(TensorNames::Router(config, l),
                                         {config.num_experts, config.hidden_size});
     std::vector<uint8_t> shape;
     AppendU32(&shape, static_cast<uint32_t>(l));

@@ -57,8 +57,7 @@ uint64_t KVCache::BytesFor(const ModelConfig& config, int64_t capacity) {
 
 uint64_t Transformer::ScratchBytes(const ModelConfig& c, int64_t T, int64_t capacity, int threads,
                                    bool all_logits) {
-  const uint64_t D = c.hidden_size, F = c.intermediate_size, E = c.num_experts,
-                 K = c.num_experts_per_tok;
+  const uint64_t D = c.hidden_size, F = c.MaxFf(), E = c.num_experts, K = c.num_experts_per_tok;
   const uint64_t t = static_cast<uint64_t>(T);
   uint64_t floats = t * D * 3                         // x_, xn_, proj_
                     + t * c.QDim() * 2                // q_, att_
@@ -67,13 +66,15 @@ uint64_t Transformer::ScratchBytes(const ModelConfig& c, int64_t T, int64_t capa
                     + t * D * 2 + t * F * 2;          // ffn_in_, ffn_out_, ffn_gate_, ffn_up_
   uint64_t bytes = floats * sizeof(float);
   bytes += (all_logits ? t : 1) * c.vocab_size * sizeof(float);  // logits
+  bytes += static_cast<uint64_t>(c.head_dim / 2) * sizeof(double);  // inv_freq_
   if (c.IsMoe()) {
     bytes += t * E * sizeof(float)                                     // router_logits_
              + t * K * (sizeof(int32_t) + sizeof(float))               // token_experts_/weights_
              + t * D * sizeof(float)                                   // moe_out_
              + t * (sizeof(int64_t) + sizeof(float));                  // rows_token_/weight_
-    // The routing trace: router logits, experts and weights per token and layer.
-    bytes += t * c.num_layers * (E * sizeof(float) + K * (sizeof(int32_t) + sizeof(float)));
+    // The routing trace: router logits, experts and weights per token and MoE layer.
+    bytes += t * static_cast<uint64_t>(c.NumMoeLayers()) *
+             (E * sizeof(float) + K * (sizeof(int32_t) + sizeof(float)));
   }
   return bytes;
 }
@@ -82,7 +83,7 @@ uint64_t Transformer::ScratchBytesInUse() const {
   auto b = [](const auto& v) { return static_cast<uint64_t>(v.capacity() * sizeof(v[0])); };
   return b(x_) + b(xn_) + b(q_) + b(k_) + b(v_) + b(att_) + b(proj_) + b(router_logits_) +
          b(ffn_in_) + b(ffn_gate_) + b(ffn_up_) + b(ffn_out_) + b(scores_) + b(token_experts_) +
-         b(token_weights_) + b(moe_out_) + b(rows_token_) + b(rows_weight_);
+         b(token_weights_) + b(moe_out_) + b(rows_token_) + b(rows_weight_) + b(inv_freq_);
 }
 
 KVCache::KVCache(const ModelConfig& config, int64_t capacity)
@@ -92,23 +93,41 @@ KVCache::KVCache(const ModelConfig& config, int64_t capacity)
   values_.assign(n, 0.f);
 }
 
-void RouteToken(const float* router_logits, int64_t num_experts, int64_t top_k, bool renormalize,
-                int32_t* experts, float* weights) {
-  // Softmax in float32 over all experts, as Mixtral does, then the top-k.
-  float max_logit = router_logits[0];
-  for (int64_t e = 1; e < num_experts; ++e) max_logit = std::max(max_logit, router_logits[e]);
+void RouteToken(RouterKind kind, const float* router_logits, int64_t num_experts, int64_t top_k,
+                bool renormalize, int32_t* experts, float* weights) {
   // Scratch reused across calls: routing runs for every token and MoE layer.
   thread_local std::vector<float> probs;
   thread_local std::vector<int32_t> order;
   probs.resize(num_experts);
   order.resize(num_experts);
+  std::iota(order.begin(), order.end(), 0);
+  if (kind == RouterKind::kTopKSoftmax) {
+    // Granite (JetMoe's top-k gating): the k largest logits, then a softmax
+    // over those k only, so the weights always sum to 1.
+    std::partial_sort(order.begin(), order.begin() + top_k, order.end(), [&](int32_t a, int32_t b) {
+      return router_logits[a] != router_logits[b] ? router_logits[a] > router_logits[b] : a < b;
+    });
+    const float max_logit = router_logits[order[0]];
+    float sum = 0.f;
+    for (int64_t i = 0; i < top_k; ++i) {
+      weights[i] = std::exp(router_logits[order[i]] - max_logit);
+      sum += weights[i];
+    }
+    for (int64_t i = 0; i < top_k; ++i) {
+      experts[i] = order[i];
+      weights[i] /= sum;
+    }
+    return;
+  }
+  // Softmax in float32 over all experts, as Mixtral does, then the top-k.
+  float max_logit = router_logits[0];
+  for (int64_t e = 1; e < num_experts; ++e) max_logit = std::max(max_logit, router_logits[e]);
   float sum = 0.f;
   for (int64_t e = 0; e < num_experts; ++e) {
     probs[e] = std::exp(router_logits[e] - max_logit);
     sum += probs[e];
   }
   for (auto& p : probs) p /= sum;
-  std::iota(order.begin(), order.end(), 0);
   // Stable ordering on (probability desc, index asc) makes ties deterministic.
   std::partial_sort(order.begin(), order.begin() + top_k, order.end(), [&](int32_t a, int32_t b) {
     return probs[a] != probs[b] ? probs[a] > probs[b] : a < b;
@@ -123,23 +142,22 @@ void RouteToken(const float* router_logits, int64_t num_experts, int64_t top_k, 
 
 Transformer::Transformer(ModelConfig config, ModelWeights weights, ThreadPool& pool)
     : config_(std::move(config)), weights_(std::move(weights)), pool_(pool) {
-  const int64_t half = config_.head_dim / 2;
-  inv_freq_.resize(half);
-  for (int64_t i = 0; i < half; ++i)
-    inv_freq_[i] = 1.0 / std::pow(config_.rope_theta, static_cast<double>(2 * i) /
-                                                          static_cast<double>(config_.head_dim));
-  if (config_.IsMoe())
-    for (int64_t l = 0; l < config_.num_layers; ++l) moe_layers_.push_back(static_cast<int32_t>(l));
+  moe_layers_ = config_.MoeLayers();
+  moe_slot_.assign(static_cast<size_t>(config_.num_layers), -1);
+  for (size_t m = 0; m < moe_layers_.size(); ++m) moe_slot_[moe_layers_[m]] = static_cast<int64_t>(m);
 }
 
 // Rotary embedding, Hugging Face "rotate half" convention: dimension i pairs
 // with i + head_dim/2 (not with i + 1 as in the original RoPE paper's layout).
+// cos and sin are multiplied by the scaling kind's attention factor (YaRN),
+// as transformers does before applying them.
 void Transformer::ApplyRope(float* vec, int64_t num_heads, int64_t pos) const {
   const int64_t hd = config_.head_dim, half = hd / 2;
+  const double amplitude = config_.rope_scaling.attention_factor;
   for (int64_t i = 0; i < half; ++i) {
     const double angle = static_cast<double>(pos) * inv_freq_[i];
-    const float c = static_cast<float>(std::cos(angle));
-    const float s = static_cast<float>(std::sin(angle));
+    const float c = static_cast<float>(std::cos(angle) * amplitude);
+    const float s = static_cast<float>(std::sin(angle) * amplitude);
     for (int64_t h = 0; h < num_heads; ++h) {
       float* head = vec + h * hd;
       const float a = head[i], b = head[i + half];
@@ -164,22 +182,31 @@ void Transformer::Forward(std::span<const int32_t> tokens, int64_t start_pos, KV
   Grow(v_, T * config_.KvDim());
   Grow(att_, T * config_.QDim());
   Grow(proj_, T * D);
+  // The rotary frequencies of this call. Only dynamic NTK scaling depends on
+  // the sequence length (transformers recomputes them per forward call from
+  // its last position; keys already cached keep the rotation they got).
+  if (inv_freq_.empty() || config_.rope_scaling.kind == RopeScalingKind::kDynamic) {
+    const std::vector<double> inv = RopeInverseFrequencies(config_, start_pos + T);
+    inv_freq_.assign(inv.begin(), inv.end());
+  }
 
   for (int64_t t = 0; t < T; ++t) {
     const int32_t id = tokens[t];
     Require(id >= 0 && id < config_.vocab_size,
             "token id " + std::to_string(id) + " is outside the vocabulary (vocab_size " +
                 std::to_string(config_.vocab_size) + ")");
-    kernels::ConvertToF32(weights_.embed.dtype, weights_.embed.Row(id), D, x_.data() + t * D);
+    float* row = x_.data() + t * D;
+    kernels::ConvertToF32(weights_.embed.dtype, weights_.embed.Row(id), D, row);
+    if (config_.embedding_multiplier != 1.0f)
+      for (int64_t i = 0; i < D; ++i) row[i] *= config_.embedding_multiplier;
     if (checking_)
-      CheckStage(x_.data() + t * D, D, [&] {
+      CheckStage(row, D, [&] {
         return "the embedding of token " + std::to_string(id) + " (model.embed_tokens.weight)";
       });
   }
   if (trace)
     trace->Reset(T, start_pos, moe_layers_, config_.num_experts, config_.num_experts_per_tok);
 
-  int64_t moe_slot = 0;
   for (int64_t l = 0; l < config_.num_layers; ++l) {
     const LayerWeights& lw = weights_.layers[l];
     auto layer_tensor = [l](const std::string& suffix) {
@@ -200,7 +227,7 @@ void Transformer::Forward(std::span<const int32_t> tokens, int64_t start_pos, KV
       kernels::RmsNorm(x_.data() + t * D, lw.ffn_norm.data(), D, config_.rms_norm_eps,
                        xn_.data() + t * D);
     if (checking_) CheckStage(xn_.data(), T * D, layer_tensor("post_attention_layernorm.weight"));
-    FeedForward(l, T, trace, config_.IsMoe() ? moe_slot++ : -1);
+    FeedForward(l, T, trace, moe_slot_[l]);
     if (checking_)
       CheckStage(x_.data(), T * D, [l] {
         return "layer " + std::to_string(l) + "'s residual sum after the MLP (float32 overflow)";
@@ -217,6 +244,10 @@ void Transformer::Forward(std::span<const int32_t> tokens, int64_t start_pos, KV
   if (checking_) CheckStage(xn_.data(), rows * D, [] { return std::string("the final norm (model.norm.weight)"); });
   logits->resize(static_cast<size_t>(rows * config_.vocab_size));
   kernels::MatMul(xn_.data(), rows, weights_.lm_head, logits->data(), pool_);
+  // Granite divides the logits by logits_scaling (a division, as transformers
+  // does, so that the rounding matches).
+  if (config_.logits_scaling != 1.0f)
+    for (float& v : *logits) v /= config_.logits_scaling;
   if (checking_)
     CheckStage(logits->data(), rows * config_.vocab_size, [this] {
       return std::string("the output projection (") +
@@ -262,6 +293,15 @@ void Transformer::Attention(int64_t layer, int64_t T, int64_t start_pos, KVCache
   AddBias(q_.data(), lw.q_bias, T);
   AddBias(k_.data(), lw.k_bias, T);
   AddBias(v_.data(), lw.v_bias, T);
+  NormalizeQk(lw, T);
+  if (config_.clip_qkv > 0) {
+    // OLMoE clamps after the norms, before the rotary embedding.
+    const float c = config_.clip_qkv;
+    for (float* p : {q_.data(), k_.data(), v_.data()}) {
+      const int64_t n = T * (p == q_.data() ? q_dim : kv_dim);
+      for (int64_t i = 0; i < n; ++i) p[i] = std::clamp(p[i], -c, c);
+    }
+  }
   if (checking_) {
     auto name = [layer](const char* proj) {
       return [layer, proj] {
@@ -284,7 +324,9 @@ void Transformer::Attention(int64_t layer, int64_t T, int64_t start_pos, KVCache
   const int64_t end_pos = start_pos + T;
   const int threads = pool_.size();
   Grow(scores_, static_cast<size_t>(threads) * end_pos);
-  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  // Granite's attention_multiplier replaces the usual head_dim^-0.5.
+  const float scale = config_.attention_scale > 0 ? config_.attention_scale
+                                                  : 1.0f / std::sqrt(static_cast<float>(hd));
   const int64_t window = config_.sliding_window;
   // One work item per (token, head): independent, so they split across cores.
   pool_.RunOnAll([&](int thread) {
@@ -320,13 +362,37 @@ void Transformer::Attention(int64_t layer, int64_t T, int64_t start_pos, KVCache
       return "layer " + std::to_string(layer) + " (" +
              TensorNames::Layer(layer, "self_attn.o_proj.weight") + ")";
     });
-  for (int64_t i = 0; i < T * D; ++i) x_[i] += proj_[i];
+  AddResidual(proj_.data(), T * D);
 }
 
-// SwiGLU on the first `rows` rows of ffn_in_, result in ffn_out_.
+void Transformer::AddResidual(const float* branch, int64_t n) {
+  const float m = config_.residual_multiplier;
+  if (m == 1.0f) {
+    for (int64_t i = 0; i < n; ++i) x_[i] += branch[i];
+  } else {
+    for (int64_t i = 0; i < n; ++i) x_[i] += branch[i] * m;
+  }
+}
+
+// q/k normalisation before the rotary embedding: each head vector over
+// head_dim with one shared weight (Qwen3), or the whole projection row
+// (OLMoE). The same RMSNorm kernel serves both; only the span differs.
+void Transformer::NormalizeQk(const LayerWeights& lw, int64_t T) {
+  if (config_.qk_norm == QkNormKind::kNone) return;
+  const int64_t q_dim = config_.QDim(), kv_dim = config_.KvDim();
+  const int64_t q_span = static_cast<int64_t>(lw.q_norm.size());
+  const int64_t k_span = static_cast<int64_t>(lw.k_norm.size());
+  for (int64_t i = 0; i < T * q_dim; i += q_span)
+    kernels::RmsNorm(q_.data() + i, lw.q_norm.data(), q_span, config_.rms_norm_eps, q_.data() + i);
+  for (int64_t i = 0; i < T * kv_dim; i += k_span)
+    kernels::RmsNorm(k_.data() + i, lw.k_norm.data(), k_span, config_.rms_norm_eps, k_.data() + i);
+}
+
+// SwiGLU on the first `rows` rows of ffn_in_, result in ffn_out_. The width
+// comes from the weights: dense layers, experts and shared experts differ.
 void Transformer::ExpertForward(const ExpertWeights& e, int64_t rows,
                                 const std::function<std::string(const char*)>& name) {
-  const int64_t F = config_.intermediate_size;
+  const int64_t F = e.gate.rows;
   kernels::MatMul(ffn_in_.data(), rows, e.gate, ffn_gate_.data(), pool_);  // [rows, d_ff]
   kernels::MatMul(ffn_in_.data(), rows, e.up, ffn_up_.data(), pool_);      // [rows, d_ff]
   if (checking_) {
@@ -341,26 +407,37 @@ void Transformer::ExpertForward(const ExpertWeights& e, int64_t rows,
     CheckStage(ffn_out_.data(), rows * config_.hidden_size, [&] { return name("down"); });
 }
 
+namespace {
+
+// Names a feed-forward's tensor for LocateNonFinite: `which` is "gate",
+// "up", "down" or an intermediate stage such as "silu(gate) x up".
+std::string FfnStageName(const std::string& owner, const char* which,
+                         const std::function<std::string(FfnPart)>& tensor) {
+  const std::string w = which;
+  if (w == "gate") return owner + " (" + tensor(FfnPart::kGate) + ")";
+  if (w == "up") return owner + " (" + tensor(FfnPart::kUp) + ")";
+  if (w == "down") return owner + " (" + tensor(FfnPart::kDown) + ")";
+  return owner + " " + w;
+}
+
+}  // namespace
+
 void Transformer::FeedForward(int64_t layer, int64_t T, RoutingTrace* trace, int64_t moe_slot) {
   const LayerWeights& lw = weights_.layers[layer];
-  const int64_t D = config_.hidden_size, F = config_.intermediate_size;
+  const int64_t D = config_.hidden_size, F = config_.MaxFf();
   Grow(ffn_in_, T * D);
   Grow(ffn_gate_, T * F);
   Grow(ffn_up_, T * F);
   Grow(ffn_out_, T * D);
+  const std::string where = "layer " + std::to_string(layer);
 
-  if (!config_.IsMoe()) {
+  if (!lw.moe) {
     std::copy_n(xn_.data(), T * D, ffn_in_.data());
-    ExpertForward(lw.experts[0], T, [layer](const char* which) {
-      const std::string w = which;
-      const char* suffix = w == "gate" ? "mlp.gate_proj.weight"
-                           : w == "up" ? "mlp.up_proj.weight"
-                           : w == "down" ? "mlp.down_proj.weight"
-                                         : nullptr;
-      return "layer " + std::to_string(layer) + "'s MLP " +
-             (suffix ? "(" + TensorNames::Layer(layer, suffix) + ")" : w);
+    ExpertForward(lw.experts[0], T, [&](const char* which) {
+      return FfnStageName(where + "'s MLP", which,
+                          [&](FfnPart part) { return TensorNames::DenseMlp(layer, part); });
     });
-    for (int64_t i = 0; i < T * D; ++i) x_[i] += ffn_out_[i];
+    AddResidual(ffn_out_.data(), T * D);
     return;
   }
 
@@ -370,9 +447,8 @@ void Transformer::FeedForward(int64_t layer, int64_t T, RoutingTrace* trace, int
   const WeightView router{DType::kF32, lw.router.data(), E, D};
   kernels::MatMul(xn_.data(), T, router, router_logits_.data(), pool_);
   if (checking_)
-    CheckStage(router_logits_.data(), T * E, [layer] {
-      return "layer " + std::to_string(layer) + "'s router (" +
-             TensorNames::Layer(layer, "block_sparse_moe.gate.weight") + ")";
+    CheckStage(router_logits_.data(), T * E, [&] {
+      return where + "'s router (" + TensorNames::Router(config_, layer) + ")";
     });
 
   std::vector<int32_t>& experts = token_experts_;
@@ -380,7 +456,7 @@ void Transformer::FeedForward(int64_t layer, int64_t T, RoutingTrace* trace, int
   experts.resize(T * K);
   mix.resize(T * K);
   for (int64_t t = 0; t < T; ++t) {
-    RouteToken(router_logits_.data() + t * E, E, K, config_.norm_topk_prob,
+    RouteToken(config_.router, router_logits_.data() + t * E, E, K, config_.norm_topk_prob,
                experts.data() + t * K, mix.data() + t * K);
     if (trace) {
       std::copy_n(router_logits_.data() + t * E, E, trace->MutableLogits(t, moe_slot));
@@ -410,16 +486,29 @@ void Transformer::FeedForward(int64_t layer, int64_t T, RoutingTrace* trace, int
     const int64_t rows = static_cast<int64_t>(rows_token.size());
     for (int64_t r = 0; r < rows; ++r)
       std::copy_n(xn_.data() + rows_token[r] * D, D, ffn_in_.data() + r * D);
-    ExpertForward(lw.experts[e], rows, [layer, e](const char* which) {
-      const std::string w = which;
-      const char* file = w == "gate" ? "w1" : w == "up" ? "w3" : w == "down" ? "w2" : nullptr;
-      return "layer " + std::to_string(layer) + ", expert " + std::to_string(e) + " " +
-             (file ? "(" + TensorNames::Expert(layer, e, file) + ")" : w);
+    ExpertForward(lw.experts[e], rows, [&](const char* which) {
+      return FfnStageName(where + ", expert " + std::to_string(e), which,
+                          [&](FfnPart part) { return TensorNames::Expert(config_, layer, e, part); });
     });
     for (int64_t r = 0; r < rows; ++r)
       kernels::Axpy(rows_weight[r], ffn_out_.data() + r * D, moe_out.data() + rows_token[r] * D, D);
   }
-  for (int64_t i = 0; i < T * D; ++i) x_[i] += moe_out[i];
+
+  // A sigmoid-gated shared expert (Qwen2-MoE) sees every token and is added
+  // beside the routed experts; it is not part of the routing.
+  if (config_.shared_expert == SharedExpertKind::kSigmoidGated) {
+    std::copy_n(xn_.data(), T * D, ffn_in_.data());
+    ExpertForward(lw.shared, T, [&](const char* which) {
+      return FfnStageName(where + "'s shared expert", which,
+                          [&](FfnPart part) { return TensorNames::SharedExpert(layer, part); });
+    });
+    for (int64_t t = 0; t < T; ++t) {
+      const float g = kernels::Dot(xn_.data() + t * D, lw.shared_gate.data(), D);
+      const float gate = 1.0f / (1.0f + std::exp(-g));
+      kernels::Axpy(gate, ffn_out_.data() + t * D, moe_out.data() + t * D, D);
+    }
+  }
+  AddResidual(moe_out.data(), T * D);
 }
 
 }  // namespace epwa

@@ -36,11 +36,12 @@ class KVCache {
   std::vector<float> values_;  // [layers, capacity, kv_dim]
 };
 
-// Top-k routing of one token: softmax over the router logits, the k most
-// probable experts (ties: lower index first), weights renormalised to sum 1
-// when `renormalize`. Exposed for tests and tools.
-void RouteToken(const float* router_logits, int64_t num_experts, int64_t top_k, bool renormalize,
-                int32_t* experts, float* weights);
+// Top-k routing of one token by the router kind (ties: lower index first).
+// kSoftmaxTopK: softmax over all router logits, the k most probable experts,
+// weights renormalised to sum 1 when `renormalize`. kTopKSoftmax: the k
+// largest logits, weights a softmax over those k. Exposed for tests and tools.
+void RouteToken(RouterKind kind, const float* router_logits, int64_t num_experts, int64_t top_k,
+                bool renormalize, int32_t* experts, float* weights);
 
 // True when none of the n values is NaN or infinite. Tests the exponent bits
 // rather than calling std::isfinite so that the loop vectorizes: it runs on
@@ -93,12 +94,17 @@ class Transformer {
   void ExpertForward(const ExpertWeights& e, int64_t rows,
                      const std::function<std::string(const char*)>& name);
   void ApplyRope(float* vec, int64_t num_heads, int64_t pos) const;
+  // q_/k_ normalised in place by the config's q/k norm kind.
+  void NormalizeQk(const LayerWeights& lw, int64_t T);
+  // x_ += branch * residual_multiplier over n values.
+  void AddResidual(const float* branch, int64_t n);
 
   ModelConfig config_;
   ModelWeights weights_;
   ThreadPool& pool_;
-  std::vector<double> inv_freq_;  // [head_dim / 2]
-  std::vector<int32_t> moe_layers_;
+  std::vector<double> inv_freq_;  // [head_dim / 2], for the current forward call
+  std::vector<int32_t> moe_layers_;  // model layer index of each MoE layer
+  std::vector<int64_t> moe_slot_;    // [num_layers]: index into moe_layers_, -1 for dense
   // Set only during LocateNonFinite.
   bool checking_ = false;
   std::string first_non_finite_;

@@ -57,21 +57,141 @@ std::string UnusedLayersWarning(const ModelConfig& c, const TensorStore& store) 
                                                 ") are not used");
 }
 
+// Tensor names of each expert layout (the rest of a layer is named alike in
+// every supported family).
+struct ExpertNaming {
+  const char* router;       // per-layer suffix
+  const char* expert_stem;  // "<stem><e>.<part>.weight"; empty for fused layouts
+  const char* part[3];      // gate, up, down
+  const char* fused_gate_up;  // fused layouts: [E, 2 d_ff, d_model], gate rows first
+  const char* fused_down;     // [E, d_model, d_ff]
+};
+
+const ExpertNaming& NamingOf(ExpertLayout layout) {
+  static const ExpertNaming kMixtral{"block_sparse_moe.gate.weight",
+                                     "block_sparse_moe.experts.",
+                                     {"w1", "w3", "w2"},
+                                     nullptr,
+                                     nullptr};
+  static const ExpertNaming kPerExpert{"mlp.gate.weight",
+                                       "mlp.experts.",
+                                       {"gate_proj", "up_proj", "down_proj"},
+                                       nullptr,
+                                       nullptr};
+  static const ExpertNaming kFused{"block_sparse_moe.router.layer.weight",
+                                   nullptr,
+                                   {"gate", "up", "down"},
+                                   "block_sparse_moe.input_linear.weight",
+                                   "block_sparse_moe.output_linear.weight"};
+  switch (layout) {
+    case ExpertLayout::kMixtral: return kMixtral;
+    case ExpertLayout::kPerExpert: return kPerExpert;
+    case ExpertLayout::kFused: return kFused;
+  }
+  return kMixtral;
+}
+
+const char* kMlpParts[3] = {"gate_proj", "up_proj", "down_proj"};
+
+int PartIndex(FfnPart part) { return static_cast<int>(part); }
+
+// The length of the q_norm / k_norm weights of each kind.
+int64_t QkNormLength(const ModelConfig& c, bool key) {
+  switch (c.qk_norm) {
+    case QkNormKind::kNone: return 0;
+    case QkNormKind::kPerHead: return c.head_dim;
+    case QkNormKind::kWholeProjection: return key ? c.KvDim() : c.QDim();
+  }
+  return 0;
+}
+
 }  // namespace
 
 std::string TensorNames::Layer(int64_t layer, const std::string& suffix) {
   return "model.layers." + std::to_string(layer) + "." + suffix;
 }
 
-std::string TensorNames::Expert(int64_t layer, int64_t expert, const char* which) {
-  return Layer(layer, "block_sparse_moe.experts." + std::to_string(expert) + "." + which +
-                          ".weight");
+std::string TensorNames::Router(const ModelConfig& c, int64_t layer) {
+  return Layer(layer, NamingOf(c.expert_layout).router);
+}
+
+std::string TensorNames::Expert(const ModelConfig& c, int64_t layer, int64_t expert, FfnPart part) {
+  const ExpertNaming& n = NamingOf(c.expert_layout);
+  if (n.expert_stem == nullptr)
+    return Layer(layer, std::string(part == FfnPart::kDown ? n.fused_down : n.fused_gate_up) + "[" +
+                            std::to_string(expert) + "]." + n.part[PartIndex(part)]);
+  return Layer(layer, std::string(n.expert_stem) + std::to_string(expert) + "." +
+                          n.part[PartIndex(part)] + ".weight");
+}
+
+std::string TensorNames::DenseMlp(int64_t layer, FfnPart part) {
+  return Layer(layer, std::string("mlp.") + kMlpParts[PartIndex(part)] + ".weight");
+}
+
+std::string TensorNames::SharedExpert(int64_t layer, FfnPart part) {
+  return Layer(layer, std::string("mlp.shared_expert.") + kMlpParts[PartIndex(part)] + ".weight");
+}
+
+std::string TensorNames::SharedExpertGate(int64_t layer) {
+  return Layer(layer, "mlp.shared_expert_gate.weight");
+}
+
+std::vector<CheckpointTensor> CheckpointTensors(const ModelConfig& c) {
+  std::vector<CheckpointTensor> out;
+  const int64_t D = c.hidden_size;
+  auto ffn = [&](auto name_of, int64_t F) {
+    out.push_back({name_of(FfnPart::kGate), {F, D}});
+    out.push_back({name_of(FfnPart::kUp), {F, D}});
+    out.push_back({name_of(FfnPart::kDown), {D, F}});
+  };
+  out.push_back({"model.embed_tokens.weight", {c.vocab_size, D}});
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    auto n = [&](const std::string& s) { return TensorNames::Layer(l, s); };
+    out.push_back({n("input_layernorm.weight"), {D}});
+    out.push_back({n("self_attn.q_proj.weight"), {c.QDim(), D}});
+    out.push_back({n("self_attn.k_proj.weight"), {c.KvDim(), D}});
+    out.push_back({n("self_attn.v_proj.weight"), {c.KvDim(), D}});
+    if (c.qkv_bias) {
+      out.push_back({n("self_attn.q_proj.bias"), {c.QDim()}});
+      out.push_back({n("self_attn.k_proj.bias"), {c.KvDim()}});
+      out.push_back({n("self_attn.v_proj.bias"), {c.KvDim()}});
+    }
+    out.push_back({n("self_attn.o_proj.weight"), {D, c.QDim()}});
+    if (c.o_bias) out.push_back({n("self_attn.o_proj.bias"), {D}});
+    if (c.qk_norm != QkNormKind::kNone) {
+      out.push_back({n("self_attn.q_norm.weight"), {QkNormLength(c, false)}});
+      out.push_back({n("self_attn.k_norm.weight"), {QkNormLength(c, true)}});
+    }
+    out.push_back({n("post_attention_layernorm.weight"), {D}});
+    if (c.IsMoeLayer(l)) {
+      const ExpertNaming& naming = NamingOf(c.expert_layout);
+      const int64_t E = c.num_experts, F = c.ExpertFf();
+      out.push_back({TensorNames::Router(c, l), {E, D}});
+      if (naming.expert_stem == nullptr) {
+        out.push_back({n(naming.fused_gate_up), {E, 2 * F, D}});
+        out.push_back({n(naming.fused_down), {E, D, F}});
+      } else {
+        for (int64_t e = 0; e < E; ++e)
+          ffn([&](FfnPart part) { return TensorNames::Expert(c, l, e, part); }, F);
+      }
+      if (c.shared_expert == SharedExpertKind::kSigmoidGated) {
+        ffn([&](FfnPart part) { return TensorNames::SharedExpert(l, part); },
+            c.shared_expert_intermediate_size);
+        out.push_back({TensorNames::SharedExpertGate(l), {1, D}});
+      }
+    } else {
+      ffn([&](FfnPart part) { return TensorNames::DenseMlp(l, part); }, c.intermediate_size);
+    }
+  }
+  out.push_back({"model.norm.weight", {D}});
+  if (!c.tie_word_embeddings) out.push_back({"lm_head.weight", {c.vocab_size, D}});
+  return out;
 }
 
 ModelWeights BindWeights(const ModelConfig& c, const TensorStore& store,
                          std::vector<std::string>* warnings) {
   ModelWeights w;
-  const int64_t D = c.hidden_size, F = c.intermediate_size;
+  const int64_t D = c.hidden_size;
   auto matrix = [&](const std::string& name, int64_t rows, int64_t cols) {
     const TensorInfo& t = store.Require(name, {rows, cols});
     w.mapped_bytes += t.NumBytes();
@@ -81,6 +201,10 @@ ModelWeights BindWeights(const ModelConfig& c, const TensorStore& store,
     const TensorInfo& t = store.Require(name, {n});
     w.converted_bytes += n * sizeof(float);
     return ToFloat(t);
+  };
+  auto ffn = [&](auto name_of, int64_t F) {
+    return ExpertWeights{matrix(name_of(FfnPart::kGate), F, D), matrix(name_of(FfnPart::kUp), F, D),
+                         matrix(name_of(FfnPart::kDown), D, F)};
   };
 
   // The embedding's row count is the first place a wrong vocab_size shows up;
@@ -109,6 +233,19 @@ ModelWeights BindWeights(const ModelConfig& c, const TensorStore& store,
     auto name = [&](const std::string& s) { return TensorNames::Layer(l, s); };
     lw.attn_norm = vector(name("input_layernorm.weight"), D);
     lw.ffn_norm = vector(name("post_attention_layernorm.weight"), D);
+    // The q projection's height is where a head_dim that contradicts the
+    // checkpoint shows first; name the config fields involved.
+    if (const TensorInfo* q = store.Find(name("self_attn.q_proj.weight"))) {
+      Require(q->shape == std::vector<int64_t>{c.QDim(), D},
+              q->file + ": tensor '" + q->name + "' has shape " +
+                  (q->shape.size() == 2 ? "[" + std::to_string(q->shape[0]) + ", " +
+                                              std::to_string(q->shape[1]) + "]"
+                                        : std::string("of rank ") + std::to_string(q->shape.size())) +
+                  " but config.json's num_attention_heads x head_dim (" +
+                  std::to_string(c.num_heads) + " x " + std::to_string(c.head_dim) +
+                  ") and hidden_size (" + std::to_string(D) + ") say [" + std::to_string(c.QDim()) +
+                  ", " + std::to_string(D) + "]");
+    }
     lw.q = matrix(name("self_attn.q_proj.weight"), c.QDim(), D);
     lw.k = matrix(name("self_attn.k_proj.weight"), c.KvDim(), D);
     lw.v = matrix(name("self_attn.v_proj.weight"), c.KvDim(), D);
@@ -119,20 +256,45 @@ ModelWeights BindWeights(const ModelConfig& c, const TensorStore& store,
       lw.v_bias = vector(name("self_attn.v_proj.bias"), c.KvDim());
     }
     if (c.o_bias) lw.o_bias = vector(name("self_attn.o_proj.bias"), D);
-    if (c.IsMoe()) {
-      const TensorInfo& router = store.Require(name("block_sparse_moe.gate.weight"),
-                                               {c.num_experts, D});
+    if (c.qk_norm != QkNormKind::kNone) {
+      lw.q_norm = vector(name("self_attn.q_norm.weight"), QkNormLength(c, false));
+      lw.k_norm = vector(name("self_attn.k_norm.weight"), QkNormLength(c, true));
+    }
+    lw.moe = c.IsMoeLayer(l);
+    if (lw.moe) {
+      const int64_t E = c.num_experts, F = c.ExpertFf();
+      const TensorInfo& router = store.Require(TensorNames::Router(c, l), {E, D});
       lw.router = ToFloat(router);
       w.converted_bytes += lw.router.size() * sizeof(float);
-      for (int64_t e = 0; e < c.num_experts; ++e) {
-        lw.experts.push_back({matrix(TensorNames::Expert(l, e, "w1"), F, D),
-                              matrix(TensorNames::Expert(l, e, "w3"), F, D),
-                              matrix(TensorNames::Expert(l, e, "w2"), D, F)});
+      const ExpertNaming& naming = NamingOf(c.expert_layout);
+      if (naming.expert_stem == nullptr) {
+        // Fused layout: each expert's matrices are row slices of the two
+        // stacked tensors, used in place.
+        const TensorInfo& gate_up = store.Require(name(naming.fused_gate_up), {E, 2 * F, D});
+        const TensorInfo& down = store.Require(name(naming.fused_down), {E, D, F});
+        w.mapped_bytes += gate_up.NumBytes() + down.NumBytes();
+        const size_t esize_gu = DTypeSize(gate_up.dtype), esize_d = DTypeSize(down.dtype);
+        for (int64_t e = 0; e < E; ++e) {
+          const uint8_t* gu = gate_up.data + static_cast<size_t>(e * 2 * F * D) * esize_gu;
+          lw.experts.push_back(
+              {WeightView{gate_up.dtype, gu, F, D},
+               WeightView{gate_up.dtype, gu + static_cast<size_t>(F * D) * esize_gu, F, D},
+               WeightView{down.dtype, down.data + static_cast<size_t>(e * D * F) * esize_d, D, F}});
+        }
+      } else {
+        for (int64_t e = 0; e < E; ++e)
+          lw.experts.push_back(ffn([&](FfnPart part) { return TensorNames::Expert(c, l, e, part); }, F));
+      }
+      if (c.shared_expert == SharedExpertKind::kSigmoidGated) {
+        lw.shared = ffn([&](FfnPart part) { return TensorNames::SharedExpert(l, part); },
+                        c.shared_expert_intermediate_size);
+        const TensorInfo& gate = store.Require(TensorNames::SharedExpertGate(l), {1, D});
+        lw.shared_gate = ToFloat(gate);
+        w.converted_bytes += lw.shared_gate.size() * sizeof(float);
       }
     } else {
-      lw.experts.push_back({matrix(name("mlp.gate_proj.weight"), F, D),
-                            matrix(name("mlp.up_proj.weight"), F, D),
-                            matrix(name("mlp.down_proj.weight"), D, F)});
+      lw.experts.push_back(
+          ffn([&](FfnPart part) { return TensorNames::DenseMlp(l, part); }, c.intermediate_size));
     }
     w.layers.push_back(std::move(lw));
   }

@@ -17,10 +17,13 @@
 
 namespace epwa {
 
+// One SwiGLU feed-forward: down(silu(gate x) * up x). A dense MLP, a routed
+// expert or a shared expert. The views may be slices of a fused checkpoint
+// tensor (Granite's input_linear holds every expert's gate and up rows).
 struct ExpertWeights {
-  WeightView gate;  // w1: [d_ff, d_model]
-  WeightView up;    // w3: [d_ff, d_model]
-  WeightView down;  // w2: [d_model, d_ff]
+  WeightView gate;  // [d_ff, d_model]
+  WeightView up;    // [d_ff, d_model]
+  WeightView down;  // [d_model, d_ff]
 };
 
 struct LayerWeights {
@@ -28,9 +31,16 @@ struct LayerWeights {
   std::vector<float> ffn_norm;   // [d_model]
   WeightView q, k, v, o;         // [q_dim, d_model], [kv_dim, d_model] x2, [d_model, q_dim]
   std::vector<float> q_bias, k_bias, v_bias, o_bias;  // empty unless the config has biases
-  // Dense MLP (num_experts == 0): exactly one entry. MoE: one per expert.
+  // q/k norm weights: [head_dim] each for kPerHead, [q_dim] / [kv_dim] for
+  // kWholeProjection, empty for kNone.
+  std::vector<float> q_norm, k_norm;
+  bool moe = false;  // routed experts (else a dense MLP)
+  // Dense layer: exactly one entry, the MLP. MoE layer: one per expert.
   std::vector<ExpertWeights> experts;
   std::vector<float> router;  // [n_experts, d_model], float32; empty for dense layers
+  // SharedExpertKind::kSigmoidGated: the shared expert and its gate row [d_model].
+  ExpertWeights shared;
+  std::vector<float> shared_gate;
 };
 
 struct ModelWeights {
@@ -47,13 +57,29 @@ struct ModelWeights {
   uint64_t converted_bytes = 0;  // bytes converted to float32 copies
 };
 
-// Hugging Face tensor names for layer `layer` (architecture data, not code
-// paths: every supported architecture shares these names; MoE layers use
-// Mixtral's block_sparse_moe names).
+// The three matrices of a feed-forward.
+enum class FfnPart { kGate, kUp, kDown };
+
+// Hugging Face tensor names, from the config's kinds (architecture data, not
+// code paths). Matrices that are slices of a fused tensor get the fused
+// tensor's name with the slice appended, e.g.
+// "model.layers.0.block_sparse_moe.input_linear.weight[5].gate".
 struct TensorNames {
   static std::string Layer(int64_t layer, const std::string& suffix);
-  static std::string Expert(int64_t layer, int64_t expert, const char* which);  // w1/w2/w3
+  static std::string Router(const ModelConfig& config, int64_t layer);
+  static std::string Expert(const ModelConfig& config, int64_t layer, int64_t expert, FfnPart part);
+  static std::string DenseMlp(int64_t layer, FfnPart part);
+  static std::string SharedExpert(int64_t layer, FfnPart part);
+  static std::string SharedExpertGate(int64_t layer);
 };
+
+// Every tensor a checkpoint of `config` holds, in the Hugging Face layout of
+// its family, with its shape (what `epwa synth` writes, what BindWeights reads).
+struct CheckpointTensor {
+  std::string name;
+  std::vector<int64_t> shape;
+};
+std::vector<CheckpointTensor> CheckpointTensors(const ModelConfig& config);
 
 // Binds every required tensor, checking presence and exact shape. Throws
 // epwa::Error naming the file and tensor on any mismatch, and for a checkpoint

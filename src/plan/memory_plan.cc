@@ -76,7 +76,7 @@ void Total(const ModelConfig& config, const PlanContext& cx, LevelPlan* p) {
   }
   const int64_t ctx = std::max<int64_t>(cx.ctx, 1);
   p->kv_bytes = KVCache::BytesFor(config, ctx);
-  int64_t max_k = std::max(config.hidden_size, config.intermediate_size);
+  int64_t max_k = std::max(config.hidden_size, config.MaxFf());
   max_k = std::max(max_k, config.QDim());
   p->scratch_bytes = Transformer::ScratchBytes(config, ctx, ctx, cx.threads, false) +
                      kernels::MatMulScratchBytes(ctx, max_k, cx.threads);
@@ -111,18 +111,23 @@ std::vector<MatrixSlot> ListMatrices(const ModelConfig& c, ModelWeights& w) {
     out.push_back({name("self_attn.k_proj.weight"), MatrixRole::kAttention, l, &lw.k});
     out.push_back({name("self_attn.v_proj.weight"), MatrixRole::kAttention, l, &lw.v});
     out.push_back({name("self_attn.o_proj.weight"), MatrixRole::kAttention, l, &lw.o});
-    if (c.IsMoe()) {
-      for (int64_t e = 0; e < static_cast<int64_t>(lw.experts.size()); ++e) {
-        ExpertWeights& ew = lw.experts[e];
-        out.push_back({TensorNames::Expert(l, e, "w1"), MatrixRole::kExpert, l, &ew.gate});
-        out.push_back({TensorNames::Expert(l, e, "w2"), MatrixRole::kExpert, l, &ew.down});
-        out.push_back({TensorNames::Expert(l, e, "w3"), MatrixRole::kExpert, l, &ew.up});
-      }
+    // Each feed-forward in checkpoint order: gate, down, up.
+    auto ffn = [&](ExpertWeights& f, MatrixRole role, auto name_of) {
+      out.push_back({name_of(FfnPart::kGate), role, l, &f.gate});
+      out.push_back({name_of(FfnPart::kDown), role, l, &f.down});
+      out.push_back({name_of(FfnPart::kUp), role, l, &f.up});
+    };
+    if (c.IsMoeLayer(l)) {
+      for (int64_t e = 0; e < static_cast<int64_t>(lw.experts.size()); ++e)
+        ffn(lw.experts[e], MatrixRole::kExpert,
+            [&](FfnPart part) { return TensorNames::Expert(c, l, e, part); });
+      // A shared expert runs for every token, like a dense MLP, and is planned as one.
+      if (c.shared_expert != SharedExpertKind::kNone)
+        ffn(lw.shared, MatrixRole::kDenseMlp,
+            [&](FfnPart part) { return TensorNames::SharedExpert(l, part); });
     } else {
-      ExpertWeights& mlp = lw.experts[0];
-      out.push_back({name("mlp.gate_proj.weight"), MatrixRole::kDenseMlp, l, &mlp.gate});
-      out.push_back({name("mlp.up_proj.weight"), MatrixRole::kDenseMlp, l, &mlp.up});
-      out.push_back({name("mlp.down_proj.weight"), MatrixRole::kDenseMlp, l, &mlp.down});
+      ffn(lw.experts[0], MatrixRole::kDenseMlp,
+          [&](FfnPart part) { return TensorNames::DenseMlp(l, part); });
     }
   }
   if (!c.tie_word_embeddings)

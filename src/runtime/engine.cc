@@ -189,7 +189,7 @@ void ApplyTokenizerConfig(const std::string& json_text, const std::string& origi
 }
 
 int64_t DefaultPlanContext(const ModelConfig& config) {
-  return std::min<int64_t>(config.max_position_embeddings, 4096);
+  return std::min<int64_t>(config.ContextLimit(), 4096);
 }
 
 std::unique_ptr<Engine> Engine::Load(const LoadOptions& options) {

@@ -152,7 +152,7 @@ class Engine {
   const LoadStats& load_stats() const { return load_stats_; }
   int threads() const { return pool_->size(); }
   // The KV cache capacity a sequence may use (context window).
-  int64_t max_context() const { return config().max_position_embeddings; }
+  int64_t max_context() const { return config().ContextLimit(); }
 
   // Text to prompt ids: the tokenizer's special tokens plus BOS when
   // tokenizer_config.json asks for it and the tokenizer did not add it.

@@ -9,10 +9,12 @@
 #include <fstream>
 #include <map>
 #include <regex>
+#include <tuple>
 
 #include <nlohmann/json.hpp>
 
 #include "base/error.h"
+#include "base/file_read.h"
 #include "io/atomic_file.h"
 #include "io/safetensors.h"
 #include "model/weights.h"
@@ -43,14 +45,15 @@ ModelConfig Make(const char* arch, int64_t vocab, int64_t d, int64_t ff, int64_t
   c.rms_norm_eps = 1e-5f;
   c.bos_token_id = 1;
   c.eos_token_ids = {2};
-  const std::string a = arch;
-  c.model_type = a == "MixtralForCausalLM" ? "mixtral"
-                 : a == "MistralForCausalLM" ? "mistral"
-                 : a == "Qwen2ForCausalLM" ? "qwen2"
-                                           : "llama";
-  c.qkv_bias = c.model_type == "qwen2";
+  // Qwen2 always has q/k/v biases; the family table sets the rest in Finish.
+  c.qkv_bias = std::string(arch) == "Qwen2ForCausalLM";
   return c;
 }
+
+// Fills the family's kinds (router, expert layout, q/k norm, ...) by passing
+// the preset through config.json text and the real parser, so a preset is
+// exactly what loading its folder will produce.
+ModelConfig Finish(const ModelConfig& c) { return ParseModelConfig(ModelConfigToJson(c), "preset"); }
 
 struct Preset {
   const char* name;
@@ -60,48 +63,157 @@ struct Preset {
 
 std::vector<Preset> Presets() {
   std::vector<Preset> p;
+  auto add = [&](const char* name, const char* description, const ModelConfig& c) {
+    p.push_back({name, description, Finish(c)});
+  };
   // Small models: the bundled default and the reference-test fixtures.
-  p.push_back({"tiny-random-moe", "4-layer Mixtral layout, 8 experts top-2, GQA; the default model",
-               Make("MixtralForCausalLM", 768, 128, 256, 4, 4, 2, 8, 2, 2048, 10000.0)});
-  p.push_back({"fixture-mixtral", "2-layer Mixtral layout, 4 experts top-2 (reference tests)",
-               Make("MixtralForCausalLM", 512, 64, 96, 2, 4, 2, 4, 2, 256, 10000.0)});
+  add("tiny-random-moe", "4-layer Mixtral layout, 8 experts top-2, GQA; the default model",
+      Make("MixtralForCausalLM", 768, 128, 256, 4, 4, 2, 8, 2, 2048, 10000.0));
+  add("fixture-mixtral", "2-layer Mixtral layout, 4 experts top-2 (reference tests)",
+      Make("MixtralForCausalLM", 512, 64, 96, 2, 4, 2, 4, 2, 256, 10000.0));
   {
     ModelConfig c = Make("MistralForCausalLM", 512, 64, 128, 2, 4, 1, 0, 0, 256, 10000.0);
     c.sliding_window = 5;
-    p.push_back({"fixture-mistral-swa", "2-layer Mistral layout, sliding window 5 (reference tests)", c});
+    add("fixture-mistral-swa", "2-layer Mistral layout, sliding window 5 (reference tests)", c);
   }
-  p.push_back({"fixture-llama", "2-layer Llama layout, untied lm_head (reference tests)",
-               Make("LlamaForCausalLM", 512, 64, 160, 2, 8, 2, 0, 0, 256, 500000.0)});
+  add("fixture-llama", "2-layer Llama layout, untied lm_head (reference tests)",
+      Make("LlamaForCausalLM", 512, 64, 160, 2, 8, 2, 0, 0, 256, 500000.0));
   {
     ModelConfig c = Make("Qwen2ForCausalLM", 512, 64, 128, 2, 4, 2, 0, 0, 256, 1000000.0);
     c.tie_word_embeddings = true;
-    p.push_back({"fixture-qwen2", "2-layer Qwen2 layout, q/k/v biases, tied embeddings (reference tests)", c});
+    add("fixture-qwen2", "2-layer Qwen2 layout, q/k/v biases, tied embeddings (reference tests)", c);
+  }
+  {
+    // head_dim 24 with 4 heads: q_proj is 96 wide, not d_model, as in small Qwen3 models.
+    ModelConfig c = Make("Qwen3ForCausalLM", 512, 64, 128, 2, 4, 2, 0, 0, 256, 1000000.0);
+    c.head_dim = 24;
+    c.tie_word_embeddings = true;
+    add("fixture-qwen3", "2-layer Qwen3 layout: explicit head_dim, per-head q/k norm, tied (reference tests)", c);
+  }
+  {
+    // Layer 1 of 3 is dense (mlp_only_layers), so the schedule is exercised;
+    // yarn scaling with a small original context so that it changes the frequencies.
+    ModelConfig c = Make("Qwen3MoeForCausalLM", 512, 64, 160, 3, 4, 2, 16, 4, 256, 1000000.0);
+    c.head_dim = 32;
+    c.moe_intermediate_size = 48;
+    c.dense_layers = {1};
+    c.rope_scaling.kind = RopeScalingKind::kYarn;
+    c.rope_scaling.factor = 4.0;
+    c.rope_scaling.original_max_position_embeddings = 64;
+    c.rope_scaling.attention_factor = 0.1 * std::log(4.0) + 1.0;
+    add("fixture-qwen3-moe", "3-layer Qwen3-MoE layout, 16 experts top-4, layer 1 dense, yarn x4 (reference tests)", c);
+  }
+  {
+    ModelConfig c = Make("OlmoeForCausalLM", 512, 64, 48, 2, 4, 4, 16, 4, 256, 10000.0);
+    c.clip_qkv = 1.5f;
+    c.norm_topk_prob = false;
+    add("fixture-olmoe", "2-layer OLMoE layout: whole-projection q/k norm, clip_qkv, no renorm (reference tests)", c);
+  }
+  {
+    ModelConfig c = Make("Qwen2MoeForCausalLM", 512, 64, 128, 2, 4, 4, 8, 2, 256, 1000000.0);
+    c.moe_intermediate_size = 32;
+    c.shared_expert_intermediate_size = 96;
+    c.norm_topk_prob = false;
+    c.qkv_bias = true;
+    c.rope_scaling.kind = RopeScalingKind::kDynamic;
+    c.rope_scaling.factor = 2.0;
+    c.max_position_embeddings = 8;  // so that 16-token fixtures run past it
+    add("fixture-qwen2-moe", "2-layer Qwen2-MoE layout: shared expert, q/k/v biases, dynamic NTK x2 (reference tests)", c);
+  }
+  {
+    ModelConfig c = Make("GraniteMoeForCausalLM", 512, 64, 32, 2, 4, 2, 8, 4, 256, 10000.0);
+    c.tie_word_embeddings = true;
+    c.embedding_multiplier = 12.0f;
+    c.residual_multiplier = 0.22f;
+    c.attention_scale = 0.0625f;
+    c.logits_scaling = 6.0f;
+    add("fixture-granite-moe", "2-layer Granite-MoE layout: fused experts, multipliers (reference tests)", c);
+  }
+  {
+    ModelConfig c = Make("LlamaForCausalLM", 512, 64, 160, 2, 4, 2, 0, 0, 256, 500000.0);
+    c.rope_scaling.kind = RopeScalingKind::kLlama3;
+    c.rope_scaling.factor = 8.0;
+    c.rope_scaling.low_freq_factor = 1.0;
+    c.rope_scaling.high_freq_factor = 4.0;
+    c.rope_scaling.original_max_position_embeddings = 64;
+    add("fixture-llama31", "2-layer Llama layout with Llama-3.1 (llama3) rope scaling (reference tests)", c);
+  }
+  {
+    ModelConfig c = Make("MistralForCausalLM", 512, 64, 128, 2, 4, 2, 0, 0, 256, 10000.0);
+    c.rope_scaling.kind = RopeScalingKind::kLinear;
+    c.rope_scaling.factor = 4.0;
+    add("fixture-linear-rope", "2-layer Mistral layout with linear rope scaling x4 (reference tests)", c);
   }
   // A Mixtral-shaped model of about 1 GB whose per-token weights leave the
   // caches: the decode/prefill benchmark.
-  p.push_back({"bench-moe", "2-layer Mixtral layout, d_model 2048, 8 experts of d_ff 4096 (benchmarks)",
-               Make("MixtralForCausalLM", 32000, 2048, 4096, 2, 16, 4, 8, 2, 4096, 1000000.0)});
-  // Real shapes.
+  add("bench-moe", "2-layer Mixtral layout, d_model 2048, 8 experts of d_ff 4096 (benchmarks)",
+      Make("MixtralForCausalLM", 32000, 2048, 4096, 2, 16, 4, 8, 2, 4096, 1000000.0));
+  // Real shapes (published configs; see ../shared/guide/architectures.md).
+  add("mixtral-8x7b", "Mixtral-8x7B",
+      Make("MixtralForCausalLM", 32000, 4096, 14336, 32, 32, 8, 8, 2, 32768, 1000000.0));
   {
-    ModelConfig c = Make("MixtralForCausalLM", 32000, 4096, 14336, 32, 32, 8, 8, 2, 32768, 1000000.0);
-    p.push_back({"mixtral-8x7b", "Mixtral-8x7B", c});
+    ModelConfig c = Make("MistralForCausalLM", 32000, 4096, 14336, 32, 32, 8, 0, 0, 32768, 10000.0);
+    c.sliding_window = 4096;
+    add("mistral-7b", "Mistral-7B-v0.1 (sliding window 4096)", c);
   }
-  p.push_back({"mistral-7b", "Mistral-7B-v0.1 (sliding window 4096)", [] {
-                 ModelConfig c = Make("MistralForCausalLM", 32000, 4096, 14336, 32, 32, 8, 0, 0, 32768, 10000.0);
-                 c.sliding_window = 4096;
-                 return c;
-               }()});
-  p.push_back({"llama-3-8b", "Llama-3-8B",
-               Make("LlamaForCausalLM", 128256, 4096, 14336, 32, 32, 8, 0, 0, 8192, 500000.0)});
-  p.push_back({"qwen2.5-3b", "Qwen2.5-3B (tied embeddings)", [] {
-                 ModelConfig c = Make("Qwen2ForCausalLM", 151936, 2048, 11008, 36, 16, 2, 0, 0, 32768, 1000000.0);
-                 c.tie_word_embeddings = true;
-                 return c;
-               }()});
-  p.push_back({"olmoe-1b-7b", "OLMoE-1B-7B shape in the Mixtral layout (64 experts, top-8)",
-               Make("MixtralForCausalLM", 50304, 2048, 1024, 16, 16, 16, 64, 8, 4096, 10000.0)});
-  p.push_back({"qwen1.5-moe-a2.7b", "Qwen1.5-MoE-A2.7B routed experts in the Mixtral layout (60 experts, top-4; no shared expert)",
-               Make("MixtralForCausalLM", 151936, 2048, 1408, 24, 16, 16, 60, 4, 8192, 1000000.0)});
+  add("llama-3-8b", "Llama-3-8B",
+      Make("LlamaForCausalLM", 128256, 4096, 14336, 32, 32, 8, 0, 0, 8192, 500000.0));
+  {
+    ModelConfig c = Make("LlamaForCausalLM", 128256, 4096, 14336, 32, 32, 8, 0, 0, 131072, 500000.0);
+    c.rope_scaling.kind = RopeScalingKind::kLlama3;
+    c.rope_scaling.factor = 8.0;
+    c.rope_scaling.low_freq_factor = 1.0;
+    c.rope_scaling.high_freq_factor = 4.0;
+    c.rope_scaling.original_max_position_embeddings = 8192;
+    c.bos_token_id = 128000;
+    c.eos_token_ids = {128001};
+    add("llama-3.1-8b", "Llama-3.1-8B (llama3 rope scaling x8)", c);
+  }
+  {
+    ModelConfig c = Make("Qwen2ForCausalLM", 151936, 2048, 11008, 36, 16, 2, 0, 0, 32768, 1000000.0);
+    c.tie_word_embeddings = true;
+    add("qwen2.5-3b", "Qwen2.5-3B (tied embeddings)", c);
+  }
+  {
+    ModelConfig c = Make("Qwen3MoeForCausalLM", 151936, 2048, 6144, 48, 32, 4, 128, 8, 40960, 1000000.0);
+    c.head_dim = 128;
+    c.moe_intermediate_size = 768;
+    c.norm_topk_prob = true;
+    c.rms_norm_eps = 1e-6f;
+    c.bos_token_id = 151643;
+    c.eos_token_ids = {151645};
+    add("qwen3-30b-a3b", "Qwen3-30B-A3B (128 experts top-8, per-head q/k norm)", c);
+  }
+  {
+    ModelConfig c = Make("OlmoeForCausalLM", 50304, 2048, 1024, 16, 16, 16, 64, 8, 4096, 10000.0);
+    c.norm_topk_prob = false;
+    c.bos_token_id = -1;
+    c.eos_token_ids = {50279};
+    add("olmoe-1b-7b", "OLMoE-1B-7B (64 experts top-8, whole-projection q/k norm)", c);
+  }
+  {
+    ModelConfig c = Make("Qwen2MoeForCausalLM", 151936, 2048, 5632, 24, 16, 16, 60, 4, 8192, 1000000.0);
+    c.moe_intermediate_size = 1408;
+    c.shared_expert_intermediate_size = 5632;
+    c.norm_topk_prob = false;
+    c.qkv_bias = true;
+    c.rms_norm_eps = 1e-6f;
+    c.bos_token_id = 151643;
+    c.eos_token_ids = {151643};
+    add("qwen1.5-moe-a2.7b", "Qwen1.5-MoE-A2.7B (60 experts top-4 + a gated shared expert)", c);
+  }
+  {
+    ModelConfig c = Make("GraniteMoeForCausalLM", 49155, 1024, 512, 24, 16, 8, 32, 8, 131072, 10000000.0);
+    c.tie_word_embeddings = true;
+    c.embedding_multiplier = 12.0f;
+    c.residual_multiplier = 0.22f;
+    c.attention_scale = 0.015625f;
+    c.logits_scaling = 6.0f;
+    c.rms_norm_eps = 1e-6f;
+    c.bos_token_id = 0;
+    c.eos_token_ids = {0};
+    add("granite-3.1-1b-a400m", "Granite-3.1-1B-A400M (32 experts top-8, fused experts, multipliers)", c);
+  }
   return p;
 }
 
@@ -140,52 +252,19 @@ Init InitFor(const std::string& name, const ModelConfig& c, int64_t fan_in) {
   if (name == "model.embed_tokens.weight")
     return {c.tie_word_embeddings ? 3.0f / std::sqrt(static_cast<float>(c.hidden_size)) : 1.0f, 0.0f};
   if (name == "lm_head.weight") return {3.0f / std::sqrt(static_cast<float>(fan_in)), 0.0f};
-  if (ends_with("gate.weight") && name.find("block_sparse_moe") != std::string::npos)
-    return {2.0f / std::sqrt(static_cast<float>(fan_in)), 0.0f};
+  // Routers get a larger spread so that routing is decisive (no near-ties).
+  const bool router = ends_with("block_sparse_moe.gate.weight") || ends_with("mlp.gate.weight") ||
+                      ends_with("router.layer.weight");
+  if (router) return {2.0f / std::sqrt(static_cast<float>(fan_in)), 0.0f};
   return {1.0f / std::sqrt(static_cast<float>(fan_in)), 0.0f};
 }
 
 std::vector<TensorSpec> TensorSpecs(const ModelConfig& c, DType dtype, uint64_t seed) {
-  struct Shape {
-    std::string name;
-    std::vector<int64_t> shape;
-  };
-  std::vector<Shape> shapes;
-  const int64_t D = c.hidden_size, F = c.intermediate_size;
-  shapes.push_back({"model.embed_tokens.weight", {c.vocab_size, D}});
-  for (int64_t l = 0; l < c.num_layers; ++l) {
-    auto n = [&](const std::string& s) { return TensorNames::Layer(l, s); };
-    shapes.push_back({n("input_layernorm.weight"), {D}});
-    shapes.push_back({n("self_attn.q_proj.weight"), {c.QDim(), D}});
-    shapes.push_back({n("self_attn.k_proj.weight"), {c.KvDim(), D}});
-    shapes.push_back({n("self_attn.v_proj.weight"), {c.KvDim(), D}});
-    if (c.qkv_bias) {
-      shapes.push_back({n("self_attn.q_proj.bias"), {c.QDim()}});
-      shapes.push_back({n("self_attn.k_proj.bias"), {c.KvDim()}});
-      shapes.push_back({n("self_attn.v_proj.bias"), {c.KvDim()}});
-    }
-    shapes.push_back({n("self_attn.o_proj.weight"), {D, c.QDim()}});
-    if (c.o_bias) shapes.push_back({n("self_attn.o_proj.bias"), {D}});
-    shapes.push_back({n("post_attention_layernorm.weight"), {D}});
-    if (c.IsMoe()) {
-      shapes.push_back({n("block_sparse_moe.gate.weight"), {c.num_experts, D}});
-      for (int64_t e = 0; e < c.num_experts; ++e) {
-        shapes.push_back({TensorNames::Expert(l, e, "w1"), {F, D}});
-        shapes.push_back({TensorNames::Expert(l, e, "w2"), {D, F}});
-        shapes.push_back({TensorNames::Expert(l, e, "w3"), {F, D}});
-      }
-    } else {
-      shapes.push_back({n("mlp.gate_proj.weight"), {F, D}});
-      shapes.push_back({n("mlp.up_proj.weight"), {F, D}});
-      shapes.push_back({n("mlp.down_proj.weight"), {D, F}});
-    }
-  }
-  shapes.push_back({"model.norm.weight", {D}});
-  if (!c.tie_word_embeddings) shapes.push_back({"lm_head.weight", {c.vocab_size, D}});
-
+  const std::vector<CheckpointTensor> shapes = CheckpointTensors(c);
   std::vector<TensorSpec> specs;
   for (const auto& s : shapes) {
-    const int64_t fan_in = s.shape.size() > 1 ? s.shape[1] : s.shape[0];
+    // The input width is the last axis (also of stacked [E, out, in] expert tensors).
+    const int64_t fan_in = s.shape.back();
     const Init init = InitFor(s.name, c, fan_in);
     // Router and 1-D tensors are stored in float32 like the rest when the
     // dtype is float32, else in the checkpoint dtype, as real checkpoints do.
@@ -288,14 +367,60 @@ static void CheckReplaceableSynthFolder(const fs::path& out, const std::string& 
   }
 }
 
-uint64_t WriteSynthModel(const SynthOptions& o) {
-  ModelConfig c = SynthPreset(o.preset);
-  if (o.layers > 0) {
-    Require(o.layers <= c.num_layers, "--layers " + std::to_string(o.layers) + " exceeds the " +
-                                          std::to_string(c.num_layers) + " layers of " + o.preset);
-    c.num_layers = o.layers;
+// A real config.json cut to `layers` layers (0: all) and set to `dtype`: the
+// text is kept as published, with num_hidden_layers, the per-layer lists
+// (mlp_only_layers, layer_types) and torch_dtype adjusted; returned with its
+// parsed form.
+std::pair<std::string, ModelConfig> SynthConfigFromFile(const std::string& path, int64_t layers,
+                                                        const std::string& torch_dtype) {
+  const std::string text = ReadRegularFile(path, kMaxConfigFileBytes, "config.json");
+  const ModelConfig full = ParseModelConfig(text, path);  // validates the original first
+  nlohmann::json j = nlohmann::json::parse(text);
+  if (layers > 0) {
+    Require(layers <= full.num_layers, "--layers " + std::to_string(layers) + " exceeds the " +
+                                           std::to_string(full.num_layers) + " layers of " + path);
+    j["num_hidden_layers"] = layers;
+    if (j.contains("mlp_only_layers") && j["mlp_only_layers"].is_array()) {
+      nlohmann::json kept = nlohmann::json::array();
+      for (const auto& v : j["mlp_only_layers"])
+        if (v.get<int64_t>() < layers) kept.push_back(v);
+      j["mlp_only_layers"] = kept;
+    }
+    if (j.contains("layer_types") && j["layer_types"].is_array() &&
+        static_cast<int64_t>(j["layer_types"].size()) > layers)
+      j["layer_types"].erase(j["layer_types"].begin() + layers, j["layer_types"].end());
+    if (j.contains("max_window_layers") && j["max_window_layers"].is_number_integer() &&
+        j["max_window_layers"].get<int64_t>() > layers)
+      j["max_window_layers"] = layers;
   }
-  c.torch_dtype = o.dtype == DType::kF32 ? "float32" : o.dtype == DType::kF16 ? "float16" : "bfloat16";
+  j["torch_dtype"] = torch_dtype;
+  std::string out = j.dump(2) + "\n";
+  ModelConfig c = ParseModelConfig(out, path + " (cut to " + std::to_string(layers) + " layers)");
+  return {std::move(out), std::move(c)};
+}
+
+uint64_t WriteSynthModel(const SynthOptions& o) {
+  const std::string torch_dtype =
+      o.dtype == DType::kF32 ? "float32" : o.dtype == DType::kF16 ? "float16" : "bfloat16";
+  Require(o.preset.empty() != o.config_path.empty(),
+          "synth needs exactly one of --preset NAME and --config FILE");
+  ModelConfig c;
+  std::string config_text;
+  const std::string what = o.preset.empty() ? o.config_path : o.preset;
+  if (!o.config_path.empty()) {
+    std::tie(config_text, c) = SynthConfigFromFile(o.config_path, o.layers, torch_dtype);
+  } else {
+    c = SynthPreset(o.preset);
+    if (o.layers > 0) {
+      Require(o.layers <= c.num_layers, "--layers " + std::to_string(o.layers) + " exceeds the " +
+                                            std::to_string(c.num_layers) + " layers of " + o.preset);
+      c.num_layers = o.layers;
+      // Dense-layer indices past the cut no longer exist.
+      std::erase_if(c.dense_layers, [&](int32_t l) { return l >= o.layers; });
+    }
+    c.torch_dtype = torch_dtype;
+    config_text = ModelConfigToJson(c);
+  }
   Require(!o.out_dir.empty(), "synth needs an output folder (--out DIR)");
   // weakly_canonical drops "." and ".." so that "--out ." names the folder
   // itself, not an entry called "." inside it.
@@ -316,7 +441,7 @@ uint64_t WriteSynthModel(const SynthOptions& o) {
     const uint64_t free_bytes = static_cast<uint64_t>(vfs.f_bavail) * vfs.f_frsize;
     const uint64_t needed = total + (64ull << 20);
     Require(needed <= free_bytes,
-            "writing " + o.preset + " needs " + std::to_string(needed >> 20) + " MiB but only " +
+            "writing " + what + " needs " + std::to_string(needed >> 20) + " MiB but only " +
                 std::to_string(free_bytes >> 20) + " MiB are free on " + out.parent_path().string() +
                 " (try --layers N for fewer layers)");
   }
@@ -354,9 +479,12 @@ uint64_t WriteSynthModel(const SynthOptions& o) {
       }
       WriteText((tmp / "model.safetensors.index.json").string(), index.dump(2) + "\n");
     }
-    WriteText((tmp / "config.json").string(), ModelConfigToJson(c));
-    nlohmann::json gen = {{"bos_token_id", 1}, {"eos_token_id", 2}, {"do_sample", true},
-                          {"temperature", 0.8}, {"top_p", 0.95}, {"top_k", 40}};
+    WriteText((tmp / "config.json").string(), config_text);
+    nlohmann::json gen = {{"do_sample", true}, {"temperature", 0.8}, {"top_p", 0.95}, {"top_k", 40}};
+    if (c.bos_token_id >= 0) gen["bos_token_id"] = c.bos_token_id;
+    if (!c.eos_token_ids.empty())
+      gen["eos_token_id"] = c.eos_token_ids.size() == 1 ? nlohmann::json(c.eos_token_ids[0])
+                                                        : nlohmann::json(c.eos_token_ids);
     WriteText((tmp / "generation_config.json").string(), gen.dump(2) + "\n");
     const int32_t tokenizer_vocab = static_cast<int32_t>(c.vocab_size);
     WriteText((tmp / "tokenizer.json").string(),

@@ -20,6 +20,9 @@ namespace epwa {
 
 struct SynthOptions {
   std::string preset;
+  // Instead of a preset: a real config.json, whose shape and fields are kept
+  // (with num_hidden_layers cut to `layers` when that is set).
+  std::string config_path;
   std::string out_dir;
   int64_t layers = 0;  // 0 = the preset's own layer count
   DType dtype = DType::kBF16;

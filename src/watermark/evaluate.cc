@@ -217,7 +217,7 @@ EvalReport EvaluateWatermark(Engine& engine, const SecretKey& key, const EvalOpt
   const std::string& hash = engine.load_stats().router_hash;
   Detectors det{engine, o, GreenLists(key, KeyedBy::kExpert, hash, c.vocab_size, o.gamma),
                 GreenLists(key, KeyedBy::kPreviousToken, "", c.vocab_size, o.gamma),
-                ResolveRouterLayer(o.router_layer, c.num_layers)};
+                ResolveRouterLayer(o.router_layer, c.NumMoeLayers())};
   auto note = [&](const std::string& s) {
     if (o.progress) o.progress(s);
   };

@@ -98,7 +98,7 @@ WatermarkProcessor::WatermarkProcessor(const SecretKey& key, const WatermarkPara
   if (params_.scheme != Scheme::kKgw) {
     // Every layer of the MoE architectures epwa runs is an MoE layer, so the
     // MoE layer count is the layer count (the trace lists them: moe_layers()).
-    router_slot_ = ResolveRouterLayer(params_.router_layer, config.num_layers);
+    router_slot_ = ResolveRouterLayer(params_.router_layer, config.NumMoeLayers());
     if (params_.scheme == Scheme::kEwp) {
       if (params_.expert_deltas.empty())
         params_.expert_deltas = DefaultExpertDeltas(params_.delta, config.num_experts);
