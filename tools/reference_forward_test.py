@@ -54,15 +54,38 @@ def write_safetensors(path, tensors, dtype):
         f.write(struct.pack("<Q", len(text)) + text + b"".join(blobs))
 
 
+QWEN_MOE = ("Qwen3MoeForCausalLM", "Qwen2MoeForCausalLM")
+
+
+def sparse_layers(arch, layers, E, extra):
+    """The test's own statement of which layers of a tiny model are MoE layers."""
+    if arch in QWEN_MOE:
+        only = extra.get("mlp_only_layers") or []
+        step = extra.get("decoder_sparse_step", 1)
+        return [i not in only and E > 0 and (i + 1) % step == 0 for i in range(layers)]
+    if arch in ("MixtralForCausalLM", "OlmoeForCausalLM", "GraniteMoeForCausalLM"):
+        return [True] * layers
+    return [False] * layers
+
+
 def make_model(folder, arch="MixtralForCausalLM", dtype="F32", layers=2, D=16, H=4, KV=2,
-               F=24, V=32, E=4, top_k=2, tied=False, sharded=False, seed=0, **extra):
-    """Writes a random tiny model of the given architecture into folder and returns its tensors."""
+               F=24, V=32, E=4, top_k=2, tied=False, sharded=False, seed=0, hd=None, FI=12, FS=20,
+               **extra):
+    """Writes a random tiny model of the given architecture into folder and returns its tensors.
+
+    F is the dense MLP width (and the per-expert width of Mixtral, OLMoE and Granite), FI
+    the Qwen-MoE expert width (moe_intermediate_size) and FS the Qwen2-MoE shared expert
+    width. hd overrides head_dim (q_proj then has H*hd rows, not D). extra goes into
+    config.json.
+    """
     rng = np.random.default_rng(seed)
 
     def rand(*shape, scale=0.3):
         return to_bf16_exact(rng.standard_normal(shape) * scale)
 
-    hd = D // H
+    explicit_hd = hd is not None
+    hd = hd or D // H
+    sparse = sparse_layers(arch, layers, E, extra)
     t = {"model.embed_tokens.weight": rand(V, D, scale=1.0),
          "model.norm.weight": to_bf16_exact(1.0 + rand(D, scale=0.1))}
     for i in range(layers):
@@ -73,7 +96,7 @@ def make_model(folder, arch="MixtralForCausalLM", dtype="F32", layers=2, D=16, H
         t[p + ".self_attn.k_proj.weight"] = rand(KV * hd, D)
         t[p + ".self_attn.v_proj.weight"] = rand(KV * hd, D)
         t[p + ".self_attn.o_proj.weight"] = rand(D, H * hd)
-        if arch == "Qwen2ForCausalLM":
+        if arch in ("Qwen2ForCausalLM", "Qwen2MoeForCausalLM"):
             for n in ("q", "k", "v"):
                 t[p + f".self_attn.{n}_proj.bias"] = rand(t[p + f".self_attn.{n}_proj.weight"].shape[0])
         if arch == "MixtralForCausalLM":
@@ -82,21 +105,63 @@ def make_model(folder, arch="MixtralForCausalLM", dtype="F32", layers=2, D=16, H
                 q = f"{p}.block_sparse_moe.experts.{e}"
                 t[q + ".w1.weight"], t[q + ".w3.weight"], t[q + ".w2.weight"] = \
                     rand(F, D), rand(F, D), rand(D, F)
+        elif arch == "GraniteMoeForCausalLM":
+            t[p + ".block_sparse_moe.router.layer.weight"] = rand(E, D, scale=1.0)
+            t[p + ".block_sparse_moe.input_linear.weight"] = rand(E, 2 * F, D)
+            t[p + ".block_sparse_moe.output_linear.weight"] = rand(E, D, F)
+        elif sparse[i]:
+            width = F if arch == "OlmoeForCausalLM" else FI
+            t[p + ".mlp.gate.weight"] = rand(E, D, scale=1.0)
+            for e in range(E):
+                q = f"{p}.mlp.experts.{e}"
+                t[q + ".gate_proj.weight"], t[q + ".up_proj.weight"] = rand(width, D), rand(width, D)
+                t[q + ".down_proj.weight"] = rand(D, width)
+            if arch == "Qwen2MoeForCausalLM":
+                q = f"{p}.mlp.shared_expert"
+                t[q + ".gate_proj.weight"], t[q + ".up_proj.weight"] = rand(FS, D), rand(FS, D)
+                t[q + ".down_proj.weight"] = rand(D, FS)
+                t[p + ".mlp.shared_expert_gate.weight"] = rand(1, D, scale=1.0)
         else:
             t[p + ".mlp.gate_proj.weight"], t[p + ".mlp.up_proj.weight"] = rand(F, D), rand(F, D)
             t[p + ".mlp.down_proj.weight"] = rand(D, F)
+        # Tensors of the newer families are drawn last so the older families' tensors
+        # stay what they were.
+        if arch in ("Qwen3ForCausalLM", "Qwen3MoeForCausalLM"):
+            t[p + ".self_attn.q_norm.weight"] = to_bf16_exact(1.0 + rand(hd, scale=0.2))
+            t[p + ".self_attn.k_norm.weight"] = to_bf16_exact(1.0 + rand(hd, scale=0.2))
+        if arch == "OlmoeForCausalLM":
+            t[p + ".self_attn.q_norm.weight"] = to_bf16_exact(1.0 + rand(H * hd, scale=0.2))
+            t[p + ".self_attn.k_norm.weight"] = to_bf16_exact(1.0 + rand(KV * hd, scale=0.2))
+        if extra.get("attention_bias") and arch not in ("LlamaForCausalLM",):
+            for n in ("q", "k", "v", "o"):
+                rows = t[p + f".self_attn.{n}_proj.weight"].shape[0]
+                t[p + f".self_attn.{n}_proj.bias"] = rand(rows)
     if not tied:
         t["lm_head.weight"] = rand(V, D)
     cfg = {"architectures": [arch], "hidden_size": D, "intermediate_size": F,
            "num_hidden_layers": layers, "num_attention_heads": H, "num_key_value_heads": KV,
            "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "tie_word_embeddings": tied,
            "vocab_size": V, "rope_scaling": None}
-    if arch == "MixtralForCausalLM":
+    if explicit_hd or arch == "Qwen3ForCausalLM":  # Qwen3Config would otherwise default to 128
+        cfg["head_dim"] = hd
+    if arch in ("MixtralForCausalLM", "GraniteMoeForCausalLM"):
         cfg.update(num_local_experts=E, num_experts_per_tok=top_k)
+    if arch in QWEN_MOE + ("OlmoeForCausalLM",):
+        cfg.update(num_experts=E, num_experts_per_tok=top_k)
+    if arch in QWEN_MOE:
+        cfg.update(moe_intermediate_size=FI)
+    if arch == "Qwen2MoeForCausalLM":
+        cfg.update(shared_expert_intermediate_size=FS)
     cfg.update(extra)
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, "config.json"), "w") as f:
         json.dump(cfg, f)
+    write_folder_tensors(folder, t, dtype, sharded)
+    return t
+
+
+def write_folder_tensors(folder, t, dtype="F32", sharded=False):
+    """Writes the tensors of a model folder, as one file or as two shards with an index."""
     if sharded:
         names = sorted(t)
         parts = {"model-00001-of-00002.safetensors": names[: len(names) // 2],
@@ -109,7 +174,16 @@ def make_model(folder, arch="MixtralForCausalLM", dtype="F32", layers=2, D=16, H
             json.dump({"metadata": {}, "weight_map": weight_map}, f)
     else:
         write_safetensors(os.path.join(folder, "model.safetensors"), t, dtype)
-    return t
+
+
+def edit_config(folder, **changes):
+    """Rewrites fields of a folder's config.json."""
+    path = os.path.join(folder, "config.json")
+    with open(path) as f:
+        cfg = json.load(f)
+    cfg.update(changes)
+    with open(path, "w") as f:
+        json.dump(cfg, f)
 
 
 class Tmp(unittest.TestCase):
@@ -330,9 +404,10 @@ class ModelTest(Tmp):
         b, _ = rf.forward(self.dir("bias"), self.ids)
         np.testing.assert_array_equal(a, b)  # Zero biases change nothing but must be read.
 
-    def test_rope_scaling_is_rejected(self):
-        make_model(self.dir("m"), arch="LlamaForCausalLM", rope_scaling={"type": "linear", "factor": 2.0})
-        with self.assertRaises(ValueError):
+    def test_unsupported_rope_scaling_is_rejected(self):
+        make_model(self.dir("m"), arch="LlamaForCausalLM",
+                   rope_scaling={"type": "longrope", "short_factor": [1.0, 1.0], "long_factor": [1.0, 1.0]})
+        with self.assertRaisesRegex(ValueError, "rope_type 'longrope'"):
             rf.forward(self.dir("m"), self.ids)
 
     def test_cli(self):
@@ -348,6 +423,635 @@ class ModelTest(Tmp):
             r = json.load(f)
         self.assertEqual([layer["layer"] for layer in r["layers"]], [0, 1])
         self.assertEqual(len(r["layers"][0]["positions"]), 3)
+
+
+# ----------------------------------------------------------------------------
+# New building blocks: q/k norms, routers, the layer schedule.
+# ----------------------------------------------------------------------------
+
+class NewComponentTest(unittest.TestCase):
+    def test_qk_norm_per_head_vs_whole_projection(self):
+        x = np.array([[3.0, 4.0, 1.0, 1.0]])  # two heads of head_dim 2
+        # Per head (Qwen3): [3, 4] has RMS sqrt(12.5) and [1, 1] has RMS 1; the one
+        # [head_dim] weight [1, 2] applies to both heads.
+        per_head = rf.qk_norm(x, np.array([1.0, 2.0]), 0.0, "head", 2)
+        r = math.sqrt(12.5)
+        np.testing.assert_allclose(per_head, [[3 / r, 8 / r, 1.0, 2.0]], rtol=1e-15)
+        # Whole projection (OLMoE): mean of [9, 16, 1, 1] is 6.75, weight [1, 2, 3, 4].
+        whole = rf.qk_norm(x, np.array([1.0, 2.0, 3.0, 4.0]), 0.0, "full", 2)
+        r = math.sqrt(6.75)
+        np.testing.assert_allclose(whole, [[3 / r, 8 / r, 3 / r, 4 / r]], rtol=1e-15)
+
+    def test_route_without_renormalisation(self):
+        # Probabilities 0.1, 0.3, 0.2, 0.4: top-2 is experts 3 and 1.
+        logits = np.log([1.0, 3.0, 2.0, 4.0])
+        experts, weights = rf.route(logits, 2, normalize=False)  # Qwen-MoE/OLMoE default
+        self.assertEqual(list(experts), [3, 1])
+        np.testing.assert_allclose(weights, [0.4, 0.3], rtol=1e-14)
+        experts, weights = rf.route(logits, 2, normalize=True)  # norm_topk_prob / Mixtral
+        self.assertEqual(list(experts), [3, 1])
+        np.testing.assert_allclose(weights, [4 / 7, 3 / 7], rtol=1e-14)
+
+    def test_granite_router_topk_then_softmax(self):
+        experts, weights = rf.route_topk_softmax([1.0, 3.0, 2.0, 0.0], 2)
+        self.assertEqual(list(experts), [1, 2])
+        # softmax over the chosen logits [3, 2] only.
+        np.testing.assert_allclose(weights, [math.e / (math.e + 1), 1 / (math.e + 1)], rtol=1e-15)
+        experts, weights = rf.route_topk_softmax([0.0, 5.0, 5.0, 5.0], 2)
+        self.assertEqual(list(experts), [1, 2])  # ties: lower id wins
+        np.testing.assert_allclose(weights, [0.5, 0.5])
+
+    def test_moe_layer_schedule(self):
+        # Sparse iff i not in mlp_only_layers and (i + 1) % decoder_sparse_step == 0.
+        self.assertEqual(rf.moe_layer_schedule(6, 8, 2, [3]), [False, True, False, False, False, True])
+        self.assertEqual(rf.moe_layer_schedule(4, 8, 1, [0, 2]), [False, True, False, True])
+        self.assertEqual(rf.moe_layer_schedule(3, 8), [True, True, True])
+        self.assertEqual(rf.moe_layer_schedule(3, 0), [False, False, False])
+        self.assertEqual(rf.moe_layer_schedule(6, 8, 3, []), [False, False, True, False, False, True])
+
+
+# ----------------------------------------------------------------------------
+# RoPE scaling: inverse frequencies and attention factors on known values.
+# ----------------------------------------------------------------------------
+
+def raw_config(**fields):
+    """A minimal Llama-style config.json dict with head_dim 4 (D 16, 4 heads)."""
+    raw = {"architectures": ["LlamaForCausalLM"], "hidden_size": 16, "num_attention_heads": 4,
+           "num_hidden_layers": 1, "rms_norm_eps": 1e-6, "vocab_size": 8, "rope_theta": 100.0}
+    raw.update(fields)
+    return raw
+
+
+def rope_of(**fields):
+    return rf.parse_config(raw_config(**fields))["rope"]
+
+
+class RopeScalingTest(unittest.TestCase):
+    def test_default_and_linear(self):
+        inv, att = rf.rope_inv_freq(rope_of())
+        np.testing.assert_allclose(inv, [1.0, 0.1], rtol=1e-15)  # 100^0, 100^(-1/2)
+        self.assertEqual(att, 1.0)
+        inv, att = rf.rope_inv_freq(rope_of(rope_scaling={"type": "linear", "factor": 4.0}))
+        np.testing.assert_allclose(inv, [0.25, 0.025], rtol=1e-15)
+        self.assertEqual(att, 1.0)
+
+    def test_dynamic_ntk(self):
+        rope = rope_of(rope_scaling={"type": "dynamic", "factor": 2.0}, max_position_embeddings=10)
+        # S <= M keeps theta = 100.
+        for S in (None, 1, 10):
+            inv, att = rf.rope_inv_freq(rope, seq_len=S)
+            np.testing.assert_array_equal(inv, [1.0, 0.1])
+            self.assertEqual(att, 1.0)
+        # S = 20: theta' = 100 * (2*20/10 - 1)^(4/2) = 900, so inv = [1, 1/30].
+        np.testing.assert_allclose(rf.rope_inv_freq(rope, seq_len=20)[0], [1.0, 1 / 30], rtol=1e-14)
+        # S = 15: theta' = 100 * (3 - 1)^2 = 400, so inv = [1, 1/20].
+        np.testing.assert_allclose(rf.rope_inv_freq(rope, seq_len=15)[0], [1.0, 1 / 20], rtol=1e-14)
+
+    def test_llama3_with_llama31_values(self):
+        raw = raw_config(hidden_size=128 * 4, rope_theta=500000.0, rope_scaling={
+            "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192})
+        inv, att = rf.rope_inv_freq(rf.parse_config(raw)["rope"])
+        base = 500000.0 ** (-np.arange(0, 128, 2) / 128)
+        self.assertEqual(att, 1.0)
+        # Wavelength 2*pi/base < 8192/4 for pairs 0..28: unchanged.
+        np.testing.assert_allclose(inv[:29], base[:29], rtol=1e-15)
+        # Wavelength > 8192/1 for pairs 35..63: divided by the factor 8.
+        np.testing.assert_allclose(inv[35:], base[35:] / 8, rtol=1e-15)
+        # Pair 32: base = 500000^-1/2, wavelength 2*pi*sqrt(500000) = 4442.88, between the
+        # two; s = (8192/wavelength - 1)/3 = 0.2812826 and inv = (1 - s)*base/8 + s*base
+        # = 0.00052484616.
+        b = 1 / math.sqrt(500000.0)
+        s = (8192 / (2 * math.pi * math.sqrt(500000.0)) - 1) / 3
+        self.assertAlmostEqual(s, 0.2812826, places=7)
+        self.assertAlmostEqual(inv[32], (1 - s) * b / 8 + s * b, delta=1e-18)
+        self.assertAlmostEqual(inv[32], 0.00052484616, delta=1e-11)
+        # The blended band lies strictly between the two limits.
+        self.assertTrue(np.all((inv[29:35] < base[29:35]) & (inv[29:35] > base[29:35] / 8)))
+
+    def test_yarn_gpt_oss_values(self):
+        raw = raw_config(hidden_size=64 * 4, rope_theta=150000.0, max_position_embeddings=131072,
+                         rope_scaling={"rope_type": "yarn", "factor": 32.0, "beta_fast": 32.0,
+                                       "beta_slow": 1.0, "original_max_position_embeddings": 4096,
+                                       "truncate": False})
+        inv, att = rf.rope_inv_freq(rf.parse_config(raw)["rope"])
+        self.assertAlmostEqual(att, 0.1 * math.log(32) + 1, places=14)
+        self.assertAlmostEqual(att, 1.34657, places=5)
+        low, high = rf.yarn_correction_range(32, 1, 64, 150000.0, 4096, False)
+        self.assertAlmostEqual(low, 8.0928, places=4)
+        self.assertAlmostEqual(high, 17.3980, places=4)
+        base = 150000.0 ** (-np.arange(0, 64, 2) / 64)
+        # Pairs up to 8 keep their frequency, pairs from 18 are divided by 32.
+        np.testing.assert_allclose(inv[:9], base[:9], rtol=1e-15)
+        np.testing.assert_allclose(inv[18:], base[18:] / 32, rtol=1e-15)
+        # Pair 12 is on the ramp: (12 - low) / (high - low) of the way to base/32.
+        r = (12 - low) / (high - low)
+        self.assertAlmostEqual(inv[12] / base[12], r / 32 + (1 - r), places=14)
+
+    def test_yarn_qwen3_style_uses_factor_as_given(self):
+        # max_position_embeddings 40960 / 32768 = 1.25 would be the old, overridden factor.
+        raw = raw_config(hidden_size=128 * 4, rope_theta=1e6, max_position_embeddings=40960,
+                         rope_scaling={"rope_type": "yarn", "factor": 4.0,
+                                       "original_max_position_embeddings": 32768})
+        rope = rf.parse_config(raw)["rope"]
+        inv, att = rf.rope_inv_freq(rope)
+        self.assertAlmostEqual(att, 0.1 * math.log(4) + 1, places=14)
+        self.assertAlmostEqual(att, 1.1386, places=4)
+        # truncate defaults to true: the ramp runs from floor(23.6) = 23 to ceil(39.65) = 40.
+        self.assertEqual(rf.yarn_correction_range(32, 1, 128, 1e6, 32768, True), (23, 40))
+        base = 1e6 ** (-np.arange(0, 128, 2) / 128)
+        np.testing.assert_allclose(inv[:24], base[:24], rtol=1e-15)
+        np.testing.assert_allclose(inv[40:], base[40:] / 4, rtol=1e-15)
+        np.testing.assert_allclose(inv[30], base[30] * ((7 / 17) / 4 + 10 / 17), rtol=1e-14)
+
+    def test_yarn_attention_factor_variants(self):
+        def att(**extra):
+            scaling = {"rope_type": "yarn", "factor": 40.0, "original_max_position_embeddings": 4096}
+            scaling.update(extra)
+            return rf.rope_inv_freq(rope_of(rope_scaling=scaling, max_position_embeddings=163840))[1]
+        # DeepSeek: mscale == mscale_all_dim gives 1.
+        self.assertAlmostEqual(att(mscale=0.707, mscale_all_dim=0.707), 1.0, places=15)
+        g = 0.1 * math.log(40)
+        self.assertAlmostEqual(att(mscale=1.0, mscale_all_dim=0.5), (g + 1) / (0.5 * g + 1), places=14)
+        self.assertAlmostEqual(att(), g + 1, places=14)
+        self.assertEqual(att(attention_factor=0.75), 0.75)  # an explicit value wins
+        # No factor: max_position_embeddings / original = 163840 / 4096 = 40.
+        rope = rope_of(rope_scaling={"rope_type": "yarn", "original_max_position_embeddings": 4096},
+                       max_position_embeddings=163840)
+        self.assertEqual(rope["factor"], 40.0)
+
+    def test_attention_factor_scales_cos_and_sin(self):
+        cos, sin = rf.cos_sin_tables([0, 1], np.array([1.0, 0.5]), 2.0)
+        np.testing.assert_allclose(cos[0], [2, 2, 2, 2])
+        np.testing.assert_allclose(sin[1], 2 * np.sin([1.0, 0.5, 1.0, 0.5]), rtol=1e-15)
+
+    def test_config_spellings(self):
+        # "type" is an alias of "rope_type".
+        self.assertEqual(rope_of(rope_scaling={"type": "linear", "factor": 2.0})["type"], "linear")
+        # v5 rope_parameters carries rope_type and rope_theta; its theta wins over the top level.
+        rope = rope_of(rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 500.0})
+        self.assertEqual((rope["type"], rope["theta"], rope["factor"]), ("linear", 500.0, 2.0))
+        self.assertEqual(rope_of(rope_parameters={"rope_type": "default"})["theta"], 100.0)
+        # A non-empty rope_scaling wins over rope_parameters.
+        rope = rope_of(rope_scaling={"type": "linear", "factor": 3.0},
+                       rope_parameters={"rope_type": "dynamic", "factor": 2.0})
+        self.assertEqual((rope["type"], rope["factor"]), ("linear", 3.0))
+        # A top-level original_max_position_embeddings wins over the one in the dict.
+        scaling = {"rope_type": "yarn", "factor": 2.0, "original_max_position_embeddings": 64}
+        self.assertEqual(rope_of(rope_scaling=scaling)["original_max_pos"], 64)
+        rope = rope_of(rope_scaling=scaling, original_max_position_embeddings=32)
+        self.assertEqual(rope["original_max_pos"], 32)
+        # Mixtral's default theta is 1e6.
+        raw = raw_config(architectures=["MixtralForCausalLM"])
+        del raw["rope_theta"]
+        self.assertEqual(rf.parse_config(raw)["rope"]["theta"], 1e6)
+
+    def test_rejections_name_the_field(self):
+        cases = [({"rope_scaling": {"type": "longrope", "factor": 2.0}}, "rope_type 'longrope'"),
+                 ({"rope_parameters": {"rope_type": "ntk", "factor": 2.0}}, "rope_parameters.rope_type"),
+                 ({"rope_scaling": {"type": "yarn", "factor": 2.0, "finetuned": True}}, "finetuned"),
+                 ({"rope_scaling": {"type": "linear"}}, "rope_scaling.factor"),
+                 ({"rope_scaling": {"type": "llama3", "factor": 8.0, "low_freq_factor": 1.0}},
+                  "high_freq_factor"),
+                 ({"partial_rotary_factor": 0.5}, "partial_rotary_factor"),
+                 ({"rope_scaling": {"type": "linear", "rope_type": "dynamic", "factor": 2.0}}, "disagree")]
+        for fields, message in cases:
+            with self.assertRaisesRegex(ValueError, message, msg=str(fields)):
+                rf.parse_config(raw_config(**fields))
+
+
+# ----------------------------------------------------------------------------
+# The new families on tiny folders.
+# ----------------------------------------------------------------------------
+
+def load(folder):
+    return rf.load_config(folder), rf.Weights(folder)
+
+
+def f64(t, name):
+    return t[name].astype(np.float64)
+
+
+def np_silu(x):
+    return x / (1.0 + np.exp(-x))
+
+
+class NewFamilyTest(Tmp):
+    ids = [3, 1, 4, 1, 5, 9]
+
+    def rewrite(self, folder, t):
+        write_folder_tensors(folder, t)
+
+    def test_qwen3_dense_explicit_head_dim_and_per_head_norm(self):
+        # head_dim 8 with hidden 16 and 4 heads: q_proj has 32 rows.
+        folder = self.dir("q3")
+        t = make_model(folder, arch="Qwen3ForCausalLM", hd=8, tied=True, rms_norm_eps=1e-30)
+        self.assertEqual(t["model.layers.0.self_attn.q_proj.weight"].shape, (32, 16))
+        a, routing = rf.forward(folder, self.ids)
+        self.assertEqual((a.shape, routing), ((6, 32), []))
+        self.assertTrue(np.all(np.isfinite(a)))
+        # A per-head norm makes each head's scale irrelevant: scaling head 1's q rows by 4
+        # leaves the logits unchanged.
+        t["model.layers.0.self_attn.q_proj.weight"][8:16] *= 4
+        self.rewrite(folder, t)
+        b, _ = rf.forward(folder, self.ids)
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+        # The q_norm weight is read: changing it changes the logits.
+        t["model.layers.1.self_attn.q_norm.weight"] = t["model.layers.1.self_attn.q_norm.weight"] * 1.5
+        self.rewrite(folder, t)
+        c, _ = rf.forward(folder, self.ids)
+        self.assertFalse(np.allclose(a, c))
+        # A whole-projection-sized q_norm is refused.
+        t["model.layers.0.self_attn.q_norm.weight"] = np.ones(32, np.float32)
+        self.rewrite(folder, t)
+        with self.assertRaisesRegex(ValueError, "q_norm"):
+            rf.forward(folder, self.ids)
+
+    def test_qwen3_sliding_window_layers(self):
+        # Qwen3: only layers >= max_window_layers; Qwen3-MoE: every layer; both only with
+        # use_sliding_window.
+        for arch, expect in (("Qwen3ForCausalLM", [None, 2]), ("Qwen3MoeForCausalLM", [2, 2])):
+            on, off = self.dir(arch + "on"), self.dir(arch + "off")
+            make_model(on, arch=arch, use_sliding_window=True, sliding_window=2, max_window_layers=1)
+            make_model(off, arch=arch, use_sliding_window=False, sliding_window=2, max_window_layers=1)
+            self.assertEqual(rf.load_config(on)["windows"], expect)
+            self.assertEqual(rf.load_config(off)["windows"], [None, None])
+            a, _ = rf.forward(on, self.ids)
+            b, _ = rf.forward(off, self.ids)
+            np.testing.assert_array_equal(a[:2], b[:2])
+            self.assertFalse(np.allclose(a[2:], b[2:]))
+
+    def test_qwen3_default_head_dim_is_128(self):
+        raw = {"architectures": ["Qwen3ForCausalLM"], "hidden_size": 16, "num_attention_heads": 4,
+               "num_hidden_layers": 1, "rms_norm_eps": 1e-6, "vocab_size": 8}
+        self.assertEqual(rf.parse_config(raw)["head_dim"], 128)
+        raw["architectures"] = ["Qwen3MoeForCausalLM"]
+        self.assertEqual(rf.parse_config(raw)["head_dim"], 4)
+
+    def test_olmoe_whole_projection_norm_and_clip(self):
+        folder = self.dir("olmoe")
+        t = make_model(folder, arch="OlmoeForCausalLM", rms_norm_eps=1e-30)
+        a, routing = rf.forward(folder, self.ids)
+        self.assertTrue(np.all(np.isfinite(a)))
+        self.assertEqual([r["layer"] for r in routing], [0, 1])
+        for pos in routing[0]["positions"]:
+            self.assertEqual(len(pos["experts"]), 2)
+            self.assertLess(sum(pos["weights"]), 1.0)  # norm_topk_prob defaults to false
+        # Scaling every q row by 4 does not matter to a whole-projection norm ...
+        q = "model.layers.0.self_attn.q_proj.weight"
+        original = t[q].copy()
+        t[q] = original * 4
+        self.rewrite(folder, t)
+        np.testing.assert_allclose(rf.forward(folder, self.ids)[0], a, rtol=1e-12, atol=1e-12)
+        # ... but scaling one head's rows does (unlike a per-head norm).
+        t[q] = original.copy()
+        t[q][4:8] *= 4
+        self.rewrite(folder, t)
+        self.assertFalse(np.allclose(rf.forward(folder, self.ids)[0], a))
+        t[q] = original
+        self.rewrite(folder, t)
+        # clip_qkv: a huge bound changes nothing, a small one changes the logits.
+        edit_config(folder, clip_qkv=1e9)
+        np.testing.assert_array_equal(rf.forward(folder, self.ids)[0], a)
+        edit_config(folder, clip_qkv=0.05)
+        self.assertFalse(np.allclose(rf.forward(folder, self.ids)[0], a))
+        edit_config(folder, clip_qkv=None, norm_topk_prob=True)
+        for pos in rf.forward(folder, self.ids)[1][0]["positions"]:
+            self.assertAlmostEqual(sum(pos["weights"]), 1.0, places=12)
+        # A per-head-sized q_norm is refused.
+        t["model.layers.0.self_attn.q_norm.weight"] = np.ones(4, np.float32)
+        self.rewrite(folder, t)
+        with self.assertRaisesRegex(ValueError, "q_norm"):
+            rf.forward(folder, self.ids)
+
+    def test_qk_norm_attention_matches_scalar_loops(self):
+        # Explicit loops over heads, queries and keys: OLMoE normalises the whole q and k
+        # projections then clamps q, k, v; Qwen3 normalises each head; both before RoPE.
+        T, H, KV, hd, eps = 4, 4, 2, 4, 1e-5
+        for arch, clip in (("OlmoeForCausalLM", 0.3), ("Qwen3ForCausalLM", None)):
+            folder = self.dir(arch)
+            extra = {"clip_qkv": clip} if clip else {}
+            t = make_model(folder, arch=arch, layers=1, **extra)
+            cfg, W = load(folder)
+            x = np.random.default_rng(7).standard_normal((T, 16))
+            cos, sin = rf.rope_cos_sin(range(T), hd, 10000.0)
+            out = rf.attention(x, W, "model.layers.0.self_attn", cfg, cos, sin, None)
+            w = {n: f64(t, f"model.layers.0.self_attn.{n}_proj.weight") for n in "qkvo"}
+            qn = f64(t, "model.layers.0.self_attn.q_norm.weight")
+            kn = f64(t, "model.layers.0.self_attn.k_norm.weight")
+            q, k, v = x @ w["q"].T, x @ w["k"].T, x @ w["v"].T
+
+            def rms(vec, weight):
+                return vec / math.sqrt(sum(e * e for e in vec) / len(vec) + eps) * weight
+
+            for i in range(T):
+                if arch == "OlmoeForCausalLM":
+                    q[i], k[i] = rms(q[i], qn), rms(k[i], kn)
+                    q[i], k[i], v[i] = (np.clip(a[i], -clip, clip) for a in (q, k, v))
+                else:
+                    for h in range(H):
+                        q[i, h * hd:(h + 1) * hd] = rms(q[i, h * hd:(h + 1) * hd], qn)
+                    for h in range(KV):
+                        k[i, h * hd:(h + 1) * hd] = rms(k[i, h * hd:(h + 1) * hd], kn)
+
+            def rot(vec, pos):
+                r = vec.copy()
+                for j in range(hd // 2):
+                    ang = pos * 10000.0 ** (-2.0 * j / hd)
+                    a, b = vec[j], vec[j + hd // 2]
+                    r[j] = a * math.cos(ang) - b * math.sin(ang)
+                    r[j + hd // 2] = b * math.cos(ang) + a * math.sin(ang)
+                return r
+
+            expect = np.zeros((T, H * hd))
+            for h in range(H):
+                g = h // (H // KV)
+                for i in range(T):
+                    qi = rot(q[i, h * hd:(h + 1) * hd], i)
+                    sc = [qi @ rot(k[j, g * hd:(g + 1) * hd], j) / math.sqrt(hd) for j in range(i + 1)]
+                    p = np.exp(np.array(sc) - max(sc))
+                    p /= p.sum()
+                    expect[i, h * hd:(h + 1) * hd] = sum(p[j] * v[j, g * hd:(g + 1) * hd] for j in range(i + 1))
+            np.testing.assert_allclose(out, expect @ w["o"].T, rtol=1e-12, atol=1e-13, err_msg=arch)
+
+    def test_attention_bias_per_family(self):
+        expect = {"LlamaForCausalLM": (True, True), "Qwen3ForCausalLM": (True, True),
+                  "Qwen3MoeForCausalLM": (True, True), "OlmoeForCausalLM": (True, True),
+                  "GraniteMoeForCausalLM": (True, True), "Qwen2MoeForCausalLM": (True, False),
+                  "MixtralForCausalLM": (False, False), "MistralForCausalLM": (False, False)}
+        for arch, biases in expect.items():
+            cfg = rf.parse_config(raw_config(architectures=[arch], attention_bias=True))
+            self.assertEqual((cfg["qkv_bias"], cfg["o_bias"]), biases, arch)
+        cfg = rf.parse_config(raw_config(architectures=["Qwen2MoeForCausalLM"], qkv_bias=False))
+        self.assertEqual((cfg["qkv_bias"], cfg["o_bias"]), (False, False))
+        # The biases are read: changing Granite's o_proj bias changes the logits.
+        folder = self.dir("g")
+        t = make_model(folder, arch="GraniteMoeForCausalLM", attention_bias=True)
+        a, _ = rf.forward(folder, self.ids)
+        t["model.layers.1.self_attn.o_proj.bias"] = t["model.layers.1.self_attn.o_proj.bias"] + 1
+        write_folder_tensors(folder, t)
+        self.assertFalse(np.allclose(a, rf.forward(folder, self.ids)[0]))
+
+    def test_clip_qkv_clamps_q_k_v_after_the_norm(self):
+        folder = self.dir("olmoe")
+        t = make_model(folder, arch="OlmoeForCausalLM", layers=1, clip_qkv=0.1)
+        cfg, W = load(folder)
+        x = np.random.default_rng(3).standard_normal((1, 16))
+        cos, sin = rf.rope_cos_sin([0], 4, 10000.0)
+        out = rf.attention(x, W, "model.layers.0.self_attn", cfg, cos, sin, None)
+        # One token: the output is o_proj of the clamped v, repeated per query head.
+        v = np.clip(x @ f64(t, "model.layers.0.self_attn.v_proj.weight").T, -0.1, 0.1).reshape(2, 4)
+        per_head = np.concatenate([v[h // 2] for h in range(4)])
+        np.testing.assert_allclose(out[0], per_head @ f64(t, "model.layers.0.self_attn.o_proj.weight").T,
+                                   rtol=1e-12)
+
+    def test_qwen3_moe_mixed_layers(self):
+        folder = self.dir("q3moe")
+        make_model(folder, arch="Qwen3MoeForCausalLM", layers=4, hd=8, mlp_only_layers=[0, 2],
+                   norm_topk_prob=True, attention_bias=True, sharded=True, dtype="BF16")
+        cfg = rf.load_config(folder)
+        self.assertEqual(cfg["moe_layers"], [False, True, False, True])
+        self.assertEqual((cfg["qkv_bias"], cfg["o_bias"]), (True, True))
+        logits, routing = rf.forward(folder, self.ids)
+        self.assertTrue(np.all(np.isfinite(logits)))
+        self.assertEqual([r["layer"] for r in routing], [1, 3])
+        for layer in routing:
+            self.assertEqual(len(layer["positions"]), len(self.ids))
+            for pos in layer["positions"]:
+                self.assertEqual(len(pos["router_logits"]), 4)
+                self.assertAlmostEqual(sum(pos["weights"]), 1.0, places=12)
+        # The expert width is moe_intermediate_size; a config that disagrees is refused.
+        edit_config(folder, moe_intermediate_size=13)
+        with self.assertRaisesRegex(ValueError, "experts"):
+            rf.forward(folder, self.ids)
+
+    def test_qwen2_moe_shared_expert_and_router(self):
+        folder = self.dir("q2moe")
+        t = make_model(folder, arch="Qwen2MoeForCausalLM", layers=1)
+        cfg, W = load(folder)
+        h = np.random.default_rng(4).standard_normal((3, 16))
+        out, positions = rf.moe(h, W, "model.layers.0", cfg)
+        p = "model.layers.0.mlp"
+
+        def shared(x):
+            g = x @ f64(t, p + ".shared_expert.gate_proj.weight").T
+            u = x @ f64(t, p + ".shared_expert.up_proj.weight").T
+            return (np_silu(g) * u) @ f64(t, p + ".shared_expert.down_proj.weight").T
+
+        routed = np.zeros_like(h)
+        logits = h @ f64(t, p + ".gate.weight").T
+        for i in range(3):
+            probs = np.exp(logits[i]) / np.exp(logits[i]).sum()
+            top = np.argsort(-probs, kind="stable")[:2]
+            self.assertEqual(positions[i]["experts"], [int(e) for e in top])
+            np.testing.assert_allclose(positions[i]["weights"], probs[top], rtol=1e-13)  # not renormalised
+            for e in top:
+                q = f"{p}.experts.{e}"
+                y = (np_silu(h[i] @ f64(t, q + ".gate_proj.weight").T) * (h[i] @ f64(t, q + ".up_proj.weight").T))
+                routed[i] += probs[e] * (y @ f64(t, q + ".down_proj.weight").T)
+        gate = 1 / (1 + np.exp(-(h @ f64(t, p + ".shared_expert_gate.weight").T)))
+        np.testing.assert_allclose(out, routed + gate * shared(h), rtol=1e-12, atol=1e-13)
+        # A zero gate weight gives sigmoid(0) = 1/2 of the shared expert.
+        t[p + ".shared_expert_gate.weight"] = np.zeros((1, 16), np.float32)
+        write_folder_tensors(folder, t)
+        out0, _ = rf.moe(h, rf.Weights(folder), "model.layers.0", cfg)
+        np.testing.assert_allclose(out0, routed + 0.5 * shared(h), rtol=1e-12, atol=1e-13)
+        # q, k, v carry biases, o does not.
+        self.assertEqual((cfg["qkv_bias"], cfg["o_bias"]), (True, False))
+
+    def test_qwen2_moe_end_to_end(self):
+        folder = self.dir("q2moe")
+        make_model(folder, arch="Qwen2MoeForCausalLM", layers=3, mlp_only_layers=[1], dtype="BF16")
+        logits, routing = rf.forward(folder, self.ids)
+        self.assertTrue(np.all(np.isfinite(logits)))
+        self.assertEqual([r["layer"] for r in routing], [0, 2])
+        for pos in routing[1]["positions"]:
+            self.assertLess(sum(pos["weights"]), 1.0)
+        edit_config(folder, use_sliding_window=True, sliding_window=2)
+        with self.assertRaisesRegex(ValueError, "use_sliding_window"):
+            rf.forward(folder, self.ids)
+
+    def test_granite_fused_experts_and_router(self):
+        folder = self.dir("granite")
+        t = make_model(folder, arch="GraniteMoeForCausalLM", layers=1, F=6)
+        cfg, W = load(folder)
+        h = np.random.default_rng(5).standard_normal((3, 16))
+        out, positions = rf.moe(h, W, "model.layers.0", cfg)
+        p = "model.layers.0.block_sparse_moe"
+        w_in, w_out = f64(t, p + ".input_linear.weight"), f64(t, p + ".output_linear.weight")
+        logits = h @ f64(t, p + ".router.layer.weight").T
+        expect = np.zeros_like(h)
+        for i in range(3):
+            top = np.argsort(-logits[i], kind="stable")[:2]
+            w = np.exp(logits[i][top]) / np.exp(logits[i][top]).sum()
+            self.assertEqual(positions[i]["experts"], [int(e) for e in top])
+            np.testing.assert_allclose(positions[i]["weights"], w, rtol=1e-13)
+            for e, we in zip(top, w):
+                a = w_in[e] @ h[i]
+                expect[i] += we * (w_out[e] @ (np_silu(a[:6]) * a[6:]))  # gate rows first
+        np.testing.assert_allclose(out, expect, rtol=1e-12, atol=1e-13)
+
+    def test_granite_multipliers(self):
+        em, ls = 3.0, 2.5
+        folder = self.dir("g")
+        t = make_model(folder, arch="GraniteMoeForCausalLM", tied=True, embedding_multiplier=em,
+                       residual_multiplier=0.0, attention_multiplier=0.2, logits_scaling=ls)
+        # Residual multiplier 0 removes both branches: the logits are the final norm of
+        # the scaled embeddings against the tied embedding matrix, divided by logits_scaling.
+        logits, routing = rf.forward(folder, self.ids)
+        x = f64(t, "model.embed_tokens.weight")[self.ids] * em
+        x = x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + 1e-5) * f64(t, "model.norm.weight")
+        np.testing.assert_allclose(logits, x @ f64(t, "model.embed_tokens.weight").T / ls, rtol=1e-13)
+        self.assertEqual(len(routing), 2)
+        # logits_scaling divides the logits exactly.
+        edit_config(folder, residual_multiplier=0.5)
+        a, _ = rf.forward(folder, self.ids)
+        edit_config(folder, logits_scaling=1.0)
+        b, _ = rf.forward(folder, self.ids)
+        np.testing.assert_allclose(a, b / ls, rtol=1e-15)
+        # embedding_multiplier 2 equals embeddings stored twice as large (untied head).
+        u = make_model(self.dir("u1"), arch="GraniteMoeForCausalLM", embedding_multiplier=2.0,
+                       residual_multiplier=0.5)
+        u["model.embed_tokens.weight"] = u["model.embed_tokens.weight"] * 2
+        make_model(self.dir("u2"), arch="GraniteMoeForCausalLM", residual_multiplier=0.5)
+        write_folder_tensors(self.dir("u2"), u)
+        np.testing.assert_array_equal(rf.forward(self.dir("u1"), self.ids)[0],
+                                      rf.forward(self.dir("u2"), self.ids)[0])
+
+    def test_granite_attention_multiplier_is_the_scale(self):
+        folder = self.dir("g")
+        t = make_model(folder, arch="GraniteMoeForCausalLM", layers=1, attention_multiplier=0.0)
+        cfg, W = load(folder)
+        x = np.random.default_rng(6).standard_normal((2, 16))
+        cos, sin = rf.rope_cos_sin([0, 1], 4, 10000.0)
+        out = rf.attention(x, W, "model.layers.0.self_attn", cfg, cos, sin, None)
+        # Scale 0 makes all scores 0: position 1 averages the values of positions 0 and 1.
+        v = (x @ f64(t, "model.layers.0.self_attn.v_proj.weight").T).reshape(2, 2, 4)
+        mean = np.concatenate([(v[0, h // 2] + v[1, h // 2]) / 2 for h in range(4)])
+        np.testing.assert_allclose(out[1], mean @ f64(t, "model.layers.0.self_attn.o_proj.weight").T,
+                                   rtol=1e-12, atol=1e-14)
+
+
+# ----------------------------------------------------------------------------
+# The KV-cache emulation (--prefill).
+# ----------------------------------------------------------------------------
+
+class PrefillTest(Tmp):
+    ids = [3, 1, 4, 1, 5, 9, 2]
+
+    CASES = [
+        ("MixtralForCausalLM", {"sliding_window": 3}),
+        ("LlamaForCausalLM", {"rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                               "high_freq_factor": 4.0, "original_max_position_embeddings": 4}}),
+        ("Qwen3ForCausalLM", {"hd": 8, "use_sliding_window": True, "sliding_window": 2, "max_window_layers": 1}),
+        ("Qwen3MoeForCausalLM", {"max_position_embeddings": 16, "norm_topk_prob": True, "rope_scaling": {
+            "type": "yarn", "factor": 4.0, "original_max_position_embeddings": 4}}),
+        ("Qwen2MoeForCausalLM", {"rope_parameters": {"rope_type": "linear", "factor": 2.0}}),
+        ("OlmoeForCausalLM", {"clip_qkv": 0.5}),
+        ("GraniteMoeForCausalLM", {"embedding_multiplier": 2.0, "residual_multiplier": 0.5,
+                                   "attention_multiplier": 0.3, "logits_scaling": 3.0}),
+    ]
+
+    def test_prefill_matches_one_forward_for_static_rope(self):
+        for n, (arch, extra) in enumerate(self.CASES):
+            folder = self.dir(str(n))
+            make_model(folder, arch=arch, **extra)
+            full, r_full = rf.forward(folder, self.ids)
+            for P in (1, 4):
+                with self.subTest(arch=arch, prefill=P):
+                    part, r_part = rf.forward(folder, self.ids, prefill=P)
+                    np.testing.assert_allclose(part, full, rtol=1e-11, atol=1e-12)
+                    self.assertEqual([r["layer"] for r in r_part], [r["layer"] for r in r_full])
+                    for a, b in zip(r_full, r_part):
+                        self.assertEqual([p["experts"] for p in a["positions"]],
+                                         [p["experts"] for p in b["positions"]])
+                        np.testing.assert_allclose([p["weights"] for p in a["positions"]],
+                                                   [p["weights"] for p in b["positions"]], rtol=1e-11)
+
+    def test_prefill_uses_the_cache(self):
+        # Each decode step must see the earlier tokens: changing token 0 changes the last row.
+        folder = self.dir("m")
+        make_model(folder, arch="LlamaForCausalLM")
+        a, _ = rf.forward(folder, self.ids, prefill=2)
+        b, _ = rf.forward(folder, [7] + self.ids[1:], prefill=2)
+        self.assertFalse(np.allclose(a[-1], b[-1]))
+        with self.assertRaises(ValueError):
+            rf.forward(folder, self.ids, prefill=0)
+
+    def test_dynamic_within_max_position_equals_default(self):
+        make_model(self.dir("dyn"), arch="LlamaForCausalLM",
+                   rope_scaling={"type": "dynamic", "factor": 2.0}, max_position_embeddings=64)
+        make_model(self.dir("def"), arch="LlamaForCausalLM", max_position_embeddings=64)
+        ref, _ = rf.forward(self.dir("def"), self.ids)
+        np.testing.assert_array_equal(rf.forward(self.dir("dyn"), self.ids)[0], ref)
+        np.testing.assert_allclose(rf.forward(self.dir("dyn"), self.ids, prefill=3)[0], ref,
+                                   rtol=1e-11, atol=1e-12)
+
+    def manual_dynamic(self, t, ids, call_S, M, f, theta=10000.0, eps=1e-5, H=4, KV=2, hd=4):
+        """A one-layer Llama written out by hand: token i is rotated with the
+        frequencies of S = call_S[i], the S of the forward call that computed it."""
+        def norm(x, w):
+            return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * f64(t, w)
+
+        def rot(vec, pos, S):
+            th = theta * (f * S / M - (f - 1)) ** (hd / (hd - 2)) if S > M else theta
+            ang = pos * th ** (-np.arange(0, hd, 2) / hd)
+            a, b = vec[:hd // 2], vec[hd // 2:]
+            return np.concatenate([a * np.cos(ang) - b * np.sin(ang), b * np.cos(ang) + a * np.sin(ang)])
+
+        p = "model.layers.0."
+        x = f64(t, "model.embed_tokens.weight")[ids]
+        h = norm(x, p + "input_layernorm.weight")
+        q, k, v = (h @ f64(t, p + f"self_attn.{n}_proj.weight").T for n in "qkv")
+        att = np.zeros((len(ids), H * hd))
+        for i in range(len(ids)):
+            for head in range(H):
+                g = head // (H // KV)
+                qi = rot(q[i, head * hd:(head + 1) * hd], i, call_S[i])
+                s = np.array([qi @ rot(k[j, g * hd:(g + 1) * hd], j, call_S[j]) / math.sqrt(hd)
+                              for j in range(i + 1)])
+                w = np.exp(s - s.max())
+                w /= w.sum()
+                att[i, head * hd:(head + 1) * hd] = w @ v[:i + 1, g * hd:(g + 1) * hd]
+        x = x + att @ f64(t, p + "self_attn.o_proj.weight").T
+        h = norm(x, p + "post_attention_layernorm.weight")
+        y = (np_silu(h @ f64(t, p + "mlp.gate_proj.weight").T) * (h @ f64(t, p + "mlp.up_proj.weight").T))
+        x = x + y @ f64(t, p + "mlp.down_proj.weight").T
+        return norm(x, "model.norm.weight") @ f64(t, "lm_head.weight").T
+
+    def test_dynamic_cached_keys_keep_their_rotation(self):
+        M, f = 2, 2.0
+        folder = self.dir("dyn")
+        t = make_model(folder, arch="LlamaForCausalLM", layers=1,
+                       rope_scaling={"type": "dynamic", "factor": f}, max_position_embeddings=M)
+        T = len(self.ids)
+        # One call: every token uses S = T.
+        full, _ = rf.forward(folder, self.ids)
+        np.testing.assert_allclose(full, self.manual_dynamic(t, self.ids, [T] * T, M, f), rtol=1e-11, atol=1e-12)
+        for P in (1, 3):
+            # Prefill [0, P) with S = P, then token t with S = t + 1.
+            part, _ = rf.forward(folder, self.ids, prefill=P)
+            call_S = [P if i < P else i + 1 for i in range(T)]
+            np.testing.assert_allclose(part, self.manual_dynamic(t, self.ids, call_S, M, f),
+                                       rtol=1e-11, atol=1e-12)
+            self.assertFalse(np.allclose(part[:-1], full[:-1]))
+        # The prefill rows are a one-call forward of the prefix.
+        np.testing.assert_array_equal(rf.forward(folder, self.ids, prefill=3)[0][:3],
+                                      rf.forward(folder, self.ids[:3])[0])
+
+    def test_cli_prefill(self):
+        folder = self.dir("m")
+        make_model(folder, arch="Qwen2MoeForCausalLM", layers=3, mlp_only_layers=[1])
+        out, routing = self.dir("out.npy"), self.dir("routing.json")
+        subprocess.run([sys.executable, SCRIPT, folder, "--ids", "1,2,3,4", "--prefill", "2",
+                        "--logits-out", out, "--routing-out", routing],
+                       capture_output=True, text=True, check=True)
+        expect, r = rf.forward(folder, [1, 2, 3, 4], prefill=2)
+        np.testing.assert_array_equal(np.load(out), expect.astype(np.float32))
+        with open(routing) as fh:
+            got = json.load(fh)
+        self.assertEqual([layer["layer"] for layer in got["layers"]], [0, 2])
+        self.assertEqual(got["layers"], r)
 
 
 if __name__ == "__main__":
