@@ -66,6 +66,28 @@ TEST(RouterHash, ChangesWithOneRouterWeight) {
   EXPECT_EQ(before, kTinyMoeHash);
 }
 
+// One vector per MoE family, on the seeded bf16 fixtures (synth's output is a
+// pure function of the seed), from tools/irsh_reference.py. Qwen3-MoE's
+// fixture has a dense layer 1, so its hash covers layers 0 and 2 only.
+TEST(RouterHash, MatchesIndependentComputationForEveryFamily) {
+  const std::pair<const char*, const char*> vectors[] = {
+      {"fixture-qwen3-moe", "b1fb08210f14aaf380e2ac96fc5822ea388cb746178953e011901dba69ab7046"},
+      {"fixture-olmoe", "e8abdb4efee4e9a62cb3d2f5fb3b8e698d089cb4a82b9c2bc6ef9b8cf614b046"},
+      {"fixture-qwen2-moe", "f8d5392cf1fc00698a91071a19c609917b89d45ca3b75093e891fa92545e8a20"},
+      {"fixture-granite-moe", "9eaf345d41dd19f5f28215f06a9521c3c99ebb03d4b766f08dd50341ce4610ec"},
+  };
+  for (const auto& [preset, hash] : vectors) {
+    testing::TempDir dir;
+    const std::string model = testing::MakeModel(dir, preset, DType::kBF16);
+    EXPECT_EQ(RouterHash(LoadModelConfig(model), *TensorStore::OpenDir(model)), hash) << preset;
+    // The same through the engine at an int level (routers stay float32).
+    LoadOptions o(model, 2);
+    o.quant = QuantLevel::kInt4;
+    o.cache_dir = dir.path();
+    EXPECT_EQ(Engine::Load(o)->load_stats().router_hash, hash) << preset;
+  }
+}
+
 TEST(RouterHash, DenseModelIsAnError) {
   testing::TempDir dir;
   const std::string model = testing::MakeModel(dir, "fixture-llama");
