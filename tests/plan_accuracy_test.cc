@@ -144,6 +144,24 @@ TEST_F(PlanAccuracy, SyntheticDense) {
   CheckModel("mistral-7b (1 layer)", o.out_dir, {128, 1024});
 }
 
+// Every family added with the architecture table, at its real width and a
+// layer or two: per-head and whole-projection q/k norms, a dense layer beside
+// MoE ones, a shared expert, fused experts, explicit head_dim.
+TEST_F(PlanAccuracy, EveryFamily) {
+  const std::pair<const char*, int64_t> models[] = {
+      {"qwen3-30b-a3b", 1}, {"olmoe-1b-7b", 1}, {"qwen1.5-moe-a2.7b", 1}, {"granite-3.1-1b-a400m", 2}};
+  for (const auto& [preset, layers] : models) {
+    SynthOptions o;
+    o.preset = preset;
+    o.layers = layers;
+    o.out_dir = dir_->path() + "/" + preset;
+    WriteSynthModel(o);
+    CheckModel(std::string(preset) + " (" + std::to_string(layers) + " layer" + (layers > 1 ? "s" : "") + ")",
+               o.out_dir, {256});
+    std::filesystem::remove_all(o.out_dir);
+  }
+}
+
 // `make bench-plan`: the same check on bigger synthetic models, named in
 // EPWA_PLAN_BENCH_MODELS as "preset:layers ..." (not run by ctest).
 TEST_F(PlanAccuracy, BiggerModels) {

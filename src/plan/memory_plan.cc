@@ -65,15 +65,24 @@ void Total(const ModelConfig& config, const PlanContext& cx, LevelPlan* p) {
   p->weights_bytes = cx.vector_bytes;
   p->transient_bytes = 0;
   p->in_place_bytes = 0;
+  // Loading converts the matrices one after another in this order (see
+  // MaterializeWeights): while one is converted its source pages are
+  // resident beside every copy made so far, and they are released right
+  // after. The load peaks at the largest of those moments; the transient is
+  // what that peak holds beyond the final set of converted weights (zero
+  // when the largest source comes early, as a tied embedding does).
+  uint64_t converted = cx.vector_bytes, load_peak = converted;
   for (const TensorPlan& t : p->tensors) {
     p->weights_bytes += t.bytes;
-    if (t.InPlace()) p->in_place_bytes += t.bytes;
-    // While a tensor is converted its source pages are resident too; they are
-    // released right after (see MaterializeWeights), so only the largest counts.
-    if (!t.InPlace())
-      p->transient_bytes = std::max<uint64_t>(
-          p->transient_bytes, static_cast<uint64_t>(t.rows * t.cols) * DTypeSize(t.source));
+    if (t.InPlace()) {
+      p->in_place_bytes += t.bytes;
+      continue;
+    }
+    const uint64_t source = static_cast<uint64_t>(t.rows * t.cols) * DTypeSize(t.source);
+    load_peak = std::max(load_peak, converted + t.bytes + source);
+    converted += t.bytes;
   }
+  p->transient_bytes = load_peak > converted ? load_peak - converted : 0;
   const int64_t ctx = std::max<int64_t>(cx.ctx, 1);
   p->kv_bytes = KVCache::BytesFor(config, ctx);
   int64_t max_k = std::max(config.hidden_size, config.MaxFf());

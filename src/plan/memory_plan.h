@@ -87,7 +87,7 @@ struct LevelPlan {
   uint64_t weights_bytes = 0;    // matrices in their planned formats + float32 vectors
   uint64_t kv_bytes = 0;         // KV cache for ctx tokens
   uint64_t scratch_bytes = 0;    // activations, logits, routing trace, kernel scratch
-  uint64_t transient_bytes = 0;  // extra during load: the largest source tensor being converted
+  uint64_t transient_bytes = 0;  // extra at the load peak: a source being converted beside the copies so far
   uint64_t runtime_bytes = 0;    // process baseline (+ CUDA context on a GPU)
   uint64_t margin_bytes = 0;
   int64_t raised_to_int8 = 0;    // kMixed: matrices kept at 8 bits
