@@ -56,6 +56,30 @@ TEST_F(WeightCacheTest, SecondLoadUsesTheCacheWithIdenticalResults) {
   EXPECT_TRUE(second->load_stats().warnings.empty());
 }
 
+// Every family's matrices round-trip through the cache: slices of Granite's
+// fused expert stacks, a shared expert, dense layers among MoE ones.
+TEST_F(WeightCacheTest, EveryFamilyRoundTripsAtIntLevels) {
+  for (const char* preset : {"fixture-qwen3-moe", "fixture-olmoe", "fixture-qwen2-moe",
+                             "fixture-granite-moe", "fixture-qwen3"}) {
+    for (QuantLevel level : {QuantLevel::kInt8, QuantLevel::kInt4}) {
+      SCOPED_TRACE(std::string(preset) + " " + QuantLevelName(level));
+      testing::TempDir dir, cache;
+      LoadOptions o(testing::MakeModel(dir, preset), 2);
+      o.quant = level;
+      o.cache_dir = cache.path();
+      o.plan_ctx = 64;
+      const std::vector<int32_t> ids = {1, 50, 300, 7, 99, 140, 12, 13};
+      auto first = Engine::Load(o);
+      EXPECT_EQ(first->load_stats().cache, "written");
+      const std::vector<float> want = first->Score(ids).logits;
+      first.reset();
+      auto second = Engine::Load(o);
+      EXPECT_EQ(second->load_stats().cache, "hit");
+      EXPECT_EQ(second->Score(ids).logits, want);
+    }
+  }
+}
+
 TEST_F(WeightCacheTest, LevelsAndModelsGetTheirOwnFiles) {
   Load(QuantLevel::kInt4);
   Load(QuantLevel::kInt8);
