@@ -33,11 +33,25 @@ void CheckConfig(const epwa::ModelConfig& c) {
   if (!ok) __builtin_trap();
   for (int32_t id : c.eos_token_ids)
     if (id < 0 || id >= c.vocab_size) __builtin_trap();
+  // The family's kinds and schedule: MoE layers exist when there are experts,
+  // widths are positive, rotary scaling and multipliers are usable numbers.
+  if (c.IsMoe() && (c.NumMoeLayers() < 1 || c.ExpertFf() < 1)) __builtin_trap();
+  const epwa::RopeScaling& r = c.rope_scaling;
+  if (!(r.factor >= 1 && r.factor <= 4096) || !(r.attention_factor > 0 && r.attention_factor <= 100) ||
+      c.ContextLimit() < c.max_position_embeddings)
+    __builtin_trap();
+  for (float m : {c.embedding_multiplier, c.residual_multiplier, c.logits_scaling})
+    if (!(std::isfinite(m) && m > 0)) __builtin_trap();
+  if (!(std::isfinite(c.attention_scale) && c.attention_scale >= 0) || c.clip_qkv < 0) __builtin_trap();
+  for (double f : epwa::RopeInverseFrequencies(c, c.ContextLimit()))
+    if (!std::isfinite(f) || f < 0) __builtin_trap();
   // Serialising and parsing again must give the same model.
   const epwa::ModelConfig d = epwa::ParseModelConfig(epwa::ModelConfigToJson(c), "again");
   if (d.hidden_size != c.hidden_size || d.num_layers != c.num_layers ||
       d.head_dim != c.head_dim || d.num_experts != c.num_experts ||
-      d.vocab_size != c.vocab_size || d.eos_token_ids != c.eos_token_ids)
+      d.vocab_size != c.vocab_size || d.eos_token_ids != c.eos_token_ids ||
+      d.MoeLayers() != c.MoeLayers() || d.rope_scaling.kind != c.rope_scaling.kind ||
+      d.qk_norm != c.qk_norm || d.router != c.router || d.expert_layout != c.expert_layout)
     __builtin_trap();
 }
 

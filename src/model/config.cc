@@ -246,7 +246,10 @@ void ParseRopeScaling(const json& j, const std::string& origin, ModelConfig* c) 
   auto factor = [&](bool required) {
     Require(!required || f.Has("factor"), where + ": rope_type '" + type + "' needs the field 'factor'");
     r.factor = f.Number("factor", r.factor);
-    Require(r.factor >= 1.0, where + ".factor is " + json(r.factor).dump() + ", must be at least 1");
+    // Released models use 4 to 64; the upper bound keeps the context limit
+    // (max_position_embeddings x factor for dynamic scaling) far from overflow.
+    Require(r.factor >= 1.0 && r.factor <= 4096.0,
+            where + ".factor is " + json(r.factor).dump() + ", must be between 1 and 4096");
   };
   if (type == "default") {
     r.kind = RopeScalingKind::kDefault;
@@ -263,7 +266,7 @@ void ParseRopeScaling(const json& j, const std::string& origin, ModelConfig* c) 
       Require(f.Has(k), where + ": rope_type 'llama3' needs the field '" + k + "'");
     r.low_freq_factor = f.Number("low_freq_factor", 1.0);
     r.high_freq_factor = f.Number("high_freq_factor", 4.0);
-    Require(r.low_freq_factor > 0 && r.high_freq_factor > r.low_freq_factor,
+    Require(r.low_freq_factor > 0 && r.high_freq_factor > r.low_freq_factor && r.high_freq_factor < 1e6,
             where + ": high_freq_factor must be greater than low_freq_factor, and both positive");
     r.original_max_position_embeddings = f.Int("original_max_position_embeddings", 1);
   } else if (type == "yarn") {
@@ -276,18 +279,20 @@ void ParseRopeScaling(const json& j, const std::string& origin, ModelConfig* c) 
       // transformers derives the factor from the two context lengths when it is absent.
       r.factor = static_cast<double>(c->max_position_embeddings) /
                  static_cast<double>(r.original_max_position_embeddings);
-      Require(r.factor >= 1.0, where + ": rope_type 'yarn' needs the field 'factor'");
+      Require(r.factor >= 1.0 && r.factor <= 4096.0,
+              where + ": rope_type 'yarn' needs the field 'factor'");
     }
     r.beta_fast = f.Number("beta_fast", 32.0);
     r.beta_slow = f.Number("beta_slow", 1.0);
-    Require(r.beta_fast > 0 && r.beta_slow > 0 && r.beta_fast > r.beta_slow,
+    Require(r.beta_fast > 0 && r.beta_slow > 0 && r.beta_fast > r.beta_slow && r.beta_fast < 1e6,
             where + ": beta_fast must be greater than beta_slow, and both positive");
     r.truncate = f.Bool("truncate", true);
     // mscale(s, m) = 0.1 m ln(s) + 1 (1 for s <= 1), the YaRN paper's attention temperature.
     auto mscale = [&](double m) { return r.factor <= 1 ? 1.0 : 0.1 * m * std::log(r.factor) + 1.0; };
     if (f.Has("attention_factor")) {
       r.attention_factor = f.Number("attention_factor", 1.0);
-      Require(r.attention_factor > 0, where + ".attention_factor must be positive");
+      Require(r.attention_factor > 0 && r.attention_factor <= 100,
+              where + ".attention_factor must be positive (and at most 100)");
     } else {
       const double m = f.Number("mscale", 0.0), m_all = f.Number("mscale_all_dim", 0.0);
       r.attention_factor = (m != 0 && m_all != 0) ? mscale(m) / mscale(m_all) : mscale(1.0);
