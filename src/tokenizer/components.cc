@@ -7,6 +7,7 @@
 
 #include "base/error.h"
 #include "tokenizer/regex.h"
+#include "tokenizer/unicode_data.h"
 #include "tokenizer/utf8.h"
 
 namespace epwa::tokenizer_internal {
@@ -260,16 +261,29 @@ class UnicodeNormalizer : public Normalizer {
   void Normalize(std::string* text) const override {
     // ASCII is invariant under every normalization form.
     if (std::all_of(text->begin(), text->end(), [](char c) { return (c & 0x80) == 0; })) return;
-    utf8proc_uint8_t* result = nullptr;
-    const utf8proc_ssize_t length =
-        utf8proc_map(reinterpret_cast<const utf8proc_uint8_t*>(text->data()),
-                     static_cast<utf8proc_ssize_t>(text->size()), &result,
-                     static_cast<utf8proc_option_t>(options_));
-    if (length < 0) {
-      throw Error(std::string("Unicode normalization failed: ") + utf8proc_errmsg(length) + ".");
+    // The reference's normalization tables are those of Unicode 9.0: a code
+    // point that only later versions give a decomposition, a combining class
+    // or a part in a composition is a plain starter to it. Such a starter
+    // ends every reordering and composition, so the stretches between them
+    // normalize independently, and utf8proc (whose newer data agrees with
+    // 9.0 on everything 9.0 has) handles each stretch.
+    std::string out;
+    size_t stretch = 0;
+    for (size_t pos = 0; pos < text->size();) {
+      const size_t length = CharLength(*text, pos);
+      if (length > 1 && IsNormalizationInert(DecodeAt(*text, pos, length))) {
+        out += Map(std::string_view(*text).substr(stretch, pos - stretch));
+        out.append(*text, pos, length);
+        stretch = pos + length;
+      }
+      pos += length;
     }
-    text->assign(reinterpret_cast<const char*>(result), static_cast<size_t>(length));
-    std::free(result);
+    if (stretch == 0) {
+      *text = Map(*text);
+    } else {
+      out += Map(std::string_view(*text).substr(stretch));
+      *text = std::move(out);
+    }
   }
   void DescribeCoverage(Coverage* coverage) const override {
     // A normalized character is at least one byte and stands for at most one
@@ -279,6 +293,21 @@ class UnicodeNormalizer : public Normalizer {
   }
 
  private:
+  std::string Map(std::string_view text) const {
+    if (text.empty()) return std::string();
+    utf8proc_uint8_t* result = nullptr;
+    const utf8proc_ssize_t length =
+        utf8proc_map(reinterpret_cast<const utf8proc_uint8_t*>(text.data()),
+                     static_cast<utf8proc_ssize_t>(text.size()), &result,
+                     static_cast<utf8proc_option_t>(options_));
+    if (length < 0) {
+      throw Error(std::string("Unicode normalization failed: ") + utf8proc_errmsg(length) + ".");
+    }
+    std::string mapped(reinterpret_cast<const char*>(result), static_cast<size_t>(length));
+    std::free(result);
+    return mapped;
+  }
+
   int options_;
 };
 
@@ -295,7 +324,7 @@ class LowercaseNormalizer : public Normalizer {
         // Rust's char::to_lowercase maps U+0130 to two code points, "i̇".
         out.append("i\xCC\x87");
       } else {
-        AppendUtf8(static_cast<char32_t>(utf8proc_tolower(static_cast<utf8proc_int32_t>(c))), &out);
+        AppendUtf8(ReferenceLowercase(c), &out);
       }
       pos += length;
     }
@@ -524,15 +553,14 @@ class SequencePreTokenizer : public PreTokenizer {
   std::vector<std::unique_ptr<PreTokenizer>> steps_;
 };
 
+// `reference_categories` as for Regex: false for patterns built from the
+// reference's own code point sets.
 std::unique_ptr<PreTokenizer> MakeRegexSplit(const std::string& pattern, const std::string& what,
-                                             bool invert, SplitBehavior behavior) {
-  return std::make_unique<RegexSplitPreTokenizer>(std::make_unique<Regex>(pattern, what), invert,
-                                                  behavior);
+                                             bool invert, SplitBehavior behavior,
+                                             bool reference_categories = true) {
+  return std::make_unique<RegexSplitPreTokenizer>(
+      std::make_unique<Regex>(pattern, what, reference_categories), invert, behavior);
 }
-
-// Unicode punctuation plus ASCII punctuation, which Rust's
-// char::is_ascii_punctuation counts even where Unicode calls it a symbol.
-constexpr const char* kPunctuationClass = R"([\p{P}\x21-\x2F\x3A-\x40\x5B-\x60\x7B-\x7E])";
 
 // ---------------------------------------------------------------------------
 // Decoders.
@@ -902,22 +930,31 @@ std::unique_ptr<PreTokenizer> BuildPreTokenizer(const Json& node, const JsonPlac
     }
     return std::make_unique<SequencePreTokenizer>(std::move(steps));
   }
+  // The reference's built-in pre-tokenizers below test characters with
+  // Rust's char methods, the unicode_categories crate (Punctuation) or a
+  // pattern of Rust's regex crate (Whitespace), each with its own Unicode
+  // version; their patterns here spell out the reference's exact sets.
   if (type == "Digits") {
     const bool individual = OptionalBool(node, "individual_digits", place, false);
-    return MakeRegexSplit(R"(\p{N})", "the built-in Digits pattern", false,
-                          individual ? SplitBehavior::kIsolated : SplitBehavior::kContiguous);
+    return MakeRegexSplit("[" + NumericClassBody() + "]", "the built-in Digits pattern", false,
+                          individual ? SplitBehavior::kIsolated : SplitBehavior::kContiguous,
+                          /*reference_categories=*/false);
   }
   if (type == "Whitespace") {
-    return MakeRegexSplit(R"(\w+|[^\w\s]+)", "the built-in Whitespace pattern", true,
-                          SplitBehavior::kRemoved);
+    const std::string word = "[" + WordClassBody() + "]";
+    return MakeRegexSplit(word + "+|[^" + WordClassBody() + WhitespaceClassBody() + "]+",
+                          "the built-in Whitespace pattern", true, SplitBehavior::kRemoved,
+                          /*reference_categories=*/false);
   }
   if (type == "WhitespaceSplit") {
-    return MakeRegexSplit(R"(\s)", "the built-in WhitespaceSplit pattern", false, SplitBehavior::kRemoved);
+    return MakeRegexSplit("[" + WhitespaceClassBody() + "]", "the built-in WhitespaceSplit pattern",
+                          false, SplitBehavior::kRemoved, /*reference_categories=*/false);
   }
   if (type == "Punctuation") {
     const SplitBehavior behavior =
         node.contains("behavior") ? ParseBehavior(node, place) : SplitBehavior::kIsolated;
-    return MakeRegexSplit(kPunctuationClass, "the built-in Punctuation pattern", false, behavior);
+    return MakeRegexSplit("[" + PunctuationClassBody() + "]", "the built-in Punctuation pattern",
+                          false, behavior, /*reference_categories=*/false);
   }
   if (type == "CharDelimiterSplit") {
     return MakeRegexSplit(Regex::Escape(RequireChar(node, "delimiter", place)),

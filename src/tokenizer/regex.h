@@ -73,7 +73,13 @@ class Regex {
   // with `where` (the file and field that hold the pattern) when it does not
   // compile, or when it uses \G or a (*VERB), which Oniguruma does not have
   // and which the bounded matcher below could not honour.
-  Regex(std::string_view pattern, const std::string& where);
+  //
+  // With `reference_categories`, FindAll matches as if PCRE2 had the
+  // reference's Unicode 16.0 categories instead of its own (see
+  // RegexStandIn), unless the pattern names a code point that this would
+  // misjudge (one with a stand-in, or a stand-in). Patterns built from the
+  // reference's own code point sets pass false.
+  Regex(std::string_view pattern, const std::string& where, bool reference_categories = true);
   ~Regex();
   Regex(const Regex&) = delete;
   Regex& operator=(const Regex&) = delete;
@@ -97,6 +103,8 @@ class Regex {
   pcre2_real_code_8* code_ = nullptr;
   std::string pattern_;
   std::string where_;
+  // Whether FindAll matches on a copy of the text with stand-ins.
+  bool use_stand_ins_ = false;
 };
 
 }  // namespace epwa::tokenizer_internal

@@ -3,9 +3,12 @@
 //    Metaspace pre-tokenizer or Prepend+Replace normalizers, "<0xNN>" byte
 //    tokens, decoders Replace/ByteFallback/Fuse/Strip or Metaspace.
 //  * Byte-level BPE with regex pre-tokenization (GPT-2, GPT-NeoX/OLMoE, Qwen,
-//    DeepSeek): ByteLevel pre-tokenizer/decoder, Split with a regex.
+//    Granite, DeepSeek): ByteLevel pre-tokenizer/decoder, Split with a regex,
+//    NFC.
 // Added tokens (special or not) are matched on the raw text before the
-// normalizer and BPE, as the reference library does.
+// normalizer and BPE, as the reference library does. Character classes,
+// normalization and case follow the reference's own Unicode data, which
+// differs from that of PCRE2 and utf8proc (see unicode_data.h).
 #pragma once
 
 #include <cstddef>

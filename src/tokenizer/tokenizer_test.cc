@@ -2,8 +2,8 @@
 //
 // Three groups:
 //  * Conformance against vectors made by the reference Hugging Face
-//    tokenizers library, for the real Mistral and OLMoE files in ../shared
-//    (skipped, saying so, when that folder is absent).
+//    tokenizers library, for the real Mistral, OLMoE, Qwen3, Granite and
+//    Mixtral files in ../shared (skipped, saying so, when they are absent).
 //  * Self-contained tests on small tokenizers built inline, including
 //    malformed files and their error messages.
 //  * The BPE trainer used for epwa's seeded random test models.
@@ -12,17 +12,20 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
 
-#include <nlohmann/json.hpp>
+#define PCRE2_CODE_UNIT_WIDTH 8
+#include <pcre2.h>
 
 #include "base/error.h"
 #include "tokenizer/utf8.h"
@@ -53,24 +56,45 @@ fs::path RepoRoot() {
 std::optional<fs::path> SharedDir() {
   std::error_code error;
   if (const char* env = std::getenv("EPWA_SHARED_DIR"); env != nullptr && *env != '\0') {
-    if (fs::exists(fs::path(env) / "data" / "tokenizers", error)) return fs::path(env);
+    if (fs::exists(fs::path(env) / "data", error)) return fs::path(env);
   }
   const fs::path beside = RepoRoot() / ".." / "shared";
-  if (fs::exists(beside / "data" / "tokenizers", error)) return beside;
+  if (fs::exists(beside / "data", error)) return beside;
   return std::nullopt;
 }
 
-std::optional<fs::path> SharedTokenizer(const std::string& name) {
-  const auto shared = SharedDir();
-  if (!shared) return std::nullopt;
-  return *shared / "data" / "tokenizers" / name / "tokenizer.json";
+// The folder of a tokenizer family under the shared data folder. Most live in
+// data/tokenizers; Mixtral's files sit beside the rest of its model card.
+fs::path SharedFolder(const std::string& name) {
+  if (name == "mixtral") return fs::path("data") / "models" / "mixtral-8x7b-instruct-v0.1";
+  return fs::path("data") / "tokenizers" / name;
 }
 
-#define SKIP_WITHOUT_SHARED(path_var, name)                                                        \
-  const auto path_var = SharedTokenizer(name);                                                     \
-  if (!path_var) {                                                                                 \
-    GTEST_SKIP() << "The shared tokenizer files are absent (looked for ../shared/data/tokenizers " \
-                    "beside the repository and $EPWA_SHARED_DIR); conformance test skipped.";     \
+// The family's tokenizer.json, or nullopt with `why` saying what is missing.
+std::optional<fs::path> SharedTokenizer(const std::string& name, std::string* why) {
+  const auto shared = SharedDir();
+  if (!shared) {
+    *why =
+        "The shared data folder is absent (looked for ../shared/data beside the repository and "
+        "$EPWA_SHARED_DIR); conformance test for " +
+        name + " skipped.";
+    return std::nullopt;
+  }
+  const fs::path path = *shared / SharedFolder(name) / "tokenizer.json";
+  std::error_code error;
+  if (!fs::exists(path, error)) {
+    *why = "The shared tokenizer file " + path.string() + " is absent; conformance test for " +
+           name + " skipped.";
+    return std::nullopt;
+  }
+  return path;
+}
+
+#define SKIP_WITHOUT_SHARED(path_var, name)                         \
+  std::string path_var##_missing;                                   \
+  const auto path_var = SharedTokenizer(name, &path_var##_missing); \
+  if (!path_var) {                                                  \
+    GTEST_SKIP() << path_var##_missing;                             \
   }
 
 std::vector<Json> ReadJsonLines(const fs::path& path) {
@@ -100,25 +124,61 @@ std::string ErrorOf(Action&& action) {
 
 class SharedVectorsTest : public ::testing::TestWithParam<std::string> {};
 
+// The token strings of `ids`, or "" for an id without one (which then also
+// fails the id comparison).
+std::vector<std::string> PiecesOf(const Tokenizer& tokenizer, const Ids& ids) {
+  std::vector<std::string> pieces;
+  for (const int32_t id : ids) {
+    try {
+      pieces.push_back(tokenizer.IdToPiece(id));
+    } catch (const Error&) {
+      pieces.emplace_back();
+    }
+  }
+  return pieces;
+}
+
 // vectors.jsonl: {"text", "ids", "decoded"} made with encode(text,
-// add_special_tokens=false) and decode(ids, skip_special_tokens=false).
+// add_special_tokens) and decode(ids, skip_special_tokens=false). Newer files
+// (qwen3, granite, mixtral) also hold "add_special_tokens" (absent means
+// false) and "tokens", the vocabulary strings of the ids.
 TEST_P(SharedVectorsTest, MatchesReference) {
   SKIP_WITHOUT_SHARED(path, GetParam());
   const auto tokenizer = Tokenizer::FromFile(path->string());
   const auto vectors = ReadJsonLines(path->parent_path() / "vectors.jsonl");
   ASSERT_FALSE(vectors.empty());
-  int passed = 0;
+  int passed[2] = {0, 0};
+  int total[2] = {0, 0};
   for (size_t i = 0; i < vectors.size(); ++i) {
-    const std::string text = vectors[i]["text"];
-    const Ids expected_ids = vectors[i]["ids"];
-    const std::string expected_decoded = vectors[i]["decoded"];
-    const Ids ids = tokenizer->Encode(text);
-    const std::string decoded = tokenizer->Decode(ids);
-    EXPECT_EQ(ids, expected_ids) << "vector " << i << ": " << Json(text).dump();
-    EXPECT_EQ(decoded, expected_decoded) << "vector " << i << ": " << Json(text).dump();
-    if (ids == expected_ids && decoded == expected_decoded) ++passed;
+    const Json& vector = vectors[i];
+    const std::string text = vector["text"];
+    const bool add_special = vector.value("add_special_tokens", false);
+    const Ids expected_ids = vector["ids"];
+    const std::string expected_decoded = vector["decoded"];
+    const std::string where = "vector " + std::to_string(i) + ": " + Json(text).dump() +
+                              " add_special_tokens=" + (add_special ? "true" : "false");
+    const Ids ids = tokenizer->Encode(text, add_special);
+    EXPECT_EQ(ids, expected_ids) << where;
+    bool ok = ids == expected_ids;
+    if (vector.contains("tokens")) {
+      // The token strings are checked for the reference's ids, so that a
+      // wrong piece table shows up even where encoding already fails.
+      const std::vector<std::string> expected_tokens = vector["tokens"];
+      const std::vector<std::string> tokens = PiecesOf(*tokenizer, expected_ids);
+      EXPECT_EQ(tokens, expected_tokens) << where;
+      ok = ok && tokens == expected_tokens;
+    }
+    // Decoding starts from the reference's ids so that it is tested on its
+    // own, whatever Encode produced.
+    const std::string decoded = tokenizer->Decode(expected_ids);
+    EXPECT_EQ(decoded, expected_decoded) << where;
+    ok = ok && decoded == expected_decoded;
+    ++total[add_special];
+    if (ok) ++passed[add_special];
   }
-  std::cout << GetParam() << ": " << passed << "/" << vectors.size() << " reference vectors pass\n";
+  std::cout << GetParam() << ": " << passed[0] + passed[1] << "/" << vectors.size()
+            << " reference vectors pass (" << passed[0] << "/" << total[0]
+            << " without special tokens, " << passed[1] << "/" << total[1] << " with)\n";
 }
 
 // extra_vectors.jsonl (committed, made by tests/data/tokenizers/
@@ -127,8 +187,10 @@ TEST_P(SharedVectorsTest, MatchesReference) {
 TEST_P(SharedVectorsTest, MatchesExtraVectors) {
   SKIP_WITHOUT_SHARED(path, GetParam());
   const auto tokenizer = Tokenizer::FromFile(path->string());
-  const auto vectors =
-      ReadJsonLines(RepoRoot() / "tests" / "data" / "tokenizers" / GetParam() / "extra_vectors.jsonl");
+  const fs::path extra =
+      RepoRoot() / "tests" / "data" / "tokenizers" / GetParam() / "extra_vectors.jsonl";
+  ASSERT_TRUE(fs::exists(extra)) << extra << " is missing; make it with make_extra_vectors.js";
+  const auto vectors = ReadJsonLines(extra);
   ASSERT_FALSE(vectors.empty());
   int passed = 0;
   for (size_t i = 0; i < vectors.size(); ++i) {
@@ -142,6 +204,12 @@ TEST_P(SharedVectorsTest, MatchesExtraVectors) {
       EXPECT_EQ(ids, expected_ids) << "vector " << i << ": " << Json(text).dump()
                                    << " add_special_tokens=" << add_special;
       ok = ids == expected_ids;
+    }
+    if (vector.contains("tokens")) {
+      const std::vector<std::string> expected_tokens = vector["tokens"];
+      const std::vector<std::string> tokens = PiecesOf(*tokenizer, expected_ids);
+      EXPECT_EQ(tokens, expected_tokens) << "vector " << i;
+      ok = ok && tokens == expected_tokens;
     }
     const std::string decoded = tokenizer->Decode(expected_ids, false);
     const std::string decoded_skip = tokenizer->Decode(expected_ids, true);
@@ -182,7 +250,8 @@ TEST_P(SharedVectorsTest, LoadTimeAndEncodeThroughput) {
   EXPECT_EQ(tokenizer->Decode(ids).size() > 0, true);
 }
 
-INSTANTIATE_TEST_SUITE_P(Families, SharedVectorsTest, ::testing::Values("mistral", "olmoe"));
+INSTANTIATE_TEST_SUITE_P(Families, SharedVectorsTest,
+                         ::testing::Values("mistral", "olmoe", "qwen3", "granite", "mixtral"));
 
 TEST(SharedTokenizers, MistralAddsBosLikeReference) {
   SKIP_WITHOUT_SHARED(path, "mistral");
@@ -363,6 +432,144 @@ TEST(InlineTokenizer, ByteLevelBpe) {
 }
 
 // ---------------------------------------------------------------------------
+// Unicode data. The reference mixes Unicode versions (Oniguruma 16.0 in its
+// regexes, Rust's char methods 17.0, Unicode 9.0 in its normalizers), none of
+// them that of PCRE2 10.42 (14.0) or utf8proc 2.8 (15.0); these pin the
+// characters where that shows. Expected values come from the reference on
+// the same JSON.
+
+// A byte-level BPE without merges whose ids are the bytes of the text. Its
+// pre-tokenizer runs `pre_tokenizer` and then ByteLevel with
+// add_prefix_space, which puts a space before every piece that does not
+// start with one, so the encoded bytes show where the pieces are.
+Json MarkedPiecesJson(const Json& normalizer, const Json& pre_tokenizer) {
+  Json vocab = Json::object();
+  const auto& bytes = tokenizer_internal::ByteToUnicode();
+  for (int b = 0; b < 256; ++b) vocab[bytes[b]] = b;
+  const Json marked = {{"type", "ByteLevel"},
+                       {"add_prefix_space", true},
+                       {"trim_offsets", false},
+                       {"use_regex", false}};
+  const Json plain = {{"type", "ByteLevel"},
+                      {"add_prefix_space", false},
+                      {"trim_offsets", false},
+                      {"use_regex", false}};
+  return {{"version", "1.0"},
+          {"added_tokens", Json::array()},
+          {"normalizer", normalizer},
+          {"pre_tokenizer",
+           pre_tokenizer.is_null()
+               ? plain
+               : Json{{"type", "Sequence"}, {"pretokenizers", {pre_tokenizer, marked}}}},
+          {"post_processor", nullptr},
+          {"decoder", plain},
+          {"model",
+           {{"type", "BPE"},
+            {"dropout", nullptr},
+            {"unk_token", nullptr},
+            {"fuse_unk", false},
+            {"byte_fallback", false},
+            {"vocab", vocab},
+            {"merges", Json::array()}}}};
+}
+
+// The bytes that the ids of MarkedPiecesJson stand for.
+std::string EncodedBytes(const Json& json, const std::string& text) {
+  const auto tokenizer = Tokenizer::FromJson(json.dump(), "marked-pieces");
+  std::string bytes;
+  for (const int32_t id : tokenizer->Encode(text)) bytes.push_back(static_cast<char>(id));
+  return bytes;
+}
+
+Json SplitPattern(const std::string& regex) {
+  return {{"type", "Split"},
+          {"pattern", {{"Regex", regex}}},
+          {"behavior", "Isolated"},
+          {"invert", false}};
+}
+
+// The stand-ins of unicode_data.cc fill in what Unicode added after 14.0; an
+// older PCRE2 would lack more than they cover.
+TEST(InlineTokenizer, Pcre2KnowsUnicode14) {
+  char version[32] = {};
+  ASSERT_GE(pcre2_config(PCRE2_CONFIG_UNICODE_VERSION, version), 0);
+  int major = 0;
+  int minor = 0;
+  ASSERT_EQ(std::sscanf(version, "%d.%d", &major, &minor), 2) << version;
+  EXPECT_GE(major, 14) << "PCRE2 has Unicode " << version << "; epwa's tables assume 14.0 or later";
+}
+
+TEST(InlineTokenizer, RegexesSeeTheReferenceUnicodeCategories) {
+  // U+11F04 (a Kawi letter) and U+11F50 (a Kawi digit) are Unicode 15.0, so
+  // PCRE2 10.42 alone calls them unassigned; U+180E lost its whitespace
+  // property in Unicode 6.3, which PCRE2's \s still gives it.
+  EXPECT_EQ(
+      EncodedBytes(MarkedPiecesJson(nullptr, SplitPattern(R"(\p{L}+|\p{N}|\s+|[^\s\p{L}\p{N}]+)")),
+                   "x\U00011F04y 9\U00011F509 a\u180Eb"),
+      " x\U00011F04y  9 \U00011F50 9  a \u180E b");
+  // Oniguruma's escapes: \w holds marks and Latin-1 superscripts but not
+  // U+2460; \b follows that \w; \h is a hexadecimal digit; \v the vertical
+  // tab alone; \uHHHH a code point.
+  EXPECT_EQ(
+      EncodedBytes(MarkedPiecesJson(nullptr, SplitPattern(R"(\w+)")), "a\u0301\u00B2\u2460\u24B6"),
+      " a\u0301\u00B2 \u2460 \u24B6");
+  EXPECT_EQ(EncodedBytes(MarkedPiecesJson(nullptr, SplitPattern(R"(\b)")), "ab c\u0301d"),
+            " ab  c\u0301d");
+  EXPECT_EQ(EncodedBytes(MarkedPiecesJson(nullptr, SplitPattern(R"(\h+)")), "cafe babe"),
+            " cafe  babe");
+  EXPECT_EQ(EncodedBytes(MarkedPiecesJson(nullptr, SplitPattern(R"(\v|\u0041)")), "x\vA\n"),
+            " x \v A \n");
+  // A pattern that names such code points, or a range holding them, sees
+  // the text as it is (U+104A0 is the stand-in for new decimal digits).
+  EXPECT_EQ(EncodedBytes(MarkedPiecesJson(nullptr, SplitPattern(R"(\x{11F50}|\u180E)")),
+                         "a\U00011F50b\u180Ec\U000104A0"),
+            " a \U00011F50 b \u180E c\U000104A0");
+  EXPECT_EQ(EncodedBytes(MarkedPiecesJson(nullptr, SplitPattern(R"([\x{10000}-\x{1FFFF}])")),
+                         "a\U00011F04b"),
+            " a \U00011F04 b");
+  // PCRE2 10.42's JIT, left to its start-of-match scan, "found" U+00B2 in the
+  // second byte of "ò" (C3 B2) once the text was longer than one window.
+  EXPECT_EQ(EncodedBytes(MarkedPiecesJson(nullptr, SplitPattern("[\u00B2\u00B3]+")),
+                         "x\u00F2" + std::string(40, 'a') + "\u00B2"),
+            " x\u00F2" + std::string(40, 'a') + " \u00B2");
+}
+
+TEST(InlineTokenizer, BuiltInPreTokenizersUseTheReferenceSets) {
+  // Digits: Rust's is_numeric (U+16FF4 is a Unicode 17.0 number).
+  EXPECT_EQ(
+      EncodedBytes(MarkedPiecesJson(nullptr, {{"type", "Digits"}, {"individual_digits", true}}),
+                   "1\U00016FF4\u00B2x"),
+      " 1 \U00016FF4 \u00B2 x");
+  // Whitespace: the Rust regex crate's \w, which has joiners but not "²".
+  EXPECT_EQ(EncodedBytes(MarkedPiecesJson(nullptr, {{"type", "Whitespace"}}), "a\u00B2b c\u200Cd"),
+            " a \u00B2 b c\u200Cd");
+  // Punctuation: an older table, without U+061D (Unicode 14.0).
+  EXPECT_EQ(
+      EncodedBytes(MarkedPiecesJson(nullptr, {{"type", "Punctuation"}, {"behavior", "Isolated"}}),
+                   "a\u061Db!"),
+      " a\u061Db !");
+  // WhitespaceSplit: Rust's is_whitespace, without U+180E.
+  EXPECT_EQ(EncodedBytes(MarkedPiecesJson(nullptr, {{"type", "WhitespaceSplit"}}), "a\u180Eb c"),
+            " a\u180Eb c");
+}
+
+TEST(InlineTokenizer, NormalizersUseTheReferenceUnicodeData) {
+  // The reference's normalizer has Unicode 9.0 data: U+07FD (combining class
+  // 220 since Unicode 11.0) is a starter to it and blocks "a" + U+0301, and
+  // U+11935 U+11930 do not compose to U+11938 (Unicode 13.0).
+  EXPECT_EQ(EncodedBytes(MarkedPiecesJson({{"type", "NFC"}}, nullptr),
+                         "a\u07FD\u0301|a\u0316\u0301|\U00011935\U00011930|e\u0301"),
+            "a\u07FD\u0301|\u00E1\u0316|\U00011935\U00011930|\u00E9");
+  EXPECT_EQ(EncodedBytes(MarkedPiecesJson({{"type", "NFKD"}}, nullptr), "\U0001FBF1\u00BD"),
+            "\U0001FBF11\u20442");
+  // Rust's to_lowercase knows Unicode 17.0 pairs (U+16EA0) and maps U+0130
+  // to two code points.
+  EXPECT_EQ(
+      EncodedBytes(MarkedPiecesJson({{"type", "Lowercase"}}, nullptr), "\U00016EA0\uA7DC\u0130A"),
+      "\U00016EBB\u019Bi\u0307a");
+}
+
+// ---------------------------------------------------------------------------
 // Malformed input: every failure is an epwa::Error naming the file and field.
 
 TEST(InlineTokenizer, RejectsMalformedFiles) {
@@ -420,6 +627,24 @@ TEST(InlineTokenizer, RejectsMalformedFiles) {
   tokenizer = TinyByteFallbackJson();
   tokenizer["decoder"]["decoders"][3] = {{"type", "CTC"}};
   expect_error(tokenizer.dump(), {"'decoder.decoders[3].type'", "CTC"});
+  // Other components of the reference that epwa does not implement.
+  tokenizer = TinyByteFallbackJson();
+  tokenizer["normalizer"] = {{"type", "StripAccents"}};
+  expect_error(tokenizer.dump(), {"'normalizer.type'", "StripAccents"});
+  tokenizer = TinyByteFallbackJson();
+  tokenizer["pre_tokenizer"] = {{"type", "UnicodeScripts"}};
+  expect_error(tokenizer.dump(), {"'pre_tokenizer.type'", "UnicodeScripts"});
+  tokenizer = TinyByteFallbackJson();
+  tokenizer["decoder"] = {{"type", "WordPiece"}, {"prefix", "##"}, {"cleanup", true}};
+  expect_error(tokenizer.dump(), {"'decoder.type'", "WordPiece"});
+  tokenizer = TinyByteFallbackJson();
+  tokenizer["post_processor"] = {{"type", "Unknown"}};
+  expect_error(tokenizer.dump(), {"'post_processor.type'", "Unknown"});
+  // A Split regex with a property PCRE2 lacks names the field.
+  tokenizer = TinyByteFallbackJson();
+  tokenizer["pre_tokenizer"] = {
+      {"type", "Split"}, {"pattern", {{"Regex", R"(\p{Word})"}}}, {"behavior", "Isolated"}};
+  expect_error(tokenizer.dump(), {"'pre_tokenizer.pattern.Regex'", "does not compile"});
   tokenizer = TinyByteFallbackJson();
   tokenizer["pre_tokenizer"] = {{"type", "Split"}, {"pattern", {{"Regex", "(unclosed"}}}, {"behavior", "Isolated"}};
   expect_error(tokenizer.dump(), {"'pre_tokenizer.pattern.Regex'", "does not compile"});

@@ -1,6 +1,6 @@
 #include "tokenizer/utf8.h"
 
-#include <utf8proc.h>
+#include "tokenizer/unicode_data.h"
 
 namespace epwa::tokenizer_internal {
 namespace {
@@ -155,24 +155,9 @@ bool IsWhitespace(char32_t c) {
 }
 
 bool IsWordChar(char32_t c) {
-  if (c == '_') return true;
-  if (c < 0x80) return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
-  switch (utf8proc_category(static_cast<utf8proc_int32_t>(c))) {
-    case UTF8PROC_CATEGORY_LU:
-    case UTF8PROC_CATEGORY_LL:
-    case UTF8PROC_CATEGORY_LT:
-    case UTF8PROC_CATEGORY_LM:
-    case UTF8PROC_CATEGORY_LO:
-    case UTF8PROC_CATEGORY_MN:
-    case UTF8PROC_CATEGORY_MC:
-    case UTF8PROC_CATEGORY_ME:
-    case UTF8PROC_CATEGORY_ND:
-    case UTF8PROC_CATEGORY_NL:
-    case UTF8PROC_CATEGORY_PC:
-      return true;
-    default:
-      return false;
-  }
+  if (c < 0x80)
+    return c == '_' || (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
+  return IsReferenceWordChar(c);
 }
 
 namespace {

@@ -44,9 +44,9 @@ size_t CountChars(std::string_view text);
 // the regex class \s test.
 bool IsWhitespace(char32_t code_point);
 
-// Approximates the regex class \w (letters, marks, digits, connector
-// punctuation), which HF uses to decide whether a single_word added token
-// stands alone.
+// The regex class \w of the reference's Rust regex crate (alphabetic, marks,
+// decimal digits, connector punctuation, joiners), which it uses to decide
+// whether a single_word added token stands alone.
 bool IsWordChar(char32_t code_point);
 
 // The GPT-2 bytes-to-unicode table: byte b maps to a printable code point so
