@@ -76,7 +76,7 @@ constexpr ArchitectureSpec kArchitectures[] = {
      QkNormKind::kWholeProjection, BiasRule::kAttentionField, WindowRule::kNone, true, false},
     {"Qwen2MoeForCausalLM", "qwen2_moe", true, "num_experts", "moe_intermediate_size", true, false,
      true, RouterKind::kSoftmaxTopK, ExpertLayout::kPerExpert, SharedExpertKind::kSigmoidGated,
-     QkNormKind::kNone, BiasRule::kQkvField, WindowRule::kFlagAllLayers, false, false},
+     QkNormKind::kNone, BiasRule::kQkvField, WindowRule::kFlagFromMaxLayers, false, false},
     {"GraniteMoeForCausalLM", "granitemoe", true, "num_local_experts", "intermediate_size", false,
      true, false, RouterKind::kTopKSoftmax, ExpertLayout::kFused, SharedExpertKind::kNone,
      QkNormKind::kNone, BiasRule::kAttentionField, WindowRule::kNone, false, true},
@@ -446,13 +446,28 @@ ModelConfig ParseModelConfig(const std::string& json_text, const std::string& or
     // Qwen configs carry a sliding_window that is only used when
     // use_sliding_window is true; Mistral and Mixtral use it whenever set.
     const bool enabled = arch->window == WindowRule::kAlways || f.Bool("use_sliding_window", false);
-    if (enabled) c.sliding_window = f.Int("sliding_window", 1);
-    // Qwen2 and Qwen3 window only the layers from max_window_layers on; epwa
-    // applies one window to every layer, so refuse the mixed case rather than guess.
-    Require(!(enabled && arch->window == WindowRule::kFlagFromMaxLayers &&
-              f.IntOr("max_window_layers", c.num_layers, 0) < c.num_layers),
-            origin + ": use_sliding_window=true with max_window_layers below num_hidden_layers "
-                     "is not supported");
+    bool windowed = enabled;
+    if (enabled && arch->window == WindowRule::kFlagFromMaxLayers) {
+      // transformers (Qwen2, Qwen3, Qwen2-MoE): layer i slides iff i >=
+      // max_window_layers (default 28), unless config.json lists layer_types.
+      // epwa applies one window to every layer, so a mix is refused rather
+      // than guessed; all-full means no window at all.
+      int64_t sliding_layers = 0;
+      if (j.contains("layer_types") && j["layer_types"].is_array()) {
+        for (const json& t : j["layer_types"])
+          sliding_layers += t.is_string() && t.get<std::string>() == "sliding_attention";
+      } else {
+        const int64_t first = f.IntOr("max_window_layers", 28, 0);
+        sliding_layers = std::max<int64_t>(0, c.num_layers - first);
+      }
+      Require(sliding_layers == 0 || sliding_layers == c.num_layers,
+              origin + ": use_sliding_window=true with " + std::to_string(sliding_layers) + " of " +
+                  std::to_string(c.num_layers) +
+                  " layers sliding (max_window_layers / layer_types) is not supported: epwa "
+                  "applies one window to every layer");
+      windowed = sliding_layers == c.num_layers;
+    }
+    if (windowed) c.sliding_window = f.Int("sliding_window", 1);
   }
   if (arch->moe) {
     c.router = arch->router;
@@ -555,7 +570,9 @@ std::string ModelConfigToJson(const ModelConfig& c) {
     case WindowRule::kFlagFromMaxLayers:
       j["use_sliding_window"] = c.sliding_window > 0;
       j["sliding_window"] = c.sliding_window > 0 ? c.sliding_window : c.max_position_embeddings;
-      if (arch->window == WindowRule::kFlagFromMaxLayers) j["max_window_layers"] = c.num_layers;
+      // Every layer slides (max_window_layers 0) or none does.
+      if (arch->window == WindowRule::kFlagFromMaxLayers)
+        j["max_window_layers"] = c.sliding_window > 0 ? 0 : c.num_layers;
       break;
   }
   if (arch->bias == BiasRule::kAttentionField) j["attention_bias"] = c.o_bias;

@@ -437,5 +437,25 @@ TEST(Families, OlmoeReadsClipQkvAndNeverRenormalisesByDefault) {
             std::string::npos);
 }
 
+
+// Qwen's sliding window covers the layers from max_window_layers (default
+// 28) on, or those layer_types marks: all of them or none is supported.
+TEST(Families, QwenSlidingWindowFollowsMaxWindowLayers) {
+  std::string q = Replace(kMixtral, "MixtralForCausalLM", "Qwen2ForCausalLM");
+  q = Replace(q, "\"sliding_window\": null", "\"sliding_window\": 4096, \"use_sliding_window\": true");
+  // 32 layers with the default 28: layers 28-31 would slide, a mix.
+  EXPECT_NE(ErrorOf(q).find("4 of 32 layers sliding"), std::string::npos) << ErrorOf(q);
+  q = Replace(q, "\"num_hidden_layers\": 32", "\"num_hidden_layers\": 24");
+  EXPECT_EQ(ParseModelConfig(q, "c").sliding_window, 0);  // 24 <= 28: no layer slides
+  EXPECT_EQ(ParseModelConfig(Replace(q, "\"use_sliding_window\": true",
+                                     "\"use_sliding_window\": true, \"max_window_layers\": 0"),
+                             "c")
+                .sliding_window,
+            4096);
+  EXPECT_NE(ErrorOf(Replace(q, "\"use_sliding_window\": true",
+                            "\"use_sliding_window\": true, \"max_window_layers\": 10"))
+                .find("14 of 24 layers sliding"),
+            std::string::npos);
+}
 }  // namespace
 }  // namespace epwa
