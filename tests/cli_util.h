@@ -60,6 +60,29 @@ inline void ExpectCleanError(const Result& r, int code, const std::string& needl
   EXPECT_TRUE(r.out.empty()) << r.out;
 }
 
+// Writes 32 fixed key bytes (a function of `salt`) to `path`, replacing what
+// is there (keygen never overwrites, so tests fix a key this way).
+inline void WriteFixedKey(const std::string& path, int salt) {
+  std::ofstream key(path, std::ios::binary | std::ios::trunc);
+  for (int i = 0; i < 32; ++i) key.put(static_cast<char>(i * 37 + salt));
+}
+
+// The set-up of a suite that runs watermark commands: the binary's weight
+// cache goes to the suite's folder `dir`, no key comes from the environment,
+// and dir/test.key is made by keygen (so its mode is keygen's) and then given
+// fixed bytes, so that statistical checks see the same green lists on every
+// run (a random key each run made thresholds such as CSPV's on a 30-token
+// sample fail now and then). Returns the key's path.
+inline std::string PrepareWatermarkSuite(const testing::TempDir& dir, int salt) {
+  setenv("EPWA_CACHE_DIR", (dir.path() + "/cache").c_str(), 1);
+  unsetenv("EPWA_KEY_FILE");
+  const std::string key = dir.path() + "/test.key";
+  Result k = RunEpwa("keygen --out " + key, dir);
+  EXPECT_EQ(k.exit_code, 0) << k.err;
+  WriteFixedKey(key, salt);
+  return key;
+}
+
 // A suite whose tests share one seeded synthetic model folder
 // (tiny-random-moe) and a weight cache of their own; each test gets a
 // scratch folder and can break a copy of the model in it.

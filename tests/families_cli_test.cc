@@ -35,13 +35,7 @@ class Families : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     dir_ = new testing::TempDir();
-    setenv("EPWA_CACHE_DIR", (dir_->path() + "/cache").c_str(), 1);
-    unsetenv("EPWA_KEY_FILE");
-    key_ = dir_->path() + "/test.key";
-    ASSERT_EQ(RunEpwa("keygen --out " + key_, *dir_).exit_code, 0);
-    // Fixed bytes, so that detection sees the same green lists on every run.
-    std::ofstream key(key_, std::ios::binary | std::ios::trunc);
-    for (int i = 0; i < 32; ++i) key.put(static_cast<char>(i * 29 + 5));
+    key_ = PrepareWatermarkSuite(*dir_, 5);
   }
   static void TearDownTestSuite() { delete dir_; }
   static inline testing::TempDir* dir_ = nullptr;
@@ -135,10 +129,7 @@ TEST_F(Families, EveryMoeFamilyWatermarksAndDetects) {
       EXPECT_TRUE(d["detected"]) << d.dump();
       // The same ids with another key are not detected.
       const std::string other = scratch_.path() + "/other.key";
-      if (!fs::exists(other)) {
-        std::ofstream key(other, std::ios::binary);
-        for (int i = 0; i < 32; ++i) key.put(static_cast<char>(i * 13 + 200));
-      }
+      if (!fs::exists(other)) WriteFixedKey(other, 200);
       Result neg = RunEpwa("detect -m " + model + " --watermark " + scheme + " --key-file " + other +
                                " --json --ids " + ids,
                            scratch_);

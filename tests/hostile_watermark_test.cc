@@ -37,11 +37,7 @@ class HostileWatermark : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     dir_ = new testing::TempDir();
-    setenv("EPWA_CACHE_DIR", (dir_->path() + "/cache").c_str(), 1);
-    unsetenv("EPWA_KEY_FILE");
-    key_ = dir_->path() + "/test.key";
-    Result k = RunEpwa("keygen --out " + key_, *dir_);
-    ASSERT_EQ(k.exit_code, 0) << k.err;
+    key_ = PrepareWatermarkSuite(*dir_, 23);
     Result run = RunEpwa("run -m " + kModel +
                              " -p 'The history of the computer' -n 40 --seed 5 --ignore-eos "
                              "--watermark gsg --key-file " + key_ + " --json",
