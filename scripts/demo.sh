@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The main job, end to end, on the bundled default model: what the model is,
+# The main job, end to end, on the bundled default model (then, more briefly,
+# on the second bundled model when it is present): what the model is,
 # its memory plan, how a prompt tokenizes, a streamed generation (16-bit and
 # int4), a scored text with its MoE routing, and the EPW-A watermark: a
 # watermarked and an unwatermarked generation from the same prompt and seed,
@@ -70,3 +71,24 @@ step "epwa detect --key-file demo.key --ids marked.ids.json   (without the promp
 
 step "epwa detect --method cspv --ids marked.ids.json   (confidence-stratified sample of 48 tokens)"
 "$EPWA" detect -m "$MODEL" --key-file "$KEY" --ids "$WORK/marked.ids.json" --method cspv 2>/dev/null
+
+# The second bundled model: 32 experts (top-4) in the Qwen3-MoE layout with a
+# byte-level BPE tokenizer, beside the first; the same watermark, with 32
+# green lists instead of 8.
+SECOND=${SECOND_MODEL:-models/tiny-qwen3-moe}
+if [ "$SECOND" != "$MODEL" ] && [ -f "$SECOND/model.safetensors" ]; then
+  step "epwa info -m $SECOND   (the many-expert bundled model)"
+  "$EPWA" info -m "$SECOND"
+
+  step "epwa run -m $SECOND -p \"$PROMPT\" -n 48 --seed 7"
+  "$EPWA" run -m "$SECOND" -p "$PROMPT" -n 48 --seed 7
+
+  step "epwa run -m $SECOND ... --watermark gsg --key-file demo.key -n 120 --seed 11"
+  "$EPWA" run -m "$SECOND" -p "$WM_PROMPT" -n 120 --seed 11 --ignore-eos --watermark gsg --key-file "$KEY" \
+    --json 2>/dev/null > "$WORK/marked2.json"
+  python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(d["text"].strip()); json.dump(d["ids"], open(sys.argv[2], "w"))' \
+    "$WORK/marked2.json" "$WORK/marked2.ids.json"
+
+  step "epwa detect -m $SECOND --key-file demo.key --ids marked2.ids.json --prompt ..."
+  "$EPWA" detect -m "$SECOND" --key-file "$KEY" --ids "$WORK/marked2.ids.json" --prompt "$WM_PROMPT" 2>/dev/null
+fi

@@ -52,11 +52,15 @@ fixture-llama31 1,400,300,200,100,50,25,12,6,3,1,5,4,8,16,32
 fixture-linear-rope 9,8,7,6,5,4,3,2,1,0,511,510,509,508,507,506
 LIST
 
-# The trained default model on a sentence of real text (BOS + the sentence's ids).
-out=tests/data/reference/tiny-moe
-mkdir -p "$out"
-ids=$("$EPWA" tokenize -m models/tiny-moe --special \
-  --text "The package manager installs the library, and the user reads the manual before running the program.")
-echo "[$ids]" > "$out/ids.json"
-"$PY" tools/reference_forward.py models/tiny-moe --ids "$ids" \
-  --logits-out "$out/logits.npy" --routing-out "$out/routing.json"
+# The trained bundled models on a sentence of real text (BOS + the sentence's
+# ids; the byte-level model has no BOS, so its ids are the sentence's).
+for name in tiny-moe tiny-qwen3-moe; do
+  [ -f "models/$name/model.safetensors" ] || continue
+  out=tests/data/reference/$name
+  mkdir -p "$out"
+  ids=$("$EPWA" tokenize -m "models/$name" --special \
+    --text "The package manager installs the library, and the user reads the manual before running the program.")
+  echo "[$ids]" > "$out/ids.json"
+  "$PY" tools/reference_forward.py "models/$name" --ids "$ids" \
+    --logits-out "$out/logits.npy" --routing-out "$out/routing.json"
+done

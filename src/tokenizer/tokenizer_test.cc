@@ -221,6 +221,28 @@ TEST_P(SharedVectorsTest, MatchesExtraVectors) {
   std::cout << GetParam() << ": " << passed << "/" << vectors.size() << " extra vectors pass\n";
 }
 
+// The second bundled model's byte-level BPE tokenizer (trained by
+// tools/train/bytelevel_bpe.py) against the reference library on every 8th
+// held-out paragraph (tests/data/tokenizers/make_bundled_vectors.sh).
+TEST(BundledTokenizer, ByteLevelModelMatchesTheReferenceOnHeldOutText) {
+  const fs::path file = RepoRoot() / "models" / "tiny-qwen3-moe" / "tokenizer.json";
+  if (!fs::exists(file)) GTEST_SKIP() << file << " is absent";
+  const auto tokenizer = Tokenizer::FromFile(file.string());
+  const auto vectors =
+      ReadJsonLines(RepoRoot() / "tests" / "data" / "tokenizers" / "tiny-qwen3-moe" / "heldout_vectors.jsonl");
+  ASSERT_GT(vectors.size(), 400u);
+  int passed = 0;
+  for (size_t i = 0; i < vectors.size(); ++i) {
+    const Ids expected = vectors[i]["ids"];
+    const Ids ids = tokenizer->Encode(vectors[i]["text"].get<std::string>(), false);
+    EXPECT_EQ(ids, expected) << "paragraph " << i;
+    const std::string decoded = tokenizer->Decode(expected, false);
+    EXPECT_EQ(decoded, vectors[i]["decoded"].get<std::string>()) << "paragraph " << i;
+    passed += ids == expected && decoded == vectors[i]["decoded"];
+  }
+  std::cout << "tiny-qwen3-moe: " << passed << "/" << vectors.size() << " held-out paragraphs\n";
+}
+
 // FromFile speed matters because every epwa run loads the tokenizer. This
 // prints the time rather than asserting it, since machines differ.
 TEST_P(SharedVectorsTest, LoadTimeAndEncodeThroughput) {
