@@ -117,8 +117,10 @@ Runner RegisterEvalWatermark(CLI::App& eval, CLI::App** out_cmd) {
     std::printf("gamma %.2f, delta %.1f, %d tokens per text, z threshold %.1f, dedup on, weights %s\n",
                 f->o.gamma, f->o.delta, f->o.new_tokens, t, engine->load_stats().quant_level.c_str());
     for (const wm::SchemeEval& s : r.schemes) {
-      std::printf("%s: %d watermarked generations (mean bias %.2f, identical to unwatermarked: %d)\n",
-                  wm::SchemeName(s.scheme), f->o.generations, s.mean_bias, s.identical_to_plain);
+      std::printf("%s: %d watermarked generations (mean bias %.2f, identical to unwatermarked: %d; "
+                  "%.1f distinct scored pairs per text)\n",
+                  wm::SchemeName(s.scheme), f->o.generations, s.mean_bias, s.identical_to_plain,
+                  s.mean_scored_pairs);
       PrintZ("full, with prompt", s.full_prompt, t);
       PrintZ("full, without prompt", s.full_no_prompt, t);
       for (size_t a = 0; a < s.substituted.size(); ++a) {

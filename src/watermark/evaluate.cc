@@ -66,6 +66,11 @@ std::vector<std::string> Paragraphs(const std::string& text) {
 
 namespace {
 
+// Tokens a detector scores on one input (distinct pairs after dedup).
+int64_t ScoredOf(std::span<const TokenScore> tokens, double p0, const DetectOptions& o) {
+  return Summarize(tokens, p0, o).scored;
+}
+
 // z of one detector on one input; nullopt when too short to score.
 std::optional<double> ZOf(std::span<const TokenScore> tokens, double p0, const DetectOptions& o) {
   const Summary s = Summarize(tokens, p0, o);
@@ -89,6 +94,7 @@ struct Detectors {
   // oracle's predictions.
   struct Result {
     std::optional<double> full, no_dedup, cspv, pepi, kgw, shift0, shift2, shift0_changed;
+    int64_t scored = 0;  // distinct (expert, token) pairs scored by `full`
     int64_t adjacent_same = 0, adjacent = 0;  // positions whose expert equals the previous one's
     std::vector<int32_t> experts, predicted;
   };
@@ -98,6 +104,7 @@ struct Detectors {
     const auto tokens = ScoreInput(engine, in, expert_lists, slot, 1, &pass);
     const double p0 = expert_lists.p0();
     r.full = ZOf(tokens, p0, o.detect);
+    r.scored = ScoredOf(tokens, p0, o.detect);
     r.kgw = ZOf(ScoreByPreviousToken(in.ids, in.first, kgw_lists), kgw_lists.p0(), o.detect);
     const int64_t T = static_cast<int64_t>(in.ids.size());
     r.experts.assign(static_cast<size_t>(T), -1);
@@ -150,6 +157,7 @@ nlohmann::json EvalReport::Json(const EvalOptions& o) const {
                      {"full_with_prompt", s.full_prompt.Json(t)},
                      {"full_without_prompt", s.full_no_prompt.Json(t)},
                      {"mean_bias", s.mean_bias},
+                     {"mean_scored_pairs", s.mean_scored_pairs},
                      {"identical_to_plain", s.identical_to_plain},
                      {"decode_ms_per_token", s.decode_ms_per_token}};
     if (s.scheme != Scheme::kKgw) {
@@ -271,7 +279,7 @@ EvalReport EvaluateWatermark(Engine& engine, const SecretKey& key, const EvalOpt
     SchemeEval se;
     se.scheme = scheme;
     int64_t recovered_p = 0, recovered_np = 0, steps = 0, agree = 0, agree_n = 0;
-    int64_t adjacent_same = 0, adjacent = 0;
+    int64_t adjacent_same = 0, adjacent = 0, scored_pairs = 0;
     int64_t other_recovered = 0, other_n = 0, other_recovered_margin = 0, other_n_margin = 0;
     se.substituted.resize(o.substitution_rates.size());
     double decode_ms = 0, bias = 0;
@@ -309,12 +317,14 @@ EvalReport EvaluateWatermark(Engine& engine, const SecretKey& key, const EvalOpt
                                    : det.Run(in, false).full);
       }
       if (scheme == Scheme::kKgw) {
+        scored_pairs += ScoredOf(ScoreByPreviousToken(with.ids, with.first, det.kgw_lists), det.kgw_lists.p0(), o.detect);
         Add(se.full_prompt, ZOf(ScoreByPreviousToken(with.ids, with.first, det.kgw_lists), det.kgw_lists.p0(), o.detect));
         Add(se.full_no_prompt, ZOf(ScoreByPreviousToken(without.ids, without.first, det.kgw_lists), det.kgw_lists.p0(), o.detect));
         continue;
       }
       const auto rw = det.Run(with, true);
       const auto rn = det.Run(without, false);
+      scored_pairs += rw.scored;
       Add(se.full_prompt, rw.full);
       Add(se.full_no_prompt, rn.full);
       Add(se.shift0, rw.shift0);
@@ -363,6 +373,7 @@ EvalReport EvaluateWatermark(Engine& engine, const SecretKey& key, const EvalOpt
         other_n_margin ? static_cast<double>(other_recovered_margin) / other_n_margin : 0;
     se.other_level_margin_kept = other_n ? static_cast<double>(other_n_margin) / other_n : 0;
     se.adjacent_same_expert = adjacent ? static_cast<double>(adjacent_same) / adjacent : 0;
+    se.mean_scored_pairs = static_cast<double>(scored_pairs) / std::max(1, o.generations);
     se.pepi_agreement = agree_n ? static_cast<double>(agree) / agree_n : 0;
     se.mean_bias = bias / std::max(1, o.generations);
     se.decode_ms_per_token = decode_ms / std::max<int64_t>(1, decoded);

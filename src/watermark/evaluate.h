@@ -65,6 +65,10 @@ struct SchemeEval {
   // position's: where the misaligned pairing cannot borrow the right list.
   ZSet shift0_changed;
   double adjacent_same_expert = 0;  // how often the router keeps its expert
+  // Mean number of distinct (seed, token) pairs scored per watermarked text
+  // (with the prompt, after dedup): the evidence a text carries. With few
+  // experts, repeated pairs are many and scored once.
+  double mean_scored_pairs = 0;
   std::vector<ZSet> substituted;    // per EvalOptions::substitution_rates
   ZSet other_level, other_level_margin;
   double other_level_expert_agreement = 0, other_level_expert_agreement_margin = 0;
