@@ -11,6 +11,7 @@
 #include <cmath>
 #include <filesystem>
 #include <optional>
+#include <tuple>
 #include <fstream>
 
 #include <nlohmann/json.hpp>
@@ -135,6 +136,35 @@ TEST_F(Families, EveryMoeFamilyWatermarksAndDetects) {
                            scratch_);
       ASSERT_EQ(neg.exit_code, 0) << neg.err;
       EXPECT_FALSE(json::parse(neg.out)["detected"]) << neg.out;
+    }
+  }
+}
+
+// Both trained bundled models: a watermarked generation of each scheme is
+// detected, the unwatermarked one from the same prompt and seed is not.
+TEST_F(Families, BundledModelsWatermarkAndDetect) {
+  for (const char* model : {"models/tiny-moe", "models/tiny-qwen3-moe"}) {
+    if (!fs::exists(std::string(model) + "/model.safetensors")) {
+      std::printf("%s is absent, skipped\n", model);
+      continue;
+    }
+    for (const char* scheme : {"gsg", "ewp"}) {
+      SCOPED_TRACE(std::string(model) + " " + scheme);
+      const std::string base = "run -m " + std::string(model) +
+                               " -p 'The history of the computer' -n 200 --seed 11 --ignore-eos --json";
+      Result marked = RunEpwa(base + " --watermark " + scheme + " --key-file " + key_, scratch_);
+      Result plain = RunEpwa(base, scratch_);
+      ASSERT_EQ(marked.exit_code, 0) << marked.err;
+      ASSERT_EQ(plain.exit_code, 0) << plain.err;
+      for (const auto& [name, run, want] : {std::tuple{"marked", &marked, true}, std::tuple{"plain", &plain, false}}) {
+        const std::string ids = scratch_.path() + "/" + name + ".json";
+        std::ofstream(ids) << json::parse(run->out)["ids"].dump();
+        Result det = RunEpwa(std::string("detect -m ") + model + " --watermark " + scheme + " --key-file " +
+                                 key_ + " --prompt 'The history of the computer' --json --ids " + ids,
+                             scratch_);
+        ASSERT_EQ(det.exit_code, 0) << det.err;
+        EXPECT_EQ(json::parse(det.out)["detected"].get<bool>(), want) << name << ": " << det.out;
+      }
     }
   }
 }
