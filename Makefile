@@ -9,7 +9,7 @@ FUZZ_SECONDS ?= 60
 MODEL ?= $(if $(wildcard models/tiny-moe/config.json),models/tiny-moe,models/tiny-random-moe)
 PROMPT ?= Once upon a time
 
-.PHONY: all deps build run test test-asan bench bench-families bench-plan fuzz clean
+.PHONY: all deps build run test test-asan bench bench-families compare-bundled bench-plan fuzz clean
 
 all: build
 
@@ -35,6 +35,10 @@ test: build
 
 bench: build
 	$(BUILD)/epwa bench --out-dir $(BUILD)/bench-model
+
+# The two bundled models side by side (eval quant + eval watermark, one protocol).
+compare-bundled: build
+	bash scripts/compare-bundled.sh $(BUILD)/epwa
 
 # Every level on the real shapes of Qwen3-MoE (4 of 48 layers) and OLMoE (all
 # 16 layers): about 20 GB of disk, several minutes.
