@@ -13,6 +13,8 @@ MODELS=("$@")
 OUT=${OUT:-$(mktemp -d)}
 for m in "${MODELS[@]}"; do
   name=$(basename "$m")
+  # With OUT set to an earlier run's folder, models already evaluated there are not run again.
+  [ -s "$OUT/$name.quant.json" ] && [ -s "$OUT/$name.wm.json" ] && continue
   "$EPWA" eval quant -m "$m" --text data/heldout/jargon.txt --window 512 --max-tokens "${QUANT_TOKENS:-65536}" --json \
     2>/dev/null > "$OUT/$name.quant.json"
   # shellcheck disable=SC2086  # WM_ARGS (e.g. "--generations 5") is split on purpose
