@@ -9,7 +9,7 @@ FUZZ_SECONDS ?= 60
 MODEL ?= $(if $(wildcard models/tiny-moe/config.json),models/tiny-moe,models/tiny-random-moe)
 PROMPT ?= Once upon a time
 
-.PHONY: all deps build run test test-asan bench bench-families compare-bundled bench-plan fuzz clean
+.PHONY: all deps build run test test-asan bench bench-batch bench-families compare-bundled bench-plan fuzz clean
 
 all: build
 
@@ -35,6 +35,11 @@ test: build
 
 bench: build
 	$(BUILD)/epwa bench --out-dir $(BUILD)/bench-model
+
+# Continuous batching: 1, 2, 4 and 8 sequences together on the OLMoE shape
+# (4 layers, about 3.8 GB of disk; a few minutes). Not part of `make test`.
+bench-batch: build
+	bash scripts/bench-batch.sh $(BUILD)/epwa $(BUILD)/bench-batch
 
 # The two bundled models side by side (eval quant + eval watermark, one protocol).
 compare-bundled: build

@@ -26,11 +26,15 @@ struct ModelFlags {
   int64_t ctx = 0;  // 0: the engine's default plan context
   std::optional<std::string> mem_budget;
   bool no_cache = false;
+  int parallel = 1;          // sequences the plan holds at once (--parallel)
+  int64_t batch_tokens = 0;  // rows per forward pass (--batch-tokens); 0: --ctx
 };
 // "6G", "512M", "1500000000" -> bytes (K/M/G/T are powers of 1024); throws
 // epwa::Error naming `flag` otherwise.
 uint64_t ParseByteSize(const std::string& text, const std::string& flag);
 void AddModelFlags(CLI::App* cmd, ModelFlags* flags);
+// --parallel N and --batch-tokens N, for the commands that generate or plan.
+void AddBatchFlags(CLI::App* cmd, ModelFlags* flags);
 std::unique_ptr<Engine> LoadEngine(const ModelFlags& flags, bool quiet);
 
 // "1,2,3" -> {1, 2, 3}; throws epwa::Error naming `flag` on anything else.
@@ -92,6 +96,8 @@ Runner RegisterHash(CLI::App& app);
 Runner RegisterKeygen(CLI::App& app);
 Runner RegisterDetect(CLI::App& app);
 Runner RegisterOracle(CLI::App& app);
+Runner RegisterTemplate(CLI::App& app);
+Runner RegisterServe(CLI::App& app);
 // `eval watermark`, registered under `eval`.
 Runner RegisterEvalWatermark(CLI::App& eval, CLI::App** cmd);
 

@@ -1,13 +1,23 @@
 // epwa bench: prefill and decode speed on a model large enough to leave the
 // caches, set against the machine's own measured limits (read bandwidth for
-// decode, fp32 FMA peak for prefill) in the same run.
+// decode, fp32 FMA peak for prefill) in the same run. With --parallel LIST,
+// continuous batching instead: the same model and prompts at several batch
+// sizes (one command, so that both benches share the model defaulting and
+// every flag).
+#include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <map>
+#include <set>
+#include <sstream>
 
 #include "base/error.h"
 #include "base/timer.h"
 #include "cli.h"
 #include "kernels/kernels.h"
+#include "runtime/batch_divergence.h"
+#include "runtime/batch_engine.h"
 #include "synth/synth.h"
 
 namespace epwa::cli {
@@ -43,6 +53,199 @@ StepCost CostOf(const Engine& engine) {
   return cost;
 }
 
+// The p-th percentile (0..100) of `v` by the nearest-rank method; 0 for none.
+double Percentile(std::vector<double> v, double p) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  const size_t rank = static_cast<size_t>(std::ceil(p / 100.0 * static_cast<double>(v.size())));
+  return v[std::clamp<size_t>(rank, 1, v.size()) - 1];
+}
+
+// "1,2,4,8" -> {1, 2, 4, 8}.
+std::vector<int> ParseCounts(const std::string& text) {
+  std::vector<int> out;
+  for (int32_t n : ParseIdList(text, "--parallel")) {
+    Require(n >= 1 && n <= 4096, "--parallel expects sequence counts from 1 to 4096, got " + std::to_string(n));
+    out.push_back(n);
+  }
+  return out;
+}
+
+// One row of the batched bench.
+struct BatchRow {
+  int sequences = 0;
+  double decode_tokens_per_s = 0;   // all sequences together, while all decode
+  std::vector<double> ttft_ms;      // per sequence: submit to first token
+  std::vector<double> token_ms;     // per generated token after the first: the gap before it
+  double experts_per_layer = 0;     // distinct experts a decode step streams, per MoE layer
+  int64_t steps = 0;
+};
+
+// Submits `n` prompts at once and runs them to the end: the figures of one repeat.
+BatchRow RunBatch(Engine& engine, const std::vector<std::vector<int32_t>>& prompts, int n,
+                  const GenerateOptions& options, int64_t batch_tokens) {
+  BatchEngine batch(engine, BatchOptions{.parallel = n, .batch_tokens = batch_tokens});
+  std::vector<SequenceResult> results(static_cast<size_t>(n));
+  std::vector<double> submitted(static_cast<size_t>(n));
+  // Distinct experts per (step, MoE layer) among decode rows: the expert
+  // weights that step had to stream.
+  std::map<int64_t, std::vector<std::set<int32_t>>> used;
+  Stopwatch clock;
+  for (int i = 0; i < n; ++i) {
+    GenerateOptions o = options;
+    o.logits_processor = [&used, &batch](std::span<float>, const RoutingTrace& r, std::span<const int32_t>) {
+      if (r.num_tokens() != 1) return;  // a prompt's last row, not a decode step
+      auto& layers = used[batch.stats().steps];
+      layers.resize(static_cast<size_t>(r.num_moe_layers()));
+      for (int64_t m = 0; m < r.num_moe_layers(); ++m)
+        for (int32_t e : r.Experts(0, m)) layers[static_cast<size_t>(m)].insert(e);
+    };
+    submitted[i] = clock.Millis();
+    batch.Submit(prompts[i], std::move(o), [&results, i](SequenceResult&& r) { results[i] = std::move(r); });
+  }
+  batch.RunUntilIdle();
+  BatchRow row;
+  row.sequences = n;
+  row.steps = batch.stats().steps;
+  // The decode window: from the moment every sequence has its first token
+  // to the last token; the rate counts the tokens sampled inside it.
+  double window_start = 0, window_end = 0;
+  for (int i = 0; i < n; ++i) {
+    const SequenceResult& r = results[i];
+    if (r.error) std::rethrow_exception(r.error);
+    Require(!r.token_ms.empty(), "bench: a sequence generated no token");
+    window_start = std::max(window_start, submitted[i] + r.token_ms.front());
+    window_end = std::max(window_end, submitted[i] + r.token_ms.back());
+    row.ttft_ms.push_back(r.token_ms.front());
+    for (size_t k = 1; k < r.token_ms.size(); ++k) row.token_ms.push_back(r.token_ms[k] - r.token_ms[k - 1]);
+  }
+  int64_t in_window = 0;
+  for (int i = 0; i < n; ++i)
+    for (double t : results[i].token_ms) in_window += submitted[i] + t > window_start;
+  row.decode_tokens_per_s = window_end > window_start ? in_window / ((window_end - window_start) / 1e3) : 0;
+  double sum = 0;
+  int64_t count = 0;
+  for (const auto& [step, layers] : used)
+    for (const auto& set : layers) {
+      sum += static_cast<double>(set.size());
+      ++count;
+    }
+  row.experts_per_layer = count ? sum / static_cast<double>(count) : 0;
+  return row;
+}
+
+// epwa bench --parallel 1,2,4,8: aggregate decode speed, time to first token
+// and per-token latency for N sequences generated together.
+int BenchBatch(const ModelFlags& model_flags, const std::vector<int>& counts, int32_t prompt_tokens,
+               int32_t gen_tokens, int32_t repeats, int64_t batch_tokens, bool divergence, bool as_json) {
+  const int max_n = *std::max_element(counts.begin(), counts.end());
+  ModelFlags mf = model_flags;
+  mf.parallel = max_n;
+  // Every prompt of the largest batch fits one forward pass unless told
+  // otherwise, so that all sequences start decoding in the same step.
+  mf.batch_tokens = batch_tokens > 0 ? batch_tokens : static_cast<int64_t>(max_n) * prompt_tokens;
+  if (mf.ctx == 0) mf.ctx = prompt_tokens + gen_tokens;
+  auto engine = LoadEngine(mf, /*quiet=*/as_json);
+  // Fixed pseudo-random prompts (ids away from the special tokens), one per sequence.
+  const int64_t V = engine->config().vocab_size;
+  std::vector<std::vector<int32_t>> prompts(static_cast<size_t>(max_n));
+  Rng rng(7);
+  for (auto& p : prompts) {
+    p.resize(static_cast<size_t>(prompt_tokens));
+    for (auto& id : p) id = static_cast<int32_t>(3 + rng.Next() % static_cast<uint64_t>(V - 3));
+  }
+  GenerateOptions o;
+  o.max_new_tokens = gen_tokens;
+  o.ignore_eos = true;  // every sequence generates exactly gen_tokens
+  o.sampler.temperature = 0.0f;
+  o.sampler.repeat_penalty = 1.0f;
+
+  std::vector<RecordedSequence> alone;
+  if (divergence)
+    alone = RecordGeneration(*engine, prompts, o, BatchOptions{.parallel = 1, .batch_tokens = mf.batch_tokens});
+
+  json rows = json::array();
+  double single = 0;
+  for (int n : counts) {
+    BatchRow best;
+    std::vector<double> ttft, per_token;
+    for (int r = 0; r < repeats; ++r) {
+      BatchRow row = RunBatch(*engine, prompts, n, o, mf.batch_tokens);
+      ttft.insert(ttft.end(), row.ttft_ms.begin(), row.ttft_ms.end());
+      per_token.insert(per_token.end(), row.token_ms.begin(), row.token_ms.end());
+      if (row.decode_tokens_per_s > best.decode_tokens_per_s) best = row;
+    }
+    if (n == 1) single = best.decode_tokens_per_s;
+    json j{{"parallel", n},
+           {"decode_tokens_per_s", best.decode_tokens_per_s},
+           {"ratio_vs_single", single > 0 ? json(best.decode_tokens_per_s / single) : json(nullptr)},
+           {"ttft_p50_ms", Percentile(ttft, 50)},
+           {"ttft_p99_ms", Percentile(ttft, 99)},
+           {"token_p50_ms", Percentile(per_token, 50)},
+           {"token_p99_ms", Percentile(per_token, 99)},
+           {"experts_per_layer_per_step", best.experts_per_layer},
+           {"steps", best.steps}};
+    if (divergence) {
+      std::vector<std::vector<int32_t>> some(prompts.begin(), prompts.begin() + n);
+      const std::vector<RecordedSequence> together =
+          RecordGeneration(*engine, some, o, BatchOptions{.parallel = n, .batch_tokens = mf.batch_tokens});
+      const DivergenceReport d =
+          CompareGenerations(std::vector<RecordedSequence>(alone.begin(), alone.begin() + n), together);
+      j["divergence"] = {{"sequences_with_other_tokens", d.token_diverged},
+                         {"first_token_divergence", d.first_token_divergence},
+                         {"steps_compared", d.steps_compared},
+                         {"expert_choices_compared", d.expert_choices_compared},
+                         {"expert_choices_differ", d.expert_choices_differ},
+                         {"first_expert_divergence", d.first_expert_divergence},
+                         {"max_abs_logit_diff", d.max_abs_logit_diff},
+                         {"max_rel_logit_diff", d.max_rel_logit_diff},
+                         {"flip_margins", d.flip_margins}};
+    }
+    rows.push_back(j);
+  }
+  if (as_json) {
+    PrintJson(json{{"model", mf.model_dir},
+                   {"isa", kernels::IsaName(kernels::ActiveIsa())},
+                   {"threads", engine->threads()},
+                   {"quant", engine->load_stats().quant_level},
+                   {"prompt_tokens", prompt_tokens},
+                   {"gen_tokens", gen_tokens},
+                   {"batch_tokens", mf.batch_tokens},
+                   {"repeats", repeats},
+                   {"rows", rows}});
+    return 0;
+  }
+  const ModelConfig& c = engine->config();
+  std::printf("model   %s (%s, %lld layers, %lld experts top-%lld, %s), %d threads, %s\n",
+              mf.model_dir.c_str(), c.architecture.c_str(), (long long)c.num_layers,
+              (long long)c.num_experts, (long long)c.num_experts_per_tok,
+              engine->load_stats().quant_level.c_str(), engine->threads(),
+              kernels::IsaName(kernels::ActiveIsa()));
+  std::printf("run     %d prompt tokens + %d generated per sequence, greedy, all submitted at once; "
+              "best of %d (latencies pooled)\n\n", prompt_tokens, gen_tokens, repeats);
+  std::printf("%8s %14s %8s %10s %10s %10s %10s %14s%s\n", "parallel", "decode_tok/s", "vs_1",
+              "ttft_p50", "ttft_p99", "tok_p50", "tok_p99", "experts/layer",
+              divergence ? "   divergence (tokens, experts, max|dlogit|)" : "");
+  for (const json& j : rows) {
+    std::string div;
+    if (divergence) {
+      const json& d = j["divergence"];
+      std::ostringstream os;
+      os << "   " << d["sequences_with_other_tokens"].get<int64_t>() << "/" << j["parallel"].get<int>()
+         << " seqs, " << d["expert_choices_differ"].get<int64_t>() << "/"
+         << d["expert_choices_compared"].get<int64_t>() << ", " << d["max_abs_logit_diff"].get<double>();
+      div = os.str();
+    }
+    std::printf("%8d %14.2f %7.2fx %8.1fms %8.1fms %8.1fms %8.1fms %14.1f%s\n", j["parallel"].get<int>(),
+                j["decode_tokens_per_s"].get<double>(),
+                j["ratio_vs_single"].is_null() ? 0.0 : j["ratio_vs_single"].get<double>(),
+                j["ttft_p50_ms"].get<double>(), j["ttft_p99_ms"].get<double>(),
+                j["token_p50_ms"].get<double>(), j["token_p99_ms"].get<double>(),
+                j["experts_per_layer_per_step"].get<double>(), div.c_str());
+  }
+  return 0;
+}
+
 }  // namespace
 
 Runner RegisterBench(CLI::App& app) {
@@ -54,6 +257,9 @@ Runner RegisterBench(CLI::App& app) {
     int32_t gen_tokens = 32;
     int32_t repeats = 3;
     bool json = false;
+    std::string parallel;
+    int64_t batch_tokens = 0;
+    bool divergence = false;
   };
   auto f = std::make_shared<Flags>();
   AddModelFlags(cmd, &f->model);
@@ -63,7 +269,20 @@ Runner RegisterBench(CLI::App& app) {
   cmd->add_option("--gen-tokens", f->gen_tokens, "decode length")->check(CLI::Range(2, 8192));
   cmd->add_option("--repeats", f->repeats, "runs; the best is reported")->check(CLI::Range(1, 100));
   cmd->add_flag("--json", f->json, "print one JSON object");
+  cmd->add_option("--parallel", f->parallel,
+                  "continuous batching instead: for each count in a list such as 1,2,4,8, that many "
+                  "sequences generated together (aggregate decode tok/s, ratio to 1, p50/p99 time to "
+                  "first token and per-token latency)");
+  cmd->add_option("--batch-tokens", f->batch_tokens,
+                  "with --parallel: rows per forward pass (default: every prompt at once)")
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 24));
+  cmd->add_flag("--divergence", f->divergence,
+                "with --parallel: also generate each prompt alone and report how often tokens and "
+                "chosen experts differ, and the largest logit difference");
   return [f]() {
+    Require(f->parallel.empty() || f->repeats >= 1, "--repeats must be at least 1");
+    Require(!f->parallel.empty() || (f->batch_tokens == 0 && !f->divergence),
+            "--batch-tokens and --divergence go with --parallel");
     ModelFlags mf = f->model;
     if (mf.model_dir.empty()) {
       mf.model_dir = f->out_dir;
@@ -76,6 +295,9 @@ Runner RegisterBench(CLI::App& app) {
         WriteSynthModel(so);
       }
     }
+    if (!f->parallel.empty())
+      return BenchBatch(mf, ParseCounts(f->parallel), f->prompt_tokens, f->gen_tokens, f->repeats,
+                        f->batch_tokens, f->divergence, f->json);
     auto engine = LoadEngine(mf, /*quiet=*/f->json);
     ThreadPool pool(engine->threads());
     // This machine's memory bandwidth drifts with its neighbours' load, so

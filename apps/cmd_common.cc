@@ -36,6 +36,17 @@ void AddModelFlags(CLI::App* cmd, ModelFlags* flags) {
                   "memory the process may use, e.g. 512M or 6G (default: free memory)");
 }
 
+void AddBatchFlags(CLI::App* cmd, ModelFlags* flags) {
+  cmd->add_option("--parallel", flags->parallel,
+                  "sequences generated together; the memory plan holds a --ctx KV cache for each "
+                  "(default 1)")
+      ->check(CLI::Range(1, 4096));
+  cmd->add_option("--batch-tokens", flags->batch_tokens,
+                  "rows per forward pass: decode rows plus prompt chunks, so a long prompt does "
+                  "not stall the others (default: --ctx, a whole prompt at once)")
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 24));
+}
+
 uint64_t ParseByteSize(const std::string& text, const std::string& flag) {
   size_t used = 0;
   double v = -1;
@@ -68,6 +79,8 @@ std::unique_ptr<Engine> LoadEngine(const ModelFlags& flags, bool quiet) {
   o.quant = level.level;
   o.quant_source = level.source;
   o.plan_ctx = flags.ctx;
+  o.parallel = flags.parallel;
+  o.batch_tokens = flags.batch_tokens;
   o.use_cache = !flags.no_cache;
   if (flags.mem_budget) o.mem_budget_bytes = ParseByteSize(*flags.mem_budget, "--mem-budget");
   const bool tty = !quiet && isatty(2);
@@ -145,6 +158,7 @@ json LoadStatsJson(const LoadStats& s) {
               {"peak_rss_bytes", s.peak_rss_bytes}, {"quant_level", s.quant_level},
               {"quant_source", s.quant_source},   {"planned_bytes", s.planned_bytes},
               {"budget_bytes", s.budget_bytes},   {"plan_ctx", s.plan_ctx},
+              {"plan_parallel", s.plan_parallel}, {"plan_batch_tokens", s.plan_batch_tokens},
               {"router_hash", s.router_hash},     {"cache", s.cache},
               {"cache_path", s.cache_path},
               {"cache_ms", s.cache_ms},           {"warnings", s.warnings}};
@@ -152,9 +166,11 @@ json LoadStatsJson(const LoadStats& s) {
 
 void PrintLoadStats(const LoadStats& s) {
   for (const std::string& w : s.warnings) std::fprintf(stderr, "epwa: warning: %s\n", w.c_str());
-  std::fprintf(stderr, "quant: %s (decided by %s); plan %s for a %lld-token context, budget %s\n",
+  const std::string sequences =
+      s.plan_parallel > 1 ? " x " + std::to_string(s.plan_parallel) + " sequences" : "";
+  std::fprintf(stderr, "quant: %s (decided by %s); plan %s for a %lld-token context%s, budget %s\n",
                s.quant_level.c_str(), s.quant_source.c_str(), FormatBytes(s.planned_bytes).c_str(),
-               static_cast<long long>(s.plan_ctx), FormatBytes(s.budget_bytes).c_str());
+               static_cast<long long>(s.plan_ctx), sequences.c_str(), FormatBytes(s.budget_bytes).c_str());
   std::fprintf(stderr,
                "load: tokenizer %.1f ms, config %.1f ms, weights %.1f ms (%.1f MB mapped in place, "
                "%.2f MB converted), plan %.1f ms, quantize %.1f ms, cache %.1f ms (%s), "

@@ -14,6 +14,7 @@ Runner RegisterInfo(CLI::App& app) {
   };
   auto flags = std::make_shared<Flags>();
   AddModelFlags(cmd, &flags->model);
+  AddBatchFlags(cmd, &flags->model);
   cmd->add_flag("--json", flags->json, "print one JSON object");
   return [flags]() {
     auto engine = LoadEngine(flags->model, /*quiet=*/flags->json);

@@ -23,6 +23,7 @@ Runner RegisterPlan(CLI::App& app) {
   };
   auto f = std::make_shared<Flags>();
   AddModelFlags(cmd, &f->model);
+  AddBatchFlags(cmd, &f->model);
   cmd->add_option("--device", f->device, "plan for cpu, cuda or auto (the GPU when usable)")
       ->check(CLI::IsMember({"auto", "cpu", "cuda"}));
   cmd->add_flag("--json", f->json, "print one JSON object");
@@ -59,6 +60,8 @@ Runner RegisterPlan(CLI::App& app) {
     PlanContext pc;
     pc.device = device;
     pc.ctx = f->model.ctx > 0 ? f->model.ctx : DefaultPlanContext(config);
+    pc.parallel = f->model.parallel;
+    pc.batch_tokens = f->model.batch_tokens;
     ThreadPool pool(f->model.threads);
     pc.threads = pool.size();
     pc.runtime_bytes = device == Device::kCpu ? CurrentRssBytes() : 0;
@@ -119,6 +122,8 @@ Runner RegisterPlan(CLI::App& app) {
              {"budget_bytes", budget},
              {"budget_source", budget_source},
              {"ctx", pc.ctx},
+             {"parallel", pc.parallel},
+             {"batch_tokens", PlannedBatchRows(pc)},
              {"threads", pc.threads},
              {"requested", QuantLevelName(request.level)},
              {"requested_source", request.source},
@@ -136,8 +141,14 @@ Runner RegisterPlan(CLI::App& app) {
     std::printf("device  %s (%s)\n", DeviceName(device), device_reason.c_str());
     std::printf("memory  free %s (%s), budget %s (%s)\n", FormatBytes(free_bytes).c_str(),
                 free_source.c_str(), FormatBytes(budget).c_str(), budget_source.c_str());
-    std::printf("plan    context %lld tokens, %d threads\n\n", static_cast<long long>(pc.ctx),
-                pc.threads);
+    if (pc.parallel > 1)
+      std::printf("plan    %d sequences of %lld tokens of context (a KV cache each), %lld rows per "
+                  "forward pass, %d threads\n\n",
+                  pc.parallel, static_cast<long long>(pc.ctx),
+                  static_cast<long long>(PlannedBatchRows(pc)), pc.threads);
+    else
+      std::printf("plan    context %lld tokens, %d threads\n\n", static_cast<long long>(pc.ctx),
+                  pc.threads);
     std::printf("%-6s %11s %11s %11s %11s %11s %11s %11s  %s\n", "level", "weights", "kv cache",
                 "scratch", "transient", "runtime", "margin", "required", "fits");
     for (const LevelPlan& p : report.levels) {

@@ -5,57 +5,35 @@
 
 #include "base/error.h"
 #include "base/sysinfo.h"
+#include "base/timer.h"
 #include "cli.h"
+#include "runtime/batch_engine.h"
+#include "tokenizer/text_stream.h"
 #include "watermark/logprobs.h"
 #include "watermark/processor.h"
 
 namespace epwa::cli {
 namespace {
 
-// Streams the text of generated tokens. SentencePiece decoders drop the
-// leading space of the first token and byte-fallback tokens may end in the
-// middle of a UTF-8 character, so the text is always decoded with a few
-// prompt tokens in front and only complete characters are printed.
-class TextStream {
- public:
-  TextStream(const Tokenizer& tok, std::span<const int32_t> prompt) : tok_(tok) {
-    const size_t keep = std::min<size_t>(prompt.size(), 4);
-    ids_.assign(prompt.end() - keep, prompt.end());
-    prefix_ = Text();
+// The prompts of a --prompts-file with their 1-based line numbers: one per
+// line, lines of only whitespace skipped, a trailing CR dropped (files from
+// Windows). Throws epwa::Error when the file holds no prompt.
+std::vector<std::pair<int, std::string>> ReadPromptLines(const std::string& path) {
+  const std::string text = ReadTextFile(path, "the --prompts-file");
+  std::vector<std::pair<int, std::string>> lines;
+  size_t begin = 0;
+  for (int n = 1; begin < text.size(); ++n) {
+    size_t end = text.find('\n', begin);
+    if (end == std::string::npos) end = text.size();
+    std::string line = text.substr(begin, end - begin);
+    begin = end + 1;
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    if (line.find_first_not_of(" \t") == std::string::npos) continue;
+    lines.emplace_back(n, std::move(line));
   }
-  // Returns the newly completed text after appending `token`.
-  std::string Push(int32_t token) {
-    ids_.push_back(token);
-    std::string full = Text();
-    if (full.compare(0, prefix_.size(), prefix_) != 0) return "";
-    std::string text = full.substr(prefix_.size());
-    // Hold back a trailing replacement character: the next byte token may
-    // complete it.
-    static const std::string kReplacement = "\xEF\xBF\xBD";
-    size_t end = text.size();
-    if (end >= 3 && text.compare(end - 3, 3, kReplacement) == 0) end -= 3;
-    if (end <= printed_) return "";
-    std::string delta = text.substr(printed_, end - printed_);
-    printed_ = end;
-    return delta;
-  }
-  std::string Flush() {
-    std::string full = Text();
-    if (full.size() < prefix_.size() + printed_) return "";
-    std::string rest = full.substr(prefix_.size() + printed_);
-    printed_ += rest.size();
-    return rest;
-  }
-
- private:
-  // Special tokens (BOS, EOS) are control symbols, not text to show.
-  std::string Text() const { return tok_.Decode(ids_, /*skip_special_tokens=*/true); }
-
-  const Tokenizer& tok_;
-  std::vector<int32_t> ids_;
-  std::string prefix_;
-  size_t printed_ = 0;
-};
+  Require(!lines.empty(), "the --prompts-file '" + path + "' has no prompt (one per line)");
+  return lines;
+}
 
 }  // namespace
 
@@ -63,7 +41,7 @@ Runner RegisterRun(CLI::App& app) {
   auto* cmd = app.add_subcommand("run", "generate text from a prompt");
   struct Flags {
     ModelFlags model;
-    std::string prompt, prompt_file;
+    std::string prompt, prompt_file, prompts_file;
     std::optional<int32_t> max_new_tokens;
     std::optional<float> temperature, top_p, min_p, repeat_penalty;
     std::optional<int32_t> top_k;
@@ -78,7 +56,13 @@ Runner RegisterRun(CLI::App& app) {
   AddModelFlags(cmd, &f->model);
   auto* prompt = cmd->add_option("-p,--prompt", f->prompt, "prompt text");
   auto* prompt_file = cmd->add_option("-f,--prompt-file", f->prompt_file, "read the prompt from a file");
+  auto* prompts_file = cmd->add_option(
+      "--prompts-file", f->prompts_file,
+      "generate for every line of a file (one prompt per line, blank lines skipped), "
+      "--parallel of them at a time in one batch; prints each in order");
   prompt->excludes(prompt_file);
+  prompts_file->excludes(prompt)->excludes(prompt_file);
+  AddBatchFlags(cmd, &f->model);
   cmd->add_option("-n,--max-tokens", f->max_new_tokens, "tokens to generate (default 64)")
       ->check(CLI::Range(0, 1 << 20));
   cmd->add_option("--temp,--temperature", f->temperature, "sampling temperature; 0 = greedy")
@@ -103,16 +87,10 @@ Runner RegisterRun(CLI::App& app) {
                   "generated token (before the watermark and the sampler), as an API returns them")
       ->check(CLI::Range(1, 1000));
 
-  return [f, prompt, prompt_file]() {
-    Require(prompt->count() + prompt_file->count() == 1, "run needs a prompt: -p TEXT or -f FILE");
-    if (prompt_file->count()) {
-      f->prompt = ReadTextFile(f->prompt_file, "the --prompt-file");
-      Require(!f->prompt.empty(), "the prompt is empty: the --prompt-file '" + f->prompt_file +
-                                      "' has no text");
-    }
-    Require(!f->prompt.empty(), "the prompt is empty: give some text with -p");
-    auto engine = LoadEngine(f->model, /*quiet=*/false);
-    const GenerationDefaults& d = engine->defaults();
+  // Sampling settings: flags override generation_config.json, which
+  // overrides epwa's defaults.
+  auto make_options = [f](const Engine& engine) {
+    const GenerationDefaults& d = engine.defaults();
     GenerateOptions o;
     o.max_new_tokens = f->max_new_tokens.value_or(d.max_new_tokens.value_or(64));
     // Flags override generation_config.json, which overrides epwa's defaults.
@@ -130,8 +108,145 @@ Runner RegisterRun(CLI::App& app) {
     if (f->repeat_penalty) s.repeat_penalty = *f->repeat_penalty;
     s.repeat_last_n = f->repeat_last_n;
     s.seed = f->seed;
-
     o.ignore_eos = f->ignore_eos;
+    return o;
+  };
+  auto sampler_json = [](const SamplerParams& s) {
+    return json{{"temperature", s.temperature}, {"top_k", s.top_k}, {"top_p", s.top_p},
+                {"min_p", s.min_p}, {"repeat_penalty", s.repeat_penalty},
+                {"repeat_last_n", s.repeat_last_n}, {"seed", s.seed}};
+  };
+  // Prompt + continuation as decoded text minus the prompt's own decoding,
+  // so the leading space of the first generated word is kept.
+  auto continuation = [](const Tokenizer& tok, std::span<const int32_t> prompt,
+                         std::span<const int32_t> tokens) {
+    TextStream whole(tok, prompt);
+    std::string generated;
+    for (int32_t t : tokens) generated += whole.Push(t);
+    return generated + whole.Flush();
+  };
+
+  // --prompts-file: every prompt is a sequence of one BatchEngine, --parallel
+  // at a time, each with its own sampler (same --seed), watermark processor
+  // and log-probabilities. Output comes in prompt order once all are done.
+  auto run_many = [f, make_options, sampler_json, continuation]() {
+    const auto lines = ReadPromptLines(f->prompts_file);
+    auto engine = LoadEngine(f->model, /*quiet=*/false);
+    Require(f->logprobs == 0 || f->json, "--logprobs is part of the --json output; add --json");
+    const GenerateOptions base = make_options(*engine);
+    struct Item {
+      int line = 0;
+      std::string text;
+      std::vector<int32_t> ids;
+      std::unique_ptr<wm::WatermarkProcessor> watermark;
+      wm::LogprobsFile logprobs;
+      SequenceResult result;
+    };
+    std::vector<Item> items(lines.size());
+    for (size_t i = 0; i < lines.size(); ++i) {
+      Item& it = items[i];
+      it.line = lines[i].first;
+      it.text = lines[i].second;
+      try {
+        it.ids = engine->EncodePrompt(it.text);
+        engine->ValidatePrompt(it.ids);
+      } catch (const Error& e) {
+        throw Error("line " + std::to_string(it.line) + " of the --prompts-file: " + e.what());
+      }
+      it.watermark = MakeWatermark(f->wm, *engine);
+      it.logprobs.vocab_size = engine->config().vocab_size;
+    }
+    BatchEngine batch(*engine);
+    Stopwatch wall;
+    for (Item& it : items) {
+      GenerateOptions o = base;
+      if (it.watermark || f->logprobs > 0) {
+        o.logits_processor = [&it, f](std::span<float> logits, const RoutingTrace& routing,
+                                      std::span<const int32_t> context) {
+          if (f->logprobs > 0) it.logprobs.tokens.push_back({0, wm::TopKFromLogits(logits, f->logprobs)});
+          if (it.watermark) it.watermark->Apply(logits, routing, context);
+        };
+      }
+      try {
+        batch.Submit(it.ids, std::move(o), [&it](SequenceResult&& r) { it.result = std::move(r); });
+      } catch (const Error& e) {
+        throw Error("line " + std::to_string(it.line) + " of the --prompts-file: " + e.what());
+      }
+    }
+    batch.RunUntilIdle();
+    const double wall_ms = wall.Millis();
+    int64_t generated = 0;
+    int failed = 0;
+    for (size_t i = 0; i < items.size(); ++i) {
+      Item& it = items[i];
+      const SequenceResult& r = it.result;
+      const GenerateStats& st = r.stats;
+      generated += st.generated_tokens;
+      for (size_t k = 0; k < it.logprobs.tokens.size() && k < r.tokens.size(); ++k)
+        it.logprobs.tokens[k].id = r.tokens[k];
+      const std::string text = continuation(engine->tokenizer(), it.ids, r.tokens);
+      if (r.error) {
+        ++failed;
+        std::fprintf(stderr, "epwa: error: line %d of the --prompts-file: %s\n", it.line,
+                     r.error_message.c_str());
+      }
+      if (f->json) {
+        json out{{"index", i},
+                 {"line", it.line},
+                 {"prompt", it.text},
+                 {"prompt_ids", it.ids},
+                 {"text", text},
+                 {"ids", r.tokens},
+                 {"watermark", it.watermark ? WatermarkJson(*it.watermark, *engine) : json(nullptr)},
+                 {"sampler", sampler_json(base.sampler)},
+                 {"stats",
+                  {{"prompt_tokens", st.prompt_tokens},
+                   {"generated_tokens", st.generated_tokens},
+                   {"prefill_ms", st.prefill_ms},
+                   {"decode_ms", st.decode_ms},
+                   {"decode_tokens_per_s", st.decode_tokens_per_s},
+                   {"queued_ms", r.queued_ms},
+                   {"first_token_ms", r.token_ms.empty() ? json(nullptr) : json(r.token_ms.front())},
+                   {"stop_reason", st.stop_reason},
+                   {"parallel", batch.parallel()},
+                   {"threads", engine->threads()},
+                   {"planned_bytes", engine->load_stats().planned_bytes},
+                   {"peak_rss_bytes", PeakRssBytes()}}}};
+        if (r.error) out["error"] = r.error_message;
+        if (f->logprobs > 0) out["logprobs"] = wm::LogprobsJson(it.logprobs);
+        PrintJson(out, /*one_line=*/true);
+      } else {
+        std::cout << "=== " << (i + 1) << " of " << items.size() << " (line " << it.line << ", "
+                  << st.generated_tokens << " tokens, stop: " << st.stop_reason << ")\n"
+                  << it.text << text << "\n";
+        if (it.watermark) PrintWatermarkLine(*it.watermark, *engine);
+      }
+    }
+    std::cout.flush();
+    const BatchStats& bs = batch.stats();
+    std::fprintf(stderr,
+                 "batch: %zu sequences, --parallel %d, %lld forward passes (at most %lld rows), "
+                 "%lld tokens in %.1f ms = %.1f tok/s in all, %d threads; peak RSS %s (planned %s)\n",
+                 items.size(), batch.parallel(), (long long)bs.steps, (long long)bs.max_rows,
+                 (long long)generated, wall_ms, generated / std::max(wall_ms / 1e3, 1e-9),
+                 engine->threads(), FormatBytes(PeakRssBytes()).c_str(),
+                 FormatBytes(engine->load_stats().planned_bytes).c_str());
+    return failed ? 1 : 0;
+  };
+
+  return [f, prompt, prompt_file, prompts_file, make_options, sampler_json, continuation, run_many]() {
+    Require(prompt->count() + prompt_file->count() + prompts_file->count() == 1,
+            "run needs a prompt: -p TEXT, -f FILE or --prompts-file FILE");
+    if (prompts_file->count()) return run_many();
+    if (prompt_file->count()) {
+      f->prompt = ReadTextFile(f->prompt_file, "the --prompt-file");
+      Require(!f->prompt.empty(), "the prompt is empty: the --prompt-file '" + f->prompt_file +
+                                      "' has no text");
+    }
+    Require(!f->prompt.empty(), "the prompt is empty: give some text with -p");
+    auto engine = LoadEngine(f->model, /*quiet=*/false);
+    GenerateOptions o = make_options(*engine);
+    const SamplerParams& s = o.sampler;
     std::unique_ptr<wm::WatermarkProcessor> watermark = MakeWatermark(f->wm, *engine);
     Require(f->logprobs == 0 || f->json, "--logprobs is part of the --json output; add --json");
     wm::LogprobsFile logprobs;
@@ -168,21 +283,13 @@ Runner RegisterRun(CLI::App& app) {
       logprobs.tokens[i].id = r.tokens[i];
     const GenerateStats& st = r.stats;
     if (f->json) {
-      // Full text of prompt + continuation minus the prompt's own decoding,
-      // so the leading space of the first generated word is kept.
-      TextStream whole(engine->tokenizer(), prompt);
-      std::string generated;
-      for (int32_t t : r.tokens) generated += whole.Push(t);
-      generated += whole.Flush();
+      const std::string generated = continuation(engine->tokenizer(), prompt, r.tokens);
       json out{{"prompt", f->prompt},
                      {"prompt_ids", prompt},
                      {"text", generated},
                      {"ids", r.tokens},
                      {"watermark", watermark ? WatermarkJson(*watermark, *engine) : json(nullptr)},
-                     {"sampler",
-                      {{"temperature", s.temperature}, {"top_k", s.top_k}, {"top_p", s.top_p},
-                       {"min_p", s.min_p}, {"repeat_penalty", s.repeat_penalty},
-                       {"repeat_last_n", s.repeat_last_n}, {"seed", s.seed}}},
+                     {"sampler", sampler_json(s)},
                      {"stats",
                       {{"load", LoadStatsJson(engine->load_stats())},
                        {"prompt_tokens", st.prompt_tokens},

@@ -79,6 +79,8 @@ int main(int argc, char** argv) {
   add(epwa::cli::RegisterKeygen);
   add(epwa::cli::RegisterDetect);
   add(epwa::cli::RegisterOracle);
+  add(epwa::cli::RegisterTemplate);
+  add(epwa::cli::RegisterServe);
   // CLI11 reports a misspelt command as "A subcommand is required"; name it
   // and list the commands instead.
   auto is_command = [&](const std::string& name) {

@@ -7,8 +7,15 @@ packages=(
   build-essential cmake ninja-build pkg-config git
   libgtest-dev libgmock-dev libbenchmark-dev
   nlohmann-json3-dev libcli11-dev libpcre2-dev libutf8proc-dev libssl-dev libxxhash-dev libsimdjson-dev
-  python3 python3-numpy python3-sentencepiece
+  python3 python3-numpy python3-sentencepiece python3-jinja2
+  libcpp-httplib-dev curl
 )
+# Node.js runs the real-client tests of `epwa serve` (the openai npm package).
+# It may come from Debian or from elsewhere (NodeSource bundles npm, and then
+# Debian's npm package conflicts with it), so the commands are checked, not
+# the package names.
+command -v node >/dev/null 2>&1 || packages+=(nodejs)
+command -v npm >/dev/null 2>&1 || packages+=(npm)
 # `make fuzz` (scripts/install-deps.sh --fuzz) also needs clang with its
 # libFuzzer and sanitizer runtimes.
 if [ "${1:-}" = "--fuzz" ]; then
@@ -19,12 +26,18 @@ missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
-if [ ${#missing[@]} -eq 0 ]; then
-  exit 0
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "epwa: installing Debian packages: ${missing[*]}" >&2
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-echo "epwa: installing Debian packages: ${missing[*]}" >&2
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -qq
-$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+
+# The openai npm client for the serve tests, pinned by tests/serve/package-lock.json.
+root=$(cd "$(dirname "$0")/.." && pwd)
+if [ ! -f "$root/tests/serve/node_modules/openai/package.json" ]; then
+  echo "epwa: installing the test client (npm ci in tests/serve)" >&2
+  npm ci --prefix "$root/tests/serve" --no-audit --no-fund --loglevel=error >/dev/null
+fi

@@ -57,22 +57,33 @@ uint64_t KVCache::BytesFor(const ModelConfig& config, int64_t capacity) {
 
 uint64_t Transformer::ScratchBytes(const ModelConfig& c, int64_t T, int64_t capacity, int threads,
                                    bool all_logits) {
+  return BatchScratchBytes(c, T, capacity, threads, all_logits ? T : 1, 1);
+}
+
+uint64_t Transformer::BatchScratchBytes(const ModelConfig& c, int64_t T, int64_t capacity,
+                                        int threads, int64_t logit_rows, int64_t segments) {
   const uint64_t D = c.hidden_size, F = c.MaxFf(), E = c.num_experts, K = c.num_experts_per_tok;
   const uint64_t t = static_cast<uint64_t>(T);
+  const uint64_t s = static_cast<uint64_t>(std::max<int64_t>(segments, 1));
   uint64_t floats = t * D * 3                         // x_, xn_, proj_
                     + t * c.QDim() * 2                // q_, att_
                     + t * c.KvDim() * 2               // k_, v_
                     + static_cast<uint64_t>(threads) * capacity  // scores_
                     + t * D * 2 + t * F * 2;          // ffn_in_, ffn_out_, ffn_gate_, ffn_up_
   uint64_t bytes = floats * sizeof(float);
-  bytes += (all_logits ? t : 1) * c.vocab_size * sizeof(float);  // logits
-  bytes += static_cast<uint64_t>(c.head_dim / 2) * sizeof(double);  // inv_freq_
+  bytes += static_cast<uint64_t>(logit_rows) * c.vocab_size * sizeof(float);  // logits
+  // inv_freq_: one row per segment under dynamic NTK scaling, else one.
+  const uint64_t freq_rows = c.rope_scaling.kind == RopeScalingKind::kDynamic ? s : 1;
+  bytes += freq_rows * static_cast<uint64_t>(c.head_dim / 2) * sizeof(double);
+  // row_pos_, row_seg_, seg_first_, logit_rows_.
+  bytes += t * (sizeof(int64_t) + sizeof(int32_t)) + (s + 1) * sizeof(int64_t) +
+           static_cast<uint64_t>(logit_rows) * sizeof(int64_t);
   if (c.IsMoe()) {
     bytes += t * E * sizeof(float)                                     // router_logits_
              + t * K * (sizeof(int32_t) + sizeof(float))               // token_experts_/weights_
              + t * D * sizeof(float)                                   // moe_out_
              + t * (sizeof(int64_t) + sizeof(float));                  // rows_token_/weight_
-    // The routing trace: router logits, experts and weights per token and MoE layer.
+    // The routing traces: router logits, experts and weights per row and MoE layer.
     bytes += t * static_cast<uint64_t>(c.NumMoeLayers()) *
              (E * sizeof(float) + K * (sizeof(int32_t) + sizeof(float)));
   }
@@ -83,7 +94,8 @@ uint64_t Transformer::ScratchBytesInUse() const {
   auto b = [](const auto& v) { return static_cast<uint64_t>(v.capacity() * sizeof(v[0])); };
   return b(x_) + b(xn_) + b(q_) + b(k_) + b(v_) + b(att_) + b(proj_) + b(router_logits_) +
          b(ffn_in_) + b(ffn_gate_) + b(ffn_up_) + b(ffn_out_) + b(scores_) + b(token_experts_) +
-         b(token_weights_) + b(moe_out_) + b(rows_token_) + b(rows_weight_) + b(inv_freq_);
+         b(token_weights_) + b(moe_out_) + b(rows_token_) + b(rows_weight_) + b(inv_freq_) +
+         b(row_pos_) + b(row_seg_) + b(seg_first_) + b(logit_rows_);
 }
 
 KVCache::KVCache(const ModelConfig& config, int64_t capacity)
@@ -151,11 +163,12 @@ Transformer::Transformer(ModelConfig config, ModelWeights weights, ThreadPool& p
 // with i + head_dim/2 (not with i + 1 as in the original RoPE paper's layout).
 // cos and sin are multiplied by the scaling kind's attention factor (YaRN),
 // as transformers does before applying them.
-void Transformer::ApplyRope(float* vec, int64_t num_heads, int64_t pos) const {
+void Transformer::ApplyRope(float* vec, int64_t num_heads, int64_t pos,
+                            const double* inv_freq) const {
   const int64_t hd = config_.head_dim, half = hd / 2;
   const double amplitude = config_.rope_scaling.attention_factor;
   for (int64_t i = 0; i < half; ++i) {
-    const double angle = static_cast<double>(pos) * inv_freq_[i];
+    const double angle = static_cast<double>(pos) * inv_freq[i];
     const float c = static_cast<float>(std::cos(angle) * amplitude);
     const float s = static_cast<float>(std::sin(angle) * amplitude);
     for (int64_t h = 0; h < num_heads; ++h) {
@@ -169,12 +182,30 @@ void Transformer::ApplyRope(float* vec, int64_t num_heads, int64_t pos) const {
 
 void Transformer::Forward(std::span<const int32_t> tokens, int64_t start_pos, KVCache& cache,
                           bool all_logits, std::vector<float>* logits, RoutingTrace* trace) {
-  const int64_t T = static_cast<int64_t>(tokens.size());
+  const BatchSegment segment{tokens, start_pos, &cache,
+                             all_logits ? LogitRows::kAll : LogitRows::kLast, trace};
+  ForwardBatch({&segment, 1}, logits);
+}
+
+void Transformer::ForwardBatch(std::span<const BatchSegment> segments, std::vector<float>* logits) {
+  const int64_t S = static_cast<int64_t>(segments.size());
   const int64_t D = config_.hidden_size;
-  Require(T > 0, "cannot run the model on an empty token sequence");
-  Require(start_pos >= 0 && start_pos + T <= cache.capacity(),
-          "sequence of " + std::to_string(start_pos + T) +
-              " tokens exceeds the context capacity of " + std::to_string(cache.capacity()));
+  Require(S > 0, "cannot run the model on an empty batch");
+  int64_t T = 0, R = 0;
+  for (int64_t s = 0; s < S; ++s) {
+    const BatchSegment& seg = segments[s];
+    const int64_t n = static_cast<int64_t>(seg.tokens.size());
+    Require(n > 0, "cannot run the model on an empty token sequence");
+    Require(seg.cache != nullptr, "internal: a batch segment has no KV cache");
+    Require(seg.start_pos >= 0 && seg.start_pos + n <= seg.cache->capacity(),
+            "sequence of " + std::to_string(seg.start_pos + n) +
+                " tokens exceeds the context capacity of " + std::to_string(seg.cache->capacity()));
+    // Two segments writing one cache would race in Attention's parallel loop.
+    for (int64_t o = 0; o < s; ++o)
+      Require(segments[o].cache != seg.cache, "internal: two batch segments share a KV cache");
+    T += n;
+    R += LogitRowCount(seg);
+  }
   Grow(x_, T * D);
   Grow(xn_, T * D);
   Grow(q_, T * config_.QDim());
@@ -182,16 +213,46 @@ void Transformer::Forward(std::span<const int32_t> tokens, int64_t start_pos, KV
   Grow(v_, T * config_.KvDim());
   Grow(att_, T * config_.QDim());
   Grow(proj_, T * D);
+  // Where each row sits: its segment and absolute position.
+  row_pos_.resize(T);
+  row_seg_.resize(T);
+  seg_first_.resize(S + 1);
+  logit_rows_.clear();
+  logit_rows_.reserve(R);
+  for (int64_t s = 0, row = 0; s < S; ++s) {
+    const BatchSegment& seg = segments[s];
+    const int64_t n = static_cast<int64_t>(seg.tokens.size());
+    seg_first_[s] = row;
+    for (int64_t i = 0; i < n; ++i, ++row) {
+      row_pos_[row] = seg.start_pos + i;
+      row_seg_[row] = static_cast<int32_t>(s);
+    }
+    if (seg.logits == LogitRows::kAll)
+      for (int64_t i = 0; i < n; ++i) logit_rows_.push_back(row - n + i);
+    else if (seg.logits == LogitRows::kLast)
+      logit_rows_.push_back(row - 1);
+  }
+  seg_first_[S] = T;
   // The rotary frequencies of this call. Only dynamic NTK scaling depends on
   // the sequence length (transformers recomputes them per forward call from
-  // its last position; keys already cached keep the rotation they got).
-  if (inv_freq_.empty() || config_.rope_scaling.kind == RopeScalingKind::kDynamic) {
-    const std::vector<double> inv = RopeInverseFrequencies(config_, start_pos + T);
-    inv_freq_.assign(inv.begin(), inv.end());
+  // its last position; keys already cached keep the rotation they got), so
+  // only then does each segment get its own row, from its own length.
+  const int64_t half = config_.head_dim / 2;
+  inv_freq_per_segment_ = config_.rope_scaling.kind == RopeScalingKind::kDynamic;
+  if (inv_freq_per_segment_) {
+    inv_freq_.resize(static_cast<size_t>(S * half));
+    for (int64_t s = 0; s < S; ++s) {
+      const int64_t end = segments[s].start_pos + static_cast<int64_t>(segments[s].tokens.size());
+      const std::vector<double> inv = RopeInverseFrequencies(config_, end);
+      std::copy_n(inv.begin(), half, inv_freq_.begin() + s * half);
+    }
+  } else if (inv_freq_.empty()) {
+    const std::vector<double> inv = RopeInverseFrequencies(config_, 1);
+    inv_freq_.assign(inv.begin(), inv.begin() + half);
   }
 
   for (int64_t t = 0; t < T; ++t) {
-    const int32_t id = tokens[t];
+    const int32_t id = segments[row_seg_[t]].tokens[t - seg_first_[row_seg_[t]]];
     Require(id >= 0 && id < config_.vocab_size,
             "token id " + std::to_string(id) + " is outside the vocabulary (vocab_size " +
                 std::to_string(config_.vocab_size) + ")");
@@ -204,8 +265,10 @@ void Transformer::Forward(std::span<const int32_t> tokens, int64_t start_pos, KV
         return "the embedding of token " + std::to_string(id) + " (model.embed_tokens.weight)";
       });
   }
-  if (trace)
-    trace->Reset(T, start_pos, moe_layers_, config_.num_experts, config_.num_experts_per_tok);
+  for (const BatchSegment& seg : segments)
+    if (seg.trace)
+      seg.trace->Reset(static_cast<int64_t>(seg.tokens.size()), seg.start_pos, moe_layers_,
+                       config_.num_experts, config_.num_experts_per_tok);
 
   for (int64_t l = 0; l < config_.num_layers; ++l) {
     const LayerWeights& lw = weights_.layers[l];
@@ -218,7 +281,7 @@ void Transformer::Forward(std::span<const int32_t> tokens, int64_t start_pos, KV
       kernels::RmsNorm(x_.data() + t * D, lw.attn_norm.data(), D, config_.rms_norm_eps,
                        xn_.data() + t * D);
     if (checking_) CheckStage(xn_.data(), T * D, layer_tensor("input_layernorm.weight"));
-    Attention(l, T, start_pos, cache);
+    Attention(l, T, segments);
     if (checking_)
       CheckStage(x_.data(), T * D, [l] {
         return "layer " + std::to_string(l) + "'s residual sum after attention (float32 overflow)";
@@ -227,7 +290,7 @@ void Transformer::Forward(std::span<const int32_t> tokens, int64_t start_pos, KV
       kernels::RmsNorm(x_.data() + t * D, lw.ffn_norm.data(), D, config_.rms_norm_eps,
                        xn_.data() + t * D);
     if (checking_) CheckStage(xn_.data(), T * D, layer_tensor("post_attention_layernorm.weight"));
-    FeedForward(l, T, trace, moe_slot_[l]);
+    FeedForward(l, T, segments, moe_slot_[l]);
     if (checking_)
       CheckStage(x_.data(), T * D, [l] {
         return "layer " + std::to_string(l) + "'s residual sum after the MLP (float32 overflow)";
@@ -236,14 +299,13 @@ void Transformer::Forward(std::span<const int32_t> tokens, int64_t start_pos, KV
 
   // Only the rows whose logits are wanted go through the final norm and the
   // (large) lm_head product.
-  const int64_t first = all_logits ? 0 : T - 1;
-  const int64_t rows = T - first;
-  for (int64_t t = first; t < T; ++t)
-    kernels::RmsNorm(x_.data() + t * D, weights_.final_norm.data(), D, config_.rms_norm_eps,
-                     xn_.data() + (t - first) * D);
+  const int64_t rows = R;
+  for (int64_t r = 0; r < rows; ++r)
+    kernels::RmsNorm(x_.data() + logit_rows_[r] * D, weights_.final_norm.data(), D,
+                     config_.rms_norm_eps, xn_.data() + r * D);
   if (checking_) CheckStage(xn_.data(), rows * D, [] { return std::string("the final norm (model.norm.weight)"); });
   logits->resize(static_cast<size_t>(rows * config_.vocab_size));
-  kernels::MatMul(xn_.data(), rows, weights_.lm_head, logits->data(), pool_);
+  kernels::MatMul(xn_.data(), rows, weights_.lm_head, logits->data(), pool_);  // [rows, vocab]
   // Granite divides the logits by logits_scaling (a division, as transformers
   // does, so that the rounding matches).
   if (config_.logits_scaling != 1.0f)
@@ -281,7 +343,7 @@ std::string Transformer::LocateNonFinite(std::span<const int32_t> tokens) {
   return first_non_finite_;
 }
 
-void Transformer::Attention(int64_t layer, int64_t T, int64_t start_pos, KVCache& cache) {
+void Transformer::Attention(int64_t layer, int64_t T, std::span<const BatchSegment> segments) {
   const LayerWeights& lw = weights_.layers[layer];
   const int64_t D = config_.hidden_size, hd = config_.head_dim;
   const int64_t H = config_.num_heads, KVH = config_.num_kv_heads, group = H / KVH;
@@ -313,15 +375,22 @@ void Transformer::Attention(int64_t layer, int64_t T, int64_t start_pos, KVCache
     CheckStage(k_.data(), T * kv_dim, name("k_proj"));
     CheckStage(v_.data(), T * kv_dim, name("v_proj"));
   }
+  // Each row is rotated for its own position and appended to its own cache.
+  const int64_t half = hd / 2;
   for (int64_t t = 0; t < T; ++t) {
-    const int64_t pos = start_pos + t;
-    ApplyRope(q_.data() + t * q_dim, H, pos);
-    ApplyRope(k_.data() + t * kv_dim, KVH, pos);
+    const int64_t pos = row_pos_[t], s = row_seg_[t];
+    const double* inv_freq = inv_freq_.data() + (inv_freq_per_segment_ ? s * half : 0);
+    KVCache& cache = *segments[s].cache;
+    ApplyRope(q_.data() + t * q_dim, H, pos, inv_freq);
+    ApplyRope(k_.data() + t * kv_dim, KVH, pos, inv_freq);
     std::copy_n(k_.data() + t * kv_dim, kv_dim, cache.Key(layer, pos));
     std::copy_n(v_.data() + t * kv_dim, kv_dim, cache.Value(layer, pos));
   }
 
-  const int64_t end_pos = start_pos + T;
+  // Scores of one (row, head) item span at most the longest sequence's end.
+  int64_t end_pos = 0;
+  for (const BatchSegment& seg : segments)
+    end_pos = std::max(end_pos, seg.start_pos + static_cast<int64_t>(seg.tokens.size()));
   const int threads = pool_.size();
   Grow(scores_, static_cast<size_t>(threads) * end_pos);
   // Granite's attention_multiplier replaces the usual head_dim^-0.5.
@@ -335,7 +404,8 @@ void Transformer::Attention(int64_t layer, int64_t T, int64_t start_pos, KVCache
     const int64_t begin = items * thread / threads, end = items * (thread + 1) / threads;
     for (int64_t item = begin; item < end; ++item) {
       const int64_t t = item / H, h = item % H, kvh = h / group;
-      const int64_t pos = start_pos + t;
+      const int64_t pos = row_pos_[t];
+      KVCache& cache = *segments[row_seg_[t]].cache;
       // Causal mask, and with a sliding window only keys with pos - j < window.
       const int64_t first = window > 0 ? std::max<int64_t>(0, pos - window + 1) : 0;
       const float* q = q_.data() + t * q_dim + h * hd;
@@ -422,7 +492,8 @@ std::string FfnStageName(const std::string& owner, const char* which,
 
 }  // namespace
 
-void Transformer::FeedForward(int64_t layer, int64_t T, RoutingTrace* trace, int64_t moe_slot) {
+void Transformer::FeedForward(int64_t layer, int64_t T, std::span<const BatchSegment> segments,
+                              int64_t moe_slot) {
   const LayerWeights& lw = weights_.layers[layer];
   const int64_t D = config_.hidden_size, F = config_.MaxFf();
   Grow(ffn_in_, T * D);
@@ -458,15 +529,18 @@ void Transformer::FeedForward(int64_t layer, int64_t T, RoutingTrace* trace, int
   for (int64_t t = 0; t < T; ++t) {
     RouteToken(config_.router, router_logits_.data() + t * E, E, K, config_.norm_topk_prob,
                experts.data() + t * K, mix.data() + t * K);
-    if (trace) {
-      std::copy_n(router_logits_.data() + t * E, E, trace->MutableLogits(t, moe_slot));
-      std::copy_n(experts.data() + t * K, K, trace->MutableExperts(t, moe_slot));
-      std::copy_n(mix.data() + t * K, K, trace->MutableWeights(t, moe_slot));
+    const int32_t s = row_seg_[t];
+    if (RoutingTrace* trace = segments[s].trace) {
+      const int64_t local = t - seg_first_[s];  // the row's index within its segment
+      std::copy_n(router_logits_.data() + t * E, E, trace->MutableLogits(local, moe_slot));
+      std::copy_n(experts.data() + t * K, K, trace->MutableExperts(local, moe_slot));
+      std::copy_n(mix.data() + t * K, K, trace->MutableWeights(local, moe_slot));
     }
   }
 
   // Group tokens by expert so that each expert's weights are streamed once
-  // per forward call and multiplied against all of its tokens together.
+  // per forward call and multiplied against all of its tokens together; in a
+  // batch the rows of every sequence that picked the expert go in together.
   std::vector<float>& moe_out = moe_out_;
   moe_out.assign(T * D, 0.f);
   std::vector<int64_t>& rows_token = rows_token_;

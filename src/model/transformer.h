@@ -48,6 +48,30 @@ void RouteToken(RouterKind kind, const float* router_logits, int64_t num_experts
 // every step's logits.
 bool AllFinite(const float* values, size_t n);
 
+// Which rows of a batch segment get logits: none (a prompt chunk that is not
+// the prompt's last), the last row (decode, or the end of a prompt), or every
+// row (scoring).
+enum class LogitRows { kNone, kLast, kAll };
+
+// One sequence's share of a batched forward pass: `tokens` at positions
+// [start_pos, start_pos + tokens.size()) of the sequence whose keys and values
+// live in `cache`. Each segment of one call must have its own cache.
+struct BatchSegment {
+  std::span<const int32_t> tokens;
+  int64_t start_pos = 0;
+  KVCache* cache = nullptr;
+  LogitRows logits = LogitRows::kLast;
+  // When non-null, reset to cover this segment's tokens and filled with
+  // their routing (its first_position() is start_pos).
+  RoutingTrace* trace = nullptr;
+};
+
+// How many logit rows `s` asks for.
+inline int64_t LogitRowCount(const BatchSegment& s) {
+  const int64_t n = static_cast<int64_t>(s.tokens.size());
+  return s.logits == LogitRows::kAll ? n : s.logits == LogitRows::kLast ? 1 : 0;
+}
+
 class Transformer {
  public:
   Transformer(ModelConfig config, ModelWeights weights, ThreadPool& pool);
@@ -59,6 +83,11 @@ class Transformer {
   // transformer_test keeps the two in step through ScratchBytesInUse().
   static uint64_t ScratchBytes(const ModelConfig& config, int64_t tokens, int64_t capacity,
                                int threads, bool all_logits);
+  // The same for one ForwardBatch call of `rows` rows in all, split into
+  // `segments` segments whose caches hold at most `capacity` positions, with
+  // `logit_rows` rows of logits. ScratchBytes is the one-segment case.
+  static uint64_t BatchScratchBytes(const ModelConfig& config, int64_t rows, int64_t capacity,
+                                    int threads, int64_t logit_rows, int64_t segments);
   // Bytes the scratch vectors hold now (for that test).
   uint64_t ScratchBytesInUse() const;
 
@@ -72,8 +101,23 @@ class Transformer {
   //   trace: when non-null, receives the routing of every token and MoE layer.
   // Throws epwa::Error for token ids outside the vocabulary or positions past
   // the cache capacity.
+  // The one-segment case of ForwardBatch.
   void Forward(std::span<const int32_t> tokens, int64_t start_pos, KVCache& cache,
                bool all_logits, std::vector<float>* logits, RoutingTrace* trace);
+
+  // Runs the rows of several sequences in one pass: embeddings, norms, the
+  // q/k/v/o projections, the routers and every expert run once over all rows
+  // (rows routed to one expert are gathered across sequences, so each expert's
+  // weights stream once per call), while attention reads each row's own
+  // cache with its own causal mask and rotary frequencies (dynamic NTK
+  // scaling uses each sequence's own length, as a separate call would).
+  //   logits: [sum of LogitRowCount(segment), vocab], segments in order.
+  // A row's result does not depend on the other segments except through
+  // the float rounding of matrix products whose row count changes (see
+  // kernels::MatMul: the decode path below 9 rows, blocked GEMM above).
+  // Throws epwa::Error for an empty segment, a missing or shared cache, token
+  // ids outside the vocabulary or positions past a cache's capacity.
+  void ForwardBatch(std::span<const BatchSegment> segments, std::vector<float>* logits);
 
   // The failure path of a non-finite (NaN or infinite) output: runs `tokens`
   // again from position 0 with every intermediate result checked, and
@@ -87,13 +131,16 @@ class Transformer {
   // n values at `values` are not all finite and no earlier stage was.
   void CheckStage(const float* values, int64_t n, const std::function<std::string()>& stage);
 
-  void Attention(int64_t layer, int64_t T, int64_t start_pos, KVCache& cache);
-  void FeedForward(int64_t layer, int64_t T, RoutingTrace* trace, int64_t moe_slot);
+  void Attention(int64_t layer, int64_t T, std::span<const BatchSegment> segments);
+  void FeedForward(int64_t layer, int64_t T, std::span<const BatchSegment> segments,
+                   int64_t moe_slot);
   // `name(which)` names the expert's tensor `which` (w1, w3, w2) for
   // LocateNonFinite's messages.
   void ExpertForward(const ExpertWeights& e, int64_t rows,
                      const std::function<std::string(const char*)>& name);
-  void ApplyRope(float* vec, int64_t num_heads, int64_t pos) const;
+  // Rotates `num_heads` head vectors at `vec` for position `pos` with the
+  // inverse frequencies `inv_freq` ([head_dim / 2]).
+  void ApplyRope(float* vec, int64_t num_heads, int64_t pos, const double* inv_freq) const;
   // q_/k_ normalised in place by the config's q/k norm kind.
   void NormalizeQk(const LayerWeights& lw, int64_t T);
   // x_ += branch * residual_multiplier over n values.
@@ -102,7 +149,11 @@ class Transformer {
   ModelConfig config_;
   ModelWeights weights_;
   ThreadPool& pool_;
-  std::vector<double> inv_freq_;  // [head_dim / 2], for the current forward call
+  // Rotary inverse frequencies of the current call: [segments, head_dim / 2]
+  // under dynamic NTK scaling (they depend on each sequence's length), else
+  // one row [head_dim / 2] computed once and shared.
+  std::vector<double> inv_freq_;
+  bool inv_freq_per_segment_ = false;
   std::vector<int32_t> moe_layers_;  // model layer index of each MoE layer
   std::vector<int64_t> moe_slot_;    // [num_layers]: index into moe_layers_, -1 for dense
   // Set only during LocateNonFinite.
@@ -128,6 +179,11 @@ class Transformer {
   std::vector<float> moe_out_;          // [T, d_model] weighted sum of expert outputs
   std::vector<int64_t> rows_token_;     // tokens routed to the expert in progress
   std::vector<float> rows_weight_;      // and their weights
+  // Per row of the current call: its absolute position and its segment.
+  std::vector<int64_t> row_pos_;  // [T]
+  std::vector<int32_t> row_seg_;  // [T]
+  std::vector<int64_t> seg_first_;   // [segments + 1]: first row of each segment
+  std::vector<int64_t> logit_rows_;  // [logit rows]: rows that get logits
 };
 
 }  // namespace epwa

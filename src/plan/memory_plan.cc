@@ -84,11 +84,16 @@ void Total(const ModelConfig& config, const PlanContext& cx, LevelPlan* p) {
   }
   p->transient_bytes = load_peak > converted ? load_peak - converted : 0;
   const int64_t ctx = std::max<int64_t>(cx.ctx, 1);
-  p->kv_bytes = KVCache::BytesFor(config, ctx);
+  const int64_t parallel = std::max(cx.parallel, 1);
+  // Every sequence may hold a full cache at once; one forward pass runs
+  // their rows together (a logits row and a segment per sequence at most).
+  p->kv_bytes = static_cast<uint64_t>(parallel) * KVCache::BytesFor(config, ctx);
+  const int64_t rows = PlannedBatchRows(cx);
   int64_t max_k = std::max(config.hidden_size, config.MaxFf());
   max_k = std::max(max_k, config.QDim());
-  p->scratch_bytes = Transformer::ScratchBytes(config, ctx, ctx, cx.threads, false) +
-                     kernels::MatMulScratchBytes(ctx, max_k, cx.threads);
+  p->scratch_bytes =
+      Transformer::BatchScratchBytes(config, rows, ctx, cx.threads, std::min(parallel, rows), parallel) +
+      kernels::MatMulScratchBytes(rows, max_k, cx.threads);
   p->runtime_bytes = cx.runtime_bytes + (cx.device == Device::kCuda ? kCudaContextBytes : 0);
   p->margin_bytes = MarginFor(p->ExpectedBytes());
 }
@@ -188,13 +193,20 @@ std::vector<TensorPlan> PlanTensors(const std::vector<MatrixSlot>& matrices, Qua
   return out;
 }
 
+int64_t PlannedBatchRows(const PlanContext& cx) {
+  const int64_t ctx = std::max<int64_t>(cx.ctx, 1);
+  const int64_t budget = cx.batch_tokens > 0 ? cx.batch_tokens : ctx;
+  return std::max<int64_t>(budget, std::max(cx.parallel, 1));
+}
+
 LevelPlan PlanLevel(const ModelConfig& config, const std::vector<MatrixSlot>& matrices,
                     QuantLevel level, const PlanContext& context, uint64_t budget_bytes) {
   Require(level != QuantLevel::kAuto, "internal: PlanLevel needs a concrete level");
   LevelPlan p;
   p.level = level;
   std::vector<bool> raised(matrices.size(), false);
-  p.tensors = PlanTensors(matrices, level, context.ctx, raised);
+  // The embedding rows all sequences together can touch.
+  p.tensors = PlanTensors(matrices, level, context.ctx * std::max(context.parallel, 1), raised);
   Total(config, context, &p);
   if (level != QuantLevel::kMixed) return p;
   // Raise matrices to int8 one at a time while the plan still fits. Only the
@@ -236,30 +248,60 @@ PlanReport PlanAllLevels(const ModelConfig& config, const std::vector<MatrixSlot
   }
   if (r.chosen >= 0) return r;
   const LevelPlan& smallest = r.levels.back();  // int4
+  const int parallel = std::max(context.parallel, 1);
+  const std::string sequences =
+      parallel > 1 ? " for " + std::to_string(parallel) + " sequences of " + std::to_string(context.ctx) +
+                         " tokens"
+                   : "";
   std::string advice = "Nothing fits in " + FormatBytes(budget_bytes) + ": the smallest level, " +
                        std::string(QuantLevelName(smallest.level)) + ", needs " +
-                       FormatBytes(smallest.RequiredBytes()) + " (" +
+                       FormatBytes(smallest.RequiredBytes()) + sequences + " (" +
                        FormatBytes(smallest.RequiredBytes() - budget_bytes) + " missing).";
+  auto fits = [&](const PlanContext& c) {
+    return PlanLevel(config, matrices, QuantLevel::kInt4, c, budget_bytes).RequiredBytes() <= budget_bytes;
+  };
   // The longest context that would fit at int4, by bisection (memory grows
-  // with the context through the KV cache and scratch).
+  // with the context through the KV caches and scratch). The batch budget
+  // shrinks with it: a pass never needs more rows than the context.
   PlanContext shorter = context;
   int64_t lo = 0, hi = context.ctx;
   while (lo < hi) {
     const int64_t mid = (lo + hi + 1) / 2;
     shorter.ctx = mid;
-    if (PlanLevel(config, matrices, QuantLevel::kInt4, shorter, budget_bytes).RequiredBytes() <=
-        budget_bytes)
+    shorter.batch_tokens = context.batch_tokens > 0 ? std::min(context.batch_tokens, mid) : 0;
+    if (fits(shorter))
       lo = mid;
     else
       hi = mid - 1;
   }
-  if (lo >= 16)
-    advice += " With --ctx " + std::to_string(lo) + " (instead of " + std::to_string(context.ctx) +
-              ") int4 would fit.";
-  else
+  // With several sequences, the most that would fit at the given context.
+  int fewer = 0;
+  if (parallel > 1) {
+    PlanContext c = context;
+    int a = 0, b = parallel - 1;
+    while (a < b) {
+      const int mid = (a + b + 1) / 2;
+      c.parallel = mid;
+      if (fits(c))
+        a = mid;
+      else
+        b = mid - 1;
+    }
+    fewer = a;
+  }
+  if (lo >= 16 || fewer >= 1) {
+    advice += " ";
+    if (lo >= 16)
+      advice += "With --ctx " + std::to_string(lo) + " (instead of " + std::to_string(context.ctx) + ")" +
+                (fewer >= 1 ? "" : " int4 would fit.");
+    if (fewer >= 1)
+      advice += std::string(lo >= 16 ? ", or with" : "With") + " --parallel " + std::to_string(fewer) +
+                " (instead of " + std::to_string(parallel) + ") int4 would fit.";
+  } else {
     advice += " No context length makes it fit: free " +
               FormatBytes(smallest.RequiredBytes() - budget_bytes) +
               " of memory or use a machine with more.";
+  }
   r.advice = advice;
   return r;
 }

@@ -75,7 +75,9 @@ const char* DeviceName(Device device);
 
 struct PlanContext {
   Device device = Device::kCpu;
-  int64_t ctx = 0;          // tokens of context (prompt + generated) to plan for
+  int64_t ctx = 0;          // tokens of context (prompt + generated) per sequence
+  int parallel = 1;         // sequences generated together, each with a KV cache of ctx
+  int64_t batch_tokens = 0; // rows of the largest forward pass; 0 = ctx (a whole prompt)
   int threads = 1;
   uint64_t runtime_bytes = 0;  // process baseline: binary, libraries, tokenizer, config
   uint64_t vector_bytes = 0;   // float32 copies of norms, biases and routers
@@ -85,7 +87,7 @@ struct LevelPlan {
   QuantLevel level = QuantLevel::kNone;
   std::vector<TensorPlan> tensors;
   uint64_t weights_bytes = 0;    // matrices in their planned formats + float32 vectors
-  uint64_t kv_bytes = 0;         // KV cache for ctx tokens
+  uint64_t kv_bytes = 0;         // KV caches: parallel x ctx tokens
   uint64_t scratch_bytes = 0;    // activations, logits, routing trace, kernel scratch
   uint64_t transient_bytes = 0;  // extra at the load peak: a source being converted beside the copies so far
   uint64_t runtime_bytes = 0;    // process baseline (+ CUDA context on a GPU)
@@ -112,9 +114,15 @@ struct LevelPlan {
 LevelPlan PlanLevel(const ModelConfig& config, const std::vector<MatrixSlot>& matrices,
                     QuantLevel level, const PlanContext& context, uint64_t budget_bytes);
 
+// Rows of the largest forward pass a context plans for: the batch budget
+// (a whole prompt of ctx tokens by default), or one decode row per sequence
+// when there are more sequences than that.
+int64_t PlannedBatchRows(const PlanContext& context);
+
 // The plans of every concrete level, the level `auto` picks (the least lossy
 // that fits; for a 16-bit checkpoint fp16 comes before none, since both are
-// exact and fp16 needs half the memory), and what would fit when nothing does.
+// exact and fp16 needs half the memory), and what would fit when nothing does
+// (a shorter --ctx, or fewer --parallel sequences).
 struct PlanReport {
   std::vector<LevelPlan> levels;  // in ConcreteLevels() order
   int chosen = -1;                // index into levels; -1 when nothing fits

@@ -219,5 +219,50 @@ TEST(MemoryPlan, NothingFitsSaysWhatWould) {
   }
 }
 
+TEST(MemoryPlan, ParallelSequencesEachGetAContext) {
+  FakeModel m;
+  auto slots = m.Slots();
+  const LevelPlan one = PlanLevel(m.config, slots, QuantLevel::kInt8, Context(128), UINT64_MAX);
+  PlanContext pc = Context(128);
+  pc.parallel = 4;
+  const LevelPlan four = PlanLevel(m.config, slots, QuantLevel::kInt8, pc, UINT64_MAX);
+  EXPECT_EQ(four.kv_bytes, 4 * one.kv_bytes);  // a full cache per sequence
+  EXPECT_EQ(PlannedBatchRows(pc), 128);        // a whole prompt per pass by default
+  // A batched pass of 128 rows from 4 sequences: 4 logits rows.
+  EXPECT_GE(four.scratch_bytes, Transformer::BatchScratchBytes(m.config, 128, 128, 2, 4, 4));
+  EXPECT_GT(four.scratch_bytes, one.scratch_bytes);
+  EXPECT_GE(one.scratch_bytes, Transformer::ScratchBytes(m.config, 128, 128, 2, false));
+  // A smaller row budget shrinks the scratch; more sequences than rows
+  // still get one decode row each.
+  pc.batch_tokens = 16;
+  EXPECT_EQ(PlannedBatchRows(pc), 16);
+  EXPECT_LT(PlanLevel(m.config, slots, QuantLevel::kInt8, pc, UINT64_MAX).scratch_bytes, four.scratch_bytes);
+  pc.parallel = 32;
+  EXPECT_EQ(PlannedBatchRows(pc), 32);
+}
+
+TEST(MemoryPlan, TooManySequencesSaysHowManyFit) {
+  FakeModel m;
+  auto slots = m.Slots();
+  PlanContext pc = Context(4096);
+  pc.parallel = 16;
+  const uint64_t budget = PlanLevel(m.config, slots, QuantLevel::kInt4, pc, UINT64_MAX).RequiredBytes();
+  pc.parallel = 200;
+  const PlanReport r = PlanAllLevels(m.config, slots, pc, budget);
+  ASSERT_EQ(r.chosen, -1);
+  EXPECT_NE(r.advice.find("for 200 sequences of 4096 tokens"), std::string::npos) << r.advice;
+  const size_t at = r.advice.find("--parallel ");
+  ASSERT_NE(at, std::string::npos) << r.advice;
+  const int suggested = std::stoi(r.advice.substr(at + 11));
+  EXPECT_GE(suggested, 16) << r.advice;
+  EXPECT_LT(suggested, 200) << r.advice;
+  pc.parallel = suggested;
+  EXPECT_LE(PlanLevel(m.config, slots, QuantLevel::kInt4, pc, UINT64_MAX).RequiredBytes(), budget);
+  pc.parallel = suggested + 1;
+  EXPECT_GT(PlanLevel(m.config, slots, QuantLevel::kInt4, pc, UINT64_MAX).RequiredBytes(), budget);
+  // And the shorter context at 200 sequences is offered too.
+  EXPECT_NE(r.advice.find("--ctx "), std::string::npos) << r.advice;
+}
+
 }  // namespace
 }  // namespace epwa

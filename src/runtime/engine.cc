@@ -18,6 +18,7 @@
 #include "model/router_hash.h"
 #include "plan/materialize.h"
 #include "plan/weight_cache.h"
+#include "runtime/batch_engine.h"
 
 namespace epwa {
 namespace {
@@ -241,6 +242,10 @@ std::unique_ptr<Engine> Engine::Load(const LoadOptions& options) {
   PlanContext pc;
   pc.device = Device::kCpu;
   pc.ctx = options.plan_ctx > 0 ? options.plan_ctx : DefaultPlanContext(config);
+  Require(options.parallel >= 1, "--parallel must be at least 1 sequence");
+  Require(options.batch_tokens >= 0, "--batch-tokens must not be negative");
+  pc.parallel = options.parallel;
+  pc.batch_tokens = options.batch_tokens > 0 ? options.batch_tokens : pc.ctx;
   pc.threads = engine->pool_->size();
   pc.runtime_bytes = CurrentRssBytes();
   pc.vector_bytes = weights.converted_bytes;
@@ -255,6 +260,8 @@ std::unique_ptr<Engine> Engine::Load(const LoadOptions& options) {
   stats.planned_bytes = plan.ExpectedBytes();
   stats.budget_bytes = budget;
   stats.plan_ctx = pc.ctx;
+  stats.plan_parallel = pc.parallel;
+  stats.plan_batch_tokens = pc.batch_tokens;
 
   // The quantized-weight cache: a valid file replaces quantizing; a missing
   // one is written after quantizing; a corrupt one is reported and rebuilt.
@@ -339,65 +346,14 @@ void Engine::ValidatePrompt(std::span<const int32_t> prompt) const {
 }
 
 GenerateResult Engine::Generate(std::span<const int32_t> prompt, const GenerateOptions& options) {
-  ValidatePrompt(prompt);
-  Require(options.max_new_tokens >= 0, "the number of tokens to generate must not be negative");
-  const int64_t needed = static_cast<int64_t>(prompt.size()) + options.max_new_tokens;
-  const int64_t capacity = std::min<int64_t>(needed, max_context());
-  Require(capacity <= load_stats_.plan_ctx,
-          "the prompt (" + std::to_string(prompt.size()) + " tokens) plus " +
-              std::to_string(options.max_new_tokens) + " new tokens needs a context of " +
-              std::to_string(capacity) + " tokens, but memory was planned for " +
-              std::to_string(load_stats_.plan_ctx) + " (raise it with --ctx " +
-              std::to_string(capacity) + ")");
-
-  GenerateResult result;
-  GenerateStats& stats = result.stats;
-  stats.prompt_tokens = static_cast<int64_t>(prompt.size());
-  KVCache cache(config(), capacity);
-  Sampler sampler(options.sampler);
-  std::vector<int32_t> context(prompt.begin(), prompt.end());
-  std::vector<float> logits;
-  RoutingTrace routing;
-
-  Stopwatch clock;
-  model_->Forward(prompt, 0, cache, /*all_logits=*/false, &logits, &routing);
-  CheckLogits(logits, context);
-  stats.prefill_ms = clock.Millis();
-  stats.stop_reason = "length";
-  clock.Reset();
-  for (int32_t step = 0; step < options.max_new_tokens; ++step) {
-    if (static_cast<int64_t>(context.size()) >= capacity) {
-      stats.stop_reason = "context";
-      break;
-    }
-    if (options.logits_processor) options.logits_processor(logits, routing, context);
-    const int32_t token = sampler.Sample(logits, context);
-    context.push_back(token);
-    result.tokens.push_back(token);
-    const bool is_eos = !options.ignore_eos && std::find(defaults_.eos_token_ids.begin(), defaults_.eos_token_ids.end(),
-                                  token) != defaults_.eos_token_ids.end();
-    if (options.on_token && !options.on_token(token)) {
-      stats.stop_reason = "callback";
-      break;
-    }
-    if (is_eos) {
-      stats.stop_reason = "eos";
-      break;
-    }
-    if (step + 1 == options.max_new_tokens) break;  // no forward pass for an unused token
-    const int32_t last[1] = {token};
-    model_->Forward(last, static_cast<int64_t>(context.size()) - 1, cache, false, &logits, &routing);
-    CheckLogits(logits, context);
-  }
-  stats.decode_ms = clock.Millis();
-  stats.generated_tokens = static_cast<int64_t>(result.tokens.size());
-  stats.prefill_tokens_per_s = stats.prompt_tokens / std::max(stats.prefill_ms / 1e3, 1e-9);
-  // Decode speed counts the forward passes that decode ran: one per generated
-  // token after the first (the first token's logits came from prefill).
-  const int64_t decode_passes = std::max<int64_t>(stats.generated_tokens - 1, 0);
-  stats.decode_tokens_per_s =
-      decode_passes > 0 ? decode_passes / std::max(stats.decode_ms / 1e3, 1e-9) : 0.0;
-  return result;
+  // The one-sequence case of the batch loop: the same checks, forward passes
+  // and sampling as a sequence among many, with no other rows in its steps.
+  BatchEngine batch(*this, BatchOptions{.parallel = 1, .batch_tokens = 0});
+  SequenceResult done;
+  batch.Submit(prompt, options, [&done](SequenceResult&& r) { done = std::move(r); });
+  batch.RunUntilIdle();
+  if (done.error) std::rethrow_exception(done.error);
+  return GenerateResult{std::move(done.tokens), std::move(done.stats)};
 }
 
 ScoreResult Engine::Score(std::span<const int32_t> ids) {
@@ -411,8 +367,34 @@ ScoreResult Engine::Score(std::span<const int32_t> ids) {
               std::to_string(ids.size()) + ")");
   ScoreResult result;
   result.ids.assign(ids.begin(), ids.end());
-  KVCache cache(config(), static_cast<int64_t>(ids.size()));
-  model_->Forward(ids, 0, cache, /*all_logits=*/true, &result.logits, &result.routing);
+  const int64_t T = static_cast<int64_t>(ids.size());
+  KVCache cache(config(), T);
+  // One pass when the text fits the planned rows per pass (always, unless
+  // --batch-tokens made them fewer than the context); else chunks of that
+  // many rows, whose logits and routing are gathered in order.
+  const int64_t chunk = std::max<int64_t>(load_stats_.plan_batch_tokens, 1);
+  if (T <= chunk) {
+    model_->Forward(ids, 0, cache, /*all_logits=*/true, &result.logits, &result.routing);
+  } else {
+    const ModelConfig& c = config();
+    const std::vector<int32_t> moe_layers = c.MoeLayers();
+    result.routing.Reset(T, 0, moe_layers, c.num_experts, c.num_experts_per_tok);
+    result.logits.resize(static_cast<size_t>(T * c.vocab_size));
+    std::vector<float> logits;
+    RoutingTrace part;
+    for (int64_t start = 0; start < T; start += chunk) {
+      const int64_t n = std::min(chunk, T - start);
+      model_->Forward(ids.subspan(static_cast<size_t>(start), static_cast<size_t>(n)), start, cache,
+                      /*all_logits=*/true, &logits, &part);
+      std::copy(logits.begin(), logits.end(), result.logits.begin() + start * c.vocab_size);
+      for (int64_t t = 0; t < n; ++t)
+        for (int64_t m = 0; m < part.num_moe_layers(); ++m) {
+          std::ranges::copy(part.Logits(t, m), result.routing.MutableLogits(start + t, m));
+          std::ranges::copy(part.Experts(t, m), result.routing.MutableExperts(start + t, m));
+          std::ranges::copy(part.Weights(t, m), result.routing.MutableWeights(start + t, m));
+        }
+    }
+  }
   CheckLogits(result.logits, ids);
   return result;
 }

@@ -37,6 +37,11 @@ struct LoadOptions {
   // Context (prompt + generated tokens) the memory plan must hold; 0 = the
   // model's max_position_embeddings, capped at 4096.
   int64_t plan_ctx = 0;
+  // Sequences the plan holds at once (each with a KV cache of plan_ctx
+  // positions) for BatchEngine, and the rows of its largest forward pass
+  // (0 = plan_ctx: a whole prompt in one pass).
+  int parallel = 1;
+  int64_t batch_tokens = 0;
   // Memory the whole process may use; unset = free host memory (the lower of
   // MemAvailable and the cgroup limit) plus what the process already uses.
   std::optional<uint64_t> mem_budget_bytes;
@@ -64,7 +69,9 @@ struct LoadStats {
   std::string quant_source;        // what decided it ("--quant int4", "EPW_LOAD_IN_4BIT=true", ...)
   uint64_t planned_bytes = 0;      // the plan's expected peak (without margin)
   uint64_t budget_bytes = 0;       // the memory the plan had to fit
-  int64_t plan_ctx = 0;            // context the plan was made for
+  int64_t plan_ctx = 0;            // context the plan was made for (per sequence)
+  int plan_parallel = 1;           // sequences it holds at once
+  int64_t plan_batch_tokens = 0;   // rows of the largest forward pass it holds
   std::string router_hash;         // IRSH hex SHA-256; empty for dense models
   std::string cache;               // "hit", "written", "off", "not used (...)"
   std::string cache_path;
@@ -104,7 +111,9 @@ struct GenerateStats {
   double decode_ms = 0;
   double prefill_tokens_per_s = 0;
   double decode_tokens_per_s = 0;
-  std::string stop_reason;  // "eos", "length" or "callback"
+  // "eos", "length", "context", "callback"; batched runs also "cancelled"
+  // and "error" (runtime/batch_engine.h).
+  std::string stop_reason;
 };
 
 struct GenerateOptions {
@@ -149,6 +158,8 @@ class Engine {
   const TensorStore& tensors() const { return *store_; }
   const ModelWeights& weights() const { return model_->weights(); }
   const GenerationDefaults& defaults() const { return defaults_; }
+  // The model folder it was loaded from.
+  const std::string& model_dir() const { return model_dir_; }
   const LoadStats& load_stats() const { return load_stats_; }
   int threads() const { return pool_->size(); }
   // The KV cache capacity a sequence may use (context window).
@@ -160,10 +171,12 @@ class Engine {
 
   // Throws epwa::Error if `prompt` is empty or leaves no room in the context.
   void ValidatePrompt(std::span<const int32_t> prompt) const;
+  // One sequence: the one-sequence case of BatchEngine (runtime/batch_engine.h).
   GenerateResult Generate(std::span<const int32_t> prompt, const GenerateOptions& options);
   ScoreResult Score(std::span<const int32_t> ids);
 
  private:
+  friend class BatchEngine;  // runs the shared model and its checks
   Engine() = default;
   // Throws epwa::Error naming the first layer and tensor whose output is not
   // finite when `logits` (computed for `context`) hold a NaN or infinity.

@@ -111,6 +111,12 @@ class Qwen3MoeMLP(nn.Module):
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
+# Temperature of the soft top-1 share used by the top-1 balance term (router logits divided by
+# it before the softmax); small enough that the softmax is close to the argmax, large enough
+# that the gradient reaches experts a little below the top.
+TOP1_TEMPERATURE = 0.25
+
+
 class Qwen3MoeSparseMoeBlock(nn.Module):
     def __init__(self, c):
         super().__init__()
@@ -123,7 +129,8 @@ class Qwen3MoeSparseMoeBlock(nn.Module):
     def forward(self, x):
         B, T, D = x.shape
         h = x.reshape(-1, D)
-        probs = self.gate(h).float().softmax(-1)
+        router_logits = self.gate(h).float()
+        probs = router_logits.softmax(-1)
         w, sel = probs.topk(self.k, dim=-1)
         if self.norm_topk_prob:
             w = w / w.sum(-1, keepdim=True)
@@ -145,7 +152,21 @@ class Qwen3MoeSparseMoeBlock(nn.Module):
         # At perfect balance it equals k.
         f = F.one_hot(sel, self.E).float().mean(0)
         aux = self.E * (f * probs.mean(0).unsqueeze(0)).sum()
-        return out.view(B, T, D), aux, sel, probs
+        # The Switch term balances which experts are *selected* (any of the k slots) over the
+        # whole batch. That is not enough for the top-1 choice on text unlike the training
+        # mix: with 32 small experts the router learns topic experts, and a held-out text of
+        # one kind (the Jargon File) then sends most first choices to a few of them while the
+        # training batches, a mix of kinds, stay balanced. The top-1 term therefore balances
+        # each *sequence* (DeepSeek-V3's sequence-wise balance loss, applied to the first
+        # choice): s_b,e is the mean over sequence b of a sharpened softmax (temperature
+        # TOP1_TEMPERATURE), a differentiable stand-in for expert e's share of b's top-1
+        # choices, and the term is E * mean_b sum_e s_b,e^2, which equals 1 when every
+        # sequence spreads its first choices evenly and grows with their squared coefficient
+        # of variation. Its gradient raises an under-used expert's logit where that expert is
+        # close to the top.
+        s = (router_logits / TOP1_TEMPERATURE).softmax(-1).view(B, T, self.E).mean(1)
+        top1_aux = self.E * (s * s).sum(-1).mean()
+        return out.view(B, T, D), torch.stack((aux, top1_aux)), sel, probs
 
 
 class Qwen3MoeDecoderLayer(nn.Module):
@@ -198,7 +219,8 @@ class Qwen3MoeForCausalLM(nn.Module):
             if want_probs:
                 probs.append(p)
         logits = self.lm_head(self.model.norm(x))
-        return logits, torch.stack(auxs).mean(), sels, probs
+        # aux: [2] = (Switch load-balancing loss, top-1 balance term), each averaged over layers.
+        return logits, torch.stack(auxs).mean(0), sels, probs
 
 
 def init_weights(model, c):
@@ -424,6 +446,8 @@ def main():
     ap.add_argument("--warmup", type=int, default=150)
     ap.add_argument("--wd", type=float, default=0.1)
     ap.add_argument("--aux-coef", type=float, default=0.1)
+    ap.add_argument("--top1-coef", type=float, default=0.0,
+                    help="weight of the top-1 balance term (see Qwen3MoeSparseMoeBlock)")
     ap.add_argument("--vocab", type=int, default=6144)
     ap.add_argument("--d-model", type=int, default=256)
     ap.add_argument("--layers", type=int, default=4)
@@ -492,7 +516,7 @@ def main():
     curve = open(curve_path, "w", newline="")
     wr = csv.writer(curve)
     if base is None:
-        wr.writerow(["step", "tokens", "train_loss", "aux_loss", "lr", "elapsed_s"])
+        wr.writerow(["step", "tokens", "train_loss", "aux_loss", "lr", "elapsed_s", "top1_aux"])
         step0, tokens0, el0 = 0, 0, 0.0
     else:
         curve.write(base_curve)
@@ -512,7 +536,7 @@ def main():
         x, y = torch.from_numpy(batch[:, :-1]), torch.from_numpy(batch[:, 1:])
         logits, aux, _, _ = model(x)
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
-        (loss + a.aux_coef * aux).backward()
+        (loss + a.aux_coef * aux[0] + a.top1_coef * aux[1]).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -520,8 +544,8 @@ def main():
         tokens += B * seq
         el = time.time() - start
         smooth = loss.item() if smooth is None else 0.95 * smooth + 0.05 * loss.item()
-        wr.writerow([step0 + step, tokens0 + tokens, f"{loss.item():.4f}", f"{aux.item():.4f}",
-                     f"{lr:.6g}", f"{el0 + el:.1f}"])
+        wr.writerow([step0 + step, tokens0 + tokens, f"{loss.item():.4f}", f"{aux[0].item():.4f}",
+                     f"{lr:.6g}", f"{el0 + el:.1f}", f"{aux[1].item():.4f}"])
         if not a.steps and step == 20:
             # Fix the schedule: the steps that fit the budget at the first steps' pace.
             total_steps = max(step + 1, int(budget / (el / step)))
@@ -529,7 +553,7 @@ def main():
         if step % 50 == 0 or step == total_steps or step == 20:
             curve.flush()
             print(f"step {step}/{total_steps} tokens {tokens:,} loss {loss.item():.3f} "
-                  f"(avg {smooth:.3f}) aux {aux.item():.3f} lr {lr:.2e} {el:.0f}s "
+                  f"(avg {smooth:.3f}) aux {aux[0].item():.3f} top1 {aux[1].item():.3f} lr {lr:.2e} {el:.0f}s "
                   f"{tokens / el:.0f} tok/s", flush=True)
     curve.close()
     train_s = time.time() - start
@@ -540,10 +564,13 @@ def main():
             p.copy_(p.to(torch.bfloat16).float())
     ev_tokens = a.eval_tokens or 10 ** 12
     t_ev = time.time()
-    v_nll, v_n, _ = evaluate(model, val, seq, ev_tokens)
+    v_nll, v_n, v_counts = evaluate(model, val, seq, ev_tokens)
     h_nll, h_n, counts = evaluate(model, held, seq, ev_tokens)
     usage = (counts.float() / counts.sum(1, keepdim=True)).tolist()
     min_usage = min(min(r) for r in usage)
+    # The same on the validation split: text held out from training but of the training mix,
+    # which separates imbalance of the router from the shift to the Jargon File's style.
+    v_usage = (v_counts.float() / v_counts.sum(1, keepdim=True)).tolist()
     floor = 1.0 / (2 * c["num_experts"])
     print(f"val (training distribution) loss {v_nll:.4f} ppl {math.exp(v_nll):.2f} on {v_n:,} tokens")
     print(f"held-out jargon loss {h_nll:.4f} ppl {math.exp(h_nll):.2f} on {h_n:,} tokens "
@@ -588,7 +615,8 @@ def main():
         "safetensors_bytes": nbytes, "steps": step, "tokens": tokens,
         "train_minutes": round(train_s / 60, 2), "tokens_per_s": round(tokens / train_s, 1),
         "seed": a.seed, "batch": B, "seq_len": seq, "peak_lr": a.lr, "warmup": a.warmup,
-        "aux_coef": a.aux_coef, "quick": a.quick,
+        "aux_coef": a.aux_coef, "top1_coef": a.top1_coef, "top1_temperature": TOP1_TEMPERATURE,
+        "quick": a.quick,
         "train_tokens_available": int(len(train)),
         "final_train_loss_avg": round(smooth, 4),
         "val_loss": round(v_nll, 4), "val_ppl": round(math.exp(v_nll), 3), "val_tokens": v_n,
@@ -597,12 +625,14 @@ def main():
         "heldout_tokens": h_n,
         "expert_top1_usage_heldout": [[round(u, 4) for u in r] for r in usage],
         "min_expert_share": round(min_usage, 4),
+        "expert_top1_usage_val": [[round(u, 4) for u in r] for r in v_usage],
+        "min_expert_share_val": round(min(min(r) for r in v_usage), 4),
         "expert_share_floor": floor,
         "torch_version": torch.__version__,
     }
     if base is not None:
         # The model is the main run plus every balance phase so far: totals cover them all.
-        phase = {"steps": step, "tokens": tokens, "aux_coef": a.aux_coef,
+        phase = {"steps": step, "tokens": tokens, "aux_coef": a.aux_coef, "top1_coef": a.top1_coef,
                  "batch_seed": batch_seed, "peak_lr": a.lr, "warmup": a.warmup,
                  "train_minutes": round(train_s / 60, 2),
                  "min_expert_share_before": base["min_expert_share"],
@@ -612,6 +642,7 @@ def main():
         metrics["balance_phases"] = base.get("balance_phases", []) + [phase]
         for k in ("seed", "batch", "seq_len", "peak_lr", "warmup", "aux_coef", "quick"):
             metrics[k] = base[k]
+        metrics["top1_coef"] = base.get("top1_coef", 0.0)
         metrics["main_run_steps"] = base.get("main_run_steps", base["steps"])
         metrics["steps"] = base["steps"] + step
         metrics["tokens"] = base["tokens"] + tokens

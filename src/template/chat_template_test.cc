@@ -1,0 +1,228 @@
+// Tests of ChatTemplate:
+//  1. the real templates of ../shared/data/models (Mixtral, Qwen3-Coder,
+//     gpt-oss, DeepSeek-R1, Granite 3.0/3.1) on every conversation of
+//     tests/data/templates/conversations, byte for byte against what
+//     transformers' environment renders with jinja2
+//     (tests/data/templates/expected, written by make_expected.py); skipped,
+//     saying so, when the shared folder is absent;
+//  2. loading rules that need no shared data: which file wins, named
+//     templates, special tokens, argument checks.
+#include "template/chat_template.h"
+
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <optional>
+#include <sstream>
+#include <string>
+
+#include "base/error.h"
+
+namespace epwa {
+namespace {
+
+namespace fs = std::filesystem;
+using Json = nlohmann::ordered_json;
+
+fs::path RepoRoot() {
+  std::error_code error;
+  fs::path dir = fs::current_path(error);
+  for (fs::path candidate = dir; !candidate.empty(); candidate = candidate.parent_path()) {
+    if (fs::exists(candidate / "src" / "template" / "chat_template.h", error)) return candidate;
+    if (candidate == candidate.parent_path()) break;
+  }
+  return dir;
+}
+
+// The shared data folder: $EPWA_SHARED_DIR, else ../shared beside the repo.
+std::optional<fs::path> SharedDir() {
+  std::error_code error;
+  if (const char* env = std::getenv("EPWA_SHARED_DIR"); env != nullptr && *env != '\0') {
+    if (fs::exists(fs::path(env) / "data", error)) return fs::path(env);
+  }
+  const fs::path beside = RepoRoot() / ".." / "shared";
+  if (fs::exists(beside / "data", error)) return beside;
+  return std::nullopt;
+}
+
+std::string ReadFile(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+void WriteFile(const fs::path& path, const std::string& text) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out << text;
+}
+
+std::tm FixedNow() {
+  std::tm tm{};
+  tm.tm_year = 125;
+  tm.tm_mon = 7;
+  tm.tm_mday = 5;
+  tm.tm_hour = 12;
+  tm.tm_min = 34;
+  tm.tm_sec = 56;
+  tm.tm_wday = 2;
+  tm.tm_yday = 216;
+  return tm;
+}
+
+class TempDir {
+ public:
+  TempDir() {
+    char pattern[] = "/tmp/epwa-template-test-XXXXXX";
+    path_ = mkdtemp(pattern);
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path_, ec);
+  }
+  const fs::path& path() const { return path_; }
+
+ private:
+  fs::path path_;
+};
+
+const char* kModels[] = {
+    "mixtral-8x7b-instruct-v0.1",    "qwen3-coder-30b-a3b-instruct",  "gpt-oss-20b",
+    "deepseek-r1",                   "granite-3.0-1b-a400m-instruct", "granite-3.1-1b-a400m-instruct",
+};
+
+class SharedModelTemplates : public testing::TestWithParam<const char*> {};
+
+TEST_P(SharedModelTemplates, MatchTransformersByteForByte) {
+  const auto shared = SharedDir();
+  if (!shared) {
+    GTEST_SKIP() << "The shared data folder is absent (looked for ../shared/data beside the repository and "
+                    "$EPWA_SHARED_DIR); the real chat templates are not checked.";
+  }
+  const std::string model = GetParam();
+  const fs::path folder = *shared / "data" / "models" / model;
+  if (!fs::exists(folder)) GTEST_SKIP() << folder << " is absent.";
+  const fs::path data = RepoRoot() / "tests" / "data" / "templates";
+  const ChatTemplate chat = ChatTemplate::FromModelDir(folder);
+  int compared = 0;
+  for (const auto& entry : fs::directory_iterator(data / "conversations")) {
+    const std::string conversation = entry.path().stem().string();
+    const Json conv = Json::parse(ReadFile(entry.path()));
+    for (const Json& variant : conv["variants"]) {
+      const std::string variant_name = variant["name"].get<std::string>();
+      const std::string stem = conversation + (variant_name.empty() ? "" : "__" + variant_name);
+      SCOPED_TRACE(model + " / " + stem);
+      ChatRenderOptions options;
+      options.add_generation_prompt = variant.value("add_generation_prompt", true);
+      if (conv.contains("tools")) options.tools = conv["tools"];
+      if (conv.contains("documents")) options.documents = conv["documents"];
+      if (variant.contains("kwargs")) options.kwargs = variant["kwargs"];
+      options.now = FixedNow();
+      const fs::path ok_file = data / "expected" / model / (stem + ".txt");
+      const fs::path error_file = data / "expected" / model / (stem + ".error.txt");
+      std::string output, error;
+      bool failed = false;
+      try {
+        output = chat.Render(conv["messages"], options);
+      } catch (const jinja::TemplateError& e) {
+        failed = true;
+        error = e.message();
+      }
+      if (fs::exists(ok_file)) {
+        EXPECT_FALSE(failed) << error;
+        EXPECT_EQ(output, ReadFile(ok_file));
+      } else {
+        ASSERT_TRUE(fs::exists(error_file)) << "run tests/data/templates/make_expected.py";
+        EXPECT_TRUE(failed) << output;
+        EXPECT_EQ(error, ReadFile(error_file));
+      }
+      ++compared;
+    }
+  }
+  EXPECT_GT(compared, 20);
+}
+
+INSTANTIATE_TEST_SUITE_P(Models, SharedModelTemplates, testing::ValuesIn(kModels),
+                         [](const testing::TestParamInfo<const char*>& info) {
+                           std::string name = info.param;
+                           for (char& c : name)
+                             if (!isalnum(static_cast<unsigned char>(c))) c = '_';
+                           return name;
+                         });
+
+TEST(ChatTemplate, JinjaFileWinsOverTokenizerConfig) {
+  TempDir dir;
+  WriteFile(dir.path() / "tokenizer_config.json",
+            R"({"chat_template": "from config", "bos_token": {"__type": "AddedToken", "content": "<s>"},
+                "eos_token": "</s>", "pad_token": null, "added_tokens_decoder": {}})");
+  WriteFile(dir.path() / "chat_template.jinja", "{{ bos_token }}{{ messages[0].content }}{{ eos_token }}|{{ pad_token is defined }}\n");
+  const ChatTemplate chat = ChatTemplate::FromModelDir(dir.path());
+  EXPECT_EQ(chat.Render(Json::parse(R"([{"role": "user", "content": "hi"}])")), "<s>hi</s>|False");
+  EXPECT_EQ(chat.special_tokens().dump(), R"({"bos_token":"<s>","eos_token":"</s>"})");
+}
+
+TEST(ChatTemplate, NamedTemplatesPickToolUseWhenToolsAreGiven) {
+  TempDir dir;
+  WriteFile(dir.path() / "tokenizer_config.json",
+            R"({"chat_template": [{"name": "default", "template": "plain{{ tools }}"},
+                                  {"name": "tool_use", "template": "tools:{{ tools|length }}"}]})");
+  const ChatTemplate chat = ChatTemplate::FromModelDir(dir.path());
+  EXPECT_EQ(chat.Render(Json::array()), "plainNone");
+  ChatRenderOptions options;
+  options.tools = Json::parse(R"([{"type": "function", "function": {"name": "f"}}])");
+  EXPECT_EQ(chat.Render(Json::array(), options), "tools:1");
+  EXPECT_EQ(chat.Names(), (std::vector<std::string>{"default", "tool_use"}));
+}
+
+TEST(ChatTemplate, LegacySpecialTokensMapOverridesTheConfig) {
+  TempDir dir;
+  WriteFile(dir.path() / "tokenizer_config.json", R"({"chat_template": "{{ bos_token }}", "bos_token": "<old>"})");
+  WriteFile(dir.path() / "special_tokens_map.json", R"({"bos_token": {"content": "<new>"}})");
+  EXPECT_EQ(ChatTemplate::FromModelDir(dir.path()).Render(Json::array()), "<new>");
+}
+
+TEST(ChatTemplate, ContextIsWhatTransformersPasses) {
+  const ChatTemplate chat = ChatTemplate::FromSource(
+      "{{ tools is defined }}{{ tools is none }}{{ documents is none }}{{ add_generation_prompt }}"
+      "{{ enable_thinking }}{{ bos_token }}",
+      Json{{"bos_token", "<s>"}});
+  ChatRenderOptions options;
+  options.add_generation_prompt = false;
+  options.kwargs = Json{{"enable_thinking", false}, {"bos_token", "<override>"}};
+  EXPECT_EQ(chat.Render(Json::array(), options), "TrueTrueTrueFalseFalse<override>");
+}
+
+TEST(ChatTemplate, BadArgumentsAreErrors) {
+  const ChatTemplate chat = ChatTemplate::FromSource("x");
+  EXPECT_THROW(chat.Render(Json::object()), Error);
+  ChatRenderOptions options;
+  options.tools = Json::parse(R"(["not an object"])");
+  EXPECT_THROW(chat.Render(Json::array(), options), Error);
+  ChatRenderOptions reserved;
+  reserved.kwargs = Json{{"messages", Json::array()}};
+  EXPECT_THROW(chat.Render(Json::array(), reserved), Error);
+}
+
+TEST(ChatTemplate, MissingTemplateIsAnError) {
+  TempDir dir;
+  WriteFile(dir.path() / "tokenizer_config.json", R"({"bos_token": "<s>"})");
+  try {
+    ChatTemplate::FromModelDir(dir.path());
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("has no chat template"), std::string::npos) << e.what();
+  }
+  WriteFile(dir.path() / "tokenizer_config.json", R"({"chat_template": "{% if %}"})");
+  try {
+    ChatTemplate::FromModelDir(dir.path());
+    FAIL() << "no error";
+  } catch (const jinja::TemplateError& e) {
+    EXPECT_NE(std::string(e.what()).find("tokenizer_config.json: template line 1:"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace epwa
