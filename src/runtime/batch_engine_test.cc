@@ -15,6 +15,7 @@
 #include <thread>
 
 #include "base/error.h"
+#include "io/test_temp_dir.h"
 #include "plan/materialize.h"
 #include "plan/memory_plan.h"
 #include "runtime/batch_divergence.h"
@@ -27,21 +28,6 @@ namespace {
 // vocabulary divided by max(1, max |alone|).
 constexpr double kRelTolerance = 1e-4;
 
-class TempDir {
- public:
-  TempDir() {
-    char pattern[] = "/tmp/epwa-batch-test-XXXXXX";
-    path_ = mkdtemp(pattern);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
 
 std::unique_ptr<Engine> LoadBundled(const std::string& name, int parallel, int64_t batch_tokens = 0,
                                     int64_t ctx = 0) {
@@ -417,7 +403,7 @@ TEST(BatchEngine, SubmitAndCancelFromOtherThreads) {
 class ForwardBatchLayouts : public ::testing::TestWithParam<const char*> {};
 
 TEST_P(ForwardBatchLayouts, SegmentsMatchSeparateCalls) {
-  TempDir dir;
+  testing::TempDir dir;
   SynthOptions so;
   so.preset = GetParam();
   so.out_dir = dir.path() + "/model";

@@ -20,33 +20,15 @@
 #include <string>
 
 #include "base/error.h"
+#include "base/test_paths.h"
 
 namespace epwa {
 namespace {
 
 namespace fs = std::filesystem;
 using Json = nlohmann::ordered_json;
-
-fs::path RepoRoot() {
-  std::error_code error;
-  fs::path dir = fs::current_path(error);
-  for (fs::path candidate = dir; !candidate.empty(); candidate = candidate.parent_path()) {
-    if (fs::exists(candidate / "src" / "template" / "chat_template.h", error)) return candidate;
-    if (candidate == candidate.parent_path()) break;
-  }
-  return dir;
-}
-
-// The shared data folder: $EPWA_SHARED_DIR, else ../shared beside the repo.
-std::optional<fs::path> SharedDir() {
-  std::error_code error;
-  if (const char* env = std::getenv("EPWA_SHARED_DIR"); env != nullptr && *env != '\0') {
-    if (fs::exists(fs::path(env) / "data", error)) return fs::path(env);
-  }
-  const fs::path beside = RepoRoot() / ".." / "shared";
-  if (fs::exists(beside / "data", error)) return beside;
-  return std::nullopt;
-}
+using testing::RepoRoot;
+using testing::SharedDir;
 
 std::string ReadFile(const fs::path& path) {
   std::ifstream in(path, std::ios::binary);
@@ -94,7 +76,7 @@ const char* kModels[] = {
     "deepseek-r1",                   "granite-3.0-1b-a400m-instruct", "granite-3.1-1b-a400m-instruct",
 };
 
-class SharedModelTemplates : public testing::TestWithParam<const char*> {};
+class SharedModelTemplates : public ::testing::TestWithParam<const char*> {};
 
 TEST_P(SharedModelTemplates, MatchTransformersByteForByte) {
   const auto shared = SharedDir();
@@ -145,8 +127,8 @@ TEST_P(SharedModelTemplates, MatchTransformersByteForByte) {
   EXPECT_GT(compared, 20);
 }
 
-INSTANTIATE_TEST_SUITE_P(Models, SharedModelTemplates, testing::ValuesIn(kModels),
-                         [](const testing::TestParamInfo<const char*>& info) {
+INSTANTIATE_TEST_SUITE_P(Models, SharedModelTemplates, ::testing::ValuesIn(kModels),
+                         [](const ::testing::TestParamInfo<const char*>& info) {
                            std::string name = info.param;
                            for (char& c : name)
                              if (!isalnum(static_cast<unsigned char>(c))) c = '_';

@@ -18,22 +18,14 @@
 #include <nlohmann/json.hpp>
 
 #include "template/jinja_value.h"
+#include "base/test_paths.h"
 
 namespace epwa::jinja {
 namespace {
 
 namespace fs = std::filesystem;
 using Json = nlohmann::ordered_json;
-
-fs::path RepoRoot() {
-  std::error_code error;
-  fs::path dir = fs::current_path(error);
-  for (fs::path candidate = dir; !candidate.empty(); candidate = candidate.parent_path()) {
-    if (fs::exists(candidate / "src" / "template" / "jinja.h", error)) return candidate;
-    if (candidate == candidate.parent_path()) break;
-  }
-  return dir;
-}
+using epwa::testing::RepoRoot;
 
 Json ReadJson(const fs::path& path) {
   std::ifstream in(path, std::ios::binary);

@@ -28,40 +28,20 @@
 #include <pcre2.h>
 
 #include "base/error.h"
+#include "base/test_paths.h"
 #include "tokenizer/utf8.h"
 
 namespace epwa {
 namespace {
 
 namespace fs = std::filesystem;
+using testing::RepoRoot;
+using testing::SharedDir;
 using Json = nlohmann::json;
 using Ids = std::vector<int32_t>;
 
 // ---------------------------------------------------------------------------
 // Locating test data.
-
-// The repository root: tests run from it, but walking up from the working
-// directory also lets the binary be started from a build folder.
-fs::path RepoRoot() {
-  std::error_code error;
-  fs::path dir = fs::current_path(error);
-  for (fs::path candidate = dir; !candidate.empty(); candidate = candidate.parent_path()) {
-    if (fs::exists(candidate / "src" / "tokenizer" / "tokenizer.h", error)) return candidate;
-    if (candidate == candidate.parent_path()) break;
-  }
-  return dir;
-}
-
-// The shared data folder: $EPWA_SHARED_DIR, else ../shared beside the repo.
-std::optional<fs::path> SharedDir() {
-  std::error_code error;
-  if (const char* env = std::getenv("EPWA_SHARED_DIR"); env != nullptr && *env != '\0') {
-    if (fs::exists(fs::path(env) / "data", error)) return fs::path(env);
-  }
-  const fs::path beside = RepoRoot() / ".." / "shared";
-  if (fs::exists(beside / "data", error)) return beside;
-  return std::nullopt;
-}
 
 // The folder of a tokenizer family under the shared data folder. Most live in
 // data/tokenizers; Mixtral's files sit beside the rest of its model card.
