@@ -38,13 +38,6 @@ void CheckNesting(const std::string& body) {
   }
 }
 
-json ParseBody(const std::string& body) {
-  CheckNesting(body);
-  json j = json::parse(body, nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded()) Invalid("the request body is not valid JSON");
-  if (!j.is_object()) Invalid("the request body must be a JSON object");
-  return j;
-}
 
 // A field given as null is treated as absent, as OpenAI does (its SDKs send
 // null for unset optional fields).
@@ -204,6 +197,14 @@ json NormalizeContent(const json& content, size_t index) {
 
 }  // namespace
 
+json ParseRequestObject(const std::string& body) {
+  CheckNesting(body);
+  json j = json::parse(body, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded()) Invalid("the request body is not valid JSON");
+  if (!j.is_object()) Invalid("the request body must be a JSON object");
+  return j;
+}
+
 json ValidateMessages(const json* messages, const RequestLimits& limits) {
   if (!messages) Invalid("'messages' is required", "messages");
   if (!messages->is_array() || messages->empty())
@@ -254,7 +255,7 @@ json ApiError::Body() const {
 
 ChatRequest ParseChatRequest(const std::string& body_text, const SamplerParams& defaults,
                              const RequestLimits& limits) {
-  const json body = ParseBody(body_text);
+  const json body = ParseRequestObject(body_text);
   static const std::set<std::string> known = {
       "model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k", "min_p",
       "repetition_penalty", "presence_penalty", "frequency_penalty", "seed", "stop", "stream",
@@ -306,7 +307,7 @@ ChatRequest ParseChatRequest(const std::string& body_text, const SamplerParams& 
 
 CompletionRequest ParseCompletionRequest(const std::string& body_text, const SamplerParams& defaults,
                                          const RequestLimits& limits) {
-  const json body = ParseBody(body_text);
+  const json body = ParseRequestObject(body_text);
   static const std::set<std::string> known = {
       "model", "prompt", "max_tokens", "temperature", "top_p", "top_k", "min_p", "repetition_penalty",
       "presence_penalty", "frequency_penalty", "seed", "stop", "stream", "stream_options", "logprobs", "n",

@@ -98,6 +98,10 @@ ChatRequest ParseChatRequest(const std::string& body, const SamplerParams& defau
 CompletionRequest ParseCompletionRequest(const std::string& body, const SamplerParams& defaults,
                                          const RequestLimits& limits);
 
+// Any request body: valid JSON, an object, nested at most 64 levels (the
+// parser recurses per level). Throws ApiError (400).
+json ParseRequestObject(const std::string& body);
+
 // Checks an OpenAI `messages` array (roles, content, tool calls) and returns
 // it with content parts joined into strings, as chat templates expect.
 // Throws ApiError (400, param "messages"); `messages` may be null (absent).

@@ -542,13 +542,7 @@ struct Server::Impl {
     return p;
   }
 
-  static json ParseObject(const std::string& body) {
-    // Reuses the request parser's limits (nesting, JSON validity).
-    if (body.size() > (64u << 20)) throw ApiError(413, "invalid_request_error", "body too large");
-    json j = json::parse(body, nullptr, false);
-    if (j.is_discarded() || !j.is_object()) throw ApiError(400, "invalid_request_error", "the body must be a JSON object");
-    return j;
-  }
+  static json ParseObject(const std::string& body) { return ParseRequestObject(body); }
 
   void Tokenize(const httplib::Request& req, httplib::Response& res) {
     const json b = ParseObject(req.body);

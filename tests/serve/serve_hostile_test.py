@@ -110,8 +110,9 @@ def t_limits():
     assert s == 413, (s, b)
     s, _, b = request("POST", "/v1/chat/completions", raw=b"{not json")
     assert s == 400 and "JSON" in json.loads(b)["error"]["message"], b
-    s, _, b = request("POST", "/v1/chat/completions", raw=b"[" * 60000)
-    assert s == 400, (s, b)
+    for path in ("/v1/chat/completions", "/tokenize", "/detokenize", "/v1/watermark/detect"):
+        s, _, b = request("POST", path, raw=b"[" * 60000)
+        assert s == 400, (path, s, b)
     s, _, b = request("POST", "/v1/chat/completions", {"messages": "hi"})
     assert s == 400 and json.loads(b)["error"]["param"] == "messages", b
     s, _, b = request("POST", "/v1/chat/completions", dict(CHAT, unknown_field=1))
