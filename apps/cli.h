@@ -56,6 +56,33 @@ void PrintLoadStats(const LoadStats& s);  // one block on stderr
 // strings (from byte-fallback tokens) is replaced rather than throwing.
 void PrintJson(const json& j, bool one_line = false);
 
+// JSON text that came from `what`, keeping the key order (a template that
+// iterates over a dict sees its keys in file order, as with Python); throws
+// epwa::Error naming `what`.
+nlohmann::ordered_json ParseOrderedJson(const std::string& text, const std::string& what);
+nlohmann::ordered_json ReadOrderedJsonFile(const std::string& path, const std::string& flag);
+// --kwargs: a JSON object given inline ('{...}') or as a file.
+nlohmann::ordered_json ParseKwargs(const std::string& text_or_path);
+// A --messages file: an array of messages, or an object with "messages" (and
+// optionally "tools", stored in *tools, else left alone).
+nlohmann::ordered_json ReadMessagesFile(const std::string& path, nlohmann::ordered_json* tools);
+
+// Sampling flags shared by run and chat: each one given overrides
+// generation_config.json, which overrides epwa's defaults.
+struct SamplingFlags {
+  std::optional<int32_t> max_new_tokens;
+  std::optional<float> temperature, top_p, min_p, repeat_penalty;
+  std::optional<int32_t> top_k;
+  int32_t repeat_last_n = 64;
+  uint64_t seed = 0;
+  bool ignore_eos = false;
+};
+// `default_max_tokens` is what -n means when neither the flag nor
+// generation_config.json sets it.
+void AddSamplingFlags(CLI::App* cmd, SamplingFlags* flags, int32_t default_max_tokens);
+GenerateOptions MakeGenerateOptions(const SamplingFlags& flags, const Engine& engine, int32_t default_max_tokens);
+json SamplerJson(const SamplerParams& s);
+
 // Watermark flags shared by run and detect.
 struct WatermarkFlags {
   std::string scheme;  // run: "" = no watermark; detect: gsg (default), ewp or kgw
@@ -98,6 +125,7 @@ Runner RegisterDetect(CLI::App& app);
 Runner RegisterOracle(CLI::App& app);
 Runner RegisterTemplate(CLI::App& app);
 Runner RegisterServe(CLI::App& app);
+Runner RegisterChat(CLI::App& app);
 // `eval watermark`, registered under `eval`.
 Runner RegisterEvalWatermark(CLI::App& eval, CLI::App** cmd);
 

@@ -10,6 +10,7 @@
 
 #include "base/error.h"
 #include "base/file_read.h"
+#include "base/text.h"
 #include "base/timer.h"
 #include "cli.h"
 
@@ -183,6 +184,92 @@ void PrintLoadStats(const LoadStats& s) {
 void PrintJson(const json& j, bool one_line) {
   std::cout << j.dump(one_line ? -1 : 2, ' ', false, json::error_handler_t::replace) << "\n";
   std::cout.flush();
+}
+
+void AddSamplingFlags(CLI::App* cmd, SamplingFlags* f, int32_t default_max_tokens) {
+  cmd->add_option("-n,--max-tokens", f->max_new_tokens,
+                  "tokens to generate (default " + std::to_string(default_max_tokens) + ")")
+      ->check(CLI::Range(0, 1 << 20));
+  cmd->add_option("--temp,--temperature", f->temperature, "sampling temperature; 0 = greedy")
+      ->check(FiniteNumber() & CLI::Range(0.0f, 100.0f));
+  cmd->add_option("--top-k", f->top_k, "keep the k most likely tokens; 0 = off")->check(CLI::Range(0, 1 << 30));
+  cmd->add_option("--top-p", f->top_p, "nucleus sampling mass in (0, 1]; 1 = off")
+      ->check(FiniteNumber() & CLI::Range(1e-6f, 1.0f));
+  cmd->add_option("--min-p", f->min_p, "drop tokens below min-p x the top probability; 0 = off")
+      ->check(FiniteNumber() & CLI::Range(0.0f, 1.0f));
+  cmd->add_option("--repeat-penalty", f->repeat_penalty, "repetition penalty; 1 = off")
+      ->check(FiniteNumber() & CLI::Range(0.01f, 100.0f));
+  cmd->add_option("--repeat-last-n", f->repeat_last_n, "tokens the repetition penalty looks back at")
+      ->check(CLI::Range(0, 1 << 20));
+  cmd->add_option("--seed", f->seed, "seed of the sampler's PRNG (xoshiro256**)")->transform(Uint64Number());
+  cmd->add_flag("--ignore-eos", f->ignore_eos, "keep generating past end-of-sequence tokens");
+}
+
+GenerateOptions MakeGenerateOptions(const SamplingFlags& f, const Engine& engine, int32_t default_max_tokens) {
+  const GenerationDefaults& d = engine.defaults();
+  GenerateOptions o;
+  o.max_new_tokens = f.max_new_tokens.value_or(d.max_new_tokens.value_or(default_max_tokens));
+  SamplerParams& s = o.sampler;
+  if (d.do_sample.has_value() && !*d.do_sample) s.temperature = 0.0f;
+  else if (d.temperature) s.temperature = *d.temperature;
+  if (d.top_k) s.top_k = *d.top_k;
+  if (d.top_p) s.top_p = *d.top_p;
+  if (d.min_p) s.min_p = *d.min_p;
+  if (d.repetition_penalty) s.repeat_penalty = *d.repetition_penalty;
+  if (f.temperature) s.temperature = *f.temperature;
+  if (f.top_k) s.top_k = *f.top_k;
+  if (f.top_p) s.top_p = *f.top_p;
+  if (f.min_p) s.min_p = *f.min_p;
+  if (f.repeat_penalty) s.repeat_penalty = *f.repeat_penalty;
+  s.repeat_last_n = f.repeat_last_n;
+  s.seed = f.seed;
+  o.ignore_eos = f.ignore_eos;
+  return o;
+}
+
+json SamplerJson(const SamplerParams& s) {
+  return json{{"temperature", s.temperature}, {"top_k", s.top_k},   {"top_p", s.top_p},
+              {"min_p", s.min_p},             {"repeat_penalty", s.repeat_penalty},
+              {"repeat_last_n", s.repeat_last_n}, {"seed", s.seed}};
+}
+
+nlohmann::ordered_json ParseOrderedJson(const std::string& text, const std::string& what) {
+  try {
+    return nlohmann::ordered_json::parse(text);
+  } catch (const nlohmann::json::exception& e) {
+    std::string message = e.what();
+    // nlohmann's messages start with "[json.exception.parse_error.101] ".
+    if (const size_t bracket = message.find("] "); bracket != std::string::npos) message = message.substr(bracket + 2);
+    throw Error(what + " is not valid JSON: " + message);
+  }
+}
+
+nlohmann::ordered_json ReadOrderedJsonFile(const std::string& path, const std::string& flag) {
+  const std::string what = "the " + flag + " file " + path;
+  return ParseOrderedJson(ReadRegularFile(path, kMaxTextInputBytes, what), what);
+}
+
+nlohmann::ordered_json ParseKwargs(const std::string& text_or_path) {
+  const std::string_view text = TrimWhitespace(text_or_path);
+  nlohmann::ordered_json kwargs = !text.empty() && text.front() == '{'
+                                      ? ParseOrderedJson(text_or_path, "--kwargs")
+                                      : ReadOrderedJsonFile(text_or_path, "--kwargs");
+  Require(kwargs.is_object(), "--kwargs must be a JSON object");
+  return kwargs;
+}
+
+nlohmann::ordered_json ReadMessagesFile(const std::string& path, nlohmann::ordered_json* tools) {
+  nlohmann::ordered_json messages = ReadOrderedJsonFile(path, "--messages");
+  if (messages.is_object()) {
+    Require(messages.contains("messages"), "the --messages file " + path +
+                                               " holds an object without \"messages\"; give an array of messages "
+                                               "or {\"messages\": [...]}");
+    if (messages.contains("tools") && !messages["tools"].is_null()) *tools = messages["tools"];
+    nlohmann::ordered_json inner = messages["messages"];
+    messages = std::move(inner);
+  }
+  Require(messages.is_array(), "the --messages file " + path + " must hold a JSON array of messages");
+  return messages;
 }
 
 }  // namespace epwa::cli

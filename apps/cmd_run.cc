@@ -8,6 +8,8 @@
 #include "base/timer.h"
 #include "cli.h"
 #include "runtime/batch_engine.h"
+#include "serve/chat_session.h"
+#include "template/chat_template.h"
 #include "tokenizer/text_stream.h"
 #include "watermark/logprobs.h"
 #include "watermark/processor.h"
@@ -41,14 +43,9 @@ Runner RegisterRun(CLI::App& app) {
   auto* cmd = app.add_subcommand("run", "generate text from a prompt");
   struct Flags {
     ModelFlags model;
-    std::string prompt, prompt_file, prompts_file;
-    std::optional<int32_t> max_new_tokens;
-    std::optional<float> temperature, top_p, min_p, repeat_penalty;
-    std::optional<int32_t> top_k;
-    int32_t repeat_last_n = 64;
-    uint64_t seed = 0;
+    std::string prompt, prompt_file, prompts_file, messages, kwargs;
+    SamplingFlags sampling;
     bool json = false;
-    bool ignore_eos = false;
     int logprobs = 0;
     WatermarkFlags wm;
   };
@@ -60,62 +57,28 @@ Runner RegisterRun(CLI::App& app) {
       "--prompts-file", f->prompts_file,
       "generate for every line of a file (one prompt per line, blank lines skipped), "
       "--parallel of them at a time in one batch; prints each in order");
+  auto* messages = cmd->add_option(
+      "--messages", f->messages,
+      "a conversation (JSON file: an array of messages, or an object with \"messages\" and optional "
+      "\"tools\"), rendered with the model's chat template; prints the assistant's reply");
+  auto* kwargs = cmd->add_option("--kwargs", f->kwargs,
+                                 "with --messages: extra template variables as a JSON object, "
+                                 "e.g. '{\"enable_thinking\": false}'");
+  kwargs->needs(messages);
   prompt->excludes(prompt_file);
   prompts_file->excludes(prompt)->excludes(prompt_file);
+  messages->excludes(prompt)->excludes(prompt_file)->excludes(prompts_file);
   AddBatchFlags(cmd, &f->model);
-  cmd->add_option("-n,--max-tokens", f->max_new_tokens, "tokens to generate (default 64)")
-      ->check(CLI::Range(0, 1 << 20));
-  cmd->add_option("--temp,--temperature", f->temperature, "sampling temperature; 0 = greedy")
-      ->check(FiniteNumber() & CLI::Range(0.0f, 100.0f));
-  cmd->add_option("--top-k", f->top_k, "keep the k most likely tokens; 0 = off")
-      ->check(CLI::Range(0, 1 << 30));
-  cmd->add_option("--top-p", f->top_p, "nucleus sampling mass in (0, 1]; 1 = off")
-      ->check(FiniteNumber() & CLI::Range(1e-6f, 1.0f));
-  cmd->add_option("--min-p", f->min_p, "drop tokens below min-p x the top probability; 0 = off")
-      ->check(FiniteNumber() & CLI::Range(0.0f, 1.0f));
-  cmd->add_option("--repeat-penalty", f->repeat_penalty, "repetition penalty; 1 = off")
-      ->check(FiniteNumber() & CLI::Range(0.01f, 100.0f));
-  cmd->add_option("--repeat-last-n", f->repeat_last_n, "tokens the repetition penalty looks back at")
-      ->check(CLI::Range(0, 1 << 20));
-  cmd->add_option("--seed", f->seed, "seed of the sampler's PRNG (xoshiro256**)")
-      ->transform(Uint64Number());
+  AddSamplingFlags(cmd, &f->sampling, /*default_max_tokens=*/64);
   cmd->add_flag("--json", f->json, "print one JSON object instead of streaming");
-  cmd->add_flag("--ignore-eos", f->ignore_eos, "keep generating past end-of-sequence tokens");
   AddWatermarkFlags(cmd, &f->wm, /*generation=*/true);
   cmd->add_option("--logprobs", f->logprobs,
                   "with --json: the top K log-probabilities of the model's distribution at each "
                   "generated token (before the watermark and the sampler), as an API returns them")
       ->check(CLI::Range(1, 1000));
 
-  // Sampling settings: flags override generation_config.json, which
-  // overrides epwa's defaults.
-  auto make_options = [f](const Engine& engine) {
-    const GenerationDefaults& d = engine.defaults();
-    GenerateOptions o;
-    o.max_new_tokens = f->max_new_tokens.value_or(d.max_new_tokens.value_or(64));
-    // Flags override generation_config.json, which overrides epwa's defaults.
-    SamplerParams& s = o.sampler;
-    if (d.do_sample.has_value() && !*d.do_sample) s.temperature = 0.0f;
-    else if (d.temperature) s.temperature = *d.temperature;
-    if (d.top_k) s.top_k = *d.top_k;
-    if (d.top_p) s.top_p = *d.top_p;
-    if (d.min_p) s.min_p = *d.min_p;
-    if (d.repetition_penalty) s.repeat_penalty = *d.repetition_penalty;
-    if (f->temperature) s.temperature = *f->temperature;
-    if (f->top_k) s.top_k = *f->top_k;
-    if (f->top_p) s.top_p = *f->top_p;
-    if (f->min_p) s.min_p = *f->min_p;
-    if (f->repeat_penalty) s.repeat_penalty = *f->repeat_penalty;
-    s.repeat_last_n = f->repeat_last_n;
-    s.seed = f->seed;
-    o.ignore_eos = f->ignore_eos;
-    return o;
-  };
-  auto sampler_json = [](const SamplerParams& s) {
-    return json{{"temperature", s.temperature}, {"top_k", s.top_k}, {"top_p", s.top_p},
-                {"min_p", s.min_p}, {"repeat_penalty", s.repeat_penalty},
-                {"repeat_last_n", s.repeat_last_n}, {"seed", s.seed}};
-  };
+  auto make_options = [f](const Engine& engine) { return MakeGenerateOptions(f->sampling, engine, 64); };
+  auto sampler_json = [](const SamplerParams& s) { return SamplerJson(s); };
   // Prompt + continuation as decoded text minus the prompt's own decoding,
   // so the leading space of the first generated word is kept.
   auto continuation = [](const Tokenizer& tok, std::span<const int32_t> prompt,
@@ -234,18 +197,42 @@ Runner RegisterRun(CLI::App& app) {
     return failed ? 1 : 0;
   };
 
-  return [f, prompt, prompt_file, prompts_file, make_options, sampler_json, continuation, run_many]() {
-    Require(prompt->count() + prompt_file->count() + prompts_file->count() == 1,
-            "run needs a prompt: -p TEXT, -f FILE or --prompts-file FILE");
+  return [f, prompt, prompt_file, prompts_file, messages, make_options, sampler_json, continuation, run_many]() {
+    Require(prompt->count() + prompt_file->count() + prompts_file->count() + messages->count() == 1,
+            "run needs a prompt: -p TEXT, -f FILE, --prompts-file FILE or --messages FILE");
     if (prompts_file->count()) return run_many();
     if (prompt_file->count()) {
       f->prompt = ReadTextFile(f->prompt_file, "the --prompt-file");
       Require(!f->prompt.empty(), "the prompt is empty: the --prompt-file '" + f->prompt_file +
                                       "' has no text");
     }
-    Require(!f->prompt.empty(), "the prompt is empty: give some text with -p");
+    // --messages: the conversation rendered with the chat template is the
+    // prompt (the template writes BOS where the model wants one), only the
+    // reply is printed, and the template's end-of-turn token ends it.
+    nlohmann::ordered_json conversation;
+    ChatRenderOptions render;
+    if (messages->count()) {
+      conversation = ReadMessagesFile(f->messages, &render.tools);
+      if (!f->kwargs.empty()) render.kwargs = ParseKwargs(f->kwargs);
+    } else {
+      Require(!f->prompt.empty(), "the prompt is empty: give some text with -p");
+    }
     auto engine = LoadEngine(f->model, /*quiet=*/false);
     GenerateOptions o = make_options(*engine);
+    std::vector<int32_t> prompt;
+    if (messages->count()) {
+      const ChatTemplate chat = ChatTemplate::FromModelDir(engine->model_dir());
+      try {
+        f->prompt = chat.Render(conversation, render);
+      } catch (const jinja::TemplateError& e) {
+        throw Error("the chat template refused the --messages conversation: " + std::string(e.what()));
+      }
+      prompt = engine->tokenizer().Encode(f->prompt, /*add_special_tokens=*/false);
+      o.stop_token_ids = ChatStopTokenIds(chat, *engine);
+    } else {
+      prompt = engine->EncodePrompt(f->prompt);
+    }
+    const bool echo_prompt = !messages->count();
     const SamplerParams& s = o.sampler;
     std::unique_ptr<wm::WatermarkProcessor> watermark = MakeWatermark(f->wm, *engine);
     Require(f->logprobs == 0 || f->json, "--logprobs is part of the --json output; add --json");
@@ -258,7 +245,6 @@ Runner RegisterRun(CLI::App& app) {
         if (watermark) watermark->Apply(logits, routing, context);
       };
     }
-    std::vector<int32_t> prompt = engine->EncodePrompt(f->prompt);
     engine->ValidatePrompt(prompt);
     TextStream stream(engine->tokenizer(), prompt);
     // The prompt is echoed with the first generated token, not before the
@@ -267,7 +253,7 @@ Runner RegisterRun(CLI::App& app) {
     bool prompt_printed = false;
     auto print_prompt = [&] {
       if (prompt_printed) return;
-      std::cout << f->prompt;
+      if (echo_prompt) std::cout << f->prompt;
       prompt_printed = true;
     };
     if (!f->json) {
@@ -285,6 +271,7 @@ Runner RegisterRun(CLI::App& app) {
     if (f->json) {
       const std::string generated = continuation(engine->tokenizer(), prompt, r.tokens);
       json out{{"prompt", f->prompt},
+                     {"messages", messages->count() ? json(conversation) : json(nullptr)},
                      {"prompt_ids", prompt},
                      {"text", generated},
                      {"ids", r.tokens},

@@ -15,24 +15,6 @@ namespace {
 
 using OrderedJson = nlohmann::ordered_json;
 
-// Parses JSON text that came from `what`, keeping the key order (templates
-// that iterate over a dict see its keys in file order, as with Python).
-OrderedJson ParseJson(const std::string& text, const std::string& what) {
-  try {
-    return OrderedJson::parse(text);
-  } catch (const nlohmann::json::exception& e) {
-    std::string message = e.what();
-    // nlohmann's messages start with "[json.exception.parse_error.101] ".
-    if (const size_t bracket = message.find("] "); bracket != std::string::npos) message = message.substr(bracket + 2);
-    throw Error(what + " is not valid JSON: " + message);
-  }
-}
-
-OrderedJson ReadJsonFile(const std::string& path, const std::string& flag) {
-  const std::string what = "the " + flag + " file " + path;
-  return ParseJson(ReadRegularFile(path, kMaxTextInputBytes, what), what);
-}
-
 // "2025-08-05", "2025-08-05 12:34:56" or "2025-08-05T12:34:56", local time.
 std::tm ParseNow(const std::string& text) {
   std::tm tm{};
@@ -80,25 +62,14 @@ Runner RegisterTemplate(CLI::App& app) {
 
   return [f]() {
     Require(!f->model_dir.empty(), "template needs -m MODEL_DIR");
-    OrderedJson messages = ReadJsonFile(f->messages, "--messages");
-    if (messages.is_object()) {
-      Require(messages.contains("messages"), "the --messages file " + f->messages +
-                                                 " holds an object without \"messages\"; give an array of messages "
-                                                 "or {\"messages\": [...]}");
-      OrderedJson inner = messages["messages"];
-      messages = std::move(inner);
-    }
-    Require(messages.is_array(), "the --messages file " + f->messages + " must hold a JSON array of messages");
+    OrderedJson file_tools;
+    const OrderedJson messages = ReadMessagesFile(f->messages, &file_tools);
     ChatRenderOptions options;
     options.add_generation_prompt = !f->no_generation_prompt;
-    if (!f->tools.empty()) options.tools = ReadJsonFile(f->tools, "--tools");
-    if (!f->documents.empty()) options.documents = ReadJsonFile(f->documents, "--documents");
-    if (!f->kwargs.empty()) {
-      const std::string_view text = TrimWhitespace(f->kwargs);
-      options.kwargs = !text.empty() && text.front() == '{' ? ParseJson(f->kwargs, "--kwargs")
-                                                            : ReadJsonFile(f->kwargs, "--kwargs");
-      Require(options.kwargs.is_object(), "--kwargs must be a JSON object");
-    }
+    options.tools = file_tools;
+    if (!f->tools.empty()) options.tools = ReadOrderedJsonFile(f->tools, "--tools");
+    if (!f->documents.empty()) options.documents = ReadOrderedJsonFile(f->documents, "--documents");
+    if (!f->kwargs.empty()) options.kwargs = ParseKwargs(f->kwargs);
     if (!f->now.empty()) options.now = ParseNow(f->now);
     const ChatTemplate chat = ChatTemplate::FromModelDir(f->model_dir);
     const std::string prompt = chat.Render(messages, options);

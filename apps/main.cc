@@ -81,6 +81,7 @@ int main(int argc, char** argv) {
   add(epwa::cli::RegisterOracle);
   add(epwa::cli::RegisterTemplate);
   add(epwa::cli::RegisterServe);
+  add(epwa::cli::RegisterChat);
   // CLI11 reports a misspelt command as "A subcommand is required"; name it
   // and list the commands instead.
   auto is_command = [&](const std::string& name) {

@@ -41,6 +41,23 @@ inline Result RunEpwa(const std::string& args, const testing::TempDir& dir) {
   return r;
 }
 
+// The same with `input` on standard input (a file, not a terminal).
+inline Result RunEpwaWithInput(const std::string& args, const std::string& input, const testing::TempDir& dir) {
+  const std::string in = dir.path() + "/stdin", out = dir.path() + "/stdout", err = dir.path() + "/stderr";
+  {
+    std::FILE* f = std::fopen(in.c_str(), "wb");
+    std::fwrite(input.data(), 1, input.size(), f);
+    std::fclose(f);
+  }
+  const std::string cmd = "timeout 300 " + std::string(EPWA_BINARY) + " " + args + " >" + out + " 2>" + err + " <" + in;
+  const int status = std::system(cmd.c_str());
+  Result r;
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  r.out = testing::ReadFile(out);
+  r.err = testing::ReadFile(err);
+  return r;
+}
+
 // Exit code `code` and exactly one error line, the last line of stderr,
 // containing `needle` (load statistics may precede it when the failure comes
 // after a successful load). Nothing on stdout.

@@ -202,7 +202,9 @@ void BatchEngine::OnLogits(Sequence& seq, std::span<float> logits) {
     seq.context.push_back(token);
     seq.result.token_ms.push_back(MillisBetween(seq.submitted, Clock::now()));
     const std::vector<int32_t>& eos = engine_.defaults().eos_token_ids;
-    const bool is_eos = !seq.options.ignore_eos && std::find(eos.begin(), eos.end(), token) != eos.end();
+    const std::vector<int32_t>& stops = seq.options.stop_token_ids;
+    const bool is_eos = !seq.options.ignore_eos && (std::find(eos.begin(), eos.end(), token) != eos.end() ||
+                                                    std::find(stops.begin(), stops.end(), token) != stops.end());
     if (seq.options.on_token && !seq.options.on_token(token)) {
       MarkFinished(seq, FinishReason::kCallback);
     } else if (is_eos) {

@@ -130,6 +130,29 @@ TEST(BatchEngine, GenerateIsTheOneSequenceCase) {
   EXPECT_EQ(batch.running(), 0);
 }
 
+TEST(BatchEngine, StopTokensEndASequenceLikeEos) {
+  // A chat's end-of-turn token is a stop token of its own: the sequence ends
+  // right after it with reason "eos", and ignore_eos overrides it as it
+  // overrides the model's EOS.
+  auto engine = LoadBundled("tiny-moe", 1);
+  const auto prompts = Prompts(*engine);
+  GenerateOptions o;
+  o.max_new_tokens = 12;
+  o.ignore_eos = true;
+  o.sampler.temperature = 0;
+  const std::vector<int32_t> free_run = engine->Generate(prompts[0], o).tokens;
+  ASSERT_EQ(free_run.size(), 12u);
+  const int32_t stop = free_run[5];
+  const size_t first = std::find(free_run.begin(), free_run.end(), stop) - free_run.begin();
+  o.ignore_eos = false;
+  o.stop_token_ids = {stop};
+  const GenerateResult stopped = engine->Generate(prompts[0], o);
+  EXPECT_EQ(stopped.stats.stop_reason, "eos");
+  EXPECT_EQ(stopped.tokens, std::vector<int32_t>(free_run.begin(), free_run.begin() + first + 1));
+  o.ignore_eos = true;
+  EXPECT_EQ(engine->Generate(prompts[0], o).tokens, free_run);
+}
+
 TEST(BatchEngine, ChunkedPrefillMatchesWholePrefill) {
   auto engine = LoadBundled("tiny-moe", 2, /*batch_tokens=*/0, /*ctx=*/256);
   std::vector<int32_t> prompt = engine->EncodePrompt(

@@ -120,6 +120,10 @@ struct GenerateOptions {
   int32_t max_new_tokens = 64;
   // Keep going past end-of-sequence tokens (for fixed-length evaluations).
   bool ignore_eos = false;
+  // Tokens that end the sequence like an EOS (stop reason "eos") besides the
+  // model's own, e.g. a chat template's end-of-turn token (<|im_end|>) when
+  // generation_config.json does not list it. Ignored with ignore_eos.
+  std::vector<int32_t> stop_token_ids;
   SamplerParams sampler;
   // Called with the logits of the next token ([vocab], modifiable), the
   // routing of the step that produced them (the trace covers the tokens fed

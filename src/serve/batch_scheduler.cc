@@ -25,6 +25,7 @@ bool BatchScheduler::Submit(std::shared_ptr<GenerationJob> job) {
   GenerateOptions o;
   o.max_new_tokens = job->max_new_tokens;
   o.sampler = job->sampler;
+  o.stop_token_ids = job->stop_token_ids;
   GenerationJob* raw = job.get();
   o.logits_processor = [raw](std::span<float> logits, const RoutingTrace& routing, std::span<const int32_t> context) {
     raw->OnLogits(logits, routing, context);

@@ -33,6 +33,8 @@ struct GenerationJob {
   std::vector<int32_t> prompt;
   SamplerParams sampler;
   int32_t max_new_tokens = 16;
+  // Tokens that end the job like an EOS (a chat template's end of turn).
+  std::vector<int32_t> stop_token_ids;
   // Set from any thread; the scheduler stops the job within one step.
   std::atomic<bool> cancel{false};
   std::chrono::steady_clock::time_point submitted;

@@ -233,6 +233,8 @@ struct Server::Impl {
   std::unique_ptr<BatchScheduler> scheduler;
   std::optional<ChatTemplate> chat_template;
   std::string chat_template_error;
+  // The template's end-of-turn token, when it is not an EOS already.
+  std::vector<int32_t> chat_stop_ids;
   std::optional<wm::ExpertOracle> oracle;
   int port = 0;
   std::atomic<bool> stopping{false};
@@ -514,6 +516,7 @@ struct Server::Impl {
     const ChatRequest r = ParseChatRequest(req.body, engine_defaults(), options.limits);
     const std::string prompt = RenderChat(r);
     auto job = MakeJob(Encode(prompt, /*add_special=*/false), r.sampling);
+    job->stop_token_ids = chat_stop_ids;
     Respond(req, res, job, /*chat=*/true, r.sampling);
   }
 

@@ -1,6 +1,7 @@
 #include "template/chat_template.h"
 
 #include <algorithm>
+#include <cctype>
 #include <system_error>
 
 #include "base/error.h"
@@ -183,6 +184,30 @@ std::string ChatTemplate::Render(const Json& messages, const ChatRenderOptions& 
   render.limits = options.limits;
   render.now = options.now;
   return Pick(!options.tools.is_null()).compiled.Render(context, render);
+}
+
+std::optional<std::string> ChatTemplate::AssistantTurnEnd() const {
+  static constexpr std::string_view kAnswer = "epwa-probe-answer";
+  const Json probe = Json::parse(R"([{"role": "user", "content": "epwa-probe-question"},
+                                     {"role": "assistant", "content": "epwa-probe-answer"}])");
+  ChatRenderOptions options;
+  options.add_generation_prompt = false;
+  options.now = std::tm{};  // a fixed date: the probe must not depend on the clock
+  options.now->tm_year = 100;
+  options.now->tm_mday = 1;
+  std::string text;
+  try {
+    text = Render(probe, options);
+  } catch (const Error&) {
+    return std::nullopt;  // e.g. a template that insists on a system message
+  }
+  const size_t at = text.rfind(kAnswer);
+  if (at == std::string::npos) return std::nullopt;
+  const size_t begin = at + kAnswer.size();
+  size_t end = begin;
+  while (end < text.size() && !std::isspace(static_cast<unsigned char>(text[end]))) ++end;
+  if (end == begin) return std::nullopt;
+  return text.substr(begin, end - begin);
 }
 
 }  // namespace epwa

@@ -68,6 +68,14 @@ class ChatTemplate {
   // for a conversation it does not accept (message() is the text).
   std::string Render(const nlohmann::ordered_json& messages, const ChatRenderOptions& options = {}) const;
 
+  // The text a template writes right after an assistant message's content,
+  // up to the first whitespace ("<|im_end|>" for ChatML, "<|eot_id|>" for
+  // Llama 3, "</s>" for Mistral), found by rendering a two-turn probe
+  // conversation. It names the token that ends a turn, which a chat must
+  // stop at even when generation_config.json does not list it as an EOS.
+  // nullopt when the template refuses the probe or writes nothing there.
+  std::optional<std::string> AssistantTurnEnd() const;
+
   // The template Render would use with (or without) tools, and its source.
   const std::string& Source(bool with_tools = false) const;
   // The special tokens passed to the template, as a JSON object.

@@ -206,5 +206,40 @@ TEST(ChatTemplate, MissingTemplateIsAnError) {
   }
 }
 
+
+// The end-of-turn text of each real template, as Python's jinja2 renders the
+// same probe conversation (checked with tests/data/templates/make_expected.py's
+// environment when this test was written).
+TEST(ChatTemplate, AssistantTurnEndOfTheRealTemplates) {
+  const auto shared = SharedDir();
+  if (!shared) GTEST_SKIP() << "The shared data folder is absent; the real chat templates are not checked.";
+  const std::pair<const char*, const char*> expected[] = {
+      {"mixtral-8x7b-instruct-v0.1", "</s>"},
+      {"qwen3-coder-30b-a3b-instruct", "<|im_end|>"},
+      {"gpt-oss-20b", "<|return|>"},
+      {"deepseek-r1", "<\xef\xbd\x9c" "end\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>"},
+      {"granite-3.0-1b-a400m-instruct", "<|end_of_text|>"},
+      {"granite-3.1-1b-a400m-instruct", "<|end_of_text|>"},
+  };
+  for (const auto& [model, end] : expected) {
+    const fs::path folder = *shared / "data" / "models" / model;
+    if (!fs::exists(folder)) continue;
+    SCOPED_TRACE(model);
+    const std::optional<std::string> found = ChatTemplate::FromModelDir(folder).AssistantTurnEnd();
+    ASSERT_TRUE(found.has_value());
+    EXPECT_EQ(*found, end);
+  }
+}
+
+TEST(ChatTemplate, AssistantTurnEndIsAbsentWhenTheTemplateWritesNoneOrRefuses) {
+  EXPECT_EQ(ChatTemplate::FromSource("{% for m in messages %}{{ m.content }}\n{% endfor %}").AssistantTurnEnd(),
+            std::nullopt);
+  EXPECT_EQ(ChatTemplate::FromSource("{{ raise_exception('a system message is required') }}").AssistantTurnEnd(),
+            std::nullopt);
+  EXPECT_EQ(ChatTemplate::FromSource("{% for m in messages %}<{{ m.role }}>{{ m.content }}</{{ m.role }}>{% endfor %}")
+                .AssistantTurnEnd(),
+            "</assistant>");
+}
+
 }  // namespace
 }  // namespace epwa

@@ -115,6 +115,7 @@ class Qwen3MoeMLP(nn.Module):
 # it before the softmax); small enough that the softmax is close to the argmax, large enough
 # that the gradient reaches experts a little below the top.
 TOP1_TEMPERATURE = 0.25
+TOP1_KIND = "soft"
 
 
 class Qwen3MoeSparseMoeBlock(nn.Module):
@@ -164,8 +165,12 @@ class Qwen3MoeSparseMoeBlock(nn.Module):
         # sequence spreads its first choices evenly and grows with their squared coefficient
         # of variation. Its gradient raises an under-used expert's logit where that expert is
         # close to the top.
-        s = (router_logits / TOP1_TEMPERATURE).softmax(-1).view(B, T, self.E).mean(1)
-        top1_aux = self.E * (s * s).sum(-1).mean()
+        if TOP1_KIND == "soft":
+            s = (router_logits / TOP1_TEMPERATURE).softmax(-1).view(B, T, self.E).mean(1)
+            top1_aux = self.E * (s * s).sum(-1).mean()
+        else:
+            f1 = F.one_hot(sel[:, 0], self.E).float().view(B, T, self.E).mean(1)
+            top1_aux = self.E * (f1 * probs.view(B, T, self.E).mean(1)).sum(-1).mean()
         return out.view(B, T, D), torch.stack((aux, top1_aux)), sel, probs
 
 
@@ -446,6 +451,7 @@ def main():
     ap.add_argument("--warmup", type=int, default=150)
     ap.add_argument("--wd", type=float, default=0.1)
     ap.add_argument("--aux-coef", type=float, default=0.1)
+    ap.add_argument("--top1-kind", choices=("soft", "hard"), default="soft")
     ap.add_argument("--top1-coef", type=float, default=0.0,
                     help="weight of the top-1 balance term (see Qwen3MoeSparseMoeBlock)")
     ap.add_argument("--vocab", type=int, default=6144)
@@ -461,6 +467,8 @@ def main():
     ap.add_argument("--check-tokens", type=int, default=32, help="length of the three-way check")
     ap.add_argument("--check-out", default="", help="where torch_check*.{json,npy} go (default WORK)")
     a = ap.parse_args()
+    global TOP1_KIND
+    TOP1_KIND = a.top1_kind
     if a.quick:
         a.minutes = min(a.minutes, 3.0)
         a.warmup = min(a.warmup, 30)
