@@ -1,4 +1,5 @@
 #include "serve/openai_api.h"
+#include <algorithm>
 
 #include <cmath>
 #include <cstdio>
@@ -8,6 +9,9 @@
 
 namespace epwa::serve {
 namespace {
+
+// OpenAI documents no limit; bounding it bounds the work per step.
+constexpr size_t kMaxLogitBias = 1024;
 
 [[noreturn]] void Invalid(const std::string& message, const std::string& param = {}) {
   throw ApiError(400, "invalid_request_error", message, param);
@@ -161,7 +165,27 @@ SamplingRequest ParseSampling(const json& body, const SamplerParams& defaults, c
   if (GetInt(body, "n", 1, 1, std::numeric_limits<int64_t>::max()) != 1)
     Invalid("'n' must be 1: one choice per request", "n");
   if (const json* bias = Field(body, "logit_bias")) {
-    if (!bias->is_object() || !bias->empty()) Invalid("'logit_bias' is not supported", "logit_bias");
+    if (!bias->is_object()) Invalid("'logit_bias' must be an object of token ids to numbers", "logit_bias");
+    if (bias->size() > kMaxLogitBias)
+      Invalid("'logit_bias' has " + std::to_string(bias->size()) + " entries; at most " +
+                  std::to_string(kMaxLogitBias) + " are allowed",
+              "logit_bias");
+    for (auto it = bias->begin(); it != bias->end(); ++it) {
+      const std::string& key = it.key();
+      // Decimal ids only ("007" or "+5" are not token ids), within int32.
+      const bool digits = !key.empty() && key.size() <= 10 &&
+                          std::all_of(key.begin(), key.end(), [](char c) { return c >= '0' && c <= '9'; }) &&
+                          (key == "0" || key[0] != '0');
+      const long long id = digits ? std::stoll(key) : -1;
+      if (!digits || id > std::numeric_limits<int32_t>::max())
+        Invalid("'logit_bias' keys must be token ids (decimal integers), not '" + key.substr(0, 32) + "'",
+                "logit_bias");
+      const json& v = it.value();
+      if (!v.is_number() || !std::isfinite(v.get<double>()) || v.get<double>() < -100 || v.get<double>() > 100)
+        Invalid("'logit_bias' values must be numbers from -100 to 100", "logit_bias");
+      r.logit_bias.emplace_back(static_cast<int32_t>(id), v.get<float>());
+    }
+    std::sort(r.logit_bias.begin(), r.logit_bias.end());
   }
   if (const json* user = Field(body, "user"); user && !user->is_string())
     Invalid("'user' must be a string", "user");

@@ -72,6 +72,10 @@ struct SamplingRequest {
   int32_t top_logprobs = -1;
   // The request's `watermark` field: nullopt when absent.
   std::optional<bool> watermark;
+  // OpenAI's logit_bias: (token id, bias in [-100, 100]) added to the logits
+  // before sampling (and before the watermark's own bias), in id order. The
+  // ids are checked against the vocabulary by the server, which knows it.
+  std::vector<std::pair<int32_t, float>> logit_bias;
 };
 
 struct ChatRequest {

@@ -35,7 +35,8 @@ TEST(OpenAiApi, ChatRequestFieldsReachTheStruct) {
                                                                  {"type": "text", "text": "there"}]}],
       "max_tokens": 12, "temperature": 0, "top_p": 0.5, "seed": -3, "stop": ["\n\n", "END"],
       "stream": true, "stream_options": {"include_usage": true}, "logprobs": true, "top_logprobs": 5,
-      "chat_template_kwargs": {"enable_thinking": false}, "watermark": false, "user": "u1", "n": 1})",
+      "chat_template_kwargs": {"enable_thinking": false}, "watermark": false, "user": "u1", "n": 1,
+      "logit_bias": {"17": -100, "3": 2.5, "0": 100}})",
                                          Defaults(), RequestLimits{});
   EXPECT_EQ(r.sampling.model, "tiny");
   EXPECT_EQ(r.sampling.max_tokens, 12);
@@ -54,6 +55,8 @@ TEST(OpenAiApi, ChatRequestFieldsReachTheStruct) {
   EXPECT_EQ(r.template_kwargs["enable_thinking"], false);
   EXPECT_TRUE(r.add_generation_prompt);
   EXPECT_TRUE(r.tools.is_null());
+  const std::vector<std::pair<int32_t, float>> bias{{0, 100.0f}, {3, 2.5f}, {17, -100.0f}};
+  EXPECT_EQ(r.sampling.logit_bias, bias);
 }
 
 TEST(OpenAiApi, ChatDefaultsWhenFieldsAreAbsentOrNull) {
@@ -100,7 +103,12 @@ TEST(OpenAiApi, ChatRefusalsNameTheField) {
       {R"({"messages": [{"role": "user", "content": "x"}], "stop": [""]})", "stop"},
       {R"({"messages": [{"role": "user", "content": "x"}], "stop": 5})", "stop"},
       {R"({"messages": [{"role": "user", "content": "x"}], "frequency_penalty": 0.5})", "frequency_penalty"},
-      {R"({"messages": [{"role": "user", "content": "x"}], "logit_bias": {"5": 10}})", "logit_bias"},
+      {R"({"messages": [{"role": "user", "content": "x"}], "logit_bias": {"5": 101}})", "logit_bias"},
+      {R"({"messages": [{"role": "user", "content": "x"}], "logit_bias": {"05": 1}})", "logit_bias"},
+      {R"({"messages": [{"role": "user", "content": "x"}], "logit_bias": {"-5": 1}})", "logit_bias"},
+      {R"({"messages": [{"role": "user", "content": "x"}], "logit_bias": {"2147483648": 1}})", "logit_bias"},
+      {R"({"messages": [{"role": "user", "content": "x"}], "logit_bias": {"5": "1"}})", "logit_bias"},
+      {R"({"messages": [{"role": "user", "content": "x"}], "logit_bias": [5]})", "logit_bias"},
       {R"({"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_object"}})",
        "response_format"},
       {R"({"messages": [{"role": "user", "content": "x"}], "tool_choice": "required"})", "tool_choice"},

@@ -3,10 +3,15 @@
 // responses for server-sent events, a thread pool, payload limits and
 // read/write timeouts. Boost.Beast would need an event loop written by hand
 // for the same result. Its gaps in 0.11.4 are handled here: it cannot tell a
-// handler that a non-streaming client has gone (generation then ends at
-// max_tokens or when the write fails), and its default limits are unbounded
-// (every one is set explicitly below).
+// handler that a non-streaming client has gone (the handler finds its socket
+// and watches it, FindConnectionSocket), and its default limits are
+// unbounded (every one is set explicitly below).
 #include "serve/server.h"
+
+#include <dirent.h>
+#include <netdb.h>
+#include <poll.h>
+#include <sys/socket.h>
 
 #include <httplib.h>
 
@@ -26,6 +31,7 @@
 #include "base/error.h"
 #include "serve/batch_scheduler.h"
 #include "serve/metrics.h"
+#include "serve/chat_session.h"
 #include "template/chat_template.h"
 #include "tokenizer/text_stream.h"
 #include "watermark/detector.h"
@@ -111,6 +117,48 @@ std::vector<std::string> ReadApiKeys(const std::string& path) {
   return keys;
 }
 
+// The descriptor of the connection a request came on, found by its two
+// addresses: cpp-httplib 0.11 gives a handler the addresses of both ends but
+// not the socket. -1 when no open socket matches (the client already left).
+std::string NumericAddress(const sockaddr_storage& a, socklen_t len, int* port) {
+  char host[NI_MAXHOST], service[NI_MAXSERV];
+  if (getnameinfo(reinterpret_cast<const sockaddr*>(&a), len, host, sizeof host, service, sizeof service,
+                  NI_NUMERICHOST | NI_NUMERICSERV) != 0)
+    return {};
+  *port = std::atoi(service);
+  return host;
+}
+
+int FindConnectionSocket(const httplib::Request& req) {
+  DIR* dir = opendir("/proc/self/fd");
+  if (!dir) return -1;
+  int found = -1;
+  while (dirent* entry = readdir(dir)) {
+    char* end = nullptr;
+    const long fd = std::strtol(entry->d_name, &end, 10);
+    if (end == entry->d_name || *end != '\0' || fd == dirfd(dir)) continue;
+    sockaddr_storage local{}, peer{};
+    socklen_t local_len = sizeof local, peer_len = sizeof peer;
+    if (getsockname(static_cast<int>(fd), reinterpret_cast<sockaddr*>(&local), &local_len) != 0) continue;
+    if (getpeername(static_cast<int>(fd), reinterpret_cast<sockaddr*>(&peer), &peer_len) != 0) continue;
+    int local_port = -1, peer_port = -1;
+    if (NumericAddress(local, local_len, &local_port) != req.local_addr || local_port != req.local_port) continue;
+    if (NumericAddress(peer, peer_len, &peer_port) != req.remote_addr || peer_port != req.remote_port) continue;
+    found = static_cast<int>(fd);
+    break;
+  }
+  closedir(dir);
+  return found;
+}
+
+// True once the peer has shut its side of the connection (or it failed).
+// Data the client sent ahead (a pipelined request) does not count.
+bool PeerHasClosed(int socket) {
+  pollfd p{socket, POLLRDHUP, 0};
+  if (poll(&p, 1, 0) <= 0) return false;
+  return (p.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)) != 0;
+}
+
 // ---------------------------------------------------------------------------
 // One request's generation: filled by the scheduler's callbacks on the loop
 // thread, read by the HTTP handler thread.
@@ -118,6 +166,7 @@ struct Job : public GenerationJob {
   // Set by the handler before submission.
   int32_t top_logprobs = -1;
   std::vector<std::string> stop;
+  std::vector<std::pair<int32_t, float>> logit_bias;
   std::unique_ptr<wm::WatermarkProcessor> watermark;
   const Tokenizer* tokenizer = nullptr;
   Metrics* metrics = nullptr;
@@ -159,6 +208,7 @@ struct Job : public GenerationJob {
       raw_lse = mx + static_cast<float>(std::log(sum));
       if (top_logprobs > 0) raw_top = wm::TopKFromLogits(logits, top_logprobs);
     }
+    for (const auto& [id, bias] : logit_bias) logits[id] += bias;
     if (watermark) watermark->Apply(logits, routing, context);
   }
 
@@ -330,6 +380,13 @@ struct Server::Impl {
     job->sampler = s.sampler;
     job->max_new_tokens = static_cast<int32_t>(s.max_tokens);
     job->stop = s.stop;
+    for (const auto& [id, bias] : s.logit_bias)
+      if (id >= engine->config().vocab_size)
+        throw ApiError(400, "invalid_request_error",
+                       "logit_bias names token " + std::to_string(id) + ", outside the vocabulary of " +
+                           std::to_string(engine->config().vocab_size),
+                       "logit_bias");
+    job->logit_bias = s.logit_bias;
     job->top_logprobs = s.top_logprobs;
     job->watermark = PolicyWatermark(s);
     job->tokenizer = &engine->tokenizer();
@@ -351,6 +408,19 @@ struct Server::Impl {
   static void Wait(Job& job) {
     std::unique_lock<std::mutex> lock(job.mu);
     job.cv.wait(lock, [&] { return job.done; });
+  }
+
+  // A non-streaming request writes nothing until its generation ends, so a
+  // client that leaves is seen on its socket instead: the wait polls the
+  // connection for the peer's shutdown every kDisconnectPoll and cancels the
+  // generation when it comes, which frees the sequence at the next step.
+  static constexpr std::chrono::milliseconds kDisconnectPoll{20};
+  static void WaitWhileConnected(Job& job, int socket) {
+    std::unique_lock<std::mutex> lock(job.mu);
+    while (!job.done) {
+      job.cv.wait_for(lock, kDisconnectPoll);
+      if (!job.done && socket >= 0 && PeerHasClosed(socket)) job.cancel = true;
+    }
   }
 
   json Usage(const Job& job) const {
@@ -397,9 +467,10 @@ struct Server::Impl {
       res.set_header("X-Epwa-Watermark", std::string(wm::SchemeName(job->watermark->params().scheme)) +
                                              (router_hash.empty() ? "" : "; irsh=" + router_hash));
     }
+    const int socket = s.stream ? -1 : FindConnectionSocket(req);
     Submit(job);
     if (!s.stream) {
-      Wait(*job);
+      WaitWhileConnected(*job, socket);
       if (!job->error.empty()) throw ApiError(500, "server_error", "generation failed: " + job->error);
       json choice{{"index", 0}};
       if (chat) {
@@ -782,6 +853,7 @@ Server::Server(std::unique_ptr<Engine> engine, ServerOptions options)
   }
   try {
     s.chat_template = ChatTemplate::FromModelDir(s.engine->model_dir());
+    s.chat_stop_ids = ChatStopTokenIds(*s.chat_template, *s.engine);
   } catch (const std::exception& e) {
     // A base model without a template still serves /v1/completions.
     s.chat_template_error = e.what();

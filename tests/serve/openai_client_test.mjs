@@ -145,6 +145,34 @@ await test('legacy completions with logprobs and a stop sequence', async () => {
   }
 });
 
+await test("a chat turn ends at the template's end-of-turn token; logit_bias reaches the sampler", async () => {
+  const tok = await post('/tokenize', { content: '<|im_end|>' });
+  assert.equal(tok.status, 200);
+  assert.equal(tok.body.tokens.length, 1);
+  const imEnd = tok.body.tokens[0];
+  // Forced by the bias, the first token is <|im_end|>: it ends the turn (the
+  // model's EOS is <|endoftext|>) and its text is not part of the answer.
+  const chat = await client.chat.completions.create({ model: 'm', messages, max_tokens: 8, seed: 1,
+    logit_bias: { [imEnd]: 100 } });
+  assert.equal(chat.choices[0].finish_reason, 'stop');
+  assert.equal(chat.choices[0].message.content, '');
+  assert.equal(chat.usage.completion_tokens, 1);
+  // A plain completion has no turns: the same bias runs to max_tokens.
+  const plain = await client.completions.create({ model: 'm', prompt: 'The', max_tokens: 3, seed: 1,
+    logit_bias: { [imEnd]: 100 } });
+  assert.equal(plain.choices[0].finish_reason, 'length');
+  assert.equal(plain.usage.completion_tokens, 3);
+  // -100 bans a token: the seeded answer's first token never comes back.
+  const free = await client.completions.create({ model: 'm', prompt: 'The', max_tokens: 1, seed: 1,
+    temperature: 0 });
+  const first = (await post('/tokenize', { content: free.choices[0].text })).body.tokens[0];
+  const banned = await client.completions.create({ model: 'm', prompt: 'The', max_tokens: 1, seed: 1,
+    temperature: 0, logit_bias: { [first]: -100 } });
+  assert.notEqual(banned.choices[0].text, free.choices[0].text);
+  await assert.rejects(client.completions.create({ model: 'm', prompt: 'The', max_tokens: 1,
+    logit_bias: { 99999999: 1 } }), (e) => e.status === 400 && /vocabulary/.test(e.message));
+});
+
 await test('8 concurrent requests equal the same requests served alone', async () => {
   const reqs = Array.from({ length: 8 }, (_, i) => ({
     model: 'tiny', messages: [{ role: 'user', content: `Question number ${i}: what is a ${['port', 'package', 'kernel', 'shell'][i % 4]}?` }],

@@ -194,6 +194,30 @@ def t_disconnect_frees_sequence():
     raise AssertionError(f"sequence not freed after the client left: {metrics()}")
 
 
+def t_disconnect_frees_non_streaming_sequence():
+    # No byte is written to a non-streaming client before its answer is
+    # ready; the server watches the socket and cancels when the client goes.
+    before = metrics().get("epwa_cancelled_requests_total", 0)
+    sock = socket.create_connection(("127.0.0.1", port))
+    body = json.dumps({"prompt": "The", "max_tokens": 500, "seed": 5}).encode()
+    sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + KEY.encode() +
+                 b"\r\nContent-Type: application/json\r\nContent-Length: " + str(len(body)).encode() +
+                 b"\r\n\r\n" + body)
+    deadline = time.time() + 10
+    while metrics().get("epwa_active_sequences", 0) == 0 and time.time() < deadline:
+        time.sleep(0.002)
+    assert metrics().get("epwa_active_sequences", 0) > 0, "the request never started"
+    sock.close()
+    t_closed = time.time()
+    while time.time() < deadline:
+        m = metrics()
+        if m.get("epwa_active_sequences") == 0 and m.get("epwa_cancelled_requests_total", 0) > before:
+            assert time.time() - t_closed < 2, "freed, but late"
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"sequence not freed after the client left: {metrics()}")
+
+
 def t_load():
     good = [("POST", "/v1/chat/completions", CHAT), ("POST", "/v1/completions", {"prompt": "A", "max_tokens": 4}),
             ("GET", "/v1/models", None), ("POST", "/tokenize", {"content": "abc"}), ("GET", "/health", None)]
@@ -248,6 +272,7 @@ check("tokenize / detokenize round trip", t_tokenize)
 check("queue full: 429 with Retry-After", t_queue_full)
 check("a slow client is timed out; others are served", t_slow_client)
 check("a client leaving mid-stream frees its sequence", t_disconnect_frees_sequence)
+check("a non-streaming client that leaves frees its sequence", t_disconnect_frees_non_streaming_sequence)
 check("load: mixed good and hostile requests", t_load)
 
 
