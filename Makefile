@@ -3,13 +3,14 @@
 #   make test   installs dependencies, builds, runs every test
 BUILD ?= build
 JOBS ?= $(shell nproc)
+TSAN_TESTS ?= thread_pool_test|batch_engine_test|chat_session_test|batch_cli_test|serve_openai_client|serve_hostile
 FUZZ_SECONDS ?= 60
 # The trained model once it is in the repository, else the seeded random one
 # that the build makes.
 MODEL ?= $(if $(wildcard models/tiny-moe/config.json),models/tiny-moe,models/tiny-random-moe)
 PROMPT ?= Once upon a time
 
-.PHONY: all deps build run test test-asan bench bench-batch bench-families compare-bundled bench-plan fuzz clean
+.PHONY: all deps build run test test-asan test-tsan bench bench-batch bench-serve bench-families compare-bundled bench-plan fuzz clean
 
 all: build
 
@@ -40,6 +41,9 @@ bench: build
 # (4 layers, about 3.8 GB of disk; a few minutes). Not part of `make test`.
 bench-batch: build
 	bash scripts/bench-batch.sh $(BUILD)/epwa $(BUILD)/bench-batch
+
+bench-serve: build
+	bash scripts/bench-serve.sh $(BUILD)/epwa $(BUILD)/bench-batch
 
 # The two bundled models side by side (eval quant + eval watermark, one protocol).
 compare-bundled: build
@@ -74,5 +78,14 @@ test-asan: deps
 	cmake --build build-asan -j $(JOBS)
 	cd build-asan && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 ctest --output-on-failure -j $(JOBS)
 
+# The threaded parts under ThreadSanitizer: the thread pool, the batch
+# engine, the scheduler, and the server with real clients. tests/tsan.supp
+# names what TSan cannot see into (the uninstrumented cpp-httplib library).
+test-tsan: deps
+	cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DEPWA_TSAN=ON -DEPWA_BUILD_BENCH=OFF
+	cmake --build build-tsan -j $(JOBS)
+	cd build-tsan && TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 suppressions=$(CURDIR)/tests/tsan.supp" \
+	  ctest --output-on-failure -j $(JOBS) -R '$(TSAN_TESTS)'
+
 clean:
-	rm -rf $(BUILD) build-fuzz build-asan
+	rm -rf $(BUILD) build-fuzz build-asan build-tsan
