@@ -116,6 +116,7 @@ class Qwen3MoeMLP(nn.Module):
 # that the gradient reaches experts a little below the top.
 TOP1_TEMPERATURE = 0.25
 TOP1_KIND = "soft"
+TOP1_WINDOW = 0
 
 
 class Qwen3MoeSparseMoeBlock(nn.Module):
@@ -169,8 +170,9 @@ class Qwen3MoeSparseMoeBlock(nn.Module):
             s = (router_logits / TOP1_TEMPERATURE).softmax(-1).view(B, T, self.E).mean(1)
             top1_aux = self.E * (s * s).sum(-1).mean()
         else:
-            f1 = F.one_hot(sel[:, 0], self.E).float().view(B, T, self.E).mean(1)
-            top1_aux = self.E * (f1 * probs.view(B, T, self.E).mean(1)).sum(-1).mean()
+            W = TOP1_WINDOW if TOP1_WINDOW and T % TOP1_WINDOW == 0 else T
+            f1 = F.one_hot(sel[:, 0], self.E).float().view(-1, W, self.E).mean(1)
+            top1_aux = self.E * (f1 * probs.view(-1, W, self.E).mean(1)).sum(-1).mean()
         return out.view(B, T, D), torch.stack((aux, top1_aux)), sel, probs
 
 
@@ -452,6 +454,7 @@ def main():
     ap.add_argument("--wd", type=float, default=0.1)
     ap.add_argument("--aux-coef", type=float, default=0.1)
     ap.add_argument("--top1-kind", choices=("soft", "hard"), default="soft")
+    ap.add_argument("--top1-window", type=int, default=0, help="tokens per balance window (0: the sequence)")
     ap.add_argument("--top1-coef", type=float, default=0.0,
                     help="weight of the top-1 balance term (see Qwen3MoeSparseMoeBlock)")
     ap.add_argument("--vocab", type=int, default=6144)
@@ -467,8 +470,9 @@ def main():
     ap.add_argument("--check-tokens", type=int, default=32, help="length of the three-way check")
     ap.add_argument("--check-out", default="", help="where torch_check*.{json,npy} go (default WORK)")
     a = ap.parse_args()
-    global TOP1_KIND
+    global TOP1_KIND, TOP1_WINDOW
     TOP1_KIND = a.top1_kind
+    TOP1_WINDOW = a.top1_window
     if a.quick:
         a.minutes = min(a.minutes, 3.0)
         a.warmup = min(a.warmup, 30)
