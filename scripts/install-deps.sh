@@ -41,3 +41,10 @@ if [ ! -f "$root/tests/serve/node_modules/openai/package.json" ]; then
   echo "epwa: installing the test client (npm ci in tests/serve)" >&2
   npm ci --prefix "$root/tests/serve" --no-audit --no-fund --loglevel=error >/dev/null
 fi
+
+# js-tiktoken, the reference for the o200k (gpt-oss) tokenizer test and the
+# source of its ranks (tools/tiktoken_to_hf.mjs), pinned by tools/tiktoken/package-lock.json.
+if [ ! -f "$root/tools/tiktoken/node_modules/js-tiktoken/package.json" ]; then
+  echo "epwa: installing js-tiktoken (npm ci in tools/tiktoken)" >&2
+  npm ci --prefix "$root/tools/tiktoken" --no-audit --no-fund --loglevel=error >/dev/null
+fi
