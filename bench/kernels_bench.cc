@@ -1,8 +1,10 @@
 // Benchmarks of the numeric kernels against what the machine can do.
 //
 // Decode (matrix-vector) is bound by memory bandwidth, so it reports GB/s of
-// weights streamed (codes plus scales for the quantized dtypes Q8/Q4/NF4)
-// and the percentage of the read bandwidth measured on the same thread count; prefill (matrix-matrix) is bound by arithmetic, so it
+// weights streamed (codes plus fp16 scales for the quantized dtypes
+// Q8/Q4/NF4, 4.5 bits per weight for Q4; blocks plus E8M0 scales for MXFP4,
+// 4.25 bits per weight) and the percentage of the read bandwidth measured on
+// the same thread count; prefill (matrix-matrix) is bound by arithmetic, so it
 // reports GFLOP/s and the percentage of the measured FMA peak. Arguments are
 // (dtype, threads) or (dtype, M, threads); run with --benchmark_filter to pick.
 //
@@ -53,15 +55,33 @@ double Peak(int threads) { return MeasureFmaPeakGflops(Pool(threads)); }
 // Weights of the given shape and dtype with small random values; cached so
 // that the large matrices are built once per process. `copy` tells apart
 // several matrices of the same shape (the experts of BM_ExpertMatVec).
-// Quantized weights are made from the BF16 matrix with Quantize.
+// Quantized weights are made from the BF16 matrix with Quantize. MXFP4
+// weights, which only come from checkpoints, get random codes and E8M0 scales
+// between 2^-9 and 2^-1, the order of magnitude of trained weights (the
+// speed does not depend on the values as long as they stay normal floats).
 const WeightView& Weights(DType dtype, int64_t rows, int64_t cols, int copy = 0) {
   struct Entry {
     AlignedBuffer<uint8_t> bytes;
-    AlignedBuffer<uint16_t> scales;
+    AlignedBuffer<uint16_t> scales;  // fp16 scales of Q8/Q4/NF4
+    AlignedBuffer<uint8_t> e8m0;     // E8M0 scales of MXFP4
     WeightView view;
   };
   static std::map<std::tuple<int, int64_t, int64_t, int>, std::unique_ptr<Entry>> cache;
   auto& entry = cache[{static_cast<int>(dtype), rows, cols, copy}];
+  if (!entry && dtype == DType::kMXFP4) {
+    entry = std::make_unique<Entry>();
+    entry->bytes.Resize(static_cast<size_t>(CodeRowBytes(dtype, cols) * rows));  // [rows, cols / 32, 16]
+    entry->e8m0.Resize(static_cast<size_t>(rows * cols / kQuantGroup));          // [rows, cols / 32]
+    std::mt19937 rng(3 + copy);
+    std::uniform_int_distribution<int> byte(0, 255), exponent(118, 126);
+    // A short random pattern repeated keeps set-up fast for the large cases.
+    std::vector<uint8_t> codes(4099), scales(1031);
+    for (uint8_t& b : codes) b = static_cast<uint8_t>(byte(rng));
+    for (uint8_t& e : scales) e = static_cast<uint8_t>(exponent(rng));
+    for (size_t i = 0; i < entry->bytes.size(); ++i) entry->bytes.data()[i] = codes[i % codes.size()];
+    for (size_t i = 0; i < entry->e8m0.size(); ++i) entry->e8m0.data()[i] = scales[i % scales.size()];
+    entry->view = WeightView{dtype, entry->bytes.data(), rows, cols, entry->e8m0.data()};
+  }
   if (!entry && IsQuantized(dtype)) {
     const WeightView& src = Weights(DType::kBF16, rows, cols, -1);
     entry = std::make_unique<Entry>();
@@ -158,8 +178,9 @@ void BM_MatVec(benchmark::State& state) {
 // Reports the weight bytes (codes + scales) streamed per second, the
 // percentage of the read bandwidth measured in the same run, and output rows
 // per second (compare dtypes on the same shape: Q4 rows/s over BF16 rows/s
-// is the decode speed-up).
-constexpr int64_t kExpertShapes[][2] = {{1024, 2048}, {2048, 1024}, {4096, 4096}};
+// is the decode speed-up). Shapes 3 and 4 are gpt-oss's experts: gate_up
+// [5760, 2880] and down [2880, 2880] (MXFP4 in its checkpoints).
+constexpr int64_t kExpertShapes[][2] = {{1024, 2048}, {2048, 1024}, {4096, 4096}, {5760, 2880}, {2880, 2880}};
 
 void BM_ExpertMatVec(benchmark::State& state) {
   const auto dtype = static_cast<DType>(state.range(0));
@@ -263,6 +284,7 @@ constexpr int64_t kBF16 = static_cast<int64_t>(DType::kBF16);
 constexpr int64_t kQ8 = static_cast<int64_t>(DType::kQ8);
 constexpr int64_t kQ4 = static_cast<int64_t>(DType::kQ4);
 constexpr int64_t kNF4 = static_cast<int64_t>(DType::kNF4);
+constexpr int64_t kMXFP4 = static_cast<int64_t>(DType::kMXFP4);
 
 // On a shared machine other tenants only ever slow a run down, so with
 // --benchmark_repetitions the best repetition ("min" time, "max" counters) is
@@ -271,13 +293,21 @@ double Min(const std::vector<double>& v) { return *std::min_element(v.begin(), v
 double Max(const std::vector<double>& v) { return *std::max_element(v.begin(), v.end()); }
 
 BENCHMARK(BM_MatVec)
-    ->ArgsProduct({{kBF16, kF16, kF32, kQ8, kQ4, kNF4}, {1, 2}})
+    ->ArgsProduct({{kBF16, kF16, kF32, kQ8, kQ4, kNF4, kMXFP4}, {1, 2}})
     ->UseRealTime()
     ->ComputeStatistics("min", Min)
     ->ComputeStatistics("max", Max)
     ->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_ExpertMatVec)
-    ->ArgsProduct({{kBF16, kQ8, kQ4, kNF4}, {0, 1, 2}, {1, 2}})
+    ->ArgsProduct({{kBF16, kQ8, kQ4, kNF4, kMXFP4}, {0, 1, 2}, {1, 2}})
+    ->UseRealTime()
+    ->MinTime(0.3)
+    ->ComputeStatistics("min", Min)
+    ->ComputeStatistics("max", Max)
+    ->Unit(benchmark::kMicrosecond);
+// gpt-oss's expert shapes, MXFP4 as stored beside Q4 and BF16.
+BENCHMARK(BM_ExpertMatVec)
+    ->ArgsProduct({{kBF16, kQ4, kMXFP4}, {3, 4}, {1, 2}})
     ->UseRealTime()
     ->MinTime(0.3)
     ->ComputeStatistics("min", Min)
@@ -290,13 +320,13 @@ BENCHMARK(BM_Quantize)
     ->ComputeStatistics("max", Max)
     ->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_MatMulSmallM)
-    ->ArgsProduct({{kBF16, kQ4}, {1, 2, 3, 4, 5, 6, 8, 9, 12, 16}, {2}})
+    ->ArgsProduct({{kBF16, kQ4, kMXFP4}, {1, 2, 3, 4, 5, 6, 8, 9, 12, 16}, {2}})
     ->UseRealTime()
     ->ComputeStatistics("min", Min)
     ->ComputeStatistics("max", Max)
     ->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_Prefill)
-    ->ArgsProduct({{kBF16, kF16, kF32, kQ8, kQ4, kNF4}, {64, 128, 512}, {1, 2}})
+    ->ArgsProduct({{kBF16, kF16, kF32, kQ8, kQ4, kNF4, kMXFP4}, {64, 128, 512}, {1, 2}})
     ->UseRealTime()
     ->ComputeStatistics("min", Min)
     ->ComputeStatistics("max", Max)

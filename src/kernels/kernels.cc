@@ -43,20 +43,29 @@ void ConvertRow(DType dtype, const void* src, int64_t n, float* dst) {
       return;
     case DType::kF16: return WidenHalves<F16ToF32>(bytes, n, dst);
     case DType::kBF16: return WidenHalves<BF16ToF32>(bytes, n, dst);
-    // Quantized rows need their scales: see DequantizeRow.
+    // Rows with group scales need them: see DequantizeRow.
     case DType::kQ8:
     case DType::kQ4:
-    case DType::kNF4: return;
+    case DType::kNF4:
+    case DType::kMXFP4: return;
   }
 }
 
-// out[c] = w.At(row, c) for a quantized w, group by group.
+// out[c] = w.At(row, c) for a w with group scales, group by group.
 void DequantizeRow(const WeightView& w, int64_t row, float* out) {
   const uint8_t* codes = w.Row(row);
-  const uint16_t* scales = w.scales + row * (w.cols / kQuantGroup);
   for (int64_t g = 0; g < w.cols / kQuantGroup; ++g) {
-    const float s = F16ToF32(scales[g]);
+    const float s = w.GroupScale(row, g);
     float* o = out + g * kQuantGroup;
+    if (w.dtype == DType::kMXFP4) {
+      // Byte j holds elements 2 j (low nibble) and 2 j + 1 (high nibble).
+      const uint8_t* bytes = codes + g * 16;
+      for (int j = 0; j < 16; ++j) {
+        o[2 * j] = kE2M1Values[bytes[j] & 0x0f] * s;
+        o[2 * j + 1] = kE2M1Values[bytes[j] >> 4] * s;
+      }
+      continue;
+    }
     if (w.dtype == DType::kQ8) {
       for (int j = 0; j < 32; ++j) o[j] = static_cast<float>(static_cast<int8_t>(codes[g * 32 + j])) * s;
       continue;
@@ -162,7 +171,7 @@ void MatMul(const float* x, int64_t M, const WeightView& w, float* y, ThreadPool
     thread_local AlignedBuffer<float> row;  // [K]
     if (row.size() < static_cast<size_t>(K)) row.Resize(static_cast<size_t>(K));
     for (int64_t n = n0; n < n1; ++n) {
-      if (IsQuantized(w.dtype)) {
+      if (HasGroupScales(w.dtype)) {
         DequantizeRow(w, n, row.data());
       } else {
         ConvertRow(w.dtype, w.Row(n), K, row.data());
@@ -353,7 +362,7 @@ void SetActiveIsa(Isa isa) {
 }
 
 void MatMul(const float* x, int64_t M, const WeightView& w, float* y, ThreadPool& pool) {
-  if (IsQuantized(w.dtype) && (w.cols % kQuantGroup != 0 || (w.scales == nullptr && w.rows > 0))) {
+  if (HasGroupScales(w.dtype) && (w.cols % kQuantGroup != 0 || (w.scales == nullptr && w.rows > 0))) {
     throw Error(std::string("MatMul: a ") + DTypeName(w.dtype) +
                 " weight needs a multiple of 32 columns and its scales.");
   }
@@ -385,7 +394,7 @@ void Axpy(float alpha, const float* x, float* y, int64_t n) {
 }
 
 void ConvertToF32(DType dtype, const void* src, int64_t n, float* dst) {
-  if (IsQuantized(dtype)) {
+  if (HasGroupScales(dtype)) {
     throw Error(std::string("ConvertToF32 cannot read ") + DTypeName(dtype) +
                 " data without its scales; use DequantizeRow.");
   }
@@ -458,6 +467,26 @@ bool AnyMasked(const uint8_t* p, size_t bytes, Lane mask) {
   return any != 0;
 }
 
+// MXFP4 elements are finite unless their block's E8M0 scale is 255 (NaN) or
+// so large that the value overflows float: 2^(e - 127) * 6 < 2^128 for every
+// e <= 252. Only the scales are scanned (one byte per 32 weights, reduced
+// with a max the compiler vectorizes); a row whose largest scale is 253 or
+// more is searched element by element.
+int64_t FirstNonFiniteMxfp4(const WeightView& w, int64_t row_begin, int64_t row_end) {
+  if (w.cols % kQuantGroup != 0 || w.scales == nullptr) return -1;  // MatMul refuses such a view anyway.
+  const int64_t groups = w.cols / kQuantGroup;
+  for (int64_t r = row_begin; r < row_end; ++r) {
+    const uint8_t* e = w.E8M0Scales() + r * groups;
+    uint8_t largest = 0;
+    for (int64_t g = 0; g < groups; ++g) largest = std::max(largest, e[g]);
+    if (largest < 253) continue;
+    for (int64_t c = 0; c < w.cols; ++c) {
+      if (!std::isfinite(w.At(r, c))) return r * w.cols + c;
+    }
+  }
+  return -1;
+}
+
 }  // namespace
 
 int64_t FirstNonFinite(const WeightView& w, int64_t row_begin, int64_t row_end) {
@@ -480,6 +509,7 @@ int64_t FirstNonFinite(const WeightView& w, int64_t row_begin, int64_t row_end) 
     }
     return -1;
   };
+  if (w.dtype == DType::kMXFP4) return FirstNonFiniteMxfp4(w, row_begin, row_end);
   switch (w.dtype) {
     case DType::kF32:
       return scan(uint32_t{0}, uint32_t{0x7f800000u}, [](const uint8_t* p, size_t n) {
@@ -494,8 +524,24 @@ int64_t FirstNonFinite(const WeightView& w, int64_t row_begin, int64_t row_end) 
         return AnyMasked<U16x8, uint16_t>(p, n, 0x7f80u);
       });
     default:
-      return -1;  // quantized and integer formats cannot hold NaN
+      return -1;  // the load-time quantized formats cannot hold NaN
   }
+}
+
+void ValidateMxfp4(const WeightView& w) {
+  Require(w.dtype == DType::kMXFP4, std::string("ValidateMxfp4 was given a ") + DTypeName(w.dtype) + " matrix.");
+  Require(w.rows >= 0 && w.cols >= 0 && w.cols % kQuantGroup == 0,
+          "an MXFP4 matrix needs a number of columns that is a multiple of 32, got " + std::to_string(w.cols) + ".");
+  if (w.rows == 0 || w.cols == 0) return;
+  Require(w.data != nullptr && w.scales != nullptr, "an MXFP4 matrix needs its blocks and its scales.");
+  const int64_t bad = FirstNonFinite(w, 0, w.rows);
+  if (bad < 0) return;
+  const int64_t r = bad / w.cols, c = bad % w.cols;
+  const int e = w.E8M0Scales()[r * (w.cols / kQuantGroup) + c / kQuantGroup];
+  throw Error("the MXFP4 matrix holds a non-finite value at row " + std::to_string(r) + ", column " +
+              std::to_string(c) + ": its block scale is E8M0 " + std::to_string(e) +
+              (e == 255 ? ", which is NaN" : ", which overflows float with this element's code") +
+              "; the checkpoint is damaged");
 }
 
 uint64_t MatMulScratchBytes(int64_t max_rows, int64_t max_k, int threads) {
@@ -516,7 +562,7 @@ uint64_t MatMulScratchBytes(int64_t max_rows, int64_t max_k, int threads) {
 
 void DequantizeRow(const WeightView& w, int64_t row, float* out) {
   if (w.cols <= 0) return;
-  if (IsQuantized(w.dtype)) {
+  if (HasGroupScales(w.dtype)) {
     Require(w.cols % kQuantGroup == 0 && w.scales != nullptr,
             std::string("DequantizeRow: a ") + DTypeName(w.dtype) + " weight needs a multiple of 32 columns and its scales.");
     Active().dequantize_row(w, row, out);

@@ -34,7 +34,8 @@ void SetActiveIsa(Isa isa);
 // AVX2). Larger M is prefill (matrix-matrix: each weight tile is converted to
 // float once and reused for all M rows). Work is split over `pool` by output
 // columns n; the result does not depend on the number of threads. Weights may
-// start at any 2-byte aligned address (a tensor in a mapped file).
+// start at any 2-byte aligned address (a tensor in a mapped file); MXFP4
+// blocks and scales, being bytes, at any address.
 //
 // Quantized weights (kQ8, kQ4, kNF4; w.cols % 32 == 0, w.scales set) follow
 // the same contract. Prefill dequantizes each panel of W to float exactly
@@ -51,8 +52,29 @@ void SetActiveIsa(Isa isa);
 // 0.54% (relative RMS) for Q8 and Q4 and 0.76% for NF4, 1.2-1.3% when every
 // 97th activation is a 20x outlier: small against the 4-bit weight error
 // (8.3%), comparable to the Q8 weight error (0.5%). The scalar path
-// dequantizes to float and has neither error. Throws epwa::Error for a
-// quantized w whose cols is not a multiple of 32 or that has no scales.
+// dequantizes to float and has neither error.
+//
+// MXFP4 weights (kMXFP4, used in place from the checkpoint; layout in
+// tensor/dtype.h) take the same two routes. Prefill and the scalar path
+// dequantize exactly (as WeightView::At). The vector decode paths use twice
+// the E2M1 values as int8 levels (integers in [-12, 12], exact) against the
+// same int8 x codes, and scale each block's integer sum by 2^(e - 127) / 2 *
+// s_x (the halving is exact). The weights are thus exact, and the only error
+// against the dequantized float product is the activation rounding above: at
+// most sum_g (s_x[g] / 2) * sum_{k in g} |w[n, k]| per output, as for Q8 and
+// Q4. Measured on MXFP4 weights quantized from Gaussian data by the OCP rule
+// ([1024, 2048], x ~ N(0, 1); mxfp4_test.cc) the output moves by 0.55%
+// (relative RMS), 1.1% with every 97th activation a 20x outlier: small
+// against what MXFP4 itself does to that output (11%). Extreme scales follow
+// float arithmetic: E8M0 0 is 2^-127 (a subnormal, exact), products that fall
+// below float's normal range lose precision as in any float product, and
+// weights of 2^128 or more (scales 253 and 254 with large codes) are
+// infinite. E8M0 255 is NaN (OCP MX v1.0): each output that uses such a block
+// is NaN on every path. Loaders should call ValidateMxfp4 once per matrix,
+// which refuses both (reading only the scales of a valid matrix).
+//
+// Throws epwa::Error for a w with group scales (quantized or MXFP4) whose
+// cols is not a multiple of 32 or that has no scales.
 void MatMul(const float* x, int64_t M, const WeightView& w, float* y, ThreadPool& pool);
 
 // Quantizes src (F32, F16 or BF16, [rows, cols] with cols % 32 == 0) to
@@ -67,9 +89,19 @@ void MatMul(const float* x, int64_t M, const WeightView& w, float* y, ThreadPool
 void Quantize(const WeightView& src, DType target, void* codes, uint16_t* scales, ThreadPool& pool);
 
 // The flat index (row * cols + col) of the first NaN or infinite element in
-// rows [row_begin, row_end) of a F32, F16 or BF16 matrix; -1 when all are
-// finite (and for formats that cannot hold NaN).
+// rows [row_begin, row_end) of a F32, F16, BF16 or MXFP4 matrix; -1 when all
+// are finite (and for formats that cannot hold NaN). For MXFP4 an element is
+// NaN when its block's E8M0 scale is 255 and infinite when its value reaches
+// 2^128 (scale 253 or 254 with a large code); only rows whose largest scale is
+// 253 or more are read beyond their scales (1/17 of the matrix's bytes).
 int64_t FirstNonFinite(const WeightView& w, int64_t row_begin, int64_t row_end);
+
+// Checks a kMXFP4 matrix before use, for a loader to call once per matrix:
+// throws epwa::Error, naming the row, column and scale, when cols is not a
+// multiple of 32, the blocks or scales are missing, or an element is not
+// finite (see FirstNonFinite), which no valid checkpoint holds. Throws for
+// other dtypes too.
+void ValidateMxfp4(const WeightView& w);
 
 // An upper bound on the scratch memory MatMul keeps between calls (per-thread
 // buffers that grow to the largest call and are never freed) for calls with
@@ -79,7 +111,8 @@ int64_t FirstNonFinite(const WeightView& w, int64_t row_begin, int64_t row_end);
 // row per thread.
 uint64_t MatMulScratchBytes(int64_t max_rows, int64_t max_k, int threads);
 
-// out[c] = w.At(row, c) for c < w.cols, for any dtype (bit-identical to At).
+// out[c] = w.At(row, c) for c < w.cols, for any dtype including kMXFP4
+// (bit-identical to At).
 // Used for embedding lookups and tests.
 void DequantizeRow(const WeightView& w, int64_t row, float* out);
 
@@ -99,8 +132,8 @@ float Dot(const float* a, const float* b, int64_t n);
 void Axpy(float alpha, const float* x, float* y, int64_t n);
 
 // dst[i] = float(src[i]) for n elements of `dtype` at src. Float dtypes only:
-// quantized data needs its scales, so it throws epwa::Error for them (use
-// DequantizeRow).
+// quantized and MXFP4 data need their scales, so it throws epwa::Error for
+// them (use DequantizeRow).
 void ConvertToF32(DType dtype, const void* src, int64_t n, float* dst);
 
 // Machine probes for `epwa bench` and the benchmarks, run on the active path.

@@ -108,12 +108,32 @@ inline int HorizontalSumInt(__m256i v) {
   return _mm_cvtsi128_si32(s);
 }
 
+// The 16-entry float table `table` looked up by the nibbles n (one per int32
+// lane): two 8-entry lookups (vpermps uses the low 3 bits of the index) and a
+// blend on bit 3, moved into the sign bit.
+inline __m256 Lookup16(const float* table, __m256i n) {
+  const __m256 lo = _mm256_permutevar8x32_ps(_mm256_loadu_ps(table), n);
+  const __m256 hi = _mm256_permutevar8x32_ps(_mm256_loadu_ps(table + 8), n);
+  return _mm256_blendv_ps(lo, hi, _mm256_castsi256_ps(_mm256_slli_epi32(n, 28)));
+}
+
 // 8 consecutive weights of row `row` from k (k % 8 == 0) as floats, each the
 // level times the group's scale in one float multiplication, as WeightView::At
-// computes it. For 4-bit codes the 8 are nibbles of 8 bytes of one group.
+// computes it. For kQ4/kNF4 the 8 are nibbles of 8 bytes of one group; for
+// kMXFP4 both nibbles of 4 consecutive bytes.
 template <DType D>
 __m256 DequantLoad(const WeightView& w, int64_t row, int64_t k) {
   const uint8_t* codes = RowAt(w, row);
+  if constexpr (D == DType::kMXFP4) {
+    const __m256 s = _mm256_set1_ps(E8M0ToFloat(E8M0Row(w, row)[k / 32]));
+    int bytes;
+    __builtin_memcpy(&bytes, codes + k / 2, 4);
+    const __m128i c = _mm_cvtsi32_si128(bytes);
+    const __m128i mask = _mm_set1_epi8(0x0f);
+    // Low nibble of byte j, then its high nibble: elements k + 2 j, k + 2 j + 1.
+    const __m128i n = _mm_unpacklo_epi8(_mm_and_si128(c, mask), _mm_and_si128(_mm_srli_epi16(c, 4), mask));
+    return _mm256_mul_ps(Lookup16(kE2M1Values, _mm256_cvtepu8_epi32(n)), s);
+  }
   const __m256 s = _mm256_set1_ps(HalfToFloat(ScaleRow(w, row)[k / 32]));
   if constexpr (D == DType::kQ8) {
     const __m128i c = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(codes + k));
@@ -126,11 +146,7 @@ __m256 DequantLoad(const WeightView& w, int64_t row, int64_t k) {
     if constexpr (D == DType::kQ4) {
       return _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(n, _mm256_set1_epi32(8))), s);
     } else {
-      // Two 8-entry lookups (vpermps uses the low 3 bits of the index) and a
-      // blend on bit 3, moved into the sign bit.
-      const __m256 lo = _mm256_permutevar8x32_ps(_mm256_loadu_ps(kNF4Codebook), n);
-      const __m256 hi = _mm256_permutevar8x32_ps(_mm256_loadu_ps(kNF4Codebook + 8), n);
-      return _mm256_mul_ps(_mm256_blendv_ps(lo, hi, _mm256_castsi256_ps(_mm256_slli_epi32(n, 28))), s);
+      return _mm256_mul_ps(Lookup16(kNF4Codebook, n), s);
     }
   }
 }
@@ -358,18 +374,25 @@ void MatVecRange(const float* x, const float* xd, int64_t K, const WeightView& w
 // int8 per group of 32, as in kernels_avx512.cc, one group per 256-bit
 // register. vpmaddubsw multiplies unsigned by signed bytes and adds pairs
 // with int16 saturation, so: kQ4 multiplies its nibbles (level + 8, at most
-// 15) by the x codes and subtracts 8 * s_w * s_x * sum(q) per group; kQ8 and
-// kNF4 use the sign trick, |w| times x * sign(w), which is exact for levels
-// in [-128, 127] against codes in [-127, 127] (|pair sum| <= 32512). vpmaddwd
-// then adds the pairs into 8 int32 lanes of the group, converted to float
-// and scaled by the group's s_w * s_x.
+// 15) by the x codes and subtracts 8 * s_w * s_x * sum(q) per group, and
+// kMXFP4 likewise its levels (twice the E2M1 values, in [-12, 12]) + 12, at
+// most 24 (|pair sum| <= 6096); kQ8 and kNF4 use the sign trick, |w| times
+// x * sign(w), which is exact for levels in [-128, 127] against codes in
+// [-127, 127] (|pair sum| <= 32512). The offset costs one vector multiply-
+// add per 8 groups, the sign trick two instructions per group (for each row
+// of x and of w), so MXFP4 takes the offset. vpmaddwd then adds the pairs
+// into 8 int32 lanes of the group, converted to float and scaled by the
+// group's s_w * s_x.
 
 // The offset of the unsigned weight operand (see above).
 template <DType D>
-constexpr float kAvx2Offset = D == DType::kQ4 ? 8.f : 0.f;
+constexpr float kAvx2Offset = D == DType::kQ4 ? 8.f : D == DType::kMXFP4 ? 12.f : 0.f;
 
-// Quantizes the M rows of x (codes in natural order) into the calling
-// thread's scratch buffer.
+// Quantizes the M rows of x into the calling thread's scratch buffer. The
+// codes of a group are in natural order, except for kMXFP4, whose weight
+// bytes hold elements 2 j and 2 j + 1 in the low and high nibble of byte j:
+// its codes are stored as [the 16 even elements | the 16 odd ones], the order
+// in which LoadWeightGroup unpacks the nibbles.
 template <DType D>
 QuantizedX QuantizeX(const float* x, int64_t M, int64_t K) {
   QuantizedX q;
@@ -390,10 +413,25 @@ QuantizedX QuantizeX(const float* x, int64_t M, int64_t K) {
       __m256 a[4];
       __m256 amax = _mm256_setzero_ps();
 #pragma GCC unroll 4
-      for (int i = 0; i < 4; ++i) {
-        a[i] = _mm256_loadu_ps(x + m * K + 32 * g + 8 * i);
-        amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, a[i]));
+      for (int i = 0; i < 4; ++i) a[i] = _mm256_loadu_ps(x + m * K + 32 * g + 8 * i);
+      if constexpr (D == DType::kMXFP4) {
+        // The group's scale and code sum do not depend on the order.
+        __m256 evens[2], odds[2];
+        for (int h = 0; h < 2; ++h) {
+          // shuffle_ps works per 128-bit lane; the 64-bit permute restores
+          // the order (as in DeinterleaveX).
+          evens[h] = _mm256_castpd_ps(_mm256_permute4x64_pd(
+              _mm256_castps_pd(_mm256_shuffle_ps(a[2 * h], a[2 * h + 1], _MM_SHUFFLE(2, 0, 2, 0))), 0xd8));
+          odds[h] = _mm256_castpd_ps(_mm256_permute4x64_pd(
+              _mm256_castps_pd(_mm256_shuffle_ps(a[2 * h], a[2 * h + 1], _MM_SHUFFLE(3, 1, 3, 1))), 0xd8));
+        }
+        a[0] = evens[0];
+        a[1] = evens[1];
+        a[2] = odds[0];
+        a[3] = odds[1];
       }
+#pragma GCC unroll 4
+      for (int i = 0; i < 4; ++i) amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, a[i]));
       const float max_abs = HorizontalMax(amax);
       const __m256 inv = _mm256_set1_ps(max_abs > 0.f ? 127.0f / max_abs : 0.f);
       __m256i qv[4];
@@ -408,11 +446,12 @@ QuantizedX QuantizeX(const float* x, int64_t M, int64_t K) {
   return q;
 }
 
-// The 32 weights of the group starting at element k of a row as bytes in
-// natural order: kQ4 nibbles (unsigned), kQ8 codes and kNF4 int8 levels
-// (signed).
+// The 32 weights of the group starting at element k of a row as bytes, in
+// the order of QuantizeX's codes: kQ4 nibbles and kMXFP4 levels + 12
+// (unsigned), kQ8 codes and kNF4 levels (signed); level_table maps nibbles
+// to the kNF4 and kMXFP4 bytes.
 template <DType D>
-__attribute__((always_inline)) inline __m256i LoadWeightGroup(const uint8_t* row, int64_t k, __m256i nf4_table) {
+__attribute__((always_inline)) inline __m256i LoadWeightGroup(const uint8_t* row, int64_t k, __m256i level_table) {
   if constexpr (D == DType::kQ8) {
     return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + k));
   } else {
@@ -420,42 +459,79 @@ __attribute__((always_inline)) inline __m256i LoadWeightGroup(const uint8_t* row
     const __m128i mask = _mm_set1_epi8(0x0f);
     const __m256i nibbles = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(c, 4), mask), _mm_and_si128(c, mask));
     if constexpr (D == DType::kQ4) return nibbles;
-    return _mm256_shuffle_epi8(nf4_table, nibbles);
+    return _mm256_shuffle_epi8(level_table, nibbles);
+  }
+}
+
+// 2^(e - 127) for the 8 E8M0 exponents e (one per int32 lane), exactly as
+// E8M0ToFloat: e << 23 is the float's exponent field, except for e = 0 (the
+// subnormal 2^-127) and e = 255 (NaN).
+inline __m256 E8M0ToFloats(__m256i e) {
+  __m256i bits = _mm256_slli_epi32(e, 23);
+  bits = _mm256_blendv_epi8(bits, _mm256_set1_epi32(static_cast<int>(kE8M0ZeroBits)),
+                            _mm256_cmpeq_epi32(e, _mm256_setzero_si256()));
+  bits = _mm256_blendv_epi8(bits, _mm256_set1_epi32(static_cast<int>(kE8M0NaNBits)),
+                            _mm256_cmpeq_epi32(e, _mm256_set1_epi32(255)));
+  return _mm256_castsi256_ps(bits);
+}
+
+// The scales of groups [g0, g0 + ng) of one row (ng <= 8) as floats; lanes
+// from ng on read zero bytes (0 for fp16, 2^-127 for E8M0: finite either way,
+// and they meet zero x scales).
+template <DType D>
+inline __m256 LoadGroupScales(const void* scale_row, int64_t g0, int64_t ng) {
+  if constexpr (D == DType::kMXFP4) {
+    const uint8_t* p = static_cast<const uint8_t*>(scale_row) + g0;
+    long long e = 0;
+    __builtin_memcpy(&e, p, static_cast<size_t>(ng));
+    return E8M0ToFloats(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(e)));
+  } else {
+    const uint16_t* p = static_cast<const uint16_t*>(scale_row) + g0;
+    __m128i halves;
+    if (ng == 8) {
+      halves = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    } else {
+      uint16_t tmp[8] = {};
+      __builtin_memcpy(tmp, p, static_cast<size_t>(ng) * 2);
+      halves = _mm_loadu_si128(reinterpret_cast<const __m128i*>(tmp));
+    }
+    return _mm256_cvtph_ps(halves);
   }
 }
 
 template <DType D, int M, int R>
-void QuantMatVecRows(const QuantizedX& qx, const WeightView& w, float* y, int64_t n, __m256i nf4_table) {
+void QuantMatVecRows(const QuantizedX& qx, const WeightView& w, float* y, int64_t n, __m256i level_table) {
   const int64_t K = w.cols, N = w.rows, groups = K / 32;
   const uint8_t* rows[R];
-  const uint16_t* scale_rows[R];
+  const void* scale_rows[R];
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) {
     rows[r] = RowAt(w, n + r);
-    scale_rows[r] = ScaleRow(w, n + r);
+    scale_rows[r] = ScaleAddress(w, n + r, 0);
   }
   const int64_t ahead = QuantPrefetchDistance(R * RowBytes(w));
+  // The codes `ahead` bytes on lie `ahead / RowBytes` rows further down, at
+  // the same column; their scales are fetched as far ahead. Without this the
+  // scale loads are demand misses from DRAM: measured on a Zen 4 VM shared
+  // with other jobs (one core, [16384, 4096] from DRAM, AVX-512), Q4 streamed
+  // 6-7 GB/s instead of 21 and MXFP4 13-15 instead of 22.
+  const int64_t scales_ahead = ahead / RowBytes(w) * ScaleRowBytes(w);
   alignas(32) float products[R][M][8];  // s_w * s_x per group of the current 8.
   __m256 acc[R][M];
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 8
     for (int m = 0; m < M; ++m) acc[r][m] = _mm256_setzero_ps();
-  const __m256 level_unit = _mm256_set1_ps(D == DType::kNF4 ? 1.0f / 127.0f : 1.0f);
+  // NF4 levels are codebook * 127 and MXFP4 levels E2M1 * 2; the 1/127 or
+  // 1/2 goes into the weight scale (exactly, for MXFP4).
+  const __m256 level_unit = _mm256_set1_ps(D == DType::kNF4 ? 1.0f / 127.0f : D == DType::kMXFP4 ? 0.5f : 1.0f);
   const __m256i ones = _mm256_set1_epi16(1);
   for (int64_t g0 = 0; g0 < groups; g0 += 8) {
     const int64_t ng = Min(8, groups - g0);
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
-      __m128i halves;
-      if (ng == 8) {
-        halves = _mm_loadu_si128(reinterpret_cast<const __m128i*>(scale_rows[r] + g0));
-      } else {
-        uint16_t tmp[8] = {};
-        __builtin_memcpy(tmp, scale_rows[r] + g0, static_cast<size_t>(ng) * 2);
-        halves = _mm_loadu_si128(reinterpret_cast<const __m128i*>(tmp));
-      }
-      const __m256 ws = _mm256_mul_ps(_mm256_cvtph_ps(halves), level_unit);
+      PrefetchL2(static_cast<const uint8_t*>(scale_rows[r]) + SpanScaleBytes<D>(g0) + scales_ahead);
+      const __m256 ws = _mm256_mul_ps(LoadGroupScales<D>(scale_rows[r], g0, ng), level_unit);
 #pragma GCC unroll 8
       for (int m = 0; m < M; ++m) {
         _mm256_store_ps(products[r][m], _mm256_mul_ps(ws, _mm256_load_ps(qx.Scales(m) + g0)));
@@ -470,7 +546,7 @@ void QuantMatVecRows(const QuantizedX& qx, const WeightView& w, float* y, int64_
 #pragma GCC unroll 8
       for (int r = 0; r < R; ++r) {
         PrefetchL2(rows[r] + SpanBytes(D, k) + ahead);
-        wv[r] = LoadWeightGroup<D>(rows[r], k, nf4_table);
+        wv[r] = LoadWeightGroup<D>(rows[r], k, level_table);
       }
 #pragma GCC unroll 8
       for (int m = 0; m < M; ++m) {
@@ -478,7 +554,7 @@ void QuantMatVecRows(const QuantizedX& qx, const WeightView& w, float* y, int64_
 #pragma GCC unroll 8
         for (int r = 0; r < R; ++r) {
           __m256i pairs;
-          if constexpr (D == DType::kQ4) {
+          if constexpr (kAvx2Offset<D> != 0.f) {
             pairs = _mm256_maddubs_epi16(wv[r], xq);
           } else {
             pairs = _mm256_maddubs_epi16(_mm256_abs_epi8(wv[r]), _mm256_sign_epi8(xq, wv[r]));
@@ -499,26 +575,33 @@ void QuantMatVecRows(const QuantizedX& qx, const WeightView& w, float* y, int64_
 // accumulators, weights and x stay within 16 registers.
 template <DType D, int M>
 void QuantMatVecRange(const QuantizedX& qx, const WeightView& w, float* y, int64_t n0, int64_t n1,
-                      __m256i nf4_table) {
+                      __m256i level_table) {
   constexpr int kRows = M == 1 ? 4 : 2;
   int64_t n = n0;
-  for (; n + kRows <= n1; n += kRows) QuantMatVecRows<D, M, kRows>(qx, w, y, n, nf4_table);
-  for (; n < n1; ++n) QuantMatVecRows<D, M, 1>(qx, w, y, n, nf4_table);
+  for (; n + kRows <= n1; n += kRows) QuantMatVecRows<D, M, kRows>(qx, w, y, n, level_table);
+  for (; n < n1; ++n) QuantMatVecRows<D, M, 1>(qx, w, y, n, level_table);
 }
 
 template <DType D>
 void DecodeQuantized(const float* x, int64_t M, const WeightView& w, float* y, ThreadPool& pool) {
   const QuantizedX qx = QuantizeX<D>(x, M, w.cols);
+  // The int8 levels of kNF4 (signed) or kMXFP4 (+ 12, unsigned), indexed by
+  // nibble.
   int8_t levels[16];
-  NF4Levels(levels);
+  if constexpr (D == DType::kMXFP4) {
+    E2M1Levels(levels);
+    for (int8_t& level : levels) level = static_cast<int8_t>(level + static_cast<int>(kAvx2Offset<D>));
+  } else {
+    NF4Levels(levels);
+  }
   const __m128i table = _mm_loadu_si128(reinterpret_cast<const __m128i*>(levels));
-  const __m256i nf4_table = _mm256_set_m128i(table, table);  // The same lookup in both lanes.
+  const __m256i level_table = _mm256_set_m128i(table, table);  // The same lookup in both lanes.
   ParallelRange(pool, w.rows, 4, [&](int64_t n0, int64_t n1) {
     switch (M) {
-      case 1: return QuantMatVecRange<D, 1>(qx, w, y, n0, n1, nf4_table);
-      case 2: return QuantMatVecRange<D, 2>(qx, w, y, n0, n1, nf4_table);
-      case 3: return QuantMatVecRange<D, 3>(qx, w, y, n0, n1, nf4_table);
-      default: return QuantMatVecRange<D, 4>(qx, w, y, n0, n1, nf4_table);
+      case 1: return QuantMatVecRange<D, 1>(qx, w, y, n0, n1, level_table);
+      case 2: return QuantMatVecRange<D, 2>(qx, w, y, n0, n1, level_table);
+      case 3: return QuantMatVecRange<D, 3>(qx, w, y, n0, n1, level_table);
+      default: return QuantMatVecRange<D, 4>(qx, w, y, n0, n1, level_table);
     }
   });
 }
@@ -546,7 +629,7 @@ static_assert(kMaxDecodeRows == 4, "Decode has one instantiation per row count."
 
 template <DType D>
 void Decode(const float* x, int64_t M, const WeightView& w, float* y, ThreadPool& pool) {
-  if constexpr (IsQuantizedType(D)) {
+  if constexpr (HasScales(D)) {
     DecodeQuantized<D>(x, M, w, y, pool);
   } else {
     DecodeFloat<D>(x, M, w, y, pool);
@@ -601,7 +684,7 @@ __attribute__((always_inline)) inline void PackBlock(const WeightView& w, int64_
   if (nrows == 8 && nk == 8) {
 #pragma GCC unroll 8
     for (int i = 0; i < 8; ++i) {
-      if constexpr (IsQuantizedType(D)) {
+      if constexpr (HasScales(D)) {
         r[i] = DequantLoad<D>(w, row0 + i, k0);
       } else {
         r[i] = Weights<D>::Load(rows + i * stride, k0);
@@ -615,7 +698,7 @@ __attribute__((always_inline)) inline void PackBlock(const WeightView& w, int64_
   for (int i = 0; i < 8; ++i) {
     if (i >= nrows) {
       r[i] = _mm256_setzero_ps();
-    } else if constexpr (IsQuantizedType(D)) {
+    } else if constexpr (HasScales(D)) {
       r[i] = DequantLoad<D>(w, row0 + i, k0);
     } else {
       r[i] = Weights<D>::LoadPartial(rows + i * stride, k0, nk);

@@ -81,11 +81,20 @@ void ConvertTyped(const void* src, int64_t n, float* dst) {
 
 // 16 consecutive weights of row `row` from k (k % 16 == 0) as floats, each
 // the level times the group's scale in one float multiplication, exactly as
-// WeightView::At computes it. The 16 lie in one group of 32: for 4-bit codes
-// they are the low (first half) or high (second half) nibbles of its 16 bytes.
+// WeightView::At computes it. The 16 lie in one group of 32: for kQ4/kNF4
+// they are the low (first half) or high (second half) nibbles of its 16
+// bytes; for kMXFP4 both nibbles of 8 consecutive bytes, interleaved.
 template <DType D>
 __m512 DequantLoad(const WeightView& w, int64_t row, int64_t k) {
   const uint8_t* codes = RowAt(w, row);
+  if constexpr (D == DType::kMXFP4) {
+    const __m512 s = _mm512_set1_ps(E8M0ToFloat(E8M0Row(w, row)[k / 32]));
+    const __m128i c = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(codes + k / 2));
+    const __m128i mask = _mm_set1_epi8(0x0f);
+    // Low nibble of byte j, then its high nibble: elements k + 2 j, k + 2 j + 1.
+    const __m128i n = _mm_unpacklo_epi8(_mm_and_si128(c, mask), _mm_and_si128(_mm_srli_epi16(c, 4), mask));
+    return _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_cvtepu8_epi32(n), _mm512_loadu_ps(kE2M1Values)), s);
+  }
   const __m512 s = _mm512_set1_ps(HalfToFloat(ScaleRow(w, row)[k / 32]));
   if constexpr (D == DType::kQ8) {
     const __m128i c = _mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + k));
@@ -346,7 +355,10 @@ void MatVecRange(const float* x, const float* xd, int64_t K, const WeightView& w
 // yields [low nibbles of group 0 | of group 1 | high nibbles of group 0 | of
 // group 1], so for those formats the codes of a pair are stored as
 // [elements 0..15 of group 0 | 0..15 of group 1 | 16..31 of group 0 | 16..31
-// of group 1].
+// of group 1]. MXFP4 keeps elements 2 j and 2 j + 1 in the low and high
+// nibbles of byte j, so its low nibbles are the even elements: its codes are
+// stored as [even elements of group 0 | of group 1 | odd elements of group 0
+// | of group 1], the weights needing no shuffle at all.
 template <DType D>
 QuantizedX QuantizeX(const float* x, int64_t M, int64_t K) {
   QuantizedX q;
@@ -356,6 +368,8 @@ QuantizedX QuantizeX(const float* x, int64_t M, int64_t K) {
   float* base = internal::ThreadScratch(internal::Scratch::kDecodeX, static_cast<size_t>(M * q.row_floats));  // [M, row_floats]
   q.base = base;
   const __m512 sign = _mm512_set1_ps(-0.f);
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
   const int64_t groups = K / 32;
   for (int64_t m = 0; m < M; ++m) {
     float* row = base + m * q.row_floats;
@@ -364,7 +378,13 @@ QuantizedX QuantizeX(const float* x, int64_t M, int64_t K) {
     float* corrections = scales + q.gpad;
     for (int64_t i = 0; i < q.row_floats; i += 16) _mm512_store_ps(row + i, _mm512_setzero_ps());
     for (int64_t g = 0; g < groups; ++g) {
-      const __m512 a0 = _mm512_loadu_ps(x + m * K + 32 * g), a1 = _mm512_loadu_ps(x + m * K + 32 * g + 16);
+      __m512 a0 = _mm512_loadu_ps(x + m * K + 32 * g), a1 = _mm512_loadu_ps(x + m * K + 32 * g + 16);
+      if constexpr (D == DType::kMXFP4) {
+        // The group's scale and code sum do not depend on the order.
+        const __m512 evens = _mm512_permutex2var_ps(a0, even, a1);
+        a1 = _mm512_permutex2var_ps(a0, odd, a1);
+        a0 = evens;
+      }
       const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_andnot_ps(sign, a0), _mm512_andnot_ps(sign, a1)));
       const __m512 inv = _mm512_set1_ps(amax > 0.f ? 127.0f / amax : 0.f);
       const __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(a0, inv));
@@ -400,10 +420,11 @@ QuantizedX QuantizeX(const float* x, int64_t M, int64_t K) {
 // at element k of a row, in the order described at QuantizedX. With `half`
 // only the first group exists (the last pair of a row with an odd number of
 // groups): masked loads read nothing beyond it, and the missing group's bytes
-// meet zero x codes.
+// meet zero x codes. level_table maps a nibble to level + offset for kNF4 and
+// kMXFP4 (kQ4's nibble is its level + 8 already).
 template <DType D>
 __attribute__((always_inline)) inline __m512i LoadWeightPair(const uint8_t* row, int64_t k, bool half,
-                                                              __m512i nf4_table) {
+                                                              __m512i level_table) {
   if constexpr (D == DType::kQ8) {
     const __m512i v = half ? _mm512_maskz_loadu_epi8(0xffffffffull, row + k) : _mm512_loadu_si512(row + k);
     return _mm512_xor_si512(v, _mm512_set1_epi8(static_cast<char>(0x80)));
@@ -414,22 +435,54 @@ __attribute__((always_inline)) inline __m512i LoadWeightPair(const uint8_t* row,
     const __m512i nibbles = _mm512_and_si512(_mm512_mask_srli_epi16(both, 0xffff0000u, both, 4),
                                              _mm512_set1_epi8(0x0f));
     if constexpr (D == DType::kQ4) return nibbles;
-    return _mm512_shuffle_epi8(nf4_table, nibbles);
+    return _mm512_shuffle_epi8(level_table, nibbles);
+  }
+}
+
+// 2^(e - 127) for the 16 E8M0 exponents e (one per int32 lane), exactly as
+// E8M0ToFloat: e << 23 is the float's exponent field, except for e = 0 (the
+// subnormal 2^-127) and e = 255 (NaN).
+__attribute__((always_inline)) inline __m512 E8M0ToFloats(__m512i e) {
+  __m512i bits = _mm512_slli_epi32(e, 23);
+  bits = _mm512_mask_mov_epi32(bits, _mm512_cmpeq_epi32_mask(e, _mm512_setzero_si512()),
+                               _mm512_set1_epi32(static_cast<int>(kE8M0ZeroBits)));
+  bits = _mm512_mask_mov_epi32(bits, _mm512_cmpeq_epi32_mask(e, _mm512_set1_epi32(255)),
+                               _mm512_set1_epi32(static_cast<int>(kE8M0NaNBits)));
+  return _mm512_castsi512_ps(bits);
+}
+
+// The scales of groups [g0, g0 + 16) of one row as floats, with the lanes
+// outside group_mask zero (fp16 scales) or finite (E8M0, whose zero byte is
+// 2^-127): those lanes always meet zero x scales and corrections.
+template <DType D>
+__attribute__((always_inline)) inline __m512 LoadGroupScales(const void* scale_row, int64_t g0,
+                                                              __mmask16 group_mask) {
+  if constexpr (D == DType::kMXFP4) {
+    const __m128i e = _mm_maskz_loadu_epi8(group_mask, static_cast<const uint8_t*>(scale_row) + g0);
+    return E8M0ToFloats(_mm512_cvtepu8_epi32(e));
+  } else {
+    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(group_mask, static_cast<const uint16_t*>(scale_row) + g0));
   }
 }
 
 // y[m, n + r] for r < R, m < M.
 template <DType D, int M, int R>
-void QuantMatVecRows(const QuantizedX& qx, const WeightView& w, float* y, int64_t n, __m512i nf4_table) {
+void QuantMatVecRows(const QuantizedX& qx, const WeightView& w, float* y, int64_t n, __m512i level_table) {
   const int64_t K = w.cols, N = w.rows, groups = K / 32;
   const uint8_t* rows[R];
-  const uint16_t* scale_rows[R];
+  const void* scale_rows[R];
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) {
     rows[r] = RowAt(w, n + r);
-    scale_rows[r] = ScaleRow(w, n + r);
+    scale_rows[r] = ScaleAddress(w, n + r, 0);
   }
   const int64_t ahead = QuantPrefetchDistance(R * RowBytes(w));
+  // The codes `ahead` bytes on lie `ahead / RowBytes` rows further down, at
+  // the same column; their scales are fetched as far ahead. Without this the
+  // scale loads are demand misses from DRAM: measured on a Zen 4 VM shared
+  // with other jobs (one core, [16384, 4096] from DRAM, AVX-512), Q4 streamed
+  // 6-7 GB/s instead of 21 and MXFP4 13-15 instead of 22.
+  const int64_t scales_ahead = ahead / RowBytes(w) * ScaleRowBytes(w);
   // s_w * s_x per group of the current 16, padded so that the 16-float load
   // at any even offset below 16 stays inside. That load starts at p floats
   // (8-byte steps), so it must be the unaligned form: an aligned load there
@@ -448,15 +501,17 @@ void QuantMatVecRows(const QuantizedX& qx, const WeightView& w, float* y, int64_
   const __m512i lane_group = D == DType::kQ8
       ? _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1)
       : _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1);
-  // NF4 levels are codebook * 127; the 1/127 goes into the weight scale.
-  const __m512 level_unit = _mm512_set1_ps(D == DType::kNF4 ? 1.0f / 127.0f : 1.0f);
+  // NF4 levels are codebook * 127 and MXFP4 levels E2M1 * 2; the 1/127 or
+  // 1/2 goes into the weight scale (exactly, for MXFP4).
+  const __m512 level_unit =
+      _mm512_set1_ps(D == DType::kNF4 ? 1.0f / 127.0f : D == DType::kMXFP4 ? 0.5f : 1.0f);
   for (int64_t g0 = 0; g0 < groups; g0 += 16) {
     const int64_t ng = Min(16, groups - g0);
     const __mmask16 group_mask = FirstLanes(ng);
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
-      const __m512 ws = _mm512_mul_ps(
-          _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(group_mask, scale_rows[r] + g0)), level_unit);
+      PrefetchL2(static_cast<const uint8_t*>(scale_rows[r]) + SpanScaleBytes<D>(g0) + scales_ahead);
+      const __m512 ws = _mm512_mul_ps(LoadGroupScales<D>(scale_rows[r], g0, group_mask), level_unit);
 #pragma GCC unroll 8
       for (int m = 0; m < M; ++m) {
         _mm512_store_ps(products[r][m], _mm512_mul_ps(ws, _mm512_load_ps(qx.Scales(m) + g0)));
@@ -470,7 +525,7 @@ void QuantMatVecRows(const QuantizedX& qx, const WeightView& w, float* y, int64_
 #pragma GCC unroll 8
       for (int r = 0; r < R; ++r) {
         PrefetchL2(rows[r] + SpanBytes(D, k) + ahead);
-        wu[r] = LoadWeightPair<D>(rows[r], k, half, nf4_table);
+        wu[r] = LoadWeightPair<D>(rows[r], k, half, level_table);
       }
 #pragma GCC unroll 8
       for (int m = 0; m < M; ++m) {
@@ -494,25 +549,25 @@ void QuantMatVecRows(const QuantizedX& qx, const WeightView& w, float* y, int64_
 // beyond that two rows keep the accumulators within the 32 registers.
 template <DType D, int M>
 void QuantMatVecRange(const QuantizedX& qx, const WeightView& w, float* y, int64_t n0, int64_t n1,
-                      __m512i nf4_table) {
+                      __m512i level_table) {
   constexpr int kRows = M <= 4 ? 4 : 2;
   int64_t n = n0;
-  for (; n + kRows <= n1; n += kRows) QuantMatVecRows<D, M, kRows>(qx, w, y, n, nf4_table);
-  for (; n < n1; ++n) QuantMatVecRows<D, M, 1>(qx, w, y, n, nf4_table);
+  for (; n + kRows <= n1; n += kRows) QuantMatVecRows<D, M, kRows>(qx, w, y, n, level_table);
+  for (; n < n1; ++n) QuantMatVecRows<D, M, 1>(qx, w, y, n, level_table);
 }
 
 template <DType D>
 void QuantMatVecRangeFor(int64_t M, const QuantizedX& qx, const WeightView& w, float* y, int64_t n0,
-                         int64_t n1, __m512i nf4_table) {
+                         int64_t n1, __m512i level_table) {
   switch (M) {
-    case 1: return QuantMatVecRange<D, 1>(qx, w, y, n0, n1, nf4_table);
-    case 2: return QuantMatVecRange<D, 2>(qx, w, y, n0, n1, nf4_table);
-    case 3: return QuantMatVecRange<D, 3>(qx, w, y, n0, n1, nf4_table);
-    case 4: return QuantMatVecRange<D, 4>(qx, w, y, n0, n1, nf4_table);
-    case 5: return QuantMatVecRange<D, 5>(qx, w, y, n0, n1, nf4_table);
-    case 6: return QuantMatVecRange<D, 6>(qx, w, y, n0, n1, nf4_table);
-    case 7: return QuantMatVecRange<D, 7>(qx, w, y, n0, n1, nf4_table);
-    default: return QuantMatVecRange<D, 8>(qx, w, y, n0, n1, nf4_table);
+    case 1: return QuantMatVecRange<D, 1>(qx, w, y, n0, n1, level_table);
+    case 2: return QuantMatVecRange<D, 2>(qx, w, y, n0, n1, level_table);
+    case 3: return QuantMatVecRange<D, 3>(qx, w, y, n0, n1, level_table);
+    case 4: return QuantMatVecRange<D, 4>(qx, w, y, n0, n1, level_table);
+    case 5: return QuantMatVecRange<D, 5>(qx, w, y, n0, n1, level_table);
+    case 6: return QuantMatVecRange<D, 6>(qx, w, y, n0, n1, level_table);
+    case 7: return QuantMatVecRange<D, 7>(qx, w, y, n0, n1, level_table);
+    default: return QuantMatVecRange<D, 8>(qx, w, y, n0, n1, level_table);
   }
 }
 
@@ -526,15 +581,19 @@ void DecodeQuantized(const float* x, int64_t M, const WeightView& w, float* y, T
   // Without VNNI the AVX2 kernels (vpmaddubsw) are the faster integer path.
   if (!internal::HasAvx512Vnni()) return internal::kAvx2Kernels.mat_mul(x, M, w, y, pool);
   const QuantizedX qx = QuantizeX<D>(x, M, w.cols);
-  // NF4 levels + 128 as unsigned bytes, repeated in each 128-bit lane for
-  // vpshufb.
+  // The levels + kLevelOffset<D> as unsigned bytes (NF4: + 128, MXFP4: +
+  // 12), indexed by nibble and repeated in each 128-bit lane for vpshufb.
   int8_t levels[16];
-  NF4Levels(levels);
-  const __m512i nf4_table = _mm512_add_epi8(
+  if constexpr (D == DType::kMXFP4) {
+    E2M1Levels(levels);
+  } else {
+    NF4Levels(levels);
+  }
+  const __m512i level_table = _mm512_add_epi8(
       _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(levels))),
-      _mm512_set1_epi8(static_cast<char>(0x80)));
+      _mm512_set1_epi8(static_cast<char>(static_cast<int>(kLevelOffset<D>))));
   ParallelRange(pool, w.rows, 4, [&](int64_t n0, int64_t n1) {
-    QuantMatVecRangeFor<D>(M, qx, w, y, n0, n1, nf4_table);
+    QuantMatVecRangeFor<D>(M, qx, w, y, n0, n1, level_table);
   });
 }
 
@@ -565,7 +624,7 @@ static_assert(kMaxDecodeRows == 8, "Decode has one instantiation per row count."
 
 template <DType D>
 void Decode(const float* x, int64_t M, const WeightView& w, float* y, ThreadPool& pool) {
-  if constexpr (IsQuantizedType(D)) {
+  if constexpr (HasScales(D)) {
     DecodeQuantized<D>(x, M, w, y, pool);
   } else {
     DecodeFloat<D>(x, M, w, y, pool);
@@ -639,7 +698,7 @@ __attribute__((always_inline)) inline void PackBlock(const WeightView& w, int64_
   if (nrows == 16 && nk == 16) {
 #pragma GCC unroll 16
     for (int i = 0; i < 16; ++i) {
-      if constexpr (IsQuantizedType(D)) {
+      if constexpr (HasScales(D)) {
         r[i] = DequantLoad<D>(w, row0 + i, k0);
       } else {
         r[i] = Weights<D>::Load(rows + i * stride, k0);
@@ -654,7 +713,7 @@ __attribute__((always_inline)) inline void PackBlock(const WeightView& w, int64_
   for (int i = 0; i < 16; ++i) {
     if (i >= nrows) {
       r[i] = _mm512_setzero_ps();
-    } else if constexpr (IsQuantizedType(D)) {
+    } else if constexpr (HasScales(D)) {
       r[i] = DequantLoad<D>(w, row0 + i, k0);
     } else {
       r[i] = Weights<D>::LoadMasked(rows + i * stride, k0, mask);

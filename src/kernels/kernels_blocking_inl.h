@@ -21,8 +21,8 @@
 //   PackBlock<D>(w, row0, nrows, k0, nk, out), which sets
 //                   out[j * kNr + i] = w.At(row0 + i, k0 + j) for i < kLanes,
 //                   j < nk, where rows at or beyond nrows read as zero (for
-//                   quantized D, k0 is a multiple of kLanes and nk == kLanes,
-//                   since K and kKb are multiples of 32);
+//                   D with group scales, k0 is a multiple of kLanes and nk ==
+//                   kLanes, since K and kKb are multiples of 32);
 //   StoreZeros(out), which stores kLanes zeros at the vector-aligned out;
 //   RunMicroKernel(mr, xp, bp, kb, y, ldy, cols, accumulate), which sets
 //                   (or, if accumulate, adds to) y[0:mr, 0:cols] the product
@@ -30,13 +30,14 @@
 //   Decode<D>(x, M, w, y, pool), the MatMul kernel for M <= kMaxDecodeRows;
 //   ConvertTyped<D>(src, n, dst), which converts n weights to floats (float
 //                   dtypes only);
-//   DequantizeRowTyped<D>(w, row, out), out[c] = w.At(row, c) (quantized D);
+//   DequantizeRowTyped<D>(w, row, out), out[c] = w.At(row, c) (D with group
+//                   scales: the quantized types and kMXFP4);
 //   QuantizeRowsFrom<S>(src, target, row_begin, row_end, codes, scales), the
 //                   quantizer for float source dtype S.
 //
-// Quantized weights go through the same blocked product: packing a panel
-// dequantizes it to float (PackBlock), once per panel as for BF16, so prefill
-// runs at nearly the float path's speed whatever the storage format.
+// Quantized and MXFP4 weights go through the same blocked product: packing a
+// panel dequantizes it to float (PackBlock), once per panel as for BF16, so
+// prefill runs at nearly the float path's speed whatever the storage format.
 //
 // Prefill is a blocked matrix product. y = x * W^T is computed as C = A * B
 // with A = x [M, K] and B = W^T [K, N]. A panel of W (kNb output columns by
@@ -63,8 +64,8 @@ class PanelPrefetcher {
  public:
   PanelPrefetcher(const WeightView& w, const Panel& panel)
       : w_(w), panel_(panel), bytes_(SpanBytes(w.dtype, panel.kb)) {
-    // Quantized rows have one more line to fetch: the row's group scales.
-    lines_per_row_ = (bytes_ + 63) / 64 + 1 + (IsQuantizedType(w.dtype) ? 1 : 0);
+    // Rows with group scales have one more line to fetch: the row's scales.
+    lines_per_row_ = (bytes_ + 63) / 64 + 1 + (HasScales(w.dtype) ? 1 : 0);
   }
   int64_t TotalLines() const { return panel_.ncols * lines_per_row_; }
   // Issues the next `count` prefetches of the panel, row by row.
@@ -73,11 +74,11 @@ class PanelPrefetcher {
       const int64_t n = panel_.n0 + row_;
       const char* p = reinterpret_cast<const char*>(RowAt(w_, n)) + SpanBytes(w_.dtype, panel_.k0);
       // The last "line" is the row's final byte, which may sit on one more
-      // cache line when the row segment is not line aligned; for quantized
-      // weights the one before it holds the segment's scales.
-      const int64_t code_lines = lines_per_row_ - (IsQuantizedType(w_.dtype) ? 1 : 0);
+      // cache line when the row segment is not line aligned; for weights
+      // with group scales the one before it holds the segment's scales.
+      const int64_t code_lines = lines_per_row_ - (HasScales(w_.dtype) ? 1 : 0);
       if (line_ >= code_lines) {
-        PrefetchL2(ScaleRow(w_, n) + panel_.k0 / 32);
+        PrefetchL2(ScaleAddress(w_, n, panel_.k0 / 32));
       } else {
         PrefetchL2(line_ + 1 < code_lines ? p + Min(line_ * 64, bytes_ - 1) : p + bytes_ - 1);
       }
@@ -206,6 +207,7 @@ void MatMul(const float* x, int64_t M, const WeightView& w, float* y, ThreadPool
     case DType::kQ8: return MatMulTyped<DType::kQ8>(x, M, w, y, pool);
     case DType::kQ4: return MatMulTyped<DType::kQ4>(x, M, w, y, pool);
     case DType::kNF4: return MatMulTyped<DType::kNF4>(x, M, w, y, pool);
+    case DType::kMXFP4: return MatMulTyped<DType::kMXFP4>(x, M, w, y, pool);
   }
 }
 
@@ -214,11 +216,12 @@ void ConvertToF32(DType dtype, const void* src, int64_t n, float* dst) {
     case DType::kF32: return ConvertTyped<DType::kF32>(src, n, dst);
     case DType::kF16: return ConvertTyped<DType::kF16>(src, n, dst);
     case DType::kBF16: return ConvertTyped<DType::kBF16>(src, n, dst);
-    // kernels.cc rejects quantized data before it gets here: without its
-    // scales it has no float values.
+    // kernels.cc rejects data with group scales before it gets here: without
+    // its scales it has no float values.
     case DType::kQ8:
     case DType::kQ4:
-    case DType::kNF4: return;
+    case DType::kNF4:
+    case DType::kMXFP4: return;
   }
 }
 
@@ -227,6 +230,7 @@ void DequantizeRow(const WeightView& w, int64_t row, float* out) {
     case DType::kQ8: return DequantizeRowTyped<DType::kQ8>(w, row, out);
     case DType::kQ4: return DequantizeRowTyped<DType::kQ4>(w, row, out);
     case DType::kNF4: return DequantizeRowTyped<DType::kNF4>(w, row, out);
+    case DType::kMXFP4: return DequantizeRowTyped<DType::kMXFP4>(w, row, out);
     // kernels.cc converts float rows with ConvertToF32.
     case DType::kF32:
     case DType::kF16:
@@ -243,6 +247,7 @@ void QuantizeRows(const WeightView& src, DType target, int64_t row_begin, int64_
     // kernels.cc only passes float sources.
     case DType::kQ8:
     case DType::kQ4:
-    case DType::kNF4: return;
+    case DType::kNF4:
+    case DType::kMXFP4: return;
   }
 }

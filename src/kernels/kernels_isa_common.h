@@ -38,13 +38,13 @@
 namespace epwa::kernels {
 namespace {
 
-// Local stand-ins for std::min, std::clamp, DTypeSize and WeightView::Row,
-// so that the instruction-set files emit no shared inline code.
+// Local stand-ins for std::min, std::clamp, DTypeSize, WeightView::Row and
+// E8M0ToF32, so that the instruction-set files emit no shared inline code.
 constexpr int64_t Min(int64_t a, int64_t b) { return a < b ? a : b; }
 constexpr int64_t Max(int64_t a, int64_t b) { return a > b ? a : b; }
 constexpr int64_t Clamp(int64_t v, int64_t lo, int64_t hi) { return v < lo ? lo : v > hi ? hi : v; }
-// Bytes of n consecutive elements of a row (for kQ4/kNF4 n is even; for
-// quantized types the codes only).
+// Bytes of n consecutive elements of a row (for the 4-bit types n is even;
+// for types with group scales the codes only).
 inline int64_t SpanBytes(DType dtype, int64_t n) {
   switch (dtype) {
     case DType::kF32: return 4 * n;
@@ -52,17 +52,43 @@ inline int64_t SpanBytes(DType dtype, int64_t n) {
     case DType::kBF16: return 2 * n;
     case DType::kQ8: return n;
     case DType::kQ4:
-    case DType::kNF4: return n / 2;
+    case DType::kNF4:
+    case DType::kMXFP4: return n / 2;
   }
   return 0;
 }
 inline int64_t RowBytes(const WeightView& w) { return SpanBytes(w.dtype, w.cols); }
-constexpr bool IsQuantizedType(DType d) { return d == DType::kQ8 || d == DType::kQ4 || d == DType::kNF4; }
-// The fp16 scale of the group holding element (r, k) of a quantized w, and the
-// scales of row r.
-inline const uint16_t* ScaleRow(const WeightView& w, int64_t r) { return w.scales + r * (w.cols / 32); }
+// Types stored as codes plus one scale per group of 32 (tensor/dtype.h's
+// HasGroupScales): the load-time quantized types with fp16 scales and kMXFP4
+// with E8M0 scales. They share the integer decode and dequantizing prefill.
+constexpr bool HasScales(DType d) {
+  return d == DType::kQ8 || d == DType::kQ4 || d == DType::kNF4 || d == DType::kMXFP4;
+}
+// The group scales of row r of w: fp16 bits for the load-time quantized
+// types, E8M0 bytes for kMXFP4; ScaleAddress is the scale of group g of row r
+// in either format (for prefetching).
+inline const uint16_t* ScaleRow(const WeightView& w, int64_t r) {
+  return static_cast<const uint16_t*>(w.scales) + r * (w.cols / 32);
+}
+inline const uint8_t* E8M0Row(const WeightView& w, int64_t r) {
+  return static_cast<const uint8_t*>(w.scales) + r * (w.cols / 32);
+}
+inline const void* ScaleAddress(const WeightView& w, int64_t r, int64_t g) {
+  if (w.dtype == DType::kMXFP4) return E8M0Row(w, r) + g;
+  return ScaleRow(w, r) + g;
+}
 inline const uint8_t* RowAt(const WeightView& w, int64_t r) {
   return static_cast<const uint8_t*>(w.data) + r * RowBytes(w);
+}
+// The float bit pattern of an E8M0 scale 2^(e - 127): exactly E8M0ToF32
+// (tensor/dtype.h), also in the vector versions of the instruction-set files.
+constexpr uint32_t kE8M0ZeroBits = 0x00400000u;  // 2^-127, a float subnormal.
+constexpr uint32_t kE8M0NaNBits = 0x7fc00000u;   // E8M0 255 is NaN (OCP MX v1.0).
+inline float E8M0ToFloat(uint8_t e) {
+  const uint32_t bits = e == 0 ? kE8M0ZeroBits : e == 255 ? kE8M0NaNBits : static_cast<uint32_t>(e) << 23;
+  float f;
+  __builtin_memcpy(&f, &bits, 4);
+  return f;
 }
 inline float Sqrt(float v) { return _mm_cvtss_f32(_mm_sqrt_ss(_mm_set_ss(v))); }
 
@@ -92,9 +118,11 @@ inline void NF4Midpoints(float out[16]) {
 // codes. The AVX-512 kernel (vpdpbusd: unsigned x signed bytes) sees each
 // weight as the unsigned byte level + offset and subtracts offset * (sum of
 // the group's x codes) afterwards: offset 128 for kQ8 (code ^ 0x80) and kNF4,
-// 8 for kQ4 (the nibble itself, level + 8).
+// 8 for kQ4 (the nibble itself, level + 8), 12 for kMXFP4 (the smallest that
+// makes its levels in [-12, 12] unsigned: a smaller offset leaves less to
+// cancel in float when the correction is subtracted).
 template <DType D>
-constexpr float kLevelOffset = D == DType::kQ4 ? 8.f : 128.f;
+constexpr float kLevelOffset = D == DType::kQ4 ? 8.f : D == DType::kMXFP4 ? 12.f : 128.f;
 
 // The int8 levels the integer decode kernels use for NF4: codebook * 127,
 // rounded to nearest. The rounding moves a weight by at most |scale| / 254,
@@ -103,6 +131,13 @@ inline void NF4Levels(int8_t out[16]) {
   for (int i = 0; i < 16; ++i) {
     out[i] = static_cast<int8_t>(_mm_cvtss_si32(_mm_set_ss(kNF4Codebook[i] * 127.f)));
   }
+}
+
+// The int8 levels the integer decode kernels use for MXFP4: twice the E2M1
+// values, so integers in [-12, 12] and exact; the factor 1/2 goes into the
+// block scale (2^(e - 127) / 2, still exact as a float). Indexed by nibble.
+inline void E2M1Levels(int8_t out[16]) {
+  for (int i = 0; i < 16; ++i) out[i] = static_cast<int8_t>(kE2M1Values[i] * 2.f);
 }
 
 // The quantized rows of x in scratch memory. Row m holds `codes` (int8,
@@ -137,6 +172,13 @@ inline int64_t QuantPrefetchDistance(int64_t block_bytes) {
   constexpr int64_t kMin = 4096;
   return (kMin + block_bytes - 1) / block_bytes * block_bytes;
 }
+
+// Bytes of group scales in one row of w (fp16 or E8M0).
+inline int64_t ScaleRowBytes(const WeightView& w) { return (w.cols / 32) * (w.dtype == DType::kMXFP4 ? 1 : 2); }
+
+// Bytes of the scales of g groups of D (fp16 or E8M0).
+template <DType D>
+constexpr int64_t SpanScaleBytes(int64_t g) { return g * (D == DType::kMXFP4 ? 1 : 2); }
 
 // pool.ParallelFor over a lambda, without instantiating std::function here.
 template <typename F>

@@ -44,10 +44,11 @@ TestWeights MakeWeights(DType dtype, int64_t rows, int64_t cols, uint32_t seed) 
       case DType::kF32: std::memcpy(base + 4 * i, &v, 4); break;
       case DType::kF16: { const uint16_t h = F32ToF16(v); std::memcpy(base + 2 * i, &h, 2); break; }
       case DType::kBF16: { const uint16_t h = F32ToBF16(v); std::memcpy(base + 2 * i, &h, 2); break; }
-      // Quantized weights are tested in quant_test.cc.
+      // Quantized weights are tested in quant_test.cc, MXFP4 in mxfp4_test.cc.
       case DType::kQ8:
       case DType::kQ4:
-      case DType::kNF4: break;
+      case DType::kNF4:
+      case DType::kMXFP4: break;
     }
   }
   t.view = WeightView{dtype, base, rows, cols};

@@ -288,7 +288,7 @@ void ExpectQuantMatMulClose(const float* x, int64_t M, const WeightView& w, cons
           xsum += std::fabs(xm[k]);
         }
         activation += xmax / 127.0 / 2.0 * wsum;
-        if (w.dtype == DType::kNF4) levels += std::fabs(F16ToF32(w.scales[n * G + g])) / 254.0 * xsum;
+        if (w.dtype == DType::kNF4) levels += std::fabs(F16ToF32(w.F16Scales()[n * G + g])) / 254.0 * xsum;
       }
       double tolerance = 1e-5 * magnitude + 1e-30;
       if (!exact_weights) tolerance += 1.001 * activation + 1.001 * levels;

@@ -150,7 +150,7 @@ std::vector<MatrixSlot> ListMatrices(const ModelConfig& c, ModelWeights& w) {
 }
 
 uint64_t StoredBytes(DType dtype, int64_t rows, int64_t cols) {
-  if (!IsQuantized(dtype)) return RoundUp64(static_cast<uint64_t>(rows * cols) * DTypeSize(dtype));
+  if (!HasGroupScales(dtype)) return RoundUp64(static_cast<uint64_t>(rows * cols) * DTypeSize(dtype));
   const WeightView v{dtype, nullptr, rows, cols};
   return RoundUp64(v.Bytes()) + RoundUp64(v.ScaleBytes());
 }

@@ -288,7 +288,8 @@ std::vector<TensorSpec> TensorSpecs(const ModelConfig& c, DType dtype, uint64_t 
           // load time, so synth never writes them.
           case DType::kQ8:
           case DType::kQ4:
-          case DType::kNF4: break;
+          case DType::kNF4:
+          case DType::kMXFP4: break;
         }
       }
     };

@@ -4,6 +4,9 @@
 // the kernel tables, not a change to the model code. The quantized types
 // (kQ8, kQ4, kNF4) are made at load time by kernels::Quantize from F32/F16/BF16
 // weights; they never appear in a checkpoint, so ParseDType rejects them.
+// kMXFP4 does come from checkpoints (gpt-oss experts), but as a pair of U8
+// tensors (blocks and scales) that the model code pairs up into one view, so
+// ParseDType rejects its name too.
 #pragma once
 
 #include <cstdint>
@@ -13,7 +16,8 @@
 
 namespace epwa {
 
-enum class DType : uint8_t { kF32, kF16, kBF16, kQ8, kQ4, kNF4 };
+// New types go at the end: benchmarks and caches keep the numeric values.
+enum class DType : uint8_t { kF32, kF16, kBF16, kQ8, kQ4, kNF4, kMXFP4 };
 
 // ---------------------------------------------------------------------------
 // Group-wise quantized weights: byte layout and rounding rules.
@@ -85,11 +89,84 @@ inline constexpr float kNF4Codebook[16] = {
     1.0f,
 };
 
+// ---------------------------------------------------------------------------
+// MXFP4: the OCP Microscaling format (MX v1.0) that gpt-oss checkpoints store
+// their expert weights in, used in place from the mapped file.
+//
+// An MXFP4 [rows, cols] matrix needs cols % 32 == 0. Each row is cut into
+// blocks of 32 consecutive elements with one shared scale. Two arrays:
+//
+//   codes   uint8 [rows, cols / 32, 16] (the checkpoint's `*_blocks` for one
+//           expert), 16 bytes per block, no padding: byte j (0 <= j < 16) of
+//           block g holds element 32 g + 2 j in its LOW nibble and element
+//           32 g + 2 j + 1 in its high nibble. This differs from kQ4/kNF4,
+//           whose byte j holds elements j and j + 16.
+//   scales  uint8 [rows, cols / 32] (the checkpoint's `*_scales`), E8M0: a
+//           biased exponent e, the block's scale being 2^(e - 127).
+//
+// A nibble n is an FP4 E2M1 number: bit 3 is the sign, bits 0-2 index the
+// magnitudes {0, 0.5, 1, 1.5, 2, 3, 4, 6} (kE2M1Values). The element's value
+// is kE2M1Values[n] * E8M0ToF32(e), one float multiplication, which is exact:
+// the scale is a power of two (2^-127 for e = 0 is a float subnormal, still
+// exact) and the products need at most 2 significant bits, down to 2^-128.
+// The one exception is overflow: 2^128 and above (e = 253 or 254 with the
+// larger magnitudes) is beyond float and becomes +-infinity, as in any float
+// conversion. E8M0 has no zero and no infinity; e = 255 is NaN in the OCP
+// specification, and E8M0ToF32 returns NaN for it, so such a block decodes to
+// NaN on every path. kernels::FirstNonFinite finds both cases, so that a
+// loader can refuse such a matrix once (see kernels.h): a checkpoint holding
+// either is damaged, since its weights would be infinite or NaN in any
+// framework (transformers decodes e = 255 to +-inf or NaN).
+//
+// Checked against Hugging Face transformers' integrations/mxfp4.py
+// (convert_moe_packed_tensors: lut[blk & 0x0F] to the even columns, lut[blk >>
+// 4] to the odd ones, then ldexp by scales - 127).
+inline constexpr float kE2M1Values[16] = {
+    0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f, -0.0f, -0.5f, -1.0f, -1.5f, -2.0f, -3.0f, -4.0f, -6.0f,
+};
+
+// 2^(e - 127) as a float, exactly: e = 0 is the subnormal 2^-127 (the plain
+// shift e << 23 would give zero), and e = 255 (NaN in the OCP specification)
+// gives a quiet NaN.
+inline float E8M0ToF32(uint8_t e) {
+  const uint32_t bits = e == 0 ? 0x00400000u : e == 255 ? 0x7fc00000u : static_cast<uint32_t>(e) << 23;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+// The load-time quantized types that kernels::Quantize makes (fp16 scales).
+// kMXFP4 also has codes and group scales, but comes from a checkpoint and
+// cannot be a Quantize target; HasGroupScales covers both.
 inline bool IsQuantized(DType t) { return t == DType::kQ8 || t == DType::kQ4 || t == DType::kNF4; }
 
+// How a type's per-group scales are stored: none (float types), IEEE fp16 bit
+// patterns (the load-time quantized types) or E8M0 exponent bytes (kMXFP4).
+enum class ScaleFormat : uint8_t { kNone, kF16, kE8M0 };
+
+inline ScaleFormat ScaleFormatOf(DType t) {
+  if (IsQuantized(t)) return ScaleFormat::kF16;
+  if (t == DType::kMXFP4) return ScaleFormat::kE8M0;
+  return ScaleFormat::kNone;
+}
+
+// Whether t is stored as codes plus one scale per group of kQuantGroup
+// elements (so needs cols % 32 == 0 and WeightView::scales).
+inline bool HasGroupScales(DType t) { return ScaleFormatOf(t) != ScaleFormat::kNone; }
+
+// Bytes of one group's scale: 2 for fp16 scales, 1 for E8M0, 0 without.
+inline size_t ScaleBytesPerGroup(DType t) {
+  switch (ScaleFormatOf(t)) {
+    case ScaleFormat::kF16: return 2;
+    case ScaleFormat::kE8M0: return 1;
+    case ScaleFormat::kNone: break;
+  }
+  return 0;
+}
+
 // Bytes per element of the float types. Quantized types have no whole-byte
-// element size: kQ8 gives 1 (its codes), kQ4 and kNF4 give 0; size them with
-// WeightView::RowBytes/ScaleBytes or QuantizedBytes instead.
+// element size: kQ8 gives 1 (its codes), kQ4, kNF4 and kMXFP4 give 0; size
+// them with WeightView::RowBytes/ScaleBytes or QuantizedBytes instead.
 inline size_t DTypeSize(DType t) {
   switch (t) {
     case DType::kF32: return 4;
@@ -97,7 +174,8 @@ inline size_t DTypeSize(DType t) {
     case DType::kBF16: return 2;
     case DType::kQ8: return 1;
     case DType::kQ4:
-    case DType::kNF4: return 0;
+    case DType::kNF4:
+    case DType::kMXFP4: return 0;
   }
   return 0;
 }
@@ -111,6 +189,7 @@ inline const char* DTypeName(DType t) {
     case DType::kQ8: return "Q8";
     case DType::kQ4: return "Q4";
     case DType::kNF4: return "NF4";
+    case DType::kMXFP4: return "MXFP4";
   }
   return "?";
 }
@@ -121,7 +200,8 @@ inline uint64_t CodeRowBytes(DType t, int64_t cols) {
   switch (t) {
     case DType::kQ8: return n;
     case DType::kQ4:
-    case DType::kNF4: return n / 2;
+    case DType::kNF4:
+    case DType::kMXFP4: return n / 2;
     case DType::kF32:
     case DType::kF16:
     case DType::kBF16: break;
@@ -129,16 +209,18 @@ inline uint64_t CodeRowBytes(DType t, int64_t cols) {
   return n * DTypeSize(t);
 }
 
-// Storage of a [rows, cols] matrix: for quantized types codes plus fp16
-// scales (cols must be a multiple of kQuantGroup), else rows * cols elements.
+// Storage of a [rows, cols] matrix: for types with group scales codes plus
+// scales (fp16 or E8M0; cols must be a multiple of kQuantGroup), else rows *
+// cols elements.
 inline uint64_t QuantizedBytes(DType t, int64_t rows, int64_t cols) {
   const uint64_t codes = CodeRowBytes(t, cols) * static_cast<uint64_t>(rows);
-  if (!IsQuantized(t)) return codes;
-  return codes + static_cast<uint64_t>(rows) * static_cast<uint64_t>(cols / kQuantGroup) * 2;
+  if (!HasGroupScales(t)) return codes;
+  return codes + static_cast<uint64_t>(rows) * static_cast<uint64_t>(cols / kQuantGroup) * ScaleBytesPerGroup(t);
 }
 
 // Checkpoint dtypes only: returns false for dtypes epwa cannot compute with
-// (I8, F64, ...) and for the load-time quantized types.
+// (I8, F64, ...), for the load-time quantized types and for MXFP4 (stored as
+// U8 blocks and scales).
 inline bool ParseDType(std::string_view name, DType* out) {
   if (name == "F32") { *out = DType::kF32; return true; }
   if (name == "F16") { *out = DType::kF16; return true; }
@@ -216,30 +298,47 @@ inline uint16_t F32ToF16(float f) {
 // is the number of output features, `cols` the input features, as in a
 // PyTorch nn.Linear weight. The memory usually lives in a memory-mapped
 // safetensors file (or, for quantized types, in buffers filled at load time);
-// the view never owns it. For quantized types `data` holds the codes and
-// `scales` the fp16 group scales, laid out as described above.
+// the view never owns it. For types with group scales (HasGroupScales)
+// `data` holds the codes and `scales` the group scales, laid out as described
+// above, in the type's ScaleFormat: fp16 bit patterns for the load-time
+// quantized types, E8M0 bytes for kMXFP4 (which may sit at any address in the
+// mapping). `scales` is untyped so that one field serves both; read it through
+// F16Scales/E8M0Scales or GroupScale.
 struct WeightView {
   DType dtype = DType::kF32;
   const void* data = nullptr;
   int64_t rows = 0;
   int64_t cols = 0;
-  const uint16_t* scales = nullptr;  // [rows, cols / 32], only if IsQuantized(dtype)
+  const void* scales = nullptr;  // [rows, cols / 32] in ScaleFormatOf(dtype), only if HasGroupScales(dtype)
 
-  // Bytes of one row of `data` (the codes only, for quantized types).
+  // Bytes of one row of `data` (the codes only, for types with group scales).
   size_t RowBytes() const { return static_cast<size_t>(CodeRowBytes(dtype, cols)); }
   size_t Bytes() const { return RowBytes() * static_cast<size_t>(rows); }
   // Bytes of `scales` (0 for float types).
   size_t ScaleBytes() const {
-    return IsQuantized(dtype) ? static_cast<size_t>(rows) * static_cast<size_t>(cols / kQuantGroup) * 2 : 0;
+    return static_cast<size_t>(rows) * static_cast<size_t>(cols / kQuantGroup) * ScaleBytesPerGroup(dtype);
   }
   const uint8_t* Row(int64_t r) const {
     return static_cast<const uint8_t*>(data) + static_cast<size_t>(r) * RowBytes();
   }
+  // The scales as their stored type: fp16 bits ([rows, cols / 32], for
+  // ScaleFormat::kF16) or E8M0 bytes (same shape, for ScaleFormat::kE8M0).
+  const uint16_t* F16Scales() const { return static_cast<const uint16_t*>(scales); }
+  const uint8_t* E8M0Scales() const { return static_cast<const uint8_t*>(scales); }
+  // The scale of group g of row r as float, exactly as every kernel uses it.
+  float GroupScale(int64_t r, int64_t g) const {
+    const int64_t i = r * (cols / kQuantGroup) + g;
+    return ScaleFormatOf(dtype) == ScaleFormat::kE8M0 ? E8M0ToF32(E8M0Scales()[i]) : F16ToF32(F16Scales()[i]);
+  }
   // Element (r, c) as float; slow, for tests and one-off reads.
   float At(int64_t r, int64_t c) const {
     const uint8_t* row = Row(r);
+    if (dtype == DType::kMXFP4) {
+      const uint8_t byte = row[c / 2];
+      return kE2M1Values[c % 2 == 0 ? byte & 0x0f : byte >> 4] * GroupScale(r, c / kQuantGroup);
+    }
     if (IsQuantized(dtype)) {
-      const float s = F16ToF32(scales[r * (cols / kQuantGroup) + c / kQuantGroup]);
+      const float s = GroupScale(r, c / kQuantGroup);
       if (dtype == DType::kQ8) return static_cast<float>(static_cast<int8_t>(row[c])) * s;
       const int64_t j = c % kQuantGroup;
       const uint8_t byte = row[c / kQuantGroup * 16 + j % 16];
@@ -253,7 +352,8 @@ struct WeightView {
       case DType::kBF16: { uint16_t h; std::memcpy(&h, p, 2); return BF16ToF32(h); }
       case DType::kQ8:
       case DType::kQ4:
-      case DType::kNF4: break;
+      case DType::kNF4:
+      case DType::kMXFP4: break;
     }
     return 0.f;
   }
