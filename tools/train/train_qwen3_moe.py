@@ -645,6 +645,7 @@ def main():
     if base is not None:
         # The model is the main run plus every balance phase so far: totals cover them all.
         phase = {"steps": step, "tokens": tokens, "aux_coef": a.aux_coef, "top1_coef": a.top1_coef,
+                 "top1_kind": a.top1_kind, "top1_window": a.top1_window or seq,
                  "batch_seed": batch_seed, "peak_lr": a.lr, "warmup": a.warmup,
                  "train_minutes": round(train_s / 60, 2),
                  "min_expert_share_before": base["min_expert_share"],
