@@ -26,13 +26,13 @@ inline std::string Quote(const std::string& s) {
   return q + "'";
 }
 
-// Runs under `timeout` with standard input from /dev/null, so that a
-// regression to a hang (a FIFO waited on, a runaway regex) fails its test
-// with exit code 124 instead of stalling the suite.
-inline Result RunEpwa(const std::string& args, const testing::TempDir& dir) {
+// Runs under `timeout` with standard input from the file `stdin_path`, so
+// that a regression to a hang (a FIFO waited on, a runaway regex) fails its
+// test with exit code 124 instead of stalling the suite.
+inline Result RunEpwaWithStdin(const std::string& args, const std::string& stdin_path, const testing::TempDir& dir) {
   const std::string out = dir.path() + "/stdout", err = dir.path() + "/stderr";
-  const std::string cmd = "timeout 300 " + std::string(EPWA_BINARY) + " " + args + " >" + out +
-                          " 2>" + err + " </dev/null";
+  const std::string cmd = "timeout 300 " + std::string(EPWA_BINARY) + " " + args + " >" + out + " 2>" + err + " <" +
+                          stdin_path;
   const int status = std::system(cmd.c_str());
   Result r;
   r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
@@ -41,21 +41,16 @@ inline Result RunEpwa(const std::string& args, const testing::TempDir& dir) {
   return r;
 }
 
-// The same with `input` on standard input (a file, not a terminal).
+// Standard input from /dev/null.
+inline Result RunEpwa(const std::string& args, const testing::TempDir& dir) {
+  return RunEpwaWithStdin(args, "/dev/null", dir);
+}
+
+// `input` on standard input (a file, not a terminal).
 inline Result RunEpwaWithInput(const std::string& args, const std::string& input, const testing::TempDir& dir) {
-  const std::string in = dir.path() + "/stdin", out = dir.path() + "/stdout", err = dir.path() + "/stderr";
-  {
-    std::FILE* f = std::fopen(in.c_str(), "wb");
-    std::fwrite(input.data(), 1, input.size(), f);
-    std::fclose(f);
-  }
-  const std::string cmd = "timeout 300 " + std::string(EPWA_BINARY) + " " + args + " >" + out + " 2>" + err + " <" + in;
-  const int status = std::system(cmd.c_str());
-  Result r;
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  r.out = testing::ReadFile(out);
-  r.err = testing::ReadFile(err);
-  return r;
+  const std::string in = dir.path() + "/stdin";
+  std::ofstream(in, std::ios::binary | std::ios::trunc) << input;
+  return RunEpwaWithStdin(args, in, dir);
 }
 
 // Exit code `code` and exactly one error line, the last line of stderr,
