@@ -21,6 +21,8 @@
 
 #include "base/error.h"
 #include "base/test_paths.h"
+#include "io/test_temp_dir.h"
+#include "template/test_fixed_now.h"
 
 namespace epwa {
 namespace {
@@ -42,34 +44,7 @@ void WriteFile(const fs::path& path, const std::string& text) {
   out << text;
 }
 
-std::tm FixedNow() {
-  std::tm tm{};
-  tm.tm_year = 125;
-  tm.tm_mon = 7;
-  tm.tm_mday = 5;
-  tm.tm_hour = 12;
-  tm.tm_min = 34;
-  tm.tm_sec = 56;
-  tm.tm_wday = 2;
-  tm.tm_yday = 216;
-  return tm;
-}
 
-class TempDir {
- public:
-  TempDir() {
-    char pattern[] = "/tmp/epwa-template-test-XXXXXX";
-    path_ = mkdtemp(pattern);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  const fs::path& path() const { return path_; }
-
- private:
-  fs::path path_;
-};
 
 const char* kModels[] = {
     "mixtral-8x7b-instruct-v0.1",    "qwen3-coder-30b-a3b-instruct",  "gpt-oss-20b",
@@ -136,19 +111,19 @@ INSTANTIATE_TEST_SUITE_P(Models, SharedModelTemplates, ::testing::ValuesIn(kMode
                          });
 
 TEST(ChatTemplate, JinjaFileWinsOverTokenizerConfig) {
-  TempDir dir;
-  WriteFile(dir.path() / "tokenizer_config.json",
+  testing::TempDir dir;
+  WriteFile(dir.File("tokenizer_config.json"),
             R"({"chat_template": "from config", "bos_token": {"__type": "AddedToken", "content": "<s>"},
                 "eos_token": "</s>", "pad_token": null, "added_tokens_decoder": {}})");
-  WriteFile(dir.path() / "chat_template.jinja", "{{ bos_token }}{{ messages[0].content }}{{ eos_token }}|{{ pad_token is defined }}\n");
+  WriteFile(dir.File("chat_template.jinja"), "{{ bos_token }}{{ messages[0].content }}{{ eos_token }}|{{ pad_token is defined }}\n");
   const ChatTemplate chat = ChatTemplate::FromModelDir(dir.path());
   EXPECT_EQ(chat.Render(Json::parse(R"([{"role": "user", "content": "hi"}])")), "<s>hi</s>|False");
   EXPECT_EQ(chat.special_tokens().dump(), R"({"bos_token":"<s>","eos_token":"</s>"})");
 }
 
 TEST(ChatTemplate, NamedTemplatesPickToolUseWhenToolsAreGiven) {
-  TempDir dir;
-  WriteFile(dir.path() / "tokenizer_config.json",
+  testing::TempDir dir;
+  WriteFile(dir.File("tokenizer_config.json"),
             R"({"chat_template": [{"name": "default", "template": "plain{{ tools }}"},
                                   {"name": "tool_use", "template": "tools:{{ tools|length }}"}]})");
   const ChatTemplate chat = ChatTemplate::FromModelDir(dir.path());
@@ -160,9 +135,9 @@ TEST(ChatTemplate, NamedTemplatesPickToolUseWhenToolsAreGiven) {
 }
 
 TEST(ChatTemplate, LegacySpecialTokensMapOverridesTheConfig) {
-  TempDir dir;
-  WriteFile(dir.path() / "tokenizer_config.json", R"({"chat_template": "{{ bos_token }}", "bos_token": "<old>"})");
-  WriteFile(dir.path() / "special_tokens_map.json", R"({"bos_token": {"content": "<new>"}})");
+  testing::TempDir dir;
+  WriteFile(dir.File("tokenizer_config.json"), R"({"chat_template": "{{ bos_token }}", "bos_token": "<old>"})");
+  WriteFile(dir.File("special_tokens_map.json"), R"({"bos_token": {"content": "<new>"}})");
   EXPECT_EQ(ChatTemplate::FromModelDir(dir.path()).Render(Json::array()), "<new>");
 }
 
@@ -189,15 +164,15 @@ TEST(ChatTemplate, BadArgumentsAreErrors) {
 }
 
 TEST(ChatTemplate, MissingTemplateIsAnError) {
-  TempDir dir;
-  WriteFile(dir.path() / "tokenizer_config.json", R"({"bos_token": "<s>"})");
+  testing::TempDir dir;
+  WriteFile(dir.File("tokenizer_config.json"), R"({"bos_token": "<s>"})");
   try {
     ChatTemplate::FromModelDir(dir.path());
     FAIL() << "no error";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("has no chat template"), std::string::npos) << e.what();
   }
-  WriteFile(dir.path() / "tokenizer_config.json", R"({"chat_template": "{% if %}"})");
+  WriteFile(dir.File("tokenizer_config.json"), R"({"chat_template": "{% if %}"})");
   try {
     ChatTemplate::FromModelDir(dir.path());
     FAIL() << "no error";

@@ -7,6 +7,7 @@
 //  2. error reporting (line numbers, one-line messages);
 //  3. the bounds that keep hostile templates from crashing or hanging.
 #include "template/jinja.h"
+#include "template/test_fixed_now.h"
 
 #include <gtest/gtest.h>
 
@@ -34,19 +35,6 @@ Json ReadJson(const fs::path& path) {
   return Json::parse(ss.str());
 }
 
-// The time make_expected.py gives strftime_now(): 2025-08-05 12:34:56.
-std::tm FixedNow() {
-  std::tm tm{};
-  tm.tm_year = 125;
-  tm.tm_mon = 7;
-  tm.tm_mday = 5;
-  tm.tm_hour = 12;
-  tm.tm_min = 34;
-  tm.tm_sec = 56;
-  tm.tm_wday = 2;  // a Tuesday
-  tm.tm_yday = 216;
-  return tm;
-}
 
 std::string Render(std::string_view source, const Json& context = Json::object(), const Limits& limits = Limits()) {
   RenderOptions options;
