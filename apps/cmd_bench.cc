@@ -41,8 +41,8 @@ StepCost CostOf(const Engine& engine) {
     const double attn_params = static_cast<double>(l.q.rows * l.q.cols + l.k.rows * l.k.cols +
                                                    l.v.rows * l.v.cols + l.o.rows * l.o.cols);
     const ExpertWeights& e = l.experts[0];
-    const double expert = bytes(e.gate) + bytes(e.up) + bytes(e.down);
-    const double expert_params = static_cast<double>(3 * e.gate.rows * e.gate.cols);
+    const double expert = bytes(e.gate) + bytes(e.up) + bytes(e.gate_up) + bytes(e.down);
+    const double expert_params = static_cast<double>(3 * e.Ff() * e.down.rows);
     const double used = c.IsMoe() ? static_cast<double>(c.num_experts_per_tok) : 1.0;
     cost.decode_bytes += attn + used * expert + l.router.size() * sizeof(float);
     cost.flops_per_token += 2.0 * (attn_params + used * expert_params +

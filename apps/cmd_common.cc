@@ -13,6 +13,7 @@
 #include "base/text.h"
 #include "base/timer.h"
 #include "cli.h"
+#include "kernels/kernels.h"
 
 namespace epwa::cli {
 
@@ -35,6 +36,9 @@ void AddModelFlags(CLI::App* cmd, ModelFlags* flags) {
                 "~/.cache/epwa)");
   cmd->add_option("--mem-budget", flags->mem_budget,
                   "memory the process may use, e.g. 512M or 6G (default: free memory)");
+  cmd->add_flag("--float-activations", flags->float_activations,
+                "multiply int8/int4/MXFP4 weights with float32 activations at decode too (exact "
+                "against the dequantized weights; default: int8 activations, faster)");
 }
 
 void AddBatchFlags(CLI::App* cmd, ModelFlags* flags) {
@@ -72,6 +76,7 @@ uint64_t ParseByteSize(const std::string& text, const std::string& flag) {
 }
 
 std::unique_ptr<Engine> LoadEngine(const ModelFlags& flags, bool quiet) {
+  if (flags.float_activations) kernels::SetFloatActivations(true);
   LoadOptions o;
   o.model_dir = flags.model_dir;
   o.threads = flags.threads;

@@ -41,12 +41,13 @@ Runner RegisterHash(CLI::App& app) {
       hash = RouterHash(config, *store);
       ms = clock.Millis();
     }
+    const std::string scheme = "EPW-A IRSH v" + std::to_string(RouterHashVersion(config));
     if (f->json) {
-      PrintJson(json{{"model_dir", dir}, {"router_hash", hash}, {"scheme", "EPW-A IRSH v1"},
+      PrintJson(json{{"model_dir", dir}, {"router_hash", hash}, {"scheme", scheme},
                      {"moe_layers", config.NumMoeLayers()}, {"loaded_as", level}, {"ms", ms}});
     } else {
       std::printf("%s\n", hash.c_str());
-      std::fprintf(stderr, "router hash (EPW-A IRSH v1) over %lld MoE layers in %.1f ms\n",
+      std::fprintf(stderr, "router hash (%s) over %lld MoE layers in %.1f ms\n", scheme.c_str(),
                    static_cast<long long>(config.NumMoeLayers()), ms);
     }
     return 0;

@@ -86,6 +86,7 @@ TEST_F(Families, RealConfigsRunAtEveryLevel) {
       {"granite-3.0-1b-a400m-instruct", "GraniteMoeForCausalLM"},
       {"granite-3.1-1b-a400m-instruct", "GraniteMoeForCausalLM"},
       {"mixtral-8x7b-instruct-v0.1", "MixtralForCausalLM"},
+      {"gpt-oss-20b", "GptOssForCausalLM"},
   };
   for (const auto& [folder, family] : real) CheckRealConfig(*models / folder / "config.json", family, scratch_);
 }
@@ -94,7 +95,7 @@ TEST_F(Families, RealConfigsRunAtEveryLevel) {
 TEST_F(Families, UnsupportedRealConfigsAreRefusedByName) {
   const auto models = SharedModels();
   if (!models) GTEST_SKIP() << "../shared/data/models is absent";
-  for (const char* folder : {"gpt-oss-20b", "deepseek-r1"}) {
+  for (const char* folder : {"deepseek-r1"}) {
     Result r = RunEpwa("synth --config " + Quote((*models / folder / "config.json").string()) +
                            " --layers 1 --out " + scratch_.path() + "/" + folder,
                        scratch_);
@@ -104,7 +105,8 @@ TEST_F(Families, UnsupportedRealConfigsAreRefusedByName) {
 
 TEST_F(Families, EveryMoeFamilyWatermarksAndDetects) {
   for (const char* preset :
-       {"fixture-qwen3-moe", "fixture-olmoe", "fixture-qwen2-moe", "fixture-granite-moe"}) {
+       {"fixture-qwen3-moe", "fixture-olmoe", "fixture-qwen2-moe", "fixture-granite-moe",
+        "fixture-gpt-oss", "fixture-phimoe"}) {
     const std::string model = testing::MakeModel(scratch_, preset, DType::kBF16);
     // The Qwen2-MoE fixture's context is 8 positions (x2 dynamic scaling) so
     // that its reference runs past it; 150 tokens need a longer one.

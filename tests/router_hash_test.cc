@@ -75,6 +75,8 @@ TEST(RouterHash, MatchesIndependentComputationForEveryFamily) {
       {"fixture-olmoe", "e8abdb4efee4e9a62cb3d2f5fb3b8e698d089cb4a82b9c2bc6ef9b8cf614b046"},
       {"fixture-qwen2-moe", "f8d5392cf1fc00698a91071a19c609917b89d45ca3b75093e891fa92545e8a20"},
       {"fixture-granite-moe", "9eaf345d41dd19f5f28215f06a9521c3c99ebb03d4b766f08dd50341ce4610ec"},
+      // IRSH v2: gpt-oss's router bias decides selection too, so it is hashed.
+      {"fixture-gpt-oss", "31047d2b7b7898c0b2577050922a4a152742cb60b3381d086c865671b740dc67"},
   };
   for (const auto& [preset, hash] : vectors) {
     testing::TempDir dir;
@@ -86,6 +88,36 @@ TEST(RouterHash, MatchesIndependentComputationForEveryFamily) {
     o.cache_dir = dir.path();
     EXPECT_EQ(Engine::Load(o)->load_stats().router_hash, hash) << preset;
   }
+}
+
+// v2 covers the router bias: one changed bias value changes the hash, and
+// families without a bias stay on v1 (their vectors above are unchanged).
+TEST(RouterHash, VersionTwoCoversTheRouterBias) {
+  testing::TempDir dir;
+  const std::string model = testing::MakeModel(dir, "fixture-gpt-oss", DType::kF32);
+  const ModelConfig config = LoadModelConfig(model);
+  EXPECT_EQ(RouterHashVersion(config), 2);
+  EXPECT_EQ(RouterHashVersion(LoadModelConfig(testing::MakeModel(dir, "fixture-olmoe"))), 1);
+  const std::string before = RouterHash(config, *TensorStore::OpenDir(model));
+  uint64_t offset = 0;
+  {
+    auto store = TensorStore::OpenDir(model);
+    const TensorInfo* bias = store->Find("model.layers.1.mlp.router.bias");
+    ASSERT_NE(bias, nullptr);
+    std::ifstream in(model + "/model.safetensors", std::ios::binary);
+    uint64_t header = 0;
+    in.read(reinterpret_cast<char*>(&header), 8);
+    offset = 8 + header + bias->begin + 4 * 3;  // element 3, float32
+  }
+  std::fstream f(model + "/model.safetensors", std::ios::in | std::ios::out | std::ios::binary);
+  float v = 0;
+  f.seekg(static_cast<std::streamoff>(offset));
+  f.read(reinterpret_cast<char*>(&v), 4);
+  v += 0.25f;
+  f.seekp(static_cast<std::streamoff>(offset));
+  f.write(reinterpret_cast<const char*>(&v), 4);
+  f.close();
+  EXPECT_NE(RouterHash(config, *TensorStore::OpenDir(model)), before);
 }
 
 TEST(RouterHash, DenseModelIsAnError) {

@@ -37,7 +37,7 @@ while read -r preset ids; do
     echo "[$ids]" > "$out/ids.json"
     "$PY" tools/reference_forward.py "$tmp/$preset-$dtype" --ids "$ids" \
       --logits-out "$out/logits.npy" --routing-out "$out/routing.json"
-    if grep -q '"dynamic"' "$tmp/$preset-$dtype/config.json"; then
+    if grep -q '"dynamic"\|"longrope"' "$tmp/$preset-$dtype/config.json"; then
       "$PY" tools/reference_forward.py "$tmp/$preset-$dtype" --ids "$ids" --prefill 8 \
         --logits-out "$out/incremental_logits.npy" --routing-out "$out/incremental_routing.json"
     fi
@@ -50,6 +50,8 @@ fixture-qwen2-moe 1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16
 fixture-granite-moe 2,40,41,42,43,44,45,300,301,302,303,100,90,80,70,60
 fixture-llama31 1,400,300,200,100,50,25,12,6,3,1,5,4,8,16,32
 fixture-linear-rope 9,8,7,6,5,4,3,2,1,0,511,510,509,508,507,506
+fixture-gpt-oss 1,17,300,42,42,511,7,256,99,100,3,480,12,13,77,200
+fixture-phimoe 2,40,41,42,43,44,45,300,301,302,303,100,90,80,70,60
 LIST
 
 # The trained bundled models on a sentence of real text (BOS + the sentence's

@@ -194,7 +194,7 @@ TensorInfo ParseEntry(const std::string& name, const json& entry, uint64_t data_
   const std::string& dtype_name = dtype_it->get_ref<const std::string&>();
   if (!ParseDType(dtype_name, &info.dtype)) {
     throw Error("unsupported dtype " + Excerpt(dtype_name) + " for tensor '" + name + "' in " +
-                origin + " (epwa reads F32, F16 and BF16)");
+                origin + " (epwa reads F32, F16, BF16, and U8 for MXFP4 blocks and scales)");
   }
 
   const auto shape_it = entry.find("shape");

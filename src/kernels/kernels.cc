@@ -47,7 +47,8 @@ void ConvertRow(DType dtype, const void* src, int64_t n, float* dst) {
     case DType::kQ8:
     case DType::kQ4:
     case DType::kNF4:
-    case DType::kMXFP4: return;
+    case DType::kMXFP4:
+    case DType::kU8: return;
   }
 }
 
@@ -353,6 +354,13 @@ Isa ActiveIsa() {
   return static_cast<Isa>(g_active.load(std::memory_order_acquire));
 }
 
+namespace {
+std::atomic<bool> g_float_activations{false};
+}  // namespace
+
+void SetFloatActivations(bool on) { g_float_activations.store(on, std::memory_order_release); }
+bool FloatActivations() { return g_float_activations.load(std::memory_order_acquire); }
+
 void SetActiveIsa(Isa isa) {
   const std::vector<Isa> isas = SupportedIsas();
   Require(std::find(isas.begin(), isas.end(), isa) != isas.end(),
@@ -362,6 +370,7 @@ void SetActiveIsa(Isa isa) {
 }
 
 void MatMul(const float* x, int64_t M, const WeightView& w, float* y, ThreadPool& pool) {
+  Require(w.dtype != DType::kU8, "MatMul: raw U8 checkpoint bytes are not a weight matrix.");
   if (HasGroupScales(w.dtype) && (w.cols % kQuantGroup != 0 || (w.scales == nullptr && w.rows > 0))) {
     throw Error(std::string("MatMul: a ") + DTypeName(w.dtype) +
                 " weight needs a multiple of 32 columns and its scales.");
@@ -387,6 +396,38 @@ void SiluMul(float* gate, const float* up, int64_t n) {
   if (n > 0) Active().silu_mul(gate, up, n);
 }
 
+void LayerNorm(const float* x, const float* weight, const float* bias, int64_t n, float eps, float* out) {
+  if (n <= 0) return;
+  double sum = 0;
+  for (int64_t i = 0; i < n; ++i) sum += x[i];
+  const double mean = sum / static_cast<double>(n);
+  double sq = 0;
+  for (int64_t i = 0; i < n; ++i) sq += (x[i] - mean) * (x[i] - mean);
+  const double inv = 1.0 / std::sqrt(sq / static_cast<double>(n) + static_cast<double>(eps));
+  for (int64_t i = 0; i < n; ++i)
+    out[i] = static_cast<float>((x[i] - mean) * inv) * weight[i] + bias[i];
+}
+
+void SoftmaxWithSink(float* x, int64_t n, float sink) {
+  float max_v = sink;
+  for (int64_t i = 0; i < n; ++i) max_v = std::max(max_v, x[i]);
+  float sum = std::exp(sink - max_v);
+  for (int64_t i = 0; i < n; ++i) {
+    x[i] = std::exp(x[i] - max_v);
+    sum += x[i];
+  }
+  const float inv = 1.0f / sum;
+  for (int64_t i = 0; i < n; ++i) x[i] *= inv;
+}
+
+void ClampedSwiGlu(float* gate, const float* up, int64_t n, float alpha, float limit) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float g = std::min(gate[i], limit);
+    const float u = std::clamp(up[i], -limit, limit);
+    gate[i] = (u + 1.0f) * g / (1.0f + std::exp(-alpha * g));
+  }
+}
+
 float Dot(const float* a, const float* b, int64_t n) { return n > 0 ? Active().dot(a, b, n) : 0.f; }
 
 void Axpy(float alpha, const float* x, float* y, int64_t n) {
@@ -394,6 +435,7 @@ void Axpy(float alpha, const float* x, float* y, int64_t n) {
 }
 
 void ConvertToF32(DType dtype, const void* src, int64_t n, float* dst) {
+  Require(dtype != DType::kU8, "ConvertToF32: raw U8 checkpoint bytes have no float values.");
   if (HasGroupScales(dtype)) {
     throw Error(std::string("ConvertToF32 cannot read ") + DTypeName(dtype) +
                 " data without its scales; use DequantizeRow.");
@@ -561,6 +603,7 @@ uint64_t MatMulScratchBytes(int64_t max_rows, int64_t max_k, int threads) {
 }
 
 void DequantizeRow(const WeightView& w, int64_t row, float* out) {
+  Require(w.dtype != DType::kU8, "DequantizeRow: raw U8 checkpoint bytes have no float values.");
   if (w.cols <= 0) return;
   if (HasGroupScales(w.dtype)) {
     Require(w.cols % kQuantGroup == 0 && w.scales != nullptr,

@@ -24,6 +24,16 @@ Isa ActiveIsa();
 // Forces a path, for tests and benchmarks. Throws epwa::Error if unsupported.
 void SetActiveIsa(Isa isa);
 
+// Whether MatMul multiplies quantized and MXFP4 weights with float32
+// activations on every path. Off (the default), the decode paths (up to 8
+// rows of x) round the activations to int8 per group of 32 (see MatMul
+// below): 0.5% relative error on an output, for integer dot products. On,
+// every row count takes the exact path, as prefill does: the product equals
+// the dequantized weights times x in float (for reference checks, and for
+// users who prefer that to decode speed). Process-wide, like the ISA.
+void SetFloatActivations(bool on);
+bool FloatActivations();
+
 // y[m, n] = sum_k x[m, k] * w[n, k]
 //   x: [M, K] float32, row-major, K == w.cols
 //   w: [N, K] in w.dtype (N == w.rows)
@@ -119,11 +129,27 @@ void DequantizeRow(const WeightView& w, int64_t row, float* out);
 // out[i] = x[i] / sqrt(mean(x^2) + eps) * weight[i]; out may alias x.
 void RmsNorm(const float* x, const float* weight, int64_t n, float eps, float* out);
 
+// LayerNorm: out[i] = (x[i] - mean) / sqrt(var + eps) * weight[i] + bias[i],
+// mean and (biased) variance over the n values, accumulated in double; out
+// may alias x. Scalar: it runs once per row, beside O(n * d_ff) products.
+void LayerNorm(const float* x, const float* weight, const float* bias, int64_t n, float eps, float* out);
+
 // In-place numerically stable softmax over n values.
 void Softmax(float* x, int64_t n);
 
 // gate[i] = silu(gate[i]) * up[i], silu(v) = v / (1 + exp(-v)).
 void SiluMul(float* gate, const float* up, int64_t n);
+
+// Softmax over n values plus one extra logit `sink` that takes part in the
+// normalisation but has no output (gpt-oss attention sinks): x[i] =
+// exp(x[i] - m) / (sum_j exp(x[j] - m) + exp(sink - m)), m the largest of
+// x and sink. The x then sum to less than 1. Scalar: it runs once per
+// attention row, beside the O(n * head_dim) dot products.
+void SoftmaxWithSink(float* x, int64_t n, float sink);
+
+// gpt-oss's clamped SwiGLU: with g = min(gate[i], limit) and u =
+// clamp(up[i], -limit, limit), gate[i] = (u + 1) * g * sigmoid(alpha * g).
+void ClampedSwiGlu(float* gate, const float* up, int64_t n, float alpha, float limit);
 
 // sum_i a[i] * b[i]
 float Dot(const float* a, const float* b, int64_t n);

@@ -192,7 +192,9 @@ void Prefill(const float* x, int64_t M, const WeightView& w, float* y, ThreadPoo
 
 template <DType D>
 void MatMulTyped(const float* x, int64_t M, const WeightView& w, float* y, ThreadPool& pool) {
-  if (M <= kMaxDecodeRows) {
+  // The decode paths of types with group scales round x to int8; with float
+  // activations requested they take the exact (prefill) path at any M.
+  if (M <= kMaxDecodeRows && !(HasGroupScales(D) && ::epwa::kernels::FloatActivations())) {
     Decode<D>(x, M, w, y, pool);
   } else {
     Prefill<D>(x, M, w, y, pool);
@@ -208,6 +210,8 @@ void MatMul(const float* x, int64_t M, const WeightView& w, float* y, ThreadPool
     case DType::kQ4: return MatMulTyped<DType::kQ4>(x, M, w, y, pool);
     case DType::kNF4: return MatMulTyped<DType::kNF4>(x, M, w, y, pool);
     case DType::kMXFP4: return MatMulTyped<DType::kMXFP4>(x, M, w, y, pool);
+    // Raw checkpoint bytes: kernels.cc refuses them before dispatch.
+    case DType::kU8: return;
   }
 }
 
@@ -221,7 +225,8 @@ void ConvertToF32(DType dtype, const void* src, int64_t n, float* dst) {
     case DType::kQ8:
     case DType::kQ4:
     case DType::kNF4:
-    case DType::kMXFP4: return;
+    case DType::kMXFP4:
+    case DType::kU8: return;
   }
 }
 
@@ -234,7 +239,8 @@ void DequantizeRow(const WeightView& w, int64_t row, float* out) {
     // kernels.cc converts float rows with ConvertToF32.
     case DType::kF32:
     case DType::kF16:
-    case DType::kBF16: return;
+    case DType::kBF16:
+    case DType::kU8: return;
   }
 }
 
@@ -248,6 +254,7 @@ void QuantizeRows(const WeightView& src, DType target, int64_t row_begin, int64_
     case DType::kQ8:
     case DType::kQ4:
     case DType::kNF4:
-    case DType::kMXFP4: return;
+    case DType::kMXFP4:
+    case DType::kU8: return;
   }
 }

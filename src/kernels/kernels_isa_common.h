@@ -33,6 +33,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "kernels/kernels.h"
 #include "kernels/kernels_internal.h"
 
 namespace epwa::kernels {
@@ -54,6 +55,7 @@ inline int64_t SpanBytes(DType dtype, int64_t n) {
     case DType::kQ4:
     case DType::kNF4:
     case DType::kMXFP4: return n / 2;
+    case DType::kU8: return n;
   }
   return 0;
 }

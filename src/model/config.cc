@@ -24,12 +24,15 @@ enum class BiasRule {
   kQkv,             // q/k/v biases always (Qwen2)
   kQkvField,        // q/k/v biases unless `qkv_bias` is false (Qwen2-MoE)
   kAttentionField,  // q/k/v/o biases iff `attention_bias` (Llama, Qwen3, OLMoE, Granite)
+  kAttentionFieldOn,  // q/k/v/o biases unless `attention_bias` is false (gpt-oss)
 };
 enum class WindowRule {
   kNone,               // no sliding window field
   kAlways,             // `sliding_window` applies to every layer when set (Mistral, Mixtral)
   kFlagAllLayers,      // ... only when `use_sliding_window` (Qwen3-MoE: every layer)
   kFlagFromMaxLayers,  // ... only when `use_sliding_window`, from max_window_layers on (Qwen2, Qwen3)
+  kLayerTypes,         // ... on the layers `layer_types` marks "sliding_attention" (gpt-oss;
+                       // default: even layers)
 };
 
 struct ArchitectureSpec {
@@ -49,6 +52,16 @@ struct ArchitectureSpec {
   WindowRule window;
   bool clip_qkv;                  // reads clip_qkv
   bool multipliers;               // Granite's embedding/residual/attention/logits multipliers
+  // The rest defaults for the families that predate them.
+  bool router_bias = false;       // mlp.router.bias
+  bool expert_bias = false;       // routed experts' biases
+  bool sinks = false;             // self_attn.sinks
+  ActivationKind activation = ActivationKind::kSwiGLU;
+  // The quantization_config quant_method the family's checkpoints may carry
+  // (nullptr: none, and a config.json that has one is refused).
+  const char* quant_method = nullptr;
+  NormKind norm = NormKind::kRms;
+  bool lm_head_bias = false;      // reads lm_head_bias
 };
 
 constexpr ArchitectureSpec kArchitectures[] = {
@@ -80,6 +93,21 @@ constexpr ArchitectureSpec kArchitectures[] = {
     {"GraniteMoeForCausalLM", "granitemoe", true, "num_local_experts", "intermediate_size", false,
      true, false, RouterKind::kTopKSoftmax, ExpertLayout::kFused, SharedExpertKind::kNone,
      QkNormKind::kNone, BiasRule::kAttentionField, WindowRule::kNone, false, true},
+    {"GptOssForCausalLM", "gpt_oss", true, "num_local_experts", "intermediate_size", false, true,
+     false, RouterKind::kTopKSoftmax, ExpertLayout::kMxfp4Interleaved, SharedExpertKind::kNone,
+     QkNormKind::kNone, BiasRule::kAttentionFieldOn, WindowRule::kLayerTypes, false, false,
+     /*router_bias=*/true, /*expert_bias=*/true, /*sinks=*/true, ActivationKind::kClampedSwiGLU,
+     /*quant_method=*/"mxfp4"},
+    // Phi-3.5-MoE: transformers' class is PhimoeForCausalLM; the published
+    // config.json says PhiMoEForCausalLM. Both name the same family.
+    {"PhimoeForCausalLM", "phimoe", true, "num_local_experts", "intermediate_size", false, false,
+     false, RouterKind::kSparseMixer, ExpertLayout::kMixtral, SharedExpertKind::kNone,
+     QkNormKind::kNone, BiasRule::kAttentionField, WindowRule::kAlways, false, false, false, false,
+     false, ActivationKind::kSwiGLU, nullptr, NormKind::kLayerNorm, /*lm_head_bias=*/true},
+    {"PhiMoEForCausalLM", "phimoe", true, "num_local_experts", "intermediate_size", false, false,
+     false, RouterKind::kSparseMixer, ExpertLayout::kMixtral, SharedExpertKind::kNone,
+     QkNormKind::kNone, BiasRule::kAttentionField, WindowRule::kAlways, false, false, false, false,
+     false, ActivationKind::kSwiGLU, nullptr, NormKind::kLayerNorm, /*lm_head_bias=*/true},
 };
 
 
@@ -297,9 +325,48 @@ void ParseRopeScaling(const json& j, const std::string& origin, ModelConfig* c) 
       const double m = f.Number("mscale", 0.0), m_all = f.Number("mscale_all_dim", 0.0);
       r.attention_factor = (m != 0 && m_all != 0) ? mscale(m) / mscale(m_all) : mscale(1.0);
     }
+  } else if (type == "longrope") {
+    // Phi-3 / Phi-3.5 (transformers' _compute_longrope_parameters): one
+    // divisor per frequency pair for short calls and one for long ones.
+    r.kind = RopeScalingKind::kLongRope;
+    const int64_t half = c->head_dim / 2;
+    auto factors = [&](const char* key) {
+      Require(f.Has(key) && rs[key].is_array() && static_cast<int64_t>(rs[key].size()) == half,
+              where + ": rope_type 'longrope' needs '" + key + "', a list of head_dim / 2 = " +
+                  std::to_string(half) + " numbers");
+      std::vector<double> out;
+      for (const json& v : rs[key]) {
+        Require(v.is_number() && std::isfinite(v.get<double>()) && v.get<double>() > 0,
+                where + "." + key + " holds " + v.dump(-1, ' ', false, json::error_handler_t::replace) +
+                    ", which is not a positive number");
+        out.push_back(v.get<double>());
+      }
+      return out;
+    };
+    r.short_factor = factors("short_factor");
+    r.long_factor = factors("long_factor");
+    // Phi-3 keeps original_max_position_embeddings at the top level of config.json.
+    Fields top(j, origin);
+    r.original_max_position_embeddings =
+        f.IntOr("original_max_position_embeddings",
+                top.IntOr("original_max_position_embeddings", c->max_position_embeddings, 1), 1);
+    r.factor = f.Has("factor") ? f.Number("factor", 1.0)
+                               : static_cast<double>(c->max_position_embeddings) /
+                                     static_cast<double>(r.original_max_position_embeddings);
+    Require(r.factor > 0 && r.factor <= 4096.0, where + ".factor must be positive (and at most 4096)");
+    double att = r.factor <= 1.0 ? 1.0
+                                 : std::sqrt(1.0 + std::log(r.factor) /
+                                                       std::log(static_cast<double>(r.original_max_position_embeddings)));
+    if (f.Has("attention_factor")) att = f.Number("attention_factor", att);
+    // Phi-3.5-MoE's short_mscale / long_mscale replace that factor.
+    r.short_mscale = f.Number("short_mscale", att);
+    r.long_mscale = f.Number("long_mscale", att);
+    Require(r.short_mscale > 0 && r.short_mscale <= 100 && r.long_mscale > 0 && r.long_mscale <= 100,
+            where + ": short_mscale and long_mscale must be positive (and at most 100)");
+    r.attention_factor = r.short_mscale;
   } else {
     throw Error(where + " type '" + type +
-                "' is not supported (supported: default, linear, dynamic, llama3, yarn)");
+                "' is not supported (supported: default, linear, dynamic, llama3, yarn, longrope)");
   }
 }
 
@@ -336,6 +403,23 @@ const char* RouterKindName(RouterKind kind) {
   switch (kind) {
     case RouterKind::kSoftmaxTopK: return "softmax, top-k";
     case RouterKind::kTopKSoftmax: return "top-k, softmax over k";
+    case RouterKind::kSparseMixer: return "sparsemixer top-2";
+  }
+  return "?";
+}
+
+const char* NormKindName(NormKind kind) {
+  switch (kind) {
+    case NormKind::kRms: return "RMSNorm";
+    case NormKind::kLayerNorm: return "LayerNorm";
+  }
+  return "?";
+}
+
+const char* ActivationKindName(ActivationKind kind) {
+  switch (kind) {
+    case ActivationKind::kSwiGLU: return "SwiGLU";
+    case ActivationKind::kClampedSwiGLU: return "clamped SwiGLU";
   }
   return "?";
 }
@@ -347,6 +431,7 @@ const char* RopeScalingKindName(RopeScalingKind kind) {
     case RopeScalingKind::kDynamic: return "dynamic";
     case RopeScalingKind::kLlama3: return "llama3";
     case RopeScalingKind::kYarn: return "yarn";
+    case RopeScalingKind::kLongRope: return "longrope";
   }
   return "?";
 }
@@ -425,6 +510,27 @@ ModelConfig ParseModelConfig(const std::string& json_text, const std::string& or
     case BiasRule::kQkv: c.qkv_bias = true; break;
     case BiasRule::kQkvField: c.qkv_bias = f.Bool("qkv_bias", true); break;
     case BiasRule::kAttentionField: c.qkv_bias = c.o_bias = f.Bool("attention_bias", false); break;
+    case BiasRule::kAttentionFieldOn: c.qkv_bias = c.o_bias = f.Bool("attention_bias", true); break;
+  }
+  c.attention_sinks = arch->sinks;
+  c.norm = arch->norm;
+  if (arch->lm_head_bias) c.lm_head_bias = f.Bool("lm_head_bias", false);
+  c.activation = arch->activation;
+  if (c.activation == ActivationKind::kClampedSwiGLU) {
+    c.swiglu_limit = PositiveFloat(f, j, "swiglu_limit", 7.0, origin, "");
+  }
+  // A quantized checkpoint (quantization_config) is read only in the format
+  // its family ships in; anything else would be read as if it were floats.
+  if (f.Has("quantization_config")) {
+    const json& q = j["quantization_config"];
+    Require(q.is_object() && q.contains("quant_method") && q["quant_method"].is_string(),
+            origin + ": quantization_config must be an object with a string 'quant_method'");
+    const std::string method = q["quant_method"].get<std::string>();
+    Require(arch->quant_method != nullptr && method == arch->quant_method,
+            origin + ": quantization_config quant_method '" + method + "' is not supported for " +
+                c.architecture +
+                (arch->quant_method ? std::string(" (supported: ") + arch->quant_method + ")"
+                                    : std::string(" (epwa reads its unquantized checkpoints)")));
   }
   Require(!f.Bool("mlp_bias", false),
           origin + ": mlp_bias=true is not supported (no released model of these families uses it)");
@@ -442,7 +548,32 @@ ModelConfig ParseModelConfig(const std::string& json_text, const std::string& or
     c.logits_scaling = PositiveFloat(f, j, "logits_scaling", 1.0, origin, "");
   }
 
-  if (arch->window != WindowRule::kNone && f.Has("sliding_window")) {
+  if (arch->window == WindowRule::kLayerTypes) {
+    // gpt-oss: the window applies on the layers layer_types marks
+    // "sliding_attention"; without the field transformers makes the even
+    // layers sliding (GptOssConfig).
+    if (f.Has("layer_types")) {
+      const json& types = j["layer_types"];
+      Require(types.is_array() && static_cast<int64_t>(types.size()) == c.num_layers,
+              origin + ": layer_types must list one entry per layer (" +
+                  std::to_string(c.num_layers) + "), not " +
+                  (types.is_array() ? std::to_string(types.size()) + " entries"
+                                    : std::string("a ") + types.type_name()));
+      for (const json& t : types) {
+        Require(t.is_string() && (t.get<std::string>() == "sliding_attention" ||
+                                  t.get<std::string>() == "full_attention"),
+                origin + ": layer_types holds " + t.dump(-1, ' ', false, json::error_handler_t::replace) +
+                    " (each entry must be \"sliding_attention\" or \"full_attention\")");
+        c.sliding_layers.push_back(t.get<std::string>() == "sliding_attention");
+      }
+    } else {
+      for (int64_t l = 0; l < c.num_layers; ++l) c.sliding_layers.push_back(l % 2 == 0);
+    }
+    if (std::find(c.sliding_layers.begin(), c.sliding_layers.end(), true) != c.sliding_layers.end())
+      c.sliding_window = f.Int("sliding_window", 1);
+    else
+      c.sliding_layers.clear();  // no layer slides
+  } else if (arch->window != WindowRule::kNone && f.Has("sliding_window")) {
     // Qwen configs carry a sliding_window that is only used when
     // use_sliding_window is true; Mistral and Mixtral use it whenever set.
     const bool enabled = arch->window == WindowRule::kAlways || f.Bool("use_sliding_window", false);
@@ -471,9 +602,14 @@ ModelConfig ParseModelConfig(const std::string& json_text, const std::string& or
   }
   if (arch->moe) {
     c.router = arch->router;
+    c.router_bias = arch->router_bias;
+    c.expert_bias = arch->expert_bias;
     c.expert_layout = arch->expert_layout;
     c.num_experts = f.Int(arch->experts_field, 1);
-    c.num_experts_per_tok = f.Int("num_experts_per_tok", 1);
+    // gpt-oss configs also spell it experts_per_token.
+    c.num_experts_per_tok = f.Has("num_experts_per_tok") || !f.Has("experts_per_token")
+                                ? f.Int("num_experts_per_tok", 1)
+                                : f.Int("experts_per_token", 1);
     Require(c.num_experts_per_tok <= c.num_experts,
             origin + ": num_experts_per_tok (" + std::to_string(c.num_experts_per_tok) +
                 ") exceeds " + arch->experts_field + " (" + std::to_string(c.num_experts) + ")");
@@ -481,6 +617,15 @@ ModelConfig ParseModelConfig(const std::string& json_text, const std::string& or
     c.norm_topk_prob = arch->reads_norm_topk_prob
                            ? f.Bool("norm_topk_prob", arch->norm_topk_prob_default)
                            : arch->norm_topk_prob_default;
+    if (c.router == RouterKind::kSparseMixer) {
+      // sparsemixer's inference rule picks exactly two experts.
+      Require(c.num_experts_per_tok == 2 && c.num_experts >= 2,
+              origin + ": num_experts_per_tok is " + std::to_string(c.num_experts_per_tok) + " but " +
+                  c.architecture + "'s sparsemixer router selects exactly 2 experts");
+      const double jitter = f.Number("router_jitter_noise", 0.01);
+      Require(jitter >= 0 && jitter < 1, origin + ": router_jitter_noise must be in [0, 1)");
+      c.router_jitter = static_cast<float>(jitter);
+    }
     if (arch->shared_expert != SharedExpertKind::kNone) {
       c.shared_expert = arch->shared_expert;
       c.shared_expert_intermediate_size = f.Int("shared_expert_intermediate_size", 1);
@@ -499,6 +644,11 @@ ModelConfig ParseModelConfig(const std::string& json_text, const std::string& or
                        "set num_experts to 0 for a dense model");
     }
   }
+  if (c.expert_layout == ExpertLayout::kMxfp4Interleaved && c.IsMoe())
+    Require(c.hidden_size % 32 == 0 && c.ExpertFf() % 32 == 0,
+            origin + ": hidden_size (" + std::to_string(c.hidden_size) + ") and " +
+                arch->expert_ff_field + " (" + std::to_string(c.ExpertFf()) +
+                ") must be multiples of 32: the MXFP4 experts store blocks of 32 values");
   Require(ParameterCount(c) <= kMaxParameters,
           origin + ": the sizes describe a model of about " + json(ParameterCount(c)).dump() +
               " parameters, which is implausibly large (at most 2^50)");
@@ -551,6 +701,15 @@ std::string ModelConfigToJson(const ModelConfig& c) {
     }
     if (r.kind == RopeScalingKind::kLlama3 || r.kind == RopeScalingKind::kYarn)
       rs["original_max_position_embeddings"] = r.original_max_position_embeddings;
+    if (r.kind == RopeScalingKind::kLongRope) {
+      rs = {{"rope_type", "longrope"},
+            {"factor", r.factor},
+            {"short_factor", r.short_factor},
+            {"long_factor", r.long_factor},
+            {"short_mscale", r.short_mscale},
+            {"long_mscale", r.long_mscale},
+            {"original_max_position_embeddings", r.original_max_position_embeddings}};
+    }
     if (r.kind == RopeScalingKind::kYarn) {
       rs["beta_fast"] = r.beta_fast;
       rs["beta_slow"] = r.beta_slow;
@@ -567,6 +726,16 @@ std::string ModelConfigToJson(const ModelConfig& c) {
       j["sliding_window"] = c.sliding_window > 0 ? json(c.sliding_window) : json(nullptr);
       break;
     case WindowRule::kFlagAllLayers:
+    case WindowRule::kLayerTypes: {
+      json types = json::array();
+      for (int64_t l = 0; l < c.num_layers; ++l)
+        types.push_back(c.sliding_window > 0 && (c.sliding_layers.empty() || c.sliding_layers[l])
+                            ? "sliding_attention"
+                            : "full_attention");
+      j["layer_types"] = types;
+      j["sliding_window"] = c.sliding_window > 0 ? c.sliding_window : 128;
+      break;
+    }
     case WindowRule::kFlagFromMaxLayers:
       j["use_sliding_window"] = c.sliding_window > 0;
       j["sliding_window"] = c.sliding_window > 0 ? c.sliding_window : c.max_position_embeddings;
@@ -575,7 +744,16 @@ std::string ModelConfigToJson(const ModelConfig& c) {
         j["max_window_layers"] = c.sliding_window > 0 ? 0 : c.num_layers;
       break;
   }
-  if (arch->bias == BiasRule::kAttentionField) j["attention_bias"] = c.o_bias;
+  if (arch->bias == BiasRule::kAttentionField || arch->bias == BiasRule::kAttentionFieldOn)
+    j["attention_bias"] = c.o_bias;
+  if (arch->activation == ActivationKind::kClampedSwiGLU) j["swiglu_limit"] = c.swiglu_limit;
+  if (arch->lm_head_bias) j["lm_head_bias"] = c.lm_head_bias;
+  if (arch->router == RouterKind::kSparseMixer) j["router_jitter_noise"] = c.router_jitter;
+  if (arch->quant_method != nullptr && c.expert_layout == ExpertLayout::kMxfp4Interleaved)
+    j["quantization_config"] = {
+        {"quant_method", arch->quant_method},
+        {"modules_to_not_convert",
+         {"model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens", "lm_head"}}};
   if (arch->bias == BiasRule::kQkvField) j["qkv_bias"] = c.qkv_bias;
   if (arch->clip_qkv) j["clip_qkv"] = c.clip_qkv > 0 ? json(c.clip_qkv) : json(nullptr);
   if (arch->multipliers) {
@@ -604,6 +782,13 @@ std::string ModelConfigToJson(const ModelConfig& c) {
   return j.dump(2) + "\n";
 }
 
+double RopeAttentionFactor(const ModelConfig& c, int64_t seq_len) {
+  const RopeScaling& r = c.rope_scaling;
+  if (r.kind == RopeScalingKind::kLongRope)
+    return seq_len > r.original_max_position_embeddings ? r.long_mscale : r.short_mscale;
+  return r.attention_factor;
+}
+
 std::vector<double> RopeInverseFrequencies(const ModelConfig& c, int64_t seq_len) {
   const RopeScaling& r = c.rope_scaling;
   const int64_t dim = c.head_dim, half = dim / 2;
@@ -621,6 +806,14 @@ std::vector<double> RopeInverseFrequencies(const ModelConfig& c, int64_t seq_len
     case RopeScalingKind::kDefault:
     case RopeScalingKind::kDynamic:
       break;
+    case RopeScalingKind::kLongRope: {
+      // The short divisors while the call fits the original context, the
+      // long ones past it (transformers: seq_len > original_max_position_embeddings).
+      const std::vector<double>& ext =
+          seq_len > r.original_max_position_embeddings ? r.long_factor : r.short_factor;
+      for (int64_t i = 0; i < half; ++i) inv[i] /= ext[i];
+      break;
+    }
     case RopeScalingKind::kLinear:
       for (double& f : inv) f /= r.factor;
       break;

@@ -27,7 +27,14 @@ enum class QkNormKind {
 // records the logits and the kind's choice; see RouteToken.
 enum class RouterKind {
   kSoftmaxTopK,  // Mixtral, Qwen-MoE, OLMoE: softmax over all experts, top-k, renorm optional
-  kTopKSoftmax,  // Granite-MoE: top-k of the logits, softmax over those k
+  kTopKSoftmax,  // Granite-MoE, gpt-oss: top-k of the logits, softmax over those k
+  kSparseMixer,  // Phi-3.5-MoE: sparsemixer's inference rule, top-2, weights not renormalised
+};
+
+// The normalisation before attention, before the feed-forward and at the end.
+enum class NormKind {
+  kRms,        // RMSNorm with a weight (every family but Phi-3.5-MoE)
+  kLayerNorm,  // LayerNorm with a weight and a bias (Phi-3.5-MoE)
 };
 
 // How the experts of an MoE layer are stored in the checkpoint.
@@ -36,6 +43,16 @@ enum class ExpertLayout {
   kPerExpert, // mlp.experts.{e}.{gate,up,down}_proj, router mlp.gate (Qwen-MoE, OLMoE)
   kFused,     // block_sparse_moe.input_linear [E, 2I, H] (gate rows then up rows) and
               // output_linear [E, H, I], router block_sparse_moe.router.layer (Granite-MoE)
+  kMxfp4Interleaved,  // gpt-oss: mlp.experts.{gate_up,down}_proj_{blocks,scales} in MXFP4 with
+                      // {gate_up,down}_proj_bias; gate_up rows interleaved (2j gate, 2j+1 up);
+                      // router mlp.router.{weight,bias}
+};
+
+// The feed-forward activation of experts and dense MLPs.
+enum class ActivationKind {
+  kSwiGLU,         // silu(gate) * up
+  kClampedSwiGLU,  // gpt-oss: g = min(gate, limit), u = clip(up, -limit, limit),
+                   // (u + 1) * g * sigmoid(alpha * g)
 };
 
 // A shared expert applied to every token beside the routed ones.
@@ -45,7 +62,7 @@ enum class SharedExpertKind {
 };
 
 // Rotary scaling (config.json rope_scaling / rope_parameters).
-enum class RopeScalingKind { kDefault, kLinear, kDynamic, kLlama3, kYarn };
+enum class RopeScalingKind { kDefault, kLinear, kDynamic, kLlama3, kYarn, kLongRope };
 
 struct RopeScaling {
   RopeScalingKind kind = RopeScalingKind::kDefault;
@@ -56,7 +73,16 @@ struct RopeScaling {
   double beta_fast = 32.0, beta_slow = 1.0;              // yarn
   bool truncate = true;                                  // yarn: floor/ceil the ramp ends
   // The factor cos and sin are multiplied by (yarn); 1 for the other kinds.
+  // longrope has two (below), chosen per call like its frequencies.
   double attention_factor = 1.0;
+  // longrope (Phi-3.5): per-pair divisors of the frequencies [head_dim / 2],
+  // the short ones while a call's last position + 1 is at most
+  // original_max_position_embeddings, the long ones past it, each with its
+  // attention factor (short_mscale / long_mscale).
+  std::vector<double> short_factor, long_factor;
+  double short_mscale = 1.0, long_mscale = 1.0;
+  // Whether the frequencies depend on the length of the call (dynamic NTK, longrope).
+  bool DependsOnLength() const { return kind == RopeScalingKind::kDynamic || kind == RopeScalingKind::kLongRope; }
 };
 
 struct ModelConfig {
@@ -71,11 +97,20 @@ struct ModelConfig {
   int64_t num_kv_heads = 0;
   int64_t head_dim = 0;
   int64_t max_position_embeddings = 0;
-  float rms_norm_eps = 1e-5f;
+  float rms_norm_eps = 1e-5f;  // also LayerNorm's epsilon (Phi-3.5-MoE reads it so)
+  NormKind norm = NormKind::kRms;
+  bool lm_head_bias = false;   // lm_head.bias [vocab] (Phi-3.5-MoE)
   double rope_theta = 10000.0;
   RopeScaling rope_scaling;
   // Attention sees keys j with i - j < sliding_window; 0 means unlimited.
   int64_t sliding_window = 0;
+  // Which layers the window applies to (gpt-oss's layer_types): empty means
+  // every layer; else one entry per layer, true for "sliding_attention".
+  std::vector<bool> sliding_layers;
+  // Per-head attention sinks (gpt-oss): a learned logit per query head that
+  // joins every softmax row as an extra column with no value, so a row's
+  // weights sum to less than 1 (self_attn.sinks [num_heads]).
+  bool attention_sinks = false;
   bool tie_word_embeddings = false;
   bool qkv_bias = false;  // q/k/v projections carry biases
   bool o_bias = false;    // o_proj carries a bias
@@ -91,12 +126,19 @@ struct ModelConfig {
   float attention_scale = 0.0f;
   float logits_scaling = 1.0f;
 
+  ActivationKind activation = ActivationKind::kSwiGLU;
+  float swiglu_limit = 7.0f;    // kClampedSwiGLU (config.json swiglu_limit)
+  float swiglu_alpha = 1.702f;  // kClampedSwiGLU (fixed in transformers' GptOssExperts)
+
   // Mixture of experts; num_experts == 0 means a dense MLP in every layer.
   int64_t num_experts = 0;
   int64_t num_experts_per_tok = 0;
   int64_t moe_intermediate_size = 0;  // d_ff of one expert; 0: intermediate_size
   bool norm_topk_prob = true;  // kSoftmaxTopK: renormalise the top-k weights to sum 1
+  float router_jitter = 0.01f; // kSparseMixer: its epsilon (config router_jitter_noise)
   RouterKind router = RouterKind::kSoftmaxTopK;
+  bool router_bias = false;  // the router linear has a bias [E] (gpt-oss), added before selection
+  bool expert_bias = false;  // routed experts' linears have biases (gpt-oss)
   ExpertLayout expert_layout = ExpertLayout::kMixtral;
   SharedExpertKind shared_expert = SharedExpertKind::kNone;
   int64_t shared_expert_intermediate_size = 0;
@@ -132,6 +174,11 @@ struct ModelConfig {
     return f;
   }
   int64_t QDim() const { return num_heads * head_dim; }
+  // The sliding window of `layer`; 0 when it attends to the whole context.
+  int64_t WindowOf(int64_t layer) const {
+    if (sliding_layers.empty()) return sliding_window;
+    return sliding_layers[static_cast<size_t>(layer)] ? sliding_window : 0;
+  }
   int64_t KvDim() const { return num_kv_heads * head_dim; }
   // The longest context the model supports: max_position_embeddings, times
   // the factor for dynamic NTK scaling (whose purpose is running past it).
@@ -144,6 +191,8 @@ struct ModelConfig {
 
 const char* QkNormKindName(QkNormKind kind);
 const char* RouterKindName(RouterKind kind);
+const char* ActivationKindName(ActivationKind kind);
+const char* NormKindName(NormKind kind);
 const char* RopeScalingKindName(RopeScalingKind kind);
 
 // The architectures epwa runs, for messages: "MixtralForCausalLM, ...".
@@ -163,5 +212,8 @@ std::string ModelConfigToJson(const ModelConfig& config);
 // position is seq_len - 1 (only dynamic scaling depends on it), and the factor
 // cos/sin are multiplied by. Written from transformers' modeling_rope_utils.
 std::vector<double> RopeInverseFrequencies(const ModelConfig& config, int64_t seq_len);
+// The factor cos and sin are multiplied by for that call (longrope's depends
+// on seq_len; the other kinds' is rope_scaling.attention_factor).
+double RopeAttentionFactor(const ModelConfig& config, int64_t seq_len);
 
 }  // namespace epwa

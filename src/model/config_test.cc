@@ -80,7 +80,7 @@ TEST(ModelConfig, RefusesUnknownArchitectureListingSupported) {
   EXPECT_NE(msg.find("GPT2LMHeadModel"), std::string::npos) << msg;
   EXPECT_NE(msg.find("MixtralForCausalLM, LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, "
                      "Qwen3ForCausalLM, Qwen3MoeForCausalLM, OlmoeForCausalLM, Qwen2MoeForCausalLM, "
-                     "GraniteMoeForCausalLM"),
+                     "GraniteMoeForCausalLM, GptOssForCausalLM, PhimoeForCausalLM, PhiMoEForCausalLM"),
             std::string::npos)
       << msg;
 }
@@ -90,8 +90,12 @@ std::string WithRope(const std::string& rope_json) {
 }
 
 TEST(ModelConfig, RefusesUnknownRopeTypesNamingTheField) {
-  std::string msg = ErrorOf(WithRope(R"({"type": "longrope", "factor": 4.0})"));
-  EXPECT_NE(msg.find("rope_scaling type 'longrope' is not supported"), std::string::npos) << msg;
+  std::string msg = ErrorOf(WithRope(R"({"type": "mrope", "factor": 4.0})"));
+  EXPECT_NE(msg.find("rope_scaling type 'mrope' is not supported"), std::string::npos) << msg;
+  msg = ErrorOf(WithRope(R"({"type": "longrope", "factor": 4.0})"));
+  EXPECT_NE(msg.find("rope_type 'longrope' needs 'short_factor', a list of head_dim / 2 = 64 numbers"),
+            std::string::npos)
+      << msg;
   msg = ErrorOf(WithRope(R"({"rope_type": "llama3", "factor": 8.0})"));
   EXPECT_NE(msg.find("needs the field 'low_freq_factor'"), std::string::npos) << msg;
   msg = ErrorOf(WithRope(R"({"rope_type": "linear"})"));
@@ -382,6 +386,117 @@ TEST(Families, RealGraniteMoeConfigs) {
     EXPECT_TRUE(found);
   }
 }
+
+TEST(Families, RealGptOssConfigAndItsTensorNames) {
+  SHARED_OR_SKIP(text, "gpt-oss-20b", "config.json");
+  const ModelConfig c = ParseModelConfig(*text, "gpt-oss config.json");
+  EXPECT_EQ(c.model_type, "gpt_oss");
+  EXPECT_EQ(c.router, RouterKind::kTopKSoftmax);
+  EXPECT_TRUE(c.router_bias);
+  EXPECT_TRUE(c.expert_bias);
+  EXPECT_TRUE(c.attention_sinks);
+  EXPECT_TRUE(c.qkv_bias && c.o_bias);
+  EXPECT_EQ(c.activation, ActivationKind::kClampedSwiGLU);
+  EXPECT_FLOAT_EQ(c.swiglu_limit, 7.0f);
+  EXPECT_EQ(c.expert_layout, ExpertLayout::kMxfp4Interleaved);
+  EXPECT_EQ(c.num_experts, 32);
+  EXPECT_EQ(c.num_experts_per_tok, 4);
+  EXPECT_EQ(c.ExpertFf(), 2880);
+  EXPECT_EQ(c.QDim(), 4096);
+  EXPECT_EQ(c.sliding_window, 128);
+  // layer_types: even layers slide, odd ones see everything.
+  EXPECT_EQ(c.WindowOf(0), 128);
+  EXPECT_EQ(c.WindowOf(1), 0);
+  EXPECT_EQ(c.WindowOf(22), 128);
+  EXPECT_EQ(c.WindowOf(23), 0);
+  EXPECT_EQ(c.rope_scaling.kind, RopeScalingKind::kYarn);
+  EXPECT_FALSE(c.rope_scaling.truncate);
+  EXPECT_NEAR(c.rope_scaling.attention_factor, 0.1 * std::log(32.0) + 1.0, 1e-12);
+  SHARED_OR_SKIP(index, "gpt-oss-20b", "model.safetensors.index.json");
+  const nlohmann::json parsed = nlohmann::json::parse(*index);
+  std::set<std::string> real, ours;
+  for (auto it = parsed["weight_map"].begin(); it != parsed["weight_map"].end(); ++it) real.insert(it.key());
+  ASSERT_GT(real.size(), 400u);
+  for (const CheckpointTensor& t : CheckpointTensors(c)) ours.insert(t.name);
+  EXPECT_EQ(ours, real);
+}
+
+#define EXPECT_THAT_ERROR(msg, part)                                      \
+  do {                                                                    \
+    const std::string m_ = (msg);                                         \
+    EXPECT_NE(m_.find(part), std::string::npos) << "message: " << m_;    \
+  } while (0)
+
+// gpt-oss's config fields that are new with it, each refused with one line.
+TEST(Families, GptOssConfigErrors) {
+  const std::string base = R"({"architectures": ["GptOssForCausalLM"], "vocab_size": 512,
+    "hidden_size": 64, "intermediate_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
+    "num_key_value_heads": 2, "head_dim": 16, "num_local_experts": 4, "experts_per_token": 2,
+    "sliding_window": 8, "layer_types": ["sliding_attention", "full_attention"],
+    "quantization_config": {"quant_method": "mxfp4"}})";
+  const ModelConfig c = ParseModelConfig(base, "config.json");
+  EXPECT_EQ(c.num_experts_per_tok, 2);  // the experts_per_token spelling
+  EXPECT_TRUE(c.qkv_bias);              // attention_bias defaults to true for gpt-oss
+  EXPECT_THAT_ERROR(ErrorOf(Replace(base, R"(["sliding_attention", "full_attention"])", R"(["sliding_attention"])")),
+                    "layer_types must list one entry per layer (2), not 1 entries");
+  EXPECT_THAT_ERROR(ErrorOf(Replace(base, R"("full_attention")", R"("chunked_attention")")),
+                    "layer_types holds \"chunked_attention\"");
+  EXPECT_THAT_ERROR(ErrorOf(Replace(base, R"("mxfp4")", R"("fp8")")),
+                    "quantization_config quant_method 'fp8' is not supported for GptOssForCausalLM (supported: mxfp4)");
+  EXPECT_THAT_ERROR(ErrorOf(Replace(base, R"("intermediate_size": 32)", R"("intermediate_size": 40)")),
+                    "must be multiples of 32");
+  // Without layer_types the even layers slide, as transformers' GptOssConfig does.
+  const ModelConfig d = ParseModelConfig(
+      Replace(base, R"("layer_types": ["sliding_attention", "full_attention"],)", ""), "config.json");
+  EXPECT_EQ(d.WindowOf(0), 8);
+  EXPECT_EQ(d.WindowOf(1), 0);
+  // Other families refuse any quantization_config instead of reading packed
+  // weights as floats.
+  EXPECT_THAT_ERROR(ErrorOf(Replace(kMixtral, R"("torch_dtype")", R"("quantization_config": {"quant_method": "gptq"}, "torch_dtype")")),
+                    "quantization_config quant_method 'gptq' is not supported for MixtralForCausalLM");
+}
+
+// Phi-3.5-MoE: LayerNorm, lm_head bias, sparsemixer (top-2 only) and longrope.
+TEST(Families, PhimoeConfig) {
+  std::string factors = "[";
+  for (int i = 0; i < 8; ++i) factors += std::string(i ? ", " : "") + std::to_string(1 + i);
+  factors += "]";
+  const std::string base = R"({"architectures": ["PhiMoEForCausalLM"], "vocab_size": 512,
+    "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2, "num_attention_heads": 4,
+    "num_key_value_heads": 2, "num_local_experts": 4, "num_experts_per_tok": 2,
+    "attention_bias": true, "lm_head_bias": true, "router_jitter_noise": 0.01,
+    "max_position_embeddings": 131072, "original_max_position_embeddings": 4096,
+    "rope_scaling": {"type": "longrope", "short_factor": )" + factors + R"(, "long_factor": )" +
+                           factors + R"(, "short_mscale": 1.1, "long_mscale": 1.2}})";
+  const ModelConfig c = ParseModelConfig(base, "config.json");
+  EXPECT_EQ(c.norm, NormKind::kLayerNorm);
+  EXPECT_TRUE(c.lm_head_bias);
+  EXPECT_EQ(c.router, RouterKind::kSparseMixer);
+  EXPECT_EQ(c.rope_scaling.kind, RopeScalingKind::kLongRope);
+  EXPECT_EQ(c.rope_scaling.original_max_position_embeddings, 4096);  // from the top level
+  EXPECT_DOUBLE_EQ(RopeAttentionFactor(c, 4096), 1.1);
+  EXPECT_DOUBLE_EQ(RopeAttentionFactor(c, 4097), 1.2);
+  // Pair i is divided by short_factor[i] up to the original context, by long_factor[i] past it.
+  EXPECT_DOUBLE_EQ(RopeInverseFrequencies(c, 10)[3], 1.0 / std::pow(10000.0, 6.0 / 16.0) / 4.0);
+  std::set<std::string> names;
+  for (const CheckpointTensor& t : CheckpointTensors(c)) names.insert(t.name);
+  for (const char* n : {"model.norm.bias", "lm_head.bias", "model.layers.1.input_layernorm.bias",
+                        "model.layers.0.post_attention_layernorm.bias", "model.layers.0.self_attn.o_proj.bias",
+                        "model.layers.0.block_sparse_moe.experts.3.w2.weight"})
+    EXPECT_TRUE(names.count(n)) << n;
+  EXPECT_THAT_ERROR(ErrorOf(Replace(base, R"("num_experts_per_tok": 2)", R"("num_experts_per_tok": 3)")),
+                    "sparsemixer router selects exactly 2 experts");
+  EXPECT_THAT_ERROR(ErrorOf(Replace(base, R"("short_mscale": 1.1)", R"("short_mscale": -1)")),
+                    "short_mscale and long_mscale must be positive");
+  // The round trip keeps every field.
+  const ModelConfig d = ParseModelConfig(ModelConfigToJson(c), "again");
+  EXPECT_EQ(d.rope_scaling.long_factor, c.rope_scaling.long_factor);
+  EXPECT_DOUBLE_EQ(d.rope_scaling.long_mscale, 1.2);
+  EXPECT_FLOAT_EQ(d.router_jitter, 0.01f);
+  EXPECT_TRUE(d.lm_head_bias);
+}
+
+#undef EXPECT_THAT_ERROR
 
 const char* kQwen2Moe = R"({
   "architectures": ["Qwen2MoeForCausalLM"], "vocab_size": 151936, "hidden_size": 2048,

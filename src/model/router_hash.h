@@ -9,6 +9,12 @@
 //     rows x cols float32, row-major: the checkpoint's router weights
 //     ("model.layers.N.block_sparse_moe.gate.weight") converted to float32
 //     exactly (bf16 and f16 values are representable in float32)
+// Version 2, for models with tensors besides the router weight that decide
+// which experts are chosen (gpt-oss's router bias): the tag "EPW-A IRSH v2"
+// (same padding), and after each layer's weights
+//     u32 flags: bit 0 set when a router bias [rows] follows
+//     rows float32: the router bias (mlp.router.bias)
+// Models without such tensors keep version 1, so their hashes are unchanged.
 // The hash is the lowercase hex SHA-256 of that byte string. It reads the
 // checkpoint, not the loaded copy, so it is the same at every quantization
 // level, and it changes when any router weight, shape or layer changes.
@@ -20,6 +26,9 @@
 #include "model/config.h"
 
 namespace epwa {
+
+// 1 or 2: the IRSH version `config`'s hash uses.
+int RouterHashVersion(const ModelConfig& config);
 
 // Throws epwa::Error for a dense model (no routers to hash).
 std::string RouterHash(const ModelConfig& config, const TensorStore& store);

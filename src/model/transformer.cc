@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <numeric>
 
 #include "base/error.h"
@@ -70,11 +71,14 @@ uint64_t Transformer::BatchScratchBytes(const ModelConfig& c, int64_t T, int64_t
                     + t * c.KvDim() * 2               // k_, v_
                     + static_cast<uint64_t>(threads) * capacity  // scores_
                     + t * D * 2 + t * F * 2;          // ffn_in_, ffn_out_, ffn_gate_, ffn_up_
+  // Interleaved gate/up experts multiply into ffn_gate_ at twice the width.
+  if (c.expert_layout == ExpertLayout::kMxfp4Interleaved && c.IsMoe()) floats += t * F;
   uint64_t bytes = floats * sizeof(float);
   bytes += static_cast<uint64_t>(logit_rows) * c.vocab_size * sizeof(float);  // logits
   // inv_freq_: one row per segment under dynamic NTK scaling, else one.
-  const uint64_t freq_rows = c.rope_scaling.kind == RopeScalingKind::kDynamic ? s : 1;
+  const uint64_t freq_rows = c.rope_scaling.DependsOnLength() ? s : 1;
   bytes += freq_rows * static_cast<uint64_t>(c.head_dim / 2) * sizeof(double);
+  bytes += s * sizeof(double);  // rope_amplitude_
   // row_pos_, row_seg_, seg_first_, logit_rows_.
   bytes += t * (sizeof(int64_t) + sizeof(int32_t)) + (s + 1) * sizeof(int64_t) +
            static_cast<uint64_t>(logit_rows) * sizeof(int64_t);
@@ -95,7 +99,7 @@ uint64_t Transformer::ScratchBytesInUse() const {
   return b(x_) + b(xn_) + b(q_) + b(k_) + b(v_) + b(att_) + b(proj_) + b(router_logits_) +
          b(ffn_in_) + b(ffn_gate_) + b(ffn_up_) + b(ffn_out_) + b(scores_) + b(token_experts_) +
          b(token_weights_) + b(moe_out_) + b(rows_token_) + b(rows_weight_) + b(inv_freq_) +
-         b(row_pos_) + b(row_seg_) + b(seg_first_) + b(logit_rows_);
+         b(row_pos_) + b(row_seg_) + b(seg_first_) + b(logit_rows_) + b(rope_amplitude_);
 }
 
 KVCache::KVCache(const ModelConfig& config, int64_t capacity)
@@ -105,14 +109,48 @@ KVCache::KVCache(const ModelConfig& config, int64_t capacity)
   values_.assign(n, 0.f);
 }
 
+namespace {
+
+// sparsemixer's inference rule for one of its two picks (transformers'
+// models/phimoe sparsemixer, eval branch): among `scores` (masked entries
+// -inf), the largest, weighted by its softmax over the scores whose relative
+// gap (top - s_j) / max(|raw_j|, top) to it is at most 2 * eps. `raw` are the
+// unmasked logits, whose magnitudes scale the gap. Ties: lowest index.
+void SparseMixerPick(const float* scores, const float* raw, int64_t n, float eps, int32_t* expert,
+                     float* weight) {
+  int32_t best = 0;
+  for (int32_t e = 1; e < n; ++e)
+    if (scores[e] > scores[best]) best = e;
+  const float top = scores[best];
+  double sum = 0;
+  for (int64_t e = 0; e < n; ++e) {
+    const float gap = (top - raw[e]) / std::max(std::abs(raw[e]), top);
+    if (gap > 2 * eps || scores[e] == -std::numeric_limits<float>::infinity()) continue;
+    sum += std::exp(static_cast<double>(scores[e]) - top);
+  }
+  *expert = best;
+  *weight = static_cast<float>(1.0 / sum);
+}
+
+}  // namespace
+
 void RouteToken(RouterKind kind, const float* router_logits, int64_t num_experts, int64_t top_k,
-                bool renormalize, int32_t* experts, float* weights) {
+                bool renormalize, int32_t* experts, float* weights, float jitter) {
   // Scratch reused across calls: routing runs for every token and MoE layer.
   thread_local std::vector<float> probs;
   thread_local std::vector<int32_t> order;
   probs.resize(num_experts);
   order.resize(num_experts);
   std::iota(order.begin(), order.end(), 0);
+  if (kind == RouterKind::kSparseMixer) {
+    // Two picks: the best expert, then the best of the rest (the first one
+    // masked out); top_k is 2 (the config parser insists).
+    SparseMixerPick(router_logits, router_logits, num_experts, jitter, &experts[0], &weights[0]);
+    std::copy_n(router_logits, num_experts, probs.begin());
+    probs[experts[0]] = -std::numeric_limits<float>::infinity();
+    SparseMixerPick(probs.data(), router_logits, num_experts, jitter, &experts[1], &weights[1]);
+    return;
+  }
   if (kind == RouterKind::kTopKSoftmax) {
     // Granite (JetMoe's top-k gating): the k largest logits, then a softmax
     // over those k only, so the weights always sum to 1.
@@ -163,10 +201,9 @@ Transformer::Transformer(ModelConfig config, ModelWeights weights, ThreadPool& p
 // with i + head_dim/2 (not with i + 1 as in the original RoPE paper's layout).
 // cos and sin are multiplied by the scaling kind's attention factor (YaRN),
 // as transformers does before applying them.
-void Transformer::ApplyRope(float* vec, int64_t num_heads, int64_t pos,
-                            const double* inv_freq) const {
+void Transformer::ApplyRope(float* vec, int64_t num_heads, int64_t pos, const double* inv_freq,
+                            double amplitude) const {
   const int64_t hd = config_.head_dim, half = hd / 2;
-  const double amplitude = config_.rope_scaling.attention_factor;
   for (int64_t i = 0; i < half; ++i) {
     const double angle = static_cast<double>(pos) * inv_freq[i];
     const float c = static_cast<float>(std::cos(angle) * amplitude);
@@ -238,7 +275,12 @@ void Transformer::ForwardBatch(std::span<const BatchSegment> segments, std::vect
   // its last position; keys already cached keep the rotation they got), so
   // only then does each segment get its own row, from its own length.
   const int64_t half = config_.head_dim / 2;
-  inv_freq_per_segment_ = config_.rope_scaling.kind == RopeScalingKind::kDynamic;
+  inv_freq_per_segment_ = config_.rope_scaling.DependsOnLength();
+  rope_amplitude_.resize(static_cast<size_t>(S));
+  for (int64_t s = 0; s < S; ++s) {
+    const int64_t end = segments[s].start_pos + static_cast<int64_t>(segments[s].tokens.size());
+    rope_amplitude_[s] = RopeAttentionFactor(config_, end);
+  }
   if (inv_freq_per_segment_) {
     inv_freq_.resize(static_cast<size_t>(S * half));
     for (int64_t s = 0; s < S; ++s) {
@@ -277,18 +319,14 @@ void Transformer::ForwardBatch(std::span<const BatchSegment> segments, std::vect
         return "layer " + std::to_string(l) + " (" + TensorNames::Layer(l, suffix) + ")";
       };
     };
-    for (int64_t t = 0; t < T; ++t)
-      kernels::RmsNorm(x_.data() + t * D, lw.attn_norm.data(), D, config_.rms_norm_eps,
-                       xn_.data() + t * D);
+    for (int64_t t = 0; t < T; ++t) Norm(x_.data() + t * D, lw.attn_norm, lw.attn_norm_bias, xn_.data() + t * D);
     if (checking_) CheckStage(xn_.data(), T * D, layer_tensor("input_layernorm.weight"));
     Attention(l, T, segments);
     if (checking_)
       CheckStage(x_.data(), T * D, [l] {
         return "layer " + std::to_string(l) + "'s residual sum after attention (float32 overflow)";
       });
-    for (int64_t t = 0; t < T; ++t)
-      kernels::RmsNorm(x_.data() + t * D, lw.ffn_norm.data(), D, config_.rms_norm_eps,
-                       xn_.data() + t * D);
+    for (int64_t t = 0; t < T; ++t) Norm(x_.data() + t * D, lw.ffn_norm, lw.ffn_norm_bias, xn_.data() + t * D);
     if (checking_) CheckStage(xn_.data(), T * D, layer_tensor("post_attention_layernorm.weight"));
     FeedForward(l, T, segments, moe_slot_[l]);
     if (checking_)
@@ -301,11 +339,11 @@ void Transformer::ForwardBatch(std::span<const BatchSegment> segments, std::vect
   // (large) lm_head product.
   const int64_t rows = R;
   for (int64_t r = 0; r < rows; ++r)
-    kernels::RmsNorm(x_.data() + logit_rows_[r] * D, weights_.final_norm.data(), D,
-                     config_.rms_norm_eps, xn_.data() + r * D);
+    Norm(x_.data() + logit_rows_[r] * D, weights_.final_norm, weights_.final_norm_bias, xn_.data() + r * D);
   if (checking_) CheckStage(xn_.data(), rows * D, [] { return std::string("the final norm (model.norm.weight)"); });
   logits->resize(static_cast<size_t>(rows * config_.vocab_size));
   kernels::MatMul(xn_.data(), rows, weights_.lm_head, logits->data(), pool_);  // [rows, vocab]
+  AddBias(logits->data(), weights_.lm_head_bias, rows);
   // Granite divides the logits by logits_scaling (a division, as transformers
   // does, so that the rounding matches).
   if (config_.logits_scaling != 1.0f)
@@ -381,8 +419,8 @@ void Transformer::Attention(int64_t layer, int64_t T, std::span<const BatchSegme
     const int64_t pos = row_pos_[t], s = row_seg_[t];
     const double* inv_freq = inv_freq_.data() + (inv_freq_per_segment_ ? s * half : 0);
     KVCache& cache = *segments[s].cache;
-    ApplyRope(q_.data() + t * q_dim, H, pos, inv_freq);
-    ApplyRope(k_.data() + t * kv_dim, KVH, pos, inv_freq);
+    ApplyRope(q_.data() + t * q_dim, H, pos, inv_freq, rope_amplitude_[s]);
+    ApplyRope(k_.data() + t * kv_dim, KVH, pos, inv_freq, rope_amplitude_[s]);
     std::copy_n(k_.data() + t * kv_dim, kv_dim, cache.Key(layer, pos));
     std::copy_n(v_.data() + t * kv_dim, kv_dim, cache.Value(layer, pos));
   }
@@ -396,7 +434,8 @@ void Transformer::Attention(int64_t layer, int64_t T, std::span<const BatchSegme
   // Granite's attention_multiplier replaces the usual head_dim^-0.5.
   const float scale = config_.attention_scale > 0 ? config_.attention_scale
                                                   : 1.0f / std::sqrt(static_cast<float>(hd));
-  const int64_t window = config_.sliding_window;
+  const int64_t window = config_.WindowOf(layer);
+  const float* sinks = lw.sinks.empty() ? nullptr : lw.sinks.data();
   // One work item per (token, head): independent, so they split across cores.
   pool_.RunOnAll([&](int thread) {
     float* scores = scores_.data() + static_cast<size_t>(thread) * end_pos;
@@ -412,7 +451,10 @@ void Transformer::Attention(int64_t layer, int64_t T, std::span<const BatchSegme
       for (int64_t j = first; j <= pos; ++j)
         scores[j - first] = kernels::Dot(q, cache.Key(layer, j) + kvh * hd, hd) * scale;
       const int64_t n = pos - first + 1;
-      kernels::Softmax(scores, n);
+      if (sinks)
+        kernels::SoftmaxWithSink(scores, n, sinks[h]);
+      else
+        kernels::Softmax(scores, n);
       float* out = att_.data() + t * q_dim + h * hd;
       std::fill_n(out, hd, 0.f);
       for (int64_t j = first; j <= pos; ++j)
@@ -433,6 +475,19 @@ void Transformer::Attention(int64_t layer, int64_t T, std::span<const BatchSegme
              TensorNames::Layer(layer, "self_attn.o_proj.weight") + ")";
     });
   AddResidual(proj_.data(), T * D);
+}
+
+void Transformer::Norm(const float* x, const std::vector<float>& weight,
+                       const std::vector<float>& bias, float* out) const {
+  const int64_t D = config_.hidden_size;
+  switch (config_.norm) {
+    case NormKind::kRms:
+      kernels::RmsNorm(x, weight.data(), D, config_.rms_norm_eps, out);
+      break;
+    case NormKind::kLayerNorm:
+      kernels::LayerNorm(x, weight.data(), bias.data(), D, config_.rms_norm_eps, out);
+      break;
+  }
 }
 
 void Transformer::AddResidual(const float* branch, int64_t n) {
@@ -462,17 +517,42 @@ void Transformer::NormalizeQk(const LayerWeights& lw, int64_t T) {
 // comes from the weights: dense layers, experts and shared experts differ.
 void Transformer::ExpertForward(const ExpertWeights& e, int64_t rows,
                                 const std::function<std::string(const char*)>& name) {
-  const int64_t F = e.gate.rows;
-  kernels::MatMul(ffn_in_.data(), rows, e.gate, ffn_gate_.data(), pool_);  // [rows, d_ff]
-  kernels::MatMul(ffn_in_.data(), rows, e.up, ffn_up_.data(), pool_);      // [rows, d_ff]
-  if (checking_) {
-    CheckStage(ffn_gate_.data(), rows * F, [&] { return name("gate"); });
-    CheckStage(ffn_up_.data(), rows * F, [&] { return name("up"); });
+  const int64_t F = e.Ff(), D = config_.hidden_size;
+  if (e.Interleaved()) {
+    // One product gives gate and up with their rows alternating: [rows, 2 d_ff].
+    kernels::MatMul(ffn_in_.data(), rows, e.gate_up, ffn_gate_.data(), pool_);
+    if (e.gate_up_bias)
+      for (int64_t r = 0; r < rows; ++r) kernels::Axpy(1.0f, e.gate_up_bias, ffn_gate_.data() + r * 2 * F, 2 * F);
+    if (checking_) CheckStage(ffn_gate_.data(), rows * 2 * F, [&] { return name("gate"); });
+    // Split the pairs: up to ffn_up_, gate compacted in place (each write
+    // lands at or before the element it replaces has been read).
+    for (int64_t i = 0; i < rows * F; ++i) {
+      const float g = ffn_gate_[2 * i], u = ffn_gate_[2 * i + 1];
+      ffn_gate_[i] = g;
+      ffn_up_[i] = u;
+    }
+  } else {
+    kernels::MatMul(ffn_in_.data(), rows, e.gate, ffn_gate_.data(), pool_);  // [rows, d_ff]
+    kernels::MatMul(ffn_in_.data(), rows, e.up, ffn_up_.data(), pool_);      // [rows, d_ff]
+    if (checking_) {
+      CheckStage(ffn_gate_.data(), rows * F, [&] { return name("gate"); });
+      CheckStage(ffn_up_.data(), rows * F, [&] { return name("up"); });
+    }
   }
-  kernels::SiluMul(ffn_gate_.data(), ffn_up_.data(), rows * F);
+  switch (config_.activation) {
+    case ActivationKind::kSwiGLU:
+      kernels::SiluMul(ffn_gate_.data(), ffn_up_.data(), rows * F);
+      break;
+    case ActivationKind::kClampedSwiGLU:
+      kernels::ClampedSwiGlu(ffn_gate_.data(), ffn_up_.data(), rows * F, config_.swiglu_alpha,
+                             config_.swiglu_limit);
+      break;
+  }
   if (checking_)
     CheckStage(ffn_gate_.data(), rows * F, [&] { return name("silu(gate) x up"); });
   kernels::MatMul(ffn_gate_.data(), rows, e.down, ffn_out_.data(), pool_);  // [rows, d_model]
+  if (e.down_bias)
+    for (int64_t r = 0; r < rows; ++r) kernels::Axpy(1.0f, e.down_bias, ffn_out_.data() + r * D, D);
   if (checking_)
     CheckStage(ffn_out_.data(), rows * config_.hidden_size, [&] { return name("down"); });
 }
@@ -497,7 +577,8 @@ void Transformer::FeedForward(int64_t layer, int64_t T, std::span<const BatchSeg
   const LayerWeights& lw = weights_.layers[layer];
   const int64_t D = config_.hidden_size, F = config_.MaxFf();
   Grow(ffn_in_, T * D);
-  Grow(ffn_gate_, T * F);
+  // Interleaved gate/up experts multiply into ffn_gate_ at twice the width.
+  Grow(ffn_gate_, T * F * (config_.expert_layout == ExpertLayout::kMxfp4Interleaved && lw.moe ? 2 : 1));
   Grow(ffn_up_, T * F);
   Grow(ffn_out_, T * D);
   const std::string where = "layer " + std::to_string(layer);
@@ -517,6 +598,8 @@ void Transformer::FeedForward(int64_t layer, int64_t T, std::span<const BatchSeg
   Grow(router_logits_, T * E);
   const WeightView router{DType::kF32, lw.router.data(), E, D};
   kernels::MatMul(xn_.data(), T, router, router_logits_.data(), pool_);
+  // A router bias (gpt-oss) is part of the logits experts are selected by.
+  AddBias(router_logits_.data(), lw.router_bias, T);
   if (checking_)
     CheckStage(router_logits_.data(), T * E, [&] {
       return where + "'s router (" + TensorNames::Router(config_, layer) + ")";
@@ -528,7 +611,7 @@ void Transformer::FeedForward(int64_t layer, int64_t T, std::span<const BatchSeg
   mix.resize(T * K);
   for (int64_t t = 0; t < T; ++t) {
     RouteToken(config_.router, router_logits_.data() + t * E, E, K, config_.norm_topk_prob,
-               experts.data() + t * K, mix.data() + t * K);
+               experts.data() + t * K, mix.data() + t * K, config_.router_jitter);
     const int32_t s = row_seg_[t];
     if (RoutingTrace* trace = segments[s].trace) {
       const int64_t local = t - seg_first_[s];  // the row's index within its segment

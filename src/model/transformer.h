@@ -39,9 +39,13 @@ class KVCache {
 // Top-k routing of one token by the router kind (ties: lower index first).
 // kSoftmaxTopK: softmax over all router logits, the k most probable experts,
 // weights renormalised to sum 1 when `renormalize`. kTopKSoftmax: the k
-// largest logits, weights a softmax over those k. Exposed for tests and tools.
+// largest logits, weights a softmax over those k. kSparseMixer (top_k 2):
+// the largest logit's expert, weighted by its softmax over the logits within
+// 2 * `jitter` (relative) of it, then the same for the runner-up with the
+// first excluded; the two weights are not renormalised. Exposed for tests
+// and tools.
 void RouteToken(RouterKind kind, const float* router_logits, int64_t num_experts, int64_t top_k,
-                bool renormalize, int32_t* experts, float* weights);
+                bool renormalize, int32_t* experts, float* weights, float jitter = 0.01f);
 
 // True when none of the n values is NaN or infinite. Tests the exponent bits
 // rather than calling std::isfinite so that the loop vectorizes: it runs on
@@ -140,7 +144,11 @@ class Transformer {
                      const std::function<std::string(const char*)>& name);
   // Rotates `num_heads` head vectors at `vec` for position `pos` with the
   // inverse frequencies `inv_freq` ([head_dim / 2]).
-  void ApplyRope(float* vec, int64_t num_heads, int64_t pos, const double* inv_freq) const;
+  void ApplyRope(float* vec, int64_t num_heads, int64_t pos, const double* inv_freq,
+                 double amplitude) const;
+  // The config's norm kind over one row of d_model values; out may alias x.
+  void Norm(const float* x, const std::vector<float>& weight, const std::vector<float>& bias,
+            float* out) const;
   // q_/k_ normalised in place by the config's q/k norm kind.
   void NormalizeQk(const LayerWeights& lw, int64_t T);
   // x_ += branch * residual_multiplier over n values.
@@ -154,6 +162,8 @@ class Transformer {
   // one row [head_dim / 2] computed once and shared.
   std::vector<double> inv_freq_;
   bool inv_freq_per_segment_ = false;
+  // cos/sin amplitude of each segment's call (longrope's depends on the length).
+  std::vector<double> rope_amplitude_;  // [segments]
   std::vector<int32_t> moe_layers_;  // model layer index of each MoE layer
   std::vector<int64_t> moe_slot_;    // [num_layers]: index into moe_layers_, -1 for dense
   // Set only during LocateNonFinite.

@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "base/error.h"
+#include "kernels/kernels.h"
 
 namespace epwa {
 namespace {
@@ -13,6 +14,8 @@ namespace {
 // norm or router weight is refused at load, naming the tensor, instead of
 // turning every later output into garbage.
 std::vector<float> ToFloat(const TensorInfo& t) {
+  Require(IsFloatDType(t.dtype), t.file + ": tensor '" + t.name + "' is stored as " +
+                                     DTypeName(t.dtype) + ", but it must be F32, F16 or BF16");
   std::vector<float> out(static_cast<size_t>(t.NumElements()));
   WeightView view{t.dtype, t.data, 1, t.NumElements()};
   for (int64_t i = 0; i < t.NumElements(); ++i) {
@@ -83,10 +86,16 @@ const ExpertNaming& NamingOf(ExpertLayout layout) {
                                    {"gate", "up", "down"},
                                    "block_sparse_moe.input_linear.weight",
                                    "block_sparse_moe.output_linear.weight"};
+  static const ExpertNaming kMxfp4{"mlp.router.weight",
+                                   nullptr,
+                                   {"gate", "up", "down"},
+                                   "mlp.experts.gate_up_proj",
+                                   "mlp.experts.down_proj"};
   switch (layout) {
     case ExpertLayout::kMixtral: return kMixtral;
     case ExpertLayout::kPerExpert: return kPerExpert;
     case ExpertLayout::kFused: return kFused;
+    case ExpertLayout::kMxfp4Interleaved: return kMxfp4;
   }
   return kMixtral;
 }
@@ -105,6 +114,66 @@ int64_t QkNormLength(const ModelConfig& c, bool key) {
   return 0;
 }
 
+// One stacked MXFP4 tensor pair of a layer: `<stem>_blocks` [E, rows, cols /
+// 32, 16] and `<stem>_scales` [E, rows, cols / 32], both U8, used in place.
+// Returns expert e's matrix for each e, each checked by ValidateMxfp4 (a
+// NaN or overflowing scale is refused here, naming the expert).
+std::vector<WeightView> Mxfp4Stack(const TensorStore& store, const std::string& stem, int64_t E,
+                                   int64_t rows, int64_t cols, uint64_t* mapped_bytes) {
+  const std::string blocks_name = stem + "_blocks", scales_name = stem + "_scales";
+  if (store.Find(blocks_name) == nullptr && store.Find(stem) != nullptr)
+    throw Error(store.Find(stem)->file + ": tensor '" + stem +
+                "' holds the experts dequantized; epwa reads gpt-oss experts in MXFP4, the format "
+                "gpt-oss is published in ('" + blocks_name + "' and '" + scales_name + "')");
+  const TensorInfo& blocks = store.Require(blocks_name, {E, rows, cols / 32, 16});
+  const TensorInfo& scales = store.Require(scales_name, {E, rows, cols / 32});
+  for (const TensorInfo* t : {&blocks, &scales})
+    Require(t->dtype == DType::kU8, t->file + ": tensor '" + t->name + "' is stored as " +
+                                        DTypeName(t->dtype) + ", but MXFP4 blocks and scales are U8");
+  *mapped_bytes += blocks.NumBytes() + scales.NumBytes();
+  std::vector<WeightView> out;
+  const size_t block_bytes = static_cast<size_t>(rows * cols / 2);
+  const size_t scale_bytes = static_cast<size_t>(rows * cols / 32);
+  for (int64_t e = 0; e < E; ++e) {
+    WeightView v{DType::kMXFP4, blocks.data + static_cast<size_t>(e) * block_bytes, rows, cols,
+                 scales.data + static_cast<size_t>(e) * scale_bytes};
+    try {
+      kernels::ValidateMxfp4(v);
+    } catch (const Error& err) {
+      throw Error(blocks.file + ": expert " + std::to_string(e) + " of '" + blocks_name + "' / '" +
+                  scales_name + "': " + err.what());
+    }
+    out.push_back(v);
+  }
+  return out;
+}
+
+// gpt-oss experts: interleaved gate/up and down in MXFP4, with float biases.
+void BindMxfp4Experts(const ModelConfig& c, const TensorStore& store, int64_t l, LayerWeights* lw,
+                      ModelWeights* w) {
+  const int64_t E = c.num_experts, F = c.ExpertFf(), D = c.hidden_size;
+  const ExpertNaming& naming = NamingOf(c.expert_layout);
+  const std::string gu = TensorNames::Layer(l, naming.fused_gate_up);
+  const std::string dn = TensorNames::Layer(l, naming.fused_down);
+  const std::vector<WeightView> gate_up = Mxfp4Stack(store, gu, E, 2 * F, D, &w->mapped_bytes);
+  const std::vector<WeightView> down = Mxfp4Stack(store, dn, E, D, F, &w->mapped_bytes);
+  if (c.expert_bias) {
+    lw->expert_gate_up_bias = ToFloat(store.Require(gu + "_bias", {E, 2 * F}));
+    lw->expert_down_bias = ToFloat(store.Require(dn + "_bias", {E, D}));
+    w->converted_bytes += (lw->expert_gate_up_bias.size() + lw->expert_down_bias.size()) * sizeof(float);
+  }
+  for (int64_t e = 0; e < E; ++e) {
+    ExpertWeights x;
+    x.gate_up = gate_up[e];
+    x.down = down[e];
+    if (c.expert_bias) {
+      x.gate_up_bias = lw->expert_gate_up_bias.data() + e * 2 * F;
+      x.down_bias = lw->expert_down_bias.data() + e * D;
+    }
+    lw->experts.push_back(x);
+  }
+}
+
 }  // namespace
 
 std::string TensorNames::Layer(int64_t layer, const std::string& suffix) {
@@ -115,8 +184,17 @@ std::string TensorNames::Router(const ModelConfig& c, int64_t layer) {
   return Layer(layer, NamingOf(c.expert_layout).router);
 }
 
+std::string TensorNames::RouterBias(const ModelConfig& c, int64_t layer) {
+  std::string name = Router(c, layer);
+  return name.substr(0, name.size() - std::string("weight").size()) + "bias";
+}
+
 std::string TensorNames::Expert(const ModelConfig& c, int64_t layer, int64_t expert, FfnPart part) {
   const ExpertNaming& n = NamingOf(c.expert_layout);
+  // Interleaved gate/up rows are one matrix: gate and up share its name.
+  if (c.expert_layout == ExpertLayout::kMxfp4Interleaved)
+    return Layer(layer, std::string(part == FfnPart::kDown ? n.fused_down : n.fused_gate_up) + "[" +
+                            std::to_string(expert) + "]");
   if (n.expert_stem == nullptr)
     return Layer(layer, std::string(part == FfnPart::kDown ? n.fused_down : n.fused_gate_up) + "[" +
                             std::to_string(expert) + "]." + n.part[PartIndex(part)]);
@@ -145,9 +223,11 @@ std::vector<CheckpointTensor> CheckpointTensors(const ModelConfig& c) {
     out.push_back({name_of(FfnPart::kDown), {D, F}});
   };
   out.push_back({"model.embed_tokens.weight", {c.vocab_size, D}});
+  const bool layer_norm = c.norm == NormKind::kLayerNorm;
   for (int64_t l = 0; l < c.num_layers; ++l) {
     auto n = [&](const std::string& s) { return TensorNames::Layer(l, s); };
     out.push_back({n("input_layernorm.weight"), {D}});
+    if (layer_norm) out.push_back({n("input_layernorm.bias"), {D}});
     out.push_back({n("self_attn.q_proj.weight"), {c.QDim(), D}});
     out.push_back({n("self_attn.k_proj.weight"), {c.KvDim(), D}});
     out.push_back({n("self_attn.v_proj.weight"), {c.KvDim(), D}});
@@ -162,12 +242,24 @@ std::vector<CheckpointTensor> CheckpointTensors(const ModelConfig& c) {
       out.push_back({n("self_attn.q_norm.weight"), {QkNormLength(c, false)}});
       out.push_back({n("self_attn.k_norm.weight"), {QkNormLength(c, true)}});
     }
+    if (c.attention_sinks) out.push_back({n("self_attn.sinks"), {c.num_heads}});
     out.push_back({n("post_attention_layernorm.weight"), {D}});
+    if (layer_norm) out.push_back({n("post_attention_layernorm.bias"), {D}});
     if (c.IsMoeLayer(l)) {
       const ExpertNaming& naming = NamingOf(c.expert_layout);
       const int64_t E = c.num_experts, F = c.ExpertFf();
       out.push_back({TensorNames::Router(c, l), {E, D}});
-      if (naming.expert_stem == nullptr) {
+      if (c.router_bias) out.push_back({TensorNames::RouterBias(c, l), {E}});
+      if (c.expert_layout == ExpertLayout::kMxfp4Interleaved) {
+        // MXFP4 blocks [E, rows, cols / 32, 16] and E8M0 scales [E, rows, cols / 32].
+        const std::string gu = naming.fused_gate_up, dn = naming.fused_down;
+        out.push_back({n(gu + "_blocks"), {E, 2 * F, D / 32, 16}, true});
+        out.push_back({n(gu + "_scales"), {E, 2 * F, D / 32}, true});
+        if (c.expert_bias) out.push_back({n(gu + "_bias"), {E, 2 * F}});
+        out.push_back({n(dn + "_blocks"), {E, D, F / 32, 16}, true});
+        out.push_back({n(dn + "_scales"), {E, D, F / 32}, true});
+        if (c.expert_bias) out.push_back({n(dn + "_bias"), {E, D}});
+      } else if (naming.expert_stem == nullptr) {
         out.push_back({n(naming.fused_gate_up), {E, 2 * F, D}});
         out.push_back({n(naming.fused_down), {E, D, F}});
       } else {
@@ -184,7 +276,9 @@ std::vector<CheckpointTensor> CheckpointTensors(const ModelConfig& c) {
     }
   }
   out.push_back({"model.norm.weight", {D}});
+  if (layer_norm) out.push_back({"model.norm.bias", {D}});
   if (!c.tie_word_embeddings) out.push_back({"lm_head.weight", {c.vocab_size, D}});
+  if (c.lm_head_bias) out.push_back({"lm_head.bias", {c.vocab_size}});
   return out;
 }
 
@@ -194,6 +288,8 @@ ModelWeights BindWeights(const ModelConfig& c, const TensorStore& store,
   const int64_t D = c.hidden_size;
   auto matrix = [&](const std::string& name, int64_t rows, int64_t cols) {
     const TensorInfo& t = store.Require(name, {rows, cols});
+    Require(IsFloatDType(t.dtype), t.file + ": tensor '" + name + "' is stored as " +
+                                       DTypeName(t.dtype) + ", but it must be F32, F16 or BF16");
     w.mapped_bytes += t.NumBytes();
     return View(t);
   };
@@ -227,12 +323,19 @@ ModelWeights BindWeights(const ModelConfig& c, const TensorStore& store,
     w.lm_head = matrix("lm_head.weight", c.vocab_size, D);
   }
   w.final_norm = vector("model.norm.weight", D);
+  const bool layer_norm = c.norm == NormKind::kLayerNorm;
+  if (layer_norm) w.final_norm_bias = vector("model.norm.bias", D);
+  if (c.lm_head_bias) w.lm_head_bias = vector("lm_head.bias", c.vocab_size);
 
   for (int64_t l = 0; l < c.num_layers; ++l) {
     LayerWeights lw;
     auto name = [&](const std::string& s) { return TensorNames::Layer(l, s); };
     lw.attn_norm = vector(name("input_layernorm.weight"), D);
     lw.ffn_norm = vector(name("post_attention_layernorm.weight"), D);
+    if (layer_norm) {
+      lw.attn_norm_bias = vector(name("input_layernorm.bias"), D);
+      lw.ffn_norm_bias = vector(name("post_attention_layernorm.bias"), D);
+    }
     // The q projection's height is where a head_dim that contradicts the
     // checkpoint shows first; name the config fields involved.
     if (const TensorInfo* q = store.Find(name("self_attn.q_proj.weight"))) {
@@ -256,6 +359,7 @@ ModelWeights BindWeights(const ModelConfig& c, const TensorStore& store,
       lw.v_bias = vector(name("self_attn.v_proj.bias"), c.KvDim());
     }
     if (c.o_bias) lw.o_bias = vector(name("self_attn.o_proj.bias"), D);
+    if (c.attention_sinks) lw.sinks = vector(name("self_attn.sinks"), c.num_heads);
     if (c.qk_norm != QkNormKind::kNone) {
       lw.q_norm = vector(name("self_attn.q_norm.weight"), QkNormLength(c, false));
       lw.k_norm = vector(name("self_attn.k_norm.weight"), QkNormLength(c, true));
@@ -266,8 +370,11 @@ ModelWeights BindWeights(const ModelConfig& c, const TensorStore& store,
       const TensorInfo& router = store.Require(TensorNames::Router(c, l), {E, D});
       lw.router = ToFloat(router);
       w.converted_bytes += lw.router.size() * sizeof(float);
+      if (c.router_bias) lw.router_bias = vector(TensorNames::RouterBias(c, l), E);
       const ExpertNaming& naming = NamingOf(c.expert_layout);
-      if (naming.expert_stem == nullptr) {
+      if (c.expert_layout == ExpertLayout::kMxfp4Interleaved) {
+        BindMxfp4Experts(c, store, l, &lw, &w);
+      } else if (naming.expert_stem == nullptr) {
         // Fused layout: each expert's matrices are row slices of the two
         // stacked tensors, used in place.
         const TensorInfo& gate_up = store.Require(name(naming.fused_gate_up), {E, 2 * F, D});

@@ -24,11 +24,24 @@ struct ExpertWeights {
   WeightView gate;  // [d_ff, d_model]
   WeightView up;    // [d_ff, d_model]
   WeightView down;  // [d_model, d_ff]
+  // gpt-oss (ExpertLayout::kMxfp4Interleaved): gate and up are one matrix
+  // whose rows alternate, row 2j gate j and row 2j+1 up j [2 d_ff, d_model];
+  // `gate` and `up` are then empty. One product yields both.
+  WeightView gate_up{};
+  // Biases (config.expert_bias), float32, owned by the LayerWeights; null
+  // without. gate_up_bias is in gate_up's interleaved row order.
+  const float* gate_up_bias = nullptr;  // [2 d_ff]
+  const float* down_bias = nullptr;     // [d_model]
+
+  bool Interleaved() const { return gate_up.data != nullptr; }
+  int64_t Ff() const { return Interleaved() ? gate_up.rows / 2 : gate.rows; }
 };
 
 struct LayerWeights {
   std::vector<float> attn_norm;  // [d_model]
   std::vector<float> ffn_norm;   // [d_model]
+  // NormKind::kLayerNorm: the norms' biases [d_model]; empty for RMSNorm.
+  std::vector<float> attn_norm_bias, ffn_norm_bias;
   WeightView q, k, v, o;         // [q_dim, d_model], [kv_dim, d_model] x2, [d_model, q_dim]
   std::vector<float> q_bias, k_bias, v_bias, o_bias;  // empty unless the config has biases
   // q/k norm weights: [head_dim] each for kPerHead, [q_dim] / [kv_dim] for
@@ -38,6 +51,11 @@ struct LayerWeights {
   // Dense layer: exactly one entry, the MLP. MoE layer: one per expert.
   std::vector<ExpertWeights> experts;
   std::vector<float> router;  // [n_experts, d_model], float32; empty for dense layers
+  std::vector<float> router_bias;  // [n_experts] when config.router_bias
+  std::vector<float> sinks;        // [num_heads] when config.attention_sinks
+  // Routed experts' biases when config.expert_bias: [n_experts, 2 d_ff] and
+  // [n_experts, d_model]; ExpertWeights point into them.
+  std::vector<float> expert_gate_up_bias, expert_down_bias;
   // SharedExpertKind::kSigmoidGated: the shared expert and its gate row [d_model].
   ExpertWeights shared;
   std::vector<float> shared_gate;
@@ -47,6 +65,8 @@ struct ModelWeights {
   WeightView embed;    // [vocab, d_model]
   WeightView lm_head;  // [vocab, d_model]; aliases embed when tied
   std::vector<float> final_norm;  // [d_model]
+  std::vector<float> final_norm_bias;  // [d_model] for NormKind::kLayerNorm
+  std::vector<float> lm_head_bias;     // [vocab] when config.lm_head_bias
   std::vector<LayerWeights> layers;
   // Buffers owning matrices converted at load time (float32 or quantized);
   // views point into them.
@@ -67,6 +87,8 @@ enum class FfnPart { kGate, kUp, kDown };
 struct TensorNames {
   static std::string Layer(int64_t layer, const std::string& suffix);
   static std::string Router(const ModelConfig& config, int64_t layer);
+  // The router's bias (config.router_bias).
+  static std::string RouterBias(const ModelConfig& config, int64_t layer);
   static std::string Expert(const ModelConfig& config, int64_t layer, int64_t expert, FfnPart part);
   static std::string DenseMlp(int64_t layer, FfnPart part);
   static std::string SharedExpert(int64_t layer, FfnPart part);
@@ -78,6 +100,8 @@ struct TensorNames {
 struct CheckpointTensor {
   std::string name;
   std::vector<int64_t> shape;
+  // MXFP4 blocks and scales: raw bytes (U8), whatever the checkpoint's float dtype.
+  bool raw_bytes = false;
 };
 std::vector<CheckpointTensor> CheckpointTensors(const ModelConfig& config);
 

@@ -35,6 +35,12 @@ DType TargetFor(const MatrixSlot& m, QuantLevel level, bool raise_to_int8) {
   // An untied embedding is only ever read one row per token, converted to
   // float32 on the way: keeping it in place costs no speed and no accuracy.
   if (m.role == MatrixRole::kEmbedding) return v.dtype;
+  // MXFP4 experts (gpt-oss) stay MXFP4 at every level: it is how the model
+  // was trained and published, so no other format holds them more exactly,
+  // a float copy would be 4-8x larger for no accuracy, and int4 or int8 would
+  // round them again for the same bytes or more. The level applies to the
+  // other matrices (attention, lm_head).
+  if (v.dtype == DType::kMXFP4) return DType::kMXFP4;
   if (level == QuantLevel::kNone) return DType::kF32;
   const bool quantizable = m.role != MatrixRole::kEmbedding && m.role != MatrixRole::kLmHead &&
                            v.cols % kQuantGroup == 0;
@@ -127,6 +133,11 @@ std::vector<MatrixSlot> ListMatrices(const ModelConfig& c, ModelWeights& w) {
     out.push_back({name("self_attn.o_proj.weight"), MatrixRole::kAttention, l, &lw.o});
     // Each feed-forward in checkpoint order: gate, down, up.
     auto ffn = [&](ExpertWeights& f, MatrixRole role, auto name_of) {
+      if (f.Interleaved()) {
+        out.push_back({name_of(FfnPart::kGate), role, l, &f.gate_up});
+        out.push_back({name_of(FfnPart::kDown), role, l, &f.down});
+        return;
+      }
       out.push_back({name_of(FfnPart::kGate), role, l, &f.gate});
       out.push_back({name_of(FfnPart::kDown), role, l, &f.down});
       out.push_back({name_of(FfnPart::kUp), role, l, &f.up});
@@ -176,7 +187,9 @@ std::vector<TensorPlan> PlanTensors(const std::vector<MatrixSlot>& matrices, Qua
     // (one more than its length when it straddles a boundary) or, when it is
     // smaller, the kernel's fault-around window (64 KiB by default): a page
     // fault on a file mapping maps the cached pages around it too.
-    const uint64_t full = static_cast<uint64_t>(t.rows * t.cols) * DTypeSize(t.source);
+    // MXFP4 used in place: 4-bit codes plus one E8M0 byte per 32 (4.25 bits a weight).
+    const uint64_t full = HasGroupScales(t.source) ? QuantizedBytes(t.source, t.rows, t.cols)
+                                                   : static_cast<uint64_t>(t.rows * t.cols) * DTypeSize(t.source);
     if (!t.InPlace()) {
       t.bytes = StoredBytes(t.target, t.rows, t.cols);
     } else if (t.role == MatrixRole::kEmbedding) {

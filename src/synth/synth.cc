@@ -144,6 +144,45 @@ std::vector<Preset> Presets() {
     c.rope_scaling.factor = 4.0;
     add("fixture-linear-rope", "2-layer Mistral layout with linear rope scaling x4 (reference tests)", c);
   }
+  {
+    // gpt-oss: sinks, sliding and full layers (window 4 so that 16-token
+    // fixtures reach past it), yarn x4 without truncation, router bias,
+    // MXFP4 experts with interleaved gate/up rows and biases, clamped SwiGLU.
+    // q_proj is 128 wide for d_model 64, as gpt-oss's is wider than its d_model.
+    ModelConfig c = Make("GptOssForCausalLM", 512, 64, 32, 3, 8, 2, 8, 4, 256, 150000.0);
+    c.head_dim = 16;
+    c.sliding_window = 4;
+    c.sliding_layers = {true, false, true};
+    c.rope_scaling.kind = RopeScalingKind::kYarn;
+    c.rope_scaling.factor = 4.0;
+    c.rope_scaling.original_max_position_embeddings = 64;
+    c.rope_scaling.truncate = false;
+    c.rope_scaling.attention_factor = 0.1 * std::log(4.0) + 1.0;
+    c.qkv_bias = c.o_bias = true;
+    add("fixture-gpt-oss", "3-layer gpt-oss layout: sinks, sliding/full layers, MXFP4 experts (reference tests)", c);
+  }
+  {
+    // Phi-3.5-MoE: LayerNorm with biases, attention and lm_head biases,
+    // sparsemixer top-2 with a wide jitter (0.25) so that near-ties share
+    // weight, longrope with an original context of 8 so that 16-token
+    // fixtures switch from the short to the long factors.
+    ModelConfig c = Make("PhimoeForCausalLM", 512, 64, 96, 2, 4, 2, 4, 2, 256, 10000.0);
+    c.qkv_bias = c.o_bias = true;
+    c.lm_head_bias = true;
+    c.router_jitter = 0.25f;
+    RopeScaling& r = c.rope_scaling;
+    r.kind = RopeScalingKind::kLongRope;
+    r.original_max_position_embeddings = 8;
+    r.factor = 32.0;
+    for (int64_t i = 0; i < c.head_dim / 2; ++i) {
+      r.short_factor.push_back(1.0 + 0.05 * static_cast<double>(i));
+      r.long_factor.push_back(1.0 + 0.75 * static_cast<double>(i));
+    }
+    r.short_mscale = 1.1;
+    r.long_mscale = 1.243163121016122;
+    r.attention_factor = r.short_mscale;
+    add("fixture-phimoe", "2-layer Phi-3.5-MoE layout: LayerNorm, sparsemixer, longrope, lm_head bias (reference tests)", c);
+  }
   // A Mixtral-shaped model of about 1 GB whose per-token weights leave the
   // caches: the decode/prefill benchmark.
   add("bench-moe", "2-layer Mixtral layout, d_model 2048, 8 experts of d_ff 4096 (benchmarks)",
@@ -214,6 +253,41 @@ std::vector<Preset> Presets() {
     c.eos_token_ids = {0};
     add("granite-3.1-1b-a400m", "Granite-3.1-1B-A400M (32 experts top-8, fused experts, multipliers)", c);
   }
+  {
+    ModelConfig c = Make("GptOssForCausalLM", 201088, 2880, 2880, 24, 64, 8, 32, 4, 131072, 150000.0);
+    c.head_dim = 64;
+    c.sliding_window = 128;
+    for (int64_t l = 0; l < c.num_layers; ++l) c.sliding_layers.push_back(l % 2 == 0);
+    c.rope_scaling.kind = RopeScalingKind::kYarn;
+    c.rope_scaling.factor = 32.0;
+    c.rope_scaling.original_max_position_embeddings = 4096;
+    c.rope_scaling.truncate = false;
+    c.rope_scaling.attention_factor = 0.1 * std::log(32.0) + 1.0;
+    c.qkv_bias = c.o_bias = true;
+    c.bos_token_id = 199998;
+    c.eos_token_ids = {200002};
+    add("gpt-oss-20b", "gpt-oss-20b (32 MXFP4 experts top-4, sinks, sliding/full layers)", c);
+  }
+  {
+    // The shape of Phi-3.5-MoE-instruct. Its published longrope factor lists
+    // are not among the configs in ../shared, so the preset divides by 1.0
+    // (short) and 1.0 (long) with the published mscale: the speed and memory
+    // figures do not depend on them; run a real config for its frequencies.
+    ModelConfig c = Make("PhimoeForCausalLM", 32064, 4096, 6400, 32, 32, 8, 16, 2, 131072, 10000.0);
+    c.qkv_bias = c.o_bias = true;
+    c.lm_head_bias = true;
+    c.sliding_window = 131072;
+    RopeScaling& r = c.rope_scaling;
+    r.kind = RopeScalingKind::kLongRope;
+    r.original_max_position_embeddings = 4096;
+    r.factor = 32.0;
+    r.short_factor.assign(static_cast<size_t>(c.head_dim / 2), 1.0);
+    r.long_factor.assign(static_cast<size_t>(c.head_dim / 2), 1.0);
+    r.short_mscale = r.long_mscale = r.attention_factor = 1.243163121016122;
+    c.bos_token_id = 1;
+    c.eos_token_ids = {32000};
+    add("phi-3.5-moe", "Phi-3.5-MoE shape (16 experts top-2 sparsemixer, LayerNorm, longrope)", c);
+  }
   return p;
 }
 
@@ -248,21 +322,52 @@ Init InitFor(const std::string& name, const ModelConfig& c, int64_t fan_in) {
     return name.size() >= n && name.compare(name.size() - n, n, s) == 0;
   };
   if (ends_with("norm.weight")) return {0.1f, 1.0f};
-  if (ends_with(".bias")) return {0.1f, 0.0f};
+  // Sinks and a router bias of order 1, so that both change the results.
+  if (ends_with(".sinks") || ends_with("router.bias")) return {1.0f, 0.0f};
+  if (ends_with(".bias") || ends_with("_bias")) return {0.1f, 0.0f};
   if (name == "model.embed_tokens.weight")
     return {c.tie_word_embeddings ? 3.0f / std::sqrt(static_cast<float>(c.hidden_size)) : 1.0f, 0.0f};
   if (name == "lm_head.weight") return {3.0f / std::sqrt(static_cast<float>(fan_in)), 0.0f};
   // Routers get a larger spread so that routing is decisive (no near-ties).
   const bool router = ends_with("block_sparse_moe.gate.weight") || ends_with("mlp.gate.weight") ||
-                      ends_with("router.layer.weight");
+                      ends_with("router.layer.weight") || ends_with("mlp.router.weight");
   if (router) return {2.0f / std::sqrt(static_cast<float>(fan_in)), 0.0f};
   return {1.0f / std::sqrt(static_cast<float>(fan_in)), 0.0f};
+}
+
+// MXFP4 blocks ([E, rows, cols / 32, 16]) or E8M0 scales ([E, rows, cols /
+// 32]) of a seeded matrix. Blocks are uniform random bytes, so every FP4
+// code is equally likely (root mean square 2.93); the scales are chosen so
+// that the decoded weights have about 1/sqrt(cols) spread, like the float
+// linears, with a seeded +-1 jitter in the exponent. Every MXFP4 value is
+// exactly representable, which is what the reference fixtures need.
+TensorSpec Mxfp4Spec(const CheckpointTensor& s, uint64_t seed) {
+  const bool scales = s.name.size() > 7 && s.name.compare(s.name.size() - 7, 7, "_scales") == 0;
+  const int64_t cols = (scales ? s.shape.back() : s.shape[s.shape.size() - 2]) * 32;
+  const int base = 127 + static_cast<int>(std::lround(std::log2(1.0 / std::sqrt(static_cast<double>(cols)) / 2.93)));
+  TensorSpec spec;
+  spec.name = s.name;
+  spec.dtype = DType::kU8;
+  spec.shape = s.shape;
+  const uint64_t key = SynthTensorKey(seed, s.name);
+  spec.fill = [key, scales, base](uint8_t* out, size_t offset_bytes, size_t nbytes) {
+    for (size_t i = 0; i < nbytes; ++i) {
+      const uint64_t bits = SplitMix(key + offset_bytes + i);
+      out[i] = scales ? static_cast<uint8_t>(base + static_cast<int>(bits % 3) - 1)
+                      : static_cast<uint8_t>(bits >> 32);
+    }
+  };
+  return spec;
 }
 
 std::vector<TensorSpec> TensorSpecs(const ModelConfig& c, DType dtype, uint64_t seed) {
   const std::vector<CheckpointTensor> shapes = CheckpointTensors(c);
   std::vector<TensorSpec> specs;
   for (const auto& s : shapes) {
+    if (s.raw_bytes) {
+      specs.push_back(Mxfp4Spec(s, seed));
+      continue;
+    }
     // The input width is the last axis (also of stacked [E, out, in] expert tensors).
     const int64_t fan_in = s.shape.back();
     const Init init = InitFor(s.name, c, fan_in);
@@ -289,7 +394,8 @@ std::vector<TensorSpec> TensorSpecs(const ModelConfig& c, DType dtype, uint64_t 
           case DType::kQ8:
           case DType::kQ4:
           case DType::kNF4:
-          case DType::kMXFP4: break;
+          case DType::kMXFP4:
+          case DType::kU8: break;
         }
       }
     };

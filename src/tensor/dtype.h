@@ -17,7 +17,13 @@
 namespace epwa {
 
 // New types go at the end: benchmarks and caches keep the numeric values.
-enum class DType : uint8_t { kF32, kF16, kBF16, kQ8, kQ4, kNF4, kMXFP4 };
+enum class DType : uint8_t { kF32, kF16, kBF16, kQ8, kQ4, kNF4, kMXFP4, kU8 };
+
+// kU8 is raw bytes as a checkpoint stores them ("U8" in safetensors): the
+// blocks and scales of MXFP4 tensors, which the loader pairs into one kMXFP4
+// view. No kernel computes with it, and a float tensor (a weight, a norm, a
+// bias) stored as U8 is refused at load (IsFloatDType).
+inline bool IsFloatDType(DType t) { return t == DType::kF32 || t == DType::kF16 || t == DType::kBF16; }
 
 // ---------------------------------------------------------------------------
 // Group-wise quantized weights: byte layout and rounding rules.
@@ -173,6 +179,7 @@ inline size_t DTypeSize(DType t) {
     case DType::kF16: return 2;
     case DType::kBF16: return 2;
     case DType::kQ8: return 1;
+    case DType::kU8: return 1;
     case DType::kQ4:
     case DType::kNF4:
     case DType::kMXFP4: return 0;
@@ -190,6 +197,7 @@ inline const char* DTypeName(DType t) {
     case DType::kQ4: return "Q4";
     case DType::kNF4: return "NF4";
     case DType::kMXFP4: return "MXFP4";
+    case DType::kU8: return "U8";
   }
   return "?";
 }
@@ -204,7 +212,8 @@ inline uint64_t CodeRowBytes(DType t, int64_t cols) {
     case DType::kMXFP4: return n / 2;
     case DType::kF32:
     case DType::kF16:
-    case DType::kBF16: break;
+    case DType::kBF16:
+    case DType::kU8: break;
   }
   return n * DTypeSize(t);
 }
@@ -218,13 +227,14 @@ inline uint64_t QuantizedBytes(DType t, int64_t rows, int64_t cols) {
   return codes + static_cast<uint64_t>(rows) * static_cast<uint64_t>(cols / kQuantGroup) * ScaleBytesPerGroup(t);
 }
 
-// Checkpoint dtypes only: returns false for dtypes epwa cannot compute with
-// (I8, F64, ...), for the load-time quantized types and for MXFP4 (stored as
-// U8 blocks and scales).
+// Checkpoint dtypes only: returns false for dtypes epwa cannot read (I8,
+// F64, ...), for the load-time quantized types and for MXFP4 (stored as U8
+// blocks and scales, which parse as kU8).
 inline bool ParseDType(std::string_view name, DType* out) {
   if (name == "F32") { *out = DType::kF32; return true; }
   if (name == "F16") { *out = DType::kF16; return true; }
   if (name == "BF16") { *out = DType::kBF16; return true; }
+  if (name == "U8") { *out = DType::kU8; return true; }
   return false;
 }
 
@@ -353,7 +363,8 @@ struct WeightView {
       case DType::kQ8:
       case DType::kQ4:
       case DType::kNF4:
-      case DType::kMXFP4: break;
+      case DType::kMXFP4:
+      case DType::kU8: break;
     }
     return 0.f;
   }
