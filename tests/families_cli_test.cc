@@ -106,7 +106,7 @@ TEST_F(Families, UnsupportedRealConfigsAreRefusedByName) {
 TEST_F(Families, EveryMoeFamilyWatermarksAndDetects) {
   for (const char* preset :
        {"fixture-qwen3-moe", "fixture-olmoe", "fixture-qwen2-moe", "fixture-granite-moe",
-        "fixture-gpt-oss", "fixture-phimoe"}) {
+        "fixture-gpt-oss", "fixture-phimoe", "fixture-deepseek-v2", "fixture-deepseek-v3"}) {
     const std::string model = testing::MakeModel(scratch_, preset, DType::kBF16);
     // The Qwen2-MoE fixture's context is 8 positions (x2 dynamic scaling) so
     // that its reference runs past it; 150 tokens need a longer one.

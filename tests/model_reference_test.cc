@@ -184,6 +184,7 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, ReferenceTest,
                                            FAMILY("fixture-llama31"),
                                            FAMILY("fixture-linear-rope"),
                                            MXFP4_FAMILY("fixture-gpt-oss"), FAMILY("fixture-phimoe"),
+                                           FAMILY("fixture-deepseek-v2"), FAMILY("fixture-deepseek-v3"),
 
                                            Fixture{"tiny-moe", DType::kBF16},
                                            Fixture{"tiny-qwen3-moe", DType::kBF16}),

@@ -77,6 +77,11 @@ TEST(RouterHash, MatchesIndependentComputationForEveryFamily) {
       {"fixture-granite-moe", "9eaf345d41dd19f5f28215f06a9521c3c99ebb03d4b766f08dd50341ce4610ec"},
       // IRSH v2: gpt-oss's router bias decides selection too, so it is hashed.
       {"fixture-gpt-oss", "31047d2b7b7898c0b2577050922a4a152742cb60b3381d086c865671b740dc67"},
+      {"fixture-phimoe", "455060eec337746af2eadc7ea65f7327bde362a780848f60fa3f4ed6fa83ec4b"},
+      // DeepSeek: MoE layers from first_k_dense_replace (1) on; V3's
+      // correction bias selects experts, so V3 uses v2 (flag bit 1).
+      {"fixture-deepseek-v2", "f67b9f7f9667398bd6ce316d7c8d7c5262dc5282c0981068561699fddb3f50c1"},
+      {"fixture-deepseek-v3", "e429e5aff6da38e917fa064b865dff8d670174330404be05b52a5f35d1ed01da"},
   };
   for (const auto& [preset, hash] : vectors) {
     testing::TempDir dir;

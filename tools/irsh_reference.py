@@ -31,6 +31,14 @@ def moe_layers_and_router(config):
     if arch == "GptOssForCausalLM":
         # GptOssDecoderLayer: every layer is MoE; GptOssTopKRouter is a Linear with bias.
         return list(range(layers)), "mlp.router.weight", "mlp.router.bias"
+    if arch in ("PhimoeForCausalLM", "PhiMoEForCausalLM"):
+        return list(range(layers)), "block_sparse_moe.gate.weight", None
+    if arch in ("DeepseekV2ForCausalLM", "DeepseekV3ForCausalLM"):
+        # DeepseekV2/V3DecoderLayer: MoE from first_k_dense_replace on. V3's gate selects
+        # by sigmoid + e_score_correction_bias, so the bias is hashed (IRSH v2, flag bit 1).
+        first = config.get("first_k_dense_replace", 0)
+        bias = "mlp.gate.e_score_correction_bias" if arch == "DeepseekV3ForCausalLM" else None
+        return list(range(first, layers)), "mlp.gate.weight", bias
     if arch == "MixtralForCausalLM":
         return list(range(layers)), "block_sparse_moe.gate.weight", None
     if arch == "GraniteMoeForCausalLM":
@@ -79,7 +87,7 @@ def main():
         m.update(f.astype("<f4").tobytes())
         if bias:
             b, _ = tensor(f"model.layers.{l}.{bias}")
-            m.update(struct.pack("<I", 1))
+            m.update(struct.pack("<I", 2 if "correction" in bias else 1))
             m.update(b.astype("<f4").tobytes())
     print(m.hexdigest())
 

@@ -52,6 +52,8 @@ fixture-llama31 1,400,300,200,100,50,25,12,6,3,1,5,4,8,16,32
 fixture-linear-rope 9,8,7,6,5,4,3,2,1,0,511,510,509,508,507,506
 fixture-gpt-oss 1,17,300,42,42,511,7,256,99,100,3,480,12,13,77,200
 fixture-phimoe 2,40,41,42,43,44,45,300,301,302,303,100,90,80,70,60
+fixture-deepseek-v2 1,17,300,42,42,511,7,256,99,100,3,480,12,13,77,200
+fixture-deepseek-v3 5,6,7,8,9,10,11,12,400,401,402,3,4,5,6,7
 LIST
 
 # The trained bundled models on a sentence of real text (BOS + the sentence's

@@ -62,6 +62,9 @@ struct ArchitectureSpec {
   const char* quant_method = nullptr;
   NormKind norm = NormKind::kRms;
   bool lm_head_bias = false;      // reads lm_head_bias
+  // DeepSeek: multi-head latent attention, adjacent-pair rotary, dense
+  // layers below first_k_dense_replace, and the group routers' fields.
+  AttentionKind attention = AttentionKind::kMultiHead;
 };
 
 constexpr ArchitectureSpec kArchitectures[] = {
@@ -104,6 +107,14 @@ constexpr ArchitectureSpec kArchitectures[] = {
      false, RouterKind::kSparseMixer, ExpertLayout::kMixtral, SharedExpertKind::kNone,
      QkNormKind::kNone, BiasRule::kAttentionField, WindowRule::kAlways, false, false, false, false,
      false, ActivationKind::kSwiGLU, nullptr, NormKind::kLayerNorm, /*lm_head_bias=*/true},
+    {"DeepseekV2ForCausalLM", "deepseek_v2", true, "n_routed_experts", "moe_intermediate_size", true,
+     false, false, RouterKind::kGroupSoftmax, ExpertLayout::kPerExpert, SharedExpertKind::kUngated,
+     QkNormKind::kNone, BiasRule::kAttentionField, WindowRule::kNone, false, false, false, false,
+     false, ActivationKind::kSwiGLU, nullptr, NormKind::kRms, false, AttentionKind::kLatent},
+    {"DeepseekV3ForCausalLM", "deepseek_v3", true, "n_routed_experts", "moe_intermediate_size", true,
+     true, false, RouterKind::kGroupSigmoid, ExpertLayout::kPerExpert, SharedExpertKind::kUngated,
+     QkNormKind::kNone, BiasRule::kAttentionField, WindowRule::kNone, false, false, false, false,
+     false, ActivationKind::kSwiGLU, nullptr, NormKind::kRms, false, AttentionKind::kLatent},
     {"PhiMoEForCausalLM", "phimoe", true, "num_local_experts", "intermediate_size", false, false,
      false, RouterKind::kSparseMixer, ExpertLayout::kMixtral, SharedExpertKind::kNone,
      QkNormKind::kNone, BiasRule::kAttentionField, WindowRule::kAlways, false, false, false, false,
@@ -325,6 +336,10 @@ void ParseRopeScaling(const json& j, const std::string& origin, ModelConfig* c) 
       const double m = f.Number("mscale", 0.0), m_all = f.Number("mscale_all_dim", 0.0);
       r.attention_factor = (m != 0 && m_all != 0) ? mscale(m) / mscale(m_all) : mscale(1.0);
     }
+    r.mscale = f.Number("mscale", 0.0);
+    r.mscale_all_dim = f.Number("mscale_all_dim", 0.0);
+    Require(std::abs(r.mscale) <= 100 && std::abs(r.mscale_all_dim) <= 100,
+            where + ": mscale and mscale_all_dim must be at most 100");
   } else if (type == "longrope") {
     // Phi-3 / Phi-3.5 (transformers' _compute_longrope_parameters): one
     // divisor per frequency pair for short calls and one for long ones.
@@ -404,6 +419,8 @@ const char* RouterKindName(RouterKind kind) {
     case RouterKind::kSoftmaxTopK: return "softmax, top-k";
     case RouterKind::kTopKSoftmax: return "top-k, softmax over k";
     case RouterKind::kSparseMixer: return "sparsemixer top-2";
+    case RouterKind::kGroupSoftmax: return "softmax, group-limited top-k, scaled";
+    case RouterKind::kGroupSigmoid: return "sigmoid + correction bias, group-limited top-k, scaled";
   }
   return "?";
 }
@@ -480,6 +497,18 @@ ModelConfig ParseModelConfig(const std::string& json_text, const std::string& or
                 ") is not divisible by num_attention_heads (" + std::to_string(c.num_heads) + ")");
     c.head_dim = c.hidden_size / c.num_heads;
   }
+  c.attention = arch->attention;
+  if (c.Latent()) {
+    // DeepSeek MLA: the rotary part of each head is qk_rope_head_dim wide, and
+    // that is what head_dim means for the rotary code (as in transformers).
+    c.q_lora_rank = f.Has("q_lora_rank") ? f.Int("q_lora_rank", 1) : 0;
+    c.kv_lora_rank = f.Int("kv_lora_rank", 1);
+    c.qk_nope_head_dim = f.Int("qk_nope_head_dim", 1);
+    c.head_dim = f.Int("qk_rope_head_dim", 2);
+    c.v_head_dim = f.Int("v_head_dim", 1);
+    // V2 always rotates adjacent pairs; V3 unless rope_interleave is false.
+    c.rope_pairing = f.Bool("rope_interleave", true) ? RopePairing::kAdjacent : RopePairing::kHalves;
+  }
   Require(c.head_dim % 2 == 0, origin + ": head_dim must be even for rotary embeddings");
   c.max_position_embeddings = f.IntOr("max_position_embeddings", 4096, 1);
   // The forward pass computes in float32, so the epsilon must be a positive
@@ -503,6 +532,18 @@ ModelConfig ParseModelConfig(const std::string& json_text, const std::string& or
     Require(f.Number("partial_rotary_factor", 1.0) == 1.0,
             origin + ": partial_rotary_factor other than 1 is not supported");
   ParseRopeScaling(j, origin, &c);
+  if (c.Latent()) {
+    // Softmax scale (qk_nope + qk_rope)^-0.5, times m^2 under yarn with
+    // mscale_all_dim (m = 0.1 mscale_all_dim ln(factor) + 1), as DeepSeek's
+    // own code, vLLM and llama.cpp do (transformers' V2 port added it in 2026).
+    double scale = 1.0 / std::sqrt(static_cast<double>(c.qk_nope_head_dim + c.head_dim));
+    const double m_all = c.rope_scaling.mscale_all_dim;
+    if (c.rope_scaling.kind == RopeScalingKind::kYarn && m_all != 0 && c.rope_scaling.factor > 1) {
+      const double m = 0.1 * m_all * std::log(c.rope_scaling.factor) + 1.0;
+      scale *= m * m;
+    }
+    c.attention_scale = static_cast<float>(scale);
+  }
   c.tie_word_embeddings = f.Bool("tie_word_embeddings", false);
 
   switch (arch->bias) {
@@ -617,6 +658,40 @@ ModelConfig ParseModelConfig(const std::string& json_text, const std::string& or
     c.norm_topk_prob = arch->reads_norm_topk_prob
                            ? f.Bool("norm_topk_prob", arch->norm_topk_prob_default)
                            : arch->norm_topk_prob_default;
+    if (c.router == RouterKind::kGroupSoftmax || c.router == RouterKind::kGroupSigmoid) {
+      const bool sigmoid = c.router == RouterKind::kGroupSigmoid;
+      auto text_field = [&](const char* key) -> std::string {
+        if (!f.Has(key)) return "";
+        Require(j[key].is_string(), origin + ": field '" + key + "' must be a string");
+        return j[key].get<std::string>();
+      };
+      const std::string scoring = text_field("scoring_func");
+      Require(scoring.empty() || scoring == (sigmoid ? "sigmoid" : "softmax"),
+              origin + ": scoring_func '" + scoring + "' is not supported for " + c.architecture +
+                  " (supported: " + (sigmoid ? "sigmoid" : "softmax") + ")");
+      const std::string method = text_field("topk_method");
+      if (sigmoid) {
+        Require(method.empty() || method == "noaux_tc",
+                origin + ": topk_method '" + method + "' is not supported for " + c.architecture +
+                    " (supported: noaux_tc)");
+      } else {
+        Require(method.empty() || method == "greedy" || method == "group_limited_greedy",
+                origin + ": topk_method '" + method + "' is not supported for " + c.architecture +
+                    " (supported: greedy, group_limited_greedy)");
+      }
+      const bool grouped = sigmoid || method == "group_limited_greedy";
+      c.n_group = grouped ? f.IntOr("n_group", 1, 1) : 1;
+      c.topk_group = grouped ? f.IntOr("topk_group", 1, 1) : 1;
+      Require(c.num_experts % c.n_group == 0 && c.topk_group <= c.n_group,
+              origin + ": n_group (" + std::to_string(c.n_group) + ") must divide " +
+                  arch->experts_field + " (" + std::to_string(c.num_experts) +
+                  ") and topk_group (" + std::to_string(c.topk_group) + ") must not exceed it");
+      Require(c.num_experts_per_tok <= c.topk_group * (c.num_experts / c.n_group),
+              origin + ": num_experts_per_tok (" + std::to_string(c.num_experts_per_tok) +
+                  ") exceeds the experts of topk_group groups");
+      c.routed_scaling_factor = PositiveFloat(f, j, "routed_scaling_factor", 1.0, origin, "");
+      c.correction_bias = sigmoid;
+    }
     if (c.router == RouterKind::kSparseMixer) {
       // sparsemixer's inference rule picks exactly two experts.
       Require(c.num_experts_per_tok == 2 && c.num_experts >= 2,
@@ -626,9 +701,23 @@ ModelConfig ParseModelConfig(const std::string& json_text, const std::string& or
       Require(jitter >= 0 && jitter < 1, origin + ": router_jitter_noise must be in [0, 1)");
       c.router_jitter = static_cast<float>(jitter);
     }
-    if (arch->shared_expert != SharedExpertKind::kNone) {
+    if (arch->shared_expert == SharedExpertKind::kSigmoidGated) {
       c.shared_expert = arch->shared_expert;
       c.shared_expert_intermediate_size = f.Int("shared_expert_intermediate_size", 1);
+    } else if (arch->shared_expert == SharedExpertKind::kUngated && f.IntOr("n_shared_experts", 0, 0) > 0) {
+      // DeepSeek's shared experts are one MLP n_shared_experts times as wide.
+      c.shared_expert = arch->shared_expert;
+      c.shared_expert_intermediate_size = c.moe_intermediate_size * f.Int("n_shared_experts", 1);
+    }
+    if (c.Latent()) {
+      // Layers below first_k_dense_replace are dense (transformers ignores
+      // moe_layer_freq, which is 1 in every release; another value is refused).
+      Require(f.IntOr("moe_layer_freq", 1, 1) == 1,
+              origin + ": moe_layer_freq other than 1 is not supported");
+      const int64_t first = f.IntOr("first_k_dense_replace", 0, 0);
+      Require(first < c.num_layers, origin + ": first_k_dense_replace (" + std::to_string(first) +
+                                        ") leaves no MoE layer");
+      for (int64_t l = 0; l < first; ++l) c.dense_layers.push_back(static_cast<int32_t>(l));
     }
     if (arch->layer_schedule) {
       // transformers: layer i is MoE iff i is not in mlp_only_layers and
@@ -686,9 +775,32 @@ std::string ModelConfigToJson(const ModelConfig& c) {
   j["num_hidden_layers"] = c.num_layers;
   j["num_attention_heads"] = c.num_heads;
   j["num_key_value_heads"] = c.num_kv_heads;
-  if (c.head_dim * c.num_heads != c.hidden_size || arch->qk_norm == QkNormKind::kPerHead ||
-      arch->qk_norm == QkNormKind::kWholeProjection)
+  if (arch->attention == AttentionKind::kLatent) {
+    if (c.q_lora_rank > 0) j["q_lora_rank"] = c.q_lora_rank;
+    else j["q_lora_rank"] = nullptr;
+    j["kv_lora_rank"] = c.kv_lora_rank;
+    j["qk_nope_head_dim"] = c.qk_nope_head_dim;
+    j["qk_rope_head_dim"] = c.head_dim;
+    j["v_head_dim"] = c.v_head_dim;
+    if (arch->router == RouterKind::kGroupSigmoid) j["rope_interleave"] = c.rope_pairing == RopePairing::kAdjacent;
+    j["first_k_dense_replace"] = c.dense_layers.size();
+    j["moe_layer_freq"] = 1;
+    j["n_shared_experts"] =
+        c.shared_expert == SharedExpertKind::kUngated ? c.shared_expert_intermediate_size / c.moe_intermediate_size : 0;
+    j["routed_scaling_factor"] = c.routed_scaling_factor;
+    j["n_group"] = c.n_group;
+    j["topk_group"] = c.topk_group;
+    if (arch->router == RouterKind::kGroupSigmoid) {
+      j["topk_method"] = "noaux_tc";
+      j["scoring_func"] = "sigmoid";
+    } else {
+      j["topk_method"] = c.n_group > 1 ? "group_limited_greedy" : "greedy";
+      j["scoring_func"] = "softmax";
+    }
+  } else if (c.head_dim * c.num_heads != c.hidden_size || arch->qk_norm == QkNormKind::kPerHead ||
+             arch->qk_norm == QkNormKind::kWholeProjection) {
     j["head_dim"] = c.head_dim;
+  }
   j["max_position_embeddings"] = c.max_position_embeddings;
   j["rms_norm_eps"] = c.rms_norm_eps;
   j["rope_theta"] = c.rope_theta;
@@ -715,6 +827,8 @@ std::string ModelConfigToJson(const ModelConfig& c) {
       rs["beta_slow"] = r.beta_slow;
       rs["truncate"] = r.truncate;
       rs["attention_factor"] = r.attention_factor;
+      if (r.mscale != 0) rs["mscale"] = r.mscale;
+      if (r.mscale_all_dim != 0) rs["mscale_all_dim"] = r.mscale_all_dim;
     }
     j["rope_scaling"] = rs;
   }
@@ -767,7 +881,7 @@ std::string ModelConfigToJson(const ModelConfig& c) {
     j["num_experts_per_tok"] = c.num_experts_per_tok;
     j[arch->expert_ff_field] = c.ExpertFf();
     if (arch->reads_norm_topk_prob) j["norm_topk_prob"] = c.norm_topk_prob;
-    if (arch->shared_expert != SharedExpertKind::kNone)
+    if (arch->shared_expert == SharedExpertKind::kSigmoidGated)
       j["shared_expert_intermediate_size"] = c.shared_expert_intermediate_size;
     if (arch->layer_schedule) {
       j["decoder_sparse_step"] = 1;

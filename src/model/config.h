@@ -29,6 +29,26 @@ enum class RouterKind {
   kSoftmaxTopK,  // Mixtral, Qwen-MoE, OLMoE: softmax over all experts, top-k, renorm optional
   kTopKSoftmax,  // Granite-MoE, gpt-oss: top-k of the logits, softmax over those k
   kSparseMixer,  // Phi-3.5-MoE: sparsemixer's inference rule, top-2, weights not renormalised
+  kGroupSoftmax,  // DeepSeek-V2: softmax; group-limited (group score: its best expert) or
+                  // greedy top-k; weights x routed_scaling_factor (or renormalised)
+  kGroupSigmoid,  // DeepSeek-V3: sigmoid; selection by sigmoid + e_score_correction_bias in
+                  // the topk_group groups with the largest top-2 sums; weights the unbiased
+                  // sigmoids, renormalised when norm_topk_prob, x routed_scaling_factor
+};
+
+// The attention block.
+enum class AttentionKind {
+  kMultiHead,  // q/k/v/o projections, grouped-query heads, a key and a value per KV head
+  kLatent,     // DeepSeek multi-head latent attention: the cache holds one normalised latent
+               // (kv_lora_rank) and one shared rotary key (qk_rope_head_dim) per token;
+               // per-head keys and values come from kv_b_proj, absorbed into the query and
+               // the output (see Transformer::LatentAttention)
+};
+
+// How the rotary embedding pairs a head's dimensions.
+enum class RopePairing {
+  kHalves,      // Hugging Face "rotate half": i with i + d/2
+  kAdjacent,    // GPT-J / DeepSeek: 2i with 2i + 1
 };
 
 // The normalisation before attention, before the feed-forward and at the end.
@@ -59,6 +79,7 @@ enum class ActivationKind {
 enum class SharedExpertKind {
   kNone,
   kSigmoidGated,  // Qwen2-MoE: sigmoid(x . shared_expert_gate) * SwiGLU_shared(x)
+  kUngated,       // DeepSeek: mlp.shared_experts, added unweighted
 };
 
 // Rotary scaling (config.json rope_scaling / rope_parameters).
@@ -72,6 +93,7 @@ struct RopeScaling {
   double low_freq_factor = 1.0, high_freq_factor = 4.0;  // llama3
   double beta_fast = 32.0, beta_slow = 1.0;              // yarn
   bool truncate = true;                                  // yarn: floor/ceil the ramp ends
+  double mscale = 0.0, mscale_all_dim = 0.0;             // yarn (DeepSeek): 0 when absent
   // The factor cos and sin are multiplied by (yarn); 1 for the other kinds.
   // longrope has two (below), chosen per call like its frequencies.
   double attention_factor = 1.0;
@@ -115,6 +137,13 @@ struct ModelConfig {
   bool qkv_bias = false;  // q/k/v projections carry biases
   bool o_bias = false;    // o_proj carries a bias
   QkNormKind qk_norm = QkNormKind::kNone;
+  AttentionKind attention = AttentionKind::kMultiHead;
+  RopePairing rope_pairing = RopePairing::kHalves;
+  // kLatent (DeepSeek MLA); head_dim is qk_rope_head_dim there (the rotary width).
+  int64_t q_lora_rank = 0;   // 0: a plain q_proj
+  int64_t kv_lora_rank = 0;
+  int64_t qk_nope_head_dim = 0;
+  int64_t v_head_dim = 0;
   float clip_qkv = 0;     // OLMoE: q, k, v clamped to [-clip, clip] after the norms; 0 = off
 
   // Granite multipliers (1 elsewhere): the embedding output is multiplied by
@@ -136,6 +165,10 @@ struct ModelConfig {
   int64_t moe_intermediate_size = 0;  // d_ff of one expert; 0: intermediate_size
   bool norm_topk_prob = true;  // kSoftmaxTopK: renormalise the top-k weights to sum 1
   float router_jitter = 0.01f; // kSparseMixer: its epsilon (config router_jitter_noise)
+  // kGroupSoftmax / kGroupSigmoid (DeepSeek).
+  int64_t n_group = 1, topk_group = 1;
+  float routed_scaling_factor = 1.0f;
+  bool correction_bias = false;  // mlp.gate.e_score_correction_bias [E] (V3)
   RouterKind router = RouterKind::kSoftmaxTopK;
   bool router_bias = false;  // the router linear has a bias [E] (gpt-oss), added before selection
   bool expert_bias = false;  // routed experts' linears have biases (gpt-oss)
@@ -173,7 +206,15 @@ struct ModelConfig {
     if (shared_expert != SharedExpertKind::kNone) f = std::max(f, shared_expert_intermediate_size);
     return f;
   }
-  int64_t QDim() const { return num_heads * head_dim; }
+  bool Latent() const { return attention == AttentionKind::kLatent; }
+  // Width of the q projection: heads x head_dim, or heads x (nope + rope) for MLA.
+  int64_t QDim() const { return Latent() ? num_heads * (qk_nope_head_dim + head_dim) : num_heads * head_dim; }
+  // Width of the attention output (o_proj's input).
+  int64_t AttnOutDim() const { return Latent() ? num_heads * v_head_dim : QDim(); }
+  // Floats the KV cache holds per token and layer: a key and a value per KV
+  // head, or for MLA the latent and the shared rotary key.
+  int64_t CacheKeyDim() const { return Latent() ? kv_lora_rank + head_dim : KvDim(); }
+  int64_t CacheValueDim() const { return Latent() ? 0 : KvDim(); }
   // The sliding window of `layer`; 0 when it attends to the whole context.
   int64_t WindowOf(int64_t layer) const {
     if (sliding_layers.empty()) return sliding_window;

@@ -33,7 +33,7 @@ void HashFloats(Sha256& sha, const TensorInfo& t, int64_t rows, int64_t cols) {
 
 }  // namespace
 
-int RouterHashVersion(const ModelConfig& config) { return config.router_bias ? 2 : 1; }
+int RouterHashVersion(const ModelConfig& config) { return config.router_bias || config.correction_bias ? 2 : 1; }
 
 std::string RouterHash(const ModelConfig& config, const TensorStore& store) {
   Require(config.IsMoe(), "the model has no MoE routers to hash (dense " + config.architecture + ")");
@@ -56,11 +56,13 @@ std::string RouterHash(const ModelConfig& config, const TensorStore& store) {
     sha.Add(shape.data(), shape.size());
     HashFloats(sha, t, E, D);
     if (version == 1) continue;
-    // v2: which selection tensors follow (bit 0: the router's bias), then each.
+    // v2: which selection tensors follow (bit 0: the router's bias, bit 1:
+    // DeepSeek-V3's correction bias), then each in that order.
     std::vector<uint8_t> flags;
-    AppendU32(&flags, config.router_bias ? 1u : 0u);
+    AppendU32(&flags, (config.router_bias ? 1u : 0u) | (config.correction_bias ? 2u : 0u));
     sha.Add(flags.data(), flags.size());
     if (config.router_bias) HashFloats(sha, store.Require(TensorNames::RouterBias(config, l), {E}), 1, E);
+    if (config.correction_bias) HashFloats(sha, store.Require(TensorNames::CorrectionBias(l), {E}), 1, E);
   }
   return sha.Hex();
 }

@@ -10,10 +10,12 @@
 //     ("model.layers.N.block_sparse_moe.gate.weight") converted to float32
 //     exactly (bf16 and f16 values are representable in float32)
 // Version 2, for models with tensors besides the router weight that decide
-// which experts are chosen (gpt-oss's router bias): the tag "EPW-A IRSH v2"
-// (same padding), and after each layer's weights
-//     u32 flags: bit 0 set when a router bias [rows] follows
-//     rows float32: the router bias (mlp.router.bias)
+// which experts are chosen (gpt-oss's router bias, DeepSeek-V3's correction
+// bias): the tag "EPW-A IRSH v2" (same padding), and after each layer's weights
+//     u32 flags: bit 0 set when a router bias [rows] follows, bit 1 when a
+//         correction bias [rows] follows
+//     rows float32: the router bias (mlp.router.bias), if bit 0
+//     rows float32: the correction bias (mlp.gate.e_score_correction_bias), if bit 1
 // Models without such tensors keep version 1, so their hashes are unchanged.
 // The hash is the lowercase hex SHA-256 of that byte string. It reads the
 // checkpoint, not the loaded copy, so it is the same at every quantization

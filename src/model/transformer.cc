@@ -53,7 +53,9 @@ bool AllFinite(const float* values, size_t n) {
 }
 
 uint64_t KVCache::BytesFor(const ModelConfig& config, int64_t capacity) {
-  return 2ull * static_cast<uint64_t>(config.num_layers * capacity * config.KvDim()) * sizeof(float);
+  return static_cast<uint64_t>(config.num_layers * capacity *
+                               (config.CacheKeyDim() + config.CacheValueDim())) *
+         sizeof(float);
 }
 
 uint64_t Transformer::ScratchBytes(const ModelConfig& c, int64_t T, int64_t capacity, int threads,
@@ -67,12 +69,18 @@ uint64_t Transformer::BatchScratchBytes(const ModelConfig& c, int64_t T, int64_t
   const uint64_t t = static_cast<uint64_t>(T);
   const uint64_t s = static_cast<uint64_t>(std::max<int64_t>(segments, 1));
   uint64_t floats = t * D * 3                         // x_, xn_, proj_
-                    + t * c.QDim() * 2                // q_, att_
-                    + t * c.KvDim() * 2               // k_, v_
+                    + t * c.QDim() + t * c.AttnOutDim()  // q_, att_
                     + static_cast<uint64_t>(threads) * capacity  // scores_
                     + t * D * 2 + t * F * 2;          // ffn_in_, ffn_out_, ffn_gate_, ffn_up_
   // Interleaved gate/up experts multiply into ffn_gate_ at twice the width.
   if (c.expert_layout == ExpertLayout::kMxfp4Interleaved && c.IsMoe()) floats += t * F;
+  if (c.Latent()) {
+    // k_ holds the latents and rotary keys; qa_ the low-rank queries; each
+    // thread's scores_ row is followed by its absorbed query and latent context.
+    floats += t * c.CacheKeyDim() + t * c.q_lora_rank + static_cast<uint64_t>(threads) * 2 * c.kv_lora_rank;
+  } else {
+    floats += t * c.KvDim() * 2;  // k_, v_
+  }
   uint64_t bytes = floats * sizeof(float);
   bytes += static_cast<uint64_t>(logit_rows) * c.vocab_size * sizeof(float);  // logits
   // inv_freq_: one row per segment under dynamic NTK scaling, else one.
@@ -99,14 +107,13 @@ uint64_t Transformer::ScratchBytesInUse() const {
   return b(x_) + b(xn_) + b(q_) + b(k_) + b(v_) + b(att_) + b(proj_) + b(router_logits_) +
          b(ffn_in_) + b(ffn_gate_) + b(ffn_up_) + b(ffn_out_) + b(scores_) + b(token_experts_) +
          b(token_weights_) + b(moe_out_) + b(rows_token_) + b(rows_weight_) + b(inv_freq_) +
-         b(row_pos_) + b(row_seg_) + b(seg_first_) + b(logit_rows_) + b(rope_amplitude_);
+         b(row_pos_) + b(row_seg_) + b(seg_first_) + b(logit_rows_) + b(rope_amplitude_) + b(qa_);
 }
 
 KVCache::KVCache(const ModelConfig& config, int64_t capacity)
-    : capacity_(capacity), kv_dim_(config.KvDim()) {
-  const size_t n = static_cast<size_t>(config.num_layers * capacity * kv_dim_);
-  keys_.assign(n, 0.f);
-  values_.assign(n, 0.f);
+    : capacity_(capacity), key_dim_(config.CacheKeyDim()), value_dim_(config.CacheValueDim()) {
+  keys_.assign(static_cast<size_t>(config.num_layers * capacity * key_dim_), 0.f);
+  values_.assign(static_cast<size_t>(config.num_layers * capacity * value_dim_), 0.f);
 }
 
 namespace {
@@ -190,6 +197,102 @@ void RouteToken(RouterKind kind, const float* router_logits, int64_t num_experts
   }
 }
 
+namespace {
+
+// Orders experts by score, descending, lower index first on ties (stable).
+void TopByScore(const std::vector<float>& score, int64_t k, std::vector<int32_t>& order) {
+  order.resize(score.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::partial_sort(order.begin(), order.begin() + k, order.end(), [&](int32_t a, int32_t b) {
+    return score[a] != score[b] ? score[a] > score[b] : a < b;
+  });
+}
+
+// Keeps the topk_group groups of experts with the largest group scores and
+// sets every other expert's score to `dropped` (DeepSeek's group-limited routing).
+void KeepBestGroups(std::vector<float>& score, const std::vector<float>& group_score, int64_t topk_group,
+                    float dropped) {
+  const int64_t groups = static_cast<int64_t>(group_score.size());
+  const int64_t per_group = static_cast<int64_t>(score.size()) / groups;
+  std::vector<int32_t> order;
+  TopByScore(group_score, topk_group, order);
+  std::vector<bool> keep(static_cast<size_t>(groups), false);
+  for (int64_t i = 0; i < topk_group; ++i) keep[order[i]] = true;
+  for (int64_t g = 0; g < groups; ++g)
+    if (!keep[g])
+      for (int64_t e = g * per_group; e < (g + 1) * per_group; ++e) score[e] = dropped;
+}
+
+}  // namespace
+
+void RouteToken(const ModelConfig& c, const float* logits, const float* correction_bias, int32_t* experts,
+                float* weights) {
+  const int64_t E = c.num_experts, K = c.num_experts_per_tok;
+  if (c.router != RouterKind::kGroupSoftmax && c.router != RouterKind::kGroupSigmoid) {
+    RouteToken(c.router, logits, E, K, c.norm_topk_prob, experts, weights, c.router_jitter);
+    return;
+  }
+  thread_local std::vector<float> score, chosen_by, group_score;
+  thread_local std::vector<int32_t> order;
+  score.resize(E);
+  const int64_t G = c.n_group, per_group = E / G;
+  group_score.assign(static_cast<size_t>(G), 0.f);
+  if (c.router == RouterKind::kGroupSoftmax) {
+    // DeepSeek-V2: softmax in float32; group-limited greedy keeps the groups
+    // whose best expert scores highest and zeroes the rest (as transformers).
+    float max_logit = logits[0];
+    for (int64_t e = 1; e < E; ++e) max_logit = std::max(max_logit, logits[e]);
+    float sum = 0.f;
+    for (int64_t e = 0; e < E; ++e) sum += (score[e] = std::exp(logits[e] - max_logit));
+    for (float& p : score) p /= sum;
+    chosen_by = score;
+    if (G > 1) {
+      for (int64_t g = 0; g < G; ++g)
+        group_score[g] = *std::max_element(score.begin() + g * per_group, score.begin() + (g + 1) * per_group);
+      KeepBestGroups(chosen_by, group_score, c.topk_group, 0.0f);
+    }
+  } else {
+    // DeepSeek-V3: sigmoid scores; the correction bias steers selection only;
+    // a group scores the sum of its two best biased scores; dropped groups
+    // are out of the running (-inf; transformers writes 0.0, which differs
+    // only when a kept biased score is negative).
+    chosen_by.resize(E);
+    for (int64_t e = 0; e < E; ++e) {
+      score[e] = 1.0f / (1.0f + std::exp(-logits[e]));
+      chosen_by[e] = score[e] + (correction_bias ? correction_bias[e] : 0.0f);
+    }
+    if (G > 1) {
+      for (int64_t g = 0; g < G; ++g) {
+        float best = -std::numeric_limits<float>::infinity(), second = best;
+        for (int64_t e = g * per_group; e < (g + 1) * per_group; ++e) {
+          if (chosen_by[e] > best) {
+            second = best;
+            best = chosen_by[e];
+          } else if (chosen_by[e] > second) {
+            second = chosen_by[e];
+          }
+        }
+        group_score[g] = per_group >= 2 ? best + second : best;
+      }
+      KeepBestGroups(chosen_by, group_score, c.topk_group, -std::numeric_limits<float>::infinity());
+    }
+  }
+  TopByScore(chosen_by, K, order);
+  float total = 0.f;
+  for (int64_t i = 0; i < K; ++i) {
+    experts[i] = order[i];
+    weights[i] = score[order[i]];
+    total += weights[i];
+  }
+  // Renormalised when norm_topk_prob (V2 only with k > 1, as DeepSeek's code),
+  // else scaled; V3 renormalises and then scales.
+  const bool renormalize = c.norm_topk_prob && (c.router == RouterKind::kGroupSigmoid || K > 1);
+  for (int64_t i = 0; i < K; ++i) {
+    if (renormalize) weights[i] /= total + 1e-20f;
+    if (c.router == RouterKind::kGroupSigmoid || !renormalize) weights[i] *= c.routed_scaling_factor;
+  }
+}
+
 Transformer::Transformer(ModelConfig config, ModelWeights weights, ThreadPool& pool)
     : config_(std::move(config)), weights_(std::move(weights)), pool_(pool) {
   moe_layers_ = config_.MoeLayers();
@@ -201,18 +304,22 @@ Transformer::Transformer(ModelConfig config, ModelWeights weights, ThreadPool& p
 // with i + head_dim/2 (not with i + 1 as in the original RoPE paper's layout).
 // cos and sin are multiplied by the scaling kind's attention factor (YaRN),
 // as transformers does before applying them.
-void Transformer::ApplyRope(float* vec, int64_t num_heads, int64_t pos, const double* inv_freq,
-                            double amplitude) const {
-  const int64_t hd = config_.head_dim, half = hd / 2;
+void Transformer::ApplyRope(float* vec, int64_t num_heads, int64_t stride, int64_t pos,
+                            const double* inv_freq, double amplitude) const {
+  const int64_t half = config_.head_dim / 2;
+  // Pair i: dimensions (i, i + half) in the rotate-half layout, (2i, 2i + 1)
+  // in the adjacent one (DeepSeek).
+  const bool adjacent = config_.rope_pairing == RopePairing::kAdjacent;
   for (int64_t i = 0; i < half; ++i) {
     const double angle = static_cast<double>(pos) * inv_freq[i];
     const float c = static_cast<float>(std::cos(angle) * amplitude);
     const float s = static_cast<float>(std::sin(angle) * amplitude);
+    const int64_t ia = adjacent ? 2 * i : i, ib = adjacent ? 2 * i + 1 : i + half;
     for (int64_t h = 0; h < num_heads; ++h) {
-      float* head = vec + h * hd;
-      const float a = head[i], b = head[i + half];
-      head[i] = a * c - b * s;
-      head[i + half] = b * c + a * s;
+      float* head = vec + h * stride;
+      const float a = head[ia], b = head[ib];
+      head[ia] = a * c - b * s;
+      head[ib] = b * c + a * s;
     }
   }
 }
@@ -246,9 +353,15 @@ void Transformer::ForwardBatch(std::span<const BatchSegment> segments, std::vect
   Grow(x_, T * D);
   Grow(xn_, T * D);
   Grow(q_, T * config_.QDim());
-  Grow(k_, T * config_.KvDim());
-  Grow(v_, T * config_.KvDim());
-  Grow(att_, T * config_.QDim());
+  if (!config_.Latent()) {
+    Grow(k_, T * config_.KvDim());
+    Grow(v_, T * config_.KvDim());
+  }
+  Grow(att_, T * config_.AttnOutDim());
+  if (config_.Latent()) {
+    Grow(k_, T * config_.CacheKeyDim());
+    Grow(qa_, T * config_.q_lora_rank);
+  }
   Grow(proj_, T * D);
   // Where each row sits: its segment and absolute position.
   row_pos_.resize(T);
@@ -382,6 +495,7 @@ std::string Transformer::LocateNonFinite(std::span<const int32_t> tokens) {
 }
 
 void Transformer::Attention(int64_t layer, int64_t T, std::span<const BatchSegment> segments) {
+  if (config_.Latent()) return LatentAttention(layer, T, segments);
   const LayerWeights& lw = weights_.layers[layer];
   const int64_t D = config_.hidden_size, hd = config_.head_dim;
   const int64_t H = config_.num_heads, KVH = config_.num_kv_heads, group = H / KVH;
@@ -419,8 +533,8 @@ void Transformer::Attention(int64_t layer, int64_t T, std::span<const BatchSegme
     const int64_t pos = row_pos_[t], s = row_seg_[t];
     const double* inv_freq = inv_freq_.data() + (inv_freq_per_segment_ ? s * half : 0);
     KVCache& cache = *segments[s].cache;
-    ApplyRope(q_.data() + t * q_dim, H, pos, inv_freq, rope_amplitude_[s]);
-    ApplyRope(k_.data() + t * kv_dim, KVH, pos, inv_freq, rope_amplitude_[s]);
+    ApplyRope(q_.data() + t * q_dim, H, hd, pos, inv_freq, rope_amplitude_[s]);
+    ApplyRope(k_.data() + t * kv_dim, KVH, hd, pos, inv_freq, rope_amplitude_[s]);
     std::copy_n(k_.data() + t * kv_dim, kv_dim, cache.Key(layer, pos));
     std::copy_n(v_.data() + t * kv_dim, kv_dim, cache.Value(layer, pos));
   }
@@ -473,6 +587,94 @@ void Transformer::Attention(int64_t layer, int64_t T, std::span<const BatchSegme
     CheckStage(proj_.data(), T * D, [layer] {
       return "layer " + std::to_string(layer) + " (" +
              TensorNames::Layer(layer, "self_attn.o_proj.weight") + ")";
+    });
+  AddResidual(proj_.data(), T * D);
+}
+
+void Transformer::LatentAttention(int64_t layer, int64_t T, std::span<const BatchSegment> segments) {
+  const LayerWeights& lw = weights_.layers[layer];
+  const int64_t D = config_.hidden_size, H = config_.num_heads;
+  const int64_t dn = config_.qk_nope_head_dim, dr = config_.head_dim, dv = config_.v_head_dim;
+  const int64_t r = config_.kv_lora_rank, rq = config_.q_lora_rank;
+  const int64_t qd = dn + dr, q_dim = config_.QDim(), ckv_dim = r + dr, out_dim = config_.AttnOutDim();
+  // The latent norms use transformers' DeepseekV2RMSNorm default epsilon.
+  constexpr float kLatentEps = 1e-6f;
+  if (rq > 0) {
+    kernels::MatMul(xn_.data(), T, lw.q_a, qa_.data(), pool_);  // [T, rq]
+    for (int64_t t = 0; t < T; ++t)
+      kernels::RmsNorm(qa_.data() + t * rq, lw.q_a_norm.data(), rq, kLatentEps, qa_.data() + t * rq);
+    kernels::MatMul(qa_.data(), T, lw.q_b, q_.data(), pool_);  // [T, H * (dn + dr)]
+  } else {
+    kernels::MatMul(xn_.data(), T, lw.q, q_.data(), pool_);  // [T, H * (dn + dr)]
+  }
+  kernels::MatMul(xn_.data(), T, lw.kv_a, k_.data(), pool_);  // [T, r + dr]
+  if (checking_) {
+    CheckStage(q_.data(), T * q_dim, [layer] { return "layer " + std::to_string(layer) + "'s MLA query"; });
+    CheckStage(k_.data(), T * ckv_dim, [layer] {
+      return "layer " + std::to_string(layer) + " (" + TensorNames::Layer(layer, "self_attn.kv_a_proj_with_mqa.weight") + ")";
+    });
+  }
+  // Each row: the latent normalised, the shared key and every head's rotary
+  // part rotated for the row's position, then latent and key cached.
+  const int64_t half = dr / 2;
+  for (int64_t t = 0; t < T; ++t) {
+    const int64_t pos = row_pos_[t], s = row_seg_[t];
+    const double* inv_freq = inv_freq_.data() + (inv_freq_per_segment_ ? s * half : 0);
+    float* ckv = k_.data() + t * ckv_dim;
+    kernels::RmsNorm(ckv, lw.kv_a_norm.data(), r, kLatentEps, ckv);
+    ApplyRope(ckv + r, 1, dr, pos, inv_freq, rope_amplitude_[s]);
+    ApplyRope(q_.data() + t * q_dim + dn, H, qd, pos, inv_freq, rope_amplitude_[s]);
+    std::copy_n(ckv, ckv_dim, segments[s].cache->Key(layer, pos));
+  }
+
+  int64_t end_pos = 0;
+  for (const BatchSegment& seg : segments)
+    end_pos = std::max(end_pos, seg.start_pos + static_cast<int64_t>(seg.tokens.size()));
+  const int threads = pool_.size();
+  const int64_t per_thread = end_pos + 2 * r;
+  Grow(scores_, static_cast<size_t>(threads) * per_thread);
+  const float scale = config_.attention_scale;
+  const int64_t window = config_.WindowOf(layer);
+  const float* kv_b = lw.kv_b.data();  // [H * (dn + dv), r]
+  pool_.RunOnAll([&](int thread) {
+    float* scores = scores_.data() + static_cast<size_t>(thread) * per_thread;
+    float* q_lat = scores + end_pos;  // [r]: the query's nope part through head h's key rows
+    float* ctx = q_lat + r;           // [r]: the attention-weighted latent
+    const int64_t items = T * H;
+    const int64_t begin = items * thread / threads, end = items * (thread + 1) / threads;
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t t = item / H, h = item % H;
+      const int64_t pos = row_pos_[t];
+      KVCache& cache = *segments[row_seg_[t]].cache;
+      const float* q = q_.data() + t * q_dim + h * qd;  // [dn nope | dr rotary]
+      const float* key_rows = kv_b + h * (dn + dv) * r;  // [dn, r]
+      const float* value_rows = key_rows + dn * r;       // [dv, r]
+      // k_nope_j = W_k c_j, so q_nope . k_nope_j = (W_k^T q_nope) . c_j.
+      std::fill_n(q_lat, r, 0.f);
+      for (int64_t i = 0; i < dn; ++i) kernels::Axpy(q[i], key_rows + i * r, q_lat, r);
+      const int64_t first = window > 0 ? std::max<int64_t>(0, pos - window + 1) : 0;
+      for (int64_t j = first; j <= pos; ++j) {
+        const float* cj = cache.Key(layer, j);
+        scores[j - first] = (kernels::Dot(q_lat, cj, r) + kernels::Dot(q + dn, cj + r, dr)) * scale;
+      }
+      const int64_t n = pos - first + 1;
+      kernels::Softmax(scores, n);
+      // out = W_v (sum_j p_j c_j): the values are never formed per position.
+      std::fill_n(ctx, r, 0.f);
+      for (int64_t j = first; j <= pos; ++j) kernels::Axpy(scores[j - first], cache.Key(layer, j), ctx, r);
+      float* out = att_.data() + t * out_dim + h * dv;
+      for (int64_t v = 0; v < dv; ++v) out[v] = kernels::Dot(value_rows + v * r, ctx, r);
+    }
+  });
+  if (checking_)
+    CheckStage(att_.data(), T * out_dim, [layer] {
+      return "layer " + std::to_string(layer) + "'s latent attention (see self_attn.kv_b_proj)";
+    });
+  kernels::MatMul(att_.data(), T, lw.o, proj_.data(), pool_);  // [T, d_model]
+  AddBias(proj_.data(), lw.o_bias, T);
+  if (checking_)
+    CheckStage(proj_.data(), T * D, [layer] {
+      return "layer " + std::to_string(layer) + " (" + TensorNames::Layer(layer, "self_attn.o_proj.weight") + ")";
     });
   AddResidual(proj_.data(), T * D);
 }
@@ -610,8 +812,9 @@ void Transformer::FeedForward(int64_t layer, int64_t T, std::span<const BatchSeg
   experts.resize(T * K);
   mix.resize(T * K);
   for (int64_t t = 0; t < T; ++t) {
-    RouteToken(config_.router, router_logits_.data() + t * E, E, K, config_.norm_topk_prob,
-               experts.data() + t * K, mix.data() + t * K, config_.router_jitter);
+    RouteToken(config_, router_logits_.data() + t * E,
+               lw.correction_bias.empty() ? nullptr : lw.correction_bias.data(), experts.data() + t * K,
+               mix.data() + t * K);
     const int32_t s = row_seg_[t];
     if (RoutingTrace* trace = segments[s].trace) {
       const int64_t local = t - seg_first_[s];  // the row's index within its segment
@@ -657,13 +860,21 @@ void Transformer::FeedForward(int64_t layer, int64_t T, std::span<const BatchSeg
     std::copy_n(xn_.data(), T * D, ffn_in_.data());
     ExpertForward(lw.shared, T, [&](const char* which) {
       return FfnStageName(where + "'s shared expert", which,
-                          [&](FfnPart part) { return TensorNames::SharedExpert(layer, part); });
+                          [&](FfnPart part) { return TensorNames::SharedExpert(config_, layer, part); });
     });
     for (int64_t t = 0; t < T; ++t) {
       const float g = kernels::Dot(xn_.data() + t * D, lw.shared_gate.data(), D);
       const float gate = 1.0f / (1.0f + std::exp(-g));
       kernels::Axpy(gate, ffn_out_.data() + t * D, moe_out.data() + t * D, D);
     }
+  } else if (config_.shared_expert == SharedExpertKind::kUngated) {
+    // DeepSeek's shared experts: one MLP on every token, added as it is.
+    std::copy_n(xn_.data(), T * D, ffn_in_.data());
+    ExpertForward(lw.shared, T, [&](const char* which) {
+      return FfnStageName(where + "'s shared experts", which,
+                          [&](FfnPart part) { return TensorNames::SharedExpert(config_, layer, part); });
+    });
+    kernels::Axpy(1.0f, ffn_out_.data(), moe_out.data(), T * D);
   }
   AddResidual(moe_out.data(), T * D);
 }

@@ -15,6 +15,10 @@
 namespace epwa {
 
 // Keys and values of every layer for positions [0, capacity), float32.
+// For multi-head latent attention (DeepSeek) the "key" of a position is its
+// normalised latent and its rotated shared key [kv_lora_rank + rope], and
+// there is no value: the cache is that compressed form, not per-head keys
+// and values (config.CacheKeyDim / CacheValueDim).
 class KVCache {
  public:
   KVCache(const ModelConfig& config, int64_t capacity);
@@ -22,16 +26,16 @@ class KVCache {
   static uint64_t BytesFor(const ModelConfig& config, int64_t capacity);
   int64_t capacity() const { return capacity_; }
   size_t Bytes() const { return (keys_.size() + values_.size()) * sizeof(float); }
-  // [kv_heads * head_dim] for one layer and position.
-  float* Key(int64_t layer, int64_t pos) { return keys_.data() + Offset(layer, pos); }
-  float* Value(int64_t layer, int64_t pos) { return values_.data() + Offset(layer, pos); }
+  // [CacheKeyDim] / [CacheValueDim] for one layer and position.
+  float* Key(int64_t layer, int64_t pos) { return keys_.data() + Offset(layer, pos, key_dim_); }
+  float* Value(int64_t layer, int64_t pos) { return values_.data() + Offset(layer, pos, value_dim_); }
 
  private:
-  size_t Offset(int64_t layer, int64_t pos) const {
-    return static_cast<size_t>((layer * capacity_ + pos) * kv_dim_);
+  size_t Offset(int64_t layer, int64_t pos, int64_t dim) const {
+    return static_cast<size_t>((layer * capacity_ + pos) * dim);
   }
   int64_t capacity_;
-  int64_t kv_dim_;
+  int64_t key_dim_, value_dim_;
   std::vector<float> keys_;    // [layers, capacity, kv_dim]
   std::vector<float> values_;  // [layers, capacity, kv_dim]
 };
@@ -46,6 +50,13 @@ class KVCache {
 // and tools.
 void RouteToken(RouterKind kind, const float* router_logits, int64_t num_experts, int64_t top_k,
                 bool renormalize, int32_t* experts, float* weights, float jitter = 0.01f);
+// Routing by every field of the config's router kind, for the forward pass.
+// The group kinds (DeepSeek) need the config's groups and scaling factor, and
+// kGroupSigmoid the layer's correction bias [num_experts]. Experts come in
+// selection order: descending weight, except kGroupSigmoid, whose order is
+// that of the biased scores it selects by.
+void RouteToken(const ModelConfig& config, const float* router_logits, const float* correction_bias,
+                int32_t* experts, float* weights);
 
 // True when none of the n values is NaN or infinite. Tests the exponent bits
 // rather than calling std::isfinite so that the loop vectorizes: it runs on
@@ -144,8 +155,13 @@ class Transformer {
                      const std::function<std::string(const char*)>& name);
   // Rotates `num_heads` head vectors at `vec` for position `pos` with the
   // inverse frequencies `inv_freq` ([head_dim / 2]).
-  void ApplyRope(float* vec, int64_t num_heads, int64_t pos, const double* inv_freq,
+  // Heads are `stride` floats apart; the first head_dim of each rotate.
+  void ApplyRope(float* vec, int64_t num_heads, int64_t stride, int64_t pos, const double* inv_freq,
                  double amplitude) const;
+  // Multi-head latent attention (AttentionKind::kLatent), absorbed form: the
+  // key rows of kv_b_proj are folded into each query and its value rows into
+  // each output, so attention runs on the cached latents directly.
+  void LatentAttention(int64_t layer, int64_t T, std::span<const BatchSegment> segments);
   // The config's norm kind over one row of d_model values; out may alias x.
   void Norm(const float* x, const std::vector<float>& weight, const std::vector<float>& bias,
             float* out) const;
@@ -178,6 +194,7 @@ class Transformer {
   std::vector<float> v_;      // [T, kv_dim]
   std::vector<float> att_;    // [T, q_dim]
   std::vector<float> proj_;   // [T, d_model]
+  std::vector<float> qa_;     // [T, q_lora_rank] (MLA with a low-rank query)
   std::vector<float> router_logits_;  // [T, n_experts]
   std::vector<float> ffn_in_;    // [rows, d_model] tokens routed to one expert
   std::vector<float> ffn_gate_;  // [rows, d_ff]

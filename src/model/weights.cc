@@ -206,8 +206,14 @@ std::string TensorNames::DenseMlp(int64_t layer, FfnPart part) {
   return Layer(layer, std::string("mlp.") + kMlpParts[PartIndex(part)] + ".weight");
 }
 
-std::string TensorNames::SharedExpert(int64_t layer, FfnPart part) {
-  return Layer(layer, std::string("mlp.shared_expert.") + kMlpParts[PartIndex(part)] + ".weight");
+std::string TensorNames::SharedExpert(const ModelConfig& c, int64_t layer, FfnPart part) {
+  // Qwen2-MoE has one gated shared_expert; DeepSeek's shared_experts are one MLP.
+  const char* stem = c.shared_expert == SharedExpertKind::kUngated ? "mlp.shared_experts." : "mlp.shared_expert.";
+  return Layer(layer, std::string(stem) + kMlpParts[PartIndex(part)] + ".weight");
+}
+
+std::string TensorNames::CorrectionBias(int64_t layer) {
+  return Layer(layer, "mlp.gate.e_score_correction_bias");
 }
 
 std::string TensorNames::SharedExpertGate(int64_t layer) {
@@ -228,15 +234,29 @@ std::vector<CheckpointTensor> CheckpointTensors(const ModelConfig& c) {
     auto n = [&](const std::string& s) { return TensorNames::Layer(l, s); };
     out.push_back({n("input_layernorm.weight"), {D}});
     if (layer_norm) out.push_back({n("input_layernorm.bias"), {D}});
-    out.push_back({n("self_attn.q_proj.weight"), {c.QDim(), D}});
-    out.push_back({n("self_attn.k_proj.weight"), {c.KvDim(), D}});
-    out.push_back({n("self_attn.v_proj.weight"), {c.KvDim(), D}});
+    if (c.Latent()) {
+      if (c.q_lora_rank > 0) {
+        out.push_back({n("self_attn.q_a_proj.weight"), {c.q_lora_rank, D}});
+        out.push_back({n("self_attn.q_a_layernorm.weight"), {c.q_lora_rank}});
+        out.push_back({n("self_attn.q_b_proj.weight"), {c.QDim(), c.q_lora_rank}});
+      } else {
+        out.push_back({n("self_attn.q_proj.weight"), {c.QDim(), D}});
+      }
+      out.push_back({n("self_attn.kv_a_proj_with_mqa.weight"), {c.kv_lora_rank + c.head_dim, D}});
+      out.push_back({n("self_attn.kv_a_layernorm.weight"), {c.kv_lora_rank}});
+      out.push_back({n("self_attn.kv_b_proj.weight"),
+                     {c.num_heads * (c.qk_nope_head_dim + c.v_head_dim), c.kv_lora_rank}});
+    } else {
+      out.push_back({n("self_attn.q_proj.weight"), {c.QDim(), D}});
+      out.push_back({n("self_attn.k_proj.weight"), {c.KvDim(), D}});
+      out.push_back({n("self_attn.v_proj.weight"), {c.KvDim(), D}});
+    }
     if (c.qkv_bias) {
       out.push_back({n("self_attn.q_proj.bias"), {c.QDim()}});
       out.push_back({n("self_attn.k_proj.bias"), {c.KvDim()}});
       out.push_back({n("self_attn.v_proj.bias"), {c.KvDim()}});
     }
-    out.push_back({n("self_attn.o_proj.weight"), {D, c.QDim()}});
+    out.push_back({n("self_attn.o_proj.weight"), {D, c.AttnOutDim()}});
     if (c.o_bias) out.push_back({n("self_attn.o_proj.bias"), {D}});
     if (c.qk_norm != QkNormKind::kNone) {
       out.push_back({n("self_attn.q_norm.weight"), {QkNormLength(c, false)}});
@@ -250,6 +270,7 @@ std::vector<CheckpointTensor> CheckpointTensors(const ModelConfig& c) {
       const int64_t E = c.num_experts, F = c.ExpertFf();
       out.push_back({TensorNames::Router(c, l), {E, D}});
       if (c.router_bias) out.push_back({TensorNames::RouterBias(c, l), {E}});
+      if (c.correction_bias) out.push_back({TensorNames::CorrectionBias(l), {E}});
       if (c.expert_layout == ExpertLayout::kMxfp4Interleaved) {
         // MXFP4 blocks [E, rows, cols / 32, 16] and E8M0 scales [E, rows, cols / 32].
         const std::string gu = naming.fused_gate_up, dn = naming.fused_down;
@@ -266,11 +287,11 @@ std::vector<CheckpointTensor> CheckpointTensors(const ModelConfig& c) {
         for (int64_t e = 0; e < E; ++e)
           ffn([&](FfnPart part) { return TensorNames::Expert(c, l, e, part); }, F);
       }
-      if (c.shared_expert == SharedExpertKind::kSigmoidGated) {
-        ffn([&](FfnPart part) { return TensorNames::SharedExpert(l, part); },
+      if (c.shared_expert != SharedExpertKind::kNone)
+        ffn([&](FfnPart part) { return TensorNames::SharedExpert(c, l, part); },
             c.shared_expert_intermediate_size);
+      if (c.shared_expert == SharedExpertKind::kSigmoidGated)
         out.push_back({TensorNames::SharedExpertGate(l), {1, D}});
-      }
     } else {
       ffn([&](FfnPart part) { return TensorNames::DenseMlp(l, part); }, c.intermediate_size);
     }
@@ -349,10 +370,26 @@ ModelWeights BindWeights(const ModelConfig& c, const TensorStore& store,
                   ") and hidden_size (" + std::to_string(D) + ") say [" + std::to_string(c.QDim()) +
                   ", " + std::to_string(D) + "]");
     }
-    lw.q = matrix(name("self_attn.q_proj.weight"), c.QDim(), D);
-    lw.k = matrix(name("self_attn.k_proj.weight"), c.KvDim(), D);
-    lw.v = matrix(name("self_attn.v_proj.weight"), c.KvDim(), D);
-    lw.o = matrix(name("self_attn.o_proj.weight"), D, c.QDim());
+    if (c.Latent()) {
+      if (c.q_lora_rank > 0) {
+        lw.q_a = matrix(name("self_attn.q_a_proj.weight"), c.q_lora_rank, D);
+        lw.q_a_norm = vector(name("self_attn.q_a_layernorm.weight"), c.q_lora_rank);
+        lw.q_b = matrix(name("self_attn.q_b_proj.weight"), c.QDim(), c.q_lora_rank);
+      } else {
+        lw.q = matrix(name("self_attn.q_proj.weight"), c.QDim(), D);
+      }
+      lw.kv_a = matrix(name("self_attn.kv_a_proj_with_mqa.weight"), c.kv_lora_rank + c.head_dim, D);
+      lw.kv_a_norm = vector(name("self_attn.kv_a_layernorm.weight"), c.kv_lora_rank);
+      const TensorInfo& kv_b = store.Require(name("self_attn.kv_b_proj.weight"),
+                                             {c.num_heads * (c.qk_nope_head_dim + c.v_head_dim), c.kv_lora_rank});
+      lw.kv_b = ToFloat(kv_b);
+      w.converted_bytes += lw.kv_b.size() * sizeof(float);
+    } else {
+      lw.q = matrix(name("self_attn.q_proj.weight"), c.QDim(), D);
+      lw.k = matrix(name("self_attn.k_proj.weight"), c.KvDim(), D);
+      lw.v = matrix(name("self_attn.v_proj.weight"), c.KvDim(), D);
+    }
+    lw.o = matrix(name("self_attn.o_proj.weight"), D, c.AttnOutDim());
     if (c.qkv_bias) {
       lw.q_bias = vector(name("self_attn.q_proj.bias"), c.QDim());
       lw.k_bias = vector(name("self_attn.k_proj.bias"), c.KvDim());
@@ -371,6 +408,7 @@ ModelWeights BindWeights(const ModelConfig& c, const TensorStore& store,
       lw.router = ToFloat(router);
       w.converted_bytes += lw.router.size() * sizeof(float);
       if (c.router_bias) lw.router_bias = vector(TensorNames::RouterBias(c, l), E);
+      if (c.correction_bias) lw.correction_bias = vector(TensorNames::CorrectionBias(l), E);
       const ExpertNaming& naming = NamingOf(c.expert_layout);
       if (c.expert_layout == ExpertLayout::kMxfp4Interleaved) {
         BindMxfp4Experts(c, store, l, &lw, &w);
@@ -392,9 +430,10 @@ ModelWeights BindWeights(const ModelConfig& c, const TensorStore& store,
         for (int64_t e = 0; e < E; ++e)
           lw.experts.push_back(ffn([&](FfnPart part) { return TensorNames::Expert(c, l, e, part); }, F));
       }
-      if (c.shared_expert == SharedExpertKind::kSigmoidGated) {
-        lw.shared = ffn([&](FfnPart part) { return TensorNames::SharedExpert(l, part); },
+      if (c.shared_expert != SharedExpertKind::kNone)
+        lw.shared = ffn([&](FfnPart part) { return TensorNames::SharedExpert(c, l, part); },
                         c.shared_expert_intermediate_size);
+      if (c.shared_expert == SharedExpertKind::kSigmoidGated) {
         const TensorInfo& gate = store.Require(TensorNames::SharedExpertGate(l), {1, D});
         lw.shared_gate = ToFloat(gate);
         w.converted_bytes += lw.shared_gate.size() * sizeof(float);

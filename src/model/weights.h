@@ -44,6 +44,16 @@ struct LayerWeights {
   std::vector<float> attn_norm_bias, ffn_norm_bias;
   WeightView q, k, v, o;         // [q_dim, d_model], [kv_dim, d_model] x2, [d_model, q_dim]
   std::vector<float> q_bias, k_bias, v_bias, o_bias;  // empty unless the config has biases
+  // AttentionKind::kLatent (DeepSeek MLA); q, k and v above are then unused
+  // except q, the plain q_proj when q_lora_rank is 0.
+  WeightView q_a, q_b;           // [q_lora_rank, d_model], [heads * (nope + rope), q_lora_rank]
+  std::vector<float> q_a_norm;   // [q_lora_rank]
+  WeightView kv_a;               // [kv_lora_rank + rope, d_model]: the latent, then the shared rotary key
+  std::vector<float> kv_a_norm;  // [kv_lora_rank]
+  // kv_b_proj in float32 [heads * (nope + v_head_dim), kv_lora_rank]: per head
+  // the nope rows that turn the latent into keys, then the rows that turn it
+  // into values. Read row by row to absorb them into queries and outputs.
+  std::vector<float> kv_b;
   // q/k norm weights: [head_dim] each for kPerHead, [q_dim] / [kv_dim] for
   // kWholeProjection, empty for kNone.
   std::vector<float> q_norm, k_norm;
@@ -52,6 +62,7 @@ struct LayerWeights {
   std::vector<ExpertWeights> experts;
   std::vector<float> router;  // [n_experts, d_model], float32; empty for dense layers
   std::vector<float> router_bias;  // [n_experts] when config.router_bias
+  std::vector<float> correction_bias;  // [n_experts] when config.correction_bias (DeepSeek-V3)
   std::vector<float> sinks;        // [num_heads] when config.attention_sinks
   // Routed experts' biases when config.expert_bias: [n_experts, 2 d_ff] and
   // [n_experts, d_model]; ExpertWeights point into them.
@@ -91,7 +102,8 @@ struct TensorNames {
   static std::string RouterBias(const ModelConfig& config, int64_t layer);
   static std::string Expert(const ModelConfig& config, int64_t layer, int64_t expert, FfnPart part);
   static std::string DenseMlp(int64_t layer, FfnPart part);
-  static std::string SharedExpert(int64_t layer, FfnPart part);
+  static std::string SharedExpert(const ModelConfig& config, int64_t layer, FfnPart part);
+  static std::string CorrectionBias(int64_t layer);
   static std::string SharedExpertGate(int64_t layer);
 };
 

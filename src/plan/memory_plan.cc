@@ -96,7 +96,8 @@ void Total(const ModelConfig& config, const PlanContext& cx, LevelPlan* p) {
   p->kv_bytes = static_cast<uint64_t>(parallel) * KVCache::BytesFor(config, ctx);
   const int64_t rows = PlannedBatchRows(cx);
   int64_t max_k = std::max(config.hidden_size, config.MaxFf());
-  max_k = std::max(max_k, config.QDim());
+  max_k = std::max(max_k, std::max(config.QDim(), config.AttnOutDim()));
+  max_k = std::max(max_k, config.q_lora_rank);
   p->scratch_bytes =
       Transformer::BatchScratchBytes(config, rows, ctx, cx.threads, std::min(parallel, rows), parallel) +
       kernels::MatMulScratchBytes(rows, max_k, cx.threads);
@@ -127,9 +128,20 @@ std::vector<MatrixSlot> ListMatrices(const ModelConfig& c, ModelWeights& w) {
   for (int64_t l = 0; l < c.num_layers; ++l) {
     LayerWeights& lw = w.layers[l];
     auto name = [&](const std::string& s) { return TensorNames::Layer(l, s); };
-    out.push_back({name("self_attn.q_proj.weight"), MatrixRole::kAttention, l, &lw.q});
-    out.push_back({name("self_attn.k_proj.weight"), MatrixRole::kAttention, l, &lw.k});
-    out.push_back({name("self_attn.v_proj.weight"), MatrixRole::kAttention, l, &lw.v});
+    if (c.Latent()) {
+      // MLA: kv_b_proj is read as float32 rows (converted at bind), not planned here.
+      if (c.q_lora_rank > 0) {
+        out.push_back({name("self_attn.q_a_proj.weight"), MatrixRole::kAttention, l, &lw.q_a});
+        out.push_back({name("self_attn.q_b_proj.weight"), MatrixRole::kAttention, l, &lw.q_b});
+      } else {
+        out.push_back({name("self_attn.q_proj.weight"), MatrixRole::kAttention, l, &lw.q});
+      }
+      out.push_back({name("self_attn.kv_a_proj_with_mqa.weight"), MatrixRole::kAttention, l, &lw.kv_a});
+    } else {
+      out.push_back({name("self_attn.q_proj.weight"), MatrixRole::kAttention, l, &lw.q});
+      out.push_back({name("self_attn.k_proj.weight"), MatrixRole::kAttention, l, &lw.k});
+      out.push_back({name("self_attn.v_proj.weight"), MatrixRole::kAttention, l, &lw.v});
+    }
     out.push_back({name("self_attn.o_proj.weight"), MatrixRole::kAttention, l, &lw.o});
     // Each feed-forward in checkpoint order: gate, down, up.
     auto ffn = [&](ExpertWeights& f, MatrixRole role, auto name_of) {
@@ -149,7 +161,7 @@ std::vector<MatrixSlot> ListMatrices(const ModelConfig& c, ModelWeights& w) {
       // A shared expert runs for every token, like a dense MLP, and is planned as one.
       if (c.shared_expert != SharedExpertKind::kNone)
         ffn(lw.shared, MatrixRole::kDenseMlp,
-            [&](FfnPart part) { return TensorNames::SharedExpert(l, part); });
+            [&](FfnPart part) { return TensorNames::SharedExpert(c, l, part); });
     } else {
       ffn(lw.experts[0], MatrixRole::kDenseMlp,
           [&](FfnPart part) { return TensorNames::DenseMlp(l, part); });

@@ -183,6 +183,57 @@ std::vector<Preset> Presets() {
     r.attention_factor = r.short_mscale;
     add("fixture-phimoe", "2-layer Phi-3.5-MoE layout: LayerNorm, sparsemixer, longrope, lm_head bias (reference tests)", c);
   }
+  {
+    // DeepSeek-V2 (Lite-like): MLA without a low-rank query, adjacent-pair
+    // rotary with yarn and mscale_all_dim (the softmax scale's m^2), layer 0
+    // dense, group-limited greedy routing over 4 groups, scaled weights,
+    // two shared experts.
+    ModelConfig c = Make("DeepseekV2ForCausalLM", 512, 64, 128, 3, 4, 4, 8, 3, 256, 10000.0);
+    c.head_dim = 8;
+    c.kv_lora_rank = 32;
+    c.qk_nope_head_dim = 16;
+    c.v_head_dim = 16;
+    c.moe_intermediate_size = 32;
+    c.shared_expert = SharedExpertKind::kUngated;
+    c.shared_expert_intermediate_size = 64;
+    c.dense_layers = {0};
+    c.n_group = 4;
+    c.topk_group = 2;
+    c.routed_scaling_factor = 1.5f;
+    c.norm_topk_prob = false;
+    c.rope_pairing = RopePairing::kAdjacent;
+    c.rope_scaling.kind = RopeScalingKind::kYarn;
+    c.rope_scaling.factor = 4.0;
+    c.rope_scaling.original_max_position_embeddings = 64;
+    c.rope_scaling.mscale = c.rope_scaling.mscale_all_dim = 0.707;
+    c.rope_scaling.attention_factor = 1.0;
+    add("fixture-deepseek-v2", "3-layer DeepSeek-V2 layout: MLA, group-limited greedy, shared experts (reference tests)", c);
+  }
+  {
+    // DeepSeek-V3: MLA with a low-rank query, sigmoid routing with a
+    // correction bias over 4 groups (top-2 sums), renormalised then x2.5.
+    ModelConfig c = Make("DeepseekV3ForCausalLM", 512, 64, 128, 3, 4, 4, 16, 4, 256, 10000.0);
+    c.head_dim = 8;
+    c.q_lora_rank = 24;
+    c.kv_lora_rank = 32;
+    c.qk_nope_head_dim = 16;
+    c.v_head_dim = 16;
+    c.moe_intermediate_size = 32;
+    c.shared_expert = SharedExpertKind::kUngated;
+    c.shared_expert_intermediate_size = 32;
+    c.dense_layers = {0};
+    c.n_group = 4;
+    c.topk_group = 2;
+    c.routed_scaling_factor = 2.5f;
+    c.norm_topk_prob = true;
+    c.rope_pairing = RopePairing::kAdjacent;
+    c.rope_scaling.kind = RopeScalingKind::kYarn;
+    c.rope_scaling.factor = 4.0;
+    c.rope_scaling.original_max_position_embeddings = 64;
+    c.rope_scaling.mscale = c.rope_scaling.mscale_all_dim = 1.0;
+    c.rope_scaling.attention_factor = 1.0;
+    add("fixture-deepseek-v3", "3-layer DeepSeek-V3 layout: MLA with q_lora, sigmoid group routing (reference tests)", c);
+  }
   // A Mixtral-shaped model of about 1 GB whose per-token weights leave the
   // caches: the decode/prefill benchmark.
   add("bench-moe", "2-layer Mixtral layout, d_model 2048, 8 experts of d_ff 4096 (benchmarks)",
@@ -288,6 +339,28 @@ std::vector<Preset> Presets() {
     c.eos_token_ids = {32000};
     add("phi-3.5-moe", "Phi-3.5-MoE shape (16 experts top-2 sparsemixer, LayerNorm, longrope)", c);
   }
+  {
+    ModelConfig c = Make("DeepseekV2ForCausalLM", 102400, 2048, 10944, 27, 16, 16, 64, 6, 163840, 10000.0);
+    c.head_dim = 64;
+    c.kv_lora_rank = 512;
+    c.qk_nope_head_dim = 128;
+    c.v_head_dim = 128;
+    c.moe_intermediate_size = 1408;
+    c.shared_expert = SharedExpertKind::kUngated;
+    c.shared_expert_intermediate_size = 2816;
+    c.dense_layers = {0};
+    c.norm_topk_prob = false;
+    c.rms_norm_eps = 1e-6f;
+    c.rope_pairing = RopePairing::kAdjacent;
+    c.rope_scaling.kind = RopeScalingKind::kYarn;
+    c.rope_scaling.factor = 40.0;
+    c.rope_scaling.original_max_position_embeddings = 4096;
+    c.rope_scaling.mscale = c.rope_scaling.mscale_all_dim = 0.707;
+    c.rope_scaling.attention_factor = 1.0;
+    c.bos_token_id = 100000;
+    c.eos_token_ids = {100001};
+    add("deepseek-v2-lite", "DeepSeek-V2-Lite (MLA, 64 experts top-6 + 2 shared, layer 0 dense)", c);
+  }
   return p;
 }
 
@@ -324,6 +397,7 @@ Init InitFor(const std::string& name, const ModelConfig& c, int64_t fan_in) {
   if (ends_with("norm.weight")) return {0.1f, 1.0f};
   // Sinks and a router bias of order 1, so that both change the results.
   if (ends_with(".sinks") || ends_with("router.bias")) return {1.0f, 0.0f};
+  if (ends_with("e_score_correction_bias")) return {0.3f, 0.0f};
   if (ends_with(".bias") || ends_with("_bias")) return {0.1f, 0.0f};
   if (name == "model.embed_tokens.weight")
     return {c.tie_word_embeddings ? 3.0f / std::sqrt(static_cast<float>(c.hidden_size)) : 1.0f, 0.0f};

@@ -22,7 +22,7 @@ std::vector<TokenScore> ScoreByRouting(std::span<const int32_t> ids, int64_t fir
   for (int64_t t = std::max<int64_t>(first, shift); t < T; ++t) {
     const int64_t from = t - shift;
     if (from >= T) continue;
-    const ExpertChoice c = ChooseExpert(routing.Logits(from, slot));
+    const ExpertChoice c = ChooseExpert(routing, from, slot);
     TokenScore s;
     s.position = t;
     s.token = ids[t];

@@ -108,7 +108,7 @@ struct Detectors {
     r.kgw = ZOf(ScoreByPreviousToken(in.ids, in.first, kgw_lists), kgw_lists.p0(), o.detect);
     const int64_t T = static_cast<int64_t>(in.ids.size());
     r.experts.assign(static_cast<size_t>(T), -1);
-    for (int64_t t = 0; t < T; ++t) r.experts[t] = ChooseExpert(pass.routing.Logits(t, slot)).expert;
+    for (int64_t t = 0; t < T; ++t) r.experts[t] = ChooseExpert(pass.routing, t, slot).expert;
     if (!all) return r;
     DetectOptions nd = o.detect;
     nd.dedup = false;

@@ -145,7 +145,7 @@ void CollectOracleExamples(Engine& engine, const std::string& text, int64_t wind
     const ScoreResult r = engine.Score(chunk);
     for (int64_t t = 0; t < static_cast<int64_t>(chunk.size()) && taken < max_tokens; ++t, ++taken) {
       x->push_back(TopKFromLogits(std::span<const float>(r.logits.data() + t * V, static_cast<size_t>(V)), top_k));
-      labels->push_back(ChooseExpert(r.routing.Logits(t, slot)).expert);
+      labels->push_back(ChooseExpert(r.routing, t, slot).expert);
     }
   }
 }

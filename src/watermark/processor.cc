@@ -1,5 +1,6 @@
 #include "watermark/processor.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include <nlohmann/json.hpp>
@@ -78,6 +79,27 @@ ExpertChoice ChooseExpert(std::span<const float> router_logits) {
   return c;
 }
 
+ExpertChoice ChooseExpert(const RoutingTrace& routing, int64_t t, int slot) {
+  const std::span<const float> logits = routing.Logits(t, slot);
+  ExpertChoice c = ChooseExpert(logits);
+  const int32_t chosen = routing.Experts(t, slot)[0];
+  if (chosen < 0 || chosen == c.expert) return c;
+  // The router chose another expert than the argmax (group-limited sigmoid
+  // routing): its probability, and the gap to the best other one.
+  double max_logit = logits[0];
+  for (float v : logits) max_logit = std::max(max_logit, static_cast<double>(v));
+  double sum = 0, best_other = 0;
+  for (size_t e = 0; e < logits.size(); ++e) {
+    const double p = std::exp(static_cast<double>(logits[e]) - max_logit);
+    sum += p;
+    if (static_cast<int32_t>(e) != chosen) best_other = std::max(best_other, p);
+  }
+  c.expert = chosen;
+  c.confidence = static_cast<float>(std::exp(static_cast<double>(logits[chosen]) - max_logit) / sum);
+  c.margin = static_cast<float>(c.confidence - best_other / sum);
+  return c;
+}
+
 namespace {
 KeyedBy CheckedKeying(const WatermarkParams& p, const ModelConfig& config) {
   Require(p.scheme == Scheme::kKgw || config.IsMoe(),
@@ -124,7 +146,7 @@ void WatermarkProcessor::Apply(std::span<float> logits, const RoutingTrace& rout
                 routing.num_experts() > 0,
             "the routing of this step is missing, so no watermark can be applied; refusing to "
             "generate unwatermarked text under --watermark");
-    const ExpertChoice choice = ChooseExpert(routing.Logits(routing.num_tokens() - 1, router_slot_));
+    const ExpertChoice choice = ChooseExpert(routing, routing.num_tokens() - 1, router_slot_);
     seed_value = choice.expert;
     experts_used_.push_back(choice.expert);
     if (params_.scheme == Scheme::kEwp)

@@ -59,6 +59,12 @@ struct ExpertChoice {
   float margin = 0;
 };
 ExpertChoice ChooseExpert(std::span<const float> router_logits);
+// The same for token t of a routing trace at MoE slot `slot`: the expert is
+// the router's own first choice (Experts(t, slot)[0]), which is the argmax of
+// the logits for every router kind except DeepSeek-V3's, whose choice follows
+// the biased sigmoid scores and group limits; confidence and margin are
+// always read from the softmax of the raw router logits.
+ExpertChoice ChooseExpert(const RoutingTrace& routing, int64_t t, int slot);
 
 class WatermarkProcessor {
  public:
