@@ -91,18 +91,6 @@ TEST_F(Families, RealConfigsRunAtEveryLevel) {
   for (const auto& [folder, family] : real) CheckRealConfig(*models / folder / "config.json", family, scratch_);
 }
 
-// The families of issue #10 are refused by name until they land, not run wrongly.
-TEST_F(Families, UnsupportedRealConfigsAreRefusedByName) {
-  const auto models = SharedModels();
-  if (!models) GTEST_SKIP() << "../shared/data/models is absent";
-  for (const char* folder : {"deepseek-r1"}) {
-    Result r = RunEpwa("synth --config " + Quote((*models / folder / "config.json").string()) +
-                           " --layers 1 --out " + scratch_.path() + "/" + folder,
-                       scratch_);
-    ExpectCleanError(r, 1, "is not supported (supported: MixtralForCausalLM");
-  }
-}
-
 TEST_F(Families, EveryMoeFamilyWatermarksAndDetects) {
   for (const char* preset :
        {"fixture-qwen3-moe", "fixture-olmoe", "fixture-qwen2-moe", "fixture-granite-moe",
@@ -201,6 +189,54 @@ TEST_F(BrokenFamilyFolder, HeadDimContradictingTheQProjection) {
   ExpectCleanError(RunEpwa("score -m " + m + " --text hi", scratch_), 1,
                    "self_attn.q_proj.weight' has shape [96, 64] but config.json's "
                    "num_attention_heads x head_dim (4 x 32)");
+}
+
+// Renames the first tensor whose name contains `from` in a single-file
+// checkpoint by rewriting the header in place (same length, so every offset
+// stays valid).
+void RenameTensor(const std::string& model, const std::string& from, const std::string& to) {
+  ASSERT_EQ(from.size(), to.size());
+  std::string bytes = testing::ReadFile(model + "/model.safetensors");
+  const size_t at = bytes.find(from);
+  ASSERT_NE(at, std::string::npos);
+  bytes.replace(at, from.size(), to);
+  std::ofstream(model + "/model.safetensors", std::ios::binary | std::ios::trunc) << bytes;
+}
+
+TEST_F(BrokenFamilyFolder, Mxfp4AndFp8TensorsThatDoNotAddUp) {
+  // gpt-oss: scales whose shape contradicts the blocks (intermediate_size
+  // changed to another multiple of 32 than the checkpoint's).
+  std::string m = Copy("fixture-gpt-oss");
+  json j = ReadConfig(m);
+  j["intermediate_size"] = 64;
+  WriteConfig(m, j);
+  ExpectCleanError(RunEpwa("score -m " + m + " --text hi", scratch_), 1,
+                   "mlp.experts.gate_up_proj_blocks' has shape [8, 64, 2, 16] but shape [8, 128, 2, 16] was expected");
+  // FP8 weights without their scales.
+  m = Copy("fixture-deepseek-v3-fp8");
+  RenameTensor(m, "layers.0.self_attn.q_a_proj.weight_scale_inv", "layers.0.self_attn.q_a_proj.weight_scale_inX");
+  ExpectCleanError(RunEpwa("score -m " + m + " --text hi", scratch_), 1,
+                   "tensor 'model.layers.0.self_attn.q_a_proj.weight' is FP8 (F8_E4M3) but its scales "
+                   "'model.layers.0.self_attn.q_a_proj.weight_scale_inv' are missing");
+  // An unknown router scoring function and MLA ranks that contradict the tensors.
+  m = Copy("fixture-deepseek-v3");
+  j = ReadConfig(m);
+  j["scoring_func"] = "softmax";
+  WriteConfig(m, j);
+  ExpectCleanError(RunEpwa("info -m " + m, scratch_), 1,
+                   "scoring_func 'softmax' is not supported for DeepseekV3ForCausalLM (supported: sigmoid)");
+  j["scoring_func"] = "sigmoid";
+  j["kv_lora_rank"] = 48;
+  WriteConfig(m, j);
+  ExpectCleanError(RunEpwa("score -m " + m + " --text hi", scratch_), 1,
+                   "self_attn.kv_a_proj_with_mqa.weight' has shape [40, 64] but shape [56, 64] was expected");
+  // layer_types of the wrong length (the gpt-oss folder from above).
+  m = scratch_.path() + "/fixture-gpt-oss";
+  j = ReadConfig(m);
+  j["layer_types"] = {"sliding_attention"};
+  WriteConfig(m, j);
+  ExpectCleanError(RunEpwa("info -m " + m, scratch_), 1,
+                   "layer_types must list one entry per layer (3), not 1 entries");
 }
 
 TEST_F(BrokenFamilyFolder, TopKAboveTheExpertCount) {

@@ -185,6 +185,7 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, ReferenceTest,
                                            FAMILY("fixture-linear-rope"),
                                            MXFP4_FAMILY("fixture-gpt-oss"), FAMILY("fixture-phimoe"),
                                            FAMILY("fixture-deepseek-v2"), FAMILY("fixture-deepseek-v3"),
+                                           Fixture{"fixture-deepseek-v3-fp8", DType::kBF16},
 
                                            Fixture{"tiny-moe", DType::kBF16},
                                            Fixture{"tiny-qwen3-moe", DType::kBF16}),

@@ -48,7 +48,8 @@ void ConvertRow(DType dtype, const void* src, int64_t n, float* dst) {
     case DType::kQ4:
     case DType::kNF4:
     case DType::kMXFP4:
-    case DType::kU8: return;
+    case DType::kU8:
+    case DType::kF8E4M3: return;
   }
 }
 
@@ -370,7 +371,7 @@ void SetActiveIsa(Isa isa) {
 }
 
 void MatMul(const float* x, int64_t M, const WeightView& w, float* y, ThreadPool& pool) {
-  Require(w.dtype != DType::kU8, "MatMul: raw U8 checkpoint bytes are not a weight matrix.");
+  Require(w.dtype != DType::kU8 && w.dtype != DType::kF8E4M3, "MatMul: raw U8 and F8_E4M3 checkpoint bytes (converted at load) are not a weight matrix.");
   if (HasGroupScales(w.dtype) && (w.cols % kQuantGroup != 0 || (w.scales == nullptr && w.rows > 0))) {
     throw Error(std::string("MatMul: a ") + DTypeName(w.dtype) +
                 " weight needs a multiple of 32 columns and its scales.");
@@ -435,7 +436,7 @@ void Axpy(float alpha, const float* x, float* y, int64_t n) {
 }
 
 void ConvertToF32(DType dtype, const void* src, int64_t n, float* dst) {
-  Require(dtype != DType::kU8, "ConvertToF32: raw U8 checkpoint bytes have no float values.");
+  Require(dtype != DType::kU8 && dtype != DType::kF8E4M3, "ConvertToF32: raw U8 and F8_E4M3 checkpoint bytes (converted at load) have no float values.");
   if (HasGroupScales(dtype)) {
     throw Error(std::string("ConvertToF32 cannot read ") + DTypeName(dtype) +
                 " data without its scales; use DequantizeRow.");
@@ -603,7 +604,7 @@ uint64_t MatMulScratchBytes(int64_t max_rows, int64_t max_k, int threads) {
 }
 
 void DequantizeRow(const WeightView& w, int64_t row, float* out) {
-  Require(w.dtype != DType::kU8, "DequantizeRow: raw U8 checkpoint bytes have no float values.");
+  Require(w.dtype != DType::kU8 && w.dtype != DType::kF8E4M3, "DequantizeRow: raw U8 and F8_E4M3 checkpoint bytes (converted at load) have no float values.");
   if (w.cols <= 0) return;
   if (HasGroupScales(w.dtype)) {
     Require(w.cols % kQuantGroup == 0 && w.scales != nullptr,

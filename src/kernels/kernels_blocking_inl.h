@@ -211,7 +211,8 @@ void MatMul(const float* x, int64_t M, const WeightView& w, float* y, ThreadPool
     case DType::kNF4: return MatMulTyped<DType::kNF4>(x, M, w, y, pool);
     case DType::kMXFP4: return MatMulTyped<DType::kMXFP4>(x, M, w, y, pool);
     // Raw checkpoint bytes: kernels.cc refuses them before dispatch.
-    case DType::kU8: return;
+    case DType::kU8:
+    case DType::kF8E4M3: return;
   }
 }
 
@@ -226,7 +227,8 @@ void ConvertToF32(DType dtype, const void* src, int64_t n, float* dst) {
     case DType::kQ4:
     case DType::kNF4:
     case DType::kMXFP4:
-    case DType::kU8: return;
+    case DType::kU8:
+    case DType::kF8E4M3: return;
   }
 }
 
@@ -240,7 +242,8 @@ void DequantizeRow(const WeightView& w, int64_t row, float* out) {
     case DType::kF32:
     case DType::kF16:
     case DType::kBF16:
-    case DType::kU8: return;
+    case DType::kU8:
+    case DType::kF8E4M3: return;
   }
 }
 
@@ -255,6 +258,7 @@ void QuantizeRows(const WeightView& src, DType target, int64_t row_begin, int64_
     case DType::kQ4:
     case DType::kNF4:
     case DType::kMXFP4:
-    case DType::kU8: return;
+    case DType::kU8:
+    case DType::kF8E4M3: return;
   }
 }

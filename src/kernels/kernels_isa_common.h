@@ -55,7 +55,8 @@ inline int64_t SpanBytes(DType dtype, int64_t n) {
     case DType::kQ4:
     case DType::kNF4:
     case DType::kMXFP4: return n / 2;
-    case DType::kU8: return n;
+    case DType::kU8:
+    case DType::kF8E4M3: return n;
   }
   return 0;
 }

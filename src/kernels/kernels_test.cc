@@ -46,6 +46,7 @@ TestWeights MakeWeights(DType dtype, int64_t rows, int64_t cols, uint32_t seed) 
       case DType::kBF16: { const uint16_t h = F32ToBF16(v); std::memcpy(base + 2 * i, &h, 2); break; }
       // Quantized weights are tested in quant_test.cc, MXFP4 in mxfp4_test.cc.
       case DType::kU8:
+      case DType::kF8E4M3:
       case DType::kQ8:
       case DType::kQ4:
       case DType::kNF4:

@@ -110,11 +110,11 @@ constexpr ArchitectureSpec kArchitectures[] = {
     {"DeepseekV2ForCausalLM", "deepseek_v2", true, "n_routed_experts", "moe_intermediate_size", true,
      false, false, RouterKind::kGroupSoftmax, ExpertLayout::kPerExpert, SharedExpertKind::kUngated,
      QkNormKind::kNone, BiasRule::kAttentionField, WindowRule::kNone, false, false, false, false,
-     false, ActivationKind::kSwiGLU, nullptr, NormKind::kRms, false, AttentionKind::kLatent},
+     false, ActivationKind::kSwiGLU, "fp8", NormKind::kRms, false, AttentionKind::kLatent},
     {"DeepseekV3ForCausalLM", "deepseek_v3", true, "n_routed_experts", "moe_intermediate_size", true,
      true, false, RouterKind::kGroupSigmoid, ExpertLayout::kPerExpert, SharedExpertKind::kUngated,
      QkNormKind::kNone, BiasRule::kAttentionField, WindowRule::kNone, false, false, false, false,
-     false, ActivationKind::kSwiGLU, nullptr, NormKind::kRms, false, AttentionKind::kLatent},
+     false, ActivationKind::kSwiGLU, "fp8", NormKind::kRms, false, AttentionKind::kLatent},
     {"PhiMoEForCausalLM", "phimoe", true, "num_local_experts", "intermediate_size", false, false,
      false, RouterKind::kSparseMixer, ExpertLayout::kMixtral, SharedExpertKind::kNone,
      QkNormKind::kNone, BiasRule::kAttentionField, WindowRule::kAlways, false, false, false, false,
@@ -572,6 +572,14 @@ ModelConfig ParseModelConfig(const std::string& json_text, const std::string& or
                 c.architecture +
                 (arch->quant_method ? std::string(" (supported: ") + arch->quant_method + ")"
                                     : std::string(" (epwa reads its unquantized checkpoints)")));
+    if (method == "fp8") {
+      // DeepSeek-V3's FP8: e4m3 values with a float32 scale per 128 x 128 block.
+      Require(!q.contains("fmt") || q["fmt"] == "e4m3",
+              origin + ": quantization_config fmt must be \"e4m3\" (the only FP8 format supported)");
+      Require(!q.contains("weight_block_size") || q["weight_block_size"] == json::array({128, 128}),
+              origin + ": quantization_config weight_block_size must be [128, 128]");
+      c.fp8_block = 128;
+    }
   }
   Require(!f.Bool("mlp_bias", false),
           origin + ": mlp_bias=true is not supported (no released model of these families uses it)");
@@ -863,6 +871,11 @@ std::string ModelConfigToJson(const ModelConfig& c) {
   if (arch->activation == ActivationKind::kClampedSwiGLU) j["swiglu_limit"] = c.swiglu_limit;
   if (arch->lm_head_bias) j["lm_head_bias"] = c.lm_head_bias;
   if (arch->router == RouterKind::kSparseMixer) j["router_jitter_noise"] = c.router_jitter;
+  if (c.fp8_block > 0)
+    j["quantization_config"] = {{"quant_method", "fp8"},
+                                {"fmt", "e4m3"},
+                                {"activation_scheme", "dynamic"},
+                                {"weight_block_size", {c.fp8_block, c.fp8_block}}};
   if (arch->quant_method != nullptr && c.expert_layout == ExpertLayout::kMxfp4Interleaved)
     j["quantization_config"] = {
         {"quant_method", arch->quant_method},

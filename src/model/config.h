@@ -169,6 +169,9 @@ struct ModelConfig {
   int64_t n_group = 1, topk_group = 1;
   float routed_scaling_factor = 1.0f;
   bool correction_bias = false;  // mlp.gate.e_score_correction_bias [E] (V3)
+  // FP8 checkpoints (quantization_config quant_method fp8): the block size of
+  // their weight_scale_inv (128); 0 for float checkpoints.
+  int64_t fp8_block = 0;
   RouterKind router = RouterKind::kSoftmaxTopK;
   bool router_bias = false;  // the router linear has a bias [E] (gpt-oss), added before selection
   bool expert_bias = false;  // routed experts' linears have biases (gpt-oss)

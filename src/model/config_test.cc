@@ -80,7 +80,8 @@ TEST(ModelConfig, RefusesUnknownArchitectureListingSupported) {
   EXPECT_NE(msg.find("GPT2LMHeadModel"), std::string::npos) << msg;
   EXPECT_NE(msg.find("MixtralForCausalLM, LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, "
                      "Qwen3ForCausalLM, Qwen3MoeForCausalLM, OlmoeForCausalLM, Qwen2MoeForCausalLM, "
-                     "GraniteMoeForCausalLM, GptOssForCausalLM, PhimoeForCausalLM, PhiMoEForCausalLM"),
+                     "GraniteMoeForCausalLM, GptOssForCausalLM, PhimoeForCausalLM, DeepseekV2ForCausalLM, "
+                     "DeepseekV3ForCausalLM, PhiMoEForCausalLM"),
             std::string::npos)
       << msg;
 }
@@ -426,6 +427,38 @@ TEST(Families, RealGptOssConfigAndItsTensorNames) {
     const std::string m_ = (msg);                                         \
     EXPECT_NE(m_.find(part), std::string::npos) << "message: " << m_;    \
   } while (0)
+
+TEST(Families, RealDeepseekR1Config) {
+  SHARED_OR_SKIP(text, "deepseek-r1", "config.json");
+  const ModelConfig c = ParseModelConfig(*text, "deepseek-r1 config.json");
+  EXPECT_EQ(c.attention, AttentionKind::kLatent);
+  EXPECT_EQ(c.router, RouterKind::kGroupSigmoid);
+  EXPECT_EQ(c.q_lora_rank, 1536);
+  EXPECT_EQ(c.kv_lora_rank, 512);
+  EXPECT_EQ(c.head_dim, 64);  // the rotary width
+  EXPECT_EQ(c.QDim(), 128 * 192);
+  EXPECT_EQ(c.AttnOutDim(), 128 * 128);
+  EXPECT_EQ(c.CacheKeyDim(), 576);  // the compressed cache: latent + shared rotary key
+  EXPECT_EQ(c.CacheValueDim(), 0);
+  EXPECT_EQ(c.n_group, 8);
+  EXPECT_EQ(c.topk_group, 4);
+  EXPECT_FLOAT_EQ(c.routed_scaling_factor, 2.5f);
+  EXPECT_TRUE(c.norm_topk_prob);
+  EXPECT_TRUE(c.correction_bias);
+  EXPECT_EQ(c.fp8_block, 128);
+  EXPECT_EQ(c.shared_expert_intermediate_size, 2048);
+  EXPECT_EQ(c.dense_layers, (std::vector<int32_t>{0, 1, 2}));
+  EXPECT_EQ(c.rope_pairing, RopePairing::kAdjacent);
+  // (qk 192)^-0.5 x m^2, m = 0.1 ln 40 + 1: 0.135234.
+  EXPECT_NEAR(c.attention_scale, 0.135234, 1e-6);
+  // FP8 linears carry block scales; the router and its correction bias do not.
+  std::set<std::string> names;
+  for (const CheckpointTensor& t : CheckpointTensors(c)) names.insert(t.name);
+  EXPECT_TRUE(names.count("model.layers.3.mlp.experts.255.down_proj.weight_scale_inv"));
+  EXPECT_TRUE(names.count("model.layers.0.self_attn.kv_b_proj.weight_scale_inv"));
+  EXPECT_TRUE(names.count("model.layers.3.mlp.gate.e_score_correction_bias"));
+  EXPECT_FALSE(names.count("model.layers.3.mlp.gate.weight_scale_inv"));
+}
 
 // gpt-oss's config fields that are new with it, each refused with one line.
 TEST(Families, GptOssConfigErrors) {

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 
 #include "base/error.h"
 #include "kernels/kernels.h"
@@ -112,6 +113,38 @@ int64_t QkNormLength(const ModelConfig& c, bool key) {
     case QkNormKind::kWholeProjection: return key ? c.KvDim() : c.QDim();
   }
   return 0;
+}
+
+// A float32 copy of an FP8 matrix [rows, cols]: each value times the
+// float32 scale of its 128 x 128 block in the sibling `<name>_scale_inv`
+// [ceil(rows / 128), ceil(cols / 128)] (DeepSeek's layout). A missing or
+// misshapen scale tensor, or a non-finite result, is refused naming it.
+std::vector<float> DequantizeFp8(const TensorStore& store, const TensorInfo& t, int64_t rows, int64_t cols,
+                                 int64_t block) {
+  const std::string scale_name = t.name + "_scale_inv";
+  Require(store.Find(scale_name) != nullptr,
+          t.file + ": tensor '" + t.name + "' is FP8 (F8_E4M3) but its scales '" + scale_name +
+              "' are missing");
+  Require(block > 0, t.file + ": tensor '" + t.name +
+                         "' is FP8 (F8_E4M3) but config.json has no fp8 quantization_config with "
+                         "weight_block_size [128, 128]");
+  const int64_t br = (rows + block - 1) / block, bc = (cols + block - 1) / block;
+  const TensorInfo& scales = store.Require(scale_name, {br, bc});
+  Require(scales.dtype == DType::kF32, scales.file + ": tensor '" + scale_name + "' must be F32, not " +
+                                           DTypeName(scales.dtype));
+  std::vector<float> out(static_cast<size_t>(rows * cols));
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t c0 = 0; c0 < cols; ++c0) {
+      float s;
+      std::memcpy(&s, scales.data + 4 * static_cast<size_t>((r / block) * bc + c0 / block), 4);
+      const float v = F8E4M3ToF32(t.data[r * cols + c0]) * s;
+      if (!std::isfinite(v))
+        throw Error(t.file + ": tensor '" + t.name + "' is not finite at [" + std::to_string(r) + ", " +
+                    std::to_string(c0) + "] (FP8 value or scale); the checkpoint is damaged");
+      out[static_cast<size_t>(r * cols + c0)] = v;
+    }
+  }
+  return out;
 }
 
 // One stacked MXFP4 tensor pair of a layer: `<stem>_blocks` [E, rows, cols /
@@ -274,11 +307,11 @@ std::vector<CheckpointTensor> CheckpointTensors(const ModelConfig& c) {
       if (c.expert_layout == ExpertLayout::kMxfp4Interleaved) {
         // MXFP4 blocks [E, rows, cols / 32, 16] and E8M0 scales [E, rows, cols / 32].
         const std::string gu = naming.fused_gate_up, dn = naming.fused_down;
-        out.push_back({n(gu + "_blocks"), {E, 2 * F, D / 32, 16}, true});
-        out.push_back({n(gu + "_scales"), {E, 2 * F, D / 32}, true});
+        out.push_back({n(gu + "_blocks"), {E, 2 * F, D / 32, 16}, DType::kU8});
+        out.push_back({n(gu + "_scales"), {E, 2 * F, D / 32}, DType::kU8});
         if (c.expert_bias) out.push_back({n(gu + "_bias"), {E, 2 * F}});
-        out.push_back({n(dn + "_blocks"), {E, D, F / 32, 16}, true});
-        out.push_back({n(dn + "_scales"), {E, D, F / 32}, true});
+        out.push_back({n(dn + "_blocks"), {E, D, F / 32, 16}, DType::kU8});
+        out.push_back({n(dn + "_scales"), {E, D, F / 32}, DType::kU8});
         if (c.expert_bias) out.push_back({n(dn + "_bias"), {E, D}});
       } else if (naming.expert_stem == nullptr) {
         out.push_back({n(naming.fused_gate_up), {E, 2 * F, D}});
@@ -298,6 +331,24 @@ std::vector<CheckpointTensor> CheckpointTensors(const ModelConfig& c) {
   }
   out.push_back({"model.norm.weight", {D}});
   if (layer_norm) out.push_back({"model.norm.bias", {D}});
+  if (c.fp8_block > 0) {
+    // FP8 checkpoints (DeepSeek-V3): every linear of the layers is F8_E4M3
+    // with a float32 scale per block; embeddings, lm_head, norms and the
+    // router stay in the checkpoint's float dtype.
+    std::vector<CheckpointTensor> with_scales;
+    const int64_t b = c.fp8_block;
+    for (CheckpointTensor& t : out) {
+      const bool linear = t.shape.size() == 2 && t.name.rfind("model.layers.", 0) == 0 &&
+                          t.name.size() > 7 && t.name.compare(t.name.size() - 7, 7, ".weight") == 0 &&
+                          t.name.find("norm.weight") == std::string::npos &&
+                          t.name.find("mlp.gate.weight") == std::string::npos && t.name.find("shared_expert_gate") == std::string::npos;
+      if (linear) t.dtype = DType::kF8E4M3;
+      with_scales.push_back(t);
+      if (linear)
+        with_scales.push_back({t.name + "_scale_inv", {(t.shape[0] + b - 1) / b, (t.shape[1] + b - 1) / b}, DType::kF32});
+    }
+    out = std::move(with_scales);
+  }
   if (!c.tie_word_embeddings) out.push_back({"lm_head.weight", {c.vocab_size, D}});
   if (c.lm_head_bias) out.push_back({"lm_head.bias", {c.vocab_size}});
   return out;
@@ -309,6 +360,14 @@ ModelWeights BindWeights(const ModelConfig& c, const TensorStore& store,
   const int64_t D = c.hidden_size;
   auto matrix = [&](const std::string& name, int64_t rows, int64_t cols) {
     const TensorInfo& t = store.Require(name, {rows, cols});
+    if (t.dtype == DType::kF8E4M3) {
+      // FP8 is converted to float32 here; the level's plan starts from that copy.
+      std::vector<float> values = DequantizeFp8(store, t, rows, cols, c.fp8_block);
+      AlignedBuffer<uint8_t>& buffer = w.storage.emplace_back(values.size() * sizeof(float));
+      std::memcpy(buffer.data(), values.data(), values.size() * sizeof(float));
+      w.converted_bytes += values.size() * sizeof(float);
+      return WeightView{DType::kF32, buffer.data(), rows, cols};
+    }
     Require(IsFloatDType(t.dtype), t.file + ": tensor '" + name + "' is stored as " +
                                        DTypeName(t.dtype) + ", but it must be F32, F16 or BF16");
     w.mapped_bytes += t.NumBytes();
@@ -382,7 +441,9 @@ ModelWeights BindWeights(const ModelConfig& c, const TensorStore& store,
       lw.kv_a_norm = vector(name("self_attn.kv_a_layernorm.weight"), c.kv_lora_rank);
       const TensorInfo& kv_b = store.Require(name("self_attn.kv_b_proj.weight"),
                                              {c.num_heads * (c.qk_nope_head_dim + c.v_head_dim), c.kv_lora_rank});
-      lw.kv_b = ToFloat(kv_b);
+      lw.kv_b = kv_b.dtype == DType::kF8E4M3
+                    ? DequantizeFp8(store, kv_b, kv_b.shape[0], kv_b.shape[1], c.fp8_block)
+                    : ToFloat(kv_b);
       w.converted_bytes += lw.kv_b.size() * sizeof(float);
     } else {
       lw.q = matrix(name("self_attn.q_proj.weight"), c.QDim(), D);

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -112,8 +113,10 @@ struct TensorNames {
 struct CheckpointTensor {
   std::string name;
   std::vector<int64_t> shape;
-  // MXFP4 blocks and scales: raw bytes (U8), whatever the checkpoint's float dtype.
-  bool raw_bytes = false;
+  // Stored in this dtype whatever the checkpoint's float dtype: U8 for MXFP4
+  // blocks and scales, F8_E4M3 for FP8 linears and F32 for their
+  // weight_scale_inv; empty for the rest.
+  std::optional<DType> dtype{};
 };
 std::vector<CheckpointTensor> CheckpointTensors(const ModelConfig& config);
 

@@ -233,6 +233,10 @@ std::vector<Preset> Presets() {
     c.rope_scaling.mscale = c.rope_scaling.mscale_all_dim = 1.0;
     c.rope_scaling.attention_factor = 1.0;
     add("fixture-deepseek-v3", "3-layer DeepSeek-V3 layout: MLA with q_lora, sigmoid group routing (reference tests)", c);
+    // The same in FP8: every linear of the layers F8_E4M3 with 128 x 128
+    // block scales (one partial block per matrix at this size).
+    c.fp8_block = 128;
+    add("fixture-deepseek-v3-fp8", "fixture-deepseek-v3 with FP8 (e4m3, 128 x 128 block scales) linears (reference tests)", c);
   }
   // A Mixtral-shaped model of about 1 GB whose per-token weights leave the
   // caches: the decode/prefill benchmark.
@@ -434,12 +438,62 @@ TensorSpec Mxfp4Spec(const CheckpointTensor& s, uint64_t seed) {
   return spec;
 }
 
+// The FP8 E4M3 code nearest to v (ties to the even code), from the table of
+// the 127 non-negative finite codes.
+uint8_t F32ToF8E4M3(float v) {
+  static const std::vector<float> positive = [] {
+    std::vector<float> t;
+    for (int code = 0; code < 0x7f; ++code) t.push_back(F8E4M3ToF32(static_cast<uint8_t>(code)));
+    return t;
+  }();
+  const float a = std::min(std::abs(v), positive.back());
+  const auto it = std::lower_bound(positive.begin(), positive.end(), a);
+  size_t code = static_cast<size_t>(it - positive.begin());
+  if (code > 0 && (code == positive.size() || a - positive[code - 1] < positive[code] - a ||
+                   (a - positive[code - 1] == positive[code] - a && (code - 1) % 2 == 0)))
+    --code;
+  return static_cast<uint8_t>(code | (v < 0 ? 0x80 : 0));
+}
+
+// An FP8 linear ([out, in], F8_E4M3) or its weight_scale_inv ([out / 128,
+// in / 128] blocks, F32): the values are unit-spread draws rounded to E4M3
+// (times 2, to use more of its range), and each block's scale brings them to
+// about 1/sqrt(in), with a seeded +-25% per block so that a wrong block
+// index would show.
+TensorSpec Fp8Spec(const CheckpointTensor& s, uint64_t seed) {
+  TensorSpec spec;
+  spec.name = s.name;
+  spec.dtype = *s.dtype;
+  spec.shape = s.shape;
+  const uint64_t key = SynthTensorKey(seed, s.name);
+  if (spec.dtype == DType::kF8E4M3) {
+    spec.fill = [key](uint8_t* out, size_t offset_bytes, size_t nbytes) {
+      for (size_t i = 0; i < nbytes; ++i) out[i] = F32ToF8E4M3(2.0f * SynthUnitValue(key, offset_bytes + i));
+    };
+  } else {
+    // The scales of "<weight>_scale_inv": the weight's input width sets the spread.
+    const int64_t in_blocks = s.shape[1];
+    const float base = 0.5f / std::sqrt(static_cast<float>(in_blocks * 128));
+    spec.fill = [key, base](uint8_t* out, size_t offset_bytes, size_t nbytes) {
+      for (size_t i = 0; i < nbytes / 4; ++i) {
+        const float v = base * (1.0f + 0.25f * SynthUnitValue(key, offset_bytes / 4 + i) / 1.7320508f);
+        std::memcpy(out + 4 * i, &v, 4);
+      }
+    };
+  }
+  return spec;
+}
+
 std::vector<TensorSpec> TensorSpecs(const ModelConfig& c, DType dtype, uint64_t seed) {
   const std::vector<CheckpointTensor> shapes = CheckpointTensors(c);
   std::vector<TensorSpec> specs;
   for (const auto& s : shapes) {
-    if (s.raw_bytes) {
+    if (s.dtype == DType::kU8) {
       specs.push_back(Mxfp4Spec(s, seed));
+      continue;
+    }
+    if (s.dtype == DType::kF8E4M3 || s.dtype == DType::kF32) {
+      specs.push_back(Fp8Spec(s, seed));
       continue;
     }
     // The input width is the last axis (also of stacked [E, out, in] expert tensors).
@@ -469,7 +523,8 @@ std::vector<TensorSpec> TensorSpecs(const ModelConfig& c, DType dtype, uint64_t 
           case DType::kQ4:
           case DType::kNF4:
           case DType::kMXFP4:
-          case DType::kU8: break;
+          case DType::kU8:
+          case DType::kF8E4M3: break;
         }
       }
     };

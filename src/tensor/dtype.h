@@ -10,15 +10,21 @@
 #pragma once
 
 #include <cstdint>
+#include <cmath>
 #include <cstring>
+#include <limits>
 #include <string>
 #include <string_view>
 
 namespace epwa {
 
 // New types go at the end: benchmarks and caches keep the numeric values.
-enum class DType : uint8_t { kF32, kF16, kBF16, kQ8, kQ4, kNF4, kMXFP4, kU8 };
+enum class DType : uint8_t { kF32, kF16, kBF16, kQ8, kQ4, kNF4, kMXFP4, kU8, kF8E4M3 };
 
+// kF8E4M3 is FP8 as DeepSeek-V3 checkpoints store their linears ("F8_E4M3"),
+// always with a float32 scale per 128 x 128 block in a sibling tensor: the
+// loader converts such a matrix to float32 (F8E4M3ToF32 times its block's
+// scale), so no kernel sees it either.
 // kU8 is raw bytes as a checkpoint stores them ("U8" in safetensors): the
 // blocks and scales of MXFP4 tensors, which the loader pairs into one kMXFP4
 // view. No kernel computes with it, and a float tensor (a weight, a norm, a
@@ -180,6 +186,7 @@ inline size_t DTypeSize(DType t) {
     case DType::kBF16: return 2;
     case DType::kQ8: return 1;
     case DType::kU8: return 1;
+    case DType::kF8E4M3: return 1;
     case DType::kQ4:
     case DType::kNF4:
     case DType::kMXFP4: return 0;
@@ -198,6 +205,7 @@ inline const char* DTypeName(DType t) {
     case DType::kNF4: return "NF4";
     case DType::kMXFP4: return "MXFP4";
     case DType::kU8: return "U8";
+    case DType::kF8E4M3: return "F8_E4M3";
   }
   return "?";
 }
@@ -213,7 +221,8 @@ inline uint64_t CodeRowBytes(DType t, int64_t cols) {
     case DType::kF32:
     case DType::kF16:
     case DType::kBF16:
-    case DType::kU8: break;
+    case DType::kU8:
+    case DType::kF8E4M3: break;
   }
   return n * DTypeSize(t);
 }
@@ -235,7 +244,22 @@ inline bool ParseDType(std::string_view name, DType* out) {
   if (name == "F16") { *out = DType::kF16; return true; }
   if (name == "BF16") { *out = DType::kBF16; return true; }
   if (name == "U8") { *out = DType::kU8; return true; }
+  if (name == "F8_E4M3") { *out = DType::kF8E4M3; return true; }
   return false;
+}
+
+// FP8 E4M3 ("fn": no infinities): sign, 4 exponent bits (bias 7), 3
+// mantissa bits; exponent 0 is subnormal (m / 8 * 2^-6); S.1111.111 is NaN.
+// Every value is exact in float32.
+inline float F8E4M3ToF32(uint8_t b) {
+  const int sign = b >> 7, exponent = (b >> 3) & 15, mantissa = b & 7;
+  float v;
+  if (exponent == 15 && mantissa == 7) return std::numeric_limits<float>::quiet_NaN();
+  if (exponent == 0)
+    v = std::ldexp(static_cast<float>(mantissa) / 8.0f, -6);
+  else
+    v = std::ldexp(1.0f + static_cast<float>(mantissa) / 8.0f, exponent - 7);
+  return sign ? -v : v;
 }
 
 inline float BF16ToF32(uint16_t h) {
@@ -364,7 +388,8 @@ struct WeightView {
       case DType::kQ4:
       case DType::kNF4:
       case DType::kMXFP4:
-      case DType::kU8: break;
+      case DType::kU8:
+      case DType::kF8E4M3: break;
     }
     return 0.f;
   }
