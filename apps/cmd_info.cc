@@ -55,6 +55,12 @@ Runner RegisterInfo(CLI::App& app) {
            {"norm_topk_prob", c.IsMoe() && c.norm_topk_prob},
            {"shared_expert_intermediate_size", c.shared_expert_intermediate_size},
            {"qk_norm", QkNormKindName(c.qk_norm)},
+           {"attention", c.Latent() ? "latent (MLA)" : "multi-head"},
+           {"attention_sinks", c.attention_sinks},
+           {"sliding_layers", c.sliding_layers},
+           {"norm", NormKindName(c.norm)},
+           {"activation", ActivationKindName(c.activation)},
+           {"kv_cache_floats_per_token_layer", c.CacheKeyDim() + c.CacheValueDim()},
            {"rope_scaling", RopeScalingKindName(c.rope_scaling.kind)},
            {"rope_scaling_factor", c.rope_scaling.factor},
            {"context_limit", c.ContextLimit()},
@@ -94,7 +100,8 @@ Runner RegisterInfo(CLI::App& app) {
                       : "",
                   which.c_str());
       if (c.shared_expert != SharedExpertKind::kNone)
-        std::printf("shared       one sigmoid-gated shared expert of d_ff %lld per MoE layer\n",
+        std::printf("shared       one %s shared expert of d_ff %lld per MoE layer\n",
+                    c.shared_expert == SharedExpertKind::kSigmoidGated ? "sigmoid-gated" : "ungated",
                     (long long)c.shared_expert_intermediate_size);
     } else {
       std::printf("experts      none (dense MLP)\n");
@@ -103,6 +110,21 @@ Runner RegisterInfo(CLI::App& app) {
                 c.qkv_bias ? (c.o_bias ? "; q/k/v/o biases" : "; q/k/v biases") : "",
                 c.clip_qkv > 0 ? ("; clip_qkv " + std::to_string(c.clip_qkv)).c_str() : "",
                 c.attention_scale > 0 ? ("; scale " + std::to_string(c.attention_scale)).c_str() : "");
+    if (c.Latent())
+      std::printf("latent       q_lora_rank %lld, kv_lora_rank %lld, nope %lld + rope %lld per head, v %lld; "
+                  "cache %lld floats per token and layer\n",
+                  (long long)c.q_lora_rank, (long long)c.kv_lora_rank, (long long)c.qk_nope_head_dim,
+                  (long long)c.head_dim, (long long)c.v_head_dim, (long long)c.CacheKeyDim());
+    if (c.attention_sinks || !c.sliding_layers.empty() || c.norm != NormKind::kRms ||
+        c.activation != ActivationKind::kSwiGLU) {
+      int64_t sliding = 0;
+      for (bool b : c.sliding_layers) sliding += b;
+      std::printf("kinds        %s norm, %s%s%s\n", NormKindName(c.norm), ActivationKindName(c.activation),
+                  c.attention_sinks ? ", attention sinks" : "",
+                  c.sliding_layers.empty()
+                      ? ""
+                      : (", window on " + std::to_string(sliding) + " of " + std::to_string(c.num_layers) + " layers").c_str());
+    }
     if (c.embedding_multiplier != 1 || c.residual_multiplier != 1 || c.logits_scaling != 1)
       std::printf("multipliers  embedding x%g, residual x%g, logits /%g\n", c.embedding_multiplier,
                   c.residual_multiplier, c.logits_scaling);

@@ -13,6 +13,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -31,8 +32,8 @@ namespace {
 
 namespace fs = std::filesystem;
 
-// vocab 64, d_model 32, one sliding layer, 2 heads of 16, 2 experts of 32, top-1.
-const char* kConfig = R"({"architectures": ["GptOssForCausalLM"], "vocab_size": 64,
+// vocab 260 (the smallest synth tokenizer), d_model 32, one sliding layer, 2 heads of 16, 2 experts of 32, top-1.
+const char* kConfig = R"({"architectures": ["GptOssForCausalLM"], "vocab_size": 260,
   "hidden_size": 32, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
   "num_key_value_heads": 1, "head_dim": 16, "num_local_experts": 2, "num_experts_per_tok": 1,
   "sliding_window": 4, "layer_types": ["sliding_attention"], "max_position_embeddings": 64,
@@ -64,7 +65,12 @@ void WriteSeed(const char* out) {
   o.config_path = TheFolder().path + "/config.json";
   o.out_dir = synth_dir;
   o.force = true;
-  epwa::WriteSynthModel(o);
+  try {
+    epwa::WriteSynthModel(o);
+  } catch (const epwa::Error& e) {
+    std::fprintf(stderr, "cannot write the seed: %s\n", e.what());
+    std::abort();
+  }
   fs::copy_file(synth_dir + "/model.safetensors", out, fs::copy_options::overwrite_existing);
 }
 
