@@ -599,12 +599,18 @@ def parse_config(raw):
         moe = None
         cfg["moe_layers"] = [False] * layers
     cfg["moe"] = moe
-    # The old single-value fields, kept for callers that read them.
+    return finish_moe_fields(cfg)
+
+
+def finish_moe_fields(cfg):
+    """Copies the MoE spec's expert count and top-k to the old single-value fields
+    (kept for callers that read them) and checks them and the head counts."""
+    moe = cfg["moe"]
     cfg["experts"] = moe["experts"] if moe else None
     cfg["top_k"] = moe["top_k"] if moe else None
     if moe and any(cfg["moe_layers"]) and not 1 <= moe["top_k"] <= moe["experts"]:
         raise ValueError("num_experts_per_tok must be between 1 and the number of experts")
-    if heads % cfg["kv_heads"] != 0:
+    if cfg["heads"] % cfg["kv_heads"] != 0:
         raise ValueError("num_attention_heads must be a multiple of num_key_value_heads")
     return cfg
 
@@ -650,14 +656,7 @@ def parse_new_family(raw, cfg):
         parse_deepseek(raw, cfg)
     else:
         parse_phimoe(raw, cfg)
-    moe = cfg["moe"]
-    cfg["experts"] = moe["experts"] if moe else None
-    cfg["top_k"] = moe["top_k"] if moe else None
-    if moe and any(cfg["moe_layers"]) and not 1 <= moe["top_k"] <= moe["experts"]:
-        raise ValueError("num_experts_per_tok must be between 1 and the number of experts")
-    if heads % cfg["kv_heads"] != 0:
-        raise ValueError("num_attention_heads must be a multiple of num_key_value_heads")
-    return cfg
+    return finish_moe_fields(cfg)
 
 
 def parse_gpt_oss(raw, cfg):

@@ -183,55 +183,46 @@ std::vector<Preset> Presets() {
     r.attention_factor = r.short_mscale;
     add("fixture-phimoe", "2-layer Phi-3.5-MoE layout: LayerNorm, sparsemixer, longrope, lm_head bias (reference tests)", c);
   }
-  {
-    // DeepSeek-V2 (Lite-like): MLA without a low-rank query, adjacent-pair
-    // rotary with yarn and mscale_all_dim (the softmax scale's m^2), layer 0
-    // dense, group-limited greedy routing over 4 groups, scaled weights,
-    // two shared experts.
-    ModelConfig c = Make("DeepseekV2ForCausalLM", 512, 64, 128, 3, 4, 4, 8, 3, 256, 10000.0);
+  // The DeepSeek fixtures share MLA ranks small enough to check by hand (kv
+  // latent 32, nope 16 + rope 8 per head, v 16), adjacent-pair rotary with
+  // yarn x4 on an original context of 64, layer 0 dense, experts of d_ff 32
+  // in 4 groups of which 2 are kept.
+  auto deepseek = [](const char* arch, int64_t experts, int64_t top_k, double mscale) {
+    ModelConfig c = Make(arch, 512, 64, 128, 3, 4, 4, experts, top_k, 256, 10000.0);
     c.head_dim = 8;
     c.kv_lora_rank = 32;
     c.qk_nope_head_dim = 16;
     c.v_head_dim = 16;
     c.moe_intermediate_size = 32;
     c.shared_expert = SharedExpertKind::kUngated;
-    c.shared_expert_intermediate_size = 64;
     c.dense_layers = {0};
     c.n_group = 4;
     c.topk_group = 2;
-    c.routed_scaling_factor = 1.5f;
-    c.norm_topk_prob = false;
     c.rope_pairing = RopePairing::kAdjacent;
     c.rope_scaling.kind = RopeScalingKind::kYarn;
     c.rope_scaling.factor = 4.0;
     c.rope_scaling.original_max_position_embeddings = 64;
-    c.rope_scaling.mscale = c.rope_scaling.mscale_all_dim = 0.707;
+    c.rope_scaling.mscale = c.rope_scaling.mscale_all_dim = mscale;
     c.rope_scaling.attention_factor = 1.0;
+    return c;
+  };
+  {
+    // DeepSeek-V2: no low-rank query, mscale_all_dim 0.707 (the softmax
+    // scale's m^2), group-limited greedy, weights x1.5, two shared experts.
+    ModelConfig c = deepseek("DeepseekV2ForCausalLM", 8, 3, 0.707);
+    c.shared_expert_intermediate_size = 64;
+    c.routed_scaling_factor = 1.5f;
+    c.norm_topk_prob = false;
     add("fixture-deepseek-v2", "3-layer DeepSeek-V2 layout: MLA, group-limited greedy, shared experts (reference tests)", c);
   }
   {
-    // DeepSeek-V3: MLA with a low-rank query, sigmoid routing with a
-    // correction bias over 4 groups (top-2 sums), renormalised then x2.5.
-    ModelConfig c = Make("DeepseekV3ForCausalLM", 512, 64, 128, 3, 4, 4, 16, 4, 256, 10000.0);
-    c.head_dim = 8;
+    // DeepSeek-V3: a low-rank query, sigmoid routing with a correction bias
+    // (groups by their top-2 sums), renormalised then x2.5, one shared expert.
+    ModelConfig c = deepseek("DeepseekV3ForCausalLM", 16, 4, 1.0);
     c.q_lora_rank = 24;
-    c.kv_lora_rank = 32;
-    c.qk_nope_head_dim = 16;
-    c.v_head_dim = 16;
-    c.moe_intermediate_size = 32;
-    c.shared_expert = SharedExpertKind::kUngated;
     c.shared_expert_intermediate_size = 32;
-    c.dense_layers = {0};
-    c.n_group = 4;
-    c.topk_group = 2;
     c.routed_scaling_factor = 2.5f;
     c.norm_topk_prob = true;
-    c.rope_pairing = RopePairing::kAdjacent;
-    c.rope_scaling.kind = RopeScalingKind::kYarn;
-    c.rope_scaling.factor = 4.0;
-    c.rope_scaling.original_max_position_embeddings = 64;
-    c.rope_scaling.mscale = c.rope_scaling.mscale_all_dim = 1.0;
-    c.rope_scaling.attention_factor = 1.0;
     add("fixture-deepseek-v3", "3-layer DeepSeek-V3 layout: MLA with q_lora, sigmoid group routing (reference tests)", c);
     // The same in FP8: every linear of the layers F8_E4M3 with 128 x 128
     // block scales (one partial block per matrix at this size).
