@@ -91,6 +91,32 @@ TEST_F(Families, RealConfigsRunAtEveryLevel) {
   for (const auto& [folder, family] : real) CheckRealConfig(*models / folder / "config.json", family, scratch_);
 }
 
+// DeepSeek-R1's real config cut to one layer: that layer is one of its three
+// dense ones (first_k_dense_replace 3), with the real MLA shapes and FP8
+// weights with 128 x 128 block scales (4.3 GB); one MoE layer of 256 experts
+// would be 11 GB of FP8 and 45 GB once converted, more than this machine has.
+TEST_F(Families, RealDeepseekR1ConfigRunsShortened) {
+  const auto models = SharedModels();
+  if (!models) GTEST_SKIP() << "../shared/data/models is absent";
+  const std::string model = scratch_.path() + "/deepseek-r1";
+  Result s = RunEpwa("synth --config " + Quote((*models / "deepseek-r1" / "config.json").string()) +
+                         " --layers 1 --out " + Quote(model),
+                     scratch_);
+  ASSERT_EQ(s.exit_code, 0) << s.err;
+  const json info = json::parse(RunEpwa("info -m " + Quote(model) + " --json", scratch_).out);
+  EXPECT_EQ(info["architecture"], "DeepseekV3ForCausalLM");
+  EXPECT_EQ(info["kv_cache_floats_per_token_layer"], 576);
+  for (const char* level : {"fp16", "int4"}) {
+    SCOPED_TRACE(level);
+    Result run = RunEpwa("run -m " + Quote(model) + " --quant " + level +
+                             " -p 'The capital of France' -n 3 --temp 0 --ignore-eos --json",
+                         scratch_);
+    ASSERT_EQ(run.exit_code, 0) << run.err;
+    EXPECT_EQ(json::parse(run.out)["stats"]["generated_tokens"], 3) << run.out;
+  }
+  fs::remove_all(model);
+}
+
 TEST_F(Families, EveryMoeFamilyWatermarksAndDetects) {
   for (const char* preset :
        {"fixture-qwen3-moe", "fixture-olmoe", "fixture-qwen2-moe", "fixture-granite-moe",

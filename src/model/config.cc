@@ -722,10 +722,10 @@ ModelConfig ParseModelConfig(const std::string& json_text, const std::string& or
       // moe_layer_freq, which is 1 in every release; another value is refused).
       Require(f.IntOr("moe_layer_freq", 1, 1) == 1,
               origin + ": moe_layer_freq other than 1 is not supported");
+      // A config cut to fewer layers than first_k_dense_replace (a shortened
+      // DeepSeek-V3 of its dense layers only) has no MoE layer, as in transformers.
       const int64_t first = f.IntOr("first_k_dense_replace", 0, 0);
-      Require(first < c.num_layers, origin + ": first_k_dense_replace (" + std::to_string(first) +
-                                        ") leaves no MoE layer");
-      for (int64_t l = 0; l < first; ++l) c.dense_layers.push_back(static_cast<int32_t>(l));
+      for (int64_t l = 0; l < std::min(first, c.num_layers); ++l) c.dense_layers.push_back(static_cast<int32_t>(l));
     }
     if (arch->layer_schedule) {
       // transformers: layer i is MoE iff i is not in mlp_only_layers and
