@@ -186,6 +186,7 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, ReferenceTest,
                                            MXFP4_FAMILY("fixture-gpt-oss"), FAMILY("fixture-phimoe"),
                                            FAMILY("fixture-deepseek-v2"), FAMILY("fixture-deepseek-v3"),
                                            Fixture{"fixture-deepseek-v3-fp8", DType::kBF16},
+                                           Fixture{"fixture-qwen3-swa", DType::kF32},
 
                                            Fixture{"tiny-moe", DType::kBF16},
                                            Fixture{"tiny-qwen3-moe", DType::kBF16}),

@@ -23,6 +23,7 @@ fixture-mistral-swa bf16 1,5,6,7,8,9,10,11,12,400,401,402,3,4,5,6
 fixture-llama f32 1,250,251,2,3,4,100,101,102,103,500,9,8,7,6,5
 fixture-qwen2 f16 1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16
 fixture-deepseek-v3-fp8 bf16 5,6,7,8,9,10,11,12,400,401,402,3,4,5,6,7
+fixture-qwen3-swa f32 1,17,300,42,42,511,7,256,99,100,3,480,12,13,77,200
 LIST
 
 # The families added with the architecture table, each in float32 and

@@ -630,22 +630,22 @@ ModelConfig ParseModelConfig(const std::string& json_text, const std::string& or
     if (enabled && arch->window == WindowRule::kFlagFromMaxLayers) {
       // transformers (Qwen2, Qwen3, Qwen2-MoE): layer i slides iff i >=
       // max_window_layers (default 28), unless config.json lists layer_types.
-      // epwa applies one window to every layer, so a mix is refused rather
-      // than guessed; all-full means no window at all.
-      int64_t sliding_layers = 0;
+      // A mix becomes per-layer windows, as gpt-oss's layer_types do; all-full
+      // means no window at all.
+      std::vector<bool> sliding;
       if (j.contains("layer_types") && j["layer_types"].is_array()) {
-        for (const json& t : j["layer_types"])
-          sliding_layers += t.is_string() && t.get<std::string>() == "sliding_attention";
+        const json& types = j["layer_types"];
+        Require(static_cast<int64_t>(types.size()) == c.num_layers,
+                origin + ": layer_types must list one entry per layer (" + std::to_string(c.num_layers) +
+                    "), not " + std::to_string(types.size()) + " entries");
+        for (const json& t : types) sliding.push_back(t.is_string() && t.get<std::string>() == "sliding_attention");
       } else {
         const int64_t first = f.IntOr("max_window_layers", 28, 0);
-        sliding_layers = std::max<int64_t>(0, c.num_layers - first);
+        for (int64_t l = 0; l < c.num_layers; ++l) sliding.push_back(l >= first);
       }
-      Require(sliding_layers == 0 || sliding_layers == c.num_layers,
-              origin + ": use_sliding_window=true with " + std::to_string(sliding_layers) + " of " +
-                  std::to_string(c.num_layers) +
-                  " layers sliding (max_window_layers / layer_types) is not supported: epwa "
-                  "applies one window to every layer");
-      windowed = sliding_layers == c.num_layers;
+      const int64_t sliding_layers = std::count(sliding.begin(), sliding.end(), true);
+      windowed = sliding_layers > 0;
+      if (windowed && sliding_layers < c.num_layers) c.sliding_layers = std::move(sliding);
     }
     if (windowed) c.sliding_window = f.Int("sliding_window", 1);
   }
@@ -861,9 +861,15 @@ std::string ModelConfigToJson(const ModelConfig& c) {
     case WindowRule::kFlagFromMaxLayers:
       j["use_sliding_window"] = c.sliding_window > 0;
       j["sliding_window"] = c.sliding_window > 0 ? c.sliding_window : c.max_position_embeddings;
-      // Every layer slides (max_window_layers 0) or none does.
-      if (arch->window == WindowRule::kFlagFromMaxLayers)
+      // Every layer slides (max_window_layers 0), none does, or layer_types says which.
+      if (arch->window == WindowRule::kFlagFromMaxLayers) {
         j["max_window_layers"] = c.sliding_window > 0 ? 0 : c.num_layers;
+        if (!c.sliding_layers.empty()) {
+          json types = json::array();
+          for (bool b : c.sliding_layers) types.push_back(b ? "sliding_attention" : "full_attention");
+          j["layer_types"] = types;
+        }
+      }
       break;
   }
   if (arch->bias == BiasRule::kAttentionField || arch->bias == BiasRule::kAttentionFieldOn)

@@ -89,6 +89,11 @@ std::vector<Preset> Presets() {
     c.head_dim = 24;
     c.tie_word_embeddings = true;
     add("fixture-qwen3", "2-layer Qwen3 layout: explicit head_dim, per-head q/k norm, tied (reference tests)", c);
+    // The same with a window of 4 on layer 1 only (use_sliding_window and
+    // layer_types: one full, one sliding layer).
+    c.sliding_window = 4;
+    c.sliding_layers = {false, true};
+    add("fixture-qwen3-swa", "fixture-qwen3 with a sliding window on layer 1 only (reference tests)", c);
   }
   {
     // Layer 1 of 3 is dense (mlp_only_layers), so the schedule is exercised;
