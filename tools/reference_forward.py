@@ -1046,6 +1046,19 @@ def attention_mask(T, window, past=0):
     return allowed
 
 
+def extend_cache(cache, k, v):
+    """Appends this call's keys and values [heads, T, d] to the layer's cache (when one is
+    kept) and returns all of them with the number of earlier positions."""
+    past = 0
+    if cache is not None:
+        if cache.get("k") is not None:
+            past = cache["k"].shape[1]
+            k = np.concatenate([cache["k"], k], axis=1)
+            v = np.concatenate([cache["v"], v], axis=1)
+        cache["k"], cache["v"] = k, v
+    return k, v, past
+
+
 def attention(x, W, prefix, cfg, cos, sin, window, cache=None):
     """Multi-head (grouped-query) causal self-attention of x [T, D].
 
@@ -1074,13 +1087,7 @@ def attention(x, W, prefix, cfg, cos, sin, window, cache=None):
     k = k.reshape(T, KV, hd).transpose(1, 0, 2)
     v = v.reshape(T, KV, hd).transpose(1, 0, 2)
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-    past = 0
-    if cache is not None:
-        if cache.get("k") is not None:
-            past = cache["k"].shape[1]
-            k = np.concatenate([cache["k"], k], axis=1)
-            v = np.concatenate([cache["v"], v], axis=1)
-        cache["k"], cache["v"] = k, v
+    k, v, past = extend_cache(cache, k, v)
     # Query head h reads KV head h // group; np.repeat lays the heads out that way.
     group = H // KV
     k, v = np.repeat(k, group, axis=0), np.repeat(v, group, axis=0)
@@ -1142,13 +1149,7 @@ def mla_attention(x, W, prefix, cfg, cos, sin, window=None, cache=None):
     q = np.concatenate([q[..., :dn], q_pe], axis=-1)
     k = np.concatenate([kv[..., :dn], np.broadcast_to(k_pe, (H, T, dr))], axis=-1)
     v = kv[..., dn:]
-    past = 0
-    if cache is not None:
-        if cache.get("k") is not None:
-            past = cache["k"].shape[1]
-            k = np.concatenate([cache["k"], k], axis=1)
-            v = np.concatenate([cache["v"], v], axis=1)
-        cache["k"], cache["v"] = k, v
+    k, v, past = extend_cache(cache, k, v)
     scores = (q @ k.transpose(0, 2, 1)) * m["scale"]
     scores = np.where(attention_mask(T, window, past), scores, -np.inf)
     out = (softmax(scores) @ v).transpose(1, 0, 2).reshape(T, H * dv)

@@ -128,14 +128,7 @@ INSTANTIATE_TEST_SUITE_P(Shapes, MatMulTest,
 // ---------------------------------------------------------------------------
 // Per-ISA tests of the remaining kernels and of the cache-blocked sizes.
 
-class IsaTest : public ::testing::TestWithParam<Isa> {
- protected:
-  void SetUp() override { scoped_ = std::make_unique<ScopedIsa>(GetParam()); }
-  void TearDown() override { scoped_.reset(); }
-
- private:
-  std::unique_ptr<ScopedIsa> scoped_;
-};
+class IsaTest : public PerIsaTest {};
 
 const std::vector<int64_t> kLengths = {1, 3, 7, 8, 9, 15, 16, 17, 31, 33, 63, 64, 65, 1000, 4097};
 

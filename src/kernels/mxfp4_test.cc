@@ -179,14 +179,7 @@ TEST(Mxfp4Format, SizesAndNames) {
 // ---------------------------------------------------------------------------
 // Per-path checks.
 
-class Mxfp4IsaTest : public ::testing::TestWithParam<Isa> {
- protected:
-  void SetUp() override { scoped_ = std::make_unique<ScopedIsa>(GetParam()); }
-  void TearDown() override { scoped_.reset(); }
-
- private:
-  std::unique_ptr<ScopedIsa> scoped_;
-};
+class Mxfp4IsaTest : public PerIsaTest {};
 
 // DequantizeRow (and so the prefill packing, which shares its loads) equals
 // At bit for bit over the whole E8M0 range: subnormal blocks, infinities from

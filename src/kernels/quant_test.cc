@@ -216,14 +216,7 @@ TEST(QuantizeRules, ErrorWithinTheoreticalBound) {
 // ---------------------------------------------------------------------------
 // DequantizeRow == WeightView::At, bit for bit.
 
-class QuantIsaTest : public ::testing::TestWithParam<Isa> {
- protected:
-  void SetUp() override { scoped_ = std::make_unique<ScopedIsa>(GetParam()); }
-  void TearDown() override { scoped_.reset(); }
-
- private:
-  std::unique_ptr<ScopedIsa> scoped_;
-};
+class QuantIsaTest : public PerIsaTest {};
 
 TEST_P(QuantIsaTest, DequantizeRowMatchesAt) {
   const int64_t rows = 5, cols = 608;
