@@ -143,11 +143,14 @@ def t_queue_full():
     results = []
     lock = threading.Lock()
     barrier = threading.Barrier(10)
+    # Long answers for every key: an early end of text would free a slot
+    # before the last of the ten arrives.
+    no_eos = ban_eos()
 
     def long_request(i):
         barrier.wait()
         s, h, _ = request("POST", "/v1/completions", {"prompt": "The", "max_tokens": 400, "seed": i,
-                                                      "temperature": 1.0})
+                                                      "temperature": 1.0, "logit_bias": no_eos})
         with lock:
             results.append((s, h.get("Retry-After")))
 
