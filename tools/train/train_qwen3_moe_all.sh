@@ -8,11 +8,12 @@
 #   of a time budget, for exact reproduction), BALANCE_STEPS (steps of a balance round,
 #   default 80; up to three rounds run, only while an expert of some layer is under 1/(2E)
 #   of the top-1 choices on held-out text; --quick always runs one of 10 steps to exercise
-#   the path), TOP1_ROUNDS (top-1 balance rounds that follow, STEPS:COEF:WINDOW each, run
-#   only while an expert is under the floor; default none, which reproduces the committed
-#   model; "200:1:512 300:4:512 300:4:32 300:8:32" reproduces the candidate the card
-#   describes, whose rarest held-out expert reached 1.53% at held-out perplexity 305), TOP1_COEF (weight of the soft top-1 term in the main run, default 0: tried at
-#   1.0, it did not raise the rarest expert's held-out share; see the card),
+#   the path), TOP1_ROUNDS (top-1 balance rounds that follow, STEPS:COEF:WINDOW[:LR] each
+#   (LR default 3e-4), run only while an expert of some layer is under the floor; the default
+#   "200:1:512 300:4:512 300:4:32 300:8:32 150:8:16:1e-4" reproduces the committed model;
+#   "" stops after the Switch balance rounds), TOP1_COEF (weight of the soft top-1 term in
+#   the main run, default 0: tried at 1.0, it did not raise the rarest expert's held-out
+#   share; see the card),
 #   MODEL_OUT (where the full run writes, default models/tiny-qwen3-moe), EPWA (build/epwa),
 #   NODE_PATH (node modules holding @anush008/tokenizers, default
 #   /tmp/tokjs/node_modules).
@@ -79,12 +80,13 @@ else
   # not which one comes first, and left experts under the floor on the
   # held-out text. These rounds add the hard top-1 term (Switch's f*P with f
   # the share of first choices, per window of tokens; see the card): STEPS:
-  # COEFFICIENT:WINDOW each, run while an expert is still under the floor.
-  for ROUND in ${TOP1_ROUNDS:-}; do
+  # COEFFICIENT:WINDOW[:LR] each, run while an expert is still under the floor.
+  for ROUND in ${TOP1_ROUNDS-200:1:512 300:4:512 300:4:32 300:8:32 150:8:16:1e-4}; do
     below_floor || break
-    IFS=: read -r R_STEPS R_COEF R_WINDOW <<< "$ROUND"
-    echo "== top-1 balance round: $R_STEPS steps, coefficient $R_COEF, window $R_WINDOW ($(date -u +%H:%M:%S))"
-    "${TRAIN[@]}" --out "$OUT" --init "$OUT" --steps "$R_STEPS" --lr 3e-4 --warmup 10 --aux-coef 0.1 \
+    IFS=: read -r R_STEPS R_COEF R_WINDOW R_LR <<< "$ROUND"
+    R_LR=${R_LR:-3e-4}
+    echo "== top-1 balance round: $R_STEPS steps, coefficient $R_COEF, window $R_WINDOW, lr $R_LR ($(date -u +%H:%M:%S))"
+    "${TRAIN[@]}" --out "$OUT" --init "$OUT" --steps "$R_STEPS" --lr "$R_LR" --warmup 10 --aux-coef 0.1 \
         --top1-kind hard --top1-coef "$R_COEF" --top1-window "$R_WINDOW"
   done
   if below_floor; then echo "WARNING: an expert is still under the 1/(2E) floor (metrics.json)"; fi
