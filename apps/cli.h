@@ -90,7 +90,7 @@ struct WatermarkFlags {
   std::string key_file;
   double gamma = 0.25;
   double delta = 2.0;
-  int router_layer = -1;
+  int router_layer = wm::kSchemeDefaultLayer;
   std::string expert_deltas;
   CLI::Option* scheme_option = nullptr;
   std::vector<CLI::Option*> needs_scheme;  // run: flags that mean nothing without --watermark

@@ -192,6 +192,9 @@ Runner RegisterDetect(CLI::App& app) {
     Require(scheme != wm::Scheme::kKgw || f->method == "full",
             "kgw green lists are keyed by the previous token, which the text itself gives: use "
             "--method full");
+    Require(!pepi || wm::KeyedByOf(scheme) == wm::KeyedBy::kExpert,
+            "pepi predicts one router's expert from log-probabilities, which keys gsg and ewp only; "
+            "detect " + std::string(wm::SchemeName(scheme)) + " with --method full or cspv");
     const wm::SecretKey key = LoadKey(f->wm);
 
     std::vector<json> results;
@@ -294,7 +297,7 @@ Runner RegisterDetect(CLI::App& app) {
     Require(scheme == wm::Scheme::kKgw || config.IsMoe(),
             "this model is dense (no router), so only --watermark kgw can be detected on it");
     wm::GreenLists lists(key, wm::KeyedByOf(scheme), router_hash, config.vocab_size, f->wm.gamma);
-    const int slot = scheme == wm::Scheme::kKgw ? -1 : wm::ResolveRouterLayer(f->wm.router_layer, config.NumMoeLayers());
+    const int slot = scheme == wm::Scheme::kKgw ? -1 : wm::ResolveRouterLayer(scheme, f->wm.router_layer, config.NumMoeLayers());
     std::optional<wm::ExpertOracle> oracle;
     if (pepi) {
       oracle = wm::ExpertOracle::Load(f->oracle_file);

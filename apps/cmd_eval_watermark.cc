@@ -8,6 +8,7 @@
 #include "base/error.h"
 #include "base/file_read.h"
 #include "cli.h"
+#include "text/wordnet.h"
 #include "watermark/evaluate.h"
 
 namespace epwa::cli {
@@ -26,6 +27,24 @@ void PrintZ(const char* what, const wm::ZSet& s, double threshold) {
               j["p05"].get<double>(), j["p95"].get<double>(), j["max"].get<double>());
 }
 
+// The "text" field of every line of a JSONL corpus (blank lines skipped);
+// errors name the line.
+std::vector<std::string> HumanTextsFromJsonl(const std::string& path, const std::string& contents) {
+  std::vector<std::string> out;
+  std::stringstream ss(contents);
+  int64_t line_no = 0;
+  for (std::string line; std::getline(ss, line);) {
+    ++line_no;
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    const json j = json::parse(line, nullptr, /*allow_exceptions=*/false);
+    Require(j.is_object() && j.contains("text") && j["text"].is_string(),
+            "'" + path + "' line " + std::to_string(line_no) + ": expected a JSON object with a \"text\" string");
+    out.push_back(j["text"].get<std::string>());
+  }
+  Require(!out.empty(), "'" + path + "' holds no texts");
+  return out;
+}
+
 }  // namespace
 
 Runner RegisterEvalWatermark(CLI::App& eval, CLI::App** out_cmd) {
@@ -36,7 +55,8 @@ Runner RegisterEvalWatermark(CLI::App& eval, CLI::App** out_cmd) {
   struct Flags {
     ModelFlags model;
     std::string key_file, human = "data/heldout/jargon.txt", oracle_file, schemes = "gsg,ewp,kgw";
-    std::string substitution = "0.1,0.2,0.3";
+    std::string substitution = "0.1,0.2,0.3", deletion = "0.1,0.3", insertion = "0.1,0.3", synonym = "0.5";
+    std::string wordnet = text::kDefaultWordNetDir;
     std::string detect_quant;
     wm::EvalOptions o;
     bool json = false;
@@ -45,7 +65,9 @@ Runner RegisterEvalWatermark(CLI::App& eval, CLI::App** out_cmd) {
   AddModelFlags(cmd, &f->model);
   cmd->add_option("--key-file", f->key_file,
                   "secret key (default: the public evaluation key, so figures can be rerun)");
-  cmd->add_option("--human", f->human, "held-out human text (default data/heldout/jargon.txt)");
+  cmd->add_option("--human", f->human,
+                  "human texts scored as negatives: a text file whose paragraphs (split at blank lines) are "
+                  "the texts, or a .jsonl file with one {\"text\": ...} per line (default data/heldout/jargon.txt)");
   cmd->add_option("--schemes", f->schemes, "comma-separated schemes to generate (default gsg,ewp,kgw)");
   cmd->add_option("--generations", f->o.generations, "watermarked texts per scheme (default 100)")
       ->check(CLI::Range(1, 1000000));
@@ -56,7 +78,8 @@ Runner RegisterEvalWatermark(CLI::App& eval, CLI::App** out_cmd) {
       ->check(CLI::Range(0, 10000000));
   cmd->add_option("--gamma", f->o.gamma, "green fraction (default 0.25)")->check(FiniteNumber());
   cmd->add_option("--delta", f->o.delta, "bias (default 2.0)")->check(FiniteNumber());
-  cmd->add_option("--router-layer", f->o.router_layer, "MoE layer keying the lists (default -1)");
+  cmd->add_option("--router-layer", f->o.router_layer,
+                  "MoE layer keying the lists (default: each scheme's own, -1 for gsg/ewp, 0 for epw2-et)");
   cmd->add_option("--z-threshold", f->o.detect.z_threshold, "detection threshold (default 4)")
       ->check(FiniteNumber());
   cmd->add_option("--oracle", f->oracle_file, "also evaluate PEPI with this oracle");
@@ -64,6 +87,17 @@ Runner RegisterEvalWatermark(CLI::App& eval, CLI::App** out_cmd) {
   cmd->add_option("--substitution", f->substitution,
                   "fractions of generated tokens replaced by random ids, comma-separated (default "
                   "0.1,0.2,0.3; empty: none)");
+  cmd->add_option("--deletion", f->deletion,
+                  "fractions of generated tokens deleted, comma-separated (default 0.1,0.3; empty: none)");
+  cmd->add_option("--insertion", f->insertion,
+                  "fractions of generated tokens followed by an inserted random token (default 0.1,0.3; empty: none)");
+  cmd->add_option("--synonym", f->synonym,
+                  "fractions of the words replaced by WordNet synonyms in the decoded text, then "
+                  "re-tokenized (default 0.5; empty: none, and no re-tokenization check)");
+  cmd->add_option("--wordnet", f->wordnet, "WordNet database folder (default /usr/share/wordnet)");
+  cmd->add_option("--size-p-value", f->o.size_p_value,
+                  "p-value at which 'size' counts a text as detected (default 0.02, as MarkMyWords)")
+      ->check(CLI::Range(1e-300, 0.5));
   cmd->add_option("--detect-quant", f->detect_quant,
                   "also detect with the model loaded at this level (int8, int4, ...): router flips "
                   "between precisions");
@@ -76,15 +110,34 @@ Runner RegisterEvalWatermark(CLI::App& eval, CLI::App** out_cmd) {
     std::stringstream ss(f->schemes);
     for (std::string s; std::getline(ss, s, ',');) f->o.schemes.push_back(wm::ParseScheme(s));
     f->o.human_text = ReadRegularFile(f->human, kMaxTextInputBytes, "the --human text");
-    std::stringstream rates(f->substitution);
-    for (std::string r; std::getline(rates, r, ',');) {
-      double v = -1;
-      try {
-        v = std::stod(r);
-      } catch (const std::exception&) {
+    if (f->human.size() > 6 && f->human.substr(f->human.size() - 6) == ".jsonl") {
+      f->o.human_texts = HumanTextsFromJsonl(f->human, f->o.human_text);
+      f->o.human_text.clear();
+    }
+    auto rates = [](const std::string& list, const char* flag) {
+      std::vector<double> out;
+      std::stringstream ss(list);
+      for (std::string r; std::getline(ss, r, ',');) {
+        double v = -1;
+        size_t used = 0;
+        try {
+          v = std::stod(r, &used);
+        } catch (const std::exception&) {
+        }
+        Require(used == r.size() && v > 0 && v < 1,
+                std::string(flag) + " takes fractions between 0 and 1, got '" + r + "'");
+        out.push_back(v);
       }
-      Require(v > 0 && v < 1, "--substitution takes fractions between 0 and 1, got '" + r + "'");
-      f->o.substitution_rates.push_back(v);
+      return out;
+    };
+    f->o.substitution_rates = rates(f->substitution, "--substitution");
+    f->o.deletion_rates = rates(f->deletion, "--deletion");
+    f->o.insertion_rates = rates(f->insertion, "--insertion");
+    f->o.synonym_rates = rates(f->synonym, "--synonym");
+    std::optional<text::SynonymTable> synonyms;
+    if (!f->o.synonym_rates.empty()) {
+      synonyms = text::SynonymTable::Load(f->wordnet);
+      f->o.synonyms = &*synonyms;
     }
     if (f->model.ctx == 0) f->model.ctx = 512;
     auto engine = LoadEngine(f->model, /*quiet=*/f->json);
@@ -123,11 +176,26 @@ Runner RegisterEvalWatermark(CLI::App& eval, CLI::App** out_cmd) {
                   s.mean_scored_pairs);
       PrintZ("full, with prompt", s.full_prompt, t);
       PrintZ("full, without prompt", s.full_no_prompt, t);
-      for (size_t a = 0; a < s.substituted.size(); ++a) {
-        const std::string what = std::to_string(static_cast<int>(std::lround(100 * f->o.substitution_rates[a]))) +
-                                 "% of tokens substituted";
-        PrintZ(what.c_str(), s.substituted[a], t);
-      }
+      PrintZ("human texts (this scheme's null)", s.human, t);
+      PrintZ("unwatermarked generations", s.plain, t);
+      std::printf("  ROC AUC %.4f; TPR %.1f%% at FPR 1%% (z > %.2f), %.1f%% at FPR 0.1%% (z > %.2f); size %s "
+                  "tokens to p <= %g (%lld never); perplexity %.2f (unwatermarked %.2f), distinct-2 %.3f (%.3f)\n",
+                  s.roc_auc, 100 * s.tpr_at_fpr_1pct, s.threshold_fpr_1pct, 100 * s.tpr_at_fpr_01pct,
+                  s.threshold_fpr_01pct, std::isfinite(s.size_median) ? std::to_string((int)s.size_median).c_str() : "inf",
+                  f->o.size_p_value, (long long)s.size_never, s.perplexity, r.plain_perplexity, s.distinct2,
+                  r.plain_distinct2);
+      auto attacks = [&](const std::vector<wm::ZSet>& sets, const std::vector<double>& rates, const char* what) {
+        for (size_t a = 0; a < sets.size(); ++a) {
+          const std::string label =
+              std::to_string(static_cast<int>(std::lround(100 * rates[a]))) + "% of " + what;
+          PrintZ(label.c_str(), sets[a], t);
+        }
+      };
+      attacks(s.substituted, f->o.substitution_rates, "tokens substituted");
+      attacks(s.deleted, f->o.deletion_rates, "tokens deleted");
+      attacks(s.inserted, f->o.insertion_rates, "tokens followed by an insertion");
+      attacks(s.synonyms, f->o.synonym_rates, "words -> WordNet synonyms");
+      if (synonyms) PrintZ("decoded and re-tokenized", s.retokenized, t);
       if (s.scheme == wm::Scheme::kKgw) continue;
       PrintZ("cspv (sample)", s.cspv, t);
       if (oracle) PrintZ("pepi", s.pepi, t);
@@ -142,6 +210,11 @@ Runner RegisterEvalWatermark(CLI::App& eval, CLI::App** out_cmd) {
                     other->load_stats().quant_level.c_str(), engine->load_stats().quant_level.c_str(),
                     100 * s.other_level_expert_agreement, 100 * s.other_level_expert_agreement_margin,
                     100 * s.other_level_margin_kept);
+      }
+      if (wm::KeyedByOf(s.scheme) != wm::KeyedBy::kExpert) {
+        std::printf("  expert recovery: %.1f%% with the prompt, %.1f%% without\n", 100 * s.expert_recovery_prompt,
+                    100 * s.expert_recovery_no_prompt);
+        continue;
       }
       PrintZ("misaligned: expert at t (original)", s.shift0, t);
       PrintZ("misaligned: expert at t-2", s.shift2, t);

@@ -35,7 +35,8 @@ void AddWatermarkFlags(CLI::App* cmd, WatermarkFlags* f, bool generation) {
           ->check(FiniteNumber()));
   f->needs_scheme.push_back(cmd->add_option(
       "--router-layer", f->router_layer,
-      "MoE layer whose router keys the green lists: 0-based, negative from the end (default -1)"));
+      "MoE layer whose router keys the green lists: 0-based, negative from the end (default: -1, "
+      "the last, for gsg/ewp; 0, the first, for epw2-et)"));
   if (generation) {
     f->needs_scheme.push_back(
         cmd->add_option("--delta", f->delta, "logit bias added to green tokens (default 2.0)")
@@ -78,7 +79,7 @@ std::unique_ptr<wm::WatermarkProcessor> MakeWatermark(const WatermarkFlags& flag
 json WatermarkJson(const wm::WatermarkProcessor& w, const Engine& engine) {
   const wm::WatermarkParams& p = w.params();
   json j{{"scheme", wm::SchemeName(p.scheme)},
-         {"version", wm::kSchemeName},
+         {"version", wm::SchemeVersion(p.scheme)},
          {"gamma", p.gamma},
          {"delta", p.delta},
          {"steps", w.steps()},
@@ -99,7 +100,7 @@ void PrintWatermarkLine(const wm::WatermarkProcessor& w, const Engine& engine) {
     keyed = "router layer " + std::to_string(w.router_slot()) + " (IRSH " +
             engine.load_stats().router_hash.substr(0, 16) + "...)";
   std::fprintf(stderr, "watermark: %s (%s), gamma %.3g, delta %.3g, keyed by %s; %lld steps, mean bias %.3f\n",
-               wm::SchemeName(p.scheme), wm::kSchemeName, p.gamma, p.delta, keyed.c_str(),
+               wm::SchemeName(p.scheme), wm::SchemeVersion(p.scheme), p.gamma, p.delta, keyed.c_str(),
                static_cast<long long>(w.steps()), w.mean_bias());
 }
 

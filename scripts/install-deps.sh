@@ -9,6 +9,7 @@ packages=(
   nlohmann-json3-dev libcli11-dev libpcre2-dev libutf8proc-dev libssl-dev libxxhash-dev libsimdjson-dev
   python3 python3-numpy python3-sentencepiece python3-jinja2
   libcpp-httplib-dev curl
+  wordnet-base  # WordNet 3.0 in /usr/share/wordnet, for the synonym-substitution attack
 )
 # Node.js runs the real-client tests of `epwa serve` (the openai npm package).
 # It may come from Debian or from elsewhere (NodeSource bundles npm, and then

@@ -188,7 +188,7 @@ TEST_F(WatermarkCli, BadInputIsOneClearError) {
   ExpectCleanError(RunEpwa("run -m " + kModel + " -p hi --watermark gsg --key-file " + short_key, scratch_), 1,
                    "exactly 32 bytes");
   ExpectCleanError(RunEpwa("run -m " + kModel + " -p hi --watermark xyz --key-file " + key_, scratch_), 1,
-                   "use gsg, ewp or kgw");
+                   "use gsg, ewp, kgw, epw2-et, epw2-minhash or epw2-votes");
   ExpectCleanError(RunEpwa("run -m " + kModel + " -p hi --key-file " + key_, scratch_), 1,
                    "only applies with --watermark");
   ExpectCleanError(RunEpwa("run -m " + kModel + " -p hi --watermark gsg --router-layer 9 --key-file " + key_,

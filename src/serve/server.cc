@@ -308,7 +308,7 @@ struct Server::Impl {
   json WatermarkInfo(const wm::WatermarkProcessor* w) const {
     if (!w) return nullptr;
     const wm::WatermarkParams& p = w->params();
-    json j{{"scheme", wm::SchemeName(p.scheme)}, {"version", wm::kSchemeName}, {"gamma", p.gamma},
+    json j{{"scheme", wm::SchemeName(p.scheme)}, {"version", wm::SchemeVersion(p.scheme)}, {"gamma", p.gamma},
            {"delta", p.delta}};
     if (p.scheme != wm::Scheme::kKgw) {
       j["router_layer"] = w->router_slot();
@@ -689,7 +689,7 @@ struct Server::Impl {
     if (scheme != wm::Scheme::kKgw && !config.IsMoe()) throw bad("this model is dense: only kgw can be detected", "scheme");
     const int slot = scheme == wm::Scheme::kKgw
                          ? -1
-                         : wm::ResolveRouterLayer(options.watermark ? options.watermark->router_layer : -1,
+                         : wm::ResolveRouterLayer(scheme, options.watermark ? options.watermark->router_layer : wm::kSchemeDefaultLayer,
                                                   config.NumMoeLayers());
     const double gamma = options.watermark ? options.watermark->gamma : 0.25;
     wm::GreenLists lists(*options.key, wm::KeyedByOf(scheme), router_hash, config.vocab_size, gamma);
@@ -703,6 +703,8 @@ struct Server::Impl {
     try {
       if (method == "pepi") {
         if (!oracle) throw bad("this server has no PEPI oracle (start it with --oracle FILE)", "method");
+        if (wm::KeyedByOf(scheme) != wm::KeyedBy::kExpert)
+          throw bad("pepi detects gsg and ewp only (it predicts one router's expert)", "method");
         if (!b.contains("logprobs")) throw bad("pepi reads OpenAI-format 'logprobs' (with token ids)", "logprobs");
         const json& lp = b["logprobs"];
         const json& content = lp.is_object() && lp.contains("content") ? lp["content"] : lp;

@@ -35,6 +35,44 @@ std::vector<TokenScore> ScoreByRouting(std::span<const int32_t> ids, int64_t fir
   return out;
 }
 
+std::vector<TokenScore> ScoreByContext(std::span<const int32_t> ids, int64_t first,
+                                       const RoutingTrace& routing, int slot, GreenLists& lists) {
+  const int64_t T = static_cast<int64_t>(ids.size());
+  Require(routing.num_tokens() == T && routing.first_position() == 0,
+          "the routing trace does not cover the scored sequence");
+  Require(slot >= 0 && slot < routing.num_moe_layers(), "the router layer is outside the trace");
+  const KeyedBy keyed = lists.keyed_by();
+  std::vector<TokenScore> out;
+  for (int64_t t = std::max<int64_t>(first, 1); t < T; ++t) {
+    const std::vector<ContextItem> items = ContextItemsV2(keyed, routing, t - 1, slot, ids[t - 1]);
+    const ExpertChoice at_slot = ChooseExpert(routing, t - 1, slot);
+    TokenScore s;
+    s.position = t;
+    s.token = ids[t];
+    s.seed = at_slot.expert;
+    s.confidence = at_slot.confidence;
+    s.margin = at_slot.margin;
+    if (keyed == KeyedBy::kMinHash) {
+      const ContextItem& item = items[lists.MinItem(items, ids[t])];
+      s.context = item.Packed();
+      s.green = lists.ForItem(item).Contains(ids[t]);
+      out.push_back(s);
+      continue;
+    }
+    for (const ContextItem& item : items) {
+      if (keyed == KeyedBy::kLayerVotes) {
+        const ExpertChoice c = ChooseExpert(routing, t - 1, item.layer);
+        s.confidence = c.confidence;
+        s.margin = c.margin;
+      }
+      s.context = item.Packed();
+      s.green = lists.ForItem(item).Contains(ids[t]);
+      out.push_back(s);
+    }
+  }
+  return out;
+}
+
 std::vector<TokenScore> ScoreBySeeds(std::span<const int32_t> ids, int64_t first,
                                      std::span<const int32_t> seeds, GreenLists& lists) {
   const int64_t T = static_cast<int64_t>(ids.size());
@@ -59,7 +97,13 @@ std::vector<TokenScore> ScoreByPreviousToken(std::span<const int32_t> ids, int64
 std::vector<TokenScore> FilterTokens(std::span<const TokenScore> tokens, const DetectOptions& o,
                                      int64_t* skipped_repeats, int64_t* skipped_low_margin) {
   std::vector<TokenScore> kept;
-  std::unordered_set<uint64_t> seen;
+  // (context, token) pairs; v1 and KGW put their seed in the context.
+  struct PairHash {
+    size_t operator()(const std::pair<uint64_t, int32_t>& p) const {
+      return std::hash<uint64_t>()(p.first * 0x9e3779b97f4a7c15ULL ^ static_cast<uint32_t>(p.second));
+    }
+  };
+  std::unordered_set<std::pair<uint64_t, int32_t>, PairHash> seen;
   int64_t repeats = 0, low = 0;
   for (const TokenScore& s : tokens) {
     if (s.margin < o.min_margin) {
@@ -67,9 +111,8 @@ std::vector<TokenScore> FilterTokens(std::span<const TokenScore> tokens, const D
       continue;
     }
     if (o.dedup) {
-      const uint64_t pair = (static_cast<uint64_t>(static_cast<uint32_t>(s.seed)) << 32) |
-                            static_cast<uint32_t>(s.token);
-      if (!seen.insert(pair).second) {
+      const uint64_t context = s.context != 0 ? s.context : static_cast<uint32_t>(s.seed);
+      if (!seen.insert({context, s.token}).second) {
         ++repeats;
         continue;
       }

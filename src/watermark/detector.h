@@ -25,6 +25,10 @@ struct TokenScore {
   float confidence = 1.0f;  // router softmax top-1 at position - 1 (1 for KGW)
   float margin = 1.0f;      // router top-1 minus top-2 probability (1 for KGW)
   bool green = false;
+  // EPW-A v2: the packed context item that keyed this vote (ContextItem::
+  // Packed), what deduplication keys on with the token; 0 for v1 and KGW,
+  // which dedup on (seed, token).
+  uint64_t context = 0;
 };
 
 // Tokens ids[first .. T) under the experts that the routing trace (covering
@@ -38,6 +42,13 @@ std::vector<TokenScore> ScoreByRouting(std::span<const int32_t> ids, int64_t fir
 // (experts predicted by the PEPI oracle, for example).
 std::vector<TokenScore> ScoreBySeeds(std::span<const int32_t> ids, int64_t first,
                                      std::span<const int32_t> seeds, GreenLists& lists);
+// EPW-A v2: the votes of tokens ids[first .. T) under the context items of
+// position t - 1 (ContextItemsV2 of `lists.keyed_by()`): one vote per token
+// for (a) and (b), one per MoE layer for (c). `seed` is the expert of router
+// slot `slot` at t - 1 (for recovery statistics); confidence and margin are
+// those of the vote's own layer ((b): the slot's).
+std::vector<TokenScore> ScoreByContext(std::span<const int32_t> ids, int64_t first,
+                                       const RoutingTrace& routing, int slot, GreenLists& lists);
 // KGW: token t under the list keyed by token t - 1.
 std::vector<TokenScore> ScoreByPreviousToken(std::span<const int32_t> ids, int64_t first,
                                              GreenLists& lists);

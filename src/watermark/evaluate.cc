@@ -2,7 +2,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <numeric>
+#include <map>
+#include <set>
 #include <sstream>
 
 #include "base/error.h"
@@ -10,6 +13,7 @@
 #include "base/text.h"
 #include "base/timer.h"
 #include "watermark/pipeline.h"
+#include "watermark/stats.h"
 
 namespace epwa::wm {
 
@@ -64,6 +68,45 @@ std::vector<std::string> Paragraphs(const std::string& text) {
   return out;
 }
 
+double RocAuc(const std::vector<double>& positives, const std::vector<double>& negatives) {
+  if (positives.empty() || negatives.empty()) return 0;
+  std::vector<double> neg = negatives;
+  std::sort(neg.begin(), neg.end());
+  double wins = 0;
+  for (double z : positives) {
+    const auto lo = std::lower_bound(neg.begin(), neg.end(), z);
+    const auto hi = std::upper_bound(neg.begin(), neg.end(), z);
+    wins += static_cast<double>(lo - neg.begin()) + 0.5 * static_cast<double>(hi - lo);
+  }
+  return wins / (static_cast<double>(positives.size()) * static_cast<double>(neg.size()));
+}
+
+double ThresholdAtFpr(const std::vector<double>& negatives, double fpr) {
+  if (negatives.empty()) return 0;
+  std::vector<double> neg = negatives;
+  std::sort(neg.begin(), neg.end(), std::greater<double>());
+  // Detection is z > threshold: with the (k + 1)-th largest negative as the
+  // threshold, at most k = floor(fpr * N) negatives lie above it.
+  const size_t k = std::min(neg.size() - 1, static_cast<size_t>(std::floor(fpr * static_cast<double>(neg.size()))));
+  return neg[k];
+}
+
+std::optional<int64_t> TokensToDetect(std::span<const TokenScore> tokens, int64_t first, double p0,
+                                      const DetectOptions& o, double p) {
+  const std::vector<TokenScore> kept = FilterTokens(tokens, o, nullptr, nullptr);
+  const double log10_target = std::log10(p);
+  int64_t n = 0, green = 0;
+  for (size_t i = 0; i < kept.size(); ++i) {
+    ++n;
+    green += kept[i].green ? 1 : 0;
+    // Votes of one position are counted together: the tally is tested once
+    // the position's last vote is in.
+    if (i + 1 < kept.size() && kept[i + 1].position == kept[i].position) continue;
+    if (green > 0 && Log10BinomialUpperTail(green, n, p0) <= log10_target) return kept[i].position - first + 1;
+  }
+  return std::nullopt;
+}
+
 namespace {
 
 // Tokens a detector scores on one input (distinct pairs after dedup).
@@ -88,6 +131,33 @@ struct Detectors {
   GreenLists expert_lists;
   GreenLists kgw_lists;
   int slot;
+  // EPW-A v2 lists, one per v2 scheme evaluated.
+  std::map<Scheme, GreenLists> v2_lists;
+  std::map<Scheme, int> v2_slots;
+  int SlotOf(Scheme s) const { return IsV2(KeyedByOf(s)) ? v2_slots.at(s) : slot; }
+
+  GreenLists& ListsOf(Scheme s) {
+    if (s == Scheme::kKgw) return kgw_lists;
+    if (!IsV2(KeyedByOf(s))) return expert_lists;
+    return v2_lists.at(s);
+  }
+  // A scheme's tokens on an input whose forward pass is `pass` (unused by KGW).
+  std::vector<TokenScore> FromPass(Scheme s, const DetectInput& in, const ScoreResult& pass) {
+    if (s == Scheme::kKgw) return ScoreByPreviousToken(in.ids, in.first, kgw_lists);
+    if (IsV2(KeyedByOf(s))) return ScoreByContext(in.ids, in.first, pass.routing, SlotOf(s), ListsOf(s));
+    return ScoreByRouting(in.ids, in.first, pass.routing, slot, expert_lists);
+  }
+  // The same with its own forward pass (none for KGW).
+  std::vector<TokenScore> Tokens(Scheme s, const DetectInput& in, ScoreResult* pass = nullptr) {
+    if (s == Scheme::kKgw && !pass) return FromPass(s, in, ScoreResult{});
+    ScoreResult local;
+    ScoreResult& r = pass ? *pass : local;
+    r = engine.Score(in.ids);
+    return FromPass(s, in, r);
+  }
+  std::optional<double> Z(Scheme s, const DetectInput& in) {
+    return ZOf(Tokens(s, in), ListsOf(s).p0(), o.detect);
+  }
 
   // Full, no-dedup, CSPV and PEPI z of one input, plus the per-position
   // experts recovered by the forward pass ([T], -1 where unknown) and the
@@ -98,9 +168,10 @@ struct Detectors {
     int64_t adjacent_same = 0, adjacent = 0;  // positions whose expert equals the previous one's
     std::vector<int32_t> experts, predicted;
   };
-  Result Run(const DetectInput& in, bool all) {
+  Result Run(const DetectInput& in, bool all, ScoreResult* pass_out = nullptr) {
     Result r;
-    ScoreResult pass;
+    ScoreResult local;
+    ScoreResult& pass = pass_out ? *pass_out : local;
     const auto tokens = ScoreInput(engine, in, expert_lists, slot, 1, &pass);
     const double p0 = expert_lists.p0();
     r.full = ZOf(tokens, p0, o.detect);
@@ -138,6 +209,29 @@ struct Detectors {
   }
 };
 
+// Mean negative log-likelihood (natural log) of ids[first ..) under the
+// forward pass's logits, and how many tokens it covers.
+std::pair<double, int64_t> Nll(const ScoreResult& pass, int64_t first, int64_t vocab) {
+  double nll = 0;
+  int64_t n = 0;
+  for (int64_t t = std::max<int64_t>(first, 1); t < static_cast<int64_t>(pass.ids.size()); ++t) {
+    const float* row = pass.logits.data() + (t - 1) * vocab;
+    const float mx = *std::max_element(row, row + vocab);
+    double sum = 0;
+    for (int64_t v = 0; v < vocab; ++v) sum += std::exp(static_cast<double>(row[v] - mx));
+    nll += std::log(sum) + mx - row[pass.ids[t]];
+    ++n;
+  }
+  return {nll, n};
+}
+
+// Distinct bigrams and bigrams of a token sequence.
+std::pair<int64_t, int64_t> Distinct2(const std::vector<int32_t>& ids) {
+  std::set<std::pair<int32_t, int32_t>> seen;
+  for (size_t i = 1; i < ids.size(); ++i) seen.insert({ids[i - 1], ids[i]});
+  return {static_cast<int64_t>(seen.size()), ids.size() > 1 ? static_cast<int64_t>(ids.size() - 1) : 0};
+}
+
 void AddAll(const Detectors::Result& r, ZSet& full, ZSet& no_dedup, ZSet& cspv, ZSet& pepi, ZSet& kgw,
             bool with_pepi) {
   Add(full, r.full);
@@ -159,20 +253,39 @@ nlohmann::json EvalReport::Json(const EvalOptions& o) const {
                      {"mean_bias", s.mean_bias},
                      {"mean_scored_pairs", s.mean_scored_pairs},
                      {"identical_to_plain", s.identical_to_plain},
-                     {"decode_ms_per_token", s.decode_ms_per_token}};
-    if (s.scheme != Scheme::kKgw) {
-      j["misaligned_shift0"] = s.shift0.Json(t);
-      j["misaligned_shift2"] = s.shift2.Json(t);
-      j["misaligned_shift0_expert_changed"] = s.shift0_changed.Json(t);
-      j["adjacent_same_expert"] = s.adjacent_same_expert;
+                     {"decode_ms_per_token", s.decode_ms_per_token},
+                     {"version", SchemeVersion(s.scheme)},
+                     {"null_human", s.human.Json(t)},
+                     {"null_unwatermarked", s.plain.Json(t)},
+                     {"roc_auc", s.roc_auc},
+                     {"tpr_at_fpr_1pct", s.tpr_at_fpr_1pct},
+                     {"tpr_at_fpr_0.1pct", s.tpr_at_fpr_01pct},
+                     {"threshold_fpr_1pct", s.threshold_fpr_1pct},
+                     {"threshold_fpr_0.1pct", s.threshold_fpr_01pct},
+                     {"size_p_value", o.size_p_value},
+                     {"size_median_tokens", std::isfinite(s.size_median) ? nlohmann::json(s.size_median) : nlohmann::json()},
+                     {"size_never", s.size_never},
+                     {"perplexity", s.perplexity},
+                     {"distinct2", s.distinct2}};
+    if (UsesRouter(s.scheme)) {
       j["cspv"] = s.cspv.Json(t);
       j["expert_recovery_with_prompt"] = s.expert_recovery_prompt;
       j["expert_recovery_without_prompt"] = s.expert_recovery_no_prompt;
     }
+    if (KeyedByOf(s.scheme) == KeyedBy::kExpert) {
+      j["misaligned_shift0"] = s.shift0.Json(t);
+      j["misaligned_shift2"] = s.shift2.Json(t);
+      j["misaligned_shift0_expert_changed"] = s.shift0_changed.Json(t);
+      j["adjacent_same_expert"] = s.adjacent_same_expert;
+    }
+    auto pct = [](double r) { return std::to_string(static_cast<int>(std::lround(100 * r))) + "pct"; };
     for (size_t a = 0; a < s.substituted.size(); ++a)
-      j["substituted_" + std::to_string(static_cast<int>(std::lround(100 * o.substitution_rates[a]))) + "pct"] =
-          s.substituted[a].Json(t);
-    if (o.other_engine && s.scheme != Scheme::kKgw) {
+      j["substituted_" + pct(o.substitution_rates[a])] = s.substituted[a].Json(t);
+    for (size_t a = 0; a < s.deleted.size(); ++a) j["deleted_" + pct(o.deletion_rates[a])] = s.deleted[a].Json(t);
+    for (size_t a = 0; a < s.inserted.size(); ++a) j["inserted_" + pct(o.insertion_rates[a])] = s.inserted[a].Json(t);
+    for (size_t a = 0; a < s.synonyms.size(); ++a) j["synonyms_" + pct(o.synonym_rates[a])] = s.synonyms[a].Json(t);
+    if (o.synonyms || !o.synonym_rates.empty()) j["retokenized"] = s.retokenized.Json(t);
+    if (o.other_engine && UsesRouter(s.scheme)) {
       j["other_level"] = {{"level", o.other_engine->load_stats().quant_level},
                           {"full", s.other_level.Json(t)},
                           {"full_min_margin", s.other_level_margin.Json(t)},
@@ -181,7 +294,7 @@ nlohmann::json EvalReport::Json(const EvalOptions& o) const {
                           {"expert_agreement_above_margin", s.other_level_expert_agreement_margin},
                           {"tokens_above_margin", s.other_level_margin_kept}};
     }
-    if (o.oracle && s.scheme != Scheme::kKgw) {
+    if (o.oracle && KeyedByOf(s.scheme) == KeyedBy::kExpert) {
       j["pepi"] = s.pepi.Json(t);
       j["pepi_expert_agreement"] = s.pepi_agreement;
     }
@@ -207,6 +320,8 @@ nlohmann::json EvalReport::Json(const EvalOptions& o) const {
                    {"human", human},
                    {"unwatermarked_generations", plain},
                    {"plain_decode_ms_per_token", plain_decode_ms_per_token},
+                   {"plain_perplexity", plain_perplexity},
+                   {"plain_distinct2", plain_distinct2},
                    {"seconds", seconds}};
   if (o.oracle)
     j["oracle"] = {{"heldout_accuracy", o.oracle->info().heldout_examples > 0
@@ -225,12 +340,21 @@ EvalReport EvaluateWatermark(Engine& engine, const SecretKey& key, const EvalOpt
   const std::string& hash = engine.load_stats().router_hash;
   Detectors det{engine, o, GreenLists(key, KeyedBy::kExpert, hash, c.vocab_size, o.gamma),
                 GreenLists(key, KeyedBy::kPreviousToken, "", c.vocab_size, o.gamma),
-                ResolveRouterLayer(o.router_layer, c.NumMoeLayers())};
+                ResolveRouterLayer(Scheme::kGsg, o.router_layer, c.NumMoeLayers())};
+  for (Scheme s : o.schemes)
+    if (IsV2(KeyedByOf(s))) {
+      det.v2_lists.emplace(s, GreenLists(key, KeyedByOf(s), hash, c.vocab_size, o.gamma));
+      det.v2_slots[s] = ResolveRouterLayer(s, o.router_layer, c.NumMoeLayers());
+    }
+  std::map<Scheme, ZSet> human_null, plain_null;
+  auto add_null = [&](std::map<Scheme, ZSet>& null, const DetectInput& in, const ScoreResult& pass) {
+    for (Scheme s : o.schemes) Add(null[s], ZOf(det.FromPass(s, in, pass), det.ListsOf(s).p0(), o.detect));
+  };
   auto note = [&](const std::string& s) {
     if (o.progress) o.progress(s);
   };
 
-  const std::vector<std::string> paragraphs = Paragraphs(o.human_text);
+  const std::vector<std::string> paragraphs = o.human_texts.empty() ? Paragraphs(o.human_text) : o.human_texts;
   Require(!paragraphs.empty(), "the held-out text has no paragraphs");
   // Prompts: the first words of successive paragraphs.
   std::vector<std::string> prompts;
@@ -255,8 +379,8 @@ EvalReport EvaluateWatermark(Engine& engine, const SecretKey& key, const EvalOpt
   const int n_plain = std::max(o.null_generations, o.generations);
   std::vector<std::vector<int32_t>> plain_tokens(static_cast<size_t>(n_plain));
   std::vector<std::vector<int32_t>> prompt_ids(static_cast<size_t>(n_plain));
-  double plain_decode_ms = 0;
-  int64_t plain_decoded = 0;
+  double plain_decode_ms = 0, plain_nll = 0;
+  int64_t plain_decoded = 0, plain_nll_n = 0, plain_distinct = 0, plain_bigrams = 0;
   note("unwatermarked generations");
   for (int i = 0; i < n_plain; ++i) {
     prompt_ids[i] = engine.EncodePrompt(prompts[static_cast<size_t>(i) % prompts.size()]);
@@ -267,23 +391,44 @@ EvalReport EvaluateWatermark(Engine& engine, const SecretKey& key, const EvalOpt
     plain_decode_ms += r.stats.decode_ms;
     plain_decoded += std::max<int64_t>(0, r.stats.generated_tokens - 1);
     if (i < o.null_generations) {
-      const auto res = det.Run(InputFromIds(engine, std::nullopt, r.tokens), true);
+      const DetectInput in = InputFromIds(engine, std::nullopt, r.tokens);
+      ScoreResult pass;
+      const auto res = det.Run(in, true, &pass);
       AddAll(res, report.plain_full, report.plain_no_dedup, report.plain_cspv, report.plain_pepi,
              report.plain_kgw, o.oracle != nullptr);
+      add_null(plain_null, in, pass);
+    }
+    if (i < o.generations) {
+      std::vector<int32_t> all = prompt_ids[i];
+      all.insert(all.end(), r.tokens.begin(), r.tokens.end());
+      const auto [nll, n] = Nll(engine.Score(all), static_cast<int64_t>(prompt_ids[i].size()), c.vocab_size);
+      plain_nll += nll;
+      plain_nll_n += n;
+      const auto [d2, b2] = Distinct2(r.tokens);
+      plain_distinct += d2;
+      plain_bigrams += b2;
     }
   }
   report.plain_decode_ms_per_token = plain_decode_ms / std::max<int64_t>(1, plain_decoded);
+  report.plain_perplexity = std::exp(plain_nll / std::max<int64_t>(1, plain_nll_n));
+  report.plain_distinct2 = static_cast<double>(plain_distinct) / std::max<int64_t>(1, plain_bigrams);
 
   for (Scheme scheme : o.schemes) {
     note(std::string("watermarked generations: ") + SchemeName(scheme));
     SchemeEval se;
     se.scheme = scheme;
+    const bool v2 = IsV2(KeyedByOf(scheme));
+    GreenLists& lists = det.ListsOf(scheme);
     int64_t recovered_p = 0, recovered_np = 0, steps = 0, agree = 0, agree_n = 0;
     int64_t adjacent_same = 0, adjacent = 0, scored_pairs = 0;
     int64_t other_recovered = 0, other_n = 0, other_recovered_margin = 0, other_n_margin = 0;
     se.substituted.resize(o.substitution_rates.size());
-    double decode_ms = 0, bias = 0;
-    int64_t decoded = 0;
+    se.deleted.resize(o.deletion_rates.size());
+    se.inserted.resize(o.insertion_rates.size());
+    se.synonyms.resize(o.synonym_rates.size());
+    double decode_ms = 0, bias = 0, nll = 0;
+    int64_t decoded = 0, nll_n = 0, distinct = 0, bigrams = 0;
+    std::vector<double> sizes;
     for (int i = 0; i < o.generations; ++i) {
       WatermarkParams p;
       p.scheme = scheme;
@@ -300,71 +445,142 @@ EvalReport EvaluateWatermark(Engine& engine, const SecretKey& key, const EvalOpt
       decoded += std::max<int64_t>(0, r.stats.generated_tokens - 1);
       bias += proc.mean_bias();
       se.identical_to_plain += r.tokens == plain_tokens[i];
+      const auto [d2, b2] = Distinct2(r.tokens);
+      distinct += d2;
+      bigrams += b2;
 
       const std::string prompt = prompts[static_cast<size_t>(i) % prompts.size()];
       DetectInput with = InputFromIds(engine, prompt, r.tokens);
       DetectInput without = InputFromIds(engine, std::nullopt, r.tokens);
-      // Robustness: a fraction of the generated tokens replaced by uniformly
-      // random ids (the prompt kept), detected with the prompt.
-      for (size_t a = 0; a < o.substitution_rates.size(); ++a) {
-        Rng rng(o.seed * 1000003 + static_cast<uint64_t>(i) * 101 + a);
-        std::vector<int32_t> attacked = r.tokens;
-        for (int32_t& id : attacked)
-          if (rng.Uniform() < o.substitution_rates[a]) id = static_cast<int32_t>(rng.Next() % c.vocab_size);
-        const DetectInput in = InputFromIds(engine, prompt, attacked);
-        Add(se.substituted[a], scheme == Scheme::kKgw
-                                   ? ZOf(ScoreByPreviousToken(in.ids, in.first, det.kgw_lists), det.kgw_lists.p0(), o.detect)
-                                   : det.Run(in, false).full);
+      // Token-level attacks on the generated ids (the prompt kept), detected
+      // with the prompt: a fraction of the tokens replaced by uniformly
+      // random ids, deleted, or followed by an inserted random id.
+      auto attack = [&](ZSet& out, uint64_t stream, auto edit) {
+        Rng rng(o.seed * 1000003 + static_cast<uint64_t>(i) * 101 + stream);
+        std::vector<int32_t> attacked;
+        for (int32_t id : r.tokens) edit(rng, id, attacked);
+        if (attacked.empty()) {
+          ++out.too_short;
+          return;
+        }
+        Add(out, det.Z(scheme, InputFromIds(engine, prompt, attacked)));
+      };
+      auto random_id = [&](Rng& rng) { return static_cast<int32_t>(rng.Next() % static_cast<uint64_t>(c.vocab_size)); };
+      for (size_t a = 0; a < o.substitution_rates.size(); ++a)
+        attack(se.substituted[a], a, [&](Rng& rng, int32_t id, std::vector<int32_t>& out) {
+          out.push_back(rng.Uniform() < o.substitution_rates[a] ? random_id(rng) : id);
+        });
+      for (size_t a = 0; a < o.deletion_rates.size(); ++a)
+        attack(se.deleted[a], 100 + a, [&](Rng& rng, int32_t id, std::vector<int32_t>& out) {
+          if (rng.Uniform() >= o.deletion_rates[a]) out.push_back(id);
+        });
+      for (size_t a = 0; a < o.insertion_rates.size(); ++a)
+        attack(se.inserted[a], 200 + a, [&](Rng& rng, int32_t id, std::vector<int32_t>& out) {
+          out.push_back(id);
+          if (rng.Uniform() < o.insertion_rates[a]) out.push_back(random_id(rng));
+        });
+      // Text-level attacks: the decoded text, edited, then tokenized again
+      // as a detector given text would.
+      if (!o.synonym_rates.empty() || o.synonyms) {
+        const std::string text = engine.tokenizer().Decode(r.tokens);
+        auto detect_text = [&](ZSet& out, const std::string& t) {
+          try {
+            Add(out, det.Z(scheme, InputFromText(engine, prompt, t)));
+          } catch (const Error&) {
+            ++out.too_short;  // nothing left to tokenize
+          }
+        };
+        detect_text(se.retokenized, text);
+        for (size_t a = 0; a < o.synonym_rates.size(); ++a) {
+          Require(o.synonyms != nullptr, "the synonym attack needs WordNet (apt-get install wordnet-base)");
+          detect_text(se.synonyms[a], text::SubstituteSynonyms(text, o.synonym_rates[a],
+                                                               o.seed * 1000003 + static_cast<uint64_t>(i) * 101 + 300 + a,
+                                                               *o.synonyms));
+        }
       }
-      if (scheme == Scheme::kKgw) {
-        scored_pairs += ScoredOf(ScoreByPreviousToken(with.ids, with.first, det.kgw_lists), det.kgw_lists.p0(), o.detect);
-        Add(se.full_prompt, ZOf(ScoreByPreviousToken(with.ids, with.first, det.kgw_lists), det.kgw_lists.p0(), o.detect));
-        Add(se.full_no_prompt, ZOf(ScoreByPreviousToken(without.ids, without.first, det.kgw_lists), det.kgw_lists.p0(), o.detect));
-        continue;
-      }
-      const auto rw = det.Run(with, true);
-      const auto rn = det.Run(without, false);
-      scored_pairs += rw.scored;
-      Add(se.full_prompt, rw.full);
-      Add(se.full_no_prompt, rn.full);
-      Add(se.shift0, rw.shift0);
-      Add(se.shift2, rw.shift2);
-      Add(se.shift0_changed, rw.shift0_changed);
-      adjacent_same += rw.adjacent_same;
-      adjacent += rw.adjacent;
-      Add(se.cspv, rw.cspv);
-      if (o.oracle) Add(se.pepi, rw.pepi);
-      // Another precision: the same ids detected by an engine at another
-      // quantization level, whose router may flip on close calls.
-      if (o.other_engine) {
-        ScoreResult pass;
-        const auto tokens = ScoreInput(*o.other_engine, with, det.expert_lists, det.slot, 1, &pass);
-        Add(se.other_level, ZOf(tokens, det.expert_lists.p0(), o.detect));
-        DetectOptions margin = o.detect;
-        margin.min_margin = o.other_min_margin;
-        Add(se.other_level_margin, ZOf(tokens, det.expert_lists.p0(), margin));
-        for (size_t k = 0; k < tokens.size(); ++k) {
-          other_recovered += tokens[k].seed == rw.experts[tokens[k].position - 1];
-          ++other_n;
-          if (tokens[k].margin >= o.other_min_margin) {
-            other_recovered_margin += tokens[k].seed == rw.experts[tokens[k].position - 1];
-            ++other_n_margin;
+      ScoreResult pw;
+      std::vector<TokenScore> tokens_with;
+      if (scheme == Scheme::kKgw || v2) {
+        tokens_with = det.Tokens(scheme, with, &pw);
+        ScoreResult pn;
+        const auto tokens_without = det.Tokens(scheme, without, &pn);
+        scored_pairs += ScoredOf(tokens_with, lists.p0(), o.detect);
+        Add(se.full_prompt, ZOf(tokens_with, lists.p0(), o.detect));
+        Add(se.full_no_prompt, ZOf(tokens_without, lists.p0(), o.detect));
+        if (v2) {
+          const CspvResult cs = Cspv(tokens_with, lists.p0(), o.detect, o.cspv_sample, o.seed);
+          if (cs.population >= o.detect.min_tokens) se.cspv.z.push_back(cs.sample.z);
+          else ++se.cspv.too_short;
+          const auto& used = proc.experts_used();
+          for (size_t st = 0; st < used.size(); ++st) {
+            ++steps;
+            const int slot = det.SlotOf(scheme);
+            recovered_p += ChooseExpert(pw.routing, with.first + static_cast<int64_t>(st) - 1, slot).expert == used[st];
+            if (without.first + static_cast<int64_t>(st) >= 1)
+              recovered_np +=
+                  ChooseExpert(pn.routing, without.first + static_cast<int64_t>(st) - 1, slot).expert == used[st];
+          }
+          if (o.other_engine) {
+            const auto other = ScoreInput(*o.other_engine, with, lists, det.SlotOf(scheme), 1);
+            Add(se.other_level, ZOf(other, lists.p0(), o.detect));
+            DetectOptions margin = o.detect;
+            margin.min_margin = o.other_min_margin;
+            Add(se.other_level_margin, ZOf(other, lists.p0(), margin));
+          }
+        }
+      } else {
+        const auto rw = det.Run(with, true, &pw);
+        tokens_with = det.FromPass(scheme, with, pw);
+        const auto rn = det.Run(without, false);
+        scored_pairs += rw.scored;
+        Add(se.full_prompt, rw.full);
+        Add(se.full_no_prompt, rn.full);
+        Add(se.shift0, rw.shift0);
+        Add(se.shift2, rw.shift2);
+        Add(se.shift0_changed, rw.shift0_changed);
+        adjacent_same += rw.adjacent_same;
+        adjacent += rw.adjacent;
+        Add(se.cspv, rw.cspv);
+        if (o.oracle) Add(se.pepi, rw.pepi);
+        // Another precision: the same ids detected by an engine at another
+        // quantization level, whose router may flip on close calls.
+        if (o.other_engine) {
+          ScoreResult pass;
+          const auto tokens = ScoreInput(*o.other_engine, with, det.expert_lists, det.slot, 1, &pass);
+          Add(se.other_level, ZOf(tokens, det.expert_lists.p0(), o.detect));
+          DetectOptions margin = o.detect;
+          margin.min_margin = o.other_min_margin;
+          Add(se.other_level_margin, ZOf(tokens, det.expert_lists.p0(), margin));
+          for (size_t k = 0; k < tokens.size(); ++k) {
+            other_recovered += tokens[k].seed == rw.experts[tokens[k].position - 1];
+            ++other_n;
+            if (tokens[k].margin >= o.other_min_margin) {
+              other_recovered_margin += tokens[k].seed == rw.experts[tokens[k].position - 1];
+              ++other_n_margin;
+            }
+          }
+        }
+        // Expert recovery: generation step s keyed token s with the expert the
+        // processor saw; detection recovers it at position first + s - 1.
+        const auto& used = proc.experts_used();
+        for (size_t st = 0; st < used.size(); ++st) {
+          ++steps;
+          recovered_p += rw.experts[with.first + st - 1] == used[st];
+          if (without.first + static_cast<int64_t>(st) >= 1)
+            recovered_np += rn.experts[without.first + st - 1] == used[st];
+          if (o.oracle && with.first + static_cast<int64_t>(st) >= 1) {
+            agree += rw.predicted[with.first + st - 1] == used[st];
+            ++agree_n;
           }
         }
       }
-      // Expert recovery: generation step s keyed token s with the expert the
-      // processor saw; detection recovers it at position first + s - 1.
-      const auto& used = proc.experts_used();
-      for (size_t s = 0; s < used.size(); ++s) {
-        ++steps;
-        recovered_p += rw.experts[with.first + s - 1] == used[s];
-        if (without.first + static_cast<int64_t>(s) >= 1)
-          recovered_np += rn.experts[without.first + s - 1] == used[s];
-        if (o.oracle && with.first + static_cast<int64_t>(s) >= 1) {
-          agree += rw.predicted[with.first + s - 1] == used[s];
-          ++agree_n;
-        }
-      }
+      // Quality and size from the forward pass over prompt + text.
+      const auto [text_nll, text_n] = Nll(pw, with.first, c.vocab_size);
+      nll += text_nll;
+      nll_n += text_n;
+      const auto needed = TokensToDetect(tokens_with, with.first, lists.p0(), o.detect, o.size_p_value);
+      sizes.push_back(needed ? static_cast<double>(*needed) : std::numeric_limits<double>::infinity());
+      se.size_never += needed ? 0 : 1;
     }
     se.expert_recovery_prompt = steps ? static_cast<double>(recovered_p) / steps : 0;
     se.expert_recovery_no_prompt = steps ? static_cast<double>(recovered_np) / steps : 0;
@@ -377,6 +593,12 @@ EvalReport EvaluateWatermark(Engine& engine, const SecretKey& key, const EvalOpt
     se.pepi_agreement = agree_n ? static_cast<double>(agree) / agree_n : 0;
     se.mean_bias = bias / std::max(1, o.generations);
     se.decode_ms_per_token = decode_ms / std::max<int64_t>(1, decoded);
+    se.perplexity = std::exp(nll / std::max<int64_t>(1, nll_n));
+    se.distinct2 = static_cast<double>(distinct) / std::max<int64_t>(1, bigrams);
+    if (!sizes.empty()) {
+      std::sort(sizes.begin(), sizes.end());
+      se.size_median = sizes[(sizes.size() - 1) / 2];
+    }
     report.schemes.push_back(std::move(se));
   }
 
@@ -389,7 +611,8 @@ EvalReport EvaluateWatermark(Engine& engine, const SecretKey& key, const EvalOpt
       ++report.human_paragraphs_skipped;
       continue;
     }
-    const auto r = det.Run(in, true);
+    ScoreResult pass;
+    const auto r = det.Run(in, true, &pass);
     if (!r.full) {
       ++report.human_paragraphs_skipped;  // too many repeats to score
       continue;
@@ -397,6 +620,22 @@ EvalReport EvaluateWatermark(Engine& engine, const SecretKey& key, const EvalOpt
     ++report.human_paragraphs_used;
     AddAll(r, report.human_full, report.human_no_dedup, report.human_cspv, report.human_pepi,
            report.human_kgw, o.oracle != nullptr);
+    add_null(human_null, in, pass);
+  }
+  for (SchemeEval& se : report.schemes) {
+    se.human = human_null[se.scheme];
+    se.plain = plain_null[se.scheme];
+    se.roc_auc = RocAuc(se.full_prompt.z, se.human.z);
+    se.threshold_fpr_1pct = ThresholdAtFpr(se.human.z, 0.01);
+    se.threshold_fpr_01pct = ThresholdAtFpr(se.human.z, 0.001);
+    auto tpr = [&](double threshold) {
+      if (se.full_prompt.z.empty()) return 0.0;
+      return static_cast<double>(std::count_if(se.full_prompt.z.begin(), se.full_prompt.z.end(),
+                                               [&](double z) { return z > threshold; })) /
+             static_cast<double>(se.full_prompt.z.size() + se.full_prompt.too_short);
+    };
+    se.tpr_at_fpr_1pct = tpr(se.threshold_fpr_1pct);
+    se.tpr_at_fpr_01pct = tpr(se.threshold_fpr_01pct);
   }
   report.seconds = total.Millis() / 1e3;
   return report;

@@ -13,12 +13,15 @@
 
 #include <cstdint>
 #include <functional>
+#include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
 #include "runtime/engine.h"
+#include "text/wordnet.h"
 #include "watermark/detector.h"
 #include "watermark/key.h"
 #include "watermark/oracle.h"
@@ -34,14 +37,28 @@ struct EvalOptions {
   int human_paragraphs = 1000;  // held-out paragraphs scored as negatives
   int prompt_words = 8;         // prompts: the first words of held-out paragraphs
   double gamma = 0.25, delta = 2.0;
-  int router_layer = -1;
+  int router_layer = kSchemeDefaultLayer;
   DetectOptions detect;
   int64_t cspv_sample = 48;
   uint64_t seed = 1;
-  std::string human_text;  // the held-out corpus (contents)
+  std::string human_text;  // the held-out corpus (contents): paragraphs split at blank lines
+  // Human texts given one by one (a JSONL corpus); used instead of
+  // human_text's paragraphs when not empty.
+  std::vector<std::string> human_texts;
   const ExpertOracle* oracle = nullptr;  // PEPI is evaluated when given
   // Robustness: fractions of generated tokens replaced by random ids.
   std::vector<double> substitution_rates;
+  // Fractions of generated tokens deleted, and after which a random token is
+  // inserted.
+  std::vector<double> deletion_rates, insertion_rates;
+  // Text-level attacks on the decoded text, detected after re-tokenization:
+  // WordNet synonyms replacing this fraction of the words (MarkLLM's
+  // SynonymSubstitution; needs `synonyms`), and decoding then encoding
+  // again with no edit.
+  std::vector<double> synonym_rates;
+  const text::SynonymTable* synonyms = nullptr;
+  // MarkMyWords' size: tokens needed to reach this p-value.
+  double size_p_value = 0.02;
   // Cross-precision: detection by this engine (the same model at another
   // quantization level), with and without a router-margin filter.
   Engine* other_engine = nullptr;
@@ -70,6 +87,26 @@ struct SchemeEval {
   // experts, repeated pairs are many and scored once.
   double mean_scored_pairs = 0;
   std::vector<ZSet> substituted;    // per EvalOptions::substitution_rates
+  std::vector<ZSet> deleted, inserted, synonyms;  // per the matching rates
+  ZSet retokenized;
+  // This scheme's own null: the human texts and the unwatermarked
+  // generations scored under its lists (v1 and KGW also have the report's
+  // human_full / human_kgw, which are the same numbers).
+  ZSet human, plain;
+  // Against `human`: the area under the ROC curve of full_prompt, and the
+  // true-positive rate at the thresholds that give 1% and 0.1% false alarms
+  // on the human texts (empirical, not from the normal approximation).
+  double roc_auc = 0, tpr_at_fpr_1pct = 0, tpr_at_fpr_01pct = 0;
+  double threshold_fpr_1pct = 0, threshold_fpr_01pct = 0;
+  // MarkMyWords' size: the median number of generated tokens after which the
+  // p-value first falls to EvalOptions::size_p_value (texts that never do
+  // count as infinitely long), and how many never do.
+  double size_median = 0;
+  int64_t size_never = 0;
+  // Quality: perplexity of the generated tokens under the unwatermarked
+  // model (the report's plain_perplexity is the same for plain text), and
+  // distinct-2 (distinct token bigrams / bigrams).
+  double perplexity = 0, distinct2 = 0;
   ZSet other_level, other_level_margin;
   double other_level_expert_agreement = 0, other_level_expert_agreement_margin = 0;
   double other_level_margin_kept = 0;  // fraction of tokens at or above the margin
@@ -85,6 +122,7 @@ struct EvalReport {
   ZSet human_full, human_no_dedup, human_cspv, human_pepi, human_kgw;
   ZSet plain_full, plain_no_dedup, plain_cspv, plain_pepi, plain_kgw;
   double plain_decode_ms_per_token = 0;
+  double plain_perplexity = 0, plain_distinct2 = 0;
   int64_t human_paragraphs_used = 0, human_paragraphs_skipped = 0;
   double seconds = 0;
   nlohmann::json Json(const EvalOptions& o) const;
@@ -95,6 +133,18 @@ EvalReport EvaluateWatermark(Engine& engine, const SecretKey& key, const EvalOpt
 // The fixed, public key of evaluations (SHA-256 of "epwa evaluation key"), so
 // published figures can be rerun exactly. Never use it to mark real text.
 SecretKey EvaluationKey();
+
+// Empirical figures of a detector from its z-scores on positives and
+// negatives (exposed for tests): ROC AUC (ties count half), and the TPR at
+// the largest threshold whose false-alarm rate on the negatives is at most
+// `fpr` (the threshold is the (floor(fpr * N) + 1)-th largest negative).
+double RocAuc(const std::vector<double>& positives, const std::vector<double>& negatives);
+double ThresholdAtFpr(const std::vector<double>& negatives, double fpr);
+// Tokens a detector needs to reach p-value `p` on a text scored in order:
+// the smallest (position - first + 1) at which the running tally of the
+// filtered tokens has a binomial p-value <= p; nullopt if it never does.
+std::optional<int64_t> TokensToDetect(std::span<const TokenScore> tokens, int64_t first, double p0,
+                                      const DetectOptions& o, double p);
 
 // Paragraphs of a text (separated by blank lines), whitespace-trimmed.
 std::vector<std::string> Paragraphs(const std::string& text);

@@ -17,6 +17,10 @@ namespace {
 constexpr char kTag[16] = "EPW-A green v1\0";
 constexpr uint8_t kKindExpert = 1;
 constexpr uint8_t kKindKgw = 2;
+// EPW-A v2: its own tag, so no v2 message can equal a v1 message.
+constexpr char kTagV2[16] = "EPW-A green v2\0";
+constexpr uint8_t kKindContextList = 3;
+constexpr uint8_t kKindContextRank = 4;
 
 void PutU32(std::vector<uint8_t>& out, uint32_t v) {
   for (int i = 0; i < 4; ++i) out.push_back(static_cast<uint8_t>(v >> (8 * i)));
@@ -104,6 +108,44 @@ Seed KgwSeed(const SecretKey& key, int64_t vocab, int32_t previous_token) {
   return Hmac(key, m);
 }
 
+namespace {
+std::vector<uint8_t> ContextMessage(uint8_t kind, int64_t vocab, std::span<const uint8_t, 32> router_hash,
+                                    const ContextItem& item) {
+  Require(vocab >= 2 && vocab <= (int64_t{1} << 31) - 1, "the vocabulary size must be in [2, 2^31)");
+  Require(item.layer >= -1 && item.layer < 255 && item.expert >= -1 && item.expert < (1 << 24) - 1 &&
+              item.token >= -1,
+          "a watermark context item is out of range");
+  std::vector<uint8_t> m(kTagV2, kTagV2 + 16);
+  m.push_back(kind);
+  PutU32(m, static_cast<uint32_t>(vocab));
+  m.insert(m.end(), router_hash.begin(), router_hash.end());
+  PutU32(m, static_cast<uint32_t>(item.layer));
+  PutU32(m, static_cast<uint32_t>(item.expert));
+  PutU32(m, static_cast<uint32_t>(item.token));
+  return m;
+}
+
+uint64_t Finalize64(uint64_t z) {
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+  return z ^ (z >> 31);
+}
+}  // namespace
+
+Seed ContextSeed(const SecretKey& key, int64_t vocab, std::span<const uint8_t, 32> router_hash,
+                 const ContextItem& item) {
+  return Hmac(key, ContextMessage(kKindContextList, vocab, router_hash, item));
+}
+
+Seed RankSeed(const SecretKey& key, int64_t vocab, std::span<const uint8_t, 32> router_hash,
+              const ContextItem& item) {
+  return Hmac(key, ContextMessage(kKindContextRank, vocab, router_hash, item));
+}
+
+uint64_t SelfSaltRank(uint64_t k0, uint64_t k1, int32_t token) {
+  return Finalize64(k0 ^ Finalize64(k1 + static_cast<uint64_t>(static_cast<uint32_t>(token))));
+}
+
 void GreenIds(const Seed& seed, int64_t vocab, int64_t n_green, std::vector<int32_t>& scratch,
               std::vector<int32_t>& out) {
   Rng rng = SeededRng(seed);
@@ -133,17 +175,66 @@ GreenMask::GreenMask(std::span<const int32_t> green_ids, int64_t vocab)
 GreenLists::GreenLists(const SecretKey& key, KeyedBy keyed_by, const std::string& router_hash_hex,
                        int64_t vocab, double gamma)
     : key_(key), keyed_by_(keyed_by), vocab_(vocab), n_green_(GreenCount(gamma, vocab)) {
-  if (keyed_by == KeyedBy::kExpert) router_hash_ = ParseRouterHash(router_hash_hex);
+  if (keyed_by != KeyedBy::kPreviousToken) router_hash_ = ParseRouterHash(router_hash_hex);
+}
+
+size_t GreenLists::MaxCachedLists() const {
+  // KGW and v2 can meet every token of the vocabulary in a context; a bound
+  // keeps each cache near 256 MB even for 256k-token vocabularies.
+  const size_t mask_bytes = static_cast<size_t>(vocab_ / 8 + 4 * n_green_ + 64);
+  return std::max<size_t>(64, (size_t{256} << 20) / mask_bytes);
+}
+
+void GreenLists::ReserveItems(size_t n) {
+  if (item_cache_.size() + n > std::max(MaxCachedLists(), n)) item_cache_.clear();
+}
+
+const GreenMask& GreenLists::ForItem(const ContextItem& item) {
+  const uint64_t packed = item.Packed();
+  auto it = item_cache_.find(packed);
+  if (it != item_cache_.end()) return *it->second;
+  if (item_cache_.size() >= std::max<size_t>(MaxCachedLists(), 256)) item_cache_.clear();
+  GreenIds(ContextSeed(key_, vocab_, router_hash_, item), vocab_, n_green_, scratch_, ids_);
+  auto mask = std::make_unique<GreenMask>(ids_, vocab_);
+  const GreenMask& ref = *mask;
+  item_cache_.emplace(packed, std::move(mask));
+  return ref;
+}
+
+const std::array<uint64_t, 2>& GreenLists::RankKey(const ContextItem& item) {
+  const uint64_t packed = item.Packed();
+  auto it = rank_keys_.find(packed);
+  if (it != rank_keys_.end()) return it->second;
+  if (rank_keys_.size() >= (size_t{1} << 20)) rank_keys_.clear();
+  const Seed s = RankSeed(key_, vocab_, router_hash_, item);
+  return rank_keys_.emplace(packed, std::array<uint64_t, 2>{LoadLe64(s.data()), LoadLe64(s.data() + 8)})
+      .first->second;
+}
+
+size_t GreenLists::MinRanked(std::span<const std::array<uint64_t, 2>> keys, int32_t token) {
+  size_t best = 0;
+  uint64_t best_rank = 0;
+  for (size_t i = 0; i < keys.size(); ++i) {
+    const uint64_t r = SelfSaltRank(keys[i][0], keys[i][1], token);
+    if (i == 0 || r < best_rank) {
+      best = i;
+      best_rank = r;
+    }
+  }
+  return best;
+}
+
+size_t GreenLists::MinItem(std::span<const ContextItem> items, int32_t token) {
+  Require(!items.empty(), "a min-hash context needs at least one item");
+  std::vector<std::array<uint64_t, 2>> keys;
+  for (const ContextItem& item : items) keys.push_back(RankKey(item));
+  return MinRanked(keys, token);
 }
 
 const GreenMask& GreenLists::For(int32_t seed_value) {
   auto it = cache_.find(seed_value);
   if (it != cache_.end()) return *it->second;
-  // KGW can meet every token of the vocabulary as a previous token; a bound
-  // keeps the cache near 256 MB even for 256k-token vocabularies.
-  const size_t mask_bytes = static_cast<size_t>(vocab_ / 8 + 4 * n_green_ + 64);
-  const size_t max_entries = std::max<size_t>(64, (size_t{256} << 20) / mask_bytes);
-  if (cache_.size() >= max_entries) cache_.clear();
+  if (cache_.size() >= MaxCachedLists()) cache_.clear();
   const Seed seed = keyed_by_ == KeyedBy::kExpert
                         ? ExpertSeed(key_, vocab_, seed_value, router_hash_)
                         : KgwSeed(key_, vocab_, seed_value);

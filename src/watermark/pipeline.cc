@@ -65,6 +65,10 @@ std::vector<TokenScore> ScoreInput(Engine& engine, const DetectInput& input, Gre
   if (lists.keyed_by() == KeyedBy::kPreviousToken) return ScoreByPreviousToken(input.ids, input.first, lists);
   Require(r.routing.num_tokens() == static_cast<int64_t>(input.ids.size()),
           "the model returned no routing, so experts cannot be recovered (is it an MoE model?)");
+  if (IsV2(lists.keyed_by())) {
+    Require(shift == 1, "EPW-A v2 is scored at the alignment it was generated with only");
+    return ScoreByContext(input.ids, input.first, r.routing, slot, lists);
+  }
   return ScoreByRouting(input.ids, input.first, r.routing, slot, lists, shift);
 }
 

@@ -14,7 +14,10 @@ Scheme ParseScheme(const std::string& name) {
   if (name == "gsg") return Scheme::kGsg;
   if (name == "ewp") return Scheme::kEwp;
   if (name == "kgw") return Scheme::kKgw;
-  throw Error("unknown watermark '" + name + "': use gsg, ewp or kgw");
+  if (name == "epw2-et") return Scheme::kEpw2Et;
+  if (name == "epw2-minhash") return Scheme::kEpw2MinHash;
+  if (name == "epw2-votes") return Scheme::kEpw2Votes;
+  throw Error("unknown watermark '" + name + "': use gsg, ewp, kgw, epw2-et, epw2-minhash or epw2-votes");
 }
 
 const char* SchemeName(Scheme scheme) {
@@ -22,6 +25,9 @@ const char* SchemeName(Scheme scheme) {
     case Scheme::kGsg: return "gsg";
     case Scheme::kEwp: return "ewp";
     case Scheme::kKgw: return "kgw";
+    case Scheme::kEpw2Et: return "epw2-et";
+    case Scheme::kEpw2MinHash: return "epw2-minhash";
+    case Scheme::kEpw2Votes: return "epw2-votes";
   }
   return "?";
 }
@@ -55,6 +61,11 @@ int ResolveRouterLayer(int requested, int64_t num_moe_layers) {
               std::to_string(num_moe_layers) + " MoE layers (use 0.." +
               std::to_string(num_moe_layers - 1) + ", or -1 for the last)");
   return static_cast<int>(slot);
+}
+
+int ResolveRouterLayer(Scheme scheme, int requested, int64_t num_moe_layers) {
+  if (requested == kSchemeDefaultLayer) requested = IsV2(KeyedByOf(scheme)) ? 0 : -1;
+  return ResolveRouterLayer(requested, num_moe_layers);
 }
 
 ExpertChoice ChooseExpert(std::span<const float> router_logits) {
@@ -117,10 +128,10 @@ WatermarkProcessor::WatermarkProcessor(const SecretKey& key, const WatermarkPara
     : params_(params),
       lists_(key, CheckedKeying(params, config), router_hash_hex, config.vocab_size, params.gamma),
       vocab_(config.vocab_size) {
-  if (params_.scheme != Scheme::kKgw) {
+  if (UsesRouter(params_.scheme)) {
     // Every layer of the MoE architectures epwa runs is an MoE layer, so the
     // MoE layer count is the layer count (the trace lists them: moe_layers()).
-    router_slot_ = ResolveRouterLayer(params_.router_layer, config.NumMoeLayers());
+    router_slot_ = ResolveRouterLayer(params_.scheme, params_.router_layer, config.NumMoeLayers());
     if (params_.scheme == Scheme::kEwp) {
       if (params_.expert_deltas.empty())
         params_.expert_deltas = DefaultExpertDeltas(params_.delta, config.num_experts);
@@ -136,6 +147,11 @@ void WatermarkProcessor::Apply(std::span<float> logits, const RoutingTrace& rout
   Require(static_cast<int64_t>(logits.size()) == vocab_,
           "the watermark expected " + std::to_string(vocab_) + " logits per step, got " +
               std::to_string(logits.size()));
+  const KeyedBy keyed = KeyedByOf(params_.scheme);
+  if (IsV2(keyed)) {
+    ApplyV2(logits, routing, context);
+    return;
+  }
   double bias = params_.delta;
   int32_t seed_value = 0;
   if (params_.scheme == Scheme::kKgw) {
@@ -156,6 +172,61 @@ void WatermarkProcessor::Apply(std::span<float> logits, const RoutingTrace& rout
   const float b = static_cast<float>(bias);
   for (int32_t id : green.ids()) logits[static_cast<size_t>(id)] += b;
   bias_sum_ += bias;
+  ++steps_;
+}
+
+std::vector<ContextItem> ContextItemsV2(KeyedBy keyed, const RoutingTrace& routing, int64_t t, int slot,
+                                       int32_t token) {
+  std::vector<ContextItem> items;
+  const int layers = static_cast<int>(routing.num_moe_layers());
+  switch (keyed) {
+    case KeyedBy::kExpertToken:
+      items.push_back({slot, ChooseExpert(routing, t, slot).expert, token});
+      break;
+    case KeyedBy::kMinHash:
+      for (int l = 0; l < layers; ++l) items.push_back({l, ChooseExpert(routing, t, l).expert, -1});
+      items.push_back({-1, -1, token});
+      break;
+    case KeyedBy::kLayerVotes:
+      for (int l = 0; l < layers; ++l) items.push_back({l, ChooseExpert(routing, t, l).expert, token});
+      break;
+    default:
+      throw Error("not an EPW-A v2 keying");
+  }
+  return items;
+}
+
+void WatermarkProcessor::ApplyV2(std::span<float> logits, const RoutingTrace& routing,
+                                 std::span<const int32_t> context) {
+  Require(!context.empty(), "the EPW-A v2 watermark needs a previous token");
+  Require(routing.num_tokens() > 0 && routing.num_moe_layers() > router_slot_ && routing.num_experts() > 0,
+          "the routing of this step is missing, so no watermark can be applied; refusing to "
+          "generate unwatermarked text under --watermark");
+  const KeyedBy keyed = KeyedByOf(params_.scheme);
+  const int64_t t = routing.num_tokens() - 1;
+  items_ = ContextItemsV2(keyed, routing, t, router_slot_, context.back());
+  experts_used_.push_back(ChooseExpert(routing, t, router_slot_).expert);
+  const float delta = static_cast<float>(params_.delta);
+  if (keyed == KeyedBy::kMinHash) {
+    // Self-salted: every candidate picks the item of smallest rank for
+    // itself, and is green if it is on that item's list.
+    std::vector<const GreenMask*> masks;
+    std::vector<std::array<uint64_t, 2>> keys;
+    lists_.ReserveItems(items_.size());
+    for (const ContextItem& item : items_) {
+      masks.push_back(&lists_.ForItem(item));
+      keys.push_back(lists_.RankKey(item));
+    }
+    for (int32_t v = 0; v < static_cast<int32_t>(vocab_); ++v)
+      if (masks[GreenLists::MinRanked(keys, v)]->Contains(v)) logits[static_cast<size_t>(v)] += delta;
+  } else {
+    // One vote per item; a candidate gets delta times the share of votes it
+    // is green in (a single item: delta on its list).
+    const float share = delta / static_cast<float>(items_.size());
+    for (const ContextItem& item : items_)
+      for (int32_t id : lists_.ForItem(item).ids()) logits[static_cast<size_t>(id)] += share;
+  }
+  bias_sum_ += params_.delta;
   ++steps_;
 }
 

@@ -19,21 +19,40 @@ enum class Scheme {
   kGsg,  // gating-seeded green list: a fixed delta on the green list of expert e
   kEwp,  // expert-weighted perturbation: delta_e * softmax(router logits)[e]
   kKgw,  // Kirchenbauer et al.: green list keyed by the previous token
+  // EPW-A v2 (docs/watermark.md): a fixed delta, lists keyed by context items.
+  kEpw2Et,       // (a) the pair (expert at t - 1, token at t - 1)
+  kEpw2MinHash,  // (b) self-salted min-hash over every layer's expert and the token at t - 1
+  kEpw2Votes,    // (c) one vote per MoE layer: (that layer's expert, token) at t - 1
 };
-// "gsg", "ewp", "kgw"; throws epwa::Error naming the choices otherwise.
+// "gsg", "ewp", "kgw", "epw2-et", "epw2-minhash", "epw2-votes"; throws
+// epwa::Error naming the choices otherwise.
 Scheme ParseScheme(const std::string& name);
 const char* SchemeName(Scheme scheme);
 // GSG and EWP share the expert-keyed green lists (they differ only in the
 // bias), so one detector serves both.
-inline KeyedBy KeyedByOf(Scheme s) { return s == Scheme::kKgw ? KeyedBy::kPreviousToken : KeyedBy::kExpert; }
+inline KeyedBy KeyedByOf(Scheme s) {
+  switch (s) {
+    case Scheme::kKgw: return KeyedBy::kPreviousToken;
+    case Scheme::kEpw2Et: return KeyedBy::kExpertToken;
+    case Scheme::kEpw2MinHash: return KeyedBy::kMinHash;
+    case Scheme::kEpw2Votes: return KeyedBy::kLayerVotes;
+    default: return KeyedBy::kExpert;
+  }
+}
+inline bool UsesRouter(Scheme s) { return s != Scheme::kKgw; }
+// "EPW-A v1" for gsg, ewp and kgw; "EPW-A v2" for the epw2-* schemes.
+inline const char* SchemeVersion(Scheme s) { return IsV2(KeyedByOf(s)) ? "EPW-A v2" : kSchemeName; }
+
+inline constexpr int kSchemeDefaultLayer = -1000000;
 
 struct WatermarkParams {
   Scheme scheme = Scheme::kGsg;
   double gamma = 0.25;
   double delta = 2.0;
-  // MoE layer whose router keys the green list: an index into the model's MoE
-  // layers, negative counts from the end (-1: the last one, as the original).
-  int router_layer = -1;
+  // MoE layer whose router keys the green list (v1 and v2 (a)): an index into
+  // the model's MoE layers, negative counts from the end (-1: the last one, as
+  // the original). v2 (b) and (c) use every MoE layer.
+  int router_layer = kSchemeDefaultLayer;
   // EWP base delta per expert ([num_experts]); empty: DefaultExpertDeltas.
   std::vector<double> expert_deltas;
 };
@@ -48,6 +67,11 @@ std::vector<double> ReadExpertDeltas(const std::string& path, int64_t num_expert
 // Resolves WatermarkParams::router_layer to a slot in [0, num_moe_layers);
 // throws epwa::Error for an index outside the model.
 int ResolveRouterLayer(int requested, int64_t num_moe_layers);
+// The same, where kSchemeDefaultLayer stands for the scheme's own default:
+// the last MoE layer for v1 (as the original), the first for v2 (a), whose
+// routing depends least on distant context and so survives edits best
+// (docs/watermark.md has the measurements).
+int ResolveRouterLayer(Scheme scheme, int requested, int64_t num_moe_layers);
 
 // The expert that keys a green list, read from one position's router logits:
 // the argmax (lowest index on ties), its softmax probability, and the gap to
@@ -66,6 +90,13 @@ ExpertChoice ChooseExpert(std::span<const float> router_logits);
 // always read from the softmax of the raw router logits.
 ExpertChoice ChooseExpert(const RoutingTrace& routing, int64_t t, int slot);
 
+// The EPW-A v2 context items of the token that follows position t, read from
+// the routing at t (every MoE layer's first choice) and the token at t:
+// (a) one item (slot's expert, token); (b) every layer's expert alone, then
+// the token alone; (c) (layer's expert, token) for every layer.
+std::vector<ContextItem> ContextItemsV2(KeyedBy keyed, const RoutingTrace& routing, int64_t t, int slot,
+                                       int32_t token);
+
 class WatermarkProcessor {
  public:
   // Throws epwa::Error for gsg/ewp on a dense model (pointing to kgw), a
@@ -76,6 +107,7 @@ class WatermarkProcessor {
   // The Engine::Generate hook. Throws epwa::Error if the routing of the step
   // is missing: text must never be called watermarked without a watermark.
   void Apply(std::span<float> logits, const RoutingTrace& routing, std::span<const int32_t> context);
+  void ApplyV2(std::span<float> logits, const RoutingTrace& routing, std::span<const int32_t> context);
 
   const WatermarkParams& params() const { return params_; }
   int router_slot() const { return router_slot_; }
@@ -93,6 +125,8 @@ class WatermarkProcessor {
   int64_t steps_ = 0;
   double bias_sum_ = 0;
   std::vector<int32_t> experts_used_;
+  std::vector<ContextItem> items_;  // v2: this step's context items
+  std::vector<float> bias_scratch_;
 };
 
 }  // namespace epwa::wm
