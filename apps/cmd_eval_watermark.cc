@@ -5,11 +5,16 @@
 #include <cstdio>
 #include <sstream>
 
+#include <filesystem>
+
 #include "base/error.h"
+#include "io/atomic_file.h"
 #include "base/file_read.h"
 #include "cli.h"
 #include "text/wordnet.h"
 #include "watermark/evaluate.h"
+#include "watermark/report.h"
+#include "watermark/steal.h"
 
 namespace epwa::cli {
 namespace {
@@ -56,13 +61,18 @@ Runner RegisterEvalWatermark(CLI::App& eval, CLI::App** out_cmd) {
     ModelFlags model;
     std::string key_file, human = "data/heldout/jargon.txt", oracle_file, schemes = "gsg,ewp,kgw";
     std::string substitution = "0.1,0.2,0.3", deletion = "0.1,0.3", insertion = "0.1,0.3", synonym = "0.5";
+    std::string copy_paste = "0.1,0.25";
+    std::string steal;
+    int spoof_texts = 50;
     std::string wordnet = text::kDefaultWordNetDir;
     std::string detect_quant;
     wm::EvalOptions o;
     bool json = false;
+    std::string report_dir;
   };
   auto f = std::make_shared<Flags>();
   AddModelFlags(cmd, &f->model);
+  AddBatchFlags(cmd, &f->model);
   cmd->add_option("--key-file", f->key_file,
                   "secret key (default: the public evaluation key, so figures can be rerun)");
   cmd->add_option("--human", f->human,
@@ -94,6 +104,15 @@ Runner RegisterEvalWatermark(CLI::App& eval, CLI::App** out_cmd) {
   cmd->add_option("--synonym", f->synonym,
                   "fractions of the words replaced by WordNet synonyms in the decoded text, then "
                   "re-tokenized (default 0.5; empty: none, and no re-tokenization check)");
+  cmd->add_option("--copy-paste", f->copy_paste,
+                  "fractions of a text that are a watermarked span inside human text, detected without "
+                  "the prompt (default 0.1,0.25; empty: none)");
+  cmd->add_option("--steal", f->steal,
+                  "watermark stealing: numbers of watermarked outputs an attacker with the model but no key "
+                  "sees, comma-separated (e.g. 100,1000,10000); for each, it writes --spoof-texts spoofed "
+                  "texts and the key's detector judges them (default: none; slow)");
+  cmd->add_option("--spoof-texts", f->spoof_texts, "spoofed texts per --steal size (default 50)")
+      ->check(CLI::Range(1, 100000));
   cmd->add_option("--wordnet", f->wordnet, "WordNet database folder (default /usr/share/wordnet)");
   cmd->add_option("--size-p-value", f->o.size_p_value,
                   "p-value at which 'size' counts a text as detected (default 0.02, as MarkMyWords)")
@@ -105,6 +124,9 @@ Runner RegisterEvalWatermark(CLI::App& eval, CLI::App** out_cmd) {
                   "router margin filter for --detect-quant (default 0.1)")
       ->check(FiniteNumber() & CLI::Range(0.0, 1.0));
   cmd->add_flag("--json", f->json, "print one JSON object");
+  cmd->add_option("--report", f->report_dir,
+                  "also write DIR/eval.json (every z-score included) and DIR/report.md with its SVG plots "
+                  "(ROC curves, z histograms, z against length, detection against attack strength)");
   return [f]() {
     f->o.schemes.clear();
     std::stringstream ss(f->schemes);
@@ -134,6 +156,7 @@ Runner RegisterEvalWatermark(CLI::App& eval, CLI::App** out_cmd) {
     f->o.deletion_rates = rates(f->deletion, "--deletion");
     f->o.insertion_rates = rates(f->insertion, "--insertion");
     f->o.synonym_rates = rates(f->synonym, "--synonym");
+    f->o.copy_paste_fractions = rates(f->copy_paste, "--copy-paste");
     std::optional<text::SynonymTable> synonyms;
     if (!f->o.synonym_rates.empty()) {
       synonyms = text::SynonymTable::Load(f->wordnet);
@@ -157,11 +180,59 @@ Runner RegisterEvalWatermark(CLI::App& eval, CLI::App** out_cmd) {
     }
     const wm::SecretKey key = f->key_file.empty() ? wm::EvaluationKey() : wm::SecretKey::FromFile(f->key_file);
     if (!f->json) f->o.progress = [](const std::string& s) { std::fprintf(stderr, "eval: %s...\n", s.c_str()); };
+    if (!f->report_dir.empty()) {
+      f->o.raw_z = true;
+      std::error_code ec;
+      std::filesystem::create_directories(f->report_dir, ec);
+      Require(!ec && std::filesystem::is_directory(f->report_dir),
+              "cannot create the --report folder '" + f->report_dir + "': " + ec.message());
+    }
     const wm::EvalReport r = wm::EvaluateWatermark(*engine, key, f->o);
     json j = r.Json(f->o);
+    if (!f->steal.empty()) {
+      wm::StealOptions so;
+      so.schemes = f->o.schemes;
+      so.observed.clear();
+      std::stringstream ss(f->steal);
+      for (std::string n; std::getline(ss, n, ',');) {
+        size_t used = 0;
+        int v = 0;
+        try {
+          v = std::stoi(n, &used);
+        } catch (const std::exception&) {
+        }
+        Require(used == n.size() && v >= 1 && v <= 10000000, "--steal takes positive counts, got '" + n + "'");
+        so.observed.push_back(v);
+      }
+      so.spoof_texts = f->spoof_texts;
+      so.new_tokens = f->o.new_tokens;
+      so.gamma = f->o.gamma;
+      so.delta = f->o.delta;
+      so.router_layer = f->o.router_layer;
+      so.seed = f->o.seed;
+      so.detect = f->o.detect;
+      so.progress = f->o.progress;
+      for (const std::string& p : f->o.human_texts.empty() ? wm::Paragraphs(f->o.human_text) : f->o.human_texts) {
+        std::stringstream words(p);
+        std::string w, prompt;
+        for (int k = 0; k < f->o.prompt_words && words >> w; ++k) prompt += (k ? " " : "") + w;
+        if (!prompt.empty()) so.prompts.push_back(prompt);
+      }
+      j["stealing"] = wm::StealJson(wm::EvaluateStealing(*engine, key, so), so);
+    }
     j["model_dir"] = f->model.model_dir;
     j["quant"] = engine->load_stats().quant_level;
     j["key"] = f->key_file.empty() ? "public evaluation key" : "from --key-file";
+    j["human_source"] = f->human;
+    if (!f->report_dir.empty()) {
+      const std::string path = f->report_dir + "/eval.json";
+      AtomicFile out(path);
+      const std::string text = j.dump(1) + "\n";
+      out.Write(text.data(), text.size());
+      out.Commit();
+      wm::WriteWatermarkReport({j}, f->report_dir);
+      if (!f->json) std::fprintf(stderr, "eval: wrote %s and %s/report.md\n", path.c_str(), f->report_dir.c_str());
+    }
     if (f->json) {
       PrintJson(j);
       return 0;
@@ -195,6 +266,7 @@ Runner RegisterEvalWatermark(CLI::App& eval, CLI::App** out_cmd) {
       attacks(s.deleted, f->o.deletion_rates, "tokens deleted");
       attacks(s.inserted, f->o.insertion_rates, "tokens followed by an insertion");
       attacks(s.synonyms, f->o.synonym_rates, "words -> WordNet synonyms");
+      attacks(s.copy_paste, f->o.copy_paste_fractions, "a human text = a watermarked span");
       if (synonyms) PrintZ("decoded and re-tokenized", s.retokenized, t);
       if (s.scheme == wm::Scheme::kKgw) continue;
       PrintZ("cspv (sample)", s.cspv, t);
@@ -224,6 +296,19 @@ Runner RegisterEvalWatermark(CLI::App& eval, CLI::App** out_cmd) {
       std::printf("  expert recovery: %.1f%% with the prompt, %.1f%% without%s\n",
                   100 * s.expert_recovery_prompt, 100 * s.expert_recovery_no_prompt,
                   oracle ? (", PEPI oracle agrees " + std::to_string(100 * s.pepi_agreement).substr(0, 4) + "%").c_str() : "");
+    }
+    if (j.contains("stealing")) {
+      std::printf("stealing (an attacker with the model, no key; %d spoofed texts per size, detected with the key):\n",
+                  f->spoof_texts);
+      for (const auto& s : j["stealing"]["schemes"])
+        for (const auto& run : s["runs"])
+          std::printf("  %-13s after %6d outputs: %3d/%zu spoofs detected (%5.1f%%), median z %6.2f; %lld pairs "
+                      "believed green, %.1f%% of them green\n",
+                      s["scheme"].get<std::string>().c_str(), run["observed_outputs"].get<int>(),
+                      run["spoofed"]["detected"].get<int>(), run["spoofed"]["n"].get<size_t>(),
+                      100 * run["spoof_success"].get<double>(),
+                      run["spoofed"].contains("median") ? run["spoofed"]["median"].get<double>() : 0.0,
+                      (long long)run["learned_pairs"].get<int64_t>(), 100 * run["learned_precision"].get<double>());
     }
     std::printf("held-out human paragraphs (%lld used, %lld too short):\n",
                 (long long)r.human_paragraphs_used, (long long)r.human_paragraphs_skipped);

@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Independent reference of the EPW-A watermark's green lists (version 1) and detection statistics.
+"""Independent reference of the EPW-A watermark's green lists (v1 and v2) and detection statistics.
 
 This file is written from docs/watermark.md alone, with no epwa code, so that the C++ engine can be
 checked against a second implementation of the same text. It follows these sections of that
@@ -18,12 +18,21 @@ document:
 It also gives the exact one-sided binomial tail and the z-score that a detector uses, and writes
 tests/data/watermark_vectors.json, which the C++ tests read.
 
+Version 2 ("EPW-A v2: context-keyed lists") is in the second half of the file, from the same text:
+list and rank seeds of context items (layer, expert, token) with -1 for an absent part, the
+self-salting rank, the items of a token under epw2-et, epw2-minhash and epw2-votes, and a scorer
+(score_v2) that returns every vote and the deduplicated binomial statistics. Its vectors are
+tests/data/watermark_v2_vectors.json. Where the v2 text leaves a choice open, the comment at
+"Version 2" below says which reading is taken.
+
 Usage (from the repository root):
   python3 tools/watermark_reference.py vectors > tests/data/watermark_vectors.json
   python3 tools/watermark_reference.py check tests/data/watermark_vectors.json
   python3 tools/watermark_reference.py green --key-hex H --router-hash-hex R --expert E \\
       --vocab V --gamma G
   python3 tools/watermark_reference.py green --key-hex H --previous-token T --vocab V --gamma G
+  python3 tools/watermark_reference.py v2vectors > tests/data/watermark_v2_vectors.json
+  python3 tools/watermark_reference.py v2check tests/data/watermark_v2_vectors.json
 
 Python 3.11 standard library only.
 """
@@ -33,6 +42,7 @@ import hashlib
 import hmac
 import json
 import math
+import random
 import re
 import struct
 import sys
@@ -400,6 +410,358 @@ def dumps(doc):
 
 
 # ----------------------------------------------------------------------------
+# Version 2: context-keyed lists (docs/watermark.md, "EPW-A v2: context-keyed lists").
+#
+# Readings taken where the v2 text leaves a choice open:
+#  - The layer of an item, the `l` of "every MoE layer l" and the keyed layer `s`, is the ordinal
+#    of the MoE layer among the model's MoE layers (0 = the first MoE layer), as "v2's default is
+#    0, the first MoE layer" suggests; it is not the model's layer index that IRSH hashes (the two
+#    differ only for models with dense layers). experts[t][l] is indexed by that ordinal.
+#  - A negative keyed layer is resolved like v1's default (-1 = the last MoE layer) before it is
+#    written into an item, so an item never carries -1 ("absent") for a present layer.
+#  - An item part is either -1 (absent) or 0 .. 2^31 - 1; other negatives and values that do not
+#    fit an i32 are refused rather than wrapped.
+#  - Dedup keys on (item, scored token) alone, across all positions and (for epw2-votes) across
+#    all votes of a token; the first occurrence is the one counted (any choice gives the same
+#    counts, since greenness is a function of the pair).
+#  - epw2-minhash compares ranks as unsigned 64-bit integers; "the first on ties" means the first
+#    item in the table's order: (0, e_0, -1), ..., (L-1, e_{L-1}, -1), then (-1, -1, x).
+#  - The scored token v is the candidate of the rank, as the integer token id.
+# ----------------------------------------------------------------------------
+
+GREEN_TAG_V2 = b"EPW-A green v2".ljust(16, b"\0")
+assert len(GREEN_TAG_V2) == 16
+
+# The kind byte after the tag: 3 for an item's list seed, 4 for its rank seed.
+KIND_LIST = 3
+KIND_RANK = 4
+ABSENT = -1
+
+SCHEME_V2 = "EPW-A green v2"
+V2_SCHEMES = ("epw2-et", "epw2-minhash", "epw2-votes")
+
+
+def _i32(x):
+    """Packs an item part as an i32 (two's complement, little-endian): -1 becomes ff ff ff ff."""
+    if not (x == ABSENT or 0 <= x <= 0x7FFFFFFF):
+        raise ValueError(f"an item part must be -1 (absent) or 0 .. 2^31 - 1, got {x}")
+    return struct.pack("<i", x)
+
+
+def context_message(kind, V, router_hash, layer, expert, token):
+    """Returns tag2 || u8 kind || u32 V || router_hash || i32 layer || i32 expert || i32 token."""
+    if len(router_hash) != 32:
+        raise ValueError(f"a router hash must be 32 bytes, got {len(router_hash)}")
+    return (GREEN_TAG_V2 + bytes([kind]) + _u32(V) + bytes(router_hash)
+            + _i32(layer) + _i32(expert) + _i32(token))
+
+
+def context_list_seed(key, V, router_hash, layer, expert, token):
+    """Returns the list seed of item (layer, expert, token): the HMAC of the message with kind 3."""
+    _check_key(key)
+    msg = context_message(KIND_LIST, V, router_hash, layer, expert, token)
+    return hmac.new(key, msg, hashlib.sha256).digest()
+
+
+def context_rank_seed(key, V, router_hash, layer, expert, token):
+    """Returns the rank seed of item (layer, expert, token): the same message with kind 4."""
+    _check_key(key)
+    msg = context_message(KIND_RANK, V, router_hash, layer, expert, token)
+    return hmac.new(key, msg, hashlib.sha256).digest()
+
+
+def rank_keys(rank_seed):
+    """Returns (k0, k1), the first two little-endian u64 words of a rank seed."""
+    if len(rank_seed) != 32:
+        raise ValueError(f"a rank seed must be 32 bytes, got {len(rank_seed)}")
+    return struct.unpack_from("<2Q", rank_seed)
+
+
+def splitmix64_finalizer(z):
+    """The splitmix64 finaliser f, all arithmetic mod 2^64."""
+    z &= MASK64
+    z ^= z >> 30
+    z = (z * 0xBF58476D1CE4E5B9) & MASK64
+    z ^= z >> 27
+    z = (z * 0x94D049BB133111EB) & MASK64
+    z ^= z >> 31
+    return z
+
+
+def self_salt_rank(k0, k1, v):
+    """Returns rank(i, v) = f(k0 XOR f((k1 + v) mod 2^64)) for an item with rank keys k0, k1."""
+    if v < 0:
+        raise ValueError(f"a candidate token must be non-negative, got {v}")
+    return splitmix64_finalizer((k0 & MASK64) ^ splitmix64_finalizer((k1 + v) & MASK64))
+
+
+def v2_green_list(key, V, router_hash, layer, expert, token, n_green):
+    """Returns item (layer, expert, token)'s green ids in shuffle order (v1's keyed permutation)."""
+    seed = context_list_seed(key, V, router_hash, layer, expert, token)
+    return green_list(seed, V, n_green)
+
+
+def resolve_slot(slot, L):
+    """Returns the keyed MoE layer as an ordinal 0 .. L-1; -1 (v1's default) is the last one."""
+    if slot == -1:
+        slot = L - 1
+    if not (0 <= slot < L):
+        raise ValueError(f"keyed layer {slot} is outside 0 .. {L - 1} (or -1 for the last)")
+    return slot
+
+
+def v2_items(scheme, experts_row, x, slot=0):
+    """Returns the items of a token whose previous position has token x and first choices
+    experts_row[l] for each MoE layer l, in the order of the spec's table."""
+    L = len(experts_row)
+    if L < 1:
+        raise ValueError("v2 needs at least one MoE layer")
+    if scheme == "epw2-et":
+        s = resolve_slot(slot, L)
+        return [(s, experts_row[s], x)]
+    if scheme == "epw2-minhash":
+        return [(l, experts_row[l], ABSENT) for l in range(L)] + [(ABSENT, ABSENT, x)]
+    if scheme == "epw2-votes":
+        return [(l, experts_row[l], x) for l in range(L)]
+    raise ValueError(f"unknown v2 scheme {scheme!r} (one of {', '.join(V2_SCHEMES)})")
+
+
+def minhash_pick(keys, v):
+    """Returns the index of the item with the smallest rank(i, v), the first one on ties.
+
+    keys holds each item's (k0, k1) in table order.
+    """
+    best, best_rank = -1, None
+    for idx, (k0, k1) in enumerate(keys):
+        r = self_salt_rank(k0, k1, v)
+        if best_rank is None or r < best_rank:
+            best, best_rank = idx, r
+    return best
+
+
+class V2Lists:
+    """Green sets and rank keys of items under one (key, router hash, V, n_green), memoised.
+
+    A list costs n_green bounded draws in Python, so a scorer that sees the same item twice (or
+    a simulation that scores many sequences under one key) builds it once.
+    """
+
+    def __init__(self, key, router_hash, V, n_green):
+        _check_key(key)
+        if len(router_hash) != 32:
+            raise ValueError(f"a router hash must be 32 bytes, got {len(router_hash)}")
+        if not (1 <= n_green <= V - 1):
+            raise ValueError(f"n_green = {n_green} is outside 1 .. V - 1 for V {V}")
+        self.key, self.router_hash, self.V, self.n_green = key, bytes(router_hash), V, n_green
+        self._green = {}
+        self._rank = {}
+
+    def green(self, item):
+        """Returns item's green list as a frozenset."""
+        g = self._green.get(item)
+        if g is None:
+            g = frozenset(v2_green_list(self.key, self.V, self.router_hash, *item, self.n_green))
+            self._green[item] = g
+        return g
+
+    def rank_keys(self, item):
+        """Returns item's (k0, k1)."""
+        k = self._rank.get(item)
+        if k is None:
+            k = rank_keys(context_rank_seed(self.key, self.V, self.router_hash, *item))
+            self._rank[item] = k
+        return k
+
+
+def score_v2(key, router_hash, V, gamma, scheme, ids, first, experts, slot=0, dedup=True,
+             cache=None):
+    """Scores ids[first:] under a v2 scheme.
+
+    experts[t][l] is the first-choice expert of MoE layer l (an ordinal) at position t; token t is
+    scored under the items of position t - 1, so first must be at least 1 and experts needs a row
+    for every position first - 1 .. len(ids) - 2. slot is the keyed layer of epw2-et (ignored by
+    the other schemes). cache may be a V2Lists for the same key, router hash, V and n_green.
+
+    Returns a dict: "votes", one {"position", "token", "item", "green", "counted"} per vote in
+    order (item = [layer, expert, token] of the item that decided; counted = false for a vote that
+    dedup dropped), "n_votes" and "green_votes" before dedup, and "n", "green", "p0" (a Fraction),
+    "z" (None when n = 0) and "log10_p" over the counted votes.
+    """
+    if scheme not in V2_SCHEMES:
+        raise ValueError(f"unknown v2 scheme {scheme!r} (one of {', '.join(V2_SCHEMES)})")
+    n_green = green_count(gamma, V)
+    if cache is None:
+        cache = V2Lists(key, router_hash, V, n_green)
+    elif (cache.key, cache.router_hash, cache.V, cache.n_green) != (key, bytes(router_hash), V,
+                                                                    n_green):
+        raise ValueError("the V2Lists cache belongs to another key, router hash, V or n_green")
+    if first < 1:
+        raise ValueError(f"first must be at least 1 (token t is scored under position t - 1), "
+                         f"got {first}")
+    for v in ids:
+        if not (0 <= v < V):
+            raise ValueError(f"token id {v} is outside 0 .. {V - 1}")
+    if len(ids) > first and len(experts) < len(ids) - 1:
+        raise ValueError(f"experts has {len(experts)} rows; positions up to {len(ids) - 2} "
+                         f"are needed")
+    L = len(experts[0]) if experts else 0
+    for row in experts:
+        if len(row) != L:
+            raise ValueError("every row of experts needs the same number of MoE layers")
+        for e in row:
+            if e < 0:
+                raise ValueError(f"an expert index must be non-negative, got {e}")
+
+    votes = []
+    seen = set()
+    n = g = n_votes = g_votes = 0
+    for t in range(first, len(ids)):
+        v = ids[t]
+        items = v2_items(scheme, experts[t - 1], ids[t - 1], slot)
+        if scheme == "epw2-minhash":
+            items = [items[minhash_pick([cache.rank_keys(i) for i in items], v)]]
+        for item in items:
+            green = v in cache.green(item)
+            counted = not dedup or (item, v) not in seen
+            seen.add((item, v))
+            votes.append({"position": t, "token": v, "item": list(item), "green": green,
+                          "counted": counted})
+            n_votes += 1
+            g_votes += green
+            if counted:
+                n += 1
+                g += green
+    p0 = Fraction(n_green, V)
+    return {
+        "votes": votes,
+        "n_votes": n_votes,
+        "green_votes": g_votes,
+        "n": n,
+        "green": g,
+        "p0": p0,
+        "z": z_score(g, n, p0) if n > 0 else None,
+        "log10_p": log10_fraction(binomial_upper_tail_exact(n, g, p0)),
+    }
+
+
+# Version 2 vectors.
+
+# (key, router hash, V, gamma, item). Items cover every pattern of absent parts the schemes use
+# ((l, e, x) of epw2-et and epw2-votes, (l, e, -1) and (-1, -1, x) of epw2-minhash), the all-zero
+# item that a wrongly encoded -1 could collide with, and large parts at V = 32000.
+V2_SEED_CASES = [
+    (KEY_COUNTING, ROUTER_HASH_BUNDLED, 4096, 0.25, (0, 3, 17)),
+    (KEY_COUNTING, ROUTER_HASH_BUNDLED, 4096, 0.25, (-1, -1, 17)),
+    (KEY_COUNTING, ROUTER_HASH_BUNDLED, 4096, 0.25, (2, 5, -1)),
+    (KEY_COUNTING, ROUTER_HASH_BUNDLED, 4096, 0.25, (0, 0, 0)),
+    (KEY_ONES, ROUTER_HASH_ZERO, 32000, 0.5, (47, 127, 31999)),
+    (KEY_HASHED, ROUTER_HASH_BUNDLED, 32000, 0.1, (-1, -1, 0)),
+    (KEY_HASHED, ROUTER_HASH_ZERO, 50, 0.1, (1, 7, 49)),
+    (KEY_ONES, ROUTER_HASH_BUNDLED, 7, 0.5, (3, 0, -1)),
+]
+
+# The candidates whose ranks each seed case lists (those below V).
+V2_RANK_TOKENS = (0, 1, 2, 1000)
+
+V2_SCORING_V = 4096
+V2_SCORING_GAMMA = 0.25
+V2_SCORING_LEN = 64
+V2_SCORING_LAYERS = 4
+V2_SCORING_EXPERTS = 8
+V2_SCORING_FIRST = 5
+V2_SCORING_SLOT = 0
+V2_SCORING_RNG_SEED = 20250611
+
+
+def v2_scoring_sequence():
+    """Returns the (ids, experts) that every scoring vector replays.
+
+    Positions 40 .. 47 repeat positions 10 .. 17 (ids and experts), so tokens 41 .. 47 repeat
+    every pair of tokens 11 .. 17 in every scheme and dedup drops them. Positions 50 and 51
+    repeat the ids of 20 and 21 with the experts of 20 except layer 0's, so token 51 has a new
+    epw2-et item (keyed layer 0) but repeats the epw2-votes items of layers 1 .. 3.
+    """
+    rng = random.Random(V2_SCORING_RNG_SEED)
+    ids = [rng.randrange(V2_SCORING_V) for _ in range(V2_SCORING_LEN)]
+    experts = [[rng.randrange(V2_SCORING_EXPERTS) for _ in range(V2_SCORING_LAYERS)]
+               for _ in range(V2_SCORING_LEN)]
+    for t in range(10, 18):
+        ids[t + 30] = ids[t]
+        experts[t + 30] = list(experts[t])
+    ids[50], ids[51] = ids[20], ids[21]
+    experts[50] = list(experts[20])
+    experts[50][0] = (experts[20][0] + 1) % V2_SCORING_EXPERTS
+    return ids, experts
+
+
+def v2_seed_entry(key, router_hash, V, gamma, item):
+    """Builds one v2 seed vector entry."""
+    n_green = green_count(gamma, V)
+    list_seed = context_list_seed(key, V, router_hash, *item)
+    rank_seed = context_rank_seed(key, V, router_hash, *item)
+    ids = green_list(list_seed, V, n_green)
+    packed = struct.pack(f"<{n_green}I", *sorted(ids))
+    k0, k1 = rank_keys(rank_seed)
+    tokens = sorted({v for v in V2_RANK_TOKENS + (V - 1,) if v < V})
+    return {
+        "key_hex": key.hex(),
+        "router_hash_hex": router_hash.hex(),
+        "vocab": V,
+        "gamma": gamma,
+        "n_green": n_green,
+        "item": list(item),
+        "list_seed_hex": list_seed.hex(),
+        "rank_seed_hex": rank_seed.hex(),
+        "first_ids": ids[:16],
+        "sorted_ids_sha256": hashlib.sha256(packed).hexdigest(),
+        "id_sum": sum(ids),
+        "rank_tokens": tokens,
+        "ranks": [self_salt_rank(k0, k1, v) for v in tokens],
+    }
+
+
+def v2_scoring_entry(scheme):
+    """Builds one v2 scoring vector entry (votes before dedup, statistics after)."""
+    ids, experts = v2_scoring_sequence()
+    key, rh = KEY_COUNTING, ROUTER_HASH_BUNDLED
+    r = score_v2(key, rh, V2_SCORING_V, V2_SCORING_GAMMA, scheme, ids, V2_SCORING_FIRST, experts,
+                 slot=V2_SCORING_SLOT, dedup=True)
+    # Every case is meant to show dedup at work.
+    assert r["n"] < r["n_votes"], scheme
+    return {
+        "scheme": scheme,
+        "key_hex": key.hex(),
+        "router_hash_hex": rh.hex(),
+        "vocab": V2_SCORING_V,
+        "gamma": V2_SCORING_GAMMA,
+        "n_green": green_count(V2_SCORING_GAMMA, V2_SCORING_V),
+        "layers": V2_SCORING_LAYERS,
+        "experts_per_layer": V2_SCORING_EXPERTS,
+        "first": V2_SCORING_FIRST,
+        "slot": V2_SCORING_SLOT,
+        "ids": ids,
+        "experts": experts,
+        "votes": r["votes"],
+        "n_votes": r["n_votes"],
+        "green_votes": r["green_votes"],
+        "n": r["n"],
+        "green": r["green"],
+        "z": r["z"],
+        "z_17g": _fmt17(r["z"]),
+        "log10_p": r["log10_p"],
+    }
+
+
+def make_v2_vectors():
+    """Returns the whole v2 vector document as a Python object."""
+    return {
+        "scheme": SCHEME_V2,
+        "seeds": [v2_seed_entry(*c) for c in V2_SEED_CASES],
+        "scoring": [v2_scoring_entry(s) for s in V2_SCHEMES],
+    }
+
+
+# ----------------------------------------------------------------------------
 # Command line.
 # ----------------------------------------------------------------------------
 
@@ -409,22 +771,35 @@ def cmd_vectors(_args):
 
 
 def cmd_check(args):
-    with open(args.file, encoding="utf-8") as f:
+    return _check_file(args.file, make_vectors())
+
+
+def cmd_v2vectors(_args):
+    sys.stdout.write(dumps(make_v2_vectors()))
+    return 0
+
+
+def cmd_v2check(args):
+    return _check_file(args.file, make_v2_vectors())
+
+
+def _check_file(path, want):
+    """Compares the vector file at path with the regenerated document want (see cmd_check)."""
+    with open(path, encoding="utf-8") as f:
         text = f.read()
-    want = make_vectors()
     try:
         have = json.loads(text)
     except json.JSONDecodeError as e:
-        print(f"{args.file}: not valid JSON: {e}", file=sys.stderr)
+        print(f"{path}: not valid JSON: {e}", file=sys.stderr)
         return 1
     # Content is compared rather than bytes, so reformatting the file is harmless; floats compare
     # exactly because json reads back the same doubles that repr() wrote.
     if have == want:
-        print(f"{args.file}: matches the reference")
+        print(f"{path}: matches the reference")
         return 0
     diff = difflib.unified_diff(dumps(have).splitlines(), dumps(want).splitlines(),
-                                fromfile=args.file, tofile="regenerated", lineterm="", n=2)
-    print(f"{args.file}: differs from the regenerated vectors:", file=sys.stderr)
+                                fromfile=path, tofile="regenerated", lineterm="", n=2)
+    print(f"{path}: differs from the regenerated vectors:", file=sys.stderr)
     for line in diff:
         print(line, file=sys.stderr)
     return 1
@@ -468,6 +843,11 @@ def main(argv=None):
     g.add_argument("--gamma", type=float, required=True)
     g.add_argument("--sorted", action="store_true", help="print in increasing id order")
     g.set_defaults(func=cmd_green)
+    sub.add_parser("v2vectors", help="print the EPW-A v2 test-vector JSON").set_defaults(
+        func=cmd_v2vectors)
+    c2 = sub.add_parser("v2check", help="compare FILE with regenerated EPW-A v2 vectors")
+    c2.add_argument("file")
+    c2.set_defaults(func=cmd_v2check)
     args = ap.parse_args(argv)
     try:
         return args.func(args)

@@ -21,8 +21,9 @@ int ZSet::Detected(double threshold) const {
   return static_cast<int>(std::count_if(z.begin(), z.end(), [&](double v) { return v > threshold; }));
 }
 
-nlohmann::json ZSet::Json(double threshold) const {
+nlohmann::json ZSet::Json(double threshold, bool raw) const {
   nlohmann::json j{{"n", z.size()}, {"too_short", too_short}, {"detected", Detected(threshold)}};
+  if (raw) j["z"] = z;
   if (z.empty()) return j;
   std::vector<double> s = z;
   std::sort(s.begin(), s.end());
@@ -248,15 +249,15 @@ nlohmann::json EvalReport::Json(const EvalOptions& o) const {
   nlohmann::json schemes_json = nlohmann::json::array();
   for (const SchemeEval& s : schemes) {
     nlohmann::json j{{"scheme", SchemeName(s.scheme)},
-                     {"full_with_prompt", s.full_prompt.Json(t)},
-                     {"full_without_prompt", s.full_no_prompt.Json(t)},
+                     {"full_with_prompt", s.full_prompt.Json(t, o.raw_z)},
+                     {"full_without_prompt", s.full_no_prompt.Json(t, o.raw_z)},
                      {"mean_bias", s.mean_bias},
                      {"mean_scored_pairs", s.mean_scored_pairs},
                      {"identical_to_plain", s.identical_to_plain},
                      {"decode_ms_per_token", s.decode_ms_per_token},
                      {"version", SchemeVersion(s.scheme)},
-                     {"null_human", s.human.Json(t)},
-                     {"null_unwatermarked", s.plain.Json(t)},
+                     {"null_human", s.human.Json(t, o.raw_z)},
+                     {"null_unwatermarked", s.plain.Json(t, o.raw_z)},
                      {"roc_auc", s.roc_auc},
                      {"tpr_at_fpr_1pct", s.tpr_at_fpr_1pct},
                      {"tpr_at_fpr_0.1pct", s.tpr_at_fpr_01pct},
@@ -268,46 +269,52 @@ nlohmann::json EvalReport::Json(const EvalOptions& o) const {
                      {"perplexity", s.perplexity},
                      {"distinct2", s.distinct2}};
     if (UsesRouter(s.scheme)) {
-      j["cspv"] = s.cspv.Json(t);
+      j["cspv"] = s.cspv.Json(t, o.raw_z);
       j["expert_recovery_with_prompt"] = s.expert_recovery_prompt;
       j["expert_recovery_without_prompt"] = s.expert_recovery_no_prompt;
     }
     if (KeyedByOf(s.scheme) == KeyedBy::kExpert) {
-      j["misaligned_shift0"] = s.shift0.Json(t);
-      j["misaligned_shift2"] = s.shift2.Json(t);
-      j["misaligned_shift0_expert_changed"] = s.shift0_changed.Json(t);
+      j["misaligned_shift0"] = s.shift0.Json(t, o.raw_z);
+      j["misaligned_shift2"] = s.shift2.Json(t, o.raw_z);
+      j["misaligned_shift0_expert_changed"] = s.shift0_changed.Json(t, o.raw_z);
       j["adjacent_same_expert"] = s.adjacent_same_expert;
     }
     auto pct = [](double r) { return std::to_string(static_cast<int>(std::lround(100 * r))) + "pct"; };
     for (size_t a = 0; a < s.substituted.size(); ++a)
-      j["substituted_" + pct(o.substitution_rates[a])] = s.substituted[a].Json(t);
-    for (size_t a = 0; a < s.deleted.size(); ++a) j["deleted_" + pct(o.deletion_rates[a])] = s.deleted[a].Json(t);
-    for (size_t a = 0; a < s.inserted.size(); ++a) j["inserted_" + pct(o.insertion_rates[a])] = s.inserted[a].Json(t);
-    for (size_t a = 0; a < s.synonyms.size(); ++a) j["synonyms_" + pct(o.synonym_rates[a])] = s.synonyms[a].Json(t);
-    if (o.synonyms || !o.synonym_rates.empty()) j["retokenized"] = s.retokenized.Json(t);
+      j["substituted_" + pct(o.substitution_rates[a])] = s.substituted[a].Json(t, o.raw_z);
+    for (size_t a = 0; a < s.deleted.size(); ++a) j["deleted_" + pct(o.deletion_rates[a])] = s.deleted[a].Json(t, o.raw_z);
+    for (size_t a = 0; a < s.inserted.size(); ++a) j["inserted_" + pct(o.insertion_rates[a])] = s.inserted[a].Json(t, o.raw_z);
+    for (size_t a = 0; a < s.synonyms.size(); ++a) j["synonyms_" + pct(o.synonym_rates[a])] = s.synonyms[a].Json(t, o.raw_z);
+    nlohmann::json by_length = nlohmann::json::object();
+    for (size_t k = 0; k < s.by_length.size(); ++k)
+      if (o.z_lengths[k] <= o.new_tokens) by_length[std::to_string(o.z_lengths[k])] = s.by_length[k].Json(t, o.raw_z);
+    j["z_by_length"] = by_length;
+    for (size_t a = 0; a < s.copy_paste.size(); ++a)
+      j["copy_paste_" + pct(o.copy_paste_fractions[a])] = s.copy_paste[a].Json(t, o.raw_z);
+    if (o.synonyms || !o.synonym_rates.empty()) j["retokenized"] = s.retokenized.Json(t, o.raw_z);
     if (o.other_engine && UsesRouter(s.scheme)) {
       j["other_level"] = {{"level", o.other_engine->load_stats().quant_level},
-                          {"full", s.other_level.Json(t)},
-                          {"full_min_margin", s.other_level_margin.Json(t)},
+                          {"full", s.other_level.Json(t, o.raw_z)},
+                          {"full_min_margin", s.other_level_margin.Json(t, o.raw_z)},
                           {"min_margin", o.other_min_margin},
                           {"expert_agreement", s.other_level_expert_agreement},
                           {"expert_agreement_above_margin", s.other_level_expert_agreement_margin},
                           {"tokens_above_margin", s.other_level_margin_kept}};
     }
     if (o.oracle && KeyedByOf(s.scheme) == KeyedBy::kExpert) {
-      j["pepi"] = s.pepi.Json(t);
+      j["pepi"] = s.pepi.Json(t, o.raw_z);
       j["pepi_expert_agreement"] = s.pepi_agreement;
     }
     schemes_json.push_back(j);
   }
-  nlohmann::json human{{"full", human_full.Json(t)}, {"full_no_dedup", human_no_dedup.Json(t)},
-                       {"cspv", human_cspv.Json(t)}, {"kgw", human_kgw.Json(t)},
+  nlohmann::json human{{"full", human_full.Json(t, o.raw_z)}, {"full_no_dedup", human_no_dedup.Json(t, o.raw_z)},
+                       {"cspv", human_cspv.Json(t, o.raw_z)}, {"kgw", human_kgw.Json(t, o.raw_z)},
                        {"paragraphs", human_paragraphs_used}, {"paragraphs_too_short", human_paragraphs_skipped}};
-  nlohmann::json plain{{"full", plain_full.Json(t)}, {"full_no_dedup", plain_no_dedup.Json(t)},
-                       {"cspv", plain_cspv.Json(t)}, {"kgw", plain_kgw.Json(t)}};
+  nlohmann::json plain{{"full", plain_full.Json(t, o.raw_z)}, {"full_no_dedup", plain_no_dedup.Json(t, o.raw_z)},
+                       {"cspv", plain_cspv.Json(t, o.raw_z)}, {"kgw", plain_kgw.Json(t, o.raw_z)}};
   if (o.oracle) {
-    human["pepi"] = human_pepi.Json(t);
-    plain["pepi"] = plain_pepi.Json(t);
+    human["pepi"] = human_pepi.Json(t, o.raw_z);
+    plain["pepi"] = plain_pepi.Json(t, o.raw_z);
   }
   nlohmann::json j{{"gamma", o.gamma},
                    {"delta", o.delta},
@@ -365,6 +372,15 @@ EvalReport EvaluateWatermark(Engine& engine, const SecretKey& key, const EvalOpt
     if (!prompt.empty()) prompts.push_back(prompt);
   }
   const int64_t plan_ctx = engine.load_stats().plan_ctx;
+  // Human tokens for the copy-paste attack: the last paragraphs of the
+  // corpus (the first ones are the negatives), tokenized one after another.
+  std::vector<int32_t> human_pool;
+  if (!o.copy_paste_fractions.empty()) {
+    for (size_t k = paragraphs.size(); k-- > 0 && static_cast<int64_t>(human_pool.size()) < 50 * o.new_tokens;) {
+      const std::vector<int32_t> ids = engine.tokenizer().Encode(paragraphs[k]);
+      human_pool.insert(human_pool.end(), ids.begin(), ids.end());
+    }
+  }
 
   GenerateOptions base;
   base.max_new_tokens = o.new_tokens;
@@ -426,6 +442,8 @@ EvalReport EvaluateWatermark(Engine& engine, const SecretKey& key, const EvalOpt
     se.deleted.resize(o.deletion_rates.size());
     se.inserted.resize(o.insertion_rates.size());
     se.synonyms.resize(o.synonym_rates.size());
+    se.copy_paste.resize(o.copy_paste_fractions.size());
+    se.by_length.resize(o.z_lengths.size());
     double decode_ms = 0, bias = 0, nll = 0;
     int64_t decoded = 0, nll_n = 0, distinct = 0, bigrams = 0;
     std::vector<double> sizes;
@@ -479,6 +497,24 @@ EvalReport EvaluateWatermark(Engine& engine, const SecretKey& key, const EvalOpt
           out.push_back(id);
           if (rng.Uniform() < o.insertion_rates[a]) out.push_back(random_id(rng));
         });
+      // Copy-paste: the first w watermarked tokens inside human text.
+      for (size_t a = 0; a < o.copy_paste_fractions.size(); ++a) {
+        const int64_t total = o.new_tokens;
+        const int64_t w = std::min<int64_t>(static_cast<int64_t>(r.tokens.size()),
+                                            std::llround(o.copy_paste_fractions[a] * static_cast<double>(total)));
+        const int64_t h = total - w;
+        if (static_cast<int64_t>(human_pool.size()) <= h || w <= 0) {
+          ++se.copy_paste[a].too_short;
+          continue;
+        }
+        Rng rng(o.seed * 1000003 + static_cast<uint64_t>(i) * 101 + 400 + a);
+        const int64_t from = static_cast<int64_t>(rng.Next() % static_cast<uint64_t>(human_pool.size() - h));
+        const int64_t at = static_cast<int64_t>(rng.Next() % static_cast<uint64_t>(h + 1));
+        std::vector<int32_t> mixed(human_pool.begin() + from, human_pool.begin() + from + at);
+        mixed.insert(mixed.end(), r.tokens.begin(), r.tokens.begin() + w);
+        mixed.insert(mixed.end(), human_pool.begin() + from + at, human_pool.begin() + from + h);
+        Add(se.copy_paste[a], det.Z(scheme, InputFromIds(engine, std::nullopt, mixed)));
+      }
       // Text-level attacks: the decoded text, edited, then tokenized again
       // as a detector given text would.
       if (!o.synonym_rates.empty() || o.synonyms) {
@@ -578,6 +614,14 @@ EvalReport EvaluateWatermark(Engine& engine, const SecretKey& key, const EvalOpt
       const auto [text_nll, text_n] = Nll(pw, with.first, c.vocab_size);
       nll += text_nll;
       nll_n += text_n;
+      for (size_t k = 0; k < o.z_lengths.size(); ++k) {
+        if (o.z_lengths[k] > o.new_tokens) continue;
+        std::vector<TokenScore> prefix;
+        for (const TokenScore& ts : tokens_with)
+          if (ts.position - with.first < o.z_lengths[k]) prefix.push_back(ts);
+        Add(se.by_length[k], ZOf(prefix, lists.p0(), DetectOptions{o.detect.z_threshold, o.detect.dedup,
+                                                                    o.detect.min_margin, 1}));
+      }
       const auto needed = TokensToDetect(tokens_with, with.first, lists.p0(), o.detect, o.size_p_value);
       sizes.push_back(needed ? static_cast<double>(*needed) : std::numeric_limits<double>::infinity());
       se.size_never += needed ? 0 : 1;

@@ -56,9 +56,18 @@ struct EvalOptions {
   // SynonymSubstitution; needs `synonyms`), and decoding then encoding
   // again with no edit.
   std::vector<double> synonym_rates;
+  // Copy-paste: a span of this fraction of new_tokens watermarked tokens
+  // put at a random place among human tokens, new_tokens in all, detected
+  // without a prompt.
+  std::vector<double> copy_paste_fractions;
   const text::SynonymTable* synonyms = nullptr;
   // MarkMyWords' size: tokens needed to reach this p-value.
   double size_p_value = 0.02;
+  // z against length: each watermarked text (with the prompt) scored on its
+  // first n generated tokens, for every n here up to new_tokens.
+  std::vector<int> z_lengths = {25, 50, 100, 150, 200};
+  // Every z-score in the JSON (for plots: `--report`), not only summaries.
+  bool raw_z = false;
   // Cross-precision: detection by this engine (the same model at another
   // quantization level), with and without a router-margin filter.
   Engine* other_engine = nullptr;
@@ -72,7 +81,8 @@ struct ZSet {
   std::vector<double> z;
   int64_t too_short = 0;
   int Detected(double threshold) const;
-  nlohmann::json Json(double threshold) const;  // n, detected, mean, sd, quantiles, max
+  // n, detected, mean, sd, quantiles, max; with `raw`, every z as "z".
+  nlohmann::json Json(double threshold, bool raw = false) const;
 };
 
 struct SchemeEval {
@@ -87,8 +97,9 @@ struct SchemeEval {
   // experts, repeated pairs are many and scored once.
   double mean_scored_pairs = 0;
   std::vector<ZSet> substituted;    // per EvalOptions::substitution_rates
-  std::vector<ZSet> deleted, inserted, synonyms;  // per the matching rates
+  std::vector<ZSet> deleted, inserted, synonyms, copy_paste;  // per the matching rates
   ZSet retokenized;
+  std::vector<ZSet> by_length;  // per EvalOptions::z_lengths
   // This scheme's own null: the human texts and the unwatermarked
   // generations scored under its lists (v1 and KGW also have the report's
   // human_full / human_kgw, which are the same numbers).
