@@ -113,6 +113,9 @@ Runner RegisterEvalWatermark(CLI::App& eval, CLI::App** out_cmd) {
                   "texts and the key's detector judges them (default: none; slow)");
   cmd->add_option("--spoof-texts", f->spoof_texts, "spoofed texts per --steal size (default 50)")
       ->check(CLI::Range(1, 100000));
+  cmd->add_option("--emoji", f->o.emoji_text,
+                  "the emoji attack: this text's first token is forced after every generated token and "
+                  "stripped before detection (e.g. '@'; default: not run)");
   cmd->add_option("--wordnet", f->wordnet, "WordNet database folder (default /usr/share/wordnet)");
   cmd->add_option("--size-p-value", f->o.size_p_value,
                   "p-value at which 'size' counts a text as detected (default 0.02, as MarkMyWords)")
@@ -268,6 +271,7 @@ Runner RegisterEvalWatermark(CLI::App& eval, CLI::App** out_cmd) {
       attacks(s.synonyms, f->o.synonym_rates, "words -> WordNet synonyms");
       attacks(s.copy_paste, f->o.copy_paste_fractions, "a human text = a watermarked span");
       if (synonyms) PrintZ("decoded and re-tokenized", s.retokenized, t);
+      if (!f->o.emoji_text.empty()) PrintZ("emoji attack (stripped)", s.emoji, t);
       if (s.scheme == wm::Scheme::kKgw) continue;
       PrintZ("cspv (sample)", s.cspv, t);
       if (oracle) PrintZ("pepi", s.pepi, t);

@@ -292,6 +292,7 @@ nlohmann::json EvalReport::Json(const EvalOptions& o) const {
     for (size_t a = 0; a < s.copy_paste.size(); ++a)
       j["copy_paste_" + pct(o.copy_paste_fractions[a])] = s.copy_paste[a].Json(t, o.raw_z);
     if (o.synonyms || !o.synonym_rates.empty()) j["retokenized"] = s.retokenized.Json(t, o.raw_z);
+    if (!o.emoji_text.empty()) j["emoji"] = s.emoji.Json(t, o.raw_z);
     if (o.other_engine && UsesRouter(s.scheme)) {
       j["other_level"] = {{"level", o.other_engine->load_stats().quant_level},
                           {"full", s.other_level.Json(t, o.raw_z)},
@@ -497,6 +498,32 @@ EvalReport EvaluateWatermark(Engine& engine, const SecretKey& key, const EvalOpt
           out.push_back(id);
           if (rng.Uniform() < o.insertion_rates[a]) out.push_back(random_id(rng));
         });
+      if (!o.emoji_text.empty()) {
+        const std::vector<int32_t> emoji_ids = engine.tokenizer().Encode(o.emoji_text);
+        Require(!emoji_ids.empty(), "the emoji text tokenizes to nothing");
+        const int32_t emoji = emoji_ids[0];
+        WatermarkProcessor eproc(key, p, c, hash);
+        GenerateOptions ge = base;
+        ge.max_new_tokens = 2 * o.new_tokens;
+        ge.sampler.seed = o.seed + static_cast<uint64_t>(i);
+        ge.logits_processor = [&](std::span<float> logits, const RoutingTrace& routing,
+                                  std::span<const int32_t> context) {
+          eproc.Apply(logits, routing, context);
+          // After a token of the answer, the emoji (the model "obeys" the
+          // user's instruction); after the emoji, the answer goes on.
+          if (static_cast<int64_t>(context.size()) > static_cast<int64_t>(prompt_ids[i].size()) &&
+              context.back() != emoji) {
+            std::fill(logits.begin(), logits.end(), -1e30f);
+            logits[static_cast<size_t>(emoji)] = 0.f;
+          }
+        };
+        const GenerateResult re = engine.Generate(prompt_ids[i], ge);
+        std::vector<int32_t> stripped;
+        for (int32_t id : re.tokens)
+          if (id != emoji) stripped.push_back(id);
+        if (stripped.empty()) ++se.emoji.too_short;
+        else Add(se.emoji, det.Z(scheme, InputFromIds(engine, prompt, stripped)));
+      }
       // Copy-paste: the first w watermarked tokens inside human text.
       for (size_t a = 0; a < o.copy_paste_fractions.size(); ++a) {
         const int64_t total = o.new_tokens;

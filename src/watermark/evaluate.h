@@ -60,6 +60,12 @@ struct EvalOptions {
   // put at a random place among human tokens, new_tokens in all, detected
   // without a prompt.
   std::vector<double> copy_paste_fractions;
+  // The emoji attack (Kirchenbauer et al. 2023): the user asks the model to
+  // put an emoji after every word and strips them from the answer. Here a
+  // fixed token (the first of `emoji_text`) is forced after every generated
+  // token while the watermark runs as usual; the stripped ids are detected
+  // with the prompt. Empty: not run.
+  std::string emoji_text;
   const text::SynonymTable* synonyms = nullptr;
   // MarkMyWords' size: tokens needed to reach this p-value.
   double size_p_value = 0.02;
@@ -98,7 +104,7 @@ struct SchemeEval {
   double mean_scored_pairs = 0;
   std::vector<ZSet> substituted;    // per EvalOptions::substitution_rates
   std::vector<ZSet> deleted, inserted, synonyms, copy_paste;  // per the matching rates
-  ZSet retokenized;
+  ZSet retokenized, emoji;
   std::vector<ZSet> by_length;  // per EvalOptions::z_lengths
   // This scheme's own null: the human texts and the unwatermarked
   // generations scored under its lists (v1 and KGW also have the report's
