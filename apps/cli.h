@@ -129,5 +129,6 @@ Runner RegisterServe(CLI::App& app);
 Runner RegisterChat(CLI::App& app);
 // `eval watermark`, registered under `eval`.
 Runner RegisterEvalWatermark(CLI::App& eval, CLI::App** cmd);
+Runner RegisterEvalReport(CLI::App& eval, CLI::App** cmd);
 
 }  // namespace epwa::cli

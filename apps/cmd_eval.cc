@@ -36,9 +36,12 @@ Runner RegisterEval(CLI::App& app) {
   cmd->add_flag("--json", f->json, "print one JSON object");
   CLI::App* watermark_cmd = nullptr;
   const Runner watermark = RegisterEvalWatermark(*eval, &watermark_cmd);
+  CLI::App* report_cmd = nullptr;
+  const Runner report = RegisterEvalReport(*eval, &report_cmd);
 
-  return [f, watermark, watermark_cmd]() {
+  return [f, watermark, watermark_cmd, report, report_cmd]() {
     if (watermark_cmd->parsed()) return watermark();
+    if (report_cmd->parsed()) return report();
     std::vector<QuantLevel> levels;
     std::stringstream ss(f->levels);
     for (std::string item; std::getline(ss, item, ',');) {

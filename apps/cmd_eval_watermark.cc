@@ -52,6 +52,33 @@ std::vector<std::string> HumanTextsFromJsonl(const std::string& path, const std:
 
 }  // namespace
 
+// epwa eval report: one report over several models' eval.json files (each
+// from `eval watermark --report`), with a side-by-side table.
+Runner RegisterEvalReport(CLI::App& eval, CLI::App** out_cmd) {
+  auto* cmd = eval.add_subcommand("report", "write one watermark report (report.md, SVG plots) from the eval.json "
+                                            "files of `eval watermark --report`, one per model, side by side");
+  *out_cmd = cmd;
+  struct Flags {
+    std::vector<std::string> inputs;
+    std::string out;
+  };
+  auto f = std::make_shared<Flags>();
+  cmd->add_option("inputs", f->inputs, "eval.json files")->required();
+  cmd->add_option("--out", f->out, "report folder")->required();
+  return [f]() {
+    std::vector<json> evals;
+    for (const std::string& path : f->inputs) {
+      const std::string text = ReadRegularFile(path, kMaxTextInputBytes, "an evaluation JSON");
+      json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
+      Require(!j.is_discarded(), "'" + path + "' is not valid JSON");
+      evals.push_back(std::move(j));
+    }
+    wm::WriteWatermarkReport(evals, f->out);
+    std::printf("wrote %s/report.md\n", f->out.c_str());
+    return 0;
+  };
+}
+
 Runner RegisterEvalWatermark(CLI::App& eval, CLI::App** out_cmd) {
   auto* cmd = eval.add_subcommand(
       "watermark", "round trip, false alarms, z distributions, expert recovery and decode cost of "
@@ -59,7 +86,7 @@ Runner RegisterEvalWatermark(CLI::App& eval, CLI::App** out_cmd) {
   *out_cmd = cmd;
   struct Flags {
     ModelFlags model;
-    std::string key_file, human = "data/heldout/jargon.txt", oracle_file, schemes = "gsg,ewp,kgw";
+    std::string key_file, human = "data/heldout/jargon.txt", oracle_file, schemes = "gsg,ewp,kgw,epw2-et";
     std::string substitution = "0.1,0.2,0.3", deletion = "0.1,0.3", insertion = "0.1,0.3", synonym = "0.5";
     std::string copy_paste = "0.1,0.25";
     std::string steal;
@@ -78,7 +105,7 @@ Runner RegisterEvalWatermark(CLI::App& eval, CLI::App** out_cmd) {
   cmd->add_option("--human", f->human,
                   "human texts scored as negatives: a text file whose paragraphs (split at blank lines) are "
                   "the texts, or a .jsonl file with one {\"text\": ...} per line (default data/heldout/jargon.txt)");
-  cmd->add_option("--schemes", f->schemes, "comma-separated schemes to generate (default gsg,ewp,kgw)");
+  cmd->add_option("--schemes", f->schemes, "comma-separated schemes to generate (default gsg,ewp,kgw,epw2-et; also epw2-minhash, epw2-votes)");
   cmd->add_option("--generations", f->o.generations, "watermarked texts per scheme (default 100)")
       ->check(CLI::Range(1, 1000000));
   cmd->add_option("--tokens", f->o.new_tokens, "tokens per generation (default 200)")->check(CLI::Range(16, 100000));

@@ -180,6 +180,33 @@ TEST_F(HostileWatermark, NonFiniteNumbersAreRefused) {
                    "--detect-min-margin");
 }
 
+// The evaluation's attack and corpus flags, and `eval report`'s inputs: each
+// bad value is one clear error, before any model work.
+TEST_F(HostileWatermark, EvaluationFlagsAndReportInputsAreChecked) {
+  const std::string eval = "eval watermark -m " + kModel + " --generations 1 --null-generations 0 --paragraphs 1 ";
+  for (const std::string flag : {"--deletion", "--insertion", "--synonym", "--copy-paste", "--substitution"}) {
+    ExpectCleanError(RunEpwa(eval + flag + " 0.1,abc", scratch_), 1, flag + " takes fractions between 0 and 1");
+    ExpectCleanError(RunEpwa(eval + flag + " 1.5", scratch_), 1, flag + " takes fractions between 0 and 1");
+  }
+  ExpectCleanError(RunEpwa(eval + "--steal 0", scratch_), 1, "--steal takes positive counts");
+  ExpectCleanError(RunEpwa(eval + "--steal 10x", scratch_), 1, "--steal takes positive counts");
+  ExpectCleanError(RunEpwa(eval + "--synonym 0.5 --wordnet " + scratch_.path() + "/none", scratch_), 1,
+                   "apt-get install wordnet-base");
+  const std::string jsonl = Write("human.jsonl", "{\"text\": \"fine\"}\n{\"txt\": 1}\n");
+  ExpectCleanError(RunEpwa(eval + "--human " + jsonl, scratch_), 1, "line 2: expected a JSON object with a \"text\"");
+  const std::string empty = Write("empty.jsonl", "\n\n");
+  ExpectCleanError(RunEpwa(eval + "--human " + empty, scratch_), 1, "holds no texts");
+  // eval report: not JSON, JSON without the fields, a folder that cannot be made.
+  const std::string bad = Write("bad.json", "{\"schemes\": [");
+  ExpectCleanError(RunEpwa("eval report " + bad + " --out " + scratch_.path() + "/r", scratch_), 1, "is not valid JSON");
+  const std::string nofields = Write("nofields.json", "{\"z_threshold\": 4}");
+  ExpectCleanError(RunEpwa("eval report " + nofields + " --out " + scratch_.path() + "/r", scratch_), 1, "schemes");
+  EXPECT_FALSE(std::filesystem::exists(scratch_.path() + "/r/report.md"));
+  const std::string ok = Write("ok.json", "{\"z_threshold\": 4, \"schemes\": [{\"scheme\": \"gsg\", "
+                                          "\"full_with_prompt\": {\"n\": 2, \"detected\": 1, \"z\": [1, 5]}}]}");
+  ExpectCleanError(RunEpwa("eval report " + ok + " --out " + ok + "/sub", scratch_), 1, "cannot create the report folder");
+}
+
 // F16 (E_lp_top_empty): a logprobs file whose top lists are all empty gives
 // the oracle nothing to predict from; it was scored anyway.
 TEST_F(HostileWatermark, LogprobsWithoutAnyTopEntriesAreRefused) {

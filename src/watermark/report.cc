@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdint>
 #include <filesystem>
+#include <map>
 #include <iterator>
 #include <optional>
 #include <set>
@@ -1199,7 +1200,7 @@ void WriteText(const std::string& path, const std::string& text) {
 }
 
 // Writes one model's plots and returns those it wrote, for the links.
-std::vector<Plot> WritePlots(const EvalData& e, const std::string& dir) {
+std::vector<Plot> RenderPlots(const EvalData& e, std::map<std::string, std::string>& files) {
   struct Maker {
     const char* prefix;
     std::optional<std::string> (*make)(const EvalData&);
@@ -1224,7 +1225,7 @@ std::vector<Plot> WritePlots(const EvalData& e, const std::string& dir) {
     const std::optional<std::string> svg = m.make(e);
     if (!svg) continue;
     const std::string file = std::string(m.prefix) + e.model + ".svg";
-    WriteText(dir + "/" + file, *svg);
+    files[file] = *svg;
     plots.push_back({file, m.title, m.caption});
   }
   return plots;
@@ -1269,19 +1270,16 @@ std::string ReportModelName(const json& eval) {
   return name;
 }
 
-void WriteWatermarkReport(const std::vector<json>& evals, const std::string& dir) {
+std::map<std::string, std::string> RenderWatermarkReport(const std::vector<json>& evals) {
   Require(!evals.empty(), "the watermark report needs at least one evaluation JSON");
-  // Every input is read and checked before anything is written, so a bad
+  // Every input is read and checked before anything is rendered, so a bad
   // file leaves no half-made report behind.
   std::vector<EvalData> data;
   for (size_t i = 0; i < evals.size(); ++i) data.push_back(ReadEval(evals[i], static_cast<int>(i)));
   MakeModelNamesUnique(data);
-  std::error_code ec;
-  std::filesystem::create_directories(dir, ec);
-  Require(!ec && std::filesystem::is_directory(dir),
-          "cannot create the report folder '" + dir + "'" + (ec ? ": " + ec.message() : ""));
+  std::map<std::string, std::string> files;
   std::string md = "# Watermark evaluation report\n\n";
-  md += "Written by `epwa eval watermark --report` from " +
+  md += "Written by `epwa eval watermark --report` (or `epwa eval report`) from " +
         (data.size() == 1 ? std::string("one evaluation")
                           : std::to_string(data.size()) + " evaluations (one per model)") +
         ". A text is detected when its z-score exceeds the threshold; the human texts measure "
@@ -1289,9 +1287,19 @@ void WriteWatermarkReport(const std::vector<json>& evals, const std::string& dir
   if (data.size() > 1) md += SideBySideSection(data) + "\n";
   for (size_t i = 0; i < data.size(); ++i) {
     if (i > 0) md += "\n";
-    md += ModelSection(data[i], WritePlots(data[i], dir));
+    md += ModelSection(data[i], RenderPlots(data[i], files));
   }
-  WriteText(dir + "/report.md", md);
+  files["report.md"] = md;
+  return files;
+}
+
+void WriteWatermarkReport(const std::vector<json>& evals, const std::string& dir) {
+  const std::map<std::string, std::string> files = RenderWatermarkReport(evals);
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  Require(!ec && std::filesystem::is_directory(dir),
+          "cannot create the report folder '" + dir + "'" + (ec ? ": " + ec.message() : ""));
+  for (const auto& [name, text] : files) WriteText(dir + "/" + name, text);
 }
 
 }  // namespace epwa::wm

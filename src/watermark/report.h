@@ -17,6 +17,7 @@
 #pragma once
 
 #include <nlohmann/json.hpp>
+#include <map>
 #include <string>
 #include <utility>
 #include <vector>
@@ -32,6 +33,9 @@ namespace epwa::wm {
 // "detected") or holds a field of the wrong type, naming the field; nothing is
 // written then.
 void WriteWatermarkReport(const std::vector<nlohmann::json>& evals, const std::string& dir);
+// The same files in memory (name -> contents), written by nobody: what
+// WriteWatermarkReport writes, and what the fuzz target checks.
+std::map<std::string, std::string> RenderWatermarkReport(const std::vector<nlohmann::json>& evals);
 
 // The empirical ROC curve of a detector that flags a text when z >= t, as
 // (false-positive rate, true-positive rate) points: (0, 0) first, then one
