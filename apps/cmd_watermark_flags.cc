@@ -24,10 +24,12 @@ CLI::Validator FiniteNumber() {
 void AddWatermarkFlags(CLI::App* cmd, WatermarkFlags* f, bool generation) {
   f->scheme_option = cmd->add_option(
       "--watermark", f->scheme,
-      generation ? "embed a watermark: gsg (router-keyed, fixed delta), ewp (router-keyed, delta "
-                   "weighted by router confidence) or kgw (previous-token baseline)"
-                 : "the scheme to test for: gsg or ewp (same router-keyed green lists; default) "
-                   "or kgw");
+      generation ? "embed a watermark: EPW-A v1 gsg (router-keyed, fixed delta) or ewp (router-keyed, delta "
+                   "weighted by router confidence); EPW-A v2 epw2-et (keyed by the first MoE layer's expert "
+                   "and the previous token: the most robust), epw2-minhash or epw2-votes; or kgw "
+                   "(previous-token baseline)"
+                 : "the scheme to test for: gsg or ewp (same router-keyed green lists; default), "
+                   "epw2-et, epw2-minhash, epw2-votes or kgw");
   f->needs_scheme.push_back(cmd->add_option(
       "--key-file", f->key_file, "secret key file from epwa keygen (default: $EPWA_KEY_FILE)"));
   f->needs_scheme.push_back(
@@ -67,7 +69,7 @@ wm::WatermarkParams WatermarkParamsFrom(const WatermarkFlags& flags, const Engin
 std::unique_ptr<wm::WatermarkProcessor> MakeWatermark(const WatermarkFlags& flags, const Engine& engine) {
   if (flags.scheme.empty()) {
     for (const CLI::Option* o : flags.needs_scheme)
-      Require(o->count() == 0, o->get_name() + " only applies with --watermark gsg|ewp|kgw");
+      Require(o->count() == 0, o->get_name() + " only applies with --watermark");
     return nullptr;
   }
   const wm::WatermarkParams params = WatermarkParamsFrom(flags, engine);
