@@ -15,18 +15,12 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "base/file_read.h"
 #include "runtime/engine.h"
 #include "watermark/evaluate.h"
 
 namespace epwa::wm {
 namespace {
-
-std::string ReadAll(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
 
 class WatermarkV2Eval : public ::testing::TestWithParam<const char*> {};
 
@@ -40,7 +34,7 @@ TEST_P(WatermarkV2Eval, NullPowerAndRobustness) {
   o.generations = 30;
   o.null_generations = 20;
   o.human_paragraphs = 300;
-  o.human_text = ReadAll("data/heldout/jargon.txt");
+  o.human_text = ReadRegularFile("data/heldout/jargon.txt", kMaxTextInputBytes, "the held-out text");
   ASSERT_FALSE(o.human_text.empty());
   o.substitution_rates = {0.1, 0.3};
   o.deletion_rates = {0.1};

@@ -42,6 +42,17 @@ nlohmann::json ZSet::Json(double threshold, bool raw) const {
   return j;
 }
 
+GenerateOptions EvaluationGenerateOptions(const Engine& engine, int new_tokens) {
+  GenerateOptions base;
+  base.max_new_tokens = new_tokens;
+  base.ignore_eos = true;
+  const GenerationDefaults& d = engine.defaults();
+  if (d.temperature) base.sampler.temperature = *d.temperature;
+  if (d.top_k) base.sampler.top_k = *d.top_k;
+  if (d.top_p) base.sampler.top_p = *d.top_p;
+  return base;
+}
+
 SecretKey EvaluationKey() {
   Sha256 sha;
   const std::string text = "epwa evaluation key";
@@ -383,13 +394,7 @@ EvalReport EvaluateWatermark(Engine& engine, const SecretKey& key, const EvalOpt
     }
   }
 
-  GenerateOptions base;
-  base.max_new_tokens = o.new_tokens;
-  base.ignore_eos = true;
-  const GenerationDefaults& d = engine.defaults();
-  if (d.temperature) base.sampler.temperature = *d.temperature;
-  if (d.top_k) base.sampler.top_k = *d.top_k;
-  if (d.top_p) base.sampler.top_p = *d.top_p;
+  const GenerateOptions base = EvaluationGenerateOptions(engine, o.new_tokens);
 
   // Unwatermarked generations first: they are negatives, and the reference
   // the guard compares watermarked text with.

@@ -147,6 +147,11 @@ struct EvalReport {
 
 EvalReport EvaluateWatermark(Engine& engine, const SecretKey& key, const EvalOptions& options);
 
+// The sampling of every evaluation text: new_tokens tokens (EOS ignored, so
+// every text has the same length) with the model's default temperature,
+// top-k and top-p.
+GenerateOptions EvaluationGenerateOptions(const Engine& engine, int new_tokens);
+
 // The fixed, public key of evaluations (SHA-256 of "epwa evaluation key"), so
 // published figures can be rerun exactly. Never use it to mark real text.
 SecretKey EvaluationKey();

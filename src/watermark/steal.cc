@@ -121,13 +121,7 @@ std::vector<StealResult> EvaluateStealing(Engine& engine, const SecretKey& key, 
   auto note = [&](const std::string& s) {
     if (o.progress) o.progress(s);
   };
-  GenerateOptions base;
-  base.max_new_tokens = o.new_tokens;
-  base.ignore_eos = true;
-  const GenerationDefaults& d = engine.defaults();
-  if (d.temperature) base.sampler.temperature = *d.temperature;
-  if (d.top_k) base.sampler.top_k = *d.top_k;
-  if (d.top_p) base.sampler.top_p = *d.top_p;
+  const GenerateOptions base = EvaluationGenerateOptions(engine, o.new_tokens);
   auto prompt_of = [&](int i) { return engine.EncodePrompt(o.prompts[static_cast<size_t>(i) % o.prompts.size()]); };
 
   // The attacker's own unwatermarked outputs (seeds apart from the ones the

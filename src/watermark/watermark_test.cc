@@ -22,6 +22,7 @@
 #include "base/sha256.h"
 #include "watermark/detector.h"
 #include "watermark/green_list.h"
+#include "watermark/hex_test_util.h"
 #include "watermark/key.h"
 #include "watermark/processor.h"
 #include "watermark/stats.h"
@@ -29,17 +30,6 @@
 namespace epwa::wm {
 namespace {
 
-std::vector<uint8_t> FromHex(const std::string& hex) {
-  std::vector<uint8_t> out;
-  for (size_t i = 0; i + 1 < hex.size(); i += 2) out.push_back(static_cast<uint8_t>(std::stoi(hex.substr(i, 2), nullptr, 16)));
-  return out;
-}
-std::string ToHex(std::span<const uint8_t> bytes) {
-  static const char* d = "0123456789abcdef";
-  std::string s;
-  for (uint8_t b : bytes) s += {d[b >> 4], d[b & 15]};
-  return s;
-}
 nlohmann::json Vectors() {
   std::ifstream in("tests/data/watermark_vectors.json");
   EXPECT_TRUE(in.good()) << "run from the repository root";

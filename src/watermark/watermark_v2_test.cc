@@ -14,24 +14,13 @@
 #include "base/sha256.h"
 #include "watermark/detector.h"
 #include "watermark/green_list.h"
+#include "watermark/hex_test_util.h"
 #include "watermark/key.h"
 #include "watermark/processor.h"
 
 namespace epwa::wm {
 namespace {
 
-std::vector<uint8_t> FromHex(const std::string& hex) {
-  std::vector<uint8_t> out;
-  for (size_t i = 0; i + 1 < hex.size(); i += 2)
-    out.push_back(static_cast<uint8_t>(std::stoi(hex.substr(i, 2), nullptr, 16)));
-  return out;
-}
-std::string ToHex(std::span<const uint8_t> bytes) {
-  static const char* d = "0123456789abcdef";
-  std::string s;
-  for (uint8_t b : bytes) s += {d[b >> 4], d[b & 15]};
-  return s;
-}
 std::array<uint8_t, 32> Hash32(const std::string& hex) {
   std::array<uint8_t, 32> h{};
   const auto bytes = FromHex(hex);
