@@ -150,6 +150,10 @@ Runner RegisterEvalWatermark(CLI::App& eval, CLI::App** out_cmd) {
   cmd->add_option("--detect-quant", f->detect_quant,
                   "also detect with the model loaded at this level (int8, int4, ...): router flips "
                   "between precisions");
+  cmd->add_option("--min-margin", f->o.detect.min_margin,
+                  "every detector skips tokens whose keyed router's margin (top-1 minus top-2 probability) "
+                  "is below this (default 0: none)")
+      ->check(FiniteNumber() & CLI::Range(0.0, 1.0));
   cmd->add_option("--detect-min-margin", f->o.other_min_margin,
                   "router margin filter for --detect-quant (default 0.1)")
       ->check(FiniteNumber() & CLI::Range(0.0, 1.0));
