@@ -168,7 +168,7 @@ struct OtherLevel {
 struct SchemeData {
   std::string name, version;
   ZSummary with_prompt;
-  std::optional<ZSummary> without_prompt, human, unwatermarked, retokenized, cspv;
+  std::optional<ZSummary> without_prompt, human, unwatermarked, retokenized, cspv, emoji;
   std::vector<Attack> attacks;                      // by kind, then strength
   std::vector<std::pair<int, ZSummary>> by_length;  // by length
   std::optional<double> roc_auc, tpr_1pct, tpr_01pct, size_median, perplexity, distinct2;
@@ -185,6 +185,14 @@ struct EvalData {
   std::optional<double> gamma, delta, new_tokens, generations, human_texts;
   std::optional<double> plain_perplexity, plain_distinct2, plain_decode_ms;
   std::vector<SchemeData> schemes;
+  // `eval watermark --steal`: per scheme, per number of observed outputs.
+  struct StealRun {
+    int64_t observed = 0;
+    ZSummary spoofed;
+    std::optional<double> learned_pairs, learned_precision;
+  };
+  std::vector<std::pair<std::string, std::vector<StealRun>>> stealing;
+  std::optional<double> spoof_texts;
 };
 
 std::optional<OtherLevel> ReadOtherLevel(const json& scheme, const Ctx& ctx) {
@@ -215,6 +223,7 @@ SchemeData ReadScheme(const json& j, const Ctx& ctx) {
   s.human = OptZ(j, "null_human", ctx);
   s.unwatermarked = OptZ(j, "null_unwatermarked", ctx);
   s.retokenized = OptZ(j, "retokenized", ctx);
+  s.emoji = OptZ(j, "emoji", ctx);
   s.cspv = OptZ(j, "cspv", ctx);
   for (const auto& [key, value] : j.items()) {
     if (const auto attack = ParseAttackKey(key)) {
@@ -281,6 +290,38 @@ EvalData ReadEval(const json& j, int index) {
   e.plain_decode_ms = OptNumber(j, "plain_decode_ms_per_token", ctx);
   for (size_t i = 0; i < schemes->size(); ++i)
     e.schemes.push_back(ReadScheme((*schemes)[i], ctx.Child("schemes[" + std::to_string(i) + "]")));
+  if (const json* steal = OptObject(j, "stealing", ctx)) {
+    const Ctx sc = ctx.Child("stealing");
+    e.spoof_texts = OptNumber(*steal, "spoof_texts", sc);
+    const json* list = Find(*steal, "schemes");
+    if (list == nullptr) sc.Missing("schemes");
+    if (!list->is_array()) sc.Wrong("schemes", "an array");
+    for (size_t i = 0; i < list->size(); ++i) {
+      const Ctx c = sc.Child("schemes[" + std::to_string(i) + "]");
+      const json& entry = (*list)[i];
+      if (!entry.is_object()) throw Error(c.source + ": '" + c.path + "' is not an object");
+      const std::optional<std::string> name = OptString(entry, "scheme", c);
+      if (!name) c.Missing("scheme");
+      const json* runs = Find(entry, "runs");
+      if (runs == nullptr) c.Missing("runs");
+      if (!runs->is_array()) c.Wrong("runs", "an array");
+      std::vector<EvalData::StealRun> parsed;
+      for (size_t k = 0; k < runs->size(); ++k) {
+        const Ctx rc = c.Child("runs[" + std::to_string(k) + "]");
+        const json& run = (*runs)[k];
+        if (!run.is_object()) throw Error(rc.source + ": '" + rc.path + "' is not an object");
+        EvalData::StealRun r;
+        r.observed = static_cast<int64_t>(NeedNumber(run, "observed_outputs", rc));
+        const json* spoofed = OptObject(run, "spoofed", rc);
+        if (spoofed == nullptr) rc.Missing("spoofed");
+        r.spoofed = ReadZ(*spoofed, rc.Child("spoofed"));
+        r.learned_pairs = OptNumber(run, "learned_pairs", rc);
+        r.learned_precision = OptNumber(run, "learned_precision", rc);
+        parsed.push_back(std::move(r));
+      }
+      e.stealing.emplace_back(*name, std::move(parsed));
+    }
+  }
   // Each scheme has its own null; the human-text count is the same for all.
   if (!e.human_texts && e.schemes.front().human)
     e.human_texts = static_cast<double>(e.schemes.front().human->total());
@@ -1031,7 +1072,10 @@ std::string RobustnessSection(const EvalData& e) {
   const bool retokenized = std::any_of(e.schemes.begin(), e.schemes.end(), [](const SchemeData& s) {
     return s.retokenized.has_value();
   });
-  if (columns.empty() && !retokenized) return "";
+  const bool emoji = std::any_of(e.schemes.begin(), e.schemes.end(), [](const SchemeData& s) {
+    return s.emoji.has_value();
+  });
+  if (columns.empty() && !retokenized && !emoji) return "";
   std::string out = "### Robustness\n\n";
   out += "Watermarked texts still detected (z > " + Short(e.z_threshold) +
          ", out of all texts) after an attack: a share of the generated tokens replaced by random "
@@ -1042,11 +1086,13 @@ std::string RobustnessSection(const EvalData& e) {
          "text "
          "(copy-paste, detected without the prompt); or the text decoded and encoded again with no "
          "edit "
-         "(re-tokenized).\n\n";
+         "(re-tokenized); or the emoji attack (a token forced after every generated token, stripped "
+         "before detection).\n\n";
   std::vector<std::string> header{"scheme"};
   for (const auto& [kind, percent] : columns)
     header.push_back(std::string(kAttackKinds[kind].label) + " " + std::to_string(percent) + "%");
   if (retokenized) header.push_back("re-tokenized");
+  if (emoji) header.push_back("emoji");
   std::vector<std::vector<std::string>> rows;
   for (const SchemeData& s : e.schemes) {
     std::vector<std::string> row{Cell(s.name)};
@@ -1057,6 +1103,7 @@ std::string RobustnessSection(const EvalData& e) {
       row.push_back(it == s.attacks.end() ? kAbsent : Count(it->z));
     }
     if (retokenized) row.push_back(Count(s.retokenized));
+    if (emoji) row.push_back(Count(s.emoji));
     rows.push_back(row);
   }
   return out + Table(header, rows);
@@ -1152,6 +1199,25 @@ std::string OtherLevelSection(const EvalData& e) {
                rows, 2);
 }
 
+std::string StealingSection(const EvalData& e) {
+  if (e.stealing.empty()) return "";
+  std::string out = "### Stealing\n\n";
+  out += "An attacker with the model but not the key sees N watermarked outputs, estimates which tokens "
+         "are green after each context it can observe, and writes " +
+         (e.spoof_texts ? Short(*e.spoof_texts) : std::string("its")) +
+         " texts with the model and no key, biased towards them; the key's detector judges them "
+         "(detected at z > " + Short(e.z_threshold) + ": spoof success).\n\n";
+  std::vector<std::vector<std::string>> rows;
+  for (const auto& [name, runs] : e.stealing)
+    for (const EvalData::StealRun& r : runs)
+      rows.push_back({Cell(name), std::to_string(r.observed), Count(r.spoofed), Fixed(r.spoofed.median, 2),
+                      r.learned_pairs ? std::to_string(static_cast<int64_t>(*r.learned_pairs)) : kAbsent,
+                      Percent(r.learned_precision)});
+  return out + Table({"scheme", "outputs seen", "spoofs detected", "median z", "pairs believed green",
+                      "of them green"},
+                     rows);
+}
+
 std::string PlotsSection(const std::vector<Plot>& plots) {
   if (plots.empty())
     return "### Plots\n\nNo plots: this evaluation has no z-scores, lengths or attacks to draw "
@@ -1166,7 +1232,7 @@ std::string PlotsSection(const std::vector<Plot>& plots) {
 std::string ModelSection(const EvalData& e, const std::vector<Plot>& plots) {
   std::string out = "## Model `" + e.model + "`\n\n" + SetupLine(e) + "\n\n" + HeadlineSection(e);
   for (const std::string& section :
-       {RobustnessSection(e), LengthSection(e), DetailsSection(e), OtherLevelSection(e)})
+       {RobustnessSection(e), StealingSection(e), LengthSection(e), DetailsSection(e), OtherLevelSection(e)})
     if (!section.empty()) out += "\n" + section;
   return out + "\n" + PlotsSection(plots);
 }

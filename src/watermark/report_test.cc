@@ -311,3 +311,31 @@ TEST(WatermarkReport, TextIsEscapedForXmlAndMarkdown) {
 
 }  // namespace
 }  // namespace epwa::wm
+
+namespace epwa::wm {
+namespace {
+
+// `--steal` and `--emoji` results: a stealing table per model and an emoji
+// column in the robustness table; a malformed stealing entry names its path.
+TEST(WatermarkReport, StealingAndEmojiAreReported) {
+  json eval = LoadFixture();
+  eval["schemes"][0]["emoji"] = {{"n", 6}, {"detected", 0}, {"too_short", 0}, {"median", 0.2}};
+  eval["stealing"] = json::parse(R"({"spoof_texts": 50, "schemes": [{"scheme": "kgw", "runs": [
+      {"observed_outputs": 100, "spoofed": {"n": 50, "detected": 49, "too_short": 0, "median": 9.5},
+       "learned_pairs": 1965, "learned_precision": 0.925}]}]})");
+  const auto files = RenderWatermarkReport({eval});
+  const std::string& md = files.at("report.md");
+  EXPECT_NE(md.find("### Stealing"), std::string::npos);
+  EXPECT_NE(md.find("| kgw | 100 | 49/50 | 9.50 | 1965 | 92.5% |"), std::string::npos) << md;
+  EXPECT_NE(md.find("| emoji |"), std::string::npos) << md;
+  eval["stealing"]["schemes"][0]["runs"][0].erase("spoofed");
+  try {
+    RenderWatermarkReport({eval});
+    ADD_FAILURE() << "a run without 'spoofed' was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("stealing.schemes[0].runs[0].spoofed"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace epwa::wm
