@@ -185,8 +185,12 @@ Runner RegisterDetect(CLI::App& app) {
 
   return [f]() {
     f->detect.dedup = !f->no_dedup;
-    const wm::Scheme scheme = wm::ParseScheme(f->wm.scheme.empty() ? "gsg" : f->wm.scheme);
     const bool pepi = f->method == "pepi";
+    // PEPI predicts one router's expert, which keys v1's lists only; gsg and
+    // ewp share those lists, so with PEPI an unnamed scheme is exactly v1's.
+    const wm::Scheme scheme = !f->wm.scheme.empty() ? wm::ParseScheme(f->wm.scheme)
+                              : pepi                ? wm::Scheme::kGsg
+                                                    : wm::kDefaultScheme;
     Require(!pepi || !f->oracle_file.empty(), "--method pepi needs --oracle FILE (epwa oracle train makes one)");
     Require(f->logprobs_file.empty() || pepi, "--logprobs is read by --method pepi only");
     Require(scheme != wm::Scheme::kKgw || f->method == "full",
@@ -228,7 +232,7 @@ Runner RegisterDetect(CLI::App& app) {
                      "on %d: expert predictions (and detection) will be less accurate\n",
                      f->logprobs_file.c_str(), (long long)scan.max_listed, info.top_k);
       json j{{"input", f->logprobs_file}, {"method", "pepi"}, {"source", "logprobs"},
-             {"scheme", wm::SchemeName(scheme)}, {"tokens", scan.tokens},
+             {"scheme", wm::SchemeName(scheme)}, {"version", wm::SchemeVersion(scheme)}, {"tokens", scan.tokens},
              {"top_k_listed", {{"min", scan.min_listed}, {"max", scan.max_listed}}},
              {"oracle", {{"heldout_accuracy", HeldoutJson(info)},
                          {"chance", 1.0 / info.num_experts},
@@ -312,7 +316,10 @@ Runner RegisterDetect(CLI::App& app) {
     }
 
     for (const Input& input : inputs) {
-      json j{{"input", input.label}, {"method", f->method}, {"scheme", wm::SchemeName(scheme)}};
+      json j{{"input", input.label},
+             {"method", f->method},
+             {"scheme", wm::SchemeName(scheme)},
+             {"version", wm::SchemeVersion(scheme)}};
       try {
         if (input.error) throw Error(*input.error);
         const wm::DetectInput in = input.text ? wm::InputFromText(*engine, input.prompt, *input.text)
@@ -338,7 +345,8 @@ Runner RegisterDetect(CLI::App& app) {
           j.update(SummaryJson(s));
           j["detect_ms"] = clock.Millis();
           if (!f->json) {
-            std::printf("%s%s:\n", input.label.c_str(), in.prompt_given ? " (with prompt)" : "");
+            std::printf("%s%s: %s (%s)\n", input.label.c_str(), in.prompt_given ? " (with prompt)" : "",
+                        wm::SchemeName(scheme), wm::SchemeVersion(scheme));
             PrintSummary("full", s, f->detect.z_threshold);
           }
         } else if (f->method == "cspv") {
@@ -355,8 +363,8 @@ Runner RegisterDetect(CLI::App& app) {
                          {"high_confidence", SummaryJson(r.high)}};
           j["detect_ms"] = clock.Millis();
           if (!f->json) {
-            std::printf("%s%s: cspv, %lld of %lld tokens sampled\n", input.label.c_str(),
-                        in.prompt_given ? " (with prompt)" : "", (long long)r.sample.scored,
+            std::printf("%s%s: %s, cspv, %lld of %lld tokens sampled\n", input.label.c_str(),
+                        in.prompt_given ? " (with prompt)" : "", wm::SchemeName(scheme), (long long)r.sample.scored,
                         (long long)r.population);
             PrintSummary("sample", r.sample, f->detect.z_threshold);
             PrintSummary("low", r.low, f->detect.z_threshold);

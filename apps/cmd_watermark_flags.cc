@@ -28,8 +28,8 @@ void AddWatermarkFlags(CLI::App* cmd, WatermarkFlags* f, bool generation) {
                    "weighted by router confidence); EPW-A v2 epw2-et (keyed by the first MoE layer's expert "
                    "and the previous token: the most robust), epw2-minhash or epw2-votes; or kgw "
                    "(previous-token baseline)"
-                 : "the scheme to test for: gsg or ewp (same router-keyed green lists; default), "
-                   "epw2-et, epw2-minhash, epw2-votes or kgw");
+                 : "the scheme to test for: epw2-et (default), epw2-minhash, epw2-votes, gsg or ewp (v1: "
+                   "the same router-keyed green lists; name it to find text marked before v2) or kgw");
   f->needs_scheme.push_back(cmd->add_option(
       "--key-file", f->key_file, "secret key file from epwa keygen (default: $EPWA_KEY_FILE)"));
   f->needs_scheme.push_back(
@@ -55,7 +55,7 @@ wm::SecretKey LoadKey(const WatermarkFlags& flags) {
 
 wm::WatermarkParams WatermarkParamsFrom(const WatermarkFlags& flags, const Engine& engine) {
   wm::WatermarkParams p;
-  p.scheme = wm::ParseScheme(flags.scheme.empty() ? "gsg" : flags.scheme);
+  p.scheme = flags.scheme.empty() ? wm::kDefaultScheme : wm::ParseScheme(flags.scheme);
   p.gamma = flags.gamma;
   p.delta = flags.delta;
   p.router_layer = flags.router_layer;

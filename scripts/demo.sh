@@ -46,9 +46,9 @@ step "epwa keygen --out demo.key   (32 random bytes, mode 0600)"
 step "epwa hash -m $MODEL   (IRSH: the router hash that binds green lists to this model)"
 "$EPWA" hash -m "$MODEL"
 
-step "epwa run ... --watermark gsg --key-file demo.key -n 120 --seed 11"
-"$EPWA" run -m "$MODEL" -p "$WM_PROMPT" -n 120 --seed 11 --ignore-eos --watermark gsg --key-file "$KEY"
-"$EPWA" run -m "$MODEL" -p "$WM_PROMPT" -n 120 --seed 11 --ignore-eos --watermark gsg --key-file "$KEY" \
+step "epwa run ... --watermark epw2-et --key-file demo.key -n 120 --seed 11"
+"$EPWA" run -m "$MODEL" -p "$WM_PROMPT" -n 120 --seed 11 --ignore-eos --watermark epw2-et --key-file "$KEY"
+"$EPWA" run -m "$MODEL" -p "$WM_PROMPT" -n 120 --seed 11 --ignore-eos --watermark epw2-et --key-file "$KEY" \
   --json 2>/dev/null > "$WORK/marked.json"
 
 step "epwa run ... -n 120 --seed 11   (the same prompt and seed, no watermark)"
@@ -72,6 +72,15 @@ step "epwa detect --key-file demo.key --ids marked.ids.json   (without the promp
 step "epwa detect --method cspv --ids marked.ids.json   (confidence-stratified sample of 48 tokens)"
 "$EPWA" detect -m "$MODEL" --key-file "$KEY" --ids "$WORK/marked.ids.json" --method cspv 2>/dev/null
 
+# detect assumes EPW-A v2's epw2-et, the default scheme; text marked with v1
+# (gsg) is found when its scheme is named.
+step "epwa run ... --watermark gsg, then epwa detect --watermark gsg   (EPW-A v1)"
+"$EPWA" run -m "$MODEL" -p "$WM_PROMPT" -n 120 --seed 11 --ignore-eos --watermark gsg --key-file "$KEY" \
+  --json 2>/dev/null > "$WORK/marked-v1.json"
+python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); json.dump(d["ids"], open(sys.argv[2], "w"))' \
+  "$WORK/marked-v1.json" "$WORK/marked-v1.ids.json"
+"$EPWA" detect -m "$MODEL" --key-file "$KEY" --ids "$WORK/marked-v1.ids.json" --watermark gsg 2>/dev/null
+
 # The second bundled model: 32 experts (top-4) in the Qwen3-MoE layout with a
 # byte-level BPE tokenizer, beside the first; the same watermark, with 32
 # green lists instead of 8.
@@ -83,8 +92,8 @@ if [ "$SECOND" != "$MODEL" ] && [ -f "$SECOND/model.safetensors" ]; then
   step "epwa run -m $SECOND -p \"$PROMPT\" -n 48 --seed 7"
   "$EPWA" run -m "$SECOND" -p "$PROMPT" -n 48 --seed 7
 
-  step "epwa run -m $SECOND ... --watermark gsg --key-file demo.key -n 120 --seed 11"
-  "$EPWA" run -m "$SECOND" -p "$WM_PROMPT" -n 120 --seed 11 --ignore-eos --watermark gsg --key-file "$KEY" \
+  step "epwa run -m $SECOND ... --watermark epw2-et --key-file demo.key -n 120 --seed 11"
+  "$EPWA" run -m "$SECOND" -p "$WM_PROMPT" -n 120 --seed 11 --ignore-eos --watermark epw2-et --key-file "$KEY" \
     --json 2>/dev/null > "$WORK/marked2.json"
   python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(d["text"].strip()); json.dump(d["ids"], open(sys.argv[2], "w"))' \
     "$WORK/marked2.json" "$WORK/marked2.ids.json"

@@ -107,7 +107,7 @@ TEST_F(ChatCli, WatermarkedReplyIsDetected) {
   WriteText(reply, messages[1]["content"].get<std::string>());
   Result prompt = RunEpwa("template -m " + kModel + " --messages " + first, dir_);
   ASSERT_EQ(prompt.exit_code, 0) << prompt.err;
-  Result detect = RunEpwa("detect -m " + kModel + " --key-file " + key + " --json --file " + reply +
+  Result detect = RunEpwa("detect -m " + kModel + " --watermark gsg --key-file " + key + " --json --file " + reply +
                               " --prompt " + Quote(prompt.out),
                           dir_);
   ASSERT_EQ(detect.exit_code, 0) << detect.err;

@@ -27,9 +27,14 @@ class WatermarkCli : public ::testing::Test {
   static void SetUpTestSuite() {
     dir_ = new testing::TempDir();
     key_ = PrepareWatermarkSuite(*dir_, 11);
+    // Marked with the default scheme (epw2-et), which detect assumes when
+    // --watermark is not given; marked_v1_ with EPW-A v1's gsg.
     marked_ = RunEpwa("run -m " + kModel + " -p " + Quote(kPrompt) +
-                          " -n 160 --seed 5 --ignore-eos --watermark gsg --key-file " + key_ + " --json",
+                          " -n 160 --seed 5 --ignore-eos --watermark epw2-et --key-file " + key_ + " --json",
                       *dir_);
+    marked_v1_ = RunEpwa("run -m " + kModel + " -p " + Quote(kPrompt) +
+                             " -n 160 --seed 5 --ignore-eos --watermark gsg --key-file " + key_ + " --json",
+                         *dir_);
     plain_ = RunEpwa("run -m " + kModel + " -p " + Quote(kPrompt) + " -n 160 --seed 5 --ignore-eos --json",
                      *dir_);
   }
@@ -46,12 +51,12 @@ class WatermarkCli : public ::testing::Test {
   }
   static testing::TempDir* dir_;
   static std::string key_;
-  static Result marked_, plain_;
+  static Result marked_, marked_v1_, plain_;
   testing::TempDir scratch_;
 };
 testing::TempDir* WatermarkCli::dir_ = nullptr;
 std::string WatermarkCli::key_;
-Result WatermarkCli::marked_, WatermarkCli::plain_;
+Result WatermarkCli::marked_, WatermarkCli::marked_v1_, WatermarkCli::plain_;
 
 TEST_F(WatermarkCli, KeygenMakesAPrivate32ByteKeyAndNeverOverwrites) {
   struct stat st {};
@@ -65,8 +70,11 @@ TEST_F(WatermarkCli, RunReportsTheWatermarkAndChangesTheText) {
   ASSERT_EQ(marked_.exit_code, 0) << marked_.err;
   ASSERT_EQ(plain_.exit_code, 0) << plain_.err;
   const json m = json::parse(marked_.out), p = json::parse(plain_.out);
-  EXPECT_EQ(m["watermark"]["scheme"], "gsg");
-  EXPECT_EQ(m["watermark"]["router_layer"], 3);
+  EXPECT_EQ(m["watermark"]["scheme"], "epw2-et");
+  EXPECT_EQ(m["watermark"]["version"], "EPW-A v2");
+  // v2 keys the first MoE layer by default, v1 the last.
+  EXPECT_EQ(m["watermark"]["router_layer"], 0);
+  EXPECT_EQ(json::parse(marked_v1_.out)["watermark"]["router_layer"], 3);
   EXPECT_EQ(m["watermark"]["steps"], 160);
   EXPECT_EQ(m["watermark"]["router_hash"], m["stats"]["load"]["router_hash"]);
   EXPECT_TRUE(p["watermark"].is_null());
@@ -116,6 +124,23 @@ TEST_F(WatermarkCli, DetectsTheWatermarkedIdsAndNotThePlainOnes) {
   Result r = RunEpwa("detect -m " + kModel + " --key-file " + other + " --json --ids " + marked_ids, scratch_);
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_FALSE(json::parse(r.out)["detected"]);
+}
+
+// The default scheme is epw2-et; text marked with v1 is found once its
+// scheme is named, and the default test does not mistake it for v2 text.
+TEST_F(WatermarkCli, DefaultSchemeIsEpw2EtAndV1TextNeedsItsName) {
+  const json v2 = Detect("--ids " + WriteIds(marked_, "v2.json"));
+  EXPECT_EQ(v2["scheme"], "epw2-et") << v2.dump();
+  EXPECT_EQ(v2["version"], "EPW-A v2") << v2.dump();
+  EXPECT_TRUE(v2["detected"]) << v2.dump();
+  const std::string v1_ids = WriteIds(marked_v1_, "v1.json");
+  const json as_default = Detect("--ids " + v1_ids);
+  EXPECT_EQ(as_default["scheme"], "epw2-et");
+  EXPECT_FALSE(as_default["detected"]) << as_default.dump();
+  const json named = Detect("--ids " + v1_ids + " --watermark gsg");
+  EXPECT_EQ(named["scheme"], "gsg");
+  EXPECT_TRUE(named["detected"]) << named.dump();
+  EXPECT_GT(named["z"].get<double>(), 8);
 }
 
 TEST_F(WatermarkCli, DetectsFromTextTokenizedLikeTheModel) {

@@ -664,7 +664,7 @@ struct Server::Impl {
     auto bad = [](const std::string& m, const std::string& p) { return ApiError(400, "invalid_request_error", m, p); };
     const std::string scheme_name =
         b.contains("scheme") ? b["scheme"].is_string() ? b["scheme"].get<std::string>() : "?"
-                             : (options.watermark ? wm::SchemeName(options.watermark->scheme) : "gsg");
+                             : wm::SchemeName(options.watermark ? options.watermark->scheme : wm::kDefaultScheme);
     wm::Scheme scheme;
     try {
       scheme = wm::ParseScheme(scheme_name);

@@ -45,6 +45,13 @@ inline const char* SchemeVersion(Scheme s) { return IsV2(KeyedByOf(s)) ? "EPW-A 
 
 inline constexpr int kSchemeDefaultLayer = -1000000;
 
+// The scheme the front ends (detect, the server's detect endpoint, eval)
+// assume when none is named. epw2-et was chosen by `epwa eval watermark`: it
+// is the router-keyed scheme that best survives edits on both bundled models
+// (docs/watermark.md, "Which variant"). Text marked with v1 is still detected,
+// but only when its scheme is named (--watermark gsg).
+inline constexpr Scheme kDefaultScheme = Scheme::kEpw2Et;
+
 struct WatermarkParams {
   Scheme scheme = Scheme::kGsg;
   double gamma = 0.25;
