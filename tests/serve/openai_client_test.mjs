@@ -2,7 +2,7 @@
 //
 //   node tests/serve/openai_client_test.mjs EPWA_BINARY MODEL_DIR
 //
-// Starts a real server (port 0, API key, the operator's gsg watermark), talks
+// Starts a real server (port 0, API key, the operator's epw2-et watermark, the default scheme), talks
 // to it with the client a platform's users have, and checks what the OpenAI
 // API promises plus epwa's policy: seeded answers repeat, a stream equals the
 // same answer unstreamed, concurrent answers equal the same requests served
@@ -27,7 +27,7 @@ const apiKey = 'test-key-0123456789';
 writeFileSync(join(work, 'api_keys'), `# test keys\n${apiKey}\n`);
 
 const server = spawn(epwa, ['serve', '-m', model, '--port', '0', '--parallel', '4', '--ctx', '512',
-  '--watermark', 'gsg', '--key-file', keyFile, '--api-key-file', join(work, 'api_keys'), '--quiet',
+  '--watermark', 'epw2-et', '--key-file', keyFile, '--api-key-file', join(work, 'api_keys'), '--quiet',
   '--no-cache'], { stdio: ['ignore', 'ignore', 'pipe'] });
 let log = '';
 const port = await new Promise((resolve, reject) => {
@@ -73,7 +73,7 @@ await test('models list names the model and its router hash', async () => {
   assert.equal(list.data.length, 1);
   routerHash = list.data[0].meta.router_hash;
   assert.match(routerHash, /^[0-9a-f]{64}$/);
-  assert.equal(list.data[0].meta.watermark, 'gsg');
+  assert.equal(list.data[0].meta.watermark, 'epw2-et');
 });
 
 let reference;
@@ -88,7 +88,8 @@ await test('chat completion: seeded, watermarked, usage', async () => {
   assert.equal(a.choices[0].message.content, b.choices[0].message.content, 'the same seed gives the same text');
   assert.ok(a.usage.prompt_tokens > 10 && a.usage.completion_tokens > 0);
   assert.equal(a.usage.total_tokens, a.usage.prompt_tokens + a.usage.completion_tokens);
-  assert.equal(a.epwa.watermark.scheme, 'gsg');
+  assert.equal(a.epwa.watermark.scheme, 'epw2-et');
+  assert.equal(a.epwa.watermark.version, 'EPW-A v2');
   assert.equal(a.epwa.watermark.router_hash, routerHash);
   reference = a;
 });
