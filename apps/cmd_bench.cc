@@ -28,7 +28,28 @@ struct StepCost {
   double decode_bytes = 0;       // weights read per decoded token
   double flops_per_token = 0;    // 2 x multiply-adds of the matrix products per prompt token
   double lm_head_flops = 0;      // once per forward (only the last row's logits are needed)
+  // flops_per_token split by the instruction prefill does them with, and
+  // the lm_head's (once per forward) by its own.
+  std::map<kernels::PrefillDot, double> flops_by_dot;
+  kernels::PrefillDot lm_head_dot = kernels::PrefillDot::kFp32Fma;
 };
+
+// The machine's peaks, measured in the same run.
+struct Peaks {
+  double fma_gflops = 0;
+  double int8_gops = 0;
+  double Of(kernels::PrefillDot dot) const { return dot == kernels::PrefillDot::kInt8 ? int8_gops : fma_gflops; }
+};
+
+// The fastest a prefill of `tokens` tokens could run in tokens/s if every
+// multiply-add ran at the peak of its own instruction: the limit the
+// measured prefill is set against.
+double PrefillLimitTokensPerS(const StepCost& cost, const Peaks& peaks, int tokens) {
+  double seconds = 0;
+  for (const auto& [dot, flops] : cost.flops_by_dot) seconds += flops / (peaks.Of(dot) * 1e9);
+  seconds += cost.lm_head_flops / tokens / (peaks.Of(cost.lm_head_dot) * 1e9);
+  return seconds > 0 ? 1.0 / seconds : 0.0;
+}
 
 StepCost CostOf(const Engine& engine) {
   const ModelConfig& c = engine.config();
@@ -47,9 +68,13 @@ StepCost CostOf(const Engine& engine) {
     cost.decode_bytes += attn + used * expert + l.router.size() * sizeof(float);
     cost.flops_per_token += 2.0 * (attn_params + used * expert_params +
                                    static_cast<double>(l.router.size()));
+    cost.flops_by_dot[kernels::PrefillDotFor(l.q.dtype)] += 2.0 * attn_params;
+    cost.flops_by_dot[kernels::PrefillDotFor(e.down.dtype)] += 2.0 * used * expert_params;
+    cost.flops_by_dot[kernels::PrefillDot::kFp32Fma] += 2.0 * static_cast<double>(l.router.size());
   }
   cost.decode_bytes += bytes(w.lm_head);
   cost.lm_head_flops = 2.0 * static_cast<double>(w.lm_head.rows * w.lm_head.cols);
+  cost.lm_head_dot = kernels::PrefillDotFor(w.lm_head.dtype);
   return cost;
 }
 
@@ -304,7 +329,7 @@ Runner RegisterBench(CLI::App& app) {
     // the probes run before and after the model and the higher figure is the
     // denominator: the reported fractions are, if anything, understated.
     double bandwidth = kernels::MeasureReadBandwidthGBs(pool);
-    double peak = kernels::MeasureFmaPeakGflops(pool);
+    Peaks peaks{kernels::MeasureFmaPeakGflops(pool), kernels::MeasureInt8DotPeakGops(pool)};
     const StepCost cost = CostOf(*engine);
 
     // A fixed pseudo-random prompt of the requested length (ids from the
@@ -324,21 +349,34 @@ Runner RegisterBench(CLI::App& app) {
       best_decode = std::max(best_decode, g.stats.decode_tokens_per_s);
     }
     bandwidth = std::max(bandwidth, kernels::MeasureReadBandwidthGBs(pool));
-    peak = std::max(peak, kernels::MeasureFmaPeakGflops(pool));
+    peaks.fma_gflops = std::max(peaks.fma_gflops, kernels::MeasureFmaPeakGflops(pool));
+    peaks.int8_gops = std::max(peaks.int8_gops, kernels::MeasureInt8DotPeakGops(pool));
+    const double bf16_peak = kernels::MeasureBf16DotPeakGflops(pool);
     const double decode_gbs = best_decode * cost.decode_bytes / 1e9;
     const double prefill_gflops =
         best_prefill * (cost.flops_per_token + cost.lm_head_flops / f->prompt_tokens) / 1e9;
+    const double prefill_limit = PrefillLimitTokensPerS(cost, peaks, f->prompt_tokens);
+    // The instruction that does most of the prefill's work, to name the limit.
+    kernels::PrefillDot main_dot = kernels::PrefillDot::kFp32Fma;
+    double most = 0;
+    for (const auto& [dot, flops] : cost.flops_by_dot)
+      if (flops > most) most = flops, main_dot = dot;
     json j{{"model", mf.model_dir},
            {"isa", kernels::IsaName(kernels::ActiveIsa())},
            {"threads", engine->threads()},
            {"weight_bytes", engine->tensors().TotalBytes()},
            {"decode_bytes_per_token", cost.decode_bytes},
            {"measured_read_bandwidth_gbs", bandwidth},
-           {"measured_fma_peak_gflops", peak},
+           {"measured_fma_peak_gflops", peaks.fma_gflops},
+           {"measured_int8_dot_peak_gops", peaks.int8_gops},
+           {"measured_bf16_dot_peak_gflops", bf16_peak},
+           {"prefill_instruction", kernels::PrefillDotName(main_dot)},
+           {"prefill_limit_tokens_per_s", prefill_limit},
            {"prefill_tokens", f->prompt_tokens},
            {"prefill_tokens_per_s", best_prefill},
            {"prefill_gflops", prefill_gflops},
-           {"prefill_fraction_of_peak", prefill_gflops / peak},
+           {"prefill_fraction_of_peak", prefill_limit > 0 ? best_prefill / prefill_limit : 0.0},
+           {"prefill_fraction_of_fma_peak", prefill_gflops / peaks.fma_gflops},
            {"decode_tokens", f->gen_tokens},
            {"decode_tokens_per_s", best_decode},
            {"decode_gbs", decode_gbs},
@@ -349,10 +387,14 @@ Runner RegisterBench(CLI::App& app) {
     }
     std::printf("model      %s (%.0f MB of weights, %.0f MB streamed per decoded token)\n",
                 mf.model_dir.c_str(), engine->tensors().TotalBytes() / 1e6, cost.decode_bytes / 1e6);
-    std::printf("machine    %d threads, %s; measured read bandwidth %.1f GB/s, fp32 FMA peak %.1f GFLOP/s\n",
-                engine->threads(), kernels::IsaName(kernels::ActiveIsa()), bandwidth, peak);
-    std::printf("prefill    %d tokens: %.1f tok/s, %.1f GFLOP/s = %.0f%% of FMA peak\n",
-                f->prompt_tokens, best_prefill, prefill_gflops, 100 * prefill_gflops / peak);
+    std::printf("machine    %d threads, %s; measured read bandwidth %.1f GB/s, peaks: fp32 FMA %.1f GFLOP/s, "
+                "int8 dot %.1f GOP/s, bf16 dot %.1f GFLOP/s\n",
+                engine->threads(), kernels::IsaName(kernels::ActiveIsa()), bandwidth, peaks.fma_gflops,
+                peaks.int8_gops, bf16_peak);
+    std::printf("prefill    %d tokens: %.1f tok/s, %.1f GOP/s = %.0f%% of the %s peak (limit %.0f tok/s; %.0f%% of "
+                "the fp32 FMA peak)\n",
+                f->prompt_tokens, best_prefill, prefill_gflops, 100 * best_prefill / prefill_limit,
+                kernels::PrefillDotName(main_dot), prefill_limit, 100 * prefill_gflops / peaks.fma_gflops);
     std::printf("decode     %d tokens: %.2f tok/s, %.2f GB/s = %.0f%% of read bandwidth\n",
                 f->gen_tokens, best_decode, decode_gbs, 100 * decode_gbs / bandwidth);
     return 0;

@@ -5,7 +5,9 @@
 // Q8/Q4/NF4, 4.5 bits per weight for Q4; blocks plus E8M0 scales for MXFP4,
 // 4.25 bits per weight) and the percentage of the read bandwidth measured on
 // the same thread count; prefill (matrix-matrix) is bound by arithmetic, so it
-// reports GFLOP/s and the percentage of the measured FMA peak. Arguments are
+// reports GOP/s and the percentage of the measured peak of the instruction it
+// uses: the fp32 FMA for float weights, the int8 dot product (vpdpbusd) for
+// quantized and MXFP4 weights on AVX-512 with VNNI. Arguments are
 // (dtype, threads) or (dtype, M, threads); run with --benchmark_filter to pick.
 //
 //   build-kern/bench/kernels_bench --benchmark_filter=MatVec
@@ -51,6 +53,11 @@ ThreadPool& Pool(int threads) {
 // once at start-up would make the percentages drift.
 double Bandwidth(int threads) { return MeasureReadBandwidthGBs(Pool(threads)); }
 double Peak(int threads) { return MeasureFmaPeakGflops(Pool(threads)); }
+// The peak of the instruction a prefill with weights of `dtype` uses
+// (PrefillDotFor): the fp32 FMA or the int8 dot product.
+double PrefillPeak(DType dtype, int threads) {
+  return PrefillDotFor(dtype) == PrefillDot::kInt8 ? MeasureInt8DotPeakGops(Pool(threads)) : Peak(threads);
+}
 
 // Weights of the given shape and dtype with small random values; cached so
 // that the large matrices are built once per process. `copy` tells apart
@@ -145,6 +152,26 @@ void BM_FmaPeak(benchmark::State& state) {
   state.SetLabel(std::to_string(threads) + "t");
 }
 BENCHMARK(BM_FmaPeak)->Arg(1)->Arg(2)->Iterations(1)->Unit(benchmark::kMillisecond);
+
+// Integer (vpdpbusd, or AVX2's vpmaddubsw sequence) and bf16 (vdpbf16ps)
+// dot-product peaks; an absent instruction reports 0.
+void BM_Int8DotPeak(benchmark::State& state) {
+  const int threads = static_cast<int>(state.range(0));
+  double gops = 0.0;
+  for (auto _ : state) gops = MeasureInt8DotPeakGops(Pool(threads));
+  state.counters["GOP/s"] = gops;
+  state.SetLabel(std::to_string(threads) + "t");
+}
+BENCHMARK(BM_Int8DotPeak)->Arg(1)->Arg(2)->Iterations(1)->Unit(benchmark::kMillisecond);
+
+void BM_Bf16DotPeak(benchmark::State& state) {
+  const int threads = static_cast<int>(state.range(0));
+  double gflops = 0.0;
+  for (auto _ : state) gflops = MeasureBf16DotPeakGflops(Pool(threads));
+  state.counters["GFLOP/s"] = gflops;
+  state.SetLabel(std::to_string(threads) + "t");
+}
+BENCHMARK(BM_Bf16DotPeak)->Arg(1)->Arg(2)->Iterations(1)->Unit(benchmark::kMillisecond);
 
 // Decode: y[1, N] = x[1, K] * W[N, K]^T.
 void BM_MatVec(benchmark::State& state) {
@@ -262,7 +289,7 @@ void BM_Prefill(benchmark::State& state) {
   const std::vector<float> x = Activations(M * kPrefillK);  // [M, K]
   std::vector<float> y(static_cast<size_t>(M * kPrefillN));  // [M, N]
   ThreadPool& pool = Pool(threads);
-  double peak = Peak(threads);
+  double peak = PrefillPeak(dtype, threads);
   MatMul(x.data(), M, w, y.data(), pool);
   Stopwatch watch;
   for (auto _ : state) {
@@ -271,11 +298,14 @@ void BM_Prefill(benchmark::State& state) {
   }
   const double gflops =
       2.0 * static_cast<double>(M * kPrefillN * kPrefillK) * state.iterations() / watch.Seconds() / 1e9;
-  peak = std::max(peak, Peak(threads));
-  state.counters["GFLOP/s"] = gflops;
-  state.counters["peak GFLOP/s"] = peak;
+  peak = std::max(peak, PrefillPeak(dtype, threads));
+  // GOP/s: multiply-adds count two operations whether float or integer; the
+  // peak is that of the instruction this dtype's prefill uses.
+  state.counters["GOP/s"] = gflops;
+  state.counters["peak GOP/s"] = peak;
   state.counters["%peak"] = 100.0 * gflops / peak;
-  SetLabel(state, dtype, threads);
+  state.SetLabel(std::string(DTypeName(dtype)) + " " + IsaName(ActiveIsa()) + " " + std::to_string(threads) + "t " +
+                 PrefillDotName(PrefillDotFor(dtype)));
 }
 
 constexpr int64_t kF32 = static_cast<int64_t>(DType::kF32);

@@ -245,6 +245,9 @@ double FmaChains(int64_t iterations) {
   return static_cast<double>(iterations) * 8 * 2;
 }
 
+// The portable build has no dot-product instruction to measure.
+double NoDotChains(int64_t) { return 0.0; }
+
 }  // namespace
 }  // namespace scalar
 
@@ -273,10 +276,22 @@ bool HasAvx512Vnni() {
 #endif
 }
 
+bool HasAvx512Bf16() {
+#if defined(__x86_64__) || defined(__i386__)
+  static const bool has = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512bf16") != 0;
+  }();
+  return has;
+#else
+  return false;
+#endif
+}
+
 const IsaKernels kScalarKernels = {
     scalar::MatMul,       scalar::RmsNorm,       scalar::Softmax,   scalar::SiluMul,
     scalar::DotF32,       scalar::Axpy,          scalar::ConvertRow, scalar::QuantizeRows,
-    scalar::DequantizeRow, scalar::SumFloats,    scalar::FmaChains,
+    scalar::DequantizeRow, scalar::SumFloats,    scalar::FmaChains, scalar::NoDotChains, scalar::NoDotChains,
 };
 
 }  // namespace internal
@@ -634,21 +649,39 @@ double MeasureReadBandwidthGBs(ThreadPool& pool, size_t bytes) {
   return best;
 }
 
-double MeasureFmaPeakGflops(ThreadPool& pool) {
-  const IsaKernels& k = Active();
+namespace {
+
+// Runs `chains` on every thread of `pool` (after a warm-up that brings the
+// cores to their working clock) and returns the best of five rates in
+// billions of operations per second; 0 when the chains report no work.
+double MeasurePeak(ThreadPool& pool, double (*chains)(int64_t)) {
   constexpr int64_t kIterations = 1 << 22;
-  k.fma_chains(kIterations / 16);  // Warms the cores up to their working clock.
+  if (chains(kIterations / 16) == 0.0) return 0.0;
   double best = 0.0;
   for (int run = 0; run < 5; ++run) {
-    std::vector<double> flops(static_cast<size_t>(pool.size()), 0.0);
+    std::vector<double> ops(static_cast<size_t>(pool.size()), 0.0);
     Stopwatch watch;
-    pool.RunOnAll([&](int t) { flops[static_cast<size_t>(t)] = k.fma_chains(kIterations); });
+    pool.RunOnAll([&](int t) { ops[static_cast<size_t>(t)] = chains(kIterations); });
     const double seconds = watch.Seconds();
     double total = 0.0;
-    for (double f : flops) total += f;
+    for (double f : ops) total += f;
     best = std::max(best, total / seconds / 1e9);
   }
   return best;
 }
+
+}  // namespace
+
+PrefillDot PrefillDotFor(DType dtype) {
+  if (HasGroupScales(dtype) && !FloatActivations() && ActiveIsa() == Isa::kAvx512 && internal::HasAvx512Vnni())
+    return PrefillDot::kInt8;
+  return PrefillDot::kFp32Fma;
+}
+
+const char* PrefillDotName(PrefillDot dot) { return dot == PrefillDot::kInt8 ? "int8 dot" : "fp32 FMA"; }
+
+double MeasureFmaPeakGflops(ThreadPool& pool) { return MeasurePeak(pool, Active().fma_chains); }
+double MeasureInt8DotPeakGops(ThreadPool& pool) { return MeasurePeak(pool, Active().int8_dot_chains); }
+double MeasureBf16DotPeakGflops(ThreadPool& pool) { return MeasurePeak(pool, Active().bf16_dot_chains); }
 
 }  // namespace epwa::kernels

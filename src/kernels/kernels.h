@@ -34,6 +34,16 @@ void SetActiveIsa(Isa isa);
 void SetFloatActivations(bool on);
 bool FloatActivations();
 
+// The instruction that does the multiply-adds of a prefill (MatMul above the
+// decode row limit) with weights of `dtype` on the active path, and so the
+// peak that bounds it: fp32 FMA (float weights; quantized weights on the
+// scalar and AVX2 paths or with float activations), or int8 dot products
+// (quantized and MXFP4 weights on AVX-512 with VNNI). The benchmarks set each
+// prefill against the peak of its own instruction.
+enum class PrefillDot { kFp32Fma, kInt8 };
+PrefillDot PrefillDotFor(DType dtype);
+const char* PrefillDotName(PrefillDot dot);
+
 // y[m, n] = sum_k x[m, k] * w[n, k]
 //   x: [M, K] float32, row-major, K == w.cols
 //   w: [N, K] in w.dtype (N == w.rows)
@@ -172,5 +182,15 @@ double MeasureReadBandwidthGBs(ThreadPool& pool, size_t bytes = 1ull << 30);
 // thread of `pool` runs independent FMA chains, enough to hide the latency,
 // on the widest vectors of the active path; best of five runs.
 double MeasureFmaPeakGflops(ThreadPool& pool);
+// Integer dot-product peak in GOP/s (a multiply-add of two int8 values counts
+// as two operations) with the instruction the active path's quantized
+// kernels use: vpdpbusd (AVX-512 VNNI; AVX2's sequence where the CPU lacks
+// VNNI) or vpmaddubsw + vpmaddwd + vpaddd (AVX2); 0 on the scalar path.
+// Independent chains on every thread, best of five runs.
+double MeasureInt8DotPeakGops(ThreadPool& pool);
+// bf16 dot-product peak in GFLOP/s (vdpbf16ps: a multiply-add counts as two
+// operations); 0 unless the active path is AVX-512 and the CPU has
+// AVX512-BF16.
+double MeasureBf16DotPeakGflops(ThreadPool& pool);
 
 }  // namespace epwa::kernels

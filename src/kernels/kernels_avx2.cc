@@ -637,6 +637,14 @@ void Decode(const float* x, int64_t M, const WeightView& w, float* y, ThreadPool
 }
 
 // ---------------------------------------------------------------------------
+// The AVX2 path has no integer prefill yet: quantized weights are
+// dequantized into the float prefill below at every row count above the
+// decode limit, exactly (see kernels.h).
+template <DType D>
+bool PrefillInt8(const float*, int64_t, const WeightView&, float*, ThreadPool&) {
+  return false;
+}
+
 // Prefill (see kernels_blocking_inl.h): packed, transposed float panels of W
 // reused for all rows of x; register tile kMr = 6 rows by kNr = 16 columns (12
 // accumulators, 2 panel vectors and a broadcast: 15 of 16 registers).
@@ -911,6 +919,35 @@ double FmaChains(int64_t iterations) {
   return static_cast<double>(iterations) * kChains * 8 * 2;
 }
 
+// Ten independent chains of the integer step the AVX2 quantized decode
+// uses per 32 weights: vpmaddubsw (32 byte products summed in pairs to 16
+// int16), vpmaddwd by ones (to 8 int32) and vpaddd. The operands stay small,
+// so nothing saturates. The empty asm makes the weights opaque each round, as
+// loaded weights are, so the compiler cannot hoist the products.
+double Int8DotChains(int64_t iterations) {
+  constexpr int kChains = 10;
+  __m256i acc[kChains];
+  for (int i = 0; i < kChains; ++i) acc[i] = _mm256_set1_epi32(i);
+  __m256i a = _mm256_set1_epi8(3);
+  const __m256i b = _mm256_set1_epi8(-2), ones = _mm256_set1_epi16(1);
+  for (int64_t it = 0; it < iterations; ++it) {
+    asm volatile("" : "+x"(a));
+#pragma GCC unroll 16
+    for (int i = 0; i < kChains; ++i) {
+      const __m256i pairs = _mm256_maddubs_epi16(a, b);
+      acc[i] = _mm256_add_epi32(acc[i], _mm256_madd_epi16(pairs, ones));
+    }
+  }
+  __m256i sum = acc[0];
+  for (int i = 1; i < kChains; ++i) sum = _mm256_add_epi32(sum, acc[i]);
+  volatile int sink = _mm256_extract_epi32(sum, 0);
+  (void)sink;
+  return static_cast<double>(iterations) * kChains * 32 * 2;
+}
+
+// AVX2 has no bf16 dot product.
+double NoDotChains(int64_t) { return 0.0; }
+
 }  // namespace
 }  // namespace avx2
 
@@ -919,7 +956,7 @@ namespace internal {
 const IsaKernels kAvx2Kernels = {
     avx2::MatMul,        avx2::RmsNorm,   avx2::Softmax,      avx2::SiluMul,
     avx2::Dot,           avx2::Axpy,      avx2::ConvertToF32, avx2::QuantizeRows,
-    avx2::DequantizeRow, avx2::SumFloats, avx2::FmaChains,
+    avx2::DequantizeRow, avx2::SumFloats, avx2::FmaChains, avx2::Int8DotChains, avx2::NoDotChains,
 };
 
 }  // namespace internal

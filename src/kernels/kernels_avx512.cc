@@ -405,6 +405,117 @@ QuantizedX QuantizeX(const float* x, int64_t M, int64_t K) {
   return q;
 }
 
+// ---------------------------------------------------------------------------
+// Prefill with quantized weights (Q8, Q4, NF4, MXFP4): integer dot products
+// in a blocked matrix product, with x rounded to int8 per group of 32 exactly
+// as the decode kernels round it (kernels.h states the contract; the error
+// bound is the decode bound). The float prefill dequantizes every weight and
+// does 16 multiply-adds per FMA; vpdpbusd does 64 per instruction, and the
+// per-group scaling adds three instructions per 8 of them.
+//
+// Layout. A packed strip of W holds 32 output columns of `ng` groups: for
+// each group, 8 quads (4 consecutive inputs) x 32 columns of unsigned bytes
+// (level + kLevelOffset<D>) as int32 words, [ng][8][32], then the group
+// scales s_w (times the level unit) as floats, [ng][32]. A packed tile of x
+// holds kI8Mr rows: for each group, the 8 quads of int8 codes of each row
+// [8][kI8Mr], then s_x [kI8Mr] and the correction -offset * sum(q) [kI8Mr]
+// as int32, so the tile's inner loop broadcasts words in sequence. The
+// correction seeds the group's integer accumulator, which removes the weight
+// offset exactly before the sum is converted to float and scaled by s_w *
+// s_x.
+
+constexpr int kI8Mr = 4;        // Rows of x per register tile.
+constexpr int kI8Nr = 32;       // Output columns per tile (two vectors).
+constexpr int64_t kI8Kg = 32;   // Groups of 32 inputs per panel (1024 inputs).
+constexpr int64_t kI8Nb = 128;  // Output columns per panel: 4 strips, 144 KiB packed.
+constexpr int64_t kI8Mc = 256;  // Rows of x quantized at once.
+constexpr int64_t kI8XGroupWords = 10 * kI8Mr;       // Words per group in a tile of x.
+constexpr int64_t kI8WGroupBytes = 8 * kI8Nr * 4 + kI8Nr * 4;  // Codes and scales per group in a strip.
+
+// Rounds `rows` rows of x (row stride K) to int8 codes per group and packs
+// them as one tile (layout above); rows beyond `rows` are zero codes with
+// zero scale and correction.
+template <DType D>
+void PackXInt8(const float* x, int64_t K, int64_t rows, int32_t* out) {
+  const int64_t groups = K / 32;
+  const __m512 sign = _mm512_set1_ps(-0.f);
+  const int32_t offset = static_cast<int32_t>(kLevelOffset<D>);
+  for (int64_t g = 0; g < groups; ++g) {
+    int32_t* group = out + g * kI8XGroupWords;
+    float* scales = reinterpret_cast<float*>(group + 8 * kI8Mr);
+    int32_t* corrections = group + 9 * kI8Mr;
+    for (int m = 0; m < kI8Mr; ++m) {
+      if (m >= rows) {
+        for (int j = 0; j < 8; ++j) group[j * kI8Mr + m] = 0;
+        scales[m] = 0.f;
+        corrections[m] = 0;
+        continue;
+      }
+      const float* xg = x + m * K + 32 * g;
+      const __m512 a0 = _mm512_loadu_ps(xg), a1 = _mm512_loadu_ps(xg + 16);
+      // The same arithmetic as QuantizeX, so prefill and decode round x alike.
+      const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_andnot_ps(sign, a0), _mm512_andnot_ps(sign, a1)));
+      const __m512 inv = _mm512_set1_ps(amax > 0.f ? 127.0f / amax : 0.f);
+      const __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(a0, inv));
+      const __m512i q1 = _mm512_cvtps_epi32(_mm512_mul_ps(a1, inv));
+      scales[m] = amax / 127.0f;
+      corrections[m] = -offset * _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+      alignas(32) int32_t quads[8];
+      _mm_store_si128(reinterpret_cast<__m128i*>(quads), _mm512_cvtepi32_epi8(q0));
+      _mm_store_si128(reinterpret_cast<__m128i*>(quads + 4), _mm512_cvtepi32_epi8(q1));
+      for (int j = 0; j < 8; ++j) group[j * kI8Mr + m] = quads[j];
+    }
+  }
+}
+
+// The 32 weights of group g of row r as unsigned bytes level + offset, in
+// input order. Q8 codes are signed bytes in order. Q4 and NF4 keep inputs
+// 0..15 in the low nibbles of the group's 16 bytes and 16..31 in the high
+// ones; MXFP4 keeps inputs 2j and 2j + 1 in the low and high nibble of byte
+// j. level_table maps an NF4 or MXFP4 nibble to its level + offset (in both
+// 128-bit lanes); a Q4 nibble is its level + 8 already.
+template <DType D>
+__attribute__((always_inline)) inline __m256i GroupLevels(const uint8_t* row, int64_t g, __m256i level_table) {
+  if constexpr (D == DType::kQ8) {
+    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + 32 * g));
+    return _mm256_xor_si256(v, _mm256_set1_epi8(static_cast<char>(0x80)));
+  } else {
+    const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 16 * g));
+    const __m128i nibble = _mm_set1_epi8(0x0f);
+    const __m128i lo = _mm_and_si128(b, nibble), hi = _mm_and_si128(_mm_srli_epi16(b, 4), nibble);
+    __m256i levels;
+    if constexpr (D == DType::kMXFP4) {
+      levels = _mm256_set_m128i(_mm_unpackhi_epi8(lo, hi), _mm_unpacklo_epi8(lo, hi));
+    } else {
+      levels = _mm256_set_m128i(hi, lo);
+    }
+    if constexpr (D == DType::kQ4) return levels;
+    return _mm256_shuffle_epi8(level_table, levels);
+  }
+}
+
+// s_w of group g of row r as a float, times the level unit (NF4 levels are
+// codebook * 127, MXFP4 levels twice E2M1), as the decode kernel computes it.
+template <DType D>
+inline float GroupScale(const WeightView& w, int64_t r, int64_t g) {
+  if constexpr (D == DType::kMXFP4) return E8M0ToFloat(E8M0Row(w, r)[g]) * 0.5f;
+  const float s = HalfToFloat(ScaleRow(w, r)[g]);
+  return D == DType::kNF4 ? s * (1.0f / 127.0f) : s;
+}
+
+// The level table of GroupLevels for D, in both 128-bit lanes.
+template <DType D>
+__m256i Int8LevelTable() {
+  int8_t levels[16] = {};
+  if constexpr (D == DType::kMXFP4) {
+    E2M1Levels(levels);
+  } else if constexpr (D == DType::kNF4) {
+    NF4Levels(levels);
+  }
+  return _mm256_add_epi8(_mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(levels))),
+                         _mm256_set1_epi8(static_cast<char>(static_cast<int>(kLevelOffset<D>))));
+}
+
 // vpdpbusd is AVX-512 VNNI, which kernels.cc checks for separately
 // (internal::HasAvx512Vnni) before any of the functions up to pop_options
 // run; only they are compiled with it.
@@ -571,10 +682,58 @@ void QuantMatVecRangeFor(int64_t M, const QuantizedX& qx, const WeightView& w, f
   }
 }
 
+
+// y[0:mr, 0:cols] (+)= the product of one packed tile of x (from the panel's
+// first group) and one packed strip of W, over `ng` groups.
+void Int8Tile(const int32_t* xt, const uint8_t* strip, int64_t ng, float* y, int64_t ldy, int64_t cols, int mr,
+              bool accumulate) {
+  const int32_t* wc = reinterpret_cast<const int32_t*>(strip);
+  const float* ws = reinterpret_cast<const float*>(strip + ng * 8 * kI8Nr * 4);
+  __m512 acc[kI8Mr][2];
+#pragma GCC unroll 8
+  for (int m = 0; m < kI8Mr; ++m) acc[m][0] = acc[m][1] = _mm512_setzero_ps();
+  for (int64_t g = 0; g < ng; ++g) {
+    const int32_t* xg = xt + g * kI8XGroupWords;
+    const float* sx = reinterpret_cast<const float*>(xg + 8 * kI8Mr);
+    __m512i dot[kI8Mr][2];
+#pragma GCC unroll 8
+    for (int m = 0; m < kI8Mr; ++m) dot[m][0] = dot[m][1] = _mm512_set1_epi32(xg[9 * kI8Mr + m]);
+    const int32_t* wg = wc + g * 8 * kI8Nr;
+#pragma GCC unroll 8
+    for (int j = 0; j < 8; ++j) {
+      const __m512i w0 = _mm512_load_si512(wg + j * kI8Nr), w1 = _mm512_load_si512(wg + j * kI8Nr + 16);
+#pragma GCC unroll 8
+      for (int m = 0; m < kI8Mr; ++m) {
+        const __m512i xb = _mm512_set1_epi32(xg[j * kI8Mr + m]);
+        dot[m][0] = _mm512_dpbusd_epi32(dot[m][0], w0, xb);
+        dot[m][1] = _mm512_dpbusd_epi32(dot[m][1], w1, xb);
+      }
+    }
+    const __m512 s0 = _mm512_load_ps(ws + g * kI8Nr), s1 = _mm512_load_ps(ws + g * kI8Nr + 16);
+#pragma GCC unroll 8
+    for (int m = 0; m < kI8Mr; ++m) {
+      const __m512 sxm = _mm512_set1_ps(sx[m]);
+      acc[m][0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[m][0]), _mm512_mul_ps(s0, sxm), acc[m][0]);
+      acc[m][1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[m][1]), _mm512_mul_ps(s1, sxm), acc[m][1]);
+    }
+  }
+  const __mmask16 mask0 = FirstLanes(cols), mask1 = FirstLanes(Max(cols - 16, 0));
+  for (int m = 0; m < mr; ++m) {
+    float* row = y + m * ldy;
+    if (accumulate) {
+      acc[m][0] = _mm512_add_ps(acc[m][0], _mm512_maskz_loadu_ps(mask0, row));
+      acc[m][1] = _mm512_add_ps(acc[m][1], _mm512_maskz_loadu_ps(mask1, row + 16));
+    }
+    _mm512_mask_storeu_ps(row, mask0, acc[m][0]);
+    _mm512_mask_storeu_ps(row + 16, mask1, acc[m][1]);
+  }
+}
+
 #ifdef __clang__
 #pragma clang attribute pop
 #endif
 #pragma GCC pop_options
+
 
 template <DType D>
 void DecodeQuantized(const float* x, int64_t M, const WeightView& w, float* y, ThreadPool& pool) {
@@ -775,6 +934,108 @@ __attribute__((always_inline)) inline void RunMicroKernel(int mr, const float* x
   kMicroKernels[mr](xp, bp, kb, y, ldy, FirstLanes(cols), FirstLanes(Max(cols - 16, 0)), accumulate);
 }
 
+// Packs output columns [n0, n0 + ncols) x groups [g0, g0 + ng) of W as
+// ceil(ncols / 32) strips (layout above). Columns beyond ncols get zero
+// codes and scales; their outputs are never stored. Sixteen columns and two
+// groups at a time: each column's 64 level bytes are one row of a 16 x 16
+// block of words, whose transpose gives the 8 quads of each group across the
+// 16 columns (Transpose16x16 only moves bits, so it serves integers too).
+// Packing runs once per panel and is shared by every row of x, but an
+// expert's share of a prompt is often only a few dozen rows, so it must cost
+// little against the products.
+template <DType D>
+void PackPanelInt8(const WeightView& w, int64_t n0, int64_t ncols, int64_t g0, int64_t ng, __m256i level_table,
+                   uint8_t* out) {
+  for (int64_t s = 0; s * kI8Nr < ncols; ++s) {
+    uint8_t* strip = out + s * ng * kI8WGroupBytes;
+    int32_t* codes = reinterpret_cast<int32_t*>(strip);                    // [ng][8][32]
+    float* scales = reinterpret_cast<float*>(strip + ng * 8 * kI8Nr * 4);  // [ng][32]
+    for (int h = 0; h < 2; ++h) {
+      const int64_t first = s * kI8Nr + h * 16;
+      const int nrows = static_cast<int>(Clamp(ncols - first, 0, 16));
+      const uint8_t* rows[16];
+      for (int i = 0; i < 16; ++i) rows[i] = i < nrows ? RowAt(w, n0 + first + i) : nullptr;
+      for (int64_t g = 0; g < ng; g += 2) {
+        const bool pair = g + 1 < ng;
+        __m512 r[16];
+#pragma GCC unroll 16
+        for (int i = 0; i < 16; ++i) {
+          if (i >= nrows) {
+            r[i] = _mm512_setzero_ps();
+            continue;
+          }
+          const __m256i lo = GroupLevels<D>(rows[i], g0 + g, level_table);
+          const __m256i hi = pair ? GroupLevels<D>(rows[i], g0 + g + 1, level_table) : _mm256_setzero_si256();
+          r[i] = _mm512_castsi512_ps(_mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1));
+        }
+        Transpose16x16(r);
+#pragma GCC unroll 8
+        for (int j = 0; j < 8; ++j) _mm512_store_ps(reinterpret_cast<float*>(codes + (g * 8 + j) * kI8Nr + h * 16), r[j]);
+        if (pair) {
+#pragma GCC unroll 8
+          for (int j = 0; j < 8; ++j)
+            _mm512_store_ps(reinterpret_cast<float*>(codes + ((g + 1) * 8 + j) * kI8Nr + h * 16), r[8 + j]);
+        }
+      }
+      for (int64_t g = 0; g < ng; ++g) {
+        for (int i = 0; i < 16; ++i)
+          scales[g * kI8Nr + h * 16 + i] = i < nrows ? GroupScale<D>(w, n0 + first + i, g0 + g) : 0.f;
+      }
+    }
+  }
+}
+
+// One thread's share of the integer prefill: output columns [n_begin, n_end)
+// for `mc` rows of x packed in xp (ceil(mc / kI8Mr) tiles).
+template <DType D>
+void PrefillInt8Range(const int32_t* xp, int64_t mc, const WeightView& w, float* y, int64_t n_begin, int64_t n_end,
+                      __m256i level_table) {
+  const int64_t N = w.rows, groups = w.cols / 32;
+  const int64_t tile_words = groups * kI8XGroupWords;
+  auto* packed = reinterpret_cast<uint8_t*>(internal::ThreadScratch(
+      internal::Scratch::kPanel, static_cast<size_t>(kI8Nb / kI8Nr * kI8Kg * kI8WGroupBytes / 4)));
+  for (int64_t nb = n_begin; nb < n_end; nb += kI8Nb) {
+    const int64_t ncols = Min(kI8Nb, n_end - nb);
+    for (int64_t g0 = 0; g0 < groups; g0 += kI8Kg) {
+      const int64_t ng = Min(kI8Kg, groups - g0);
+      PackPanelInt8<D>(w, nb, ncols, g0, ng, level_table, packed);
+      for (int64_t m0 = 0; m0 < mc; m0 += kI8Mr) {
+        const int32_t* xt = xp + m0 / kI8Mr * tile_words + g0 * kI8XGroupWords;
+        const int mr = static_cast<int>(Min(kI8Mr, mc - m0));
+        for (int64_t s = 0; s * kI8Nr < ncols; ++s) {
+          Int8Tile(xt, packed + s * ng * kI8WGroupBytes, ng, y + m0 * N + nb + s * kI8Nr, N,
+                   Min(kI8Nr, ncols - s * kI8Nr), mr, g0 > 0);
+        }
+      }
+    }
+  }
+}
+
+// The integer prefill (see above) where the CPU has VNNI; returns false
+// without it, and MatMul then takes the float prefill.
+template <DType D>
+bool PrefillInt8(const float* x, int64_t M, const WeightView& w, float* y, ThreadPool& pool) {
+  if (!internal::HasAvx512Vnni()) return false;
+  const int64_t N = w.rows, K = w.cols;
+  const int64_t tile_words = K / 32 * kI8XGroupWords;
+  // The calling thread's buffer, shared with the workers below.
+  auto* xp = reinterpret_cast<int32_t*>(internal::ThreadScratch(
+      internal::Scratch::kPackedX, static_cast<size_t>(kI8Mc / kI8Mr * tile_words)));  // [kI8Mc / kI8Mr][groups][10 kI8Mr]
+  const __m256i level_table = Int8LevelTable<D>();
+  for (int64_t m0 = 0; m0 < M; m0 += kI8Mc) {
+    const int64_t mc = Min(kI8Mc, M - m0);
+    const int64_t tiles = (mc + kI8Mr - 1) / kI8Mr;
+    ParallelRange(pool, tiles, 1, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t)
+        PackXInt8<D>(x + (m0 + t * kI8Mr) * K, K, Min(kI8Mr, mc - t * kI8Mr), xp + t * tile_words);
+    });
+    ParallelRange(pool, N, kI8Nr, [&](int64_t n0, int64_t n1) {
+      PrefillInt8Range<D>(xp, mc, w, y + m0 * N, n0, n1, level_table);
+    });
+  }
+  return true;
+}
+
 // The prefill driver and the dtype dispatch of MatMul and ConvertToF32, built
 // on the definitions above and compiled here for AVX-512.
 #include "kernels/kernels_blocking_inl.h"
@@ -889,6 +1150,52 @@ float SumFloats(const float* p, int64_t n) {
   return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3)));
 }
 
+// Twelve independent vpdpbusd chains (64 int8 multiply-adds each), like
+// FmaChains below. It needs VNNI, hence the target attribute; the table
+// entry checks for it first.
+__attribute__((target("avx512vnni"))) double VnniChains(int64_t iterations) {
+  constexpr int kChains = 12;
+  __m512i acc[kChains];
+  for (int i = 0; i < kChains; ++i) acc[i] = _mm512_set1_epi32(i);
+  const __m512i a = _mm512_set1_epi8(3), b = _mm512_set1_epi8(-2);
+  for (int64_t it = 0; it < iterations; ++it) {
+#pragma GCC unroll 16
+    for (int i = 0; i < kChains; ++i) acc[i] = _mm512_dpbusd_epi32(acc[i], a, b);
+  }
+  __m512i sum = acc[0];
+  for (int i = 1; i < kChains; ++i) sum = _mm512_add_epi32(sum, acc[i]);
+  volatile int sink = _mm512_reduce_add_epi32(sum);
+  (void)sink;
+  return static_cast<double>(iterations) * kChains * 64 * 2;
+}
+
+// The quantized kernels of this path use vpdpbusd where the CPU has VNNI and
+// the AVX2 kernels otherwise; the probe measures whichever runs.
+double Int8DotChains(int64_t iterations) {
+  if (!internal::HasAvx512Vnni()) return internal::kAvx2Kernels.int8_dot_chains(iterations);
+  return VnniChains(iterations);
+}
+
+// Twelve independent vdpbf16ps chains (32 bf16 multiply-adds each).
+__attribute__((target("avx512bf16"))) double Bf16Chains(int64_t iterations) {
+  constexpr int kChains = 12;
+  __m512 acc[kChains];
+  for (int i = 0; i < kChains; ++i) acc[i] = _mm512_set1_ps(static_cast<float>(i));
+  const __m512bh a = _mm512_cvtne2ps_pbh(_mm512_set1_ps(0.999f), _mm512_set1_ps(0.999f));
+  const __m512bh b = _mm512_cvtne2ps_pbh(_mm512_set1_ps(1e-7f), _mm512_set1_ps(1e-7f));
+  for (int64_t it = 0; it < iterations; ++it) {
+#pragma GCC unroll 16
+    for (int i = 0; i < kChains; ++i) acc[i] = _mm512_dpbf16_ps(acc[i], a, b);
+  }
+  __m512 sum = acc[0];
+  for (int i = 1; i < kChains; ++i) sum = _mm512_add_ps(sum, acc[i]);
+  volatile float sink = _mm512_reduce_add_ps(sum);
+  (void)sink;
+  return static_cast<double>(iterations) * kChains * 32 * 2;
+}
+
+double Bf16DotChains(int64_t iterations) { return internal::HasAvx512Bf16() ? Bf16Chains(iterations) : 0.0; }
+
 // Twelve independent chains: three times the FMA latency (4 cycles) times the
 // throughput (one 512-bit FMA per cycle on Zen 4, two on Intel server parts).
 double FmaChains(int64_t iterations) {
@@ -915,7 +1222,8 @@ namespace internal {
 const IsaKernels kAvx512Kernels = {
     avx512::MatMul,       avx512::RmsNorm,        avx512::Softmax,       avx512::SiluMul,
     avx512::Dot,          avx512::Axpy,           avx512::ConvertToF32,  avx512::QuantizeRows,
-    avx512::DequantizeRow, avx512::SumFloats,     avx512::FmaChains,
+    avx512::DequantizeRow, avx512::SumFloats,     avx512::FmaChains,     avx512::Int8DotChains,
+    avx512::Bf16DotChains,
 };
 
 }  // namespace internal

@@ -28,6 +28,10 @@
 //                   (or, if accumulate, adds to) y[0:mr, 0:cols] the product
 //                   of xp [kb][kMr] (first mr columns) and bp [kb][kNr];
 //   Decode<D>(x, M, w, y, pool), the MatMul kernel for M <= kMaxDecodeRows;
+//   PrefillInt8<D>(x, M, w, y, pool) for D with group scales: the prefill
+//                   with x rounded to int8 as Decode rounds it, returning
+//                   false where this path or CPU has none (then the exact
+//                   float prefill runs);
 //   ConvertTyped<D>(src, n, dst), which converts n weights to floats (float
 //                   dtypes only);
 //   DequantizeRowTyped<D>(w, row, out), out[c] = w.At(row, c) (D with group
@@ -194,9 +198,10 @@ template <DType D>
 void MatMulTyped(const float* x, int64_t M, const WeightView& w, float* y, ThreadPool& pool) {
   // The decode paths of types with group scales round x to int8; with float
   // activations requested they take the exact (prefill) path at any M.
-  if (M <= kMaxDecodeRows && !(HasGroupScales(D) && ::epwa::kernels::FloatActivations())) {
+  const bool int8_x = HasGroupScales(D) && !::epwa::kernels::FloatActivations();
+  if (M <= kMaxDecodeRows && (int8_x || !HasGroupScales(D))) {
     Decode<D>(x, M, w, y, pool);
-  } else {
+  } else if (!(int8_x && PrefillInt8<D>(x, M, w, y, pool))) {
     Prefill<D>(x, M, w, y, pool);
   }
 }

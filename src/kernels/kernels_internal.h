@@ -34,6 +34,13 @@ struct IsaKernels {
   // Runs `iterations` rounds of independent FMA chains and returns the number
   // of floating-point operations it performed (an FMA counts as two).
   double (*fma_chains)(int64_t iterations);
+  // The same with the integer dot product the quantized kernels of this path
+  // use (a multiply-add of two int8 values counts as two operations); 0 where
+  // the path has none.
+  double (*int8_dot_chains)(int64_t iterations);
+  // The same with bf16 dot products (vdpbf16ps); 0 where the path or the CPU
+  // has none.
+  double (*bf16_dot_chains)(int64_t iterations);
 };
 
 // Scratch space and the thread pool are reached from the instruction-set
@@ -55,6 +62,8 @@ void ParallelFor(ThreadPool& pool, int64_t n, int64_t grain, RangeFn fn, void* c
 // Whether the CPU has AVX-512 VNNI (vpdpbusd), which the AVX-512 quantized
 // decode kernel needs; without it that path falls back to the AVX2 kernels.
 bool HasAvx512Vnni();
+// Whether the CPU has AVX-512 BF16 (vdpbf16ps).
+bool HasAvx512Bf16();
 
 extern const IsaKernels kScalarKernels;
 #if defined(__x86_64__) || defined(__i386__)

@@ -296,6 +296,31 @@ TEST_P(IsaTest, ProbesReportPositiveRates) {
   ThreadPool pool(2);
   EXPECT_GT(MeasureReadBandwidthGBs(pool, 32 << 20), 0.0);
   EXPECT_GT(MeasureFmaPeakGflops(pool), 0.0);
+  // The dot-product probes report 0 exactly where the path has no such
+  // instruction; the int8 one measures whatever the quantized kernels use.
+  const double int8 = MeasureInt8DotPeakGops(pool);
+  if (GetParam() == Isa::kScalar) {
+    EXPECT_EQ(int8, 0.0);
+  } else {
+    EXPECT_GT(int8, 0.0);
+  }
+  const double bf16 = MeasureBf16DotPeakGflops(pool);
+  if (GetParam() == Isa::kAvx512 && __builtin_cpu_supports("avx512bf16")) {
+    EXPECT_GT(bf16, 0.0);
+  } else {
+    EXPECT_EQ(bf16, 0.0);
+  }
+}
+
+// Prefill names the instruction whose peak bounds it.
+TEST_P(IsaTest, PrefillDotNamesTheInstructionInUse) {
+  EXPECT_EQ(PrefillDotFor(DType::kBF16), PrefillDot::kFp32Fma);
+  const bool vnni = GetParam() == Isa::kAvx512 && __builtin_cpu_supports("avx512vnni");
+  for (DType d : {DType::kQ8, DType::kQ4, DType::kNF4, DType::kMXFP4})
+    EXPECT_EQ(PrefillDotFor(d), vnni ? PrefillDot::kInt8 : PrefillDot::kFp32Fma) << DTypeName(d);
+  SetFloatActivations(true);
+  EXPECT_EQ(PrefillDotFor(DType::kQ4), PrefillDot::kFp32Fma);
+  SetFloatActivations(false);
 }
 
 INSTANTIATE_TEST_SUITE_P(AllSupported, IsaTest, ::testing::ValuesIn(SupportedIsas()),

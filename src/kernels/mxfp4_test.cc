@@ -245,11 +245,9 @@ double ExpectMxfp4MatMulClose(const float* x, int64_t M, const WeightView& w, co
   return worst;
 }
 
-// Whether MatMul on `isa` dequantizes exactly for M rows (the scalar path
-// always; the vector paths above their decode row limits). AVX-512 without
-// VNNI runs the AVX2 kernels, whose prefill starts at M = 5: the looser
-// tolerance then holds all the more.
-bool ExactPath(Isa isa, int64_t M) { return isa == Isa::kScalar || M > 8 || (isa == Isa::kAvx2 && M > 4); }
+// Whether MatMul on `isa` dequantizes exactly for M rows (see
+// ExactQuantPath).
+bool ExactPath(Isa isa, int64_t M) { return ExactQuantPath(isa, M); }
 
 // A range of E8M0 exponents and the power of two x is scaled by, so that the
 // products stay in float's normal range (see kernels.h on extreme scales).
@@ -288,6 +286,10 @@ TEST_P(Mxfp4MatMulTest, MatchesDequantizedReference) {
   std::vector<float> y(static_cast<size_t>(M * N), std::numeric_limits<float>::quiet_NaN());
   MatMul(x.data(), M, w.view, y.data(), TwoThreads());
   ExpectMxfp4MatMulClose(x.data(), M, w.view, y, ExactPath(isa, M), sw.name);
+  ScopedFloatActivations exact;
+  std::fill(y.begin(), y.end(), std::numeric_limits<float>::quiet_NaN());
+  MatMul(x.data(), M, w.view, y.data(), TwoThreads());
+  ExpectMxfp4MatMulClose(x.data(), M, w.view, y, true, std::string(sw.name) + " float activations");
 }
 
 std::string MatMulName(const ::testing::TestParamInfo<MatMulParam>& info) {
@@ -327,7 +329,10 @@ TEST_P(Mxfp4IsaTest, MatMulLargeBlockedShapes) {
   const std::vector<float> x = Gaussian(M * K, 12);
   std::vector<float> y(static_cast<size_t>(M * N));
   MatMul(x.data(), M, w.view, y.data(), TwoThreads());
-  ExpectMxfp4MatMulClose(x.data(), M, w.view, y, true, "");
+  ExpectMxfp4MatMulClose(x.data(), M, w.view, y, ExactPath(GetParam(), M), "");
+  ScopedFloatActivations exact;
+  MatMul(x.data(), M, w.view, y.data(), TwoThreads());
+  ExpectMxfp4MatMulClose(x.data(), M, w.view, y, true, "float activations");
 }
 
 // A block with scale 255 (NaN) makes each output that uses it NaN on every

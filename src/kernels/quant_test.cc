@@ -255,9 +255,10 @@ TEST_P(QuantIsaTest, DequantizeRowMatchesAt) {
 //   moves each weight by at most |s_w[g]| / 254, adding
 //   sum_g (|s_w[g]| / 254) * sum_{k in g} |x[k]|.
 //
-// The scalar path and the prefill paths (M > 8 on AVX-512, M > 4 on AVX2)
-// dequantize exactly and are held to the first term alone; tests of M <= 8
-// allow the decode terms whichever path runs.
+// The scalar path, the AVX2 prefill (M > 4) and every path with float
+// activations dequantize exactly and are held to the first term alone
+// (ExactQuantPath); the integer paths (AVX-512 decode and prefill, AVX2
+// decode) are allowed the activation and level terms.
 void ExpectQuantMatMulClose(const float* x, int64_t M, const WeightView& w, const std::vector<float>& y,
                             bool exact_weights, const std::string& what) {
   const int64_t N = w.rows, K = w.cols, G = K / 32;
@@ -316,8 +317,12 @@ TEST_P(QuantMatMulTest, MatchesDequantizedReference) {
   x[0] = 9.f;  // One large activation, which coarsens its group's int8 grid.
   std::vector<float> y(static_cast<size_t>(M * N), std::numeric_limits<float>::quiet_NaN());
   MatMul(x.data(), M, q.view, y.data(), TwoThreads());
-  const bool exact = isa == Isa::kScalar || M > 8;
-  ExpectQuantMatMulClose(x.data(), M, q.view, y, exact, "");
+  ExpectQuantMatMulClose(x.data(), M, q.view, y, ExactQuantPath(isa, M), "");
+  // With float activations every row count equals the dequantized product.
+  ScopedFloatActivations exact;
+  std::fill(y.begin(), y.end(), std::numeric_limits<float>::quiet_NaN());
+  MatMul(x.data(), M, q.view, y.data(), TwoThreads());
+  ExpectQuantMatMulClose(x.data(), M, q.view, y, true, "float activations");
 }
 
 std::string QuantMatMulName(const ::testing::TestParamInfo<QuantMatMulParam>& info) {
@@ -386,7 +391,10 @@ TEST_P(QuantIsaTest, MatMulLargeBlockedShapes) {
     const QuantMatrix q = ReferenceQuantize(src.view, dtype);
     std::vector<float> y(static_cast<size_t>(M * N));
     MatMul(x.data(), M, q.view, y.data(), TwoThreads());
-    ExpectQuantMatMulClose(x.data(), M, q.view, y, true, DTypeName(dtype));
+    ExpectQuantMatMulClose(x.data(), M, q.view, y, ExactQuantPath(GetParam(), M), DTypeName(dtype));
+    ScopedFloatActivations exact;
+    MatMul(x.data(), M, q.view, y.data(), TwoThreads());
+    ExpectQuantMatMulClose(x.data(), M, q.view, y, true, std::string(DTypeName(dtype)) + " float activations");
   }
 }
 
