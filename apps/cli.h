@@ -29,6 +29,7 @@ struct ModelFlags {
   int parallel = 1;          // sequences the plan holds at once (--parallel)
   int64_t batch_tokens = 0;  // rows per forward pass (--batch-tokens); 0: --ctx
   bool float_activations = false;  // --float-activations (kernels::SetFloatActivations)
+  bool bf16_activations = false;   // --bf16-activations (kernels::SetBf16Activations)
 };
 // "6G", "512M", "1500000000" -> bytes (K/M/G/T are powers of 1024); throws
 // epwa::Error naming `flag` otherwise.

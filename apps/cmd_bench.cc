@@ -38,7 +38,15 @@ struct StepCost {
 struct Peaks {
   double fma_gflops = 0;
   double int8_gops = 0;
-  double Of(kernels::PrefillDot dot) const { return dot == kernels::PrefillDot::kInt8 ? int8_gops : fma_gflops; }
+  double bf16_gflops = 0;
+  double Of(kernels::PrefillDot dot) const {
+    switch (dot) {
+      case kernels::PrefillDot::kInt8: return int8_gops;
+      case kernels::PrefillDot::kBf16: return bf16_gflops;
+      case kernels::PrefillDot::kFp32Fma: break;
+    }
+    return fma_gflops;
+  }
 };
 
 // The fastest a prefill of `tokens` tokens could run in tokens/s if every
@@ -329,7 +337,8 @@ Runner RegisterBench(CLI::App& app) {
     // the probes run before and after the model and the higher figure is the
     // denominator: the reported fractions are, if anything, understated.
     double bandwidth = kernels::MeasureReadBandwidthGBs(pool);
-    Peaks peaks{kernels::MeasureFmaPeakGflops(pool), kernels::MeasureInt8DotPeakGops(pool)};
+    Peaks peaks{kernels::MeasureFmaPeakGflops(pool), kernels::MeasureInt8DotPeakGops(pool),
+                kernels::MeasureBf16DotPeakGflops(pool)};
     const StepCost cost = CostOf(*engine);
 
     // A fixed pseudo-random prompt of the requested length (ids from the
@@ -351,7 +360,7 @@ Runner RegisterBench(CLI::App& app) {
     bandwidth = std::max(bandwidth, kernels::MeasureReadBandwidthGBs(pool));
     peaks.fma_gflops = std::max(peaks.fma_gflops, kernels::MeasureFmaPeakGflops(pool));
     peaks.int8_gops = std::max(peaks.int8_gops, kernels::MeasureInt8DotPeakGops(pool));
-    const double bf16_peak = kernels::MeasureBf16DotPeakGflops(pool);
+    peaks.bf16_gflops = std::max(peaks.bf16_gflops, kernels::MeasureBf16DotPeakGflops(pool));
     const double decode_gbs = best_decode * cost.decode_bytes / 1e9;
     const double prefill_gflops =
         best_prefill * (cost.flops_per_token + cost.lm_head_flops / f->prompt_tokens) / 1e9;
@@ -369,7 +378,7 @@ Runner RegisterBench(CLI::App& app) {
            {"measured_read_bandwidth_gbs", bandwidth},
            {"measured_fma_peak_gflops", peaks.fma_gflops},
            {"measured_int8_dot_peak_gops", peaks.int8_gops},
-           {"measured_bf16_dot_peak_gflops", bf16_peak},
+           {"measured_bf16_dot_peak_gflops", peaks.bf16_gflops},
            {"prefill_instruction", kernels::PrefillDotName(main_dot)},
            {"prefill_limit_tokens_per_s", prefill_limit},
            {"prefill_tokens", f->prompt_tokens},
@@ -390,7 +399,7 @@ Runner RegisterBench(CLI::App& app) {
     std::printf("machine    %d threads, %s; measured read bandwidth %.1f GB/s, peaks: fp32 FMA %.1f GFLOP/s, "
                 "int8 dot %.1f GOP/s, bf16 dot %.1f GFLOP/s\n",
                 engine->threads(), kernels::IsaName(kernels::ActiveIsa()), bandwidth, peaks.fma_gflops,
-                peaks.int8_gops, bf16_peak);
+                peaks.int8_gops, peaks.bf16_gflops);
     std::printf("prefill    %d tokens: %.1f tok/s, %.1f GOP/s = %.0f%% of the %s peak (limit %.0f tok/s; %.0f%% of "
                 "the fp32 FMA peak)\n",
                 f->prompt_tokens, best_prefill, prefill_gflops, 100 * best_prefill / prefill_limit,

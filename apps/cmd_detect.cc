@@ -149,6 +149,7 @@ Runner RegisterDetect(CLI::App& app) {
     int64_t sample = 48;
     uint64_t seed = 0;
     bool json = false;
+    int batch_texts = 64;
   };
   auto f = std::make_shared<Flags>();
   AddModelFlags(cmd, &f->model);
@@ -182,6 +183,10 @@ Runner RegisterDetect(CLI::App& app) {
                   "pepi: per-token top log-probabilities (JSON, as run --json --logprobs K "
                   "writes); needs no model");
   cmd->add_flag("--json", f->json, "one JSON object per input (one per line)");
+  cmd->add_option("--batch-texts", f->batch_texts,
+                  "texts scored together, packed into forward passes of up to the planned rows (default 64; 1: "
+                  "one text per pass). Results do not depend on it")
+      ->check(CLI::Range(1, 4096));
 
   return [f]() {
     f->detect.dedup = !f->no_dedup;
@@ -315,99 +320,168 @@ Runner RegisterDetect(CLI::App& app) {
       Require(info.vocab_size == config.vocab_size, "the oracle's vocabulary does not match the model's");
     }
 
-    for (const Input& input : inputs) {
-      json j{{"input", input.label},
-             {"method", f->method},
-             {"scheme", wm::SchemeName(scheme)},
-             {"version", wm::SchemeVersion(scheme)}};
-      try {
-        if (input.error) throw Error(*input.error);
-        const wm::DetectInput in = input.text ? wm::InputFromText(*engine, input.prompt, *input.text)
-                                              : wm::InputFromIds(*engine, input.prompt, *input.ids);
-        Stopwatch clock;
-        ScoreResult pass;
-        const bool need_pass = scheme != wm::Scheme::kKgw;
-        std::vector<wm::TokenScore> tokens;
-        if (need_pass) tokens = wm::ScoreInput(*engine, in, lists, slot, 1, &pass);
-        else tokens = wm::ScoreInput(*engine, in, lists, slot);
-        j["prompt_given"] = in.prompt_given;
-        j["bos_prepended"] = in.bos_prepended;
-        j["tokens"] = static_cast<int64_t>(in.ids.size()) - in.first;
-        j["z_threshold"] = f->detect.z_threshold;
-        j["dedup"] = f->detect.dedup;
-        j["min_margin"] = f->detect.min_margin;
-        if (need_pass) {
-          j["router_layer"] = slot;
-          j["router_hash"] = router_hash;
-        }
-        if (f->method == "full") {
-          const wm::Summary s = wm::SummarizeChecked(tokens, lists.p0(), f->detect);
-          j.update(SummaryJson(s));
-          j["detect_ms"] = clock.Millis();
-          if (!f->json) {
-            std::printf("%s%s: %s (%s)\n", input.label.c_str(), in.prompt_given ? " (with prompt)" : "",
-                        wm::SchemeName(scheme), wm::SchemeVersion(scheme));
-            PrintSummary("full", s, f->detect.z_threshold);
-          }
-        } else if (f->method == "cspv") {
-          const wm::CspvResult r = wm::Cspv(tokens, lists.p0(), f->detect, f->sample, f->seed);
-          Require(r.population >= f->detect.min_tokens,
-                  "only " + std::to_string(r.population) +
-                      " tokens could be scored; detection needs at least " +
-                      std::to_string(f->detect.min_tokens) + " (--min-tokens)");
-          j.update(SummaryJson(r.sample));
-          j["population"] = r.population;
-          j["sample_size"] = f->sample;
-          j["strata"] = {{"low_confidence", SummaryJson(r.low)},
-                         {"random", SummaryJson(r.random)},
-                         {"high_confidence", SummaryJson(r.high)}};
-          j["detect_ms"] = clock.Millis();
-          if (!f->json) {
-            std::printf("%s%s: %s, cspv, %lld of %lld tokens sampled\n", input.label.c_str(),
-                        in.prompt_given ? " (with prompt)" : "", wm::SchemeName(scheme), (long long)r.sample.scored,
-                        (long long)r.population);
-            PrintSummary("sample", r.sample, f->detect.z_threshold);
-            PrintSummary("low", r.low, f->detect.z_threshold);
-            PrintSummary("random", r.random, f->detect.z_threshold);
-            PrintSummary("high", r.high, f->detect.z_threshold);
-          }
-        } else {
-          const int64_t V = config.vocab_size;
-          const std::vector<int32_t> seeds = wm::PredictExperts(*oracle, pass, V, in.first);
-          int64_t agree = 0, compared = 0;
-          for (const wm::TokenScore& s : tokens) {
-            agree += seeds[s.position - 1] == s.seed;
-            ++compared;
-          }
-          const auto pepi_tokens = wm::ScoreBySeeds(in.ids, in.first, seeds, lists);
-          const wm::Summary s = wm::SummarizeChecked(pepi_tokens, lists.p0(), f->detect);
-          j.update(SummaryJson(s));
-          j["source"] = "model";
-          j["oracle"] = {{"heldout_accuracy", HeldoutJson(oracle->info())},
-                         {"chance", 1.0 / oracle->info().num_experts},
-                         {"top_k", oracle->info().top_k},
-                         {"agreement_with_router", compared ? double(agree) / compared : 0.0}};
-          j["detect_ms"] = clock.Millis();
-          if (!f->json) {
-            std::printf("%s%s: pepi (oracle %s, chance %.1f%%; agrees with "
-                        "the router on %.1f%% of this text)\n",
-                        input.label.c_str(), in.prompt_given ? " (with prompt)" : "",
-                        HeldoutText(oracle->info()).c_str(), 100.0 / oracle->info().num_experts,
-                        compared ? 100.0 * agree / compared : 0.0);
-            PrintSummary("pepi", s, f->detect.z_threshold);
-          }
-        }
-      } catch (const Error& e) {
-        if (inputs.size() == 1) throw;
-        ++failures;
-        j["error"] = e.what();
-        // Messages about the input's own format already start with its label.
-        const std::string msg = e.what();
-        if (!f->json)
-          std::fprintf(stderr, "epwa: error: %s\n",
-                       (msg.rfind(input.label, 0) == 0 ? msg : input.label + ": " + msg).c_str());
+    // The summary of one scored input, printed and emitted like every other.
+    auto report = [&](const Input& input, const wm::DetectInput& in, const std::vector<wm::TokenScore>& tokens,
+                      const ScoreResult& pass, double ms, json& j) {
+      const bool need_pass = scheme != wm::Scheme::kKgw;
+      j["prompt_given"] = in.prompt_given;
+      j["bos_prepended"] = in.bos_prepended;
+      j["tokens"] = static_cast<int64_t>(in.ids.size()) - in.first;
+      j["z_threshold"] = f->detect.z_threshold;
+      j["dedup"] = f->detect.dedup;
+      j["min_margin"] = f->detect.min_margin;
+      if (need_pass) {
+        j["router_layer"] = slot;
+        j["router_hash"] = router_hash;
       }
-      emit(std::move(j));
+      if (f->method == "full") {
+        const wm::Summary s = wm::SummarizeChecked(tokens, lists.p0(), f->detect);
+        j.update(SummaryJson(s));
+        j["detect_ms"] = ms;
+        if (!f->json) {
+          std::printf("%s%s: %s (%s)\n", input.label.c_str(), in.prompt_given ? " (with prompt)" : "",
+                      wm::SchemeName(scheme), wm::SchemeVersion(scheme));
+          PrintSummary("full", s, f->detect.z_threshold);
+        }
+      } else if (f->method == "cspv") {
+        const wm::CspvResult r = wm::Cspv(tokens, lists.p0(), f->detect, f->sample, f->seed);
+        Require(r.population >= f->detect.min_tokens,
+                "only " + std::to_string(r.population) +
+                    " tokens could be scored; detection needs at least " +
+                    std::to_string(f->detect.min_tokens) + " (--min-tokens)");
+        j.update(SummaryJson(r.sample));
+        j["population"] = r.population;
+        j["sample_size"] = f->sample;
+        j["strata"] = {{"low_confidence", SummaryJson(r.low)},
+                       {"random", SummaryJson(r.random)},
+                       {"high_confidence", SummaryJson(r.high)}};
+        j["detect_ms"] = ms;
+        if (!f->json) {
+          std::printf("%s%s: %s, cspv, %lld of %lld tokens sampled\n", input.label.c_str(),
+                      in.prompt_given ? " (with prompt)" : "", wm::SchemeName(scheme), (long long)r.sample.scored,
+                      (long long)r.population);
+          PrintSummary("sample", r.sample, f->detect.z_threshold);
+          PrintSummary("low", r.low, f->detect.z_threshold);
+          PrintSummary("random", r.random, f->detect.z_threshold);
+          PrintSummary("high", r.high, f->detect.z_threshold);
+        }
+      } else {
+        const int64_t V = config.vocab_size;
+        const std::vector<int32_t> seeds = wm::PredictExperts(*oracle, pass, V, in.first);
+        int64_t agree = 0, compared = 0;
+        for (const wm::TokenScore& s : tokens) {
+          agree += seeds[s.position - 1] == s.seed;
+          ++compared;
+        }
+        const auto pepi_tokens = wm::ScoreBySeeds(in.ids, in.first, seeds, lists);
+        const wm::Summary s = wm::SummarizeChecked(pepi_tokens, lists.p0(), f->detect);
+        j.update(SummaryJson(s));
+        j["source"] = "model";
+        j["oracle"] = {{"heldout_accuracy", HeldoutJson(oracle->info())},
+                       {"chance", 1.0 / oracle->info().num_experts},
+                       {"top_k", oracle->info().top_k},
+                       {"agreement_with_router", compared ? double(agree) / compared : 0.0}};
+        j["detect_ms"] = ms;
+        if (!f->json) {
+          std::printf("%s%s: pepi (oracle %s, chance %.1f%%; agrees with "
+                      "the router on %.1f%% of this text)\n",
+                      input.label.c_str(), in.prompt_given ? " (with prompt)" : "",
+                      HeldoutText(oracle->info()).c_str(), 100.0 / oracle->info().num_experts,
+                      compared ? 100.0 * agree / compared : 0.0);
+          PrintSummary("pepi", s, f->detect.z_threshold);
+        }
+      }
+    };
+    auto fail = [&](const Input& input, const std::string& msg, json& j) {
+      if (inputs.size() == 1) throw Error(msg);
+      ++failures;
+      j["error"] = msg;
+      // Messages about the input's own format already start with its label.
+      if (!f->json)
+        std::fprintf(stderr, "epwa: error: %s\n", (msg.rfind(input.label, 0) == 0 ? msg : input.label + ": " + msg).c_str());
+    };
+    auto header = [&](const Input& input) {
+      return json{{"input", input.label},
+                  {"method", f->method},
+                  {"scheme", wm::SchemeName(scheme)},
+                  {"version", wm::SchemeVersion(scheme)}};
+    };
+    // Inputs are scored in batches: one forward pass carries as many texts as
+    // the memory plan's rows per pass allow (Engine::ScoreBatch), so each
+    // expert's weights stream once for all of them. A text's result is the
+    // same as alone. A batch whose pass fails is scored text by text, so the
+    // error names its own input. Results are emitted in input order, a
+    // batch at a time.
+    const size_t kBatchInputs = static_cast<size_t>(f->batch_texts);
+    Stopwatch total_clock;
+    int64_t total_tokens = 0, scored_texts = 0;
+    const ScoreResult kNoPass;  // what report gets where no logits were kept
+    for (size_t b0 = 0; b0 < inputs.size(); b0 += kBatchInputs) {
+      const size_t b1 = std::min(inputs.size(), b0 + kBatchInputs);
+      std::vector<json> outs;
+      std::vector<std::optional<wm::DetectInput>> prepared(b1 - b0);
+      for (size_t i = b0; i < b1; ++i) {
+        outs.push_back(header(inputs[i]));
+        try {
+          if (inputs[i].error) throw Error(*inputs[i].error);
+          prepared[i - b0] = inputs[i].text ? wm::InputFromText(*engine, inputs[i].prompt, *inputs[i].text)
+                                            : wm::InputFromIds(*engine, inputs[i].prompt, *inputs[i].ids);
+        } catch (const Error& e) {
+          fail(inputs[i], e.what(), outs.back());
+        }
+      }
+      std::vector<size_t> ready;
+      std::vector<wm::DetectInput> batch;
+      for (size_t k = 0; k < prepared.size(); ++k)
+        if (prepared[k]) ready.push_back(k), batch.push_back(*prepared[k]);
+      std::vector<std::vector<wm::TokenScore>> tokens;
+      std::vector<ScoreResult> passes;
+      double batch_ms = 0;
+      bool batched = false;
+      if (!batch.empty()) {
+        try {
+          Stopwatch clock;
+          // KGW needs no forward pass, PEPI the logits too.
+          tokens = wm::ScoreInputs(*engine, batch, lists, slot, pepi, pepi ? &passes : nullptr);
+          batch_ms = clock.Millis();
+          batched = true;
+        } catch (const Error&) {
+          // Scored one by one below, so that the error names its input.
+        }
+      }
+      int64_t batch_tokens = 0;
+      for (const wm::DetectInput& in : batch) batch_tokens += static_cast<int64_t>(in.ids.size());
+      total_tokens += batch_tokens;
+      scored_texts += static_cast<int64_t>(batch.size());
+      for (size_t r = 0; r < ready.size(); ++r) {
+        const size_t k = ready[r];
+        json& j = outs[k];
+        try {
+          const wm::DetectInput& in = batch[r];
+          if (batched) {
+            // The input's share of the batch's time, by its token count.
+            const double share = batch_tokens ? static_cast<double>(in.ids.size()) / batch_tokens : 0.0;
+            report(inputs[b0 + k], in, tokens[r], pepi ? passes[r] : kNoPass, batch_ms * share, j);
+          } else {
+            Stopwatch clock;
+            std::vector<wm::TokenScore> one;
+            std::vector<ScoreResult> pass;
+            one = std::move(wm::ScoreInputs(*engine, std::span(&in, 1), lists, slot, pepi, pepi ? &pass : nullptr)[0]);
+            report(inputs[b0 + k], in, one, pepi ? pass[0] : kNoPass, clock.Millis(), j);
+          }
+        } catch (const Error& e) {
+          fail(inputs[b0 + k], e.what(), j);
+        }
+      }
+      for (json& j : outs) emit(std::move(j));
+    }
+    if (inputs.size() > 1) {
+      const double seconds = total_clock.Seconds();
+      std::fprintf(stderr,
+                   "detect: %lld texts (%lld tokens with their context) in %.2f s: %.1f texts/s, %.0f tokens/s, "
+                   "up to %zu texts per batch\n",
+                   (long long)scored_texts, (long long)total_tokens, seconds, scored_texts / std::max(seconds, 1e-9),
+                   total_tokens / std::max(seconds, 1e-9), kBatchInputs);
     }
     return failures ? 1 : 0;
   };

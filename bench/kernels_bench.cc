@@ -56,7 +56,12 @@ double Peak(int threads) { return MeasureFmaPeakGflops(Pool(threads)); }
 // The peak of the instruction a prefill with weights of `dtype` uses
 // (PrefillDotFor): the fp32 FMA or the int8 dot product.
 double PrefillPeak(DType dtype, int threads) {
-  return PrefillDotFor(dtype) == PrefillDot::kInt8 ? MeasureInt8DotPeakGops(Pool(threads)) : Peak(threads);
+  switch (PrefillDotFor(dtype)) {
+    case PrefillDot::kInt8: return MeasureInt8DotPeakGops(Pool(threads));
+    case PrefillDot::kBf16: return MeasureBf16DotPeakGflops(Pool(threads));
+    case PrefillDot::kFp32Fma: break;
+  }
+  return Peak(threads);
 }
 
 // Weights of the given shape and dtype with small random values; cached so
@@ -356,7 +361,7 @@ BENCHMARK(BM_MatMulSmallM)
     ->ComputeStatistics("max", Max)
     ->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_Prefill)
-    ->ArgsProduct({{kBF16, kF16, kF32, kQ8, kQ4, kNF4, kMXFP4}, {64, 128, 512}, {1, 2}})
+    ->ArgsProduct({{kBF16, kF16, kF32, kQ8, kQ4, kNF4, kMXFP4}, {16, 32, 64, 128, 512}, {1, 2}})
     ->UseRealTime()
     ->ComputeStatistics("min", Min)
     ->ComputeStatistics("max", Max)
@@ -365,8 +370,15 @@ BENCHMARK(BM_Prefill)
 }  // namespace
 }  // namespace epwa::kernels
 
-// EPWA_ISA=avx2 (or scalar) benchmarks a slower path on a faster CPU.
+// EPWA_ISA=avx2 (or scalar) benchmarks a slower path on a faster CPU;
+// EPWA_BF16_ACTIVATIONS=1 the BF16 prefill with bf16 activations
+// (kernels::SetBf16Activations), EPWA_FLOAT_ACTIVATIONS=1 the quantized
+// kernels with float activations.
 int main(int argc, char** argv) {
+  if (const char* v = std::getenv("EPWA_BF16_ACTIVATIONS"); v && std::string(v) == "1")
+    epwa::kernels::SetBf16Activations(true);
+  if (const char* v = std::getenv("EPWA_FLOAT_ACTIVATIONS"); v && std::string(v) == "1")
+    epwa::kernels::SetFloatActivations(true);
   if (const char* isa = std::getenv("EPWA_ISA")) {
     using epwa::kernels::Isa;
     for (Isa candidate : {Isa::kAvx512, Isa::kAvx2, Isa::kScalar}) {

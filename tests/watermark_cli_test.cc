@@ -6,6 +6,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
@@ -141,6 +142,44 @@ TEST_F(WatermarkCli, DefaultSchemeIsEpw2EtAndV1TextNeedsItsName) {
   EXPECT_EQ(named["scheme"], "gsg");
   EXPECT_TRUE(named["detected"]) << named.dump();
   EXPECT_GT(named["z"].get<double>(), 8);
+}
+
+// detect --jsonl scores its texts in shared forward passes; every result is
+// the same as with one text per pass (--batch-texts 1), and the same as
+// detecting that text alone.
+TEST_F(WatermarkCli, BatchedDetectionEqualsOneTextAtATime) {
+  const std::string jsonl = scratch_.path() + "/batch.jsonl";
+  {
+    std::ofstream out(jsonl);
+    const json m = json::parse(marked_.out), v1 = json::parse(marked_v1_.out), p = json::parse(plain_.out);
+    for (int i = 0; i < 3; ++i) {
+      out << json{{"ids", m["ids"]}, {"prompt", kPrompt}}.dump() << "\n";
+      out << json{{"ids", v1["ids"]}}.dump() << "\n";
+      out << json{{"text", p["text"]}}.dump() << "\n";
+      // Shorter texts, so that experts see different row counts per pass.
+      out << json{{"ids", json(std::vector<int32_t>(m["ids"].begin(), m["ids"].begin() + 20 + 30 * i))}}.dump() << "\n";
+    }
+  }
+  auto results = [&](const std::string& extra) {
+    Result r = RunEpwa("detect -m " + kModel + " --key-file " + key_ + " --json --jsonl " + jsonl + extra, scratch_);
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_NE(r.err.find("texts/s"), std::string::npos) << r.err;
+    std::vector<json> out;
+    std::istringstream lines(r.out);
+    for (std::string line; std::getline(lines, line);) {
+      json j = json::parse(line);
+      j.erase("detect_ms");
+      out.push_back(j);
+    }
+    return out;
+  };
+  const std::vector<json> batched = results(""), single = results(" --batch-texts 1");
+  ASSERT_EQ(batched.size(), 12u);
+  EXPECT_EQ(batched, single);
+  EXPECT_TRUE(batched[0]["detected"]);
+  const json alone = Detect("--ids " + WriteIds(marked_, "alone.json") + " --prompt " + Quote(kPrompt));
+  EXPECT_EQ(batched[0]["z"], alone["z"]);
+  EXPECT_EQ(batched[0]["green"], alone["green"]);
 }
 
 TEST_F(WatermarkCli, DetectsFromTextTokenizedLikeTheModel) {

@@ -35,7 +35,7 @@
 # The model, GGUF files and epwa's quantized-weight cache stay under $OUT and
 # are reused by a later run with the same PRESET and LAYERS; delete $OUT to
 # start over. The default model (olmoe-1b-7b cut to 4 layers) is 3.8 GB of
-# bf16; all files together take about 12 GB.
+# bf16; all files together, epwa's cache included, take about 13 GB.
 set -euo pipefail
 
 die() {
@@ -64,10 +64,12 @@ REPEATS=${REPEATS:-2}
 OUT=${OUT:-/tmp/epwa-vs-llamacpp}
 # --pure quantizes every matrix to the named type (no k-quant mixture that
 # raises some tensors), and --leave-output-tensor keeps the lm_head bf16:
-# that is epwa's recipe at int8 and int4 (every matrix quantized, lm_head
-# kept 16-bit, router and norms float32), so both read the same bytes per
-# token and the ratio compares engines rather than recipes. Set it empty for
-# llama.cpp's stock files (lm_head Q6_K in Q4_0, Q8_0 in Q8_0).
+# that is epwa's recipe at int8 and int4 (every projection quantized in
+# blocks of 32 with one 16-bit scale, the same bytes per weight as Q8_0 and
+# Q4_0; lm_head kept 16-bit; router and norms float32), so both sides read
+# the same bytes per decoded token and the ratio compares engines rather
+# than recipes. Set it empty for llama.cpp's stock files (lm_head Q6_K in
+# Q4_0, Q8_0 in Q8_0).
 LLAMA_QUANT_ARGS=${LLAMA_QUANT_ARGS-"--pure --leave-output-tensor"}
 EPWA_BENCH_ARGS=${EPWA_BENCH_ARGS:-}
 LLAMA_BENCH_ARGS=${LLAMA_BENCH_ARGS:-}
@@ -192,6 +194,11 @@ llama_run() {
 # load, memory bandwidth) lands on both sides; the order flips every round
 # so neither always runs on the cache the other left.
 rm -f "$OUT"/runs/*.json
+# Recorded because the figures mean little on a busy machine: with more
+# runnable threads than cores, a thread that waits at a barrier for a
+# descheduled sibling stalls the whole step, and the two engines do not
+# suffer from it equally.
+load_start=$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo unknown)
 for ((r = 1; r <= ROUNDS; r++)); do
   for pair in $LEVELS; do
     level=${pair%%:*}
@@ -208,14 +215,19 @@ for ((r = 1; r <= ROUNDS; r++)); do
 done
 
 # 4. The report.
+load_end=$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo unknown)
+cores=$(nproc 2>/dev/null || echo unknown)
 setup=$("$PYTHON" -c 'import json, sys; print(json.dumps(dict(zip(sys.argv[1::2], sys.argv[2::2]))))' \
   preset "$PRESET" layers "$LAYERS" threads "$THREADS" repeats_per_call "$REPEATS" \
   llama_quant_args "$LLAMA_QUANT_ARGS" epwa_bench_args "$EPWA_BENCH_ARGS" llama_bench_args "$LLAMA_BENCH_ARGS" \
-  llama_src_commit "$(git -C "$LLAMA_SRC" rev-parse HEAD 2>/dev/null || echo unknown)" epwa_version "$("$EPWA_BIN" --version 2>/dev/null || echo unknown)" \
+  llama_src_commit "$( ([ -e "$LLAMA_SRC/.git" ] && git -C "$LLAMA_SRC" rev-parse HEAD) 2>/dev/null || echo unknown)" \
+  epwa_version "$("$EPWA_BIN" --version 2>/dev/null || echo unknown)" \
+  load_average_start "$load_start" load_average_end "$load_end" cores "$cores" \
   cpu "$(grep -m1 'model name' /proc/cpuinfo 2>/dev/null | sed 's/.*: //' || true)")
 levels_csv=$(echo "$LEVELS" | tr ' ' ',')
 echo >&2
 echo "epwa ($PRESET, $LAYERS layers, $THREADS threads) vs llama.cpp ($LLAMA_BENCH)"
+echo "load average (1, 5, 15 min) on $cores cores: $load_start at the start, $load_end at the end"
 run_step "$OUT/logs/report.log" \
   "$PYTHON" "$REPORT" table --runs "$OUT/runs" --levels "$levels_csv" --rounds "$ROUNDS" \
   --json "$OUT/compare.json" --setup "$setup"

@@ -377,6 +377,20 @@ std::atomic<bool> g_float_activations{false};
 void SetFloatActivations(bool on) { g_float_activations.store(on, std::memory_order_release); }
 bool FloatActivations() { return g_float_activations.load(std::memory_order_acquire); }
 
+namespace {
+std::atomic<bool> g_bf16_activations{false};
+}  // namespace
+void SetBf16Activations(bool on) { g_bf16_activations.store(on, std::memory_order_release); }
+bool Bf16Activations() { return g_bf16_activations.load(std::memory_order_acquire); }
+
+namespace {
+thread_local int t_row_invariant = 0;
+}  // namespace
+
+ScopedRowInvariantMatMul::ScopedRowInvariantMatMul() { ++t_row_invariant; }
+ScopedRowInvariantMatMul::~ScopedRowInvariantMatMul() { --t_row_invariant; }
+bool RowInvariantMatMul() { return t_row_invariant > 0; }
+
 void SetActiveIsa(Isa isa) {
   const std::vector<Isa> isas = SupportedIsas();
   Require(std::find(isas.begin(), isas.end(), isa) != isas.end(),
@@ -675,10 +689,19 @@ double MeasurePeak(ThreadPool& pool, double (*chains)(int64_t)) {
 PrefillDot PrefillDotFor(DType dtype) {
   if (HasGroupScales(dtype) && !FloatActivations() && ActiveIsa() == Isa::kAvx512 && internal::HasAvx512Vnni())
     return PrefillDot::kInt8;
+  if (dtype == DType::kBF16 && Bf16Activations() && ActiveIsa() == Isa::kAvx512 && internal::HasAvx512Bf16())
+    return PrefillDot::kBf16;
   return PrefillDot::kFp32Fma;
 }
 
-const char* PrefillDotName(PrefillDot dot) { return dot == PrefillDot::kInt8 ? "int8 dot" : "fp32 FMA"; }
+const char* PrefillDotName(PrefillDot dot) {
+  switch (dot) {
+    case PrefillDot::kInt8: return "int8 dot";
+    case PrefillDot::kBf16: return "bf16 dot";
+    case PrefillDot::kFp32Fma: break;
+  }
+  return "fp32 FMA";
+}
 
 double MeasureFmaPeakGflops(ThreadPool& pool) { return MeasurePeak(pool, Active().fma_chains); }
 double MeasureInt8DotPeakGops(ThreadPool& pool) { return MeasurePeak(pool, Active().int8_dot_chains); }

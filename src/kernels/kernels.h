@@ -34,13 +34,40 @@ void SetActiveIsa(Isa isa);
 void SetFloatActivations(bool on);
 bool FloatActivations();
 
+// Whether the prefill with BF16 weights (MatMul above the decode row limit,
+// or any M under ScopedRowInvariantMatMul) rounds x to bf16 and multiplies
+// with vdpbf16ps, twice the fp32 FMA's multiply-adds per instruction, where
+// the active path is AVX-512 and the CPU has AVX512-BF16. Off by default:
+// each activation moves by up to 2^-9 of itself, so an output moves by up to
+// about 2^-9 * sum_k |w[n, k] x[k]| against the float product (the measured
+// cost on the bundled models is in the README), and prefill no longer
+// computes what decode computes for the same token. Process-wide.
+void SetBf16Activations(bool on);
+bool Bf16Activations();
+
+// While an instance lives, MatMul calls made from this thread take the
+// blocked (prefill) product at every row count, whose output rows do not
+// depend on the other rows of the call: each is computed in the same order
+// whether x has 1 row or 1,000. Scoring uses it so that a text gets the same
+// routing, and so the same watermark score, alone or batched with others
+// (where an expert's share of rows changes with the batch). Nests.
+class ScopedRowInvariantMatMul {
+ public:
+  ScopedRowInvariantMatMul();
+  ~ScopedRowInvariantMatMul();
+  ScopedRowInvariantMatMul(const ScopedRowInvariantMatMul&) = delete;
+  ScopedRowInvariantMatMul& operator=(const ScopedRowInvariantMatMul&) = delete;
+};
+bool RowInvariantMatMul();
+
 // The instruction that does the multiply-adds of a prefill (MatMul above the
 // decode row limit) with weights of `dtype` on the active path, and so the
 // peak that bounds it: fp32 FMA (float weights; quantized weights on the
 // scalar and AVX2 paths or with float activations), or int8 dot products
-// (quantized and MXFP4 weights on AVX-512 with VNNI). The benchmarks set each
+// (quantized and MXFP4 weights on AVX-512 with VNNI), or bf16 dot products
+// (BF16 weights with SetBf16Activations, on AVX512-BF16). The benchmarks set each
 // prefill against the peak of its own instruction.
-enum class PrefillDot { kFp32Fma, kInt8 };
+enum class PrefillDot { kFp32Fma, kInt8, kBf16 };
 PrefillDot PrefillDotFor(DType dtype);
 const char* PrefillDotName(PrefillDot dot);
 

@@ -644,6 +644,11 @@ template <DType D>
 bool PrefillInt8(const float*, int64_t, const WeightView&, float*, ThreadPool&) {
   return false;
 }
+// Nor bf16 dot products.
+template <DType D>
+bool PrefillBf16(const float*, int64_t, const WeightView&, float*, ThreadPool&) {
+  return false;
+}
 
 // Prefill (see kernels_blocking_inl.h): packed, transposed float panels of W
 // reused for all rows of x; register tile kMr = 6 rows by kNr = 16 columns (12

@@ -985,6 +985,129 @@ void PackPanelInt8(const WeightView& w, int64_t n0, int64_t ncols, int64_t g0, i
   }
 }
 
+
+// ---------------------------------------------------------------------------
+// Prefill with BF16 weights and bf16 activations (SetBf16Activations, off by
+// default): vdpbf16ps does 32 multiply-adds per instruction, twice an fp32
+// FMA's 16, with products of bf16 values accumulated in float. The weights
+// are used as stored; each activation is rounded to bf16 (nearest even), a
+// relative change of at most 2^-9, so an output moves by at most about
+// 2^-9 * sum_k |w[n, k] x[k]| beyond float rounding (kernels.h).
+//
+// Layout: a packed strip of W holds 32 output columns as [kb / 2][32] words,
+// each the bf16 pair (w[n, 2p], w[n, 2p + 1]); a packed tile of x holds
+// kBfMr rows as [K / 2][kBfMr] words of bf16 pairs, so the micro-kernel
+// broadcasts one word per row and k pair.
+
+constexpr int kBfMr = 8;         // Rows of x per register tile (16 accumulators).
+constexpr int kBfNr = 32;        // Output columns per tile (two vectors).
+constexpr int64_t kBfKb = 256;   // Inputs per panel (128 pairs).
+constexpr int64_t kBfNb = 256;   // Output columns per panel: 128 KiB packed.
+constexpr int64_t kBfMc = 256;   // Rows of x packed at once.
+
+#pragma GCC push_options
+#pragma GCC target("avx512bf16")
+#ifdef __clang__
+#pragma clang attribute push(__attribute__((target("avx512bf16"))), apply_to = function)
+#endif
+
+// Packs `rows` rows of x (row stride K, K even) as one tile of [K / 2][kBfMr]
+// words, rows beyond `rows` zero.
+void PackXBf16(const float* x, int64_t K, int64_t rows, uint32_t* out) {
+  const int64_t pairs = K / 2;
+  for (int m = 0; m < kBfMr; ++m) {
+    if (m >= rows) {
+      for (int64_t p = 0; p < pairs; ++p) out[p * kBfMr + m] = 0;
+      continue;
+    }
+    const float* xr = x + m * K;
+    for (int64_t k = 0; k < K; k += 32) {
+      const int64_t n = Min(32, K - k);
+      const __m512 lo = _mm512_maskz_loadu_ps(FirstLanes(n), xr + k);
+      const __m512 hi = _mm512_maskz_loadu_ps(FirstLanes(Max(n - 16, 0)), xr + k + 16);
+      alignas(64) uint32_t words[16];
+      // bf16 values 0..15 from lo, 16..31 from hi: word j is the pair (2j, 2j + 1).
+      _mm512_store_si512(words, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+      for (int64_t j = 0; j < n / 2; ++j) out[(k / 2 + j) * kBfMr + m] = words[j];
+    }
+  }
+}
+
+// y[0:mr, 0:cols] (+)= one tile of x (from the panel's first pair) times one
+// strip of W, over `pairs` k pairs.
+void Bf16Tile(const uint32_t* xt, const uint32_t* strip, int64_t pairs, float* y, int64_t ldy, int64_t cols,
+              int mr, bool accumulate) {
+  __m512 acc[kBfMr][2];
+#pragma GCC unroll 8
+  for (int m = 0; m < kBfMr; ++m) acc[m][0] = acc[m][1] = _mm512_setzero_ps();
+  for (int64_t p = 0; p < pairs; ++p) {
+    const __m512bh w0 = (__m512bh)_mm512_load_si512(strip + p * kBfNr);
+    const __m512bh w1 = (__m512bh)_mm512_load_si512(strip + p * kBfNr + 16);
+#pragma GCC unroll 8
+    for (int m = 0; m < kBfMr; ++m) {
+      const __m512bh xb = (__m512bh)_mm512_set1_epi32(static_cast<int>(xt[p * kBfMr + m]));
+      acc[m][0] = _mm512_dpbf16_ps(acc[m][0], w0, xb);
+      acc[m][1] = _mm512_dpbf16_ps(acc[m][1], w1, xb);
+    }
+  }
+  const __mmask16 mask0 = FirstLanes(cols), mask1 = FirstLanes(Max(cols - 16, 0));
+  for (int m = 0; m < mr; ++m) {
+    float* row = y + m * ldy;
+    if (accumulate) {
+      acc[m][0] = _mm512_add_ps(acc[m][0], _mm512_maskz_loadu_ps(mask0, row));
+      acc[m][1] = _mm512_add_ps(acc[m][1], _mm512_maskz_loadu_ps(mask1, row + 16));
+    }
+    _mm512_mask_storeu_ps(row, mask0, acc[m][0]);
+    _mm512_mask_storeu_ps(row + 16, mask1, acc[m][1]);
+  }
+}
+
+#ifdef __clang__
+#pragma clang attribute pop
+#endif
+#pragma GCC pop_options
+
+// Packs output columns [n0, n0 + ncols) x inputs [k0, k0 + kb) of BF16 W as
+// ceil(ncols / 32) strips of [kb / 2][32] words (kb even); columns beyond
+// ncols are zero. Sixteen rows by 32 inputs (16 words)
+// at a time are one 16 x 16 block of words, transposed (bits only).
+void PackPanelBf16(const WeightView& w, int64_t n0, int64_t ncols, int64_t k0, int64_t kb, uint32_t* out) {
+  const int64_t pairs = kb / 2;
+  for (int64_t s = 0; s * kBfNr < ncols; ++s) {
+    uint32_t* strip = out + s * pairs * kBfNr;
+    for (int h = 0; h < 2; ++h) {
+      const int64_t first = s * kBfNr + h * 16;
+      const int nrows = static_cast<int>(Clamp(ncols - first, 0, 16));
+      for (int64_t k = 0; k < kb; k += 32) {
+        const int64_t nk = Min(32, kb - k);
+        const __mmask32 mask = static_cast<__mmask32>(nk >= 32 ? 0xffffffffu : (1u << nk) - 1u);
+        __m512 r[16];
+#pragma GCC unroll 16
+        for (int i = 0; i < 16; ++i) {
+          r[i] = i < nrows ? _mm512_castsi512_ps(_mm512_maskz_loadu_epi16(
+                                 mask, reinterpret_cast<const uint16_t*>(RowAt(w, n0 + first + i)) + k0 + k))
+                           : _mm512_setzero_ps();
+        }
+        Transpose16x16(r);
+        const int64_t np = nk / 2;
+        for (int64_t j = 0; j < np; ++j) _mm512_store_ps(reinterpret_cast<float*>(strip + (k / 2 + j) * kBfNr + h * 16), r[j]);
+      }
+    }
+  }
+}
+
+
+// The integer and bf16 prefills, defined after the include below because
+// they use its PanelPrefetcher; MatMul (in the include) dispatches to them.
+template <DType D>
+bool PrefillInt8(const float* x, int64_t M, const WeightView& w, float* y, ThreadPool& pool);
+template <DType D>
+bool PrefillBf16(const float* x, int64_t M, const WeightView& w, float* y, ThreadPool& pool);
+
+// The prefill driver and the dtype dispatch of MatMul and ConvertToF32, built
+// on the definitions above and compiled here for AVX-512.
+#include "kernels/kernels_blocking_inl.h"
+
 // One thread's share of the integer prefill: output columns [n_begin, n_end)
 // for `mc` rows of x packed in xp (ceil(mc / kI8Mr) tiles).
 template <DType D>
@@ -994,17 +1117,34 @@ void PrefillInt8Range(const int32_t* xp, int64_t mc, const WeightView& w, float*
   const int64_t tile_words = groups * kI8XGroupWords;
   auto* packed = reinterpret_cast<uint8_t*>(internal::ThreadScratch(
       internal::Scratch::kPanel, static_cast<size_t>(kI8Nb / kI8Nr * kI8Kg * kI8WGroupBytes / 4)));
+  // Panels in the order they are packed, in inputs (as PanelPrefetcher
+  // counts them): all groups of one column block, then the next block.
+  auto panel_at = [&](int64_t nb, int64_t g0) {
+    Panel p;
+    if (nb >= n_end) return p;
+    p.n0 = nb;
+    p.ncols = Min(kI8Nb, n_end - nb);
+    p.k0 = g0 * 32;
+    p.kb = Min(kI8Kg, groups - g0) * 32;
+    return p;
+  };
   for (int64_t nb = n_begin; nb < n_end; nb += kI8Nb) {
     const int64_t ncols = Min(kI8Nb, n_end - nb);
     for (int64_t g0 = 0; g0 < groups; g0 += kI8Kg) {
       const int64_t ng = Min(kI8Kg, groups - g0);
       PackPanelInt8<D>(w, nb, ncols, g0, ng, level_table, packed);
+      // The next panel comes from DRAM while this one is multiplied.
+      PanelPrefetcher prefetcher(w, g0 + kI8Kg < groups ? panel_at(nb, g0 + kI8Kg) : panel_at(nb + kI8Nb, 0));
+      const int64_t strips = (ncols + kI8Nr - 1) / kI8Nr;
+      const int64_t calls = (mc + kI8Mr - 1) / kI8Mr * strips;
+      const int64_t per_call = (prefetcher.TotalLines() + calls - 1) / calls;
       for (int64_t m0 = 0; m0 < mc; m0 += kI8Mr) {
         const int32_t* xt = xp + m0 / kI8Mr * tile_words + g0 * kI8XGroupWords;
         const int mr = static_cast<int>(Min(kI8Mr, mc - m0));
         for (int64_t s = 0; s * kI8Nr < ncols; ++s) {
           Int8Tile(xt, packed + s * ng * kI8WGroupBytes, ng, y + m0 * N + nb + s * kI8Nr, N,
                    Min(kI8Nr, ncols - s * kI8Nr), mr, g0 > 0);
+          prefetcher.Issue(per_call);
         }
       }
     }
@@ -1036,9 +1176,75 @@ bool PrefillInt8(const float* x, int64_t M, const WeightView& w, float* y, Threa
   return true;
 }
 
-// The prefill driver and the dtype dispatch of MatMul and ConvertToF32, built
-// on the definitions above and compiled here for AVX-512.
-#include "kernels/kernels_blocking_inl.h"
+// One thread's share: output columns [n_begin, n_end) for `mc` rows of x
+// packed in xp (ceil(mc / kBfMr) tiles of [K / 2][kBfMr] words).
+void PrefillBf16Range(const uint32_t* xp, int64_t mc, const WeightView& w, float* y, int64_t n_begin,
+                      int64_t n_end) {
+  const int64_t N = w.rows, K = w.cols;
+  const int64_t tile_words = K / 2 * kBfMr;
+  auto* packed = reinterpret_cast<uint32_t*>(
+      internal::ThreadScratch(internal::Scratch::kPanel, static_cast<size_t>(kBfNb * kBfKb / 2)));
+  auto panel_at = [&](int64_t nb, int64_t k0) {
+    Panel p;
+    if (nb >= n_end) return p;
+    p.n0 = nb;
+    p.ncols = Min(kBfNb, n_end - nb);
+    p.k0 = k0;
+    p.kb = Min(kBfKb, K - k0);
+    return p;
+  };
+  for (int64_t nb = n_begin; nb < n_end; nb += kBfNb) {
+    const int64_t ncols = Min(kBfNb, n_end - nb);
+    for (int64_t k0 = 0; k0 < K; k0 += kBfKb) {
+      const int64_t kb = Min(kBfKb, K - k0);
+      const int64_t pairs = kb / 2;
+      PackPanelBf16(w, nb, ncols, k0, kb, packed);
+      // The next panel comes from DRAM while this one is multiplied.
+      PanelPrefetcher prefetcher(w, k0 + kBfKb < K ? panel_at(nb, k0 + kBfKb) : panel_at(nb + kBfNb, 0));
+      const int64_t strips = (ncols + kBfNr - 1) / kBfNr;
+      const int64_t calls = (mc + kBfMr - 1) / kBfMr * strips;
+      const int64_t per_call = (prefetcher.TotalLines() + calls - 1) / calls;
+      for (int64_t m0 = 0; m0 < mc; m0 += kBfMr) {
+        const uint32_t* xt = xp + m0 / kBfMr * tile_words + k0 / 2 * kBfMr;
+        const int mr = static_cast<int>(Min(kBfMr, mc - m0));
+        for (int64_t s = 0; s * kBfNr < ncols; ++s) {
+          Bf16Tile(xt, packed + s * pairs * kBfNr, pairs, y + m0 * N + nb + s * kBfNr, N,
+                   Min(kBfNr, ncols - s * kBfNr), mr, k0 > 0);
+          prefetcher.Issue(per_call);
+        }
+      }
+    }
+  }
+}
+
+// The bf16 prefill for BF16 weights where it is requested, the CPU has
+// AVX512-BF16 and K is even (every model's is); returns false otherwise (the
+// float prefill runs).
+template <DType D>
+bool PrefillBf16(const float* x, int64_t M, const WeightView& w, float* y, ThreadPool& pool) {
+  if constexpr (D != DType::kBF16) {
+    return false;
+  } else {
+    const int64_t N = w.rows, K = w.cols;
+    if (!::epwa::kernels::Bf16Activations() || !internal::HasAvx512Bf16() || K % 2 != 0) return false;
+    const int64_t tile_words = K / 2 * kBfMr;
+    // The calling thread's buffer, shared with the workers below.
+    auto* xp = reinterpret_cast<uint32_t*>(internal::ThreadScratch(
+        internal::Scratch::kPackedX, static_cast<size_t>(kBfMc / kBfMr * tile_words)));  // [kBfMc / kBfMr][K / 2][kBfMr]
+    for (int64_t m0 = 0; m0 < M; m0 += kBfMc) {
+      const int64_t mc = Min(kBfMc, M - m0);
+      const int64_t tiles = (mc + kBfMr - 1) / kBfMr;
+      ParallelRange(pool, tiles, 1, [&](int64_t t0, int64_t t1) {
+        for (int64_t t = t0; t < t1; ++t)
+          PackXBf16(x + (m0 + t * kBfMr) * K, K, Min(kBfMr, mc - t * kBfMr), xp + t * tile_words);
+      });
+      ParallelRange(pool, N, kBfNr, [&](int64_t n0, int64_t n1) {
+        PrefillBf16Range(xp, mc, w, y + m0 * N, n0, n1);
+      });
+    }
+    return true;
+  }
+}
 
 // ---------------------------------------------------------------------------
 // Element-wise kernels.

@@ -32,6 +32,9 @@
 //                   with x rounded to int8 as Decode rounds it, returning
 //                   false where this path or CPU has none (then the exact
 //                   float prefill runs);
+//   PrefillBf16<D>(x, M, w, y, pool): the prefill with x rounded to bf16 for
+//                   BF16 weights when Bf16Activations() is on, returning
+//                   false where it does not apply;
 //   ConvertTyped<D>(src, n, dst), which converts n weights to floats (float
 //                   dtypes only);
 //   DequantizeRowTyped<D>(w, row, out), out[c] = w.At(row, c) (D with group
@@ -199,9 +202,9 @@ void MatMulTyped(const float* x, int64_t M, const WeightView& w, float* y, Threa
   // The decode paths of types with group scales round x to int8; with float
   // activations requested they take the exact (prefill) path at any M.
   const bool int8_x = HasGroupScales(D) && !::epwa::kernels::FloatActivations();
-  if (M <= kMaxDecodeRows && (int8_x || !HasGroupScales(D))) {
+  if (M <= kMaxDecodeRows && (int8_x || !HasGroupScales(D)) && !::epwa::kernels::RowInvariantMatMul()) {
     Decode<D>(x, M, w, y, pool);
-  } else if (!(int8_x && PrefillInt8<D>(x, M, w, y, pool))) {
+  } else if (!(int8_x && PrefillInt8<D>(x, M, w, y, pool)) && !PrefillBf16<D>(x, M, w, y, pool)) {
     Prefill<D>(x, M, w, y, pool);
   }
 }

@@ -312,6 +312,62 @@ TEST_P(IsaTest, ProbesReportPositiveRates) {
   }
 }
 
+// Under ScopedRowInvariantMatMul each output row is the same bits whatever
+// the number of rows in the call: one row alone equals that row of 13 (the
+// decode path would otherwise take the single row).
+TEST_P(IsaTest, RowInvariantMatMulGivesEachRowTheSameBits) {
+  const int64_t M = 13, N = 70, K = 96;
+  const std::vector<float> x = RandomVector(M * K, 31);
+  for (DType dtype : {DType::kF32, DType::kF16, DType::kBF16}) {
+    const TestWeights t = MakeWeights(dtype, N, K, 32);
+    const WeightView& w = t.view;
+    ThreadPool pool(2);
+    const ScopedRowInvariantMatMul invariant;
+    std::vector<float> all(static_cast<size_t>(M * N)), one(static_cast<size_t>(N));
+    MatMul(x.data(), M, w, all.data(), pool);
+    for (int64_t m = 0; m < M; m += 4) {
+      MatMul(x.data() + m * K, 1, w, one.data(), pool);
+      EXPECT_TRUE(std::equal(one.begin(), one.end(), all.begin() + m * N)) << DTypeName(dtype) << " row " << m;
+    }
+  }
+}
+
+// With bf16 activations the BF16 prefill rounds each activation to bf16
+// (relative change at most 2^-9) and multiplies with vdpbf16ps: held to
+// 2^-8 * sum_k |w x| against the float reference, over shapes that cross
+// every block edge (odd K falls back to the float product, exactly). Where
+// the path or CPU lacks AVX512-BF16 the float prefill runs and stays exact.
+TEST_P(IsaTest, Bf16ActivationsPrefillStaysWithinItsBound) {
+  struct Restore {
+    ~Restore() { SetBf16Activations(false); }
+  } restore;
+  SetBf16Activations(true);
+  const bool bf16_path = GetParam() == Isa::kAvx512 && __builtin_cpu_supports("avx512bf16");
+  EXPECT_EQ(PrefillDotFor(DType::kBF16) == PrefillDot::kBf16, bf16_path);
+  EXPECT_EQ(PrefillDotFor(DType::kF16), PrefillDot::kFp32Fma);
+  for (const auto [M, N, K] : {std::tuple{9, 33, 64}, {37, 300, 98}, {300, 70, 544}, {17, 40, 63}, {64, 257, 1000}}) {
+    const TestWeights w = MakeWeights(DType::kBF16, N, K, static_cast<uint32_t>(M + N + K));
+    const std::vector<float> x = RandomVector(static_cast<int64_t>(M) * K, static_cast<uint32_t>(M * K));
+    std::vector<float> y(static_cast<size_t>(M) * N, std::numeric_limits<float>::quiet_NaN());
+    std::vector<float> want(y.size());
+    MatMul(x.data(), M, w.view, y.data(), TwoThreads());
+    reference::MatMul(x.data(), M, w.view, want.data());
+    int failures = 0;
+    for (int m = 0; m < M && failures < 5; ++m)
+      for (int n = 0; n < N && failures < 5; ++n) {
+        double magnitude = 0;
+        for (int k = 0; k < K; ++k) magnitude += std::fabs(double(x[m * K + k]) * w.view.At(n, k));
+        const double bound = (bf16_path && K % 2 == 0 ? std::ldexp(1.0, -8) : 1e-5) * magnitude + 1e-6;
+        const double err = std::fabs(double(y[m * N + n]) - want[m * N + n]);
+        if (!(err <= bound)) {
+          ADD_FAILURE() << "M " << M << " N " << N << " K " << K << " y[" << m << ", " << n << "] = " << y[m * N + n]
+                        << ", reference " << want[m * N + n] << ", bound " << bound;
+          ++failures;
+        }
+      }
+  }
+}
+
 // Prefill names the instruction whose peak bounds it.
 TEST_P(IsaTest, PrefillDotNamesTheInstructionInUse) {
   EXPECT_EQ(PrefillDotFor(DType::kBF16), PrefillDot::kFp32Fma);

@@ -11,6 +11,7 @@
 #include <cstring>
 #include <limits>
 #include <memory>
+#include <optional>
 #include <random>
 #include <string>
 #include <tuple>
@@ -379,6 +380,29 @@ TEST_P(QuantIsaTest, MatMulIsIndependentOfThreadCount) {
     Quantize(src.view, dtype, b.codes.data() + 1, b.scales.data(), three);
     EXPECT_EQ(a.codes, b.codes);
     EXPECT_EQ(a.scales, b.scales);
+  }
+}
+
+// Under ScopedRowInvariantMatMul a row's output is the same bits alone or
+// among 13 rows, with int8 or float activations (see kernels.h).
+TEST_P(QuantIsaTest, RowInvariantMatMulGivesEachRowTheSameBits) {
+  const int64_t M = 13, N = 70, K = 96;
+  const FloatMatrix src = MakeFloatMatrix(DType::kBF16, N, K, Gaussian(N * K, 41));
+  const std::vector<float> x = Gaussian(M * K, 42);
+  for (bool float_x : {false, true}) {
+    std::optional<ScopedFloatActivations> exact;
+    if (float_x) exact.emplace();
+    for (DType dtype : kQuantTypes) {
+      const QuantMatrix q = ReferenceQuantize(src.view, dtype);
+      const ScopedRowInvariantMatMul invariant;
+      std::vector<float> all(static_cast<size_t>(M * N)), one(static_cast<size_t>(N));
+      MatMul(x.data(), M, q.view, all.data(), TwoThreads());
+      for (int64_t m = 0; m < M; m += 3) {
+        MatMul(x.data() + m * K, 1, q.view, one.data(), TwoThreads());
+        EXPECT_TRUE(std::equal(one.begin(), one.end(), all.begin() + m * N))
+            << DTypeName(dtype) << " row " << m << (float_x ? " float activations" : "");
+      }
+    }
   }
 }
 

@@ -106,6 +106,41 @@ TEST_P(BundledBatch, BatchedLogitsMatchSingleSequenceLogits) {
 
 INSTANTIATE_TEST_SUITE_P(Models, BundledBatch, ::testing::Values("tiny-moe", "tiny-qwen3-moe"));
 
+// ScoreBatch packs texts into shared forward passes, and each text's logits
+// and routing are bit-identical to scoring it alone: its matrix products are
+// row-invariant, so an expert's share of rows in the batch changes nothing.
+// A small row budget forces several passes and a text scored on its own.
+TEST(ScoreBatch, EachTextMatchesScoreAloneBitForBit) {
+  for (const char* name : {"tiny-moe", "tiny-qwen3-moe"}) {
+    for (int64_t budget : {0, 40}) {
+      auto engine = LoadBundled(name, 1, budget);
+      std::vector<std::vector<int32_t>> texts = Prompts(*engine);
+      std::vector<int32_t> longer;
+      for (const auto& t : texts) longer.insert(longer.end(), t.begin(), t.end());
+      texts.push_back(longer);  // longer than a budget of 40 rows
+      const std::vector<ScoreResult> batch = engine->ScoreBatch(texts);
+      const std::vector<ScoreResult> routing_only = engine->ScoreBatch(texts, /*logits=*/false);
+      ASSERT_EQ(batch.size(), texts.size());
+      for (size_t i = 0; i < texts.size(); ++i) {
+        const ScoreResult alone = engine->Score(texts[i]);
+        const std::string what = std::string(name) + " budget " + std::to_string(budget) + " text " + std::to_string(i);
+        EXPECT_EQ(batch[i].ids, texts[i]) << what;
+        EXPECT_EQ(batch[i].logits, alone.logits) << what;
+        EXPECT_TRUE(routing_only[i].logits.empty()) << what;
+        ASSERT_EQ(batch[i].routing.num_tokens(), alone.routing.num_tokens()) << what;
+        for (int64_t t = 0; t < alone.routing.num_tokens(); ++t)
+          for (int64_t m = 0; m < alone.routing.num_moe_layers(); ++m) {
+            for (const ScoreResult* r : {&batch[i], &routing_only[i]}) {
+              EXPECT_TRUE(std::ranges::equal(r->routing.Experts(t, m), alone.routing.Experts(t, m))) << what;
+              EXPECT_TRUE(std::ranges::equal(r->routing.Logits(t, m), alone.routing.Logits(t, m))) << what;
+            }
+          }
+      }
+      EXPECT_THROW(engine->ScoreBatch(std::vector<std::vector<int32_t>>{{}}), Error);
+    }
+  }
+}
+
 TEST(BatchEngine, GenerateIsTheOneSequenceCase) {
   // Engine::Generate and a one-sequence batch give the same tokens and stats
   // shape at a sampling temperature (the sampler's PRNG is per sequence).

@@ -7,6 +7,7 @@
 #include <climits>
 #include <cmath>
 #include <filesystem>
+#include <limits>
 
 #include <nlohmann/json.hpp>
 
@@ -15,6 +16,7 @@
 #include "base/sysinfo.h"
 #include "base/meminfo.h"
 #include "base/timer.h"
+#include "kernels/kernels.h"
 #include "model/router_hash.h"
 #include "plan/materialize.h"
 #include "plan/weight_cache.h"
@@ -368,6 +370,7 @@ ScoreResult Engine::Score(std::span<const int32_t> ids) {
   ScoreResult result;
   result.ids.assign(ids.begin(), ids.end());
   const int64_t T = static_cast<int64_t>(ids.size());
+  const kernels::ScopedRowInvariantMatMul row_invariant;
   KVCache cache(config(), T);
   // One pass when the text fits the planned rows per pass (always, unless
   // --batch-tokens made them fewer than the context); else chunks of that
@@ -397,6 +400,72 @@ ScoreResult Engine::Score(std::span<const int32_t> ids) {
   }
   CheckLogits(result.logits, ids);
   return result;
+}
+
+std::vector<ScoreResult> Engine::ScoreBatch(std::span<const std::vector<int32_t>> texts, bool logits) {
+  for (const std::vector<int32_t>& ids : texts) {
+    Require(!ids.empty(), "nothing to score: the text has no tokens");
+    Require(static_cast<int64_t>(ids.size()) <= max_context(),
+            "the text has " + std::to_string(ids.size()) + " tokens, more than the model's context of " +
+                std::to_string(max_context()));
+    Require(static_cast<int64_t>(ids.size()) <= load_stats_.plan_ctx,
+            "the text has " + std::to_string(ids.size()) + " tokens, but memory was planned for " +
+                std::to_string(load_stats_.plan_ctx) + " (raise it with --ctx " + std::to_string(ids.size()) + ")");
+  }
+  const kernels::ScopedRowInvariantMatMul row_invariant;
+  const ModelConfig& c = config();
+  // The plan holds this many rows (and as many cached positions) per pass.
+  const int64_t budget = std::max<int64_t>(load_stats_.plan_batch_tokens, 1);
+  std::vector<ScoreResult> results(texts.size());
+  std::vector<float> out;
+  size_t i = 0;
+  while (i < texts.size()) {
+    if (static_cast<int64_t>(texts[i].size()) > budget) {
+      results[i] = Score(texts[i]);
+      if (!logits) results[i].logits.clear();
+      ++i;
+      continue;
+    }
+    // The texts of this pass: [i, end).
+    size_t end = i;
+    int64_t rows = 0;
+    while (end < texts.size() && rows + static_cast<int64_t>(texts[end].size()) <= budget)
+      rows += static_cast<int64_t>(texts[end++].size());
+    std::vector<std::unique_ptr<KVCache>> caches;
+    std::vector<BatchSegment> segments;
+    for (size_t k = i; k < end; ++k) {
+      results[k].ids = texts[k];
+      caches.push_back(std::make_unique<KVCache>(c, static_cast<int64_t>(texts[k].size())));
+      segments.push_back(BatchSegment{.tokens = texts[k],
+                                      .start_pos = 0,
+                                      .cache = caches.back().get(),
+                                      .logits = logits ? LogitRows::kAll : LogitRows::kNone,
+                                      .trace = &results[k].routing});
+    }
+    model_->ForwardBatch(segments, &out);
+    int64_t row = 0;
+    for (size_t k = i; k < end; ++k) {
+      ScoreResult& r = results[k];
+      if (logits) {
+        const int64_t n = static_cast<int64_t>(texts[k].size()) * c.vocab_size;
+        r.logits.assign(out.begin() + row, out.begin() + row + n);
+        row += n;
+        CheckLogits(r.logits, r.ids);
+      } else {
+        bool finite = true;
+        for (int64_t t = 0; t < r.routing.num_tokens() && finite; ++t)
+          for (int64_t m = 0; m < r.routing.num_moe_layers() && finite; ++m) {
+            const std::span<const float> l = r.routing.Logits(t, m);
+            finite = AllFinite(l.data(), l.size());
+          }
+        // The same diagnosis as for non-finite logits: a checked re-run
+        // names the first layer and tensor that produced the value.
+        if (!finite) CheckLogits(std::vector<float>{std::numeric_limits<float>::quiet_NaN()}, r.ids);
+      }
+    }
+    i = end;
+  }
+  return results;
 }
 
 void Engine::CheckLogits(std::span<const float> logits, std::span<const int32_t> context) {

@@ -177,7 +177,21 @@ class Engine {
   void ValidatePrompt(std::span<const int32_t> prompt) const;
   // One sequence: the one-sequence case of BatchEngine (runtime/batch_engine.h).
   GenerateResult Generate(std::span<const int32_t> prompt, const GenerateOptions& options);
+  // One forward pass over `ids` (in chunks when they exceed the planned rows
+  // per pass): the logits of every position and the routing of every token.
+  // Its matrix products are row-invariant (kernels::ScopedRowInvariantMatMul),
+  // so a text's result is the same whether it is scored alone or in a batch.
   ScoreResult Score(std::span<const int32_t> ids);
+  // Scores several texts, packing them in order into forward passes of at
+  // most the planned rows per pass (a text longer than that is scored alone,
+  // as Score does), so that each expert's weights stream once per pass for
+  // every text in it. result[i] equals Score(texts[i]) bit for bit, except
+  // that without `logits` no logits are computed (result[i].logits is empty;
+  // detection needs only the routing, and the lm_head over every position is
+  // the largest product of a pass with a large vocabulary). Non-finite
+  // values are caught in the logits, or without them in the router logits.
+  // Throws epwa::Error for an empty text or one that does not fit the plan.
+  std::vector<ScoreResult> ScoreBatch(std::span<const std::vector<int32_t>> texts, bool logits = true);
 
  private:
   friend class BatchEngine;  // runs the shared model and its checks

@@ -72,6 +72,34 @@ std::vector<TokenScore> ScoreInput(Engine& engine, const DetectInput& input, Gre
   return ScoreByRouting(input.ids, input.first, r.routing, slot, lists, shift);
 }
 
+std::vector<std::vector<TokenScore>> ScoreInputs(Engine& engine, std::span<const DetectInput> inputs,
+                                                 GreenLists& lists, int slot, bool logits,
+                                                 std::vector<ScoreResult>* passes) {
+  std::vector<std::vector<TokenScore>> out(inputs.size());
+  if (lists.keyed_by() == KeyedBy::kPreviousToken && passes == nullptr) {
+    for (size_t i = 0; i < inputs.size(); ++i) out[i] = ScoreByPreviousToken(inputs[i].ids, inputs[i].first, lists);
+    return out;
+  }
+  std::vector<std::vector<int32_t>> texts;
+  texts.reserve(inputs.size());
+  for (const DetectInput& in : inputs) texts.push_back(in.ids);
+  std::vector<ScoreResult> local = engine.ScoreBatch(texts, logits);
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    const DetectInput& in = inputs[i];
+    const RoutingTrace& routing = local[i].routing;
+    if (lists.keyed_by() == KeyedBy::kPreviousToken) {
+      out[i] = ScoreByPreviousToken(in.ids, in.first, lists);
+      continue;
+    }
+    Require(routing.num_tokens() == static_cast<int64_t>(in.ids.size()),
+            "the model returned no routing, so experts cannot be recovered (is it an MoE model?)");
+    out[i] = IsV2(lists.keyed_by()) ? ScoreByContext(in.ids, in.first, routing, slot, lists)
+                                    : ScoreByRouting(in.ids, in.first, routing, slot, lists, 1);
+  }
+  if (passes) *passes = std::move(local);
+  return out;
+}
+
 }  // namespace epwa::wm
 
 namespace epwa::wm {

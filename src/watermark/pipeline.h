@@ -44,6 +44,14 @@ DetectInput InputFromIds(const Engine& engine, const std::optional<std::string>&
 std::vector<TokenScore> ScoreInput(Engine& engine, const DetectInput& input, GreenLists& lists,
                                    int slot, int shift = 1, ScoreResult* score = nullptr);
 
+// ScoreInput (shift 1) for many inputs with their forward passes batched
+// (Engine::ScoreBatch): result[i] equals ScoreInput(inputs[i]) exactly. When
+// `passes` is given it receives each forward pass, with logits only if
+// `logits` (PEPI needs them; the other methods read the routing alone).
+std::vector<std::vector<TokenScore>> ScoreInputs(Engine& engine, std::span<const DetectInput> inputs,
+                                                 GreenLists& lists, int slot, bool logits = false,
+                                                 std::vector<ScoreResult>* passes = nullptr);
+
 }  // namespace epwa::wm
 
 namespace epwa::wm {
