@@ -244,6 +244,58 @@ void BM_ExpertMatVec(benchmark::State& state) {
   SetLabel(state, dtype, threads);
 }
 
+// One MoE decode step's expert products: 8 experts of OLMoE-1B-7B's shape
+// (gate and up [1024, 2048], down [2048, 1024]), chosen from a ring of 64
+// experts (several times the L3 cache, so the weights come from DRAM), run
+// either as 24 separate MatMul calls (argument 0) or as two MatMulMany calls
+// (1: all gates and ups, then all downs), as Transformer does. Arguments:
+// (dtype, fused, threads). Reports weight bytes streamed per second against
+// the read bandwidth.
+void BM_ExpertStep(benchmark::State& state) {
+  const auto dtype = static_cast<DType>(state.range(0));
+  const bool fused = state.range(1) != 0;
+  const int threads = static_cast<int>(state.range(2));
+  constexpr int kExperts = 64, kChosen = 8;
+  constexpr int64_t kD = 2048, kF = 1024;
+  std::vector<const WeightView*> gate, up, down;
+  for (int e = 0; e < kExperts; ++e) {
+    gate.push_back(&Weights(dtype, kF, kD, 3 * e));
+    up.push_back(&Weights(dtype, kF, kD, 3 * e + 1));
+    down.push_back(&Weights(dtype, kD, kF, 3 * e + 2));
+  }
+  const uint64_t bytes_per_step = kChosen * (2 * QuantizedBytes(dtype, kF, kD) + QuantizedBytes(dtype, kD, kF));
+  const std::vector<float> x = Activations(kD);
+  std::vector<float> g(kChosen * kF), u(kChosen * kF), y(kChosen * kD);
+  ThreadPool& pool = Pool(threads);
+  double bandwidth = Bandwidth(threads);
+  int next = 0;
+  Stopwatch watch;
+  for (auto _ : state) {
+    std::vector<MatMulJob> first, second;
+    for (int c = 0; c < kChosen; ++c) {
+      const int e = (next + 7 * c) % kExperts;
+      first.push_back({x.data(), 1, gate[e], g.data() + c * kF});
+      first.push_back({x.data(), 1, up[e], u.data() + c * kF});
+      second.push_back({g.data() + c * kF, 1, down[e], y.data() + c * kD});
+    }
+    next = (next + 1) % kExperts;
+    if (fused) {
+      MatMulMany(first, pool);
+      MatMulMany(second, pool);
+    } else {
+      for (const MatMulJob& j : first) MatMul(j.x, j.M, *j.w, j.y, pool);
+      for (const MatMulJob& j : second) MatMul(j.x, j.M, *j.w, j.y, pool);
+    }
+    benchmark::DoNotOptimize(y.data());
+  }
+  const double gbs = static_cast<double>(bytes_per_step) * state.iterations() / watch.Seconds() / 1e9;
+  bandwidth = std::max(bandwidth, Bandwidth(threads));
+  state.counters["GB/s"] = gbs;
+  state.counters["bw GB/s"] = bandwidth;
+  state.counters["%bw"] = 100.0 * gbs / bandwidth;
+  SetLabel(state, dtype, threads);
+}
+
 // Quantize from BF16: source bytes read per second. Argument: (target,
 // threads); the source is a 4096 x 4096 BF16 matrix (32 MiB).
 void BM_Quantize(benchmark::State& state) {
@@ -345,6 +397,13 @@ BENCHMARK(BM_ExpertMatVec)
     ->ArgsProduct({{kBF16, kQ4, kMXFP4}, {3, 4}, {1, 2}})
     ->UseRealTime()
     ->MinTime(0.3)
+    ->ComputeStatistics("min", Min)
+    ->ComputeStatistics("max", Max)
+    ->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_ExpertStep)
+    ->ArgsProduct({{kBF16, kQ8, kQ4}, {0, 1}, {1, 2}})
+    ->UseRealTime()
+    ->MinTime(0.5)
     ->ComputeStatistics("min", Min)
     ->ComputeStatistics("max", Max)
     ->Unit(benchmark::kMicrosecond);

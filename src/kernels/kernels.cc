@@ -248,6 +248,9 @@ double FmaChains(int64_t iterations) {
 // The portable build has no dot-product instruction to measure.
 double NoDotChains(int64_t) { return 0.0; }
 
+// Nor a fused decode: MatMulMany runs its jobs one by one.
+bool NoMatMulMany(const MatMulJob*, int64_t, ThreadPool&) { return false; }
+
 }  // namespace
 }  // namespace scalar
 
@@ -292,6 +295,7 @@ const IsaKernels kScalarKernels = {
     scalar::MatMul,       scalar::RmsNorm,       scalar::Softmax,   scalar::SiluMul,
     scalar::DotF32,       scalar::Axpy,          scalar::ConvertRow, scalar::QuantizeRows,
     scalar::DequantizeRow, scalar::SumFloats,    scalar::FmaChains, scalar::NoDotChains, scalar::NoDotChains,
+    scalar::NoMatMulMany,
 };
 
 }  // namespace internal
@@ -412,6 +416,19 @@ void MatMul(const float* x, int64_t M, const WeightView& w, float* y, ThreadPool
     return;
   }
   Active().mat_mul(x, M, w, y, pool);
+}
+
+void MatMulMany(std::span<const MatMulJob> jobs, ThreadPool& pool) {
+  bool fusable = jobs.size() > 1;
+  for (const MatMulJob& j : jobs) {
+    const WeightView& w = *j.w;
+    Require(w.dtype != DType::kU8 && w.dtype != DType::kF8E4M3, "MatMul: raw U8 and F8_E4M3 checkpoint bytes (converted at load) are not a weight matrix.");
+    if (HasGroupScales(w.dtype) && (w.cols % kQuantGroup != 0 || (w.scales == nullptr && w.rows > 0)))
+      throw Error(std::string("MatMul: a ") + DTypeName(w.dtype) + " weight needs a multiple of 32 columns and its scales.");
+    fusable = fusable && j.M > 0 && w.rows > 0 && w.cols > 0 && w.dtype == jobs[0].w->dtype;
+  }
+  if (fusable && Active().mat_mul_many(jobs.data(), static_cast<int64_t>(jobs.size()), pool)) return;
+  for (const MatMulJob& j : jobs) MatMul(j.x, j.M, *j.w, j.y, pool);
 }
 
 void RmsNorm(const float* x, const float* weight, int64_t n, float eps, float* out) {

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -123,6 +124,23 @@ const char* PrefillDotName(PrefillDot dot);
 // Throws epwa::Error for a w with group scales (quantized or MXFP4) whose
 // cols is not a multiple of 32 or that has no scales.
 void MatMul(const float* x, int64_t M, const WeightView& w, float* y, ThreadPool& pool);
+
+// One product of MatMulMany: y[M, w.rows] = x[M, w.cols] * w^T.
+struct MatMulJob {
+  const float* x;
+  int64_t M;
+  const WeightView* w;
+  float* y;
+};
+// Runs every job, each with exactly MatMul's result, but decode-sized jobs
+// (few rows of x, the same dtype, the vector decode path) share one parallel
+// region: each thread takes a share of all their output rows, so the threads
+// wake and meet once rather than once per job. Decoding one token through an
+// MoE layer runs several small products (gate, up and down of each chosen
+// expert, a few MiB each); alone, each pays the threads' start and finish and
+// streams too briefly for the prefetchers, so two threads barely beat one.
+// Jobs must not write where another job reads. Throws as MatMul does.
+void MatMulMany(std::span<const MatMulJob> jobs, ThreadPool& pool);
 
 // Quantizes src (F32, F16 or BF16, [rows, cols] with cols % 32 == 0) to
 // `target` (kQ8, kQ4 or kNF4) with the rules and layout of tensor/dtype.h:

@@ -953,6 +953,9 @@ double Int8DotChains(int64_t iterations) {
 // AVX2 has no bf16 dot product.
 double NoDotChains(int64_t) { return 0.0; }
 
+// The fused decode is AVX-512 only so far: MatMulMany runs jobs one by one.
+bool NoMatMulMany(const MatMulJob*, int64_t, ThreadPool&) { return false; }
+
 }  // namespace
 }  // namespace avx2
 
@@ -962,6 +965,7 @@ const IsaKernels kAvx2Kernels = {
     avx2::MatMul,        avx2::RmsNorm,   avx2::Softmax,      avx2::SiluMul,
     avx2::Dot,           avx2::Axpy,      avx2::ConvertToF32, avx2::QuantizeRows,
     avx2::DequantizeRow, avx2::SumFloats, avx2::FmaChains, avx2::Int8DotChains, avx2::NoDotChains,
+    avx2::NoMatMulMany,
 };
 
 }  // namespace internal

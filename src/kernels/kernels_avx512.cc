@@ -359,13 +359,17 @@ void MatVecRange(const float* x, const float* xd, int64_t K, const WeightView& w
 // nibbles of byte j, so its low nibbles are the even elements: its codes are
 // stored as [even elements of group 0 | of group 1 | odd elements of group 0
 // | of group 1], the weights needing no shuffle at all.
+// Floats QuantizeXInto writes per row of x.
+inline int64_t QuantizedXRowFloats(int64_t K) { return RoundUp(K, 64) / 4 + 2 * RoundUp(K / 32, 16); }
+
+// QuantizeX into `base` (64-byte aligned, M * QuantizedXRowFloats(K)
+// floats).
 template <DType D>
-QuantizedX QuantizeX(const float* x, int64_t M, int64_t K) {
+QuantizedX QuantizeXInto(const float* x, int64_t M, int64_t K, float* base) {
   QuantizedX q;
   q.kpad = RoundUp(K, 64);
   q.gpad = RoundUp(K / 32, 16);
   q.row_floats = q.kpad / 4 + 2 * q.gpad;
-  float* base = internal::ThreadScratch(internal::Scratch::kDecodeX, static_cast<size_t>(M * q.row_floats));  // [M, row_floats]
   q.base = base;
   const __m512 sign = _mm512_set1_ps(-0.f);
   const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
@@ -403,6 +407,13 @@ QuantizedX QuantizeX(const float* x, int64_t M, int64_t K) {
     }
   }
   return q;
+}
+
+template <DType D>
+QuantizedX QuantizeX(const float* x, int64_t M, int64_t K) {
+  float* base = internal::ThreadScratch(internal::Scratch::kDecodeX,
+                                        static_cast<size_t>(M * QuantizedXRowFloats(K)));  // [M, row_floats]
+  return QuantizeXInto<D>(x, M, K, base);
 }
 
 // ---------------------------------------------------------------------------
@@ -735,22 +746,26 @@ void Int8Tile(const int32_t* xt, const uint8_t* strip, int64_t ng, float* y, int
 #pragma GCC pop_options
 
 
+// The levels + kLevelOffset<D> as unsigned bytes (NF4: + 128, MXFP4: + 12),
+// indexed by nibble and repeated in each 128-bit lane for vpshufb.
 template <DType D>
-void DecodeQuantized(const float* x, int64_t M, const WeightView& w, float* y, ThreadPool& pool) {
-  // Without VNNI the AVX2 kernels (vpmaddubsw) are the faster integer path.
-  if (!internal::HasAvx512Vnni()) return internal::kAvx2Kernels.mat_mul(x, M, w, y, pool);
-  const QuantizedX qx = QuantizeX<D>(x, M, w.cols);
-  // The levels + kLevelOffset<D> as unsigned bytes (NF4: + 128, MXFP4: +
-  // 12), indexed by nibble and repeated in each 128-bit lane for vpshufb.
+__m512i DecodeLevelTable() {
   int8_t levels[16];
   if constexpr (D == DType::kMXFP4) {
     E2M1Levels(levels);
   } else {
     NF4Levels(levels);
   }
-  const __m512i level_table = _mm512_add_epi8(
-      _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(levels))),
-      _mm512_set1_epi8(static_cast<char>(static_cast<int>(kLevelOffset<D>))));
+  return _mm512_add_epi8(_mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(levels))),
+                         _mm512_set1_epi8(static_cast<char>(static_cast<int>(kLevelOffset<D>))));
+}
+
+template <DType D>
+void DecodeQuantized(const float* x, int64_t M, const WeightView& w, float* y, ThreadPool& pool) {
+  // Without VNNI the AVX2 kernels (vpmaddubsw) are the faster integer path.
+  if (!internal::HasAvx512Vnni()) return internal::kAvx2Kernels.mat_mul(x, M, w, y, pool);
+  const QuantizedX qx = QuantizeX<D>(x, M, w.cols);
+  const __m512i level_table = DecodeLevelTable<D>();
   ParallelRange(pool, w.rows, 4, [&](int64_t n0, int64_t n1) {
     QuantMatVecRangeFor<D>(M, qx, w, y, n0, n1, level_table);
   });
@@ -780,6 +795,86 @@ void DecodeFloat(const float* x, int64_t M, const WeightView& w, float* y, Threa
   });
 }
 static_assert(kMaxDecodeRows == 8, "Decode has one instantiation per row count.");
+
+// MatMulMany's fused decode for jobs of dtype D (see kernels.h): every job's
+// x is prepared once (deinterleaved for BF16, quantized for the types with
+// group scales) into one scratch buffer, then one parallel region covers all
+// output rows, each job's rows starting at a multiple of 4 of the global
+// index so that each thread's share of a job splits where Decode's would.
+// Each output row is computed exactly as Decode computes it.
+constexpr int64_t kMaxManyJobs = 64;
+
+template <DType D>
+bool DecodeManyTyped(const MatMulJob* jobs, int64_t n, ThreadPool& pool) {
+  if (n > kMaxManyJobs) return false;
+  if constexpr (HasScales(D)) {
+    if (!internal::HasAvx512Vnni() || ::epwa::kernels::FloatActivations()) return false;
+  }
+  int64_t start[kMaxManyJobs + 1], xfloats[kMaxManyJobs + 1];
+  start[0] = xfloats[0] = 0;
+  for (int64_t j = 0; j < n; ++j) {
+    if (jobs[j].M > kMaxDecodeRows) return false;
+    const int64_t K = jobs[j].w->cols;
+    start[j + 1] = start[j] + RoundUp(jobs[j].w->rows, 4);
+    const int64_t per_row = HasScales(D) ? QuantizedXRowFloats(K) : D == DType::kBF16 ? K : 0;
+    xfloats[j + 1] = xfloats[j] + RoundUp(jobs[j].M * per_row, 16);
+  }
+  // The calling thread's buffer, shared with the workers below.
+  float* scratch = internal::ThreadScratch(internal::Scratch::kDecodeX, static_cast<size_t>(Max(xfloats[n], 16)));
+  QuantizedX qx[kMaxManyJobs];
+  const float* xd[kMaxManyJobs];
+  for (int64_t j = 0; j < n; ++j) {
+    xd[j] = nullptr;
+    if constexpr (HasScales(D)) {
+      qx[j] = QuantizeXInto<D>(jobs[j].x, jobs[j].M, jobs[j].w->cols, scratch + xfloats[j]);
+    } else if constexpr (D == DType::kBF16) {
+      DeinterleaveX(jobs[j].x, jobs[j].M, jobs[j].w->cols, scratch + xfloats[j]);
+      xd[j] = scratch + xfloats[j];
+    }
+  }
+  __m512i level_table = _mm512_setzero_si512();
+  if constexpr (HasScales(D)) level_table = DecodeLevelTable<D>();
+  ParallelRange(pool, start[n], 4, [&](int64_t b, int64_t e) {
+    for (int64_t j = 0; j < n; ++j) {
+      const int64_t lo = Max(b, start[j]), hi = Min(e, start[j] + jobs[j].w->rows);
+      if (lo >= hi) continue;
+      const MatMulJob& job = jobs[j];
+      const int64_t n0 = lo - start[j], n1 = hi - start[j];
+      if constexpr (HasScales(D)) {
+        QuantMatVecRangeFor<D>(job.M, qx[j], *job.w, job.y, n0, n1, level_table);
+      } else {
+        const int64_t K = job.w->cols;
+        switch (job.M) {
+          case 1: MatVecRange<D, 1>(job.x, xd[j], K, *job.w, job.y, n0, n1); break;
+          case 2: MatVecRange<D, 2>(job.x, xd[j], K, *job.w, job.y, n0, n1); break;
+          case 3: MatVecRange<D, 3>(job.x, xd[j], K, *job.w, job.y, n0, n1); break;
+          case 4: MatVecRange<D, 4>(job.x, xd[j], K, *job.w, job.y, n0, n1); break;
+          case 5: MatVecRange<D, 5>(job.x, xd[j], K, *job.w, job.y, n0, n1); break;
+          case 6: MatVecRange<D, 6>(job.x, xd[j], K, *job.w, job.y, n0, n1); break;
+          case 7: MatVecRange<D, 7>(job.x, xd[j], K, *job.w, job.y, n0, n1); break;
+          default: MatVecRange<D, 8>(job.x, xd[j], K, *job.w, job.y, n0, n1); break;
+        }
+      }
+    }
+  });
+  return true;
+}
+
+bool MatMulMany(const MatMulJob* jobs, int64_t n, ThreadPool& pool) {
+  if (::epwa::kernels::RowInvariantMatMul()) return false;
+  switch (jobs[0].w->dtype) {
+    case DType::kF32: return DecodeManyTyped<DType::kF32>(jobs, n, pool);
+    case DType::kF16: return DecodeManyTyped<DType::kF16>(jobs, n, pool);
+    case DType::kBF16: return DecodeManyTyped<DType::kBF16>(jobs, n, pool);
+    case DType::kQ8: return DecodeManyTyped<DType::kQ8>(jobs, n, pool);
+    case DType::kQ4: return DecodeManyTyped<DType::kQ4>(jobs, n, pool);
+    case DType::kNF4: return DecodeManyTyped<DType::kNF4>(jobs, n, pool);
+    case DType::kMXFP4: return DecodeManyTyped<DType::kMXFP4>(jobs, n, pool);
+    case DType::kU8:
+    case DType::kF8E4M3: break;
+  }
+  return false;
+}
 
 template <DType D>
 void Decode(const float* x, int64_t M, const WeightView& w, float* y, ThreadPool& pool) {
@@ -1429,7 +1524,7 @@ const IsaKernels kAvx512Kernels = {
     avx512::MatMul,       avx512::RmsNorm,        avx512::Softmax,       avx512::SiluMul,
     avx512::Dot,          avx512::Axpy,           avx512::ConvertToF32,  avx512::QuantizeRows,
     avx512::DequantizeRow, avx512::SumFloats,     avx512::FmaChains,     avx512::Int8DotChains,
-    avx512::Bf16DotChains,
+    avx512::Bf16DotChains, avx512::MatMulMany,
 };
 
 }  // namespace internal

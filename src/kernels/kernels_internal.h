@@ -12,6 +12,10 @@
 #include "base/thread_pool.h"
 #include "tensor/dtype.h"
 
+namespace epwa::kernels {
+struct MatMulJob;
+}  // namespace epwa::kernels
+
 namespace epwa::kernels::internal {
 
 struct IsaKernels {
@@ -41,6 +45,10 @@ struct IsaKernels {
   // The same with bf16 dot products (vdpbf16ps); 0 where the path or the CPU
   // has none.
   double (*bf16_dot_chains)(int64_t iterations);
+  // Runs n MatMul jobs in one parallel region if this path can (decode-sized
+  // jobs of one dtype) and returns true, else returns false having done
+  // nothing. The jobs are validated.
+  bool (*mat_mul_many)(const MatMulJob* jobs, int64_t n, ThreadPool& pool);
 };
 
 // Scratch space and the thread pool are reached from the instruction-set

@@ -368,6 +368,33 @@ TEST_P(IsaTest, Bf16ActivationsPrefillStaysWithinItsBound) {
   }
 }
 
+// MatMulMany gives every job exactly MatMul's result, fused (decode-sized
+// jobs of one dtype) or not (a prefill-sized job, mixed dtypes).
+TEST_P(IsaTest, MatMulManyEqualsEachMatMul) {
+  for (DType dtype : {DType::kF32, DType::kF16, DType::kBF16}) {
+    const TestWeights a = MakeWeights(dtype, 70, 96, 51), b = MakeWeights(dtype, 33, 96, 52),
+                      c = MakeWeights(dtype, 129, 70, 53), mixed = MakeWeights(DType::kF32, 17, 96, 54);
+    for (const std::vector<int64_t>& rows : {std::vector<int64_t>{1, 1, 1}, {3, 8, 2}, {1, 12, 1}}) {
+      for (bool mix : {false, true}) {
+        const WeightView* ws[] = {&a.view, mix ? &mixed.view : &b.view, &c.view};
+        std::vector<std::vector<float>> xs, got, want;
+        std::vector<MatMulJob> jobs;
+        for (int j = 0; j < 3; ++j) {
+          xs.push_back(RandomVector(rows[j] * ws[j]->cols, static_cast<uint32_t>(60 + j)));
+          got.emplace_back(static_cast<size_t>(rows[j] * ws[j]->rows), std::numeric_limits<float>::quiet_NaN());
+          want.emplace_back(got.back().size());
+        }
+        for (int j = 0; j < 3; ++j) jobs.push_back({xs[j].data(), rows[j], ws[j], got[j].data()});
+        MatMulMany(jobs, TwoThreads());
+        for (int j = 0; j < 3; ++j) {
+          MatMul(xs[j].data(), rows[j], *ws[j], want[j].data(), TwoThreads());
+          EXPECT_EQ(got[j], want[j]) << DTypeName(dtype) << " job " << j << " rows " << rows[j] << (mix ? " mixed" : "");
+        }
+      }
+    }
+  }
+}
+
 // Prefill names the instruction whose peak bounds it.
 TEST_P(IsaTest, PrefillDotNamesTheInstructionInUse) {
   EXPECT_EQ(PrefillDotFor(DType::kBF16), PrefillDot::kFp32Fma);

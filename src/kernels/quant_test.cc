@@ -406,6 +406,35 @@ TEST_P(QuantIsaTest, RowInvariantMatMulGivesEachRowTheSameBits) {
   }
 }
 
+// MatMulMany gives every quantized job exactly MatMul's result, with int8 or
+// float activations.
+TEST_P(QuantIsaTest, MatMulManyEqualsEachMatMul) {
+  const FloatMatrix s1 = MakeFloatMatrix(DType::kBF16, 70, 96, Gaussian(70 * 96, 61));
+  const FloatMatrix s2 = MakeFloatMatrix(DType::kBF16, 129, 544, Gaussian(129 * 544, 62));
+  for (bool float_x : {false, true}) {
+    std::optional<ScopedFloatActivations> exact;
+    if (float_x) exact.emplace();
+    for (DType dtype : kQuantTypes) {
+      const QuantMatrix q1 = ReferenceQuantize(s1.view, dtype), q2 = ReferenceQuantize(s2.view, dtype);
+      const WeightView* ws[] = {&q1.view, &q2.view, &q1.view};
+      const int64_t rows[] = {1, 5, 8};
+      std::vector<std::vector<float>> xs, got, want;
+      std::vector<MatMulJob> jobs;
+      for (int j = 0; j < 3; ++j) {
+        xs.push_back(Gaussian(rows[j] * ws[j]->cols, static_cast<uint32_t>(70 + j)));
+        got.emplace_back(static_cast<size_t>(rows[j] * ws[j]->rows));
+        want.emplace_back(got.back().size());
+      }
+      for (int j = 0; j < 3; ++j) jobs.push_back({xs[j].data(), rows[j], ws[j], got[j].data()});
+      MatMulMany(jobs, TwoThreads());
+      for (int j = 0; j < 3; ++j) {
+        MatMul(xs[j].data(), rows[j], *ws[j], want[j].data(), TwoThreads());
+        EXPECT_EQ(got[j], want[j]) << DTypeName(dtype) << " job " << j << (float_x ? " float activations" : "");
+      }
+    }
+  }
+}
+
 // Prefill over several cache blocks in every dimension.
 TEST_P(QuantIsaTest, MatMulLargeBlockedShapes) {
   const int64_t M = 300, N = 600, K = 544;

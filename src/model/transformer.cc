@@ -63,6 +63,19 @@ uint64_t Transformer::ScratchBytes(const ModelConfig& c, int64_t T, int64_t capa
   return BatchScratchBytes(c, T, capacity, threads, all_logits ? T : 1, 1);
 }
 
+namespace {
+
+// Up to this many rows per forward, an MoE layer runs its routed experts
+// through MatMulMany: gate and up of every chosen expert in one parallel
+// region, then every down in another, instead of three regions per expert.
+constexpr int64_t kFusedExpertTokens = 8;
+
+// Whether a model's MoE layers may take that path: MXFP4's interleaved
+// gate/up layout (with its biases) keeps the expert-by-expert path.
+bool FusesExperts(const ModelConfig& c) { return c.expert_layout != ExpertLayout::kMxfp4Interleaved; }
+
+}  // namespace
+
 uint64_t Transformer::BatchScratchBytes(const ModelConfig& c, int64_t T, int64_t capacity,
                                         int threads, int64_t logit_rows, int64_t segments) {
   const uint64_t D = c.hidden_size, F = c.MaxFf(), E = c.num_experts, K = c.num_experts_per_tok;
@@ -98,13 +111,19 @@ uint64_t Transformer::BatchScratchBytes(const ModelConfig& c, int64_t T, int64_t
     // The routing traces: router logits, experts and weights per row and MoE layer.
     bytes += t * static_cast<uint64_t>(c.NumMoeLayers()) *
              (E * sizeof(float) + K * (sizeof(int32_t) + sizeof(float)));
+    // The fused expert path's buffers, for up to kFusedExpertTokens rows.
+    if (FusesExperts(c)) {
+      const uint64_t routed = std::min<uint64_t>(t, kFusedExpertTokens) * K;
+      bytes += routed * ((2 * D + 2 * F) * sizeof(float) + sizeof(int64_t) + sizeof(float));
+    }
   }
   return bytes;
 }
 
 uint64_t Transformer::ScratchBytesInUse() const {
   auto b = [](const auto& v) { return static_cast<uint64_t>(v.capacity() * sizeof(v[0])); };
-  return b(x_) + b(xn_) + b(q_) + b(k_) + b(v_) + b(att_) + b(proj_) + b(router_logits_) +
+  return b(fused_token_) + b(fused_weight_) + b(fused_in_) + b(fused_gate_) + b(fused_up_) + b(fused_out_) +
+         b(x_) + b(xn_) + b(q_) + b(k_) + b(v_) + b(att_) + b(proj_) + b(router_logits_) +
          b(ffn_in_) + b(ffn_gate_) + b(ffn_up_) + b(ffn_out_) + b(scores_) + b(token_experts_) +
          b(token_weights_) + b(moe_out_) + b(rows_token_) + b(rows_weight_) + b(inv_freq_) +
          b(row_pos_) + b(row_seg_) + b(seg_first_) + b(logit_rows_) + b(rope_amplitude_) + b(qa_);
@@ -501,9 +520,11 @@ void Transformer::Attention(int64_t layer, int64_t T, std::span<const BatchSegme
   const int64_t H = config_.num_heads, KVH = config_.num_kv_heads, group = H / KVH;
   const int64_t q_dim = config_.QDim(), kv_dim = config_.KvDim();
 
-  kernels::MatMul(xn_.data(), T, lw.q, q_.data(), pool_);  // [T, q_dim]
-  kernels::MatMul(xn_.data(), T, lw.k, k_.data(), pool_);  // [T, kv_dim]
-  kernels::MatMul(xn_.data(), T, lw.v, v_.data(), pool_);  // [T, kv_dim]
+  // q [T, q_dim], k and v [T, kv_dim]: one parallel region when decoding.
+  const kernels::MatMulJob qkv[] = {{xn_.data(), T, &lw.q, q_.data()},
+                                    {xn_.data(), T, &lw.k, k_.data()},
+                                    {xn_.data(), T, &lw.v, v_.data()}};
+  kernels::MatMulMany(qkv, pool_);
   AddBias(q_.data(), lw.q_bias, T);
   AddBias(k_.data(), lw.k_bias, T);
   AddBias(v_.data(), lw.v_bias, T);
@@ -715,6 +736,17 @@ void Transformer::NormalizeQk(const LayerWeights& lw, int64_t T) {
     kernels::RmsNorm(k_.data() + i, lw.k_norm.data(), k_span, config_.rms_norm_eps, k_.data() + i);
 }
 
+void Transformer::Activate(float* gate, const float* up, int64_t n) const {
+  switch (config_.activation) {
+    case ActivationKind::kSwiGLU:
+      kernels::SiluMul(gate, up, n);
+      break;
+    case ActivationKind::kClampedSwiGLU:
+      kernels::ClampedSwiGlu(gate, up, n, config_.swiglu_alpha, config_.swiglu_limit);
+      break;
+  }
+}
+
 // SwiGLU on the first `rows` rows of ffn_in_, result in ffn_out_. The width
 // comes from the weights: dense layers, experts and shared experts differ.
 void Transformer::ExpertForward(const ExpertWeights& e, int64_t rows,
@@ -741,15 +773,7 @@ void Transformer::ExpertForward(const ExpertWeights& e, int64_t rows,
       CheckStage(ffn_up_.data(), rows * F, [&] { return name("up"); });
     }
   }
-  switch (config_.activation) {
-    case ActivationKind::kSwiGLU:
-      kernels::SiluMul(ffn_gate_.data(), ffn_up_.data(), rows * F);
-      break;
-    case ActivationKind::kClampedSwiGLU:
-      kernels::ClampedSwiGlu(ffn_gate_.data(), ffn_up_.data(), rows * F, config_.swiglu_alpha,
-                             config_.swiglu_limit);
-      break;
-  }
+  Activate(ffn_gate_.data(), ffn_up_.data(), rows * F);
   if (checking_)
     CheckStage(ffn_gate_.data(), rows * F, [&] { return name("silu(gate) x up"); });
   kernels::MatMul(ffn_gate_.data(), rows, e.down, ffn_out_.data(), pool_);  // [rows, d_model]
@@ -829,6 +853,52 @@ void Transformer::FeedForward(int64_t layer, int64_t T, std::span<const BatchSeg
   // batch the rows of every sequence that picked the expert go in together.
   std::vector<float>& moe_out = moe_out_;
   moe_out.assign(T * D, 0.f);
+  const ExpertWeights& e0 = lw.experts[0];
+  if (T <= kFusedExpertTokens && FusesExperts(config_) && !checking_ && !e0.Interleaved() && !e0.down_bias &&
+      !e0.gate_up_bias) {
+    // Every routed row at once, experts in order and each expert's rows in
+    // token order, as the loop below takes them: each product and the sum
+    // into moe_out are exactly the loop's, in two parallel regions.
+    struct Use {
+      int64_t expert, first, rows;
+    };
+    std::vector<Use> uses;
+    fused_token_.reserve(static_cast<size_t>(kFusedExpertTokens * K));
+    fused_weight_.reserve(static_cast<size_t>(kFusedExpertTokens * K));
+    fused_token_.clear();
+    fused_weight_.clear();
+    for (int64_t e = 0; e < E; ++e) {
+      const int64_t first = static_cast<int64_t>(fused_token_.size());
+      for (int64_t t = 0; t < T; ++t)
+        for (int64_t k = 0; k < K; ++k)
+          if (experts[t * K + k] == e) {
+            fused_token_.push_back(t);
+            fused_weight_.push_back(mix[t * K + k]);
+          }
+      const int64_t rows = static_cast<int64_t>(fused_token_.size()) - first;
+      if (rows > 0) uses.push_back({e, first, rows});
+    }
+    const int64_t R = static_cast<int64_t>(fused_token_.size()), Fe = e0.Ff();
+    Grow(fused_in_, R * D);
+    Grow(fused_gate_, R * Fe);
+    Grow(fused_up_, R * Fe);
+    Grow(fused_out_, R * D);
+    for (int64_t r = 0; r < R; ++r) std::copy_n(xn_.data() + fused_token_[r] * D, D, fused_in_.data() + r * D);
+    std::vector<kernels::MatMulJob> jobs;
+    for (const Use& u : uses) {
+      const ExpertWeights& ew = lw.experts[u.expert];
+      jobs.push_back({fused_in_.data() + u.first * D, u.rows, &ew.gate, fused_gate_.data() + u.first * Fe});
+      jobs.push_back({fused_in_.data() + u.first * D, u.rows, &ew.up, fused_up_.data() + u.first * Fe});
+    }
+    kernels::MatMulMany(jobs, pool_);
+    Activate(fused_gate_.data(), fused_up_.data(), R * Fe);
+    jobs.clear();
+    for (const Use& u : uses)
+      jobs.push_back({fused_gate_.data() + u.first * Fe, u.rows, &lw.experts[u.expert].down, fused_out_.data() + u.first * D});
+    kernels::MatMulMany(jobs, pool_);
+    for (int64_t r = 0; r < R; ++r)
+      kernels::Axpy(fused_weight_[r], fused_out_.data() + r * D, moe_out.data() + fused_token_[r] * D, D);
+  } else {
   std::vector<int64_t>& rows_token = rows_token_;
   rows_token_.reserve(T);  // at most T tokens pick one expert; sized once, not by doubling
   rows_weight_.reserve(T);
@@ -852,6 +922,7 @@ void Transformer::FeedForward(int64_t layer, int64_t T, std::span<const BatchSeg
     });
     for (int64_t r = 0; r < rows; ++r)
       kernels::Axpy(rows_weight[r], ffn_out_.data() + r * D, moe_out.data() + rows_token[r] * D, D);
+  }
   }
 
   // A sigmoid-gated shared expert (Qwen2-MoE) sees every token and is added

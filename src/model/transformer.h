@@ -153,6 +153,9 @@ class Transformer {
   // LocateNonFinite's messages.
   void ExpertForward(const ExpertWeights& e, int64_t rows,
                      const std::function<std::string(const char*)>& name);
+  // The activation of config_ (SwiGLU or clamped SwiGLU): gate[i] becomes
+  // act(gate[i]) * up[i] for n values.
+  void Activate(float* gate, const float* up, int64_t n) const;
   // Rotates `num_heads` head vectors at `vec` for position `pos` with the
   // inverse frequencies `inv_freq` ([head_dim / 2]).
   // Heads are `stride` floats apart; the first head_dim of each rotate.
@@ -206,6 +209,14 @@ class Transformer {
   std::vector<float> moe_out_;          // [T, d_model] weighted sum of expert outputs
   std::vector<int64_t> rows_token_;     // tokens routed to the expert in progress
   std::vector<float> rows_weight_;      // and their weights
+  // The fused expert path (few tokens: decode): every routed row at once,
+  // experts in order. [T * top_k] rows of each.
+  std::vector<int64_t> fused_token_;
+  std::vector<float> fused_weight_;
+  std::vector<float> fused_in_;    // [T * top_k, d_model]
+  std::vector<float> fused_gate_;  // [T * top_k, d_ff]
+  std::vector<float> fused_up_;    // [T * top_k, d_ff]
+  std::vector<float> fused_out_;   // [T * top_k, d_model]
   // Per row of the current call: its absolute position and its segment.
   std::vector<int64_t> row_pos_;  // [T]
   std::vector<int32_t> row_seg_;  // [T]
