@@ -170,6 +170,20 @@ struct Detectors {
   std::optional<double> Z(Scheme s, const DetectInput& in) {
     return ZOf(Tokens(s, in), ListsOf(s).p0(), o.detect);
   }
+  // Z of each input, the forward passes batched (Engine::ScoreBatch, routing
+  // only): the same values as Z one by one, in fewer passes.
+  std::vector<std::optional<double>> ZMany(Scheme s, const std::vector<DetectInput>& ins) {
+    std::vector<std::optional<double>> out;
+    if (s == Scheme::kKgw) {
+      for (const DetectInput& in : ins) out.push_back(Z(s, in));
+      return out;
+    }
+    std::vector<std::vector<int32_t>> texts;
+    for (const DetectInput& in : ins) texts.push_back(in.ids);
+    const std::vector<ScoreResult> passes = engine.ScoreBatch(texts, /*logits=*/false);
+    for (size_t i = 0; i < ins.size(); ++i) out.push_back(ZOf(FromPass(s, ins[i], passes[i]), ListsOf(s).p0(), o.detect));
+    return out;
+  }
 
   // Full, no-dedup, CSPV and PEPI z of one input, plus the per-position
   // experts recovered by the forward pass ([T], -1 where unknown) and the
@@ -476,6 +490,10 @@ EvalReport EvaluateWatermark(Engine& engine, const SecretKey& key, const EvalOpt
       const std::string prompt = prompts[static_cast<size_t>(i) % prompts.size()];
       DetectInput with = InputFromIds(engine, prompt, r.tokens);
       DetectInput without = InputFromIds(engine, std::nullopt, r.tokens);
+      // The token-level and copy-paste attacks of this text, scored together
+      // in batched passes below.
+      std::vector<ZSet*> pending_sets;
+      std::vector<DetectInput> pending;
       // Token-level attacks on the generated ids (the prompt kept), detected
       // with the prompt: a fraction of the tokens replaced by uniformly
       // random ids, deleted, or followed by an inserted random id.
@@ -487,7 +505,8 @@ EvalReport EvaluateWatermark(Engine& engine, const SecretKey& key, const EvalOpt
           ++out.too_short;
           return;
         }
-        Add(out, det.Z(scheme, InputFromIds(engine, prompt, attacked)));
+        pending_sets.push_back(&out);
+        pending.push_back(InputFromIds(engine, prompt, attacked));
       };
       auto random_id = [&](Rng& rng) { return static_cast<int32_t>(rng.Next() % static_cast<uint64_t>(c.vocab_size)); };
       for (size_t a = 0; a < o.substitution_rates.size(); ++a)
@@ -545,7 +564,12 @@ EvalReport EvaluateWatermark(Engine& engine, const SecretKey& key, const EvalOpt
         std::vector<int32_t> mixed(human_pool.begin() + from, human_pool.begin() + from + at);
         mixed.insert(mixed.end(), r.tokens.begin(), r.tokens.begin() + w);
         mixed.insert(mixed.end(), human_pool.begin() + from + at, human_pool.begin() + from + h);
-        Add(se.copy_paste[a], det.Z(scheme, InputFromIds(engine, std::nullopt, mixed)));
+        pending_sets.push_back(&se.copy_paste[a]);
+        pending.push_back(InputFromIds(engine, std::nullopt, mixed));
+      }
+      if (!pending.empty()) {
+        const std::vector<std::optional<double>> zs = det.ZMany(scheme, pending);
+        for (size_t k = 0; k < zs.size(); ++k) Add(*pending_sets[k], zs[k]);
       }
       // Text-level attacks: the decoded text, edited, then tokenized again
       // as a detector given text would.
