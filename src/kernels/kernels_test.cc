@@ -345,7 +345,7 @@ TEST_P(IsaTest, Bf16ActivationsPrefillStaysWithinItsBound) {
   const bool bf16_path = GetParam() == Isa::kAvx512 && __builtin_cpu_supports("avx512bf16");
   EXPECT_EQ(PrefillDotFor(DType::kBF16) == PrefillDot::kBf16, bf16_path);
   EXPECT_EQ(PrefillDotFor(DType::kF16), PrefillDot::kFp32Fma);
-  for (const auto [M, N, K] : {std::tuple{9, 33, 64}, {37, 300, 98}, {300, 70, 544}, {17, 40, 63}, {64, 257, 1000}}) {
+  for (const auto& [M, N, K] : {std::tuple{9, 33, 64}, {37, 300, 98}, {300, 70, 544}, {17, 40, 63}, {64, 257, 1000}}) {
     const TestWeights w = MakeWeights(DType::kBF16, N, K, static_cast<uint32_t>(M + N + K));
     const std::vector<float> x = RandomVector(static_cast<int64_t>(M) * K, static_cast<uint32_t>(M * K));
     std::vector<float> y(static_cast<size_t>(M) * N, std::numeric_limits<float>::quiet_NaN());
