@@ -435,6 +435,23 @@ QuantizedX QuantizeX(const float* x, int64_t M, int64_t K) {
 // offset exactly before the sum is converted to float and scaled by s_w *
 // s_x.
 
+// Stores (or, if accumulate, adds to) y[0:mr, 0:cols] the first mr rows of
+// a register tile of two vectors per row, the epilogue of the integer and
+// bf16 prefill tiles.
+__attribute__((always_inline)) inline void StoreTileRows(__m512 (*acc)[2], int mr, float* y, int64_t ldy,
+                                                         int64_t cols, bool accumulate) {
+  const __mmask16 mask0 = FirstLanes(cols), mask1 = FirstLanes(Max(cols - 16, 0));
+  for (int m = 0; m < mr; ++m) {
+    float* row = y + m * ldy;
+    if (accumulate) {
+      acc[m][0] = _mm512_add_ps(acc[m][0], _mm512_maskz_loadu_ps(mask0, row));
+      acc[m][1] = _mm512_add_ps(acc[m][1], _mm512_maskz_loadu_ps(mask1, row + 16));
+    }
+    _mm512_mask_storeu_ps(row, mask0, acc[m][0]);
+    _mm512_mask_storeu_ps(row + 16, mask1, acc[m][1]);
+  }
+}
+
 constexpr int kI8Mr = 4;        // Rows of x per register tile.
 constexpr int kI8Nr = 32;       // Output columns per tile (two vectors).
 constexpr int64_t kI8Kg = 32;   // Groups of 32 inputs per panel (1024 inputs).
@@ -728,16 +745,7 @@ void Int8Tile(const int32_t* xt, const uint8_t* strip, int64_t ng, float* y, int
       acc[m][1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[m][1]), _mm512_mul_ps(s1, sxm), acc[m][1]);
     }
   }
-  const __mmask16 mask0 = FirstLanes(cols), mask1 = FirstLanes(Max(cols - 16, 0));
-  for (int m = 0; m < mr; ++m) {
-    float* row = y + m * ldy;
-    if (accumulate) {
-      acc[m][0] = _mm512_add_ps(acc[m][0], _mm512_maskz_loadu_ps(mask0, row));
-      acc[m][1] = _mm512_add_ps(acc[m][1], _mm512_maskz_loadu_ps(mask1, row + 16));
-    }
-    _mm512_mask_storeu_ps(row, mask0, acc[m][0]);
-    _mm512_mask_storeu_ps(row + 16, mask1, acc[m][1]);
-  }
+  StoreTileRows(acc, mr, y, ldy, cols, accumulate);
 }
 
 #ifdef __clang__
@@ -1145,16 +1153,7 @@ void Bf16Tile(const uint32_t* xt, const uint32_t* strip, int64_t pairs, float* y
       acc[m][1] = _mm512_dpbf16_ps(acc[m][1], w1, xb);
     }
   }
-  const __mmask16 mask0 = FirstLanes(cols), mask1 = FirstLanes(Max(cols - 16, 0));
-  for (int m = 0; m < mr; ++m) {
-    float* row = y + m * ldy;
-    if (accumulate) {
-      acc[m][0] = _mm512_add_ps(acc[m][0], _mm512_maskz_loadu_ps(mask0, row));
-      acc[m][1] = _mm512_add_ps(acc[m][1], _mm512_maskz_loadu_ps(mask1, row + 16));
-    }
-    _mm512_mask_storeu_ps(row, mask0, acc[m][0]);
-    _mm512_mask_storeu_ps(row + 16, mask1, acc[m][1]);
-  }
+  StoreTileRows(acc, mr, y, ldy, cols, accumulate);
 }
 
 #ifdef __clang__
@@ -1203,47 +1202,60 @@ bool PrefillBf16(const float* x, int64_t M, const WeightView& w, float* y, Threa
 // on the definitions above and compiled here for AVX-512.
 #include "kernels/kernels_blocking_inl.h"
 
-// One thread's share of the integer prefill: output columns [n_begin, n_end)
-// for `mc` rows of x packed in xp (ceil(mc / kI8Mr) tiles).
-template <DType D>
-void PrefillInt8Range(const int32_t* xp, int64_t mc, const WeightView& w, float* y, int64_t n_begin, int64_t n_end,
-                      __m256i level_table) {
-  const int64_t N = w.rows, groups = w.cols / 32;
-  const int64_t tile_words = groups * kI8XGroupWords;
-  auto* packed = reinterpret_cast<uint8_t*>(internal::ThreadScratch(
-      internal::Scratch::kPanel, static_cast<size_t>(kI8Nb / kI8Nr * kI8Kg * kI8WGroupBytes / 4)));
-  // Panels in the order they are packed, in inputs (as PanelPrefetcher
-  // counts them): all groups of one column block, then the next block.
-  auto panel_at = [&](int64_t nb, int64_t g0) {
+// The panel loop of the integer and bf16 prefills (one thread's output
+// columns [n_begin, n_end)): panels of kNb columns by kKb inputs, in column
+// blocks, each packed once by pack(panel) and multiplied strip by strip
+// against every tile of x by tile(m0, mr, s, panel), while the next panel is
+// fetched from DRAM (PanelPrefetcher).
+template <int64_t kNb_, int64_t kKb_, int kMr_, int kNr_, typename Pack, typename Tile>
+void PanelLoop(const WeightView& w, int64_t mc, int64_t n_begin, int64_t n_end, Pack&& pack, Tile&& tile) {
+  const int64_t K = w.cols;
+  auto panel_at = [&](int64_t nb, int64_t k0) {
     Panel p;
     if (nb >= n_end) return p;
     p.n0 = nb;
-    p.ncols = Min(kI8Nb, n_end - nb);
-    p.k0 = g0 * 32;
-    p.kb = Min(kI8Kg, groups - g0) * 32;
+    p.ncols = Min(kNb_, n_end - nb);
+    p.k0 = k0;
+    p.kb = Min(kKb_, K - k0);
     return p;
   };
-  for (int64_t nb = n_begin; nb < n_end; nb += kI8Nb) {
-    const int64_t ncols = Min(kI8Nb, n_end - nb);
-    for (int64_t g0 = 0; g0 < groups; g0 += kI8Kg) {
-      const int64_t ng = Min(kI8Kg, groups - g0);
-      PackPanelInt8<D>(w, nb, ncols, g0, ng, level_table, packed);
-      // The next panel comes from DRAM while this one is multiplied.
-      PanelPrefetcher prefetcher(w, g0 + kI8Kg < groups ? panel_at(nb, g0 + kI8Kg) : panel_at(nb + kI8Nb, 0));
-      const int64_t strips = (ncols + kI8Nr - 1) / kI8Nr;
-      const int64_t calls = (mc + kI8Mr - 1) / kI8Mr * strips;
+  for (int64_t nb = n_begin; nb < n_end; nb += kNb_) {
+    for (int64_t k0 = 0; k0 < K; k0 += kKb_) {
+      const Panel panel = panel_at(nb, k0);
+      pack(panel);
+      PanelPrefetcher prefetcher(w, k0 + kKb_ < K ? panel_at(nb, k0 + kKb_) : panel_at(nb + kNb_, 0));
+      const int64_t strips = (panel.ncols + kNr_ - 1) / kNr_;
+      const int64_t calls = (mc + kMr_ - 1) / kMr_ * strips;
       const int64_t per_call = (prefetcher.TotalLines() + calls - 1) / calls;
-      for (int64_t m0 = 0; m0 < mc; m0 += kI8Mr) {
-        const int32_t* xt = xp + m0 / kI8Mr * tile_words + g0 * kI8XGroupWords;
-        const int mr = static_cast<int>(Min(kI8Mr, mc - m0));
-        for (int64_t s = 0; s * kI8Nr < ncols; ++s) {
-          Int8Tile(xt, packed + s * ng * kI8WGroupBytes, ng, y + m0 * N + nb + s * kI8Nr, N,
-                   Min(kI8Nr, ncols - s * kI8Nr), mr, g0 > 0);
+      for (int64_t m0 = 0; m0 < mc; m0 += kMr_) {
+        const int mr = static_cast<int>(Min(kMr_, mc - m0));
+        for (int64_t s = 0; s * kNr_ < panel.ncols; ++s) {
+          tile(m0, mr, s, panel);
           prefetcher.Issue(per_call);
         }
       }
     }
   }
+}
+
+// One thread's share of the integer prefill: output columns [n_begin, n_end)
+// for `mc` rows of x packed in xp (ceil(mc / kI8Mr) tiles).
+template <DType D>
+void PrefillInt8Range(const int32_t* xp, int64_t mc, const WeightView& w, float* y, int64_t n_begin, int64_t n_end,
+                      __m256i level_table) {
+  const int64_t N = w.rows;
+  const int64_t tile_words = w.cols / 32 * kI8XGroupWords;
+  auto* packed = reinterpret_cast<uint8_t*>(internal::ThreadScratch(
+      internal::Scratch::kPanel, static_cast<size_t>(kI8Nb / kI8Nr * kI8Kg * kI8WGroupBytes / 4)));
+  // Panels span whole groups: kI8Kg groups of 32 inputs.
+  PanelLoop<kI8Nb, kI8Kg * 32, kI8Mr, kI8Nr>(
+      w, mc, n_begin, n_end,
+      [&](const Panel& p) { PackPanelInt8<D>(w, p.n0, p.ncols, p.k0 / 32, p.kb / 32, level_table, packed); },
+      [&](int64_t m0, int mr, int64_t s, const Panel& p) {
+        const int64_t ng = p.kb / 32;
+        Int8Tile(xp + m0 / kI8Mr * tile_words + p.k0 / 32 * kI8XGroupWords, packed + s * ng * kI8WGroupBytes, ng,
+                 y + m0 * N + p.n0 + s * kI8Nr, N, Min(kI8Nr, p.ncols - s * kI8Nr), mr, p.k0 > 0);
+      });
 }
 
 // The integer prefill (see above) where the CPU has VNNI; returns false
@@ -1275,41 +1287,17 @@ bool PrefillInt8(const float* x, int64_t M, const WeightView& w, float* y, Threa
 // packed in xp (ceil(mc / kBfMr) tiles of [K / 2][kBfMr] words).
 void PrefillBf16Range(const uint32_t* xp, int64_t mc, const WeightView& w, float* y, int64_t n_begin,
                       int64_t n_end) {
-  const int64_t N = w.rows, K = w.cols;
-  const int64_t tile_words = K / 2 * kBfMr;
+  const int64_t N = w.rows;
+  const int64_t tile_words = w.cols / 2 * kBfMr;
   auto* packed = reinterpret_cast<uint32_t*>(
       internal::ThreadScratch(internal::Scratch::kPanel, static_cast<size_t>(kBfNb * kBfKb / 2)));
-  auto panel_at = [&](int64_t nb, int64_t k0) {
-    Panel p;
-    if (nb >= n_end) return p;
-    p.n0 = nb;
-    p.ncols = Min(kBfNb, n_end - nb);
-    p.k0 = k0;
-    p.kb = Min(kBfKb, K - k0);
-    return p;
-  };
-  for (int64_t nb = n_begin; nb < n_end; nb += kBfNb) {
-    const int64_t ncols = Min(kBfNb, n_end - nb);
-    for (int64_t k0 = 0; k0 < K; k0 += kBfKb) {
-      const int64_t kb = Min(kBfKb, K - k0);
-      const int64_t pairs = kb / 2;
-      PackPanelBf16(w, nb, ncols, k0, kb, packed);
-      // The next panel comes from DRAM while this one is multiplied.
-      PanelPrefetcher prefetcher(w, k0 + kBfKb < K ? panel_at(nb, k0 + kBfKb) : panel_at(nb + kBfNb, 0));
-      const int64_t strips = (ncols + kBfNr - 1) / kBfNr;
-      const int64_t calls = (mc + kBfMr - 1) / kBfMr * strips;
-      const int64_t per_call = (prefetcher.TotalLines() + calls - 1) / calls;
-      for (int64_t m0 = 0; m0 < mc; m0 += kBfMr) {
-        const uint32_t* xt = xp + m0 / kBfMr * tile_words + k0 / 2 * kBfMr;
-        const int mr = static_cast<int>(Min(kBfMr, mc - m0));
-        for (int64_t s = 0; s * kBfNr < ncols; ++s) {
-          Bf16Tile(xt, packed + s * pairs * kBfNr, pairs, y + m0 * N + nb + s * kBfNr, N,
-                   Min(kBfNr, ncols - s * kBfNr), mr, k0 > 0);
-          prefetcher.Issue(per_call);
-        }
-      }
-    }
-  }
+  PanelLoop<kBfNb, kBfKb, kBfMr, kBfNr>(
+      w, mc, n_begin, n_end, [&](const Panel& p) { PackPanelBf16(w, p.n0, p.ncols, p.k0, p.kb, packed); },
+      [&](int64_t m0, int mr, int64_t s, const Panel& p) {
+        const int64_t pairs = p.kb / 2;
+        Bf16Tile(xp + m0 / kBfMr * tile_words + p.k0 / 2 * kBfMr, packed + s * pairs * kBfNr, pairs,
+                 y + m0 * N + p.n0 + s * kBfNr, N, Min(kBfNr, p.ncols - s * kBfNr), mr, p.k0 > 0);
+      });
 }
 
 // The bf16 prefill for BF16 weights where it is requested, the CPU has

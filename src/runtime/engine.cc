@@ -358,7 +358,7 @@ GenerateResult Engine::Generate(std::span<const int32_t> prompt, const GenerateO
   return GenerateResult{std::move(done.tokens), std::move(done.stats)};
 }
 
-ScoreResult Engine::Score(std::span<const int32_t> ids) {
+void Engine::CheckScorable(std::span<const int32_t> ids) const {
   Require(!ids.empty(), "nothing to score: the text has no tokens");
   Require(static_cast<int64_t>(ids.size()) <= max_context(),
           "the text has " + std::to_string(ids.size()) + " tokens, more than the model's context of " +
@@ -367,6 +367,10 @@ ScoreResult Engine::Score(std::span<const int32_t> ids) {
           "the text has " + std::to_string(ids.size()) + " tokens, but memory was planned for " +
               std::to_string(load_stats_.plan_ctx) + " (raise it with --ctx " +
               std::to_string(ids.size()) + ")");
+}
+
+ScoreResult Engine::Score(std::span<const int32_t> ids) {
+  CheckScorable(ids);
   ScoreResult result;
   result.ids.assign(ids.begin(), ids.end());
   const int64_t T = static_cast<int64_t>(ids.size());
@@ -403,15 +407,7 @@ ScoreResult Engine::Score(std::span<const int32_t> ids) {
 }
 
 std::vector<ScoreResult> Engine::ScoreBatch(std::span<const std::vector<int32_t>> texts, bool logits) {
-  for (const std::vector<int32_t>& ids : texts) {
-    Require(!ids.empty(), "nothing to score: the text has no tokens");
-    Require(static_cast<int64_t>(ids.size()) <= max_context(),
-            "the text has " + std::to_string(ids.size()) + " tokens, more than the model's context of " +
-                std::to_string(max_context()));
-    Require(static_cast<int64_t>(ids.size()) <= load_stats_.plan_ctx,
-            "the text has " + std::to_string(ids.size()) + " tokens, but memory was planned for " +
-                std::to_string(load_stats_.plan_ctx) + " (raise it with --ctx " + std::to_string(ids.size()) + ")");
-  }
+  for (const std::vector<int32_t>& ids : texts) CheckScorable(ids);
   const kernels::ScopedRowInvariantMatMul row_invariant;
   const ModelConfig& c = config();
   // The plan holds this many rows (and as many cached positions) per pass.

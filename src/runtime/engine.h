@@ -199,6 +199,8 @@ class Engine {
   // Throws epwa::Error naming the first layer and tensor whose output is not
   // finite when `logits` (computed for `context`) hold a NaN or infinity.
   void CheckLogits(std::span<const float> logits, std::span<const int32_t> context);
+  // Throws epwa::Error if `ids` is empty or exceeds the context or the plan.
+  void CheckScorable(std::span<const int32_t> ids) const;
 
   std::string model_dir_;
   std::unique_ptr<ThreadPool> pool_;
