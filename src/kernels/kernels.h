@@ -86,25 +86,30 @@ const char* PrefillDotName(PrefillDot dot);
 // blocks and scales, being bytes, at any address.
 //
 // Quantized weights (kQ8, kQ4, kNF4; w.cols % 32 == 0, w.scales set) follow
-// the same contract. Prefill dequantizes each panel of W to float exactly
-// (as WeightView::At) and runs the float GEMM. The vector decode paths instead
-// quantize each row of x to int8 per group of 32 (scale = max|x| / 127, round
-// to nearest) and multiply with integer dot products (VNNI vpdpbusd on
-// AVX-512, vpmaddubsw on AVX2), scaling each group's integer sum by
-// s_w * s_x in float. Against the dequantized float product this adds, per
-// output, an error of at most sum over groups g of (s_x[g] / 2) *
+// the same contract. The vector decode paths, and the AVX-512 prefill where
+// the CPU has VNNI, quantize each row of x to int8 per group of 32 (scale =
+// max|x| / 127, round to nearest) and multiply with integer dot products
+// (VNNI vpdpbusd on AVX-512, vpmaddubsw on AVX2), scaling each group's
+// integer sum by s_w * s_x in float. Against the dequantized float product
+// this adds, per output, an error of at most sum over groups g of (s_x[g] / 2) *
 // sum_{k in g} |w[n, k]| (each x moves by at most 1/254 of its group's
 // max|x|), and for kNF4 at most sum_g (|s_w[g]| / 254) * sum_{k in g} |x[k]|,
 // because the integer paths use the codebook rounded to multiples of 1/127.
 // Measured on Gaussian data ([1024, 2048], x ~ N(0, 1)) the output moves by
 // 0.54% (relative RMS) for Q8 and Q4 and 0.76% for NF4, 1.2-1.3% when every
 // 97th activation is a 20x outlier: small against the 4-bit weight error
-// (8.3%), comparable to the Q8 weight error (0.5%). The scalar path
-// dequantizes to float and has neither error.
+// (8.3%), comparable to the Q8 weight error (0.5%). The scalar path, the
+// AVX2 prefill and every path under SetFloatActivations dequantize each
+// panel of W to float exactly (as WeightView::At), run the float GEMM and
+// have neither error. The integer prefill rounds x
+// the same way and so has the same bound (its float steps differ in order
+// from the decode path's, so a row's prefill and decode results may differ
+// in the last bits).
 //
 // MXFP4 weights (kMXFP4, used in place from the checkpoint; layout in
-// tensor/dtype.h) take the same two routes. Prefill and the scalar path
-// dequantize exactly (as WeightView::At). The vector decode paths use twice
+// tensor/dtype.h) take the same two routes. The float prefill and the scalar
+// path dequantize exactly (as WeightView::At). The integer paths (decode, and
+// the AVX-512 prefill with VNNI) use twice
 // the E2M1 values as int8 levels (integers in [-12, 12], exact) against the
 // same int8 x codes, and scale each block's integer sum by 2^(e - 127) / 2 *
 // s_x (the halving is exact). The weights are thus exact, and the only error
