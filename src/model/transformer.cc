@@ -859,10 +859,8 @@ void Transformer::FeedForward(int64_t layer, int64_t T, std::span<const BatchSeg
     // Every routed row at once, experts in order and each expert's rows in
     // token order, as the loop below takes them: each product and the sum
     // into moe_out are exactly the loop's, in two parallel regions.
-    struct Use {
-      int64_t expert, first, rows;
-    };
-    std::vector<Use> uses;
+    std::vector<FusedUse>& uses = fused_uses_;
+    uses.clear();
     fused_token_.reserve(static_cast<size_t>(kFusedExpertTokens * K));
     fused_weight_.reserve(static_cast<size_t>(kFusedExpertTokens * K));
     fused_token_.clear();
@@ -884,8 +882,9 @@ void Transformer::FeedForward(int64_t layer, int64_t T, std::span<const BatchSeg
     Grow(fused_up_, R * Fe);
     Grow(fused_out_, R * D);
     for (int64_t r = 0; r < R; ++r) std::copy_n(xn_.data() + fused_token_[r] * D, D, fused_in_.data() + r * D);
-    std::vector<kernels::MatMulJob> jobs;
-    for (const Use& u : uses) {
+    std::vector<kernels::MatMulJob>& jobs = fused_jobs_;
+    jobs.clear();
+    for (const FusedUse& u : uses) {
       const ExpertWeights& ew = lw.experts[u.expert];
       jobs.push_back({fused_in_.data() + u.first * D, u.rows, &ew.gate, fused_gate_.data() + u.first * Fe});
       jobs.push_back({fused_in_.data() + u.first * D, u.rows, &ew.up, fused_up_.data() + u.first * Fe});
@@ -893,7 +892,7 @@ void Transformer::FeedForward(int64_t layer, int64_t T, std::span<const BatchSeg
     kernels::MatMulMany(jobs, pool_);
     Activate(fused_gate_.data(), fused_up_.data(), R * Fe);
     jobs.clear();
-    for (const Use& u : uses)
+    for (const FusedUse& u : uses)
       jobs.push_back({fused_gate_.data() + u.first * Fe, u.rows, &lw.experts[u.expert].down, fused_out_.data() + u.first * D});
     kernels::MatMulMany(jobs, pool_);
     for (int64_t r = 0; r < R; ++r)

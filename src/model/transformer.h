@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "base/thread_pool.h"
+#include "kernels/kernels.h"
 #include "model/config.h"
 #include "model/routing.h"
 #include "model/weights.h"
@@ -217,6 +218,14 @@ class Transformer {
   std::vector<float> fused_gate_;  // [T * top_k, d_ff]
   std::vector<float> fused_up_;    // [T * top_k, d_ff]
   std::vector<float> fused_out_;   // [T * top_k, d_model]
+  // The experts a fused pass uses (their first row and row count in the
+  // buffers above) and its products; kept, like the buffers, so that a
+  // decode step allocates nothing. At most n_experts entries each.
+  struct FusedUse {
+    int64_t expert, first, rows;
+  };
+  std::vector<FusedUse> fused_uses_;
+  std::vector<kernels::MatMulJob> fused_jobs_;
   // Per row of the current call: its absolute position and its segment.
   std::vector<int64_t> row_pos_;  // [T]
   std::vector<int32_t> row_seg_;  // [T]
