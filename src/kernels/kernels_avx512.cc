@@ -1451,9 +1451,12 @@ __attribute__((target("avx512vnni"))) double VnniChains(int64_t iterations) {
 #pragma GCC unroll 16
     for (int i = 0; i < kChains; ++i) acc[i] = _mm512_dpbusd_epi32(acc[i], a, b);
   }
+  // The accumulators wrap around by design (vector adds wrap); the sink
+  // combines them with OR, since a scalar reduction by addition would
+  // overflow int.
   __m512i sum = acc[0];
-  for (int i = 1; i < kChains; ++i) sum = _mm512_add_epi32(sum, acc[i]);
-  volatile int sink = _mm512_reduce_add_epi32(sum);
+  for (int i = 1; i < kChains; ++i) sum = _mm512_or_si512(sum, acc[i]);
+  volatile int sink = _mm512_reduce_or_epi32(sum);
   (void)sink;
   return static_cast<double>(iterations) * kChains * 64 * 2;
 }
