@@ -10,6 +10,9 @@ packages=(
   python3 python3-numpy python3-sentencepiece python3-jinja2
   libcpp-httplib-dev curl
   wordnet-base  # WordNet 3.0 in /usr/share/wordnet, for the synonym-substitution attack
+  # The Python module (python/, built with pybind11) and its tests; dask and distributed run
+  # corpus detection on a cluster (python3 -m epwa.detect_corpus).
+  python3-dev pybind11-dev python3-pytest python3-dask python3-distributed
 )
 # Node.js runs the real-client tests of `epwa serve` (the openai npm package).
 # It may come from Debian or from elsewhere (NodeSource bundles npm, and then

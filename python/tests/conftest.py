@@ -1,0 +1,49 @@
+"""Shared fixtures: the bundled model loaded once, a key, and the epwa CLI to compare against."""
+
+import json
+import os
+import subprocess
+
+import pytest
+
+import epwa
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+MODEL = os.path.join(ROOT, "models", "tiny-moe")
+CHAT_MODEL = os.path.join(ROOT, "models", "tiny-qwen3-moe")
+
+
+def cli_path() -> str:
+    path = os.environ.get("EPWA_CLI", os.path.join(ROOT, "build", "epwa"))
+    if not os.path.exists(path):
+        pytest.skip(f"the epwa CLI is not built at {path}")
+    return path
+
+
+def run_cli(*args, check=True, env=None):
+    """The CLI's result: (exit status, stdout, stderr). Two threads, like the Python engines."""
+    proc = subprocess.run([cli_path(), *args], capture_output=True, text=True, env=env, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"epwa {' '.join(args)} failed ({proc.returncode}): {proc.stderr}")
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def cli_json_lines(stdout: str):
+    return [json.loads(line) for line in stdout.splitlines() if line.strip()]
+
+
+def without_timing(result: dict) -> dict:
+    """A detection result without its wall-clock field, the only one that may differ between runs."""
+    return {k: v for k, v in result.items() if k != "detect_ms"}
+
+
+@pytest.fixture(scope="session")
+def engine():
+    return epwa.Engine(MODEL, threads=2)
+
+
+@pytest.fixture(scope="session")
+def key_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("key") / "wm.key"
+    epwa.keygen(str(path))
+    return str(path)

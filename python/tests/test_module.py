@@ -1,0 +1,166 @@
+"""`import epwa` against the `epwa` CLI: the same inputs must give the same numbers.
+
+The CLI is the reference here because it is the product's documented behaviour; the module
+must not merely agree in spirit (both run the library, and these tests make sure nothing in
+the bindings changes a token, a probability or a statistic on the way).
+"""
+
+import json
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import epwa
+from conftest import CHAT_MODEL, MODEL, cli_json_lines, run_cli, without_timing
+
+PROMPT = "Once upon a time"
+
+
+def test_info_plan_and_router_hash(engine):
+    _, out, _ = run_cli("info", "-m", MODEL, "--json")
+    info = json.loads(out)
+    assert engine.router_hash == info["load"]["router_hash"] and len(engine.router_hash) == 64
+    assert engine.info["num_experts"] > 1 and engine.info["moe_layers"] >= 1
+    plan = engine.plan()
+    assert plan["quant_level"] == engine.info["quant_level"]
+    assert 0 < plan["planned_bytes"] <= plan["budget_bytes"]
+
+
+def test_generate_matches_cli_token_for_token(engine, key_file):
+    config = epwa.WatermarkingConfig(scheme="gsg", key_file=key_file)
+    out = engine.generate(PROMPT, max_new_tokens=40, seed=7, temperature=0.9, watermark=config, ignore_eos=True)
+    _, stdout, _ = run_cli("run", "-m", MODEL, "-t", "2", "-p", PROMPT, "-n", "40", "--seed", "7", "--temp", "0.9",
+                           "--ignore-eos", "--watermark", "gsg", "--key-file", key_file, "--json")
+    cli = json.loads(stdout)
+    assert out.ids.tolist() == cli["ids"]
+    assert out.text == cli["text"]
+    assert out.prompt_ids.tolist() == cli["prompt_ids"]
+    assert out.watermark["scheme"] == "gsg" and out.watermark["steps"] == 40
+    # The per-step experts are the routing each token was sampled under: for gsg the last MoE
+    # layer's first choice is the expert that seeded the green list (the CLI reports those).
+    assert out.experts.shape == (40, engine.info["moe_layers"], engine.info["experts_per_token"])
+    assert out.experts[:, -1, 0].tolist() == cli["watermark"]["experts_used"]
+    assert out.stats["generated_tokens"] == 40
+
+
+def test_detect_matches_cli_for_every_method(engine, key_file):
+    config = epwa.WatermarkingConfig(key_file=key_file)  # the default scheme, epw2-et
+    text = engine.generate(PROMPT, max_new_tokens=120, seed=3, watermark=config, ignore_eos=True).text
+    for method, prompt in [("full", None), ("full", PROMPT), ("cspv", None)]:
+        detector = epwa.WatermarkDetector(engine, config, method=method)
+        result = detector.detect(text, prompt=prompt)
+        args = ["detect", "-m", MODEL, "-t", "2", "--key-file", key_file, "--method", method, "--json",
+                "--text", text]
+        if prompt:
+            args += ["--prompt", prompt]
+        _, stdout, _ = run_cli(*args)
+        cli = cli_json_lines(stdout)[0]
+        cli["input"] = result.raw["input"]  # "text 1" both ways; kept explicit
+        assert without_timing(result.raw) == without_timing(cli), method
+        # transformers' names over the same numbers.
+        assert result.num_tokens_scored == cli["scored"] and result.num_green_tokens == cli["green"]
+        assert result.z_score == cli["z"] and result.p_value == cli["p_value"]
+        assert result.green_fraction == cli["green_fraction"]
+        assert result.prediction is True and result.z_score > 4
+        assert result.scheme == epwa.DEFAULT_SCHEME and result.router_hash == engine.router_hash
+        assert result.expert_recovery["source"] == "router"
+
+
+def test_unmarked_text_is_not_detected_and_batching_changes_nothing(engine, key_file):
+    config = epwa.WatermarkingConfig(key_file=key_file)
+    texts = [engine.generate(PROMPT, max_new_tokens=60, seed=s, ignore_eos=True).text for s in range(3)]
+    marked = engine.generate(PROMPT, max_new_tokens=60, seed=9, watermark=config, ignore_eos=True).text
+    detector = epwa.WatermarkDetector(engine, config)
+    batched = detector.detect_many(texts + [marked])
+    alone = [detector.detect(t) for t in texts + [marked]]
+    for i, (b, a) in enumerate(zip(batched, alone)):
+        assert b.raw["input"] == f"text {i + 1}" and a.raw["input"] == "text 1"
+        assert without_timing({**b.raw, "input": ""}) == without_timing({**a.raw, "input": ""})
+    assert [r.prediction for r in batched] == [False, False, False, True]
+    # By ids as generated, too.
+    ids = engine.generate(PROMPT, max_new_tokens=60, seed=9, watermark=config, ignore_eos=True).ids
+    assert detector.detect(ids).prediction
+
+
+def test_score_matches_cli(engine):
+    text = "The quick brown fox jumps over the lazy dog. It was the best of times."
+    scored = engine.score(text, logits=True)
+    _, stdout, _ = run_cli("score", "-m", MODEL, "-t", "2", "-p", text, "--json", "--top", "0")
+    cli = json.loads(stdout)
+    assert scored["ids"].tolist() == cli["ids"]
+    T = len(cli["ids"])
+    assert np.isnan(scored["logprobs"][0])
+    np.testing.assert_array_equal(scored["logprobs"][1:], np.array([p["logprob"] for p in cli["positions"][1:]],
+                                                                    dtype=np.float32))
+    L = len(cli["moe_layers"])
+    assert scored["experts"].shape[:2] == (T, L)
+    for t, pos in enumerate(cli["positions"]):
+        for m, layer in enumerate(pos["routing"]):
+            assert scored["experts"][t, m].tolist() == layer["experts"]
+            np.testing.assert_array_equal(scored["router_logits"][t, m], np.array(layer["router_logits"], np.float32))
+    assert scored["logits"].shape == (T, engine.info["vocab_size"])
+    # Scoring ids gives the same pass as scoring their text.
+    again = engine.score(scored["ids"])
+    np.testing.assert_array_equal(again["logprobs"][1:], scored["logprobs"][1:])
+
+
+def test_errors_raise_epwa_error_with_the_cli_message(engine, key_file, tmp_path):
+    with pytest.raises(epwa.Error) as e:
+        epwa.Engine(str(tmp_path / "no-such-model"))
+    _, _, stderr = run_cli("info", "-m", str(tmp_path / "no-such-model"), check=False)
+    assert f"epwa: error: {e.value}" in stderr
+    detector = epwa.WatermarkDetector(engine, epwa.WatermarkingConfig(key_file=key_file))
+    with pytest.raises(epwa.Error) as e:
+        detector.detect("Too short.")
+    code, _, stderr = run_cli("detect", "-m", MODEL, "--key-file", key_file, "--text", "Too short.", check=False)
+    assert code != 0 and f"epwa: error: {e.value}" in stderr
+    with pytest.raises(epwa.Error, match="kgw green lists are keyed by the previous token"):
+        epwa.WatermarkDetector(engine, epwa.WatermarkingConfig(scheme="kgw", key_file=key_file), method="cspv")
+    with pytest.raises(epwa.Error, match="32 bytes|exactly"):
+        bad = tmp_path / "bad.key"
+        bad.write_bytes(b"short")
+        epwa.WatermarkDetector(engine, epwa.WatermarkingConfig(key_file=str(bad)))
+    with pytest.raises(epwa.Error, match="outside the vocabulary"):
+        engine.score([1, 2, 10**8])
+    with pytest.raises(epwa.Error, match="mem_budget"):
+        epwa.Engine(MODEL, mem_budget="lots")
+    # Nothing was broken by the errors.
+    assert engine.score("Still here.")["ids"].size > 0
+
+
+def test_generate_releases_the_gil(engine):
+    ticks = 0
+    stop = threading.Event()
+
+    def count():
+        nonlocal ticks
+        while not stop.is_set():
+            ticks += 1
+            time.sleep(0.0005)
+
+    counter = threading.Thread(target=count)
+    counter.start()
+    started = time.perf_counter()
+    engine.generate(PROMPT, max_new_tokens=96, seed=1, ignore_eos=True)
+    elapsed = time.perf_counter() - started
+    stop.set()
+    counter.join()
+    # With the GIL held through generation the counter could not run at all; released, it runs
+    # throughout (a tick every 0.5 ms at best; asking for a fifth of that leaves room for a
+    # loaded machine).
+    assert ticks >= 0.2 * elapsed / 0.0005 * 0.5, (ticks, elapsed)
+
+
+def test_chat_messages_match_cli(tmp_path):
+    chat_engine = epwa.Engine(CHAT_MODEL, threads=2)
+    messages = [{"role": "user", "content": "Tell me about the sea."}]
+    out = chat_engine.generate(messages, max_new_tokens=24, seed=5)
+    path = tmp_path / "messages.json"
+    path.write_text(json.dumps(messages))
+    _, stdout, _ = run_cli("run", "-m", CHAT_MODEL, "-t", "2", "--messages", str(path), "-n", "24", "--seed", "5",
+                           "--json")
+    cli = json.loads(stdout)
+    assert out.ids.tolist() == cli["ids"] and out.text == cli["text"]
+    assert out.prompt_ids.tolist() == cli["prompt_ids"]
