@@ -13,7 +13,14 @@ import pytest
 import epwa
 from conftest import MODEL, ROOT, cli_json_lines, run_cli, without_timing
 
-HUMAN = os.path.join(ROOT, "data", "human", "human.jsonl")
+# Human text: paragraphs of the Jargon File (held-out text, committed).
+HUMAN = os.path.join(ROOT, "data", "heldout", "jargon.txt")
+
+
+def human_paragraphs(count):
+    with open(HUMAN, encoding="utf-8") as f:
+        paragraphs = [" ".join(p.split()) for p in f.read().split("\n\n")]
+    return [p for p in paragraphs if len(p) >= 200][:count]
 
 
 @pytest.fixture(scope="module")
@@ -21,12 +28,8 @@ def corpus(tmp_path_factory, engine, key_file):
     """About 300 lines: human paragraphs, watermarked generations (with and without their
     prompt, as text and as ids), and malformed lines that must get their own errors."""
     folder = tmp_path_factory.mktemp("corpus")
-    lines = []
-    with open(HUMAN) as f:
-        for line in f:
-            lines.append(json.dumps({"text": json.loads(line)["text"]}))
-            if len(lines) == 250:
-                break
+    lines = [json.dumps({"text": p}, ensure_ascii=False) for p in human_paragraphs(250)]
+    assert len(lines) == 250
     config = epwa.WatermarkingConfig(key_file=key_file)
     for seed in range(30):
         prompt = f"Story {seed}: once upon a time"
@@ -65,8 +68,12 @@ def test_two_local_workers_give_the_cli_results(corpus, key_file, tmp_path):
     assert got == expected
     assert "2 worker(s)" in proc.stderr and "on 2 worker process(es)" in proc.stderr, proc.stderr
     assert not os.path.exists(out + ".parts")
-    detected = [j for j in got if "error" not in j and j["detected"]]
-    assert len(detected) >= 28 and sum("error" in j for j in got) == 5
+    # The 30 watermarked generations are found, no human paragraph is, and each malformed line
+    # has its own error.
+    human, marked, malformed = got[:250], got[250:280], got[280:]
+    assert sum("error" not in j and j["detected"] for j in marked) >= 28
+    assert not any("error" not in j and j["detected"] for j in human)
+    assert all("error" in j for j in malformed)
 
 
 def test_a_killed_run_resumes_where_it_stopped(corpus, key_file, tmp_path):
