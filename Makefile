@@ -10,7 +10,7 @@ FUZZ_SECONDS ?= 60
 MODEL ?= $(if $(wildcard models/tiny-moe/config.json),models/tiny-moe,models/tiny-random-moe)
 PROMPT ?= Once upon a time
 
-.PHONY: all deps build run test test-asan test-tsan bench bench-batch bench-serve bench-families compare-bundled bench-plan fuzz clean
+.PHONY: all deps build run test test-asan test-tsan bench bench-batch bench-corpus bench-serve bench-families compare-bundled bench-plan fuzz clean
 
 all: build
 
@@ -48,6 +48,11 @@ bench-serve: build
 # The two bundled models side by side (eval quant + eval watermark, one protocol).
 compare-bundled: build
 	bash scripts/compare-bundled.sh $(BUILD)/epwa
+
+# Corpus detection: the CLI against python3 -m epwa.detect_corpus on a Dask
+# LocalCluster of 1 and 2 worker processes (2,000 texts; about 2 minutes).
+bench-corpus: build
+	bash scripts/bench-detect-corpus.sh $(BUILD) models/tiny-qwen3-moe 2000
 
 # Every level on the real shapes of Qwen3-MoE (4 of 48 layers) and OLMoE (all
 # 16 layers): about 20 GB of disk, several minutes.
