@@ -164,3 +164,31 @@ def test_chat_messages_match_cli(tmp_path):
     cli = json.loads(stdout)
     assert out.ids.tolist() == cli["ids"] and out.text == cli["text"]
     assert out.prompt_ids.tolist() == cli["prompt_ids"]
+
+
+def test_pepi_from_text_and_from_logprobs_matches_cli(engine, key_file, tmp_path):
+    oracle = str(tmp_path / "oracle.bin")
+    run_cli("oracle", "train", "-m", MODEL, "-t", "2", "--corpus", "data/heldout/jargon.txt", "--max-tokens", "20000",
+            "--out", oracle, "--json")
+    config = epwa.WatermarkingConfig(scheme="gsg", key_file=key_file)
+    _, stdout, _ = run_cli("run", "-m", MODEL, "-t", "2", "-p", PROMPT, "-n", "120", "--seed", "4", "--ignore-eos",
+                           "--watermark", "gsg", "--key-file", key_file, "--json", "--logprobs", "20")
+    generated = json.loads(stdout)
+    # With a model: the oracle predicts the experts from the pass's own log-probabilities.
+    detector = epwa.WatermarkDetector(engine, config, method="pepi", oracle=oracle)
+    result = detector.detect(generated["text"])
+    _, stdout, _ = run_cli("detect", "-m", MODEL, "-t", "2", "--watermark", "gsg", "--key-file", key_file,
+                           "--method", "pepi", "--oracle", oracle, "--json", "--text", generated["text"])
+    assert without_timing(result.raw) == without_timing(cli_json_lines(stdout)[0])
+    assert result.expert_recovery["source"] == "oracle"
+    assert 0 < result.expert_recovery["agreement_with_router"] <= 1
+    # Without a model: an API's log-probabilities alone.
+    logprobs = tmp_path / "api.json"
+    logprobs.write_text(json.dumps(generated["logprobs"]))
+    blind = epwa.WatermarkDetector(None, config, method="pepi", oracle=oracle).detect(logprobs=str(logprobs))
+    _, stdout, _ = run_cli("detect", "--watermark", "gsg", "--key-file", key_file, "--method", "pepi",
+                           "--oracle", oracle, "--logprobs", str(logprobs), "--json")
+    cli = cli_json_lines(stdout)[0]
+    for field in ("scored", "green", "z", "p_value", "detected", "tokens", "router_hash"):
+        assert blind.raw[field] == cli[field], field
+    assert blind.prediction and blind.z_score > 4
