@@ -244,6 +244,37 @@ void BM_ExpertMatVec(benchmark::State& state) {
   SetLabel(state, dtype, threads);
 }
 
+// The decode kernel's own speed, without memory: one OLMoE expert projection
+// ([1024, 2048]; 1 MiB at Q4) multiplied again and again, so it stays in the
+// caches and the figure is the instructions' limit, not DRAM's. Decode is
+// memory-bound only while this rate in bytes exceeds the read bandwidth per
+// core by a margin; the 4-bit formats read half the bytes of Q8 for the same
+// multiply-adds, so they are the ones it can bind. Reports weights (one
+// multiply-add each) per second, those bytes per second, and the fraction of
+// the int8 dot-product peak (2 operations per weight) of the same threads.
+void BM_DecodeInCache(benchmark::State& state) {
+  const auto dtype = static_cast<DType>(state.range(0));
+  const int threads = static_cast<int>(state.range(1));
+  const int64_t N = 1024, K = 2048;
+  const WeightView& w = Weights(dtype, N, K);
+  const std::vector<float> x = Activations(K);  // [1, K]
+  std::vector<float> y(static_cast<size_t>(N));  // [1, N]
+  ThreadPool& pool = Pool(threads);
+  const double peak = MeasureInt8DotPeakGops(pool);
+  MatMul(x.data(), 1, w, y.data(), pool);
+  Stopwatch watch;
+  for (auto _ : state) {
+    MatMul(x.data(), 1, w, y.data(), pool);
+    benchmark::DoNotOptimize(y.data());
+  }
+  const double seconds = watch.Seconds();
+  const double weights = static_cast<double>(N * K) * state.iterations() / seconds;
+  state.counters["Gweights/s"] = weights / 1e9;
+  state.counters["GB/s"] = static_cast<double>(QuantizedBytes(dtype, N, K)) * state.iterations() / seconds / 1e9;
+  state.counters["%int8peak"] = peak > 0 ? 100.0 * 2 * weights / 1e9 / peak : 0.0;
+  SetLabel(state, dtype, threads);
+}
+
 // One MoE decode step's expert products: 8 experts of OLMoE-1B-7B's shape
 // (gate and up [1024, 2048], down [2048, 1024]), chosen from a ring of 64
 // experts (several times the L3 cache, so the weights come from DRAM), run
@@ -399,6 +430,11 @@ BENCHMARK(BM_ExpertMatVec)
     ->MinTime(0.3)
     ->ComputeStatistics("min", Min)
     ->ComputeStatistics("max", Max)
+    ->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_DecodeInCache)
+    ->ArgsProduct({{kBF16, kQ8, kQ4, kNF4, kMXFP4}, {1, 2}})
+    ->UseRealTime()
+    ->MinTime(0.3)
     ->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_ExpertStep)
     ->ArgsProduct({{kBF16, kQ8, kQ4}, {0, 1}, {1, 2}})

@@ -343,31 +343,38 @@ void MatVecRange(const float* x, const float* xd, int64_t K, const WeightView& w
 // signed x codes; its 16 int32 lanes each hold a partial sum of one group,
 // which is converted to float and multiplied by that group's s_w * s_x. The
 // offset contributes offset * s_w * s_x * sum(q) per group, subtracted once
-// per 16 groups as s_w times a precomputed per-group constant. Per 64 weights
-// that is about 8 vector instructions for M == 1, enough to keep up with
-// memory on the 4-bit formats.
+// per 16 groups as s_w times a precomputed per-group constant.
+//
+// The 4-bit formats take four groups (128 weights, one 64-byte load) per
+// step instead: the low nibbles of the load are one vpdpbusd operand and the
+// high nibbles the other, against two vectors of x codes arranged so that
+// both land the same group in the same four int32 lanes. The two products
+// accumulate into one integer vector whose lanes then hold four groups
+// (lanes 4 i .. 4 i + 3: group i), converted and scaled once. Per 128
+// weights and row that is about 10 vector instructions where pairs of groups
+// took 16: the 4-bit kernel reads half the bytes of Q8 for the same work, so
+// at two cores it was bound by instructions, not memory (measured: int4
+// decoded no faster than int8 on the OLMoE shape).
 
 // Quantizes the M rows of x into the calling thread's scratch buffer. The
-// order of the codes within a pair of groups matches the weight bytes that
-// LoadWeightPair builds: kQ8 codes are in natural order (a 64-byte load of
-// weights is two groups in order). A 32-byte load of 4-bit weights broadcast
-// to both halves of a register, with its upper half shifted right by 4,
-// yields [low nibbles of group 0 | of group 1 | high nibbles of group 0 | of
-// group 1], so for those formats the codes of a pair are stored as
-// [elements 0..15 of group 0 | 0..15 of group 1 | 16..31 of group 0 | 16..31
-// of group 1]. MXFP4 keeps elements 2 j and 2 j + 1 in the low and high
-// nibbles of byte j, so its low nibbles are the even elements: its codes are
-// stored as [even elements of group 0 | of group 1 | odd elements of group 0
-// | of group 1], the weights needing no shuffle at all.
-// Floats QuantizeXInto writes per row of x.
-inline int64_t QuantizedXRowFloats(int64_t K) { return RoundUp(K, 64) / 4 + 2 * RoundUp(K / 32, 16); }
+// order of the codes matches the weight bytes the kernel loads: kQ8 codes
+// are in natural order (a 64-byte load of weights is two groups in order).
+// A 64-byte load of 4-bit weights is four groups of 16 bytes; Q4 and NF4
+// keep elements j and j + 16 of a group in the low and high nibbles of its
+// byte j, so the codes of four groups are stored as [elements 0..15 of group
+// 0 | of 1 | of 2 | of 3] (against the low nibbles) then [elements 16..31 of
+// group 0 | ... | of 3] (against the high nibbles). MXFP4 keeps elements 2 j
+// and 2 j + 1 in byte j, so its codes are stored as the even elements of the
+// four groups, then the odd ones: the weights need no shuffle at all.
+// Codes per row: K rounded up to four groups (128), zero beyond K.
+inline int64_t QuantizedXRowFloats(int64_t K) { return RoundUp(K, 128) / 4 + 2 * RoundUp(K / 32, 16); }
 
 // QuantizeX into `base` (64-byte aligned, M * QuantizedXRowFloats(K)
 // floats).
 template <DType D>
 QuantizedX QuantizeXInto(const float* x, int64_t M, int64_t K, float* base) {
   QuantizedX q;
-  q.kpad = RoundUp(K, 64);
+  q.kpad = RoundUp(K, 128);
   q.gpad = RoundUp(K / 32, 16);
   q.row_floats = q.kpad / 4 + 2 * q.gpad;
   q.base = base;
@@ -399,8 +406,8 @@ QuantizedX QuantizeXInto(const float* x, int64_t M, int64_t K, float* base) {
       int8_t* first = codes + 32 * g;
       int8_t* second = first + 16;
       if constexpr (D != DType::kQ8) {
-        first = codes + 64 * (g / 2) + 16 * (g % 2);
-        second = first + 32;
+        first = codes + 128 * (g / 4) + 16 * (g % 4);
+        second = first + 64;
       }
       _mm_storeu_si128(reinterpret_cast<__m128i*>(first), _mm512_cvtepi32_epi8(q0));
       _mm_storeu_si128(reinterpret_cast<__m128i*>(second), _mm512_cvtepi32_epi8(q1));
@@ -555,27 +562,13 @@ __m256i Int8LevelTable() {
 #pragma clang attribute push(__attribute__((target("avx512vnni"))), apply_to = function)
 #endif
 
-// The unsigned weight bytes (level + offset) of the pair of groups starting
-// at element k of a row, in the order described at QuantizedX. With `half`
-// only the first group exists (the last pair of a row with an odd number of
-// groups): masked loads read nothing beyond it, and the missing group's bytes
-// meet zero x codes. level_table maps a nibble to level + offset for kNF4 and
-// kMXFP4 (kQ4's nibble is its level + 8 already).
-template <DType D>
-__attribute__((always_inline)) inline __m512i LoadWeightPair(const uint8_t* row, int64_t k, bool half,
-                                                              __m512i level_table) {
-  if constexpr (D == DType::kQ8) {
-    const __m512i v = half ? _mm512_maskz_loadu_epi8(0xffffffffull, row + k) : _mm512_loadu_si512(row + k);
-    return _mm512_xor_si512(v, _mm512_set1_epi8(static_cast<char>(0x80)));
-  } else {
-    const __m256i v = half ? _mm256_maskz_loadu_epi8(0xffffu, row + k / 2)
-                           : _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + k / 2));
-    const __m512i both = _mm512_broadcast_i64x4(v);
-    const __m512i nibbles = _mm512_and_si512(_mm512_mask_srli_epi16(both, 0xffff0000u, both, 4),
-                                             _mm512_set1_epi8(0x0f));
-    if constexpr (D == DType::kQ4) return nibbles;
-    return _mm512_shuffle_epi8(level_table, nibbles);
-  }
+// The unsigned Q8 weight bytes (level + 128) of the pair of groups starting
+// at element k of a row. With `half` only the first group exists (the last
+// pair of a row with an odd number of groups): the masked load reads nothing
+// beyond it, and the missing group's bytes meet zero x codes.
+__attribute__((always_inline)) inline __m512i LoadWeightPair(const uint8_t* row, int64_t k, bool half) {
+  const __m512i v = half ? _mm512_maskz_loadu_epi8(0xffffffffull, row + k) : _mm512_loadu_si512(row + k);
+  return _mm512_xor_si512(v, _mm512_set1_epi8(static_cast<char>(0x80)));
 }
 
 // 2^(e - 127) for the 16 E8M0 exponents e (one per int32 lane), exactly as
@@ -636,10 +629,10 @@ void QuantMatVecRows(const QuantizedX& qx, const WeightView& w, float* y, int64_
       acc[r][m] = _mm512_setzero_ps();
       _mm512_store_ps(products[r][m] + 16, _mm512_setzero_ps());
     }
-  // Which of the pair's two products each int32 lane of vpdpbusd needs.
-  const __m512i lane_group = D == DType::kQ8
-      ? _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1)
-      : _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1);
+  // Which of the step's products each int32 lane of vpdpbusd needs: Q8 steps
+  // by pairs of groups in order, the 4-bit formats by four groups.
+  const __m512i lane_group = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+  const __m512i quad_group = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
   // NF4 levels are codebook * 127 and MXFP4 levels E2M1 * 2; the 1/127 or
   // 1/2 goes into the weight scale (exactly, for MXFP4).
   const __m512 level_unit =
@@ -657,23 +650,55 @@ void QuantMatVecRows(const QuantizedX& qx, const WeightView& w, float* y, int64_
         acc[r][m] = _mm512_fnmadd_ps(ws, _mm512_load_ps(qx.Corrections(m) + g0), acc[r][m]);
       }
     }
-    for (int64_t p = 0; p < ng; p += 2) {
-      const int64_t k = (g0 + p) * 32;
-      const bool half = p + 1 == ng;
-      __m512i wu[R];
-#pragma GCC unroll 8
-      for (int r = 0; r < R; ++r) {
-        PrefetchL2(rows[r] + SpanBytes(D, k) + ahead);
-        wu[r] = LoadWeightPair<D>(rows[r], k, half, level_table);
-      }
-#pragma GCC unroll 8
-      for (int m = 0; m < M; ++m) {
-        const __m512i xq = _mm512_load_si512(qx.Codes(m) + k);
+    if constexpr (D != DType::kQ8) {
+      // Four groups per step (see above); a last step of fewer reads only
+      // their bytes, and the missing groups meet zero codes and scales.
+      for (int64_t p = 0; p < ng; p += 4) {
+        const int64_t k = (g0 + p) * 32;
+        const __mmask64 bytes = ng - p >= 4 ? ~0ull : (1ull << (16 * (ng - p))) - 1;
+        __m512i lo[R], hi[R];
 #pragma GCC unroll 8
         for (int r = 0; r < R; ++r) {
-          const __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wu[r], xq);
-          const __m512 scale = _mm512_permutexvar_ps(lane_group, _mm512_loadu_ps(products[r][m] + p));
-          acc[r][m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, acc[r][m]);
+          PrefetchL2(rows[r] + SpanBytes(D, k) + ahead);
+          const __m512i v = _mm512_maskz_loadu_epi8(bytes, rows[r] + k / 2);
+          lo[r] = _mm512_and_si512(v, _mm512_set1_epi8(0x0f));
+          hi[r] = _mm512_and_si512(_mm512_srli_epi16(v, 4), _mm512_set1_epi8(0x0f));
+          if constexpr (D != DType::kQ4) {
+            lo[r] = _mm512_shuffle_epi8(level_table, lo[r]);
+            hi[r] = _mm512_shuffle_epi8(level_table, hi[r]);
+          }
+        }
+#pragma GCC unroll 8
+        for (int m = 0; m < M; ++m) {
+          const __m512i xlo = _mm512_load_si512(qx.Codes(m) + k);
+          const __m512i xhi = _mm512_load_si512(qx.Codes(m) + k + 64);
+#pragma GCC unroll 8
+          for (int r = 0; r < R; ++r) {
+            const __m512i dot = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lo[r], xlo), hi[r], xhi);
+            const __m512 scale = _mm512_permutexvar_ps(quad_group, _mm512_loadu_ps(products[r][m] + p));
+            acc[r][m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, acc[r][m]);
+          }
+        }
+      }
+    } else {
+      for (int64_t p = 0; p < ng; p += 2) {
+        const int64_t k = (g0 + p) * 32;
+        const bool half = p + 1 == ng;
+        __m512i wu[R];
+#pragma GCC unroll 8
+        for (int r = 0; r < R; ++r) {
+          PrefetchL2(rows[r] + SpanBytes(D, k) + ahead);
+          wu[r] = LoadWeightPair(rows[r], k, half);
+        }
+#pragma GCC unroll 8
+        for (int m = 0; m < M; ++m) {
+          const __m512i xq = _mm512_load_si512(qx.Codes(m) + k);
+#pragma GCC unroll 8
+          for (int r = 0; r < R; ++r) {
+            const __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wu[r], xq);
+            const __m512 scale = _mm512_permutexvar_ps(lane_group, _mm512_loadu_ps(products[r][m] + p));
+            acc[r][m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, acc[r][m]);
+          }
         }
       }
     }
