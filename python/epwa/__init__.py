@@ -48,6 +48,30 @@ DEFAULT_SCHEME: str = _epwa.default_scheme()
 _SIZE = re.compile(r"^\s*(\d+)\s*([KMGT]?)(i?B)?\s*$", re.IGNORECASE)
 
 
+def _check_int(name: str, value: Any, lo: int, hi: int, allow_none: bool = False) -> None:
+    """The CLI's range checks for integer options, raised as epwa.Error."""
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not lo <= int(value) <= hi:
+        raise Error(f"{name} must be an integer in [{lo}, {hi}], not {value!r}")
+
+
+def _token_ids(ids: Any, what: str = "ids") -> list:
+    """Token ids as a list of Python ints, each a non-negative int32 (the range the library
+    takes; whether they are in the model's vocabulary is its own check)."""
+    try:
+        values = np.asarray(ids).reshape(-1)
+    except (TypeError, ValueError):
+        raise Error(f"{what} must be a sequence of integer token ids") from None
+    if values.size and not np.issubdtype(values.dtype, np.integer):
+        raise Error(f"{what} must be a sequence of integer token ids")
+    out = [int(t) for t in values]
+    for t in out:
+        if not 0 <= t < 1 << 31:
+            raise Error(f"{what} must hold non-negative integer token ids below 2^31, not {t}")
+    return out
+
+
 def _byte_size(value: Union[int, str, None]) -> Optional[int]:
     """6 * 2**30, "6G", "512M" -> bytes (K/M/G/T are powers of 1024), as --mem-budget."""
     if value is None:
@@ -83,6 +107,10 @@ class Engine:
                  threads: Optional[int] = None, mem_budget: Union[int, str, None] = None,
                  cache: bool = True, parallel: int = 1, batch_tokens: Optional[int] = None):
         level = None if quant in (None, "auto") else str(quant)
+        _check_int("ctx", ctx, 0, 1 << 24, allow_none=True)
+        _check_int("threads", threads, 0, 1024, allow_none=True)
+        _check_int("parallel", parallel, 1, 4096)
+        _check_int("batch_tokens", batch_tokens, 0, 1 << 24, allow_none=True)
         self._engine = _epwa._Engine(str(model_dir), level, int(ctx or 0), int(threads or 0),
                                      _byte_size(mem_budget), bool(cache), int(parallel),
                                      int(batch_tokens or 0))
@@ -98,7 +126,7 @@ class Engine:
         return np.asarray(self._engine.tokenize(text, bool(add_special_tokens)), dtype=np.int32)
 
     def decode(self, ids: Sequence[int]) -> str:
-        return self._engine.decode([int(i) for i in ids])
+        return self._engine.decode(_token_ids(ids))
 
     def apply_chat_template(self, messages: Sequence[Mapping[str, Any]]) -> str:
         """The conversation rendered with the model's chat template, ready for a reply."""
@@ -119,8 +147,9 @@ class Engine:
         """
         chat = not isinstance(prompt, str)
         text = self.apply_chat_template(prompt) if chat else prompt
-        if seed < 0:
-            raise Error("seed must not be negative")
+        _check_int("seed", seed, 0, (1 << 64) - 1)
+        _check_int("max_new_tokens", max_new_tokens, 0, 1 << 30, allow_none=True)
+        _check_int("top_k", top_k, 0, 1 << 30, allow_none=True)
         raw, experts = self._engine.generate(
             text, chat, max_new_tokens, temperature, top_p, top_k, min_p, repeat_penalty, int(seed),
             bool(ignore_eos), watermark._generation_json() if watermark is not None else None)
@@ -137,7 +166,7 @@ class Engine:
         """
         if isinstance(text, str):
             return self._engine.score([], text, bool(logits))
-        return self._engine.score([int(i) for i in np.asarray(text).reshape(-1)], None, bool(logits))
+        return self._engine.score(_token_ids(text), None, bool(logits))
 
 
 @dataclasses.dataclass
@@ -239,6 +268,10 @@ class WatermarkDetector:
                  dedup: bool = True, min_margin: float = 0.0, min_tokens: int = 16, sample: int = 48,
                  seed: int = 0, batch_texts: int = 64):
         self.config = config if config is not None else WatermarkingConfig()
+        _check_int("min_tokens", min_tokens, 1, 1 << 40)
+        _check_int("sample", sample, 3, 1 << 40)
+        _check_int("seed", seed, 0, (1 << 64) - 1)
+        _check_int("batch_texts", batch_texts, 1, 4096)
         scheme = self.config.scheme
         if method == "pepi" and scheme == DEFAULT_SCHEME and config is None:
             scheme = None  # the library's PEPI default (gsg)
@@ -286,7 +319,9 @@ class WatermarkDetector:
             else:
                 item = _Item(x.get("text"), x.get("ids"), x.get("prompt", prompt))
                 label = str(x.get("label", label))
-            ids = None if item.ids is None else [int(t) for t in np.asarray(item.ids).reshape(-1)]
+            if item.text is not None and not isinstance(item.text, str):
+                raise Error(f"{label}: the text must be a string")
+            ids = None if item.ids is None else _token_ids(item.ids, f"{label}: ids")
             items.append((label, item.text, ids, item.prompt))
         results = [json.loads(r) for r in self._detector.detect(items)]
         if raise_errors:

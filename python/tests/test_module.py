@@ -192,3 +192,27 @@ def test_pepi_from_text_and_from_logprobs_matches_cli(engine, key_file, tmp_path
     for field in ("scored", "green", "z", "p_value", "detected", "tokens", "router_hash"):
         assert blind.raw[field] == cli[field], field
     assert blind.prediction and blind.z_score > 4
+
+
+def test_hostile_arguments_raise_epwa_error(engine, key_file):
+    for kwargs in ({"threads": -1}, {"threads": 1.5}, {"ctx": -5}, {"parallel": 0}, {"mem_budget": -1}):
+        with pytest.raises(epwa.Error):
+            epwa.Engine(MODEL, **kwargs)
+    for kwargs in ({"seed": -1}, {"max_new_tokens": -1}, {"top_k": -2}, {"temperature": float("nan")},
+                   {"top_p": 0.0}, {"watermark": epwa.WatermarkingConfig(scheme="nope", key_file=key_file)},
+                   {"watermark": epwa.WatermarkingConfig(gamma=1.5, key_file=key_file)}):
+        with pytest.raises(epwa.Error):
+            engine.generate(PROMPT, **kwargs)
+    detector = epwa.WatermarkDetector(engine, epwa.WatermarkingConfig(key_file=key_file))
+    for bad in ([-1, 5, 7] * 10, [2**40] * 20, ["a", "b"], [[1, 2], [3]]):
+        with pytest.raises(epwa.Error):
+            detector.detect(bad)
+    with pytest.raises(epwa.Error):
+        detector.detect_many([{"text": 5}])
+    # One bad input among good ones is its own error, as with the CLI's batches.
+    results = detector.detect_many([" ".join(f"word{i} and more" for i in range(40)), {"ids": [10**6] * 30}], raise_errors=False)
+    assert not isinstance(results[0], dict) and "outside" in results[1]["error"]
+    with pytest.raises(epwa.Error):
+        epwa.WatermarkDetector(engine, epwa.WatermarkingConfig(key_file=key_file), seed=-3)
+    with pytest.raises(epwa.Error):
+        engine.decode([-4])
