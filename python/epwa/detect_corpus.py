@@ -41,11 +41,13 @@ from typing import Iterator, List, Optional, Tuple
 # worker serving tasks of one run loads the model exactly once.
 _WORKER_STATE: dict = {}
 _WORKER_LOCK = threading.Lock()
+_WORKER_LOADS = 0  # models this process has loaded, reported with every result
 
 
 def _worker_detector(model: dict, settings: str):
     from . import _epwa
 
+    global _WORKER_LOADS
     key = json.dumps(model, sort_keys=True) + settings
     with _WORKER_LOCK:
         state = _WORKER_STATE.get(key)
@@ -55,6 +57,7 @@ def _worker_detector(model: dict, settings: str):
             engine = _epwa._Engine(model["dir"], model["quant"], model["ctx"], model["threads"],
                                    model["mem_budget"], model["cache"], 1, 0)
             detector = _epwa._Detector(engine, settings)
+            _WORKER_LOADS += 1
             state = {"engine": engine, "detector": detector, "load_s": time.perf_counter() - started,
                      "pid": os.getpid()}
             _WORKER_STATE[key] = state
@@ -68,7 +71,7 @@ def detect_partition(model: dict, settings: str, lines: List[Tuple[str, bytes]],
     started = time.perf_counter()
     results = state["detector"].detect_json_lines(lines, default_prompt)
     return {"results": results, "seconds": time.perf_counter() - started, "pid": state["pid"],
-            "load_s": state["load_s"]}
+            "load_s": state["load_s"], "loads": _WORKER_LOADS}
 
 
 def _read_partitions(path: str, partition_texts: int) -> Iterator[List[Tuple[str, bytes]]]:
@@ -226,10 +229,10 @@ def run(args: argparse.Namespace) -> int:
         # Every worker loads the model now, once, so that a model that cannot load fails before any
         # task runs and the throughput below is detection alone. Workers that join later load it
         # on their first task.
-        loads = client.run(_warm_worker, model, settings)
-        workers = max(1, len(loads))
-        log(f"detect_corpus: model loaded on {len(loads)} worker(s) in "
-            f"{max(loads.values()) if loads else 0:.2f} s")
+        warm = client.run(_warm_worker, model, settings)  # worker address -> seconds its load took
+        workers = max(1, len(warm))
+        log(f"detect_corpus: model loaded on {len(warm)} worker(s) in "
+            f"{max(warm.values()) if warm else 0:.2f} s")
         in_flight_limit = 2 * workers
         log(f"detect_corpus: {total} texts, {len(done)} partitions already done, "
             f"{workers} worker(s), {threads or 'all'} model thread(s) each, "
@@ -237,7 +240,7 @@ def run(args: argparse.Namespace) -> int:
         started = time.perf_counter()
         texts_done = 0
         texts_skipped = 0
-        pids = set()
+        loads = {}  # worker process -> models it has loaded in all (1 unless it served another run)
         pending = as_completed()
         in_flight = 0
 
@@ -245,7 +248,7 @@ def run(args: argparse.Namespace) -> int:
             nonlocal texts_done
             index, result = future.result()
             lines = result["results"]
-            pids.add(result["pid"])
+            loads[result["pid"]] = result["loads"]
             _write_atomically(_part_path(parts_dir, index), "".join(r + "\n" for r in lines).encode())
             texts_done += len(lines)
             elapsed = time.perf_counter() - started
@@ -285,9 +288,9 @@ def run(args: argparse.Namespace) -> int:
         _write_atomically(args.out, bytes(joined))
         shutil.rmtree(parts_dir)
         log(f"detect_corpus: {texts_done} texts detected in {elapsed:.2f} s "
-            f"({texts_done / elapsed if elapsed > 0 else 0:.1f} texts/s on {len(pids) or workers} worker "
-            f"process(es)), {texts_skipped} skipped as already done, {failures} with errors; "
-            f"results in {args.out}")
+            f"({texts_done / elapsed if elapsed > 0 else 0:.1f} texts/s on {len(loads) or workers} worker "
+            f"process(es), {sum(loads.values())} model load(s) in all), {texts_skipped} skipped as already done, "
+            f"{failures} with errors; results in {args.out}")
         return 1 if failures else 0
     finally:
         client.close()

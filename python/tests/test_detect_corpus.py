@@ -66,7 +66,8 @@ def test_two_local_workers_give_the_cli_results(corpus, key_file, tmp_path):
     with open(out) as f:
         got = [without_timing(json.loads(line)) for line in f]
     assert got == expected
-    assert "2 worker(s)" in proc.stderr and "on 2 worker process(es)" in proc.stderr, proc.stderr
+    # Nine partitions over two processes, and the model loaded once in each.
+    assert "2 worker(s)" in proc.stderr and "on 2 worker process(es), 2 model load(s)" in proc.stderr, proc.stderr
     assert not os.path.exists(out + ".parts")
     # The 30 watermarked generations are found, no human paragraph is, and each malformed line
     # has its own error.
