@@ -50,7 +50,6 @@ std::string ReadTextFile(const std::string& path, const std::string& what = "the
 // the text into canonical decimal.
 CLI::Validator Uint64Number();
 
-json LoadStatsJson(const LoadStats& s);
 void PrintLoadStats(const LoadStats& s);  // one block on stderr
 
 // Prints `j` on stdout followed by a newline, indented or on one line (JSON

@@ -160,21 +160,6 @@ CLI::Validator Uint64Number() {
       "UINT64");
 }
 
-json LoadStatsJson(const LoadStats& s) {
-  return json{{"config_ms", s.config_ms},         {"tokenizer_ms", s.tokenizer_ms},
-              {"weights_ms", s.weights_ms},       {"plan_ms", s.plan_ms},
-              {"quantize_ms", s.quantize_ms},     {"router_hash_ms", s.router_hash_ms},
-              {"total_ms", s.total_ms},           {"weight_bytes", s.weight_bytes},
-              {"mapped_bytes", s.mapped_bytes},   {"converted_bytes", s.converted_bytes},
-              {"peak_rss_bytes", s.peak_rss_bytes}, {"quant_level", s.quant_level},
-              {"quant_source", s.quant_source},   {"planned_bytes", s.planned_bytes},
-              {"budget_bytes", s.budget_bytes},   {"plan_ctx", s.plan_ctx},
-              {"plan_parallel", s.plan_parallel}, {"plan_batch_tokens", s.plan_batch_tokens},
-              {"router_hash", s.router_hash},     {"cache", s.cache},
-              {"cache_path", s.cache_path},
-              {"cache_ms", s.cache_ms},           {"warnings", s.warnings}};
-}
-
 void PrintLoadStats(const LoadStats& s) {
   for (const std::string& w : s.warnings) std::fprintf(stderr, "epwa: warning: %s\n", w.c_str());
   const std::string sequences =
@@ -216,16 +201,9 @@ void AddSamplingFlags(CLI::App* cmd, SamplingFlags* f, int32_t default_max_token
 }
 
 GenerateOptions MakeGenerateOptions(const SamplingFlags& f, const Engine& engine, int32_t default_max_tokens) {
-  const GenerationDefaults& d = engine.defaults();
-  GenerateOptions o;
-  o.max_new_tokens = f.max_new_tokens.value_or(d.max_new_tokens.value_or(default_max_tokens));
+  GenerateOptions o = DefaultGenerateOptions(engine.defaults(), default_max_tokens);
+  if (f.max_new_tokens) o.max_new_tokens = *f.max_new_tokens;
   SamplerParams& s = o.sampler;
-  if (d.do_sample.has_value() && !*d.do_sample) s.temperature = 0.0f;
-  else if (d.temperature) s.temperature = *d.temperature;
-  if (d.top_k) s.top_k = *d.top_k;
-  if (d.top_p) s.top_p = *d.top_p;
-  if (d.min_p) s.min_p = *d.min_p;
-  if (d.repetition_penalty) s.repeat_penalty = *d.repetition_penalty;
   if (f.temperature) s.temperature = *f.temperature;
   if (f.top_k) s.top_k = *f.top_k;
   if (f.top_p) s.top_p = *f.top_p;

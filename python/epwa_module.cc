@@ -48,33 +48,6 @@ std::string Getenv(const char* name) {
   return v ? v : "";
 }
 
-// The load statistics as `epwa run --json` reports them under stats.load.
-json LoadStatsJson(const LoadStats& s) {
-  return json{{"config_ms", s.config_ms},
-              {"tokenizer_ms", s.tokenizer_ms},
-              {"weights_ms", s.weights_ms},
-              {"plan_ms", s.plan_ms},
-              {"quantize_ms", s.quantize_ms},
-              {"router_hash_ms", s.router_hash_ms},
-              {"total_ms", s.total_ms},
-              {"weight_bytes", s.weight_bytes},
-              {"mapped_bytes", s.mapped_bytes},
-              {"converted_bytes", s.converted_bytes},
-              {"peak_rss_bytes", s.peak_rss_bytes},
-              {"quant_level", s.quant_level},
-              {"quant_source", s.quant_source},
-              {"planned_bytes", s.planned_bytes},
-              {"budget_bytes", s.budget_bytes},
-              {"plan_ctx", s.plan_ctx},
-              {"plan_parallel", s.plan_parallel},
-              {"plan_batch_tokens", s.plan_batch_tokens},
-              {"router_hash", s.router_hash},
-              {"cache", s.cache},
-              {"cache_path", s.cache_path},
-              {"cache_ms", s.cache_ms},
-              {"warnings", s.warnings}};
-}
-
 // A loaded model. Python's Engine wraps one.
 class PyEngine {
  public:
@@ -169,18 +142,11 @@ class PyEngine {
       std::lock_guard<std::mutex> lock(mutex_);
       Engine& e = *engine_;
       // Sampling: generation_config.json's defaults, overridden by what is
-      // given (MakeGenerateOptions in the CLI, the same order).
-      const GenerationDefaults& d = e.defaults();
-      GenerateOptions o;
-      o.max_new_tokens = max_new_tokens.value_or(d.max_new_tokens.value_or(64));
+      // given, as the CLI's flags override them.
+      GenerateOptions o = DefaultGenerateOptions(e.defaults(), /*default_max_tokens=*/64);
+      if (max_new_tokens) o.max_new_tokens = *max_new_tokens;
       Require(o.max_new_tokens >= 0, "max_new_tokens must not be negative");
       SamplerParams& s = o.sampler;
-      if (d.do_sample.has_value() && !*d.do_sample) s.temperature = 0.0f;
-      else if (d.temperature) s.temperature = *d.temperature;
-      if (d.top_k) s.top_k = *d.top_k;
-      if (d.top_p) s.top_p = *d.top_p;
-      if (d.min_p) s.min_p = *d.min_p;
-      if (d.repetition_penalty) s.repeat_penalty = *d.repetition_penalty;
       if (temperature) s.temperature = *temperature;
       if (top_k) s.top_k = *top_k;
       if (top_p) s.top_p = *top_p;

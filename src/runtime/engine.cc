@@ -478,4 +478,32 @@ void Engine::CheckLogits(std::span<const float> logits, std::span<const int32_t>
               "; the weights in '" + model_dir_ + "' are damaged or overflow float32");
 }
 
+GenerateOptions DefaultGenerateOptions(const GenerationDefaults& d, int32_t default_max_tokens) {
+  GenerateOptions o;
+  o.max_new_tokens = d.max_new_tokens.value_or(default_max_tokens);
+  SamplerParams& s = o.sampler;
+  if (d.do_sample.has_value() && !*d.do_sample) s.temperature = 0.0f;
+  else if (d.temperature) s.temperature = *d.temperature;
+  if (d.top_k) s.top_k = *d.top_k;
+  if (d.top_p) s.top_p = *d.top_p;
+  if (d.min_p) s.min_p = *d.min_p;
+  if (d.repetition_penalty) s.repeat_penalty = *d.repetition_penalty;
+  return o;
+}
+
+nlohmann::json LoadStatsJson(const LoadStats& s) {
+  return nlohmann::json{{"config_ms", s.config_ms},         {"tokenizer_ms", s.tokenizer_ms},
+                        {"weights_ms", s.weights_ms},       {"plan_ms", s.plan_ms},
+                        {"quantize_ms", s.quantize_ms},     {"router_hash_ms", s.router_hash_ms},
+                        {"total_ms", s.total_ms},           {"weight_bytes", s.weight_bytes},
+                        {"mapped_bytes", s.mapped_bytes},   {"converted_bytes", s.converted_bytes},
+                        {"peak_rss_bytes", s.peak_rss_bytes}, {"quant_level", s.quant_level},
+                        {"quant_source", s.quant_source},   {"planned_bytes", s.planned_bytes},
+                        {"budget_bytes", s.budget_bytes},   {"plan_ctx", s.plan_ctx},
+                        {"plan_parallel", s.plan_parallel}, {"plan_batch_tokens", s.plan_batch_tokens},
+                        {"router_hash", s.router_hash},     {"cache", s.cache},
+                        {"cache_path", s.cache_path},
+                        {"cache_ms", s.cache_ms},           {"warnings", s.warnings}};
+}
+
 }  // namespace epwa

@@ -15,6 +15,8 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "base/thread_pool.h"
 #include "io/safetensors.h"
 #include "model/config.h"
@@ -151,6 +153,18 @@ struct ScoreResult {
 // The context a memory plan assumes when none is given: the model's
 // max_position_embeddings, capped at 4096.
 int64_t DefaultPlanContext(const ModelConfig& config);
+
+// Generation options as the model folder sets them: generation_config.json's
+// max_new_tokens (else `default_max_tokens`), do_sample (false: greedy),
+// temperature, top_k, top_p, min_p and repetition_penalty over epwa's
+// defaults. Frontends apply their own overrides on top (the CLI's flags,
+// the Python module's arguments), so every frontend starts from the same
+// place.
+GenerateOptions DefaultGenerateOptions(const GenerationDefaults& defaults, int32_t default_max_tokens);
+
+// The load statistics as JSON, the object every frontend reports under
+// "load".
+nlohmann::json LoadStatsJson(const LoadStats& s);
 
 class Engine {
  public:
