@@ -277,17 +277,10 @@ Runner RegisterRun(CLI::App& app) {
                      {"ids", r.tokens},
                      {"watermark", watermark ? WatermarkJson(*watermark, *engine) : json(nullptr)},
                      {"sampler", sampler_json(s)},
-                     {"stats",
-                      {{"load", LoadStatsJson(engine->load_stats())},
-                       {"prompt_tokens", st.prompt_tokens},
-                       {"generated_tokens", st.generated_tokens},
-                       {"prefill_ms", st.prefill_ms},
-                       {"decode_ms", st.decode_ms},
-                       {"prefill_tokens_per_s", st.prefill_tokens_per_s},
-                       {"decode_tokens_per_s", st.decode_tokens_per_s},
-                       {"stop_reason", st.stop_reason},
-                       {"threads", engine->threads()},
-                       {"peak_rss_bytes", PeakRssBytes()}}}};
+                     {"stats", GenerateStatsJson(st)}};
+      out["stats"]["load"] = LoadStatsJson(engine->load_stats());
+      out["stats"]["threads"] = engine->threads();
+      out["stats"]["peak_rss_bytes"] = PeakRssBytes();
       if (f->logprobs > 0) out["logprobs"] = wm::LogprobsJson(logprobs);
       PrintJson(out);
     } else {

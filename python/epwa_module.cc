@@ -205,7 +205,6 @@ class PyEngine {
       std::string text;
       for (int32_t t : generated) text += whole.Push(t);
       text += whole.Flush();
-      const GenerateStats& st = r.stats;
       json wjson = nullptr;
       if (watermark) {
         const wm::WatermarkParams& p = watermark->params();
@@ -225,16 +224,9 @@ class PyEngine {
                  {"text", text},
                  {"ids", generated},
                  {"watermark", wjson},
-                 {"stats",
-                  {{"prompt_tokens", st.prompt_tokens},
-                   {"generated_tokens", st.generated_tokens},
-                   {"prefill_ms", st.prefill_ms},
-                   {"decode_ms", st.decode_ms},
-                   {"prefill_tokens_per_s", st.prefill_tokens_per_s},
-                   {"decode_tokens_per_s", st.decode_tokens_per_s},
-                   {"stop_reason", st.stop_reason},
-                   {"threads", e.threads()},
-                   {"peak_rss_bytes", PeakRssBytes()}}}};
+                 {"stats", GenerateStatsJson(r.stats)}};
+      out["stats"]["threads"] = e.threads();
+      out["stats"]["peak_rss_bytes"] = PeakRssBytes();
     }
     const py::ssize_t steps = top ? static_cast<py::ssize_t>(experts.size() / (moe_layers * top)) : 0;
     py::array_t<int32_t> arr({steps, static_cast<py::ssize_t>(moe_layers), static_cast<py::ssize_t>(top)});

@@ -506,4 +506,14 @@ nlohmann::json LoadStatsJson(const LoadStats& s) {
                         {"cache_ms", s.cache_ms},           {"warnings", s.warnings}};
 }
 
+nlohmann::json GenerateStatsJson(const GenerateStats& s) {
+  return nlohmann::json{{"prompt_tokens", s.prompt_tokens},
+                        {"generated_tokens", s.generated_tokens},
+                        {"prefill_ms", s.prefill_ms},
+                        {"decode_ms", s.decode_ms},
+                        {"prefill_tokens_per_s", s.prefill_tokens_per_s},
+                        {"decode_tokens_per_s", s.decode_tokens_per_s},
+                        {"stop_reason", s.stop_reason}};
+}
+
 }  // namespace epwa

@@ -165,6 +165,9 @@ GenerateOptions DefaultGenerateOptions(const GenerationDefaults& defaults, int32
 // The load statistics as JSON, the object every frontend reports under
 // "load".
 nlohmann::json LoadStatsJson(const LoadStats& s);
+// One sequence's statistics as JSON ("stats" of `epwa run --json`):
+// tokens, times, rates and the stop reason.
+nlohmann::json GenerateStatsJson(const GenerateStats& s);
 
 class Engine {
  public:
