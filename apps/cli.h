@@ -30,6 +30,7 @@ struct ModelFlags {
   int64_t batch_tokens = 0;  // rows per forward pass (--batch-tokens); 0: --ctx
   bool float_activations = false;  // --float-activations (kernels::SetFloatActivations)
   bool bf16_activations = false;   // --bf16-activations (kernels::SetBf16Activations)
+  bool int8_lm_head = false;       // --int8-lm-head (PlanContext::int8_lm_head)
 };
 // "6G", "512M", "1500000000" -> bytes (K/M/G/T are powers of 1024); throws
 // epwa::Error naming `flag` otherwise.

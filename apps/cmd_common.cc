@@ -43,6 +43,9 @@ void AddModelFlags(CLI::App* cmd, ModelFlags* flags) {
   cmd->add_flag("--bf16-activations", flags->bf16_activations,
                 "prefill with BF16 weights rounds activations to bf16 for AVX512-BF16 dot products "
                 "(about twice the fp32 FMA rate; logits move slightly, see the README; default: float32)");
+  cmd->add_flag("--int8-lm-head", flags->int8_lm_head,
+                "at int8/int4/mixed, store an untied lm_head as int8 instead of 16-bit: on large "
+                "vocabularies the largest matrix a decode step reads (logits move slightly, see the README)");
 }
 
 void AddBatchFlags(CLI::App* cmd, ModelFlags* flags) {
@@ -93,6 +96,7 @@ std::unique_ptr<Engine> LoadEngine(const ModelFlags& flags, bool quiet) {
   o.parallel = flags.parallel;
   o.batch_tokens = flags.batch_tokens;
   o.use_cache = !flags.no_cache;
+  o.int8_lm_head = flags.int8_lm_head;
   if (flags.mem_budget) o.mem_budget_bytes = ParseByteSize(*flags.mem_budget, "--mem-budget");
   const bool tty = !quiet && isatty(2);
   if (tty) {

@@ -34,6 +34,8 @@ Runner RegisterEval(CLI::App& app) {
   cmd->add_option("--max-tokens", f->max_tokens, "text tokens to score at most")
       ->check(CLI::Range(int64_t{16}, int64_t{1} << 30));
   cmd->add_flag("--json", f->json, "print one JSON object");
+  cmd->add_flag("--int8-lm-head", f->model.int8_lm_head,
+                "the int levels store an untied lm_head as int8 (as the run flag does); the reference stays float32");
   CLI::App* watermark_cmd = nullptr;
   const Runner watermark = RegisterEvalWatermark(*eval, &watermark_cmd);
   CLI::App* report_cmd = nullptr;
@@ -57,6 +59,7 @@ Runner RegisterEval(CLI::App& app) {
       o.threads = f->model.threads;
       o.quant = level;
       o.quant_source = "eval quant";
+      o.int8_lm_head = f->model.int8_lm_head;
       o.plan_ctx = f->window;
       return Engine::Load(o);
     };

@@ -64,6 +64,7 @@ Runner RegisterPlan(CLI::App& app) {
     pc.batch_tokens = f->model.batch_tokens;
     ThreadPool pool(f->model.threads);
     pc.threads = pool.size();
+    pc.int8_lm_head = f->model.int8_lm_head;
     pc.runtime_bytes = device == Device::kCpu ? CurrentRssBytes() : 0;
     pc.vector_bytes = weights.converted_bytes;
     uint64_t free_bytes = device == Device::kCuda ? gpu.free_bytes : host.free_bytes;

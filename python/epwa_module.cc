@@ -52,7 +52,7 @@ std::string Getenv(const char* name) {
 class PyEngine {
  public:
   PyEngine(const std::string& model_dir, const std::optional<std::string>& quant, int64_t ctx, int threads,
-           std::optional<uint64_t> mem_budget, bool cache, int parallel, int64_t batch_tokens) {
+           std::optional<uint64_t> mem_budget, bool cache, int parallel, int64_t batch_tokens, bool int8_lm_head) {
     LoadOptions o;
     o.model_dir = model_dir;
     o.threads = threads;
@@ -66,6 +66,7 @@ class PyEngine {
     o.parallel = parallel;
     o.batch_tokens = batch_tokens;
     o.use_cache = cache;
+    o.int8_lm_head = int8_lm_head;
     o.mem_budget_bytes = mem_budget;
     py::gil_scoped_release release;
     engine_ = Engine::Load(o);
@@ -411,9 +412,9 @@ PYBIND11_MODULE(_epwa, m) {
 
   py::class_<PyEngine>(m, "_Engine")
       .def(py::init<const std::string&, const std::optional<std::string>&, int64_t, int, std::optional<uint64_t>,
-                    bool, int, int64_t>(),
+                    bool, int, int64_t, bool>(),
            py::arg("model_dir"), py::arg("quant"), py::arg("ctx"), py::arg("threads"), py::arg("mem_budget"),
-           py::arg("cache"), py::arg("parallel"), py::arg("batch_tokens"))
+           py::arg("cache"), py::arg("parallel"), py::arg("batch_tokens"), py::arg("int8_lm_head") = false)
       .def("info_json", &PyEngine::InfoJson)
       .def("plan_json", &PyEngine::PlanJson)
       .def("tokenize", &PyEngine::Tokenize, py::arg("text"), py::arg("special"))

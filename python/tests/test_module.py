@@ -216,3 +216,17 @@ def test_hostile_arguments_raise_epwa_error(engine, key_file):
         epwa.WatermarkDetector(engine, epwa.WatermarkingConfig(key_file=key_file), seed=-3)
     with pytest.raises(epwa.Error):
         engine.decode([-4])
+
+
+def test_int8_lm_head_moves_logits_slightly():
+    text = "The quick brown fox jumps over the lazy dog. It was the best of times."
+    plain = epwa.Engine(MODEL, quant="int8", threads=2, cache=False)
+    small = epwa.Engine(MODEL, quant="int8", threads=2, cache=False, int8_lm_head=True)
+    a, b = plain.score(text), small.score(text)
+    assert np.array_equal(a["experts"], b["experts"])  # the lm_head does not feed the routers
+    diff = np.abs(a["logprobs"][1:] - b["logprobs"][1:])
+    assert 0 < diff.max() < 0.2, diff.max()
+    # fp16 keeps the lm_head 16-bit whatever the flag.
+    fp16 = epwa.Engine(MODEL, quant="fp16", threads=2, cache=False, int8_lm_head=True)
+    np.testing.assert_array_equal(fp16.score(text)["logprobs"][1:],
+                                  epwa.Engine(MODEL, quant="fp16", threads=2, cache=False).score(text)["logprobs"][1:])

@@ -42,7 +42,9 @@ DType TargetFor(const MatrixSlot& m, QuantLevel level, bool raise_to_int8) {
   // other matrices (attention, lm_head).
   if (v.dtype == DType::kMXFP4) return DType::kMXFP4;
   if (level == QuantLevel::kNone) return DType::kF32;
-  const bool quantizable = m.role != MatrixRole::kEmbedding && m.role != MatrixRole::kLmHead &&
+  // The lm_head is quantized only when raised (PlanContext::int8_lm_head),
+  // and then only to Q8.
+  const bool quantizable = m.role != MatrixRole::kEmbedding && (m.role != MatrixRole::kLmHead || raise_to_int8) &&
                            v.cols % kQuantGroup == 0;
   if (level == QuantLevel::kFp16 || !quantizable) return SixteenBit(v.dtype);
   if (level == QuantLevel::kInt8 || raise_to_int8) return DType::kQ8;
@@ -230,6 +232,9 @@ LevelPlan PlanLevel(const ModelConfig& config, const std::vector<MatrixSlot>& ma
   LevelPlan p;
   p.level = level;
   std::vector<bool> raised(matrices.size(), false);
+  if (context.int8_lm_head && level != QuantLevel::kNone && level != QuantLevel::kFp16)
+    for (size_t i = 0; i < matrices.size(); ++i)
+      raised[i] = matrices[i].role == MatrixRole::kLmHead && matrices[i].name == "lm_head.weight";
   // The embedding rows all sequences together can touch.
   p.tensors = PlanTensors(matrices, level, context.ctx * std::max(context.parallel, 1), raised);
   Total(config, context, &p);

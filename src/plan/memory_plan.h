@@ -81,6 +81,11 @@ struct PlanContext {
   int threads = 1;
   uint64_t runtime_bytes = 0;  // process baseline: binary, libraries, tokenizer, config
   uint64_t vector_bytes = 0;   // float32 copies of norms, biases and routers
+  // At the int levels (int8, int4, mixed), store an untied lm_head as Q8
+  // instead of 16-bit (--int8-lm-head): on large vocabularies it is the
+  // largest matrix a decode step reads. A tied embedding stays 16-bit: its
+  // rows are also read one at a time as embeddings.
+  bool int8_lm_head = false;
 };
 
 struct LevelPlan {

@@ -133,6 +133,36 @@ TEST(MemoryPlan, TermsMatchHandComputation) {
             pc.runtime_bytes + (256u << 20));
 }
 
+TEST(MemoryPlan, Int8LmHeadAtIntLevelsOnly) {
+  FakeModel m;
+  PlanContext pc = Context();
+  pc.int8_lm_head = true;
+  auto target_of = [](const LevelPlan& p, const std::string& name) {
+    for (const TensorPlan& t : p.tensors)
+      if (t.name == name) return t.target;
+    ADD_FAILURE() << name << " is not planned";
+    return DType::kF32;
+  };
+  const uint64_t budget = 1ull << 40;
+  for (QuantLevel l : {QuantLevel::kInt8, QuantLevel::kInt4, QuantLevel::kMixed}) {
+    const LevelPlan with = PlanLevel(m.config, m.Slots(), l, pc, budget);
+    EXPECT_EQ(target_of(with, "lm_head.weight"), DType::kQ8) << QuantLevelName(l);
+    // Only the lm_head changes: the embedding stays in place, the rest as the level says.
+    EXPECT_EQ(target_of(with, "model.embed_tokens.weight"), DType::kBF16);
+    const LevelPlan without = PlanLevel(m.config, m.Slots(), l, Context(), budget);
+    EXPECT_EQ(target_of(without, "lm_head.weight"), DType::kBF16);
+    EXPECT_EQ(without.weights_bytes - with.weights_bytes,
+              StoredBytes(DType::kBF16, 320, 64) - StoredBytes(DType::kQ8, 320, 64));
+    EXPECT_EQ(with.raised_to_int8, without.raised_to_int8);  // not counted as a mixed raise
+  }
+  for (QuantLevel l : {QuantLevel::kNone, QuantLevel::kFp16})
+    EXPECT_NE(target_of(PlanLevel(m.config, m.Slots(), l, pc, budget), "lm_head.weight"), DType::kQ8);
+  // A tied embedding is also read row by row as the embedding: it stays 16-bit.
+  FakeModel tied(DType::kBF16, /*tied=*/true);
+  EXPECT_EQ(target_of(PlanLevel(tied.config, tied.Slots(), QuantLevel::kInt4, pc, budget), "model.embed_tokens.weight"),
+            DType::kBF16);
+}
+
 TEST(MemoryPlan, UntiedEmbeddingCountsTheRowsAContextCanTouch) {
   // vocab 320 x d 64 bf16: rows of 128 bytes, 40 KiB in all. One token maps
   // a 64 KiB fault-around window, more than the whole matrix: capped at it.

@@ -249,6 +249,7 @@ std::unique_ptr<Engine> Engine::Load(const LoadOptions& options) {
   pc.parallel = options.parallel;
   pc.batch_tokens = options.batch_tokens > 0 ? options.batch_tokens : pc.ctx;
   pc.threads = engine->pool_->size();
+  pc.int8_lm_head = options.int8_lm_head;
   pc.runtime_bytes = CurrentRssBytes();
   pc.vector_bytes = weights.converted_bytes;
   const uint64_t budget = options.mem_budget_bytes

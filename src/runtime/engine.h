@@ -47,6 +47,8 @@ struct LoadOptions {
   // Memory the whole process may use; unset = free host memory (the lower of
   // MemAvailable and the cgroup limit) plus what the process already uses.
   std::optional<uint64_t> mem_budget_bytes;
+  // At int levels, store an untied lm_head as Q8 (PlanContext::int8_lm_head).
+  bool int8_lm_head = false;
   // Quantized weights are cached on disk (see plan/weight_cache.h) unless off.
   bool use_cache = true;
   std::string cache_dir;  // empty: DefaultCacheDir()
