@@ -69,7 +69,9 @@ OUT=${OUT:-/tmp/epwa-vs-llamacpp}
 # Q4_0; lm_head kept 16-bit; router and norms float32), so both sides read
 # the same bytes per decoded token and the ratio compares engines rather
 # than recipes. Set it empty for llama.cpp's stock files (lm_head Q6_K in
-# Q4_0, Q8_0 in Q8_0).
+# Q4_0, Q8_0 in Q8_0). LLAMA_QUANT_ARGS=--pure with EPWA_BENCH_ARGS=--int8-lm-head
+# compares int8 lm_heads on both sides at int8 (Q8_0 and Q8), and at int4
+# llama.cpp's Q4_0 lm_head against epwa's Q8.
 LLAMA_QUANT_ARGS=${LLAMA_QUANT_ARGS-"--pure --leave-output-tensor"}
 EPWA_BENCH_ARGS=${EPWA_BENCH_ARGS:-}
 LLAMA_BENCH_ARGS=${LLAMA_BENCH_ARGS:-}
@@ -149,17 +151,24 @@ if [ "$(cat "$OUT/model.stamp" 2>/dev/null)" != "$STAMP" ]; then
   echo "== writing $OUT/model-bf16.gguf" >&2
   run_step "$OUT/logs/gguf.log" \
     "$PYTHON" "$REPORT" gguf --gguf-py "$GGUF_PY" "$MODEL" "$OUT/model-bf16.gguf"
-  for type in q8_0 q4_0; do
-    echo "== llama-quantize $LLAMA_QUANT_ARGS -> $OUT/model-$type.gguf" >&2
-    run_step "$OUT/logs/quantize-$type.log" \
-      "$LLAMA_QUANTIZE" "${quant_args[@]}" "$OUT/model-bf16.gguf" "$OUT/model-$type.gguf.part" \
-      "${type^^}" "$THREADS" >"$OUT/logs/quantize-$type.stdout.log"
-    mv "$OUT/model-$type.gguf.part" "$OUT/model-$type.gguf"
-  done
   echo "$STAMP" >"$OUT/model.stamp"
 else
-  echo "== reusing $MODEL and its GGUF files ($STAMP)" >&2
+  echo "== reusing $MODEL and its bf16 GGUF ($STAMP)" >&2
 fi
+# The quantized GGUFs depend on LLAMA_QUANT_ARGS too (the lm_head's type):
+# each records the arguments it was made with and is remade when they change.
+for type in q8_0 q4_0; do
+  if [ -s "$OUT/model-$type.gguf" ] && [ "$(cat "$OUT/model-$type.args" 2>/dev/null)" = "$LLAMA_QUANT_ARGS" ]; then
+    continue
+  fi
+  rm -f "$OUT/model-$type.args"
+  echo "== llama-quantize $LLAMA_QUANT_ARGS -> $OUT/model-$type.gguf" >&2
+  run_step "$OUT/logs/quantize-$type.log" \
+    "$LLAMA_QUANTIZE" "${quant_args[@]}" "$OUT/model-bf16.gguf" "$OUT/model-$type.gguf.part" \
+    "${type^^}" "$THREADS" >"$OUT/logs/quantize-$type.stdout.log"
+  mv "$OUT/model-$type.gguf.part" "$OUT/model-$type.gguf"
+  echo "$LLAMA_QUANT_ARGS" >"$OUT/model-$type.args"
+done
 for type in bf16 q8_0 q4_0; do
   [ -s "$OUT/model-$type.gguf" ] || die "$OUT/model-$type.gguf is missing; delete $OUT/model.stamp to rebuild"
 done
