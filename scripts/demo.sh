@@ -101,3 +101,25 @@ if [ "$SECOND" != "$MODEL" ] && [ -f "$SECOND/model.safetensors" ]; then
   step "epwa detect -m $SECOND --key-file demo.key --ids marked2.ids.json --prompt ..."
   "$EPWA" detect -m "$SECOND" --key-file "$KEY" --ids "$WORK/marked2.ids.json" --prompt "$WM_PROMPT" 2>/dev/null
 fi
+
+# The same from Python (`import epwa`, built beside the CLI), with
+# transformers' result names; skipped when the module was not built.
+PYDIR=$(dirname "$EPWA")/python
+if [ -f "$PYDIR/epwa/__init__.py" ] && ls "$PYDIR"/epwa/_epwa*.so >/dev/null 2>&1; then
+  step "python3: import epwa; Engine.generate(..., watermark=WatermarkingConfig(...)); WatermarkDetector.detect(...)"
+  PYTHONPATH=$PYDIR /usr/bin/python3 - "$MODEL" "$KEY" "$WM_PROMPT" <<'PYEOF'
+import sys
+import epwa
+model, key, prompt = sys.argv[1:4]
+engine = epwa.Engine(model)
+config = epwa.WatermarkingConfig(key_file=key)  # epw2-et, gamma 0.25, delta 2
+out = engine.generate(prompt, max_new_tokens=120, seed=11, watermark=config, ignore_eos=True)
+print(out.text.strip()[:240], "...")
+print(f"experts under which each token was sampled: {out.experts.shape} (tokens, MoE layers, top-k)")
+detector = epwa.WatermarkDetector(engine, config)
+for name, text in (("watermarked", out.text), ("unmarked", engine.generate(prompt, max_new_tokens=120, seed=11, ignore_eos=True).text)):
+    r = detector.detect(text)
+    print(f"{name:12s} num_tokens_scored={r.num_tokens_scored} green_fraction={r.green_fraction:.3f} "
+          f"z_score={r.z_score:.2f} p_value={r.p_value:.3g} prediction={r.prediction}")
+PYEOF
+fi
