@@ -286,7 +286,12 @@ class WatermarkDetector:
             "batch_texts": int(batch_texts),
             "key_file": None if self.config.key_file is None else str(self.config.key_file)})
         self.engine = engine
-        self._detector = _epwa._Detector(engine._engine, self._settings) if engine is not None else None
+        if engine is not None:
+            self._detector = _epwa._Detector(engine._engine, self._settings)
+        else:
+            # No model to check against: the settings and the key are checked now all the same.
+            _epwa.check_detect_settings(self._settings)
+            self._detector = None
 
     def detect(self, text: Union[str, Sequence[int], np.ndarray, None] = None, *, ids=None,
                logprobs: Optional[str] = None, prompt: Optional[str] = None) -> DetectionResult:
