@@ -43,9 +43,11 @@ using nlohmann::json;
 namespace epwa::python {
 namespace {
 
-std::string Getenv(const char* name) {
-  const char* v = std::getenv(name);
-  return v ? v : "";
+// The key named by "key_file" in a settings object, else $EPWA_KEY_FILE,
+// read as `epwa --key-file` reads it.
+wm::SecretKey KeyFrom(const json& j) {
+  const std::string key_file = j.at("key_file").is_null() ? "" : j.at("key_file").get<std::string>();
+  return wm::SecretKey::FromFile(wm::ResolveKeyPath(key_file, std::getenv("EPWA_KEY_FILE")));
 }
 
 // A loaded model. Python's Engine wraps one.
@@ -180,9 +182,7 @@ class PyEngine {
           Require(p.scheme == wm::Scheme::kEwp, "expert_deltas only applies to the ewp scheme");
           p.expert_deltas = w.at("expert_deltas").get<std::vector<double>>();
         }
-        const std::string key_file = w.at("key_file").is_null() ? "" : w.at("key_file").get<std::string>();
-        const std::string env = Getenv("EPWA_KEY_FILE");
-        const wm::SecretKey key = wm::SecretKey::FromFile(wm::ResolveKeyPath(key_file, env.empty() ? nullptr : env.c_str()));
+        const wm::SecretKey key = KeyFrom(w);
         watermark = std::make_unique<wm::WatermarkProcessor>(key, p, e.config(), e.load_stats().router_hash);
       }
       moe_layers = e.config().NumMoeLayers();
@@ -325,12 +325,6 @@ wm::DetectSettings SettingsFrom(const json& j) {
   Require(s.detect.min_tokens >= 1, "min_tokens must be at least 1");
   Require(s.sample >= 3, "sample must be at least 3");
   return s;
-}
-
-wm::SecretKey KeyFrom(const json& j) {
-  const std::string key_file = j.at("key_file").is_null() ? "" : j.at("key_file").get<std::string>();
-  const std::string env = Getenv("EPWA_KEY_FILE");
-  return wm::SecretKey::FromFile(wm::ResolveKeyPath(key_file, env.empty() ? nullptr : env.c_str()));
 }
 
 std::string Dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
