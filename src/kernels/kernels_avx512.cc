@@ -12,6 +12,9 @@
 // flags.
 #if defined(__x86_64__) || defined(__i386__)
 
+#include <algorithm>
+#include <vector>
+
 #include "kernels/kernels_isa_common.h"
 
 namespace epwa::kernels {
@@ -893,22 +896,6 @@ bool DecodeManyTyped(const MatMulJob* jobs, int64_t n, ThreadPool& pool) {
   return true;
 }
 
-bool MatMulMany(const MatMulJob* jobs, int64_t n, ThreadPool& pool) {
-  if (::epwa::kernels::RowInvariantMatMul()) return false;
-  switch (jobs[0].w->dtype) {
-    case DType::kF32: return DecodeManyTyped<DType::kF32>(jobs, n, pool);
-    case DType::kF16: return DecodeManyTyped<DType::kF16>(jobs, n, pool);
-    case DType::kBF16: return DecodeManyTyped<DType::kBF16>(jobs, n, pool);
-    case DType::kQ8: return DecodeManyTyped<DType::kQ8>(jobs, n, pool);
-    case DType::kQ4: return DecodeManyTyped<DType::kQ4>(jobs, n, pool);
-    case DType::kNF4: return DecodeManyTyped<DType::kNF4>(jobs, n, pool);
-    case DType::kMXFP4: return DecodeManyTyped<DType::kMXFP4>(jobs, n, pool);
-    case DType::kU8:
-    case DType::kF8E4M3: break;
-  }
-  return false;
-}
-
 template <DType D>
 void Decode(const float* x, int64_t M, const WeightView& w, float* y, ThreadPool& pool) {
   if constexpr (HasScales(D)) {
@@ -1105,9 +1092,33 @@ void PackPanelInt8(const WeightView& w, int64_t n0, int64_t ncols, int64_t g0, i
             _mm512_store_ps(reinterpret_cast<float*>(codes + ((g + 1) * 8 + j) * kI8Nr + h * 16), r[8 + j]);
         }
       }
-      for (int64_t g = 0; g < ng; ++g) {
-        for (int i = 0; i < 16; ++i)
-          scales[g * kI8Nr + h * 16 + i] = i < nrows ? GroupScale<D>(w, n0 + first + i, g0 + g) : 0.f;
+      // The scales, 16 groups at a time: each row's 16 scales in one vector,
+      // then the transpose gives each group its 16 rows. Converting and
+      // storing them one by one took 40% of this function's time at the 16
+      // or so rows an MoE expert sees in a 128-token prefill, where packing
+      // costs nearly as much as the products. The values are GroupScale's.
+      const __m512 unit = _mm512_set1_ps(1.0f / 127.0f);  // NF4's level unit
+      for (int64_t g = 0; g < ng; g += 16) {
+        const int64_t count = Min(16, ng - g);
+        const __mmask16 mask = FirstLanes(count);
+        __m512 r[16];
+#pragma GCC unroll 16
+        for (int i = 0; i < 16; ++i) {
+          if (i >= nrows) {
+            r[i] = _mm512_setzero_ps();
+          } else if constexpr (D == DType::kMXFP4) {
+            // E8M0 bytes: converted one by one (E8M0ToFloats is compiled
+            // for the VNNI section only).
+            alignas(64) float row_scales[16] = {};
+            for (int64_t j = 0; j < count; ++j) row_scales[j] = GroupScale<D>(w, n0 + first + i, g0 + g + j);
+            r[i] = _mm512_load_ps(row_scales);
+          } else {
+            r[i] = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, ScaleRow(w, n0 + first + i) + g0 + g));
+            if constexpr (D == DType::kNF4) r[i] = _mm512_mul_ps(r[i], unit);
+          }
+        }
+        Transpose16x16(r);
+        for (int64_t j = 0; j < count; ++j) _mm512_store_ps(scales + (g + j) * kI8Nr + h * 16, r[j]);
       }
     }
   }
@@ -1352,6 +1363,255 @@ bool PrefillBf16(const float* x, int64_t M, const WeightView& w, float* y, Threa
     }
     return true;
   }
+}
+
+// MatMulMany where some job has more rows than kMaxDecodeRows: the prefill
+// of an MoE layer, where each of many experts multiplies the 10 to 40 rows
+// routed to it. Run one by one, every job paid two parallel regions (pack x,
+// then multiply) whose start and finish cost as much as a fifth of the
+// products at these sizes. Here every job's x is prepared in one region and
+// every job's output columns are multiplied in a second, each thread taking
+// a contiguous share of the jobs' columns weighted by their rows. Each job
+// takes the path MatMul would take for it (decode or one of the prefills),
+// and an output column's value does not depend on which thread computes it
+// or where its share begins, so every result is exactly MatMul's. Jobs with
+// the same x (an expert's gate and up) share its prepared copy.
+enum class ManyPath : uint8_t { kDecodeQuantized, kDecodeFloat, kPrefillInt8, kPrefillBf16, kPrefillFloat };
+
+template <DType D>
+ManyPath ManyPathFor(int64_t M, int64_t K) {
+  // MatMulTyped's choice, for a caller that has ruled out RowInvariantMatMul.
+  const bool int8_x = HasGroupScales(D) && !::epwa::kernels::FloatActivations();
+  if (M <= kMaxDecodeRows && (int8_x || !HasGroupScales(D)))
+    return HasScales(D) ? ManyPath::kDecodeQuantized : ManyPath::kDecodeFloat;
+  if (int8_x && internal::HasAvx512Vnni()) return ManyPath::kPrefillInt8;
+  if (D == DType::kBF16 && ::epwa::kernels::Bf16Activations() && internal::HasAvx512Bf16() && K % 2 == 0)
+    return ManyPath::kPrefillBf16;
+  return ManyPath::kPrefillFloat;
+}
+
+// Floats of scratch for one job's prepared x, and the rows of one unit of
+// preparation (a packed tile; a decode job is prepared whole).
+inline int64_t ManyXFloats(ManyPath path, DType dtype, int64_t M, int64_t K) {
+  switch (path) {
+    case ManyPath::kDecodeQuantized: return M * QuantizedXRowFloats(K);
+    case ManyPath::kDecodeFloat: return dtype == DType::kBF16 ? M * K : 0;
+    case ManyPath::kPrefillInt8: return (M + kI8Mr - 1) / kI8Mr * (K / 32 * kI8XGroupWords);
+    case ManyPath::kPrefillBf16: return (M + kBfMr - 1) / kBfMr * (K / 2 * kBfMr);
+    case ManyPath::kPrefillFloat: return (M + kMr - 1) / kMr * K * kMr;
+  }
+  return 0;
+}
+inline int64_t ManyTileRows(ManyPath path, int64_t M) {
+  switch (path) {
+    case ManyPath::kPrefillInt8: return kI8Mr;
+    case ManyPath::kPrefillBf16: return kBfMr;
+    case ManyPath::kPrefillFloat: return kMr;
+    case ManyPath::kDecodeQuantized:
+    case ManyPath::kDecodeFloat: break;
+  }
+  return Max(M, 1);
+}
+
+constexpr int64_t kMaxPrefillJobs = 256;  // an MoE layer's gate and up products: 2 per expert
+
+template <DType D>
+bool PrefillManyTyped(const MatMulJob* jobs, int64_t n, ThreadPool& pool) {
+  if (n > kMaxPrefillJobs) return false;
+  struct JobPlan {
+    ManyPath path;
+    int64_t owner;   // the job whose prepared x this one uses (itself, or an earlier job with the same x)
+    int64_t offset;  // its prepared x in the scratch buffer, in floats
+    QuantizedX qx;
+  };
+  JobPlan plan[kMaxPrefillJobs];
+  int64_t floats = 0, max_k = 0;
+  for (int64_t j = 0; j < n; ++j) {
+    const MatMulJob& job = jobs[j];
+    const int64_t K = job.w->cols;
+    // One pass over at most kMc rows per job, as the prefills take them.
+    if (job.M > kMc || job.M > kI8Mc || job.M > kBfMc) return false;
+    if constexpr (HasScales(D)) {
+      // Without VNNI the quantized decode is AVX2's; MatMul runs it.
+      if (!internal::HasAvx512Vnni()) return false;
+    }
+    plan[j].path = ManyPathFor<D>(job.M, K);
+    plan[j].owner = j;
+    for (int64_t i = 0; i < j; ++i)
+      if (jobs[i].x == job.x && jobs[i].M == job.M && jobs[i].w->cols == K && plan[i].path == plan[j].path) {
+        plan[j].owner = plan[i].owner;
+        break;
+      }
+    plan[j].offset = floats;
+    if (plan[j].owner == j) floats += RoundUp(ManyXFloats(plan[j].path, D, job.M, K), 16);
+    max_k = Max(max_k, K);
+  }
+  // The scratch MatMulScratchBytes accounts for: kMc rows of packed x.
+  if (floats > kMc * max_k) return false;
+  // The calling thread's buffer, shared with the workers below.
+  float* scratch = internal::ThreadScratch(internal::Scratch::kPackedX, static_cast<size_t>(Max(floats, 16)));
+
+  // Region 1: prepare every distinct x, a packed tile (or a decode job) per unit.
+  int64_t unit_start[kMaxPrefillJobs + 1];
+  unit_start[0] = 0;
+  for (int64_t j = 0; j < n; ++j) {
+    const int64_t tile = ManyTileRows(plan[j].path, jobs[j].M);
+    unit_start[j + 1] = unit_start[j] + (plan[j].owner == j ? (jobs[j].M + tile - 1) / tile : 0);
+  }
+  ParallelRange(pool, unit_start[n], 1, [&](int64_t u0, int64_t u1) {
+    for (int64_t j = 0; j < n; ++j) {
+      const int64_t lo = Max(u0, unit_start[j]), hi = Min(u1, unit_start[j + 1]);
+      const MatMulJob& job = jobs[j];
+      const int64_t K = job.w->cols;
+      float* base = scratch + plan[j].offset;
+      for (int64_t u = lo; u < hi; ++u) {
+        const int64_t t = u - unit_start[j];
+        switch (plan[j].path) {
+          case ManyPath::kDecodeQuantized:
+            // One unit per decode job, so only this thread writes its plan.
+            if constexpr (HasScales(D)) plan[j].qx = QuantizeXInto<D>(job.x, job.M, K, base);
+            break;
+          case ManyPath::kDecodeFloat:
+            if constexpr (D == DType::kBF16) DeinterleaveX(job.x, job.M, K, base);
+            break;
+          case ManyPath::kPrefillInt8:
+            if constexpr (HasScales(D))
+              PackXInt8<D>(job.x + t * kI8Mr * K, K, Min(kI8Mr, job.M - t * kI8Mr),
+                           reinterpret_cast<int32_t*>(base) + t * (K / 32 * kI8XGroupWords));
+            break;
+          case ManyPath::kPrefillBf16:
+            PackXBf16(job.x + t * kBfMr * K, K, Min(kBfMr, job.M - t * kBfMr),
+                      reinterpret_cast<uint32_t*>(base) + t * (K / 2 * kBfMr));
+            break;
+          case ManyPath::kPrefillFloat:
+            PackX(job.x + t * kMr * K, K, Min(kMr, job.M - t * kMr), base + t * K * kMr);
+            break;
+        }
+      }
+    }
+  });
+  for (int64_t j = 0; j < n; ++j) plan[j].qx = plan[plan[j].owner].qx;
+
+  // Region 2: the products. Output columns are cut into chunks at multiples
+  // of each path's panel width; a chunk's cost is its columns times K times
+  // (its padded rows plus a share for packing or decoding the weights).
+  struct Chunk {
+    int32_t job;
+    int64_t n0, n1;
+  };
+  int64_t chunks = 0;
+  auto chunk_cols = [&](int64_t j) -> int64_t {
+    switch (plan[j].path) {
+      case ManyPath::kPrefillInt8: return kI8Nb;
+      case ManyPath::kPrefillBf16: return kBfNb;
+      case ManyPath::kPrefillFloat: return kNb;
+      case ManyPath::kDecodeQuantized:
+      case ManyPath::kDecodeFloat: break;
+    }
+    return 64;
+  };
+  for (int64_t j = 0; j < n; ++j) chunks += (jobs[j].w->rows + chunk_cols(j) - 1) / chunk_cols(j);
+  // The calling thread's lists, kept between calls. Named through references
+  // because in the workers' code below a thread_local's name would mean the
+  // worker's own (empty) copy.
+  thread_local std::vector<Chunk> calling_thread_chunks;
+  thread_local std::vector<double> calling_thread_costs;
+  std::vector<Chunk>& list = calling_thread_chunks;
+  std::vector<double>& cost_end = calling_thread_costs;
+  list.clear();
+  cost_end.clear();
+  list.reserve(static_cast<size_t>(chunks));
+  cost_end.reserve(static_cast<size_t>(chunks));
+  double total = 0;
+  for (int64_t j = 0; j < n; ++j) {
+    const int64_t N = jobs[j].w->rows, step = chunk_cols(j);
+    const int64_t tile = ManyTileRows(plan[j].path, jobs[j].M);
+    const double per_col = static_cast<double>(jobs[j].w->cols) *
+                           static_cast<double>((jobs[j].M + tile - 1) / tile * tile + 4);
+    for (int64_t c = 0; c < N; c += step) {
+      list.push_back({static_cast<int32_t>(j), c, Min(c + step, N)});
+      total += per_col * static_cast<double>(Min(c + step, N) - c);
+      cost_end.push_back(total);
+    }
+  }
+  const int64_t parts = pool.size();
+  // Part p takes the chunks whose cost ends within (p / parts, (p + 1) / parts].
+  auto first_chunk = [&](int64_t p) -> int64_t {
+    if (p >= parts) return static_cast<int64_t>(list.size());
+    const double bound = total * static_cast<double>(p) / static_cast<double>(parts);
+    return std::upper_bound(cost_end.begin(), cost_end.end(), bound) - cost_end.begin();
+  };
+  __m512i decode_table = _mm512_setzero_si512();
+  __m256i prefill_table = _mm256_setzero_si256();
+  if constexpr (HasScales(D)) {
+    decode_table = DecodeLevelTable<D>();
+    prefill_table = Int8LevelTable<D>();
+  }
+  ParallelRange(pool, parts, 1, [&](int64_t p0, int64_t p1) {
+    for (int64_t c = first_chunk(p0), end = first_chunk(p1); c < end; ++c) {
+      const Chunk& chunk = list[static_cast<size_t>(c)];
+      const int64_t j = chunk.job;
+      const MatMulJob& job = jobs[j];
+      const float* base = scratch + plan[plan[j].owner].offset;
+      switch (plan[j].path) {
+        case ManyPath::kDecodeQuantized:
+          if constexpr (HasScales(D))
+            QuantMatVecRangeFor<D>(job.M, plan[j].qx, *job.w, job.y, chunk.n0, chunk.n1, decode_table);
+          break;
+        case ManyPath::kDecodeFloat:
+          if constexpr (!HasScales(D)) {
+            const float* xd = D == DType::kBF16 ? base : nullptr;
+            const int64_t K = job.w->cols;
+            switch (job.M) {
+              case 1: MatVecRange<D, 1>(job.x, xd, K, *job.w, job.y, chunk.n0, chunk.n1); break;
+              case 2: MatVecRange<D, 2>(job.x, xd, K, *job.w, job.y, chunk.n0, chunk.n1); break;
+              case 3: MatVecRange<D, 3>(job.x, xd, K, *job.w, job.y, chunk.n0, chunk.n1); break;
+              case 4: MatVecRange<D, 4>(job.x, xd, K, *job.w, job.y, chunk.n0, chunk.n1); break;
+              case 5: MatVecRange<D, 5>(job.x, xd, K, *job.w, job.y, chunk.n0, chunk.n1); break;
+              case 6: MatVecRange<D, 6>(job.x, xd, K, *job.w, job.y, chunk.n0, chunk.n1); break;
+              case 7: MatVecRange<D, 7>(job.x, xd, K, *job.w, job.y, chunk.n0, chunk.n1); break;
+              default: MatVecRange<D, 8>(job.x, xd, K, *job.w, job.y, chunk.n0, chunk.n1); break;
+            }
+          }
+          break;
+        case ManyPath::kPrefillInt8:
+          if constexpr (HasScales(D))
+            PrefillInt8Range<D>(reinterpret_cast<const int32_t*>(base), job.M, *job.w, job.y, chunk.n0, chunk.n1,
+                                prefill_table);
+          break;
+        case ManyPath::kPrefillBf16:
+          PrefillBf16Range(reinterpret_cast<const uint32_t*>(base), job.M, *job.w, job.y, chunk.n0, chunk.n1);
+          break;
+        case ManyPath::kPrefillFloat:
+          PrefillRange<D>(base, job.M, *job.w, job.y, chunk.n0, chunk.n1);
+          break;
+      }
+    }
+  });
+  return true;
+}
+
+template <DType D>
+bool ManyTyped(const MatMulJob* jobs, int64_t n, ThreadPool& pool) {
+  for (int64_t j = 0; j < n; ++j)
+    if (jobs[j].M > kMaxDecodeRows) return PrefillManyTyped<D>(jobs, n, pool);
+  return DecodeManyTyped<D>(jobs, n, pool);
+}
+
+bool MatMulMany(const MatMulJob* jobs, int64_t n, ThreadPool& pool) {
+  if (::epwa::kernels::RowInvariantMatMul()) return false;
+  switch (jobs[0].w->dtype) {
+    case DType::kF32: return ManyTyped<DType::kF32>(jobs, n, pool);
+    case DType::kF16: return ManyTyped<DType::kF16>(jobs, n, pool);
+    case DType::kBF16: return ManyTyped<DType::kBF16>(jobs, n, pool);
+    case DType::kQ8: return ManyTyped<DType::kQ8>(jobs, n, pool);
+    case DType::kQ4: return ManyTyped<DType::kQ4>(jobs, n, pool);
+    case DType::kNF4: return ManyTyped<DType::kNF4>(jobs, n, pool);
+    case DType::kMXFP4: return ManyTyped<DType::kMXFP4>(jobs, n, pool);
+    case DType::kU8:
+    case DType::kF8E4M3: break;
+  }
+  return false;
 }
 
 // ---------------------------------------------------------------------------

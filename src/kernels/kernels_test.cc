@@ -395,6 +395,41 @@ TEST_P(IsaTest, MatMulManyEqualsEachMatMul) {
   }
 }
 
+// The many-job prefill of an MoE layer (experts with decode-sized and
+// prefill-sized row counts, gate and up sharing x) gives every job exactly
+// MatMul's result, with float activations and with bf16 activations.
+TEST_P(IsaTest, MatMulManyPrefillEqualsEachMatMul) {
+  struct Restore {
+    ~Restore() { SetBf16Activations(false); }
+  } restore;
+  const std::vector<int64_t> expert_rows = {9, 1, 16, 3, 33, 8, 12, 40, 2};
+  for (bool bf16_x : {false, true}) {
+    SetBf16Activations(bf16_x);
+    for (DType dtype : {DType::kF32, DType::kF16, DType::kBF16}) {
+      const TestWeights gate = MakeWeights(dtype, 70, 96, 91), up = MakeWeights(dtype, 300, 96, 92);
+      std::vector<std::vector<float>> xs, got;
+      std::vector<MatMulJob> jobs;
+      for (size_t e = 0; e < expert_rows.size(); ++e) {
+        const int64_t M = expert_rows[e];
+        xs.push_back(RandomVector(M * 96, static_cast<uint32_t>(100 + e)));
+        for (const WeightView* w : {&gate.view, &up.view})
+          got.emplace_back(static_cast<size_t>(M * w->rows), std::numeric_limits<float>::quiet_NaN());
+      }
+      for (size_t e = 0; e < expert_rows.size(); ++e) {
+        jobs.push_back({xs[e].data(), expert_rows[e], &gate.view, got[2 * e].data()});
+        jobs.push_back({xs[e].data(), expert_rows[e], &up.view, got[2 * e + 1].data()});
+      }
+      MatMulMany(jobs, TwoThreads());
+      for (size_t j = 0; j < jobs.size(); ++j) {
+        std::vector<float> want(got[j].size());
+        MatMul(jobs[j].x, jobs[j].M, *jobs[j].w, want.data(), TwoThreads());
+        EXPECT_EQ(got[j], want) << DTypeName(dtype) << " job " << j << " rows " << jobs[j].M
+                                << (bf16_x ? " bf16 activations" : "");
+      }
+    }
+  }
+}
+
 // Prefill names the instruction whose peak bounds it.
 TEST_P(IsaTest, PrefillDotNamesTheInstructionInUse) {
   EXPECT_EQ(PrefillDotFor(DType::kBF16), PrefillDot::kFp32Fma);

@@ -435,6 +435,55 @@ TEST_P(QuantIsaTest, MatMulManyEqualsEachMatMul) {
   }
 }
 
+// An MoE layer's prefill through MatMulMany: many experts, each with the
+// handful of rows routed to it (decode-sized and prefill-sized mixed), gate
+// and up sharing their x, and the down products after; every job gets
+// exactly MatMul's result, with int8 or float activations. A job beyond the
+// many-job prefill's limits (more rows than it packs at once) sends the whole
+// call through MatMul one job at a time, with the same results.
+TEST_P(QuantIsaTest, MatMulManyPrefillEqualsEachMatMul) {
+  const FloatMatrix gate_src = MakeFloatMatrix(DType::kBF16, 70, 96, Gaussian(70 * 96, 81));
+  const FloatMatrix up_src = MakeFloatMatrix(DType::kBF16, 129, 96, Gaussian(129 * 96, 82));
+  const FloatMatrix down_src = MakeFloatMatrix(DType::kBF16, 96, 544, Gaussian(96 * 544, 83));
+  for (bool float_x : {false, true}) {
+    std::optional<ScopedFloatActivations> exact;
+    if (float_x) exact.emplace();
+    for (DType dtype : kQuantTypes) {
+      const QuantMatrix gate = ReferenceQuantize(gate_src.view, dtype), up = ReferenceQuantize(up_src.view, dtype),
+                        down = ReferenceQuantize(down_src.view, dtype);
+      for (const std::vector<int64_t>& expert_rows :
+           {std::vector<int64_t>{9, 1, 16, 3, 33, 8, 12, 40, 2, 17}, {300, 4, 20}}) {
+        std::vector<std::vector<float>> xs, got, want;
+        std::vector<MatMulJob> jobs;
+        xs.reserve(2 * expert_rows.size());
+        got.reserve(3 * expert_rows.size());
+        for (size_t e = 0; e < expert_rows.size(); ++e) {
+          const int64_t M = expert_rows[e];
+          xs.push_back(Gaussian(M * 96, static_cast<uint32_t>(90 + e)));   // the expert's rows of x
+          xs.push_back(Gaussian(M * 544, static_cast<uint32_t>(190 + e)));  // its activated gate, for down
+          for (const WeightView* w : {&gate.view, &up.view}) {
+            got.emplace_back(static_cast<size_t>(M * w->rows), std::numeric_limits<float>::quiet_NaN());
+            jobs.push_back({xs[2 * e].data(), M, w, got.back().data()});
+          }
+          got.emplace_back(static_cast<size_t>(M * 96), std::numeric_limits<float>::quiet_NaN());
+          jobs.push_back({xs[2 * e + 1].data(), M, &down.view, got.back().data()});
+        }
+        // Gate and up of every expert in one call, then the down products in another.
+        std::vector<MatMulJob> first, second;
+        for (size_t j = 0; j < jobs.size(); ++j) (j % 3 == 2 ? second : first).push_back(jobs[j]);
+        MatMulMany(first, TwoThreads());
+        MatMulMany(second, TwoThreads());
+        for (size_t j = 0; j < jobs.size(); ++j) {
+          want.emplace_back(got[j].size());
+          MatMul(jobs[j].x, jobs[j].M, *jobs[j].w, want.back().data(), TwoThreads());
+          EXPECT_EQ(got[j], want.back()) << DTypeName(dtype) << " job " << j << " rows " << jobs[j].M
+                                         << (float_x ? " float activations" : "");
+        }
+      }
+    }
+  }
+}
+
 // Prefill over several cache blocks in every dimension.
 TEST_P(QuantIsaTest, MatMulLargeBlockedShapes) {
   const int64_t M = 300, N = 600, K = 544;

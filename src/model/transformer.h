@@ -226,6 +226,7 @@ class Transformer {
   };
   std::vector<FusedUse> fused_uses_;
   std::vector<kernels::MatMulJob> fused_jobs_;
+  std::vector<int64_t> expert_rows_;  // [n_experts] rows routed to each expert (the grouped prefill)
   // Per row of the current call: its absolute position and its segment.
   std::vector<int64_t> row_pos_;  // [T]
   std::vector<int32_t> row_seg_;  // [T]
