@@ -362,7 +362,8 @@ void Transformer::Forward(std::span<const int32_t> tokens, int64_t start_pos, KV
   ForwardBatch({&segment, 1}, logits);
 }
 
-void Transformer::ForwardBatch(std::span<const BatchSegment> segments, std::vector<float>* logits) {
+void Transformer::ForwardBatch(std::span<const BatchSegment> segments, std::vector<float>* logits,
+                               int64_t route_through_moe_slot) {
   const int64_t S = static_cast<int64_t>(segments.size());
   const int64_t D = config_.hidden_size;
   Require(S > 0, "cannot run the model on an empty batch");
@@ -381,6 +382,9 @@ void Transformer::ForwardBatch(std::span<const BatchSegment> segments, std::vect
     T += n;
     R += LogitRowCount(seg);
   }
+  Require(route_through_moe_slot < 0 ||
+              (R == 0 && route_through_moe_slot < static_cast<int64_t>(moe_layers_.size())),
+          "internal: a routing-only pass must ask for no logits and name an MoE layer of the model");
   Grow(x_, T * D);
   Grow(xn_, T * D);
   Grow(q_, T * config_.QDim());
@@ -472,6 +476,11 @@ void Transformer::ForwardBatch(std::span<const BatchSegment> segments, std::vect
       });
     for (int64_t t = 0; t < T; ++t) Norm(x_.data() + t * D, lw.ffn_norm, lw.ffn_norm_bias, xn_.data() + t * D);
     if (checking_) CheckStage(xn_.data(), T * D, layer_tensor("post_attention_layernorm.weight"));
+    if (route_through_moe_slot >= 0 && moe_slot_[l] == route_through_moe_slot) {
+      FeedForward(l, T, segments, moe_slot_[l], /*route_only=*/true);
+      if (logits) logits->clear();
+      return;
+    }
     FeedForward(l, T, segments, moe_slot_[l]);
     if (checking_)
       CheckStage(x_.data(), T * D, [l] {
@@ -811,7 +820,7 @@ std::string FfnStageName(const std::string& owner, const char* which,
 }  // namespace
 
 void Transformer::FeedForward(int64_t layer, int64_t T, std::span<const BatchSegment> segments,
-                              int64_t moe_slot) {
+                              int64_t moe_slot, bool route_only) {
   const LayerWeights& lw = weights_.layers[layer];
   const int64_t D = config_.hidden_size, F = config_.MaxFf();
   Grow(ffn_in_, T * D);
@@ -859,6 +868,7 @@ void Transformer::FeedForward(int64_t layer, int64_t T, std::span<const BatchSeg
       std::copy_n(mix.data() + t * K, K, trace->MutableWeights(local, moe_slot));
     }
   }
+  if (route_only) return;
 
   // Group tokens by expert so that each expert's weights are streamed once
   // per forward call and multiplied against all of its tokens together; in a

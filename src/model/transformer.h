@@ -133,7 +133,17 @@ class Transformer {
   // kernels::MatMul: the decode path below 9 rows, blocked GEMM above).
   // Throws epwa::Error for an empty segment, a missing or shared cache, token
   // ids outside the vocabulary or positions past a cache's capacity.
-  void ForwardBatch(std::span<const BatchSegment> segments, std::vector<float>* logits);
+  //
+  // With route_through_moe_slot >= 0 (an index into ModelConfig::MoeLayers),
+  // the pass stops as soon as that MoE layer's router has chosen: its
+  // experts and every later layer are skipped, the traces' later MoE layers
+  // keep Reset's zeros, and the caches hold that layer and the ones before
+  // it only, so they must not be used again. Detection of the router-keyed
+  // watermarks needs one layer's choices and nothing after it; on a
+  // 16-layer model keyed by its first MoE layer that is a sixteenth of the
+  // work. Every segment must ask for no logits.
+  void ForwardBatch(std::span<const BatchSegment> segments, std::vector<float>* logits,
+                    int64_t route_through_moe_slot = -1);
 
   // The failure path of a non-finite (NaN or infinite) output: runs `tokens`
   // again from position 0 with every intermediate result checked, and
@@ -148,8 +158,9 @@ class Transformer {
   void CheckStage(const float* values, int64_t n, const std::function<std::string()>& stage);
 
   void Attention(int64_t layer, int64_t T, std::span<const BatchSegment> segments);
+  // route_only: choose and record the experts, and stop there.
   void FeedForward(int64_t layer, int64_t T, std::span<const BatchSegment> segments,
-                   int64_t moe_slot);
+                   int64_t moe_slot, bool route_only = false);
   // `name(which)` names the expert's tensor `which` (w1, w3, w2) for
   // LocateNonFinite's messages.
   void ExpertForward(const ExpertWeights& e, int64_t rows,

@@ -141,6 +141,51 @@ TEST(ScoreBatch, EachTextMatchesScoreAloneBitForBit) {
   }
 }
 
+// A routing-only pass that stops at one MoE layer (detection reads one
+// router) gives that layer and every earlier one exactly the whole pass's
+// routing, and leaves the later ones empty; asking for logits runs the
+// whole pass whatever the slot.
+TEST(ScoreBatch, RoutingThroughASlotIsTheWholePassUpToIt) {
+  for (const char* name : {"tiny-moe", "tiny-qwen3-moe"}) {
+    for (int64_t budget : {0, 40}) {
+      auto engine = LoadBundled(name, 2, budget);
+      std::vector<std::vector<int32_t>> texts = Prompts(*engine);
+      std::vector<int32_t> longer;
+      for (const auto& t : texts) longer.insert(longer.end(), t.begin(), t.end());
+      texts.push_back(longer);  // longer than a budget of 40 rows: scored whole
+      const int64_t layers = engine->config().NumMoeLayers();
+      ASSERT_GE(layers, 2) << name;
+      std::vector<ScoreResult> alone;
+      for (const auto& t : texts) alone.push_back(engine->Score(t));
+      for (int64_t slot = 0; slot < layers; ++slot) {
+        const std::vector<ScoreResult> partial = engine->ScoreBatch(texts, /*logits=*/false, slot);
+        const std::vector<ScoreResult> whole = engine->ScoreBatch(texts, /*logits=*/true, slot);
+        for (size_t i = 0; i < texts.size(); ++i) {
+          const std::string what = std::string(name) + " budget " + std::to_string(budget) + " slot " +
+                                   std::to_string(slot) + " text " + std::to_string(i);
+          EXPECT_TRUE(partial[i].logits.empty()) << what;
+          EXPECT_EQ(whole[i].logits, alone[i].logits) << what;
+          const bool stopped = budget == 0 || i + 1 < texts.size();
+          for (int64_t t = 0; t < alone[i].routing.num_tokens(); ++t)
+            for (int64_t m = 0; m < layers; ++m) {
+              EXPECT_TRUE(std::ranges::equal(whole[i].routing.Experts(t, m), alone[i].routing.Experts(t, m))) << what;
+              if (m <= slot || !stopped) {
+                EXPECT_TRUE(std::ranges::equal(partial[i].routing.Experts(t, m), alone[i].routing.Experts(t, m)))
+                    << what << " layer " << m;
+                EXPECT_TRUE(std::ranges::equal(partial[i].routing.Logits(t, m), alone[i].routing.Logits(t, m)))
+                    << what << " layer " << m;
+              } else {
+                for (int32_t e : partial[i].routing.Experts(t, m)) EXPECT_EQ(e, -1) << what << " layer " << m;
+                for (float v : partial[i].routing.Logits(t, m)) EXPECT_EQ(v, 0.f) << what << " layer " << m;
+              }
+            }
+        }
+      }
+      EXPECT_THROW(engine->ScoreBatch(texts, /*logits=*/false, layers), Error);
+    }
+  }
+}
+
 TEST(BatchEngine, GenerateIsTheOneSequenceCase) {
   // Engine::Generate and a one-sequence batch give the same tokens and stats
   // shape at a sampling temperature (the sampler's PRNG is per sequence).

@@ -407,8 +407,12 @@ ScoreResult Engine::Score(std::span<const int32_t> ids) {
   return result;
 }
 
-std::vector<ScoreResult> Engine::ScoreBatch(std::span<const std::vector<int32_t>> texts, bool logits) {
+std::vector<ScoreResult> Engine::ScoreBatch(std::span<const std::vector<int32_t>> texts, bool logits,
+                                           int64_t routing_through_slot) {
   for (const std::vector<int32_t>& ids : texts) CheckScorable(ids);
+  Require(routing_through_slot < config().NumMoeLayers(),
+          "internal: routing_through_slot " + std::to_string(routing_through_slot) + " is not an MoE layer of the model");
+  if (logits) routing_through_slot = -1;
   const kernels::ScopedRowInvariantMatMul row_invariant;
   const ModelConfig& c = config();
   // The plan holds this many rows (and as many cached positions) per pass.
@@ -439,7 +443,7 @@ std::vector<ScoreResult> Engine::ScoreBatch(std::span<const std::vector<int32_t>
                                       .logits = logits ? LogitRows::kAll : LogitRows::kNone,
                                       .trace = &results[k].routing});
     }
-    model_->ForwardBatch(segments, &out);
+    model_->ForwardBatch(segments, &out, routing_through_slot);
     int64_t row = 0;
     for (size_t k = i; k < end; ++k) {
       ScoreResult& r = results[k];

@@ -210,7 +210,14 @@ class Engine {
   // the largest product of a pass with a large vocabulary). Non-finite
   // values are caught in the logits, or without them in the router logits.
   // Throws epwa::Error for an empty text or one that does not fit the plan.
-  std::vector<ScoreResult> ScoreBatch(std::span<const std::vector<int32_t>> texts, bool logits = true);
+  //
+  // With routing_through_slot >= 0 (and no logits), each pass stops once
+  // that MoE layer (an index into ModelConfig::MoeLayers) has chosen its
+  // experts (Transformer::ForwardBatch): the routing up to it is exactly a
+  // whole pass's, the later MoE layers' is left empty (zero logits and
+  // weights, experts -1). A text too long for one pass still runs whole.
+  std::vector<ScoreResult> ScoreBatch(std::span<const std::vector<int32_t>> texts, bool logits = true,
+                                      int64_t routing_through_slot = -1);
 
  private:
   friend class BatchEngine;  // runs the shared model and its checks

@@ -83,7 +83,10 @@ std::vector<std::vector<TokenScore>> ScoreInputs(Engine& engine, std::span<const
   std::vector<std::vector<int32_t>> texts;
   texts.reserve(inputs.size());
   for (const DetectInput& in : inputs) texts.push_back(in.ids);
-  std::vector<ScoreResult> local = engine.ScoreBatch(texts, logits);
+  // Without logits, and with nobody to hand the passes to, only the
+  // keying router layer's choices are read: the passes stop there.
+  const bool route_only = !logits && passes == nullptr && lists.keyed_by() != KeyedBy::kPreviousToken && slot >= 0;
+  std::vector<ScoreResult> local = engine.ScoreBatch(texts, logits, route_only ? slot : -1);
   for (size_t i = 0; i < inputs.size(); ++i) {
     const DetectInput& in = inputs[i];
     const RoutingTrace& routing = local[i].routing;

@@ -48,6 +48,8 @@ std::vector<TokenScore> ScoreInput(Engine& engine, const DetectInput& input, Gre
 // (Engine::ScoreBatch): result[i] equals ScoreInput(inputs[i]) exactly. When
 // `passes` is given it receives each forward pass, with logits only if
 // `logits` (PEPI needs them; the other methods read the routing alone).
+// Without `passes` and logits, each pass stops at router slot `slot`, the
+// only one the scores read (Engine::ScoreBatch's routing_through_slot).
 std::vector<std::vector<TokenScore>> ScoreInputs(Engine& engine, std::span<const DetectInput> inputs,
                                                  GreenLists& lists, int slot, bool logits = false,
                                                  std::vector<ScoreResult>* passes = nullptr);
