@@ -180,8 +180,9 @@ struct Detectors {
     }
     std::vector<std::vector<int32_t>> texts;
     for (const DetectInput& in : ins) texts.push_back(in.ids);
-    // FromPass reads one router slot: the passes stop there.
-    const std::vector<ScoreResult> passes = engine.ScoreBatch(texts, /*logits=*/false, SlotOf(s));
+    // The passes stop at the deepest router FromPass reads.
+    const std::vector<ScoreResult> passes =
+        engine.ScoreBatch(texts, /*logits=*/false, DeepestSlotRead(KeyedByOf(s), SlotOf(s), engine.config().NumMoeLayers()));
     for (size_t i = 0; i < ins.size(); ++i) out.push_back(ZOf(FromPass(s, ins[i], passes[i]), ListsOf(s).p0(), o.detect));
     return out;
   }

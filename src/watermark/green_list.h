@@ -75,6 +75,15 @@ enum class KeyedBy {
 inline bool IsV2(KeyedBy k) {
   return k == KeyedBy::kExpertToken || k == KeyedBy::kMinHash || k == KeyedBy::kLayerVotes;
 }
+// The deepest MoE layer (router slot) whose choices a keying reads, with
+// `slot` the keying's own router slot and `moe_layers` the model's count:
+// one layer for v1 and (a), every layer for (b) and (c), none (-1) for KGW.
+// Detection's forward passes stop there (Engine::ScoreBatch).
+inline int DeepestSlotRead(KeyedBy k, int slot, int64_t moe_layers) {
+  if (k == KeyedBy::kPreviousToken) return -1;
+  if (k == KeyedBy::kMinHash || k == KeyedBy::kLayerVotes) return static_cast<int>(moe_layers) - 1;
+  return slot;
+}
 
 // One element of a v2 context: a MoE layer's expert, a token, or both (an
 // absent part is -1). Packed into 64 bits for caches and deduplication.

@@ -61,7 +61,14 @@ std::vector<TokenScore> ScoreInput(Engine& engine, const DetectInput& input, Gre
     return ScoreByPreviousToken(input.ids, input.first, lists);
   ScoreResult local;
   ScoreResult& r = score ? *score : local;
-  r = engine.Score(input.ids);
+  if (const int deepest = DeepestSlotRead(lists.keyed_by(), slot, engine.config().NumMoeLayers());
+      score == nullptr && slot >= 0 && deepest >= 0) {
+    // Nobody sees the pass: it stops at the deepest router the scores read,
+    // with the routing up to it exactly a whole pass's (Engine::ScoreBatch).
+    r = std::move(engine.ScoreBatch(std::span(&input.ids, 1), /*logits=*/false, deepest)[0]);
+  } else {
+    r = engine.Score(input.ids);
+  }
   if (lists.keyed_by() == KeyedBy::kPreviousToken) return ScoreByPreviousToken(input.ids, input.first, lists);
   Require(r.routing.num_tokens() == static_cast<int64_t>(input.ids.size()),
           "the model returned no routing, so experts cannot be recovered (is it an MoE model?)");
@@ -83,10 +90,11 @@ std::vector<std::vector<TokenScore>> ScoreInputs(Engine& engine, std::span<const
   std::vector<std::vector<int32_t>> texts;
   texts.reserve(inputs.size());
   for (const DetectInput& in : inputs) texts.push_back(in.ids);
-  // Without logits, and with nobody to hand the passes to, only the
-  // keying router layer's choices are read: the passes stop there.
-  const bool route_only = !logits && passes == nullptr && lists.keyed_by() != KeyedBy::kPreviousToken && slot >= 0;
-  std::vector<ScoreResult> local = engine.ScoreBatch(texts, logits, route_only ? slot : -1);
+  // Without logits, and with nobody to hand the passes to, the passes stop
+  // at the deepest router the scores read.
+  const int deepest = DeepestSlotRead(lists.keyed_by(), slot, engine.config().NumMoeLayers());
+  const bool route_only = !logits && passes == nullptr && slot >= 0 && deepest >= 0;
+  std::vector<ScoreResult> local = engine.ScoreBatch(texts, logits, route_only ? deepest : -1);
   for (size_t i = 0; i < inputs.size(); ++i) {
     const DetectInput& in = inputs[i];
     const RoutingTrace& routing = local[i].routing;

@@ -40,7 +40,8 @@ DetectInput InputFromIds(const Engine& engine, const std::optional<std::string>&
 // causal forward pass (Engine::Score) recovers the router decision at each
 // position of router slot `slot`; KGW needs no model pass. `shift` as in
 // ScoreByRouting. When `score` is given it receives the forward pass (logits
-// for PEPI).
+// for PEPI); without it the pass stops at the deepest router slot the
+// scores read (DeepestSlotRead).
 std::vector<TokenScore> ScoreInput(Engine& engine, const DetectInput& input, GreenLists& lists,
                                    int slot, int shift = 1, ScoreResult* score = nullptr);
 
@@ -48,8 +49,9 @@ std::vector<TokenScore> ScoreInput(Engine& engine, const DetectInput& input, Gre
 // (Engine::ScoreBatch): result[i] equals ScoreInput(inputs[i]) exactly. When
 // `passes` is given it receives each forward pass, with logits only if
 // `logits` (PEPI needs them; the other methods read the routing alone).
-// Without `passes` and logits, each pass stops at router slot `slot`, the
-// only one the scores read (Engine::ScoreBatch's routing_through_slot).
+// Without `passes` and logits, each pass stops at the deepest router slot
+// the scores read (DeepestSlotRead; Engine::ScoreBatch's
+// routing_through_slot).
 std::vector<std::vector<TokenScore>> ScoreInputs(Engine& engine, std::span<const DetectInput> inputs,
                                                  GreenLists& lists, int slot, bool logits = false,
                                                  std::vector<ScoreResult>* passes = nullptr);
