@@ -804,6 +804,27 @@ void Transformer::ExpertForward(const ExpertWeights& e, int64_t rows,
     CheckStage(ffn_out_.data(), rows * config_.hidden_size, [&] { return name("down"); });
 }
 
+void Transformer::RunExpertUses(const LayerWeights& lw, std::span<const FusedUse> uses,
+                                std::span<const int64_t> token, std::span<const float> weight,
+                                const ExpertBuffers& b, float* moe_out) {
+  const int64_t D = config_.hidden_size, Fe = lw.experts[0].Ff(), R = static_cast<int64_t>(token.size());
+  for (int64_t r = 0; r < R; ++r) std::copy_n(xn_.data() + token[r] * D, D, b.in + r * D);
+  std::vector<kernels::MatMulJob>& jobs = fused_jobs_;
+  jobs.clear();
+  for (const FusedUse& u : uses) {
+    const ExpertWeights& ew = lw.experts[u.expert];
+    jobs.push_back({b.in + u.first * D, u.rows, &ew.gate, b.gate + u.first * Fe});
+    jobs.push_back({b.in + u.first * D, u.rows, &ew.up, b.up + u.first * Fe});
+  }
+  kernels::MatMulMany(jobs, pool_);
+  Activate(b.gate, b.up, R * Fe);
+  jobs.clear();
+  for (const FusedUse& u : uses)
+    jobs.push_back({b.gate + u.first * Fe, u.rows, &lw.experts[u.expert].down, b.out + u.first * D});
+  kernels::MatMulMany(jobs, pool_);
+  for (int64_t r = 0; r < R; ++r) kernels::Axpy(weight[r], b.out + r * D, moe_out + token[r] * D, D);
+}
+
 namespace {
 
 // Names a feed-forward's tensor for LocateNonFinite: `which` is "gate",
@@ -903,22 +924,8 @@ void Transformer::FeedForward(int64_t layer, int64_t T, std::span<const BatchSeg
     Grow(fused_gate_, R * Fe);
     Grow(fused_up_, R * Fe);
     Grow(fused_out_, R * D);
-    for (int64_t r = 0; r < R; ++r) std::copy_n(xn_.data() + fused_token_[r] * D, D, fused_in_.data() + r * D);
-    std::vector<kernels::MatMulJob>& jobs = fused_jobs_;
-    jobs.clear();
-    for (const FusedUse& u : uses) {
-      const ExpertWeights& ew = lw.experts[u.expert];
-      jobs.push_back({fused_in_.data() + u.first * D, u.rows, &ew.gate, fused_gate_.data() + u.first * Fe});
-      jobs.push_back({fused_in_.data() + u.first * D, u.rows, &ew.up, fused_up_.data() + u.first * Fe});
-    }
-    kernels::MatMulMany(jobs, pool_);
-    Activate(fused_gate_.data(), fused_up_.data(), R * Fe);
-    jobs.clear();
-    for (const FusedUse& u : uses)
-      jobs.push_back({fused_gate_.data() + u.first * Fe, u.rows, &lw.experts[u.expert].down, fused_out_.data() + u.first * D});
-    kernels::MatMulMany(jobs, pool_);
-    for (int64_t r = 0; r < R; ++r)
-      kernels::Axpy(fused_weight_[r], fused_out_.data() + r * D, moe_out.data() + fused_token_[r] * D, D);
+    RunExpertUses(lw, uses, fused_token_, fused_weight_, {fused_in_.data(), fused_gate_.data(), fused_up_.data(), fused_out_.data()},
+                  moe_out.data());
   } else if (FusesExperts(config_) && !checking_ && !e0.Interleaved() && !e0.down_bias && !e0.gate_up_bias) {
     // Prefill: the experts in groups (kGroupedExpertRows), each group's
     // rows gathered into ffn_in_ in expert order and each expert's rows in
@@ -928,13 +935,12 @@ void Transformer::FeedForward(int64_t layer, int64_t T, std::span<const BatchSeg
     std::vector<int64_t>& counts = expert_rows_;
     counts.assign(E, 0);
     for (int64_t i = 0; i < T * K; ++i) ++counts[experts[i]];
-    const int64_t Fe = e0.Ff(), cap = std::min(T, kGroupedExpertRows);
+    const int64_t cap = std::min(T, kGroupedExpertRows);
     std::vector<int64_t>& rows_token = rows_token_;
     std::vector<float>& rows_weight = rows_weight_;
     rows_token.reserve(T);  // a group holds at most T rows; sized once
     rows_weight.reserve(T);
     std::vector<FusedUse>& uses = fused_uses_;
-    std::vector<kernels::MatMulJob>& jobs = fused_jobs_;
     for (int64_t begin = 0; begin < E;) {
       // The group: experts [begin, end), at least one.
       int64_t end = begin, padded = 0;
@@ -955,22 +961,8 @@ void Transformer::FeedForward(int64_t layer, int64_t T, std::span<const BatchSeg
       }
       begin = end;
       if (uses.empty()) continue;
-      const int64_t R = static_cast<int64_t>(rows_token.size());
-      for (int64_t r = 0; r < R; ++r) std::copy_n(xn_.data() + rows_token[r] * D, D, ffn_in_.data() + r * D);
-      jobs.clear();
-      for (const FusedUse& u : uses) {
-        const ExpertWeights& ew = lw.experts[u.expert];
-        jobs.push_back({ffn_in_.data() + u.first * D, u.rows, &ew.gate, ffn_gate_.data() + u.first * Fe});
-        jobs.push_back({ffn_in_.data() + u.first * D, u.rows, &ew.up, ffn_up_.data() + u.first * Fe});
-      }
-      kernels::MatMulMany(jobs, pool_);
-      Activate(ffn_gate_.data(), ffn_up_.data(), R * Fe);
-      jobs.clear();
-      for (const FusedUse& u : uses)
-        jobs.push_back({ffn_gate_.data() + u.first * Fe, u.rows, &lw.experts[u.expert].down, ffn_out_.data() + u.first * D});
-      kernels::MatMulMany(jobs, pool_);
-      for (int64_t r = 0; r < R; ++r)
-        kernels::Axpy(rows_weight[r], ffn_out_.data() + r * D, moe_out.data() + rows_token[r] * D, D);
+      RunExpertUses(lw, uses, rows_token, rows_weight, {ffn_in_.data(), ffn_gate_.data(), ffn_up_.data(), ffn_out_.data()},
+                    moe_out.data());
     }
   } else {
   std::vector<int64_t>& rows_token = rows_token_;

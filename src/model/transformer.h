@@ -237,6 +237,20 @@ class Transformer {
   };
   std::vector<FusedUse> fused_uses_;
   std::vector<kernels::MatMulJob> fused_jobs_;
+  // Where RunExpertUses gathers, multiplies and activates: [rows, d_model]
+  // in and out, [rows, d_ff] gate and up.
+  struct ExpertBuffers {
+    float *in, *gate, *up, *out;
+  };
+  // The rows of every use (rows [first, first + rows) of the buffers go to
+  // expert `expert`; token[r] and weight[r] say whose row r is and its
+  // mixing weight): gathers the tokens' rows of xn_, runs gate and up of
+  // every expert in one MatMulMany, the activation, every down in another,
+  // and adds each row's weighted output to its token's row of moe_out.
+  // Each product is MatMul's and the sums come in row order, so the result
+  // is the expert-by-expert loop's to the bit.
+  void RunExpertUses(const LayerWeights& lw, std::span<const FusedUse> uses, std::span<const int64_t> token,
+                     std::span<const float> weight, const ExpertBuffers& buffers, float* moe_out);
   std::vector<int64_t> expert_rows_;  // [n_experts] rows routed to each expert (the grouped prefill)
   // Per row of the current call: its absolute position and its segment.
   std::vector<int64_t> row_pos_;  // [T]
