@@ -804,6 +804,23 @@ void Transformer::ExpertForward(const ExpertWeights& e, int64_t rows,
     CheckStage(ffn_out_.data(), rows * config_.hidden_size, [&] { return name("down"); });
 }
 
+void Transformer::CollectRoutedRows(std::span<const int32_t> experts, std::span<const float> mix, int64_t K,
+                                    int64_t e_begin, int64_t e_end, std::vector<int64_t>& token,
+                                    std::vector<float>& weight, std::vector<FusedUse>& uses) {
+  const int64_t T = static_cast<int64_t>(experts.size()) / K;
+  for (int64_t e = e_begin; e < e_end; ++e) {
+    const int64_t first = static_cast<int64_t>(token.size());
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t k = 0; k < K; ++k)
+        if (experts[t * K + k] == e) {
+          token.push_back(t);
+          weight.push_back(mix[t * K + k]);
+        }
+    const int64_t rows = static_cast<int64_t>(token.size()) - first;
+    if (rows > 0) uses.push_back({e, first, rows});
+  }
+}
+
 void Transformer::RunExpertUses(const LayerWeights& lw, std::span<const FusedUse> uses,
                                 std::span<const int64_t> token, std::span<const float> weight,
                                 const ExpertBuffers& b, float* moe_out) {
@@ -908,17 +925,7 @@ void Transformer::FeedForward(int64_t layer, int64_t T, std::span<const BatchSeg
     fused_weight_.reserve(static_cast<size_t>(kFusedExpertTokens * K));
     fused_token_.clear();
     fused_weight_.clear();
-    for (int64_t e = 0; e < E; ++e) {
-      const int64_t first = static_cast<int64_t>(fused_token_.size());
-      for (int64_t t = 0; t < T; ++t)
-        for (int64_t k = 0; k < K; ++k)
-          if (experts[t * K + k] == e) {
-            fused_token_.push_back(t);
-            fused_weight_.push_back(mix[t * K + k]);
-          }
-      const int64_t rows = static_cast<int64_t>(fused_token_.size()) - first;
-      if (rows > 0) uses.push_back({e, first, rows});
-    }
+    CollectRoutedRows(experts, mix, K, 0, E, fused_token_, fused_weight_, uses);
     const int64_t R = static_cast<int64_t>(fused_token_.size()), Fe = e0.Ff();
     Grow(fused_in_, R * D);
     Grow(fused_gate_, R * Fe);
@@ -948,17 +955,7 @@ void Transformer::FeedForward(int64_t layer, int64_t T, std::span<const BatchSeg
       uses.clear();
       rows_token.clear();
       rows_weight.clear();
-      for (int64_t e = begin; e < end; ++e) {
-        if (counts[e] == 0) continue;
-        const int64_t first = static_cast<int64_t>(rows_token.size());
-        for (int64_t t = 0; t < T; ++t)
-          for (int64_t k = 0; k < K; ++k)
-            if (experts[t * K + k] == e) {
-              rows_token.push_back(t);
-              rows_weight.push_back(mix[t * K + k]);
-            }
-        uses.push_back({e, first, counts[e]});
-      }
+      CollectRoutedRows(experts, mix, K, begin, end, rows_token, rows_weight, uses);
       begin = end;
       if (uses.empty()) continue;
       RunExpertUses(lw, uses, rows_token, rows_weight, {ffn_in_.data(), ffn_gate_.data(), ffn_up_.data(), ffn_out_.data()},

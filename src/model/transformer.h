@@ -249,6 +249,13 @@ class Transformer {
   // and adds each row's weighted output to its token's row of moe_out.
   // Each product is MatMul's and the sums come in row order, so the result
   // is the expert-by-expert loop's to the bit.
+  // Appends the rows routed to experts [e_begin, e_end) (experts and mix:
+  // [T, K] per token), experts in order and each expert's rows in token
+  // order: the token and mixing weight of each row, and one use per expert
+  // that has rows, its first row counted from the start of `token`.
+  static void CollectRoutedRows(std::span<const int32_t> experts, std::span<const float> mix, int64_t K,
+                                int64_t e_begin, int64_t e_end, std::vector<int64_t>& token,
+                                std::vector<float>& weight, std::vector<FusedUse>& uses);
   void RunExpertUses(const LayerWeights& lw, std::span<const FusedUse> uses, std::span<const int64_t> token,
                      std::span<const float> weight, const ExpertBuffers& buffers, float* moe_out);
   std::vector<int64_t> expert_rows_;  // [n_experts] rows routed to each expert (the grouped prefill)
