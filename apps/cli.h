@@ -26,6 +26,7 @@ struct ModelFlags {
   int64_t ctx = 0;  // 0: the engine's default plan context
   std::optional<std::string> mem_budget;
   bool no_cache = false;
+  bool no_mmap = false;      // --no-mmap (LoadOptions::copy_weights)
   int parallel = 1;          // sequences the plan holds at once (--parallel)
   int64_t batch_tokens = 0;  // rows per forward pass (--batch-tokens); 0: --ctx
   bool float_activations = false;  // --float-activations (kernels::SetFloatActivations)

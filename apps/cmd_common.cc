@@ -34,6 +34,11 @@ void AddModelFlags(CLI::App* cmd, ModelFlags* flags) {
   cmd->add_flag("--no-cache", flags->no_cache,
                 "do not read or write the quantized-weight cache ($EPWA_CACHE_DIR, else "
                 "~/.cache/epwa)");
+  cmd->add_flag("--no-mmap", flags->no_mmap,
+                "copy the weights that would be read from the mapped files (16-bit matrices, "
+                "weight-cache hits) into this process's memory at load: not shared with other "
+                "processes nor dropped under memory pressure, but faster to read where the page "
+                "cache is slow (README, Speed); also EPW_NO_MMAP=1");
   cmd->add_option("--mem-budget", flags->mem_budget,
                   "memory the process may use, e.g. 512M or 6G (default: free memory)");
   cmd->add_flag("--float-activations", flags->float_activations,
@@ -96,6 +101,7 @@ std::unique_ptr<Engine> LoadEngine(const ModelFlags& flags, bool quiet) {
   o.parallel = flags.parallel;
   o.batch_tokens = flags.batch_tokens;
   o.use_cache = !flags.no_cache;
+  o.copy_weights = CopyWeightsRequested(flags.no_mmap, [](const char* n) { return std::getenv(n); });
   o.int8_lm_head = flags.int8_lm_head;
   if (flags.mem_budget) o.mem_budget_bytes = ParseByteSize(*flags.mem_budget, "--mem-budget");
   const bool tty = !quiet && isatty(2);
@@ -173,10 +179,12 @@ void PrintLoadStats(const LoadStats& s) {
                static_cast<long long>(s.plan_ctx), sequences.c_str(), FormatBytes(s.budget_bytes).c_str());
   std::fprintf(stderr,
                "load: tokenizer %.1f ms, config %.1f ms, weights %.1f ms (%.1f MB mapped in place, "
-               "%.2f MB converted), plan %.1f ms, quantize %.1f ms, cache %.1f ms (%s), "
+               "%.2f MB converted%s), plan %.1f ms, quantize %.1f ms, cache %.1f ms (%s), "
                "router hash %.1f ms, total %.1f ms, peak RSS %.1f MB\n",
                s.tokenizer_ms, s.config_ms, s.weights_ms, s.mapped_bytes / 1e6,
-               s.converted_bytes / 1e6, s.plan_ms, s.quantize_ms, s.cache_ms, s.cache.c_str(),
+               s.converted_bytes / 1e6,
+               s.copied_bytes > 0 ? (" or copied, " + FormatBytes(s.copied_bytes) + " of them copied out of the mapping").c_str() : "",
+               s.plan_ms, s.quantize_ms, s.cache_ms, s.cache.c_str(),
                s.router_hash_ms, s.total_ms, s.peak_rss_bytes / 1e6);
 }
 

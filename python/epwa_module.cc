@@ -54,7 +54,8 @@ wm::SecretKey KeyFrom(const json& j) {
 class PyEngine {
  public:
   PyEngine(const std::string& model_dir, const std::optional<std::string>& quant, int64_t ctx, int threads,
-           std::optional<uint64_t> mem_budget, bool cache, int parallel, int64_t batch_tokens, bool int8_lm_head) {
+           std::optional<uint64_t> mem_budget, bool cache, int parallel, int64_t batch_tokens, bool int8_lm_head,
+           bool no_mmap) {
     LoadOptions o;
     o.model_dir = model_dir;
     o.threads = threads;
@@ -69,6 +70,7 @@ class PyEngine {
     o.batch_tokens = batch_tokens;
     o.use_cache = cache;
     o.int8_lm_head = int8_lm_head;
+    o.copy_weights = CopyWeightsRequested(no_mmap, [](const char* n) { return std::getenv(n); });
     o.mem_budget_bytes = mem_budget;
     py::gil_scoped_release release;
     engine_ = Engine::Load(o);
@@ -406,9 +408,10 @@ PYBIND11_MODULE(_epwa, m) {
 
   py::class_<PyEngine>(m, "_Engine")
       .def(py::init<const std::string&, const std::optional<std::string>&, int64_t, int, std::optional<uint64_t>,
-                    bool, int, int64_t, bool>(),
+                    bool, int, int64_t, bool, bool>(),
            py::arg("model_dir"), py::arg("quant"), py::arg("ctx"), py::arg("threads"), py::arg("mem_budget"),
-           py::arg("cache"), py::arg("parallel"), py::arg("batch_tokens"), py::arg("int8_lm_head") = false)
+           py::arg("cache"), py::arg("parallel"), py::arg("batch_tokens"), py::arg("int8_lm_head") = false,
+           py::arg("no_mmap") = false)
       .def("info_json", &PyEngine::InfoJson)
       .def("plan_json", &PyEngine::PlanJson)
       .def("tokenize", &PyEngine::Tokenize, py::arg("text"), py::arg("special"))

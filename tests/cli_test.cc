@@ -24,11 +24,11 @@ using CliTest = SynthModelCliTest;
 // The golden end-to-end test: each trained bundled model, a prompt and a
 // seed give exactly the committed token ids (tests/data/golden/NAME.json,
 // made by tools/make_golden.sh).
-void ExpectGoldenRun(const std::string& name, const testing::TempDir& dir) {
+void ExpectGoldenRun(const std::string& name, const testing::TempDir& dir, const std::string& extra = "") {
   const json golden = json::parse(testing::ReadFile("tests/data/golden/" + name + ".json"));
   Result r = RunEpwa("run -m models/" + name + " -p " + Quote(golden["prompt"].get<std::string>()) + " -n " +
                          std::to_string(golden["n"].get<int>()) + " --seed " +
-                         std::to_string(golden["seed"].get<int>()) + " --json",
+                         std::to_string(golden["seed"].get<int>()) + " --json" + extra,
                      dir);
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const json got = json::parse(r.out);
@@ -44,6 +44,30 @@ TEST_F(CliTest, GoldenRunOfTheManyExpertModel) {
   if (!fs::exists("tests/data/golden/tiny-qwen3-moe.json"))
     GTEST_SKIP() << "models/tiny-qwen3-moe has no golden file yet (tools/make_golden.sh)";
   ExpectGoldenRun("tiny-qwen3-moe", scratch_);
+}
+
+// --no-mmap and EPW_NO_MMAP copy the weights out of the mapping (the load
+// line says so) and change no token; a misspelt EPW_NO_MMAP is refused.
+TEST_F(CliTest, NoMmapCopiesTheWeightsAndKeepsTheGoldenTokens) {
+  ExpectGoldenRun("tiny-moe", scratch_, " --no-mmap");
+  Result flag = RunEpwa("run -m models/tiny-moe -p hi -n 2 --no-mmap", scratch_);
+  ASSERT_EQ(flag.exit_code, 0) << flag.err;
+  EXPECT_NE(flag.err.find("copied out of the mapping"), std::string::npos) << flag.err;
+  Result plain = RunEpwa("run -m models/tiny-moe -p hi -n 2", scratch_);
+  ASSERT_EQ(plain.exit_code, 0) << plain.err;
+  EXPECT_EQ(plain.err.find("copied out of the mapping"), std::string::npos) << plain.err;
+
+  setenv("EPW_NO_MMAP", "1", 1);
+  Result env = RunEpwa("run -m models/tiny-moe -p hi -n 2", scratch_);
+  Result plan = RunEpwa("plan -m models/tiny-moe --json", scratch_);
+  setenv("EPW_NO_MMAP", "perhaps", 1);
+  Result bad = RunEpwa("run -m models/tiny-moe -p hi -n 2", scratch_);
+  unsetenv("EPW_NO_MMAP");
+  ASSERT_EQ(env.exit_code, 0) << env.err;
+  EXPECT_NE(env.err.find("copied out of the mapping"), std::string::npos) << env.err;
+  ASSERT_EQ(plan.exit_code, 0) << plan.err;
+  EXPECT_EQ(json::parse(plan.out)["copy_weights"], true);
+  ExpectCleanError(bad, 1, "EPW_NO_MMAP=\"perhaps\" is not a boolean");
 }
 
 TEST_F(CliTest, StreamingRunPrintsPromptAndContinuation) {

@@ -55,7 +55,7 @@ def _worker_detector(model: dict, settings: str):
             _WORKER_STATE.clear()  # one model per process: a new run replaces the old one
             started = time.perf_counter()
             engine = _epwa._Engine(model["dir"], model["quant"], model["ctx"], model["threads"],
-                                   model["mem_budget"], model["cache"], 1, 0)
+                                   model["mem_budget"], model["cache"], 1, 0, False, model["no_mmap"])
             detector = _epwa._Detector(engine, settings)
             _WORKER_LOADS += 1
             state = {"engine": engine, "detector": detector, "load_s": time.perf_counter() - started,
@@ -148,6 +148,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--ctx", type=int, default=0, help="context the memory plan holds (default: the model's)")
     p.add_argument("--mem-budget", default=None, help="memory each worker's model may use, e.g. 6G")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the quantized weight cache")
+    p.add_argument("--no-mmap", action="store_true",
+                   help="copy mapped weights into each worker's memory (as epwa --no-mmap)")
     p.add_argument("--watermark", default=None, help="scheme to test for (default: epw2-et; gsg for pepi)")
     p.add_argument("--method", default="full", choices=["full", "cspv", "pepi"])
     p.add_argument("--gamma", type=float, default=0.25)
@@ -189,7 +191,8 @@ def run(args: argparse.Namespace) -> int:
     if threads is None:
         threads = max(1, (os.cpu_count() or 1) // local_workers) if local_workers else 0
     model = {"dir": os.path.abspath(args.model), "quant": args.quant, "ctx": args.ctx, "threads": threads,
-             "mem_budget": _byte_size(args.mem_budget), "cache": not args.no_cache}
+             "mem_budget": _byte_size(args.mem_budget), "cache": not args.no_cache,
+             "no_mmap": bool(args.no_mmap)}
     # Settings that cannot work (and a missing key) fail here, before a cluster starts.
     _epwa.check_detect_settings(settings)
 

@@ -230,3 +230,16 @@ def test_int8_lm_head_moves_logits_slightly():
     fp16 = epwa.Engine(MODEL, quant="fp16", threads=2, cache=False, int8_lm_head=True)
     np.testing.assert_array_equal(fp16.score(text)["logprobs"][1:],
                                   epwa.Engine(MODEL, quant="fp16", threads=2, cache=False).score(text)["logprobs"][1:])
+
+
+def test_no_mmap_copies_the_weights_and_changes_nothing():
+    text = "The quick brown fox jumps over the lazy dog. It was the best of times."
+    mapped = epwa.Engine(MODEL, quant="fp16", threads=2, cache=False)
+    copied = epwa.Engine(MODEL, quant="fp16", threads=2, cache=False, no_mmap=True)
+    assert mapped.info["load"]["copied_bytes"] == 0
+    assert copied.info["load"]["copied_bytes"] > 0
+    # Only the untied embedding stays mapped.
+    assert copied.info["load"]["mapped_bytes"] < mapped.info["load"]["mapped_bytes"]
+    a, b = mapped.score(text, logits=True), copied.score(text, logits=True)
+    np.testing.assert_array_equal(a["logits"], b["logits"])
+    np.testing.assert_array_equal(a["experts"], b["experts"])

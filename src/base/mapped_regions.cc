@@ -91,6 +91,16 @@ void RegisterMappedFile(const void* begin, size_t size, const std::string& path)
   }
 }
 
+bool InRegisteredMapping(const void* p, size_t bytes) {
+  const uintptr_t addr = reinterpret_cast<uintptr_t>(p);
+  std::lock_guard<std::mutex> lock(g_mutex);
+  for (const Region& r : g_regions) {
+    const uintptr_t b = r.begin.load(std::memory_order_relaxed);
+    if (b != 0 && addr >= b && addr - b <= r.size && bytes <= r.size - (addr - b)) return true;
+  }
+  return false;
+}
+
 void UnregisterMappedFile(const void* begin) {
   if (begin == nullptr) return;
   std::lock_guard<std::mutex> lock(g_mutex);

@@ -25,4 +25,9 @@ void InstallMappedFileFaultReport();
 void RegisterMappedFile(const void* begin, size_t size, const std::string& path);
 void UnregisterMappedFile(const void* begin);
 
+// True when [p, p + bytes) lies inside one registered mapping: memory that
+// belongs to a file, which madvise(MADV_DONTNEED) may drop and the kernel
+// reads back, unlike the process's own memory, which it would zero.
+bool InRegisteredMapping(const void* p, size_t bytes);
+
 }  // namespace epwa

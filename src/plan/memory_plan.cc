@@ -82,11 +82,13 @@ void Total(const ModelConfig& config, const PlanContext& cx, LevelPlan* p) {
   uint64_t converted = cx.vector_bytes, load_peak = converted;
   for (const TensorPlan& t : p->tensors) {
     p->weights_bytes += t.bytes;
-    if (t.InPlace()) {
+    const bool copied = t.InPlace() && cx.copy_weights && CopiesIntoMemory(t);
+    if (t.InPlace() && !copied) {
       p->in_place_bytes += t.bytes;
       continue;
     }
-    const uint64_t source = static_cast<uint64_t>(t.rows * t.cols) * DTypeSize(t.source);
+    // A copy's source is the mapped matrix itself.
+    const uint64_t source = copied ? t.bytes : static_cast<uint64_t>(t.rows * t.cols) * DTypeSize(t.source);
     load_peak = std::max(load_peak, converted + t.bytes + source);
     converted += t.bytes;
   }
@@ -173,6 +175,8 @@ std::vector<MatrixSlot> ListMatrices(const ModelConfig& c, ModelWeights& w) {
     out.push_back({"lm_head.weight", MatrixRole::kLmHead, -1, &w.lm_head});
   return out;
 }
+
+bool CopiesIntoMemory(const TensorPlan& t) { return t.InPlace() && t.role != MatrixRole::kEmbedding; }
 
 uint64_t StoredBytes(DType dtype, int64_t rows, int64_t cols) {
   if (!HasGroupScales(dtype)) return RoundUp64(static_cast<uint64_t>(rows * cols) * DTypeSize(dtype));

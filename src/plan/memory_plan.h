@@ -86,7 +86,17 @@ struct PlanContext {
   // largest matrix a decode step reads. A tied embedding stays 16-bit: its
   // rows are also read one at a time as embeddings.
   bool int8_lm_head = false;
+  // Copy the matrices a plan would use in place from the file mapping into
+  // the process's own memory at load (--no-mmap; see CopiesIntoMemory).
+  // They are then resident from the end of loading, and each one's source
+  // pages are resident beside the copies made so far while it is copied.
+  bool copy_weights = false;
 };
+
+// Whether a matrix used in place is copied into process memory under
+// PlanContext::copy_weights: every one but an untied embedding, which is read
+// one row per token and gains nothing from a copy of all its rows.
+bool CopiesIntoMemory(const TensorPlan& t);
 
 struct LevelPlan {
   QuantLevel level = QuantLevel::kNone;

@@ -58,4 +58,9 @@ bool EnvForcesCpu(const std::function<const char*(const char*)>& getenv) {
   return ParseEnvBool("EPW_USE_CPU", getenv("EPW_USE_CPU")).value_or(false);
 }
 
+bool CopyWeightsRequested(bool no_mmap_flag, const std::function<const char*(const char*)>& getenv) {
+  const std::optional<bool> env = ParseEnvBool("EPW_NO_MMAP", getenv("EPW_NO_MMAP"));
+  return no_mmap_flag || env.value_or(false);
+}
+
 }  // namespace epwa

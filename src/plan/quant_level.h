@@ -36,4 +36,9 @@ LevelRequest ResolveLevel(const std::optional<std::string>& flag,
 // EPW_USE_CPU=true forces the CPU; returns false when unset. Throws for bad values.
 bool EnvForcesCpu(const std::function<const char*(const char*)>& getenv);
 
+// Whether to copy mapped weights into process memory (LoadOptions::
+// copy_weights): the --no-mmap flag, else EPW_NO_MMAP (validated even when
+// the flag is given, so a typo never passes silently).
+bool CopyWeightsRequested(bool no_mmap_flag, const std::function<const char*(const char*)>& getenv);
+
 }  // namespace epwa

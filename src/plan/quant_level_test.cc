@@ -82,5 +82,19 @@ TEST(QuantLevel, BadValuesAreErrorsEvenWhenOverridden) {
   EXPECT_TRUE(EnvForcesCpu(env.Getter()));
 }
 
+TEST(QuantLevel, NoMmapComesFromTheFlagOrEpwNoMmap) {
+  Env env;
+  EXPECT_FALSE(CopyWeightsRequested(false, env.Getter()));
+  EXPECT_TRUE(CopyWeightsRequested(true, env.Getter()));
+  env.vars = {{"EPW_NO_MMAP", "on"}};
+  EXPECT_TRUE(CopyWeightsRequested(false, env.Getter()));
+  env.vars = {{"EPW_NO_MMAP", "0"}};
+  EXPECT_FALSE(CopyWeightsRequested(false, env.Getter()));
+  EXPECT_TRUE(CopyWeightsRequested(true, env.Getter()));  // the flag wins
+  env.vars = {{"EPW_NO_MMAP", "copy"}};
+  EXPECT_THROW(CopyWeightsRequested(false, env.Getter()), Error);
+  EXPECT_THROW(CopyWeightsRequested(true, env.Getter()), Error);  // validated even then
+}
+
 }  // namespace
 }  // namespace epwa

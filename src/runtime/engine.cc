@@ -250,6 +250,7 @@ std::unique_ptr<Engine> Engine::Load(const LoadOptions& options) {
   pc.batch_tokens = options.batch_tokens > 0 ? options.batch_tokens : pc.ctx;
   pc.threads = engine->pool_->size();
   pc.int8_lm_head = options.int8_lm_head;
+  pc.copy_weights = options.copy_weights;
   pc.runtime_bytes = CurrentRssBytes();
   pc.vector_bytes = weights.converted_bytes;
   const uint64_t budget = options.mem_budget_bytes
@@ -294,7 +295,9 @@ std::unique_ptr<Engine> Engine::Load(const LoadOptions& options) {
   stats.cache_ms = stage.Millis();
 
   stage.Reset();
-  MaterializeWeights(config, weights, plan.tensors, *engine->pool_, options.progress);
+  const MaterializeStats materialized =
+      MaterializeWeights(config, weights, plan.tensors, *engine->pool_, options.progress, options.copy_weights);
+  stats.copied_bytes = materialized.copied_bytes;
   stats.quantize_ms = stage.Millis();
   if (!cache_path.empty() && !cache_hit) {
     Stopwatch write;
@@ -502,6 +505,7 @@ nlohmann::json LoadStatsJson(const LoadStats& s) {
                         {"quantize_ms", s.quantize_ms},     {"router_hash_ms", s.router_hash_ms},
                         {"total_ms", s.total_ms},           {"weight_bytes", s.weight_bytes},
                         {"mapped_bytes", s.mapped_bytes},   {"converted_bytes", s.converted_bytes},
+                        {"copied_bytes", s.copied_bytes},
                         {"peak_rss_bytes", s.peak_rss_bytes}, {"quant_level", s.quant_level},
                         {"quant_source", s.quant_source},   {"planned_bytes", s.planned_bytes},
                         {"budget_bytes", s.budget_bytes},   {"plan_ctx", s.plan_ctx},

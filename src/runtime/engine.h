@@ -52,6 +52,10 @@ struct LoadOptions {
   // Quantized weights are cached on disk (see plan/weight_cache.h) unless off.
   bool use_cache = true;
   std::string cache_dir;  // empty: DefaultCacheDir()
+  // Copy weights the plan would read from file mappings (16-bit matrices used
+  // in place, weight-cache hits) into the process's own memory
+  // (PlanContext::copy_weights; --no-mmap, EPW_NO_MMAP).
+  bool copy_weights = false;
   // Called during weight conversion with (bytes done, bytes total); may be empty.
   std::function<void(uint64_t, uint64_t)> progress;
 };
@@ -67,7 +71,8 @@ struct LoadStats {
   double total_ms = 0;
   uint64_t weight_bytes = 0;     // bytes of tensor data in the checkpoint
   uint64_t mapped_bytes = 0;     // used in place from the mapping
-  uint64_t converted_bytes = 0;  // converted into float32 copies
+  uint64_t converted_bytes = 0;  // in process memory: converted, quantized or copied
+  uint64_t copied_bytes = 0;     // of those, copied as they are out of a mapping (--no-mmap)
   uint64_t peak_rss_bytes = 0;
   std::string quant_level;         // the concrete level loaded ("int4", ...)
   std::string quant_source;        // what decided it ("--quant int4", "EPW_LOAD_IN_4BIT=true", ...)
