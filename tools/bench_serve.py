@@ -13,6 +13,12 @@ its ratio to one stream, p50/p99 time to first token and p50/p99 time between
 tokens, all measured at the client, so HTTP, JSON and the scheduler are
 included. Compare with `epwa bench --parallel` (the engine alone) on the same
 model. Only the Python standard library is used.
+
+With --detect, the clients send POST /v1/watermark/detect requests instead
+(random --prompt-tokens ids each, the server's default scheme and a fresh
+key) and it reports detections/s, scored tokens/s, its ratio to one client,
+p50/p99 request latency and how many batched passes served them (the
+server's epwa_detection_batches_total).
 """
 import argparse
 import http.client
@@ -65,6 +71,28 @@ def stream_request(port, body):
     return ttft, gaps, tokens
 
 
+def post_json(port, path, body):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+    conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    data = resp.read()
+    conn.close()
+    if resp.status != 200:
+        raise RuntimeError(f"HTTP {resp.status}: {data[:300]!r}")
+    return json.loads(data)
+
+
+def metric(port, name):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    conn.request("GET", "/metrics")
+    text = conn.getresponse().read().decode()
+    conn.close()
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return float("nan")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("epwa")
@@ -75,6 +103,7 @@ def main():
     ap.add_argument("--requests", type=int, default=3, help="requests per client per count")
     ap.add_argument("--quant", default="fp16")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--detect", action="store_true", help="time /v1/watermark/detect instead of completions")
     a = ap.parse_args()
     counts = [int(c) for c in a.counts.split(",")]
     config = json.load(open(os.path.join(a.model, "config.json")))
@@ -90,6 +119,13 @@ def main():
            "--quant", a.quant, "--no-cache", "--quiet", "--max-queue", str(max(counts))]
     if a.threads:
         cmd += ["-t", str(a.threads)]
+    if a.detect:
+        import tempfile
+        key_dir = tempfile.mkdtemp(prefix="epwa-bench-serve-")
+        key_file = os.path.join(key_dir, "bench.key")
+        subprocess.run([a.epwa, "keygen", "--out", key_file], check=True, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
+        cmd += ["--key-file", key_file]
     server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     port, log = None, []
     while port is None:
@@ -101,6 +137,13 @@ def main():
             port = int(line.split("127.0.0.1:")[1].split()[0].rstrip("/"))
     threading.Thread(target=lambda: [None for _ in server.stderr], daemon=True).start()
     rng = random.Random(7)
+    if a.detect:
+        try:
+            bench_detect(a, port, counts, vocab, rng)
+        finally:
+            server.terminate()
+            server.wait(timeout=60)
+        return
     print(f"epwa serve on {a.model} ({a.quant}): {a.prompt_tokens}-token prompts, {a.gen_tokens} tokens each, "
           f"{a.requests} requests per client")
     print(f"{'clients':>7} {'tok/s':>8} {'x one':>6} {'ttft p50':>9} {'ttft p99':>9} {'itl p50':>8} {'itl p99':>8}")
@@ -146,6 +189,46 @@ def main():
     finally:
         server.terminate()
         server.wait(timeout=60)
+
+
+def bench_detect(a, port, counts, vocab, rng):
+    print(f"epwa serve on {a.model} ({a.quant}): /v1/watermark/detect of {a.prompt_tokens} token ids, "
+          f"{a.requests} requests per client")
+    print(f"{'clients':>7} {'det/s':>7} {'tok/s':>8} {'x one':>6} {'p50':>8} {'p99':>8} {'passes':>7}")
+    post_json(port, "/v1/watermark/detect", {"ids": [1] * 8})  # warm-up (page faults)
+    base = None
+    for c in counts:
+        latencies, errors, lock = [], [], threading.Lock()
+        bodies = [[{"ids": [rng.randrange(vocab) for _ in range(a.prompt_tokens)]} for _ in range(a.requests)]
+                  for _ in range(c)]
+
+        def client(i):
+            for body in bodies[i]:
+                t0 = time.perf_counter()
+                try:
+                    post_json(port, "/v1/watermark/detect", body)
+                except Exception as e:  # reported below
+                    errors.append(str(e))
+                    return
+                with lock:
+                    latencies.append(time.perf_counter() - t0)
+
+        passes0 = metric(port, "epwa_detection_batches_total")
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(c)]
+        t0 = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        wall = time.perf_counter() - t0
+        if errors:
+            sys.exit(f"{len(errors)} requests failed: {errors[0]}")
+        passes = metric(port, "epwa_detection_batches_total") - passes0
+        rate = len(latencies) / wall
+        base = base or rate
+        print(f"{c:>7} {rate:>7.1f} {rate * a.prompt_tokens:>8.0f} {rate / base:>6.2f} "
+              f"{percentile(latencies, 50) * 1e3:>6.1f}ms {percentile(latencies, 99) * 1e3:>6.1f}ms "
+              f"{passes:>7.0f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -96,6 +96,14 @@ find_tool() {
 [ -d "$LLAMA_BUILD" ] || die "$LLAMA_BUILD is not a folder"
 LLAMA_BENCH=$(find_tool llama-bench)
 LLAMA_QUANTIZE=$(find_tool llama-quantize)
+# llama-bench gained -d (decode after a filled cache) in 2025; an older build
+# decodes from an empty cache instead, which the report then shows as
+# "after None" tokens: say so rather than fail.
+depth_args=(-d "$PROMPT_TOKENS")
+if ! "$LLAMA_BENCH" --help 2>&1 | grep -q -- "--n-depth"; then
+  echo "compare_llamacpp: warning: this llama-bench has no -d; its decode starts from an empty cache" >&2
+  depth_args=()
+fi
 GGUF_PY=$LLAMA_SRC/gguf-py
 [ -f "$GGUF_PY/gguf/__init__.py" ] ||
   die "$GGUF_PY/gguf is missing; pass llama.cpp's source folder as the second argument"
@@ -195,7 +203,7 @@ llama_run() {
     "$LLAMA_BENCH" -m "$m" -t "$THREADS" -p "$PROMPT_TOKENS" -n 0 -r "$REPEATS" -o json "${llama_args[@]}" \
     >"$OUT/runs/llama-$type-pp-r$r.json"
   run_step "$OUT/logs/llama-$type-tg-r$r.log" \
-    "$LLAMA_BENCH" -m "$m" -t "$THREADS" -p 0 -n "$GEN_TOKENS" -d "$PROMPT_TOKENS" -r "$REPEATS" -o json "${llama_args[@]}" \
+    "$LLAMA_BENCH" -m "$m" -t "$THREADS" -p 0 -n "$GEN_TOKENS" "${depth_args[@]}" -r "$REPEATS" -o json "${llama_args[@]}" \
     >"$OUT/runs/llama-$type-tg-r$r.json"
 }
 

@@ -96,6 +96,8 @@ std::string Metrics::Text() const {
   Counter("epwa_watermarked_completions_total", "Completions generated with the operator's watermark.",
           watermarked_completions, &out);
   Counter("epwa_detections_total", "Watermark detections served.", detections, &out);
+  Counter("epwa_detection_batches_total", "Batched detection passes (concurrent detections share one).",
+          detection_batches, &out);
   Gauge("epwa_queue_depth", "Requests waiting for a sequence slot.", queue_depth, &out);
   Gauge("epwa_active_sequences", "Sequences generating now.", active_sequences, &out);
   latency_.Write("epwa_request_duration_seconds", "Wall time of HTTP requests.", &out);

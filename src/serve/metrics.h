@@ -48,6 +48,7 @@ class Metrics {
   std::atomic<int64_t> active_sequences{0};  // generating now
   std::atomic<int64_t> watermarked_completions{0};
   std::atomic<int64_t> detections{0};
+  std::atomic<int64_t> detection_batches{0};  // batched passes that served them
 
   std::string Text() const;
 

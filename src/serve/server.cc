@@ -30,6 +30,7 @@
 
 #include "base/error.h"
 #include "serve/batch_scheduler.h"
+#include "serve/detect_batcher.h"
 #include "serve/metrics.h"
 #include "serve/chat_session.h"
 #include "template/chat_template.h"
@@ -281,6 +282,8 @@ struct Server::Impl {
   httplib::Server http;
   Metrics metrics;
   std::unique_ptr<BatchScheduler> scheduler;
+  // Detection passes batched across concurrent requests (only with a key).
+  std::unique_ptr<DetectBatcher> detect_batcher;
   std::optional<ChatTemplate> chat_template;
   std::string chat_template_error;
   // The template's end-of-turn token, when it is not an EOS already.
@@ -782,8 +785,9 @@ struct Server::Impl {
             throw bad("the text has " + std::to_string(in.ids.size()) + " tokens, more than the " +
                           std::to_string(scheduler->SequenceContext()) + " a sequence may hold",
                       "text");
-          tokens = wm::ScoreInput(*engine, in, lists, slot);
         }
+        // The pass itself joins whatever detections are waiting for the model.
+        tokens = detect_batcher->Score(in, scheme, slot);
         out["tokens"] = static_cast<int64_t>(in.ids.size()) - in.first;
         out["prompt_given"] = in.prompt_given;
         if (method == "cspv") {
@@ -862,6 +866,10 @@ Server::Server(std::unique_ptr<Engine> engine, ServerOptions options)
   }
   if (o.model_id.empty()) o.model_id = s.engine->model_dir();
   s.scheduler = std::make_unique<BatchScheduler>(*s.engine, o.parallel, o.max_queue, &s.metrics);
+  if (o.key)
+    s.detect_batcher = std::make_unique<DetectBatcher>(*s.engine, s.scheduler->ModelMutex(), *o.key, s.router_hash,
+                                                       o.watermark ? o.watermark->gamma : 0.25,
+                                                       &s.metrics.detection_batches);
 
   httplib::Server& http = s.http;
   const int threads = o.http_threads > 0 ? o.http_threads : std::min(256, o.parallel + o.max_queue + 4);

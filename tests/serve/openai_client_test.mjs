@@ -216,6 +216,34 @@ await test('served text is detected by the detect endpoint; human text is not', 
   assert.equal(h.body.prediction, false);
 });
 
+await test('concurrent detections equal the same detections alone, in fewer passes', async () => {
+  const words = ['harbour', 'compiler', 'meadow', 'lantern', 'archive', 'violin'];
+  const reqs = Array.from({ length: 12 }, (_, i) => ({
+    text: `Paragraph ${i} about the ${words[i % 6]}: ` + `the ${words[(i + 1) % 6]} and the ${words[(i + 2) % 6]} `.repeat(3 + i),
+    ...(i % 3 === 1 ? { scheme: 'gsg' } : {}),
+    ...(i % 4 === 2 ? { method: 'cspv', sample: 8, min_tokens: 4, seed: i } : {}),
+  }));
+  const counters = async () => {
+    const r = await fetch(`http://127.0.0.1:${port}/metrics`, { headers: { Authorization: `Bearer ${apiKey}` } });
+    const text = await r.text();
+    const read = (name) => Number((text.match(new RegExp(`^${name} (\\d+)`, 'm')) || [])[1]);
+    return { detections: read('epwa_detections_total'), passes: read('epwa_detection_batches_total') };
+  };
+  const before = await counters();
+  const together = await Promise.all(reqs.map((r) => post('/v1/watermark/detect', r)));
+  const middle = await counters();
+  const alone = [];
+  for (const r of reqs) alone.push(await post('/v1/watermark/detect', r));
+  for (let i = 0; i < reqs.length; i++) {
+    assert.equal(together[i].status, 200, JSON.stringify(together[i].body));
+    assert.deepEqual(together[i].body, alone[i].body, `request ${i}`);
+  }
+  const detections = middle.detections - before.detections, passes = middle.passes - before.passes;
+  console.log(`     ${detections} concurrent detections ran in ${passes} passes`);
+  assert.equal(detections, reqs.length);
+  assert.ok(passes >= 2 && passes <= reqs.length, `${passes} passes`);  // two schemes at least
+});
+
 await test('refusals arrive as the client error classes', async () => {
   const bad = new OpenAI({ baseURL, apiKey: 'wrong-key-000000', maxRetries: 0 });
   await assert.rejects(bad.chat.completions.create({ model: 'tiny', messages }), (e) => e.status === 401);
