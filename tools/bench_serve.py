@@ -15,8 +15,7 @@ included. Compare with `epwa bench --parallel` (the engine alone) on the same
 model. Only the Python standard library is used.
 
 With --detect, the clients send POST /v1/watermark/detect requests instead
-(random --prompt-tokens ids each, the server's default scheme and a fresh
-key) and it reports detections/s, scored tokens/s, its ratio to one client,
+(random --prompt-tokens ids each, scheme epw2-et with a fresh key) and it reports detections/s, scored tokens/s, its ratio to one client,
 p50/p99 request latency and how many batched passes served them (the
 server's epwa_detection_batches_total).
 """
@@ -125,7 +124,7 @@ def main():
         key_file = os.path.join(key_dir, "bench.key")
         subprocess.run([a.epwa, "keygen", "--out", key_file], check=True, stdout=subprocess.DEVNULL,
                        stderr=subprocess.DEVNULL)
-        cmd += ["--key-file", key_file]
+        cmd += ["--watermark", "epw2-et", "--key-file", key_file]
     server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     port, log = None, []
     while port is None:
@@ -195,7 +194,7 @@ def bench_detect(a, port, counts, vocab, rng):
     print(f"epwa serve on {a.model} ({a.quant}): /v1/watermark/detect of {a.prompt_tokens} token ids, "
           f"{a.requests} requests per client")
     print(f"{'clients':>7} {'det/s':>7} {'tok/s':>8} {'x one':>6} {'p50':>8} {'p99':>8} {'passes':>7}")
-    post_json(port, "/v1/watermark/detect", {"ids": [1] * 8})  # warm-up (page faults)
+    post_json(port, "/v1/watermark/detect", {"ids": [rng.randrange(vocab) for _ in range(64)]})  # warm-up
     base = None
     for c in counts:
         latencies, errors, lock = [], [], threading.Lock()
