@@ -70,6 +70,20 @@ def stream_request(port, body):
     return ttft, gaps, tokens
 
 
+def run_clients(count, client, errors):
+    """Wall seconds of `count` threads running client(i); exits on any error they recorded."""
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(count)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    if errors:
+        sys.exit(f"{len(errors)} requests failed: {errors[0]}")
+    return wall
+
+
 def post_json(port, path, body):
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
     conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
@@ -171,15 +185,7 @@ def main():
                         gaps.extend(g)
                         total[0] += n
 
-            threads = [threading.Thread(target=client, args=(i,)) for i in range(c)]
-            t0 = time.perf_counter()
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-            wall = time.perf_counter() - t0
-            if errors:
-                sys.exit(f"{len(errors)} requests failed: {errors[0]}")
+            wall = run_clients(c, client, errors)
             rate = total[0] / wall
             base = base or rate
             print(f"{c:>7} {rate:>8.1f} {rate / base:>6.2f} {percentile(ttfts, 50) * 1e3:>7.1f}ms "
@@ -213,15 +219,7 @@ def bench_detect(a, port, counts, vocab, rng):
                     latencies.append(time.perf_counter() - t0)
 
         passes0 = metric(port, "epwa_detection_batches_total")
-        threads = [threading.Thread(target=client, args=(i,)) for i in range(c)]
-        t0 = time.perf_counter()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        wall = time.perf_counter() - t0
-        if errors:
-            sys.exit(f"{len(errors)} requests failed: {errors[0]}")
+        wall = run_clients(c, client, errors)
         passes = metric(port, "epwa_detection_batches_total") - passes0
         rate = len(latencies) / wall
         base = base or rate
