@@ -1049,6 +1049,53 @@ __attribute__((always_inline)) inline void RunMicroKernel(int mr, const float* x
   kMicroKernels[mr](xp, bp, kb, y, ldy, FirstLanes(cols), FirstLanes(Max(cols - 16, 0)), accumulate);
 }
 
+// The codes of groups [g0, g0 + ng) of 16 full rows of a 4-bit matrix (kQ4,
+// kNF4), stored as PackPanelInt8 stores them: for group g and quad j, the 16
+// rows' four level bytes of inputs [4 j, 4 j + 4) at out + (8 g + j) * kI8Nr.
+// In these formats the 32-bit word j' (j' < 4) of a row's 16 group bytes
+// holds quad j' in its low nibbles and quad j' + 4 in its high nibbles, so a
+// 16 x 4 transpose of words (half the bytes the general path transposes,
+// which widens the nibbles first) followed by the nibble split yields two
+// quads at once. Building four vectors of four rows each (rows i, i + 4,
+// i + 8, i + 12 in lanes 0-3 of vector i) makes the in-lane 4 x 4 transpose
+// below leave each quad's rows in natural order. Packing runs once per
+// expert call in a MoE prefill, where it had cost nearly as much as the
+// products themselves (perf, OLMoE-shaped int4 prefill of 128 tokens).
+template <DType D>
+__attribute__((always_inline)) inline void PackNibbleGroups(const uint8_t* const rows[16], int64_t g0, int64_t ng,
+                                                            __m256i level_table, int32_t* out) {
+  const __m512i table = _mm512_broadcast_i32x4(_mm256_castsi256_si128(level_table));
+  const __m512i nibble = _mm512_set1_epi8(0x0f);
+  for (int64_t g = 0; g < ng; ++g) {
+    const int64_t offset = (g0 + g) * 16;
+    __m512i v[4];
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; ++i) {
+      __m512i a = _mm512_castsi128_si512(_mm_loadu_si128(reinterpret_cast<const __m128i*>(rows[i] + offset)));
+      a = _mm512_inserti32x4(a, _mm_loadu_si128(reinterpret_cast<const __m128i*>(rows[i + 4] + offset)), 1);
+      a = _mm512_inserti32x4(a, _mm_loadu_si128(reinterpret_cast<const __m128i*>(rows[i + 8] + offset)), 2);
+      v[i] = _mm512_inserti32x4(a, _mm_loadu_si128(reinterpret_cast<const __m128i*>(rows[i + 12] + offset)), 3);
+    }
+    // Lane l of v[i] is row 4 l + i after the loads above; the transpose
+    // gives word j' of rows 4 l .. 4 l + 3 in lane l of t[j'].
+    const __m512i a0 = _mm512_unpacklo_epi32(v[0], v[1]), a1 = _mm512_unpackhi_epi32(v[0], v[1]);
+    const __m512i b0 = _mm512_unpacklo_epi32(v[2], v[3]), b1 = _mm512_unpackhi_epi32(v[2], v[3]);
+    const __m512i t[4] = {_mm512_unpacklo_epi64(a0, b0), _mm512_unpackhi_epi64(a0, b0),
+                          _mm512_unpacklo_epi64(a1, b1), _mm512_unpackhi_epi64(a1, b1)};
+    int32_t* group = out + g * 8 * kI8Nr;
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; ++j) {
+      __m512i lo = _mm512_and_si512(t[j], nibble), hi = _mm512_and_si512(_mm512_srli_epi16(t[j], 4), nibble);
+      if constexpr (D != DType::kQ4) {
+        lo = _mm512_shuffle_epi8(table, lo);
+        hi = _mm512_shuffle_epi8(table, hi);
+      }
+      _mm512_store_si512(group + j * kI8Nr, lo);
+      _mm512_store_si512(group + (j + 4) * kI8Nr, hi);
+    }
+  }
+}
+
 // Packs output columns [n0, n0 + ncols) x groups [g0, g0 + ng) of W as
 // ceil(ncols / 32) strips (layout above). Columns beyond ncols get zero
 // codes and scales; their outputs are never stored. Sixteen columns and two
@@ -1068,9 +1115,16 @@ void PackPanelInt8(const WeightView& w, int64_t n0, int64_t ncols, int64_t g0, i
     for (int h = 0; h < 2; ++h) {
       const int64_t first = s * kI8Nr + h * 16;
       const int nrows = static_cast<int>(Clamp(ncols - first, 0, 16));
+      bool codes_packed = false;
       const uint8_t* rows[16];
       for (int i = 0; i < 16; ++i) rows[i] = i < nrows ? RowAt(w, n0 + first + i) : nullptr;
-      for (int64_t g = 0; g < ng; g += 2) {
+      if constexpr (D == DType::kQ4 || D == DType::kNF4) {
+        if (nrows == 16) {
+          PackNibbleGroups<D>(rows, g0, ng, level_table, codes + h * 16);
+          codes_packed = true;
+        }
+      }
+      for (int64_t g = 0; g < ng && !codes_packed; g += 2) {
         const bool pair = g + 1 < ng;
         __m512 r[16];
 #pragma GCC unroll 16
@@ -1244,7 +1298,8 @@ bool PrefillBf16(const float* x, int64_t M, const WeightView& w, float* y, Threa
 // against every tile of x by tile(m0, mr, s, panel), while the next panel is
 // fetched from DRAM (PanelPrefetcher).
 template <int64_t kNb_, int64_t kKb_, int kMr_, int kNr_, typename Pack, typename Tile>
-void PanelLoop(const WeightView& w, int64_t mc, int64_t n_begin, int64_t n_end, Pack&& pack, Tile&& tile) {
+void PanelLoop(const WeightView& w, int64_t mc, int64_t n_begin, int64_t n_end, const FollowingWork& after,
+               Pack&& pack, Tile&& tile) {
   const int64_t K = w.cols;
   auto panel_at = [&](int64_t nb, int64_t k0) {
     Panel p;
@@ -1259,7 +1314,11 @@ void PanelLoop(const WeightView& w, int64_t mc, int64_t n_begin, int64_t n_end, 
     for (int64_t k0 = 0; k0 < K; k0 += kKb_) {
       const Panel panel = panel_at(nb, k0);
       pack(panel);
-      PanelPrefetcher prefetcher(w, k0 + kKb_ < K ? panel_at(nb, k0 + kKb_) : panel_at(nb + kNb_, 0));
+      const bool last = k0 + kKb_ >= K && nb + kNb_ >= n_end;
+      const Panel next = last             ? FirstPanel(after, kNb_, kKb_)
+                         : k0 + kKb_ < K ? panel_at(nb, k0 + kKb_)
+                                          : panel_at(nb + kNb_, 0);
+      PanelPrefetcher prefetcher(last && after.w != nullptr ? *after.w : w, next);
       const int64_t strips = (panel.ncols + kNr_ - 1) / kNr_;
       const int64_t calls = (mc + kMr_ - 1) / kMr_ * strips;
       const int64_t per_call = (prefetcher.TotalLines() + calls - 1) / calls;
@@ -1278,14 +1337,14 @@ void PanelLoop(const WeightView& w, int64_t mc, int64_t n_begin, int64_t n_end, 
 // for `mc` rows of x packed in xp (ceil(mc / kI8Mr) tiles).
 template <DType D>
 void PrefillInt8Range(const int32_t* xp, int64_t mc, const WeightView& w, float* y, int64_t n_begin, int64_t n_end,
-                      __m256i level_table) {
+                      __m256i level_table, const FollowingWork& after = {}) {
   const int64_t N = w.rows;
   const int64_t tile_words = w.cols / 32 * kI8XGroupWords;
   auto* packed = reinterpret_cast<uint8_t*>(internal::ThreadScratch(
       internal::Scratch::kPanel, static_cast<size_t>(kI8Nb / kI8Nr * kI8Kg * kI8WGroupBytes / 4)));
   // Panels span whole groups: kI8Kg groups of 32 inputs.
   PanelLoop<kI8Nb, kI8Kg * 32, kI8Mr, kI8Nr>(
-      w, mc, n_begin, n_end,
+      w, mc, n_begin, n_end, after,
       [&](const Panel& p) { PackPanelInt8<D>(w, p.n0, p.ncols, p.k0 / 32, p.kb / 32, level_table, packed); },
       [&](int64_t m0, int mr, int64_t s, const Panel& p) {
         const int64_t ng = p.kb / 32;
@@ -1322,13 +1381,13 @@ bool PrefillInt8(const float* x, int64_t M, const WeightView& w, float* y, Threa
 // One thread's share: output columns [n_begin, n_end) for `mc` rows of x
 // packed in xp (ceil(mc / kBfMr) tiles of [K / 2][kBfMr] words).
 void PrefillBf16Range(const uint32_t* xp, int64_t mc, const WeightView& w, float* y, int64_t n_begin,
-                      int64_t n_end) {
+                      int64_t n_end, const FollowingWork& after = {}) {
   const int64_t N = w.rows;
   const int64_t tile_words = w.cols / 2 * kBfMr;
   auto* packed = reinterpret_cast<uint32_t*>(
       internal::ThreadScratch(internal::Scratch::kPanel, static_cast<size_t>(kBfNb * kBfKb / 2)));
   PanelLoop<kBfNb, kBfKb, kBfMr, kBfNr>(
-      w, mc, n_begin, n_end, [&](const Panel& p) { PackPanelBf16(w, p.n0, p.ncols, p.k0, p.kb, packed); },
+      w, mc, n_begin, n_end, after, [&](const Panel& p) { PackPanelBf16(w, p.n0, p.ncols, p.k0, p.kb, packed); },
       [&](int64_t m0, int mr, int64_t s, const Panel& p) {
         const int64_t pairs = p.kb / 2;
         Bf16Tile(xp + m0 / kBfMr * tile_words + p.k0 / 2 * kBfMr, packed + s * pairs * kBfNr, pairs,
@@ -1547,9 +1606,25 @@ bool PrefillManyTyped(const MatMulJob* jobs, int64_t n, ThreadPool& pool) {
     decode_table = DecodeLevelTable<D>();
     prefill_table = Int8LevelTable<D>();
   }
+  // A thread's consecutive chunks of one job run as one range, whose panels
+  // are then fetched one ahead across chunk boundaries (the results do not
+  // depend on where a range starts: every output column is computed alone),
+  // and each range fetches the first panel of the next one (FollowingWork).
   ParallelRange(pool, parts, 1, [&](int64_t p0, int64_t p1) {
-    for (int64_t c = first_chunk(p0), end = first_chunk(p1); c < end; ++c) {
-      const Chunk& chunk = list[static_cast<size_t>(c)];
+    const int64_t end = first_chunk(p1);
+    auto run_end = [&](int64_t c) {
+      while (c + 1 < end && list[static_cast<size_t>(c + 1)].job == list[static_cast<size_t>(c)].job) ++c;
+      return c + 1;
+    };
+    for (int64_t c = first_chunk(p0), next_c = 0; c < end; c = next_c) {
+      next_c = run_end(c);
+      const Chunk chunk{list[static_cast<size_t>(c)].job, list[static_cast<size_t>(c)].n0,
+                        list[static_cast<size_t>(next_c - 1)].n1};
+      FollowingWork after;
+      if (next_c < end) {
+        const Chunk& following = list[static_cast<size_t>(next_c)];
+        after = {jobs[following.job].w, following.n0, list[static_cast<size_t>(run_end(next_c) - 1)].n1};
+      }
       const int64_t j = chunk.job;
       const MatMulJob& job = jobs[j];
       const float* base = scratch + plan[plan[j].owner].offset;
@@ -1577,13 +1652,13 @@ bool PrefillManyTyped(const MatMulJob* jobs, int64_t n, ThreadPool& pool) {
         case ManyPath::kPrefillInt8:
           if constexpr (HasScales(D))
             PrefillInt8Range<D>(reinterpret_cast<const int32_t*>(base), job.M, *job.w, job.y, chunk.n0, chunk.n1,
-                                prefill_table);
+                                prefill_table, after);
           break;
         case ManyPath::kPrefillBf16:
-          PrefillBf16Range(reinterpret_cast<const uint32_t*>(base), job.M, *job.w, job.y, chunk.n0, chunk.n1);
+          PrefillBf16Range(reinterpret_cast<const uint32_t*>(base), job.M, *job.w, job.y, chunk.n0, chunk.n1, after);
           break;
         case ManyPath::kPrefillFloat:
-          PrefillRange<D>(base, job.M, *job.w, job.y, chunk.n0, chunk.n1);
+          PrefillRange<D>(base, job.M, *job.w, job.y, chunk.n0, chunk.n1, after);
           break;
       }
     }

@@ -104,6 +104,26 @@ class PanelPrefetcher {
   int64_t row_ = 0, line_ = 0;
 };
 
+// The columns [n0, n1) of *w that a thread multiplies next, after its
+// current range (none where w is null). A range's own panels are fetched one
+// ahead by PanelPrefetcher, but its first panel would otherwise come from
+// DRAM on demand: in an MoE prefill each expert's product is only a few
+// panels per thread, so the ranges pass on the first panel of what follows.
+struct FollowingWork {
+  const WeightView* w = nullptr;
+  int64_t n0 = 0, n1 = 0;
+};
+
+// The first panel (nb columns by kb inputs) of `after`, empty if there is none.
+inline Panel FirstPanel(const FollowingWork& after, int64_t nb, int64_t kb) {
+  Panel p;
+  if (after.w == nullptr || after.n1 <= after.n0) return p;
+  p.n0 = after.n0;
+  p.ncols = Min(nb, after.n1 - after.n0);
+  p.kb = Min(kb, after.w->cols);
+  return p;
+}
+
 // Packs the panel as ceil(ncols / kNr) strips, each [kb][kNr] floats,
 // zero-padding the columns beyond ncols. Each half of a strip holds kLanes
 // weight rows, packed one kLanes x kLanes block at a time.
@@ -140,7 +160,7 @@ void PackX(const float* x, int64_t K, int64_t rows, float* out) {
 // packed in xp ([ceil(mc / kMr)][K][kMr]).
 template <DType D>
 void PrefillRange(const float* xp, int64_t mc, const WeightView& w, float* y, int64_t n_begin,
-                  int64_t n_end) {
+                  int64_t n_end, const FollowingWork& after = {}) {
   const int64_t N = w.rows;
   const int64_t K = w.cols;
   float* packed = internal::ThreadScratch(internal::Scratch::kPanel, static_cast<size_t>(kKb) * kNb);  // [kNb / kNr][kKb][kNr]
@@ -158,9 +178,12 @@ void PrefillRange(const float* xp, int64_t mc, const WeightView& w, float* y, in
   for (int64_t nb = n_begin; nb < n_end; nb += kNb) {
     for (int64_t k0 = 0; k0 < K; k0 += kKb) {
       const Panel panel = panel_at(nb, k0);
-      const Panel next = k0 + kKb < K ? panel_at(nb, k0 + kKb) : panel_at(nb + kNb, 0);
+      const bool last = k0 + kKb >= K && nb + kNb >= n_end;
+      const Panel next = last            ? FirstPanel(after, kNb, kKb)
+                         : k0 + kKb < K ? panel_at(nb, k0 + kKb)
+                                         : panel_at(nb + kNb, 0);
       PackWeights<D>(w, panel, packed);
-      PanelPrefetcher prefetcher(w, next);
+      PanelPrefetcher prefetcher(last && after.w != nullptr ? *after.w : w, next);
       const int64_t strips = (panel.ncols + kNr - 1) / kNr;
       const int64_t calls = (mc + kMr - 1) / kMr * strips;
       const int64_t per_call = (prefetcher.TotalLines() + calls - 1) / calls;
