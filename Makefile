@@ -3,7 +3,7 @@
 #   make test   installs dependencies, builds, runs every test
 BUILD ?= build
 JOBS ?= $(shell nproc)
-TSAN_TESTS ?= thread_pool_test|batch_engine_test|chat_session_test|batch_cli_test|serve_openai_client|serve_hostile
+TSAN_TESTS ?= thread_pool_test|detect_batcher_test|batch_engine_test|chat_session_test|batch_cli_test|serve_openai_client|serve_hostile
 FUZZ_SECONDS ?= 60
 # The trained model once it is in the repository, else the seeded random one
 # that the build makes.
