@@ -1314,11 +1314,7 @@ void PanelLoop(const WeightView& w, int64_t mc, int64_t n_begin, int64_t n_end, 
     for (int64_t k0 = 0; k0 < K; k0 += kKb_) {
       const Panel panel = panel_at(nb, k0);
       pack(panel);
-      const bool last = k0 + kKb_ >= K && nb + kNb_ >= n_end;
-      const Panel next = last             ? FirstPanel(after, kNb_, kKb_)
-                         : k0 + kKb_ < K ? panel_at(nb, k0 + kKb_)
-                                          : panel_at(nb + kNb_, 0);
-      PanelPrefetcher prefetcher(last && after.w != nullptr ? *after.w : w, next);
+      PanelPrefetcher prefetcher = NextPanelPrefetcher<kNb_, kKb_>(w, nb, k0, n_end, after);
       const int64_t strips = (panel.ncols + kNr_ - 1) / kNr_;
       const int64_t calls = (mc + kMr_ - 1) / kMr_ * strips;
       const int64_t per_call = (prefetcher.TotalLines() + calls - 1) / calls;
@@ -1616,14 +1612,17 @@ bool PrefillManyTyped(const MatMulJob* jobs, int64_t n, ThreadPool& pool) {
       while (c + 1 < end && list[static_cast<size_t>(c + 1)].job == list[static_cast<size_t>(c)].job) ++c;
       return c + 1;
     };
-    for (int64_t c = first_chunk(p0), next_c = 0; c < end; c = next_c) {
-      next_c = run_end(c);
+    // Chunks [c, next_c) are this range, [next_c, following_end) the next.
+    int64_t c = first_chunk(p0);
+    int64_t next_c = c < end ? run_end(c) : end, following_end = end;
+    for (; c < end; c = next_c, next_c = following_end) {
+      following_end = next_c < end ? run_end(next_c) : end;
       const Chunk chunk{list[static_cast<size_t>(c)].job, list[static_cast<size_t>(c)].n0,
                         list[static_cast<size_t>(next_c - 1)].n1};
       FollowingWork after;
       if (next_c < end) {
         const Chunk& following = list[static_cast<size_t>(next_c)];
-        after = {jobs[following.job].w, following.n0, list[static_cast<size_t>(run_end(next_c) - 1)].n1};
+        after = {jobs[following.job].w, following.n0, list[static_cast<size_t>(following_end - 1)].n1};
       }
       const int64_t j = chunk.job;
       const MatMulJob& job = jobs[j];

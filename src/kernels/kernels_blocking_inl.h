@@ -124,6 +124,25 @@ inline Panel FirstPanel(const FollowingWork& after, int64_t nb, int64_t kb) {
   return p;
 }
 
+// The prefetcher to run while the panel at (nb, k0) of a range of columns
+// ending at n_end is multiplied (panels of kNb_ columns by kKb_ inputs, all k
+// blocks of a column block in turn): for the range's next panel, or after its
+// last one for the first panel of `after`.
+template <int64_t kNb_, int64_t kKb_>
+PanelPrefetcher NextPanelPrefetcher(const WeightView& w, int64_t nb, int64_t k0, int64_t n_end,
+                                    const FollowingWork& after) {
+  const int64_t K = w.cols;
+  if (k0 + kKb_ >= K && nb + kNb_ >= n_end) {
+    return PanelPrefetcher(after.w != nullptr ? *after.w : w, FirstPanel(after, kNb_, kKb_));
+  }
+  Panel next;
+  next.n0 = k0 + kKb_ < K ? nb : nb + kNb_;
+  next.k0 = k0 + kKb_ < K ? k0 + kKb_ : 0;
+  next.ncols = Min(kNb_, n_end - next.n0);
+  next.kb = Min(kKb_, K - next.k0);
+  return PanelPrefetcher(w, next);
+}
+
 // Packs the panel as ceil(ncols / kNr) strips, each [kb][kNr] floats,
 // zero-padding the columns beyond ncols. Each half of a strip holds kLanes
 // weight rows, packed one kLanes x kLanes block at a time.
@@ -178,12 +197,8 @@ void PrefillRange(const float* xp, int64_t mc, const WeightView& w, float* y, in
   for (int64_t nb = n_begin; nb < n_end; nb += kNb) {
     for (int64_t k0 = 0; k0 < K; k0 += kKb) {
       const Panel panel = panel_at(nb, k0);
-      const bool last = k0 + kKb >= K && nb + kNb >= n_end;
-      const Panel next = last            ? FirstPanel(after, kNb, kKb)
-                         : k0 + kKb < K ? panel_at(nb, k0 + kKb)
-                                         : panel_at(nb + kNb, 0);
       PackWeights<D>(w, panel, packed);
-      PanelPrefetcher prefetcher(last && after.w != nullptr ? *after.w : w, next);
+      PanelPrefetcher prefetcher = NextPanelPrefetcher<kNb, kKb>(w, nb, k0, n_end, after);
       const int64_t strips = (panel.ncols + kNr - 1) / kNr;
       const int64_t calls = (mc + kMr - 1) / kMr * strips;
       const int64_t per_call = (prefetcher.TotalLines() + calls - 1) / calls;
