@@ -32,6 +32,7 @@ struct ModelFlags {
   bool float_activations = false;  // --float-activations (kernels::SetFloatActivations)
   bool bf16_activations = false;   // --bf16-activations (kernels::SetBf16Activations)
   bool int8_lm_head = false;       // --int8-lm-head (PlanContext::int8_lm_head)
+  std::string kv_cache = "f32";    // --kv-cache / EPW_KV_CACHE (LoadOptions::kv_cache)
 };
 // "6G", "512M", "1500000000" -> bytes (K/M/G/T are powers of 1024); throws
 // epwa::Error naming `flag` otherwise.
@@ -40,6 +41,9 @@ void AddModelFlags(CLI::App* cmd, ModelFlags* flags);
 // --parallel N and --batch-tokens N, for the commands that generate or plan.
 void AddBatchFlags(CLI::App* cmd, ModelFlags* flags);
 std::unique_ptr<Engine> LoadEngine(const ModelFlags& flags, bool quiet);
+// The KV cache element type --kv-cache (or EPW_KV_CACHE) names; throws
+// epwa::Error for anything but f32, f16 or bf16.
+DType KvCacheType(const ModelFlags& flags);
 
 // "1,2,3" -> {1, 2, 3}; throws epwa::Error naming `flag` on anything else.
 std::vector<int32_t> ParseIdList(const std::string& text, const std::string& flag);

@@ -51,7 +51,13 @@ void AddModelFlags(CLI::App* cmd, ModelFlags* flags) {
   cmd->add_flag("--int8-lm-head", flags->int8_lm_head,
                 "at int8/int4/mixed, store an untied lm_head as int8 instead of 16-bit: on large "
                 "vocabularies the largest matrix a decode step reads (logits move slightly, see the README)");
+  cmd->add_option("--kv-cache", flags->kv_cache,
+                  "element type of the KV cache: f32 (default), f16 or bf16. 16 bits halve the cache's "
+                  "memory and what attention reads per token; logits move slightly (README, KV cache)")
+      ->envname("EPW_KV_CACHE");
 }
+
+DType KvCacheType(const ModelFlags& flags) { return ParseKvCacheType(flags.kv_cache); }
 
 void AddBatchFlags(CLI::App* cmd, ModelFlags* flags) {
   cmd->add_option("--parallel", flags->parallel,
@@ -103,6 +109,7 @@ std::unique_ptr<Engine> LoadEngine(const ModelFlags& flags, bool quiet) {
   o.use_cache = !flags.no_cache;
   o.copy_weights = CopyWeightsRequested(flags.no_mmap, [](const char* n) { return std::getenv(n); });
   o.int8_lm_head = flags.int8_lm_head;
+  o.kv_cache = KvCacheType(flags);
   if (flags.mem_budget) o.mem_budget_bytes = ParseByteSize(*flags.mem_budget, "--mem-budget");
   const bool tty = !quiet && isatty(2);
   if (tty) {
@@ -174,9 +181,10 @@ void PrintLoadStats(const LoadStats& s) {
   for (const std::string& w : s.warnings) std::fprintf(stderr, "epwa: warning: %s\n", w.c_str());
   const std::string sequences =
       s.plan_parallel > 1 ? " x " + std::to_string(s.plan_parallel) + " sequences" : "";
-  std::fprintf(stderr, "quant: %s (decided by %s); plan %s for a %lld-token context%s, budget %s\n",
+  const std::string kv = s.kv_cache == "f32" ? "" : " (" + s.kv_cache + " KV cache)";
+  std::fprintf(stderr, "quant: %s (decided by %s); plan %s for a %lld-token context%s%s, budget %s\n",
                s.quant_level.c_str(), s.quant_source.c_str(), FormatBytes(s.planned_bytes).c_str(),
-               static_cast<long long>(s.plan_ctx), sequences.c_str(), FormatBytes(s.budget_bytes).c_str());
+               static_cast<long long>(s.plan_ctx), sequences.c_str(), kv.c_str(), FormatBytes(s.budget_bytes).c_str());
   std::fprintf(stderr,
                "load: tokenizer %.1f ms, config %.1f ms, weights %.1f ms (%.1f MB mapped in place, "
                "%.2f MB converted%s), plan %.1f ms, quantize %.1f ms, cache %.1f ms (%s), "

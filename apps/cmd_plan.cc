@@ -65,6 +65,7 @@ Runner RegisterPlan(CLI::App& app) {
     ThreadPool pool(f->model.threads);
     pc.threads = pool.size();
     pc.int8_lm_head = f->model.int8_lm_head;
+    pc.kv_cache = KvCacheType(f->model);
     pc.copy_weights = CopyWeightsRequested(f->model.no_mmap, [](const char* n) { return std::getenv(n); });
     pc.runtime_bytes = device == Device::kCpu ? CurrentRssBytes() : 0;
     pc.vector_bytes = weights.converted_bytes;
@@ -128,6 +129,7 @@ Runner RegisterPlan(CLI::App& app) {
              {"batch_tokens", PlannedBatchRows(pc)},
              {"threads", pc.threads},
              {"copy_weights", pc.copy_weights},
+             {"kv_cache", KvCacheTypeName(pc.kv_cache)},
              {"requested", QuantLevelName(request.level)},
              {"requested_source", request.source},
              {"levels", levels},

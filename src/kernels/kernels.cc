@@ -6,6 +6,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstring>
+#include <vector>
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <cpuid.h>
@@ -251,6 +252,60 @@ double NoDotChains(int64_t) { return 0.0; }
 // Nor a fused decode: MatMulMany runs its jobs one by one.
 bool NoMatMulMany(const MatMulJob*, int64_t, ThreadPool&) { return false; }
 
+// F16 saturates at the largest half instead of overflowing to infinity.
+constexpr float kLargestHalf = 65504.0f;
+
+void ConvertFromF32(const float* src, int64_t n, DType dtype, void* dst) {
+  if (dtype == DType::kF32) {
+    std::copy_n(src, n, static_cast<float*>(dst));
+    return;
+  }
+  auto* out = static_cast<uint16_t*>(dst);
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = src[i];
+    out[i] = dtype == DType::kBF16 ? F32ToBF16(v)
+                                   : F32ToF16(std::isnan(v) ? v : std::clamp(v, -kLargestHalf, kLargestHalf));
+  }
+}
+
+// The cache row element `i` of `dtype` as a float.
+float CacheElement(DType dtype, const void* row, int64_t i) {
+  switch (dtype) {
+    case DType::kF16: return F16ToF32(static_cast<const uint16_t*>(row)[i]);
+    case DType::kBF16: return BF16ToF32(static_cast<const uint16_t*>(row)[i]);
+    default: return static_cast<const float*>(row)[i];
+  }
+}
+
+const void* CacheRow(const void* base, DType dtype, int64_t stride, int64_t j) {
+  return static_cast<const uint8_t*>(base) + j * stride * static_cast<int64_t>(DTypeSize(dtype));
+}
+
+// Per dot product DotF32's four partial sums over a row widened to floats.
+void AttentionScores(const float* q, int64_t heads, int64_t dim, const void* keys, DType cache_dtype,
+                     int64_t stride, int64_t n, float scale, float* scores, int64_t score_stride) {
+  thread_local std::vector<float> key;  // [dim]
+  key.resize(static_cast<size_t>(dim));
+  for (int64_t j = 0; j < n; ++j) {
+    const void* row = CacheRow(keys, cache_dtype, stride, j);
+    for (int64_t i = 0; i < dim; ++i) key[i] = CacheElement(cache_dtype, row, i);
+    for (int64_t g = 0; g < heads; ++g) scores[g * score_stride + j] = DotF32(q + g * dim, key.data(), dim) * scale;
+  }
+}
+
+void AttentionValues(const float* p, int64_t heads, int64_t p_stride, const void* values, DType cache_dtype,
+                     int64_t stride, int64_t n, int64_t dim, float* out) {
+  std::fill_n(out, heads * dim, 0.f);
+  for (int64_t j = 0; j < n; ++j) {
+    const void* row = CacheRow(values, cache_dtype, stride, j);
+    for (int64_t g = 0; g < heads; ++g) {
+      const float a = p[g * p_stride + j];
+      float* o = out + g * dim;
+      for (int64_t c = 0; c < dim; ++c) o[c] += a * CacheElement(cache_dtype, row, c);  // as Axpy
+    }
+  }
+}
+
 }  // namespace
 }  // namespace scalar
 
@@ -293,7 +348,8 @@ bool HasAvx512Bf16() {
 
 const IsaKernels kScalarKernels = {
     scalar::MatMul,       scalar::RmsNorm,       scalar::Softmax,   scalar::SiluMul,
-    scalar::DotF32,       scalar::Axpy,          scalar::ConvertRow, scalar::QuantizeRows,
+    scalar::DotF32,       scalar::Axpy,          scalar::ConvertRow, scalar::ConvertFromF32, scalar::AttentionScores,
+    scalar::AttentionValues, scalar::QuantizeRows,
     scalar::DequantizeRow, scalar::SumFloats,    scalar::FmaChains, scalar::NoDotChains, scalar::NoDotChains,
     scalar::NoMatMulMany,
 };
@@ -479,6 +535,38 @@ float Dot(const float* a, const float* b, int64_t n) { return n > 0 ? Active().d
 
 void Axpy(float alpha, const float* x, float* y, int64_t n) {
   if (n > 0) Active().axpy(alpha, x, y, n);
+}
+
+namespace {
+
+void RequireCacheDType(DType dtype, const char* who) {
+  if (dtype != DType::kF32 && dtype != DType::kF16 && dtype != DType::kBF16)
+    throw Error(std::string(who) + ": a KV cache holds F32, F16 or BF16 rows, not " + DTypeName(dtype) + ".");
+}
+
+}  // namespace
+
+void AttentionScores(const float* q, int64_t heads, int64_t dim, const void* keys, DType cache_dtype,
+                     int64_t stride, int64_t n, float scale, float* scores, int64_t score_stride) {
+  RequireCacheDType(cache_dtype, "AttentionScores");
+  Require(heads >= 0 && dim >= 0 && n >= 0 && stride >= dim && (heads <= 1 || score_stride >= n),
+          "AttentionScores: inconsistent shape.");
+  if (heads > 0 && n > 0)
+    Active().attention_scores(q, heads, dim, keys, cache_dtype, stride, n, scale, scores, score_stride);
+}
+
+void AttentionValues(const float* p, int64_t heads, int64_t p_stride, const void* values, DType cache_dtype,
+                     int64_t stride, int64_t n, int64_t dim, float* out) {
+  RequireCacheDType(cache_dtype, "AttentionValues");
+  Require(heads >= 0 && dim >= 0 && n >= 0 && stride >= dim && (heads <= 1 || p_stride >= n),
+          "AttentionValues: inconsistent shape.");
+  if (heads <= 0 || dim <= 0) return;
+  Active().attention_values(p, heads, p_stride, values, cache_dtype, stride, n, dim, out);
+}
+
+void ConvertFromF32(const float* src, int64_t n, DType dtype, void* dst) {
+  RequireCacheDType(dtype, "ConvertFromF32");
+  if (n > 0) Active().convert_from_f32(src, n, dtype, dst);
 }
 
 void ConvertToF32(DType dtype, const void* src, int64_t n, float* dst) {

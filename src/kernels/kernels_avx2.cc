@@ -891,6 +891,167 @@ void Axpy(float alpha, const float* x, float* y, int64_t n) {
 }
 
 // ---------------------------------------------------------------------------
+// Attention over the KV cache (kernels.h; see kernels_avx512.cc): blocks of
+// up to four heads per cached row, each sum run exactly as Dot's and Axpy's.
+constexpr int kAttentionHeadBlock = 4;
+
+template <DType D, int G>
+void ScoresBlock(const float* q, int64_t dim, const uint8_t* keys, int64_t row_bytes, int64_t n, float scale,
+                 float* scores, int64_t score_stride) {
+  for (int64_t j = 0; j < n; ++j) {
+    const uint8_t* row = keys + j * row_bytes;
+    __m256 s[G][4];
+#pragma GCC unroll 4
+    for (int g = 0; g < G; ++g) s[g][0] = s[g][1] = s[g][2] = s[g][3] = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 32 <= dim; i += 32) {
+#pragma GCC unroll 4
+      for (int c = 0; c < 4; ++c) {
+        const __m256 k = Weights<D>::Load(row, i + 8 * c);
+#pragma GCC unroll 4
+        for (int g = 0; g < G; ++g) s[g][c] = _mm256_fmadd_ps(_mm256_loadu_ps(q + g * dim + i + 8 * c), k, s[g][c]);
+      }
+    }
+    for (; i < dim; i += 8) {
+      const __m256i mask = FirstLanes(dim - i);
+      const __m256 k = Weights<D>::LoadPartial(row, i, dim - i);
+#pragma GCC unroll 4
+      for (int g = 0; g < G; ++g) s[g][0] = _mm256_fmadd_ps(_mm256_maskload_ps(q + g * dim + i, mask), k, s[g][0]);
+    }
+#pragma GCC unroll 4
+    for (int g = 0; g < G; ++g)
+      scores[g * score_stride + j] =
+          HorizontalSum(_mm256_add_ps(_mm256_add_ps(s[g][0], s[g][1]), _mm256_add_ps(s[g][2], s[g][3]))) * scale;
+  }
+}
+
+// Columns in blocks of 32 (four vectors): a block of four heads keeps its 16
+// sums in registers across all n rows.
+template <DType D, int G>
+void ValuesBlock(const float* p, int64_t p_stride, const uint8_t* values, int64_t row_bytes, int64_t n, int64_t dim,
+                 float* out) {
+  for (int64_t c0 = 0; c0 < dim; c0 += 32) {
+    const int64_t width = Min(32, dim - c0);
+    const int vectors = static_cast<int>((width + 7) / 8);
+    __m256 acc[G][4];
+#pragma GCC unroll 4
+    for (int g = 0; g < G; ++g) acc[g][0] = acc[g][1] = acc[g][2] = acc[g][3] = _mm256_setzero_ps();
+    for (int64_t j = 0; j < n; ++j) {
+      const uint8_t* row = values + j * row_bytes;
+      __m256 a[G];
+#pragma GCC unroll 4
+      for (int g = 0; g < G; ++g) a[g] = _mm256_set1_ps(p[g * p_stride + j]);
+      if (width == 32) {
+#pragma GCC unroll 4
+        for (int c = 0; c < 4; ++c) {
+          const __m256 v = Weights<D>::Load(row, c0 + 8 * c);
+#pragma GCC unroll 4
+          for (int g = 0; g < G; ++g) acc[g][c] = _mm256_fmadd_ps(a[g], v, acc[g][c]);
+        }
+      } else {
+        for (int c = 0; c < vectors; ++c) {
+          const __m256 v = Weights<D>::LoadPartial(row, c0 + 8 * c, width - 8 * c);
+#pragma GCC unroll 4
+          for (int g = 0; g < G; ++g) acc[g][c] = _mm256_fmadd_ps(a[g], v, acc[g][c]);
+        }
+      }
+    }
+#pragma GCC unroll 4
+    for (int g = 0; g < G; ++g)
+      for (int c = 0; c < vectors; ++c)
+        _mm256_maskstore_ps(out + g * dim + c0 + 8 * c, FirstLanes(width - 8 * c), acc[g][c]);
+  }
+}
+
+template <DType D>
+void AttentionScoresTyped(const float* q, int64_t heads, int64_t dim, const void* keys, int64_t stride, int64_t n,
+                          float scale, float* scores, int64_t score_stride) {
+  const auto* base = static_cast<const uint8_t*>(keys);
+  const int64_t row_bytes = stride * (D == DType::kF32 ? 4 : 2);
+  for (int64_t g0 = 0; g0 < heads; g0 += kAttentionHeadBlock) {
+    const float* qg = q + g0 * dim;
+    float* sg = scores + g0 * score_stride;
+    switch (Min(kAttentionHeadBlock, heads - g0)) {
+      case 1: ScoresBlock<D, 1>(qg, dim, base, row_bytes, n, scale, sg, score_stride); break;
+      case 2: ScoresBlock<D, 2>(qg, dim, base, row_bytes, n, scale, sg, score_stride); break;
+      case 3: ScoresBlock<D, 3>(qg, dim, base, row_bytes, n, scale, sg, score_stride); break;
+      default: ScoresBlock<D, 4>(qg, dim, base, row_bytes, n, scale, sg, score_stride); break;
+    }
+  }
+}
+
+template <DType D>
+void AttentionValuesTyped(const float* p, int64_t heads, int64_t p_stride, const void* values, int64_t stride,
+                          int64_t n, int64_t dim, float* out) {
+  const auto* base = static_cast<const uint8_t*>(values);
+  const int64_t row_bytes = stride * (D == DType::kF32 ? 4 : 2);
+  for (int64_t g0 = 0; g0 < heads; g0 += kAttentionHeadBlock) {
+    const float* pg = p + g0 * p_stride;
+    float* og = out + g0 * dim;
+    switch (Min(kAttentionHeadBlock, heads - g0)) {
+      case 1: ValuesBlock<D, 1>(pg, p_stride, base, row_bytes, n, dim, og); break;
+      case 2: ValuesBlock<D, 2>(pg, p_stride, base, row_bytes, n, dim, og); break;
+      case 3: ValuesBlock<D, 3>(pg, p_stride, base, row_bytes, n, dim, og); break;
+      default: ValuesBlock<D, 4>(pg, p_stride, base, row_bytes, n, dim, og); break;
+    }
+  }
+}
+
+// As kernels_avx512.cc's: F16C rounding after a NaN-keeping clamp; BF16 in
+// integer arithmetic. The tail goes through a zero-padded copy.
+void ConvertFromF32(const float* src, int64_t n, DType dtype, void* dst) {
+  if (dtype == DType::kF32) {
+    __builtin_memcpy(dst, src, static_cast<size_t>(n) * 4);
+    return;
+  }
+  auto* out = static_cast<uint16_t*>(dst);
+  const __m256 hi = _mm256_set1_ps(65504.0f), lo = _mm256_set1_ps(-65504.0f);
+  for (int64_t i = 0; i < n; i += 8) {
+    const int64_t count = Min(8, n - i);
+    const __m256 v = _mm256_maskload_ps(src + i, FirstLanes(count));
+    __m128i h;
+    if (dtype == DType::kF16) {
+      h = _mm256_cvtps_ph(_mm256_max_ps(lo, _mm256_min_ps(hi, v)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    } else {
+      const __m256i bits = _mm256_castps_si256(v);
+      const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
+      const __m256i rounded = _mm256_srli_epi32(_mm256_add_epi32(bits, _mm256_add_epi32(odd, _mm256_set1_epi32(0x7fff))), 16);
+      const __m256 nan = _mm256_cmp_ps(v, v, _CMP_UNORD_Q);
+      const __m256i quiet = _mm256_or_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(0x40));
+      const __m256i pick = _mm256_blendv_epi8(rounded, quiet, _mm256_castps_si256(nan));
+      // Values fit 16 bits, so the unsigned saturating pack keeps them; it
+      // works per 128-bit lane, hence the permute.
+      h = _mm256_castsi256_si128(_mm256_permute4x64_epi64(_mm256_packus_epi32(pick, pick), 0x08));
+    }
+    if (count == 8) {
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i), h);
+    } else {
+      uint16_t tmp[8];
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(tmp), h);
+      __builtin_memcpy(out + i, tmp, static_cast<size_t>(count) * 2);
+    }
+  }
+}
+
+void AttentionScores(const float* q, int64_t heads, int64_t dim, const void* keys, DType cache_dtype,
+                     int64_t stride, int64_t n, float scale, float* scores, int64_t score_stride) {
+  switch (cache_dtype) {
+    case DType::kF16: return AttentionScoresTyped<DType::kF16>(q, heads, dim, keys, stride, n, scale, scores, score_stride);
+    case DType::kBF16: return AttentionScoresTyped<DType::kBF16>(q, heads, dim, keys, stride, n, scale, scores, score_stride);
+    default: return AttentionScoresTyped<DType::kF32>(q, heads, dim, keys, stride, n, scale, scores, score_stride);
+  }
+}
+
+void AttentionValues(const float* p, int64_t heads, int64_t p_stride, const void* values, DType cache_dtype,
+                     int64_t stride, int64_t n, int64_t dim, float* out) {
+  switch (cache_dtype) {
+    case DType::kF16: return AttentionValuesTyped<DType::kF16>(p, heads, p_stride, values, stride, n, dim, out);
+    case DType::kBF16: return AttentionValuesTyped<DType::kBF16>(p, heads, p_stride, values, stride, n, dim, out);
+    default: return AttentionValuesTyped<DType::kF32>(p, heads, p_stride, values, stride, n, dim, out);
+  }
+}
+
+// ---------------------------------------------------------------------------
 // Machine probes.
 
 float SumFloats(const float* p, int64_t n) {
@@ -963,7 +1124,8 @@ namespace internal {
 
 const IsaKernels kAvx2Kernels = {
     avx2::MatMul,        avx2::RmsNorm,   avx2::Softmax,      avx2::SiluMul,
-    avx2::Dot,           avx2::Axpy,      avx2::ConvertToF32, avx2::QuantizeRows,
+    avx2::Dot,           avx2::Axpy,      avx2::ConvertToF32, avx2::ConvertFromF32, avx2::AttentionScores,
+    avx2::AttentionValues, avx2::QuantizeRows,
     avx2::DequantizeRow, avx2::SumFloats, avx2::FmaChains, avx2::Int8DotChains, avx2::NoDotChains,
     avx2::NoMatMulMany,
 };

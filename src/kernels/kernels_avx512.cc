@@ -1783,6 +1783,163 @@ void Axpy(float alpha, const float* x, float* y, int64_t n) {
 }
 
 // ---------------------------------------------------------------------------
+// Attention over the KV cache (kernels.h). Heads that share a key/value head
+// go in blocks of up to four, so that each cached row is loaded and widened
+// once per block; per head, the sums run exactly as Dot's and Axpy's do.
+constexpr int kAttentionHeadBlock = 4;
+
+template <DType D, int G>
+void ScoresBlock(const float* q, int64_t dim, const uint8_t* keys, int64_t row_bytes, int64_t n, float scale,
+                 float* scores, int64_t score_stride) {
+  for (int64_t j = 0; j < n; ++j) {
+    const uint8_t* row = keys + j * row_bytes;
+    __m512 s[G][4];
+#pragma GCC unroll 4
+    for (int g = 0; g < G; ++g) s[g][0] = s[g][1] = s[g][2] = s[g][3] = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 64 <= dim; i += 64) {
+#pragma GCC unroll 4
+      for (int c = 0; c < 4; ++c) {
+        const __m512 k = Weights<D>::Load(row, i + 16 * c);
+#pragma GCC unroll 4
+        for (int g = 0; g < G; ++g) s[g][c] = _mm512_fmadd_ps(_mm512_loadu_ps(q + g * dim + i + 16 * c), k, s[g][c]);
+      }
+    }
+    for (; i < dim; i += 16) {
+      const __mmask16 mask = FirstLanes(dim - i);
+      const __m512 k = Weights<D>::LoadMasked(row, i, mask);
+#pragma GCC unroll 4
+      for (int g = 0; g < G; ++g) s[g][0] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, q + g * dim + i), k, s[g][0]);
+    }
+#pragma GCC unroll 4
+    for (int g = 0; g < G; ++g)
+      scores[g * score_stride + j] =
+          _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(s[g][0], s[g][1]), _mm512_add_ps(s[g][2], s[g][3]))) * scale;
+  }
+}
+
+// Columns in blocks of 64 (four vectors), so that a block of four heads
+// keeps its 16 sums in registers across all n rows.
+template <DType D, int G>
+void ValuesBlock(const float* p, int64_t p_stride, const uint8_t* values, int64_t row_bytes, int64_t n, int64_t dim,
+                 float* out) {
+  for (int64_t c0 = 0; c0 < dim; c0 += 64) {
+    const int64_t width = Min(64, dim - c0);
+    __m512 acc[G][4];
+#pragma GCC unroll 4
+    for (int g = 0; g < G; ++g) acc[g][0] = acc[g][1] = acc[g][2] = acc[g][3] = _mm512_setzero_ps();
+    if (width == 64) {
+      for (int64_t j = 0; j < n; ++j) {
+        const uint8_t* row = values + j * row_bytes;
+        __m512 a[G];
+#pragma GCC unroll 4
+        for (int g = 0; g < G; ++g) a[g] = _mm512_set1_ps(p[g * p_stride + j]);
+#pragma GCC unroll 4
+        for (int c = 0; c < 4; ++c) {
+          const __m512 v = Weights<D>::Load(row, c0 + 16 * c);
+#pragma GCC unroll 4
+          for (int g = 0; g < G; ++g) acc[g][c] = _mm512_fmadd_ps(a[g], v, acc[g][c]);
+        }
+      }
+    } else {
+      const int vectors = static_cast<int>((width + 15) / 16);
+      for (int64_t j = 0; j < n; ++j) {
+        const uint8_t* row = values + j * row_bytes;
+        for (int c = 0; c < vectors; ++c) {
+          const __m512 v = Weights<D>::LoadMasked(row, c0 + 16 * c, FirstLanes(width - 16 * c));
+#pragma GCC unroll 4
+          for (int g = 0; g < G; ++g) acc[g][c] = _mm512_fmadd_ps(_mm512_set1_ps(p[g * p_stride + j]), v, acc[g][c]);
+        }
+      }
+    }
+#pragma GCC unroll 4
+    for (int g = 0; g < G; ++g)
+      for (int c = 0; 16 * c < width; ++c)
+        _mm512_mask_storeu_ps(out + g * dim + c0 + 16 * c, FirstLanes(width - 16 * c), acc[g][c]);
+  }
+}
+
+template <DType D>
+void AttentionScoresTyped(const float* q, int64_t heads, int64_t dim, const void* keys, int64_t stride, int64_t n,
+                          float scale, float* scores, int64_t score_stride) {
+  const auto* base = static_cast<const uint8_t*>(keys);
+  const int64_t row_bytes = stride * (D == DType::kF32 ? 4 : 2);
+  for (int64_t g0 = 0; g0 < heads; g0 += kAttentionHeadBlock) {
+    const float* qg = q + g0 * dim;
+    float* sg = scores + g0 * score_stride;
+    switch (Min(kAttentionHeadBlock, heads - g0)) {
+      case 1: ScoresBlock<D, 1>(qg, dim, base, row_bytes, n, scale, sg, score_stride); break;
+      case 2: ScoresBlock<D, 2>(qg, dim, base, row_bytes, n, scale, sg, score_stride); break;
+      case 3: ScoresBlock<D, 3>(qg, dim, base, row_bytes, n, scale, sg, score_stride); break;
+      default: ScoresBlock<D, 4>(qg, dim, base, row_bytes, n, scale, sg, score_stride); break;
+    }
+  }
+}
+
+template <DType D>
+void AttentionValuesTyped(const float* p, int64_t heads, int64_t p_stride, const void* values, int64_t stride,
+                          int64_t n, int64_t dim, float* out) {
+  const auto* base = static_cast<const uint8_t*>(values);
+  const int64_t row_bytes = stride * (D == DType::kF32 ? 4 : 2);
+  for (int64_t g0 = 0; g0 < heads; g0 += kAttentionHeadBlock) {
+    const float* pg = p + g0 * p_stride;
+    float* og = out + g0 * dim;
+    switch (Min(kAttentionHeadBlock, heads - g0)) {
+      case 1: ValuesBlock<D, 1>(pg, p_stride, base, row_bytes, n, dim, og); break;
+      case 2: ValuesBlock<D, 2>(pg, p_stride, base, row_bytes, n, dim, og); break;
+      case 3: ValuesBlock<D, 3>(pg, p_stride, base, row_bytes, n, dim, og); break;
+      default: ValuesBlock<D, 4>(pg, p_stride, base, row_bytes, n, dim, og); break;
+    }
+  }
+}
+
+// Half: clamped with the NaN-keeping operand order (min/max return their
+// second operand when either is NaN), then vcvtps2ph to nearest even. BF16:
+// round to nearest even in integer arithmetic, NaN made quiet, as F32ToBF16.
+void ConvertFromF32(const float* src, int64_t n, DType dtype, void* dst) {
+  if (dtype == DType::kF32) {
+    __builtin_memcpy(dst, src, static_cast<size_t>(n) * 4);
+    return;
+  }
+  auto* out = static_cast<uint16_t*>(dst);
+  const __m512 hi = _mm512_set1_ps(65504.0f), lo = _mm512_set1_ps(-65504.0f);
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 mask = FirstLanes(n - i);
+    const __m512 v = _mm512_maskz_loadu_ps(mask, src + i);
+    __m256i h;
+    if (dtype == DType::kF16) {
+      h = _mm512_cvtps_ph(_mm512_max_ps(lo, _mm512_min_ps(hi, v)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    } else {
+      const __m512i bits = _mm512_castps_si512(v);
+      const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+      const __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(bits, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7fff))), 16);
+      const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+      const __m512i quiet = _mm512_or_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(0x40));
+      h = _mm512_cvtepi32_epi16(_mm512_mask_blend_epi32(nan, rounded, quiet));
+    }
+    _mm256_mask_storeu_epi16(out + i, mask, h);
+  }
+}
+
+void AttentionScores(const float* q, int64_t heads, int64_t dim, const void* keys, DType cache_dtype,
+                     int64_t stride, int64_t n, float scale, float* scores, int64_t score_stride) {
+  switch (cache_dtype) {
+    case DType::kF16: return AttentionScoresTyped<DType::kF16>(q, heads, dim, keys, stride, n, scale, scores, score_stride);
+    case DType::kBF16: return AttentionScoresTyped<DType::kBF16>(q, heads, dim, keys, stride, n, scale, scores, score_stride);
+    default: return AttentionScoresTyped<DType::kF32>(q, heads, dim, keys, stride, n, scale, scores, score_stride);
+  }
+}
+
+void AttentionValues(const float* p, int64_t heads, int64_t p_stride, const void* values, DType cache_dtype,
+                     int64_t stride, int64_t n, int64_t dim, float* out) {
+  switch (cache_dtype) {
+    case DType::kF16: return AttentionValuesTyped<DType::kF16>(p, heads, p_stride, values, stride, n, dim, out);
+    case DType::kBF16: return AttentionValuesTyped<DType::kBF16>(p, heads, p_stride, values, stride, n, dim, out);
+    default: return AttentionValuesTyped<DType::kF32>(p, heads, p_stride, values, stride, n, dim, out);
+  }
+}
+
+// ---------------------------------------------------------------------------
 // Machine probes.
 
 float SumFloats(const float* p, int64_t n) {
@@ -1872,7 +2029,8 @@ namespace internal {
 
 const IsaKernels kAvx512Kernels = {
     avx512::MatMul,       avx512::RmsNorm,        avx512::Softmax,       avx512::SiluMul,
-    avx512::Dot,          avx512::Axpy,           avx512::ConvertToF32,  avx512::QuantizeRows,
+    avx512::Dot,          avx512::Axpy,           avx512::ConvertToF32,  avx512::ConvertFromF32, avx512::AttentionScores,
+    avx512::AttentionValues, avx512::QuantizeRows,
     avx512::DequantizeRow, avx512::SumFloats,     avx512::FmaChains,     avx512::Int8DotChains,
     avx512::Bf16DotChains, avx512::MatMulMany,
 };

@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -14,6 +15,7 @@
 #include <tuple>
 #include <vector>
 
+#include "base/error.h"
 #include "kernels/reference.h"
 #include "kernels/scoped_isa_test_util.h"
 
@@ -290,6 +292,168 @@ TEST_P(IsaTest, ConvertToF32IsExactForEvery16BitValue) {
     ConvertToF32(DType::kF32, bytes.data() + 2, n, got.data());
     EXPECT_EQ(got, src);
   }
+}
+
+// Cache rows of `dtype` two bytes past an aligned address, each `stride`
+// elements apart, the buffer ending where the last row's `dim` elements do
+// (reads past them show under AddressSanitizer); values rounded to dtype.
+struct TestCache {
+  std::vector<uint8_t> storage;
+  const void* rows = nullptr;
+  std::vector<float> values;  // [n, dim] as stored, widened
+};
+
+TestCache MakeCache(DType dtype, int64_t n, int64_t dim, int64_t stride, uint32_t seed) {
+  TestCache c;
+  const size_t elem = DTypeSize(dtype);
+  c.storage.resize(2 + static_cast<size_t>(((n - 1) * stride + dim)) * elem);
+  uint8_t* base = c.storage.data() + 2;
+  const std::vector<float> drawn = RandomVector(n * stride, seed);
+  c.values.resize(static_cast<size_t>(n * dim));
+  for (int64_t j = 0; j < n; ++j)
+    for (int64_t i = 0; i < dim; ++i) {
+      const float v = drawn[j * stride + i];
+      uint8_t* at = base + static_cast<size_t>(j * stride + i) * elem;
+      float stored = v;
+      if (dtype == DType::kF16) {
+        const uint16_t h = F32ToF16(v);
+        std::memcpy(at, &h, 2);
+        stored = F16ToF32(h);
+      } else if (dtype == DType::kBF16) {
+        const uint16_t h = F32ToBF16(v);
+        std::memcpy(at, &h, 2);
+        stored = BF16ToF32(h);
+      } else {
+        std::memcpy(at, &v, 4);
+      }
+      c.values[j * dim + i] = stored;
+    }
+  c.rows = base;
+  return c;
+}
+
+// Head dimensions with every tail of the 64- and 32-element blocks; GQA
+// groups of 1 to 6 heads (blocks of four plus a remainder).
+constexpr int64_t kHeadDims[] = {1, 15, 64, 72, 128, 130, 192};
+
+TEST_P(IsaTest, AttentionScoresMatchDoubleDotProducts) {
+  for (DType dtype : {DType::kF32, DType::kF16, DType::kBF16})
+    for (int64_t dim : kHeadDims)
+      for (int64_t heads : {1, 3, 4, 6}) {
+        const int64_t n = 13, stride = dim + 5, score_stride = n + 2;
+        const TestCache cache = MakeCache(dtype, n, dim, stride, 31);
+        const std::vector<float> q = RandomVector(heads * dim, 32);
+        std::vector<float> scores(static_cast<size_t>(heads * score_stride), -7.f);
+        AttentionScores(q.data(), heads, dim, cache.rows, dtype, stride, n, 0.25f, scores.data(), score_stride);
+        for (int64_t g = 0; g < heads; ++g) {
+          for (int64_t j = 0; j < n; ++j) {
+            double want = 0, magnitude = 0;
+            for (int64_t i = 0; i < dim; ++i) {
+              want += static_cast<double>(q[g * dim + i]) * cache.values[j * dim + i];
+              magnitude += std::fabs(static_cast<double>(q[g * dim + i]) * cache.values[j * dim + i]);
+            }
+            ASSERT_NEAR(scores[g * score_stride + j], 0.25 * want, 1e-6 * magnitude + 1e-30)
+                << DTypeName(dtype) << " dim " << dim << " heads " << heads << " g " << g << " j " << j;
+          }
+          for (int64_t j = n; j < score_stride; ++j)
+            EXPECT_EQ(scores[g * score_stride + j], -7.f) << "wrote past n";
+        }
+      }
+}
+
+TEST_P(IsaTest, AttentionValuesMatchDoubleWeightedSums) {
+  for (DType dtype : {DType::kF32, DType::kF16, DType::kBF16})
+    for (int64_t dim : kHeadDims)
+      for (int64_t heads : {1, 2, 5}) {
+        const int64_t n = 11, stride = dim + 3, p_stride = n + 1;
+        const TestCache cache = MakeCache(dtype, n, dim, stride, 41);
+        const std::vector<float> p = RandomVector(heads * p_stride, 42);
+        std::vector<float> out(static_cast<size_t>(heads * dim + 1), 99.f);
+        AttentionValues(p.data(), heads, p_stride, cache.rows, dtype, stride, n, dim, out.data());
+        for (int64_t g = 0; g < heads; ++g)
+          for (int64_t c = 0; c < dim; ++c) {
+            double want = 0, magnitude = 0;
+            for (int64_t j = 0; j < n; ++j) {
+              want += static_cast<double>(p[g * p_stride + j]) * cache.values[j * dim + c];
+              magnitude += std::fabs(static_cast<double>(p[g * p_stride + j]) * cache.values[j * dim + c]);
+            }
+            ASSERT_NEAR(out[g * dim + c], want, 1e-6 * magnitude + 1e-30)
+                << DTypeName(dtype) << " dim " << dim << " heads " << heads << " g " << g << " c " << c;
+          }
+        EXPECT_EQ(out[heads * dim], 99.f) << "wrote past the last head";
+      }
+}
+
+// With a float32 cache the attention kernels must give the model's earlier
+// per-position Dot and Axpy loop's results to the bit, so that --kv-cache
+// f32 (the default) changes no token.
+TEST_P(IsaTest, F32AttentionEqualsDotAndAxpyBitForBit) {
+  for (int64_t dim : kHeadDims)
+    for (int64_t heads : {1, 4, 7}) {
+      const int64_t n = 9, stride = dim * 2;
+      const TestCache cache = MakeCache(DType::kF32, n, dim, stride, 51);
+      const auto* rows = static_cast<const float*>(cache.rows);
+      const std::vector<float> q = RandomVector(heads * dim, 52);
+      std::vector<float> scores(static_cast<size_t>(heads * n)), out(static_cast<size_t>(heads * dim));
+      AttentionScores(q.data(), heads, dim, cache.rows, DType::kF32, stride, n, 0.125f, scores.data(), n);
+      AttentionValues(scores.data(), heads, n, cache.rows, DType::kF32, stride, n, dim, out.data());
+      for (int64_t g = 0; g < heads; ++g) {
+        std::vector<float> want(static_cast<size_t>(dim), 0.f);
+        for (int64_t j = 0; j < n; ++j) {
+          ASSERT_EQ(scores[g * n + j], Dot(q.data() + g * dim, rows + j * stride, dim) * 0.125f) << dim << " " << g;
+          Axpy(scores[g * n + j], rows + j * stride, want.data(), dim);
+        }
+        for (int64_t c = 0; c < dim; ++c) ASSERT_EQ(out[g * dim + c], want[c]) << dim << " " << g << " " << c;
+      }
+    }
+}
+
+// Every path rounds as dtype.h's scalar conversions do, F16 saturating at
+// 65504; checked on specials, the half range's edges and random values,
+// with every tail length.
+TEST_P(IsaTest, ConvertFromF32RoundsAsTheScalarConversions) {
+  std::vector<float> src = {0.f, -0.f, 1.f, -1.f, 65504.f, 65519.f, 65520.f, 1e6f, -1e6f,
+                            std::numeric_limits<float>::infinity(), -std::numeric_limits<float>::infinity(),
+                            std::numeric_limits<float>::quiet_NaN(), 6.1e-5f, 5.96e-8f, 2.98e-8f, 1e-10f,
+                            1.00048828125f, 1.0029296875f, 3.0e38f, -3.0e38f,
+                            // BF16 ties: to the even 0x3f80, and up to the even 0x3f82.
+                            1.00390625f, 1.01171875f, -1.00390625f, -1.01171875f};
+  const std::vector<float> random = RandomVector(200, 61);
+  for (float v : random) {
+    src.push_back(v);
+    src.push_back(v * 1e-5f);
+    src.push_back(v * 3e4f);
+  }
+  for (DType dtype : {DType::kF16, DType::kBF16}) {
+    for (int64_t n : {static_cast<int64_t>(src.size()), int64_t{17}, int64_t{9}, int64_t{3}}) {
+      std::vector<uint16_t> got(static_cast<size_t>(n) + 1, 0xabcd);
+      ConvertFromF32(src.data(), n, dtype, got.data());
+      for (int64_t i = 0; i < n; ++i) {
+        const float v = src[i];
+        if (std::isnan(v)) {
+          const float back = dtype == DType::kF16 ? F16ToF32(got[i]) : BF16ToF32(got[i]);
+          EXPECT_TRUE(std::isnan(back)) << DTypeName(dtype);
+          continue;
+        }
+        const uint16_t want = dtype == DType::kBF16 ? F32ToBF16(v) : F32ToF16(std::clamp(v, -65504.f, 65504.f));
+        ASSERT_EQ(got[i], want) << DTypeName(dtype) << " " << v;
+      }
+      EXPECT_EQ(got[n], 0xabcd) << "ConvertFromF32 wrote past the end";
+    }
+  }
+  std::vector<float> copy(src.size());
+  ConvertFromF32(src.data(), static_cast<int64_t>(src.size()), DType::kF32, copy.data());
+  for (size_t i = 0; i < src.size(); ++i)
+    if (!std::isnan(src[i])) EXPECT_EQ(copy[i], src[i]);
+}
+
+TEST(AttentionKernels, RejectNonCacheTypes) {
+  const float q[4] = {};
+  float out[4];
+  EXPECT_THROW(AttentionScores(q, 1, 4, q, DType::kQ8, 4, 1, 1.f, out, 1), Error);
+  EXPECT_THROW(AttentionValues(q, 1, 1, q, DType::kQ4, 4, 1, 4, out), Error);
+  EXPECT_THROW(ConvertFromF32(q, 4, DType::kQ8, out), Error);
+  EXPECT_THROW(AttentionScores(q, 1, 4, q, DType::kF32, 2, 1, 1.f, out, 1), Error);  // stride < dim
 }
 
 TEST_P(IsaTest, ProbesReportPositiveRates) {

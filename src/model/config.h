@@ -224,6 +224,11 @@ struct ModelConfig {
     return sliding_layers[static_cast<size_t>(layer)] ? sliding_window : 0;
   }
   int64_t KvDim() const { return num_kv_heads * head_dim; }
+  // Query heads per key/value head (grouped-query attention); 1 for latent
+  // attention, whose heads share one compressed cache row.
+  int64_t QueryHeadsPerKvHead() const {
+    return Latent() || num_kv_heads <= 0 ? 1 : std::max<int64_t>(1, num_heads / num_kv_heads);
+  }
   // The longest context the model supports: max_position_embeddings, times
   // the factor for dynamic NTK scaling (whose purpose is running past it).
   int64_t ContextLimit() const {

@@ -52,10 +52,23 @@ bool AllFinite(const float* values, size_t n) {
   return any == 0;
 }
 
-uint64_t KVCache::BytesFor(const ModelConfig& config, int64_t capacity) {
+uint64_t KVCache::BytesFor(const ModelConfig& config, int64_t capacity, DType dtype) {
   return static_cast<uint64_t>(config.num_layers * capacity *
                                (config.CacheKeyDim() + config.CacheValueDim())) *
-         sizeof(float);
+         DTypeSize(dtype);
+}
+
+DType ParseKvCacheType(const std::string& name) {
+  std::string lower;
+  for (char c : name) lower += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  if (lower == "f32" || lower == "float32") return DType::kF32;
+  if (lower == "f16" || lower == "float16") return DType::kF16;
+  if (lower == "bf16" || lower == "bfloat16") return DType::kBF16;
+  throw Error("unknown KV cache type '" + name + "': use f32 (default), f16 or bf16");
+}
+
+const char* KvCacheTypeName(DType dtype) {
+  return dtype == DType::kF16 ? "f16" : dtype == DType::kBF16 ? "bf16" : "f32";
 }
 
 uint64_t Transformer::ScratchBytes(const ModelConfig& c, int64_t T, int64_t capacity, int threads,
@@ -93,14 +106,16 @@ uint64_t Transformer::BatchScratchBytes(const ModelConfig& c, int64_t T, int64_t
   const uint64_t s = static_cast<uint64_t>(std::max<int64_t>(segments, 1));
   uint64_t floats = t * D * 3                         // x_, xn_, proj_
                     + t * c.QDim() + t * c.AttnOutDim()  // q_, att_
-                    + static_cast<uint64_t>(threads) * capacity  // scores_
+                    + static_cast<uint64_t>(threads) * capacity * c.QueryHeadsPerKvHead()  // scores_
                     + t * D * 2 + t * F * 2;          // ffn_in_, ffn_out_, ffn_gate_, ffn_up_
   // Interleaved gate/up experts multiply into ffn_gate_ at twice the width.
   if (c.expert_layout == ExpertLayout::kMxfp4Interleaved && c.IsMoe()) floats += t * F;
   if (c.Latent()) {
     // k_ holds the latents and rotary keys; qa_ the low-rank queries; each
-    // thread's scores_ row is followed by its absorbed query and latent context.
-    floats += t * c.CacheKeyDim() + t * c.q_lora_rank + static_cast<uint64_t>(threads) * 2 * c.kv_lora_rank;
+    // thread's scores_ row is followed by its rotary products, absorbed query
+    // and latent context.
+    floats += t * c.CacheKeyDim() + t * c.q_lora_rank +
+              static_cast<uint64_t>(threads) * (capacity + 2 * c.kv_lora_rank);
   } else {
     floats += t * c.KvDim() * 2;  // k_, v_
   }
@@ -141,10 +156,21 @@ uint64_t Transformer::ScratchBytesInUse() const {
          b(expert_rows_);
 }
 
-KVCache::KVCache(const ModelConfig& config, int64_t capacity)
-    : capacity_(capacity), key_dim_(config.CacheKeyDim()), value_dim_(config.CacheValueDim()) {
-  keys_.assign(static_cast<size_t>(config.num_layers * capacity * key_dim_), 0.f);
-  values_.assign(static_cast<size_t>(config.num_layers * capacity * value_dim_), 0.f);
+KVCache::KVCache(const ModelConfig& config, int64_t capacity, DType dtype)
+    : capacity_(capacity), key_dim_(config.CacheKeyDim()), value_dim_(config.CacheValueDim()), dtype_(dtype),
+      element_bytes_(DTypeSize(dtype)) {
+  Require(dtype == DType::kF32 || dtype == DType::kF16 || dtype == DType::kBF16,
+          "a KV cache holds F32, F16 or BF16 elements");
+  keys_.assign(static_cast<size_t>(config.num_layers * capacity * key_dim_) * element_bytes_, 0);
+  values_.assign(static_cast<size_t>(config.num_layers * capacity * value_dim_) * element_bytes_, 0);
+}
+
+void KVCache::StoreKey(int64_t layer, int64_t pos, const float* key) {
+  kernels::ConvertFromF32(key, key_dim_, dtype_, keys_.data() + Offset(layer, pos, key_dim_));
+}
+
+void KVCache::StoreValue(int64_t layer, int64_t pos, const float* value) {
+  kernels::ConvertFromF32(value, value_dim_, dtype_, values_.data() + Offset(layer, pos, value_dim_));
 }
 
 namespace {
@@ -577,8 +603,8 @@ void Transformer::Attention(int64_t layer, int64_t T, std::span<const BatchSegme
     KVCache& cache = *segments[s].cache;
     ApplyRope(q_.data() + t * q_dim, H, hd, pos, inv_freq, rope_amplitude_[s]);
     ApplyRope(k_.data() + t * kv_dim, KVH, hd, pos, inv_freq, rope_amplitude_[s]);
-    std::copy_n(k_.data() + t * kv_dim, kv_dim, cache.Key(layer, pos));
-    std::copy_n(v_.data() + t * kv_dim, kv_dim, cache.Value(layer, pos));
+    cache.StoreKey(layer, pos, k_.data() + t * kv_dim);
+    cache.StoreValue(layer, pos, v_.data() + t * kv_dim);
   }
 
   // Scores of one (row, head) item span at most the longest sequence's end.
@@ -586,35 +612,43 @@ void Transformer::Attention(int64_t layer, int64_t T, std::span<const BatchSegme
   for (const BatchSegment& seg : segments)
     end_pos = std::max(end_pos, seg.start_pos + static_cast<int64_t>(seg.tokens.size()));
   const int threads = pool_.size();
-  Grow(scores_, static_cast<size_t>(threads) * end_pos);
+  // Work items: (row, key/value head, block of the query heads that share
+  // it). The heads of a block read each cached key and value once between
+  // them (kernels::AttentionScores); blocks are halved only while there
+  // would be fewer items than twice the threads, so that a decode step of a
+  // model with few key/value heads still spreads across the cores.
+  int64_t block_heads = group;
+  while (block_heads > 1 && T * KVH * ((group + block_heads - 1) / block_heads) < 2 * threads)
+    block_heads = (block_heads + 1) / 2;
+  const int64_t blocks = (group + block_heads - 1) / block_heads;
+  Grow(scores_, static_cast<size_t>(threads * block_heads * end_pos));  // per thread [block_heads, end_pos]
   // Granite's attention_multiplier replaces the usual head_dim^-0.5.
   const float scale = config_.attention_scale > 0 ? config_.attention_scale
                                                   : 1.0f / std::sqrt(static_cast<float>(hd));
   const int64_t window = config_.WindowOf(layer);
   const float* sinks = lw.sinks.empty() ? nullptr : lw.sinks.data();
-  // One work item per (token, head): independent, so they split across cores.
   pool_.RunOnAll([&](int thread) {
-    float* scores = scores_.data() + static_cast<size_t>(thread) * end_pos;
-    const int64_t items = T * H;
+    float* scores = scores_.data() + static_cast<size_t>(thread * block_heads * end_pos);
+    const int64_t items = T * KVH * blocks;
     const int64_t begin = items * thread / threads, end = items * (thread + 1) / threads;
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t t = item / H, h = item % H, kvh = h / group;
+      const int64_t t = item / (KVH * blocks), kvh = item / blocks % KVH, b = item % blocks;
+      const int64_t h0 = kvh * group + b * block_heads, heads = std::min(block_heads, group - b * block_heads);
       const int64_t pos = row_pos_[t];
-      KVCache& cache = *segments[row_seg_[t]].cache;
+      const KVCache& cache = *segments[row_seg_[t]].cache;
       // Causal mask, and with a sliding window only keys with pos - j < window.
       const int64_t first = window > 0 ? std::max<int64_t>(0, pos - window + 1) : 0;
-      const float* q = q_.data() + t * q_dim + h * hd;
-      for (int64_t j = first; j <= pos; ++j)
-        scores[j - first] = kernels::Dot(q, cache.Key(layer, j) + kvh * hd, hd) * scale;
       const int64_t n = pos - first + 1;
-      if (sinks)
-        kernels::SoftmaxWithSink(scores, n, sinks[h]);
-      else
-        kernels::Softmax(scores, n);
-      float* out = att_.data() + t * q_dim + h * hd;
-      std::fill_n(out, hd, 0.f);
-      for (int64_t j = first; j <= pos; ++j)
-        kernels::Axpy(scores[j - first], cache.Value(layer, j) + kvh * hd, out, hd);
+      kernels::AttentionScores(q_.data() + t * q_dim + h0 * hd, heads, hd, cache.KeyRow(layer, first, kvh * hd),
+                               cache.dtype(), kv_dim, n, scale, scores, end_pos);
+      for (int64_t g = 0; g < heads; ++g) {
+        if (sinks)
+          kernels::SoftmaxWithSink(scores + g * end_pos, n, sinks[h0 + g]);
+        else
+          kernels::Softmax(scores + g * end_pos, n);
+      }
+      kernels::AttentionValues(scores, heads, end_pos, cache.ValueRow(layer, first, kvh * hd), cache.dtype(), kv_dim,
+                               n, hd, att_.data() + t * q_dim + h0 * hd);
     }
   });
 
@@ -666,28 +700,29 @@ void Transformer::LatentAttention(int64_t layer, int64_t T, std::span<const Batc
     kernels::RmsNorm(ckv, lw.kv_a_norm.data(), r, kLatentEps, ckv);
     ApplyRope(ckv + r, 1, dr, pos, inv_freq, rope_amplitude_[s]);
     ApplyRope(q_.data() + t * q_dim + dn, H, qd, pos, inv_freq, rope_amplitude_[s]);
-    std::copy_n(ckv, ckv_dim, segments[s].cache->Key(layer, pos));
+    segments[s].cache->StoreKey(layer, pos, ckv);
   }
 
   int64_t end_pos = 0;
   for (const BatchSegment& seg : segments)
     end_pos = std::max(end_pos, seg.start_pos + static_cast<int64_t>(seg.tokens.size()));
   const int threads = pool_.size();
-  const int64_t per_thread = end_pos + 2 * r;
+  const int64_t per_thread = 2 * end_pos + 2 * r;
   Grow(scores_, static_cast<size_t>(threads) * per_thread);
   const float scale = config_.attention_scale;
   const int64_t window = config_.WindowOf(layer);
   const float* kv_b = lw.kv_b.data();  // [H * (dn + dv), r]
   pool_.RunOnAll([&](int thread) {
     float* scores = scores_.data() + static_cast<size_t>(thread) * per_thread;
-    float* q_lat = scores + end_pos;  // [r]: the query's nope part through head h's key rows
+    float* rope_scores = scores + end_pos;  // [end_pos]: the rotary parts' products
+    float* q_lat = rope_scores + end_pos;   // [r]: the query's nope part through head h's key rows
     float* ctx = q_lat + r;           // [r]: the attention-weighted latent
     const int64_t items = T * H;
     const int64_t begin = items * thread / threads, end = items * (thread + 1) / threads;
     for (int64_t item = begin; item < end; ++item) {
       const int64_t t = item / H, h = item % H;
       const int64_t pos = row_pos_[t];
-      KVCache& cache = *segments[row_seg_[t]].cache;
+      const KVCache& cache = *segments[row_seg_[t]].cache;
       const float* q = q_.data() + t * q_dim + h * qd;  // [dn nope | dr rotary]
       const float* key_rows = kv_b + h * (dn + dv) * r;  // [dn, r]
       const float* value_rows = key_rows + dn * r;       // [dv, r]
@@ -695,15 +730,16 @@ void Transformer::LatentAttention(int64_t layer, int64_t T, std::span<const Batc
       std::fill_n(q_lat, r, 0.f);
       for (int64_t i = 0; i < dn; ++i) kernels::Axpy(q[i], key_rows + i * r, q_lat, r);
       const int64_t first = window > 0 ? std::max<int64_t>(0, pos - window + 1) : 0;
-      for (int64_t j = first; j <= pos; ++j) {
-        const float* cj = cache.Key(layer, j);
-        scores[j - first] = (kernels::Dot(q_lat, cj, r) + kernels::Dot(q + dn, cj + r, dr)) * scale;
-      }
       const int64_t n = pos - first + 1;
+      // Each score is (q_lat . c_j + q_rope . k_rope_j) * scale, the two
+      // products summed apart as Dot sums them.
+      kernels::AttentionScores(q_lat, 1, r, cache.KeyRow(layer, first), cache.dtype(), ckv_dim, n, 1.0f, scores, n);
+      kernels::AttentionScores(q + dn, 1, dr, cache.KeyRow(layer, first, r), cache.dtype(), ckv_dim, n, 1.0f,
+                               rope_scores, n);
+      for (int64_t j = 0; j < n; ++j) scores[j] = (scores[j] + rope_scores[j]) * scale;
       kernels::Softmax(scores, n);
       // out = W_v (sum_j p_j c_j): the values are never formed per position.
-      std::fill_n(ctx, r, 0.f);
-      for (int64_t j = first; j <= pos; ++j) kernels::Axpy(scores[j - first], cache.Key(layer, j), ctx, r);
+      kernels::AttentionValues(scores, 1, n, cache.KeyRow(layer, first), cache.dtype(), ckv_dim, n, r, ctx);
       float* out = att_.data() + t * out_dim + h * dv;
       for (int64_t v = 0; v < dv; ++v) out[v] = kernels::Dot(value_rows + v * r, ctx, r);
     }

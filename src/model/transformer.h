@@ -15,31 +15,56 @@
 
 namespace epwa {
 
-// Keys and values of every layer for positions [0, capacity), float32.
-// For multi-head latent attention (DeepSeek) the "key" of a position is its
-// normalised latent and its rotated shared key [kv_lora_rank + rope], and
-// there is no value: the cache is that compressed form, not per-head keys
-// and values (config.CacheKeyDim / CacheValueDim).
+// Keys and values of every layer for positions [0, capacity), as F32 (the
+// default), F16 or BF16 elements (--kv-cache): a 16-bit cache halves its
+// memory and the bytes attention reads per token, at the cost of rounding
+// each key and value (README, "KV cache"). For multi-head latent attention
+// (DeepSeek) the "key" of a position is its normalised latent and its
+// rotated shared key [kv_lora_rank + rope], and there is no value: the cache
+// is that compressed form, not per-head keys and values
+// (config.CacheKeyDim / CacheValueDim).
 class KVCache {
  public:
-  KVCache(const ModelConfig& config, int64_t capacity);
+  KVCache(const ModelConfig& config, int64_t capacity, DType dtype = DType::kF32);
   // Bytes a cache of `capacity` positions allocates (the memory planner's KV term).
-  static uint64_t BytesFor(const ModelConfig& config, int64_t capacity);
+  static uint64_t BytesFor(const ModelConfig& config, int64_t capacity, DType dtype = DType::kF32);
   int64_t capacity() const { return capacity_; }
-  size_t Bytes() const { return (keys_.size() + values_.size()) * sizeof(float); }
-  // [CacheKeyDim] / [CacheValueDim] for one layer and position.
-  float* Key(int64_t layer, int64_t pos) { return keys_.data() + Offset(layer, pos, key_dim_); }
-  float* Value(int64_t layer, int64_t pos) { return values_.data() + Offset(layer, pos, value_dim_); }
+  DType dtype() const { return dtype_; }
+  size_t Bytes() const { return keys_.size() + values_.size(); }
+  // Row stride, in elements, of KeyRow / ValueRow: the rows of one layer's
+  // positions are consecutive.
+  int64_t key_dim() const { return key_dim_; }
+  int64_t value_dim() const { return value_dim_; }
+  // Stores [CacheKeyDim] / [CacheValueDim] floats, rounded to dtype(), for
+  // one layer and position.
+  void StoreKey(int64_t layer, int64_t pos, const float* key);
+  void StoreValue(int64_t layer, int64_t pos, const float* value);
+  // The stored row of one layer and position from element `column` on, of
+  // dtype() elements.
+  const void* KeyRow(int64_t layer, int64_t pos, int64_t column = 0) const {
+    return keys_.data() + Offset(layer, pos, key_dim_) + static_cast<size_t>(column) * element_bytes_;
+  }
+  const void* ValueRow(int64_t layer, int64_t pos, int64_t column = 0) const {
+    return values_.data() + Offset(layer, pos, value_dim_) + static_cast<size_t>(column) * element_bytes_;
+  }
 
  private:
   size_t Offset(int64_t layer, int64_t pos, int64_t dim) const {
-    return static_cast<size_t>((layer * capacity_ + pos) * dim);
+    return static_cast<size_t>((layer * capacity_ + pos) * dim) * element_bytes_;
   }
   int64_t capacity_;
   int64_t key_dim_, value_dim_;
-  std::vector<float> keys_;    // [layers, capacity, kv_dim]
-  std::vector<float> values_;  // [layers, capacity, kv_dim]
+  DType dtype_;
+  size_t element_bytes_;
+  std::vector<uint8_t> keys_;    // [layers, capacity, key_dim] elements of dtype_
+  std::vector<uint8_t> values_;  // [layers, capacity, value_dim]
 };
+
+// The KV cache element type a --kv-cache / EPW_KV_CACHE value names: "f32",
+// "f16" or "bf16" (case-insensitive). Throws epwa::Error naming the choices.
+DType ParseKvCacheType(const std::string& name);
+// "f32", "f16" or "bf16".
+const char* KvCacheTypeName(DType dtype);
 
 // Top-k routing of one token by the router kind (ties: lower index first).
 // kSoftmaxTopK: softmax over all router logits, the k most probable experts,

@@ -97,7 +97,7 @@ void Total(const ModelConfig& config, const PlanContext& cx, LevelPlan* p) {
   const int64_t parallel = std::max(cx.parallel, 1);
   // Every sequence may hold a full cache at once; one forward pass runs
   // their rows together (a logits row and a segment per sequence at most).
-  p->kv_bytes = static_cast<uint64_t>(parallel) * KVCache::BytesFor(config, ctx);
+  p->kv_bytes = static_cast<uint64_t>(parallel) * KVCache::BytesFor(config, ctx, cx.kv_cache);
   const int64_t rows = PlannedBatchRows(cx);
   int64_t max_k = std::max(config.hidden_size, config.MaxFf());
   max_k = std::max(max_k, std::max(config.QDim(), config.AttnOutDim()));

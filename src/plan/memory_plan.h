@@ -91,6 +91,8 @@ struct PlanContext {
   // They are then resident from the end of loading, and each one's source
   // pages are resident beside the copies made so far while it is copied.
   bool copy_weights = false;
+  // Element type of the KV caches (--kv-cache): F32, F16 or BF16.
+  DType kv_cache = DType::kF32;
 };
 
 // Whether a matrix used in place is copied into process memory under

@@ -258,7 +258,7 @@ bool BatchEngine::Step() {
     seq->admitted = Clock::now();
     seq->result.queued_ms = MillisBetween(seq->submitted, seq->admitted);
     try {
-      seq->cache = std::make_unique<KVCache>(engine_.config(), seq->capacity);
+      seq->cache = std::make_unique<KVCache>(engine_.config(), seq->capacity, engine_.kv_cache_dtype());
     } catch (...) {
       MarkFinished(*seq, FinishReason::kError, std::current_exception());
       Retire(std::move(seq));

@@ -251,6 +251,8 @@ std::unique_ptr<Engine> Engine::Load(const LoadOptions& options) {
   pc.threads = engine->pool_->size();
   pc.int8_lm_head = options.int8_lm_head;
   pc.copy_weights = options.copy_weights;
+  pc.kv_cache = options.kv_cache;
+  engine->kv_cache_dtype_ = options.kv_cache;
   pc.runtime_bytes = CurrentRssBytes();
   pc.vector_bytes = weights.converted_bytes;
   const uint64_t budget = options.mem_budget_bytes
@@ -298,6 +300,7 @@ std::unique_ptr<Engine> Engine::Load(const LoadOptions& options) {
   const MaterializeStats materialized =
       MaterializeWeights(config, weights, plan.tensors, *engine->pool_, options.progress, options.copy_weights);
   stats.copied_bytes = materialized.copied_bytes;
+  stats.kv_cache = KvCacheTypeName(options.kv_cache);
   stats.quantize_ms = stage.Millis();
   if (!cache_path.empty() && !cache_hit) {
     Stopwatch write;
@@ -379,7 +382,7 @@ ScoreResult Engine::Score(std::span<const int32_t> ids) {
   result.ids.assign(ids.begin(), ids.end());
   const int64_t T = static_cast<int64_t>(ids.size());
   const kernels::ScopedRowInvariantMatMul row_invariant;
-  KVCache cache(config(), T);
+  KVCache cache(config(), T, kv_cache_dtype_);
   // One pass when the text fits the planned rows per pass (always, unless
   // --batch-tokens made them fewer than the context); else chunks of that
   // many rows, whose logits and routing are gathered in order.
@@ -439,7 +442,7 @@ std::vector<ScoreResult> Engine::ScoreBatch(std::span<const std::vector<int32_t>
     std::vector<BatchSegment> segments;
     for (size_t k = i; k < end; ++k) {
       results[k].ids = texts[k];
-      caches.push_back(std::make_unique<KVCache>(c, static_cast<int64_t>(texts[k].size())));
+      caches.push_back(std::make_unique<KVCache>(c, static_cast<int64_t>(texts[k].size()), kv_cache_dtype_));
       segments.push_back(BatchSegment{.tokens = texts[k],
                                       .start_pos = 0,
                                       .cache = caches.back().get(),
@@ -506,6 +509,7 @@ nlohmann::json LoadStatsJson(const LoadStats& s) {
                         {"total_ms", s.total_ms},           {"weight_bytes", s.weight_bytes},
                         {"mapped_bytes", s.mapped_bytes},   {"converted_bytes", s.converted_bytes},
                         {"copied_bytes", s.copied_bytes},
+                        {"kv_cache", s.kv_cache},
                         {"peak_rss_bytes", s.peak_rss_bytes}, {"quant_level", s.quant_level},
                         {"quant_source", s.quant_source},   {"planned_bytes", s.planned_bytes},
                         {"budget_bytes", s.budget_bytes},   {"plan_ctx", s.plan_ctx},

@@ -56,6 +56,9 @@ struct LoadOptions {
   // in place, weight-cache hits) into the process's own memory
   // (PlanContext::copy_weights; --no-mmap, EPW_NO_MMAP).
   bool copy_weights = false;
+  // Element type of every KV cache (PlanContext::kv_cache; --kv-cache,
+  // EPW_KV_CACHE): F32, F16 or BF16.
+  DType kv_cache = DType::kF32;
   // Called during weight conversion with (bytes done, bytes total); may be empty.
   std::function<void(uint64_t, uint64_t)> progress;
 };
@@ -73,6 +76,7 @@ struct LoadStats {
   uint64_t mapped_bytes = 0;     // used in place from the mapping
   uint64_t converted_bytes = 0;  // in process memory: converted, quantized or copied
   uint64_t copied_bytes = 0;     // of those, copied as they are out of a mapping (--no-mmap)
+  std::string kv_cache = "f32";  // the KV cache element type (--kv-cache)
   uint64_t peak_rss_bytes = 0;
   std::string quant_level;         // the concrete level loaded ("int4", ...)
   std::string quant_source;        // what decided it ("--quant int4", "EPW_LOAD_IN_4BIT=true", ...)
@@ -190,6 +194,8 @@ class Engine {
   const std::string& model_dir() const { return model_dir_; }
   const LoadStats& load_stats() const { return load_stats_; }
   int threads() const { return pool_->size(); }
+  // The element type of the KV caches it allocates (LoadOptions::kv_cache).
+  DType kv_cache_dtype() const { return kv_cache_dtype_; }
   // The KV cache capacity a sequence may use (context window).
   int64_t max_context() const { return config().ContextLimit(); }
 
@@ -240,6 +246,7 @@ class Engine {
   std::unique_ptr<Transformer> model_;
   GenerationDefaults defaults_;
   LoadStats load_stats_;
+  DType kv_cache_dtype_ = DType::kF32;
 };
 
 }  // namespace epwa
