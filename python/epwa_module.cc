@@ -55,7 +55,7 @@ class PyEngine {
  public:
   PyEngine(const std::string& model_dir, const std::optional<std::string>& quant, int64_t ctx, int threads,
            std::optional<uint64_t> mem_budget, bool cache, int parallel, int64_t batch_tokens, bool int8_lm_head,
-           bool no_mmap) {
+           bool no_mmap, const std::optional<std::string>& kv_cache) {
     LoadOptions o;
     o.model_dir = model_dir;
     o.threads = threads;
@@ -71,6 +71,9 @@ class PyEngine {
     o.use_cache = cache;
     o.int8_lm_head = int8_lm_head;
     o.copy_weights = CopyWeightsRequested(no_mmap, [](const char* n) { return std::getenv(n); });
+    // As the CLI: the argument, else EPW_KV_CACHE, else f32.
+    const char* env_kv = std::getenv("EPW_KV_CACHE");
+    o.kv_cache = ParseKvCacheType(kv_cache ? *kv_cache : env_kv && *env_kv ? env_kv : "f32");
     o.mem_budget_bytes = mem_budget;
     py::gil_scoped_release release;
     engine_ = Engine::Load(o);
@@ -408,10 +411,10 @@ PYBIND11_MODULE(_epwa, m) {
 
   py::class_<PyEngine>(m, "_Engine")
       .def(py::init<const std::string&, const std::optional<std::string>&, int64_t, int, std::optional<uint64_t>,
-                    bool, int, int64_t, bool, bool>(),
+                    bool, int, int64_t, bool, bool, const std::optional<std::string>&>(),
            py::arg("model_dir"), py::arg("quant"), py::arg("ctx"), py::arg("threads"), py::arg("mem_budget"),
            py::arg("cache"), py::arg("parallel"), py::arg("batch_tokens"), py::arg("int8_lm_head") = false,
-           py::arg("no_mmap") = false)
+           py::arg("no_mmap") = false, py::arg("kv_cache") = py::none())
       .def("info_json", &PyEngine::InfoJson)
       .def("plan_json", &PyEngine::PlanJson)
       .def("tokenize", &PyEngine::Tokenize, py::arg("text"), py::arg("special"))

@@ -70,6 +70,30 @@ TEST_F(CliTest, NoMmapCopiesTheWeightsAndKeepsTheGoldenTokens) {
   ExpectCleanError(bad, 1, "EPW_NO_MMAP=\"perhaps\" is not a boolean");
 }
 
+// --kv-cache and EPW_KV_CACHE: the load line names a 16-bit cache, the plan
+// halves its KV term, and a bad value is a clean error naming the choices.
+TEST_F(CliTest, KvCacheTypeComesFromTheFlagOrEpwKvCache) {
+  Result f16 = RunEpwa("run -m models/tiny-moe -p hi -n 2 --kv-cache f16", scratch_);
+  ASSERT_EQ(f16.exit_code, 0) << f16.err;
+  EXPECT_NE(f16.err.find("(f16 KV cache)"), std::string::npos) << f16.err;
+  Result f32 = RunEpwa("plan -m models/tiny-moe --json", scratch_);
+  setenv("EPW_KV_CACHE", "bf16", 1);
+  Result bf16 = RunEpwa("plan -m models/tiny-moe --json", scratch_);
+  setenv("EPW_KV_CACHE", "f8", 1);
+  Result bad_env = RunEpwa("run -m models/tiny-moe -p hi -n 2", scratch_);
+  unsetenv("EPW_KV_CACHE");
+  ASSERT_EQ(f32.exit_code, 0) << f32.err;
+  ASSERT_EQ(bf16.exit_code, 0) << bf16.err;
+  const json a = json::parse(f32.out), b = json::parse(bf16.out);
+  EXPECT_EQ(a["kv_cache"], "f32");
+  EXPECT_EQ(b["kv_cache"], "bf16");
+  ASSERT_FALSE(a["levels"].empty());
+  EXPECT_EQ(a["levels"][0]["kv_cache_bytes"].get<uint64_t>(), 2 * b["levels"][0]["kv_cache_bytes"].get<uint64_t>());
+  ExpectCleanError(bad_env, 1, "unknown KV cache type 'f8': use f32 (default), f16 or bf16");
+  ExpectCleanError(RunEpwa("run -m models/tiny-moe -p hi -n 2 --kv-cache int4", scratch_), 1,
+                   "unknown KV cache type 'int4'");
+}
+
 TEST_F(CliTest, StreamingRunPrintsPromptAndContinuation) {
   Result r = RunEpwa("run -m " + model_ + " -p 'Once upon a time' -n 8 --seed 3", scratch_);
   ASSERT_EQ(r.exit_code, 0) << r.err;

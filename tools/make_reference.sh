@@ -70,3 +70,19 @@ for name in tiny-moe tiny-qwen3-moe; do
   "$PY" tools/reference_forward.py "models/$name" --ids "$ids" \
     --logits-out "$out/logits.npy" --routing-out "$out/routing.json"
 done
+
+# 16-bit KV caches (epwa --kv-cache): the reference rounds the cached keys and
+# values (for MLA the normalised latent and the rotated shared key) as the
+# cache stores them. Directory <preset>-<dtype>-kv-<type>.
+while read -r preset dtype kv ids; do
+  out=tests/data/reference/$preset-$dtype-kv-$kv
+  mkdir -p "$out"
+  "$EPWA" synth --preset "$preset" --dtype "$dtype" --out "$tmp/$preset-$dtype-kv" >/dev/null 2>&1
+  echo "[$ids]" > "$out/ids.json"
+  "$PY" tools/reference_forward.py "$tmp/$preset-$dtype-kv" --ids "$ids" --kv-cache "$kv" \
+    --logits-out "$out/logits.npy" --routing-out "$out/routing.json"
+done <<'LIST'
+fixture-olmoe f32 f16 1,250,251,2,3,4,100,101,102,103,500,9,8,7,6,5
+fixture-qwen3-moe bf16 bf16 5,6,7,8,9,10,11,12,400,401,402,3,4,5,6,7
+fixture-deepseek-v2 f32 f16 1,17,300,42,42,511,7,256,99,100,3,480,12,13,77,200
+LIST

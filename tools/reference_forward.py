@@ -1046,6 +1046,22 @@ def attention_mask(T, window, past=0):
     return allowed
 
 
+def round_to_cache(x, kind):
+    """x as a KV cache of element type `kind` stores it: "f32" rounds to float32, "f16"
+    to IEEE half after saturating at +-65504 (epwa's rule: no infinities), "bf16" to
+    bfloat16 by round-to-nearest-even on the float32 bits. Returns float64."""
+    x32 = np.asarray(x, dtype=np.float32)
+    if kind == "f32":
+        return x32.astype(np.float64)
+    if kind == "f16":
+        return np.clip(x32, -65504.0, 65504.0).astype(np.float16).astype(np.float64)
+    if kind == "bf16":
+        bits = x32.view(np.uint32).astype(np.uint64)
+        rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) << 16
+        return rounded.astype(np.uint32).view(np.float32).astype(np.float64)
+    raise ValueError(f"unknown KV cache type {kind!r} (f32, f16 or bf16)")
+
+
 def extend_cache(cache, k, v):
     """Appends this call's keys and values [heads, T, d] to the layer's cache (when one is
     kept) and returns all of them with the number of earlier positions."""
@@ -1087,6 +1103,9 @@ def attention(x, W, prefix, cfg, cos, sin, window, cache=None):
     k = k.reshape(T, KV, hd).transpose(1, 0, 2)
     v = v.reshape(T, KV, hd).transpose(1, 0, 2)
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    if cfg.get("kv_cache", "f32") != "f32":
+        # A 16-bit KV cache rounds what it stores: the rotated keys and the values.
+        k, v = round_to_cache(k, cfg["kv_cache"]), round_to_cache(v, cfg["kv_cache"])
     k, v, past = extend_cache(cache, k, v)
     # Query head h reads KV head h // group; np.repeat lays the heads out that way.
     group = H // KV
@@ -1140,12 +1159,19 @@ def mla_attention(x, W, prefix, cfg, cos, sin, window=None, cache=None):
     if m["bias"]:
         ckv = ckv + W.get(prefix + ".kv_a_proj_with_mqa.bias", [r + dr])
     c, k_pe = ckv[:, :r], ckv[:, r:]
-    kv = rms_norm(c, W.get(prefix + ".kv_a_layernorm.weight", [r]), MLA_LATENT_EPS) @ \
-        W.get(prefix + ".kv_b_proj.weight", [H * (dn + dv), r]).T
+    c = rms_norm(c, W.get(prefix + ".kv_a_layernorm.weight", [r]), MLA_LATENT_EPS)
+    kind = cfg.get("kv_cache", "f32")
+    if kind != "f32":
+        # A 16-bit cache of the compressed form rounds the normalised latent (and,
+        # below, the rotated shared key) that the keys and values are made from.
+        c = round_to_cache(c, kind)
+    kv = c @ W.get(prefix + ".kv_b_proj.weight", [H * (dn + dv), r]).T
     kv = kv.reshape(T, H, dn + dv).transpose(1, 0, 2)  # [H, T, dn + dv]
     rotate = apply_rope_interleaved if m["interleave"] else apply_rope
     q_pe = rotate(q[..., dn:], cos, sin)
     k_pe = rotate(k_pe[None], cos, sin)  # [1, T, dr], shared by the heads
+    if kind != "f32":
+        k_pe = round_to_cache(k_pe, kind)
     q = np.concatenate([q[..., :dn], q_pe], axis=-1)
     k = np.concatenate([kv[..., :dn], np.broadcast_to(k_pe, (H, T, dr))], axis=-1)
     v = kv[..., dn:]
@@ -1451,7 +1477,7 @@ def forward_chunks(T, prefill):
     return [(0, prefill)] + [(t, t + 1) for t in range(prefill, T)]
 
 
-def forward(model_dir, ids, prefill=None):
+def forward(model_dir, ids, prefill=None, kv_cache="f32"):
     """Runs the causal forward pass over ids (positions 0..T-1).
 
     With prefill None (or >= T) all tokens go through one forward call. Otherwise
@@ -1469,6 +1495,7 @@ def forward(model_dir, ids, prefill=None):
     Returns (logits float64 [T, V], routing list with one entry per MoE layer).
     """
     cfg = load_config(model_dir)
+    cfg["kv_cache"] = kv_cache
     # Tensors of layers >= num_hidden_layers (DeepSeek-V3's MTP layer) are not read.
     W = Weights(model_dir, quant=cfg["quant"], layers=cfg["layers"])
     ids = np.asarray(ids, dtype=np.int64)
@@ -1519,11 +1546,14 @@ def main(argv=None):
     ap.add_argument("--prefill", type=int, default=None,
                     help="compute positions [0, P) in one forward call and each later position "
                          "in its own call with a KV cache (default: all tokens in one call)")
+    ap.add_argument("--kv-cache", default="f32", choices=["f32", "f16", "bf16"],
+                    help="round the cached keys and values as a KV cache of this element type "
+                         "stores them (epwa --kv-cache; default f32: no rounding)")
     ap.add_argument("--logits-out", help="write float32 logits [T, V] with numpy.save")
     ap.add_argument("--routing-out", help="write the MoE routing as JSON")
     args = ap.parse_args(argv)
     ids = [int(s) for s in args.ids.split(",") if s.strip()]
-    logits, routing = forward(args.model_dir, ids, prefill=args.prefill)
+    logits, routing = forward(args.model_dir, ids, prefill=args.prefill, kv_cache=args.kv_cache)
     logits32 = logits.astype(np.float32)
     if args.logits_out:
         np.save(args.logits_out, logits32)

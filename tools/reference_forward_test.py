@@ -213,6 +213,21 @@ class ComponentTest(unittest.TestCase):
         # eps enters under the square root: [1, 1] with eps 3 gives 1/2.
         np.testing.assert_allclose(rf.rms_norm(np.ones(2), np.ones(2), 3.0), [0.5, 0.5])
 
+    def test_round_to_cache(self):
+        # Hand-checked: 1 + 2^-11 is a half-way case between halves 1 and 1 + 2^-10
+        # (even: 1); 1 + 3 * 2^-11 rounds up to the even 1 + 2^-9; 70000 saturates at
+        # 65504 instead of becoming inf. bfloat16 keeps 8 significant bits: 1 + 2^-8 is
+        # a tie that goes to 1, 1 + 3 * 2^-8 one that goes up to 1 + 2^-6.
+        x = np.array([1 + 2 ** -11, 1 + 3 * 2 ** -11, 70000.0, -70000.0, 0.1])
+        np.testing.assert_array_equal(rf.round_to_cache(x, "f16")[:4],
+                                      [1.0, 1 + 2 ** -9, 65504.0, -65504.0])
+        self.assertEqual(rf.round_to_cache(x, "f16")[4], float(np.float16(0.1)))
+        y = np.array([1 + 2 ** -8, 1 + 3 * 2 ** -8, -(1 + 2 ** -8), 3.0])
+        np.testing.assert_array_equal(rf.round_to_cache(y, "bf16"), [1.0, 1 + 2 ** -6, -1.0, 3.0])
+        np.testing.assert_array_equal(rf.round_to_cache(x, "f32"), x.astype(np.float32))
+        with self.assertRaises(ValueError):
+            rf.round_to_cache(x, "f8")
+
     def test_rotate_half(self):
         np.testing.assert_array_equal(rf.rotate_half(np.array([1.0, 2.0, 3.0, 4.0])), [-3, -4, 1, 2])
 

@@ -103,13 +103,15 @@ class Engine:
     or a size like "6G" (None: free memory). int8_lm_head: at the int levels,
     store an untied lm_head as int8 (`--int8-lm-head`). no_mmap: copy the
     weights that would be read from the mapped files into this process's
-    memory (`--no-mmap`; also EPW_NO_MMAP=1).
+    memory (`--no-mmap`; also EPW_NO_MMAP=1). kv_cache: "f32", "f16" or
+    "bf16", the KV cache's element type (`--kv-cache`; None: EPW_KV_CACHE,
+    else f32).
     """
 
     def __init__(self, model_dir: str, quant: Optional[str] = "auto", ctx: Optional[int] = None,
                  threads: Optional[int] = None, mem_budget: Union[int, str, None] = None,
                  cache: bool = True, parallel: int = 1, batch_tokens: Optional[int] = None,
-                 int8_lm_head: bool = False, no_mmap: bool = False):
+                 int8_lm_head: bool = False, no_mmap: bool = False, kv_cache: Optional[str] = None):
         level = None if quant in (None, "auto") else str(quant)
         _check_int("ctx", ctx, 0, 1 << 24, allow_none=True)
         _check_int("threads", threads, 0, 1024, allow_none=True)
@@ -117,7 +119,8 @@ class Engine:
         _check_int("batch_tokens", batch_tokens, 0, 1 << 24, allow_none=True)
         self._engine = _epwa._Engine(str(model_dir), level, int(ctx or 0), int(threads or 0),
                                      _byte_size(mem_budget), bool(cache), int(parallel),
-                                     int(batch_tokens or 0), bool(int8_lm_head), bool(no_mmap))
+                                     int(batch_tokens or 0), bool(int8_lm_head), bool(no_mmap),
+                                     None if kv_cache is None else str(kv_cache))
         self.info: dict = json.loads(self._engine.info_json())
         self.router_hash: str = self.info["router_hash"]
 

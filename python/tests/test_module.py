@@ -243,3 +243,19 @@ def test_no_mmap_copies_the_weights_and_changes_nothing():
     a, b = mapped.score(text, logits=True), copied.score(text, logits=True)
     np.testing.assert_array_equal(a["logits"], b["logits"])
     np.testing.assert_array_equal(a["experts"], b["experts"])
+
+
+def test_kv_cache_type_rounds_keys_and_values_and_is_reported():
+    text = "The quick brown fox jumps over the lazy dog. It was the best of times."
+    f32 = epwa.Engine(MODEL, quant="fp16", threads=2, cache=False)
+    f16 = epwa.Engine(MODEL, quant="fp16", threads=2, cache=False, kv_cache="f16")
+    assert f32.info["load"]["kv_cache"] == "f32"
+    assert f16.info["load"]["kv_cache"] == "f16"
+    a, b = f32.score(text, logits=True)["logits"], f16.score(text, logits=True)["logits"]
+    # The first position attends to itself only (softmax of one score is 1), so
+    # only its value's rounding shows; later positions differ, but slightly.
+    diff = np.abs(np.asarray(a) - np.asarray(b))
+    assert diff.max() > 0
+    assert diff.max() < 0.05 * np.abs(np.asarray(a)).max()
+    with pytest.raises(epwa.Error, match="unknown KV cache type 'int4'"):
+        epwa.Engine(MODEL, quant="fp16", threads=2, cache=False, kv_cache="int4")

@@ -133,6 +133,22 @@ TEST(MemoryPlan, TermsMatchHandComputation) {
             pc.runtime_bytes + (256u << 20));
 }
 
+// A 16-bit KV cache plans half the float32 cache's bytes, as KVCache allocates.
+TEST(MemoryPlan, SixteenBitKvCacheHalvesTheKvTerm) {
+  FakeModel m;
+  auto slots = m.Slots();
+  PlanContext pc = Context(128);
+  const LevelPlan f32 = PlanLevel(m.config, slots, QuantLevel::kInt8, pc, UINT64_MAX);
+  for (DType kv : {DType::kF16, DType::kBF16}) {
+    pc.kv_cache = kv;
+    const LevelPlan half = PlanLevel(m.config, slots, QuantLevel::kInt8, pc, UINT64_MAX);
+    EXPECT_EQ(half.kv_bytes, 2ull * 2 * 128 * 32 * 2);  // K and V, layers, ctx, kv_dim, 2 bytes
+    EXPECT_EQ(2 * half.kv_bytes, f32.kv_bytes);
+    EXPECT_EQ(half.kv_bytes, KVCache(m.config, 128, kv).Bytes());
+    EXPECT_EQ(half.weights_bytes, f32.weights_bytes);
+  }
+}
+
 TEST(MemoryPlan, Int8LmHeadAtIntLevelsOnly) {
   FakeModel m;
   PlanContext pc = Context();
