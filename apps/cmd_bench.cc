@@ -361,7 +361,12 @@ Runner RegisterBench(CLI::App& app) {
     peaks.fma_gflops = std::max(peaks.fma_gflops, kernels::MeasureFmaPeakGflops(pool));
     peaks.int8_gops = std::max(peaks.int8_gops, kernels::MeasureInt8DotPeakGops(pool));
     peaks.bf16_gflops = std::max(peaks.bf16_gflops, kernels::MeasureBf16DotPeakGflops(pool));
-    const double decode_gbs = best_decode * cost.decode_bytes / 1e9;
+    // Attention reads the cache up to each step's position: on average the
+    // prompt plus half the generated tokens, every layer's keys and values.
+    const double mean_context = f->prompt_tokens + 0.5 * f->gen_tokens;
+    const double kv_bytes = mean_context * static_cast<double>(KVCache::BytesFor(
+                                               engine->config(), 1, engine->kv_cache_dtype()));
+    const double decode_gbs = best_decode * (cost.decode_bytes + kv_bytes) / 1e9;
     const double prefill_gflops =
         best_prefill * (cost.flops_per_token + cost.lm_head_flops / f->prompt_tokens) / 1e9;
     const double prefill_limit = PrefillLimitTokensPerS(cost, peaks, f->prompt_tokens);
@@ -375,6 +380,8 @@ Runner RegisterBench(CLI::App& app) {
            {"threads", engine->threads()},
            {"weight_bytes", engine->tensors().TotalBytes()},
            {"decode_bytes_per_token", cost.decode_bytes},
+           {"decode_kv_cache_bytes_per_token", kv_bytes},
+           {"kv_cache", KvCacheTypeName(engine->kv_cache_dtype())},
            {"measured_read_bandwidth_gbs", bandwidth},
            {"measured_fma_peak_gflops", peaks.fma_gflops},
            {"measured_int8_dot_peak_gops", peaks.int8_gops},
@@ -404,8 +411,10 @@ Runner RegisterBench(CLI::App& app) {
                 "the fp32 FMA peak)\n",
                 f->prompt_tokens, best_prefill, prefill_gflops, 100 * best_prefill / prefill_limit,
                 kernels::PrefillDotName(main_dot), prefill_limit, 100 * prefill_gflops / peaks.fma_gflops);
-    std::printf("decode     %d tokens: %.2f tok/s, %.2f GB/s = %.0f%% of read bandwidth\n",
-                f->gen_tokens, best_decode, decode_gbs, 100 * decode_gbs / bandwidth);
+    std::printf("decode     %d tokens: %.2f tok/s, %.2f GB/s = %.0f%% of read bandwidth (per token %.0f MB of "
+                "weights and %.0f MB of %s KV cache)\n",
+                f->gen_tokens, best_decode, decode_gbs, 100 * decode_gbs / bandwidth, cost.decode_bytes / 1e6,
+                kv_bytes / 1e6, KvCacheTypeName(engine->kv_cache_dtype()));
     return 0;
   };
 }

@@ -36,6 +36,9 @@ Runner RegisterEval(CLI::App& app) {
   cmd->add_flag("--json", f->json, "print one JSON object");
   cmd->add_flag("--int8-lm-head", f->model.int8_lm_head,
                 "the int levels store an untied lm_head as int8 (as the run flag does); the reference stays float32");
+  cmd->add_option("--kv-cache", f->model.kv_cache,
+                  "KV cache element type of the compared levels: f32 (default), f16 or bf16; the reference keeps "
+                  "a float32 cache, and with f16 or bf16 --levels may include none (the cache's cost alone)");
   CLI::App* watermark_cmd = nullptr;
   const Runner watermark = RegisterEvalWatermark(*eval, &watermark_cmd);
   CLI::App* report_cmd = nullptr;
@@ -45,16 +48,19 @@ Runner RegisterEval(CLI::App& app) {
     if (watermark_cmd->parsed()) return watermark();
     if (report_cmd->parsed()) return report();
     std::vector<QuantLevel> levels;
+    const DType kv_cache = KvCacheType(f->model);
     std::stringstream ss(f->levels);
     for (std::string item; std::getline(ss, item, ',');) {
       const QuantLevel l = ParseQuantLevel(item);
-      Require(l != QuantLevel::kAuto && l != QuantLevel::kNone,
-              "--levels: compare concrete levels other than none (the reference), got '" + item + "'");
+      Require(l != QuantLevel::kAuto && (l != QuantLevel::kNone || kv_cache != DType::kF32),
+              "--levels: compare concrete levels other than none (the reference; none with --kv-cache f16 or "
+              "bf16), got '" + item + "'");
       levels.push_back(l);
     }
     Require(!levels.empty(), "--levels is empty");
-    auto load = [&](QuantLevel level) {
+    auto load = [&](QuantLevel level, DType kv) {
       LoadOptions o;
+      o.kv_cache = kv;
       o.model_dir = f->model.model_dir;
       o.threads = f->model.threads;
       o.quant = level;
@@ -63,7 +69,7 @@ Runner RegisterEval(CLI::App& app) {
       o.plan_ctx = f->window;
       return Engine::Load(o);
     };
-    auto reference = load(QuantLevel::kNone);
+    auto reference = load(QuantLevel::kNone, DType::kF32);
     const ModelConfig& c = reference->config();
     Require(f->window <= c.ContextLimit(),
             "--window " + std::to_string(f->window) + " exceeds the model's context of " +
@@ -93,7 +99,7 @@ Runner RegisterEval(CLI::App& app) {
                   static_cast<long long>(f->window), ids.size(), f->text_file.c_str());
     bool header = false;
     for (QuantLevel level : levels) {
-      auto engine = load(level);
+      auto engine = load(level, kv_cache);
       QuantComparison cmp;
       for (size_t i = 0; i < windows.size(); ++i) {
         ScoreResult r = engine->Score(windows[i]);
