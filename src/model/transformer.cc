@@ -630,8 +630,10 @@ void Transformer::Attention(int64_t layer, int64_t T, std::span<const BatchSegme
   pool_.RunOnAll([&](int thread) {
     float* scores = scores_.data() + static_cast<size_t>(thread * block_heads * end_pos);
     const int64_t items = T * KVH * blocks;
-    const int64_t begin = items * thread / threads, end = items * (thread + 1) / threads;
-    for (int64_t item = begin; item < end; ++item) {
+    // Items are dealt round-robin: in a prompt later rows attend to more
+    // positions, so contiguous shares would leave the first threads idle
+    // (with two threads, a quarter of the work against three quarters).
+    for (int64_t item = thread; item < items; item += threads) {
       const int64_t t = item / (KVH * blocks), kvh = item / blocks % KVH, b = item % blocks;
       const int64_t h0 = kvh * group + b * block_heads, heads = std::min(block_heads, group - b * block_heads);
       const int64_t pos = row_pos_[t];
@@ -718,8 +720,10 @@ void Transformer::LatentAttention(int64_t layer, int64_t T, std::span<const Batc
     float* q_lat = rope_scores + end_pos;   // [r]: the query's nope part through head h's key rows
     float* ctx = q_lat + r;           // [r]: the attention-weighted latent
     const int64_t items = T * H;
-    const int64_t begin = items * thread / threads, end = items * (thread + 1) / threads;
-    for (int64_t item = begin; item < end; ++item) {
+    // Items are dealt round-robin: in a prompt later rows attend to more
+    // positions, so contiguous shares would leave the first threads idle
+    // (with two threads, a quarter of the work against three quarters).
+    for (int64_t item = thread; item < items; item += threads) {
       const int64_t t = item / H, h = item % H;
       const int64_t pos = row_pos_[t];
       const KVCache& cache = *segments[row_seg_[t]].cache;
