@@ -282,25 +282,26 @@ const void* CacheRow(const void* base, DType dtype, int64_t stride, int64_t j) {
 }
 
 // Per dot product DotF32's four partial sums over a row widened to floats.
-void AttentionScores(const float* q, int64_t heads, int64_t dim, const void* keys, DType cache_dtype,
+void AttentionScores(const float* const* queries, int64_t count, int64_t dim, const void* keys, DType cache_dtype,
                      int64_t stride, int64_t n, float scale, float* scores, int64_t score_stride) {
   thread_local std::vector<float> key;  // [dim]
   key.resize(static_cast<size_t>(dim));
   for (int64_t j = 0; j < n; ++j) {
     const void* row = CacheRow(keys, cache_dtype, stride, j);
     for (int64_t i = 0; i < dim; ++i) key[i] = CacheElement(cache_dtype, row, i);
-    for (int64_t g = 0; g < heads; ++g) scores[g * score_stride + j] = DotF32(q + g * dim, key.data(), dim) * scale;
+    for (int64_t g = 0; g < count; ++g) scores[g * score_stride + j] = DotF32(queries[g], key.data(), dim) * scale;
   }
 }
 
-void AttentionValues(const float* p, int64_t heads, int64_t p_stride, const void* values, DType cache_dtype,
-                     int64_t stride, int64_t n, int64_t dim, float* out) {
-  std::fill_n(out, heads * dim, 0.f);
+void AttentionValues(const float* p, int64_t count, int64_t p_stride, const void* values, DType cache_dtype,
+                     int64_t stride, int64_t n, int64_t dim, float* const* out, bool accumulate) {
+  if (!accumulate)
+    for (int64_t g = 0; g < count; ++g) std::fill_n(out[g], dim, 0.f);
   for (int64_t j = 0; j < n; ++j) {
     const void* row = CacheRow(values, cache_dtype, stride, j);
-    for (int64_t g = 0; g < heads; ++g) {
+    for (int64_t g = 0; g < count; ++g) {
       const float a = p[g * p_stride + j];
-      float* o = out + g * dim;
+      float* o = out[g];
       for (int64_t c = 0; c < dim; ++c) o[c] += a * CacheElement(cache_dtype, row, c);  // as Axpy
     }
   }
@@ -546,22 +547,22 @@ void RequireCacheDType(DType dtype, const char* who) {
 
 }  // namespace
 
-void AttentionScores(const float* q, int64_t heads, int64_t dim, const void* keys, DType cache_dtype,
+void AttentionScores(const float* const* queries, int64_t count, int64_t dim, const void* keys, DType cache_dtype,
                      int64_t stride, int64_t n, float scale, float* scores, int64_t score_stride) {
   RequireCacheDType(cache_dtype, "AttentionScores");
-  Require(heads >= 0 && dim >= 0 && n >= 0 && stride >= dim && (heads <= 1 || score_stride >= n),
+  Require(count >= 0 && dim >= 0 && n >= 0 && stride >= dim && (count <= 1 || score_stride >= n),
           "AttentionScores: inconsistent shape.");
-  if (heads > 0 && n > 0)
-    Active().attention_scores(q, heads, dim, keys, cache_dtype, stride, n, scale, scores, score_stride);
+  if (count > 0 && n > 0)
+    Active().attention_scores(queries, count, dim, keys, cache_dtype, stride, n, scale, scores, score_stride);
 }
 
-void AttentionValues(const float* p, int64_t heads, int64_t p_stride, const void* values, DType cache_dtype,
-                     int64_t stride, int64_t n, int64_t dim, float* out) {
+void AttentionValues(const float* p, int64_t count, int64_t p_stride, const void* values, DType cache_dtype,
+                     int64_t stride, int64_t n, int64_t dim, float* const* out, bool accumulate) {
   RequireCacheDType(cache_dtype, "AttentionValues");
-  Require(heads >= 0 && dim >= 0 && n >= 0 && stride >= dim && (heads <= 1 || p_stride >= n),
+  Require(count >= 0 && dim >= 0 && n >= 0 && stride >= dim && (count <= 1 || p_stride >= n),
           "AttentionValues: inconsistent shape.");
-  if (heads <= 0 || dim <= 0) return;
-  Active().attention_values(p, heads, p_stride, values, cache_dtype, stride, n, dim, out);
+  if (count <= 0 || dim <= 0) return;
+  Active().attention_values(p, count, p_stride, values, cache_dtype, stride, n, dim, out, accumulate);
 }
 
 void ConvertFromF32(const float* src, int64_t n, DType dtype, void* dst) {

@@ -218,20 +218,22 @@ float Dot(const float* a, const float* b, int64_t n);
 void Axpy(float alpha, const float* x, float* y, int64_t n);
 
 // Attention over a KV cache whose rows are F32, F16 or BF16 (KVCache's
-// element type), for `heads` query heads that share one key/value head
-// (grouped-query attention): each cached row is read and widened once for all
-// of them. Row j of the cache starts `stride` elements after row j - 1.
+// element type), for `count` queries that read the same key/value head: the
+// query heads of a grouped-query group, and in a prompt several rows of them.
+// Each cached row is read and widened once per four queries. Row j of the
+// cache starts `stride` elements after row j - 1.
 //
-// scores[g * score_stride + j] = scale * (q_g . key_j) for g < heads, j < n,
-// with q_g = q + g * dim. Each dot product is summed exactly as Dot sums it,
-// so that with an F32 cache the scores are Dot's to the bit.
-void AttentionScores(const float* q, int64_t heads, int64_t dim, const void* keys, DType cache_dtype,
+// scores[i * score_stride + j] = scale * (queries[i] . key_j) for i < count,
+// j < n, each query `dim` floats. Each dot product is summed exactly as Dot
+// sums it, so that with an F32 cache the scores are Dot's to the bit.
+void AttentionScores(const float* const* queries, int64_t count, int64_t dim, const void* keys, DType cache_dtype,
                      int64_t stride, int64_t n, float scale, float* scores, int64_t score_stride);
-// out[g * dim + c] = sum over j < n of p[g * p_stride + j] * value_j[c], the
-// terms added in order of j from zero exactly as repeated Axpy calls would
-// add them (out is overwritten).
-void AttentionValues(const float* p, int64_t heads, int64_t p_stride, const void* values, DType cache_dtype,
-                     int64_t stride, int64_t n, int64_t dim, float* out);
+// out[i][c] = sum over j < n of p[i * p_stride + j] * value_j[c] for i < count,
+// c < dim, the terms added in order of j exactly as repeated Axpy calls would
+// add them: from zero, or with `accumulate` onto out[i]'s contents (so that
+// a long range may be taken in tiles with the same result).
+void AttentionValues(const float* p, int64_t count, int64_t p_stride, const void* values, DType cache_dtype,
+                     int64_t stride, int64_t n, int64_t dim, float* const* out, bool accumulate = false);
 
 // dst[i] = src[i] rounded to `dtype` (F32, F16 or BF16; what a KV cache
 // stores): to nearest even, NaN kept, and for F16 values beyond the largest

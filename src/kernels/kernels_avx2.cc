@@ -896,7 +896,7 @@ void Axpy(float alpha, const float* x, float* y, int64_t n) {
 constexpr int kAttentionHeadBlock = 4;
 
 template <DType D, int G>
-void ScoresBlock(const float* q, int64_t dim, const uint8_t* keys, int64_t row_bytes, int64_t n, float scale,
+void ScoresBlock(const float* const* q, int64_t dim, const uint8_t* keys, int64_t row_bytes, int64_t n, float scale,
                  float* scores, int64_t score_stride) {
   for (int64_t j = 0; j < n; ++j) {
     const uint8_t* row = keys + j * row_bytes;
@@ -909,14 +909,14 @@ void ScoresBlock(const float* q, int64_t dim, const uint8_t* keys, int64_t row_b
       for (int c = 0; c < 4; ++c) {
         const __m256 k = Weights<D>::Load(row, i + 8 * c);
 #pragma GCC unroll 4
-        for (int g = 0; g < G; ++g) s[g][c] = _mm256_fmadd_ps(_mm256_loadu_ps(q + g * dim + i + 8 * c), k, s[g][c]);
+        for (int g = 0; g < G; ++g) s[g][c] = _mm256_fmadd_ps(_mm256_loadu_ps(q[g] + i + 8 * c), k, s[g][c]);
       }
     }
     for (; i < dim; i += 8) {
       const __m256i mask = FirstLanes(dim - i);
       const __m256 k = Weights<D>::LoadPartial(row, i, dim - i);
 #pragma GCC unroll 4
-      for (int g = 0; g < G; ++g) s[g][0] = _mm256_fmadd_ps(_mm256_maskload_ps(q + g * dim + i, mask), k, s[g][0]);
+      for (int g = 0; g < G; ++g) s[g][0] = _mm256_fmadd_ps(_mm256_maskload_ps(q[g] + i, mask), k, s[g][0]);
     }
 #pragma GCC unroll 4
     for (int g = 0; g < G; ++g)
@@ -929,13 +929,17 @@ void ScoresBlock(const float* q, int64_t dim, const uint8_t* keys, int64_t row_b
 // sums in registers across all n rows.
 template <DType D, int G>
 void ValuesBlock(const float* p, int64_t p_stride, const uint8_t* values, int64_t row_bytes, int64_t n, int64_t dim,
-                 float* out) {
+                 float* const* out, bool accumulate) {
   for (int64_t c0 = 0; c0 < dim; c0 += 32) {
     const int64_t width = Min(32, dim - c0);
     const int vectors = static_cast<int>((width + 7) / 8);
     __m256 acc[G][4];
 #pragma GCC unroll 4
-    for (int g = 0; g < G; ++g) acc[g][0] = acc[g][1] = acc[g][2] = acc[g][3] = _mm256_setzero_ps();
+    for (int g = 0; g < G; ++g)
+#pragma GCC unroll 4
+      for (int c = 0; c < 4; ++c)
+        acc[g][c] = accumulate && 8 * c < width ? _mm256_maskload_ps(out[g] + c0 + 8 * c, FirstLanes(width - 8 * c))
+                                                : _mm256_setzero_ps();
     for (int64_t j = 0; j < n; ++j) {
       const uint8_t* row = values + j * row_bytes;
       __m256 a[G];
@@ -959,17 +963,17 @@ void ValuesBlock(const float* p, int64_t p_stride, const uint8_t* values, int64_
 #pragma GCC unroll 4
     for (int g = 0; g < G; ++g)
       for (int c = 0; c < vectors; ++c)
-        _mm256_maskstore_ps(out + g * dim + c0 + 8 * c, FirstLanes(width - 8 * c), acc[g][c]);
+        _mm256_maskstore_ps(out[g] + c0 + 8 * c, FirstLanes(width - 8 * c), acc[g][c]);
   }
 }
 
 template <DType D>
-void AttentionScoresTyped(const float* q, int64_t heads, int64_t dim, const void* keys, int64_t stride, int64_t n,
-                          float scale, float* scores, int64_t score_stride) {
+void AttentionScoresTyped(const float* const* q, int64_t heads, int64_t dim, const void* keys, int64_t stride,
+                          int64_t n, float scale, float* scores, int64_t score_stride) {
   const auto* base = static_cast<const uint8_t*>(keys);
   const int64_t row_bytes = stride * (D == DType::kF32 ? 4 : 2);
   for (int64_t g0 = 0; g0 < heads; g0 += kAttentionHeadBlock) {
-    const float* qg = q + g0 * dim;
+    const float* const* qg = q + g0;
     float* sg = scores + g0 * score_stride;
     switch (Min(kAttentionHeadBlock, heads - g0)) {
       case 1: ScoresBlock<D, 1>(qg, dim, base, row_bytes, n, scale, sg, score_stride); break;
@@ -982,17 +986,17 @@ void AttentionScoresTyped(const float* q, int64_t heads, int64_t dim, const void
 
 template <DType D>
 void AttentionValuesTyped(const float* p, int64_t heads, int64_t p_stride, const void* values, int64_t stride,
-                          int64_t n, int64_t dim, float* out) {
+                          int64_t n, int64_t dim, float* const* out, bool accumulate) {
   const auto* base = static_cast<const uint8_t*>(values);
   const int64_t row_bytes = stride * (D == DType::kF32 ? 4 : 2);
   for (int64_t g0 = 0; g0 < heads; g0 += kAttentionHeadBlock) {
     const float* pg = p + g0 * p_stride;
-    float* og = out + g0 * dim;
+    float* const* og = out + g0;
     switch (Min(kAttentionHeadBlock, heads - g0)) {
-      case 1: ValuesBlock<D, 1>(pg, p_stride, base, row_bytes, n, dim, og); break;
-      case 2: ValuesBlock<D, 2>(pg, p_stride, base, row_bytes, n, dim, og); break;
-      case 3: ValuesBlock<D, 3>(pg, p_stride, base, row_bytes, n, dim, og); break;
-      default: ValuesBlock<D, 4>(pg, p_stride, base, row_bytes, n, dim, og); break;
+      case 1: ValuesBlock<D, 1>(pg, p_stride, base, row_bytes, n, dim, og, accumulate); break;
+      case 2: ValuesBlock<D, 2>(pg, p_stride, base, row_bytes, n, dim, og, accumulate); break;
+      case 3: ValuesBlock<D, 3>(pg, p_stride, base, row_bytes, n, dim, og, accumulate); break;
+      default: ValuesBlock<D, 4>(pg, p_stride, base, row_bytes, n, dim, og, accumulate); break;
     }
   }
 }
@@ -1033,7 +1037,7 @@ void ConvertFromF32(const float* src, int64_t n, DType dtype, void* dst) {
   }
 }
 
-void AttentionScores(const float* q, int64_t heads, int64_t dim, const void* keys, DType cache_dtype,
+void AttentionScores(const float* const* q, int64_t heads, int64_t dim, const void* keys, DType cache_dtype,
                      int64_t stride, int64_t n, float scale, float* scores, int64_t score_stride) {
   switch (cache_dtype) {
     case DType::kF16: return AttentionScoresTyped<DType::kF16>(q, heads, dim, keys, stride, n, scale, scores, score_stride);
@@ -1043,11 +1047,11 @@ void AttentionScores(const float* q, int64_t heads, int64_t dim, const void* key
 }
 
 void AttentionValues(const float* p, int64_t heads, int64_t p_stride, const void* values, DType cache_dtype,
-                     int64_t stride, int64_t n, int64_t dim, float* out) {
+                     int64_t stride, int64_t n, int64_t dim, float* const* out, bool accumulate) {
   switch (cache_dtype) {
-    case DType::kF16: return AttentionValuesTyped<DType::kF16>(p, heads, p_stride, values, stride, n, dim, out);
-    case DType::kBF16: return AttentionValuesTyped<DType::kBF16>(p, heads, p_stride, values, stride, n, dim, out);
-    default: return AttentionValuesTyped<DType::kF32>(p, heads, p_stride, values, stride, n, dim, out);
+    case DType::kF16: return AttentionValuesTyped<DType::kF16>(p, heads, p_stride, values, stride, n, dim, out, accumulate);
+    case DType::kBF16: return AttentionValuesTyped<DType::kBF16>(p, heads, p_stride, values, stride, n, dim, out, accumulate);
+    default: return AttentionValuesTyped<DType::kF32>(p, heads, p_stride, values, stride, n, dim, out, accumulate);
   }
 }
 

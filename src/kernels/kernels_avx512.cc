@@ -1789,7 +1789,7 @@ void Axpy(float alpha, const float* x, float* y, int64_t n) {
 constexpr int kAttentionHeadBlock = 4;
 
 template <DType D, int G>
-void ScoresBlock(const float* q, int64_t dim, const uint8_t* keys, int64_t row_bytes, int64_t n, float scale,
+void ScoresBlock(const float* const* q, int64_t dim, const uint8_t* keys, int64_t row_bytes, int64_t n, float scale,
                  float* scores, int64_t score_stride) {
   for (int64_t j = 0; j < n; ++j) {
     const uint8_t* row = keys + j * row_bytes;
@@ -1802,14 +1802,14 @@ void ScoresBlock(const float* q, int64_t dim, const uint8_t* keys, int64_t row_b
       for (int c = 0; c < 4; ++c) {
         const __m512 k = Weights<D>::Load(row, i + 16 * c);
 #pragma GCC unroll 4
-        for (int g = 0; g < G; ++g) s[g][c] = _mm512_fmadd_ps(_mm512_loadu_ps(q + g * dim + i + 16 * c), k, s[g][c]);
+        for (int g = 0; g < G; ++g) s[g][c] = _mm512_fmadd_ps(_mm512_loadu_ps(q[g] + i + 16 * c), k, s[g][c]);
       }
     }
     for (; i < dim; i += 16) {
       const __mmask16 mask = FirstLanes(dim - i);
       const __m512 k = Weights<D>::LoadMasked(row, i, mask);
 #pragma GCC unroll 4
-      for (int g = 0; g < G; ++g) s[g][0] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, q + g * dim + i), k, s[g][0]);
+      for (int g = 0; g < G; ++g) s[g][0] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, q[g] + i), k, s[g][0]);
     }
 #pragma GCC unroll 4
     for (int g = 0; g < G; ++g)
@@ -1822,12 +1822,17 @@ void ScoresBlock(const float* q, int64_t dim, const uint8_t* keys, int64_t row_b
 // keeps its 16 sums in registers across all n rows.
 template <DType D, int G>
 void ValuesBlock(const float* p, int64_t p_stride, const uint8_t* values, int64_t row_bytes, int64_t n, int64_t dim,
-                 float* out) {
+                 float* const* out, bool accumulate) {
   for (int64_t c0 = 0; c0 < dim; c0 += 64) {
     const int64_t width = Min(64, dim - c0);
     __m512 acc[G][4];
 #pragma GCC unroll 4
-    for (int g = 0; g < G; ++g) acc[g][0] = acc[g][1] = acc[g][2] = acc[g][3] = _mm512_setzero_ps();
+    for (int g = 0; g < G; ++g)
+#pragma GCC unroll 4
+      for (int c = 0; c < 4; ++c)
+        acc[g][c] = accumulate && 16 * c < width
+                        ? _mm512_maskz_loadu_ps(FirstLanes(width - 16 * c), out[g] + c0 + 16 * c)
+                        : _mm512_setzero_ps();
     if (width == 64) {
       for (int64_t j = 0; j < n; ++j) {
         const uint8_t* row = values + j * row_bytes;
@@ -1855,17 +1860,17 @@ void ValuesBlock(const float* p, int64_t p_stride, const uint8_t* values, int64_
 #pragma GCC unroll 4
     for (int g = 0; g < G; ++g)
       for (int c = 0; 16 * c < width; ++c)
-        _mm512_mask_storeu_ps(out + g * dim + c0 + 16 * c, FirstLanes(width - 16 * c), acc[g][c]);
+        _mm512_mask_storeu_ps(out[g] + c0 + 16 * c, FirstLanes(width - 16 * c), acc[g][c]);
   }
 }
 
 template <DType D>
-void AttentionScoresTyped(const float* q, int64_t heads, int64_t dim, const void* keys, int64_t stride, int64_t n,
-                          float scale, float* scores, int64_t score_stride) {
+void AttentionScoresTyped(const float* const* q, int64_t heads, int64_t dim, const void* keys, int64_t stride,
+                          int64_t n, float scale, float* scores, int64_t score_stride) {
   const auto* base = static_cast<const uint8_t*>(keys);
   const int64_t row_bytes = stride * (D == DType::kF32 ? 4 : 2);
   for (int64_t g0 = 0; g0 < heads; g0 += kAttentionHeadBlock) {
-    const float* qg = q + g0 * dim;
+    const float* const* qg = q + g0;
     float* sg = scores + g0 * score_stride;
     switch (Min(kAttentionHeadBlock, heads - g0)) {
       case 1: ScoresBlock<D, 1>(qg, dim, base, row_bytes, n, scale, sg, score_stride); break;
@@ -1878,17 +1883,17 @@ void AttentionScoresTyped(const float* q, int64_t heads, int64_t dim, const void
 
 template <DType D>
 void AttentionValuesTyped(const float* p, int64_t heads, int64_t p_stride, const void* values, int64_t stride,
-                          int64_t n, int64_t dim, float* out) {
+                          int64_t n, int64_t dim, float* const* out, bool accumulate) {
   const auto* base = static_cast<const uint8_t*>(values);
   const int64_t row_bytes = stride * (D == DType::kF32 ? 4 : 2);
   for (int64_t g0 = 0; g0 < heads; g0 += kAttentionHeadBlock) {
     const float* pg = p + g0 * p_stride;
-    float* og = out + g0 * dim;
+    float* const* og = out + g0;
     switch (Min(kAttentionHeadBlock, heads - g0)) {
-      case 1: ValuesBlock<D, 1>(pg, p_stride, base, row_bytes, n, dim, og); break;
-      case 2: ValuesBlock<D, 2>(pg, p_stride, base, row_bytes, n, dim, og); break;
-      case 3: ValuesBlock<D, 3>(pg, p_stride, base, row_bytes, n, dim, og); break;
-      default: ValuesBlock<D, 4>(pg, p_stride, base, row_bytes, n, dim, og); break;
+      case 1: ValuesBlock<D, 1>(pg, p_stride, base, row_bytes, n, dim, og, accumulate); break;
+      case 2: ValuesBlock<D, 2>(pg, p_stride, base, row_bytes, n, dim, og, accumulate); break;
+      case 3: ValuesBlock<D, 3>(pg, p_stride, base, row_bytes, n, dim, og, accumulate); break;
+      default: ValuesBlock<D, 4>(pg, p_stride, base, row_bytes, n, dim, og, accumulate); break;
     }
   }
 }
@@ -1921,7 +1926,7 @@ void ConvertFromF32(const float* src, int64_t n, DType dtype, void* dst) {
   }
 }
 
-void AttentionScores(const float* q, int64_t heads, int64_t dim, const void* keys, DType cache_dtype,
+void AttentionScores(const float* const* q, int64_t heads, int64_t dim, const void* keys, DType cache_dtype,
                      int64_t stride, int64_t n, float scale, float* scores, int64_t score_stride) {
   switch (cache_dtype) {
     case DType::kF16: return AttentionScoresTyped<DType::kF16>(q, heads, dim, keys, stride, n, scale, scores, score_stride);
@@ -1931,11 +1936,11 @@ void AttentionScores(const float* q, int64_t heads, int64_t dim, const void* key
 }
 
 void AttentionValues(const float* p, int64_t heads, int64_t p_stride, const void* values, DType cache_dtype,
-                     int64_t stride, int64_t n, int64_t dim, float* out) {
+                     int64_t stride, int64_t n, int64_t dim, float* const* out, bool accumulate) {
   switch (cache_dtype) {
-    case DType::kF16: return AttentionValuesTyped<DType::kF16>(p, heads, p_stride, values, stride, n, dim, out);
-    case DType::kBF16: return AttentionValuesTyped<DType::kBF16>(p, heads, p_stride, values, stride, n, dim, out);
-    default: return AttentionValuesTyped<DType::kF32>(p, heads, p_stride, values, stride, n, dim, out);
+    case DType::kF16: return AttentionValuesTyped<DType::kF16>(p, heads, p_stride, values, stride, n, dim, out, accumulate);
+    case DType::kBF16: return AttentionValuesTyped<DType::kBF16>(p, heads, p_stride, values, stride, n, dim, out, accumulate);
+    default: return AttentionValuesTyped<DType::kF32>(p, heads, p_stride, values, stride, n, dim, out, accumulate);
   }
 }
 

@@ -29,10 +29,12 @@ struct IsaKernels {
   // kernels.h's ConvertFromF32, AttentionScores and AttentionValues
   // (arguments validated).
   void (*convert_from_f32)(const float* src, int64_t n, DType dtype, void* dst);
-  void (*attention_scores)(const float* q, int64_t heads, int64_t dim, const void* keys, DType cache_dtype,
-                           int64_t stride, int64_t n, float scale, float* scores, int64_t score_stride);
-  void (*attention_values)(const float* p, int64_t heads, int64_t p_stride, const void* values,
-                           DType cache_dtype, int64_t stride, int64_t n, int64_t dim, float* out);
+  void (*attention_scores)(const float* const* queries, int64_t count, int64_t dim, const void* keys,
+                           DType cache_dtype, int64_t stride, int64_t n, float scale, float* scores,
+                           int64_t score_stride);
+  void (*attention_values)(const float* p, int64_t count, int64_t p_stride, const void* values,
+                           DType cache_dtype, int64_t stride, int64_t n, int64_t dim, float* const* out,
+                           bool accumulate);
   // Quantizes rows [row_begin, row_end) of the float matrix src to `target`;
   // codes and scales point at the start of the whole matrix's arrays.
   void (*quantize_rows)(const WeightView& src, DType target, int64_t row_begin, int64_t row_end,

@@ -336,21 +336,31 @@ TestCache MakeCache(DType dtype, int64_t n, int64_t dim, int64_t stride, uint32_
 // groups of 1 to 6 heads (blocks of four plus a remainder).
 constexpr int64_t kHeadDims[] = {1, 15, 64, 72, 128, 130, 192};
 
+// Pointers to `count` rows of `dim` floats, `gap` floats apart (queries of
+// several prompt rows are a row's width apart, not packed).
+template <typename T>
+std::vector<T*> RowPointers(T* base, int64_t count, int64_t dim, int64_t gap = 0) {
+  std::vector<T*> rows;
+  for (int64_t i = 0; i < count; ++i) rows.push_back(base + i * (dim + gap));
+  return rows;
+}
+
 TEST_P(IsaTest, AttentionScoresMatchDoubleDotProducts) {
   for (DType dtype : {DType::kF32, DType::kF16, DType::kBF16})
     for (int64_t dim : kHeadDims)
       for (int64_t heads : {1, 3, 4, 6}) {
         const int64_t n = 13, stride = dim + 5, score_stride = n + 2;
         const TestCache cache = MakeCache(dtype, n, dim, stride, 31);
-        const std::vector<float> q = RandomVector(heads * dim, 32);
+        const std::vector<float> q = RandomVector(heads * (dim + 3), 32);
+        const std::vector<const float*> queries = RowPointers(q.data(), heads, dim, 3);
         std::vector<float> scores(static_cast<size_t>(heads * score_stride), -7.f);
-        AttentionScores(q.data(), heads, dim, cache.rows, dtype, stride, n, 0.25f, scores.data(), score_stride);
+        AttentionScores(queries.data(), heads, dim, cache.rows, dtype, stride, n, 0.25f, scores.data(), score_stride);
         for (int64_t g = 0; g < heads; ++g) {
           for (int64_t j = 0; j < n; ++j) {
             double want = 0, magnitude = 0;
             for (int64_t i = 0; i < dim; ++i) {
-              want += static_cast<double>(q[g * dim + i]) * cache.values[j * dim + i];
-              magnitude += std::fabs(static_cast<double>(q[g * dim + i]) * cache.values[j * dim + i]);
+              want += static_cast<double>(queries[g][i]) * cache.values[j * dim + i];
+              magnitude += std::fabs(static_cast<double>(queries[g][i]) * cache.values[j * dim + i]);
             }
             ASSERT_NEAR(scores[g * score_stride + j], 0.25 * want, 1e-6 * magnitude + 1e-30)
                 << DTypeName(dtype) << " dim " << dim << " heads " << heads << " g " << g << " j " << j;
@@ -369,7 +379,8 @@ TEST_P(IsaTest, AttentionValuesMatchDoubleWeightedSums) {
         const TestCache cache = MakeCache(dtype, n, dim, stride, 41);
         const std::vector<float> p = RandomVector(heads * p_stride, 42);
         std::vector<float> out(static_cast<size_t>(heads * dim + 1), 99.f);
-        AttentionValues(p.data(), heads, p_stride, cache.rows, dtype, stride, n, dim, out.data());
+        const std::vector<float*> outs = RowPointers(out.data(), heads, dim);
+        AttentionValues(p.data(), heads, p_stride, cache.rows, dtype, stride, n, dim, outs.data());
         for (int64_t g = 0; g < heads; ++g)
           for (int64_t c = 0; c < dim; ++c) {
             double want = 0, magnitude = 0;
@@ -395,8 +406,18 @@ TEST_P(IsaTest, F32AttentionEqualsDotAndAxpyBitForBit) {
       const auto* rows = static_cast<const float*>(cache.rows);
       const std::vector<float> q = RandomVector(heads * dim, 52);
       std::vector<float> scores(static_cast<size_t>(heads * n)), out(static_cast<size_t>(heads * dim));
-      AttentionScores(q.data(), heads, dim, cache.rows, DType::kF32, stride, n, 0.125f, scores.data(), n);
-      AttentionValues(scores.data(), heads, n, cache.rows, DType::kF32, stride, n, dim, out.data());
+      const std::vector<const float*> queries = RowPointers(q.data(), heads, dim);
+      const std::vector<float*> outs = RowPointers(out.data(), heads, dim);
+      AttentionScores(queries.data(), heads, dim, cache.rows, DType::kF32, stride, n, 0.125f, scores.data(), n);
+      AttentionValues(scores.data(), heads, n, cache.rows, DType::kF32, stride, n, dim, outs.data());
+      // The same range in tiles (accumulating onto the first tile's sums)
+      // gives the same bits: the model tiles long ranges.
+      std::vector<float> tiled(out.size(), 5.f);
+      const std::vector<float*> tiled_outs = RowPointers(tiled.data(), heads, dim);
+      for (int64_t j0 = 0; j0 < n; j0 += 4)
+        AttentionValues(scores.data() + j0, heads, n, rows + j0 * stride, DType::kF32, stride, std::min<int64_t>(4, n - j0),
+                        dim, tiled_outs.data(), /*accumulate=*/j0 > 0);
+      EXPECT_EQ(tiled, out) << dim << " " << heads;
       for (int64_t g = 0; g < heads; ++g) {
         std::vector<float> want(static_cast<size_t>(dim), 0.f);
         for (int64_t j = 0; j < n; ++j) {
@@ -450,10 +471,12 @@ TEST_P(IsaTest, ConvertFromF32RoundsAsTheScalarConversions) {
 TEST(AttentionKernels, RejectNonCacheTypes) {
   const float q[4] = {};
   float out[4];
-  EXPECT_THROW(AttentionScores(q, 1, 4, q, DType::kQ8, 4, 1, 1.f, out, 1), Error);
-  EXPECT_THROW(AttentionValues(q, 1, 1, q, DType::kQ4, 4, 1, 4, out), Error);
+  const float* queries[1] = {q};
+  float* outs[1] = {out};
+  EXPECT_THROW(AttentionScores(queries, 1, 4, q, DType::kQ8, 4, 1, 1.f, out, 1), Error);
+  EXPECT_THROW(AttentionValues(q, 1, 1, q, DType::kQ4, 4, 1, 4, outs), Error);
   EXPECT_THROW(ConvertFromF32(q, 4, DType::kQ8, out), Error);
-  EXPECT_THROW(AttentionScores(q, 1, 4, q, DType::kF32, 2, 1, 1.f, out, 1), Error);  // stride < dim
+  EXPECT_THROW(AttentionScores(queries, 1, 4, q, DType::kF32, 2, 1, 1.f, out, 1), Error);  // stride < dim
 }
 
 TEST_P(IsaTest, ProbesReportPositiveRates) {

@@ -78,6 +78,12 @@ uint64_t Transformer::ScratchBytes(const ModelConfig& c, int64_t T, int64_t capa
 
 namespace {
 
+// Queries one attention work item takes at most in a prompt: rows of one
+// sequence times the query heads of a key/value head (see Attention).
+constexpr int64_t kAttentionQueries = 16;
+
+int64_t AttentionRowsPerItem(int64_t group) { return std::max<int64_t>(1, kAttentionQueries / group); }
+
 // Up to this many rows per forward, an MoE layer runs its routed experts
 // through MatMulMany: gate and up of every chosen expert in one parallel
 // region, then every down in another, instead of three regions per expert.
@@ -99,6 +105,17 @@ constexpr int64_t kGroupedExpertRows = 256;
 
 }  // namespace
 
+namespace {
+
+// The most queries a work item of Attention takes for a pass of T rows: rows
+// of one sequence times the query heads sharing a key/value head.
+uint64_t AttentionQueriesBound(const ModelConfig& c, int64_t T) {
+  const int64_t group = c.QueryHeadsPerKvHead();
+  return static_cast<uint64_t>(std::min(std::max<int64_t>(T, 1), AttentionRowsPerItem(group)) * group);
+}
+
+}  // namespace
+
 uint64_t Transformer::BatchScratchBytes(const ModelConfig& c, int64_t T, int64_t capacity,
                                         int threads, int64_t logit_rows, int64_t segments) {
   const uint64_t D = c.hidden_size, F = c.MaxFf(), E = c.num_experts, K = c.num_experts_per_tok;
@@ -106,7 +123,7 @@ uint64_t Transformer::BatchScratchBytes(const ModelConfig& c, int64_t T, int64_t
   const uint64_t s = static_cast<uint64_t>(std::max<int64_t>(segments, 1));
   uint64_t floats = t * D * 3                         // x_, xn_, proj_
                     + t * c.QDim() + t * c.AttnOutDim()  // q_, att_
-                    + static_cast<uint64_t>(threads) * capacity * c.QueryHeadsPerKvHead()  // scores_
+                    + static_cast<uint64_t>(threads) * capacity * AttentionQueriesBound(c, T)  // scores_
                     + t * D * 2 + t * F * 2;          // ffn_in_, ffn_out_, ffn_gate_, ffn_up_
   // Interleaved gate/up experts multiply into ffn_gate_ at twice the width.
   if (c.expert_layout == ExpertLayout::kMxfp4Interleaved && c.IsMoe()) floats += t * F;
@@ -120,6 +137,10 @@ uint64_t Transformer::BatchScratchBytes(const ModelConfig& c, int64_t T, int64_t
     floats += t * c.KvDim() * 2;  // k_, v_
   }
   uint64_t bytes = floats * sizeof(float);
+  // attention_slots_: a query and an output pointer per query of an item;
+  // attention_row_blocks_: at most one block per row.
+  bytes += static_cast<uint64_t>(threads) * 2 * AttentionQueriesBound(c, T) * sizeof(float*) +
+           t * sizeof(std::pair<int64_t, int64_t>);
   bytes += static_cast<uint64_t>(logit_rows) * c.vocab_size * sizeof(float);  // logits
   // inv_freq_: one row per segment under dynamic NTK scaling, else one.
   const uint64_t freq_rows = c.rope_scaling.DependsOnLength() ? s : 1;
@@ -153,7 +174,7 @@ uint64_t Transformer::ScratchBytesInUse() const {
          b(ffn_in_) + b(ffn_gate_) + b(ffn_up_) + b(ffn_out_) + b(scores_) + b(token_experts_) +
          b(token_weights_) + b(moe_out_) + b(rows_token_) + b(rows_weight_) + b(inv_freq_) +
          b(row_pos_) + b(row_seg_) + b(seg_first_) + b(logit_rows_) + b(rope_amplitude_) + b(qa_) +
-         b(expert_rows_);
+         b(expert_rows_) + b(attention_slots_) + b(attention_row_blocks_);
 }
 
 KVCache::KVCache(const ModelConfig& config, int64_t capacity, DType dtype)
@@ -612,45 +633,86 @@ void Transformer::Attention(int64_t layer, int64_t T, std::span<const BatchSegme
   for (const BatchSegment& seg : segments)
     end_pos = std::max(end_pos, seg.start_pos + static_cast<int64_t>(seg.tokens.size()));
   const int threads = pool_.size();
-  // Work items: (row, key/value head, block of the query heads that share
-  // it). The heads of a block read each cached key and value once between
-  // them (kernels::AttentionScores); blocks are halved only while there
-  // would be fewer items than twice the threads, so that a decode step of a
-  // model with few key/value heads still spreads across the cores.
+  // Work items: (block of rows, key/value head, block of the query heads that
+  // share it). The queries of an item read each cached key and value once
+  // between them (kernels::AttentionScores/Values). Head blocks are halved
+  // only while there would be fewer items than twice the threads, so that a
+  // decode step of a model with few key/value heads still spreads across the
+  // cores; in a prompt, up to AttentionRowsPerItem consecutive rows of one
+  // sequence go together, so that a long prompt's keys are not re-read for
+  // every row.
   int64_t block_heads = group;
   while (block_heads > 1 && T * KVH * ((group + block_heads - 1) / block_heads) < 2 * threads)
     block_heads = (block_heads + 1) / 2;
-  const int64_t blocks = (group + block_heads - 1) / block_heads;
-  Grow(scores_, static_cast<size_t>(threads * block_heads * end_pos));  // per thread [block_heads, end_pos]
+  const int64_t head_blocks = (group + block_heads - 1) / block_heads;
+  const int64_t max_rows = AttentionRowsPerItem(group);
+  std::vector<std::pair<int64_t, int64_t>>& row_blocks = attention_row_blocks_;  // (first row, rows)
+  row_blocks.clear();
+  for (int64_t t = 0; t < T;) {
+    int64_t rows = 1;
+    while (rows < max_rows && t + rows < T && row_seg_[t + rows] == row_seg_[t] &&
+           row_pos_[t + rows] == row_pos_[t] + rows)
+      ++rows;
+    row_blocks.emplace_back(t, rows);
+    t += rows;
+  }
+  const int64_t queries_per_item = std::min(max_rows, T) * block_heads;
+  Grow(scores_, static_cast<size_t>(threads * queries_per_item * end_pos));  // per thread [queries, end_pos]
+  Grow(attention_slots_, static_cast<size_t>(threads * queries_per_item * 2));
   // Granite's attention_multiplier replaces the usual head_dim^-0.5.
   const float scale = config_.attention_scale > 0 ? config_.attention_scale
                                                   : 1.0f / std::sqrt(static_cast<float>(hd));
   const int64_t window = config_.WindowOf(layer);
   const float* sinks = lw.sinks.empty() ? nullptr : lw.sinks.data();
+  // Keys and values are taken in tiles of this many positions, small enough
+  // to stay in the L1 cache while every query of the item reads them.
+  constexpr int64_t kKeyTile = 64;
   pool_.RunOnAll([&](int thread) {
-    float* scores = scores_.data() + static_cast<size_t>(thread * block_heads * end_pos);
-    const int64_t items = T * KVH * blocks;
+    float* scores = scores_.data() + static_cast<size_t>(thread * queries_per_item * end_pos);
+    // The item's query and output rows, as the kernels take them.
+    const float** queries = attention_slots_.data() + thread * queries_per_item * 2;
+    float** outs = const_cast<float**>(queries + queries_per_item);  // rows of att_, which this writes
+    const int64_t items = static_cast<int64_t>(row_blocks.size()) * KVH * head_blocks;
     // Items are dealt round-robin: in a prompt later rows attend to more
     // positions, so contiguous shares would leave the first threads idle
     // (with two threads, a quarter of the work against three quarters).
     for (int64_t item = thread; item < items; item += threads) {
-      const int64_t t = item / (KVH * blocks), kvh = item / blocks % KVH, b = item % blocks;
+      const auto [t0, rows] = row_blocks[item / (KVH * head_blocks)];
+      const int64_t kvh = item / head_blocks % KVH, b = item % head_blocks;
       const int64_t h0 = kvh * group + b * block_heads, heads = std::min(block_heads, group - b * block_heads);
-      const int64_t pos = row_pos_[t];
-      const KVCache& cache = *segments[row_seg_[t]].cache;
-      // Causal mask, and with a sliding window only keys with pos - j < window.
-      const int64_t first = window > 0 ? std::max<int64_t>(0, pos - window + 1) : 0;
-      const int64_t n = pos - first + 1;
-      kernels::AttentionScores(q_.data() + t * q_dim + h0 * hd, heads, hd, cache.KeyRow(layer, first, kvh * hd),
-                               cache.dtype(), kv_dim, n, scale, scores, end_pos);
-      for (int64_t g = 0; g < heads; ++g) {
-        if (sinks)
-          kernels::SoftmaxWithSink(scores + g * end_pos, n, sinks[h0 + g]);
-        else
-          kernels::Softmax(scores + g * end_pos, n);
+      const KVCache& cache = *segments[row_seg_[t0]].cache;
+      // Row r (position pos0 + r) sees keys [first(r), pos0 + r]: the causal
+      // mask, and with a sliding window only keys with pos - j < window. The
+      // item reads keys [lo, hi], the union of its rows' ranges.
+      const int64_t pos0 = row_pos_[t0];
+      auto first_of = [&](int64_t pos) { return window > 0 ? std::max<int64_t>(0, pos - window + 1) : 0; };
+      const int64_t lo = first_of(pos0), hi = pos0 + rows - 1, n = hi - lo + 1;
+      const int64_t count = rows * heads;
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t g = 0; g < heads; ++g) {
+          queries[r * heads + g] = q_.data() + (t0 + r) * q_dim + (h0 + g) * hd;
+          outs[r * heads + g] = att_.data() + (t0 + r) * q_dim + (h0 + g) * hd;
+        }
+      for (int64_t j0 = 0; j0 < n; j0 += kKeyTile)
+        kernels::AttentionScores(queries, count, hd, cache.KeyRow(layer, lo + j0, kvh * hd), cache.dtype(), kv_dim,
+                                 std::min(kKeyTile, n - j0), scale, scores + j0, end_pos);
+      // Each query's softmax over its own row's keys; the keys outside them
+      // get weight 0, which adds exactly nothing to the sums below.
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t begin = first_of(pos0 + r) - lo, end = pos0 + r - lo + 1;
+        for (int64_t g = 0; g < heads; ++g) {
+          float* row_scores = scores + (r * heads + g) * end_pos;
+          if (sinks)
+            kernels::SoftmaxWithSink(row_scores + begin, end - begin, sinks[h0 + g]);
+          else
+            kernels::Softmax(row_scores + begin, end - begin);
+          std::fill(row_scores, row_scores + begin, 0.f);
+          std::fill(row_scores + end, row_scores + n, 0.f);
+        }
       }
-      kernels::AttentionValues(scores, heads, end_pos, cache.ValueRow(layer, first, kvh * hd), cache.dtype(), kv_dim,
-                               n, hd, att_.data() + t * q_dim + h0 * hd);
+      for (int64_t j0 = 0; j0 < n; j0 += kKeyTile)
+        kernels::AttentionValues(scores + j0, count, end_pos, cache.ValueRow(layer, lo + j0, kvh * hd), cache.dtype(),
+                                 kv_dim, std::min(kKeyTile, n - j0), hd, outs, /*accumulate=*/j0 > 0);
     }
   });
 
@@ -737,13 +799,17 @@ void Transformer::LatentAttention(int64_t layer, int64_t T, std::span<const Batc
       const int64_t n = pos - first + 1;
       // Each score is (q_lat . c_j + q_rope . k_rope_j) * scale, the two
       // products summed apart as Dot sums them.
-      kernels::AttentionScores(q_lat, 1, r, cache.KeyRow(layer, first), cache.dtype(), ckv_dim, n, 1.0f, scores, n);
-      kernels::AttentionScores(q + dn, 1, dr, cache.KeyRow(layer, first, r), cache.dtype(), ckv_dim, n, 1.0f,
+      const float* latent_query[1] = {q_lat};
+      const float* rope_query[1] = {q + dn};
+      kernels::AttentionScores(latent_query, 1, r, cache.KeyRow(layer, first), cache.dtype(), ckv_dim, n, 1.0f, scores,
+                               n);
+      kernels::AttentionScores(rope_query, 1, dr, cache.KeyRow(layer, first, r), cache.dtype(), ckv_dim, n, 1.0f,
                                rope_scores, n);
       for (int64_t j = 0; j < n; ++j) scores[j] = (scores[j] + rope_scores[j]) * scale;
       kernels::Softmax(scores, n);
       // out = W_v (sum_j p_j c_j): the values are never formed per position.
-      kernels::AttentionValues(scores, 1, n, cache.KeyRow(layer, first), cache.dtype(), ckv_dim, n, r, ctx);
+      float* context[1] = {ctx};
+      kernels::AttentionValues(scores, 1, n, cache.KeyRow(layer, first), cache.dtype(), ckv_dim, n, r, context);
       float* out = att_.data() + t * out_dim + h * dv;
       for (int64_t v = 0; v < dv; ++v) out[v] = kernels::Dot(value_rows + v * r, ctx, r);
     }

@@ -5,6 +5,7 @@
 #include <functional>
 #include <string>
 #include <span>
+#include <utility>
 #include <vector>
 
 #include "base/thread_pool.h"
@@ -240,7 +241,11 @@ class Transformer {
   std::vector<float> ffn_gate_;  // [rows, d_ff]
   std::vector<float> ffn_up_;    // [rows, d_ff]
   std::vector<float> ffn_out_;   // [rows, d_model]
-  std::vector<float> scores_;    // [threads, capacity] attention scores
+  std::vector<float> scores_;    // [threads, queries per item, capacity] attention scores
+  // [threads, 2 * queries per item]: an attention item's query rows, then
+  // its output rows (Attention).
+  std::vector<const float*> attention_slots_;
+  std::vector<std::pair<int64_t, int64_t>> attention_row_blocks_;  // (first row, rows) per item row block
   std::vector<int32_t> token_experts_;  // [T, top_k] chosen experts per token
   std::vector<float> token_weights_;    // [T, top_k] their mixing weights
   std::vector<float> moe_out_;          // [T, d_model] weighted sum of expert outputs
