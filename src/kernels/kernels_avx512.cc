@@ -1783,10 +1783,10 @@ void Axpy(float alpha, const float* x, float* y, int64_t n) {
 }
 
 // ---------------------------------------------------------------------------
-// Attention over the KV cache (kernels.h). Heads that share a key/value head
-// go in blocks of up to four, so that each cached row is loaded and widened
-// once per block; per head, the sums run exactly as Dot's and Axpy's do.
-constexpr int kAttentionHeadBlock = 4;
+// Attention over the KV cache (kernels.h). The queries of one key/value head
+// go in blocks of up to four (ForQueryBlocks), so that each cached row is
+// loaded and widened once per block; per query, the sums run exactly as
+// Dot's and Axpy's do.
 
 template <DType D, int G>
 void ScoresBlock(const float* const* q, int64_t dim, const uint8_t* keys, int64_t row_bytes, int64_t n, float scale,
@@ -1864,40 +1864,6 @@ void ValuesBlock(const float* p, int64_t p_stride, const uint8_t* values, int64_
   }
 }
 
-template <DType D>
-void AttentionScoresTyped(const float* const* q, int64_t heads, int64_t dim, const void* keys, int64_t stride,
-                          int64_t n, float scale, float* scores, int64_t score_stride) {
-  const auto* base = static_cast<const uint8_t*>(keys);
-  const int64_t row_bytes = stride * (D == DType::kF32 ? 4 : 2);
-  for (int64_t g0 = 0; g0 < heads; g0 += kAttentionHeadBlock) {
-    const float* const* qg = q + g0;
-    float* sg = scores + g0 * score_stride;
-    switch (Min(kAttentionHeadBlock, heads - g0)) {
-      case 1: ScoresBlock<D, 1>(qg, dim, base, row_bytes, n, scale, sg, score_stride); break;
-      case 2: ScoresBlock<D, 2>(qg, dim, base, row_bytes, n, scale, sg, score_stride); break;
-      case 3: ScoresBlock<D, 3>(qg, dim, base, row_bytes, n, scale, sg, score_stride); break;
-      default: ScoresBlock<D, 4>(qg, dim, base, row_bytes, n, scale, sg, score_stride); break;
-    }
-  }
-}
-
-template <DType D>
-void AttentionValuesTyped(const float* p, int64_t heads, int64_t p_stride, const void* values, int64_t stride,
-                          int64_t n, int64_t dim, float* const* out, bool accumulate) {
-  const auto* base = static_cast<const uint8_t*>(values);
-  const int64_t row_bytes = stride * (D == DType::kF32 ? 4 : 2);
-  for (int64_t g0 = 0; g0 < heads; g0 += kAttentionHeadBlock) {
-    const float* pg = p + g0 * p_stride;
-    float* const* og = out + g0;
-    switch (Min(kAttentionHeadBlock, heads - g0)) {
-      case 1: ValuesBlock<D, 1>(pg, p_stride, base, row_bytes, n, dim, og, accumulate); break;
-      case 2: ValuesBlock<D, 2>(pg, p_stride, base, row_bytes, n, dim, og, accumulate); break;
-      case 3: ValuesBlock<D, 3>(pg, p_stride, base, row_bytes, n, dim, og, accumulate); break;
-      default: ValuesBlock<D, 4>(pg, p_stride, base, row_bytes, n, dim, og, accumulate); break;
-    }
-  }
-}
-
 // Half: clamped with the NaN-keeping operand order (min/max return their
 // second operand when either is NaN), then vcvtps2ph to nearest even. BF16:
 // round to nearest even in integer arithmetic, NaN made quiet, as F32ToBF16.
@@ -1926,22 +1892,27 @@ void ConvertFromF32(const float* src, int64_t n, DType dtype, void* dst) {
   }
 }
 
-void AttentionScores(const float* const* q, int64_t heads, int64_t dim, const void* keys, DType cache_dtype,
+void AttentionScores(const float* const* q, int64_t count, int64_t dim, const void* keys, DType cache_dtype,
                      int64_t stride, int64_t n, float scale, float* scores, int64_t score_stride) {
-  switch (cache_dtype) {
-    case DType::kF16: return AttentionScoresTyped<DType::kF16>(q, heads, dim, keys, stride, n, scale, scores, score_stride);
-    case DType::kBF16: return AttentionScoresTyped<DType::kBF16>(q, heads, dim, keys, stride, n, scale, scores, score_stride);
-    default: return AttentionScoresTyped<DType::kF32>(q, heads, dim, keys, stride, n, scale, scores, score_stride);
-  }
+  ForCacheType(cache_dtype, [&](auto type) {
+    constexpr DType D = decltype(type)::value;
+    ForQueryBlocks(count, [&](auto block, int64_t first) {
+      ScoresBlock<D, decltype(block)::value>(q + first, dim, static_cast<const uint8_t*>(keys),
+                                             CacheRowBytes(D, stride), n, scale, scores + first * score_stride,
+                                             score_stride);
+    });
+  });
 }
 
-void AttentionValues(const float* p, int64_t heads, int64_t p_stride, const void* values, DType cache_dtype,
+void AttentionValues(const float* p, int64_t count, int64_t p_stride, const void* values, DType cache_dtype,
                      int64_t stride, int64_t n, int64_t dim, float* const* out, bool accumulate) {
-  switch (cache_dtype) {
-    case DType::kF16: return AttentionValuesTyped<DType::kF16>(p, heads, p_stride, values, stride, n, dim, out, accumulate);
-    case DType::kBF16: return AttentionValuesTyped<DType::kBF16>(p, heads, p_stride, values, stride, n, dim, out, accumulate);
-    default: return AttentionValuesTyped<DType::kF32>(p, heads, p_stride, values, stride, n, dim, out, accumulate);
-  }
+  ForCacheType(cache_dtype, [&](auto type) {
+    constexpr DType D = decltype(type)::value;
+    ForQueryBlocks(count, [&](auto block, int64_t first) {
+      ValuesBlock<D, decltype(block)::value>(p + first * p_stride, p_stride, static_cast<const uint8_t*>(values),
+                                             CacheRowBytes(D, stride), n, dim, out + first, accumulate);
+    });
+  });
 }
 
 // ---------------------------------------------------------------------------

@@ -199,5 +199,32 @@ inline void PrefetchL2(const void* p) {
   asm volatile("prefetcht1 %0" : : "m"(*static_cast<const char*>(p)));
 }
 
+// The attention kernels' dispatch, shared by both files: fn(type) with the
+// KV cache element type as a compile-time constant, and fn(blocks, first)
+// for each block of up to four queries (a compile-time count) from `first`.
+template <typename Fn>
+void ForCacheType(DType dtype, Fn&& fn) {
+  switch (dtype) {
+    case DType::kF16: return fn(std::integral_constant<DType, DType::kF16>{});
+    case DType::kBF16: return fn(std::integral_constant<DType, DType::kBF16>{});
+    default: return fn(std::integral_constant<DType, DType::kF32>{});
+  }
+}
+
+template <typename Fn>
+void ForQueryBlocks(int64_t count, Fn&& fn) {
+  for (int64_t first = 0; first < count; first += 4) {
+    switch (Min(4, count - first)) {
+      case 1: fn(std::integral_constant<int, 1>{}, first); break;
+      case 2: fn(std::integral_constant<int, 2>{}, first); break;
+      case 3: fn(std::integral_constant<int, 3>{}, first); break;
+      default: fn(std::integral_constant<int, 4>{}, first); break;
+    }
+  }
+}
+
+// Bytes of one KV cache row of `stride` elements of D.
+constexpr int64_t CacheRowBytes(DType dtype, int64_t stride) { return stride * (dtype == DType::kF32 ? 4 : 2); }
+
 }  // namespace
 }  // namespace epwa::kernels
