@@ -625,20 +625,17 @@ void QuantMatVecRows(const QuantizedX& qx, const WeightView& w, float* y, int64_
   // with other jobs (one core, [16384, 4096] from DRAM, AVX-512), Q4 streamed
   // 6-7 GB/s instead of 21 and MXFP4 13-15 instead of 22.
   const int64_t scales_ahead = ahead / RowBytes(w) * ScaleRowBytes(w);
-  // s_w * s_x per group of the current 16, padded so that the 16-float load
-  // at any even offset below 16 stays inside. That load starts at p floats
-  // (8-byte steps), so it must be the unaligned form: an aligned load there
-  // is undefined behaviour and faults whenever the compiler does not happen
-  // to fold it into vpermps.
-  alignas(64) float products[R][M][32];
+  // s_w * s_x per group of the current 16 (lane g: group g0 + g; zero past
+  // the row's last group). Each step picks its groups' lanes out of these
+  // registers with one permute; they used to go through memory, and the
+  // step's load at an offset of p floats then straddled the vector just
+  // stored, which store-to-load forwarding cannot serve.
+  __m512 products[R][M];
   __m512 acc[R][M];
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 8
-    for (int m = 0; m < M; ++m) {
-      acc[r][m] = _mm512_setzero_ps();
-      _mm512_store_ps(products[r][m] + 16, _mm512_setzero_ps());
-    }
+    for (int m = 0; m < M; ++m) acc[r][m] = _mm512_setzero_ps();
   // Which of the step's products each int32 lane of vpdpbusd needs: Q8 steps
   // by pairs of groups in order, the 4-bit formats by four groups.
   const __m512i lane_group = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
@@ -656,7 +653,7 @@ void QuantMatVecRows(const QuantizedX& qx, const WeightView& w, float* y, int64_
       const __m512 ws = _mm512_mul_ps(LoadGroupScales<D>(scale_rows[r], g0, group_mask), level_unit);
 #pragma GCC unroll 8
       for (int m = 0; m < M; ++m) {
-        _mm512_store_ps(products[r][m], _mm512_mul_ps(ws, _mm512_load_ps(qx.Scales(m) + g0)));
+        products[r][m] = _mm512_mul_ps(ws, _mm512_load_ps(qx.Scales(m) + g0));
         acc[r][m] = _mm512_fnmadd_ps(ws, _mm512_load_ps(qx.Corrections(m) + g0), acc[r][m]);
       }
     }
@@ -666,6 +663,7 @@ void QuantMatVecRows(const QuantizedX& qx, const WeightView& w, float* y, int64_
       for (int64_t p = 0; p < ng; p += 4) {
         const int64_t k = (g0 + p) * 32;
         const __mmask64 bytes = ng - p >= 4 ? ~0ull : (1ull << (16 * (ng - p))) - 1;
+        const __m512i step_groups = _mm512_add_epi32(quad_group, _mm512_set1_epi32(static_cast<int>(p)));
         __m512i lo[R], hi[R];
 #pragma GCC unroll 8
         for (int r = 0; r < R; ++r) {
@@ -685,7 +683,7 @@ void QuantMatVecRows(const QuantizedX& qx, const WeightView& w, float* y, int64_
 #pragma GCC unroll 8
           for (int r = 0; r < R; ++r) {
             const __m512i dot = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lo[r], xlo), hi[r], xhi);
-            const __m512 scale = _mm512_permutexvar_ps(quad_group, _mm512_loadu_ps(products[r][m] + p));
+            const __m512 scale = _mm512_permutexvar_ps(step_groups, products[r][m]);
             acc[r][m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, acc[r][m]);
           }
         }
@@ -694,6 +692,7 @@ void QuantMatVecRows(const QuantizedX& qx, const WeightView& w, float* y, int64_
       for (int64_t p = 0; p < ng; p += 2) {
         const int64_t k = (g0 + p) * 32;
         const bool half = p + 1 == ng;
+        const __m512i step_groups = _mm512_add_epi32(lane_group, _mm512_set1_epi32(static_cast<int>(p)));
         __m512i wu[R];
 #pragma GCC unroll 8
         for (int r = 0; r < R; ++r) {
@@ -706,7 +705,7 @@ void QuantMatVecRows(const QuantizedX& qx, const WeightView& w, float* y, int64_
 #pragma GCC unroll 8
           for (int r = 0; r < R; ++r) {
             const __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wu[r], xq);
-            const __m512 scale = _mm512_permutexvar_ps(lane_group, _mm512_loadu_ps(products[r][m] + p));
+            const __m512 scale = _mm512_permutexvar_ps(step_groups, products[r][m]);
             acc[r][m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, acc[r][m]);
           }
         }
