@@ -306,8 +306,12 @@ struct TestCache {
 TestCache MakeCache(DType dtype, int64_t n, int64_t dim, int64_t stride, uint32_t seed) {
   TestCache c;
   const size_t elem = DTypeSize(dtype);
-  c.storage.resize(2 + static_cast<size_t>(((n - 1) * stride + dim)) * elem);
-  uint8_t* base = c.storage.data() + 2;
+  // One element in from the allocation: the rows are aligned to their
+  // element type, as the KV cache's always are (a misaligned float pointer
+  // is undefined behaviour, which UBSan reports), but not to a vector, so
+  // the vector paths must load them unaligned.
+  c.storage.resize(elem + static_cast<size_t>(((n - 1) * stride + dim)) * elem);
+  uint8_t* base = c.storage.data() + elem;
   const std::vector<float> drawn = RandomVector(n * stride, seed);
   c.values.resize(static_cast<size_t>(n * dim));
   for (int64_t j = 0; j < n; ++j)
