@@ -745,27 +745,31 @@ void QuantMatVecRangeFor(int64_t M, const QuantizedX& qx, const WeightView& w, f
 }
 
 
-// y[0:mr, 0:cols] (+)= the product of one packed tile of x (from the panel's
-// first group) and one packed strip of W, over `ng` groups.
-void Int8Tile(const int32_t* xt, const uint8_t* strip, int64_t ng, float* y, int64_t ldy, int64_t cols, int mr,
-              bool accumulate) {
+// y[0:MR, 0:cols] (+)= the product of the first MR rows of one packed tile
+// of x (from the panel's first group) and one packed strip of W, over `ng`
+// groups. A tile's last rows past the end of x are zero, so a partial tile
+// instantiates only the rows it has: an MoE expert's share of a prompt is
+// rarely a multiple of kI8Mr, and the padded rows cost as much as real ones.
+template <int MR>
+void Int8TileRows(const int32_t* xt, const uint8_t* strip, int64_t ng, float* y, int64_t ldy, int64_t cols,
+                  bool accumulate) {
   const int32_t* wc = reinterpret_cast<const int32_t*>(strip);
   const float* ws = reinterpret_cast<const float*>(strip + ng * 8 * kI8Nr * 4);
   __m512 acc[kI8Mr][2];
 #pragma GCC unroll 8
-  for (int m = 0; m < kI8Mr; ++m) acc[m][0] = acc[m][1] = _mm512_setzero_ps();
+  for (int m = 0; m < MR; ++m) acc[m][0] = acc[m][1] = _mm512_setzero_ps();
   for (int64_t g = 0; g < ng; ++g) {
     const int32_t* xg = xt + g * kI8XGroupWords;
     const float* sx = reinterpret_cast<const float*>(xg + 8 * kI8Mr);
     __m512i dot[kI8Mr][2];
 #pragma GCC unroll 8
-    for (int m = 0; m < kI8Mr; ++m) dot[m][0] = dot[m][1] = _mm512_set1_epi32(xg[9 * kI8Mr + m]);
+    for (int m = 0; m < MR; ++m) dot[m][0] = dot[m][1] = _mm512_set1_epi32(xg[9 * kI8Mr + m]);
     const int32_t* wg = wc + g * 8 * kI8Nr;
 #pragma GCC unroll 8
     for (int j = 0; j < 8; ++j) {
       const __m512i w0 = _mm512_load_si512(wg + j * kI8Nr), w1 = _mm512_load_si512(wg + j * kI8Nr + 16);
 #pragma GCC unroll 8
-      for (int m = 0; m < kI8Mr; ++m) {
+      for (int m = 0; m < MR; ++m) {
         const __m512i xb = _mm512_set1_epi32(xg[j * kI8Mr + m]);
         dot[m][0] = _mm512_dpbusd_epi32(dot[m][0], w0, xb);
         dot[m][1] = _mm512_dpbusd_epi32(dot[m][1], w1, xb);
@@ -773,13 +777,25 @@ void Int8Tile(const int32_t* xt, const uint8_t* strip, int64_t ng, float* y, int
     }
     const __m512 s0 = _mm512_load_ps(ws + g * kI8Nr), s1 = _mm512_load_ps(ws + g * kI8Nr + 16);
 #pragma GCC unroll 8
-    for (int m = 0; m < kI8Mr; ++m) {
+    for (int m = 0; m < MR; ++m) {
       const __m512 sxm = _mm512_set1_ps(sx[m]);
       acc[m][0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[m][0]), _mm512_mul_ps(s0, sxm), acc[m][0]);
       acc[m][1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[m][1]), _mm512_mul_ps(s1, sxm), acc[m][1]);
     }
   }
-  StoreTileRows(acc, mr, y, ldy, cols, accumulate);
+  StoreTileRows(acc, MR, y, ldy, cols, accumulate);
+}
+
+// Int8TileRows for the first mr (1 <= mr <= kI8Mr) rows of the tile.
+static_assert(kI8Mr == 4, "Int8Tile has one instantiation per row count.");
+void Int8Tile(const int32_t* xt, const uint8_t* strip, int64_t ng, float* y, int64_t ldy, int64_t cols, int mr,
+              bool accumulate) {
+  switch (mr) {
+    case 1: return Int8TileRows<1>(xt, strip, ng, y, ldy, cols, accumulate);
+    case 2: return Int8TileRows<2>(xt, strip, ng, y, ldy, cols, accumulate);
+    case 3: return Int8TileRows<3>(xt, strip, ng, y, ldy, cols, accumulate);
+    default: return Int8TileRows<4>(xt, strip, ng, y, ldy, cols, accumulate);
+  }
 }
 
 #ifdef __clang__

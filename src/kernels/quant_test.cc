@@ -336,7 +336,7 @@ std::string QuantMatMulName(const ::testing::TestParamInfo<QuantMatMulParam>& in
 INSTANTIATE_TEST_SUITE_P(Shapes, QuantMatMulTest,
                          ::testing::Combine(::testing::ValuesIn(SupportedIsas()), ::testing::ValuesIn(kQuantTypes),
                                             ::testing::Values(0, 1, 2, 3),
-                                            ::testing::Values(1, 2, 3, 4, 5, 8, 9, 17, 64, 130)),
+                                            ::testing::Values(1, 2, 3, 4, 5, 8, 9, 11, 17, 64, 130)),
                          QuantMatMulName);
 
 // The integer decode error is real but small: on Gaussian data it stays well
