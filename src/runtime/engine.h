@@ -69,7 +69,7 @@ struct LoadStats {
   double tokenizer_ms = 0;
   double weights_ms = 0;      // map, validate every header, bind tensors
   double plan_ms = 0;         // the memory plan
-  double quantize_ms = 0;     // converting / quantizing matrices to the plan's formats
+  double quantize_ms = 0;     // converting / quantizing matrices to the plan's formats (and the --no-mmap copies)
   double router_hash_ms = 0;  // IRSH (model/router_hash.h); 0 for dense models
   double total_ms = 0;
   uint64_t weight_bytes = 0;     // bytes of tensor data in the checkpoint
