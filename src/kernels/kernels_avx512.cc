@@ -561,6 +561,19 @@ __m256i Int8LevelTable() {
                          _mm256_set1_epi8(static_cast<char>(static_cast<int>(kLevelOffset<D>))));
 }
 
+// 2^(e - 127) for the 16 E8M0 exponents e (one per int32 lane), exactly as
+// E8M0ToFloat: e << 23 is the float's exponent field, except for e = 0 (the
+// subnormal 2^-127) and e = 255 (NaN). Plain AVX-512F, so outside the VNNI
+// section below: the integer prefill's weight packer uses it too.
+__attribute__((always_inline)) inline __m512 E8M0ToFloats(__m512i e) {
+  __m512i bits = _mm512_slli_epi32(e, 23);
+  bits = _mm512_mask_mov_epi32(bits, _mm512_cmpeq_epi32_mask(e, _mm512_setzero_si512()),
+                               _mm512_set1_epi32(static_cast<int>(kE8M0ZeroBits)));
+  bits = _mm512_mask_mov_epi32(bits, _mm512_cmpeq_epi32_mask(e, _mm512_set1_epi32(255)),
+                               _mm512_set1_epi32(static_cast<int>(kE8M0NaNBits)));
+  return _mm512_castsi512_ps(bits);
+}
+
 // vpdpbusd is AVX-512 VNNI, which kernels.cc checks for separately
 // (internal::HasAvx512Vnni) before any of the functions up to pop_options
 // run; only they are compiled with it.
@@ -579,18 +592,6 @@ __m256i Int8LevelTable() {
 __attribute__((always_inline)) inline __m512i LoadWeightPair(const uint8_t* row, int64_t k, bool half) {
   const __m512i v = half ? _mm512_maskz_loadu_epi8(0xffffffffull, row + k) : _mm512_loadu_si512(row + k);
   return _mm512_xor_si512(v, _mm512_set1_epi8(static_cast<char>(0x80)));
-}
-
-// 2^(e - 127) for the 16 E8M0 exponents e (one per int32 lane), exactly as
-// E8M0ToFloat: e << 23 is the float's exponent field, except for e = 0 (the
-// subnormal 2^-127) and e = 255 (NaN).
-__attribute__((always_inline)) inline __m512 E8M0ToFloats(__m512i e) {
-  __m512i bits = _mm512_slli_epi32(e, 23);
-  bits = _mm512_mask_mov_epi32(bits, _mm512_cmpeq_epi32_mask(e, _mm512_setzero_si512()),
-                               _mm512_set1_epi32(static_cast<int>(kE8M0ZeroBits)));
-  bits = _mm512_mask_mov_epi32(bits, _mm512_cmpeq_epi32_mask(e, _mm512_set1_epi32(255)),
-                               _mm512_set1_epi32(static_cast<int>(kE8M0NaNBits)));
-  return _mm512_castsi512_ps(bits);
 }
 
 // The scales of groups [g0, g0 + 16) of one row as floats, with the lanes
@@ -1072,10 +1073,11 @@ __attribute__((always_inline)) inline void RunMicroKernel(int mr, const float* x
 }
 
 // The codes of groups [g0, g0 + ng) of 16 full rows of a 4-bit matrix (kQ4,
-// kNF4), stored as PackPanelInt8 stores them: for group g and quad j, the 16
-// rows' four level bytes of inputs [4 j, 4 j + 4) at out + (8 g + j) * kI8Nr.
-// In these formats the 32-bit word j' (j' < 4) of a row's 16 group bytes
-// holds quad j' in its low nibbles and quad j' + 4 in its high nibbles, so a
+// kNF4, kMXFP4), stored as PackPanelInt8 stores them: for group g and quad j,
+// the 16 rows' four level bytes of inputs [4 j, 4 j + 4) at
+// out + (8 g + j) * kI8Nr. In Q4 and NF4 the 32-bit word j' (j' < 4) of a
+// row's 16 group bytes holds quad j' in its low nibbles and quad j' + 4 in
+// its high nibbles (in MXFP4, quads 2 j' and 2 j' + 1 alternating), so a
 // 16 x 4 transpose of words (half the bytes the general path transposes,
 // which widens the nibbles first) followed by the nibble split yields two
 // quads at once. Building four vectors of four rows each (rows i, i + 4,
@@ -1112,8 +1114,21 @@ __attribute__((always_inline)) inline void PackNibbleGroups(const uint8_t* const
         lo = _mm512_shuffle_epi8(table, lo);
         hi = _mm512_shuffle_epi8(table, hi);
       }
-      _mm512_store_si512(group + j * kI8Nr, lo);
-      _mm512_store_si512(group + (j + 4) * kI8Nr, hi);
+      if constexpr (D == DType::kMXFP4) {
+        // Word j of an MXFP4 row holds inputs 8 j .. 8 j + 7, two to a byte
+        // (low nibble first): quads 2 j and 2 j + 1. Interleaving the low and
+        // high levels byte by byte gives, in each 128-bit lane, rows 4 l and
+        // 4 l + 1 (a) and rows 4 l + 2 and 4 l + 3 (b) as [row: quad 2 j,
+        // quad 2 j + 1] pairs of words; taking the even and then the odd
+        // words of a and b puts each quad's four rows in order.
+        const __m512 a = _mm512_castsi512_ps(_mm512_unpacklo_epi8(lo, hi));
+        const __m512 b = _mm512_castsi512_ps(_mm512_unpackhi_epi8(lo, hi));
+        _mm512_store_ps(reinterpret_cast<float*>(group + 2 * j * kI8Nr), _mm512_shuffle_ps(a, b, 0x88));
+        _mm512_store_ps(reinterpret_cast<float*>(group + (2 * j + 1) * kI8Nr), _mm512_shuffle_ps(a, b, 0xdd));
+      } else {
+        _mm512_store_si512(group + j * kI8Nr, lo);
+        _mm512_store_si512(group + (j + 4) * kI8Nr, hi);
+      }
     }
   }
 }
@@ -1140,7 +1155,7 @@ void PackPanelInt8(const WeightView& w, int64_t n0, int64_t ncols, int64_t g0, i
       bool codes_packed = false;
       const uint8_t* rows[16];
       for (int i = 0; i < 16; ++i) rows[i] = i < nrows ? RowAt(w, n0 + first + i) : nullptr;
-      if constexpr (D == DType::kQ4 || D == DType::kNF4) {
+      if constexpr (D == DType::kQ4 || D == DType::kNF4 || D == DType::kMXFP4) {
         if (nrows == 16) {
           PackNibbleGroups<D>(rows, g0, ng, level_table, codes + h * 16);
           codes_packed = true;
@@ -1183,11 +1198,9 @@ void PackPanelInt8(const WeightView& w, int64_t n0, int64_t ncols, int64_t g0, i
           if (i >= nrows) {
             r[i] = _mm512_setzero_ps();
           } else if constexpr (D == DType::kMXFP4) {
-            // E8M0 bytes: converted one by one (E8M0ToFloats is compiled
-            // for the VNNI section only).
-            alignas(64) float row_scales[16] = {};
-            for (int64_t j = 0; j < count; ++j) row_scales[j] = GroupScale<D>(w, n0 + first + i, g0 + g + j);
-            r[i] = _mm512_load_ps(row_scales);
+            // E8M0 bytes, times MXFP4's level unit 1/2 (GroupScale's values).
+            const __m128i e = _mm_maskz_loadu_epi8(mask, E8M0Row(w, n0 + first + i) + g0 + g);
+            r[i] = _mm512_mul_ps(E8M0ToFloats(_mm512_cvtepu8_epi32(e)), _mm512_set1_ps(0.5f));
           } else {
             r[i] = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, ScaleRow(w, n0 + first + i) + g0 + g));
             if constexpr (D == DType::kNF4) r[i] = _mm512_mul_ps(r[i], unit);
