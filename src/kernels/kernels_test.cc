@@ -468,8 +468,11 @@ TEST_P(IsaTest, ConvertFromF32RoundsAsTheScalarConversions) {
   }
   std::vector<float> copy(src.size());
   ConvertFromF32(src.data(), static_cast<int64_t>(src.size()), DType::kF32, copy.data());
-  for (size_t i = 0; i < src.size(); ++i)
-    if (!std::isnan(src[i])) EXPECT_EQ(copy[i], src[i]);
+  for (size_t i = 0; i < src.size(); ++i) {
+    if (!std::isnan(src[i])) {
+      EXPECT_EQ(copy[i], src[i]);
+    }
+  }
 }
 
 TEST(AttentionKernels, RejectNonCacheTypes) {
@@ -536,7 +539,10 @@ TEST_P(IsaTest, Bf16ActivationsPrefillStaysWithinItsBound) {
   const bool bf16_path = GetParam() == Isa::kAvx512 && __builtin_cpu_supports("avx512bf16");
   EXPECT_EQ(PrefillDotFor(DType::kBF16) == PrefillDot::kBf16, bf16_path);
   EXPECT_EQ(PrefillDotFor(DType::kF16), PrefillDot::kFp32Fma);
-  for (const auto& [M, N, K] : {std::tuple{9, 33, 64}, {37, 300, 98}, {300, 70, 544}, {17, 40, 63}, {64, 257, 1000}}) {
+  // Rows of x past a multiple of the 8-row bf16 tile: 1 to 7 (9, 10, 11,
+  // 12, 37, 14, 23) and none (300, 64).
+  for (const auto& [M, N, K] : {std::tuple{9, 33, 64}, {37, 300, 98}, {300, 70, 544}, {17, 40, 63}, {64, 257, 1000},
+                                {10, 40, 96}, {11, 33, 64}, {12, 35, 128}, {14, 50, 128}, {23, 40, 64}}) {
     const TestWeights w = MakeWeights(DType::kBF16, N, K, static_cast<uint32_t>(M + N + K));
     const std::vector<float> x = RandomVector(static_cast<int64_t>(M) * K, static_cast<uint32_t>(M * K));
     std::vector<float> y(static_cast<size_t>(M) * N, std::numeric_limits<float>::quiet_NaN());
