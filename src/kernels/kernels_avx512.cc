@@ -539,15 +539,6 @@ __attribute__((always_inline)) inline __m256i GroupLevels(const uint8_t* row, in
   }
 }
 
-// s_w of group g of row r as a float, times the level unit (NF4 levels are
-// codebook * 127, MXFP4 levels twice E2M1), as the decode kernel computes it.
-template <DType D>
-inline float GroupScale(const WeightView& w, int64_t r, int64_t g) {
-  if constexpr (D == DType::kMXFP4) return E8M0ToFloat(E8M0Row(w, r)[g]) * 0.5f;
-  const float s = HalfToFloat(ScaleRow(w, r)[g]);
-  return D == DType::kNF4 ? s * (1.0f / 127.0f) : s;
-}
-
 // The level table of GroupLevels for D, in both 128-bit lanes.
 template <DType D>
 __m256i Int8LevelTable() {
@@ -1187,7 +1178,9 @@ void PackPanelInt8(const WeightView& w, int64_t n0, int64_t ncols, int64_t g0, i
       // then the transpose gives each group its 16 rows. Converting and
       // storing them one by one took 40% of this function's time at the 16
       // or so rows an MoE expert sees in a 128-token prefill, where packing
-      // costs nearly as much as the products. The values are GroupScale's.
+      // costs nearly as much as the products. Each is s_w times the level
+      // unit (NF4 levels are codebook * 127, MXFP4 levels twice E2M1), as the
+      // decode kernel computes it.
       const __m512 unit = _mm512_set1_ps(1.0f / 127.0f);  // NF4's level unit
       for (int64_t g = 0; g < ng; g += 16) {
         const int64_t count = Min(16, ng - g);
@@ -1198,7 +1191,7 @@ void PackPanelInt8(const WeightView& w, int64_t n0, int64_t ncols, int64_t g0, i
           if (i >= nrows) {
             r[i] = _mm512_setzero_ps();
           } else if constexpr (D == DType::kMXFP4) {
-            // E8M0 bytes, times MXFP4's level unit 1/2 (GroupScale's values).
+            // E8M0 bytes, times MXFP4's level unit 1/2.
             const __m128i e = _mm_maskz_loadu_epi8(mask, E8M0Row(w, n0 + first + i) + g0 + g);
             r[i] = _mm512_mul_ps(E8M0ToFloats(_mm512_cvtepu8_epi32(e)), _mm512_set1_ps(0.5f));
           } else {

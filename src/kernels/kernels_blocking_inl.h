@@ -82,9 +82,8 @@ class PanelPrefetcher {
         code_lines_((bytes_ + 63) / 64 + 1) {
     // Rows with group scales have one more line to fetch: the row's scales.
     if (HasScales(w.dtype)) {
-      const int64_t scale_bytes = w.dtype == DType::kMXFP4 ? 1 : 2;
-      scales_ = static_cast<const char*>(w.scales) + panel.k0 / 32 * scale_bytes;
-      scale_stride_ = w.cols / 32 * scale_bytes;
+      scales_ = static_cast<const char*>(ScaleAddress(w, 0, panel.k0 / 32));
+      scale_stride_ = ScaleRowBytes(w);
     }
     lines_per_row_ = code_lines_ + (scales_ != nullptr ? 1 : 0);
   }
