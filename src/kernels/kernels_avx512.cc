@@ -259,20 +259,72 @@ void MatVecRows(const float* x, const float* xd, int64_t K, const WeightView& w,
     constexpr int kOdd = U - 1;
     const __m512i high = _mm512_set1_epi32(static_cast<int>(0xffff0000u));
     const int64_t row_bytes = RowBytes(w);
-    for (; k + 32 <= K; k += 32) {
-      const int64_t ahead = DecodePrefetchOffset(2 * k, kDecodePrefetchBytes, row_bytes, R);
+    // The 32 weights of step k of row r, v[r], go to the accumulators here;
+    // the loops below differ only in how they load v.
+    auto multiply = [&](int64_t k, const __m512i* v) __attribute__((always_inline)) {
 #pragma GCC unroll 8
       for (int r = 0; r < R; ++r) {
-        PrefetchL1(rows[r] + ahead);
-        const __m512i v = _mm512_loadu_si512(rows[r] + 2 * k);
-        const __m512 we = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
-        const __m512 wo = _mm512_castsi512_ps(_mm512_and_si512(v, high));
+        const __m512 we = _mm512_castsi512_ps(_mm512_slli_epi32(v[r], 16));
+        const __m512 wo = _mm512_castsi512_ps(_mm512_and_si512(v[r], high));
 #pragma GCC unroll 8
         for (int m = 0; m < M; ++m) {
           const float* xm = xd + m * K + k;
           acc[0][r][m] = _mm512_fmadd_ps(we, _mm512_loadu_ps(xm), acc[0][r][m]);
           acc[kOdd][r][m] = _mm512_fmadd_ps(wo, _mm512_loadu_ps(xm + 16), acc[kOdd][r][m]);
         }
+      }
+    };
+    // A checkpoint's tensors start wherever its header ends (safetensors
+    // pads that to 8 bytes only), so rows used in place from the mapped file
+    // are rarely 64-byte aligned, and then every 64-byte load spans two cache
+    // lines. Measured on the 4-layer OLMoE shape at fp16 from the mapped
+    // file (6 alternating pairs): the same file with its header padded to a
+    // line boundary decoded 1.10x as fast (median). Where the rows sit a
+    // whole number of 4-byte words past a line and all rows share that
+    // offset, each step loads the next aligned line once and forms v from
+    // it and the previous one with a two-source permute instead. The
+    // weights and their order are the same, so the result is bit-identical.
+    const uintptr_t address = reinterpret_cast<uintptr_t>(rows[0]);
+    const int shift = static_cast<int>(address % 64) / 4;  // 4-byte words past a line
+    if (shift != 0 && address % 4 == 0 && row_bytes % 64 == 0 && K >= 32) {
+      const __m512i pick = _mm512_add_epi32(
+          _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), _mm512_set1_epi32(shift));
+      // The words of a row's first line before the row, and of the line
+      // after its last step past it, are never read (masked loads).
+      const __mmask16 row_head = static_cast<__mmask16>(0xffffu << shift);
+      const __mmask16 row_tail = static_cast<__mmask16>((1u << shift) - 1);
+      const uint8_t* lines[R];
+      __m512i line[R];
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) {
+        lines[r] = rows[r] - 4 * shift;
+        line[r] = _mm512_maskz_load_epi32(row_head, lines[r]);
+      }
+      auto step = [&](int64_t k, __mmask16 next_mask) __attribute__((always_inline)) {
+        const int64_t ahead = DecodePrefetchOffset(2 * k, kDecodePrefetchBytes, row_bytes, R);
+        __m512i v[R];
+#pragma GCC unroll 8
+        for (int r = 0; r < R; ++r) {
+          PrefetchL1(rows[r] + ahead);
+          const __m512i next = _mm512_maskz_load_epi32(next_mask, lines[r] + 2 * k + 64);
+          v[r] = _mm512_permutex2var_epi32(line[r], pick, next);
+          line[r] = next;
+        }
+        multiply(k, v);
+      };
+      for (; k + 64 <= K; k += 32) step(k, 0xffff);
+      step(k, row_tail);
+      k += 32;
+    } else {
+      for (; k + 32 <= K; k += 32) {
+        const int64_t ahead = DecodePrefetchOffset(2 * k, kDecodePrefetchBytes, row_bytes, R);
+        __m512i v[R];
+#pragma GCC unroll 8
+        for (int r = 0; r < R; ++r) {
+          PrefetchL1(rows[r] + ahead);
+          v[r] = _mm512_loadu_si512(rows[r] + 2 * k);
+        }
+        multiply(k, v);
       }
     }
   } else {

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <memory>
@@ -567,6 +568,45 @@ TEST_P(IsaTest, Bf16ActivationsPrefillStaysWithinItsBound) {
 
 // MatMulMany gives every job exactly MatMul's result, fused (decode-sized
 // jobs of one dtype) or not (a prefill-sized job, mixed dtypes).
+// A checkpoint's tensors start wherever its file puts them (safetensors
+// aligns them to 8 bytes at best), and MatMul uses them there. Where the rows
+// lie a whole number of 4-byte words past a cache line, the AVX-512 decode
+// loads whole lines and realigns them in registers; every start must give the
+// bits of an aligned copy. Each matrix ends where its allocation does, so a
+// read past its last row shows under AddressSanitizer.
+TEST_P(IsaTest, MatMulGivesTheSameBitsAtEveryAlignment) {
+  for (DType dtype : {DType::kBF16, DType::kF16, DType::kF32}) {
+    // Float weights at an address that is not a multiple of 4 would be
+    // misaligned floats for the scalar path (undefined behaviour).
+    const size_t step = dtype == DType::kF32 ? 4 : 2;
+    for (int64_t K : {32, 96, 1024}) {
+      const int64_t N = 13;  // three blocks of 4 rows and a single row
+      const TestWeights source = MakeWeights(dtype, N, K, 71);
+      const size_t bytes = source.view.Bytes();
+      for (int64_t M : {1, 2, 5, 8, 9}) {
+        const std::vector<float> x = RandomVector(M * K, 72);
+        std::vector<float> aligned;
+        for (size_t offset = 0; offset < 64; offset += step) {
+          void* memory = nullptr;
+          ASSERT_EQ(posix_memalign(&memory, 64, offset + bytes), 0);
+          std::unique_ptr<uint8_t, decltype(&std::free)> buffer(static_cast<uint8_t*>(memory), &std::free);
+          std::memcpy(buffer.get() + offset, source.view.data, bytes);
+          WeightView view = source.view;
+          view.data = buffer.get() + offset;
+          std::vector<float> y(static_cast<size_t>(M * N));
+          MatMul(x.data(), M, view, y.data(), TwoThreads());
+          if (offset == 0) {
+            aligned = y;
+            ExpectMatMulClose(x.data(), M, view, y, DTypeName(dtype));
+          } else {
+            EXPECT_EQ(y, aligned) << DTypeName(dtype) << " K=" << K << " M=" << M << " offset " << offset;
+          }
+        }
+      }
+    }
+  }
+}
+
 TEST_P(IsaTest, MatMulManyEqualsEachMatMul) {
   for (DType dtype : {DType::kF32, DType::kF16, DType::kBF16}) {
     const TestWeights a = MakeWeights(dtype, 70, 96, 51), b = MakeWeights(dtype, 33, 96, 52),
