@@ -430,8 +430,13 @@ def table(args):
     print(f"tok/s: median of {args.rounds} alternating rounds, each the best of one call's repeats")
     print("ratio: epwa / llama.cpp (above 1: epwa is faster), median of the per-round ratios;"
           " [best]: best epwa over best llama.cpp")
+    # A llama-bench older than its -d option reports no depth: its decode
+    # then starts from an empty cache, which the header says rather than
+    # printing "after None".
+    depth = info.get("gen_depth")
+    after = f"after {depth} tokens" if depth is not None else "llama.cpp's from an empty cache"
     for phase, unit in (("prefill", f"{info.get('prompt_tokens')}-token prompt"),
-                        ("decode", f"{info.get('gen_tokens')} tokens after {info.get('gen_depth')}")):
+                        ("decode", f"{info.get('gen_tokens')} tokens, {after}")):
         print()
         print(f"{phase} tok/s ({unit})")
         print(f"{'level':<14} {'epwa':>10} {'llama.cpp':>10} {'ratio':>7} {'[best]':>7}")

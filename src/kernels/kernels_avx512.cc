@@ -259,19 +259,16 @@ void MatVecRows(const float* x, const float* xd, int64_t K, const WeightView& w,
     constexpr int kOdd = U - 1;
     const __m512i high = _mm512_set1_epi32(static_cast<int>(0xffff0000u));
     const int64_t row_bytes = RowBytes(w);
-    // The 32 weights of step k of row r, v[r], go to the accumulators here;
-    // the loops below differ only in how they load v.
-    auto multiply = [&](int64_t k, const __m512i* v) __attribute__((always_inline)) {
+    // The 32 weights v of step k of row r go to the accumulators here; the
+    // loops below differ only in how they load v.
+    auto multiply = [&](int r, int64_t k, __m512i v) __attribute__((always_inline)) {
+      const __m512 we = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
+      const __m512 wo = _mm512_castsi512_ps(_mm512_and_si512(v, high));
 #pragma GCC unroll 8
-      for (int r = 0; r < R; ++r) {
-        const __m512 we = _mm512_castsi512_ps(_mm512_slli_epi32(v[r], 16));
-        const __m512 wo = _mm512_castsi512_ps(_mm512_and_si512(v[r], high));
-#pragma GCC unroll 8
-        for (int m = 0; m < M; ++m) {
-          const float* xm = xd + m * K + k;
-          acc[0][r][m] = _mm512_fmadd_ps(we, _mm512_loadu_ps(xm), acc[0][r][m]);
-          acc[kOdd][r][m] = _mm512_fmadd_ps(wo, _mm512_loadu_ps(xm + 16), acc[kOdd][r][m]);
-        }
+      for (int m = 0; m < M; ++m) {
+        const float* xm = xd + m * K + k;
+        acc[0][r][m] = _mm512_fmadd_ps(we, _mm512_loadu_ps(xm), acc[0][r][m]);
+        acc[kOdd][r][m] = _mm512_fmadd_ps(wo, _mm512_loadu_ps(xm + 16), acc[kOdd][r][m]);
       }
     };
     // A checkpoint's tensors start wherever its header ends (safetensors
@@ -302,15 +299,13 @@ void MatVecRows(const float* x, const float* xd, int64_t K, const WeightView& w,
       }
       auto step = [&](int64_t k, __mmask16 next_mask) __attribute__((always_inline)) {
         const int64_t ahead = DecodePrefetchOffset(2 * k, kDecodePrefetchBytes, row_bytes, R);
-        __m512i v[R];
 #pragma GCC unroll 8
         for (int r = 0; r < R; ++r) {
           PrefetchL1(rows[r] + ahead);
           const __m512i next = _mm512_maskz_load_epi32(next_mask, lines[r] + 2 * k + 64);
-          v[r] = _mm512_permutex2var_epi32(line[r], pick, next);
+          multiply(r, k, _mm512_permutex2var_epi32(line[r], pick, next));
           line[r] = next;
         }
-        multiply(k, v);
       };
       for (; k + 64 <= K; k += 32) step(k, 0xffff);
       step(k, row_tail);
@@ -318,13 +313,11 @@ void MatVecRows(const float* x, const float* xd, int64_t K, const WeightView& w,
     } else {
       for (; k + 32 <= K; k += 32) {
         const int64_t ahead = DecodePrefetchOffset(2 * k, kDecodePrefetchBytes, row_bytes, R);
-        __m512i v[R];
 #pragma GCC unroll 8
         for (int r = 0; r < R; ++r) {
           PrefetchL1(rows[r] + ahead);
-          v[r] = _mm512_loadu_si512(rows[r] + 2 * k);
+          multiply(r, k, _mm512_loadu_si512(rows[r] + 2 * k));
         }
-        multiply(k, v);
       }
     }
   } else {
