@@ -93,7 +93,20 @@ uint64_t ParseByteSize(const std::string& text, const std::string& flag) {
   return static_cast<uint64_t>(v * scale);
 }
 
+// EPWA_ISA=avx2 (or scalar) runs a slower instruction-set path than the
+// CPU's best: to see what a machine without AVX-512 would get, or to compare
+// the paths on one model. A path this CPU lacks is an error, not a fallback.
+void ApplyIsaOverride() {
+  const char* value = std::getenv("EPWA_ISA");
+  if (value == nullptr || *value == '\0') return;
+  for (kernels::Isa isa : {kernels::Isa::kAvx512, kernels::Isa::kAvx2, kernels::Isa::kScalar}) {
+    if (std::string(value) == kernels::IsaName(isa)) return kernels::SetActiveIsa(isa);
+  }
+  throw Error(std::string("EPWA_ISA must be avx512, avx2 or scalar, got '") + value + "'");
+}
+
 std::unique_ptr<Engine> LoadEngine(const ModelFlags& flags, bool quiet) {
+  ApplyIsaOverride();
   if (flags.float_activations) kernels::SetFloatActivations(true);
   if (flags.bf16_activations) kernels::SetBf16Activations(true);
   LoadOptions o;

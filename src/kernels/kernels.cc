@@ -793,8 +793,11 @@ double MeasurePeak(ThreadPool& pool, double (*chains)(int64_t)) {
 }  // namespace
 
 PrefillDot PrefillDotFor(DType dtype) {
-  if (HasGroupScales(dtype) && !FloatActivations() && ActiveIsa() == Isa::kAvx512 && internal::HasAvx512Vnni())
-    return PrefillDot::kInt8;
+  // The AVX-512 integer prefill needs VNNI (without it the float prefill
+  // runs); the AVX2 one uses vpmaddubsw.
+  const bool integer_prefill =
+      (ActiveIsa() == Isa::kAvx512 && internal::HasAvx512Vnni()) || ActiveIsa() == Isa::kAvx2;
+  if (HasGroupScales(dtype) && !FloatActivations() && integer_prefill) return PrefillDot::kInt8;
   if (dtype == DType::kBF16 && Bf16Activations() && ActiveIsa() == Isa::kAvx512 && internal::HasAvx512Bf16())
     return PrefillDot::kBf16;
   return PrefillDot::kFp32Fma;

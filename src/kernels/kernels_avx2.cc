@@ -587,11 +587,10 @@ void QuantMatVecRange(const QuantizedX& qx, const WeightView& w, float* y, int64
   for (; n < n1; ++n) QuantMatVecRows<D, M, 1>(qx, w, y, n, level_table);
 }
 
+// The int8 levels of kNF4 (signed) or kMXFP4 (+ 12, unsigned), indexed by
+// nibble, in both 128-bit lanes for vpshufb (unused for kQ8 and kQ4).
 template <DType D>
-void DecodeQuantized(const float* x, int64_t M, const WeightView& w, float* y, ThreadPool& pool) {
-  const QuantizedX qx = QuantizeX<D>(x, M, w.cols);
-  // The int8 levels of kNF4 (signed) or kMXFP4 (+ 12, unsigned), indexed by
-  // nibble.
+__m256i Avx2LevelTable() {
   int8_t levels[16];
   if constexpr (D == DType::kMXFP4) {
     E2M1Levels(levels);
@@ -600,7 +599,13 @@ void DecodeQuantized(const float* x, int64_t M, const WeightView& w, float* y, T
     NF4Levels(levels);
   }
   const __m128i table = _mm_loadu_si128(reinterpret_cast<const __m128i*>(levels));
-  const __m256i level_table = _mm256_set_m128i(table, table);  // The same lookup in both lanes.
+  return _mm256_set_m128i(table, table);
+}
+
+template <DType D>
+void DecodeQuantized(const float* x, int64_t M, const WeightView& w, float* y, ThreadPool& pool) {
+  const QuantizedX qx = QuantizeX<D>(x, M, w.cols);
+  const __m256i level_table = Avx2LevelTable<D>();
   ParallelRange(pool, w.rows, 4, [&](int64_t n0, int64_t n1) {
     switch (M) {
       case 1: return QuantMatVecRange<D, 1>(qx, w, y, n0, n1, level_table);
@@ -642,14 +647,11 @@ void Decode(const float* x, int64_t M, const WeightView& w, float* y, ThreadPool
 }
 
 // ---------------------------------------------------------------------------
-// The AVX2 path has no integer prefill yet: quantized weights are
-// dequantized into the float prefill below at every row count above the
-// decode limit, exactly (see kernels.h).
+// The integer prefill for quantized and MXFP4 weights, defined after the
+// blocked driver below (it shares its panel loop).
 template <DType D>
-bool PrefillInt8(const float*, int64_t, const WeightView&, float*, ThreadPool&) {
-  return false;
-}
-// Nor bf16 dot products.
+bool PrefillInt8(const float* x, int64_t M, const WeightView& w, float* y, ThreadPool& pool);
+// AVX2 has no bf16 dot products.
 template <DType D>
 bool PrefillBf16(const float*, int64_t, const WeightView&, float*, ThreadPool&) {
   return false;
@@ -789,6 +791,282 @@ __attribute__((always_inline)) inline void RunMicroKernel(int mr, const float* x
 // The prefill driver and the dtype dispatch of MatMul and ConvertToF32, built
 // on the definitions above and compiled here for AVX2.
 #include "kernels/kernels_blocking_inl.h"
+
+// ---------------------------------------------------------------------------
+// Integer prefill (quantized and MXFP4 weights): x rounded to int8 per group
+// of 32 exactly as QuantizeX rounds it for decode (so the error bound is the
+// decode bound of kernels.h), multiplied by vpmaddubsw in a blocked product.
+// The float prefill above dequantizes every weight to a float and does 8
+// multiply-adds per FMA; vpmaddubsw does 32 per instruction, and packing a
+// panel moves bytes instead of four times as many float bytes.
+//
+// vpmaddubsw multiplies unsigned by signed bytes and adds the pairs into
+// int16 with saturation, so the operands are chosen as in the decode kernel
+// (above QuantizeX): Q4 nibbles (level + 8) and MXFP4 levels + 12 are
+// unsigned against the signed x codes, the offset removed exactly through
+// the correction -offset * sum(q) of each x group; Q8 codes and NF4 levels
+// are signed, so their tile multiplies |w| by x * sign(w) (vpsignb), exact
+// for codes in [-128, 127] (|pair sum| <= 2 * 128 * 127 < 32768). A pair sum
+// of the unsigned types is small (Q4: |15 * 127| * 2 = 3810, MXFP4: 24 * 127
+// * 2 = 6096), so their tile adds the int16 pairs of several quads before one
+// vpmaddwd widens them (8 quads, a whole group, for Q4: 30480; 4 for MXFP4:
+// 24384), which leaves about 2 instructions per 32 multiply-adds instead of 4.
+//
+// Layout (as the AVX-512 integer prefill's, with 8-column strips). A packed
+// strip of W holds 8 output columns of `ng` groups: for each group, 8 quads (4
+// consecutive inputs) x 8 columns of level bytes as int32 words, [ng][8][8],
+// then the group scales s_w (times the level unit) as floats, [ng][8]. A
+// packed tile of x holds kI8Mr rows: for each group, the 8 quads of int8
+// codes of each row [8][kI8Mr], then s_x [kI8Mr] and the correction [kI8Mr]
+// as int32.
+
+constexpr int kI8Mr = 4;                                       // Rows of x per register tile.
+constexpr int kI8Nr = 8;                                       // Output columns per strip (one vector).
+constexpr int64_t kI8Kg = 32;                                  // Groups of 32 inputs per panel (1024 inputs).
+constexpr int64_t kI8Nb = 128;                                 // Output columns per panel: 16 strips, 144 KiB packed.
+constexpr int64_t kI8Mc = 256;                                 // Rows of x quantized at once.
+constexpr int64_t kI8XGroupWords = 10 * kI8Mr;                 // Words per group in a tile of x.
+constexpr int64_t kI8WGroupBytes = 8 * kI8Nr * 4 + kI8Nr * 4;  // Codes and scales per group in a strip.
+
+// Quads whose int16 pair sums the tile adds before widening them (see
+// above); 1 means the sign form of Q8 and NF4.
+template <DType D>
+constexpr int kQuadsPerWiden = D == DType::kQ4 ? 8 : D == DType::kMXFP4 ? 4 : 1;
+static_assert(8 % kQuadsPerWiden<DType::kMXFP4> == 0, "A group's 8 quads split evenly.");
+
+// Rounds `rows` rows of x (row stride K) to int8 codes per group and packs
+// them as one tile (layout above); rows beyond `rows` are zero codes with
+// zero scale and correction.
+template <DType D>
+void PackXInt8(const float* x, int64_t K, int64_t rows, int32_t* out) {
+  const int64_t groups = K / 32;
+  const __m256 sign = _mm256_set1_ps(-0.f);
+  const int32_t offset = static_cast<int32_t>(kAvx2Offset<D>);
+  for (int64_t g = 0; g < groups; ++g) {
+    int32_t* group = out + g * kI8XGroupWords;
+    float* scales = reinterpret_cast<float*>(group + 8 * kI8Mr);
+    int32_t* corrections = group + 9 * kI8Mr;
+    for (int m = 0; m < kI8Mr; ++m) {
+      if (m >= rows) {
+        for (int j = 0; j < 8; ++j) group[j * kI8Mr + m] = 0;
+        scales[m] = 0.f;
+        corrections[m] = 0;
+        continue;
+      }
+      // The same arithmetic as QuantizeX, so prefill and decode round x
+      // alike (QuantizeX's MXFP4 reordering moves codes, not values).
+      const float* xg = x + m * K + 32 * g;
+      __m256 a[4];
+      __m256 amax = _mm256_setzero_ps();
+#pragma GCC unroll 4
+      for (int i = 0; i < 4; ++i) {
+        a[i] = _mm256_loadu_ps(xg + 8 * i);
+        amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, a[i]));
+      }
+      const float max_abs = HorizontalMax(amax);
+      const __m256 inv = _mm256_set1_ps(max_abs > 0.f ? 127.0f / max_abs : 0.f);
+      __m256i q[4];
+#pragma GCC unroll 4
+      for (int i = 0; i < 4; ++i) q[i] = _mm256_cvtps_epi32(_mm256_mul_ps(a[i], inv));
+      scales[m] = max_abs / 127.0f;
+      corrections[m] =
+          -offset * HorizontalSumInt(_mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3])));
+      alignas(32) int32_t quads[8];
+      StoreBytes32(q[0], q[1], q[2], q[3], reinterpret_cast<uint8_t*>(quads));
+      for (int j = 0; j < 8; ++j) group[j * kI8Mr + m] = quads[j];
+    }
+  }
+}
+
+// The 32 weights of group g of a row as bytes in input order: Q8 codes and
+// NF4 levels (signed), Q4 nibbles and MXFP4 levels + 12 (unsigned). Q4 and
+// NF4 keep inputs 0..15 in the low nibbles of the group's 16 bytes and 16..31
+// in the high ones; MXFP4 keeps inputs 2j and 2j + 1 in the low and high
+// nibble of byte j.
+template <DType D>
+__attribute__((always_inline)) inline __m256i PrefillGroupLevels(const uint8_t* row, int64_t g,
+                                                                 __m256i level_table) {
+  if constexpr (D == DType::kQ8) {
+    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + 32 * g));
+  } else {
+    const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 16 * g));
+    const __m128i nibble = _mm_set1_epi8(0x0f);
+    const __m128i lo = _mm_and_si128(b, nibble), hi = _mm_and_si128(_mm_srli_epi16(b, 4), nibble);
+    __m256i levels;
+    if constexpr (D == DType::kMXFP4) {
+      levels = _mm256_set_m128i(_mm_unpackhi_epi8(lo, hi), _mm_unpacklo_epi8(lo, hi));
+    } else {
+      levels = _mm256_set_m128i(hi, lo);
+    }
+    if constexpr (D == DType::kQ4) return levels;
+    return _mm256_shuffle_epi8(level_table, levels);
+  }
+}
+
+// Packs output columns [n0, n0 + ncols) x groups [g0, g0 + ng) of W as
+// ceil(ncols / 8) strips (layout above), 8 columns and one group at a time:
+// each column's 32 level bytes are one row of an 8 x 8 block of words, whose
+// transpose gives the group's 8 quads across the 8 columns. Columns beyond
+// ncols get zero codes and scales; their outputs are never stored.
+template <DType D>
+void PackPanelInt8(const WeightView& w, int64_t n0, int64_t ncols, int64_t g0, int64_t ng, __m256i level_table,
+                   uint8_t* out) {
+  // NF4 levels are codebook * 127 and MXFP4 levels E2M1 * 2; the 1/127 or
+  // 1/2 goes into the weight scale, as the decode kernel puts it.
+  const __m256 level_unit = _mm256_set1_ps(D == DType::kNF4 ? 1.0f / 127.0f : D == DType::kMXFP4 ? 0.5f : 1.0f);
+  for (int64_t s = 0; s * kI8Nr < ncols; ++s) {
+    uint8_t* strip = out + s * ng * kI8WGroupBytes;
+    auto* codes = reinterpret_cast<float*>(strip);                          // [ng][8][8] words
+    auto* scales = reinterpret_cast<float*>(strip + ng * 8 * kI8Nr * 4);  // [ng][8]
+    const int nrows = static_cast<int>(Clamp(ncols - s * kI8Nr, 0, kI8Nr));
+    const uint8_t* rows[kI8Nr];
+    const void* scale_rows[kI8Nr];
+    for (int i = 0; i < kI8Nr; ++i) {
+      rows[i] = i < nrows ? RowAt(w, n0 + s * kI8Nr + i) : nullptr;
+      scale_rows[i] = i < nrows ? ScaleAddress(w, n0 + s * kI8Nr + i, 0) : nullptr;
+    }
+    for (int64_t g = 0; g < ng; ++g) {
+      __m256 r[8];
+#pragma GCC unroll 8
+      for (int i = 0; i < 8; ++i) {
+        r[i] = i < nrows ? _mm256_castsi256_ps(PrefillGroupLevels<D>(rows[i], g0 + g, level_table))
+                         : _mm256_setzero_ps();
+      }
+      Transpose8x8(r);  // Moves bits only, so it serves bytes too.
+#pragma GCC unroll 8
+      for (int j = 0; j < 8; ++j) _mm256_store_ps(codes + (g * 8 + j) * kI8Nr, r[j]);
+    }
+    for (int64_t g = 0; g < ng; g += 8) {
+      const int64_t count = Min(8, ng - g);
+      __m256 r[8];
+#pragma GCC unroll 8
+      for (int i = 0; i < 8; ++i) {
+        r[i] = i < nrows ? _mm256_mul_ps(LoadGroupScales<D>(scale_rows[i], g0 + g, count), level_unit)
+                         : _mm256_setzero_ps();
+      }
+      Transpose8x8(r);
+      for (int64_t j = 0; j < count; ++j) _mm256_store_ps(scales + (g + j) * kI8Nr, r[j]);
+    }
+  }
+}
+
+// y[0:MR, 0:cols] (+)= the product of the first MR rows of one packed tile
+// of x (from the panel's first group) and one packed strip of W, over `ng`
+// groups. Rows of a partial tile past the end of x are not computed.
+template <DType D, int MR>
+void Int8TileRows(const int32_t* xt, const uint8_t* strip, int64_t ng, float* y, int64_t ldy, int64_t cols,
+                  bool accumulate) {
+  constexpr int kWiden = kQuadsPerWiden<D>;
+  const int32_t* wc = reinterpret_cast<const int32_t*>(strip);
+  const float* ws = reinterpret_cast<const float*>(strip + ng * 8 * kI8Nr * 4);
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256 acc[MR];
+#pragma GCC unroll 4
+  for (int m = 0; m < MR; ++m) acc[m] = _mm256_setzero_ps();
+  for (int64_t g = 0; g < ng; ++g) {
+    const int32_t* xg = xt + g * kI8XGroupWords;
+    const float* sx = reinterpret_cast<const float*>(xg + 8 * kI8Mr);
+    const int32_t* wg = wc + g * 8 * kI8Nr;
+    __m256i dot[MR];
+#pragma GCC unroll 4
+    for (int m = 0; m < MR; ++m) dot[m] = _mm256_set1_epi32(xg[9 * kI8Mr + m]);
+    if constexpr (kWiden == 1) {
+#pragma GCC unroll 8
+      for (int j = 0; j < 8; ++j) {
+        const __m256i wv = _mm256_load_si256(reinterpret_cast<const __m256i*>(wg + j * kI8Nr));
+        const __m256i magnitude = _mm256_abs_epi8(wv);
+#pragma GCC unroll 4
+        for (int m = 0; m < MR; ++m) {
+          const __m256i signed_x = _mm256_sign_epi8(_mm256_set1_epi32(xg[j * kI8Mr + m]), wv);
+          dot[m] = _mm256_add_epi32(dot[m], _mm256_madd_epi16(_mm256_maddubs_epi16(magnitude, signed_x), ones));
+        }
+      }
+    } else {
+#pragma GCC unroll 8
+      for (int j0 = 0; j0 < 8; j0 += kWiden) {
+        __m256i pairs[MR];
+#pragma GCC unroll 8
+        for (int j = j0; j < j0 + kWiden; ++j) {
+          const __m256i wv = _mm256_load_si256(reinterpret_cast<const __m256i*>(wg + j * kI8Nr));
+#pragma GCC unroll 4
+          for (int m = 0; m < MR; ++m) {
+            const __m256i p = _mm256_maddubs_epi16(wv, _mm256_set1_epi32(xg[j * kI8Mr + m]));
+            pairs[m] = j == j0 ? p : _mm256_add_epi16(pairs[m], p);
+          }
+        }
+#pragma GCC unroll 4
+        for (int m = 0; m < MR; ++m) dot[m] = _mm256_add_epi32(dot[m], _mm256_madd_epi16(pairs[m], ones));
+      }
+    }
+    const __m256 s = _mm256_load_ps(ws + g * kI8Nr);
+#pragma GCC unroll 4
+    for (int m = 0; m < MR; ++m) {
+      acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot[m]), _mm256_mul_ps(s, _mm256_set1_ps(sx[m])), acc[m]);
+    }
+  }
+  const __m256i mask = FirstLanes(cols);
+#pragma GCC unroll 4
+  for (int m = 0; m < MR; ++m) {
+    float* row = y + m * ldy;
+    if (accumulate) acc[m] = _mm256_add_ps(acc[m], _mm256_maskload_ps(row, mask));
+    _mm256_maskstore_ps(row, mask, acc[m]);
+  }
+}
+
+// Int8TileRows for the first mr (1 <= mr <= kI8Mr) rows of the tile.
+static_assert(kI8Mr == 4, "Int8Tile has one instantiation per row count.");
+template <DType D>
+void Int8Tile(const int32_t* xt, const uint8_t* strip, int64_t ng, float* y, int64_t ldy, int64_t cols, int mr,
+              bool accumulate) {
+  switch (mr) {
+    case 1: return Int8TileRows<D, 1>(xt, strip, ng, y, ldy, cols, accumulate);
+    case 2: return Int8TileRows<D, 2>(xt, strip, ng, y, ldy, cols, accumulate);
+    case 3: return Int8TileRows<D, 3>(xt, strip, ng, y, ldy, cols, accumulate);
+    default: return Int8TileRows<D, 4>(xt, strip, ng, y, ldy, cols, accumulate);
+  }
+}
+
+// One thread's share of the integer prefill: output columns [n_begin, n_end)
+// for `mc` rows of x packed in xp (ceil(mc / kI8Mr) tiles).
+template <DType D>
+void PrefillInt8Range(const int32_t* xp, int64_t mc, const WeightView& w, float* y, int64_t n_begin, int64_t n_end,
+                      __m256i level_table) {
+  const int64_t N = w.rows;
+  const int64_t tile_words = w.cols / 32 * kI8XGroupWords;
+  auto* packed = reinterpret_cast<uint8_t*>(internal::ThreadScratch(
+      internal::Scratch::kPanel, static_cast<size_t>(kI8Nb / kI8Nr * kI8Kg * kI8WGroupBytes / 4)));
+  // Panels span whole groups: kI8Kg groups of 32 inputs.
+  PanelLoop<kI8Nb, kI8Kg * 32, kI8Mr, kI8Nr>(
+      w, mc, n_begin, n_end, FollowingWork{},
+      [&](const Panel& p) { PackPanelInt8<D>(w, p.n0, p.ncols, p.k0 / 32, p.kb / 32, level_table, packed); },
+      [&](int64_t m0, int mr, int64_t s, const Panel& p) {
+        const int64_t ng = p.kb / 32;
+        Int8Tile<D>(xp + m0 / kI8Mr * tile_words + p.k0 / 32 * kI8XGroupWords, packed + s * ng * kI8WGroupBytes,
+                    ng, y + m0 * N + p.n0 + s * kI8Nr, N, Min(kI8Nr, p.ncols - s * kI8Nr), mr, p.k0 > 0);
+      });
+}
+
+template <DType D>
+bool PrefillInt8(const float* x, int64_t M, const WeightView& w, float* y, ThreadPool& pool) {
+  const int64_t N = w.rows, K = w.cols;
+  const int64_t tile_words = K / 32 * kI8XGroupWords;
+  // The calling thread's buffer, shared with the workers below.
+  auto* xp = reinterpret_cast<int32_t*>(internal::ThreadScratch(
+      internal::Scratch::kPackedX, static_cast<size_t>(kI8Mc / kI8Mr * tile_words)));  // [kI8Mc / kI8Mr][groups][10 kI8Mr]
+  const __m256i level_table = Avx2LevelTable<D>();
+  for (int64_t m0 = 0; m0 < M; m0 += kI8Mc) {
+    const int64_t mc = Min(kI8Mc, M - m0);
+    const int64_t tiles = (mc + kI8Mr - 1) / kI8Mr;
+    ParallelRange(pool, tiles, 1, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t)
+        PackXInt8<D>(x + (m0 + t * kI8Mr) * K, K, Min(kI8Mr, mc - t * kI8Mr), xp + t * tile_words);
+    });
+    ParallelRange(pool, N, kI8Nr, [&](int64_t n0, int64_t n1) {
+      PrefillInt8Range<D>(xp, mc, w, y + m0 * N, n0, n1, level_table);
+    });
+  }
+  return true;
+}
 
 // ---------------------------------------------------------------------------
 // Element-wise kernels.
@@ -1064,28 +1342,44 @@ double FmaChains(int64_t iterations) {
   return static_cast<double>(iterations) * kChains * 8 * 2;
 }
 
-// Ten independent chains of the integer step the AVX2 quantized decode
-// uses per 32 weights: vpmaddubsw (32 byte products summed in pairs to 16
-// int16), vpmaddwd by ones (to 8 int32) and vpaddd. The operands stay small,
-// so nothing saturates. The empty asm makes the weights opaque each round, as
-// loaded weights are, so the compiler cannot hoist the products.
+// Six independent chains of vpmaddubsw (32 byte products summed in pairs to
+// 16 int16) and vpaddw: the cheapest integer step an AVX2 kernel can take,
+// and the one the Q4 and MXFP4 prefill tiles take for most of their quads
+// (the decode kernel and the Q8 and NF4 tiles also widen every product with
+// vpmaddwd, so they reach a smaller share of this peak). The operands stay
+// small, so nothing saturates.
 double Int8DotChains(int64_t iterations) {
-  constexpr int kChains = 10;
-  __m256i acc[kChains];
-  for (int i = 0; i < kChains; ++i) acc[i] = _mm256_set1_epi32(i);
-  __m256i a = _mm256_set1_epi8(3);
-  const __m256i b = _mm256_set1_epi8(-2), ones = _mm256_set1_epi16(1);
+  constexpr int kChains = 6;
+  // The step is written out in asm: with the operands in C++, GCC either
+  // hoisted the loop-invariant products out of the loop or, once they were
+  // made opaque, kept the chains in memory, and the probe timed something
+  // else. Two scratch registers serve the six chains (renaming removes the
+  // false dependences).
+  const __m256i a0 = _mm256_set1_epi8(3), a1 = _mm256_set1_epi8(4), a2 = _mm256_set1_epi8(5);
+  const __m256i a3 = _mm256_set1_epi8(6), a4 = _mm256_set1_epi8(7), a5 = _mm256_set1_epi8(8);
+  const __m256i b = _mm256_set1_epi8(-2);
+  __m256i c0 = _mm256_setzero_si256(), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0, t0, t1;
   for (int64_t it = 0; it < iterations; ++it) {
-    asm volatile("" : "+x"(a));
-#pragma GCC unroll 16
-    for (int i = 0; i < kChains; ++i) {
-      const __m256i pairs = _mm256_maddubs_epi16(a, b);
-      acc[i] = _mm256_add_epi32(acc[i], _mm256_madd_epi16(pairs, ones));
-    }
+    asm volatile(
+        "vpmaddubsw %[b], %[a0], %[t0]\n\t"
+        "vpmaddubsw %[b], %[a1], %[t1]\n\t"
+        "vpaddw %[t0], %[c0], %[c0]\n\t"
+        "vpaddw %[t1], %[c1], %[c1]\n\t"
+        "vpmaddubsw %[b], %[a2], %[t0]\n\t"
+        "vpmaddubsw %[b], %[a3], %[t1]\n\t"
+        "vpaddw %[t0], %[c2], %[c2]\n\t"
+        "vpaddw %[t1], %[c3], %[c3]\n\t"
+        "vpmaddubsw %[b], %[a4], %[t0]\n\t"
+        "vpmaddubsw %[b], %[a5], %[t1]\n\t"
+        "vpaddw %[t0], %[c4], %[c4]\n\t"
+        "vpaddw %[t1], %[c5], %[c5]"
+        : [c0] "+x"(c0), [c1] "+x"(c1), [c2] "+x"(c2), [c3] "+x"(c3), [c4] "+x"(c4), [c5] "+x"(c5),
+          [t0] "=&x"(t0), [t1] "=&x"(t1)
+        : [a0] "x"(a0), [a1] "x"(a1), [a2] "x"(a2), [a3] "x"(a3), [a4] "x"(a4), [a5] "x"(a5), [b] "x"(b));
   }
-  __m256i sum = acc[0];
-  for (int i = 1; i < kChains; ++i) sum = _mm256_add_epi32(sum, acc[i]);
-  volatile int sink = _mm256_extract_epi32(sum, 0);
+  const __m256i sum = _mm256_add_epi16(_mm256_add_epi16(_mm256_add_epi16(c0, c1), _mm256_add_epi16(c2, c3)),
+                                       _mm256_add_epi16(c4, c5));
+  volatile int sink = _mm256_extract_epi16(sum, 0);
   (void)sink;
   return static_cast<double>(iterations) * kChains * 32 * 2;
 }

@@ -1367,43 +1367,6 @@ bool PrefillBf16(const float* x, int64_t M, const WeightView& w, float* y, Threa
 // on the definitions above and compiled here for AVX-512.
 #include "kernels/kernels_blocking_inl.h"
 
-// The panel loop of the integer and bf16 prefills (one thread's output
-// columns [n_begin, n_end)): panels of kNb columns by kKb inputs, in column
-// blocks, each packed once by pack(panel) and multiplied strip by strip
-// against every tile of x by tile(m0, mr, s, panel), while the next panel is
-// fetched from DRAM (PanelPrefetcher).
-template <int64_t kNb_, int64_t kKb_, int kMr_, int kNr_, typename Pack, typename Tile>
-void PanelLoop(const WeightView& w, int64_t mc, int64_t n_begin, int64_t n_end, const FollowingWork& after,
-               Pack&& pack, Tile&& tile) {
-  const int64_t K = w.cols;
-  auto panel_at = [&](int64_t nb, int64_t k0) {
-    Panel p;
-    if (nb >= n_end) return p;
-    p.n0 = nb;
-    p.ncols = Min(kNb_, n_end - nb);
-    p.k0 = k0;
-    p.kb = Min(kKb_, K - k0);
-    return p;
-  };
-  for (int64_t nb = n_begin; nb < n_end; nb += kNb_) {
-    for (int64_t k0 = 0; k0 < K; k0 += kKb_) {
-      const Panel panel = panel_at(nb, k0);
-      pack(panel);
-      PanelPrefetcher prefetcher = NextPanelPrefetcher<kNb_, kKb_>(w, nb, k0, n_end, after);
-      const int64_t strips = (panel.ncols + kNr_ - 1) / kNr_;
-      const int64_t calls = (mc + kMr_ - 1) / kMr_ * strips;
-      const int64_t per_call = (prefetcher.TotalLines() + calls - 1) / calls;
-      for (int64_t m0 = 0; m0 < mc; m0 += kMr_) {
-        const int mr = static_cast<int>(Min(kMr_, mc - m0));
-        for (int64_t s = 0; s * kNr_ < panel.ncols; ++s) {
-          tile(m0, mr, s, panel);
-          prefetcher.Issue(per_call);
-        }
-      }
-    }
-  }
-}
-
 // One thread's share of the integer prefill: output columns [n_begin, n_end)
 // for `mc` rows of x packed in xp (ceil(mc / kI8Mr) tiles).
 template <DType D>

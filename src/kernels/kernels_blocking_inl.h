@@ -162,6 +162,43 @@ PanelPrefetcher NextPanelPrefetcher(const WeightView& w, int64_t nb, int64_t k0,
   return PanelPrefetcher(w, next);
 }
 
+// The panel loop of the integer and bf16 prefills (one thread's output
+// columns [n_begin, n_end)): panels of kNb columns by kKb inputs, in column
+// blocks, each packed once by pack(panel) and multiplied strip by strip
+// against every tile of x by tile(m0, mr, s, panel), while the next panel is
+// fetched from DRAM (PanelPrefetcher).
+template <int64_t kNb_, int64_t kKb_, int kMr_, int kNr_, typename Pack, typename Tile>
+void PanelLoop(const WeightView& w, int64_t mc, int64_t n_begin, int64_t n_end, const FollowingWork& after,
+               Pack&& pack, Tile&& tile) {
+  const int64_t K = w.cols;
+  auto panel_at = [&](int64_t nb, int64_t k0) {
+    Panel p;
+    if (nb >= n_end) return p;
+    p.n0 = nb;
+    p.ncols = Min(kNb_, n_end - nb);
+    p.k0 = k0;
+    p.kb = Min(kKb_, K - k0);
+    return p;
+  };
+  for (int64_t nb = n_begin; nb < n_end; nb += kNb_) {
+    for (int64_t k0 = 0; k0 < K; k0 += kKb_) {
+      const Panel panel = panel_at(nb, k0);
+      pack(panel);
+      PanelPrefetcher prefetcher = NextPanelPrefetcher<kNb_, kKb_>(w, nb, k0, n_end, after);
+      const int64_t strips = (panel.ncols + kNr_ - 1) / kNr_;
+      const int64_t calls = (mc + kMr_ - 1) / kMr_ * strips;
+      const int64_t per_call = (prefetcher.TotalLines() + calls - 1) / calls;
+      for (int64_t m0 = 0; m0 < mc; m0 += kMr_) {
+        const int mr = static_cast<int>(Min(kMr_, mc - m0));
+        for (int64_t s = 0; s * kNr_ < panel.ncols; ++s) {
+          tile(m0, mr, s, panel);
+          prefetcher.Issue(per_call);
+        }
+      }
+    }
+  }
+}
+
 // Packs the panel as ceil(ncols / kNr) strips, each [kb][kNr] floats,
 // zero-padding the columns beyond ncols. Each half of a strip holds kLanes
 // weight rows, packed one kLanes x kLanes block at a time.

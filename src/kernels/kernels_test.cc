@@ -670,9 +670,11 @@ TEST_P(IsaTest, MatMulManyPrefillEqualsEachMatMul) {
 // Prefill names the instruction whose peak bounds it.
 TEST_P(IsaTest, PrefillDotNamesTheInstructionInUse) {
   EXPECT_EQ(PrefillDotFor(DType::kBF16), PrefillDot::kFp32Fma);
-  const bool vnni = GetParam() == Isa::kAvx512 && __builtin_cpu_supports("avx512vnni");
+  // AVX-512 multiplies integers with VNNI (else the float prefill runs),
+  // AVX2 with vpmaddubsw.
+  const bool integer = (GetParam() == Isa::kAvx512 && __builtin_cpu_supports("avx512vnni")) || GetParam() == Isa::kAvx2;
   for (DType d : {DType::kQ8, DType::kQ4, DType::kNF4, DType::kMXFP4})
-    EXPECT_EQ(PrefillDotFor(d), vnni ? PrefillDot::kInt8 : PrefillDot::kFp32Fma) << DTypeName(d);
+    EXPECT_EQ(PrefillDotFor(d), integer ? PrefillDot::kInt8 : PrefillDot::kFp32Fma) << DTypeName(d);
   SetFloatActivations(true);
   EXPECT_EQ(PrefillDotFor(DType::kQ4), PrefillDot::kFp32Fma);
   SetFloatActivations(false);

@@ -245,10 +245,6 @@ double ExpectMxfp4MatMulClose(const float* x, int64_t M, const WeightView& w, co
   return worst;
 }
 
-// Whether MatMul on `isa` dequantizes exactly for M rows (see
-// ExactQuantPath).
-bool ExactPath(Isa isa, int64_t M) { return ExactQuantPath(isa, M); }
-
 // A range of E8M0 exponents and the power of two x is scaled by, so that the
 // products stay in float's normal range (see kernels.h on extreme scales).
 struct ScaleWindow {
@@ -285,7 +281,7 @@ TEST_P(Mxfp4MatMulTest, MatchesDequantizedReference) {
   for (float& v : x) v = std::ldexp(v, sw.x_exponent);
   std::vector<float> y(static_cast<size_t>(M * N), std::numeric_limits<float>::quiet_NaN());
   MatMul(x.data(), M, w.view, y.data(), TwoThreads());
-  ExpectMxfp4MatMulClose(x.data(), M, w.view, y, ExactPath(isa, M), sw.name);
+  ExpectMxfp4MatMulClose(x.data(), M, w.view, y, ExactQuantPath(isa), sw.name);
   ScopedFloatActivations exact;
   std::fill(y.begin(), y.end(), std::numeric_limits<float>::quiet_NaN());
   MatMul(x.data(), M, w.view, y.data(), TwoThreads());
@@ -318,7 +314,7 @@ TEST_P(Mxfp4IsaTest, MatMulIsIndependentOfThreadCount) {
     MatMul(x.data(), M, w.view, y3.data(), three);
     EXPECT_EQ(y1, y2) << "M=" << M;
     EXPECT_EQ(y1, y3) << "M=" << M;
-    ExpectMxfp4MatMulClose(x.data(), M, w.view, y1, ExactPath(GetParam(), M), "M=" + std::to_string(M));
+    ExpectMxfp4MatMulClose(x.data(), M, w.view, y1, ExactQuantPath(GetParam()), "M=" + std::to_string(M));
   }
 }
 
@@ -329,7 +325,7 @@ TEST_P(Mxfp4IsaTest, MatMulLargeBlockedShapes) {
   const std::vector<float> x = Gaussian(M * K, 12);
   std::vector<float> y(static_cast<size_t>(M * N));
   MatMul(x.data(), M, w.view, y.data(), TwoThreads());
-  ExpectMxfp4MatMulClose(x.data(), M, w.view, y, ExactPath(GetParam(), M), "");
+  ExpectMxfp4MatMulClose(x.data(), M, w.view, y, ExactQuantPath(GetParam()), "");
   ScopedFloatActivations exact;
   MatMul(x.data(), M, w.view, y.data(), TwoThreads());
   ExpectMxfp4MatMulClose(x.data(), M, w.view, y, true, "float activations");

@@ -256,10 +256,10 @@ TEST_P(QuantIsaTest, DequantizeRowMatchesAt) {
 //   moves each weight by at most |s_w[g]| / 254, adding
 //   sum_g (|s_w[g]| / 254) * sum_{k in g} |x[k]|.
 //
-// The scalar path, the AVX2 prefill (M > 4) and every path with float
-// activations dequantize exactly and are held to the first term alone
-// (ExactQuantPath); the integer paths (AVX-512 decode and prefill, AVX2
-// decode) are allowed the activation and level terms.
+// The scalar path and every path with float activations dequantize exactly
+// and are held to the first term alone (ExactQuantPath); the integer paths
+// (AVX-512 and AVX2 decode and prefill) are allowed the activation and level
+// terms.
 void ExpectQuantMatMulClose(const float* x, int64_t M, const WeightView& w, const std::vector<float>& y,
                             bool exact_weights, const std::string& what) {
   const int64_t N = w.rows, K = w.cols, G = K / 32;
@@ -318,7 +318,7 @@ TEST_P(QuantMatMulTest, MatchesDequantizedReference) {
   x[0] = 9.f;  // One large activation, which coarsens its group's int8 grid.
   std::vector<float> y(static_cast<size_t>(M * N), std::numeric_limits<float>::quiet_NaN());
   MatMul(x.data(), M, q.view, y.data(), TwoThreads());
-  ExpectQuantMatMulClose(x.data(), M, q.view, y, ExactQuantPath(isa, M), "");
+  ExpectQuantMatMulClose(x.data(), M, q.view, y, ExactQuantPath(isa), "");
   // With float activations every row count equals the dequantized product.
   ScopedFloatActivations exact;
   std::fill(y.begin(), y.end(), std::numeric_limits<float>::quiet_NaN());
@@ -493,7 +493,7 @@ TEST_P(QuantIsaTest, MatMulLargeBlockedShapes) {
     const QuantMatrix q = ReferenceQuantize(src.view, dtype);
     std::vector<float> y(static_cast<size_t>(M * N));
     MatMul(x.data(), M, q.view, y.data(), TwoThreads());
-    ExpectQuantMatMulClose(x.data(), M, q.view, y, ExactQuantPath(GetParam(), M), DTypeName(dtype));
+    ExpectQuantMatMulClose(x.data(), M, q.view, y, ExactQuantPath(GetParam()), DTypeName(dtype));
     ScopedFloatActivations exact;
     MatMul(x.data(), M, q.view, y.data(), TwoThreads());
     ExpectQuantMatMulClose(x.data(), M, q.view, y, true, std::string(DTypeName(dtype)) + " float activations");

@@ -34,14 +34,12 @@ class ScopedFloatActivations {
 };
 
 // Whether MatMul on `isa` multiplies quantized or MXFP4 weights with float32
-// activations for M rows of x, and so equals the dequantized product: the
-// scalar path always; AVX2 above its decode limit of 4 rows (it has no
-// integer prefill); AVX-512 never, since its decode and prefill both round x
-// to int8 (without VNNI it runs the AVX2 kernels, and the looser tolerance
-// then holds all the more); every path with float activations requested.
-inline bool ExactQuantPath(Isa isa, int64_t M) {
-  return FloatActivations() || isa == Isa::kScalar || (isa == Isa::kAvx2 && M > 4);
-}
+// activations, and so equals the dequantized product: the scalar path
+// always; AVX2 and AVX-512 never, since their decode and prefill both round x
+// to int8 (AVX-512 without VNNI runs the AVX2 decode and the float prefill,
+// for which the looser tolerance holds all the more); every path with float
+// activations requested.
+inline bool ExactQuantPath(Isa isa) { return FloatActivations() || isa == Isa::kScalar; }
 
 // A test run once per instruction-set path: the path of GetParam() is active
 // for the test's body and the previous one restored after it.
