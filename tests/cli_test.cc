@@ -70,6 +70,24 @@ TEST_F(CliTest, NoMmapCopiesTheWeightsAndKeepsTheGoldenTokens) {
   ExpectCleanError(bad, 1, "EPW_NO_MMAP=\"perhaps\" is not a boolean");
 }
 
+// EPWA_ISA chooses a slower instruction-set path: the bench names it, and at
+// int4 on AVX2 the prefill is set against the int8 dot peak (the AVX2
+// integer prefill). An unknown name is a clean error.
+TEST_F(CliTest, EpwaIsaSelectsThePath) {
+  if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma") || !__builtin_cpu_supports("f16c"))
+    GTEST_SKIP() << "this CPU has no AVX2 path";
+  setenv("EPWA_ISA", "avx2", 1);
+  Result avx2 = RunEpwa("bench -m models/tiny-moe --quant int4 --no-cache --prompt-tokens 16 --gen-tokens 2 --repeats 1",
+                        scratch_);
+  setenv("EPWA_ISA", "avx9", 1);
+  Result bad = RunEpwa("run -m models/tiny-moe -p hi -n 2", scratch_);
+  unsetenv("EPWA_ISA");
+  ASSERT_EQ(avx2.exit_code, 0) << avx2.err;
+  EXPECT_NE(avx2.out.find(" threads, avx2;"), std::string::npos) << avx2.out;
+  EXPECT_NE(avx2.out.find("of the int8 dot peak"), std::string::npos) << avx2.out;
+  ExpectCleanError(bad, 1, "EPWA_ISA must be avx512, avx2 or scalar, got 'avx9'");
+}
+
 // --kv-cache and EPW_KV_CACHE: the load line names a 16-bit cache, the plan
 // halves its KV term, and a bad value is a clean error naming the choices.
 TEST_F(CliTest, KvCacheTypeComesFromTheFlagOrEpwKvCache) {

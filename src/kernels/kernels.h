@@ -64,8 +64,9 @@ bool RowInvariantMatMul();
 // The instruction that does the multiply-adds of a prefill (MatMul above the
 // decode row limit) with weights of `dtype` on the active path, and so the
 // peak that bounds it: fp32 FMA (float weights; quantized weights on the
-// scalar and AVX2 paths or with float activations), or int8 dot products
-// (quantized and MXFP4 weights on AVX-512 with VNNI), or bf16 dot products
+// scalar path, on AVX-512 without VNNI or with float activations), or int8
+// dot products (quantized and MXFP4 weights on AVX-512 with VNNI and on
+// AVX2), or bf16 dot products
 // (BF16 weights with SetBf16Activations, on AVX512-BF16). The benchmarks set each
 // prefill against the peak of its own instruction.
 enum class PrefillDot { kFp32Fma, kInt8, kBf16 };
@@ -86,8 +87,8 @@ const char* PrefillDotName(PrefillDot dot);
 // blocks and scales, being bytes, at any address.
 //
 // Quantized weights (kQ8, kQ4, kNF4; w.cols % 32 == 0, w.scales set) follow
-// the same contract. The vector decode paths, and the AVX-512 prefill where
-// the CPU has VNNI, quantize each row of x to int8 per group of 32 (scale =
+// the same contract. The vector decode paths, the AVX2 prefill and the
+// AVX-512 prefill where the CPU has VNNI, quantize each row of x to int8 per group of 32 (scale =
 // max|x| / 127, round to nearest) and multiply with integer dot products
 // (VNNI vpdpbusd on AVX-512, vpmaddubsw on AVX2), scaling each group's
 // integer sum by s_w * s_x in float. Against the dequantized float product
@@ -99,7 +100,8 @@ const char* PrefillDotName(PrefillDot dot);
 // 0.54% (relative RMS) for Q8 and Q4 and 0.76% for NF4, 1.2-1.3% when every
 // 97th activation is a 20x outlier: small against the 4-bit weight error
 // (8.3%), comparable to the Q8 weight error (0.5%). The scalar path, the
-// AVX2 prefill and every path under SetFloatActivations dequantize each
+// AVX-512 prefill without VNNI and every path under SetFloatActivations
+// dequantize each
 // panel of W to float exactly (as WeightView::At), run the float GEMM and
 // have neither error. The integer prefill rounds x
 // the same way and so has the same bound (its float steps differ in order
@@ -108,8 +110,8 @@ const char* PrefillDotName(PrefillDot dot);
 //
 // MXFP4 weights (kMXFP4, used in place from the checkpoint; layout in
 // tensor/dtype.h) take the same two routes. The float prefill and the scalar
-// path dequantize exactly (as WeightView::At). The integer paths (decode, and
-// the AVX-512 prefill with VNNI) use twice
+// path dequantize exactly (as WeightView::At). The integer paths (decode, the
+// AVX2 prefill and the AVX-512 prefill with VNNI) use twice
 // the E2M1 values as int8 levels (integers in [-12, 12], exact) against the
 // same int8 x codes, and scale each block's integer sum by 2^(e - 127) / 2 *
 // s_x (the halving is exact). The weights are thus exact, and the only error
@@ -258,9 +260,10 @@ double MeasureReadBandwidthGBs(ThreadPool& pool, size_t bytes = 1ull << 30);
 double MeasureFmaPeakGflops(ThreadPool& pool);
 // Integer dot-product peak in GOP/s (a multiply-add of two int8 values counts
 // as two operations) with the instruction the active path's quantized
-// kernels use: vpdpbusd (AVX-512 VNNI; AVX2's sequence where the CPU lacks
-// VNNI) or vpmaddubsw + vpmaddwd + vpaddd (AVX2); 0 on the scalar path.
-// Independent chains on every thread, best of five runs.
+// kernels use: vpdpbusd (AVX-512 VNNI; AVX2's where the CPU lacks VNNI) or
+// vpmaddubsw with int16 additions (AVX2: the cheapest step its kernels take;
+// those that widen every product with vpmaddwd reach less of it); 0 on the
+// scalar path. Independent chains on every thread, best of five runs.
 double MeasureInt8DotPeakGops(ThreadPool& pool);
 // bf16 dot-product peak in GFLOP/s (vdpbf16ps: a multiply-add counts as two
 // operations); 0 unless the active path is AVX-512 and the CPU has
