@@ -835,72 +835,31 @@ constexpr int kQuadsPerWiden = D == DType::kQ4 ? 8 : D == DType::kMXFP4 ? 4 : 1;
 static_assert(8 % kQuadsPerWiden<DType::kMXFP4> == 0, "A group's 8 quads split evenly.");
 
 // Rounds `rows` rows of x (row stride K) to int8 codes per group and packs
-// them as one tile (layout above); rows beyond `rows` are zero codes with
-// zero scale and correction.
+// them as one tile (layout above; PackXTile).
 template <DType D>
 void PackXInt8(const float* x, int64_t K, int64_t rows, int32_t* out) {
-  const int64_t groups = K / 32;
   const __m256 sign = _mm256_set1_ps(-0.f);
-  const int32_t offset = static_cast<int32_t>(kAvx2Offset<D>);
-  for (int64_t g = 0; g < groups; ++g) {
-    int32_t* group = out + g * kI8XGroupWords;
-    float* scales = reinterpret_cast<float*>(group + 8 * kI8Mr);
-    int32_t* corrections = group + 9 * kI8Mr;
-    for (int m = 0; m < kI8Mr; ++m) {
-      if (m >= rows) {
-        for (int j = 0; j < 8; ++j) group[j * kI8Mr + m] = 0;
-        scales[m] = 0.f;
-        corrections[m] = 0;
-        continue;
-      }
-      // The same arithmetic as QuantizeX, so prefill and decode round x
-      // alike (QuantizeX's MXFP4 reordering moves codes, not values).
-      const float* xg = x + m * K + 32 * g;
-      __m256 a[4];
-      __m256 amax = _mm256_setzero_ps();
+  PackXTile<kI8Mr>(x, K, rows, static_cast<int32_t>(kAvx2Offset<D>), out,
+                   [&](const float* xg, int32_t* quads, float* scale, int32_t* sum) {
+                     // The same arithmetic as QuantizeX, so prefill and decode
+                     // round x alike (QuantizeX's MXFP4 reordering moves codes,
+                     // not values).
+                     __m256 a[4];
+                     __m256 amax = _mm256_setzero_ps();
 #pragma GCC unroll 4
-      for (int i = 0; i < 4; ++i) {
-        a[i] = _mm256_loadu_ps(xg + 8 * i);
-        amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, a[i]));
-      }
-      const float max_abs = HorizontalMax(amax);
-      const __m256 inv = _mm256_set1_ps(max_abs > 0.f ? 127.0f / max_abs : 0.f);
-      __m256i q[4];
+                     for (int i = 0; i < 4; ++i) {
+                       a[i] = _mm256_loadu_ps(xg + 8 * i);
+                       amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, a[i]));
+                     }
+                     const float max_abs = HorizontalMax(amax);
+                     const __m256 inv = _mm256_set1_ps(max_abs > 0.f ? 127.0f / max_abs : 0.f);
+                     __m256i q[4];
 #pragma GCC unroll 4
-      for (int i = 0; i < 4; ++i) q[i] = _mm256_cvtps_epi32(_mm256_mul_ps(a[i], inv));
-      scales[m] = max_abs / 127.0f;
-      corrections[m] =
-          -offset * HorizontalSumInt(_mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3])));
-      alignas(32) int32_t quads[8];
-      StoreBytes32(q[0], q[1], q[2], q[3], reinterpret_cast<uint8_t*>(quads));
-      for (int j = 0; j < 8; ++j) group[j * kI8Mr + m] = quads[j];
-    }
-  }
-}
-
-// The 32 weights of group g of a row as bytes in input order: Q8 codes and
-// NF4 levels (signed), Q4 nibbles and MXFP4 levels + 12 (unsigned). Q4 and
-// NF4 keep inputs 0..15 in the low nibbles of the group's 16 bytes and 16..31
-// in the high ones; MXFP4 keeps inputs 2j and 2j + 1 in the low and high
-// nibble of byte j.
-template <DType D>
-__attribute__((always_inline)) inline __m256i PrefillGroupLevels(const uint8_t* row, int64_t g,
-                                                                 __m256i level_table) {
-  if constexpr (D == DType::kQ8) {
-    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + 32 * g));
-  } else {
-    const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 16 * g));
-    const __m128i nibble = _mm_set1_epi8(0x0f);
-    const __m128i lo = _mm_and_si128(b, nibble), hi = _mm_and_si128(_mm_srli_epi16(b, 4), nibble);
-    __m256i levels;
-    if constexpr (D == DType::kMXFP4) {
-      levels = _mm256_set_m128i(_mm_unpackhi_epi8(lo, hi), _mm_unpacklo_epi8(lo, hi));
-    } else {
-      levels = _mm256_set_m128i(hi, lo);
-    }
-    if constexpr (D == DType::kQ4) return levels;
-    return _mm256_shuffle_epi8(level_table, levels);
-  }
+                     for (int i = 0; i < 4; ++i) q[i] = _mm256_cvtps_epi32(_mm256_mul_ps(a[i], inv));
+                     *scale = max_abs / 127.0f;
+                     *sum = HorizontalSumInt(_mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3])));
+                     StoreBytes32(q[0], q[1], q[2], q[3], reinterpret_cast<uint8_t*>(quads));
+                   });
 }
 
 // Packs output columns [n0, n0 + ncols) x groups [g0, g0 + ng) of W as
@@ -929,7 +888,7 @@ void PackPanelInt8(const WeightView& w, int64_t n0, int64_t ncols, int64_t g0, i
       __m256 r[8];
 #pragma GCC unroll 8
       for (int i = 0; i < 8; ++i) {
-        r[i] = i < nrows ? _mm256_castsi256_ps(PrefillGroupLevels<D>(rows[i], g0 + g, level_table))
+        r[i] = i < nrows ? _mm256_castsi256_ps(GroupBytes<D>(rows[i], g0 + g, level_table))
                          : _mm256_setzero_ps();
       }
       Transpose8x8(r);  // Moves bits only, so it serves bytes too.
@@ -1048,23 +1007,15 @@ void PrefillInt8Range(const int32_t* xp, int64_t mc, const WeightView& w, float*
 
 template <DType D>
 bool PrefillInt8(const float* x, int64_t M, const WeightView& w, float* y, ThreadPool& pool) {
-  const int64_t N = w.rows, K = w.cols;
+  const int64_t K = w.cols;
   const int64_t tile_words = K / 32 * kI8XGroupWords;
   // The calling thread's buffer, shared with the workers below.
   auto* xp = reinterpret_cast<int32_t*>(internal::ThreadScratch(
       internal::Scratch::kPackedX, static_cast<size_t>(kI8Mc / kI8Mr * tile_words)));  // [kI8Mc / kI8Mr][groups][10 kI8Mr]
   const __m256i level_table = Avx2LevelTable<D>();
-  for (int64_t m0 = 0; m0 < M; m0 += kI8Mc) {
-    const int64_t mc = Min(kI8Mc, M - m0);
-    const int64_t tiles = (mc + kI8Mr - 1) / kI8Mr;
-    ParallelRange(pool, tiles, 1, [&](int64_t t0, int64_t t1) {
-      for (int64_t t = t0; t < t1; ++t)
-        PackXInt8<D>(x + (m0 + t * kI8Mr) * K, K, Min(kI8Mr, mc - t * kI8Mr), xp + t * tile_words);
-    });
-    ParallelRange(pool, N, kI8Nr, [&](int64_t n0, int64_t n1) {
-      PrefillInt8Range<D>(xp, mc, w, y + m0 * N, n0, n1, level_table);
-    });
-  }
+  TiledPrefill<kI8Mc, kI8Mr, kI8Nr>(
+      x, M, w, y, pool, [&](const float* rows, int64_t count, int64_t t) { PackXInt8<D>(rows, K, count, xp + t * tile_words); },
+      [&](int64_t mc, float* yb, int64_t n0, int64_t n1) { PrefillInt8Range<D>(xp, mc, w, yb, n0, n1, level_table); });
   return true;
 }
 

@@ -525,65 +525,35 @@ constexpr int64_t kI8XGroupWords = 10 * kI8Mr;       // Words per group in a til
 constexpr int64_t kI8WGroupBytes = 8 * kI8Nr * 4 + kI8Nr * 4;  // Codes and scales per group in a strip.
 
 // Rounds `rows` rows of x (row stride K) to int8 codes per group and packs
-// them as one tile (layout above); rows beyond `rows` are zero codes with
-// zero scale and correction.
+// them as one tile (layout above; PackXTile).
 template <DType D>
 void PackXInt8(const float* x, int64_t K, int64_t rows, int32_t* out) {
-  const int64_t groups = K / 32;
   const __m512 sign = _mm512_set1_ps(-0.f);
-  const int32_t offset = static_cast<int32_t>(kLevelOffset<D>);
-  for (int64_t g = 0; g < groups; ++g) {
-    int32_t* group = out + g * kI8XGroupWords;
-    float* scales = reinterpret_cast<float*>(group + 8 * kI8Mr);
-    int32_t* corrections = group + 9 * kI8Mr;
-    for (int m = 0; m < kI8Mr; ++m) {
-      if (m >= rows) {
-        for (int j = 0; j < 8; ++j) group[j * kI8Mr + m] = 0;
-        scales[m] = 0.f;
-        corrections[m] = 0;
-        continue;
-      }
-      const float* xg = x + m * K + 32 * g;
-      const __m512 a0 = _mm512_loadu_ps(xg), a1 = _mm512_loadu_ps(xg + 16);
-      // The same arithmetic as QuantizeX, so prefill and decode round x alike.
-      const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_andnot_ps(sign, a0), _mm512_andnot_ps(sign, a1)));
-      const __m512 inv = _mm512_set1_ps(amax > 0.f ? 127.0f / amax : 0.f);
-      const __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(a0, inv));
-      const __m512i q1 = _mm512_cvtps_epi32(_mm512_mul_ps(a1, inv));
-      scales[m] = amax / 127.0f;
-      corrections[m] = -offset * _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
-      alignas(32) int32_t quads[8];
-      _mm_store_si128(reinterpret_cast<__m128i*>(quads), _mm512_cvtepi32_epi8(q0));
-      _mm_store_si128(reinterpret_cast<__m128i*>(quads + 4), _mm512_cvtepi32_epi8(q1));
-      for (int j = 0; j < 8; ++j) group[j * kI8Mr + m] = quads[j];
-    }
-  }
+  PackXTile<kI8Mr>(x, K, rows, static_cast<int32_t>(kLevelOffset<D>), out,
+                   [&](const float* xg, int32_t* quads, float* scale, int32_t* sum) {
+                     const __m512 a0 = _mm512_loadu_ps(xg), a1 = _mm512_loadu_ps(xg + 16);
+                     // The same arithmetic as QuantizeX, so prefill and decode round x alike.
+                     const float amax =
+                         _mm512_reduce_max_ps(_mm512_max_ps(_mm512_andnot_ps(sign, a0), _mm512_andnot_ps(sign, a1)));
+                     const __m512 inv = _mm512_set1_ps(amax > 0.f ? 127.0f / amax : 0.f);
+                     const __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(a0, inv));
+                     const __m512i q1 = _mm512_cvtps_epi32(_mm512_mul_ps(a1, inv));
+                     *scale = amax / 127.0f;
+                     *sum = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+                     _mm_store_si128(reinterpret_cast<__m128i*>(quads), _mm512_cvtepi32_epi8(q0));
+                     _mm_store_si128(reinterpret_cast<__m128i*>(quads + 4), _mm512_cvtepi32_epi8(q1));
+                   });
 }
 
-// The 32 weights of group g of row r as unsigned bytes level + offset, in
-// input order. Q8 codes are signed bytes in order. Q4 and NF4 keep inputs
-// 0..15 in the low nibbles of the group's 16 bytes and 16..31 in the high
-// ones; MXFP4 keeps inputs 2j and 2j + 1 in the low and high nibble of byte
-// j. level_table maps an NF4 or MXFP4 nibble to its level + offset (in both
-// 128-bit lanes); a Q4 nibble is its level + 8 already.
+// The 32 weights of group g of a row as unsigned bytes level + offset, in
+// input order (GroupBytes): Q8's signed codes are moved up by 128;
+// level_table maps an NF4 or MXFP4 nibble to its level + offset; a Q4 nibble
+// is its level + 8 already.
 template <DType D>
 __attribute__((always_inline)) inline __m256i GroupLevels(const uint8_t* row, int64_t g, __m256i level_table) {
-  if constexpr (D == DType::kQ8) {
-    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + 32 * g));
-    return _mm256_xor_si256(v, _mm256_set1_epi8(static_cast<char>(0x80)));
-  } else {
-    const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 16 * g));
-    const __m128i nibble = _mm_set1_epi8(0x0f);
-    const __m128i lo = _mm_and_si128(b, nibble), hi = _mm_and_si128(_mm_srli_epi16(b, 4), nibble);
-    __m256i levels;
-    if constexpr (D == DType::kMXFP4) {
-      levels = _mm256_set_m128i(_mm_unpackhi_epi8(lo, hi), _mm_unpacklo_epi8(lo, hi));
-    } else {
-      levels = _mm256_set_m128i(hi, lo);
-    }
-    if constexpr (D == DType::kQ4) return levels;
-    return _mm256_shuffle_epi8(level_table, levels);
-  }
+  const __m256i bytes = GroupBytes<D>(row, g, level_table);
+  if constexpr (D == DType::kQ8) return _mm256_xor_si256(bytes, _mm256_set1_epi8(static_cast<char>(0x80)));
+  return bytes;
 }
 
 // The level table of GroupLevels for D, in both 128-bit lanes.
@@ -1392,23 +1362,15 @@ void PrefillInt8Range(const int32_t* xp, int64_t mc, const WeightView& w, float*
 template <DType D>
 bool PrefillInt8(const float* x, int64_t M, const WeightView& w, float* y, ThreadPool& pool) {
   if (!internal::HasAvx512Vnni()) return false;
-  const int64_t N = w.rows, K = w.cols;
+  const int64_t K = w.cols;
   const int64_t tile_words = K / 32 * kI8XGroupWords;
   // The calling thread's buffer, shared with the workers below.
   auto* xp = reinterpret_cast<int32_t*>(internal::ThreadScratch(
       internal::Scratch::kPackedX, static_cast<size_t>(kI8Mc / kI8Mr * tile_words)));  // [kI8Mc / kI8Mr][groups][10 kI8Mr]
   const __m256i level_table = Int8LevelTable<D>();
-  for (int64_t m0 = 0; m0 < M; m0 += kI8Mc) {
-    const int64_t mc = Min(kI8Mc, M - m0);
-    const int64_t tiles = (mc + kI8Mr - 1) / kI8Mr;
-    ParallelRange(pool, tiles, 1, [&](int64_t t0, int64_t t1) {
-      for (int64_t t = t0; t < t1; ++t)
-        PackXInt8<D>(x + (m0 + t * kI8Mr) * K, K, Min(kI8Mr, mc - t * kI8Mr), xp + t * tile_words);
-    });
-    ParallelRange(pool, N, kI8Nr, [&](int64_t n0, int64_t n1) {
-      PrefillInt8Range<D>(xp, mc, w, y + m0 * N, n0, n1, level_table);
-    });
-  }
+  TiledPrefill<kI8Mc, kI8Mr, kI8Nr>(
+      x, M, w, y, pool, [&](const float* rows, int64_t count, int64_t t) { PackXInt8<D>(rows, K, count, xp + t * tile_words); },
+      [&](int64_t mc, float* yb, int64_t n0, int64_t n1) { PrefillInt8Range<D>(xp, mc, w, yb, n0, n1, level_table); });
   return true;
 }
 
@@ -1437,23 +1399,15 @@ bool PrefillBf16(const float* x, int64_t M, const WeightView& w, float* y, Threa
   if constexpr (D != DType::kBF16) {
     return false;
   } else {
-    const int64_t N = w.rows, K = w.cols;
+    const int64_t K = w.cols;
     if (!::epwa::kernels::Bf16Activations() || !internal::HasAvx512Bf16() || K % 2 != 0) return false;
     const int64_t tile_words = K / 2 * kBfMr;
     // The calling thread's buffer, shared with the workers below.
     auto* xp = reinterpret_cast<uint32_t*>(internal::ThreadScratch(
         internal::Scratch::kPackedX, static_cast<size_t>(kBfMc / kBfMr * tile_words)));  // [kBfMc / kBfMr][K / 2][kBfMr]
-    for (int64_t m0 = 0; m0 < M; m0 += kBfMc) {
-      const int64_t mc = Min(kBfMc, M - m0);
-      const int64_t tiles = (mc + kBfMr - 1) / kBfMr;
-      ParallelRange(pool, tiles, 1, [&](int64_t t0, int64_t t1) {
-        for (int64_t t = t0; t < t1; ++t)
-          PackXBf16(x + (m0 + t * kBfMr) * K, K, Min(kBfMr, mc - t * kBfMr), xp + t * tile_words);
-      });
-      ParallelRange(pool, N, kBfNr, [&](int64_t n0, int64_t n1) {
-        PrefillBf16Range(xp, mc, w, y + m0 * N, n0, n1);
-      });
-    }
+    TiledPrefill<kBfMc, kBfMr, kBfNr>(
+        x, M, w, y, pool, [&](const float* rows, int64_t count, int64_t t) { PackXBf16(rows, K, count, xp + t * tile_words); },
+        [&](int64_t mc, float* yb, int64_t n0, int64_t n1) { PrefillBf16Range(xp, mc, w, yb, n0, n1); });
     return true;
   }
 }

@@ -199,6 +199,24 @@ void PanelLoop(const WeightView& w, int64_t mc, int64_t n_begin, int64_t n_end, 
   }
 }
 
+// The driver of the integer and bf16 prefills: for each block of up to
+// kMc_ rows of x, pack(rows, count, t) packs each tile t of kMr_ rows in one
+// parallel region, then range(mc, y_block, n0, n1) multiplies each thread's
+// share of the output columns (in steps of kNr_) in a second.
+template <int64_t kMc_, int64_t kMr_, int64_t kNr_, typename Pack, typename Range>
+void TiledPrefill(const float* x, int64_t M, const WeightView& w, float* y, ThreadPool& pool, Pack&& pack,
+                  Range&& range) {
+  const int64_t N = w.rows, K = w.cols;
+  for (int64_t m0 = 0; m0 < M; m0 += kMc_) {
+    const int64_t mc = Min(kMc_, M - m0);
+    const int64_t tiles = (mc + kMr_ - 1) / kMr_;
+    ParallelRange(pool, tiles, 1, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) pack(x + (m0 + t * kMr_) * K, Min(kMr_, mc - t * kMr_), t);
+    });
+    ParallelRange(pool, N, kNr_, [&](int64_t n0, int64_t n1) { range(mc, y + m0 * N, n0, n1); });
+  }
+}
+
 // Packs the panel as ceil(ncols / kNr) strips, each [kb][kNr] floats,
 // zero-padding the columns beyond ncols. Each half of a strip holds kLanes
 // weight rows, packed one kLanes x kLanes block at a time.
@@ -239,36 +257,13 @@ void PrefillRange(const float* xp, int64_t mc, const WeightView& w, float* y, in
   const int64_t N = w.rows;
   const int64_t K = w.cols;
   float* packed = internal::ThreadScratch(internal::Scratch::kPanel, static_cast<size_t>(kKb) * kNb);  // [kNb / kNr][kKb][kNr]
-  // Panels in the order they are multiplied: all k blocks of one column block,
-  // then the next column block.
-  auto panel_at = [&](int64_t nb, int64_t k0) {
-    Panel p;
-    if (nb >= n_end) return p;
-    p.n0 = nb;
-    p.ncols = Min(kNb, n_end - nb);
-    p.k0 = k0;
-    p.kb = Min(kKb, K - k0);
-    return p;
-  };
-  for (int64_t nb = n_begin; nb < n_end; nb += kNb) {
-    for (int64_t k0 = 0; k0 < K; k0 += kKb) {
-      const Panel panel = panel_at(nb, k0);
-      PackWeights<D>(w, panel, packed);
-      PanelPrefetcher prefetcher = NextPanelPrefetcher<kNb, kKb>(w, nb, k0, n_end, after);
-      const int64_t strips = (panel.ncols + kNr - 1) / kNr;
-      const int64_t calls = (mc + kMr - 1) / kMr * strips;
-      const int64_t per_call = (prefetcher.TotalLines() + calls - 1) / calls;
-      for (int64_t m0 = 0; m0 < mc; m0 += kMr) {
-        const int mr = static_cast<int>(Min(kMr, mc - m0));
-        const float* xtile = xp + m0 * K + k0 * kMr;  // [kb][kMr]
-        for (int64_t s = 0; s * kNr < panel.ncols; ++s) {
-          RunMicroKernel(mr, xtile, packed + s * panel.kb * kNr, panel.kb, y + m0 * N + nb + s * kNr,
-                         N, panel.ncols - s * kNr, k0 > 0);
-          prefetcher.Issue(per_call);
-        }
-      }
-    }
-  }
+  PanelLoop<kNb, kKb, kMr, kNr>(
+      w, mc, n_begin, n_end, after, [&](const Panel& p) { PackWeights<D>(w, p, packed); },
+      [&](int64_t m0, int mr, int64_t s, const Panel& p) {
+        const float* xtile = xp + m0 * K + p.k0 * kMr;  // [kb][kMr]
+        RunMicroKernel(mr, xtile, packed + s * p.kb * kNr, p.kb, y + m0 * N + p.n0 + s * kNr, N, p.ncols - s * kNr,
+                       p.k0 > 0);
+      });
 }
 
 template <DType D>

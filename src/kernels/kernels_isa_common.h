@@ -9,8 +9,9 @@
 // therefore lives in an anonymous namespace: each file that includes this
 // header gets its own private copy, compiled with that file's own flags, and
 // no symbol of it is visible to the linker. Only code without ISA-specific
-// intrinsics belongs here; the SSE intrinsics in Sqrt exist on every x86-64
-// CPU.
+// intrinsics belongs here, or with intrinsics every file that includes it
+// enables: the SSE intrinsics in Sqrt exist on every x86-64 CPU, and both
+// files are compiled for AVX2 (GroupBytes).
 #pragma once
 
 #if !defined(__x86_64__) && !defined(__i386__)
@@ -246,6 +247,59 @@ void ForQueryBlocks(int64_t count, Fn&& fn) {
 
 // Bytes of one KV cache row of `stride` elements of D.
 constexpr int64_t CacheRowBytes(DType dtype, int64_t stride) { return stride * (dtype == DType::kF32 ? 4 : 2); }
+
+// Packs `rows` rows of x (row stride K) as one tile of MR rows for an
+// integer prefill: for each group of 32 inputs, the 8 quads of int8 codes of
+// each row [8][MR] as words, then s_x [MR] as floats and the correction
+// -offset * sum(q) [MR] as int32; rows beyond `rows` are zero codes with zero
+// scale and correction. round_group(xg, quads, &scale, &sum) rounds the 32
+// floats at xg to codes (in order, four to a word) with the instruction
+// set's own arithmetic, which must be its decode's.
+template <int MR, typename RoundGroup>
+void PackXTile(const float* x, int64_t K, int64_t rows, int32_t offset, int32_t* out, RoundGroup&& round_group) {
+  const int64_t groups = K / 32;
+  constexpr int64_t kGroupWords = 10 * MR;
+  for (int64_t g = 0; g < groups; ++g) {
+    int32_t* group = out + g * kGroupWords;
+    float* scales = reinterpret_cast<float*>(group + 8 * MR);
+    int32_t* corrections = group + 9 * MR;
+    for (int m = 0; m < MR; ++m) {
+      alignas(32) int32_t quads[8] = {};
+      float scale = 0.f;
+      int32_t sum = 0;
+      if (m < rows) round_group(x + m * K + 32 * g, quads, &scale, &sum);
+      for (int j = 0; j < 8; ++j) group[j * MR + m] = quads[j];
+      scales[m] = scale;
+      corrections[m] = -offset * sum;
+    }
+  }
+}
+
+// The 32 weights of group g of a row of D as bytes in input order: Q8's codes
+// as stored, Q4's nibbles, and NF4's and MXFP4's nibbles mapped through
+// level_table (16 bytes, in both 128-bit lanes, for vpshufb). Q4 and NF4 keep
+// inputs 0..15 in the low nibbles of the group's 16 bytes and 16..31 in the
+// high ones; MXFP4 keeps inputs 2j and 2j + 1 in the low and high nibble of
+// byte j. AVX2 instructions, which both instruction-set files enable: the
+// integer prefills of both pack their panels from it.
+template <DType D>
+__attribute__((always_inline)) inline __m256i GroupBytes(const uint8_t* row, int64_t g, __m256i level_table) {
+  if constexpr (D == DType::kQ8) {
+    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + 32 * g));
+  } else {
+    const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 16 * g));
+    const __m128i nibble = _mm_set1_epi8(0x0f);
+    const __m128i lo = _mm_and_si128(b, nibble), hi = _mm_and_si128(_mm_srli_epi16(b, 4), nibble);
+    __m256i levels;
+    if constexpr (D == DType::kMXFP4) {
+      levels = _mm256_set_m128i(_mm_unpackhi_epi8(lo, hi), _mm_unpacklo_epi8(lo, hi));
+    } else {
+      levels = _mm256_set_m128i(hi, lo);
+    }
+    if constexpr (D == DType::kQ4) return levels;
+    return _mm256_shuffle_epi8(level_table, levels);
+  }
+}
 
 }  // namespace
 }  // namespace epwa::kernels
