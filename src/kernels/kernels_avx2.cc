@@ -591,15 +591,7 @@ void QuantMatVecRange(const QuantizedX& qx, const WeightView& w, float* y, int64
 // nibble, in both 128-bit lanes for vpshufb (unused for kQ8 and kQ4).
 template <DType D>
 __m256i Avx2LevelTable() {
-  int8_t levels[16];
-  if constexpr (D == DType::kMXFP4) {
-    E2M1Levels(levels);
-    for (int8_t& level : levels) level = static_cast<int8_t>(level + static_cast<int>(kAvx2Offset<D>));
-  } else {
-    NF4Levels(levels);
-  }
-  const __m128i table = _mm_loadu_si128(reinterpret_cast<const __m128i*>(levels));
-  return _mm256_set_m128i(table, table);
+  return _mm256_broadcastsi128_si256(NibbleLevelTable<D>(static_cast<int>(kAvx2Offset<D>)));
 }
 
 template <DType D>

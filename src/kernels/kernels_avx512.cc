@@ -559,14 +559,7 @@ __attribute__((always_inline)) inline __m256i GroupLevels(const uint8_t* row, in
 // The level table of GroupLevels for D, in both 128-bit lanes.
 template <DType D>
 __m256i Int8LevelTable() {
-  int8_t levels[16] = {};
-  if constexpr (D == DType::kMXFP4) {
-    E2M1Levels(levels);
-  } else if constexpr (D == DType::kNF4) {
-    NF4Levels(levels);
-  }
-  return _mm256_add_epi8(_mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(levels))),
-                         _mm256_set1_epi8(static_cast<char>(static_cast<int>(kLevelOffset<D>))));
+  return _mm256_broadcastsi128_si256(NibbleLevelTable<D>(static_cast<int>(kLevelOffset<D>)));
 }
 
 // 2^(e - 127) for the 16 E8M0 exponents e (one per int32 lane), exactly as
@@ -817,14 +810,7 @@ void Int8Tile(const int32_t* xt, const uint8_t* strip, int64_t ng, float* y, int
 // indexed by nibble and repeated in each 128-bit lane for vpshufb.
 template <DType D>
 __m512i DecodeLevelTable() {
-  int8_t levels[16];
-  if constexpr (D == DType::kMXFP4) {
-    E2M1Levels(levels);
-  } else {
-    NF4Levels(levels);
-  }
-  return _mm512_add_epi8(_mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(levels))),
-                         _mm512_set1_epi8(static_cast<char>(static_cast<int>(kLevelOffset<D>))));
+  return _mm512_broadcast_i32x4(NibbleLevelTable<D>(static_cast<int>(kLevelOffset<D>)));
 }
 
 template <DType D>

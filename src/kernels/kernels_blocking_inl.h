@@ -162,7 +162,7 @@ PanelPrefetcher NextPanelPrefetcher(const WeightView& w, int64_t nb, int64_t k0,
   return PanelPrefetcher(w, next);
 }
 
-// The panel loop of the integer and bf16 prefills (one thread's output
+// The panel loop of the float, integer and bf16 prefills (one thread's output
 // columns [n_begin, n_end)): panels of kNb columns by kKb inputs, in column
 // blocks, each packed once by pack(panel) and multiplied strip by strip
 // against every tile of x by tile(m0, mr, s, panel), while the next panel is

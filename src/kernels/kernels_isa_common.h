@@ -275,6 +275,21 @@ void PackXTile(const float* x, int64_t K, int64_t rows, int32_t offset, int32_t*
   }
 }
 
+// The int8 levels of a 4-bit type's 16 nibbles plus `offset` (wrapping, as
+// vpaddb does), as the 16 bytes of a vpshufb table: MXFP4's E2M1 values * 2,
+// else NF4's codebook * 127 (Q8 and Q4 never look their table up).
+template <DType D>
+__m128i NibbleLevelTable(int offset) {
+  int8_t levels[16];
+  if constexpr (D == DType::kMXFP4) {
+    E2M1Levels(levels);
+  } else {
+    NF4Levels(levels);
+  }
+  for (int8_t& level : levels) level = static_cast<int8_t>(level + offset);
+  return _mm_loadu_si128(reinterpret_cast<const __m128i*>(levels));
+}
+
 // The 32 weights of group g of a row of D as bytes in input order: Q8's codes
 // as stored, Q4's nibbles, and NF4's and MXFP4's nibbles mapped through
 // level_table (16 bytes, in both 128-bit lanes, for vpshufb). Q4 and NF4 keep
