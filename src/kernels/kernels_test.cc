@@ -566,8 +566,6 @@ TEST_P(IsaTest, Bf16ActivationsPrefillStaysWithinItsBound) {
   }
 }
 
-// MatMulMany gives every job exactly MatMul's result, fused (decode-sized
-// jobs of one dtype) or not (a prefill-sized job, mixed dtypes).
 // A checkpoint's tensors start wherever its file puts them (safetensors
 // aligns them to 8 bytes at best), and MatMul uses them there. Where the rows
 // lie a whole number of 4-byte words past a cache line, the AVX-512 decode
@@ -607,6 +605,8 @@ TEST_P(IsaTest, MatMulGivesTheSameBitsAtEveryAlignment) {
   }
 }
 
+// MatMulMany gives every job exactly MatMul's result, fused (decode-sized
+// jobs of one dtype) or not (a prefill-sized job, mixed dtypes).
 TEST_P(IsaTest, MatMulManyEqualsEachMatMul) {
   for (DType dtype : {DType::kF32, DType::kF16, DType::kBF16}) {
     const TestWeights a = MakeWeights(dtype, 70, 96, 51), b = MakeWeights(dtype, 33, 96, 52),
