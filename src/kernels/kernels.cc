@@ -323,17 +323,25 @@ void ParallelFor(ThreadPool& pool, int64_t n, int64_t grain, RangeFn fn, void* c
   pool.ParallelFor(n, grain, [&](int64_t begin, int64_t end) { fn(context, begin, end); });
 }
 
+namespace {
+// Set by tests (MaskAvx512VnniForTesting) to run this machine's AVX-512 path
+// as a CPU without VNNI (Skylake-SP/X) would.
+std::atomic<bool> vnni_masked{false};
+}  // namespace
+
 bool HasAvx512Vnni() {
 #if defined(__x86_64__) || defined(__i386__)
   static const bool has = [] {
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx512vnni") != 0;
   }();
-  return has;
+  return has && !vnni_masked.load(std::memory_order_relaxed);
 #else
   return false;
 #endif
 }
+
+void MaskAvx512VnniForTesting(bool masked) { vnni_masked.store(masked, std::memory_order_relaxed); }
 
 bool HasAvx512Bf16() {
 #if defined(__x86_64__) || defined(__i386__)
@@ -793,10 +801,9 @@ double MeasurePeak(ThreadPool& pool, double (*chains)(int64_t)) {
 }  // namespace
 
 PrefillDot PrefillDotFor(DType dtype) {
-  // The AVX-512 integer prefill needs VNNI (without it the float prefill
-  // runs); the AVX2 one uses vpmaddubsw.
-  const bool integer_prefill =
-      (ActiveIsa() == Isa::kAvx512 && internal::HasAvx512Vnni()) || ActiveIsa() == Isa::kAvx2;
+  // The AVX-512 integer prefill uses vpdpbusd where the CPU has VNNI and
+  // runs the AVX2 one (vpmaddubsw) where it does not.
+  const bool integer_prefill = ActiveIsa() == Isa::kAvx512 || ActiveIsa() == Isa::kAvx2;
   if (HasGroupScales(dtype) && !FloatActivations() && integer_prefill) return PrefillDot::kInt8;
   if (dtype == DType::kBF16 && Bf16Activations() && ActiveIsa() == Isa::kAvx512 && internal::HasAvx512Bf16())
     return PrefillDot::kBf16;

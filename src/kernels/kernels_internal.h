@@ -76,9 +76,12 @@ float* ThreadScratch(Scratch slot, size_t count);
 // pool.ParallelFor(n, grain, ...) calling fn(context, begin, end).
 using RangeFn = void (*)(void* context, int64_t begin, int64_t end);
 void ParallelFor(ThreadPool& pool, int64_t n, int64_t grain, RangeFn fn, void* context);
-// Whether the CPU has AVX-512 VNNI (vpdpbusd), which the AVX-512 quantized
-// decode kernel needs; without it that path falls back to the AVX2 kernels.
+// Whether the CPU has AVX-512 VNNI (vpdpbusd), which the AVX-512 integer
+// decode and prefill kernels need; without it that path runs the AVX2 ones.
 bool HasAvx512Vnni();
+// Makes HasAvx512Vnni() report false while `masked` (tests only: no CPU we
+// can test on lacks VNNI but has AVX-512).
+void MaskAvx512VnniForTesting(bool masked);
 // Whether the CPU has AVX-512 BF16 (vdpbf16ps).
 bool HasAvx512Bf16();
 

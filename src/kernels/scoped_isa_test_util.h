@@ -36,9 +36,8 @@ class ScopedFloatActivations {
 // Whether MatMul on `isa` multiplies quantized or MXFP4 weights with float32
 // activations, and so equals the dequantized product: the scalar path
 // always; AVX2 and AVX-512 never, since their decode and prefill both round x
-// to int8 (AVX-512 without VNNI runs the AVX2 decode and the float prefill,
-// for which the looser tolerance holds all the more); every path with float
-// activations requested.
+// to int8 (AVX-512 without VNNI runs the AVX2 integer kernels); every path
+// with float activations requested.
 inline bool ExactQuantPath(Isa isa) { return FloatActivations() || isa == Isa::kScalar; }
 
 // A test run once per instruction-set path: the path of GetParam() is active
