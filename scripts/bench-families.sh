@@ -10,7 +10,7 @@ DIR=${2:-build/bench-families}
 LEVELS=${LEVELS:-none fp16 int8 int4 mixed}
 MODELS=${MODELS:-qwen3-30b-a3b:4 olmoe-1b-7b:0}
 mkdir -p "$DIR"
-printf '%-20s %-6s %12s %10s %12s %10s %10s %8s\n' model level prefill_tok/s prefill_%FMA decode_tok/s decode_GB/s %bandwidth weights
+printf '%-20s %-6s %12s %10s %12s %10s %10s %8s\n' model level prefill_tok/s prefill_%peak decode_tok/s decode_GB/s %bandwidth weights
 for item in $MODELS; do
   preset=${item%%:*}
   layers=${item##*:}
@@ -29,7 +29,7 @@ for item in $MODELS; do
     /usr/bin/python3 - "$name" "$level" "$out" <<'PY'
 import json, sys
 name, level, j = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
-print(f"{name:20s} {level:6s} {j['prefill_tokens_per_s']:12.1f} {100*j['prefill_fraction_of_peak']:9.1f}% "
+print(f"{name:20s} {level:6s} {j['prefill_tokens_per_s']:12.1f} {100*j['prefill_fraction_of_peak']:9.1f}% ({j['prefill_instruction']}) "
       f"{j['decode_tokens_per_s']:12.2f} {j['decode_gbs']:10.1f} {100*j['decode_fraction_of_bandwidth']:9.1f}% "
       f"{j['weight_bytes']/2**30:6.2f}G  (bw {j['measured_read_bandwidth_gbs']:.1f} GB/s, fma {j['measured_fma_peak_gflops']:.0f} GFLOP/s)")
 PY

@@ -17,7 +17,9 @@
 //  - a folder or block device: refused.
 #pragma once
 
+#include <cstddef>
 #include <cstdio>
+#include <memory>
 #include <string>
 
 namespace epwa {
@@ -40,6 +42,10 @@ class AtomicFile {
   std::string final_path_;   // the regular file to replace (symlinks resolved)
   std::string tmp_path_;     // empty when streaming
   std::FILE* f_ = nullptr;
+  // The stdio buffer of a regular file's writes (see the constructor); f_
+  // is closed (in Commit or the destructor's body) before it is freed.
+  static constexpr size_t kWriteBlockBytes = size_t{8} << 20;
+  std::unique_ptr<char[]> buffer_;
   bool committed_ = false;
   bool streaming_ = false;
 };

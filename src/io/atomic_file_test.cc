@@ -99,6 +99,31 @@ TEST(AtomicFileTest, MissingFolderIsReported) {
 
 // A full disk is simulated with a file size limit, which makes write() fail
 // with EFBIG the way a full disk makes it fail with ENOSPC.
+// Writes go through an 8 MiB buffer of AtomicFile's own (so that the kernel
+// sees whole aligned blocks); pieces of every size, some larger than the
+// buffer and some straddling its edge, must come out in order, byte for byte.
+TEST(AtomicFileTest, PiecesOfEverySizeAcrossTheWriteBufferArriveInOrder) {
+  TempDir dir;
+  const std::string path = dir.File("weights.bin");
+  std::vector<uint8_t> want;
+  {
+    AtomicFile out(path);
+    uint32_t state = 12345;
+    const size_t sizes[] = {1, 4095, 4097, (size_t{8} << 20) - 7, 3, (size_t{9} << 20) + 11, 65536, 0, 777777};
+    for (size_t n : sizes) {
+      std::vector<uint8_t> piece(n);
+      for (uint8_t& b : piece) {
+        state = state * 1664525u + 1013904223u;
+        b = static_cast<uint8_t>(state >> 24);
+      }
+      out.Write(piece.data(), piece.size());
+      want.insert(want.end(), piece.begin(), piece.end());
+    }
+    out.Commit();
+  }
+  EXPECT_TRUE(ReadBytes(path) == want);
+}
+
 TEST(AtomicFileTest, WriteFailureIsAnErrorAndLeavesNoFile) {
   TempDir dir;
   const std::string path = dir.File("big.bin");
