@@ -19,7 +19,6 @@
 
 #include "base/error.h"
 #include "kernels/kernels.h"
-#include "kernels/kernels_internal.h"
 #include "kernels/reference.h"
 #include "kernels/scoped_isa_test_util.h"
 
@@ -511,34 +510,15 @@ INSTANTIATE_TEST_SUITE_P(AllSupported, QuantIsaTest, ::testing::ValuesIn(Support
 // the speed, and a different rounding from the decode's). This machine has
 // VNNI, so the test masks it.
 TEST(QuantNoVnniTest, Avx512WithoutVnniRunsTheAvx2IntegerKernels) {
-  const std::vector<Isa> isas = SupportedIsas();
-  if (std::find(isas.begin(), isas.end(), Isa::kAvx512) == isas.end()) GTEST_SKIP() << "this CPU has no AVX-512";
+  if (!CpuHasAvx512()) GTEST_SKIP() << "this CPU has no AVX-512";
   const int64_t N = 72, K = 320;
   const FloatMatrix src = MakeFloatMatrix(DType::kBF16, N, K, Gaussian(N * K, 31));
   const std::vector<float> x = Gaussian(130 * K, 32);
   for (DType dtype : kQuantTypes) {
     const QuantMatrix q = ReferenceQuantize(src.view, dtype);
-    for (int64_t M : {1, 3, 6, 9, 16, 37, 130}) {
-      std::vector<float> want(static_cast<size_t>(M * N)), got(want.size(), std::numeric_limits<float>::quiet_NaN());
-      {
-        ScopedIsa avx2(Isa::kAvx2);
-        MatMul(x.data(), M, q.view, want.data(), TwoThreads());
-      }
-      ScopedIsa avx512(Isa::kAvx512);
-      internal::MaskAvx512VnniForTesting(true);
-      MatMul(x.data(), M, q.view, got.data(), TwoThreads());
-      const PrefillDot dot = PrefillDotFor(dtype);
-      // Two jobs with the same x, as an expert's gate and up are.
-      std::vector<float> many(2 * want.size(), std::numeric_limits<float>::quiet_NaN());
-      const std::vector<MatMulJob> jobs = {{x.data(), M, &q.view, many.data()},
-                                           {x.data(), M, &q.view, many.data() + M * N}};
-      MatMulMany(jobs, TwoThreads());
-      internal::MaskAvx512VnniForTesting(false);
-      EXPECT_EQ(got, want) << DTypeName(dtype) << " M " << M;
-      EXPECT_EQ(std::vector<float>(many.begin(), many.begin() + M * N), want) << DTypeName(dtype) << " M " << M;
-      EXPECT_EQ(std::vector<float>(many.begin() + M * N, many.end()), want) << DTypeName(dtype) << " M " << M;
-      EXPECT_EQ(dot, PrefillDot::kInt8) << DTypeName(dtype);
-    }
+    for (int64_t M : {1, 3, 6, 9, 16, 37, 130})
+      ExpectAvx512WithoutVnniEqualsAvx2(x.data(), M, q.view, TwoThreads(),
+                                        std::string(DTypeName(dtype)) + " M " + std::to_string(M));
   }
 }
 

@@ -3,9 +3,16 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cstddef>
+#include <limits>
 #include <memory>
+#include <string>
+#include <vector>
 
+#include "base/thread_pool.h"
 #include "kernels/kernels.h"
+#include "kernels/kernels_internal.h"
 
 namespace epwa::kernels {
 
@@ -32,6 +39,46 @@ class ScopedFloatActivations {
  private:
   bool saved_;
 };
+
+// Runs the AVX-512 path for a scope as on a CPU without VNNI (Skylake-SP/X).
+class ScopedAvx512WithoutVnni {
+ public:
+  ScopedAvx512WithoutVnni() : isa_(Isa::kAvx512) { internal::MaskAvx512VnniForTesting(true); }
+  ~ScopedAvx512WithoutVnni() { internal::MaskAvx512VnniForTesting(false); }
+  ScopedAvx512WithoutVnni(const ScopedAvx512WithoutVnni&) = delete;
+  ScopedAvx512WithoutVnni& operator=(const ScopedAvx512WithoutVnni&) = delete;
+
+ private:
+  ScopedIsa isa_;
+};
+
+inline bool CpuHasAvx512() {
+  const std::vector<Isa> isas = SupportedIsas();
+  return std::find(isas.begin(), isas.end(), Isa::kAvx512) != isas.end();
+}
+
+// Expects the AVX-512 path without VNNI to give exactly the AVX2 path's bits
+// for x [M, w.cols] times w, through MatMul and through MatMulMany (two jobs
+// sharing x, as an expert's gate and up do), and to report the int8 dot as
+// its prefill instruction: such a CPU runs the AVX2 integer kernels.
+inline void ExpectAvx512WithoutVnniEqualsAvx2(const float* x, int64_t M, const WeightView& w, ThreadPool& pool,
+                                              const std::string& what) {
+  const size_t n = static_cast<size_t>(M * w.rows);
+  std::vector<float> want(n), got(n, std::numeric_limits<float>::quiet_NaN());
+  std::vector<float> many(2 * n, std::numeric_limits<float>::quiet_NaN());
+  {
+    ScopedIsa avx2(Isa::kAvx2);
+    MatMul(x, M, w, want.data(), pool);
+  }
+  ScopedAvx512WithoutVnni no_vnni;
+  MatMul(x, M, w, got.data(), pool);
+  const std::vector<MatMulJob> jobs = {{x, M, &w, many.data()}, {x, M, &w, many.data() + n}};
+  MatMulMany(jobs, pool);
+  EXPECT_EQ(got, want) << what;
+  EXPECT_EQ(std::vector<float>(many.begin(), many.begin() + static_cast<std::ptrdiff_t>(n)), want) << what << " (MatMulMany)";
+  EXPECT_EQ(std::vector<float>(many.begin() + static_cast<std::ptrdiff_t>(n), many.end()), want) << what << " (MatMulMany)";
+  EXPECT_EQ(PrefillDotFor(w.dtype), PrefillDot::kInt8) << what;
+}
 
 // Whether MatMul on `isa` multiplies quantized or MXFP4 weights with float32
 // activations, and so equals the dequantized product: the scalar path
