@@ -97,8 +97,6 @@ TEST(AtomicFileTest, MissingFolderIsReported) {
   }
 }
 
-// A full disk is simulated with a file size limit, which makes write() fail
-// with EFBIG the way a full disk makes it fail with ENOSPC.
 // Writes go through an 8 MiB buffer of AtomicFile's own (so that the kernel
 // sees whole aligned blocks); pieces of every size, some larger than the
 // buffer and some straddling its edge, must come out in order, byte for byte.
@@ -124,6 +122,8 @@ TEST(AtomicFileTest, PiecesOfEverySizeAcrossTheWriteBufferArriveInOrder) {
   EXPECT_TRUE(ReadBytes(path) == want);
 }
 
+// A full disk is simulated with a file size limit, which makes write() fail
+// with EFBIG the way a full disk makes it fail with ENOSPC.
 TEST(AtomicFileTest, WriteFailureIsAnErrorAndLeavesNoFile) {
   TempDir dir;
   const std::string path = dir.File("big.bin");
