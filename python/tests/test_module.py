@@ -194,6 +194,18 @@ def test_pepi_from_text_and_from_logprobs_matches_cli(engine, key_file, tmp_path
     assert blind.prediction and blind.z_score > 4
 
 
+def test_keygen_writes_a_private_random_key_the_detector_accepts(engine, tmp_path):
+    first, second = tmp_path / "a.key", tmp_path / "b.key"
+    epwa.keygen(str(first))
+    epwa.keygen(str(second))
+    assert first.stat().st_mode & 0o777 == 0o600
+    assert len(first.read_bytes()) == 32 and first.read_bytes() != second.read_bytes()
+    with pytest.raises(epwa.Error):
+        epwa.keygen(str(first))  # an existing key is never overwritten
+    detector = epwa.WatermarkDetector(engine, epwa.WatermarkingConfig(key_file=str(first)))
+    assert detector.detect(" ".join(f"word{i} and more" for i in range(40))).raw["scored"] > 0
+
+
 def test_hostile_arguments_raise_epwa_error(engine, key_file):
     for kwargs in ({"threads": -1}, {"threads": 1.5}, {"ctx": -5}, {"parallel": 0}, {"mem_budget": -1}):
         with pytest.raises(epwa.Error):
