@@ -566,6 +566,54 @@ TEST_P(IsaTest, Bf16ActivationsPrefillStaysWithinItsBound) {
   }
 }
 
+// The float prefill's exact arithmetic, written out: each output adds its
+// products x[m, k] * w[n, k] with fused multiply-adds in the order k = 0, 1,
+// 2, ... within panels of 256 inputs, starting each panel from zero, and adds
+// each panel's sum to the running total. Every SIMD path keeps this order
+// whatever it packs (the AVX-512 path multiplies BF16 weights straight from
+// panels of raw bf16 pairs, the others from float panels), so results do not
+// depend on the CPU or on whether an expert's product ran alone or in
+// MatMulMany. A tile that dropped or repeated a pair, mixed up a pair's two
+// halves or summed a pair in the other order fails here bit for bit.
+std::vector<float> PanelOrderedProduct(const float* x, int64_t M, const WeightView& w) {
+  const int64_t N = w.rows, K = w.cols;
+  std::vector<float> y(static_cast<size_t>(M * N));
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t n = 0; n < N; ++n) {
+      float total = 0.f;
+      for (int64_t k0 = 0; k0 < K; k0 += 256) {
+        float panel = 0.f;
+        for (int64_t k = k0; k < std::min(K, k0 + 256); ++k)
+          panel = std::fma(x[m * K + k], static_cast<float>(w.At(n, k)), panel);
+        total = k0 == 0 ? panel : panel + total;
+      }
+      y[static_cast<size_t>(m * N + n)] = total;
+    }
+  return y;
+}
+
+TEST_P(IsaTest, FloatPrefillSumsInPanelOrderOnEveryPath) {
+  if (GetParam() == Isa::kScalar) GTEST_SKIP() << "the scalar path accumulates in double";
+  for (DType dtype : {DType::kBF16, DType::kF16, DType::kF32}) {
+    // K: one panel, a pair-aligned tail shorter than a 32-input block (302 =
+    // 256 + 46), several panels, and odd (63, which BF16 packs as floats).
+    for (const auto& [M, N, K] : {std::tuple{9, 33, 64}, {37, 300, 302}, {130, 70, 544}, {17, 40, 63}, {12, 257, 1000}}) {
+      const TestWeights w = MakeWeights(dtype, N, K, static_cast<uint32_t>(3 * M + N + K));
+      const std::vector<float> x = RandomVector(static_cast<int64_t>(M) * K, static_cast<uint32_t>(M + 7 * K));
+      const std::vector<float> want = PanelOrderedProduct(x.data(), M, w.view);
+      std::vector<float> alone(want.size(), std::numeric_limits<float>::quiet_NaN());
+      MatMul(x.data(), M, w.view, alone.data(), TwoThreads());
+      EXPECT_EQ(alone, want) << DTypeName(dtype) << " MatMul M " << M << " N " << N << " K " << K;
+      // The same product as one of an MoE layer's expert jobs.
+      const std::vector<float> x2 = RandomVector(3 * K, 5);
+      std::vector<float> many(want.size(), std::numeric_limits<float>::quiet_NaN()), other(static_cast<size_t>(3 * N));
+      const std::vector<MatMulJob> jobs = {{x2.data(), 3, &w.view, other.data()}, {x.data(), M, &w.view, many.data()}};
+      MatMulMany(jobs, TwoThreads());
+      EXPECT_EQ(many, want) << DTypeName(dtype) << " MatMulMany M " << M << " N " << N << " K " << K;
+    }
+  }
+}
+
 // A checkpoint's tensors start wherever its file puts them (safetensors
 // aligns them to 8 bytes at best), and MatMul uses them there. Where the rows
 // lie a whole number of 4-byte words past a cache line, the AVX-512 decode
