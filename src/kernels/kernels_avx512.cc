@@ -1312,71 +1312,6 @@ void PackPanelBf16(const WeightView& w, int64_t n0, int64_t ncols, int64_t k0, i
 }
 
 
-// The float prefill of BF16 weights (activations kept in float) from the
-// same panels of raw bf16 pairs as the bf16-dot prefill. Packing a panel
-// converted every weight to float and transposed 16 x 16 blocks of floats
-// (PackBlock): a quarter of the prefill's time on bench-moe (perf), about
-// half of it the conversion and the transpose of twice the bytes. Here a
-// panel is transposed as 16 x 16 blocks of 32-bit pairs, half the shuffles
-// and stores per weight and no conversion, and the micro-kernel splits each
-// 64-byte load of pairs into the two floats of every lane, which is exact:
-// shifting the pair left by 16 gives w[n, 2p], clearing its low half gives
-// w[n, 2p + 1]. Each output still adds its products in the order k = 0, 1,
-// 2, ... within panels of kKb inputs, as MicroKernel does, so the results
-// are bit-identical to the PackBlock path's.
-//
-// y[0:MR, 0:32] (+)= xp [2 pairs][kMr] (first MR columns) times a strip of
-// `pairs` rows of 32 words, storing the columns selected by the two masks.
-template <int MR>
-void Bf16PairFmaTile(const float* xp, const uint32_t* strip, int64_t pairs, float* y, int64_t ldy,
-                     __mmask16 mask0, __mmask16 mask1, bool accumulate) {
-  __m512 c0[MR], c1[MR];
-#pragma GCC unroll 16
-  for (int m = 0; m < MR; ++m) c0[m] = c1[m] = _mm512_setzero_ps();
-  const __m512i high = _mm512_set1_epi32(static_cast<int>(0xffff0000u));
-  for (int64_t p = 0; p < pairs; ++p) {
-    const __m512i v0 = _mm512_load_si512(strip + p * kBfNr);
-    const __m512i v1 = _mm512_load_si512(strip + p * kBfNr + 16);
-    const __m512 even0 = _mm512_castsi512_ps(_mm512_slli_epi32(v0, 16));
-    const __m512 even1 = _mm512_castsi512_ps(_mm512_slli_epi32(v1, 16));
-#pragma GCC unroll 16
-    for (int m = 0; m < MR; ++m) {
-      const __m512 a = _mm512_set1_ps(xp[m]);
-      c0[m] = _mm512_fmadd_ps(a, even0, c0[m]);
-      c1[m] = _mm512_fmadd_ps(a, even1, c1[m]);
-    }
-    const __m512 odd0 = _mm512_castsi512_ps(_mm512_and_si512(v0, high));
-    const __m512 odd1 = _mm512_castsi512_ps(_mm512_and_si512(v1, high));
-#pragma GCC unroll 16
-    for (int m = 0; m < MR; ++m) {
-      const __m512 a = _mm512_set1_ps(xp[kMr + m]);
-      c0[m] = _mm512_fmadd_ps(a, odd0, c0[m]);
-      c1[m] = _mm512_fmadd_ps(a, odd1, c1[m]);
-    }
-    xp += 2 * kMr;
-  }
-#pragma GCC unroll 16
-  for (int m = 0; m < MR; ++m) {
-    float* row = y + m * ldy;
-    if (accumulate) {
-      c0[m] = _mm512_add_ps(c0[m], _mm512_maskz_loadu_ps(mask0, row));
-      c1[m] = _mm512_add_ps(c1[m], _mm512_maskz_loadu_ps(mask1, row + 16));
-    }
-    _mm512_mask_storeu_ps(row, mask0, c0[m]);
-    _mm512_mask_storeu_ps(row + 16, mask1, c1[m]);
-  }
-}
-
-using Bf16PairFmaTileFn = void (*)(const float*, const uint32_t*, int64_t, float*, int64_t, __mmask16, __mmask16,
-                                   bool);
-constexpr Bf16PairFmaTileFn kBf16PairFmaTiles[kMr + 1] = {
-    nullptr,           Bf16PairFmaTile<1>, Bf16PairFmaTile<2>, Bf16PairFmaTile<3>, Bf16PairFmaTile<4>,
-    Bf16PairFmaTile<5>, Bf16PairFmaTile<6>, Bf16PairFmaTile<7>, Bf16PairFmaTile<8>,
-};
-static_assert(kBfNr == kNr && kBfNb == kNb && kBfKb == kKb,
-              "The pair panels of the float BF16 prefill have the float prefill's geometry, so that its "
-              "sums are the same.");
-
 // The integer and bf16 prefills, defined after the include below because
 // they use its PanelPrefetcher; MatMul (in the include) dispatches to them.
 template <DType D>
@@ -1448,44 +1383,16 @@ void PrefillBf16Range(const uint32_t* xp, int64_t mc, const WeightView& w, float
       });
 }
 
-// One thread's share of the float prefill of BF16 weights (Bf16PairFmaTile):
-// output columns [n_begin, n_end) for `mc` rows of x packed in xp
-// ([ceil(mc / kMr)][K][kMr], as PackX packs them).
-void PrefillBf16FloatRange(const float* xp, int64_t mc, const WeightView& w, float* y, int64_t n_begin,
-                           int64_t n_end, const FollowingWork& after = {}) {
-  const int64_t N = w.rows, K = w.cols;
-  auto* packed = reinterpret_cast<uint32_t*>(
-      internal::ThreadScratch(internal::Scratch::kPanel, static_cast<size_t>(kNb * kKb / 2)));
-  PanelLoop<kNb, kKb, kMr, kNr>(
-      w, mc, n_begin, n_end, after, [&](const Panel& p) { PackPanelBf16(w, p.n0, p.ncols, p.k0, p.kb, packed); },
-      [&](int64_t m0, int mr, int64_t s, const Panel& p) {
-        const int64_t cols = p.ncols - s * kNr;
-        kBf16PairFmaTiles[mr](xp + m0 * K + p.k0 * kMr, packed + s * (p.kb / 2) * kNr, p.kb / 2,
-                              y + m0 * N + p.n0 + s * kNr, N, FirstLanes(cols), FirstLanes(Max(cols - 16, 0)),
-                              p.k0 > 0);
-      });
-}
-
-// The prefill of BF16 weights from panels of raw bf16 pairs wherever K is
-// even (every model's is): with activations rounded to bf16 for vdpbf16ps
-// where that is requested and the CPU has AVX512-BF16, else in float,
-// bit-identical to the float prefill. Returns false for other weights and
-// odd K (the float prefill runs).
+// The bf16 prefill for BF16 weights where it is requested, the CPU has
+// AVX512-BF16 and K is even (every model's is); returns false otherwise (the
+// float prefill runs).
 template <DType D>
 bool PrefillBf16(const float* x, int64_t M, const WeightView& w, float* y, ThreadPool& pool) {
   if constexpr (D != DType::kBF16) {
     return false;
   } else {
     const int64_t K = w.cols;
-    if (K % 2 != 0) return false;
-    if (!::epwa::kernels::Bf16Activations() || !internal::HasAvx512Bf16()) {
-      // The calling thread's buffer, shared with the workers below.
-      float* xp = internal::ThreadScratch(internal::Scratch::kPackedX, static_cast<size_t>(kMc) * K);  // [kMc / kMr][K][kMr]
-      TiledPrefill<kMc, kMr, kNr>(
-          x, M, w, y, pool, [&](const float* rows, int64_t count, int64_t t) { PackX(rows, K, count, xp + t * K * kMr); },
-          [&](int64_t mc, float* yb, int64_t n0, int64_t n1) { PrefillBf16FloatRange(xp, mc, w, yb, n0, n1); });
-      return true;
-    }
+    if (!::epwa::kernels::Bf16Activations() || !internal::HasAvx512Bf16() || K % 2 != 0) return false;
     const int64_t tile_words = K / 2 * kBfMr;
     // The calling thread's buffer, shared with the workers below.
     auto* xp = reinterpret_cast<uint32_t*>(internal::ThreadScratch(
@@ -1734,11 +1641,7 @@ bool PrefillManyTyped(const MatMulJob* jobs, int64_t n, ThreadPool& pool) {
           PrefillBf16Range(reinterpret_cast<const uint32_t*>(base), job.M, *job.w, job.y, chunk.n0, chunk.n1, after);
           break;
         case ManyPath::kPrefillFloat:
-          if (D == DType::kBF16 && job.w->cols % 2 == 0) {
-            PrefillBf16FloatRange(base, job.M, *job.w, job.y, chunk.n0, chunk.n1, after);
-          } else {
-            PrefillRange<D>(base, job.M, *job.w, job.y, chunk.n0, chunk.n1, after);
-          }
+          PrefillRange<D>(base, job.M, *job.w, job.y, chunk.n0, chunk.n1, after);
           break;
       }
     }

@@ -32,11 +32,9 @@
 //                   with x rounded to int8 as Decode rounds it, returning
 //                   false where this path or CPU has none (then the exact
 //                   float prefill runs);
-//   PrefillBf16<D>(x, M, w, y, pool): this file's own prefill of BF16
-//                   weights where it has one (AVX-512: with x rounded to
-//                   bf16 when Bf16Activations() is on, else in float and
-//                   bit-identical to Prefill below), returning false where
-//                   it does not apply;
+//   PrefillBf16<D>(x, M, w, y, pool): the prefill with x rounded to bf16 for
+//                   BF16 weights when Bf16Activations() is on, returning
+//                   false where it does not apply;
 //   ConvertTyped<D>(src, n, dst), which converts n weights to floats (float
 //                   dtypes only);
 //   DequantizeRowTyped<D>(w, row, out), out[c] = w.At(row, c) (D with group

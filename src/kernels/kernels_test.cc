@@ -569,12 +569,12 @@ TEST_P(IsaTest, Bf16ActivationsPrefillStaysWithinItsBound) {
 // The float prefill's exact arithmetic, written out: each output adds its
 // products x[m, k] * w[n, k] with fused multiply-adds in the order k = 0, 1,
 // 2, ... within panels of 256 inputs, starting each panel from zero, and adds
-// each panel's sum to the running total. Every SIMD path keeps this order
-// whatever it packs (the AVX-512 path multiplies BF16 weights straight from
-// panels of raw bf16 pairs, the others from float panels), so results do not
-// depend on the CPU or on whether an expert's product ran alone or in
-// MatMulMany. A tile that dropped or repeated a pair, mixed up a pair's two
-// halves or summed a pair in the other order fails here bit for bit.
+// each panel's sum to the running total. Every SIMD path keeps this order,
+// so results do not depend on the CPU (AVX-512 or AVX2) or on whether an
+// expert's product ran alone or in MatMulMany, and a kernel that packs
+// weights differently must keep it too: a tile that summed two inputs in the
+// other order, or a panel of another depth, fails here bit for bit where the
+// tolerance of the reference tests would pass it.
 std::vector<float> PanelOrderedProduct(const float* x, int64_t M, const WeightView& w) {
   const int64_t N = w.rows, K = w.cols;
   std::vector<float> y(static_cast<size_t>(M * N));
