@@ -595,8 +595,9 @@ std::vector<float> PanelOrderedProduct(const float* x, int64_t M, const WeightVi
 TEST_P(IsaTest, FloatPrefillSumsInPanelOrderOnEveryPath) {
   if (GetParam() == Isa::kScalar) GTEST_SKIP() << "the scalar path accumulates in double";
   for (DType dtype : {DType::kBF16, DType::kF16, DType::kF32}) {
-    // K: one panel, a pair-aligned tail shorter than a 32-input block (302 =
-    // 256 + 46), several panels, and odd (63, which BF16 packs as floats).
+    // K: one panel, a last panel of 46 inputs (302 = 256 + 46, not a
+    // multiple of the 16- or 32-input blocks the packers work in), several
+    // panels, and odd (63).
     for (const auto& [M, N, K] : {std::tuple{9, 33, 64}, {37, 300, 302}, {130, 70, 544}, {17, 40, 63}, {12, 257, 1000}}) {
       const TestWeights w = MakeWeights(dtype, N, K, static_cast<uint32_t>(3 * M + N + K));
       const std::vector<float> x = RandomVector(static_cast<int64_t>(M) * K, static_cast<uint32_t>(M + 7 * K));
