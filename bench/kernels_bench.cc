@@ -74,7 +74,6 @@ double PrefillPeak(DType dtype, int threads) {
 const WeightView& Weights(DType dtype, int64_t rows, int64_t cols, int copy = 0) {
   struct Entry {
     AlignedBuffer<uint8_t> bytes;
-    AlignedBuffer<uint16_t> scales;  // fp16 scales of Q8/Q4/NF4
     AlignedBuffer<uint8_t> e8m0;     // E8M0 scales of MXFP4
     WeightView view;
   };
@@ -97,10 +96,9 @@ const WeightView& Weights(DType dtype, int64_t rows, int64_t cols, int copy = 0)
   if (!entry && IsQuantized(dtype)) {
     const WeightView& src = Weights(DType::kBF16, rows, cols, -1);
     entry = std::make_unique<Entry>();
-    entry->bytes.Resize(static_cast<size_t>(CodeRowBytes(dtype, cols) * rows));
-    entry->scales.Resize(static_cast<size_t>(rows * cols / kQuantGroup));
-    Quantize(src, dtype, entry->bytes.data(), entry->scales.data(), Pool(2));
-    entry->view = WeightView{dtype, entry->bytes.data(), rows, cols, entry->scales.data()};
+    // In the layout the model quantizes into: each row's scales after its codes.
+    entry->bytes.Resize(static_cast<size_t>(QuantizedBytes(dtype, rows, cols)));
+    entry->view = QuantizeWithScalesInRows(src, dtype, entry->bytes.data(), Pool(2));
   }
   if (!entry) {
     entry = std::make_unique<Entry>();
@@ -333,13 +331,13 @@ void BM_Quantize(benchmark::State& state) {
   const auto target = static_cast<DType>(state.range(0));
   const int threads = static_cast<int>(state.range(1));
   const WeightView& src = Weights(DType::kBF16, 4096, 4096);
-  AlignedBuffer<uint8_t> codes(static_cast<size_t>(CodeRowBytes(target, src.cols) * src.rows));
-  AlignedBuffer<uint16_t> scales(static_cast<size_t>(src.rows * src.cols / kQuantGroup));
+  AlignedBuffer<uint8_t> out(static_cast<size_t>(QuantizedBytes(target, src.rows, src.cols)));
   ThreadPool& pool = Pool(threads);
   Stopwatch watch;
   for (auto _ : state) {
-    Quantize(src, target, codes.data(), scales.data(), pool);
-    benchmark::DoNotOptimize(codes.data());
+    // The layout the model quantizes into at load.
+    QuantizeWithScalesInRows(src, target, out.data(), pool);
+    benchmark::DoNotOptimize(out.data());
   }
   state.counters["src GB/s"] = static_cast<double>(src.Bytes()) * state.iterations() / watch.Seconds() / 1e9;
   SetLabel(state, target, threads);

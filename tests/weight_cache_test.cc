@@ -129,6 +129,20 @@ TEST_F(WeightCacheTest, DamagedFilesAreDetectedAndRebuilt) {
        },
        "JSON"},
       {"empty file", [&] { fs::resize_file(path, 0); }, "magic"},
+      // A file written by an epwa whose cache held each matrix's scales in
+      // one array (format 1): the same header with the older number.
+      {"older format",
+       [&] {
+         std::string head(64, '\0');
+         std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
+         f.seekg(16);
+         f.read(head.data(), 64);
+         const size_t at = head.find("\"format\":2");
+         ASSERT_NE(at, std::string::npos) << head;
+         f.seekp(static_cast<std::streamoff>(16 + at + 9));
+         f.write("1", 1);
+       },
+       "cache format 1"},
   };
   for (const Damage& d : damages) {
     d.apply();

@@ -18,6 +18,7 @@
 #include "kernels/kernels_internal.h"
 
 namespace epwa::kernels {
+using internal::QuantizedOut;
 namespace scalar {
 namespace {
 
@@ -136,18 +137,15 @@ uint16_t QuantizeGroup(const float* x, DType target, uint8_t* codes) {
   return h;
 }
 
-void QuantizeRows(const WeightView& src, DType target, int64_t row_begin, int64_t row_end, uint8_t* codes,
-                  uint16_t* scales) {
+void QuantizeRows(const WeightView& src, DType target, int64_t row_begin, int64_t row_end, const QuantizedOut& out) {
   const int64_t K = src.cols, groups = K / kQuantGroup;
-  const int64_t code_bytes = static_cast<int64_t>(CodeRowBytes(target, K));
   thread_local AlignedBuffer<float> row;  // [K]
   if (row.size() < static_cast<size_t>(K)) row.Resize(static_cast<size_t>(K));
   for (int64_t r = row_begin; r < row_end; ++r) {
     ConvertRow(src.dtype, src.Row(r), K, row.data());
-    for (int64_t g = 0; g < groups; ++g) {
-      scales[r * groups + g] = QuantizeGroup(row.data() + g * kQuantGroup, target,
-                                             codes + r * code_bytes + SpanOf(target, g));
-    }
+    auto* scales = reinterpret_cast<uint16_t*>(out.scales + r * out.scale_stride);
+    for (int64_t g = 0; g < groups; ++g)
+      scales[g] = QuantizeGroup(row.data() + g * kQuantGroup, target, out.codes + r * out.code_stride + SpanOf(target, g));
   }
 }
 
@@ -587,7 +585,9 @@ void ConvertToF32(DType dtype, const void* src, int64_t n, float* dst) {
   if (n > 0) Active().convert_to_f32(dtype, src, n, dst);
 }
 
-void Quantize(const WeightView& src, DType target, void* codes, uint16_t* scales, ThreadPool& pool) {
+namespace {
+
+void QuantizeInto(const WeightView& src, DType target, const QuantizedOut& out, ThreadPool& pool) {
   Require(src.dtype == DType::kF32 || src.dtype == DType::kF16 || src.dtype == DType::kBF16,
           std::string("Quantize needs an F32, F16 or BF16 source, not ") + DTypeName(src.dtype) + ".");
   Require(IsQuantized(target),
@@ -595,9 +595,8 @@ void Quantize(const WeightView& src, DType target, void* codes, uint16_t* scales
   Require(src.rows >= 0 && src.cols >= 0 && src.cols % kQuantGroup == 0,
           "Quantize needs a number of columns that is a multiple of 32, got " + std::to_string(src.cols) + ".");
   if (src.rows == 0 || src.cols == 0) return;
-  Require(src.data != nullptr && codes != nullptr && scales != nullptr, "Quantize was given a null buffer.");
+  Require(src.data != nullptr && out.codes != nullptr && out.scales != nullptr, "Quantize was given a null buffer.");
   const IsaKernels& k = Active();
-  auto* code_bytes = static_cast<uint8_t*>(codes);
   // Quantizing NaN or infinity has no meaning (the group scale ignores NaN
   // and the float-to-int cast of the codes is undefined), and it would hide
   // the damage behind finite garbage, so each chunk of rows is checked just
@@ -607,7 +606,7 @@ void Quantize(const WeightView& src, DType target, void* codes, uint16_t* scales
   pool.ParallelFor(src.rows, 4, [&](int64_t r0, int64_t r1) {
     const int64_t bad = FirstNonFinite(src, r0, r1);
     if (bad < 0) {
-      k.quantize_rows(src, target, r0, r1, code_bytes, scales);
+      k.quantize_rows(src, target, r0, r1, out);
       return;
     }
     int64_t seen = first_bad.load();
@@ -619,6 +618,25 @@ void Quantize(const WeightView& src, DType target, void* codes, uint16_t* scales
     throw Error("the matrix holds a non-finite value (NaN or infinity) at row " +
                 std::to_string(bad / src.cols) + ", column " + std::to_string(bad % src.cols) +
                 ", which cannot be quantized; the checkpoint is damaged");
+}
+
+}  // namespace
+
+void Quantize(const WeightView& src, DType target, void* codes, uint16_t* scales, ThreadPool& pool) {
+  const auto code_stride = static_cast<int64_t>(CodeRowBytes(target, src.cols));
+  QuantizeInto(src, target,
+               {static_cast<uint8_t*>(codes), code_stride, reinterpret_cast<uint8_t*>(scales),
+                static_cast<int64_t>(src.cols / kQuantGroup * sizeof(uint16_t))},
+               pool);
+}
+
+WeightView QuantizeWithScalesInRows(const WeightView& src, DType target, void* out, ThreadPool& pool) {
+  const WeightView view = WeightView::WithScalesInRows(target, out, src.rows, src.cols);
+  auto* bytes = static_cast<uint8_t*>(out);
+  const auto stride = static_cast<int64_t>(view.RowStride());
+  QuantizeInto(src, target,
+               {bytes, stride, bytes == nullptr ? nullptr : bytes + view.RowBytes(), stride}, pool);
+  return view;
 }
 
 namespace {
@@ -662,7 +680,7 @@ int64_t FirstNonFiniteMxfp4(const WeightView& w, int64_t row_begin, int64_t row_
   if (w.cols % kQuantGroup != 0 || w.scales == nullptr) return -1;  // MatMul refuses such a view anyway.
   const int64_t groups = w.cols / kQuantGroup;
   for (int64_t r = row_begin; r < row_end; ++r) {
-    const uint8_t* e = w.E8M0Scales() + r * groups;
+    const uint8_t* e = w.E8M0ScaleRow(r);
     uint8_t largest = 0;
     for (int64_t g = 0; g < groups; ++g) largest = std::max(largest, e[g]);
     if (largest < 253) continue;
@@ -723,7 +741,7 @@ void ValidateMxfp4(const WeightView& w) {
   const int64_t bad = FirstNonFinite(w, 0, w.rows);
   if (bad < 0) return;
   const int64_t r = bad / w.cols, c = bad % w.cols;
-  const int e = w.E8M0Scales()[r * (w.cols / kQuantGroup) + c / kQuantGroup];
+  const int e = w.E8M0ScaleRow(r)[c / kQuantGroup];
   throw Error("the MXFP4 matrix holds a non-finite value at row " + std::to_string(r) + ", column " +
               std::to_string(c) + ": its block scale is E8M0 " + std::to_string(e) +
               (e == 255 ? ", which is NaN" : ", which overflows float with this element's code") +

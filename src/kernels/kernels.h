@@ -160,6 +160,13 @@ void MatMulMany(std::span<const MatMulJob> jobs, ThreadPool& pool);
 // infinity, which no quantized format can represent.
 void Quantize(const WeightView& src, DType target, void* codes, uint16_t* scales, ThreadPool& pool);
 
+// The same into the layout with each row's scales after its codes
+// (WeightView::WithScalesInRows, tensor/dtype.h): fills `out`
+// (QuantizedBytes(target, rows, cols) bytes) and returns the view of it. The
+// codes and scales are the bytes Quantize writes, only placed differently.
+// The model quantizes into this layout: its decode reads one stream per row.
+WeightView QuantizeWithScalesInRows(const WeightView& src, DType target, void* out, ThreadPool& pool);
+
 // The flat index (row * cols + col) of the first NaN or infinite element in
 // rows [row_begin, row_end) of a F32, F16, BF16 or MXFP4 matrix; -1 when all
 // are finite (and for formats that cannot hold NaN). For MXFP4 an element is

@@ -174,15 +174,15 @@ inline void StoreBytes16(__m256i a, __m256i b, uint8_t* out) {
 }
 
 template <DType S, DType T>
-void QuantizeRowsTo(const WeightView& src, int64_t r0, int64_t r1, uint8_t* codes, uint16_t* scales) {
+void QuantizeRowsTo(const WeightView& src, int64_t r0, int64_t r1, const QuantizedOut& dst) {
   const int64_t K = src.cols, groups = K / 32;
-  const int64_t code_bytes = SpanBytes(T, K);
   float mids[16];
   NF4Midpoints(mids);
   const __m256 sign = _mm256_set1_ps(-0.f);
   for (int64_t r = r0; r < r1; ++r) {
     const uint8_t* row = RowAt(src, r);
-    uint8_t* out = codes + r * code_bytes;
+    uint8_t* out = CodeRowOut(dst, r);
+    uint16_t* out_scales = ScaleRowOut(dst, r);
     for (int64_t g = 0; g < groups; ++g) {
       __m256 a[4];
 #pragma GCC unroll 4
@@ -199,7 +199,7 @@ void QuantizeRowsTo(const WeightView& src, int64_t r0, int64_t r1, uint8_t* code
         d = T == DType::kQ8 ? amax / 127.0f : amax;
       }
       const uint16_t h = StoredScale(d);
-      scales[r * groups + g] = h;
+      out_scales[g] = h;
       const float s = HalfToFloat(h);
       const __m256 inv = _mm256_set1_ps(s != 0.f ? 1.0f / s : 0.f);
       __m256i n[4];
@@ -235,11 +235,10 @@ void QuantizeRowsTo(const WeightView& src, int64_t r0, int64_t r1, uint8_t* code
 }
 
 template <DType S>
-void QuantizeRowsFrom(const WeightView& src, DType target, int64_t r0, int64_t r1, uint8_t* codes,
-                      uint16_t* scales) {
-  if (target == DType::kQ8) return QuantizeRowsTo<S, DType::kQ8>(src, r0, r1, codes, scales);
-  if (target == DType::kQ4) return QuantizeRowsTo<S, DType::kQ4>(src, r0, r1, codes, scales);
-  if (target == DType::kNF4) return QuantizeRowsTo<S, DType::kNF4>(src, r0, r1, codes, scales);
+void QuantizeRowsFrom(const WeightView& src, DType target, int64_t r0, int64_t r1, const QuantizedOut& dst) {
+  if (target == DType::kQ8) return QuantizeRowsTo<S, DType::kQ8>(src, r0, r1, dst);
+  if (target == DType::kQ4) return QuantizeRowsTo<S, DType::kQ4>(src, r0, r1, dst);
+  if (target == DType::kNF4) return QuantizeRowsTo<S, DType::kNF4>(src, r0, r1, dst);
 }
 
 // ---------------------------------------------------------------------------
@@ -514,13 +513,14 @@ void QuantMatVecRows(const QuantizedX& qx, const WeightView& w, float* y, int64_
     rows[r] = RowAt(w, n + r);
     scale_rows[r] = ScaleAddress(w, n + r, 0);
   }
-  const int64_t ahead = QuantPrefetchDistance(R * RowBytes(w));
-  // The codes `ahead` bytes on lie `ahead / RowBytes` rows further down, at
-  // the same column; their scales are fetched as far ahead. Without this the
+  const int64_t ahead = QuantPrefetchDistance(R * RowStride(w));
+  // The codes `ahead` bytes on lie `ahead / RowStride` rows further down, at
+  // the same column; their scales are fetched as far ahead (the same bytes
+  // on when they sit in the rows). Without this the
   // scale loads are demand misses from DRAM: measured on a Zen 4 VM shared
   // with other jobs (one core, [16384, 4096] from DRAM, AVX-512), Q4 streamed
   // 6-7 GB/s instead of 21 and MXFP4 13-15 instead of 22.
-  const int64_t scales_ahead = ahead / RowBytes(w) * ScaleRowBytes(w);
+  const int64_t scales_ahead = ahead / RowStride(w) * ScaleStride(w);
   alignas(32) float products[R][M][8];  // s_w * s_x per group of the current 8.
   __m256 acc[R][M];
 #pragma GCC unroll 8
@@ -692,7 +692,7 @@ __attribute__((always_inline)) inline void PackBlock(const WeightView& w, int64_
                                                      int64_t k0, int nk, float* out) {
   __m256 r[8];
   const uint8_t* rows = RowAt(w, row0);
-  const int64_t stride = RowBytes(w);
+  const int64_t stride = RowStride(w);
   if (nrows == 8 && nk == 8) {
 #pragma GCC unroll 8
     for (int i = 0; i < 8; ++i) {

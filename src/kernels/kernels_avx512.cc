@@ -135,17 +135,16 @@ inline __m512i NF4Codes(__m512 t, __m512 mids) {
 // Quantizes rows [r0, r1) of src (float dtype S) to T, one group of 32
 // (two vectors) at a time.
 template <DType S, DType T>
-void QuantizeRowsTo(const WeightView& src, int64_t r0, int64_t r1, uint8_t* codes, uint16_t* scales) {
+void QuantizeRowsTo(const WeightView& src, int64_t r0, int64_t r1, const QuantizedOut& dst) {
   const int64_t K = src.cols, groups = K / 32;
-  const int64_t code_bytes = SpanBytes(T, K);
   float mid_values[16];
   NF4Midpoints(mid_values);
   const __m512 mids = _mm512_loadu_ps(mid_values);
   const __m512 sign = _mm512_set1_ps(-0.f);
   for (int64_t r = r0; r < r1; ++r) {
     const uint8_t* row = RowAt(src, r);
-    uint8_t* out = codes + r * code_bytes;
-    uint16_t* out_scales = scales + r * groups;
+    uint8_t* out = CodeRowOut(dst, r);
+    uint16_t* out_scales = ScaleRowOut(dst, r);
     for (int64_t g = 0; g < groups; ++g) {
       const __m512 a0 = Weights<S>::Load(row, 32 * g), a1 = Weights<S>::Load(row, 32 * g + 16);
       float d;
@@ -190,11 +189,10 @@ void QuantizeRowsTo(const WeightView& src, int64_t r0, int64_t r1, uint8_t* code
 }
 
 template <DType S>
-void QuantizeRowsFrom(const WeightView& src, DType target, int64_t r0, int64_t r1, uint8_t* codes,
-                      uint16_t* scales) {
-  if (target == DType::kQ8) return QuantizeRowsTo<S, DType::kQ8>(src, r0, r1, codes, scales);
-  if (target == DType::kQ4) return QuantizeRowsTo<S, DType::kQ4>(src, r0, r1, codes, scales);
-  if (target == DType::kNF4) return QuantizeRowsTo<S, DType::kNF4>(src, r0, r1, codes, scales);
+void QuantizeRowsFrom(const WeightView& src, DType target, int64_t r0, int64_t r1, const QuantizedOut& dst) {
+  if (target == DType::kQ8) return QuantizeRowsTo<S, DType::kQ8>(src, r0, r1, dst);
+  if (target == DType::kQ4) return QuantizeRowsTo<S, DType::kQ4>(src, r0, r1, dst);
+  if (target == DType::kNF4) return QuantizeRowsTo<S, DType::kNF4>(src, r0, r1, dst);
 }
 
 // ---------------------------------------------------------------------------
@@ -620,13 +618,14 @@ void QuantMatVecRows(const QuantizedX& qx, const WeightView& w, float* y, int64_
     rows[r] = RowAt(w, n + r);
     scale_rows[r] = ScaleAddress(w, n + r, 0);
   }
-  const int64_t ahead = QuantPrefetchDistance(R * RowBytes(w));
-  // The codes `ahead` bytes on lie `ahead / RowBytes` rows further down, at
-  // the same column; their scales are fetched as far ahead. Without this the
+  const int64_t ahead = QuantPrefetchDistance(R * RowStride(w));
+  // The codes `ahead` bytes on lie `ahead / RowStride` rows further down, at
+  // the same column; their scales are fetched as far ahead (the same bytes
+  // on when they sit in the rows). Without this the
   // scale loads are demand misses from DRAM: measured on a Zen 4 VM shared
   // with other jobs (one core, [16384, 4096] from DRAM, AVX-512), Q4 streamed
   // 6-7 GB/s instead of 21 and MXFP4 13-15 instead of 22.
-  const int64_t scales_ahead = ahead / RowBytes(w) * ScaleRowBytes(w);
+  const int64_t scales_ahead = ahead / RowStride(w) * ScaleStride(w);
   // s_w * s_x per group of the current 16 (lane g: group g0 + g; zero past
   // the row's last group). Each step picks its groups' lanes out of these
   // registers with one permute; they used to go through memory, and the
@@ -985,7 +984,7 @@ __attribute__((always_inline)) inline void PackBlock(const WeightView& w, int64_
                                                      int64_t k0, int nk, float* out) {
   __m512 r[16];
   const uint8_t* rows = RowAt(w, row0);
-  const int64_t stride = RowBytes(w);
+  const int64_t stride = RowStride(w);
   if (nrows == 16 && nk == 16) {
 #pragma GCC unroll 16
     for (int i = 0; i < 16; ++i) {

@@ -39,7 +39,7 @@
 //                   dtypes only);
 //   DequantizeRowTyped<D>(w, row, out), out[c] = w.At(row, c) (D with group
 //                   scales: the quantized types and kMXFP4);
-//   QuantizeRowsFrom<S>(src, target, row_begin, row_end, codes, scales), the
+//   QuantizeRowsFrom<S>(src, target, row_begin, row_end, out), the
 //                   quantizer for float source dtype S.
 //
 // Quantized and MXFP4 weights go through the same blocked product: packing a
@@ -77,13 +77,13 @@ class PanelPrefetcher {
   PanelPrefetcher(const WeightView& w, const Panel& panel)
       : panel_(panel),
         bytes_(SpanBytes(w.dtype, panel.kb)),
-        row_stride_(RowBytes(w)),
+        row_stride_(RowStride(w)),
         codes_(static_cast<const char*>(w.data) + SpanBytes(w.dtype, panel.k0)),
         code_lines_((bytes_ + 63) / 64 + 1) {
     // Rows with group scales have one more line to fetch: the row's scales.
     if (HasScales(w.dtype)) {
       scales_ = static_cast<const char*>(ScaleAddress(w, 0, panel.k0 / 32));
-      scale_stride_ = ScaleRowBytes(w);
+      scale_stride_ = ScaleStride(w);
     }
     lines_per_row_ = code_lines_ + (scales_ != nullptr ? 1 : 0);
   }
@@ -344,12 +344,11 @@ void DequantizeRow(const WeightView& w, int64_t row, float* out) {
   }
 }
 
-void QuantizeRows(const WeightView& src, DType target, int64_t row_begin, int64_t row_end, uint8_t* codes,
-                  uint16_t* scales) {
+void QuantizeRows(const WeightView& src, DType target, int64_t row_begin, int64_t row_end, const QuantizedOut& out) {
   switch (src.dtype) {
-    case DType::kF32: return QuantizeRowsFrom<DType::kF32>(src, target, row_begin, row_end, codes, scales);
-    case DType::kF16: return QuantizeRowsFrom<DType::kF16>(src, target, row_begin, row_end, codes, scales);
-    case DType::kBF16: return QuantizeRowsFrom<DType::kBF16>(src, target, row_begin, row_end, codes, scales);
+    case DType::kF32: return QuantizeRowsFrom<DType::kF32>(src, target, row_begin, row_end, out);
+    case DType::kF16: return QuantizeRowsFrom<DType::kF16>(src, target, row_begin, row_end, out);
+    case DType::kBF16: return QuantizeRowsFrom<DType::kBF16>(src, target, row_begin, row_end, out);
     // kernels.cc only passes float sources.
     case DType::kQ8:
     case DType::kQ4:

@@ -18,6 +18,18 @@ struct MatMulJob;
 
 namespace epwa::kernels::internal {
 
+// Where Quantize writes a matrix: row r's codes at codes + r * code_stride,
+// its fp16 scales at scales + r * scale_stride (bytes), in either layout of
+// tensor/dtype.h (scales in an array of their own, or after each row's codes).
+// A plain struct without member functions: the instruction-set files must
+// not emit shared inline code (kernels_isa_common.h).
+struct QuantizedOut {
+  uint8_t* codes;
+  int64_t code_stride;
+  uint8_t* scales;
+  int64_t scale_stride;
+};
+
 struct IsaKernels {
   void (*mat_mul)(const float* x, int64_t M, const WeightView& w, float* y, ThreadPool& pool);
   void (*rms_norm)(const float* x, const float* weight, int64_t n, float eps, float* out);
@@ -35,10 +47,10 @@ struct IsaKernels {
   void (*attention_values)(const float* p, int64_t count, int64_t p_stride, const void* values,
                            DType cache_dtype, int64_t stride, int64_t n, int64_t dim, float* const* out,
                            bool accumulate);
-  // Quantizes rows [row_begin, row_end) of the float matrix src to `target`;
-  // codes and scales point at the start of the whole matrix's arrays.
+  // Quantizes rows [row_begin, row_end) of the float matrix src to `target`
+  // into `out` (the whole matrix's codes and scales).
   void (*quantize_rows)(const WeightView& src, DType target, int64_t row_begin, int64_t row_end,
-                        uint8_t* codes, uint16_t* scales);
+                        const QuantizedOut& out);
   // out[c] = w.At(row, c) for a quantized w.
   void (*dequantize_row)(const WeightView& w, int64_t row, float* out);
   // Sums n floats with the widest loads of this instruction set; the

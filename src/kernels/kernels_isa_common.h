@@ -38,6 +38,7 @@
 #include "kernels/kernels_internal.h"
 
 namespace epwa::kernels {
+using internal::QuantizedOut;
 namespace {
 
 // Local stand-ins for std::min, std::clamp, DTypeSize, WeightView::Row and
@@ -68,21 +69,33 @@ inline int64_t RowBytes(const WeightView& w) { return SpanBytes(w.dtype, w.cols)
 constexpr bool HasScales(DType d) {
   return d == DType::kQ8 || d == DType::kQ4 || d == DType::kNF4 || d == DType::kMXFP4;
 }
+// Bytes of group scales in one row of w (fp16 or E8M0).
+inline int64_t ScaleRowBytes(const WeightView& w) { return (w.cols / 32) * (w.dtype == DType::kMXFP4 ? 1 : 2); }
+// Bytes from one row's codes to the next, and from one row's scales to the
+// next: the scales may sit in an array of their own or after each row's
+// codes (WeightView::scales_in_rows, tensor/dtype.h).
+inline int64_t RowStride(const WeightView& w) { return RowBytes(w) + (w.scales_in_rows ? ScaleRowBytes(w) : 0); }
+inline int64_t ScaleStride(const WeightView& w) { return w.scales_in_rows ? RowStride(w) : ScaleRowBytes(w); }
+inline const uint8_t* RowAt(const WeightView& w, int64_t r) {
+  return static_cast<const uint8_t*>(w.data) + r * RowStride(w);
+}
 // The group scales of row r of w: fp16 bits for the load-time quantized
 // types, E8M0 bytes for kMXFP4; ScaleAddress is the scale of group g of row r
 // in either format (for prefetching).
 inline const uint16_t* ScaleRow(const WeightView& w, int64_t r) {
-  return static_cast<const uint16_t*>(w.scales) + r * (w.cols / 32);
+  return reinterpret_cast<const uint16_t*>(static_cast<const uint8_t*>(w.scales) + r * ScaleStride(w));
 }
 inline const uint8_t* E8M0Row(const WeightView& w, int64_t r) {
-  return static_cast<const uint8_t*>(w.scales) + r * (w.cols / 32);
+  return static_cast<const uint8_t*>(w.scales) + r * ScaleStride(w);
 }
 inline const void* ScaleAddress(const WeightView& w, int64_t r, int64_t g) {
   if (w.dtype == DType::kMXFP4) return E8M0Row(w, r) + g;
   return ScaleRow(w, r) + g;
 }
-inline const uint8_t* RowAt(const WeightView& w, int64_t r) {
-  return static_cast<const uint8_t*>(w.data) + r * RowBytes(w);
+// Where Quantize writes the codes and scales of row r.
+inline uint8_t* CodeRowOut(const QuantizedOut& out, int64_t r) { return out.codes + r * out.code_stride; }
+inline uint16_t* ScaleRowOut(const QuantizedOut& out, int64_t r) {
+  return reinterpret_cast<uint16_t*>(out.scales + r * out.scale_stride);
 }
 // The float bit pattern of an E8M0 scale 2^(e - 127): exactly E8M0ToF32
 // (tensor/dtype.h), also in the vector versions of the instruction-set files.
@@ -176,9 +189,6 @@ inline int64_t QuantPrefetchDistance(int64_t block_bytes) {
   constexpr int64_t kMin = 4096;
   return (kMin + block_bytes - 1) / block_bytes * block_bytes;
 }
-
-// Bytes of group scales in one row of w (fp16 or E8M0).
-inline int64_t ScaleRowBytes(const WeightView& w) { return (w.cols / 32) * (w.dtype == DType::kMXFP4 ? 1 : 2); }
 
 // Bytes of the scales of g groups of D (fp16 or E8M0).
 template <DType D>

@@ -283,7 +283,7 @@ void ExpectQuantMatMulClose(const float* x, int64_t M, const WeightView& w, cons
           xsum += std::fabs(xm[k]);
         }
         activation += xmax / 127.0 / 2.0 * wsum;
-        if (w.dtype == DType::kNF4) levels += std::fabs(F16ToF32(w.F16Scales()[n * G + g])) / 254.0 * xsum;
+        if (w.dtype == DType::kNF4) levels += std::fabs(F16ToF32(w.F16ScaleRow(n)[g])) / 254.0 * xsum;
       }
       double tolerance = 1e-5 * magnitude + 1e-30;
       if (!exact_weights) tolerance += 1.001 * activation + 1.001 * levels;
@@ -497,6 +497,69 @@ TEST_P(QuantIsaTest, MatMulLargeBlockedShapes) {
     ScopedFloatActivations exact;
     MatMul(x.data(), M, q.view, y.data(), TwoThreads());
     ExpectQuantMatMulClose(x.data(), M, q.view, y, true, std::string(DTypeName(dtype)) + " float activations");
+  }
+}
+
+// The layout the model quantizes into, each row's scales after its codes
+// (QuantizeWithScalesInRows): the same codes and scales as Quantize, every
+// reader (At, DequantizeRow) and every product (decode, prefill, MatMulMany,
+// with int8 or float activations, and the no-VNNI kernels on AVX-512) the
+// same bits as with the scales in an array of their own. The buffer starts
+// one byte past an aligned address and ends where the matrix does.
+TEST_P(QuantIsaTest, ScalesInRowsGiveTheSeparateLayoutsBits) {
+  for (const auto& [N, K] : {std::pair<int64_t, int64_t>{37, 96}, {130, 544}, {24, 2080}}) {
+    const FloatMatrix src = MakeFloatMatrix(DType::kBF16, N, K, EdgeValues(N, K, 17));
+    for (DType dtype : kQuantTypes) {
+      const std::string what = std::string(DTypeName(dtype)) + " [" + std::to_string(N) + ", " + std::to_string(K) + "]";
+      QuantMatrix separate = EmptyQuantMatrix(dtype, N, K);
+      Quantize(src.view, dtype, separate.codes.data() + 1, separate.scales.data(), TwoThreads());
+      std::vector<uint8_t> buffer(1 + QuantizedBytes(dtype, N, K), 0xee);
+      const WeightView in_rows = QuantizeWithScalesInRows(src.view, dtype, buffer.data() + 1, TwoThreads());
+      ASSERT_TRUE(in_rows.scales_in_rows);
+      ASSERT_EQ(in_rows.Bytes(), QuantizedBytes(dtype, N, K));
+      ASSERT_EQ(in_rows.ScaleBytes(), 0u);
+      const WeightView& w = separate.view;
+      std::vector<float> a(static_cast<size_t>(K)), b(static_cast<size_t>(K));
+      for (int64_t r = 0; r < N; ++r) {
+        const size_t stride = w.RowBytes() + w.ScaleRowBytes();
+        ASSERT_EQ(std::memcmp(buffer.data() + 1 + r * stride, w.Row(r), w.RowBytes()), 0) << what << " row " << r;
+        ASSERT_EQ(std::memcmp(buffer.data() + 1 + r * stride + w.RowBytes(), w.F16ScaleRow(r), w.ScaleRowBytes()), 0)
+            << what << " scales of row " << r;
+        DequantizeRow(w, r, a.data());
+        DequantizeRow(in_rows, r, b.data());
+        ASSERT_EQ(a, b) << what << " row " << r;
+        for (int64_t c = 0; c < K; c += 7) ASSERT_EQ(in_rows.At(r, c), w.At(r, c)) << what;
+      }
+      auto expect_same_products = [&](const std::string& how) {
+        for (int64_t M : {1, 3, 8, 9, 33, 130}) {
+          const std::vector<float> x = Gaussian(M * K, static_cast<uint32_t>(M + 5));
+          std::vector<float> want(static_cast<size_t>(M * N)), got(want.size(), std::nanf(""));
+          MatMul(x.data(), M, w, want.data(), TwoThreads());
+          MatMul(x.data(), M, in_rows, got.data(), TwoThreads());
+          EXPECT_EQ(got, want) << what << " M " << M << how;
+          // Decode-sized and prefill-sized jobs of both layouts in one call.
+          std::vector<float> many0(want.size(), std::nanf("")), many1(want.size(), std::nanf(""));
+          std::vector<float> x1 = Gaussian(K, 3), one_want(static_cast<size_t>(N)), one_got(one_want.size());
+          const std::vector<MatMulJob> jobs = {{x.data(), M, &in_rows, many0.data()},
+                                               {x1.data(), 1, &in_rows, one_got.data()},
+                                               {x.data(), M, &w, many1.data()}};
+          MatMulMany(jobs, TwoThreads());
+          MatMul(x1.data(), 1, w, one_want.data(), TwoThreads());
+          EXPECT_EQ(many0, want) << what << " M " << M << how << " (MatMulMany)";
+          EXPECT_EQ(many1, want) << what << " M " << M << how << " (MatMulMany, separate)";
+          EXPECT_EQ(one_got, one_want) << what << how << " (MatMulMany, one row)";
+        }
+      };
+      expect_same_products("");
+      {
+        ScopedFloatActivations exact;
+        expect_same_products(" float activations");
+      }
+      if (GetParam() == Isa::kAvx512) {
+        ScopedAvx512WithoutVnni no_vnni;
+        expect_same_products(" AVX-512 without VNNI");
+      }
+    }
   }
 }
 

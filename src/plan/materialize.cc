@@ -101,7 +101,9 @@ MaterializeStats MaterializeWeights(const ModelConfig& config, ModelWeights& wei
       if (!copies(t)) continue;
       const uint64_t copied_before = stats.copied_bytes;
       view.data = CopyOutOfMapping(view.data, view.Bytes(), weights, pool, stats);
-      if (view.scales != nullptr)
+      if (view.scales_in_rows)
+        view.scales = static_cast<const uint8_t*>(view.data) + view.RowBytes();  // copied with the codes
+      else if (view.scales != nullptr)
         view.scales = CopyOutOfMapping(view.scales, view.ScaleBytes(), weights, pool, stats);
       if (stats.copied_bytes != copied_before) ++stats.tensors_copied;
       if (t.InPlace()) {
@@ -113,16 +115,17 @@ MaterializeStats MaterializeWeights(const ModelConfig& config, ModelWeights& wei
     Require(view.rows == t.rows && view.cols == t.cols && view.dtype == t.source,
             "internal: plan entry " + t.name + " does not match the model");
     const WeightView src = view;
-    WeightView out{t.target, nullptr, t.rows, t.cols};
+    // Quantized matrices keep each row's scales after its codes, so that a
+    // decode kernel reads one stream per row (tensor/dtype.h).
+    WeightView out = IsQuantized(t.target) ? WeightView::WithScalesInRows(t.target, nullptr, t.rows, t.cols)
+                                           : WeightView{t.target, nullptr, t.rows, t.cols};
     // Pointers, not references, into `storage`: a later emplace_back may move
     // the buffers' handles (never their memory).
     uint8_t* codes = weights.storage.emplace_back(out.Bytes()).data();
     out.data = codes;
     if (IsQuantized(t.target)) {
-      auto* scales = reinterpret_cast<uint16_t*>(weights.storage.emplace_back(out.ScaleBytes()).data());
-      out.scales = scales;
       try {
-        kernels::Quantize(src, t.target, codes, scales, pool);
+        out = kernels::QuantizeWithScalesInRows(src, t.target, codes, pool);
       } catch (const Error& e) {
         throw Error("tensor '" + t.name + "': " + e.what());  // Quantize cannot know the name
       }

@@ -180,7 +180,10 @@ bool CopiesIntoMemory(const TensorPlan& t) { return t.InPlace() && t.role != Mat
 
 uint64_t StoredBytes(DType dtype, int64_t rows, int64_t cols) {
   if (!HasGroupScales(dtype)) return RoundUp64(static_cast<uint64_t>(rows * cols) * DTypeSize(dtype));
-  const WeightView v{dtype, nullptr, rows, cols};
+  // The load-time quantized types are stored with each row's scales after
+  // its codes (one buffer), MXFP4 as the checkpoint has it (two).
+  const WeightView v = IsQuantized(dtype) ? WeightView::WithScalesInRows(dtype, nullptr, rows, cols)
+                                          : WeightView{dtype, nullptr, rows, cols};
   return RoundUp64(v.Bytes()) + RoundUp64(v.ScaleBytes());
 }
 

@@ -27,6 +27,10 @@ using nlohmann::json;
 
 constexpr char kMagic[8] = {'E', 'P', 'W', 'A', 'Q', 'C', '1', '\n'};
 constexpr uint64_t kAlign = 64;
+// Format 1 kept each matrix's scales in an array after its codes; format 2
+// stores each row's scales after its codes, the layout the model computes
+// with (tensor/dtype.h). A file of another format is refused and rebuilt.
+constexpr int kFormat = 2;
 // Headers beyond this size are not ours (a cache of 100k matrices would need ~20 MB).
 constexpr uint64_t kMaxHeaderBytes = 64ull << 20;
 
@@ -142,7 +146,9 @@ bool ParseWeightCache(const uint8_t* base, uint64_t size, const std::string& mod
   if (!header.is_object()) return fail("header is not valid JSON");
   const uint64_t payload_start = AlignUp(16 + header_len);
   try {
-    if (header.at("format").get<int>() != 1) return fail("unknown cache format");
+    if (const int format = header.at("format").get<int>(); format != kFormat)
+      return fail("written in cache format " + std::to_string(format) + ", this epwa reads format " +
+                  std::to_string(kFormat));
     if (header.at("model_id").get<std::string>() != model_id) return fail("written for another model");
     const uint64_t payload_bytes = header.at("payload_bytes").get<uint64_t>();
     if (payload_start > size || size - payload_start != payload_bytes)
@@ -159,21 +165,16 @@ bool ParseWeightCache(const uint8_t* base, uint64_t size, const std::string& mod
       if (j.at("name").get<std::string>() != t.name || j.at("dtype").get<std::string>() != DTypeName(t.dtype) ||
           j.at("rows").get<int64_t>() != t.rows || j.at("cols").get<int64_t>() != t.cols)
         return fail("tensor " + std::to_string(i) + " does not match the plan (" + t.name + ")");
-      WeightView v{t.dtype, nullptr, t.rows, t.cols};
-      const uint64_t codes_off = j.at("codes").at(0).get<uint64_t>();
-      const uint64_t codes_len = j.at("codes").at(1).get<uint64_t>();
-      const uint64_t scales_off = j.at("scales").at(0).get<uint64_t>();
-      const uint64_t scales_len = j.at("scales").at(1).get<uint64_t>();
+      const WeightView shape = WeightView::WithScalesInRows(t.dtype, nullptr, t.rows, t.cols);
+      const uint64_t data_off = j.at("data").at(0).get<uint64_t>();
+      const uint64_t data_len = j.at("data").at(1).get<uint64_t>();
       // Written so that no sum can wrap around: every offset is first checked
       // against payload_bytes, which is at most the file size.
-      if (codes_len != v.Bytes() || scales_len != v.ScaleBytes() || codes_off % kAlign ||
-          scales_off % kAlign || codes_off < next_offset || codes_off > payload_bytes ||
-          codes_len > payload_bytes - codes_off || scales_off < codes_off + codes_len ||
-          scales_off > payload_bytes || scales_len > payload_bytes - scales_off)
+      if (data_len != shape.Bytes() || data_off % kAlign || data_off < next_offset || data_off > payload_bytes ||
+          data_len > payload_bytes - data_off)
         return fail("tensor " + t.name + " has bad offsets or lengths");
-      next_offset = scales_off + scales_len;
-      v.data = base + payload_start + codes_off;
-      v.scales = reinterpret_cast<const uint16_t*>(base + payload_start + scales_off);
+      next_offset = data_off + data_len;
+      const WeightView v = WeightView::WithScalesInRows(t.dtype, base + payload_start + data_off, t.rows, t.cols);
       out.push_back(v);
     }
     const uint64_t digest = XXH3_64bits(base + payload_start, payload_bytes);
@@ -241,32 +242,38 @@ void WriteWeightCacheFile(const std::string& path, const std::string& model_id,
   // the header, then the file.
   json tensors = json::array();
   uint64_t offset = 0;
-  std::vector<std::pair<uint64_t, uint64_t>> offsets;
+  std::vector<uint64_t> offsets;
   for (const Item& e : entries) {
     const WeightView& v = *e.view;
-    const uint64_t codes = offset;
-    const uint64_t scales = AlignUp(codes + v.Bytes());
-    offset = AlignUp(scales + v.ScaleBytes());
-    offsets.emplace_back(codes, scales);
+    Require(IsQuantized(v.dtype), "internal: only Q8, Q4 and NF4 matrices are cached (" + *e.name + ")");
+    const uint64_t bytes = QuantizedBytes(v.dtype, v.rows, v.cols);
+    offsets.push_back(offset);
     tensors.push_back({{"name", *e.name},
                        {"dtype", DTypeName(v.dtype)},
                        {"rows", v.rows},
                        {"cols", v.cols},
-                       {"codes", {codes, v.Bytes()}},
-                       {"scales", {scales, v.ScaleBytes()}}});
+                       {"data", {offset, bytes}}});
+    offset = AlignUp(offset + bytes);
   }
   const uint64_t payload_bytes = offset;
   static const uint8_t zeros[kAlign] = {};
-  // Visits the payload in file order: (pointer, length) pieces.
+  // Visits the payload in file order: (pointer, length) pieces. Each matrix
+  // is written with every row's scales after its codes, whichever layout the
+  // view has in memory.
   auto visit = [&](const auto& emit) {
     uint64_t at = 0;
     for (size_t i = 0; i < entries.size(); ++i) {
       const WeightView& v = *entries[i].view;
-      emit(zeros, offsets[i].first - at);
-      emit(v.data, v.Bytes());
-      emit(zeros, offsets[i].second - (offsets[i].first + v.Bytes()));
-      emit(v.scales, v.ScaleBytes());
-      at = offsets[i].second + v.ScaleBytes();
+      emit(zeros, offsets[i] - at);
+      if (v.scales_in_rows) {
+        emit(v.data, v.Bytes());
+      } else {
+        for (int64_t r = 0; r < v.rows; ++r) {
+          emit(v.Row(r), v.RowBytes());
+          emit(v.F16ScaleRow(r), v.ScaleRowBytes());
+        }
+      }
+      at = offsets[i] + QuantizedBytes(v.dtype, v.rows, v.cols);
     }
     emit(zeros, payload_bytes - at);
   };
@@ -279,7 +286,7 @@ void WriteWeightCacheFile(const std::string& path, const std::string& model_id,
   const uint64_t digest = XXH3_64bits_digest(state);
   XXH3_freeState(state);
 
-  const std::string header = json{{"format", 1},
+  const std::string header = json{{"format", kFormat},
                                   {"model_id", model_id},
                                   {"plan_id", fs::path(path).stem().string()},
                                   {"payload_bytes", payload_bytes},

@@ -15,13 +15,14 @@
 // Layout (little-endian):
 //   bytes 0-7    magic "EPWAQC1\n"
 //   bytes 8-15   u64 header length H
-//   bytes 16..   H bytes of JSON: {"format":1, "model_id", "plan_id",
+//   bytes 16..   H bytes of JSON: {"format":2, "model_id", "plan_id",
 //                "payload_bytes", "xxh3" (16 hex digits), "tensors": [{"name",
-//                "dtype", "rows", "cols", "codes": [offset, bytes],
-//                "scales": [offset, bytes]}...]}
-//   zero padding to a multiple of 64, then the payload: each tensor's codes
-//   and scales at 64-byte aligned offsets (relative to the payload start)
-//   in header order, zero padding between them.
+//                "dtype", "rows", "cols", "data": [offset, bytes]}...]}
+//   zero padding to a multiple of 64, then the payload: each tensor at a
+//   64-byte aligned offset (relative to the payload start) in header order,
+//   zero padding between them. A tensor is its rows in order, each row's
+//   codes followed by its fp16 scales (WeightView::WithScalesInRows), so the
+//   mapped file is used in place in the layout the kernels read.
 #pragma once
 
 #include <cstdint>

@@ -46,6 +46,8 @@ inline bool IsFloatDType(DType t) { return t == DType::kF32 || t == DType::kF16 
 //                 its low nibble and element j + 16 in its high nibble.
 //   scales  IEEE fp16 bit patterns, one per group, row-major [rows, cols / 32]
 //           (the scale of group g of row r is scales[r * cols / 32 + g]).
+// The model keeps them in one buffer instead, each row's scales right after
+// its codes (WeightView::scales_in_rows, below); the bytes are the same.
 //
 // Values (s = the group's scale as float, n = the code or nibble):
 //   kQ8   n * s,               n in [-127, 127] (-128 is never written);
@@ -337,32 +339,60 @@ inline uint16_t F32ToF16(float f) {
 // above, in the type's ScaleFormat: fp16 bit patterns for the load-time
 // quantized types, E8M0 bytes for kMXFP4 (which may sit at any address in the
 // mapping). `scales` is untyped so that one field serves both; read it through
-// F16Scales/E8M0Scales or GroupScale.
+// F16ScaleRow/E8M0ScaleRow or GroupScale.
+//
+// The scales may sit either in an array of their own (the layout above, as
+// checkpoints store MXFP4) or, with scales_in_rows, right after the codes of
+// their row: row r is then RowBytes() code bytes followed by ScaleRowBytes()
+// scale bytes, `scales` points at row 0's scales (data + RowBytes()) and both
+// codes and scales step by RowStride() from row to row. epwa quantizes into
+// that layout at load time because a decode kernel then reads one stream per
+// row instead of two: streaming 8 OLMoE experts from DRAM at 2 threads went
+// from 40 to 50 GB/s at Q4 and from 42 to 53 GB/s at Q8 (kernels_bench
+// BM_ExpertStep, three alternating rounds).
 struct WeightView {
   DType dtype = DType::kF32;
   const void* data = nullptr;
   int64_t rows = 0;
   int64_t cols = 0;
   const void* scales = nullptr;  // [rows, cols / 32] in ScaleFormatOf(dtype), only if HasGroupScales(dtype)
+  bool scales_in_rows = false;   // each row's scales follow its codes (see above)
 
-  // Bytes of one row of `data` (the codes only, for types with group scales).
+  // A quantized matrix whose scales follow the codes of each row, in
+  // QuantizedBytes(dtype, rows, cols) bytes at `data`.
+  static WeightView WithScalesInRows(DType dtype, const void* data, int64_t rows, int64_t cols) {
+    WeightView v{dtype, data, rows, cols, nullptr, true};
+    v.scales = static_cast<const uint8_t*>(data) + v.RowBytes();
+    return v;
+  }
+
+  // Bytes of the codes of one row (the codes only, for types with group scales).
   size_t RowBytes() const { return static_cast<size_t>(CodeRowBytes(dtype, cols)); }
-  size_t Bytes() const { return RowBytes() * static_cast<size_t>(rows); }
-  // Bytes of `scales` (0 for float types).
-  size_t ScaleBytes() const {
-    return static_cast<size_t>(rows) * static_cast<size_t>(cols / kQuantGroup) * ScaleBytesPerGroup(dtype);
-  }
+  // Bytes of the scales of one row (0 for float types).
+  size_t ScaleRowBytes() const { return static_cast<size_t>(cols / kQuantGroup) * ScaleBytesPerGroup(dtype); }
+  // Bytes from one row's codes to the next row's.
+  size_t RowStride() const { return RowBytes() + (scales_in_rows ? ScaleRowBytes() : 0); }
+  // Bytes from one row's scales to the next row's.
+  size_t ScaleStride() const { return scales_in_rows ? RowStride() : ScaleRowBytes(); }
+  // Bytes at `data`: the codes, and the scales too when they are in the rows.
+  size_t Bytes() const { return RowStride() * static_cast<size_t>(rows); }
+  // Bytes of the separate scale array (0 for float types and when the scales
+  // are in the rows).
+  size_t ScaleBytes() const { return scales_in_rows ? 0 : ScaleRowBytes() * static_cast<size_t>(rows); }
   const uint8_t* Row(int64_t r) const {
-    return static_cast<const uint8_t*>(data) + static_cast<size_t>(r) * RowBytes();
+    return static_cast<const uint8_t*>(data) + static_cast<size_t>(r) * RowStride();
   }
-  // The scales as their stored type: fp16 bits ([rows, cols / 32], for
-  // ScaleFormat::kF16) or E8M0 bytes (same shape, for ScaleFormat::kE8M0).
-  const uint16_t* F16Scales() const { return static_cast<const uint16_t*>(scales); }
-  const uint8_t* E8M0Scales() const { return static_cast<const uint8_t*>(scales); }
+  // The scales of row r as their stored type: fp16 bits (cols / 32 of them,
+  // for ScaleFormat::kF16) or E8M0 bytes (ScaleFormat::kE8M0).
+  const uint16_t* F16ScaleRow(int64_t r) const {
+    return reinterpret_cast<const uint16_t*>(static_cast<const uint8_t*>(scales) + static_cast<size_t>(r) * ScaleStride());
+  }
+  const uint8_t* E8M0ScaleRow(int64_t r) const {
+    return static_cast<const uint8_t*>(scales) + static_cast<size_t>(r) * ScaleStride();
+  }
   // The scale of group g of row r as float, exactly as every kernel uses it.
   float GroupScale(int64_t r, int64_t g) const {
-    const int64_t i = r * (cols / kQuantGroup) + g;
-    return ScaleFormatOf(dtype) == ScaleFormat::kE8M0 ? E8M0ToF32(E8M0Scales()[i]) : F16ToF32(F16Scales()[i]);
+    return ScaleFormatOf(dtype) == ScaleFormat::kE8M0 ? E8M0ToF32(E8M0ScaleRow(r)[g]) : F16ToF32(F16ScaleRow(r)[g]);
   }
   // Element (r, c) as float; slow, for tests and one-off reads.
   float At(int64_t r, int64_t c) const {
