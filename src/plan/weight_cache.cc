@@ -130,6 +130,29 @@ std::string CacheFilePath(const std::string& cache_dir, const std::string& model
          PlanIdentity(level, plan).substr(0, 16) + ".epwq";
 }
 
+namespace {
+
+// nlohmann converts a floating-point field to an integer with a plain cast,
+// which is undefined behaviour when the value is out of the integer's range
+// (the fuzzer found "format": 8.9e32), so every integer field of the header
+// is read through these, which accept only integers in range.
+struct NotAnInteger {};
+int64_t Signed(const json& v) {
+  if (v.is_number_unsigned()) {
+    if (v.get<uint64_t>() > static_cast<uint64_t>(INT64_MAX)) throw NotAnInteger{};
+    return static_cast<int64_t>(v.get<uint64_t>());
+  }
+  if (!v.is_number_integer()) throw NotAnInteger{};
+  return v.get<int64_t>();
+}
+uint64_t Unsigned(const json& v) {
+  if (v.is_number_unsigned()) return v.get<uint64_t>();
+  if (!v.is_number_integer() || v.get<int64_t>() < 0) throw NotAnInteger{};
+  return static_cast<uint64_t>(v.get<int64_t>());
+}
+
+}  // namespace
+
 bool ParseWeightCache(const uint8_t* base, uint64_t size, const std::string& model_id,
                       const std::vector<CachedMatrix>& expected, std::vector<WeightView>* views,
                       std::string* why) {
@@ -146,11 +169,11 @@ bool ParseWeightCache(const uint8_t* base, uint64_t size, const std::string& mod
   if (!header.is_object()) return fail("header is not valid JSON");
   const uint64_t payload_start = AlignUp(16 + header_len);
   try {
-    if (const int format = header.at("format").get<int>(); format != kFormat)
+    if (const int64_t format = Signed(header.at("format")); format != kFormat)
       return fail("written in cache format " + std::to_string(format) + ", this epwa reads format " +
                   std::to_string(kFormat));
     if (header.at("model_id").get<std::string>() != model_id) return fail("written for another model");
-    const uint64_t payload_bytes = header.at("payload_bytes").get<uint64_t>();
+    const uint64_t payload_bytes = Unsigned(header.at("payload_bytes"));
     if (payload_start > size || size - payload_start != payload_bytes)
       return fail("file size " + std::to_string(size) + " does not match its header (truncated?)");
     const json& tensors = header.at("tensors");
@@ -163,11 +186,11 @@ bool ParseWeightCache(const uint8_t* base, uint64_t size, const std::string& mod
       const CachedMatrix& t = expected[i];
       const json& j = tensors[i];
       if (j.at("name").get<std::string>() != t.name || j.at("dtype").get<std::string>() != DTypeName(t.dtype) ||
-          j.at("rows").get<int64_t>() != t.rows || j.at("cols").get<int64_t>() != t.cols)
+          Signed(j.at("rows")) != t.rows || Signed(j.at("cols")) != t.cols)
         return fail("tensor " + std::to_string(i) + " does not match the plan (" + t.name + ")");
       const WeightView shape = WeightView::WithScalesInRows(t.dtype, nullptr, t.rows, t.cols);
-      const uint64_t data_off = j.at("data").at(0).get<uint64_t>();
-      const uint64_t data_len = j.at("data").at(1).get<uint64_t>();
+      const uint64_t data_off = Unsigned(j.at("data").at(0));
+      const uint64_t data_len = Unsigned(j.at("data").at(1));
       // Written so that no sum can wrap around: every offset is first checked
       // against payload_bytes, which is at most the file size.
       if (data_len != shape.Bytes() || data_off % kAlign || data_off < next_offset || data_off > payload_bytes ||
@@ -180,6 +203,8 @@ bool ParseWeightCache(const uint8_t* base, uint64_t size, const std::string& mod
     const uint64_t digest = XXH3_64bits(base + payload_start, payload_bytes);
     if (Hex64(digest) != header.at("xxh3").get<std::string>()) return fail("checksum mismatch (corrupt)");
     *views = std::move(out);
+  } catch (const NotAnInteger&) {
+    return fail("malformed header (a field that must be an integer is not one, or is out of range)");
   } catch (const json::exception& e) {
     return fail(std::string("malformed header (") + e.what() + ")");
   }

@@ -359,10 +359,11 @@ struct WeightView {
   bool scales_in_rows = false;   // each row's scales follow its codes (see above)
 
   // A quantized matrix whose scales follow the codes of each row, in
-  // QuantizedBytes(dtype, rows, cols) bytes at `data`.
+  // QuantizedBytes(dtype, rows, cols) bytes at `data` (null for a view that
+  // only describes the shape: its `scales` stay null too).
   static WeightView WithScalesInRows(DType dtype, const void* data, int64_t rows, int64_t cols) {
     WeightView v{dtype, data, rows, cols, nullptr, true};
-    v.scales = static_cast<const uint8_t*>(data) + v.RowBytes();
+    if (data != nullptr) v.scales = static_cast<const uint8_t*>(data) + v.RowBytes();
     return v;
   }
 
