@@ -631,6 +631,10 @@ void Quantize(const WeightView& src, DType target, void* codes, uint16_t* scales
 }
 
 WeightView QuantizeWithScalesInRows(const WeightView& src, DType target, void* out, ThreadPool& pool) {
+  // Every row's fp16 scales must be 2-byte aligned to be read as uint16_t;
+  // RowBytes is even, so that holds when `out` is.
+  Require(reinterpret_cast<uintptr_t>(out) % alignof(uint16_t) == 0,
+          "QuantizeWithScalesInRows needs a 2-byte aligned buffer.");
   const WeightView view = WeightView::WithScalesInRows(target, out, src.rows, src.cols);
   auto* bytes = static_cast<uint8_t*>(out);
   const auto stride = static_cast<int64_t>(view.RowStride());

@@ -162,7 +162,8 @@ void Quantize(const WeightView& src, DType target, void* codes, uint16_t* scales
 
 // The same into the layout with each row's scales after its codes
 // (WeightView::WithScalesInRows, tensor/dtype.h): fills `out`
-// (QuantizedBytes(target, rows, cols) bytes) and returns the view of it. The
+// (QuantizedBytes(target, rows, cols) bytes, 2-byte aligned, else
+// epwa::Error) and returns the view of it. The
 // codes and scales are the bytes Quantize writes, only placed differently.
 // The model quantizes into this layout: its decode reads one stream per row.
 WeightView QuantizeWithScalesInRows(const WeightView& src, DType target, void* out, ThreadPool& pool);

@@ -505,7 +505,8 @@ TEST_P(QuantIsaTest, MatMulLargeBlockedShapes) {
 // reader (At, DequantizeRow) and every product (decode, prefill, MatMulMany,
 // with int8 or float activations, and the no-VNNI kernels on AVX-512) the
 // same bits as with the scales in an array of their own. The buffer starts
-// one byte past an aligned address and ends where the matrix does.
+// two bytes past an aligned address (the scales need 2-byte alignment; an
+// odd address is refused) and ends where the matrix does.
 TEST_P(QuantIsaTest, ScalesInRowsGiveTheSeparateLayoutsBits) {
   for (const auto& [N, K] : {std::pair<int64_t, int64_t>{37, 96}, {130, 544}, {24, 2080}}) {
     const FloatMatrix src = MakeFloatMatrix(DType::kBF16, N, K, EdgeValues(N, K, 17));
@@ -513,8 +514,9 @@ TEST_P(QuantIsaTest, ScalesInRowsGiveTheSeparateLayoutsBits) {
       const std::string what = std::string(DTypeName(dtype)) + " [" + std::to_string(N) + ", " + std::to_string(K) + "]";
       QuantMatrix separate = EmptyQuantMatrix(dtype, N, K);
       Quantize(src.view, dtype, separate.codes.data() + 1, separate.scales.data(), TwoThreads());
-      std::vector<uint8_t> buffer(1 + QuantizedBytes(dtype, N, K), 0xee);
-      const WeightView in_rows = QuantizeWithScalesInRows(src.view, dtype, buffer.data() + 1, TwoThreads());
+      std::vector<uint8_t> buffer(2 + QuantizedBytes(dtype, N, K), 0xee);
+      EXPECT_THROW(QuantizeWithScalesInRows(src.view, dtype, buffer.data() + 1, TwoThreads()), Error) << what;
+      const WeightView in_rows = QuantizeWithScalesInRows(src.view, dtype, buffer.data() + 2, TwoThreads());
       ASSERT_TRUE(in_rows.scales_in_rows);
       ASSERT_EQ(in_rows.Bytes(), QuantizedBytes(dtype, N, K));
       ASSERT_EQ(in_rows.ScaleBytes(), 0u);
@@ -522,8 +524,8 @@ TEST_P(QuantIsaTest, ScalesInRowsGiveTheSeparateLayoutsBits) {
       std::vector<float> a(static_cast<size_t>(K)), b(static_cast<size_t>(K));
       for (int64_t r = 0; r < N; ++r) {
         const size_t stride = w.RowBytes() + w.ScaleRowBytes();
-        ASSERT_EQ(std::memcmp(buffer.data() + 1 + r * stride, w.Row(r), w.RowBytes()), 0) << what << " row " << r;
-        ASSERT_EQ(std::memcmp(buffer.data() + 1 + r * stride + w.RowBytes(), w.F16ScaleRow(r), w.ScaleRowBytes()), 0)
+        ASSERT_EQ(std::memcmp(buffer.data() + 2 + r * stride, w.Row(r), w.RowBytes()), 0) << what << " row " << r;
+        ASSERT_EQ(std::memcmp(buffer.data() + 2 + r * stride + w.RowBytes(), w.F16ScaleRow(r), w.ScaleRowBytes()), 0)
             << what << " scales of row " << r;
         DequantizeRow(w, r, a.data());
         DequantizeRow(in_rows, r, b.data());
