@@ -141,13 +141,9 @@ LogprobsScan Scan(simdjson::padded_string_view json, const std::string& origin, 
         for (auto v : lps) {
           double lp = 0;
           check(v.get_double().get(lp), ": top_logprobs must be finite log-probabilities (<= 0)");
-          if (!(std::isfinite(lp) && lp <= 1e-4))
-            throw Error(where() + ": top_logprobs must be finite log-probabilities (<= 0)");
-          // Stored as float: a finite double below float's range (-1e50, a
-          // "probability 0") would become -inf, which the oracle refuses, and
-          // the conversion itself is undefined. Every value below -1e30 means
-          // the same to the oracle, which floors log-probabilities at -30.
-          entry.top.logprobs.push_back(static_cast<float>(std::clamp(lp, -1e30, 0.0)));
+          const std::optional<float> stored = StoredLogprob(lp);
+          if (!stored) throw Error(where() + ": top_logprobs must be finite log-probabilities (<= 0)");
+          entry.top.logprobs.push_back(*stored);
         }
       }
       // Other fields (an API's "token" text, "bytes", ...) are skipped.
@@ -186,6 +182,11 @@ LogprobsScan Scan(simdjson::padded_string_view json, const std::string& origin, 
 }
 
 }  // namespace
+
+std::optional<float> StoredLogprob(double lp) {
+  if (!(std::isfinite(lp) && lp <= 1e-4)) return std::nullopt;
+  return static_cast<float>(std::clamp(lp, -1e30, 0.0));
+}
 
 LogprobsScan ScanLogprobsFile(const std::string& path, int64_t expected_vocab, const LogprobsVisitor& visit) {
   const std::string origin = "the logprobs file '" + path + "'";

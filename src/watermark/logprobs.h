@@ -19,6 +19,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -63,6 +64,15 @@ LogprobsScan ScanLogprobsFile(const std::string& path, int64_t expected_vocab, c
 // The same on a file's bytes; `origin` names them in messages.
 LogprobsScan ScanLogprobsBytes(std::string_view bytes, const std::string& origin, int64_t expected_vocab,
                                const LogprobsVisitor& visit);
+
+// One listed log-probability as the oracle stores it, or nothing when `lp` is
+// not one (infinite, NaN, or above 1e-4: a probability above 1 past rounding).
+// Stored as float: a finite double below float's range (-1e50, a
+// "probability 0") would become -inf, which the oracle refuses, and the
+// conversion itself is undefined. Every value below -1e30 means the same to
+// the oracle, which floors log-probabilities at -30. Both readers (the file
+// and the server's OpenAI-format body) go through it.
+std::optional<float> StoredLogprob(double lp);
 
 // The whole file in memory (for small files and tests).
 LogprobsFile ReadLogprobsFile(const std::string& path, int64_t expected_vocab);

@@ -40,10 +40,14 @@ work = tempfile.mkdtemp(prefix="epwa-hostile-")
 subprocess.run([EPWA, "keygen", "--out", f"{work}/wm.key"], check=True, capture_output=True)
 with open(f"{work}/keys", "w") as f:
     f.write(KEY + "\n")
+# A small PEPI oracle for this model, so that /v1/watermark/detect's
+# logprobs route runs (about a second).
+subprocess.run([EPWA, "oracle", "train", "-m", MODEL, "--corpus", "data/heldout/jargon.txt", "--max-tokens", "3000",
+                "--top-k", "5", "--out", f"{work}/oracle.bin", "--no-cache"], check=True, capture_output=True)
 server = subprocess.Popen(
     [EPWA, "serve", "-m", MODEL, "--port", "0", "--parallel", "2", "--max-queue", "1", "--ctx", "512",
      "--max-body", "64", "--timeout", "2", "--watermark", "gsg", "--key-file", f"{work}/wm.key",
-     "--api-key-file", f"{work}/keys", "--quiet", "--no-cache"],
+     "--api-key-file", f"{work}/keys", "--oracle", f"{work}/oracle.bin", "--quiet", "--no-cache"],
     stderr=subprocess.PIPE, text=True)
 port = None
 log = []
@@ -283,6 +287,54 @@ check("authentication: bearer keys, /health open", t_auth)
 check("limits: 413, 400 with the field, 404", t_limits)
 check("tokenize / detokenize round trip", t_tokenize)
 check("queue full: 429 with Retry-After", t_queue_full)
+def t_pepi_logprobs():
+    # Watermarked text with its top-5 log-probabilities, as an API returns it.
+    s, _, b = request("POST", "/v1/chat/completions",
+                      dict(CHAT, max_tokens=60, logprobs=True, top_logprobs=5, logit_bias=ban_eos()))
+    assert s == 200, b
+    content = json.loads(b)["choices"][0]["logprobs"]["content"]
+    assert len(content) == 60, len(content)
+    s, _, b = request("POST", "/v1/watermark/detect",
+                      {"method": "pepi", "min_tokens": 10, "logprobs": {"content": content}})
+    assert s == 200, b
+    served = json.loads(b)
+    # The same tokens through the CLI's file reader: the two parsers must
+    # give the same score.
+    tokens = [{"id": t["id"], "top_ids": [x["id"] for x in t["top_logprobs"]],
+               "top_logprobs": [x["logprob"] for x in t["top_logprobs"]]} for t in content]
+    vocab = json.load(open(f"{MODEL}/config.json"))["vocab_size"]
+    with open(f"{work}/lp.json", "w") as f:
+        json.dump({"format": "epwa-logprobs-v1", "vocab_size": vocab, "tokens": tokens}, f)
+    cli = subprocess.run([EPWA, "detect", "--method", "pepi", "--key-file", f"{work}/wm.key", "--oracle",
+                          f"{work}/oracle.bin", "--logprobs", f"{work}/lp.json", "--min-tokens", "10",
+                          "--watermark", "gsg", "--json"], capture_output=True, text=True)
+    assert cli.returncode == 0, cli.stderr
+    z_cli = json.loads(cli.stdout)["z"]
+    assert abs(served["z_score"] - z_cli) < 1e-9, (served["z_score"], z_cli)
+
+    def detect_with(change):
+        bad = json.loads(json.dumps(content))
+        change(bad)
+        return request("POST", "/v1/watermark/detect", {"method": "pepi", "min_tokens": 10, "logprobs": bad})
+
+    # An id past 32 bits was truncated to a small id and accepted.
+    for big in (2**32 + 5, 2**64 - 1, -1):
+        s, _, b = detect_with(lambda c: c[3].__setitem__("id", big))
+        assert s == 400 and "outside the vocabulary" in b.decode(), (big, s, b)
+        s, _, b = detect_with(lambda c: c[3]["top_logprobs"][0].__setitem__("id", big))
+        assert s == 400 and "outside the vocabulary" in b.decode(), (big, s, b)
+    # A logprob beyond float's range was converted (undefined); positive
+    # ones are not log-probabilities. A huge negative one means probability 0.
+    for value in (1e300, 0.5):
+        s, _, b = detect_with(lambda c: c[5]["top_logprobs"][1].__setitem__("logprob", value))
+        assert s == 400 and "finite log-probability" in b.decode(), (value, s, b)
+    s, _, b = detect_with(lambda c: c[5]["top_logprobs"][4].__setitem__("logprob", -1e300))
+    assert s == 200, b
+    s, _, b = detect_with(lambda c: [t.__setitem__("top_logprobs", []) for t in c])
+    assert s == 400 and "no top_logprobs" in b.decode(), (s, b)
+
+
+check("PEPI detection from an API's logprobs, hostile ids and values", t_pepi_logprobs)
 check("a slow client is timed out; others are served", t_slow_client)
 check("a client leaving mid-stream frees its sequence", t_disconnect_frees_sequence)
 check("a non-streaming client that leaves frees its sequence", t_disconnect_frees_non_streaming_sequence)
