@@ -295,7 +295,7 @@ def t_pepi_logprobs():
     content = json.loads(b)["choices"][0]["logprobs"]["content"]
     assert len(content) == 60, len(content)
     s, _, b = request("POST", "/v1/watermark/detect",
-                      {"method": "pepi", "min_tokens": 10, "logprobs": {"content": content}})
+                      {"method": "pepi", "min_tokens": 1, "logprobs": {"content": content}})
     assert s == 200, b
     served = json.loads(b)
     # The same tokens through the CLI's file reader: the two parsers must
@@ -306,7 +306,7 @@ def t_pepi_logprobs():
     with open(f"{work}/lp.json", "w") as f:
         json.dump({"format": "epwa-logprobs-v1", "vocab_size": vocab, "tokens": tokens}, f)
     cli = subprocess.run([EPWA, "detect", "--method", "pepi", "--key-file", f"{work}/wm.key", "--oracle",
-                          f"{work}/oracle.bin", "--logprobs", f"{work}/lp.json", "--min-tokens", "10",
+                          f"{work}/oracle.bin", "--logprobs", f"{work}/lp.json", "--min-tokens", "1",
                           "--watermark", "gsg", "--json"], capture_output=True, text=True)
     assert cli.returncode == 0, cli.stderr
     z_cli = json.loads(cli.stdout)["z"]
@@ -315,7 +315,7 @@ def t_pepi_logprobs():
     def detect_with(change):
         bad = json.loads(json.dumps(content))
         change(bad)
-        return request("POST", "/v1/watermark/detect", {"method": "pepi", "min_tokens": 10, "logprobs": bad})
+        return request("POST", "/v1/watermark/detect", {"method": "pepi", "min_tokens": 1, "logprobs": bad})
 
     # An id past 32 bits was truncated to a small id and accepted.
     for big in (2**32 + 5, 2**64 - 1, -1):
