@@ -709,41 +709,12 @@ struct Server::Impl {
         if (wm::KeyedByOf(scheme) != wm::KeyedBy::kExpert)
           throw bad("pepi detects gsg and ewp only (it predicts one router's expert)", "method");
         if (!b.contains("logprobs")) throw bad("pepi reads OpenAI-format 'logprobs' (with token ids)", "logprobs");
-        const json& lp = b["logprobs"];
-        const json& content = lp.is_object() && lp.contains("content") ? lp["content"] : lp;
-        if (!content.is_array() || content.empty()) throw bad("'logprobs' must hold a non-empty content array", "logprobs");
         wm::LogprobsFile file;
-        file.vocab_size = config.vocab_size;
-        bool listed_any = false;
-        for (const json& e : content) {
-          if (!e.is_object() || !e.contains("id") || !e["id"].is_number_integer() || !e.contains("top_logprobs") ||
-              !e["top_logprobs"].is_array())
-            throw bad("every logprobs entry needs 'id' and 'top_logprobs' (epwa's responses include ids)", "logprobs");
-          wm::LogprobsEntry entry;
-          // Ids are judged as 64-bit values (an unsigned one above INT64_MAX
-          // reads as negative), so 2^32 + 5 is refused, not taken as id 5.
-          const int64_t id = e["id"].get<int64_t>();
-          if (id < 0 || id >= config.vocab_size) throw bad("a logprobs id is outside the vocabulary", "logprobs");
-          entry.id = static_cast<int32_t>(id);
-          for (const json& t : e["top_logprobs"]) {
-            if (!t.is_object() || !t.contains("id") || !t["id"].is_number_integer() || !t.contains("logprob") ||
-                !t["logprob"].is_number())
-              throw bad("every top_logprobs entry needs 'id' and 'logprob'", "logprobs");
-            const int64_t tid = t["id"].get<int64_t>();
-            if (tid < 0 || tid >= config.vocab_size) throw bad("a top_logprobs id is outside the vocabulary", "logprobs");
-            // The file reader's rule: finite and at most 0; a double beyond
-            // float's range is clamped, never converted (undefined).
-            const std::optional<float> logprob = wm::StoredLogprob(t["logprob"].get<double>());
-            if (!logprob) throw bad("every 'logprob' must be a finite log-probability (<= 0)", "logprobs");
-            entry.top.ids.push_back(static_cast<int32_t>(tid));
-            entry.top.logprobs.push_back(*logprob);
-          }
-          listed_any = listed_any || !entry.top.ids.empty();
-          file.tokens.push_back(std::move(entry));
+        try {
+          file = wm::LogprobsFromOpenAi(b["logprobs"], config.vocab_size);
+        } catch (const Error& e) {
+          throw bad(e.what(), "logprobs");
         }
-        // As the file reader: with no top-k anywhere the oracle has nothing
-        // to predict an expert from, and every "prediction" would be a guess.
-        if (!listed_any) throw bad("'logprobs' lists no top_logprobs at all: PEPI needs the top-k of each token", "logprobs");
         tokens = wm::ScoreLogprobs(file, *oracle, lists);
         out["tokens"] = static_cast<int64_t>(file.tokens.size());
       } else {

@@ -8,6 +8,8 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <optional>
+#include <string>
 
 #include <simdjson.h>
 
@@ -186,6 +188,55 @@ LogprobsScan Scan(simdjson::padded_string_view json, const std::string& origin, 
 std::optional<float> StoredLogprob(double lp) {
   if (!(std::isfinite(lp) && lp <= 1e-4)) return std::nullopt;
   return static_cast<float>(std::clamp(lp, -1e30, 0.0));
+}
+
+LogprobsFile LogprobsFromOpenAi(const nlohmann::json& logprobs, int64_t vocab_size) {
+  using nlohmann::json;
+  const json& content =
+      logprobs.is_object() && logprobs.contains("content") ? logprobs["content"] : logprobs;
+  Require(content.is_array() && !content.empty(), "'logprobs' must hold a non-empty content array");
+  // An integer id inside the vocabulary. get<int64_t>() of an unsigned value
+  // above INT64_MAX is negative, so it is refused with the rest.
+  auto id_of = [&](const json& v) -> std::optional<int32_t> {
+    if (!v.is_number_integer()) return std::nullopt;
+    const int64_t id = v.get<int64_t>();
+    if (id < 0 || id >= vocab_size) return std::nullopt;
+    return static_cast<int32_t>(id);
+  };
+  LogprobsFile file;
+  file.vocab_size = vocab_size;
+  bool listed_any = false;
+  for (size_t i = 0; i < content.size(); ++i) {
+    const json& e = content[i];
+    const std::string where = "logprobs entry " + std::to_string(i);
+    Require(e.is_object() && e.contains("id") && e["id"].is_number_integer() && e.contains("top_logprobs") &&
+                e["top_logprobs"].is_array(),
+            where + " needs an integer 'id' and a 'top_logprobs' array (epwa's responses include ids)");
+    LogprobsEntry entry;
+    const std::optional<int32_t> id = id_of(e["id"]);
+    Require(id.has_value(), where + ": its id " + e["id"].dump() + " is outside the vocabulary (vocab_size " +
+                                std::to_string(vocab_size) + ")");
+    entry.id = *id;
+    const json& top = e["top_logprobs"];
+    for (size_t k = 0; k < top.size(); ++k) {
+      const json& t = top[k];
+      Require(t.is_object() && t.contains("id") && t["id"].is_number_integer() && t.contains("logprob") &&
+                  t["logprob"].is_number(),
+              where + ": every top_logprobs entry needs an integer 'id' and a numeric 'logprob'");
+      const std::optional<int32_t> tid = id_of(t["id"]);
+      Require(tid.has_value(), where + ": top_logprobs id " + t["id"].dump() +
+                                   " is outside the vocabulary (vocab_size " + std::to_string(vocab_size) + ")");
+      const std::optional<float> logprob = StoredLogprob(t["logprob"].get<double>());
+      Require(logprob.has_value(),
+              where + ": 'logprob' " + t["logprob"].dump() + " is not a finite log-probability (<= 0)");
+      entry.top.ids.push_back(*tid);
+      entry.top.logprobs.push_back(*logprob);
+    }
+    listed_any = listed_any || !entry.top.ids.empty();
+    file.tokens.push_back(std::move(entry));
+  }
+  Require(listed_any, "'logprobs' lists no top_logprobs at all: PEPI needs the top-k of each token");
+  return file;
 }
 
 LogprobsScan ScanLogprobsFile(const std::string& path, int64_t expected_vocab, const LogprobsVisitor& visit) {

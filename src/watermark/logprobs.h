@@ -74,6 +74,18 @@ LogprobsScan ScanLogprobsBytes(std::string_view bytes, const std::string& origin
 // and the server's OpenAI-format body) go through it.
 std::optional<float> StoredLogprob(double lp);
 
+// The per-token log-probabilities of an OpenAI-format response, as a
+// server's detection endpoint receives them: either the response's
+// "logprobs" object ({"content": [...]}) or its content array, each entry
+// {"id": token, "top_logprobs": [{"id": token, "logprob": lp}, ...]} (epwa's
+// responses carry the ids; other fields, such as "token" and "bytes", are
+// ignored). The same rules as the file reader: every id an integer inside
+// [0, vocab_size), judged before any narrowing (2^32 + 5 is not id 5); every
+// logprob as StoredLogprob takes it; at least one entry; and some top-k
+// somewhere, since with none the oracle has nothing to predict from. Throws
+// epwa::Error saying what is wrong and in which entry.
+LogprobsFile LogprobsFromOpenAi(const nlohmann::json& logprobs, int64_t vocab_size);
+
 // The whole file in memory (for small files and tests).
 LogprobsFile ReadLogprobsFile(const std::string& path, int64_t expected_vocab);
 nlohmann::json LogprobsJson(const LogprobsFile& file);

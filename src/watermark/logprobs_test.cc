@@ -4,8 +4,11 @@
 
 #include <gtest/gtest.h>
 
+#include <functional>
 #include <string>
 #include <vector>
+
+#include <nlohmann/json.hpp>
 
 #include "base/error.h"
 
@@ -117,6 +120,98 @@ TEST(LogprobsFile, FilesThatAreNotRegularFilesAreRefused) {
   EXPECT_THROW(ScanLogprobsFile("/", 16, [](int64_t, const LogprobsEntry&, const auto&) {}), Error);
   EXPECT_THROW(ScanLogprobsFile("/nonexistent/x.json", 16, [](int64_t, const LogprobsEntry&, const auto&) {}),
                Error);
+}
+
+// An OpenAI-format response's logprobs, as the server's detection endpoint
+// receives them.
+const char* const kOpenAi = R"({"content": [
+  {"token": "a", "id": 3, "logprob": -0.1, "bytes": [97],
+   "top_logprobs": [{"token": "a", "id": 3, "logprob": -0.1}, {"id": 5, "logprob": -2.5}]},
+  {"id": 7, "top_logprobs": []}]})";
+
+// The message of the Error that LogprobsFromOpenAi throws ("" if none).
+std::string OpenAiErrorOf(const nlohmann::json& logprobs) {
+  try {
+    LogprobsFromOpenAi(logprobs, 16);
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(LogprobsOpenAi, ReadsTheResponseObjectOrItsContentArray) {
+  const nlohmann::json response = nlohmann::json::parse(kOpenAi);
+  for (const nlohmann::json& given : {response, response["content"]}) {
+    const LogprobsFile file = LogprobsFromOpenAi(given, 16);
+    EXPECT_EQ(file.vocab_size, 16);
+    ASSERT_EQ(file.tokens.size(), 2u);
+    EXPECT_EQ(file.tokens[0].id, 3);
+    EXPECT_EQ(file.tokens[0].top.ids, (std::vector<int32_t>{3, 5}));
+    EXPECT_EQ(file.tokens[0].top.logprobs, (std::vector<float>{-0.1f, -2.5f}));
+    EXPECT_EQ(file.tokens[1].id, 7);
+    EXPECT_TRUE(file.tokens[1].top.ids.empty());
+  }
+  // The same tokens written as an epwa-logprobs-v1 file read the same.
+  const std::string as_file =
+      R"({"format":"epwa-logprobs-v1","vocab_size":16,"tokens":[{"id":3,"top_ids":[3,5],"top_logprobs":[-0.1,-2.5]},)"
+      R"({"id":7,"top_ids":[],"top_logprobs":[]}]})";
+  std::vector<LogprobsEntry> from_file;
+  ScanLogprobsBytes(as_file, "x", 16, [&](int64_t, const LogprobsEntry& e, const auto&) { from_file.push_back(e); });
+  const LogprobsFile from_api = LogprobsFromOpenAi(response, 16);
+  ASSERT_EQ(from_file.size(), from_api.tokens.size());
+  for (size_t i = 0; i < from_file.size(); ++i) {
+    EXPECT_EQ(from_file[i].id, from_api.tokens[i].id);
+    EXPECT_EQ(from_file[i].top.ids, from_api.tokens[i].top.ids);
+    EXPECT_EQ(from_file[i].top.logprobs, from_api.tokens[i].top.logprobs);
+  }
+}
+
+// Ids are judged before narrowing: 2^32 + 3 was once read as id 3 by the
+// server; 2^64 - 1 (unsigned in nlohmann) and -1 are refused too. A logprob
+// of 1e300 was converted to float (undefined); above 0 is no log-probability.
+TEST(LogprobsOpenAi, RefusesWhatTheFileReaderRefuses) {
+  const nlohmann::json good = nlohmann::json::parse(kOpenAi);
+  auto changed = [&](const std::function<void(nlohmann::json&)>& change) {
+    nlohmann::json j = good;
+    change(j);
+    return OpenAiErrorOf(j);
+  };
+  for (const nlohmann::json big : {nlohmann::json(uint64_t{1} << 32 | 3), nlohmann::json(UINT64_MAX),
+                                   nlohmann::json(-1), nlohmann::json(16)}) {
+    EXPECT_NE(changed([&](nlohmann::json& j) { j["content"][0]["id"] = big; }).find("entry 0: its id"),
+              std::string::npos)
+        << big;
+    EXPECT_NE(changed([&](nlohmann::json& j) { j["content"][0]["top_logprobs"][1]["id"] = big; })
+                  .find("entry 0: top_logprobs id"),
+              std::string::npos)
+        << big;
+  }
+  for (const double bad : {1e300, 0.5}) {
+    EXPECT_NE(changed([&](nlohmann::json& j) { j["content"][0]["top_logprobs"][1]["logprob"] = bad; })
+                  .find("is not a finite log-probability"),
+              std::string::npos)
+        << bad;
+  }
+  // Far below float's range is probability 0, kept finite as in a file.
+  nlohmann::json tiny = good;
+  tiny["content"][0]["top_logprobs"][1]["logprob"] = -1e300;
+  EXPECT_EQ(LogprobsFromOpenAi(tiny, 16).tokens[0].top.logprobs[1], -1e30f);
+  EXPECT_NE(changed([](nlohmann::json& j) { j["content"][0]["top_logprobs"] = nlohmann::json::array(); })
+                .find("lists no top_logprobs at all"),
+            std::string::npos);
+  EXPECT_NE(changed([](nlohmann::json& j) { j["content"][1]["id"] = 2.0; }).find("entry 1 needs an integer 'id'"),
+            std::string::npos);
+  EXPECT_NE(changed([](nlohmann::json& j) { j["content"][1].erase("top_logprobs"); }).find("entry 1 needs"),
+            std::string::npos);
+  EXPECT_NE(changed([](nlohmann::json& j) { j["content"][0]["top_logprobs"][0] = 3; })
+                .find("every top_logprobs entry needs"),
+            std::string::npos);
+  EXPECT_NE(changed([](nlohmann::json& j) { j["content"][0]["top_logprobs"][0]["logprob"] = "-1"; })
+                .find("every top_logprobs entry needs"),
+            std::string::npos);
+  for (const char* not_content : {R"({"content": []})", "[]", R"({"content": 3})", "null", R"("text")"})
+    EXPECT_NE(OpenAiErrorOf(nlohmann::json::parse(not_content)).find("non-empty content array"), std::string::npos)
+        << not_content;
 }
 
 }  // namespace
