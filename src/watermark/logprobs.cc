@@ -206,29 +206,28 @@ LogprobsFile LogprobsFromOpenAi(const nlohmann::json& logprobs, int64_t vocab_si
   LogprobsFile file;
   file.vocab_size = vocab_size;
   bool listed_any = false;
+  // Messages are built only on the way out (if/throw, not Require, whose
+  // message would be built for every entry).
+  const std::string vocab_text = "(vocab_size " + std::to_string(vocab_size) + ")";
   for (size_t i = 0; i < content.size(); ++i) {
     const json& e = content[i];
-    const std::string where = "logprobs entry " + std::to_string(i);
-    Require(e.is_object() && e.contains("id") && e["id"].is_number_integer() && e.contains("top_logprobs") &&
-                e["top_logprobs"].is_array(),
-            where + " needs an integer 'id' and a 'top_logprobs' array (epwa's responses include ids)");
+    auto where = [i] { return "logprobs entry " + std::to_string(i); };
+    if (!(e.is_object() && e.contains("id") && e["id"].is_number_integer() && e.contains("top_logprobs") &&
+          e["top_logprobs"].is_array()))
+      throw Error(where() + " needs an integer 'id' and a 'top_logprobs' array (epwa's responses include ids)");
     LogprobsEntry entry;
     const std::optional<int32_t> id = id_of(e["id"]);
-    Require(id.has_value(), where + ": its id " + e["id"].dump() + " is outside the vocabulary (vocab_size " +
-                                std::to_string(vocab_size) + ")");
+    if (!id) throw Error(where() + ": its id " + e["id"].dump() + " is outside the vocabulary " + vocab_text);
     entry.id = *id;
-    const json& top = e["top_logprobs"];
-    for (size_t k = 0; k < top.size(); ++k) {
-      const json& t = top[k];
-      Require(t.is_object() && t.contains("id") && t["id"].is_number_integer() && t.contains("logprob") &&
-                  t["logprob"].is_number(),
-              where + ": every top_logprobs entry needs an integer 'id' and a numeric 'logprob'");
+    for (const json& t : e["top_logprobs"]) {
+      if (!(t.is_object() && t.contains("id") && t["id"].is_number_integer() && t.contains("logprob") &&
+            t["logprob"].is_number()))
+        throw Error(where() + ": every top_logprobs entry needs an integer 'id' and a numeric 'logprob'");
       const std::optional<int32_t> tid = id_of(t["id"]);
-      Require(tid.has_value(), where + ": top_logprobs id " + t["id"].dump() +
-                                   " is outside the vocabulary (vocab_size " + std::to_string(vocab_size) + ")");
+      if (!tid) throw Error(where() + ": top_logprobs id " + t["id"].dump() + " is outside the vocabulary " + vocab_text);
       const std::optional<float> logprob = StoredLogprob(t["logprob"].get<double>());
-      Require(logprob.has_value(),
-              where + ": 'logprob' " + t["logprob"].dump() + " is not a finite log-probability (<= 0)");
+      if (!logprob)
+        throw Error(where() + ": 'logprob' " + t["logprob"].dump() + " is not a finite log-probability (<= 0)");
       entry.top.ids.push_back(*tid);
       entry.top.logprobs.push_back(*logprob);
     }
