@@ -176,7 +176,7 @@ TEST(LogprobsOpenAi, RefusesWhatTheFileReaderRefuses) {
     change(j);
     return OpenAiErrorOf(j);
   };
-  for (const nlohmann::json big : {nlohmann::json(uint64_t{1} << 32 | 3), nlohmann::json(UINT64_MAX),
+  for (const nlohmann::json& big : {nlohmann::json(uint64_t{1} << 32 | 3), nlohmann::json(UINT64_MAX),
                                    nlohmann::json(-1), nlohmann::json(16)}) {
     EXPECT_NE(changed([&](nlohmann::json& j) { j["content"][0]["id"] = big; }).find("entry 0: its id"),
               std::string::npos)
