@@ -341,6 +341,24 @@ bool HasAvx512Vnni() {
 
 void MaskAvx512VnniForTesting(bool masked) { vnni_masked.store(masked, std::memory_order_relaxed); }
 
+namespace {
+std::atomic<bool> gfni_masked{false};
+}  // namespace
+
+bool HasGfni() {
+#if defined(__x86_64__) || defined(__i386__)
+  static const bool has = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("gfni") != 0;
+  }();
+  return has && !gfni_masked.load(std::memory_order_relaxed);
+#else
+  return false;
+#endif
+}
+
+void MaskGfniForTesting(bool masked) { gfni_masked.store(masked, std::memory_order_relaxed); }
+
 bool HasAvx512Bf16() {
 #if defined(__x86_64__) || defined(__i386__)
   static const bool has = [] {

@@ -607,141 +607,57 @@ __attribute__((always_inline)) inline __m512 LoadGroupScales(const void* scale_r
   }
 }
 
-// y[m, n + r] for r < R, m < M.
-template <DType D, int M, int R>
-void QuantMatVecRows(const QuantizedX& qx, const WeightView& w, float* y, int64_t n, __m512i level_table) {
-  const int64_t K = w.cols, N = w.rows, groups = K / 32;
-  const uint8_t* rows[R];
-  const void* scale_rows[R];
-#pragma GCC unroll 8
-  for (int r = 0; r < R; ++r) {
-    rows[r] = RowAt(w, n + r);
-    scale_rows[r] = ScaleAddress(w, n + r, 0);
-  }
-  const int64_t ahead = QuantPrefetchDistance(R * RowStride(w));
-  // The codes `ahead` bytes on lie `ahead / RowStride` rows further down, at
-  // the same column; their scales are fetched as far ahead (the same bytes
-  // on when they sit in the rows). Without this the
-  // scale loads are demand misses from DRAM: measured on a Zen 4 VM shared
-  // with other jobs (one core, [16384, 4096] from DRAM, AVX-512), Q4 streamed
-  // 6-7 GB/s instead of 21 and MXFP4 13-15 instead of 22.
-  const int64_t scales_ahead = ahead / RowStride(w) * ScaleStride(w);
-  // s_w * s_x per group of the current 16 (lane g: group g0 + g; zero past
-  // the row's last group). Each step picks its groups' lanes out of these
-  // registers with one permute; they used to go through memory, and the
-  // step's load at an offset of p floats then straddled the vector just
-  // stored, which store-to-load forwarding cannot serve.
-  __m512 products[R][M];
-  __m512 acc[R][M];
-#pragma GCC unroll 8
-  for (int r = 0; r < R; ++r)
-#pragma GCC unroll 8
-    for (int m = 0; m < M; ++m) acc[r][m] = _mm512_setzero_ps();
-  // Which of the step's products each int32 lane of vpdpbusd needs: Q8 steps
-  // by pairs of groups in order, the 4-bit formats by four groups.
-  const __m512i lane_group = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
-  const __m512i quad_group = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
-  // NF4 levels are codebook * 127 and MXFP4 levels E2M1 * 2; the 1/127 or
-  // 1/2 goes into the weight scale (exactly, for MXFP4).
-  const __m512 level_unit =
-      _mm512_set1_ps(D == DType::kNF4 ? 1.0f / 127.0f : D == DType::kMXFP4 ? 0.5f : 1.0f);
-  for (int64_t g0 = 0; g0 < groups; g0 += 16) {
-    const int64_t ng = Min(16, groups - g0);
-    const __mmask16 group_mask = FirstLanes(ng);
-#pragma GCC unroll 8
-    for (int r = 0; r < R; ++r) {
-      PrefetchL2(static_cast<const uint8_t*>(scale_rows[r]) + SpanScaleBytes<D>(g0) + scales_ahead);
-      const __m512 ws = _mm512_mul_ps(LoadGroupScales<D>(scale_rows[r], g0, group_mask), level_unit);
-#pragma GCC unroll 8
-      for (int m = 0; m < M; ++m) {
-        products[r][m] = _mm512_mul_ps(ws, _mm512_load_ps(qx.Scales(m) + g0));
-        acc[r][m] = _mm512_fnmadd_ps(ws, _mm512_load_ps(qx.Corrections(m) + g0), acc[r][m]);
-      }
-    }
-    if constexpr (D != DType::kQ8) {
-      // Four groups per step (see above); a last step of fewer reads only
-      // their bytes, and the missing groups meet zero codes and scales.
-      for (int64_t p = 0; p < ng; p += 4) {
-        const int64_t k = (g0 + p) * 32;
-        const __mmask64 bytes = ng - p >= 4 ? ~0ull : (1ull << (16 * (ng - p))) - 1;
-        const __m512i step_groups = _mm512_add_epi32(quad_group, _mm512_set1_epi32(static_cast<int>(p)));
-        __m512i lo[R], hi[R];
-#pragma GCC unroll 8
-        for (int r = 0; r < R; ++r) {
-          PrefetchL1(rows[r] + SpanBytes(D, k) + ahead);
-          const __m512i v = _mm512_maskz_loadu_epi8(bytes, rows[r] + k / 2);
-          lo[r] = _mm512_and_si512(v, _mm512_set1_epi8(0x0f));
-          hi[r] = _mm512_and_si512(_mm512_srli_epi16(v, 4), _mm512_set1_epi8(0x0f));
-          if constexpr (D != DType::kQ4) {
-            lo[r] = _mm512_shuffle_epi8(level_table, lo[r]);
-            hi[r] = _mm512_shuffle_epi8(level_table, hi[r]);
-          }
-        }
-#pragma GCC unroll 8
-        for (int m = 0; m < M; ++m) {
-          const __m512i xlo = _mm512_load_si512(qx.Codes(m) + k);
-          const __m512i xhi = _mm512_load_si512(qx.Codes(m) + k + 64);
-#pragma GCC unroll 8
-          for (int r = 0; r < R; ++r) {
-            const __m512i dot = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lo[r], xlo), hi[r], xhi);
-            const __m512 scale = _mm512_permutexvar_ps(step_groups, products[r][m]);
-            acc[r][m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, acc[r][m]);
-          }
-        }
-      }
-    } else {
-      for (int64_t p = 0; p < ng; p += 2) {
-        const int64_t k = (g0 + p) * 32;
-        const bool half = p + 1 == ng;
-        const __m512i step_groups = _mm512_add_epi32(lane_group, _mm512_set1_epi32(static_cast<int>(p)));
-        __m512i wu[R];
-#pragma GCC unroll 8
-        for (int r = 0; r < R; ++r) {
-          PrefetchL1(rows[r] + SpanBytes(D, k) + ahead);
-          wu[r] = LoadWeightPair(rows[r], k, half);
-        }
-#pragma GCC unroll 8
-        for (int m = 0; m < M; ++m) {
-          const __m512i xq = _mm512_load_si512(qx.Codes(m) + k);
-#pragma GCC unroll 8
-          for (int r = 0; r < R; ++r) {
-            const __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wu[r], xq);
-            const __m512 scale = _mm512_permutexvar_ps(step_groups, products[r][m]);
-            acc[r][m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, acc[r][m]);
-          }
-        }
-      }
-    }
-  }
-#pragma GCC unroll 8
-  for (int r = 0; r < R; ++r)
-#pragma GCC unroll 8
-    for (int m = 0; m < M; ++m) y[m * N + n + r] = _mm512_reduce_add_ps(acc[r][m]);
-}
+namespace shift_and_mask {
+constexpr bool kNibblesByGfni = false;
+#include "kernels/kernels_avx512_decode_inl.h"
+}  // namespace shift_and_mask
 
-// Four rows share each x code load up to M = 4 (at most 16 accumulators);
-// beyond that two rows keep the accumulators within the 32 registers.
+#ifdef __clang__
+#pragma clang attribute pop
+#endif
+#pragma GCC pop_options
+
+// The same kernel with GFNI (internal::HasGfni), which Cascade and Cooper
+// Lake lack although they have VNNI; only the 4-bit formats use it.
+#pragma GCC push_options
+#pragma GCC target("avx512vnni,gfni")
+#ifdef __clang__
+#pragma clang attribute push(__attribute__((target("avx512vnni,gfni"))), apply_to = function)
+#endif
+namespace gfni {
+constexpr bool kNibblesByGfni = true;
+#include "kernels/kernels_avx512_decode_inl.h"
+}  // namespace gfni
+#ifdef __clang__
+#pragma clang attribute pop
+#endif
+#pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("avx512vnni")
+#ifdef __clang__
+#pragma clang attribute push(__attribute__((target("avx512vnni"))), apply_to = function)
+#endif
+
 template <DType D, int M>
-void QuantMatVecRange(const QuantizedX& qx, const WeightView& w, float* y, int64_t n0, int64_t n1,
-                      __m512i level_table) {
-  constexpr int kRows = M <= 4 ? 4 : 2;
-  int64_t n = n0;
-  for (; n + kRows <= n1; n += kRows) QuantMatVecRows<D, M, kRows>(qx, w, y, n, level_table);
-  for (; n < n1; ++n) QuantMatVecRows<D, M, 1>(qx, w, y, n, level_table);
+void QuantMatVecRangeOf(const QuantizedX& qx, const WeightView& w, float* y, int64_t n0, int64_t n1,
+                        __m512i level_table) {
+  if (D != DType::kQ8 && internal::HasGfni()) return gfni::QuantMatVecRange<D, M>(qx, w, y, n0, n1, level_table);
+  shift_and_mask::QuantMatVecRange<D, M>(qx, w, y, n0, n1, level_table);
 }
 
 template <DType D>
 void QuantMatVecRangeFor(int64_t M, const QuantizedX& qx, const WeightView& w, float* y, int64_t n0,
                          int64_t n1, __m512i level_table) {
   switch (M) {
-    case 1: return QuantMatVecRange<D, 1>(qx, w, y, n0, n1, level_table);
-    case 2: return QuantMatVecRange<D, 2>(qx, w, y, n0, n1, level_table);
-    case 3: return QuantMatVecRange<D, 3>(qx, w, y, n0, n1, level_table);
-    case 4: return QuantMatVecRange<D, 4>(qx, w, y, n0, n1, level_table);
-    case 5: return QuantMatVecRange<D, 5>(qx, w, y, n0, n1, level_table);
-    case 6: return QuantMatVecRange<D, 6>(qx, w, y, n0, n1, level_table);
-    case 7: return QuantMatVecRange<D, 7>(qx, w, y, n0, n1, level_table);
-    default: return QuantMatVecRange<D, 8>(qx, w, y, n0, n1, level_table);
+    case 1: return QuantMatVecRangeOf<D, 1>(qx, w, y, n0, n1, level_table);
+    case 2: return QuantMatVecRangeOf<D, 2>(qx, w, y, n0, n1, level_table);
+    case 3: return QuantMatVecRangeOf<D, 3>(qx, w, y, n0, n1, level_table);
+    case 4: return QuantMatVecRangeOf<D, 4>(qx, w, y, n0, n1, level_table);
+    case 5: return QuantMatVecRangeOf<D, 5>(qx, w, y, n0, n1, level_table);
+    case 6: return QuantMatVecRangeOf<D, 6>(qx, w, y, n0, n1, level_table);
+    case 7: return QuantMatVecRangeOf<D, 7>(qx, w, y, n0, n1, level_table);
+    default: return QuantMatVecRangeOf<D, 8>(qx, w, y, n0, n1, level_table);
   }
 }
 

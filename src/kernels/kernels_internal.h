@@ -94,6 +94,13 @@ bool HasAvx512Vnni();
 // Makes HasAvx512Vnni() report false while `masked` (tests only: no CPU we
 // can test on lacks VNNI but has AVX-512).
 void MaskAvx512VnniForTesting(bool masked);
+// Whether the CPU has GFNI (vgf2p8affineqb), which the AVX-512 4-bit decode
+// kernel uses to split nibbles where it exists (not on Cascade or Cooper
+// Lake, which have VNNI).
+bool HasGfni();
+// Makes HasGfni() report false while `masked` (tests: both forms of the
+// kernel must give the same bits on a CPU that has GFNI).
+void MaskGfniForTesting(bool masked);
 // Whether the CPU has AVX-512 BF16 (vdpbf16ps).
 bool HasAvx512Bf16();
 

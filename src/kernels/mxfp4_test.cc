@@ -329,6 +329,17 @@ TEST(Mxfp4NoVnniTest, Avx512WithoutVnniRunsTheAvx2IntegerKernels) {
     ExpectAvx512WithoutVnniEqualsAvx2(x.data(), M, w.view, TwoThreads(), "M " + std::to_string(M));
 }
 
+// GFNI's nibble split in the decode gives the shift-and-mask bits (as in
+// quant_test's QuantGfniTest).
+TEST(Mxfp4GfniTest, GfniNibbleSplitGivesTheShiftAndMaskBits) {
+  if (!CpuHasAvx512() || !internal::HasAvx512Vnni() || !internal::HasGfni())
+    GTEST_SKIP() << "this CPU lacks AVX-512, VNNI or GFNI";
+  const int64_t N = 72, K = 4160;
+  const Mxfp4Matrix w = RandomMxfp4(N, K, 53, 118, 130);
+  const std::vector<float> x = Gaussian(9 * K, 54);
+  ExpectGfniDecodeEqualsShiftAndMask(x.data(), w.view, TwoThreads(), "MXFP4");
+}
+
 // Prefill over several cache blocks in every dimension.
 TEST_P(Mxfp4IsaTest, MatMulLargeBlockedShapes) {
   const int64_t M = 300, N = 600, K = 544;

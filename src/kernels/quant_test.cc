@@ -587,6 +587,22 @@ TEST(QuantNoVnniTest, Avx512WithoutVnniRunsTheAvx2IntegerKernels) {
   }
 }
 
+// The 4-bit decode kernel splits nibbles with GFNI's affine transform where
+// the CPU has it and with shift and mask otherwise (Cascade Lake has VNNI
+// but no GFNI); both are exact, so the products must agree bit for bit. The
+// random codes cover every bit of both nibbles.
+TEST(QuantGfniTest, GfniNibbleSplitGivesTheShiftAndMaskBits) {
+  if (!CpuHasAvx512() || !internal::HasAvx512Vnni() || !internal::HasGfni())
+    GTEST_SKIP() << "this CPU lacks AVX-512, VNNI or GFNI";
+  const int64_t N = 72, K = 4160;
+  const FloatMatrix src = MakeFloatMatrix(DType::kBF16, N, K, Gaussian(N * K, 51));
+  const std::vector<float> x = Gaussian(9 * K, 52);
+  for (DType dtype : kQuantTypes) {
+    const QuantMatrix q = ReferenceQuantize(src.view, dtype);
+    ExpectGfniDecodeEqualsShiftAndMask(x.data(), q.view, TwoThreads(), DTypeName(dtype));
+  }
+}
+
 // ---------------------------------------------------------------------------
 // Bad arguments.
 

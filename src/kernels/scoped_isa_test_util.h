@@ -52,6 +52,16 @@ class ScopedAvx512WithoutVnni {
   ScopedIsa isa_;
 };
 
+// Runs the AVX-512 4-bit decode kernel for a scope as on a CPU without GFNI
+// (shift and mask instead of the affine transform).
+class ScopedWithoutGfni {
+ public:
+  ScopedWithoutGfni() { internal::MaskGfniForTesting(true); }
+  ~ScopedWithoutGfni() { internal::MaskGfniForTesting(false); }
+  ScopedWithoutGfni(const ScopedWithoutGfni&) = delete;
+  ScopedWithoutGfni& operator=(const ScopedWithoutGfni&) = delete;
+};
+
 inline bool CpuHasAvx512() {
   const std::vector<Isa> isas = SupportedIsas();
   return std::find(isas.begin(), isas.end(), Isa::kAvx512) != isas.end();
@@ -78,6 +88,32 @@ inline void ExpectAvx512WithoutVnniEqualsAvx2(const float* x, int64_t M, const W
   EXPECT_EQ(std::vector<float>(many.begin(), many.begin() + static_cast<std::ptrdiff_t>(n)), want) << what << " (MatMulMany)";
   EXPECT_EQ(std::vector<float>(many.begin() + static_cast<std::ptrdiff_t>(n), many.end()), want) << what << " (MatMulMany)";
   EXPECT_EQ(PrefillDotFor(w.dtype), PrefillDot::kInt8) << what;
+}
+
+// Expects the AVX-512 decode (M = 1 to 8 rows of x [M, w.cols], through
+// MatMul and through MatMulMany with two jobs, as an expert's gate and up)
+// to give the same bits with GFNI's nibble split as with shift and mask.
+// The caller skips unless the CPU has AVX-512, VNNI and GFNI.
+inline void ExpectGfniDecodeEqualsShiftAndMask(const float* x, const WeightView& w, ThreadPool& pool,
+                                               const std::string& what) {
+  ScopedIsa avx512(Isa::kAvx512);
+  for (int64_t M = 1; M <= 8; ++M) {
+    const size_t n = static_cast<size_t>(M * w.rows);
+    std::vector<float> want(n), want_many(2 * n);
+    const std::vector<MatMulJob> want_jobs = {{x, M, &w, want_many.data()}, {x + w.cols, M, &w, want_many.data() + n}};
+    {
+      ScopedWithoutGfni shift_and_mask;
+      MatMul(x, M, w, want.data(), pool);
+      MatMulMany(want_jobs, pool);
+    }
+    std::vector<float> got(n, std::numeric_limits<float>::quiet_NaN());
+    std::vector<float> got_many(2 * n, std::numeric_limits<float>::quiet_NaN());
+    const std::vector<MatMulJob> got_jobs = {{x, M, &w, got_many.data()}, {x + w.cols, M, &w, got_many.data() + n}};
+    MatMul(x, M, w, got.data(), pool);
+    MatMulMany(got_jobs, pool);
+    EXPECT_EQ(got, want) << what << " M " << M;
+    EXPECT_EQ(got_many, want_many) << what << " M " << M << " (MatMulMany)";
+  }
 }
 
 // Whether MatMul on `isa` multiplies quantized or MXFP4 weights with float32
