@@ -13,9 +13,12 @@
 // transform over GF(2) does the shift and the mask: output bit i (i < 4) is
 // input bit i + 4, the matrix row for bit i being byte 7 - i of the constant.
 // In the 4-bit decode kernel below the split is a tenth of the instructions
-// per weight load, and that kernel is instruction-bound on two cores
-// (kernels_bench DecodeInCache, Zen 5 VM: Q4 90-95 GB/s with shift and mask,
-// 99 with the affine transform).
+// per weight load, and with its weights in cache that kernel is bound by
+// instructions (kernels_bench DecodeInCache/4/2, Zen 5 VM, six alternating
+// rounds: median 77 GB/s with shift and mask, 80 with the affine transform).
+// From DRAM on two cores of that VM it made no measurable difference
+// (full-depth OLMoE int4 decode); it leaves more room where a core has more
+// bandwidth to itself.
 __attribute__((always_inline)) inline __m512i HighNibbles(__m512i v) {
   if constexpr (kNibblesByGfni) {
     return _mm512_gf2p8affine_epi64_epi8(v, _mm512_set1_epi64(0x1020408000000000ll), 0);
