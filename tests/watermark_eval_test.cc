@@ -10,6 +10,7 @@
 //   guard:      no watermarked generation equals the unwatermarked one;
 //   CSPV and PEPI: reported, with PEPI's oracle far above chance.
 // The figures are printed so a CI log shows them.
+#include <cmath>
 #include <cstdio>
 #include <fstream>
 #include <sstream>
@@ -31,6 +32,14 @@ std::string ReadAll(const std::string& path) {
   return ss.str();
 }
 
+// The protocol's sizes: issue 5's, or a fifth of them in a sanitizer build
+// (tests/CMakeLists.txt), whose bars below scale with them.
+#ifdef EPWA_SANITIZED_BUILD
+constexpr int kGenerations = 20, kNullGenerations = 40, kHumanParagraphs = 200, kOracleTokens = 5000;
+#else
+constexpr int kGenerations = 100, kNullGenerations = 200, kHumanParagraphs = 1000, kOracleTokens = 20000;
+#endif
+
 TEST(WatermarkEval, RoundTripFalseAlarmsAlignmentAndGuard) {
   // One thread: ctest runs tests side by side, and the bundled model is too
   // small for a second thread to pay for its synchronisation under contention.
@@ -47,7 +56,7 @@ TEST(WatermarkEval, RoundTripFalseAlarmsAlignmentAndGuard) {
   const std::string tail = human.substr(human.size() * 3 / 4);
   std::vector<TopLogprobs> x;
   std::vector<int32_t> y;
-  CollectOracleExamples(*engine, tail, 256, 20000, 3, 20, &x, &y);
+  CollectOracleExamples(*engine, tail, 256, kOracleTokens, 3, 20, &x, &y);
   OracleInfo info;
   info.router_hash = engine->load_stats().router_hash;
   info.router_layer = 3;
@@ -60,15 +69,20 @@ TEST(WatermarkEval, RoundTripFalseAlarmsAlignmentAndGuard) {
   o.schemes = {Scheme::kGsg, Scheme::kEwp};
   o.human_text = human;
   o.oracle = &oracle;
+  o.generations = kGenerations;
+  o.null_generations = kNullGenerations;
+  o.human_paragraphs = kHumanParagraphs;
   const EvalReport r = EvaluateWatermark(*engine, EvaluationKey(), o);
   const nlohmann::json j = r.Json(o);
   std::printf("%s\n", j.dump(1).c_str());
 
   for (const SchemeEval& s : r.schemes) {
     SCOPED_TRACE(SchemeName(s.scheme));
-    ASSERT_EQ(s.full_prompt.z.size(), 100u);
-    EXPECT_GE(s.full_prompt.Detected(4.0), 99);
-    EXPECT_GE(s.full_no_prompt.Detected(4.0), 95);
+    ASSERT_EQ(s.full_prompt.z.size(), static_cast<size_t>(kGenerations));
+    // At least 99 % (at most one miss in a sanitizer build's 20), 95 % and
+    // 90 % below.
+    EXPECT_GE(s.full_prompt.Detected(4.0), kGenerations - (kGenerations + 99) / 100);
+    EXPECT_GE(s.full_no_prompt.Detected(4.0), kGenerations * 95 / 100);
     EXPECT_EQ(s.identical_to_plain, 0);
     EXPECT_GE(s.expert_recovery_prompt, 0.99);
     // Misaligned: far weaker overall, and at chance where the expert changed.
@@ -76,16 +90,19 @@ TEST(WatermarkEval, RoundTripFalseAlarmsAlignmentAndGuard) {
     EXPECT_LT(med(s.shift0), 0.5 * med(s.full_prompt));
     EXPECT_LT(std::abs(s.shift0_changed.Json(4.0)["mean"].get<double>()), 1.0);
     EXPECT_LE(s.shift0_changed.Detected(4.0), 2);
-    EXPECT_GE(s.cspv.Detected(4.0), 90);
+    EXPECT_GE(s.cspv.Detected(4.0), kGenerations * 90 / 100);
   }
-  EXPECT_EQ(r.human_paragraphs_used, 1000);
+  EXPECT_EQ(r.human_paragraphs_used, kHumanParagraphs);
   EXPECT_EQ(r.human_full.Detected(4.0), 0);
   EXPECT_EQ(r.plain_full.Detected(4.0), 0);
-  ASSERT_EQ(r.plain_full.z.size(), 200u);
+  ASSERT_EQ(r.plain_full.z.size(), static_cast<size_t>(kNullGenerations));
+  // The mean's tolerance grows as 1 / sqrt(n) when the samples shrink; the
+  // sd's a little.
+  const double wider = std::sqrt(1000.0 / kHumanParagraphs);
   for (const ZSet* z : {&r.human_full, &r.plain_full}) {
     const nlohmann::json s = z->Json(4.0);
-    EXPECT_NEAR(s["mean"].get<double>(), 0.0, z == &r.human_full ? 0.15 : 0.3);
-    EXPECT_NEAR(s["sd"].get<double>(), 1.0, 0.2);
+    EXPECT_NEAR(s["mean"].get<double>(), 0.0, (z == &r.human_full ? 0.15 : 0.3) * wider);
+    EXPECT_NEAR(s["sd"].get<double>(), 1.0, 0.2 * std::sqrt(wider));
   }
   EXPECT_LE(r.human_cspv.Detected(4.0), 2);
   EXPECT_LE(r.human_pepi.Detected(4.0), 2);
