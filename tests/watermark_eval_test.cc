@@ -9,7 +9,8 @@
 //               loses the signal wherever the expert changed;
 //   guard:      no watermarked generation equals the unwatermarked one;
 //   CSPV and PEPI: reported, with PEPI's oracle far above chance.
-// The figures are printed so a CI log shows them.
+// The figures are printed so a CI log shows them. Sanitizer builds run a
+// fifth of these sizes (kGenerations and the rest below).
 #include <cmath>
 #include <cstdio>
 #include <fstream>

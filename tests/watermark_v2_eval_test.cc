@@ -7,7 +7,8 @@
 //              scheme; z of human text has mean near 0 and sd near 1;
 //   power:     every scheme detects (nearly) every text with the prompt;
 //   the rest:  figures the full run reports, bounded so a regression shows.
-// The figures are printed so a CI log shows them.
+// The figures are printed so a CI log shows them. Sanitizer builds run a
+// third of these sizes (kTexts and the rest below).
 #include <cmath>
 #include <cstdio>
 #include <fstream>
