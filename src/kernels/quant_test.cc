@@ -603,6 +603,31 @@ TEST(QuantGfniTest, GfniNibbleSplitGivesTheShiftAndMaskBits) {
   }
 }
 
+// The AVX-512 decode (up to 8 rows of x) gives each row of x the bits it
+// gets alone, whatever the row count: from 7 rows on, rows 4 and up take a
+// second pass over the weights (QuantMatVecRange), and 5 or 6 rows pair
+// weight rows differently from 1 to 4. N = 37 leaves a tail of single weight
+// rows; K = 4160 a partial block of groups.
+TEST(QuantDecodeRowsTest, EachRowGetsItsOwnBitsAtEveryRowCount) {
+  if (!CpuHasAvx512() || !internal::HasAvx512Vnni()) GTEST_SKIP() << "this CPU lacks AVX-512 or VNNI";
+  ScopedIsa avx512(Isa::kAvx512);
+  const int64_t N = 37, K = 4160;
+  const FloatMatrix src = MakeFloatMatrix(DType::kBF16, N, K, Gaussian(N * K, 61));
+  const std::vector<float> x = Gaussian(8 * K, 62);
+  for (DType dtype : kQuantTypes) {
+    const QuantMatrix q = ReferenceQuantize(src.view, dtype);
+    std::vector<std::vector<float>> alone(8, std::vector<float>(static_cast<size_t>(N)));
+    for (int64_t m = 0; m < 8; ++m) MatMul(x.data() + m * K, 1, q.view, alone[m].data(), TwoThreads());
+    for (int64_t M = 2; M <= 8; ++M) {
+      std::vector<float> all(static_cast<size_t>(M * N), std::nanf(""));
+      MatMul(x.data(), M, q.view, all.data(), TwoThreads());
+      for (int64_t m = 0; m < M; ++m)
+        EXPECT_TRUE(std::equal(alone[m].begin(), alone[m].end(), all.begin() + m * N))
+            << DTypeName(dtype) << " M " << M << " row " << m;
+    }
+  }
+}
+
 // ---------------------------------------------------------------------------
 // Bad arguments.
 
