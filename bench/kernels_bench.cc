@@ -448,7 +448,7 @@ BENCHMARK(BM_Quantize)
     ->ComputeStatistics("max", Max)
     ->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_MatMulSmallM)
-    ->ArgsProduct({{kBF16, kQ4, kMXFP4}, {1, 2, 3, 4, 5, 6, 7, 8, 9, 12, 16}, {2}})
+    ->ArgsProduct({{kBF16, kQ8, kQ4, kMXFP4}, {1, 2, 3, 4, 5, 6, 7, 8, 9, 12, 16}, {2}})
     ->UseRealTime()
     ->ComputeStatistics("min", Min)
     ->ComputeStatistics("max", Max)

@@ -146,8 +146,10 @@ void QuantMatVecRows(const QuantizedX& qx, const WeightView& w, float* y, int64_
 // (kernels_bench MatMulSmallM, [16384, 4096], 2 threads, three alternating
 // runs, GFLOP/s without -> with the second pass: Q4 M = 7 545-567 ->
 // 709-755, M = 8 553-578 -> 738-756; MXFP4 M = 7 551-556 -> 581-608, M = 8
-// 452-469 -> 611-631). At M = 5 and 6 the second pass cost more than it
-// saved (MXFP4 M = 5: 575 -> 481-497). Each output is computed by the same
+// 452-469 -> 611-631; Q8, more bound by its bytes, M = 8 377-381 -> 406-418
+// and M = 7 463-476 -> 432-443, where the unchanged M = 6 read 5 % lower in
+// the second build in the same runs). At M = 5 and 6 the second pass cost
+// more than it saved (MXFP4 M = 5: 575 -> 481-497). Each output is computed by the same
 // instructions either way, so the bits do not depend on M.
 template <DType D, int M>
 void QuantMatVecRange(const QuantizedX& qx, const WeightView& w, float* y, int64_t n0, int64_t n1,
