@@ -149,8 +149,10 @@ void QuantMatVecRows(const QuantizedX& qx, const WeightView& w, float* y, int64_
 // 452-469 -> 611-631; Q8, more bound by its bytes, M = 8 377-381 -> 406-418
 // and M = 7 463-476 -> 432-443, where the unchanged M = 6 read 5 % lower in
 // the second build in the same runs). At M = 5 and 6 the second pass cost
-// more than it saved (MXFP4 M = 5: 575 -> 481-497). Each output is computed by the same
-// instructions either way, so the bits do not depend on M.
+// more than it saved (MXFP4 M = 5: 575 -> 481-497; so did halving the rows
+// of x, 3 + 2 and 3 + 3: Q8 M = 5 527-555 -> 425-443). Each output is
+// computed by the same instructions either way, so the bits do not depend
+// on M.
 template <DType D, int M>
 void QuantMatVecRange(const QuantizedX& qx, const WeightView& w, float* y, int64_t n0, int64_t n1,
                       __m512i level_table) {
