@@ -209,8 +209,10 @@ void BM_MatVec(benchmark::State& state) {
 // percentage of the read bandwidth measured in the same run, and output rows
 // per second (compare dtypes on the same shape: Q4 rows/s over BF16 rows/s
 // is the decode speed-up). Shapes 3 and 4 are gpt-oss's experts: gate_up
-// [5760, 2880] and down [2880, 2880] (MXFP4 in its checkpoints).
-constexpr int64_t kExpertShapes[][2] = {{1024, 2048}, {2048, 1024}, {4096, 4096}, {5760, 2880}, {2880, 2880}};
+// [5760, 2880] and down [2880, 2880] (MXFP4 in its checkpoints); 5 and 6
+// Qwen3-30B-A3B's: gate or up [768, 2048] and down [2048, 768].
+constexpr int64_t kExpertShapes[][2] = {{1024, 2048}, {2048, 1024}, {4096, 4096}, {5760, 2880},
+                                        {2880, 2880}, {768, 2048},  {2048, 768}};
 
 void BM_ExpertMatVec(benchmark::State& state) {
   const auto dtype = static_cast<DType>(state.range(0));
@@ -240,6 +242,36 @@ void BM_ExpertMatVec(benchmark::State& state) {
   state.counters["%bw"] = 100.0 * gbs / bandwidth;
   state.counters["Mrows/s"] = static_cast<double>(N) * state.iterations() / seconds / 1e6;
   SetLabel(state, dtype, threads);
+}
+
+// An expert's share of a prompt: M rows of x (the tokens routed to it) times
+// one expert matrix, each call a different expert from a ring of copies
+// several times the L3 cache, as in an MoE layer's prefill. Arguments:
+// (dtype, shape of kExpertShapes, M); 2 threads. With 64 or 128 experts and
+// 8 chosen per token, a prompt of 128 tokens gives experts 8 to 16 rows on
+// average, where the integer decode and the prefill tiles meet.
+void BM_ExpertShare(benchmark::State& state) {
+  const auto dtype = static_cast<DType>(state.range(0));
+  const int64_t N = kExpertShapes[state.range(1)][0], K = kExpertShapes[state.range(1)][1];
+  const int64_t M = state.range(2);
+  const uint64_t bytes = QuantizedBytes(dtype, N, K);
+  const int copies = static_cast<int>(std::max<uint64_t>(2, (256ull << 20) / bytes + 1));
+  std::vector<const WeightView*> experts;
+  for (int c = 0; c < copies; ++c) experts.push_back(&Weights(dtype, N, K, c));
+  const std::vector<float> x = Activations(M * K);  // [M, K]
+  std::vector<float> y(static_cast<size_t>(M * N));  // [M, N]
+  ThreadPool& pool = Pool(2);
+  size_t next = 0;
+  Stopwatch watch;
+  for (auto _ : state) {
+    MatMul(x.data(), M, *experts[next], y.data(), pool);
+    next = (next + 1) % experts.size();
+    benchmark::DoNotOptimize(y.data());
+  }
+  const double seconds = watch.Seconds();
+  state.counters["GB/s"] = static_cast<double>(bytes) * state.iterations() / seconds / 1e9;
+  state.counters["GFLOP/s"] = 2.0 * static_cast<double>(M * N * K) * state.iterations() / seconds / 1e9;
+  SetLabel(state, dtype, 2);
 }
 
 // The decode kernel's own speed, without memory: one OLMoE expert projection
@@ -447,8 +479,14 @@ BENCHMARK(BM_Quantize)
     ->ComputeStatistics("min", Min)
     ->ComputeStatistics("max", Max)
     ->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_ExpertShare)
+    ->ArgsProduct({{kQ8, kQ4, kNF4, kMXFP4}, {0, 1, 5, 6}, {8, 9, 11, 13, 16}})
+    ->UseRealTime()
+    ->ComputeStatistics("min", Min)
+    ->ComputeStatistics("max", Max)
+    ->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_MatMulSmallM)
-    ->ArgsProduct({{kBF16, kQ8, kQ4, kMXFP4}, {1, 2, 3, 4, 5, 6, 7, 8, 9, 12, 16}, {2}})
+    ->ArgsProduct({{kBF16, kQ8, kQ4, kNF4, kMXFP4}, {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 16}, {2}})
     ->UseRealTime()
     ->ComputeStatistics("min", Min)
     ->ComputeStatistics("max", Max)

@@ -359,6 +359,13 @@ bool HasGfni() {
 
 void MaskGfniForTesting(bool masked) { gfni_masked.store(masked, std::memory_order_relaxed); }
 
+namespace {
+std::atomic<DecodePasses> decode_passes{DecodePasses::kByRule};
+}  // namespace
+
+void SetDecodePassesForTesting(DecodePasses mode) { decode_passes.store(mode, std::memory_order_relaxed); }
+DecodePasses DecodePassesMode() { return decode_passes.load(std::memory_order_relaxed); }
+
 bool HasAvx512Bf16() {
 #if defined(__x86_64__) || defined(__i386__)
   static const bool has = [] {
@@ -773,14 +780,14 @@ void ValidateMxfp4(const WeightView& w) {
 uint64_t MatMulScratchBytes(int64_t max_rows, int64_t max_k, int threads) {
   // Mirrors the ThreadScratch requests of the instruction-set files, taking
   // the largest constants of any of them: kMc = 256 rows of packed x (prefill),
-  // up to kMaxDecodeRows = 8 rows of x deinterleaved (BF16 decode) or
-  // quantized (codes padded to 64 plus two floats per group padded to 16
+  // up to 8 rows of x deinterleaved (BF16 decode) or kAvx512MaxQuantDecodeRows
+  // = 13 quantized (codes padded to 128 plus two floats per group padded to 16
   // groups), and one kKb x kNb = 256 x 256 float panel per thread; the scalar
   // path keeps one converted weight row of max_k floats per thread.
   const uint64_t k = static_cast<uint64_t>(std::max<int64_t>(max_k, 0));
   const uint64_t rows = static_cast<uint64_t>(std::clamp<int64_t>(max_rows, 0, 256));
-  const uint64_t decode_rows = std::min<uint64_t>(rows, 8);
-  const uint64_t quantized_x_row = (k + 63) / 64 * 16 + 2 * ((k / 32 + 15) / 16 * 16);
+  const uint64_t decode_rows = std::min<uint64_t>(rows, internal::kAvx512MaxQuantDecodeRows);
+  const uint64_t quantized_x_row = (k + 127) / 128 * 32 + 2 * ((k / 32 + 15) / 16 * 16);
   const uint64_t calling_thread = rows * k + decode_rows * std::max(k, quantized_x_row);
   const uint64_t per_thread = std::max<uint64_t>(256 * 256, k);
   return 4 * (calling_thread + static_cast<uint64_t>(std::max(threads, 1)) * per_thread);

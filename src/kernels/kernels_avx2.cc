@@ -249,6 +249,11 @@ void QuantizeRowsFrom(const WeightView& src, DType target, int64_t r0, int64_t r
 // Rows of x up to which MatMul uses the decode kernel; 16 registers do not
 // hold the accumulators and x vectors of more.
 constexpr int64_t kMaxDecodeRows = 4;
+// Whether MatMul multiplies M rows of x by weights of dtype D with Decode.
+template <DType D>
+bool UsesDecode(int64_t M, int64_t /*K*/) {
+  return M <= kMaxDecodeRows;
+}
 
 // BF16 weights are loaded 16 at a time (32 bytes) and split into the even
 // (shifted left by 16) and odd (low half cleared) elements, as in the

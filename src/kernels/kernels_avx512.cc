@@ -204,6 +204,42 @@ void QuantizeRowsFrom(const WeightView& src, DType target, int64_t r0, int64_t r
 
 // Rows of x up to which MatMul uses the decode kernel.
 constexpr int64_t kMaxDecodeRows = 8;
+// Whether MatMul multiplies M rows of x with K columns by weights of dtype D
+// with the decode kernel (else the prefill). Beyond 8 rows the integer
+// decode takes rows of x past four in further passes over weight rows then
+// in L1 (QuantMatVecRange); each pass pays a fixed cost per weight row (the
+// scale products, the reductions), so it beats the int8 prefill tiles only
+// for rows long enough and row counts that fill the tiles badly.
+// bench/decode_rows_ab measures it on expert-sized matrices from DRAM (a
+// ring of copies of 256 MiB, 2 threads, both paths alternating 30 times in
+// one process); time with the tiles over time with the passes at M = 9 ..
+// 13, two runs: Q4 [768, 2048] 1.43 1.29 1.25 1.15 1.17 and 1.36 1.26 1.15
+// 1.13 1.10, [2880, 2880] 1.47 1.31 1.25 1.14 1.16 and 1.40 1.33 1.22 1.13
+// 1.08, [2048, 1536] 1.40 1.32 1.24 1.19 1.12 and 1.44 1.40 1.22 1.16 1.07,
+// but [2048, 1024] 1.25 1.10 1.06 1.02 0.96 and 1.18 1.06 1.01 0.95 0.94,
+// [2048, 768] 0.99-1.01 (and 0.79-0.97 in an earlier build). NF4 and MXFP4
+// look their codes up in a table, so each pass costs more: NF4 [768, 2048]
+// 1.23 1.15 1.01, [2880, 2880] 1.16 1.17 1.00, [2048, 1536] 1.00; MXFP4
+// [1024, 2048] 1.13 1.01, [768, 2048] 1.13 1.00, [4096, 4096] 1.06 0.99,
+// [2880, 2880] 0.96 1.01. Q8 reads twice the bytes per weight: 0.98-1.04
+// everywhere. Hence internal::Avx512QuantDecodeRows and
+// Avx512QuantDecodeMinCols.
+constexpr int64_t kMaxQuantDecodeRows = internal::kAvx512MaxQuantDecodeRows;  // the most of any dtype
+template <DType D>
+bool UsesDecode(int64_t M, int64_t K) {
+  if (M <= kMaxDecodeRows) return true;
+  if constexpr (HasScales(D)) {
+    constexpr int64_t kRows = internal::Avx512QuantDecodeRows(D), kMinCols = internal::Avx512QuantDecodeMinCols(D);
+    static_assert(kRows >= kMaxDecodeRows && kRows <= kMaxQuantDecodeRows);
+    switch (internal::DecodePassesMode()) {
+      case internal::DecodePasses::kNever: return false;
+      case internal::DecodePasses::kAlways: return M <= kMaxQuantDecodeRows;
+      case internal::DecodePasses::kByRule: break;
+    }
+    return M <= kRows && K >= kMinCols;
+  }
+  return false;
+}
 
 // The BF16 decode kernel loads 32 weights (64 bytes) at a time and splits
 // them without any shuffle: shifting each 32-bit lane left by 16 yields the
@@ -646,6 +682,7 @@ void QuantMatVecRangeOf(const QuantizedX& qx, const WeightView& w, float* y, int
   shift_and_mask::QuantMatVecRange<D, M>(qx, w, y, n0, n1, level_table);
 }
 
+static_assert(kMaxQuantDecodeRows == 13, "QuantMatVecRangeFor has one instantiation per row count.");
 template <DType D>
 void QuantMatVecRangeFor(int64_t M, const QuantizedX& qx, const WeightView& w, float* y, int64_t n0,
                          int64_t n1, __m512i level_table) {
@@ -657,7 +694,12 @@ void QuantMatVecRangeFor(int64_t M, const QuantizedX& qx, const WeightView& w, f
     case 5: return QuantMatVecRangeOf<D, 5>(qx, w, y, n0, n1, level_table);
     case 6: return QuantMatVecRangeOf<D, 6>(qx, w, y, n0, n1, level_table);
     case 7: return QuantMatVecRangeOf<D, 7>(qx, w, y, n0, n1, level_table);
-    default: return QuantMatVecRangeOf<D, 8>(qx, w, y, n0, n1, level_table);
+    case 8: return QuantMatVecRangeOf<D, 8>(qx, w, y, n0, n1, level_table);
+    case 9: return QuantMatVecRangeOf<D, 9>(qx, w, y, n0, n1, level_table);
+    case 10: return QuantMatVecRangeOf<D, 10>(qx, w, y, n0, n1, level_table);
+    case 11: return QuantMatVecRangeOf<D, 11>(qx, w, y, n0, n1, level_table);
+    case 12: return QuantMatVecRangeOf<D, 12>(qx, w, y, n0, n1, level_table);
+    default: return QuantMatVecRangeOf<D, 13>(qx, w, y, n0, n1, level_table);
   }
 }
 
@@ -781,7 +823,7 @@ bool DecodeManyTyped(const MatMulJob* jobs, int64_t n, ThreadPool& pool) {
   int64_t start[kMaxManyJobs + 1], xfloats[kMaxManyJobs + 1];
   start[0] = xfloats[0] = 0;
   for (int64_t j = 0; j < n; ++j) {
-    if (jobs[j].M > kMaxDecodeRows) return false;
+    if (!UsesDecode<D>(jobs[j].M, jobs[j].w->cols)) return false;
     const int64_t K = jobs[j].w->cols;
     start[j + 1] = start[j] + RoundUp(jobs[j].w->rows, 4);
     const int64_t per_row = HasScales(D) ? QuantizedXRowFloats(K) : D == DType::kBF16 ? K : 0;
@@ -1319,7 +1361,7 @@ bool PrefillBf16(const float* x, int64_t M, const WeightView& w, float* y, Threa
   }
 }
 
-// MatMulMany where some job has more rows than kMaxDecodeRows: the prefill
+// MatMulMany where some job has too many rows for the decode: the prefill
 // of an MoE layer, where each of many experts multiplies the 10 to 40 rows
 // routed to it. Run one by one, every job paid two parallel regions (pack x,
 // then multiply) whose start and finish cost as much as a fifth of the
@@ -1336,7 +1378,7 @@ template <DType D>
 ManyPath ManyPathFor(int64_t M, int64_t K) {
   // MatMulTyped's choice, for a caller that has ruled out RowInvariantMatMul.
   const bool int8_x = HasGroupScales(D) && !::epwa::kernels::FloatActivations();
-  if (M <= kMaxDecodeRows && (int8_x || !HasGroupScales(D)))
+  if (UsesDecode<D>(M, K) && (int8_x || !HasGroupScales(D)))
     return HasScales(D) ? ManyPath::kDecodeQuantized : ManyPath::kDecodeFloat;
   if (int8_x && internal::HasAvx512Vnni()) return ManyPath::kPrefillInt8;
   if (D == DType::kBF16 && ::epwa::kernels::Bf16Activations() && internal::HasAvx512Bf16() && K % 2 == 0)
@@ -1567,7 +1609,7 @@ bool PrefillManyTyped(const MatMulJob* jobs, int64_t n, ThreadPool& pool) {
 template <DType D>
 bool ManyTyped(const MatMulJob* jobs, int64_t n, ThreadPool& pool) {
   for (int64_t j = 0; j < n; ++j)
-    if (jobs[j].M > kMaxDecodeRows) return PrefillManyTyped<D>(jobs, n, pool);
+    if (!UsesDecode<D>(jobs[j].M, jobs[j].w->cols)) return PrefillManyTyped<D>(jobs, n, pool);
   return DecodeManyTyped<D>(jobs, n, pool);
 }
 

@@ -139,36 +139,44 @@ void QuantMatVecRows(const QuantizedX& qx, const WeightView& w, float* y, int64_
     for (int m = 0; m < M; ++m) y[m * N + n + r] = _mm512_reduce_add_ps(acc[r][m]);
 }
 
+// The first four rows of x (or fewer) against weight rows n .. n + R - 1,
+// then the rest of x in further passes of up to four rows over the same
+// weight rows, now in L1.
+template <DType D, int M, int R>
+__attribute__((always_inline)) inline void QuantMatVecPasses(const QuantizedX& qx, const WeightView& w, float* y,
+                                                             int64_t n, __m512i level_table) {
+  constexpr int kPassRows = M < 4 ? M : 4;
+  QuantMatVecRows<D, kPassRows, R>(qx, w, y, n, level_table);
+  if constexpr (M > 4) {
+    QuantizedX rest = qx;  // rows 4 .. M - 1 of this x
+    rest.base = qx.base + 4 * qx.row_floats;
+    QuantMatVecPasses<D, M - 4, R>(rest, w, y + 4 * w.rows, n, level_table);
+  }
+}
+
 // Four rows share each x code load up to M = 6 (at most 16 accumulators up
-// to M = 4, beyond that two rows). From M = 7, rows 4 .. M - 1 of x take a
-// second pass over the same four weight rows, which are then in L1: two
-// weight rows at a time with all M rows of x were the slowest per row of x
-// (kernels_bench MatMulSmallM, [16384, 4096], 2 threads, three alternating
-// runs, GFLOP/s without -> with the second pass: Q4 M = 7 545-567 ->
-// 709-755, M = 8 553-578 -> 738-756; MXFP4 M = 7 551-556 -> 581-608, M = 8
-// 452-469 -> 611-631; Q8, more bound by its bytes, M = 8 377-381 -> 406-418
-// and M = 7 463-476 -> 432-443, where the unchanged M = 6 read 5 % lower in
-// the second build in the same runs). At M = 5 and 6 the second pass cost
-// more than it saved (MXFP4 M = 5: 575 -> 481-497; so did halving the rows
-// of x, 3 + 2 and 3 + 3: Q8 M = 5 527-555 -> 425-443). Each output is
-// computed by the same instructions either way, so the bits do not depend
-// on M.
+// to M = 4, beyond that two rows). From M = 7, rows 4 .. M - 1 of x take
+// further passes of up to four rows over the same four weight rows, which
+// are then in L1: two weight rows at a time with all M rows of x were the
+// slowest per row of x (kernels_bench MatMulSmallM, [16384, 4096], 2
+// threads, three alternating runs, GFLOP/s without -> with the second pass:
+// Q4 M = 7 545-567 -> 709-755, M = 8 553-578 -> 738-756; MXFP4 M = 7
+// 551-556 -> 581-608, M = 8 452-469 -> 611-631; Q8, more bound by its bytes,
+// M = 8 377-381 -> 406-418 and M = 7 463-476 -> 432-443, where the unchanged
+// M = 6 read 5 % lower in the second build in the same runs). At M = 5 and
+// 6 the second pass cost more than it saved (MXFP4 M = 5: 575 -> 481-497;
+// so did halving the rows of x, 3 + 2 and 3 + 3: Q8 M = 5 527-555 ->
+// 425-443). Past 8 rows the passes go on up to kMaxQuantDecodeRows;
+// kernels_avx512.cc's UsesDecode says where they beat the prefill tiles.
+// Each output is computed by the same instructions at every M, so its bits
+// do not depend on M.
 template <DType D, int M>
 void QuantMatVecRange(const QuantizedX& qx, const WeightView& w, float* y, int64_t n0, int64_t n1,
                       __m512i level_table) {
   int64_t n = n0;
   if constexpr (M >= 7) {
-    QuantizedX rest = qx;  // rows 4 .. M - 1 of x
-    rest.base = qx.base + 4 * qx.row_floats;
-    float* rest_y = y + 4 * w.rows;
-    for (; n + 4 <= n1; n += 4) {
-      QuantMatVecRows<D, 4, 4>(qx, w, y, n, level_table);
-      QuantMatVecRows<D, M - 4, 4>(rest, w, rest_y, n, level_table);
-    }
-    for (; n < n1; ++n) {
-      QuantMatVecRows<D, 4, 1>(qx, w, y, n, level_table);
-      QuantMatVecRows<D, M - 4, 1>(rest, w, rest_y, n, level_table);
-    }
+    for (; n + 4 <= n1; n += 4) QuantMatVecPasses<D, M, 4>(qx, w, y, n, level_table);
+    for (; n < n1; ++n) QuantMatVecPasses<D, M, 1>(qx, w, y, n, level_table);
   } else {
     constexpr int kRows = M <= 4 ? 4 : 2;
     for (; n + kRows <= n1; n += kRows) QuantMatVecRows<D, M, kRows>(qx, w, y, n, level_table);

@@ -17,7 +17,8 @@
 //                   kNr == 2 * kLanes (two vectors per tile row);
 //   kKb, kNb        input features and output columns per packed panel of W;
 //   kMc             rows of x packed at once;
-//   kMaxDecodeRows  rows of x up to which MatMul uses Decode;
+//   UsesDecode<D>(M, K), whether MatMul uses Decode for M rows of x with K
+//                   columns and weights of dtype D;
 //   PackBlock<D>(w, row0, nrows, k0, nk, out), which sets
 //                   out[j * kNr + i] = w.At(row0 + i, k0 + j) for i < kLanes,
 //                   j < nk, where rows at or beyond nrows read as zero (for
@@ -27,7 +28,7 @@
 //   RunMicroKernel(mr, xp, bp, kb, y, ldy, cols, accumulate), which sets
 //                   (or, if accumulate, adds to) y[0:mr, 0:cols] the product
 //                   of xp [kb][kMr] (first mr columns) and bp [kb][kNr];
-//   Decode<D>(x, M, w, y, pool), the MatMul kernel for M <= kMaxDecodeRows;
+//   Decode<D>(x, M, w, y, pool), the MatMul kernel where UsesDecode<D>;
 //   PrefillInt8<D>(x, M, w, y, pool) for D with group scales: the prefill
 //                   with x rounded to int8 as Decode rounds it, returning
 //                   false where this path or CPU has none (then the exact
@@ -291,7 +292,7 @@ void MatMulTyped(const float* x, int64_t M, const WeightView& w, float* y, Threa
   // The decode paths of types with group scales round x to int8; with float
   // activations requested they take the exact (prefill) path at any M.
   const bool int8_x = HasGroupScales(D) && !::epwa::kernels::FloatActivations();
-  if (M <= kMaxDecodeRows && (int8_x || !HasGroupScales(D)) && !::epwa::kernels::RowInvariantMatMul()) {
+  if (UsesDecode<D>(M, w.cols) && (int8_x || !HasGroupScales(D)) && !::epwa::kernels::RowInvariantMatMul()) {
     Decode<D>(x, M, w, y, pool);
   } else if (!(int8_x && PrefillInt8<D>(x, M, w, y, pool)) && !PrefillBf16<D>(x, M, w, y, pool)) {
     Prefill<D>(x, M, w, y, pool);

@@ -18,6 +18,21 @@ struct MatMulJob;
 
 namespace epwa::kernels::internal {
 
+// When the AVX-512 MatMul multiplies weights of dtype d with the integer
+// decode kernel (quantized types, int8 activations, outside
+// ScopedRowInvariantMatMul): up to 8 rows of x always, and up to
+// Avx512QuantDecodeRows(d) rows where the weights have at least
+// Avx512QuantDecodeMinCols(d) columns; more rows take the int8 prefill
+// tiles, whose sums run in another order. kernels_avx512.cc gives the
+// measurements behind the figures. The instruction-set files evaluate these
+// only in constant expressions, so none of them emits them
+// (kernels_isa_common.h says why that matters); the tests call them at run
+// time.
+constexpr int64_t Avx512QuantDecodeRows(DType d) {
+  return d == DType::kQ4 ? 13 : d == DType::kNF4 ? 10 : d == DType::kMXFP4 ? 9 : 8;
+}
+constexpr int64_t Avx512QuantDecodeMinCols(DType d) { return d == DType::kQ4 ? 1536 : 2048; }
+
 // Where Quantize writes a matrix: row r's codes at codes + r * code_stride,
 // its fp16 scales at scales + r * scale_stride (bytes), in either layout of
 // tensor/dtype.h (scales in an array of their own, or after each row's codes).
@@ -101,6 +116,14 @@ bool HasGfni();
 // Makes HasGfni() report false while `masked` (tests: both forms of the
 // kernel must give the same bits on a CPU that has GFNI).
 void MaskGfniForTesting(bool masked);
+// Overrides when the AVX-512 MatMul gives quantized weights the integer
+// decode past 8 rows of x: by the rule above, never, or always up to
+// kAvx512MaxQuantDecodeRows (bench/decode_rows_ab compares the two paths in
+// one process; tests check the decode's bits at every row count).
+enum class DecodePasses : int { kByRule, kNever, kAlways };
+constexpr int64_t kAvx512MaxQuantDecodeRows = 13;
+void SetDecodePassesForTesting(DecodePasses mode);
+DecodePasses DecodePassesMode();
 // Whether the CPU has AVX-512 BF16 (vdpbf16ps).
 bool HasAvx512Bf16();
 

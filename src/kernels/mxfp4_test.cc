@@ -336,8 +336,23 @@ TEST(Mxfp4GfniTest, GfniNibbleSplitGivesTheShiftAndMaskBits) {
     GTEST_SKIP() << "this CPU lacks AVX-512, VNNI or GFNI";
   const int64_t N = 72, K = 4160;
   const Mxfp4Matrix w = RandomMxfp4(N, K, 53, 118, 130);
-  const std::vector<float> x = Gaussian(9 * K, 54);
+  const std::vector<float> x = Gaussian((internal::kAvx512MaxQuantDecodeRows + 1) * K, 54);
   ExpectGfniDecodeEqualsShiftAndMask(x.data(), w.view, TwoThreads(), "MXFP4");
+}
+
+// The AVX-512 integer decode gives each row of x the bits it gets alone
+// whatever the row count, at every row count it has and through MatMul's
+// own choice (as in quant_test's QuantDecodeRowsTest). N = 37
+// leaves a tail of single weight rows; K = 4160 a partial block of groups.
+TEST(Mxfp4DecodeRowsTest, EachRowGetsItsOwnBitsAtEveryRowCount) {
+  if (!CpuHasAvx512() || !internal::HasAvx512Vnni()) GTEST_SKIP() << "this CPU lacks AVX-512 or VNNI";
+  const int64_t N = 37, K = 4160;
+  const Mxfp4Matrix w = RandomMxfp4(N, K, 63, 118, 130);
+  const std::vector<float> x = Gaussian(internal::kAvx512MaxQuantDecodeRows * K, 64);
+  ExpectEachDecodeRowGetsItsOwnBits(x.data(), w.view, TwoThreads(), "MXFP4");
+  ASSERT_GE(K, internal::Avx512QuantDecodeMinCols(DType::kMXFP4));
+  ExpectEachDecodeRowGetsItsOwnBits(x.data(), w.view, TwoThreads(), "MXFP4 by rule", internal::DecodePasses::kByRule,
+                                    internal::Avx512QuantDecodeRows(DType::kMXFP4));
 }
 
 // Prefill over several cache blocks in every dimension.

@@ -442,9 +442,12 @@ TEST_P(QuantIsaTest, MatMulManyEqualsEachMatMul) {
 // many-job prefill's limits (more rows than it packs at once) sends the whole
 // call through MatMul one job at a time, with the same results.
 TEST_P(QuantIsaTest, MatMulManyPrefillEqualsEachMatMul) {
-  const FloatMatrix gate_src = MakeFloatMatrix(DType::kBF16, 70, 96, Gaussian(70 * 96, 81));
-  const FloatMatrix up_src = MakeFloatMatrix(DType::kBF16, 129, 96, Gaussian(129 * 96, 82));
-  const FloatMatrix down_src = MakeFloatMatrix(DType::kBF16, 96, 544, Gaussian(96 * 544, 83));
+  // Gate and up rows long enough (2048) for the AVX-512 decode's passes up
+  // to 13 rows of x (UsesDecode), down's short (544).
+  constexpr int64_t kHidden = 2048;
+  const FloatMatrix gate_src = MakeFloatMatrix(DType::kBF16, 70, kHidden, Gaussian(70 * kHidden, 81));
+  const FloatMatrix up_src = MakeFloatMatrix(DType::kBF16, 129, kHidden, Gaussian(129 * kHidden, 82));
+  const FloatMatrix down_src = MakeFloatMatrix(DType::kBF16, kHidden, 544, Gaussian(kHidden * 544, 83));
   for (bool float_x : {false, true}) {
     std::optional<ScopedFloatActivations> exact;
     if (float_x) exact.emplace();
@@ -452,20 +455,20 @@ TEST_P(QuantIsaTest, MatMulManyPrefillEqualsEachMatMul) {
       const QuantMatrix gate = ReferenceQuantize(gate_src.view, dtype), up = ReferenceQuantize(up_src.view, dtype),
                         down = ReferenceQuantize(down_src.view, dtype);
       for (const std::vector<int64_t>& expert_rows :
-           {std::vector<int64_t>{9, 1, 16, 3, 33, 8, 12, 40, 2, 17}, {300, 4, 20}}) {
+           {std::vector<int64_t>{9, 1, 16, 3, 33, 8, 12, 40, 2, 17, 10, 11, 13}, {300, 4, 20}}) {
         std::vector<std::vector<float>> xs, got, want;
         std::vector<MatMulJob> jobs;
         xs.reserve(2 * expert_rows.size());
         got.reserve(3 * expert_rows.size());
         for (size_t e = 0; e < expert_rows.size(); ++e) {
           const int64_t M = expert_rows[e];
-          xs.push_back(Gaussian(M * 96, static_cast<uint32_t>(90 + e)));   // the expert's rows of x
+          xs.push_back(Gaussian(M * kHidden, static_cast<uint32_t>(90 + e)));   // the expert's rows of x
           xs.push_back(Gaussian(M * 544, static_cast<uint32_t>(190 + e)));  // its activated gate, for down
           for (const WeightView* w : {&gate.view, &up.view}) {
             got.emplace_back(static_cast<size_t>(M * w->rows), std::numeric_limits<float>::quiet_NaN());
             jobs.push_back({xs[2 * e].data(), M, w, got.back().data()});
           }
-          got.emplace_back(static_cast<size_t>(M * 96), std::numeric_limits<float>::quiet_NaN());
+          got.emplace_back(static_cast<size_t>(M * kHidden), std::numeric_limits<float>::quiet_NaN());
           jobs.push_back({xs[2 * e + 1].data(), M, &down.view, got.back().data()});
         }
         // Gate and up of every expert in one call, then the down products in another.
@@ -596,35 +599,30 @@ TEST(QuantGfniTest, GfniNibbleSplitGivesTheShiftAndMaskBits) {
     GTEST_SKIP() << "this CPU lacks AVX-512, VNNI or GFNI";
   const int64_t N = 72, K = 4160;
   const FloatMatrix src = MakeFloatMatrix(DType::kBF16, N, K, Gaussian(N * K, 51));
-  const std::vector<float> x = Gaussian(9 * K, 52);
+  const std::vector<float> x = Gaussian((internal::kAvx512MaxQuantDecodeRows + 1) * K, 52);
   for (DType dtype : kQuantTypes) {
     const QuantMatrix q = ReferenceQuantize(src.view, dtype);
     ExpectGfniDecodeEqualsShiftAndMask(x.data(), q.view, TwoThreads(), DTypeName(dtype));
   }
 }
 
-// The AVX-512 decode (up to 8 rows of x) gives each row of x the bits it
-// gets alone, whatever the row count: from 7 rows on, rows 4 and up take a
-// second pass over the weights (QuantMatVecRange), and 5 or 6 rows pair
-// weight rows differently from 1 to 4. N = 37 leaves a tail of single weight
-// rows; K = 4160 a partial block of groups.
+// The AVX-512 integer decode gives each row of x the bits it gets alone
+// whatever the row count (MXFP4's share of this is in mxfp4_test.cc): at
+// every row count it has an instantiation for, and through MatMul's own
+// choice up to the dtype's rule (K = 4160 is long enough for every dtype's
+// passes). N = 37 leaves a tail of single weight rows; K = 4160 a partial
+// block of groups.
 TEST(QuantDecodeRowsTest, EachRowGetsItsOwnBitsAtEveryRowCount) {
   if (!CpuHasAvx512() || !internal::HasAvx512Vnni()) GTEST_SKIP() << "this CPU lacks AVX-512 or VNNI";
-  ScopedIsa avx512(Isa::kAvx512);
   const int64_t N = 37, K = 4160;
   const FloatMatrix src = MakeFloatMatrix(DType::kBF16, N, K, Gaussian(N * K, 61));
-  const std::vector<float> x = Gaussian(8 * K, 62);
+  const std::vector<float> x = Gaussian(internal::kAvx512MaxQuantDecodeRows * K, 62);
   for (DType dtype : kQuantTypes) {
+    ASSERT_GE(K, internal::Avx512QuantDecodeMinCols(dtype));
     const QuantMatrix q = ReferenceQuantize(src.view, dtype);
-    std::vector<std::vector<float>> alone(8, std::vector<float>(static_cast<size_t>(N)));
-    for (int64_t m = 0; m < 8; ++m) MatMul(x.data() + m * K, 1, q.view, alone[m].data(), TwoThreads());
-    for (int64_t M = 2; M <= 8; ++M) {
-      std::vector<float> all(static_cast<size_t>(M * N), std::nanf(""));
-      MatMul(x.data(), M, q.view, all.data(), TwoThreads());
-      for (int64_t m = 0; m < M; ++m)
-        EXPECT_TRUE(std::equal(alone[m].begin(), alone[m].end(), all.begin() + m * N))
-            << DTypeName(dtype) << " M " << M << " row " << m;
-    }
+    ExpectEachDecodeRowGetsItsOwnBits(x.data(), q.view, TwoThreads(), DTypeName(dtype));
+    ExpectEachDecodeRowGetsItsOwnBits(x.data(), q.view, TwoThreads(), std::string(DTypeName(dtype)) + " by rule",
+                                      internal::DecodePasses::kByRule, internal::Avx512QuantDecodeRows(dtype));
   }
 }
 

@@ -90,14 +90,26 @@ inline void ExpectAvx512WithoutVnniEqualsAvx2(const float* x, int64_t M, const W
   EXPECT_EQ(PrefillDotFor(w.dtype), PrefillDot::kInt8) << what;
 }
 
-// Expects the AVX-512 decode (M = 1 to 8 rows of x [M, w.cols], through
-// MatMul and through MatMulMany with two jobs, as an expert's gate and up)
-// to give the same bits with GFNI's nibble split as with shift and mask.
-// The caller skips unless the CPU has AVX-512, VNNI and GFNI.
+// Runs the AVX-512 integer decode at every row count up to
+// kAvx512MaxQuantDecodeRows (or never past 8 rows) within a scope.
+class ScopedDecodePasses {
+ public:
+  explicit ScopedDecodePasses(internal::DecodePasses mode) { internal::SetDecodePassesForTesting(mode); }
+  ~ScopedDecodePasses() { internal::SetDecodePassesForTesting(internal::DecodePasses::kByRule); }
+  ScopedDecodePasses(const ScopedDecodePasses&) = delete;
+  ScopedDecodePasses& operator=(const ScopedDecodePasses&) = delete;
+};
+
+// Expects the AVX-512 decode (M = 1 to kAvx512MaxQuantDecodeRows rows of x
+// [M, w.cols], through MatMul and through MatMulMany with two jobs, as an
+// expert's gate and up; x holds one row more) to give the same bits with
+// GFNI's nibble split as with shift and mask. The caller skips unless the
+// CPU has AVX-512, VNNI and GFNI.
 inline void ExpectGfniDecodeEqualsShiftAndMask(const float* x, const WeightView& w, ThreadPool& pool,
                                                const std::string& what) {
   ScopedIsa avx512(Isa::kAvx512);
-  for (int64_t M = 1; M <= 8; ++M) {
+  ScopedDecodePasses every_row_count(internal::DecodePasses::kAlways);
+  for (int64_t M = 1; M <= internal::kAvx512MaxQuantDecodeRows; ++M) {
     const size_t n = static_cast<size_t>(M * w.rows);
     std::vector<float> want(n), want_many(2 * n);
     const std::vector<MatMulJob> want_jobs = {{x, M, &w, want_many.data()}, {x + w.cols, M, &w, want_many.data() + n}};
@@ -113,6 +125,32 @@ inline void ExpectGfniDecodeEqualsShiftAndMask(const float* x, const WeightView&
     MatMulMany(got_jobs, pool);
     EXPECT_EQ(got, want) << what << " M " << M;
     EXPECT_EQ(got_many, want_many) << what << " M " << M << " (MatMulMany)";
+  }
+}
+
+// Expects the AVX-512 integer decode to give each row of x [rows, w.cols]
+// the bits it gets alone, at every row count from 2 to rows: from 7 rows on,
+// rows 4 and up take further passes of up to four rows over the weights
+// (QuantMatVecRange), and 5 or 6 rows pair weight rows differently from 1 to
+// 4. By default every row count up to kAvx512MaxQuantDecodeRows runs the
+// decode whatever the dtype's rule; with DecodePasses::kByRule, `rows` must
+// be within the rule for w. The caller skips unless the CPU has AVX-512 and
+// VNNI.
+inline void ExpectEachDecodeRowGetsItsOwnBits(const float* x, const WeightView& w, ThreadPool& pool,
+                                              const std::string& what,
+                                              internal::DecodePasses mode = internal::DecodePasses::kAlways,
+                                              int64_t rows = internal::kAvx512MaxQuantDecodeRows) {
+  ScopedIsa avx512(Isa::kAvx512);
+  ScopedDecodePasses passes(mode);
+  const int64_t N = w.rows, K = w.cols;
+  std::vector<std::vector<float>> alone(static_cast<size_t>(rows), std::vector<float>(static_cast<size_t>(N)));
+  for (int64_t m = 0; m < rows; ++m) MatMul(x + m * K, 1, w, alone[m].data(), pool);
+  for (int64_t M = 2; M <= rows; ++M) {
+    std::vector<float> all(static_cast<size_t>(M * N), std::numeric_limits<float>::quiet_NaN());
+    MatMul(x, M, w, all.data(), pool);
+    for (int64_t m = 0; m < M; ++m)
+      EXPECT_TRUE(std::equal(alone[m].begin(), alone[m].end(), all.begin() + m * N))
+          << what << " M " << M << " row " << m;
   }
 }
 
