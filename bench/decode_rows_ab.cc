@@ -9,6 +9,11 @@
 // what kernels_avx512.cc's UsesDecode and internal::Avx512QuantDecodeRows
 // are set from (at M = 8 both run the decode: a control).
 //   build/bench/decode_rows_ab [threads [dtype ...]]   (dtypes: Q8 Q4 NF4 MXFP4)
+// Then the same comparison on whole MoE layers' expert products, as a
+// prefill runs them: a 128-token prompt routed top-8 at random over Qwen3's
+// and OLMoE's expert counts and sizes, gate and up of every expert in one
+// MatMulMany and the down products in another, four layers of distinct
+// weights; the rule (UsesDecode) against tiles beyond 8 rows.
 // A plain program rather than a Google Benchmark: those run one
 // configuration after another, and the ratio needs them interleaved.
 #include <algorithm>
@@ -17,6 +22,7 @@
 #include <cstdlib>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "base/aligned.h"
@@ -72,6 +78,81 @@ Ring MakeRing(DType dtype, int64_t rows, int64_t cols, ThreadPool& pool, std::mt
   return ring;
 }
 
+// Median seconds of `run` with the decode passes never used past 8 rows
+// (first) and in `mode` (second), alternating `rounds` times.
+template <typename Run>
+std::pair<double, double> TilesAgainst(kernels::internal::DecodePasses mode, int rounds, Run run) {
+  std::vector<double> seconds[2];
+  for (int round = 0; round < rounds; ++round) {
+    for (int other = 0; other < 2; ++other) {
+      kernels::internal::SetDecodePassesForTesting(other ? mode : kernels::internal::DecodePasses::kNever);
+      const auto start = std::chrono::steady_clock::now();
+      run();
+      seconds[other].push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+    }
+  }
+  kernels::internal::SetDecodePassesForTesting(kernels::internal::DecodePasses::kByRule);
+  for (auto& s : seconds) std::sort(s.begin(), s.end());
+  return {seconds[0][rounds / 2], seconds[1][rounds / 2]};
+}
+
+// One model's MoE expert products over a prompt: see the file comment.
+void MoeLayers(const char* name, DType dtype, int experts, int64_t hidden, int64_t inner, ThreadPool& pool,
+               std::mt19937& rng) {
+  constexpr int kTokens = 128, kTop = 8, kLayers = 4;
+  std::vector<int64_t> rows(static_cast<size_t>(experts), 0);
+  std::vector<int> ids(static_cast<size_t>(experts));
+  for (int t = 0; t < kTokens; ++t) {
+    for (int e = 0; e < experts; ++e) ids[e] = e;
+    std::shuffle(ids.begin(), ids.end(), rng);
+    for (int j = 0; j < kTop; ++j) ++rows[ids[j]];
+  }
+  int in_range = 0;
+  for (int64_t r : rows) in_range += r >= 9 && r <= kernels::internal::kAvx512MaxQuantDecodeRows;
+  // Per layer and expert: gate, up [inner, hidden] and down [hidden, inner];
+  // every copy quantized from one random matrix of each shape.
+  std::normal_distribution<float> gaussian(0.f, 1.f);
+  std::vector<epwa::AlignedBuffer<uint8_t>> bytes(static_cast<size_t>(3 * experts * kLayers));
+  std::vector<WeightView> weights(bytes.size());
+  std::vector<float> in_src(static_cast<size_t>(inner * hidden)), out_src(in_src.size());
+  for (float& v : in_src) v = 0.05f * gaussian(rng);
+  for (float& v : out_src) v = 0.05f * gaussian(rng);
+  const WeightView in_f32{DType::kF32, in_src.data(), inner, hidden, nullptr};
+  const WeightView out_f32{DType::kF32, out_src.data(), hidden, inner, nullptr};
+  for (size_t i = 0; i < bytes.size(); ++i) {
+    const WeightView& src = i % 3 == 2 ? out_f32 : in_f32;
+    bytes[i].Resize(static_cast<size_t>(epwa::QuantizedBytes(dtype, src.rows, src.cols)));
+    weights[i] = kernels::QuantizeWithScalesInRows(src, dtype, bytes[i].data(), pool);
+  }
+  std::vector<std::vector<float>> x(experts), h(experts), y(3 * experts);
+  for (int e = 0; e < experts; ++e) {
+    const size_t m = static_cast<size_t>(std::max<int64_t>(rows[e], 1));
+    x[e].resize(m * hidden);  // [rows, hidden]
+    h[e].resize(m * inner);   // [rows, inner]
+    for (float& v : x[e]) v = gaussian(rng);
+    for (float& v : h[e]) v = gaussian(rng);
+    y[3 * e].resize(m * inner);
+    y[3 * e + 1].resize(m * inner);
+    y[3 * e + 2].resize(m * hidden);
+  }
+  const auto [never, rule] = TilesAgainst(kernels::internal::DecodePasses::kByRule, 20, [&] {
+    for (int layer = 0; layer < kLayers; ++layer) {
+      std::vector<kernels::MatMulJob> gate_up, down;
+      for (int e = 0; e < experts; ++e) {
+        if (rows[e] == 0) continue;
+        const size_t w = static_cast<size_t>(3 * (layer * experts + e));
+        gate_up.push_back({x[e].data(), rows[e], &weights[w], y[3 * e].data()});
+        gate_up.push_back({x[e].data(), rows[e], &weights[w + 1], y[3 * e + 1].data()});
+        down.push_back({h[e].data(), rows[e], &weights[w + 2], y[3 * e + 2].data()});
+      }
+      kernels::MatMulMany(gate_up, pool);
+      kernels::MatMulMany(down, pool);
+    }
+  });
+  std::printf("%-6s %-28s %6d %10.1f %10.1f %8.3f\n", epwa::DTypeName(dtype), name, in_range, never * 1e3 / kLayers,
+              rule * 1e3 / kLayers, never / rule);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -93,29 +174,27 @@ int main(int argc, char** argv) {
       for (int64_t M = 8; M <= kernels::internal::kAvx512MaxQuantDecodeRows; ++M) {
         std::vector<float> x(static_cast<size_t>(M * K)), y(static_cast<size_t>(M * N));  // [M, K], [M, N]
         for (float& v : x) v = gaussian(rng);
-        std::vector<double> seconds[2];  // [0]: tiles, [1]: passes
-        for (int round = 0; round < kRounds; ++round) {
-          for (int passes = 0; passes < 2; ++passes) {
-            kernels::internal::SetDecodePassesForTesting(passes ? kernels::internal::DecodePasses::kAlways
-                                                                : kernels::internal::DecodePasses::kNever);
-            const auto start = std::chrono::steady_clock::now();
-            for (int i = 0; i < kCalls; ++i) {
-              kernels::MatMul(x.data(), M, ring.views[next], y.data(), pool);
-              next = (next + 1) % ring.views.size();
-            }
-            seconds[passes].push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+        const auto [tiles, passes] = TilesAgainst(kernels::internal::DecodePasses::kAlways, kRounds, [&] {
+          for (int i = 0; i < kCalls; ++i) {
+            kernels::MatMul(x.data(), M, ring.views[next], y.data(), pool);
+            next = (next + 1) % ring.views.size();
           }
-        }
-        kernels::internal::SetDecodePassesForTesting(kernels::internal::DecodePasses::kByRule);
-        for (auto& s : seconds) std::sort(s.begin(), s.end());
+        });
         const double flops = 2.0 * static_cast<double>(M * N * K) * kCalls;
-        const double tiles = seconds[0][kRounds / 2], passes = seconds[1][kRounds / 2];
         char name[32];
         std::snprintf(name, sizeof name, "[%lld,%lld]", static_cast<long long>(N), static_cast<long long>(K));
         std::printf("%-6s %-13s %3lld %12.0f %12.0f %8.3f\n", epwa::DTypeName(dtype), name,
                     static_cast<long long>(M), flops / tiles / 1e9, flops / passes / 1e9, tiles / passes);
       }
     }
+  }
+  std::printf("\nMoE expert products of a 128-token prefill, per layer (ms), tiles past 8 rows vs the rule:\n");
+  std::printf("%-6s %-28s %6s %10s %10s %8s\n", "dtype", "experts x [inner, hidden]", "9-13", "tiles_ms", "rule_ms",
+              "ratio");
+  for (DType dtype : {DType::kQ8, DType::kQ4}) {
+    if (argc > 2 && std::find(argv + 2, argv + argc, std::string(epwa::DTypeName(dtype))) == argv + argc) continue;
+    MoeLayers("qwen3-30b-a3b 128x[768,2048]", dtype, 128, 2048, 768, pool, rng);
+    MoeLayers("olmoe-1b-7b 64x[1024,2048]", dtype, 64, 2048, 1024, pool, rng);
   }
   return 0;
 }

@@ -213,16 +213,16 @@ constexpr int64_t kMaxDecodeRows = 8;
 // bench/decode_rows_ab measures it on expert-sized matrices from DRAM (a
 // ring of copies of 256 MiB, 2 threads, both paths alternating 30 times in
 // one process); time with the tiles over time with the passes at M = 9 ..
-// 13, two runs: Q4 [768, 2048] 1.43 1.29 1.25 1.15 1.17 and 1.36 1.26 1.15
-// 1.13 1.10, [2880, 2880] 1.47 1.31 1.25 1.14 1.16 and 1.40 1.33 1.22 1.13
-// 1.08, [2048, 1536] 1.40 1.32 1.24 1.19 1.12 and 1.44 1.40 1.22 1.16 1.07,
-// but [2048, 1024] 1.25 1.10 1.06 1.02 0.96 and 1.18 1.06 1.01 0.95 0.94,
-// [2048, 768] 0.99-1.01 (and 0.79-0.97 in an earlier build). NF4 and MXFP4
-// look their codes up in a table, so each pass costs more: NF4 [768, 2048]
-// 1.23 1.15 1.01, [2880, 2880] 1.16 1.17 1.00, [2048, 1536] 1.00; MXFP4
-// [1024, 2048] 1.13 1.01, [768, 2048] 1.13 1.00, [4096, 4096] 1.06 0.99,
-// [2880, 2880] 0.96 1.01. Q8 reads twice the bytes per weight: 0.98-1.04
-// everywhere. Hence internal::Avx512QuantDecodeRows and
+// 13 on a Zen 5 VM: Q4 [768, 2048] 1.42 1.33 1.18 1.16 1.13, [2048, 1536]
+// 1.38 1.30 1.19 1.18 1.11, [2880, 2880] 1.28 1.22 1.17 1.15 1.07, [4096,
+// 4096] 1.28 1.20 1.15 1.07 1.07, but [2048, 1024] 1.13 1.03 0.88 0.96 0.83
+// and [2048, 768] 1.16 0.96 0.91 0.87 0.88. NF4 and MXFP4 look their codes
+// up in a table, so each pass costs more: NF4 [768, 2048] 1.19 1.10 1.07
+// 0.94, [2880, 2880] 1.13 1.07 1.03 0.85, [2048, 1024] 1.06 0.97; MXFP4
+// [1024, 2048] 1.23 1.09 1.02, [4096, 4096] 1.10 0.98, [2048, 1024] 1.02
+// 0.93. Q8 gains at 9 rows only (two runs: [2048, 1024] 1.09 and 1.19,
+// [2048, 1536] 1.22 and 1.33, [4096, 4096] 1.04 and 1.02, [2048, 768] 0.95
+// and 1.01; at 10 rows 0.93-1.25). Hence internal::Avx512QuantDecodeRows and
 // Avx512QuantDecodeMinCols.
 constexpr int64_t kMaxQuantDecodeRows = internal::kAvx512MaxQuantDecodeRows;  // the most of any dtype
 template <DType D>

@@ -29,9 +29,11 @@ namespace epwa::kernels::internal {
 // (kernels_isa_common.h says why that matters); the tests call them at run
 // time.
 constexpr int64_t Avx512QuantDecodeRows(DType d) {
-  return d == DType::kQ4 ? 13 : d == DType::kNF4 ? 10 : d == DType::kMXFP4 ? 9 : 8;
+  return d == DType::kQ4 ? 13 : d == DType::kNF4 ? 10 : d == DType::kMXFP4 || d == DType::kQ8 ? 9 : 8;
 }
-constexpr int64_t Avx512QuantDecodeMinCols(DType d) { return d == DType::kQ4 ? 1536 : 2048; }
+constexpr int64_t Avx512QuantDecodeMinCols(DType d) {
+  return d == DType::kQ4 ? 1536 : d == DType::kQ8 ? 1024 : 2048;
+}
 
 // Where Quantize writes a matrix: row r's codes at codes + r * code_stride,
 // its fp16 scales at scales + r * scale_stride (bytes), in either layout of
