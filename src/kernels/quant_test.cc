@@ -535,7 +535,9 @@ TEST_P(QuantIsaTest, ScalesInRowsGiveTheSeparateLayoutsBits) {
         ASSERT_EQ(a, b) << what << " row " << r;
         for (int64_t c = 0; c < K; c += 7) ASSERT_EQ(in_rows.At(r, c), w.At(r, c)) << what;
       }
-      auto expect_same_products = [&](const std::string& how) {
+      // N and K are structured bindings, which clang before 16 cannot capture
+      // implicitly.
+      auto expect_same_products = [&, N = N, K = K](const std::string& how) {
         for (int64_t M : {1, 3, 8, 9, 33, 130}) {
           const std::vector<float> x = Gaussian(M * K, static_cast<uint32_t>(M + 5));
           std::vector<float> want(static_cast<size_t>(M * N)), got(want.size(), std::nanf(""));
