@@ -174,4 +174,27 @@ void ThreadPool::ParallelFor(int64_t n, int64_t grain,
   });
 }
 
+void ThreadPool::ParallelForClaimed(int64_t n, int64_t grain, int chunks_per_thread,
+                                    const std::function<void(int64_t, int64_t)>& fn) {
+  if (n <= 0) return;
+  grain = std::max<int64_t>(grain, 1);
+  const int64_t blocks = (n + grain - 1) / grain;
+  const int64_t chunks = std::min<int64_t>(blocks, int64_t{num_threads_} * std::max(chunks_per_thread, 1));
+  if (num_threads_ == 1 || chunks <= 1) {
+    fn(0, n);
+    return;
+  }
+  // Chunk c covers blocks [blocks * c / chunks, blocks * (c + 1) / chunks).
+  std::atomic<int64_t> next{0};
+  RunOnAll([&](int) {
+    for (;;) {
+      const int64_t c = next.fetch_add(1, std::memory_order_relaxed);
+      if (c >= chunks) return;
+      const int64_t begin = blocks * c / chunks * grain;
+      const int64_t end = std::min(n, blocks * (c + 1) / chunks * grain);
+      if (begin < end) fn(begin, end);
+    }
+  });
+}
+
 }  // namespace epwa

@@ -6,6 +6,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <mutex>
 #include <thread>
 #include <vector>
 
@@ -25,6 +26,49 @@ TEST(ThreadPool, ParallelForCoversEveryIndexExactlyOnce) {
       }
     }
   }
+}
+
+TEST(ThreadPool, ParallelForClaimedCoversEveryIndexOnceInGrainAlignedChunks) {
+  for (int threads : {1, 2, 3, 5}) {
+    ThreadPool pool(threads);
+    for (int64_t n : {1, 7, 64, 1000, 1001}) {
+      for (int64_t grain : {1, 4, 16}) {
+        for (int chunks_per_thread : {0, 1, 4}) {
+          std::vector<std::atomic<int>> hits(n);
+          std::atomic<int> calls{0};
+          pool.ParallelForClaimed(n, grain, chunks_per_thread, [&](int64_t b, int64_t e) {
+            calls.fetch_add(1);
+            EXPECT_EQ(b % grain, 0) << "n=" << n;
+            EXPECT_TRUE(e == n || e % grain == 0) << "n=" << n;
+            for (int64_t i = b; i < e; ++i) hits[i].fetch_add(1);
+          });
+          for (int64_t i = 0; i < n; ++i) ASSERT_EQ(hits[i].load(), 1) << "n=" << n << " i=" << i;
+          const int64_t blocks = (n + grain - 1) / grain;
+          EXPECT_LE(calls.load(), std::min<int64_t>(blocks, threads * std::max(chunks_per_thread, 1)));
+        }
+      }
+    }
+  }
+}
+
+// The point of claiming: while one thread is held up in its chunk, the
+// others run the rest instead of waiting with a fixed share of their own.
+TEST(ThreadPool, ParallelForClaimedLetsOtherThreadsTakeASlowThreadsShare) {
+  ThreadPool pool(2);
+  constexpr int kChunks = 16;
+  std::mutex mutex;
+  std::vector<std::thread::id> runner(kChunks);
+  pool.ParallelForClaimed(kChunks, 1, kChunks / 2, [&](int64_t b, int64_t e) {
+    ASSERT_EQ(e, b + 1);
+    if (b == 0) std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    std::lock_guard<std::mutex> lock(mutex);
+    runner[static_cast<size_t>(b)] = std::this_thread::get_id();
+  });
+  int with_slow = 0;
+  for (int c = 1; c < kChunks; ++c) with_slow += runner[static_cast<size_t>(c)] == runner[0];
+  // Equal shares would give the slow thread 7 more chunks; a worker that the
+  // scheduler never ran in 300 ms would leave it all 15.
+  EXPECT_LE(with_slow, 1) << "the thread that slept ran " << with_slow << " of the other chunks";
 }
 
 TEST(ThreadPool, RunOnAllRunsEachThreadIndexOnceManyTimes) {

@@ -322,6 +322,20 @@ void ParallelFor(ThreadPool& pool, int64_t n, int64_t grain, RangeFn fn, void* c
 }
 
 namespace {
+std::atomic<int> decode_chunks_per_thread{kDefaultDecodeChunksPerThread};
+}  // namespace
+
+void ParallelForDecode(ThreadPool& pool, int64_t n, int64_t grain, RangeFn fn, void* context) {
+  pool.ParallelForClaimed(n, grain, DecodeChunksPerThread(),
+                          [&](int64_t begin, int64_t end) { fn(context, begin, end); });
+}
+
+void SetDecodeChunksPerThreadForTesting(int chunks_per_thread) {
+  decode_chunks_per_thread.store(std::max(chunks_per_thread, 1), std::memory_order_relaxed);
+}
+int DecodeChunksPerThread() { return decode_chunks_per_thread.load(std::memory_order_relaxed); }
+
+namespace {
 // Set by tests (MaskAvx512VnniForTesting) to run this machine's AVX-512 path
 // as a CPU without VNNI (Skylake-SP/X) would.
 std::atomic<bool> vnni_masked{false};

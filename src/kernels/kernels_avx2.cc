@@ -603,7 +603,7 @@ template <DType D>
 void DecodeQuantized(const float* x, int64_t M, const WeightView& w, float* y, ThreadPool& pool) {
   const QuantizedX qx = QuantizeX<D>(x, M, w.cols);
   const __m256i level_table = Avx2LevelTable<D>();
-  ParallelRange(pool, w.rows, 4, [&](int64_t n0, int64_t n1) {
+  ParallelDecodeRange(pool, w.rows, 4, [&](int64_t n0, int64_t n1) {
     switch (M) {
       case 1: return QuantMatVecRange<D, 1>(qx, w, y, n0, n1, level_table);
       case 2: return QuantMatVecRange<D, 2>(qx, w, y, n0, n1, level_table);
@@ -623,7 +623,7 @@ void DecodeFloat(const float* x, int64_t M, const WeightView& w, float* y, Threa
     DeinterleaveX(x, M, K, deinterleaved);
     xd = deinterleaved;
   }
-  ParallelRange(pool, w.rows, 4, [&](int64_t n0, int64_t n1) {
+  ParallelDecodeRange(pool, w.rows, 4, [&](int64_t n0, int64_t n1) {
     switch (M) {
       case 1: MatVecRange<D, 1>(x, xd, K, w, y, n0, n1); break;
       case 2: MatVecRange<D, 2>(x, xd, K, w, y, n0, n1); break;

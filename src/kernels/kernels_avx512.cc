@@ -776,7 +776,7 @@ void DecodeQuantized(const float* x, int64_t M, const WeightView& w, float* y, T
   if (!internal::HasAvx512Vnni()) return internal::kAvx2Kernels.mat_mul(x, M, w, y, pool);
   const QuantizedX qx = QuantizeX<D>(x, M, w.cols);
   const __m512i level_table = DecodeLevelTable<D>();
-  ParallelRange(pool, w.rows, 4, [&](int64_t n0, int64_t n1) {
+  ParallelDecodeRange(pool, w.rows, 4, [&](int64_t n0, int64_t n1) {
     QuantMatVecRangeFor<D>(M, qx, w, y, n0, n1, level_table);
   });
 }
@@ -791,7 +791,7 @@ void DecodeFloat(const float* x, int64_t M, const WeightView& w, float* y, Threa
     DeinterleaveX(x, M, K, deinterleaved);
     xd = deinterleaved;
   }
-  ParallelRange(pool, w.rows, 4, [&](int64_t n0, int64_t n1) {
+  ParallelDecodeRange(pool, w.rows, 4, [&](int64_t n0, int64_t n1) {
     switch (M) {
       case 1: MatVecRange<D, 1>(x, xd, K, w, y, n0, n1); break;
       case 2: MatVecRange<D, 2>(x, xd, K, w, y, n0, n1); break;
@@ -844,7 +844,7 @@ bool DecodeManyTyped(const MatMulJob* jobs, int64_t n, ThreadPool& pool) {
   }
   __m512i level_table = _mm512_setzero_si512();
   if constexpr (HasScales(D)) level_table = DecodeLevelTable<D>();
-  ParallelRange(pool, start[n], 4, [&](int64_t b, int64_t e) {
+  ParallelDecodeRange(pool, start[n], 4, [&](int64_t b, int64_t e) {
     for (int64_t j = 0; j < n; ++j) {
       const int64_t lo = Max(b, start[j]), hi = Min(e, start[j] + jobs[j].w->rows);
       if (lo >= hi) continue;

@@ -105,6 +105,16 @@ float* ThreadScratch(Scratch slot, size_t count);
 // pool.ParallelFor(n, grain, ...) calling fn(context, begin, end).
 using RangeFn = void (*)(void* context, int64_t begin, int64_t end);
 void ParallelFor(ThreadPool& pool, int64_t n, int64_t grain, RangeFn fn, void* context);
+// pool.ParallelForClaimed(n, grain, DecodeChunksPerThread(), ...): the decode
+// regions, whose rows stream from DRAM independently, in chunks that the
+// threads claim, so that a thread held up does not hold up the region.
+void ParallelForDecode(ThreadPool& pool, int64_t n, int64_t grain, RangeFn fn, void* context);
+// Chunks per thread of the decode regions; 1 gives ParallelFor's equal
+// shares. The setter is for bench/decode_chunks_ab, which compares counts in
+// one process, and for tests.
+constexpr int kDefaultDecodeChunksPerThread = 4;
+void SetDecodeChunksPerThreadForTesting(int chunks_per_thread);
+int DecodeChunksPerThread();
 // Whether the CPU has AVX-512 VNNI (vpdpbusd), which the AVX-512 integer
 // decode and prefill kernels need; without it that path runs the AVX2 ones.
 bool HasAvx512Vnni();

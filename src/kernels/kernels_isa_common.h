@@ -202,6 +202,14 @@ void ParallelRange(ThreadPool& pool, int64_t n, int64_t grain, F&& fn) {
       pool, n, grain, [](void* c, int64_t b, int64_t e) { (*static_cast<Fn*>(c))(b, e); }, &fn);
 }
 
+// The same over internal::ParallelForDecode: chunks claimed by the threads.
+template <typename F>
+void ParallelDecodeRange(ThreadPool& pool, int64_t n, int64_t grain, F&& fn) {
+  using Fn = std::remove_reference_t<F>;
+  internal::ParallelForDecode(
+      pool, n, grain, [](void* c, int64_t b, int64_t e) { (*static_cast<Fn*>(c))(b, e); }, &fn);
+}
+
 // Asks for the cache line holding p to be brought into L2. An asm statement,
 // because GCC deletes loops that contain nothing but __builtin_prefetch.
 // Prefetches never fault, so the address may lie past the end of a row or of

@@ -153,7 +153,9 @@ TEST_P(IsaTest, MatMulLargeBlockedShapes) {
 }
 
 // Each output element is computed by the same instruction sequence whichever
-// thread owns it, so the result must not depend on the thread count.
+// thread owns it, so the result must not depend on the thread count, nor on
+// how many chunks the decode regions are cut into (chunk ends then fall at
+// other rows), through MatMul or MatMulMany.
 TEST_P(IsaTest, MatMulIsIndependentOfThreadCount) {
   ThreadPool one(1), two(2), three(3);
   for (DType dtype : {DType::kF32, DType::kBF16, DType::kF16}) {
@@ -161,12 +163,21 @@ TEST_P(IsaTest, MatMulIsIndependentOfThreadCount) {
       const int64_t N = 301, K = 333;
       TestWeights w = MakeWeights(dtype, N, K, 5);
       const std::vector<float> x = RandomVector(M * K, 6);
-      std::vector<float> y1(static_cast<size_t>(M * N)), y2(y1.size()), y3(y1.size());
+      std::vector<float> y1(static_cast<size_t>(M * N));
       MatMul(x.data(), M, w.view, y1.data(), one);
-      MatMul(x.data(), M, w.view, y2.data(), two);
-      MatMul(x.data(), M, w.view, y3.data(), three);
-      EXPECT_EQ(y1, y2) << DTypeName(dtype) << " M=" << M;
-      EXPECT_EQ(y1, y3) << DTypeName(dtype) << " M=" << M;
+      for (int chunks : {1, 3, internal::kDefaultDecodeChunksPerThread, 8}) {
+        const ScopedDecodeChunks cut(chunks);
+        std::vector<float> y2(y1.size()), y3(y1.size()), many(2 * y1.size());
+        MatMul(x.data(), M, w.view, y2.data(), two);
+        MatMul(x.data(), M, w.view, y3.data(), three);
+        const std::vector<MatMulJob> jobs = {{x.data(), M, &w.view, many.data()},
+                                             {x.data(), M, &w.view, many.data() + y1.size()}};
+        MatMulMany(jobs, three);
+        EXPECT_EQ(y1, y2) << DTypeName(dtype) << " M=" << M << " chunks=" << chunks;
+        EXPECT_EQ(y1, y3) << DTypeName(dtype) << " M=" << M << " chunks=" << chunks;
+        EXPECT_TRUE(std::equal(y1.begin(), y1.end(), many.begin()) && std::equal(y1.begin(), y1.end(), many.begin() + y1.size()))
+            << DTypeName(dtype) << " M=" << M << " chunks=" << chunks << " (MatMulMany)";
+      }
     }
   }
 }

@@ -369,10 +369,20 @@ TEST_P(QuantIsaTest, MatMulIsIndependentOfThreadCount) {
     const QuantMatrix q = ReferenceQuantize(src.view, dtype);
     for (int64_t M : {1, 3, 6, 37}) {
       const std::vector<float> x = Gaussian(M * K, 6);
-      std::vector<float> y1(static_cast<size_t>(M * N)), y3(y1.size());
+      std::vector<float> y1(static_cast<size_t>(M * N));
       MatMul(x.data(), M, q.view, y1.data(), one);
-      MatMul(x.data(), M, q.view, y3.data(), three);
-      EXPECT_EQ(y1, y3) << DTypeName(dtype) << " M=" << M;
+      // Nor on how many chunks the decode regions are cut into.
+      for (int chunks : {1, 3, internal::kDefaultDecodeChunksPerThread, 8}) {
+        const ScopedDecodeChunks cut(chunks);
+        std::vector<float> y3(y1.size()), many(2 * y1.size());
+        MatMul(x.data(), M, q.view, y3.data(), three);
+        const std::vector<MatMulJob> jobs = {{x.data(), M, &q.view, many.data()},
+                                             {x.data(), M, &q.view, many.data() + y1.size()}};
+        MatMulMany(jobs, three);
+        EXPECT_EQ(y1, y3) << DTypeName(dtype) << " M=" << M << " chunks=" << chunks;
+        EXPECT_TRUE(std::equal(y1.begin(), y1.end(), many.begin()) && std::equal(y1.begin(), y1.end(), many.begin() + y1.size()))
+            << DTypeName(dtype) << " M=" << M << " chunks=" << chunks << " (MatMulMany)";
+      }
     }
     // Quantize too.
     QuantMatrix a = EmptyQuantMatrix(dtype, N, K), b = EmptyQuantMatrix(dtype, N, K);

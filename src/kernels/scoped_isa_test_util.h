@@ -92,6 +92,18 @@ inline void ExpectAvx512WithoutVnniEqualsAvx2(const float* x, int64_t M, const W
 
 // Runs the AVX-512 integer decode at every row count up to
 // kAvx512MaxQuantDecodeRows (or never past 8 rows) within a scope.
+// Cuts the decode regions into `chunks_per_thread` claimed chunks per
+// thread, and restores the default.
+class ScopedDecodeChunks {
+ public:
+  explicit ScopedDecodeChunks(int chunks_per_thread) {
+    internal::SetDecodeChunksPerThreadForTesting(chunks_per_thread);
+  }
+  ~ScopedDecodeChunks() { internal::SetDecodeChunksPerThreadForTesting(internal::kDefaultDecodeChunksPerThread); }
+  ScopedDecodeChunks(const ScopedDecodeChunks&) = delete;
+  ScopedDecodeChunks& operator=(const ScopedDecodeChunks&) = delete;
+};
+
 class ScopedDecodePasses {
  public:
   explicit ScopedDecodePasses(internal::DecodePasses mode) { internal::SetDecodePassesForTesting(mode); }
