@@ -7,7 +7,8 @@
 // reads each expert from DRAM. Prints the median GFLOP/s of each path and
 // the ratio of their median times (> 1: the passes are faster), which is
 // what kernels_avx512.cc's UsesDecode and internal::Avx512QuantDecodeRows
-// are set from (at M = 8 both run the decode: a control).
+// are set from (at M = 8 both run the decode: a control), and the faster
+// path's rate as a share of the int8 dot-product peak measured first.
 //   build/bench/decode_rows_ab [threads [dtype ...]]   (dtypes: Q8 Q4 NF4 MXFP4)
 // Then the same comparison on whole MoE layers' expert products, as a
 // prefill runs them: a 128-token prompt routed top-8 at random over Qwen3's
@@ -164,7 +165,12 @@ int main(int argc, char** argv) {
   ThreadPool pool(threads);
   std::mt19937 rng(1);
   std::normal_distribution<float> gaussian(0.f, 1.f);
-  std::printf("%-6s %-13s %3s %12s %12s %8s\n", "dtype", "shape", "M", "tiles_GF/s", "passes_GF/s", "ratio");
+  // The limit these products run against: both paths multiply int8 codes
+  // with vpdpbusd (a multiply and an add per code pair, as counted below).
+  const double peak = kernels::MeasureInt8DotPeakGops(pool);
+  std::printf("int8 dot-product peak measured here: %.0f GOP/s (%d threads)\n", peak, threads);
+  std::printf("%-6s %-13s %3s %12s %12s %8s %8s\n", "dtype", "shape", "M", "tiles_GF/s", "passes_GF/s", "ratio",
+              "best_pk");
   for (DType dtype : {DType::kQ8, DType::kQ4, DType::kNF4, DType::kMXFP4}) {
     if (argc > 2 && std::find(argv + 2, argv + argc, std::string(epwa::DTypeName(dtype))) == argv + argc) continue;
     for (const auto& shape : kShapes) {
@@ -183,8 +189,9 @@ int main(int argc, char** argv) {
         const double flops = 2.0 * static_cast<double>(M * N * K) * kCalls;
         char name[32];
         std::snprintf(name, sizeof name, "[%lld,%lld]", static_cast<long long>(N), static_cast<long long>(K));
-        std::printf("%-6s %-13s %3lld %12.0f %12.0f %8.3f\n", epwa::DTypeName(dtype), name,
-                    static_cast<long long>(M), flops / tiles / 1e9, flops / passes / 1e9, tiles / passes);
+        std::printf("%-6s %-13s %3lld %12.0f %12.0f %8.3f %7.1f%%\n", epwa::DTypeName(dtype), name,
+                    static_cast<long long>(M), flops / tiles / 1e9, flops / passes / 1e9, tiles / passes,
+                    100.0 * flops / std::min(tiles, passes) / 1e9 / peak);
       }
     }
   }
