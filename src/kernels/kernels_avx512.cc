@@ -241,25 +241,6 @@ bool UsesDecode(int64_t M, int64_t K) {
   return false;
 }
 
-// The BF16 decode kernel loads 32 weights (64 bytes) at a time and splits
-// them without any shuffle: shifting each 32-bit lane left by 16 yields the
-// even-indexed weights as floats, clearing its low half yields the odd ones.
-// x is permuted to match once per call: within every full block of 32
-// columns, the 16 even columns come first, then the 16 odd ones. [M, K]
-void DeinterleaveX(const float* x, int64_t M, int64_t K, float* out) {
-  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-  const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
-  for (int64_t m = 0; m < M; ++m) {
-    const float* src = x + m * K;
-    float* dst = out + m * K;
-    for (int64_t k = 0; k + 32 <= K; k += 32) {
-      const __m512 a = _mm512_loadu_ps(src + k), b = _mm512_loadu_ps(src + k + 16);
-      _mm512_storeu_ps(dst + k, _mm512_permutex2var_ps(a, even, b));
-      _mm512_storeu_ps(dst + k + 16, _mm512_permutex2var_ps(a, odd, b));
-    }
-  }
-}
-
 // How far ahead of the loads the decode kernel prefetches each weight row,
 // into L1 and wrapping to the next block of rows (DecodePrefetchOffset).
 // Measured on Zen 4 with 2 threads from DRAM, in alternating runs of one
@@ -269,9 +250,9 @@ void DeinterleaveX(const float* x, int64_t M, int64_t K, float* out) {
 // are within noise of each other.
 constexpr int64_t kDecodePrefetchBytes = 2048;
 
-// x: [M, K] as given; xd: [M, K] deinterleaved by DeinterleaveX (BF16 only).
+// x: [M, K].
 template <DType D, int M, int R, int U>
-void MatVecRows(const float* x, const float* xd, int64_t K, const WeightView& w, float* y, int64_t N,
+void MatVecRows(const float* x, int64_t K, const WeightView& w, float* y, int64_t N,
                 int64_t n) {
   const uint8_t* rows[R];
 #pragma GCC unroll 8
@@ -286,40 +267,57 @@ void MatVecRows(const float* x, const float* xd, int64_t K, const WeightView& w,
 
   int64_t k = 0;
   if constexpr (D == DType::kBF16) {
-    // One 64-byte load per row per step; with U == 2 the even and odd halves
-    // go to separate accumulators, with U == 1 both to the same one (there
-    // are then enough rows of accumulators to hide the latency anyway).
-    static_assert(U == 1 || U == 2, "BF16 splits each 64-byte load into at most two accumulators.");
-    constexpr int kOdd = U - 1;
-    const __m512i high = _mm512_set1_epi32(static_cast<int>(0xffff0000u));
+    // A bf16 weight is the high half of a float, so 16 of them widen from 32
+    // bytes by vpmovzxwd and a shift (Weights<kBF16>). Rows whose length is
+    // a whole number of cache lines and that start a whole number of 4-byte
+    // words past a line (aligned copies, and a checkpoint's tensors used in
+    // place: safetensors pads its header to 8 bytes only) take whole lines
+    // here: each step loads the row's next aligned line, forms the step's 64
+    // bytes from it and the previous line with a two-source permute (an
+    // identity at 0 words), and widens the two halves. Every line is loaded
+    // once and one step ahead of its use.
+    //
+    // Measured from DRAM with bench/decode_alignment_ab (a ring of 64 copies
+    // of a [1024, 2048] matrix, 2 threads, aligned rows and rows 40 bytes
+    // past a line alternating 30 times in one process, December 5), builds
+    // with variants of this kernel: aligned rows through this loop at 46-50
+    // GB/s, through the 16-weight loop below (two 32-byte loads per line) at
+    // 42-44, and through a loop with one aligned 64-byte load per line and
+    // no look-ahead at 39-45, while rows 40 bytes past a line here ran at
+    // 44-58. The kernel this replaced split each 64-byte load into its even
+    // and odd weights by a shift and a mask, against x deinterleaved to
+    // match: the 16-weight loop beat it by 1.02-1.07x on OLMoE-shaped decode
+    // steps (bench/decode_chunks_ab with a temporary switch between the two
+    // kernels, 5 runs).
+    // In the caches, one thread, this loop is slower than the 16-weight one
+    // (about 58 against 66-73 GB/s: two shuffles more per 32 weights), but
+    // decode reads its weights from DRAM.
+    static_assert(U == 1 || U == 2, "BF16 steps by 32 weights at most.");
+    constexpr int kSecond = U - 1;
     const int64_t row_bytes = RowBytes(w);
-    // The 32 weights v of step k of row r go to the accumulators here; the
-    // loops below differ only in how they load v.
-    auto multiply = [&](int r, int64_t k, __m512i v) __attribute__((always_inline)) {
-      const __m512 we = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
-      const __m512 wo = _mm512_castsi512_ps(_mm512_and_si512(v, high));
+    // The 32 weights v (64 bytes) of step k of row r: each half widens and
+    // goes to the accumulators exactly as the 16-weight loop below would
+    // (acc[0] the first 16, acc[U - 1] the next), so rows at any alignment
+    // and either loop give the same bits.
+    auto multiply = [&](int r, const __m512 (&xv)[2][M], __m512i v) __attribute__((always_inline)) {
+      const __m512 first = Weights<D>::Widen(_mm512_castsi512_si256(v));
+      const __m512 second = Weights<D>::Widen(_mm512_extracti64x4_epi64(v, 1));
 #pragma GCC unroll 8
       for (int m = 0; m < M; ++m) {
-        const float* xm = xd + m * K + k;
-        acc[0][r][m] = _mm512_fmadd_ps(we, _mm512_loadu_ps(xm), acc[0][r][m]);
-        acc[kOdd][r][m] = _mm512_fmadd_ps(wo, _mm512_loadu_ps(xm + 16), acc[kOdd][r][m]);
+        acc[0][r][m] = _mm512_fmadd_ps(first, xv[0][m], acc[0][r][m]);
+        acc[kSecond][r][m] = _mm512_fmadd_ps(second, xv[1][m], acc[kSecond][r][m]);
       }
     };
-    // A checkpoint's tensors start wherever its header ends (safetensors
-    // pads that to 8 bytes only), so rows used in place from the mapped file
-    // are rarely 64-byte aligned, and then every 64-byte load spans two cache
-    // lines. Measured on the 4-layer OLMoE shape at fp16 from the mapped
-    // file, whose tensors start 40 bytes past a line (6 alternating pairs):
-    // the same file with its header padded to a line boundary decoded 1.10x
-    // as fast (median). Where the rows sit a whole number of 4-byte words
-    // past a line and all rows share that offset, each step loads the next
-    // aligned line once and forms v from it and the previous one with a
-    // two-source permute instead: on the unpadded file, 1.19-1.41x the
-    // decode rate of split loads (4 alternating pairs). The weights and
-    // their order are the same, so the result is bit-identical.
+    auto load_x = [&](int64_t k, __m512 (&xv)[2][M]) __attribute__((always_inline)) {
+#pragma GCC unroll 8
+      for (int m = 0; m < M; ++m) {
+        xv[0][m] = _mm512_loadu_ps(x + m * K + k);
+        xv[1][m] = _mm512_loadu_ps(x + m * K + k + 16);
+      }
+    };
     const uintptr_t address = reinterpret_cast<uintptr_t>(rows[0]);
     const int shift = static_cast<int>(address % 64) / 4;  // 4-byte words past a line
-    if (shift != 0 && address % 4 == 0 && row_bytes % 64 == 0 && K >= 32) {
+    if (address % 4 == 0 && row_bytes % 64 == 0 && K >= 32) {
       const __m512i pick = _mm512_add_epi32(
           _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), _mm512_set1_epi32(shift));
       // The words of a row's first line before the row, and of the line
@@ -335,30 +333,25 @@ void MatVecRows(const float* x, const float* xd, int64_t K, const WeightView& w,
       }
       auto step = [&](int64_t k, __mmask16 next_mask) __attribute__((always_inline)) {
         const int64_t ahead = DecodePrefetchOffset(2 * k, kDecodePrefetchBytes, row_bytes, R);
+        __m512 xv[2][M];
+        load_x(k, xv);
 #pragma GCC unroll 8
         for (int r = 0; r < R; ++r) {
           PrefetchL1(rows[r] + ahead);
           const __m512i next = _mm512_maskz_load_epi32(next_mask, lines[r] + 2 * k + 64);
-          multiply(r, k, _mm512_permutex2var_epi32(line[r], pick, next));
+          multiply(r, xv, _mm512_permutex2var_epi32(line[r], pick, next));
           line[r] = next;
         }
       };
       for (; k + 64 <= K; k += 32) step(k, 0xffff);
       step(k, row_tail);
       k += 32;
-    } else {
-      for (; k + 32 <= K; k += 32) {
-        const int64_t ahead = DecodePrefetchOffset(2 * k, kDecodePrefetchBytes, row_bytes, R);
-#pragma GCC unroll 8
-        for (int r = 0; r < R; ++r) {
-          PrefetchL1(rows[r] + ahead);
-          multiply(r, k, _mm512_loadu_si512(rows[r] + 2 * k));
-        }
-      }
     }
-  } else {
-    // One prefetch per cache line of the step (F16 with U == 1 steps by half
-    // a line and prefetches each line twice, which costs next to nothing).
+  }
+  {
+    // One prefetch per cache line of the step (16-bit weights with U == 1
+    // step by half a line and prefetch each line twice, which costs next to
+    // nothing).
     constexpr int64_t kElem = D == DType::kF32 ? 4 : 2;
     constexpr int64_t kStepBytes = 16 * U * kElem;
     const int64_t row_bytes = RowBytes(w);
@@ -415,13 +408,13 @@ void MatVecRows(const float* x, const float* xd, int64_t K, const WeightView& w,
 // accumulators within bounds (measured: M = 5..8 streams at 2x the rate of
 // the prefill path, whose packing does not pay off for so few rows).
 template <DType D, int M>
-void MatVecRange(const float* x, const float* xd, int64_t K, const WeightView& w, float* y,
+void MatVecRange(const float* x, int64_t K, const WeightView& w, float* y,
                  int64_t n0, int64_t n1) {
   constexpr int kRows = M <= 4 ? 4 : 2;
   constexpr int kUnroll = M == 1 ? 2 : 1;
   int64_t n = n0;
-  for (; n + kRows <= n1; n += kRows) MatVecRows<D, M, kRows, kUnroll>(x, xd, K, w, y, w.rows, n);
-  for (; n < n1; ++n) MatVecRows<D, M, 1, kUnroll>(x, xd, K, w, y, w.rows, n);
+  for (; n + kRows <= n1; n += kRows) MatVecRows<D, M, kRows, kUnroll>(x, K, w, y, w.rows, n);
+  for (; n < n1; ++n) MatVecRows<D, M, 1, kUnroll>(x, K, w, y, w.rows, n);
 }
 
 // ---------------------------------------------------------------------------
@@ -784,23 +777,16 @@ void DecodeQuantized(const float* x, int64_t M, const WeightView& w, float* y, T
 template <DType D>
 void DecodeFloat(const float* x, int64_t M, const WeightView& w, float* y, ThreadPool& pool) {
   const int64_t K = w.cols;
-  const float* xd = nullptr;
-  if constexpr (D == DType::kBF16) {
-    // The calling thread's buffer, shared with the workers below.
-    float* deinterleaved = internal::ThreadScratch(internal::Scratch::kDecodeX, static_cast<size_t>(M * K));  // [M, K]
-    DeinterleaveX(x, M, K, deinterleaved);
-    xd = deinterleaved;
-  }
   ParallelDecodeRange(pool, w.rows, 4, [&](int64_t n0, int64_t n1) {
     switch (M) {
-      case 1: MatVecRange<D, 1>(x, xd, K, w, y, n0, n1); break;
-      case 2: MatVecRange<D, 2>(x, xd, K, w, y, n0, n1); break;
-      case 3: MatVecRange<D, 3>(x, xd, K, w, y, n0, n1); break;
-      case 4: MatVecRange<D, 4>(x, xd, K, w, y, n0, n1); break;
-      case 5: MatVecRange<D, 5>(x, xd, K, w, y, n0, n1); break;
-      case 6: MatVecRange<D, 6>(x, xd, K, w, y, n0, n1); break;
-      case 7: MatVecRange<D, 7>(x, xd, K, w, y, n0, n1); break;
-      default: MatVecRange<D, 8>(x, xd, K, w, y, n0, n1); break;
+      case 1: MatVecRange<D, 1>(x, K, w, y, n0, n1); break;
+      case 2: MatVecRange<D, 2>(x, K, w, y, n0, n1); break;
+      case 3: MatVecRange<D, 3>(x, K, w, y, n0, n1); break;
+      case 4: MatVecRange<D, 4>(x, K, w, y, n0, n1); break;
+      case 5: MatVecRange<D, 5>(x, K, w, y, n0, n1); break;
+      case 6: MatVecRange<D, 6>(x, K, w, y, n0, n1); break;
+      case 7: MatVecRange<D, 7>(x, K, w, y, n0, n1); break;
+      default: MatVecRange<D, 8>(x, K, w, y, n0, n1); break;
     }
   });
 }
@@ -826,21 +812,15 @@ bool DecodeManyTyped(const MatMulJob* jobs, int64_t n, ThreadPool& pool) {
     if (!UsesDecode<D>(jobs[j].M, jobs[j].w->cols)) return false;
     const int64_t K = jobs[j].w->cols;
     start[j + 1] = start[j] + RoundUp(jobs[j].w->rows, 4);
-    const int64_t per_row = HasScales(D) ? QuantizedXRowFloats(K) : D == DType::kBF16 ? K : 0;
+    const int64_t per_row = HasScales(D) ? QuantizedXRowFloats(K) : 0;
     xfloats[j + 1] = xfloats[j] + RoundUp(jobs[j].M * per_row, 16);
   }
   // The calling thread's buffer, shared with the workers below.
   float* scratch = internal::ThreadScratch(internal::Scratch::kDecodeX, static_cast<size_t>(Max(xfloats[n], 16)));
   QuantizedX qx[kMaxManyJobs];
-  const float* xd[kMaxManyJobs];
-  for (int64_t j = 0; j < n; ++j) {
-    xd[j] = nullptr;
-    if constexpr (HasScales(D)) {
+  if constexpr (HasScales(D)) {
+    for (int64_t j = 0; j < n; ++j)
       qx[j] = QuantizeXInto<D>(jobs[j].x, jobs[j].M, jobs[j].w->cols, scratch + xfloats[j]);
-    } else if constexpr (D == DType::kBF16) {
-      DeinterleaveX(jobs[j].x, jobs[j].M, jobs[j].w->cols, scratch + xfloats[j]);
-      xd[j] = scratch + xfloats[j];
-    }
   }
   __m512i level_table = _mm512_setzero_si512();
   if constexpr (HasScales(D)) level_table = DecodeLevelTable<D>();
@@ -855,14 +835,14 @@ bool DecodeManyTyped(const MatMulJob* jobs, int64_t n, ThreadPool& pool) {
       } else {
         const int64_t K = job.w->cols;
         switch (job.M) {
-          case 1: MatVecRange<D, 1>(job.x, xd[j], K, *job.w, job.y, n0, n1); break;
-          case 2: MatVecRange<D, 2>(job.x, xd[j], K, *job.w, job.y, n0, n1); break;
-          case 3: MatVecRange<D, 3>(job.x, xd[j], K, *job.w, job.y, n0, n1); break;
-          case 4: MatVecRange<D, 4>(job.x, xd[j], K, *job.w, job.y, n0, n1); break;
-          case 5: MatVecRange<D, 5>(job.x, xd[j], K, *job.w, job.y, n0, n1); break;
-          case 6: MatVecRange<D, 6>(job.x, xd[j], K, *job.w, job.y, n0, n1); break;
-          case 7: MatVecRange<D, 7>(job.x, xd[j], K, *job.w, job.y, n0, n1); break;
-          default: MatVecRange<D, 8>(job.x, xd[j], K, *job.w, job.y, n0, n1); break;
+          case 1: MatVecRange<D, 1>(job.x, K, *job.w, job.y, n0, n1); break;
+          case 2: MatVecRange<D, 2>(job.x, K, *job.w, job.y, n0, n1); break;
+          case 3: MatVecRange<D, 3>(job.x, K, *job.w, job.y, n0, n1); break;
+          case 4: MatVecRange<D, 4>(job.x, K, *job.w, job.y, n0, n1); break;
+          case 5: MatVecRange<D, 5>(job.x, K, *job.w, job.y, n0, n1); break;
+          case 6: MatVecRange<D, 6>(job.x, K, *job.w, job.y, n0, n1); break;
+          case 7: MatVecRange<D, 7>(job.x, K, *job.w, job.y, n0, n1); break;
+          default: MatVecRange<D, 8>(job.x, K, *job.w, job.y, n0, n1); break;
         }
       }
     }
@@ -1391,7 +1371,7 @@ ManyPath ManyPathFor(int64_t M, int64_t K) {
 inline int64_t ManyXFloats(ManyPath path, DType dtype, int64_t M, int64_t K) {
   switch (path) {
     case ManyPath::kDecodeQuantized: return M * QuantizedXRowFloats(K);
-    case ManyPath::kDecodeFloat: return dtype == DType::kBF16 ? M * K : 0;
+    case ManyPath::kDecodeFloat: return 0;
     case ManyPath::kPrefillInt8: return (M + kI8Mr - 1) / kI8Mr * (K / 32 * kI8XGroupWords);
     case ManyPath::kPrefillBf16: return (M + kBfMr - 1) / kBfMr * (K / 2 * kBfMr);
     case ManyPath::kPrefillFloat: return (M + kMr - 1) / kMr * K * kMr;
@@ -1468,7 +1448,6 @@ bool PrefillManyTyped(const MatMulJob* jobs, int64_t n, ThreadPool& pool) {
             if constexpr (HasScales(D)) plan[j].qx = QuantizeXInto<D>(job.x, job.M, K, base);
             break;
           case ManyPath::kDecodeFloat:
-            if constexpr (D == DType::kBF16) DeinterleaveX(job.x, job.M, K, base);
             break;
           case ManyPath::kPrefillInt8:
             if constexpr (HasScales(D))
@@ -1575,17 +1554,16 @@ bool PrefillManyTyped(const MatMulJob* jobs, int64_t n, ThreadPool& pool) {
           break;
         case ManyPath::kDecodeFloat:
           if constexpr (!HasScales(D)) {
-            const float* xd = D == DType::kBF16 ? base : nullptr;
             const int64_t K = job.w->cols;
             switch (job.M) {
-              case 1: MatVecRange<D, 1>(job.x, xd, K, *job.w, job.y, chunk.n0, chunk.n1); break;
-              case 2: MatVecRange<D, 2>(job.x, xd, K, *job.w, job.y, chunk.n0, chunk.n1); break;
-              case 3: MatVecRange<D, 3>(job.x, xd, K, *job.w, job.y, chunk.n0, chunk.n1); break;
-              case 4: MatVecRange<D, 4>(job.x, xd, K, *job.w, job.y, chunk.n0, chunk.n1); break;
-              case 5: MatVecRange<D, 5>(job.x, xd, K, *job.w, job.y, chunk.n0, chunk.n1); break;
-              case 6: MatVecRange<D, 6>(job.x, xd, K, *job.w, job.y, chunk.n0, chunk.n1); break;
-              case 7: MatVecRange<D, 7>(job.x, xd, K, *job.w, job.y, chunk.n0, chunk.n1); break;
-              default: MatVecRange<D, 8>(job.x, xd, K, *job.w, job.y, chunk.n0, chunk.n1); break;
+              case 1: MatVecRange<D, 1>(job.x, K, *job.w, job.y, chunk.n0, chunk.n1); break;
+              case 2: MatVecRange<D, 2>(job.x, K, *job.w, job.y, chunk.n0, chunk.n1); break;
+              case 3: MatVecRange<D, 3>(job.x, K, *job.w, job.y, chunk.n0, chunk.n1); break;
+              case 4: MatVecRange<D, 4>(job.x, K, *job.w, job.y, chunk.n0, chunk.n1); break;
+              case 5: MatVecRange<D, 5>(job.x, K, *job.w, job.y, chunk.n0, chunk.n1); break;
+              case 6: MatVecRange<D, 6>(job.x, K, *job.w, job.y, chunk.n0, chunk.n1); break;
+              case 7: MatVecRange<D, 7>(job.x, K, *job.w, job.y, chunk.n0, chunk.n1); break;
+              default: MatVecRange<D, 8>(job.x, K, *job.w, job.y, chunk.n0, chunk.n1); break;
             }
           }
           break;
