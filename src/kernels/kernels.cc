@@ -794,7 +794,7 @@ void ValidateMxfp4(const WeightView& w) {
 uint64_t MatMulScratchBytes(int64_t max_rows, int64_t max_k, int threads) {
   // Mirrors the ThreadScratch requests of the instruction-set files, taking
   // the largest constants of any of them: kMc = 256 rows of packed x (prefill),
-  // up to 8 rows of x deinterleaved (BF16 decode) or kAvx512MaxQuantDecodeRows
+  // up to 8 rows of x deinterleaved (AVX2 BF16 decode) or kAvx512MaxQuantDecodeRows
   // = 13 quantized (codes padded to 128 plus two floats per group padded to 16
   // groups), and one kKb x kNb = 256 x 256 float panel per thread; the scalar
   // path keeps one converted weight row of max_k floats per thread.

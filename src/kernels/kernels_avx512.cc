@@ -792,9 +792,9 @@ void DecodeFloat(const float* x, int64_t M, const WeightView& w, float* y, Threa
 }
 static_assert(kMaxDecodeRows == 8, "Decode has one instantiation per row count.");
 
-// MatMulMany's fused decode for jobs of dtype D (see kernels.h): every job's
-// x is prepared once (deinterleaved for BF16, quantized for the types with
-// group scales) into one scratch buffer, then one parallel region covers all
+// MatMulMany's fused decode for jobs of dtype D (see kernels.h): for the
+// types with group scales every job's x is quantized once into one scratch
+// buffer (float types read x as given), then one parallel region covers all
 // output rows, each job's rows starting at a multiple of 4 of the global
 // index so that each thread's share of a job splits where Decode's would.
 // Each output row is computed exactly as Decode computes it.
