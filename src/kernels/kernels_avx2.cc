@@ -1259,17 +1259,42 @@ void AttentionValues(const float* p, int64_t count, int64_t p_stride, const void
 // ---------------------------------------------------------------------------
 // Machine probes.
 
-float SumFloats(const float* p, int64_t n) {
-  __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
-  int64_t i = 0;
-  for (; i + 32 <= n; i += 32) {
-    s0 = _mm256_add_ps(s0, _mm256_loadu_ps(p + i));
-    s1 = _mm256_add_ps(s1, _mm256_loadu_ps(p + i + 8));
-    s2 = _mm256_add_ps(s2, _mm256_loadu_ps(p + i + 16));
-    s3 = _mm256_add_ps(s3, _mm256_loadu_ps(p + i + 24));
+// Each part is read 256 bytes (four lines, four accumulators taking two
+// loads each) per step, so the adds' latency never limits a single stream.
+template <int S, bool kPrefetch>
+float SumStreams(const float* p, int64_t n) {
+  const int64_t part = n / S / 64 * 64;
+  __m256 acc[S][4];
+#pragma GCC unroll 4
+  for (int r = 0; r < S; ++r)
+#pragma GCC unroll 4
+    for (int u = 0; u < 4; ++u) acc[r][u] = _mm256_setzero_ps();
+  for (int64_t i = 0; i < part; i += 64) {
+#pragma GCC unroll 4
+    for (int r = 0; r < S; ++r) {
+      const float* q = p + r * part + i;
+#pragma GCC unroll 4
+      for (int u = 0; u < 4; ++u) {
+        // A prefetch never faults, so running past the buffer's end is harmless.
+        if constexpr (kPrefetch)
+          _mm_prefetch(reinterpret_cast<const char*>(q + 16 * u) + internal::kProbePrefetchBytes, _MM_HINT_NTA);
+        acc[r][u] = _mm256_add_ps(acc[r][u], _mm256_add_ps(_mm256_loadu_ps(q + 16 * u), _mm256_loadu_ps(q + 16 * u + 8)));
+      }
+    }
   }
-  for (; i < n; i += 8) s0 = _mm256_add_ps(s0, _mm256_maskload_ps(p + i, FirstLanes(n - i)));
-  return HorizontalSum(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
+  for (int64_t i = S * part; i < n; i += 8)
+    acc[0][0] = _mm256_add_ps(acc[0][0], _mm256_maskload_ps(p + i, FirstLanes(n - i)));
+  __m256 sum = _mm256_setzero_ps();
+#pragma GCC unroll 4
+  for (int r = 0; r < S; ++r)
+    sum = _mm256_add_ps(sum, _mm256_add_ps(_mm256_add_ps(acc[r][0], acc[r][1]), _mm256_add_ps(acc[r][2], acc[r][3])));
+  return HorizontalSum(sum);
+}
+
+float SumFloats(const float* p, int64_t n, int streams, bool prefetch) {
+  if (streams >= 4) return prefetch ? SumStreams<4, true>(p, n) : SumStreams<4, false>(p, n);
+  if (streams == 2) return prefetch ? SumStreams<2, true>(p, n) : SumStreams<2, false>(p, n);
+  return prefetch ? SumStreams<1, true>(p, n) : SumStreams<1, false>(p, n);
 }
 
 // Ten independent chains: the FMA latency (4 cycles) times two FMA pipes,

@@ -1837,17 +1837,42 @@ void AttentionValues(const float* p, int64_t count, int64_t p_stride, const void
 // ---------------------------------------------------------------------------
 // Machine probes.
 
-float SumFloats(const float* p, int64_t n) {
-  __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
-  int64_t i = 0;
-  for (; i + 64 <= n; i += 64) {
-    s0 = _mm512_add_ps(s0, _mm512_loadu_ps(p + i));
-    s1 = _mm512_add_ps(s1, _mm512_loadu_ps(p + i + 16));
-    s2 = _mm512_add_ps(s2, _mm512_loadu_ps(p + i + 32));
-    s3 = _mm512_add_ps(s3, _mm512_loadu_ps(p + i + 48));
+// Each part is read 256 bytes (four lines, four accumulators) per step so
+// that the adds' latency never limits a single stream.
+template <int S, bool kPrefetch>
+float SumStreams(const float* p, int64_t n) {
+  const int64_t part = n / S / 64 * 64;
+  __m512 acc[S][4];
+#pragma GCC unroll 4
+  for (int r = 0; r < S; ++r)
+#pragma GCC unroll 4
+    for (int u = 0; u < 4; ++u) acc[r][u] = _mm512_setzero_ps();
+  for (int64_t i = 0; i < part; i += 64) {
+#pragma GCC unroll 4
+    for (int r = 0; r < S; ++r) {
+      const float* q = p + r * part + i;
+#pragma GCC unroll 4
+      for (int u = 0; u < 4; ++u) {
+        // A prefetch never faults, so running past the buffer's end is harmless.
+        if constexpr (kPrefetch)
+          _mm_prefetch(reinterpret_cast<const char*>(q + 16 * u) + internal::kProbePrefetchBytes, _MM_HINT_NTA);
+        acc[r][u] = _mm512_add_ps(acc[r][u], _mm512_loadu_ps(q + 16 * u));
+      }
+    }
   }
-  for (; i < n; i += 16) s0 = _mm512_add_ps(s0, _mm512_maskz_loadu_ps(FirstLanes(n - i), p + i));
-  return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3)));
+  for (int64_t i = S * part; i < n; i += 16)
+    acc[0][0] = _mm512_add_ps(acc[0][0], _mm512_maskz_loadu_ps(FirstLanes(n - i), p + i));
+  __m512 sum = _mm512_setzero_ps();
+#pragma GCC unroll 4
+  for (int r = 0; r < S; ++r)
+    sum = _mm512_add_ps(sum, _mm512_add_ps(_mm512_add_ps(acc[r][0], acc[r][1]), _mm512_add_ps(acc[r][2], acc[r][3])));
+  return _mm512_reduce_add_ps(sum);
+}
+
+float SumFloats(const float* p, int64_t n, int streams, bool prefetch) {
+  if (streams >= 4) return prefetch ? SumStreams<4, true>(p, n) : SumStreams<4, false>(p, n);
+  if (streams == 2) return prefetch ? SumStreams<2, true>(p, n) : SumStreams<2, false>(p, n);
+  return prefetch ? SumStreams<1, true>(p, n) : SumStreams<1, false>(p, n);
 }
 
 // Twelve independent vpdpbusd chains (64 int8 multiply-adds each), like

@@ -70,9 +70,12 @@ struct IsaKernels {
                         const QuantizedOut& out);
   // out[c] = w.At(row, c) for a quantized w.
   void (*dequantize_row)(const WeightView& w, int64_t row, float* out);
-  // Sums n floats with the widest loads of this instruction set; the
-  // bandwidth probe times it.
-  float (*sum_floats)(const float* p, int64_t n);
+  // Sums n floats with the widest loads of this instruction set, reading
+  // them as `streams` (1, 2 or 4) equal parts side by side, 256 bytes of each
+  // part per step, and, when `prefetch`, prefetching each part
+  // kProbePrefetchBytes ahead with a non-temporal hint. The bandwidth probe
+  // times several such patterns and keeps the fastest.
+  float (*sum_floats)(const float* p, int64_t n, int streams, bool prefetch);
   // Runs `iterations` rounds of independent FMA chains and returns the number
   // of floating-point operations it performed (an FMA counts as two).
   double (*fma_chains)(int64_t iterations);
@@ -102,6 +105,14 @@ enum class Scratch { kPackedX, kDecodeX, kPanel };
 // A 64-byte aligned buffer of at least `count` floats, private to the calling
 // thread and to `slot`, kept between calls; its contents are unspecified.
 float* ThreadScratch(Scratch slot, size_t count);
+
+// How far ahead of its loads the bandwidth probe prefetches each part
+// (sum_floats with prefetch), as far as the decode kernels look ahead
+// (kDecodePrefetchBytes in the AVX-512 file).
+inline constexpr int64_t kProbePrefetchBytes = 2048;
+
+// The active path's sum_floats, for tests of the probe's read patterns.
+float SumFloatsForTesting(const float* p, int64_t n, int streams, bool prefetch);
 // pool.ParallelFor(n, grain, ...) calling fn(context, begin, end).
 using RangeFn = void (*)(void* context, int64_t begin, int64_t end);
 void ParallelFor(ThreadPool& pool, int64_t n, int64_t grain, RangeFn fn, void* context);

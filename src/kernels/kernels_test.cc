@@ -518,6 +518,23 @@ TEST_P(IsaTest, ProbesReportPositiveRates) {
   }
 }
 
+// The bandwidth probe's read patterns must each read every float once: small
+// integers sum exactly in any order, so each pattern's sum equals the
+// closed form at lengths that leave every kind of tail (parts of whole
+// 256-byte steps, then a partial vector).
+TEST_P(IsaTest, ProbeReadPatternsReadEveryFloatOnce) {
+  for (int64_t n : {0, 1, 15, 16, 63, 64, 65, 255, 256, 257, 1000, 4096 + 37}) {
+    std::vector<float> v(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) v[static_cast<size_t>(i)] = static_cast<float>(i % 7);
+    double expected = 0.0;
+    for (float f : v) expected += f;
+    for (int streams : {1, 2, 4})
+      for (bool prefetch : {false, true})
+        EXPECT_EQ(internal::SumFloatsForTesting(v.data(), n, streams, prefetch), expected)
+            << "n " << n << ", " << streams << " streams, prefetch " << prefetch;
+  }
+}
+
 // Under ScopedRowInvariantMatMul each output row is the same bits whatever
 // the number of rows in the call: one row alone equals that row of 13 (the
 // decode path would otherwise take the single row).
