@@ -8,6 +8,7 @@
 //    malformed files and their error messages.
 //  * The BPE trainer used for epwa's seeded random test models.
 #include "tokenizer/tokenizer.h"
+#include "tokenizer/text_stream.h"
 
 #include <gtest/gtest.h>
 
@@ -252,6 +253,44 @@ TEST_P(SharedVectorsTest, LoadTimeAndEncodeThroughput) {
   EXPECT_EQ(tokenizer->Decode(ids).size() > 0, true);
 }
 
+// What a TextStream releases token by token, then flushes, is the whole
+// decode of the generated tokens (Text(), which decodes everything at once),
+// for every reference and extra vector of the real tokenizers cut into a
+// prompt and a generation at several places: Unicode split across byte
+// tokens, SentencePiece's leading spaces and special tokens included. The
+// stream decodes only a window of the last tokens, so this is what keeps the
+// window honest.
+TEST_P(SharedVectorsTest, StreamedTextIsTheWholeText) {
+  SKIP_WITHOUT_SHARED(path, GetParam());
+  const auto tokenizer = Tokenizer::FromFile(path->string());
+  std::vector<Json> vectors = ReadJsonLines(path->parent_path() / "vectors.jsonl");
+  for (Json& extra : ReadJsonLines(RepoRoot() / "tests" / "data" / "tokenizers" / GetParam() / "extra_vectors.jsonl"))
+    vectors.push_back(std::move(extra));
+  ASSERT_FALSE(vectors.empty());
+  int streams = 0;
+  for (size_t i = 0; i < vectors.size(); ++i) {
+    const Ids ids = vectors[i]["ids"];
+    for (size_t cut : {size_t{0}, size_t{1}, size_t{3}, ids.size() / 2}) {
+      if (cut > ids.size()) continue;
+      const std::span<const int32_t> all(ids);
+      // A cut inside a character (the prompt's last tokens decode to a
+      // replacement character that the next token completes) is not a
+      // prompt that encoding text gives, and its text has no clean start.
+      const std::span<const int32_t> tail = all.first(cut).last(std::min<size_t>(cut, 4));
+      const std::string prompt_text = tokenizer->Decode(tail, true);
+      const std::string whole = tokenizer->Decode(all.subspan(cut - tail.size()), true);
+      if (whole.compare(0, prompt_text.size(), prompt_text) != 0) continue;
+      TextStream stream(*tokenizer, all.first(cut));
+      std::string streamed;
+      for (int32_t id : all.subspan(cut)) streamed += stream.Push(id);
+      streamed += stream.Flush();
+      EXPECT_EQ(streamed, stream.Text()) << "vector " << i << ", prompt of " << cut << " tokens";
+      ++streams;
+    }
+  }
+  std::cout << GetParam() << ": " << streams << " streams checked\n";
+}
+
 INSTANTIATE_TEST_SUITE_P(Families, SharedVectorsTest,
                          ::testing::Values("mistral", "olmoe", "qwen3", "granite", "mixtral"));
 
@@ -410,6 +449,27 @@ TEST(InlineTokenizer, ByteFallbackBpe) {
   EXPECT_EQ(tokenizer->IdToPiece(3), "<0x00>");
   EXPECT_EQ(tokenizer->PieceToId("\xE2\x96\x81world"), 276);
   EXPECT_FALSE(tokenizer->PieceToId("nope").has_value());
+}
+
+// A character split across byte tokens is released whole, once its last
+// byte arrives, and the window that each Push decodes slides along a long
+// generation without losing or repeating text.
+TEST(InlineTokenizer, TextStreamReleasesWholeCharacters) {
+  const auto tokenizer = Tokenizer::FromJson(TinyByteLevelJson().dump(), "tiny-byte-level");
+  const Ids prompt{259};                           // "hello"
+  const Ids smile{240, 159, 152, 128};             // U+1F600 as four byte tokens
+  TextStream stream(*tokenizer, prompt);
+  EXPECT_EQ(stream.Push(264), " world");
+  for (size_t b = 0; b + 1 < smile.size(); ++b) EXPECT_EQ(stream.Push(smile[b]), "") << "byte " << b;
+  EXPECT_EQ(stream.Push(smile.back()), "\xF0\x9F\x98\x80");
+  std::string streamed = " world\xF0\x9F\x98\x80";
+  for (int i = 0; i < 200; ++i) {
+    streamed += stream.Push(i % 3 == 0 ? 264 : 195);  // " world", then "\xC3" lead bytes that never complete
+    if (i % 7 == 0) streamed += stream.Push(169);      // completes a lead byte into "\xC3\xA9"
+  }
+  streamed += stream.Flush();
+  EXPECT_EQ(streamed, stream.Text());
+  EXPECT_EQ(stream.Flush(), "");
 }
 
 TEST(InlineTokenizer, ByteLevelBpe) {
