@@ -53,7 +53,7 @@ void AddModelFlags(CLI::App* cmd, ModelFlags* flags) {
                 "vocabularies the largest matrix a decode step reads (logits move slightly, see the README)");
   cmd->add_option("--kv-cache", flags->kv_cache,
                   "element type of the KV cache: f32 (default), f16 or bf16. 16 bits halve the cache's "
-                  "memory and what attention reads per token; logits move slightly (README, KV cache)")
+                  "memory and what attention reads per token; logits move slightly (README, Speed)")
       ->envname("EPW_KV_CACHE");
 }
 

@@ -350,7 +350,7 @@ inline uint16_t F32ToF16(float f) {
 // row instead of two: streaming 8 OLMoE experts from DRAM at 2 threads went
 // from 40 to 50 GB/s at Q4 and from 42 to 53 GB/s at Q8 (kernels_bench
 // BM_ExpertStep, three alternating rounds), and full-depth OLMoE-1B-7B
-// decoded 63-65 instead of 48-49 tokens/s at int4 (README, Speed).
+// decoded 63-65 instead of 48-49 tokens/s at int4 (docs/speed-log.md).
 struct WeightView {
   DType dtype = DType::kF32;
   const void* data = nullptr;
