@@ -804,15 +804,24 @@ template <DType D>
 bool DecodeManyTyped(const MatMulJob* jobs, int64_t n, ThreadPool& pool) {
   if (n > kMaxManyJobs) return false;
   if constexpr (HasScales(D)) {
-    if (!internal::HasAvx512Vnni() || ::epwa::kernels::FloatActivations()) return false;
+    if (::epwa::kernels::FloatActivations()) return false;
+    // Without VNNI the AVX2 kernels are the integer path (DecodeQuantized).
+    if (!internal::HasAvx512Vnni()) return internal::kAvx2Kernels.mat_mul_many(jobs, n, pool);
   }
-  int64_t start[kMaxManyJobs + 1], xfloats[kMaxManyJobs + 1];
+  // owner[j]: the first job with j's x, M and K. The callers pass one x to
+  // many jobs (q, k and v; the gate and up of every chosen expert), which is
+  // quantized once, on the calling thread while the workers wait: 16 times
+  // over for an OLMoE layer's gates and ups before.
+  int64_t start[kMaxManyJobs + 1], xfloats[kMaxManyJobs + 1], owner[kMaxManyJobs];
   start[0] = xfloats[0] = 0;
   for (int64_t j = 0; j < n; ++j) {
     if (!UsesDecode<D>(jobs[j].M, jobs[j].w->cols)) return false;
     const int64_t K = jobs[j].w->cols;
     start[j + 1] = start[j] + RoundUp(jobs[j].w->rows, 4);
-    const int64_t per_row = HasScales(D) ? QuantizedXRowFloats(K) : 0;
+    owner[j] = j;
+    for (int64_t i = 0; i < j && owner[j] == j; ++i)
+      if (jobs[i].x == jobs[j].x && jobs[i].M == jobs[j].M && jobs[i].w->cols == K) owner[j] = i;
+    const int64_t per_row = HasScales(D) && owner[j] == j ? QuantizedXRowFloats(K) : 0;
     xfloats[j + 1] = xfloats[j] + RoundUp(jobs[j].M * per_row, 16);
   }
   // The calling thread's buffer, shared with the workers below.
@@ -820,7 +829,8 @@ bool DecodeManyTyped(const MatMulJob* jobs, int64_t n, ThreadPool& pool) {
   QuantizedX qx[kMaxManyJobs];
   if constexpr (HasScales(D)) {
     for (int64_t j = 0; j < n; ++j)
-      qx[j] = QuantizeXInto<D>(jobs[j].x, jobs[j].M, jobs[j].w->cols, scratch + xfloats[j]);
+      qx[j] = owner[j] == j ? QuantizeXInto<D>(jobs[j].x, jobs[j].M, jobs[j].w->cols, scratch + xfloats[j])
+                            : qx[owner[j]];
   }
   __m512i level_table = _mm512_setzero_si512();
   if constexpr (HasScales(D)) level_table = DecodeLevelTable<D>();

@@ -690,19 +690,22 @@ TEST_P(IsaTest, MatMulManyEqualsEachMatMul) {
                       c = MakeWeights(dtype, 129, 70, 53), mixed = MakeWeights(DType::kF32, 17, 96, 54);
     for (const std::vector<int64_t>& rows : {std::vector<int64_t>{1, 1, 1}, {3, 8, 2}, {1, 12, 1}}) {
       for (bool mix : {false, true}) {
-        const WeightView* ws[] = {&a.view, mix ? &mixed.view : &b.view, &c.view};
+        // Job 3 reads job 0's x, as k reads q's: a fused decode prepares it once.
+        const WeightView* ws[] = {&a.view, mix ? &mixed.view : &b.view, &c.view, &b.view};
+        const int64_t job_rows[] = {rows[0], rows[1], rows[2], rows[0]};
         std::vector<std::vector<float>> xs, got, want;
         std::vector<MatMulJob> jobs;
-        for (int j = 0; j < 3; ++j) {
-          xs.push_back(RandomVector(rows[j] * ws[j]->cols, static_cast<uint32_t>(60 + j)));
-          got.emplace_back(static_cast<size_t>(rows[j] * ws[j]->rows), std::numeric_limits<float>::quiet_NaN());
+        for (int j = 0; j < 4; ++j) {
+          if (j < 3) xs.push_back(RandomVector(rows[j] * ws[j]->cols, static_cast<uint32_t>(60 + j)));
+          got.emplace_back(static_cast<size_t>(job_rows[j] * ws[j]->rows), std::numeric_limits<float>::quiet_NaN());
           want.emplace_back(got.back().size());
         }
-        for (int j = 0; j < 3; ++j) jobs.push_back({xs[j].data(), rows[j], ws[j], got[j].data()});
+        for (int j = 0; j < 4; ++j) jobs.push_back({xs[j % 3].data(), job_rows[j], ws[j], got[j].data()});
         MatMulMany(jobs, TwoThreads());
-        for (int j = 0; j < 3; ++j) {
-          MatMul(xs[j].data(), rows[j], *ws[j], want[j].data(), TwoThreads());
-          EXPECT_EQ(got[j], want[j]) << DTypeName(dtype) << " job " << j << " rows " << rows[j] << (mix ? " mixed" : "");
+        for (int j = 0; j < 4; ++j) {
+          MatMul(xs[j % 3].data(), job_rows[j], *ws[j], want[j].data(), TwoThreads());
+          EXPECT_EQ(got[j], want[j]) << DTypeName(dtype) << " job " << j << " rows " << job_rows[j]
+                                     << (mix ? " mixed" : "");
         }
       }
     }

@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -417,29 +418,42 @@ TEST_P(QuantIsaTest, RowInvariantMatMulGivesEachRowTheSameBits) {
 }
 
 // MatMulMany gives every quantized job exactly MatMul's result, with int8 or
-// float activations.
+// float activations. Jobs 3-5 reuse an earlier job's x, as q, k and v or an
+// expert's gate and up do: job 3 with the same rows and width (quantized
+// once for both), job 4 with the same pointer read as a narrower matrix, and
+// job 5 with fewer of its rows, neither of which may share the quantized x.
+// The second set of row counts stays within every path's fused decode (AVX2
+// decodes up to 4 rows of x); the first goes beyond it.
 TEST_P(QuantIsaTest, MatMulManyEqualsEachMatMul) {
   const FloatMatrix s1 = MakeFloatMatrix(DType::kBF16, 70, 96, Gaussian(70 * 96, 61));
   const FloatMatrix s2 = MakeFloatMatrix(DType::kBF16, 129, 544, Gaussian(129 * 544, 62));
+  constexpr int kJobs = 6;
+  const std::vector<std::array<int64_t, kJobs>> row_sets = {{1, 5, 8, 5, 5, 3}, {1, 4, 3, 4, 4, 2}};
   for (bool float_x : {false, true}) {
     std::optional<ScopedFloatActivations> exact;
     if (float_x) exact.emplace();
     for (DType dtype : kQuantTypes) {
-      const QuantMatrix q1 = ReferenceQuantize(s1.view, dtype), q2 = ReferenceQuantize(s2.view, dtype);
-      const WeightView* ws[] = {&q1.view, &q2.view, &q1.view};
-      const int64_t rows[] = {1, 5, 8};
-      std::vector<std::vector<float>> xs, got, want;
-      std::vector<MatMulJob> jobs;
-      for (int j = 0; j < 3; ++j) {
-        xs.push_back(Gaussian(rows[j] * ws[j]->cols, static_cast<uint32_t>(70 + j)));
-        got.emplace_back(static_cast<size_t>(rows[j] * ws[j]->rows));
-        want.emplace_back(got.back().size());
-      }
-      for (int j = 0; j < 3; ++j) jobs.push_back({xs[j].data(), rows[j], ws[j], got[j].data()});
-      MatMulMany(jobs, TwoThreads());
-      for (int j = 0; j < 3; ++j) {
-        MatMul(xs[j].data(), rows[j], *ws[j], want[j].data(), TwoThreads());
-        EXPECT_EQ(got[j], want[j]) << DTypeName(dtype) << " job " << j << (float_x ? " float activations" : "");
+      for (const std::array<int64_t, kJobs>& rows : row_sets) {
+        const QuantMatrix q1 = ReferenceQuantize(s1.view, dtype),
+                          q2 = ReferenceQuantize(s2.view, dtype);
+        const WeightView* ws[kJobs] = {&q1.view, &q2.view, &q1.view, &q2.view, &q1.view, &q1.view};
+        const int x_of[kJobs] = {0, 1, 2, 1, 1, 2};  // which job's x each job reads
+        std::vector<std::vector<float>> xs, got, want;
+        std::vector<MatMulJob> jobs;
+        for (int j = 0; j < 3; ++j)
+          xs.push_back(Gaussian(rows[j] * ws[j]->cols, static_cast<uint32_t>(70 + j)));
+        for (int j = 0; j < kJobs; ++j) {
+          got.emplace_back(static_cast<size_t>(rows[j] * ws[j]->rows));
+          want.emplace_back(got.back().size());
+        }
+        for (int j = 0; j < kJobs; ++j)
+          jobs.push_back({xs[x_of[j]].data(), rows[j], ws[j], got[j].data()});
+        MatMulMany(jobs, TwoThreads());
+        for (int j = 0; j < kJobs; ++j) {
+          MatMul(xs[x_of[j]].data(), rows[j], *ws[j], want[j].data(), TwoThreads());
+          EXPECT_EQ(got[j], want[j]) << DTypeName(dtype) << " job " << j << " rows " << rows[j]
+                                     << (float_x ? " float activations" : "");
+        }
       }
     }
   }
