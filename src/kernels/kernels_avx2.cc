@@ -670,41 +670,35 @@ bool DecodeManyTyped(const MatMulJob* jobs, int64_t n, ThreadPool& pool) {
   if constexpr (HasScales(D)) {
     if (::epwa::kernels::FloatActivations()) return false;
   }
-  int64_t start[kMaxManyJobs + 1], xfloats[kMaxManyJobs + 1], owner[kMaxManyJobs];
-  start[0] = xfloats[0] = 0;
-  for (int64_t j = 0; j < n; ++j) {
-    const int64_t K = jobs[j].w->cols;
-    if (!UsesDecode<D>(jobs[j].M, K)) return false;
-    start[j + 1] = start[j] + RoundUp(jobs[j].w->rows, 4);
-    owner[j] = j;
-    for (int64_t i = 0; i < j && owner[j] == j; ++i)
-      if (jobs[i].x == jobs[j].x && jobs[i].M == jobs[j].M && jobs[i].w->cols == K) owner[j] = i;
-    const int64_t per_row = HasScales(D) ? QuantizedXRowFloats(K) : D == DType::kBF16 ? K : 0;
-    xfloats[j + 1] = xfloats[j] + (owner[j] == j ? RoundUp(jobs[j].M * per_row, 16) : 0);
-  }
+  for (int64_t j = 0; j < n; ++j)
+    if (!UsesDecode<D>(jobs[j].M, jobs[j].w->cols)) return false;
+  const FusedDecodeLayout<kMaxManyJobs> layout(jobs, n, [](const MatMulJob& job) -> int64_t {
+    const int64_t K = job.w->cols;
+    return job.M * (HasScales(D) ? QuantizedXRowFloats(K) : D == DType::kBF16 ? K : 0);
+  });
+  const int64_t* start = layout.start;
   // The calling thread's buffer, shared with the workers below.
-  float* scratch = internal::ThreadScratch(internal::Scratch::kDecodeX, static_cast<size_t>(Max(xfloats[n], 16)));
+  float* scratch =
+      internal::ThreadScratch(internal::Scratch::kDecodeX, static_cast<size_t>(Max(layout.x_offset[n], 16)));
   QuantizedX qx[kMaxManyJobs];
   const float* xd[kMaxManyJobs] = {};
   for (int64_t j = 0; j < n; ++j) {
-    if (owner[j] != j) {
-      qx[j] = qx[owner[j]];
-      xd[j] = xd[owner[j]];
+    float* x_prepared = scratch + layout.x_offset[j];
+    if (layout.owner[j] != j) {
+      qx[j] = qx[layout.owner[j]];
+      xd[j] = xd[layout.owner[j]];
     } else if constexpr (HasScales(D)) {
-      qx[j] = QuantizeXInto<D>(jobs[j].x, jobs[j].M, jobs[j].w->cols, scratch + xfloats[j]);
+      qx[j] = QuantizeXInto<D>(jobs[j].x, jobs[j].M, jobs[j].w->cols, x_prepared);
     } else if constexpr (D == DType::kBF16) {
-      DeinterleaveX(jobs[j].x, jobs[j].M, jobs[j].w->cols, scratch + xfloats[j]);
-      xd[j] = scratch + xfloats[j];
+      DeinterleaveX(jobs[j].x, jobs[j].M, jobs[j].w->cols, x_prepared);
+      xd[j] = x_prepared;
     }
   }
   __m256i level_table = _mm256_setzero_si256();
   if constexpr (HasScales(D)) level_table = Avx2LevelTable<D>();
   ParallelDecodeRange(pool, start[n], 4, [&](int64_t b, int64_t e) {
-    for (int64_t j = 0; j < n; ++j) {
-      const int64_t lo = Max(b, start[j]), hi = Min(e, start[j] + jobs[j].w->rows);
-      if (lo >= hi) continue;
+    ForJobRows(jobs, n, start, b, e, [&](int64_t j, int64_t n0, int64_t n1) {
       const MatMulJob& job = jobs[j];
-      const int64_t n0 = lo - start[j], n1 = hi - start[j];
       if constexpr (HasScales(D)) {
         switch (job.M) {
           case 1: QuantMatVecRange<D, 1>(qx[j], *job.w, job.y, n0, n1, level_table); break;
@@ -721,7 +715,7 @@ bool DecodeManyTyped(const MatMulJob* jobs, int64_t n, ThreadPool& pool) {
           default: MatVecRange<D, 4>(job.x, xd[j], K, *job.w, job.y, n0, n1); break;
         }
       }
-    }
+    });
   });
   return true;
 }
@@ -1448,18 +1442,8 @@ double NoDotChains(int64_t) { return 0.0; }
 // when this returns false.
 bool MatMulMany(const MatMulJob* jobs, int64_t n, ThreadPool& pool) {
   if (::epwa::kernels::RowInvariantMatMul()) return false;
-  switch (jobs[0].w->dtype) {
-    case DType::kF32: return DecodeManyTyped<DType::kF32>(jobs, n, pool);
-    case DType::kF16: return DecodeManyTyped<DType::kF16>(jobs, n, pool);
-    case DType::kBF16: return DecodeManyTyped<DType::kBF16>(jobs, n, pool);
-    case DType::kQ8: return DecodeManyTyped<DType::kQ8>(jobs, n, pool);
-    case DType::kQ4: return DecodeManyTyped<DType::kQ4>(jobs, n, pool);
-    case DType::kNF4: return DecodeManyTyped<DType::kNF4>(jobs, n, pool);
-    case DType::kMXFP4: return DecodeManyTyped<DType::kMXFP4>(jobs, n, pool);
-    case DType::kU8:
-    case DType::kF8E4M3: break;
-  }
-  return false;
+  return ForMatrixType(jobs[0].w->dtype,
+                       [&](auto type) { return DecodeManyTyped<decltype(type)::value>(jobs, n, pool); });
 }
 
 }  // namespace

@@ -808,38 +808,27 @@ bool DecodeManyTyped(const MatMulJob* jobs, int64_t n, ThreadPool& pool) {
     // Without VNNI the AVX2 kernels are the integer path (DecodeQuantized).
     if (!internal::HasAvx512Vnni()) return internal::kAvx2Kernels.mat_mul_many(jobs, n, pool);
   }
-  // owner[j]: the first job with j's x, M and K. The callers pass one x to
-  // many jobs (q, k and v; the gate and up of every chosen expert), which is
-  // quantized once, on the calling thread while the workers wait: 16 times
-  // over for an OLMoE layer's gates and ups before.
-  int64_t start[kMaxManyJobs + 1], xfloats[kMaxManyJobs + 1], owner[kMaxManyJobs];
-  start[0] = xfloats[0] = 0;
-  for (int64_t j = 0; j < n; ++j) {
+  for (int64_t j = 0; j < n; ++j)
     if (!UsesDecode<D>(jobs[j].M, jobs[j].w->cols)) return false;
-    const int64_t K = jobs[j].w->cols;
-    start[j + 1] = start[j] + RoundUp(jobs[j].w->rows, 4);
-    owner[j] = j;
-    for (int64_t i = 0; i < j && owner[j] == j; ++i)
-      if (jobs[i].x == jobs[j].x && jobs[i].M == jobs[j].M && jobs[i].w->cols == K) owner[j] = i;
-    const int64_t per_row = HasScales(D) && owner[j] == j ? QuantizedXRowFloats(K) : 0;
-    xfloats[j + 1] = xfloats[j] + RoundUp(jobs[j].M * per_row, 16);
-  }
+  const FusedDecodeLayout<kMaxManyJobs> layout(jobs, n, [](const MatMulJob& job) -> int64_t {
+    return HasScales(D) ? job.M * QuantizedXRowFloats(job.w->cols) : 0;
+  });
+  const int64_t* start = layout.start;
   // The calling thread's buffer, shared with the workers below.
-  float* scratch = internal::ThreadScratch(internal::Scratch::kDecodeX, static_cast<size_t>(Max(xfloats[n], 16)));
+  float* scratch =
+      internal::ThreadScratch(internal::Scratch::kDecodeX, static_cast<size_t>(Max(layout.x_offset[n], 16)));
   QuantizedX qx[kMaxManyJobs];
   if constexpr (HasScales(D)) {
     for (int64_t j = 0; j < n; ++j)
-      qx[j] = owner[j] == j ? QuantizeXInto<D>(jobs[j].x, jobs[j].M, jobs[j].w->cols, scratch + xfloats[j])
-                            : qx[owner[j]];
+      qx[j] = layout.owner[j] == j
+                  ? QuantizeXInto<D>(jobs[j].x, jobs[j].M, jobs[j].w->cols, scratch + layout.x_offset[j])
+                  : qx[layout.owner[j]];
   }
   __m512i level_table = _mm512_setzero_si512();
   if constexpr (HasScales(D)) level_table = DecodeLevelTable<D>();
   ParallelDecodeRange(pool, start[n], 4, [&](int64_t b, int64_t e) {
-    for (int64_t j = 0; j < n; ++j) {
-      const int64_t lo = Max(b, start[j]), hi = Min(e, start[j] + jobs[j].w->rows);
-      if (lo >= hi) continue;
+    ForJobRows(jobs, n, start, b, e, [&](int64_t j, int64_t n0, int64_t n1) {
       const MatMulJob& job = jobs[j];
-      const int64_t n0 = lo - start[j], n1 = hi - start[j];
       if constexpr (HasScales(D)) {
         QuantMatVecRangeFor<D>(job.M, qx[j], *job.w, job.y, n0, n1, level_table);
       } else {
@@ -855,7 +844,7 @@ bool DecodeManyTyped(const MatMulJob* jobs, int64_t n, ThreadPool& pool) {
           default: MatVecRange<D, 8>(job.x, K, *job.w, job.y, n0, n1); break;
         }
       }
-    }
+    });
   });
   return true;
 }
@@ -1603,18 +1592,7 @@ bool ManyTyped(const MatMulJob* jobs, int64_t n, ThreadPool& pool) {
 
 bool MatMulMany(const MatMulJob* jobs, int64_t n, ThreadPool& pool) {
   if (::epwa::kernels::RowInvariantMatMul()) return false;
-  switch (jobs[0].w->dtype) {
-    case DType::kF32: return ManyTyped<DType::kF32>(jobs, n, pool);
-    case DType::kF16: return ManyTyped<DType::kF16>(jobs, n, pool);
-    case DType::kBF16: return ManyTyped<DType::kBF16>(jobs, n, pool);
-    case DType::kQ8: return ManyTyped<DType::kQ8>(jobs, n, pool);
-    case DType::kQ4: return ManyTyped<DType::kQ4>(jobs, n, pool);
-    case DType::kNF4: return ManyTyped<DType::kNF4>(jobs, n, pool);
-    case DType::kMXFP4: return ManyTyped<DType::kMXFP4>(jobs, n, pool);
-    case DType::kU8:
-    case DType::kF8E4M3: break;
-  }
-  return false;
+  return ForMatrixType(jobs[0].w->dtype, [&](auto type) { return ManyTyped<decltype(type)::value>(jobs, n, pool); });
 }
 
 // ---------------------------------------------------------------------------

@@ -239,6 +239,68 @@ inline int64_t DecodePrefetchOffset(int64_t offset, int64_t distance, int64_t ro
   return target < row_bytes ? target : target + (rows - 1) * row_bytes;
 }
 
+// For MatMulMany's fused decode in both files: the first of jobs [0, j)
+// that reads job j's x with the same rows and width, else j. The callers
+// pass one x to many jobs (q, k and v; the gate and up of every chosen
+// expert), which is then prepared (quantized, or deinterleaved) once, on the
+// calling thread while the workers wait: 16 times over for an OLMoE layer's
+// gates and ups before.
+inline int64_t SharedXOwner(const MatMulJob* jobs, int64_t j) {
+  for (int64_t i = 0; i < j; ++i)
+    if (jobs[i].x == jobs[j].x && jobs[i].M == jobs[j].M && jobs[i].w->cols == jobs[j].w->cols) return i;
+  return j;
+}
+
+// Where each job of MatMulMany's fused decode goes: job j's output rows
+// start at start[j] of the region's row index (a multiple of 4, so that a
+// thread's share of a job splits where Decode's would), and its prepared x
+// at x_offset[j] floats into the scratch buffer (x_offset[n]: the total),
+// unless it shares job owner[j]'s. x_floats(job) gives the floats a job's x
+// takes prepared (0 where the kernel reads x as given).
+template <int64_t kMaxJobs>
+struct FusedDecodeLayout {
+  int64_t start[kMaxJobs + 1], x_offset[kMaxJobs + 1], owner[kMaxJobs];
+
+  template <typename XFloats>
+  FusedDecodeLayout(const MatMulJob* jobs, int64_t n, XFloats&& x_floats) {
+    start[0] = x_offset[0] = 0;
+    for (int64_t j = 0; j < n; ++j) {
+      start[j + 1] = start[j] + RoundUp(jobs[j].w->rows, 4);
+      owner[j] = SharedXOwner(jobs, j);
+      x_offset[j + 1] = x_offset[j] + (owner[j] == j ? RoundUp(x_floats(jobs[j]), 16) : 0);
+    }
+  }
+};
+
+// fn(j, n0, n1) for each job whose output rows [n0, n1) lie in [b, e) of a
+// fused decode's row index, in which job j's rows start at start[j].
+template <typename Fn>
+void ForJobRows(const MatMulJob* jobs, int64_t n, const int64_t* start, int64_t b, int64_t e, Fn&& fn) {
+  for (int64_t j = 0; j < n; ++j) {
+    const int64_t lo = Max(b, start[j]), hi = Min(e, start[j] + jobs[j].w->rows);
+    if (lo < hi) fn(j, lo - start[j], hi - start[j]);
+  }
+}
+
+// fn(type) with a weight matrix's element type as a compile-time constant,
+// for the types the matrix kernels take; false for raw checkpoint bytes
+// (kernels.cc refuses those first). MatMulMany's dispatch in both files.
+template <typename Fn>
+bool ForMatrixType(DType dtype, Fn&& fn) {
+  switch (dtype) {
+    case DType::kF32: return fn(std::integral_constant<DType, DType::kF32>{});
+    case DType::kF16: return fn(std::integral_constant<DType, DType::kF16>{});
+    case DType::kBF16: return fn(std::integral_constant<DType, DType::kBF16>{});
+    case DType::kQ8: return fn(std::integral_constant<DType, DType::kQ8>{});
+    case DType::kQ4: return fn(std::integral_constant<DType, DType::kQ4>{});
+    case DType::kNF4: return fn(std::integral_constant<DType, DType::kNF4>{});
+    case DType::kMXFP4: return fn(std::integral_constant<DType, DType::kMXFP4>{});
+    case DType::kU8:
+    case DType::kF8E4M3: break;
+  }
+  return false;
+}
+
 // The attention kernels' dispatch, shared by both files: fn(type) with the
 // KV cache element type as a compile-time constant, and fn(blocks, first)
 // for each block of up to four queries (a compile-time count) from `first`.
