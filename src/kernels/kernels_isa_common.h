@@ -184,9 +184,16 @@ inline int64_t RoundUp(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 // for 4096 columns of Q4) and prefetches nothing new. A whole number of row
 // blocks, at least 4 KiB, lands at the same column of a later block instead
 // (measured on Zen 4, one core, Q4 [4096, 4096] from DRAM: 10 -> 22 GB/s;
-// 4 KiB beat 2 KiB for 1024 columns).
+// 4 KiB beat 2 KiB for 1024 columns). At least 8 KiB: OLMoE's gate and up
+// rows of Q4 (2048 columns, 1152 bytes with their scales) make 4.6 KiB
+// blocks, and one block ahead left too few lines in flight with two threads
+// streaming experts from DRAM (Zen 5 VM, 2 threads, alternating runs of one
+// build: kernels_bench ExpertStep/4/1/2 median of 6 rounds 44.0 GB/s at
+// 4 KiB, 49.3 at 6 KiB, 49.0 at 9 KiB, 48.1 at 13.5 KiB, 48.0 at 18 KiB;
+// full-depth OLMoE int4 decode 47.0-50.2 -> 53.7-55.7 tok/s; int8, whose
+// gate and up blocks were 8.5 KiB already, within noise).
 inline int64_t QuantPrefetchDistance(int64_t block_bytes) {
-  constexpr int64_t kMin = 4096;
+  constexpr int64_t kMin = 8192;
   return (kMin + block_bytes - 1) / block_bytes * block_bytes;
 }
 
