@@ -426,6 +426,70 @@ void BM_Prefill(benchmark::State& state) {
                  PrefillDotName(PrefillDotFor(dtype)));
 }
 
+// Decode attention: one query per head against a KV cache of `positions`
+// rows of 16 heads x 128 dims (OLMoE-1B-7B's attention), the cache element
+// type the first argument, laid out as KVCache lays it out (each head's
+// positions consecutive). Each step reads one layer's keys and values, the
+// layers taken in turn so that the 16 layers' caches (256 MiB in f32 at 2048
+// positions) come from DRAM as in a model's decode step. Heads are dealt to
+// the threads round-robin and taken in 64-position tiles, softmax between,
+// as Transformer::Attention does. Reports GB/s of cache read.
+void BM_AttentionDecode(benchmark::State& state) {
+  const auto dtype = static_cast<DType>(state.range(0));
+  const int64_t positions = state.range(1);
+  const int threads = static_cast<int>(state.range(2));
+  constexpr int64_t kHeads = 16, kHeadDim = 128, kLayers = 16, kTile = 64;
+  constexpr int64_t kRow = kHeads * kHeadDim;  // floats (or elements) per cached position
+  const int64_t element = dtype == DType::kF32 ? 4 : 2;
+  const int64_t layer_bytes = positions * kRow * element;  // one of K or V
+  std::vector<AlignedBuffer<uint8_t>> keys, values;
+  std::mt19937 rng(11);
+  std::normal_distribution<float> normal(0.f, 1.f);
+  std::vector<float> source(static_cast<size_t>(positions * kRow));
+  for (int64_t l = 0; l < kLayers; ++l) {
+    for (float& v : source) v = normal(rng);
+    keys.emplace_back(static_cast<size_t>(layer_bytes));
+    ConvertFromF32(source.data(), positions * kRow, dtype, keys.back().data());
+    for (float& v : source) v = normal(rng);
+    values.emplace_back(static_cast<size_t>(layer_bytes));
+    ConvertFromF32(source.data(), positions * kRow, dtype, values.back().data());
+  }
+  const std::vector<float> q = Activations(kHeads * kHeadDim);
+  std::vector<float> out(static_cast<size_t>(kHeads * kHeadDim));
+  std::vector<float> scores(static_cast<size_t>(threads * positions));
+  ThreadPool& pool = Pool(threads);
+  double bandwidth = Bandwidth(threads);
+  int64_t layer = 0;
+  Stopwatch watch;
+  for (auto _ : state) {
+    const uint8_t* k = static_cast<const uint8_t*>(keys[static_cast<size_t>(layer)].data());
+    const uint8_t* v = static_cast<const uint8_t*>(values[static_cast<size_t>(layer)].data());
+    layer = (layer + 1) % kLayers;
+    pool.RunOnAll([&](int thread) {
+      float* row_scores = scores.data() + thread * positions;
+      for (int64_t h = thread; h < kHeads; h += threads) {
+        const float* query = q.data() + h * kHeadDim;
+        float* head_out = out.data() + h * kHeadDim;
+        for (int64_t j0 = 0; j0 < positions; j0 += kTile)
+          AttentionScores(&query, 1, kHeadDim, k + (h * positions + j0) * kHeadDim * element, dtype, kHeadDim,
+                          std::min(kTile, positions - j0), 0.088f, row_scores + j0, positions);
+        Softmax(row_scores, positions);
+        for (int64_t j0 = 0; j0 < positions; j0 += kTile)
+          AttentionValues(row_scores + j0, 1, positions, v + (h * positions + j0) * kHeadDim * element, dtype, kHeadDim,
+                          std::min(kTile, positions - j0), kHeadDim, &head_out, /*accumulate=*/j0 > 0);
+      }
+    });
+    benchmark::DoNotOptimize(out.data());
+  }
+  const double gbs = 2.0 * static_cast<double>(layer_bytes) * state.iterations() / watch.Seconds() / 1e9;
+  bandwidth = std::max(bandwidth, Bandwidth(threads));
+  state.counters["GB/s"] = gbs;
+  state.counters["bw GB/s"] = bandwidth;
+  state.counters["%bw"] = 100.0 * gbs / bandwidth;
+  state.SetLabel(std::string(DTypeName(dtype)) + " cache " + IsaName(ActiveIsa()) + " " + std::to_string(threads) +
+                 "t");
+}
+
 constexpr int64_t kF32 = static_cast<int64_t>(DType::kF32);
 constexpr int64_t kF16 = static_cast<int64_t>(DType::kF16);
 constexpr int64_t kBF16 = static_cast<int64_t>(DType::kBF16);
@@ -470,6 +534,12 @@ BENCHMARK(BM_ExpertStep)
     ->ArgsProduct({{kBF16, kQ8, kQ4}, {0, 1}, {1, 2}})
     ->UseRealTime()
     ->MinTime(0.5)
+    ->ComputeStatistics("min", Min)
+    ->ComputeStatistics("max", Max)
+    ->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_AttentionDecode)
+    ->ArgsProduct({{kF32, kBF16}, {512, 2048}, {1, 2}})
+    ->UseRealTime()
     ->ComputeStatistics("min", Min)
     ->ComputeStatistics("max", Max)
     ->Unit(benchmark::kMicrosecond);

@@ -178,8 +178,15 @@ uint64_t Transformer::ScratchBytesInUse() const {
 }
 
 KVCache::KVCache(const ModelConfig& config, int64_t capacity, DType dtype)
-    : capacity_(capacity), key_dim_(config.CacheKeyDim()), value_dim_(config.CacheValueDim()), dtype_(dtype),
+    : capacity_(capacity),
+      key_dim_(config.CacheKeyDim()),
+      value_dim_(config.CacheValueDim()),
+      heads_(config.Latent() ? 1 : std::max<int64_t>(config.num_kv_heads, 1)),
+      key_head_dim_(std::max<int64_t>(key_dim_ / heads_, 1)),
+      value_head_dim_(std::max<int64_t>(value_dim_ / heads_, 1)),
+      dtype_(dtype),
       element_bytes_(DTypeSize(dtype)) {
+  Require(key_dim_ % heads_ == 0 && value_dim_ % heads_ == 0, "a KV cache row splits evenly into its heads");
   Require(dtype == DType::kF32 || dtype == DType::kF16 || dtype == DType::kBF16,
           "a KV cache holds F32, F16 or BF16 elements");
   keys_.assign(static_cast<size_t>(config.num_layers * capacity * key_dim_) * element_bytes_, 0);
@@ -187,11 +194,14 @@ KVCache::KVCache(const ModelConfig& config, int64_t capacity, DType dtype)
 }
 
 void KVCache::StoreKey(int64_t layer, int64_t pos, const float* key) {
-  kernels::ConvertFromF32(key, key_dim_, dtype_, keys_.data() + Offset(layer, pos, key_dim_));
+  for (int64_t c = 0; c < key_dim_; c += key_head_dim_)
+    kernels::ConvertFromF32(key + c, key_head_dim_, dtype_, keys_.data() + Offset(layer, pos, c, key_head_dim_));
 }
 
 void KVCache::StoreValue(int64_t layer, int64_t pos, const float* value) {
-  kernels::ConvertFromF32(value, value_dim_, dtype_, values_.data() + Offset(layer, pos, value_dim_));
+  for (int64_t c = 0; c < value_dim_; c += value_head_dim_)
+    kernels::ConvertFromF32(value + c, value_head_dim_, dtype_,
+                            values_.data() + Offset(layer, pos, c, value_head_dim_));
 }
 
 namespace {
@@ -694,7 +704,8 @@ void Transformer::Attention(int64_t layer, int64_t T, std::span<const BatchSegme
           outs[r * heads + g] = att_.data() + (t0 + r) * q_dim + (h0 + g) * hd;
         }
       for (int64_t j0 = 0; j0 < n; j0 += kKeyTile)
-        kernels::AttentionScores(queries, count, hd, cache.KeyRow(layer, lo + j0, kvh * hd), cache.dtype(), kv_dim,
+        kernels::AttentionScores(queries, count, hd, cache.KeyRow(layer, lo + j0, kvh * hd), cache.dtype(),
+                                 cache.key_stride(),
                                  std::min(kKeyTile, n - j0), scale, scores + j0, end_pos);
       // Each query's softmax over its own row's keys; the keys outside them
       // get weight 0, which adds exactly nothing to the sums below.
@@ -712,7 +723,7 @@ void Transformer::Attention(int64_t layer, int64_t T, std::span<const BatchSegme
       }
       for (int64_t j0 = 0; j0 < n; j0 += kKeyTile)
         kernels::AttentionValues(scores + j0, count, end_pos, cache.ValueRow(layer, lo + j0, kvh * hd), cache.dtype(),
-                                 kv_dim, std::min(kKeyTile, n - j0), hd, outs, /*accumulate=*/j0 > 0);
+                                 cache.value_stride(), std::min(kKeyTile, n - j0), hd, outs, /*accumulate=*/j0 > 0);
     }
   });
 
@@ -801,15 +812,15 @@ void Transformer::LatentAttention(int64_t layer, int64_t T, std::span<const Batc
       // products summed apart as Dot sums them.
       const float* latent_query[1] = {q_lat};
       const float* rope_query[1] = {q + dn};
-      kernels::AttentionScores(latent_query, 1, r, cache.KeyRow(layer, first), cache.dtype(), ckv_dim, n, 1.0f, scores,
+      kernels::AttentionScores(latent_query, 1, r, cache.KeyRow(layer, first), cache.dtype(), cache.key_stride(), n, 1.0f, scores,
                                n);
-      kernels::AttentionScores(rope_query, 1, dr, cache.KeyRow(layer, first, r), cache.dtype(), ckv_dim, n, 1.0f,
+      kernels::AttentionScores(rope_query, 1, dr, cache.KeyRow(layer, first, r), cache.dtype(), cache.key_stride(), n, 1.0f,
                                rope_scores, n);
       for (int64_t j = 0; j < n; ++j) scores[j] = (scores[j] + rope_scores[j]) * scale;
       kernels::Softmax(scores, n);
       // out = W_v (sum_j p_j c_j): the values are never formed per position.
       float* context[1] = {ctx};
-      kernels::AttentionValues(scores, 1, n, cache.KeyRow(layer, first), cache.dtype(), ckv_dim, n, r, context);
+      kernels::AttentionValues(scores, 1, n, cache.KeyRow(layer, first), cache.dtype(), cache.key_stride(), n, r, context);
       float* out = att_.data() + t * out_dim + h * dv;
       for (int64_t v = 0; v < dv; ++v) out[v] = kernels::Dot(value_rows + v * r, ctx, r);
     }
