@@ -705,8 +705,7 @@ void Transformer::Attention(int64_t layer, int64_t T, std::span<const BatchSegme
         }
       for (int64_t j0 = 0; j0 < n; j0 += kKeyTile)
         kernels::AttentionScores(queries, count, hd, cache.KeyRow(layer, lo + j0, kvh * hd), cache.dtype(),
-                                 cache.key_stride(),
-                                 std::min(kKeyTile, n - j0), scale, scores + j0, end_pos);
+                                 cache.key_stride(), std::min(kKeyTile, n - j0), scale, scores + j0, end_pos);
       // Each query's softmax over its own row's keys; the keys outside them
       // get weight 0, which adds exactly nothing to the sums below.
       for (int64_t r = 0; r < rows; ++r) {
@@ -812,15 +811,16 @@ void Transformer::LatentAttention(int64_t layer, int64_t T, std::span<const Batc
       // products summed apart as Dot sums them.
       const float* latent_query[1] = {q_lat};
       const float* rope_query[1] = {q + dn};
-      kernels::AttentionScores(latent_query, 1, r, cache.KeyRow(layer, first), cache.dtype(), cache.key_stride(), n, 1.0f, scores,
-                               n);
-      kernels::AttentionScores(rope_query, 1, dr, cache.KeyRow(layer, first, r), cache.dtype(), cache.key_stride(), n, 1.0f,
-                               rope_scores, n);
+      kernels::AttentionScores(latent_query, 1, r, cache.KeyRow(layer, first), cache.dtype(), cache.key_stride(), n,
+                               1.0f, scores, n);
+      kernels::AttentionScores(rope_query, 1, dr, cache.KeyRow(layer, first, r), cache.dtype(), cache.key_stride(), n,
+                               1.0f, rope_scores, n);
       for (int64_t j = 0; j < n; ++j) scores[j] = (scores[j] + rope_scores[j]) * scale;
       kernels::Softmax(scores, n);
       // out = W_v (sum_j p_j c_j): the values are never formed per position.
       float* context[1] = {ctx};
-      kernels::AttentionValues(scores, 1, n, cache.KeyRow(layer, first), cache.dtype(), cache.key_stride(), n, r, context);
+      kernels::AttentionValues(scores, 1, n, cache.KeyRow(layer, first), cache.dtype(), cache.key_stride(), n, r,
+                               context);
       float* out = att_.data() + t * out_dim + h * dv;
       for (int64_t v = 0; v < dv; ++v) out[v] = kernels::Dot(value_rows + v * r, ctx, r);
     }
