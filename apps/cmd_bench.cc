@@ -32,6 +32,22 @@ struct StepCost {
   // the lm_head's (once per forward) by its own.
   std::map<kernels::PrefillDot, double> flops_by_dot;
   kernels::PrefillDot lm_head_dot = kernels::PrefillDot::kFp32Fma;
+  // Attention's own multiply-adds (fp32 FMA), which grow with the context:
+  // per layer, 2 x the scores' and the values' widths over all query heads
+  // per key a query sees, and the layer's sliding window (0: none).
+  std::vector<std::pair<double, int64_t>> attention_flops_per_key;
+
+  // Attention flops per token of a `tokens`-token prompt: token t sees
+  // min(t + 1, window) keys.
+  double AttentionFlopsPerToken(int64_t tokens) const {
+    double flops = 0;
+    for (const auto& [per_key, window] : attention_flops_per_key) {
+      double keys = 0;
+      for (int64_t t = 0; t < tokens; ++t) keys += static_cast<double>(window > 0 ? std::min(t + 1, window) : t + 1);
+      flops += per_key * keys;
+    }
+    return tokens > 0 ? flops / static_cast<double>(tokens) : 0.0;
+  }
 };
 
 // The machine's peaks, measured in the same run.
@@ -56,6 +72,7 @@ double PrefillLimitTokensPerS(const StepCost& cost, const Peaks& peaks, int toke
   double seconds = 0;
   for (const auto& [dot, flops] : cost.flops_by_dot) seconds += flops / (peaks.Of(dot) * 1e9);
   seconds += cost.lm_head_flops / tokens / (peaks.Of(cost.lm_head_dot) * 1e9);
+  seconds += cost.AttentionFlopsPerToken(tokens) / (peaks.fma_gflops * 1e9);
   return seconds > 0 ? 1.0 / seconds : 0.0;
 }
 
@@ -80,6 +97,12 @@ StepCost CostOf(const Engine& engine) {
     cost.flops_by_dot[kernels::PrefillDotFor(e.down.dtype)] += 2.0 * used * expert_params;
     cost.flops_by_dot[kernels::PrefillDot::kFp32Fma] += 2.0 * static_cast<double>(l.router.size());
   }
+  // Scores and values per query head: head_dim each, or under latent
+  // attention (absorbed) the latent plus rotary width and the latent width.
+  const double widths = c.Latent() ? static_cast<double>(2 * c.kv_lora_rank + c.head_dim)
+                                   : static_cast<double>(2 * c.head_dim);
+  for (int64_t layer = 0; layer < c.num_layers; ++layer)
+    cost.attention_flops_per_key.emplace_back(2.0 * widths * static_cast<double>(c.num_heads), c.WindowOf(layer));
   cost.decode_bytes += bytes(w.lm_head);
   cost.lm_head_flops = 2.0 * static_cast<double>(w.lm_head.rows * w.lm_head.cols);
   cost.lm_head_dot = kernels::PrefillDotFor(w.lm_head.dtype);
@@ -367,8 +390,10 @@ Runner RegisterBench(CLI::App& app) {
     const double kv_bytes = mean_context * static_cast<double>(KVCache::BytesFor(
                                                engine->config(), 1, engine->kv_cache_dtype()));
     const double decode_gbs = best_decode * (cost.decode_bytes + kv_bytes) / 1e9;
-    const double prefill_gflops =
-        best_prefill * (cost.flops_per_token + cost.lm_head_flops / f->prompt_tokens) / 1e9;
+    const double prefill_gflops = best_prefill *
+                                  (cost.flops_per_token + cost.lm_head_flops / f->prompt_tokens +
+                                   cost.AttentionFlopsPerToken(f->prompt_tokens)) /
+                                  1e9;
     const double prefill_limit = PrefillLimitTokensPerS(cost, peaks, f->prompt_tokens);
     // The instruction that does most of the prefill's work, to name the limit.
     kernels::PrefillDot main_dot = kernels::PrefillDot::kFp32Fma;
@@ -391,6 +416,7 @@ Runner RegisterBench(CLI::App& app) {
            {"prefill_tokens", f->prompt_tokens},
            {"prefill_tokens_per_s", best_prefill},
            {"prefill_gflops", prefill_gflops},
+           {"prefill_attention_flops_per_token", cost.AttentionFlopsPerToken(f->prompt_tokens)},
            {"prefill_fraction_of_peak", prefill_limit > 0 ? best_prefill / prefill_limit : 0.0},
            {"prefill_fraction_of_fma_peak", prefill_gflops / peaks.fma_gflops},
            {"decode_tokens", f->gen_tokens},

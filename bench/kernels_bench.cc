@@ -490,6 +490,95 @@ void BM_AttentionDecode(benchmark::State& state) {
                  "t");
 }
 
+// Prompt attention: one layer of a `positions`-token prompt at OLMoE-1B-7B's
+// attention (16 heads x 128 dims, no grouping), the cache element type the
+// first argument, the cache laid out as KVCache lays it out. Work items as
+// Transformer::Attention deals them: 16 consecutive rows of one head, dealt
+// round-robin to the threads, each seeing the keys up to its own position.
+// The fourth argument picks the kernel: 0 the per-query kernels the model
+// used before AttentionBlock (AttentionScores in 64-key tiles, Softmax,
+// AttentionValues), 1 AttentionBlock. Reports GFLOP/s (2 x 2 x head_dim per
+// visible key per query: the scores and the weighted values) against the
+// fp32 FMA peak.
+void BM_AttentionPrefill(benchmark::State& state) {
+  const auto dtype = static_cast<DType>(state.range(0));
+  const int64_t positions = state.range(1);
+  const int threads = static_cast<int>(state.range(2));
+  const bool block = state.range(3) != 0;
+  constexpr int64_t kHeads = 16, kHeadDim = 128, kRows = 16, kTile = 64;
+  const int64_t element = dtype == DType::kF32 ? 4 : 2;
+  const int64_t head_bytes = positions * kHeadDim * element;
+  AlignedBuffer<uint8_t> keys(static_cast<size_t>(kHeads * head_bytes)), values(keys.size());
+  {
+    std::mt19937 rng(13);
+    std::normal_distribution<float> normal(0.f, 1.f);
+    std::vector<float> source(static_cast<size_t>(kHeads * positions * kHeadDim));
+    for (float& v : source) v = normal(rng);
+    ConvertFromF32(source.data(), static_cast<int64_t>(source.size()), dtype, keys.data());
+    for (float& v : source) v = normal(rng);
+    ConvertFromF32(source.data(), static_cast<int64_t>(source.size()), dtype, values.data());
+  }
+  const std::vector<float> q = Activations(positions * kHeads * kHeadDim);  // [positions, heads * head_dim]
+  std::vector<float> out(q.size());
+  const uint64_t scratch_floats = AttentionBlockScratchFloats(kRows, positions, kHeadDim);
+  std::vector<float> scratch(static_cast<size_t>(threads) * scratch_floats);
+  ThreadPool& pool = Pool(threads);
+  double peak = Peak(threads);
+  const int64_t row_blocks = (positions + kRows - 1) / kRows;
+  auto run = [&] {
+    pool.RunOnAll([&](int thread) {
+      float* scores = scratch.data() + static_cast<size_t>(thread) * scratch_floats;
+      const float* queries[kRows];
+      float* outs[kRows];
+      int64_t begin[kRows], end[kRows];
+      for (int64_t item = thread; item < row_blocks * kHeads; item += threads) {
+        const int64_t t0 = item / kHeads * kRows, h = item % kHeads;
+        const int64_t rows = std::min(kRows, positions - t0), n = t0 + rows;
+        for (int64_t r = 0; r < rows; ++r) {
+          queries[r] = q.data() + ((t0 + r) * kHeads + h) * kHeadDim;
+          outs[r] = out.data() + ((t0 + r) * kHeads + h) * kHeadDim;
+          begin[r] = 0;
+          end[r] = t0 + r + 1;
+        }
+        const uint8_t* k = keys.data() + h * head_bytes;
+        const uint8_t* v = values.data() + h * head_bytes;
+        if (block) {
+          AttentionBlock({.queries = queries, .outs = outs, .begin = begin, .end = end, .count = rows,
+                          .dim = kHeadDim, .keys = k, .values = v, .cache_dtype = dtype, .key_stride = kHeadDim,
+                          .value_stride = kHeadDim, .n = n, .scale = 0.088f},
+                         scores);
+          continue;
+        }
+        for (int64_t j0 = 0; j0 < n; j0 += kTile)
+          AttentionScores(queries, rows, kHeadDim, k + j0 * kHeadDim * element, dtype, kHeadDim,
+                          std::min(kTile, n - j0), 0.088f, scores + j0, n);
+        for (int64_t r = 0; r < rows; ++r) {
+          Softmax(scores + r * n, end[r]);
+          std::fill(scores + r * n + end[r], scores + (r + 1) * n, 0.f);
+        }
+        for (int64_t j0 = 0; j0 < n; j0 += kTile)
+          AttentionValues(scores + j0, rows, n, v + j0 * kHeadDim * element, dtype, kHeadDim,
+                          std::min(kTile, n - j0), kHeadDim, outs, /*accumulate=*/j0 > 0);
+      }
+    });
+  };
+  run();
+  Stopwatch watch;
+  for (auto _ : state) {
+    run();
+    benchmark::DoNotOptimize(out.data());
+  }
+  // Query t sees t + 1 keys.
+  const double visible = 0.5 * static_cast<double>(positions) * static_cast<double>(positions + 1) * kHeads;
+  const double gflops = 4.0 * kHeadDim * visible * state.iterations() / watch.Seconds() / 1e9;
+  peak = std::max(peak, Peak(threads));
+  state.counters["GFLOP/s"] = gflops;
+  state.counters["peak GFLOP/s"] = peak;
+  state.counters["%peak"] = 100.0 * gflops / peak;
+  state.SetLabel(std::string(DTypeName(dtype)) + " cache " + IsaName(ActiveIsa()) + " " + std::to_string(threads) +
+                 "t " + (block ? "AttentionBlock" : "per-query kernels"));
+}
+
 constexpr int64_t kF32 = static_cast<int64_t>(DType::kF32);
 constexpr int64_t kF16 = static_cast<int64_t>(DType::kF16);
 constexpr int64_t kBF16 = static_cast<int64_t>(DType::kBF16);
@@ -543,6 +632,12 @@ BENCHMARK(BM_AttentionDecode)
     ->ComputeStatistics("min", Min)
     ->ComputeStatistics("max", Max)
     ->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_AttentionPrefill)
+    ->ArgsProduct({{kF32, kBF16}, {512, 2048}, {1, 2}, {0, 1}})
+    ->UseRealTime()
+    ->ComputeStatistics("min", Min)
+    ->ComputeStatistics("max", Max)
+    ->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_Quantize)
     ->ArgsProduct({{kQ8, kQ4, kNF4}, {1, 2}})
     ->UseRealTime()

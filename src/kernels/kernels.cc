@@ -395,7 +395,7 @@ bool HasAvx512Bf16() {
 const IsaKernels kScalarKernels = {
     scalar::MatMul,       scalar::RmsNorm,       scalar::Softmax,   scalar::SiluMul,
     scalar::DotF32,       scalar::Axpy,          scalar::ConvertRow, scalar::ConvertFromF32, scalar::AttentionScores,
-    scalar::AttentionValues, scalar::QuantizeRows,
+    scalar::AttentionValues, nullptr, scalar::QuantizeRows,
     scalar::DequantizeRow, scalar::SumFloats,    scalar::FmaChains, scalar::NoDotChains, scalar::NoDotChains,
     scalar::NoMatMulMany,
 };
@@ -608,6 +608,78 @@ void AttentionValues(const float* p, int64_t count, int64_t p_stride, const void
           "AttentionValues: inconsistent shape.");
   if (count <= 0 || dim <= 0) return;
   Active().attention_values(p, count, p_stride, values, cache_dtype, stride, n, dim, out, accumulate);
+}
+
+namespace {
+
+// Cached rows a composed block takes at a time: few enough that a tile of
+// keys or values stays in L1 while every query of the block reads it.
+constexpr int64_t kAttentionTile = 64;
+
+const void* CacheRowAt(const void* base, DType dtype, int64_t stride, int64_t j) {
+  return static_cast<const uint8_t*>(base) + j * stride * static_cast<int64_t>(DTypeSize(dtype));
+}
+
+// AttentionBlock through the per-query kernels: scores [count, n] in
+// scratch, each query's softmax over its own keys (the rest weighted 0,
+// which adds exactly nothing), then the weighted values, tile by tile.
+void ComposedAttentionBlock(const AttentionBlockArgs& a, float* scores) {
+  const IsaKernels& k = Active();
+  const int64_t n = a.n;
+  for (int64_t j0 = 0; j0 < n; j0 += kAttentionTile)
+    k.attention_scores(a.queries, a.count, a.dim, CacheRowAt(a.keys, a.cache_dtype, a.key_stride, j0), a.cache_dtype,
+                       a.key_stride, std::min(kAttentionTile, n - j0), a.scale, scores + j0, n);
+  for (int64_t i = 0; i < a.count; ++i) {
+    float* row = scores + i * n;
+    const int64_t begin = a.begin[i], end = a.end[i];
+    if (a.sinks)
+      SoftmaxWithSink(row + begin, end - begin, a.sinks[i]);
+    else
+      k.softmax(row + begin, end - begin);
+    std::fill(row, row + begin, 0.f);
+    std::fill(row + end, row + n, 0.f);
+  }
+  for (int64_t j0 = 0; j0 < n; j0 += kAttentionTile)
+    k.attention_values(scores + j0, a.count, n, CacheRowAt(a.values, a.cache_dtype, a.value_stride, j0), a.cache_dtype,
+                       a.value_stride, std::min(kAttentionTile, n - j0), a.dim, a.outs, /*accumulate=*/j0 > 0);
+}
+
+bool UsesLanes(const AttentionBlockArgs& a) {
+  return Active().attention_block != nullptr && (a.row_invariant || a.count >= kAttentionBlockMinQueries);
+}
+
+}  // namespace
+
+uint64_t AttentionBlockScratchFloats(int64_t count, int64_t n, int64_t dim) {
+  const uint64_t c = static_cast<uint64_t>(std::max<int64_t>(count, 0));
+  const uint64_t rows = static_cast<uint64_t>(std::max<int64_t>(n, 0)), d = static_cast<uint64_t>(std::max<int64_t>(dim, 0));
+  // The lanes path: probabilities [n, 16], the queries transposed [dim, 16]
+  // and one tile of keys widened to floats [kAttentionTile, dim].
+  const uint64_t lanes = 16 * rows + 16 * d + static_cast<uint64_t>(kAttentionTile) * d;
+  return std::max(c * rows, lanes);
+}
+
+void AttentionBlock(const AttentionBlockArgs& a, float* scratch) {
+  RequireCacheDType(a.cache_dtype, "AttentionBlock");
+  Require(a.count >= 0 && a.dim >= 0 && a.n >= 0 && a.key_stride >= a.dim && a.value_stride >= a.dim,
+          "AttentionBlock: inconsistent shape.");
+  for (int64_t i = 0; i < a.count; ++i)
+    Require(0 <= a.begin[i] && a.begin[i] < a.end[i] && a.end[i] <= a.n,
+            "AttentionBlock: query " + std::to_string(i) + " sees no keys or keys past the block.");
+  if (a.count == 0 || a.dim == 0) return;
+  if (!UsesLanes(a)) return ComposedAttentionBlock(a, scratch);
+  // Each query's lane computes alone, so blocks of 16 give every query the
+  // same bits as any other split would.
+  for (int64_t first = 0; first < a.count; first += 16) {
+    AttentionBlockArgs part = a;
+    part.queries += first;
+    part.outs += first;
+    part.begin += first;
+    part.end += first;
+    if (part.sinks) part.sinks += first;
+    part.count = std::min<int64_t>(16, a.count - first);
+    Active().attention_block(part, scratch);
+  }
 }
 
 void ConvertFromF32(const float* src, int64_t n, DType dtype, void* dst) {

@@ -245,6 +245,44 @@ void AttentionScores(const float* const* queries, int64_t count, int64_t dim, co
 void AttentionValues(const float* p, int64_t count, int64_t p_stride, const void* values, DType cache_dtype,
                      int64_t stride, int64_t n, int64_t dim, float* const* out, bool accumulate = false);
 
+// One block of a prompt's attention: `count` queries that read the same
+// key/value head (rows of one sequence times the query heads of a
+// grouped-query group) against n cached rows, query i seeing the keys
+// [begin[i], end[i]) (the causal mask and a sliding window; begin[i] < end[i]
+// <= n):
+//   out[i] = sum_j p_ij value_j, p_i = softmax over j in [begin[i], end[i]) of
+//   scale * (queries[i] . key_j), with sinks[i] taking part in the softmax's
+//   normalisation as in SoftmaxWithSink when sinks is not null.
+// Each query's result is the same bits whatever the other queries of the
+// block and their number (a text scores the same alone or batched), but its
+// sums are not ordered as AttentionScores' and AttentionValues' are. On
+// AVX-512 with at least kAttentionBlockMinQueries queries, or with
+// row_invariant at any count, the block puts 16 queries in the
+// lanes of a vector and multiplies them with each key element broadcast:
+// no horizontal sums, and each key and value row read once per 16 queries;
+// elsewhere it runs AttentionScores, the softmax and AttentionValues.
+// `scratch` holds AttentionBlockScratchFloats(count, n, dim) floats.
+struct AttentionBlockArgs {
+  const float* const* queries = nullptr;  // [count] rows of dim floats
+  float* const* outs = nullptr;           // [count] rows of dim floats, written
+  const int64_t* begin = nullptr;         // [count]
+  const int64_t* end = nullptr;           // [count]
+  const float* sinks = nullptr;           // [count] or null
+  int64_t count = 0, dim = 0;
+  const void* keys = nullptr;    // n rows, key_stride elements apart
+  const void* values = nullptr;  // n rows, value_stride elements apart
+  DType cache_dtype = DType::kF32;
+  int64_t key_stride = 0, value_stride = 0, n = 0;
+  float scale = 1.f;
+  // RowInvariantMatMul() of the thread that hands out the blocks (the flag
+  // is per thread, and blocks run on the pool's): every block then takes the
+  // same path whatever its count.
+  bool row_invariant = false;
+};
+constexpr int64_t kAttentionBlockMinQueries = 8;
+uint64_t AttentionBlockScratchFloats(int64_t count, int64_t n, int64_t dim);
+void AttentionBlock(const AttentionBlockArgs& args, float* scratch);
+
 // dst[i] = src[i] rounded to `dtype` (F32, F16 or BF16; what a KV cache
 // stores): to nearest even, NaN kept, and for F16 values beyond the largest
 // half (65504) saturated to it rather than turned into infinities. Every

@@ -1454,7 +1454,7 @@ namespace internal {
 const IsaKernels kAvx2Kernels = {
     avx2::MatMul,        avx2::RmsNorm,   avx2::Softmax,      avx2::SiluMul,
     avx2::Dot,           avx2::Axpy,      avx2::ConvertToF32, avx2::ConvertFromF32, avx2::AttentionScores,
-    avx2::AttentionValues, avx2::QuantizeRows,
+    avx2::AttentionValues, nullptr, avx2::QuantizeRows,
     avx2::DequantizeRow, avx2::SumFloats, avx2::FmaChains, avx2::Int8DotChains, avx2::NoDotChains,
     avx2::MatMulMany,
 };

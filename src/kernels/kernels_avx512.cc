@@ -1738,51 +1738,74 @@ void ScoresBlock(const float* const* q, int64_t dim, const uint8_t* keys, int64_
 }
 
 // Columns in blocks of 64 (four vectors), so that a block of four heads
-// keeps its 16 sums in registers across all n rows.
+// keeps its 16 sums in registers across all n rows. A full block and a
+// partial one are separate functions: with the partial block's run-time
+// vector count in the same function, GCC kept the sums of both in memory and
+// stored all 16 to the stack on every row (AttentionPrefill: 23 % of the
+// fp32 FMA peak, the stores the hottest instructions).
 template <DType D, int G>
-void ValuesBlock(const float* p, int64_t p_stride, const uint8_t* values, int64_t row_bytes, int64_t n, int64_t dim,
-                 float* const* out, bool accumulate) {
-  for (int64_t c0 = 0; c0 < dim; c0 += 64) {
-    const int64_t width = Min(64, dim - c0);
-    __m512 acc[G][4];
+void ValuesFullBlock(const float* p, int64_t p_stride, int64_t p_step, const uint8_t* values, int64_t row_bytes,
+                     int64_t n, int64_t c0, float* const* out, bool accumulate) {
+  constexpr int64_t kElement = D == DType::kF32 ? 4 : 2;
+  __m512 acc[G][4];
 #pragma GCC unroll 4
-    for (int g = 0; g < G; ++g)
+  for (int g = 0; g < G; ++g)
 #pragma GCC unroll 4
-      for (int c = 0; c < 4; ++c)
-        acc[g][c] = accumulate && 16 * c < width
-                        ? _mm512_maskz_loadu_ps(FirstLanes(width - 16 * c), out[g] + c0 + 16 * c)
-                        : _mm512_setzero_ps();
-    if (width == 64) {
-      constexpr int64_t kElement = D == DType::kF32 ? 4 : 2;
-      for (int64_t j = 0; j < n; ++j) {
-        const uint8_t* row = values + j * row_bytes;
-        for (int64_t b = 0; b < 64 * kElement; b += 64)
-          PrefetchL1(row + kAttentionPrefetchRows * row_bytes + c0 * kElement + b);
-        __m512 a[G];
+    for (int c = 0; c < 4; ++c)
+      acc[g][c] = accumulate ? _mm512_loadu_ps(out[g] + c0 + 16 * c) : _mm512_setzero_ps();
+  for (int64_t j = 0; j < n; ++j) {
+    const uint8_t* row = values + j * row_bytes;
 #pragma GCC unroll 4
-        for (int g = 0; g < G; ++g) a[g] = _mm512_set1_ps(p[g * p_stride + j]);
+    for (int64_t b = 0; b < 64 * kElement; b += 64)
+      PrefetchL1(row + kAttentionPrefetchRows * row_bytes + c0 * kElement + b);
+    __m512 a[G];
 #pragma GCC unroll 4
-        for (int c = 0; c < 4; ++c) {
-          const __m512 v = Weights<D>::Load(row, c0 + 16 * c);
+    for (int g = 0; g < G; ++g) a[g] = _mm512_set1_ps(p[g * p_stride + j * p_step]);
 #pragma GCC unroll 4
-          for (int g = 0; g < G; ++g) acc[g][c] = _mm512_fmadd_ps(a[g], v, acc[g][c]);
-        }
-      }
-    } else {
-      const int vectors = static_cast<int>((width + 15) / 16);
-      for (int64_t j = 0; j < n; ++j) {
-        const uint8_t* row = values + j * row_bytes;
-        for (int c = 0; c < vectors; ++c) {
-          const __m512 v = Weights<D>::LoadMasked(row, c0 + 16 * c, FirstLanes(width - 16 * c));
+    for (int c = 0; c < 4; ++c) {
+      const __m512 v = Weights<D>::Load(row, c0 + 16 * c);
 #pragma GCC unroll 4
-          for (int g = 0; g < G; ++g) acc[g][c] = _mm512_fmadd_ps(_mm512_set1_ps(p[g * p_stride + j]), v, acc[g][c]);
-        }
-      }
+      for (int g = 0; g < G; ++g) acc[g][c] = _mm512_fmadd_ps(a[g], v, acc[g][c]);
     }
+  }
 #pragma GCC unroll 4
-    for (int g = 0; g < G; ++g)
-      for (int c = 0; 16 * c < width; ++c)
-        _mm512_mask_storeu_ps(out[g] + c0 + 16 * c, FirstLanes(width - 16 * c), acc[g][c]);
+  for (int g = 0; g < G; ++g)
+#pragma GCC unroll 4
+    for (int c = 0; c < 4; ++c) _mm512_storeu_ps(out[g] + c0 + 16 * c, acc[g][c]);
+}
+
+template <DType D, int G>
+void ValuesPartialBlock(const float* p, int64_t p_stride, int64_t p_step, const uint8_t* values, int64_t row_bytes,
+                        int64_t n, int64_t c0, int64_t width, float* const* out, bool accumulate) {
+  const int vectors = static_cast<int>((width + 15) / 16);
+  __m512 acc[G][4];
+  for (int g = 0; g < G; ++g)
+    for (int c = 0; c < vectors; ++c)
+      acc[g][c] = accumulate ? _mm512_maskz_loadu_ps(FirstLanes(width - 16 * c), out[g] + c0 + 16 * c)
+                             : _mm512_setzero_ps();
+  for (int64_t j = 0; j < n; ++j) {
+    const uint8_t* row = values + j * row_bytes;
+    for (int c = 0; c < vectors; ++c) {
+      const __m512 v = Weights<D>::LoadMasked(row, c0 + 16 * c, FirstLanes(width - 16 * c));
+#pragma GCC unroll 4
+      for (int g = 0; g < G; ++g)
+        acc[g][c] = _mm512_fmadd_ps(_mm512_set1_ps(p[g * p_stride + j * p_step]), v, acc[g][c]);
+    }
+  }
+  for (int g = 0; g < G; ++g)
+    for (int c = 0; c < vectors; ++c)
+      _mm512_mask_storeu_ps(out[g] + c0 + 16 * c, FirstLanes(width - 16 * c), acc[g][c]);
+}
+
+// Query g's weight of row j is p[g * p_stride + j * p_step].
+template <DType D, int G>
+void ValuesBlock(const float* p, int64_t p_stride, int64_t p_step, const uint8_t* values, int64_t row_bytes,
+                 int64_t n, int64_t dim, float* const* out, bool accumulate) {
+  for (int64_t c0 = 0; c0 < dim; c0 += 64) {
+    if (dim - c0 >= 64)
+      ValuesFullBlock<D, G>(p, p_stride, p_step, values, row_bytes, n, c0, out, accumulate);
+    else
+      ValuesPartialBlock<D, G>(p, p_stride, p_step, values, row_bytes, n, c0, dim - c0, out, accumulate);
   }
 }
 
@@ -1831,9 +1854,128 @@ void AttentionValues(const float* p, int64_t count, int64_t p_stride, const void
   ForCacheType(cache_dtype, [&](auto type) {
     constexpr DType D = decltype(type)::value;
     ForQueryBlocks(count, [&](auto block, int64_t first) {
-      ValuesBlock<D, decltype(block)::value>(p + first * p_stride, p_stride, static_cast<const uint8_t*>(values),
+      ValuesBlock<D, decltype(block)::value>(p + first * p_stride, p_stride, 1, static_cast<const uint8_t*>(values),
                                              CacheRowBytes(D, stride), n, dim, out + first, accumulate);
     });
+  });
+}
+
+// AttentionBlock (kernels.h) with the block's queries in the lanes of a
+// vector. Scores: for 8 keys at a time, each of the dim steps loads the 16
+// queries' element d once (queries transposed, [dim, 16]) and multiplies it
+// with each key's element d broadcast, one FMA per key into that key's
+// accumulator for even or odd d: 16 independent chains, no horizontal sums, and each key read
+// once per 16 queries where AttentionScores reads it once per four and sums
+// every dot product across lanes. The softmax then runs down the columns of
+// [n, 16] (each lane a query, masked to its own keys) and the values go
+// through ValuesBlock reading those columns. Every lane computes alone, in
+// an order fixed by its own query and keys: its sums run over d, and over j
+// from the block's first key (the keys before a query's own are weighted
+// exactly 0).
+constexpr int64_t kLaneTile = 64;  // keys widened (16-bit caches) and values read per tile
+constexpr int kLaneKeys = 8;       // keys multiplied at once: one accumulator each
+
+template <DType D>
+void LaneScores(const AttentionBlockArgs& a, const float* qt, int64_t j_begin, int64_t j_end, float* pt,
+                float* widened) {
+  const int64_t dim = a.dim;
+  const __m512 scale = _mm512_set1_ps(a.scale);
+  const auto* keys = static_cast<const uint8_t*>(a.keys);
+  const int64_t key_bytes = CacheRowBytes(D, a.key_stride);
+  for (int64_t j0 = j_begin; j0 < j_end; j0 += kLaneTile) {
+    const int64_t tile = Min(kLaneTile, j_end - j0);
+    const float* k = reinterpret_cast<const float*>(keys + j0 * key_bytes);
+    int64_t k_stride = a.key_stride;
+    if constexpr (D != DType::kF32) {
+      for (int64_t r = 0; r < tile; ++r) ConvertTyped<D>(keys + (j0 + r) * key_bytes, dim, widened + r * dim);
+      k = widened;
+      k_stride = dim;
+    }
+    for (int64_t r0 = 0; r0 < tile; r0 += kLaneKeys) {
+      const int64_t rows = Min(kLaneKeys, tile - r0);
+      // Past the tile's end the last key is repeated and its sums dropped.
+      const float* row[kLaneKeys];
+#pragma GCC unroll 8
+      for (int r = 0; r < kLaneKeys; ++r) row[r] = k + Min(r0 + r, tile - 1) * k_stride;
+      // Even and odd d in separate sums: 16 chains, so that the FMAs'
+      // latency never holds up their throughput.
+      __m512 even[kLaneKeys], odd[kLaneKeys];
+#pragma GCC unroll 8
+      for (int r = 0; r < kLaneKeys; ++r) even[r] = odd[r] = _mm512_setzero_ps();
+      int64_t d = 0;
+      for (; d + 2 <= dim; d += 2) {
+        const __m512 q0 = _mm512_loadu_ps(qt + d * 16), q1 = _mm512_loadu_ps(qt + d * 16 + 16);
+#pragma GCC unroll 8
+        for (int r = 0; r < kLaneKeys; ++r) {
+          even[r] = _mm512_fmadd_ps(_mm512_set1_ps(row[r][d]), q0, even[r]);
+          odd[r] = _mm512_fmadd_ps(_mm512_set1_ps(row[r][d + 1]), q1, odd[r]);
+        }
+      }
+      if (d < dim) {
+        const __m512 q0 = _mm512_loadu_ps(qt + d * 16);
+#pragma GCC unroll 8
+        for (int r = 0; r < kLaneKeys; ++r) even[r] = _mm512_fmadd_ps(_mm512_set1_ps(row[r][d]), q0, even[r]);
+      }
+#pragma GCC unroll 8
+      for (int r = 0; r < kLaneKeys; ++r)
+        if (r < rows)
+          _mm512_storeu_ps(pt + (j0 + r0 + r) * 16, _mm512_mul_ps(_mm512_add_ps(even[r], odd[r]), scale));
+    }
+  }
+}
+
+void AttentionBlock(const AttentionBlockArgs& a, float* scratch) {
+  const int64_t count = a.count, dim = a.dim;  // count <= 16
+  const __mmask16 used = FirstLanes(count);
+  int64_t j_begin = a.n, j_end = 0;
+  alignas(64) int32_t begin[16] = {}, end[16] = {};
+  alignas(64) float sink[16] = {};
+  for (int64_t i = 0; i < count; ++i) {
+    j_begin = Min(j_begin, a.begin[i]);
+    j_end = Max(j_end, a.end[i]);
+    begin[i] = static_cast<int32_t>(a.begin[i]);
+    end[i] = static_cast<int32_t>(a.end[i]);
+    if (a.sinks) sink[i] = a.sinks[i];
+  }
+  // Scratch: probabilities [n, 16] (rows from j_begin), queries [dim, 16],
+  // one tile of widened keys [kLaneTile, dim]; 64-byte aligned pieces.
+  float* pt = scratch;
+  float* qt = pt + a.n * 16;
+  float* widened = qt + dim * 16;
+  for (int64_t d = 0; d < dim; ++d)
+    for (int64_t i = 0; i < 16; ++i) qt[d * 16 + i] = i < count ? a.queries[i][d] : 0.f;
+  ForCacheType(a.cache_dtype, [&](auto type) { LaneScores<decltype(type)::value>(a, qt, j_begin, j_end, pt, widened); });
+
+  // Softmax down each lane over its own keys; lanes and keys outside get 0.
+  const __m512i begin_v = _mm512_load_si512(begin), end_v = _mm512_load_si512(end);
+  auto sees = [&](int64_t j) {
+    const __m512i jv = _mm512_set1_epi32(static_cast<int32_t>(j));
+    return static_cast<__mmask16>(_mm512_cmple_epi32_mask(begin_v, jv) & _mm512_cmplt_epi32_mask(jv, end_v));
+  };
+  __m512 max_v = _mm512_set1_ps(-__builtin_inff());
+  for (int64_t j = j_begin; j < j_end; ++j) max_v = _mm512_mask_max_ps(max_v, sees(j), max_v, _mm512_loadu_ps(pt + j * 16));
+  const __m512 sink_v = _mm512_load_ps(sink);
+  if (a.sinks) max_v = _mm512_max_ps(max_v, sink_v);
+  max_v = _mm512_maskz_mov_ps(used, max_v);
+  __m512 sum = a.sinks ? _mm512_maskz_mov_ps(used, Exp(_mm512_sub_ps(sink_v, max_v))) : _mm512_setzero_ps();
+  for (int64_t j = j_begin; j < j_end; ++j) {
+    const __m512 e = _mm512_maskz_mov_ps(sees(j), Exp(_mm512_sub_ps(_mm512_loadu_ps(pt + j * 16), max_v)));
+    sum = _mm512_add_ps(sum, e);
+    _mm512_storeu_ps(pt + j * 16, e);
+  }
+  const __m512 inv = _mm512_maskz_div_ps(used, _mm512_set1_ps(1.0f), sum);
+  for (int64_t j = j_begin; j < j_end; ++j) _mm512_storeu_ps(pt + j * 16, _mm512_mul_ps(_mm512_loadu_ps(pt + j * 16), inv));
+
+  ForCacheType(a.cache_dtype, [&](auto type) {
+    constexpr DType D = decltype(type)::value;
+    const auto* values = static_cast<const uint8_t*>(a.values);
+    const int64_t row_bytes = CacheRowBytes(D, a.value_stride);
+    for (int64_t j0 = j_begin; j0 < j_end; j0 += kLaneTile)
+      ForQueryBlocks(count, [&](auto block, int64_t first) {
+        ValuesBlock<D, decltype(block)::value>(pt + j0 * 16 + first, 1, 16, values + j0 * row_bytes, row_bytes,
+                                               Min(kLaneTile, j_end - j0), dim, a.outs + first,
+                                               /*accumulate=*/j0 > j_begin);
+      });
   });
 }
 
@@ -1953,7 +2095,7 @@ namespace internal {
 const IsaKernels kAvx512Kernels = {
     avx512::MatMul,       avx512::RmsNorm,        avx512::Softmax,       avx512::SiluMul,
     avx512::Dot,          avx512::Axpy,           avx512::ConvertToF32,  avx512::ConvertFromF32, avx512::AttentionScores,
-    avx512::AttentionValues, avx512::QuantizeRows,
+    avx512::AttentionValues, avx512::AttentionBlock, avx512::QuantizeRows,
     avx512::DequantizeRow, avx512::SumFloats,     avx512::FmaChains,     avx512::Int8DotChains,
     avx512::Bf16DotChains, avx512::MatMulMany,
 };

@@ -64,6 +64,9 @@ struct IsaKernels {
   void (*attention_values)(const float* p, int64_t count, int64_t p_stride, const void* values,
                            DType cache_dtype, int64_t stride, int64_t n, int64_t dim, float* const* out,
                            bool accumulate);
+  // kernels.h's AttentionBlock with the queries in vector lanes, for at most
+  // 16 queries (arguments validated); null where the path has none.
+  void (*attention_block)(const AttentionBlockArgs& args, float* scratch);
   // Quantizes rows [row_begin, row_end) of the float matrix src to `target`
   // into `out` (the whole matrix's codes and scales).
   void (*quantize_rows)(const WeightView& src, DType target, int64_t row_begin, int64_t row_end,

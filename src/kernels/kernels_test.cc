@@ -445,6 +445,140 @@ TEST_P(IsaTest, F32AttentionEqualsDotAndAxpyBitForBit) {
     }
 }
 
+// One AttentionBlock case: keys and values of `dtype`, n rows at uneven
+// strides, and `count` queries whose key ranges end at the last rows (a
+// prompt's block of rows) and, for every third, begin 20 keys earlier (a
+// sliding window).
+struct AttentionBlockCase {
+  TestCache keys, values;
+  std::vector<float> q;  // [count, dim + 3]
+  std::vector<int64_t> begin, end;
+  std::vector<float> sinks;
+  int64_t count, dim, n;
+  AttentionBlockCase(DType dtype, int64_t count_, int64_t dim_, int64_t n_, uint32_t seed)
+      : keys(MakeCache(dtype, n_, dim_, dim_ + 5, seed)),
+        values(MakeCache(dtype, n_, dim_, dim_ + 3, seed + 1)),
+        q(RandomVector(count_ * (dim_ + 3), seed + 2)),
+        sinks(RandomVector(count_, seed + 3)),
+        count(count_),
+        dim(dim_),
+        n(n_) {
+    for (int64_t i = 0; i < count; ++i) {
+      end.push_back(std::max<int64_t>(1, n - (count - 1 - i) % n));
+      begin.push_back(i % 3 == 0 ? std::max<int64_t>(0, end.back() - 20) : 0);
+    }
+  }
+  // Runs queries [first, first + k) as one block; returns their outputs [k, dim].
+  std::vector<float> Run(DType dtype, int64_t first, int64_t k, bool with_sinks, bool row_invariant) const {
+    std::vector<const float*> queries;
+    for (int64_t i = first; i < first + k; ++i) queries.push_back(q.data() + i * (dim + 3));
+    std::vector<float> out(static_cast<size_t>(k * dim + 1), 99.f);
+    const std::vector<float*> outs = RowPointers(out.data(), k, dim);
+    std::vector<float> scratch(AttentionBlockScratchFloats(k, n, dim), std::nanf(""));
+    AttentionBlock({.queries = queries.data(),
+                    .outs = outs.data(),
+                    .begin = begin.data() + first,
+                    .end = end.data() + first,
+                    .sinks = with_sinks ? sinks.data() + first : nullptr,
+                    .count = k,
+                    .dim = dim,
+                    .keys = keys.rows,
+                    .values = values.rows,
+                    .cache_dtype = dtype,
+                    .key_stride = dim + 5,
+                    .value_stride = dim + 3,
+                    .n = n,
+                    .scale = 0.125f,
+                    .row_invariant = row_invariant},
+                   scratch.data());
+    EXPECT_EQ(out[k * dim], 99.f) << "wrote past the last query's output";
+    out.pop_back();
+    return out;
+  }
+};
+
+// Against attention computed in double from the stored (rounded) cache
+// values: scores, a softmax over each query's own keys (with its sink),
+// the weighted values. Blocks of 1 to 19 queries on every path, with and
+// without row_invariant (which selects the lanes kernel at every count on
+// AVX-512), over 70 keys (more than one 64-key tile).
+TEST_P(IsaTest, AttentionBlockMatchesDoubleAttention) {
+  for (DType dtype : {DType::kF32, DType::kF16, DType::kBF16})
+    for (int64_t dim : {int64_t{1}, int64_t{15}, int64_t{64}, int64_t{72}, int64_t{128}, int64_t{130}})
+      for (int64_t count : {1, 5, 8, 16, 19})
+        for (bool with_sinks : {false, true})
+          for (bool row_invariant : {false, true}) {
+            const AttentionBlockCase c(dtype, count, dim, 70, static_cast<uint32_t>(dim + count));
+            const std::vector<float> got = c.Run(dtype, 0, count, with_sinks, row_invariant);
+            for (int64_t i = 0; i < count; ++i) {
+              const float* query = c.q.data() + i * (dim + 3);
+              std::vector<double> score;
+              double max_score = with_sinks ? c.sinks[i] : -INFINITY;
+              for (int64_t j = c.begin[i]; j < c.end[i]; ++j) {
+                double dot = 0;
+                for (int64_t d = 0; d < dim; ++d) dot += static_cast<double>(query[d]) * c.keys.values[j * dim + d];
+                score.push_back(0.125 * dot);
+                max_score = std::max(max_score, score.back());
+              }
+              double z = with_sinks ? std::exp(c.sinks[i] - max_score) : 0.0;
+              for (double& v : score) z += (v = std::exp(v - max_score));
+              for (int64_t d = 0; d < dim; ++d) {
+                double want = 0, magnitude = 0;
+                for (int64_t j = c.begin[i]; j < c.end[i]; ++j) {
+                  const double term = score[j - c.begin[i]] / z * c.values.values[j * dim + d];
+                  want += term;
+                  magnitude += std::fabs(term);
+                }
+                ASSERT_NEAR(got[i * dim + d], want, 1e-4 * magnitude + 1e-6)
+                    << DTypeName(dtype) << " dim " << dim << " count " << count << " query " << i << " column " << d
+                    << (with_sinks ? " sinks" : "") << (row_invariant ? " row-invariant" : "");
+              }
+            }
+          }
+}
+
+// A text scores the same alone or batched: each query's output is the same
+// bits in any block that takes the same path (every block with
+// row_invariant; blocks of kAttentionBlockMinQueries or more without).
+TEST_P(IsaTest, AttentionBlockGivesEachQueryTheSameBitsInAnyBlock) {
+  for (DType dtype : {DType::kF32, DType::kBF16})
+    for (int64_t dim : {int64_t{72}, int64_t{128}}) {
+      const int64_t count = 19;
+      const AttentionBlockCase c(dtype, count, dim, 90, 71);
+      for (bool with_sinks : {false, true}) {
+        const std::vector<float> all = c.Run(dtype, 0, count, with_sinks, /*row_invariant=*/true);
+        for (int64_t i = 0; i < count; ++i) {
+          const std::vector<float> alone = c.Run(dtype, i, 1, with_sinks, /*row_invariant=*/true);
+          ASSERT_TRUE(std::equal(alone.begin(), alone.end(), all.begin() + i * dim))
+              << DTypeName(dtype) << " dim " << dim << " query " << i;
+        }
+        const std::vector<float> wide = c.Run(dtype, 0, count, with_sinks, /*row_invariant=*/false);
+        for (int64_t first = 0; first + kAttentionBlockMinQueries <= count; first += 5) {
+          const std::vector<float> part = c.Run(dtype, first, kAttentionBlockMinQueries, with_sinks, false);
+          ASSERT_TRUE(std::equal(part.begin(), part.end(), wide.begin() + first * dim))
+              << DTypeName(dtype) << " dim " << dim << " from query " << first;
+        }
+      }
+    }
+}
+
+TEST(AttentionKernels, AttentionBlockRejectsEmptyOrOutOfRangeKeys) {
+  const float q[4] = {1, 2, 3, 4};
+  float o[4];
+  const float* queries[1] = {q};
+  float* outs[1] = {o};
+  const float keys[8] = {};
+  std::vector<float> scratch(AttentionBlockScratchFloats(1, 2, 4));
+  for (auto [b, e] : {std::pair<int64_t, int64_t>{1, 1}, {0, 3}, {-1, 1}}) {
+    const int64_t begin[1] = {b}, end[1] = {e};
+    EXPECT_THROW(AttentionBlock({.queries = queries, .outs = outs, .begin = begin, .end = end, .count = 1, .dim = 4,
+                                 .keys = keys, .values = keys, .key_stride = 4, .value_stride = 4, .n = 2},
+                                scratch.data()),
+                 Error)
+        << b << " " << e;
+  }
+}
+
 // Every path rounds as dtype.h's scalar conversions do, F16 saturating at
 // 65504; checked on specials, the half range's edges and random values,
 // with every tail length.

@@ -123,7 +123,6 @@ uint64_t Transformer::BatchScratchBytes(const ModelConfig& c, int64_t T, int64_t
   const uint64_t s = static_cast<uint64_t>(std::max<int64_t>(segments, 1));
   uint64_t floats = t * D * 3                         // x_, xn_, proj_
                     + t * c.QDim() + t * c.AttnOutDim()  // q_, att_
-                    + static_cast<uint64_t>(threads) * capacity * AttentionQueriesBound(c, T)  // scores_
                     + t * D * 2 + t * F * 2;          // ffn_in_, ffn_out_, ffn_gate_, ffn_up_
   // Interleaved gate/up experts multiply into ffn_gate_ at twice the width.
   if (c.expert_layout == ExpertLayout::kMxfp4Interleaved && c.IsMoe()) floats += t * F;
@@ -135,11 +134,17 @@ uint64_t Transformer::BatchScratchBytes(const ModelConfig& c, int64_t T, int64_t
               static_cast<uint64_t>(threads) * (capacity + 2 * c.kv_lora_rank);
   } else {
     floats += t * c.KvDim() * 2;  // k_, v_
+    // scores_: each thread's attention block scratch.
+    floats += static_cast<uint64_t>(threads) *
+              kernels::AttentionBlockScratchFloats(static_cast<int64_t>(AttentionQueriesBound(c, T)), capacity,
+                                                   c.head_dim);
   }
   uint64_t bytes = floats * sizeof(float);
   // attention_slots_: a query and an output pointer per query of an item;
+  // attention_ranges_ and attention_sinks_: its key range and sink;
   // attention_row_blocks_: at most one block per row.
-  bytes += static_cast<uint64_t>(threads) * 2 * AttentionQueriesBound(c, T) * sizeof(float*) +
+  bytes += static_cast<uint64_t>(threads) * AttentionQueriesBound(c, T) *
+               (2 * sizeof(float*) + 2 * sizeof(int64_t) + sizeof(float)) +
            t * sizeof(std::pair<int64_t, int64_t>);
   bytes += static_cast<uint64_t>(logit_rows) * c.vocab_size * sizeof(float);  // logits
   // inv_freq_: one row per segment under dynamic NTK scaling, else one.
@@ -174,7 +179,8 @@ uint64_t Transformer::ScratchBytesInUse() const {
          b(ffn_in_) + b(ffn_gate_) + b(ffn_up_) + b(ffn_out_) + b(scores_) + b(token_experts_) +
          b(token_weights_) + b(moe_out_) + b(rows_token_) + b(rows_weight_) + b(inv_freq_) +
          b(row_pos_) + b(row_seg_) + b(seg_first_) + b(logit_rows_) + b(rope_amplitude_) + b(qa_) +
-         b(expert_rows_) + b(attention_slots_) + b(attention_row_blocks_);
+         b(expert_rows_) + b(attention_slots_) + b(attention_ranges_) + b(attention_sinks_) +
+         b(attention_row_blocks_);
 }
 
 KVCache::KVCache(const ModelConfig& config, int64_t capacity, DType dtype)
@@ -667,21 +673,28 @@ void Transformer::Attention(int64_t layer, int64_t T, std::span<const BatchSegme
     t += rows;
   }
   const int64_t queries_per_item = std::min(max_rows, T) * block_heads;
-  Grow(scores_, static_cast<size_t>(threads * queries_per_item * end_pos));  // per thread [queries, end_pos]
+  // Per thread: the item's attention block scratch (scores, at most
+  // end_pos keys), then its query and output pointers, key ranges and sinks.
+  const size_t scratch_floats = kernels::AttentionBlockScratchFloats(queries_per_item, end_pos, hd);
+  Grow(scores_, static_cast<size_t>(threads) * scratch_floats);
   Grow(attention_slots_, static_cast<size_t>(threads * queries_per_item * 2));
+  Grow(attention_ranges_, static_cast<size_t>(threads * queries_per_item * 2));
+  Grow(attention_sinks_, static_cast<size_t>(threads * queries_per_item));
   // Granite's attention_multiplier replaces the usual head_dim^-0.5.
   const float scale = config_.attention_scale > 0 ? config_.attention_scale
                                                   : 1.0f / std::sqrt(static_cast<float>(hd));
   const int64_t window = config_.WindowOf(layer);
   const float* sinks = lw.sinks.empty() ? nullptr : lw.sinks.data();
-  // Keys and values are taken in tiles of this many positions, small enough
-  // to stay in the L1 cache while every query of the item reads them.
-  constexpr int64_t kKeyTile = 64;
+  // The flag is per thread; the blocks run on the pool's.
+  const bool row_invariant = kernels::RowInvariantMatMul();
   pool_.RunOnAll([&](int thread) {
-    float* scores = scores_.data() + static_cast<size_t>(thread * queries_per_item * end_pos);
-    // The item's query and output rows, as the kernels take them.
+    float* scratch = scores_.data() + static_cast<size_t>(thread) * scratch_floats;
+    // The item's query and output rows, key ranges and sinks, as the kernel takes them.
     const float** queries = attention_slots_.data() + thread * queries_per_item * 2;
     float** outs = const_cast<float**>(queries + queries_per_item);  // rows of att_, which this writes
+    int64_t* begins = attention_ranges_.data() + thread * queries_per_item * 2;
+    int64_t* ends = begins + queries_per_item;
+    float* item_sinks = attention_sinks_.data() + thread * queries_per_item;
     const int64_t items = static_cast<int64_t>(row_blocks.size()) * KVH * head_blocks;
     // Items are dealt round-robin: in a prompt later rows attend to more
     // positions, so contiguous shares would leave the first threads idle
@@ -697,32 +710,31 @@ void Transformer::Attention(int64_t layer, int64_t T, std::span<const BatchSegme
       const int64_t pos0 = row_pos_[t0];
       auto first_of = [&](int64_t pos) { return window > 0 ? std::max<int64_t>(0, pos - window + 1) : 0; };
       const int64_t lo = first_of(pos0), hi = pos0 + rows - 1, n = hi - lo + 1;
-      const int64_t count = rows * heads;
       for (int64_t r = 0; r < rows; ++r)
         for (int64_t g = 0; g < heads; ++g) {
-          queries[r * heads + g] = q_.data() + (t0 + r) * q_dim + (h0 + g) * hd;
-          outs[r * heads + g] = att_.data() + (t0 + r) * q_dim + (h0 + g) * hd;
+          const int64_t i = r * heads + g;
+          queries[i] = q_.data() + (t0 + r) * q_dim + (h0 + g) * hd;
+          outs[i] = att_.data() + (t0 + r) * q_dim + (h0 + g) * hd;
+          begins[i] = first_of(pos0 + r) - lo;
+          ends[i] = pos0 + r - lo + 1;
+          if (sinks) item_sinks[i] = sinks[h0 + g];
         }
-      for (int64_t j0 = 0; j0 < n; j0 += kKeyTile)
-        kernels::AttentionScores(queries, count, hd, cache.KeyRow(layer, lo + j0, kvh * hd), cache.dtype(),
-                                 cache.key_stride(), std::min(kKeyTile, n - j0), scale, scores + j0, end_pos);
-      // Each query's softmax over its own row's keys; the keys outside them
-      // get weight 0, which adds exactly nothing to the sums below.
-      for (int64_t r = 0; r < rows; ++r) {
-        const int64_t begin = first_of(pos0 + r) - lo, end = pos0 + r - lo + 1;
-        for (int64_t g = 0; g < heads; ++g) {
-          float* row_scores = scores + (r * heads + g) * end_pos;
-          if (sinks)
-            kernels::SoftmaxWithSink(row_scores + begin, end - begin, sinks[h0 + g]);
-          else
-            kernels::Softmax(row_scores + begin, end - begin);
-          std::fill(row_scores, row_scores + begin, 0.f);
-          std::fill(row_scores + end, row_scores + n, 0.f);
-        }
-      }
-      for (int64_t j0 = 0; j0 < n; j0 += kKeyTile)
-        kernels::AttentionValues(scores + j0, count, end_pos, cache.ValueRow(layer, lo + j0, kvh * hd), cache.dtype(),
-                                 cache.value_stride(), std::min(kKeyTile, n - j0), hd, outs, /*accumulate=*/j0 > 0);
+      kernels::AttentionBlock({.queries = queries,
+                               .outs = outs,
+                               .begin = begins,
+                               .end = ends,
+                               .sinks = sinks ? item_sinks : nullptr,
+                               .count = rows * heads,
+                               .dim = hd,
+                               .keys = cache.KeyRow(layer, lo, kvh * hd),
+                               .values = cache.ValueRow(layer, lo, kvh * hd),
+                               .cache_dtype = cache.dtype(),
+                               .key_stride = cache.key_stride(),
+                               .value_stride = cache.value_stride(),
+                               .n = n,
+                               .scale = scale,
+                               .row_invariant = row_invariant},
+                              scratch);
     }
   });
 

@@ -255,10 +255,12 @@ class Transformer {
   std::vector<float> ffn_gate_;  // [rows, d_ff]
   std::vector<float> ffn_up_;    // [rows, d_ff]
   std::vector<float> ffn_out_;   // [rows, d_model]
-  std::vector<float> scores_;    // [threads, queries per item, capacity] attention scores
+  std::vector<float> scores_;    // per thread: an attention item's scratch (kernels::AttentionBlockScratchFloats)
   // [threads, 2 * queries per item]: an attention item's query rows, then
   // its output rows (Attention).
   std::vector<const float*> attention_slots_;
+  std::vector<int64_t> attention_ranges_;  // [threads, 2 * queries per item]: each query's keys [begin, end)
+  std::vector<float> attention_sinks_;     // [threads, queries per item]
   std::vector<std::pair<int64_t, int64_t>> attention_row_blocks_;  // (first row, rows) per item row block
   std::vector<int32_t> token_experts_;  // [T, top_k] chosen experts per token
   std::vector<float> token_weights_;    // [T, top_k] their mixing weights
