@@ -1875,6 +1875,44 @@ void AttentionValues(const float* p, int64_t count, int64_t p_stride, const void
 constexpr int64_t kLaneTile = 64;  // keys widened (16-bit caches) and values read per tile
 constexpr int kLaneKeys = 8;       // keys multiplied at once: one accumulator each
 
+// qt[d * 16 + i] = queries[i][d] for d < dim, i < 16 (0 for i >= count):
+// 16 x 16 blocks transposed in registers (interleaving pairs of 32-bit and
+// then of 64-bit elements within 128-bit lanes, then moving 128-bit lanes
+// twice), where element-wise copies cost a load and a store per element.
+void TransposeQueries(const float* const* queries, int64_t count, int64_t dim, float* qt) {
+  for (int64_t d0 = 0; d0 < dim; d0 += 16) {
+    const __mmask16 cols = FirstLanes(dim - d0);
+    __m512 r[16], t[16], u[16];
+#pragma GCC unroll 16
+    for (int i = 0; i < 16; ++i) r[i] = i < count ? _mm512_maskz_loadu_ps(cols, queries[i] + d0) : _mm512_setzero_ps();
+#pragma GCC unroll 8
+    for (int i = 0; i < 16; i += 2) {
+      t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+      t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    }
+    auto pd = [](__m512 v) { return _mm512_castps_pd(v); };
+#pragma GCC unroll 4
+    for (int q = 0; q < 16; q += 4) {
+      u[q] = _mm512_castpd_ps(_mm512_unpacklo_pd(pd(t[q]), pd(t[q + 2])));
+      u[q + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(pd(t[q]), pd(t[q + 2])));
+      u[q + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(pd(t[q + 1]), pd(t[q + 3])));
+      u[q + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(pd(t[q + 1]), pd(t[q + 3])));
+    }
+    // u[4 q + s], 128-bit lane L: column 4 L + s of rows 4 q .. 4 q + 3.
+#pragma GCC unroll 4
+    for (int c = 0; c < 4; ++c) {
+      const __m512 v0 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0x88), v1 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0xdd);
+      const __m512 w0 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0x88),
+                   w1 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0xdd);
+      const __m512 column[4] = {_mm512_shuffle_f32x4(v0, w0, 0x88), _mm512_shuffle_f32x4(v1, w1, 0x88),
+                                _mm512_shuffle_f32x4(v0, w0, 0xdd), _mm512_shuffle_f32x4(v1, w1, 0xdd)};
+#pragma GCC unroll 4
+      for (int lane = 0; lane < 4; ++lane)
+        if (4 * lane + c < dim - d0) _mm512_storeu_ps(qt + (d0 + 4 * lane + c) * 16, column[lane]);
+    }
+  }
+}
+
 template <DType D>
 void LaneScores(const AttentionBlockArgs& a, const float* qt, int64_t j_begin, int64_t j_end, float* pt,
                 float* widened) {
@@ -1942,8 +1980,7 @@ void AttentionBlock(const AttentionBlockArgs& a, float* scratch) {
   float* pt = scratch;
   float* qt = pt + a.n * 16;
   float* widened = qt + dim * 16;
-  for (int64_t d = 0; d < dim; ++d)
-    for (int64_t i = 0; i < 16; ++i) qt[d * 16 + i] = i < count ? a.queries[i][d] : 0.f;
+  TransposeQueries(a.queries, count, dim, qt);
   ForCacheType(a.cache_dtype, [&](auto type) { LaneScores<decltype(type)::value>(a, qt, j_begin, j_end, pt, widened); });
 
   // Softmax down each lane over its own keys; lanes and keys outside get 0.
