@@ -1695,23 +1695,30 @@ void Axpy(float alpha, const float* x, float* y, int64_t n) {
 // loaded and widened once per block; per query, the sums run exactly as
 // Dot's and Axpy's do.
 
-// Cached rows ahead of the one being read that the attention kernels
-// prefetch. KVCache keeps each head's positions consecutive, one short row
-// (512 bytes in f32 at 128 dims) each, and a decode step reads them once:
-// kernels_bench AttentionDecode/0/2048/2 (f32, 2 threads, three alternating
-// rounds) 18.7-28.6 GB/s without, 29.7-33.9 with 8 rows; bf16 20.7-29.3
-// against 23.9-25.8, within noise.
-constexpr int64_t kAttentionPrefetchRows = 8;
+// How far ahead of the cached row being read the attention kernels
+// prefetch: whole rows making at least 8 KiB. KVCache keeps each head's
+// positions consecutive, one short row (512 bytes in f32 at 128 dims, 256 in
+// bf16) each, and a decode step reads them once. kernels_bench
+// AttentionDecode/{f32,bf16}/2048/2 (2 threads, three alternating rounds,
+// GB/s): 8 rows ahead f32 31.9-33.0, bf16 25.2-32.2; 16 rows f32 34.9-37.7,
+// bf16 31.0-34.1; 32 rows f32 34.4-37.0, bf16 31.5-40.0. Eight rows was 4
+// KiB in f32 and 2 KiB in bf16, as the quantized decode found 4 KiB too
+// short (QuantPrefetchDistance).
+inline int64_t AttentionPrefetchOffset(int64_t row_bytes) {
+  constexpr int64_t kBytes = 8192;
+  return (kBytes + row_bytes - 1) / row_bytes * row_bytes;
+}
 
 template <DType D, int G>
 void ScoresBlock(const float* const* q, int64_t dim, const uint8_t* keys, int64_t row_bytes, int64_t n, float scale,
                  float* scores, int64_t score_stride) {
   const int64_t used_bytes = dim * (D == DType::kF32 ? 4 : 2);
+  const int64_t ahead = AttentionPrefetchOffset(row_bytes);
   for (int64_t j = 0; j < n; ++j) {
     const uint8_t* row = keys + j * row_bytes;
     // Past the last position this fetches lines nobody reads (a prefetch
     // never faults); the next tile of the same head begins there.
-    for (int64_t b = 0; b < used_bytes; b += 64) PrefetchL1(row + kAttentionPrefetchRows * row_bytes + b);
+    for (int64_t b = 0; b < used_bytes; b += 64) PrefetchL1(row + ahead + b);
     __m512 s[G][4];
 #pragma GCC unroll 4
     for (int g = 0; g < G; ++g) s[g][0] = s[g][1] = s[g][2] = s[g][3] = _mm512_setzero_ps();
@@ -1747,6 +1754,7 @@ template <DType D, int G>
 void ValuesFullBlock(const float* p, int64_t p_stride, int64_t p_step, const uint8_t* values, int64_t row_bytes,
                      int64_t n, int64_t c0, float* const* out, bool accumulate) {
   constexpr int64_t kElement = D == DType::kF32 ? 4 : 2;
+  const int64_t ahead = AttentionPrefetchOffset(row_bytes);
   __m512 acc[G][4];
 #pragma GCC unroll 4
   for (int g = 0; g < G; ++g)
@@ -1757,7 +1765,7 @@ void ValuesFullBlock(const float* p, int64_t p_stride, int64_t p_step, const uin
     const uint8_t* row = values + j * row_bytes;
 #pragma GCC unroll 4
     for (int64_t b = 0; b < 64 * kElement; b += 64)
-      PrefetchL1(row + kAttentionPrefetchRows * row_bytes + c0 * kElement + b);
+      PrefetchL1(row + ahead + c0 * kElement + b);
     __m512 a[G];
 #pragma GCC unroll 4
     for (int g = 0; g < G; ++g) a[g] = _mm512_set1_ps(p[g * p_stride + j * p_step]);
