@@ -663,9 +663,11 @@ void AttentionBlock(const AttentionBlockArgs& a, float* scratch) {
   RequireCacheDType(a.cache_dtype, "AttentionBlock");
   Require(a.count >= 0 && a.dim >= 0 && a.n >= 0 && a.key_stride >= a.dim && a.value_stride >= a.dim,
           "AttentionBlock: inconsistent shape.");
+  // The message is built only on failure: this runs for every query of
+  // every attention item of every layer.
   for (int64_t i = 0; i < a.count; ++i)
-    Require(0 <= a.begin[i] && a.begin[i] < a.end[i] && a.end[i] <= a.n,
-            "AttentionBlock: query " + std::to_string(i) + " sees no keys or keys past the block.");
+    if (!(0 <= a.begin[i] && a.begin[i] < a.end[i] && a.end[i] <= a.n))
+      throw Error("AttentionBlock: query " + std::to_string(i) + " sees no keys or keys past the block.");
   if (a.count == 0 || a.dim == 0) return;
   if (!UsesLanes(a)) return ComposedAttentionBlock(a, scratch);
   // Each query's lane computes alone, so blocks of 16 give every query the
