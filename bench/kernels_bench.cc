@@ -432,8 +432,8 @@ void BM_Prefill(benchmark::State& state) {
 // positions consecutive). Each step reads one layer's keys and values, the
 // layers taken in turn so that the 16 layers' caches (256 MiB in f32 at 2048
 // positions) come from DRAM as in a model's decode step. Heads are dealt to
-// the threads round-robin and taken in 64-position tiles, softmax between,
-// as Transformer::Attention does. Reports GB/s of cache read.
+// the threads round-robin, each one AttentionBlock call over all positions,
+// as Transformer::Attention makes it. Reports GB/s of cache read.
 void BM_AttentionDecode(benchmark::State& state) {
   const auto dtype = static_cast<DType>(state.range(0));
   const int64_t positions = state.range(1);
@@ -456,7 +456,8 @@ void BM_AttentionDecode(benchmark::State& state) {
   }
   const std::vector<float> q = Activations(kHeads * kHeadDim);
   std::vector<float> out(static_cast<size_t>(kHeads * kHeadDim));
-  std::vector<float> scores(static_cast<size_t>(threads * positions));
+  const size_t scratch_floats = AttentionBlockScratchFloats(1, positions, kHeadDim);
+  std::vector<float> scratch(static_cast<size_t>(threads) * scratch_floats);
   ThreadPool& pool = Pool(threads);
   double bandwidth = Bandwidth(threads);
   int64_t layer = 0;
@@ -466,17 +467,24 @@ void BM_AttentionDecode(benchmark::State& state) {
     const uint8_t* v = static_cast<const uint8_t*>(values[static_cast<size_t>(layer)].data());
     layer = (layer + 1) % kLayers;
     pool.RunOnAll([&](int thread) {
-      float* row_scores = scores.data() + thread * positions;
       for (int64_t h = thread; h < kHeads; h += threads) {
         const float* query = q.data() + h * kHeadDim;
         float* head_out = out.data() + h * kHeadDim;
-        for (int64_t j0 = 0; j0 < positions; j0 += kTile)
-          AttentionScores(&query, 1, kHeadDim, k + (h * positions + j0) * kHeadDim * element, dtype, kHeadDim,
-                          std::min(kTile, positions - j0), 0.088f, row_scores + j0, positions);
-        Softmax(row_scores, positions);
-        for (int64_t j0 = 0; j0 < positions; j0 += kTile)
-          AttentionValues(row_scores + j0, 1, positions, v + (h * positions + j0) * kHeadDim * element, dtype, kHeadDim,
-                          std::min(kTile, positions - j0), kHeadDim, &head_out, /*accumulate=*/j0 > 0);
+        const int64_t begin = 0, end = positions;
+        AttentionBlock({.queries = &query,
+                        .outs = &head_out,
+                        .begin = &begin,
+                        .end = &end,
+                        .count = 1,
+                        .dim = kHeadDim,
+                        .keys = k + h * positions * kHeadDim * element,
+                        .values = v + h * positions * kHeadDim * element,
+                        .cache_dtype = dtype,
+                        .key_stride = kHeadDim,
+                        .value_stride = kHeadDim,
+                        .n = positions,
+                        .scale = 0.088f},
+                       scratch.data() + static_cast<size_t>(thread) * scratch_floats);
       }
     });
     benchmark::DoNotOptimize(out.data());

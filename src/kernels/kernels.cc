@@ -626,9 +626,14 @@ const void* CacheRowAt(const void* base, DType dtype, int64_t stride, int64_t j)
 void ComposedAttentionBlock(const AttentionBlockArgs& a, float* scores) {
   const IsaKernels& k = Active();
   const int64_t n = a.n;
-  for (int64_t j0 = 0; j0 < n; j0 += kAttentionTile)
+  // Up to four queries are one block of the scores kernels, which then read
+  // each key once whatever the range, so they take it whole (a lone query's
+  // keys go in streams over its quarters on AVX-512); more queries take it
+  // in tiles that stay in L1 between their blocks.
+  const int64_t tile = a.count <= 4 ? std::max<int64_t>(n, 1) : kAttentionTile;
+  for (int64_t j0 = 0; j0 < n; j0 += tile)
     k.attention_scores(a.queries, a.count, a.dim, CacheRowAt(a.keys, a.cache_dtype, a.key_stride, j0), a.cache_dtype,
-                       a.key_stride, std::min(kAttentionTile, n - j0), a.scale, scores + j0, n);
+                       a.key_stride, std::min(tile, n - j0), a.scale, scores + j0, n);
   for (int64_t i = 0; i < a.count; ++i) {
     float* row = scores + i * n;
     const int64_t begin = a.begin[i], end = a.end[i];
@@ -639,6 +644,8 @@ void ComposedAttentionBlock(const AttentionBlockArgs& a, float* scores) {
     std::fill(row, row + begin, 0.f);
     std::fill(row + end, row + n, 0.f);
   }
+  // The values always go in tiles: a kernel that takes the columns in
+  // several passes (AVX2: 32 at a time) then finds the tile in L1.
   for (int64_t j0 = 0; j0 < n; j0 += kAttentionTile)
     k.attention_values(scores + j0, a.count, n, CacheRowAt(a.values, a.cache_dtype, a.value_stride, j0), a.cache_dtype,
                        a.value_stride, std::min(kAttentionTile, n - j0), a.dim, a.outs, /*accumulate=*/j0 > 0);

@@ -14,6 +14,7 @@
 #include <random>
 #include <string>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "base/error.h"
@@ -364,8 +365,10 @@ std::vector<T*> RowPointers(T* base, int64_t count, int64_t dim, int64_t gap = 0
 TEST_P(IsaTest, AttentionScoresMatchDoubleDotProducts) {
   for (DType dtype : {DType::kF32, DType::kF16, DType::kBF16})
     for (int64_t dim : kHeadDims)
-      for (int64_t heads : {1, 3, 4, 6}) {
-        const int64_t n = 13, stride = dim + 5, score_stride = n + 2;
+      // A lone query's keys go in four streams over the quarters of n, the
+      // rest (n % 4) alone: n from fewer than four rows to several per stream.
+      for (auto [heads, n] : {std::pair<int64_t, int64_t>{1, 3}, {1, 13}, {1, 70}, {3, 13}, {4, 13}, {6, 13}}) {
+        const int64_t stride = dim + 5, score_stride = n + 2;
         const TestCache cache = MakeCache(dtype, n, dim, stride, 31);
         const std::vector<float> q = RandomVector(heads * (dim + 3), 32);
         const std::vector<const float*> queries = RowPointers(q.data(), heads, dim, 3);
