@@ -1757,8 +1757,9 @@ void ScoresBlock(const float* const* q, int64_t dim, const uint8_t* keys, int64_
   if constexpr (G == 1) {
     // A lone query (a decode step without grouped heads): four streams over
     // the quarters of its rows, the few left over (n % 4) as one.
-    // kernels_bench AttentionDecode f32 2048 positions, 2 threads, in-process
-    // alternation: 42.8 -> 45.2 and 43.2 -> 46.1 GB/s.
+    // AttentionBlock at AttentionDecode's shape (f32, 2,048 positions, 2
+    // threads), a temporary switch alternated in one process: 42.8 -> 45.2
+    // and 43.2 -> 46.1 GB/s.
     constexpr int kStreams = 4;
     const int64_t part = n / kStreams;
     ScoreStreams<D, kStreams>(q[0], dim, keys, row_bytes, part, ahead, scale, scores);
@@ -1865,9 +1866,10 @@ void ValuesBlock(const float* p, int64_t p_stride, int64_t p_step, const uint8_t
   int64_t c0 = 0;
   // One or two queries keep 128 columns (8 or 16 sums) in registers, so that
   // a decode step reads each row of a 128-wide head once, in order, instead
-  // of its two halves in two passes (kernels_bench AttentionDecode 2048
-  // positions, 2 threads, in-process alternation: f32 36.4 -> 40.3 GB/s, bf16
-  // 31.4 -> 36.0). Each sum still adds its terms in order of j.
+  // of its two halves in two passes (AttentionBlock at AttentionDecode's
+  // shape, 2,048 positions, 2 threads, a temporary switch alternated in one
+  // process: f32 36.4 -> 40.3 GB/s, bf16 31.4 -> 36.0). Each sum still adds
+  // its terms in order of j.
   if constexpr (G <= 2)
     for (; dim - c0 >= 128; c0 += 128)
       ValuesFullBlock<D, G, 8>(p, p_stride, p_step, values, row_bytes, n, c0, out, accumulate);
