@@ -5,11 +5,14 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <vector>
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 #endif
 
 #include "base/aligned.h"
@@ -391,6 +394,47 @@ bool HasAvx512Bf16() {
   return false;
 #endif
 }
+
+namespace {
+std::atomic<bool> amx_masked{false};
+
+#if defined(__x86_64__) || defined(__i386__)
+// AMX needs three things: the CPU's tile unit with its bf16 products (CPUID
+// leaf 7, EDX bits 24 and 22), an OS that saves the tile state (XCR0 bits 17
+// and 18), and, on Linux, this process's permission to use that state,
+// which the kernel grants on request (arch_prctl ARCH_REQ_XCOMP_PERM for
+// XFEATURE_XTILEDATA) and which then holds for every thread. Without the
+// request the first tile instruction faults.
+bool DetectAmxBf16() {
+  // EPWA_AMX=0 keeps the AVX-512 kernels (for comparisons, or where AMX's
+  // frequency licence costs the rest of the machine more than it gains).
+  if (const char* env = std::getenv("EPWA_AMX"); env != nullptr && std::strcmp(env, "0") == 0) return false;
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx)) return false;
+  if ((edx & (1u << 24)) == 0 || (edx & (1u << 22)) == 0) return false;
+  unsigned xcr0_lo = 0, xcr0_hi = 0;
+  __asm__ volatile("xgetbv" : "=a"(xcr0_lo), "=d"(xcr0_hi) : "c"(0));
+  if ((xcr0_lo & (3u << 17)) != (3u << 17)) return false;
+#if defined(__linux__)
+  constexpr long kArchReqXcompPerm = 0x1023;
+  constexpr long kXfeatureXtiledata = 18;
+  if (syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) != 0) return false;
+#endif
+  return true;
+}
+#endif
+}  // namespace
+
+bool HasAmxBf16() {
+#if defined(__x86_64__) || defined(__i386__)
+  static const bool has = DetectAmxBf16();
+  return has && !amx_masked.load(std::memory_order_relaxed);
+#else
+  return false;
+#endif
+}
+
+void MaskAmxForTesting(bool masked) { amx_masked.store(masked, std::memory_order_relaxed); }
 
 const IsaKernels kScalarKernels = {
     scalar::MatMul,       scalar::RmsNorm,       scalar::Softmax,   scalar::SiluMul,

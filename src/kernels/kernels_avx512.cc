@@ -1213,6 +1213,100 @@ void Bf16Tile(const uint32_t* xt, const uint32_t* strip, int64_t pairs, float* y
   StoreTileRows(acc, mr, y, ldy, cols, accumulate);
 }
 
+// The bf16 prefill on AMX's tile unit (internal::HasAmxBf16: Sapphire Rapids
+// and later), for K a multiple of 32. One tdpbf16ps multiplies 16 rows of x
+// by 32 inputs (a 16 x 16 block of bf16 pairs) with 32 inputs of 16 output
+// columns, 8,192 multiply-adds where vdpbf16ps does 32, accumulating in
+// float as vdpbf16ps does. The weight strips are PackPanelBf16's, which hold
+// each pair of inputs of 16 columns in one 64-byte row of the unit's B
+// layout (rows 128 bytes apart); a tile of x holds kAmxBfMr rows as
+// [K / 32][kAmxBfMr][16] words of bf16 pairs, one A operand per 32 inputs,
+// 1 KiB in one piece (row-major x would put the 16 rows a whole row apart,
+// all in one set of the L1 cache).
+constexpr int kAmxBfMr = 16;
+
+// Packs `rows` rows of x (row stride K, K a multiple of 32) rounded to bf16
+// (nearest even, as PackXBf16) as one AMX tile; rows beyond `rows` are zero.
+void PackXBf16Amx(const float* x, int64_t K, int64_t rows, uint32_t* out) {
+  for (int64_t k = 0; k < K; k += 32) {
+    uint32_t* step = out + k / 32 * (kAmxBfMr * 16);  // [kAmxBfMr][16] words
+    for (int m = 0; m < kAmxBfMr; ++m) {
+      __m512i words = _mm512_setzero_si512();
+      if (m < rows) {
+        const float* xr = x + m * K + k;
+        words = (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(xr + 16), _mm512_loadu_ps(xr));
+      }
+      _mm512_store_si512(step + m * 16, words);
+    }
+  }
+}
+
+#ifdef __clang__
+#pragma clang attribute pop
+#endif
+#pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("amx-tile,amx-bf16")
+#ifdef __clang__
+#pragma clang attribute push(__attribute__((target("amx-tile,amx-bf16"))), apply_to = function)
+#endif
+
+// The tile registers of AmxBf16Tile, each 16 rows of 64 bytes: tmm0 and tmm1
+// the float sums of the strip's two halves, tmm2 the block of x, tmm3 and
+// tmm4 the halves' blocks of W.
+struct alignas(64) AmxBf16TileConfig {
+  uint8_t palette_id = 1;
+  uint8_t start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t bytes_per_row[16] = {64, 64, 64, 64, 64};
+  uint8_t rows[16] = {16, 16, 16, 16, 16};
+};
+
+// Loads the configuration into this thread's tile state for the duration of
+// one thread's share of a product and returns the state to its initial
+// (unused) form afterwards, so that threads which are not multiplying do not
+// carry 8 KiB of tile registers through every context switch.
+class ScopedAmxBf16Tiles {
+ public:
+  ScopedAmxBf16Tiles() {
+    static const AmxBf16TileConfig config;
+    _tile_loadconfig(&config);
+  }
+  ~ScopedAmxBf16Tiles() { _tile_release(); }
+  ScopedAmxBf16Tiles(const ScopedAmxBf16Tiles&) = delete;
+  ScopedAmxBf16Tiles& operator=(const ScopedAmxBf16Tiles&) = delete;
+};
+
+// y[0:mr, 0:cols] (+)= one AMX tile of x (from the panel's first input)
+// times one strip of W, over `pairs` k pairs (a multiple of 16).
+void AmxBf16Tile(const uint32_t* xt, const uint32_t* strip, int64_t pairs, float* y, int64_t ldy, int64_t cols,
+                 int mr, bool accumulate) {
+  _tile_zero(0);
+  _tile_zero(1);
+  for (int64_t p = 0; p < pairs; p += 16) {
+    _tile_loadd(2, xt + p * kAmxBfMr, 64);
+    _tile_loadd(3, strip + p * kBfNr, kBfNr * 4);
+    _tile_loadd(4, strip + p * kBfNr + 16, kBfNr * 4);
+    _tile_dpbf16ps(0, 2, 3);
+    _tile_dpbf16ps(1, 2, 4);
+  }
+  alignas(64) float sums[2][kAmxBfMr * 16];
+  _tile_stored(0, sums[0], 64);
+  _tile_stored(1, sums[1], 64);
+  const __mmask16 mask0 = FirstLanes(Min(cols, 16)), mask1 = FirstLanes(Clamp(cols - 16, 0, 16));
+  for (int m = 0; m < mr; ++m) {
+    float* row = y + m * ldy;
+    __m512 a0 = _mm512_load_ps(sums[0] + m * 16), a1 = _mm512_load_ps(sums[1] + m * 16);
+    if (accumulate) {
+      a0 = _mm512_add_ps(a0, _mm512_maskz_loadu_ps(mask0, row));
+      a1 = _mm512_add_ps(a1, _mm512_maskz_loadu_ps(mask1, row + 16));
+    }
+    _mm512_mask_storeu_ps(row, mask0, a0);
+    _mm512_mask_storeu_ps(row + 16, mask1, a1);
+  }
+}
+
 #ifdef __clang__
 #pragma clang attribute pop
 #endif
@@ -1319,6 +1413,27 @@ void PrefillBf16Range(const uint32_t* xp, int64_t mc, const WeightView& w, float
       });
 }
 
+// PrefillBf16Range on AMX: the same panels of W times tiles of kAmxBfMr
+// rows of x packed by PackXBf16Amx (ceil(mc / kAmxBfMr) of them in xp).
+void PrefillBf16AmxRange(const uint32_t* xp, int64_t mc, const WeightView& w, float* y, int64_t n_begin,
+                         int64_t n_end, const FollowingWork& after = {}) {
+  const int64_t N = w.rows;
+  const int64_t tile_words = w.cols / 2 * kAmxBfMr;
+  auto* packed = reinterpret_cast<uint32_t*>(
+      internal::ThreadScratch(internal::Scratch::kPanel, static_cast<size_t>(kBfNb * kBfKb / 2)));
+  const ScopedAmxBf16Tiles tiles;
+  PanelLoop<kBfNb, kBfKb, kAmxBfMr, kBfNr>(
+      w, mc, n_begin, n_end, after, [&](const Panel& p) { PackPanelBf16(w, p.n0, p.ncols, p.k0, p.kb, packed); },
+      [&](int64_t m0, int mr, int64_t s, const Panel& p) {
+        const int64_t pairs = p.kb / 2;
+        AmxBf16Tile(xp + m0 / kAmxBfMr * tile_words + p.k0 / 2 * kAmxBfMr, packed + s * pairs * kBfNr, pairs,
+                    y + m0 * N + p.n0 + s * kBfNr, N, Min(kBfNr, p.ncols - s * kBfNr), mr, p.k0 > 0);
+      });
+}
+
+// Whether the bf16 prefill of K inputs runs on AMX (whole blocks of 32).
+inline bool UsesAmxBf16(int64_t K) { return K % 32 == 0 && internal::HasAmxBf16(); }
+
 // The bf16 prefill for BF16 weights where it is requested, the CPU has
 // AVX512-BF16 and K is even (every model's is); returns false otherwise (the
 // float prefill runs).
@@ -1329,6 +1444,16 @@ bool PrefillBf16(const float* x, int64_t M, const WeightView& w, float* y, Threa
   } else {
     const int64_t K = w.cols;
     if (!::epwa::kernels::Bf16Activations() || !internal::HasAvx512Bf16() || K % 2 != 0) return false;
+    if (UsesAmxBf16(K)) {
+      const int64_t tile_words = K / 2 * kAmxBfMr;
+      auto* xp = reinterpret_cast<uint32_t*>(internal::ThreadScratch(
+          internal::Scratch::kPackedX, static_cast<size_t>(kBfMc / kAmxBfMr * tile_words)));  // [kBfMc / kAmxBfMr][K / 32][kAmxBfMr][16]
+      TiledPrefill<kBfMc, kAmxBfMr, kBfNr>(
+          x, M, w, y, pool,
+          [&](const float* rows, int64_t count, int64_t t) { PackXBf16Amx(rows, K, count, xp + t * tile_words); },
+          [&](int64_t mc, float* yb, int64_t n0, int64_t n1) { PrefillBf16AmxRange(xp, mc, w, yb, n0, n1); });
+      return true;
+    }
     const int64_t tile_words = K / 2 * kBfMr;
     // The calling thread's buffer, shared with the workers below.
     auto* xp = reinterpret_cast<uint32_t*>(internal::ThreadScratch(
@@ -1351,7 +1476,7 @@ bool PrefillBf16(const float* x, int64_t M, const WeightView& w, float* y, Threa
 // and an output column's value does not depend on which thread computes it
 // or where its share begins, so every result is exactly MatMul's. Jobs with
 // the same x (an expert's gate and up) share its prepared copy.
-enum class ManyPath : uint8_t { kDecodeQuantized, kDecodeFloat, kPrefillInt8, kPrefillBf16, kPrefillFloat };
+enum class ManyPath : uint8_t { kDecodeQuantized, kDecodeFloat, kPrefillInt8, kPrefillBf16, kPrefillBf16Amx, kPrefillFloat };
 
 template <DType D>
 ManyPath ManyPathFor(int64_t M, int64_t K) {
@@ -1361,7 +1486,7 @@ ManyPath ManyPathFor(int64_t M, int64_t K) {
     return HasScales(D) ? ManyPath::kDecodeQuantized : ManyPath::kDecodeFloat;
   if (int8_x && internal::HasAvx512Vnni()) return ManyPath::kPrefillInt8;
   if (D == DType::kBF16 && ::epwa::kernels::Bf16Activations() && internal::HasAvx512Bf16() && K % 2 == 0)
-    return ManyPath::kPrefillBf16;
+    return UsesAmxBf16(K) ? ManyPath::kPrefillBf16Amx : ManyPath::kPrefillBf16;
   return ManyPath::kPrefillFloat;
 }
 
@@ -1373,6 +1498,7 @@ inline int64_t ManyXFloats(ManyPath path, DType dtype, int64_t M, int64_t K) {
     case ManyPath::kDecodeFloat: return 0;
     case ManyPath::kPrefillInt8: return (M + kI8Mr - 1) / kI8Mr * (K / 32 * kI8XGroupWords);
     case ManyPath::kPrefillBf16: return (M + kBfMr - 1) / kBfMr * (K / 2 * kBfMr);
+    case ManyPath::kPrefillBf16Amx: return (M + kAmxBfMr - 1) / kAmxBfMr * (K / 2 * kAmxBfMr);
     case ManyPath::kPrefillFloat: return (M + kMr - 1) / kMr * K * kMr;
   }
   return 0;
@@ -1381,6 +1507,7 @@ inline int64_t ManyTileRows(ManyPath path, int64_t M) {
   switch (path) {
     case ManyPath::kPrefillInt8: return kI8Mr;
     case ManyPath::kPrefillBf16: return kBfMr;
+    case ManyPath::kPrefillBf16Amx: return kAmxBfMr;
     case ManyPath::kPrefillFloat: return kMr;
     case ManyPath::kDecodeQuantized:
     case ManyPath::kDecodeFloat: break;
@@ -1457,6 +1584,10 @@ bool PrefillManyTyped(const MatMulJob* jobs, int64_t n, ThreadPool& pool) {
             PackXBf16(job.x + t * kBfMr * K, K, Min(kBfMr, job.M - t * kBfMr),
                       reinterpret_cast<uint32_t*>(base) + t * (K / 2 * kBfMr));
             break;
+          case ManyPath::kPrefillBf16Amx:
+            PackXBf16Amx(job.x + t * kAmxBfMr * K, K, Min(int64_t{kAmxBfMr}, job.M - t * kAmxBfMr),
+                         reinterpret_cast<uint32_t*>(base) + t * (K / 2 * kAmxBfMr));
+            break;
           case ManyPath::kPrefillFloat:
             PackX(job.x + t * kMr * K, K, Min(kMr, job.M - t * kMr), base + t * K * kMr);
             break;
@@ -1477,7 +1608,8 @@ bool PrefillManyTyped(const MatMulJob* jobs, int64_t n, ThreadPool& pool) {
   auto chunk_cols = [&](int64_t j) -> int64_t {
     switch (plan[j].path) {
       case ManyPath::kPrefillInt8: return kI8Nb;
-      case ManyPath::kPrefillBf16: return kBfNb;
+      case ManyPath::kPrefillBf16:
+      case ManyPath::kPrefillBf16Amx: return kBfNb;
       case ManyPath::kPrefillFloat: return kNb;
       case ManyPath::kDecodeQuantized:
       case ManyPath::kDecodeFloat: break;
@@ -1573,6 +1705,10 @@ bool PrefillManyTyped(const MatMulJob* jobs, int64_t n, ThreadPool& pool) {
           break;
         case ManyPath::kPrefillBf16:
           PrefillBf16Range(reinterpret_cast<const uint32_t*>(base), job.M, *job.w, job.y, chunk.n0, chunk.n1, after);
+          break;
+        case ManyPath::kPrefillBf16Amx:
+          PrefillBf16AmxRange(reinterpret_cast<const uint32_t*>(base), job.M, *job.w, job.y, chunk.n0, chunk.n1,
+                              after);
           break;
         case ManyPath::kPrefillFloat:
           PrefillRange<D>(base, job.M, *job.w, job.y, chunk.n0, chunk.n1, after);

@@ -152,6 +152,14 @@ void SetDecodePassesForTesting(DecodePasses mode);
 DecodePasses DecodePassesMode();
 // Whether the CPU has AVX-512 BF16 (vdpbf16ps).
 bool HasAvx512Bf16();
+// Whether AMX's bf16 tile products (tdpbf16ps) may run: the CPU has them
+// (Sapphire Rapids and later), the OS saves the tile state and granted this
+// process its use, and EPWA_AMX is not 0. The bf16 prefill
+// (SetBf16Activations) then multiplies 16-row tiles of x on the tile unit.
+bool HasAmxBf16();
+// Makes HasAmxBf16() report false while `masked` (tests compare the AMX and
+// AVX-512 bf16 prefills; benches compare their speed in one process).
+void MaskAmxForTesting(bool masked);
 
 extern const IsaKernels kScalarKernels;
 #if defined(__x86_64__) || defined(__i386__)

@@ -731,6 +731,57 @@ TEST_P(IsaTest, Bf16ActivationsPrefillStaysWithinItsBound) {
   }
 }
 
+// On a CPU with AMX the bf16 prefill (K a multiple of 32) runs on the tile
+// unit, which accumulates in float as vdpbf16ps does but in its own order,
+// so its bits differ from the AVX-512 kernels' (about two outputs in three
+// here). It is held to the bf16 bound against the float reference; each
+// row of x must get the same bits whatever the row count and wherever the
+// row sits in a 16-row tile (a text scores the same alone or batched); and
+// the AVX-512 path (tile unit masked) must stay within the same bound. Row
+// counts below, at and past one tile; K across several 256-input panels;
+// N ending in a partial strip.
+TEST(AmxBf16Test, AmxPrefillStaysWithinTheBf16BoundAndRowInvariant) {
+  if (!CpuHasAvx512() || !__builtin_cpu_supports("avx512bf16") || !internal::HasAmxBf16())
+    GTEST_SKIP() << "this CPU lacks AVX512-BF16 or AMX-BF16 (or EPWA_AMX=0)";
+  const ScopedIsa isa(Isa::kAvx512);
+  struct Restore {
+    ~Restore() { SetBf16Activations(false); }
+  } restore;
+  SetBf16Activations(true);
+  const int64_t N = 72, K = 800, kMax = 300;
+  const TestWeights w = MakeWeights(DType::kBF16, N, K, 93);
+  const std::vector<float> x = RandomVector(kMax * K, 94);
+  std::vector<float> want(static_cast<size_t>(kMax * N)), all(want.size());
+  reference::MatMul(x.data(), kMax, w.view, want.data());
+  MatMul(x.data(), kMax, w.view, all.data(), TwoThreads());
+  std::vector<double> bound(want.size());
+  for (int64_t m = 0; m < kMax; ++m)
+    for (int64_t n = 0; n < N; ++n) {
+      double magnitude = 0;
+      for (int64_t k = 0; k < K; ++k) magnitude += std::fabs(double(x[m * K + k]) * w.view.At(n, k));
+      bound[m * N + n] = std::ldexp(1.0, -8) * magnitude + 1e-6;
+    }
+  for (int64_t M : std::initializer_list<int64_t>{9, 15, 16, 17, 40, kMax}) {
+    // Rows [first, first + M) of x: each tile position meets other rows.
+    const int64_t first = kMax - M;
+    std::vector<float> amx(static_cast<size_t>(M * N)), avx512(amx.size());
+    MatMul(x.data() + first * K, M, w.view, amx.data(), TwoThreads());
+    internal::MaskAmxForTesting(true);
+    MatMul(x.data() + first * K, M, w.view, avx512.data(), TwoThreads());
+    internal::MaskAmxForTesting(false);
+    int failures = 0;
+    for (int64_t i = 0; i < M * N && failures < 5; ++i) {
+      const size_t g = static_cast<size_t>(first * N + i);
+      if (amx[i] != all[g] || !(std::fabs(double(amx[i]) - want[g]) <= bound[g]) ||
+          !(std::fabs(double(avx512[i]) - want[g]) <= bound[g])) {
+        ADD_FAILURE() << "M " << M << " output " << i << ": AMX " << amx[i] << " (in the " << kMax << "-row product "
+                      << all[g] << "), AVX-512 " << avx512[i] << ", reference " << want[g] << ", bound " << bound[g];
+        ++failures;
+      }
+    }
+  }
+}
+
 // The float prefill's exact arithmetic, written out: each output adds its
 // products x[m, k] * w[n, k] with fused multiply-adds in the order k = 0, 1,
 // 2, ... within panels of 256 inputs, starting each panel from zero, and adds
