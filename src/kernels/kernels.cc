@@ -928,7 +928,9 @@ uint64_t MatMulScratchBytes(int64_t max_rows, int64_t max_k, int threads) {
   const uint64_t decode_rows = std::min<uint64_t>(rows, internal::kAvx512MaxQuantDecodeRows);
   const uint64_t quantized_x_row = (k + 127) / 128 * 32 + 2 * ((k / 32 + 15) / 16 * 16);
   const uint64_t calling_thread = rows * k + decode_rows * std::max(k, quantized_x_row);
-  const uint64_t per_thread = std::max<uint64_t>(256 * 256, k);
+  // (The AMX bf16 prefill pads a final block of up to 16 weight rows of k
+  // bf16 each in the same buffer: 8 k floats.)
+  const uint64_t per_thread = std::max<uint64_t>(256 * 256, 8 * k);
   return 4 * (calling_thread + static_cast<uint64_t>(std::max(threads, 1)) * per_thread);
 }
 
@@ -1017,7 +1019,11 @@ PrefillDot PrefillDotFor(DType dtype) {
 const char* PrefillDotName(PrefillDot dot) {
   switch (dot) {
     case PrefillDot::kInt8: return "int8 dot";
-    case PrefillDot::kBf16: return "bf16 dot";
+    // The tile unit where the bf16 prefill runs on it (Bf16DotChains
+    // measures the same).
+    case PrefillDot::kBf16:
+      return ActiveIsa() == Isa::kAvx512 && internal::HasAvx512Bf16() && internal::HasAmxBf16() ? "AMX bf16 tile"
+                                                                                                : "bf16 dot";
     case PrefillDot::kFp32Fma: break;
   }
   return "fp32 FMA";

@@ -1171,13 +1171,14 @@ constexpr int64_t kBfMc = 256;   // Rows of x packed at once.
 #pragma clang attribute push(__attribute__((target("avx512bf16"))), apply_to = function)
 #endif
 
-// Packs `rows` rows of x (row stride K, K even) as one tile of [K / 2][kBfMr]
+// Packs `rows` rows of x (row stride K, K even) as one tile of [K / 2][MR]
 // words, rows beyond `rows` zero.
-void PackXBf16(const float* x, int64_t K, int64_t rows, uint32_t* out) {
+template <int MR>
+void PackXBf16Rows(const float* x, int64_t K, int64_t rows, uint32_t* out) {
   const int64_t pairs = K / 2;
-  for (int m = 0; m < kBfMr; ++m) {
+  for (int m = 0; m < MR; ++m) {
     if (m >= rows) {
-      for (int64_t p = 0; p < pairs; ++p) out[p * kBfMr + m] = 0;
+      for (int64_t p = 0; p < pairs; ++p) out[p * MR + m] = 0;
       continue;
     }
     const float* xr = x + m * K;
@@ -1188,10 +1189,12 @@ void PackXBf16(const float* x, int64_t K, int64_t rows, uint32_t* out) {
       alignas(64) uint32_t words[16];
       // bf16 values 0..15 from lo, 16..31 from hi: word j is the pair (2j, 2j + 1).
       _mm512_store_si512(words, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
-      for (int64_t j = 0; j < n / 2; ++j) out[(k / 2 + j) * kBfMr + m] = words[j];
+      for (int64_t j = 0; j < n / 2; ++j) out[(k / 2 + j) * MR + m] = words[j];
     }
   }
 }
+
+void PackXBf16(const float* x, int64_t K, int64_t rows, uint32_t* out) { PackXBf16Rows<kBfMr>(x, K, rows, out); }
 
 // y[0:mr, 0:cols] (+)= one tile of x (from the panel's first pair) times one
 // strip of W, over `pairs` k pairs.
@@ -1213,34 +1216,6 @@ void Bf16Tile(const uint32_t* xt, const uint32_t* strip, int64_t pairs, float* y
   StoreTileRows(acc, mr, y, ldy, cols, accumulate);
 }
 
-// The bf16 prefill on AMX's tile unit (internal::HasAmxBf16: Sapphire Rapids
-// and later), for K a multiple of 32. One tdpbf16ps multiplies 16 rows of x
-// by 32 inputs (a 16 x 16 block of bf16 pairs) with 32 inputs of 16 output
-// columns, 8,192 multiply-adds where vdpbf16ps does 32, accumulating in
-// float as vdpbf16ps does. The weight strips are PackPanelBf16's, which hold
-// each pair of inputs of 16 columns in one 64-byte row of the unit's B
-// layout (rows 128 bytes apart); a tile of x holds kAmxBfMr rows as
-// [K / 32][kAmxBfMr][16] words of bf16 pairs, one A operand per 32 inputs,
-// 1 KiB in one piece (row-major x would put the 16 rows a whole row apart,
-// all in one set of the L1 cache).
-constexpr int kAmxBfMr = 16;
-
-// Packs `rows` rows of x (row stride K, K a multiple of 32) rounded to bf16
-// (nearest even, as PackXBf16) as one AMX tile; rows beyond `rows` are zero.
-void PackXBf16Amx(const float* x, int64_t K, int64_t rows, uint32_t* out) {
-  for (int64_t k = 0; k < K; k += 32) {
-    uint32_t* step = out + k / 32 * (kAmxBfMr * 16);  // [kAmxBfMr][16] words
-    for (int m = 0; m < kAmxBfMr; ++m) {
-      __m512i words = _mm512_setzero_si512();
-      if (m < rows) {
-        const float* xr = x + m * K + k;
-        words = (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(xr + 16), _mm512_loadu_ps(xr));
-      }
-      _mm512_store_si512(step + m * 16, words);
-    }
-  }
-}
-
 #ifdef __clang__
 #pragma clang attribute pop
 #endif
@@ -1252,15 +1227,31 @@ void PackXBf16Amx(const float* x, int64_t K, int64_t rows, uint32_t* out) {
 #pragma clang attribute push(__attribute__((target("amx-tile,amx-bf16"))), apply_to = function)
 #endif
 
-// The tile registers of AmxBf16Tile, each 16 rows of 64 bytes: tmm0 and tmm1
-// the float sums of the strip's two halves, tmm2 the block of x, tmm3 and
-// tmm4 the halves' blocks of W.
+// The bf16 prefill on AMX's tile unit (internal::HasAmxBf16: Sapphire Rapids
+// and later), for K a multiple of 32. One tdpbf16ps multiplies a block of 16
+// weight rows by 32 inputs (the A operand, 64 bytes per row) with the same
+// 32 inputs of 16 rows of x (the B operand: 16 pairs of inputs, each row of
+// it the 16 rows' pairs), 8,192 multiply-adds where vdpbf16ps does 32,
+// accumulating in float as vdpbf16ps does (in its own order: the bits
+// differ from the AVX-512 kernels'). Taking W as the A operand reads its
+// rows as stored, 64 bytes of each of 16 rows at a time, so nothing packs
+// the weights (in an MoE prefill, where each expert's weights meet a few
+// dozen rows of x, packing them had cost more than the products); x, small,
+// is packed as PackXBf16Rows<kAmxBfMr> packs it, which is the B layout. The
+// sums stay in the tile unit for the whole of K and leave it once per block
+// of 16 x 16 outputs, transposed on the way to y.
+constexpr int kAmxBfMr = 16;    // Rows of x per tile.
+constexpr int kAmxBfTiles = 5;  // Tiles of x multiplied with each block of W.
+
+// The tile registers, each 16 rows of 64 bytes: tmm0-tmm4 the sums of up to
+// kAmxBfTiles tiles of x, tmm5 the block of W, tmm6 and tmm7 blocks of x in
+// turn. The peak probe uses the same shapes.
 struct alignas(64) AmxBf16TileConfig {
   uint8_t palette_id = 1;
   uint8_t start_row = 0;
   uint8_t reserved[14] = {};
-  uint16_t bytes_per_row[16] = {64, 64, 64, 64, 64};
-  uint8_t rows[16] = {16, 16, 16, 16, 16};
+  uint16_t bytes_per_row[16] = {64, 64, 64, 64, 64, 64, 64, 64};
+  uint8_t rows[16] = {16, 16, 16, 16, 16, 16, 16, 16};
 };
 
 // Loads the configuration into this thread's tile state for the duration of
@@ -1278,32 +1269,97 @@ class ScopedAmxBf16Tiles {
   ScopedAmxBf16Tiles& operator=(const ScopedAmxBf16Tiles&) = delete;
 };
 
-// y[0:mr, 0:cols] (+)= one AMX tile of x (from the panel's first input)
-// times one strip of W, over `pairs` k pairs (a multiple of 16).
-void AmxBf16Tile(const uint32_t* xt, const uint32_t* strip, int64_t pairs, float* y, int64_t ldy, int64_t cols,
-                 int mr, bool accumulate) {
+// Stores a 16 x 16 block of sums [weight row n][row of x m] as y[m, n] for
+// m < mr, n < cols (y's row stride ldy).
+__attribute__((always_inline)) inline void StoreTransposed(const float* sums, int mr, int cols, float* y,
+                                                           int64_t ldy) {
+  __m512 r[16];
+#pragma GCC unroll 16
+  for (int i = 0; i < 16; ++i) r[i] = _mm512_load_ps(sums + i * 16);
+  Transpose16x16(r);
+  const __mmask16 mask = FirstLanes(cols);
+  for (int m = 0; m < mr; ++m) _mm512_mask_storeu_ps(y + m * ldy, mask, r[m]);
+}
+
+// The sums of T tiles of x (tiles xt, xt + tile_words, ...) times one block
+// of 16 weight rows (w_rows, `stride` bytes apart) over K inputs, into
+// sums[t] ([16 weight rows][16 rows of x] floats each).
+template <int T>
+void AmxBf16Block(const uint32_t* xt, int64_t tile_words, const uint8_t* w_rows, int64_t stride, int64_t K,
+                  float (*sums)[256]) {
+  static_assert(T >= 1 && T <= kAmxBfTiles, "tmm0-tmm4 hold the sums");
   _tile_zero(0);
-  _tile_zero(1);
-  for (int64_t p = 0; p < pairs; p += 16) {
-    _tile_loadd(2, xt + p * kAmxBfMr, 64);
-    _tile_loadd(3, strip + p * kBfNr, kBfNr * 4);
-    _tile_loadd(4, strip + p * kBfNr + 16, kBfNr * 4);
-    _tile_dpbf16ps(0, 2, 3);
-    _tile_dpbf16ps(1, 2, 4);
-  }
-  alignas(64) float sums[2][kAmxBfMr * 16];
-  _tile_stored(0, sums[0], 64);
-  _tile_stored(1, sums[1], 64);
-  const __mmask16 mask0 = FirstLanes(Min(cols, 16)), mask1 = FirstLanes(Clamp(cols - 16, 0, 16));
-  for (int m = 0; m < mr; ++m) {
-    float* row = y + m * ldy;
-    __m512 a0 = _mm512_load_ps(sums[0] + m * 16), a1 = _mm512_load_ps(sums[1] + m * 16);
-    if (accumulate) {
-      a0 = _mm512_add_ps(a0, _mm512_maskz_loadu_ps(mask0, row));
-      a1 = _mm512_add_ps(a1, _mm512_maskz_loadu_ps(mask1, row + 16));
+  if constexpr (T > 1) _tile_zero(1);
+  if constexpr (T > 2) _tile_zero(2);
+  if constexpr (T > 3) _tile_zero(3);
+  if constexpr (T > 4) _tile_zero(4);
+  for (int64_t k = 0; k < K; k += 32) {
+    const uint32_t* xk = xt + k / 2 * kAmxBfMr;  // 16 pairs x 16 rows
+    _tile_loadd(5, w_rows + k * 2, stride);
+    _tile_loadd(6, xk, 64);
+    _tile_dpbf16ps(0, 5, 6);
+    if constexpr (T > 1) {
+      _tile_loadd(7, xk + tile_words, 64);
+      _tile_dpbf16ps(1, 5, 7);
     }
-    _mm512_mask_storeu_ps(row, mask0, a0);
-    _mm512_mask_storeu_ps(row + 16, mask1, a1);
+    if constexpr (T > 2) {
+      _tile_loadd(6, xk + 2 * tile_words, 64);
+      _tile_dpbf16ps(2, 5, 6);
+    }
+    if constexpr (T > 3) {
+      _tile_loadd(7, xk + 3 * tile_words, 64);
+      _tile_dpbf16ps(3, 5, 7);
+    }
+    if constexpr (T > 4) {
+      _tile_loadd(6, xk + 4 * tile_words, 64);
+      _tile_dpbf16ps(4, 5, 6);
+    }
+  }
+  _tile_stored(0, sums[0], 64);
+  if constexpr (T > 1) _tile_stored(1, sums[1], 64);
+  if constexpr (T > 2) _tile_stored(2, sums[2], 64);
+  if constexpr (T > 3) _tile_stored(3, sums[3], 64);
+  if constexpr (T > 4) _tile_stored(4, sums[4], 64);
+}
+
+// y[0:M, n_begin:n_end] = x W^T for the rows of x packed in xp
+// (ceil(M / kAmxBfMr) tiles of PackXBf16Rows<kAmxBfMr>) and BF16 weights w
+// (K = w.cols a multiple of 32). A final block of fewer than 16 weight rows
+// is copied into zero-padded scratch first, so that no tile load reads past
+// the matrix.
+void AmxBf16Columns(const uint32_t* xp, int64_t M, const WeightView& w, float* y, int64_t n_begin, int64_t n_end) {
+  const int64_t N = w.rows, K = w.cols;
+  const int64_t tile_words = K / 2 * kAmxBfMr;
+  const int64_t tiles = (M + kAmxBfMr - 1) / kAmxBfMr;
+  const ScopedAmxBf16Tiles config;
+  alignas(64) float sums[kAmxBfTiles][256];
+  for (int64_t n0 = n_begin; n0 < n_end; n0 += 16) {
+    const int cols = static_cast<int>(Min(int64_t{16}, n_end - n0));
+    const uint8_t* w_rows = RowAt(w, n0);
+    int64_t stride = RowStride(w);
+    if (cols < 16) {
+      auto* padded = reinterpret_cast<uint8_t*>(
+          internal::ThreadScratch(internal::Scratch::kPanel, static_cast<size_t>(16 * K / 2)));  // [16][K] bf16
+      std::fill(padded, padded + 16 * K * 2, uint8_t{0});
+      for (int i = 0; i < cols; ++i) std::copy_n(RowAt(w, n0 + i), K * 2, padded + i * K * 2);
+      w_rows = padded;
+      stride = K * 2;
+    }
+    for (int64_t t0 = 0; t0 < tiles; t0 += kAmxBfTiles) {
+      const int count = static_cast<int>(Min(int64_t{kAmxBfTiles}, tiles - t0));
+      const uint32_t* xt = xp + t0 * tile_words;
+      switch (count) {
+        case 1: AmxBf16Block<1>(xt, tile_words, w_rows, stride, K, sums); break;
+        case 2: AmxBf16Block<2>(xt, tile_words, w_rows, stride, K, sums); break;
+        case 3: AmxBf16Block<3>(xt, tile_words, w_rows, stride, K, sums); break;
+        case 4: AmxBf16Block<4>(xt, tile_words, w_rows, stride, K, sums); break;
+        default: AmxBf16Block<5>(xt, tile_words, w_rows, stride, K, sums); break;
+      }
+      for (int t = 0; t < count; ++t) {
+        const int64_t m0 = (t0 + t) * kAmxBfMr;
+        StoreTransposed(sums[t], static_cast<int>(Min(int64_t{kAmxBfMr}, M - m0)), cols, y + m0 * N + n0, N);
+      }
+    }
   }
 }
 
@@ -1413,24 +1469,6 @@ void PrefillBf16Range(const uint32_t* xp, int64_t mc, const WeightView& w, float
       });
 }
 
-// PrefillBf16Range on AMX: the same panels of W times tiles of kAmxBfMr
-// rows of x packed by PackXBf16Amx (ceil(mc / kAmxBfMr) of them in xp).
-void PrefillBf16AmxRange(const uint32_t* xp, int64_t mc, const WeightView& w, float* y, int64_t n_begin,
-                         int64_t n_end, const FollowingWork& after = {}) {
-  const int64_t N = w.rows;
-  const int64_t tile_words = w.cols / 2 * kAmxBfMr;
-  auto* packed = reinterpret_cast<uint32_t*>(
-      internal::ThreadScratch(internal::Scratch::kPanel, static_cast<size_t>(kBfNb * kBfKb / 2)));
-  const ScopedAmxBf16Tiles tiles;
-  PanelLoop<kBfNb, kBfKb, kAmxBfMr, kBfNr>(
-      w, mc, n_begin, n_end, after, [&](const Panel& p) { PackPanelBf16(w, p.n0, p.ncols, p.k0, p.kb, packed); },
-      [&](int64_t m0, int mr, int64_t s, const Panel& p) {
-        const int64_t pairs = p.kb / 2;
-        AmxBf16Tile(xp + m0 / kAmxBfMr * tile_words + p.k0 / 2 * kAmxBfMr, packed + s * pairs * kBfNr, pairs,
-                    y + m0 * N + p.n0 + s * kBfNr, N, Min(kBfNr, p.ncols - s * kBfNr), mr, p.k0 > 0);
-      });
-}
-
 // Whether the bf16 prefill of K inputs runs on AMX (whole blocks of 32).
 inline bool UsesAmxBf16(int64_t K) { return K % 32 == 0 && internal::HasAmxBf16(); }
 
@@ -1447,11 +1485,13 @@ bool PrefillBf16(const float* x, int64_t M, const WeightView& w, float* y, Threa
     if (UsesAmxBf16(K)) {
       const int64_t tile_words = K / 2 * kAmxBfMr;
       auto* xp = reinterpret_cast<uint32_t*>(internal::ThreadScratch(
-          internal::Scratch::kPackedX, static_cast<size_t>(kBfMc / kAmxBfMr * tile_words)));  // [kBfMc / kAmxBfMr][K / 32][kAmxBfMr][16]
-      TiledPrefill<kBfMc, kAmxBfMr, kBfNr>(
+          internal::Scratch::kPackedX, static_cast<size_t>(kBfMc / kAmxBfMr * tile_words)));  // [kBfMc / kAmxBfMr][K / 2][kAmxBfMr]
+      TiledPrefill<kBfMc, kAmxBfMr, 16>(
           x, M, w, y, pool,
-          [&](const float* rows, int64_t count, int64_t t) { PackXBf16Amx(rows, K, count, xp + t * tile_words); },
-          [&](int64_t mc, float* yb, int64_t n0, int64_t n1) { PrefillBf16AmxRange(xp, mc, w, yb, n0, n1); });
+          [&](const float* rows, int64_t count, int64_t t) {
+            PackXBf16Rows<kAmxBfMr>(rows, K, count, xp + t * tile_words);
+          },
+          [&](int64_t mc, float* yb, int64_t n0, int64_t n1) { AmxBf16Columns(xp, mc, w, yb, n0, n1); });
       return true;
     }
     const int64_t tile_words = K / 2 * kBfMr;
@@ -1585,8 +1625,8 @@ bool PrefillManyTyped(const MatMulJob* jobs, int64_t n, ThreadPool& pool) {
                       reinterpret_cast<uint32_t*>(base) + t * (K / 2 * kBfMr));
             break;
           case ManyPath::kPrefillBf16Amx:
-            PackXBf16Amx(job.x + t * kAmxBfMr * K, K, Min(int64_t{kAmxBfMr}, job.M - t * kAmxBfMr),
-                         reinterpret_cast<uint32_t*>(base) + t * (K / 2 * kAmxBfMr));
+            PackXBf16Rows<kAmxBfMr>(job.x + t * kAmxBfMr * K, K, Min(int64_t{kAmxBfMr}, job.M - t * kAmxBfMr),
+                                    reinterpret_cast<uint32_t*>(base) + t * (K / 2 * kAmxBfMr));
             break;
           case ManyPath::kPrefillFloat:
             PackX(job.x + t * kMr * K, K, Min(kMr, job.M - t * kMr), base + t * K * kMr);
@@ -1707,8 +1747,7 @@ bool PrefillManyTyped(const MatMulJob* jobs, int64_t n, ThreadPool& pool) {
           PrefillBf16Range(reinterpret_cast<const uint32_t*>(base), job.M, *job.w, job.y, chunk.n0, chunk.n1, after);
           break;
         case ManyPath::kPrefillBf16Amx:
-          PrefillBf16AmxRange(reinterpret_cast<const uint32_t*>(base), job.M, *job.w, job.y, chunk.n0, chunk.n1,
-                              after);
+          AmxBf16Columns(reinterpret_cast<const uint32_t*>(base), job.M, *job.w, job.y, chunk.n0, chunk.n1);
           break;
         case ManyPath::kPrefillFloat:
           PrefillRange<D>(base, job.M, *job.w, job.y, chunk.n0, chunk.n1, after);
@@ -2312,7 +2351,39 @@ __attribute__((target("avx512bf16"))) double Bf16Chains(int64_t iterations) {
   return static_cast<double>(iterations) * kChains * 32 * 2;
 }
 
-double Bf16DotChains(int64_t iterations) { return internal::HasAvx512Bf16() ? Bf16Chains(iterations) : 0.0; }
+// Four independent tdpbf16ps chains (16 x 16 x 32 bf16 multiply-adds each)
+// on the tile unit, one product per iteration, with the tile shapes the AMX
+// bf16 prefill uses.
+__attribute__((target("amx-tile,amx-bf16"))) double AmxBf16Chains(int64_t iterations) {
+  alignas(64) uint16_t operand[16 * 32];
+  std::fill(operand, operand + 16 * 32, uint16_t{0x3a83});  // bf16 0.001
+  const ScopedAmxBf16Tiles tiles;
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_zero(3);
+  _tile_loadd(4, operand, 64);
+  _tile_loadd(5, operand, 64);
+  const int64_t rounds = Max(iterations / 4, int64_t{1});
+  for (int64_t r = 0; r < rounds; ++r) {
+    _tile_dpbf16ps(0, 4, 5);
+    _tile_dpbf16ps(1, 4, 5);
+    _tile_dpbf16ps(2, 4, 5);
+    _tile_dpbf16ps(3, 4, 5);
+  }
+  alignas(64) float sums[16 * 16];
+  _tile_stored(0, sums, 64);
+  volatile float sink = sums[0];
+  (void)sink;
+  return static_cast<double>(rounds) * 4 * 16 * 16 * 32 * 2;
+}
+
+// The bf16 prefill uses the tile unit where the CPU has AMX and vdpbf16ps
+// otherwise; the probe measures whichever runs.
+double Bf16DotChains(int64_t iterations) {
+  if (!internal::HasAvx512Bf16()) return 0.0;
+  return internal::HasAmxBf16() ? AmxBf16Chains(iterations) : Bf16Chains(iterations);
+}
 
 // Twelve independent chains: three times the FMA latency (4 cycles) times the
 // throughput (one 512-bit FMA per cycle on Zen 4, two on Intel server parts).

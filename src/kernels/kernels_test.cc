@@ -732,14 +732,15 @@ TEST_P(IsaTest, Bf16ActivationsPrefillStaysWithinItsBound) {
 }
 
 // On a CPU with AMX the bf16 prefill (K a multiple of 32) runs on the tile
-// unit, which accumulates in float as vdpbf16ps does but in its own order,
-// so its bits differ from the AVX-512 kernels' (about two outputs in three
-// here). It is held to the bf16 bound against the float reference; each
-// row of x must get the same bits whatever the row count and wherever the
-// row sits in a 16-row tile (a text scores the same alone or batched); and
-// the AVX-512 path (tile unit masked) must stay within the same bound. Row
-// counts below, at and past one tile; K across several 256-input panels;
-// N ending in a partial strip.
+// unit, which accumulates in float as vdpbf16ps does but in its own order
+// and over the whole of K, so its bits differ from the AVX-512 kernels'. It
+// is held to the bf16 bound against the float reference; each row of x must
+// get the same bits whatever the row count and wherever the row sits among
+// the tiles of x (a text scores the same alone or batched); and the AVX-512
+// path (tile unit masked) must stay within the same bound. Row counts below,
+// at and past one 16-row tile, up to 19 tiles (every count of tiles
+// multiplied together, 1 to 5); K of 25 tile products; N ending in a block
+// of 8 weight rows (copied into padding).
 TEST(AmxBf16Test, AmxPrefillStaysWithinTheBf16BoundAndRowInvariant) {
   if (!CpuHasAvx512() || !__builtin_cpu_supports("avx512bf16") || !internal::HasAmxBf16())
     GTEST_SKIP() << "this CPU lacks AVX512-BF16 or AMX-BF16 (or EPWA_AMX=0)";
