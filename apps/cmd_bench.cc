@@ -37,6 +37,24 @@ struct StepCost {
   // per key a query sees, and the layer's sliding window (0: none).
   std::vector<std::pair<double, int64_t>> attention_flops_per_key;
 
+  // Weights a prefill reads whatever its length (attention, routers, the
+  // lm_head) and, per MoE layer, the bytes of one expert.
+  double prefill_fixed_bytes = 0;
+  std::vector<double> expert_bytes_per_layer;
+  double experts = 1, experts_per_token = 1;
+
+  // Weights a prefill of `tokens` tokens reads: with E experts chosen k at a
+  // time, uniform routing leaves an expert unused with probability
+  // (1 - k / E)^tokens, so E (1 - (1 - k / E)^tokens) are read per layer
+  // (nearly all of them from a few dozen tokens on).
+  double PrefillBytes(int64_t tokens) const {
+    const double used =
+        experts * (1.0 - std::pow(1.0 - experts_per_token / experts, static_cast<double>(tokens)));
+    double bytes = prefill_fixed_bytes;
+    for (double b : expert_bytes_per_layer) bytes += used * b;
+    return bytes;
+  }
+
   // Attention flops per token of a `tokens`-token prompt: token t sees
   // min(t + 1, window) keys.
   double AttentionFlopsPerToken(int64_t tokens) const {
@@ -91,6 +109,8 @@ StepCost CostOf(const Engine& engine) {
     const double expert_params = static_cast<double>(3 * e.Ff() * e.down.rows);
     const double used = c.IsMoe() ? static_cast<double>(c.num_experts_per_tok) : 1.0;
     cost.decode_bytes += attn + used * expert + l.router.size() * sizeof(float);
+    cost.prefill_fixed_bytes += attn + static_cast<double>(l.router.size() * sizeof(float));
+    cost.expert_bytes_per_layer.push_back(expert);
     cost.flops_per_token += 2.0 * (attn_params + used * expert_params +
                                    static_cast<double>(l.router.size()));
     cost.flops_by_dot[kernels::PrefillDotFor(l.q.dtype)] += 2.0 * attn_params;
@@ -104,6 +124,11 @@ StepCost CostOf(const Engine& engine) {
   for (int64_t layer = 0; layer < c.num_layers; ++layer)
     cost.attention_flops_per_key.emplace_back(2.0 * widths * static_cast<double>(c.num_heads), c.WindowOf(layer));
   cost.decode_bytes += bytes(w.lm_head);
+  cost.prefill_fixed_bytes += bytes(w.lm_head);
+  if (c.IsMoe()) {
+    cost.experts = static_cast<double>(c.num_experts);
+    cost.experts_per_token = static_cast<double>(c.num_experts_per_tok);
+  }
   cost.lm_head_flops = 2.0 * static_cast<double>(w.lm_head.rows * w.lm_head.cols);
   cost.lm_head_dot = kernels::PrefillDotFor(w.lm_head.dtype);
   return cost;
@@ -395,6 +420,11 @@ Runner RegisterBench(CLI::App& app) {
                                    cost.AttentionFlopsPerToken(f->prompt_tokens)) /
                                   1e9;
     const double prefill_limit = PrefillLimitTokensPerS(cost, peaks, f->prompt_tokens);
+    // The other limit a prefill meets: it must read its weights once, which
+    // at a few dozen rows per expert (an MoE prompt of a hundred tokens, or
+    // the tile unit's speed) takes longer than their products.
+    const double prefill_bytes = cost.PrefillBytes(f->prompt_tokens);
+    const double prefill_read_limit = prefill_bytes > 0 ? f->prompt_tokens / (prefill_bytes / (bandwidth * 1e9)) : 0.0;
     // The instruction that does most of the prefill's work, to name the limit.
     kernels::PrefillDot main_dot = kernels::PrefillDot::kFp32Fma;
     double most = 0;
@@ -419,6 +449,9 @@ Runner RegisterBench(CLI::App& app) {
            {"prefill_attention_flops_per_token", cost.AttentionFlopsPerToken(f->prompt_tokens)},
            {"prefill_fraction_of_peak", prefill_limit > 0 ? best_prefill / prefill_limit : 0.0},
            {"prefill_fraction_of_fma_peak", prefill_gflops / peaks.fma_gflops},
+           {"prefill_weight_bytes", prefill_bytes},
+           {"prefill_read_limit_tokens_per_s", prefill_read_limit},
+           {"prefill_fraction_of_read_limit", prefill_read_limit > 0 ? best_prefill / prefill_read_limit : 0.0},
            {"decode_tokens", f->gen_tokens},
            {"decode_tokens_per_s", best_decode},
            {"decode_gbs", decode_gbs},
@@ -437,6 +470,8 @@ Runner RegisterBench(CLI::App& app) {
                 "the fp32 FMA peak)\n",
                 f->prompt_tokens, best_prefill, prefill_gflops, 100 * best_prefill / prefill_limit,
                 kernels::PrefillDotName(main_dot), prefill_limit, 100 * prefill_gflops / peaks.fma_gflops);
+    std::printf("           reads %.0f MB of weights: %.0f%% of what the read bandwidth allows (%.0f tok/s)\n",
+                prefill_bytes / 1e6, 100 * best_prefill / prefill_read_limit, prefill_read_limit);
     std::printf("decode     %d tokens: %.2f tok/s, %.2f GB/s = %.0f%% of read bandwidth (per token %.0f MB of "
                 "weights and %.0f MB of %s KV cache)\n",
                 f->gen_tokens, best_decode, decode_gbs, 100 * decode_gbs / bandwidth, cost.decode_bytes / 1e6,
