@@ -699,35 +699,56 @@ TEST_P(IsaTest, RowInvariantMatMulGivesEachRowTheSameBits) {
 // the path or CPU lacks AVX512-BF16 the float prefill runs and stays exact.
 TEST_P(IsaTest, Bf16ActivationsPrefillStaysWithinItsBound) {
   struct Restore {
-    ~Restore() { SetBf16Activations(false); }
+    ~Restore() {
+      SetBf16Activations(false);
+      internal::MaskAmxForTesting(false);
+    }
   } restore;
   SetBf16Activations(true);
   const bool bf16_path = GetParam() == Isa::kAvx512 && __builtin_cpu_supports("avx512bf16");
   EXPECT_EQ(PrefillDotFor(DType::kBF16) == PrefillDot::kBf16, bf16_path);
   EXPECT_EQ(PrefillDotFor(DType::kF16), PrefillDot::kFp32Fma);
-  // Rows of x past a multiple of the 8-row bf16 tile: 1 to 7 (9, 10, 11,
-  // 12, 37, 14, 23) and none (300, 64).
-  for (const auto& [M, N, K] : {std::tuple{9, 33, 64}, {37, 300, 98}, {300, 70, 544}, {17, 40, 63}, {64, 257, 1000},
-                                {10, 40, 96}, {11, 33, 64}, {12, 35, 128}, {14, 50, 128}, {23, 40, 64}}) {
-    const TestWeights w = MakeWeights(DType::kBF16, N, K, static_cast<uint32_t>(M + N + K));
-    const std::vector<float> x = RandomVector(static_cast<int64_t>(M) * K, static_cast<uint32_t>(M * K));
-    std::vector<float> y(static_cast<size_t>(M) * N, std::numeric_limits<float>::quiet_NaN());
-    std::vector<float> want(y.size());
-    MatMul(x.data(), M, w.view, y.data(), TwoThreads());
-    reference::MatMul(x.data(), M, w.view, want.data());
-    int failures = 0;
-    for (int m = 0; m < M && failures < 5; ++m)
-      for (int n = 0; n < N && failures < 5; ++n) {
-        double magnitude = 0;
-        for (int k = 0; k < K; ++k) magnitude += std::fabs(double(x[m * K + k]) * w.view.At(n, k));
-        const double bound = (bf16_path && K % 2 == 0 ? std::ldexp(1.0, -8) : 1e-5) * magnitude + 1e-6;
-        const double err = std::fabs(double(y[m * N + n]) - want[m * N + n]);
-        if (!(err <= bound)) {
-          ADD_FAILURE() << "M " << M << " N " << N << " K " << K << " y[" << m << ", " << n << "] = " << y[m * N + n]
-                        << ", reference " << want[m * N + n] << ", bound " << bound;
-          ++failures;
+  // On a CPU with AMX, both the tile unit's kernels (K a multiple of 32)
+  // and vdpbf16ps's (the unit masked).
+  for (bool mask_amx : {false, true}) {
+    if (mask_amx && !internal::HasAmxBf16()) break;
+    internal::MaskAmxForTesting(mask_amx);
+    // Rows of x past a multiple of the 8-row bf16 tile: 1 to 7 (9, 10, 11,
+    // 12, 37, 14, 23) and none (300, 64).
+    for (const auto& [M, N, K] : {std::tuple{9, 33, 64},
+                                  {37, 300, 98},
+                                  {300, 70, 544},
+                                  {17, 40, 63},
+                                  {64, 257, 1000},
+                                  {10, 40, 96},
+                                  {11, 33, 64},
+                                  {12, 35, 128},
+                                  {14, 50, 128},
+                                  {23, 40, 64}}) {
+      const TestWeights w = MakeWeights(DType::kBF16, N, K, static_cast<uint32_t>(M + N + K));
+      const std::vector<float> x =
+          RandomVector(static_cast<int64_t>(M) * K, static_cast<uint32_t>(M * K));
+      std::vector<float> y(static_cast<size_t>(M) * N, std::numeric_limits<float>::quiet_NaN());
+      std::vector<float> want(y.size());
+      MatMul(x.data(), M, w.view, y.data(), TwoThreads());
+      reference::MatMul(x.data(), M, w.view, want.data());
+      int failures = 0;
+      for (int m = 0; m < M && failures < 5; ++m)
+        for (int n = 0; n < N && failures < 5; ++n) {
+          double magnitude = 0;
+          for (int k = 0; k < K; ++k)
+            magnitude += std::fabs(double(x[m * K + k]) * w.view.At(n, k));
+          const double bound =
+              (bf16_path && K % 2 == 0 ? std::ldexp(1.0, -8) : 1e-5) * magnitude + 1e-6;
+          const double err = std::fabs(double(y[m * N + n]) - want[m * N + n]);
+          if (!(err <= bound)) {
+            ADD_FAILURE() << "M " << M << " N " << N << " K " << K << " y[" << m << ", " << n
+                          << "] = " << y[m * N + n] << ", reference " << want[m * N + n]
+                          << ", bound " << bound << (mask_amx ? " (AMX masked)" : "");
+            ++failures;
+          }
         }
-      }
+    }
   }
 }
 
@@ -906,11 +927,19 @@ TEST_P(IsaTest, MatMulManyEqualsEachMatMul) {
 // MatMul's result, with float activations and with bf16 activations.
 TEST_P(IsaTest, MatMulManyPrefillEqualsEachMatMul) {
   struct Restore {
-    ~Restore() { SetBf16Activations(false); }
+    ~Restore() {
+      SetBf16Activations(false);
+      internal::MaskAmxForTesting(false);
+    }
   } restore;
   const std::vector<int64_t> expert_rows = {9, 1, 16, 3, 33, 8, 12, 40, 2};
-  for (bool bf16_x : {false, true}) {
+  // bf16 activations twice on a CPU with AMX: on the tile unit and (masked)
+  // through vdpbf16ps.
+  for (int mode : {0, 1, 2}) {
+    const bool bf16_x = mode > 0;
+    if (mode == 2 && !internal::HasAmxBf16()) break;
     SetBf16Activations(bf16_x);
+    internal::MaskAmxForTesting(mode == 2);
     for (DType dtype : {DType::kF32, DType::kF16, DType::kBF16}) {
       const TestWeights gate = MakeWeights(dtype, 70, 96, 91), up = MakeWeights(dtype, 300, 96, 92);
       std::vector<std::vector<float>> xs, got;
@@ -930,7 +959,7 @@ TEST_P(IsaTest, MatMulManyPrefillEqualsEachMatMul) {
         std::vector<float> want(got[j].size());
         MatMul(jobs[j].x, jobs[j].M, *jobs[j].w, want.data(), TwoThreads());
         EXPECT_EQ(got[j], want) << DTypeName(dtype) << " job " << j << " rows " << jobs[j].M
-                                << (bf16_x ? " bf16 activations" : "");
+                                << (bf16_x ? " bf16 activations" : "") << (mode == 2 ? " (AMX masked)" : "");
       }
     }
   }
