@@ -2,7 +2,9 @@
 // synthetic models of real shapes (MoE and dense, bf16), at every level and
 // two context lengths, a fresh `epwa run` process (load + prefill of a prompt
 // that fills the context + decode) must peak (VmHWM) within +-5% of the plan's
-// expected total, or +-64 MiB for small models. The table goes to the test log.
+// expected total, or +-64 MiB for small models; below the plan, also within
+// the embedding's pessimistic share (EmbeddingBound). The table goes to the
+// test log.
 // Also: a --mem-budget just below a level's requirement makes auto step down
 // and an explicit level refuse with its message; just above, it runs.
 #include <gtest/gtest.h>
@@ -11,6 +13,7 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <map>
 #include <sstream>
 
@@ -87,6 +90,19 @@ class PlanAccuracy : public ::testing::Test {
     delete dir_;
   }
 
+  // The resident bytes the plan counts for an untied embedding used in place
+  // at context ctx: as if each of the ctx tokens were another row and each
+  // row's page fault mapped the kernel's 64 KiB fault-around window
+  // (PlanTensors). That is an upper bound a real prompt stays under (its
+  // tokens repeat; a fault may map fewer pages), by up to all of it.
+  static double EmbeddingBound(const std::string& model, int64_t ctx) {
+    std::ifstream in(model + "/config.json");
+    const json c = json::parse(in);
+    if (c.value("tie_word_embeddings", false)) return 0.0;
+    const double vocab = c.at("vocab_size").get<double>(), hidden = c.at("hidden_size").get<double>();
+    return std::min(vocab * hidden * 2.0, std::min(vocab, static_cast<double>(ctx)) * 65536.0);
+  }
+
   void CheckModel(const std::string& name, const std::string& model, std::vector<int64_t> ctxs) {
     testing::TempDir scratch;
     for (int64_t ctx : ctxs) {
@@ -109,7 +125,11 @@ class PlanAccuracy : public ::testing::Test {
         const double planned = stats["load"]["planned_bytes"].get<double>();
         const double actual = stats["peak_rss_bytes"].get<double>();
         const double tolerance = std::max(0.05 * planned, 64.0 * (1 << 20));
-        const bool ok = std::abs(actual - planned) <= tolerance;
+        // Above the plan only the tolerance; below it also the embedding's
+        // deliberately pessimistic share (at a 1,024-token context on this
+        // machine's bench-moe, 54-68 MiB under the plan in all).
+        const bool ok = actual - planned <= tolerance &&
+                        planned - actual <= tolerance + EmbeddingBound(model, ctx);
         rows_.push_back({name, level, ctx, planned / (1 << 20), actual / (1 << 20),
                          100.0 * (actual - planned) / planned, ok});
         EXPECT_TRUE(ok) << name << " " << level << " ctx " << ctx << ": planned " << planned
