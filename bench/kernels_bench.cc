@@ -658,6 +658,15 @@ BENCHMARK(BM_ExpertShare)
     ->ComputeStatistics("min", Min)
     ->ComputeStatistics("max", Max)
     ->Unit(benchmark::kMicrosecond);
+// BF16 experts at the rows a 128-token prompt gives them (one and two tiles
+// of 16 rows; with EPWA_BF16_ACTIVATIONS=1 the bf16 prefill, on AMX where
+// the CPU has it, else the float prefill). Reported GB/s is the weights'.
+BENCHMARK(BM_ExpertShare)
+    ->ArgsProduct({{kBF16}, {0, 1}, {16, 24}})
+    ->UseRealTime()
+    ->ComputeStatistics("min", Min)
+    ->ComputeStatistics("max", Max)
+    ->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_MatMulSmallM)
     ->ArgsProduct({{kBF16, kQ8, kQ4, kNF4, kMXFP4}, {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 16}, {2}})
     ->UseRealTime()
