@@ -151,6 +151,7 @@ uint64_t Transformer::BatchScratchBytes(const ModelConfig& c, int64_t T, int64_t
   const uint64_t freq_rows = c.rope_scaling.DependsOnLength() ? s : 1;
   bytes += freq_rows * static_cast<uint64_t>(c.head_dim / 2) * sizeof(double);
   bytes += s * sizeof(double);  // rope_amplitude_
+  bytes += t * static_cast<uint64_t>(c.head_dim) * sizeof(float);  // rope_cos_sin_
   // row_pos_, row_seg_, seg_first_, logit_rows_.
   bytes += t * (sizeof(int64_t) + sizeof(int32_t)) + (s + 1) * sizeof(int64_t) +
            static_cast<uint64_t>(logit_rows) * sizeof(int64_t);
@@ -178,7 +179,7 @@ uint64_t Transformer::ScratchBytesInUse() const {
          b(x_) + b(xn_) + b(q_) + b(k_) + b(v_) + b(att_) + b(proj_) + b(router_logits_) +
          b(ffn_in_) + b(ffn_gate_) + b(ffn_up_) + b(ffn_out_) + b(scores_) + b(token_experts_) +
          b(token_weights_) + b(moe_out_) + b(rows_token_) + b(rows_weight_) + b(inv_freq_) +
-         b(row_pos_) + b(row_seg_) + b(seg_first_) + b(logit_rows_) + b(rope_amplitude_) + b(qa_) +
+         b(row_pos_) + b(row_seg_) + b(seg_first_) + b(logit_rows_) + b(rope_amplitude_) + b(rope_cos_sin_) + b(qa_) +
          b(expert_rows_) + b(attention_slots_) + b(attention_ranges_) + b(attention_sinks_) +
          b(attention_row_blocks_);
 }
@@ -398,22 +399,30 @@ Transformer::Transformer(ModelConfig config, ModelWeights weights, ThreadPool& p
 // with i + head_dim/2 (not with i + 1 as in the original RoPE paper's layout).
 // cos and sin are multiplied by the scaling kind's attention factor (YaRN),
 // as transformers does before applying them.
-void Transformer::ApplyRope(float* vec, int64_t num_heads, int64_t stride, int64_t pos,
-                            const double* inv_freq, double amplitude) const {
+void Transformer::ApplyRope(float* vec, int64_t num_heads, int64_t stride, const float* cos_sin) const {
   const int64_t half = config_.head_dim / 2;
+  const float* cos = cos_sin;
+  const float* sin = cos_sin + half;
   // Pair i: dimensions (i, i + half) in the rotate-half layout, (2i, 2i + 1)
-  // in the adjacent one (DeepSeek).
+  // in the adjacent one (DeepSeek). Head by head, so that the rotate-half
+  // loop runs over consecutive floats of both halves (it vectorizes).
   const bool adjacent = config_.rope_pairing == RopePairing::kAdjacent;
-  for (int64_t i = 0; i < half; ++i) {
-    const double angle = static_cast<double>(pos) * inv_freq[i];
-    const float c = static_cast<float>(std::cos(angle) * amplitude);
-    const float s = static_cast<float>(std::sin(angle) * amplitude);
-    const int64_t ia = adjacent ? 2 * i : i, ib = adjacent ? 2 * i + 1 : i + half;
-    for (int64_t h = 0; h < num_heads; ++h) {
-      float* head = vec + h * stride;
-      const float a = head[ia], b = head[ib];
-      head[ia] = a * c - b * s;
-      head[ib] = b * c + a * s;
+  for (int64_t h = 0; h < num_heads; ++h) {
+    float* head = vec + h * stride;
+    if (adjacent) {
+      for (int64_t i = 0; i < half; ++i) {
+        const float a = head[2 * i], b = head[2 * i + 1];
+        head[2 * i] = a * cos[i] - b * sin[i];
+        head[2 * i + 1] = b * cos[i] + a * sin[i];
+      }
+    } else {
+      float* __restrict lo = head;
+      float* __restrict hi = head + half;
+      for (int64_t i = 0; i < half; ++i) {
+        const float a = lo[i], b = hi[i];
+        lo[i] = a * cos[i] - b * sin[i];
+        hi[i] = b * cos[i] + a * sin[i];
+      }
     }
   }
 }
@@ -503,6 +512,23 @@ void Transformer::ForwardBatch(std::span<const BatchSegment> segments, std::vect
     const std::vector<double> inv = RopeInverseFrequencies(config_, 1);
     inv_freq_.assign(inv.begin(), inv.begin() + half);
   }
+  // Each row's rotation, computed once per call rather than in every layer
+  // for q and for k: the double-precision sines and cosines had taken 4 % of
+  // a detection pass (one layer) and more of a long prompt's prefill.
+  Grow(rope_cos_sin_, T * 2 * half);
+  pool_.ParallelFor(T, 32, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t s = row_seg_[t];
+      const double* inv = inv_freq_.data() + (inv_freq_per_segment_ ? s * half : 0);
+      const double amplitude = rope_amplitude_[s];
+      float* cos_sin = rope_cos_sin_.data() + t * 2 * half;
+      for (int64_t i = 0; i < half; ++i) {
+        const double angle = static_cast<double>(row_pos_[t]) * inv[i];
+        cos_sin[i] = static_cast<float>(std::cos(angle) * amplitude);
+        cos_sin[half + i] = static_cast<float>(std::sin(angle) * amplitude);
+      }
+    }
+  });
 
   for (int64_t t = 0; t < T; ++t) {
     const int32_t id = segments[row_seg_[t]].tokens[t - seg_first_[row_seg_[t]]];
@@ -632,17 +658,19 @@ void Transformer::Attention(int64_t layer, int64_t T, std::span<const BatchSegme
     CheckStage(k_.data(), T * kv_dim, name("k_proj"));
     CheckStage(v_.data(), T * kv_dim, name("v_proj"));
   }
-  // Each row is rotated for its own position and appended to its own cache.
-  const int64_t half = hd / 2;
-  for (int64_t t = 0; t < T; ++t) {
-    const int64_t pos = row_pos_[t], s = row_seg_[t];
-    const double* inv_freq = inv_freq_.data() + (inv_freq_per_segment_ ? s * half : 0);
-    KVCache& cache = *segments[s].cache;
-    ApplyRope(q_.data() + t * q_dim, H, hd, pos, inv_freq, rope_amplitude_[s]);
-    ApplyRope(k_.data() + t * kv_dim, KVH, hd, pos, inv_freq, rope_amplitude_[s]);
-    cache.StoreKey(layer, pos, k_.data() + t * kv_dim);
-    cache.StoreValue(layer, pos, v_.data() + t * kv_dim);
-  }
+  // Each row is rotated for its own position and appended to its own cache
+  // (its own slot: rows write nothing in common, so the rows of a prompt are
+  // shared out between the threads).
+  pool_.ParallelFor(T, 32, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t pos = row_pos_[t];
+      KVCache& cache = *segments[row_seg_[t]].cache;
+      ApplyRope(q_.data() + t * q_dim, H, hd, RopeRow(t));
+      ApplyRope(k_.data() + t * kv_dim, KVH, hd, RopeRow(t));
+      cache.StoreKey(layer, pos, k_.data() + t * kv_dim);
+      cache.StoreValue(layer, pos, v_.data() + t * kv_dim);
+    }
+  });
 
   // Scores of one (row, head) item span at most the longest sequence's end.
   int64_t end_pos = 0;
@@ -778,14 +806,12 @@ void Transformer::LatentAttention(int64_t layer, int64_t T, std::span<const Batc
   }
   // Each row: the latent normalised, the shared key and every head's rotary
   // part rotated for the row's position, then latent and key cached.
-  const int64_t half = dr / 2;
   for (int64_t t = 0; t < T; ++t) {
     const int64_t pos = row_pos_[t], s = row_seg_[t];
-    const double* inv_freq = inv_freq_.data() + (inv_freq_per_segment_ ? s * half : 0);
     float* ckv = k_.data() + t * ckv_dim;
     kernels::RmsNorm(ckv, lw.kv_a_norm.data(), r, kLatentEps, ckv);
-    ApplyRope(ckv + r, 1, dr, pos, inv_freq, rope_amplitude_[s]);
-    ApplyRope(q_.data() + t * q_dim + dn, H, qd, pos, inv_freq, rope_amplitude_[s]);
+    ApplyRope(ckv + r, 1, dr, RopeRow(t));
+    ApplyRope(q_.data() + t * q_dim + dn, H, qd, RopeRow(t));
     segments[s].cache->StoreKey(layer, pos, ckv);
   }
 

@@ -208,11 +208,13 @@ class Transformer {
   // The activation of config_ (SwiGLU or clamped SwiGLU): gate[i] becomes
   // act(gate[i]) * up[i] for n values.
   void Activate(float* gate, const float* up, int64_t n) const;
-  // Rotates `num_heads` head vectors at `vec` for position `pos` with the
-  // inverse frequencies `inv_freq` ([head_dim / 2]).
-  // Heads are `stride` floats apart; the first head_dim of each rotate.
-  void ApplyRope(float* vec, int64_t num_heads, int64_t stride, int64_t pos, const double* inv_freq,
-                 double amplitude) const;
+  // Rotates `num_heads` head vectors at `vec` by one row's rotation
+  // `cos_sin` ([2, head_dim / 2]: the cosines, then the sines, of a row of
+  // rope_cos_sin_). Heads are `stride` floats apart; the first head_dim of
+  // each rotate.
+  void ApplyRope(float* vec, int64_t num_heads, int64_t stride, const float* cos_sin) const;
+  // The rotation of row t of the current call in rope_cos_sin_.
+  const float* RopeRow(int64_t t) const { return rope_cos_sin_.data() + t * config_.head_dim; }
   // Multi-head latent attention (AttentionKind::kLatent), absorbed form: the
   // key rows of kv_b_proj are folded into each query and its value rows into
   // each output, so attention runs on the cached latents directly.
@@ -235,6 +237,9 @@ class Transformer {
   bool inv_freq_per_segment_ = false;
   // cos/sin amplitude of each segment's call (longrope's depends on the length).
   std::vector<double> rope_amplitude_;  // [segments]
+  // Each row's rotary cosines and sines (times its amplitude), the same in
+  // every layer: [T, 2, head_dim / 2].
+  std::vector<float> rope_cos_sin_;
   std::vector<int32_t> moe_layers_;  // model layer index of each MoE layer
   std::vector<int64_t> moe_slot_;    // [num_layers]: index into moe_layers_, -1 for dense
   // Set only during LocateNonFinite.
