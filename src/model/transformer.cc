@@ -12,8 +12,8 @@
 namespace epwa {
 namespace {
 
-template <typename T>
-void Grow(std::vector<T>& v, size_t n) {
+template <typename T, typename A>
+void Grow(std::vector<T, A>& v, size_t n) {
   if (v.size() < n) v.resize(n);
 }
 
@@ -196,8 +196,8 @@ KVCache::KVCache(const ModelConfig& config, int64_t capacity, DType dtype)
   Require(key_dim_ % heads_ == 0 && value_dim_ % heads_ == 0, "a KV cache row splits evenly into its heads");
   Require(dtype == DType::kF32 || dtype == DType::kF16 || dtype == DType::kBF16,
           "a KV cache holds F32, F16 or BF16 elements");
-  keys_.assign(static_cast<size_t>(config.num_layers * capacity * key_dim_) * element_bytes_, 0);
-  values_.assign(static_cast<size_t>(config.num_layers * capacity * value_dim_) * element_bytes_, 0);
+  keys_ = ZeroedBytes(static_cast<size_t>(config.num_layers * capacity * key_dim_) * element_bytes_);
+  values_ = ZeroedBytes(static_cast<size_t>(config.num_layers * capacity * value_dim_) * element_bytes_);
 }
 
 void KVCache::StoreKey(int64_t layer, int64_t pos, const float* key) {
@@ -1066,7 +1066,7 @@ void Transformer::FeedForward(int64_t layer, int64_t T, std::span<const BatchSeg
   // Group tokens by expert so that each expert's weights are streamed once
   // per forward call and multiplied against all of its tokens together; in a
   // batch the rows of every sequence that picked the expert go in together.
-  std::vector<float>& moe_out = moe_out_;
+  HugePageVector<float>& moe_out = moe_out_;
   moe_out.assign(T * D, 0.f);
   const ExpertWeights& e0 = lw.experts[0];
   if (T <= kFusedExpertTokens && FusesExperts(config_) && !checking_ && !e0.Interleaved() && !e0.down_bias &&

@@ -8,6 +8,7 @@
 #include <utility>
 #include <vector>
 
+#include "base/aligned.h"
 #include "base/thread_pool.h"
 #include "kernels/kernels.h"
 #include "model/config.h"
@@ -71,8 +72,9 @@ class KVCache {
   int64_t key_head_dim_, value_head_dim_;
   DType dtype_;
   size_t element_bytes_;
-  std::vector<uint8_t> keys_;    // [layers, heads, capacity, key_dim / heads] elements of dtype_
-  std::vector<uint8_t> values_;  // [layers, heads, capacity, value_dim / heads]
+  // Zero until stored, but resident only where stored (ZeroedBytes).
+  ZeroedBytes keys_;    // [layers, heads, capacity, key_dim / heads] elements of dtype_
+  ZeroedBytes values_;  // [layers, heads, capacity, value_dim / heads]
 };
 
 // The KV cache element type a --kv-cache / EPW_KV_CACHE value names: "f32",
@@ -239,7 +241,7 @@ class Transformer {
   std::vector<double> rope_amplitude_;  // [segments]
   // Each row's rotary cosines and sines (times its amplitude), the same in
   // every layer: [T, 2, head_dim / 2].
-  std::vector<float> rope_cos_sin_;
+  HugePageVector<float> rope_cos_sin_;
   std::vector<int32_t> moe_layers_;  // model layer index of each MoE layer
   std::vector<int64_t> moe_slot_;    // [num_layers]: index into moe_layers_, -1 for dense
   // Set only during LocateNonFinite.
@@ -247,19 +249,19 @@ class Transformer {
   std::string first_non_finite_;
 
   // Scratch, grown on demand and reused across calls so decode allocates nothing.
-  std::vector<float> x_;      // [T, d_model] residual stream
-  std::vector<float> xn_;     // [T, d_model] normalised input of a block
-  std::vector<float> q_;      // [T, q_dim]
-  std::vector<float> k_;      // [T, kv_dim]
-  std::vector<float> v_;      // [T, kv_dim]
-  std::vector<float> att_;    // [T, q_dim]
-  std::vector<float> proj_;   // [T, d_model]
-  std::vector<float> qa_;     // [T, q_lora_rank] (MLA with a low-rank query)
-  std::vector<float> router_logits_;  // [T, n_experts]
-  std::vector<float> ffn_in_;    // [rows, d_model] tokens routed to one expert
-  std::vector<float> ffn_gate_;  // [rows, d_ff]
-  std::vector<float> ffn_up_;    // [rows, d_ff]
-  std::vector<float> ffn_out_;   // [rows, d_model]
+  HugePageVector<float> x_;      // [T, d_model] residual stream
+  HugePageVector<float> xn_;     // [T, d_model] normalised input of a block
+  HugePageVector<float> q_;      // [T, q_dim]
+  HugePageVector<float> k_;      // [T, kv_dim]
+  HugePageVector<float> v_;      // [T, kv_dim]
+  HugePageVector<float> att_;    // [T, q_dim]
+  HugePageVector<float> proj_;   // [T, d_model]
+  HugePageVector<float> qa_;     // [T, q_lora_rank] (MLA with a low-rank query)
+  HugePageVector<float> router_logits_;  // [T, n_experts]
+  HugePageVector<float> ffn_in_;    // [rows, d_model] tokens routed to one expert
+  HugePageVector<float> ffn_gate_;  // [rows, d_ff]
+  HugePageVector<float> ffn_up_;    // [rows, d_ff]
+  HugePageVector<float> ffn_out_;   // [rows, d_model]
   std::vector<float> scores_;    // per thread: an attention item's scratch (kernels::AttentionBlockScratchFloats)
   // [threads, 2 * queries per item]: an attention item's query rows, then
   // its output rows (Attention).
@@ -269,17 +271,17 @@ class Transformer {
   std::vector<std::pair<int64_t, int64_t>> attention_row_blocks_;  // (first row, rows) per item row block
   std::vector<int32_t> token_experts_;  // [T, top_k] chosen experts per token
   std::vector<float> token_weights_;    // [T, top_k] their mixing weights
-  std::vector<float> moe_out_;          // [T, d_model] weighted sum of expert outputs
+  HugePageVector<float> moe_out_;          // [T, d_model] weighted sum of expert outputs
   std::vector<int64_t> rows_token_;     // tokens routed to the expert in progress
   std::vector<float> rows_weight_;      // and their weights
   // The fused expert path (few tokens: decode): every routed row at once,
   // experts in order. [T * top_k] rows of each.
   std::vector<int64_t> fused_token_;
   std::vector<float> fused_weight_;
-  std::vector<float> fused_in_;    // [T * top_k, d_model]
-  std::vector<float> fused_gate_;  // [T * top_k, d_ff]
-  std::vector<float> fused_up_;    // [T * top_k, d_ff]
-  std::vector<float> fused_out_;   // [T * top_k, d_model]
+  HugePageVector<float> fused_in_;    // [T * top_k, d_model]
+  HugePageVector<float> fused_gate_;  // [T * top_k, d_ff]
+  HugePageVector<float> fused_up_;    // [T * top_k, d_ff]
+  HugePageVector<float> fused_out_;   // [T * top_k, d_model]
   // The experts a fused pass uses (their first row and row count in the
   // buffers above) and its products; kept, like the buffers, so that a
   // decode step allocates nothing. At most n_experts entries each.
