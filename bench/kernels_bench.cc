@@ -261,6 +261,7 @@ void BM_ExpertShare(benchmark::State& state) {
   const std::vector<float> x = Activations(M * K);  // [M, K]
   std::vector<float> y(static_cast<size_t>(M * N));  // [M, N]
   ThreadPool& pool = Pool(2);
+  double bandwidth = Bandwidth(2);
   size_t next = 0;
   Stopwatch watch;
   for (auto _ : state) {
@@ -269,7 +270,11 @@ void BM_ExpertShare(benchmark::State& state) {
     benchmark::DoNotOptimize(y.data());
   }
   const double seconds = watch.Seconds();
-  state.counters["GB/s"] = static_cast<double>(bytes) * state.iterations() / seconds / 1e9;
+  const double gbs = static_cast<double>(bytes) * state.iterations() / seconds / 1e9;
+  bandwidth = std::max(bandwidth, Bandwidth(2));
+  state.counters["GB/s"] = gbs;
+  state.counters["bw GB/s"] = bandwidth;
+  state.counters["%bw"] = 100.0 * gbs / bandwidth;
   state.counters["GFLOP/s"] = 2.0 * static_cast<double>(M * N * K) * state.iterations() / seconds / 1e9;
   SetLabel(state, dtype, 2);
 }
