@@ -64,10 +64,19 @@ void AdviseHugePages(void* p, size_t bytes);
 // which took about a sixth of a detection batch (perf), and their reads a
 // TLB miss per page. Arrays under 2 MiB, and any that madvise refuses,
 // keep ordinary pages; the contents are whatever the container makes them.
+// The bytes HugePageAllocator reserves for a block of `bytes`: blocks of
+// 2 MiB and more take whole huge pages, smaller ones what they ask. The
+// memory planner counts the scratch with it (a 100 MiB array leaves up to
+// 2 MiB of its last page unused).
+constexpr size_t kHugePageBytes = size_t{2} << 20;
+constexpr size_t HugePageBytes(size_t bytes) {
+  return bytes < kHugePageBytes ? bytes : (bytes + kHugePageBytes - 1) / kHugePageBytes * kHugePageBytes;
+}
+
 template <typename T>
 struct HugePageAllocator {
   using value_type = T;
-  static constexpr size_t kHugePage = size_t{2} << 20;
+  static constexpr size_t kHugePage = kHugePageBytes;
 
   HugePageAllocator() = default;
   template <typename U>
@@ -77,7 +86,7 @@ struct HugePageAllocator {
     if (n > SIZE_MAX / sizeof(T) - kHugePage) throw std::bad_alloc();
     const size_t bytes = n * sizeof(T);
     if (bytes < kHugePage) return static_cast<T*>(::operator new(bytes));
-    const size_t rounded = (bytes + kHugePage - 1) / kHugePage * kHugePage;
+    const size_t rounded = HugePageBytes(bytes);
     void* p = std::aligned_alloc(kHugePage, rounded);
     if (!p) throw std::bad_alloc();
     AdviseHugePages(p, rounded);

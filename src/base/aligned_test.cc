@@ -55,6 +55,18 @@ TEST(HugePageVector, LargeArraysAreHugePageAlignedAndAdvised) {
   EXPECT_NE(flags.find(" hg"), std::string::npos) << flags;
 }
 
+// What the memory planner counts for an array: whole huge pages from 2 MiB
+// on, the bytes asked for below.
+TEST(HugePageVector, HugePageBytesRoundsLargeBlocksToWholePages) {
+  constexpr size_t kPage = size_t{2} << 20;
+  static_assert(HugePageBytes(0) == 0);
+  static_assert(HugePageBytes(kPage - 1) == kPage - 1);
+  static_assert(HugePageBytes(kPage) == kPage);
+  static_assert(HugePageBytes(kPage + 1) == 2 * kPage);
+  static_assert(HugePageBytes(100 * kPage + 4096) == 101 * kPage);
+  EXPECT_EQ(HugePageAllocator<float>::kHugePage, kPage);
+}
+
 TEST(HugePageVector, SmallArraysUseOrdinaryAllocations) {
   HugePageVector<double> v(1000, 2.5);
   EXPECT_EQ(v[999], 2.5);

@@ -5,6 +5,7 @@
 #include <cstring>
 #include <limits>
 #include <numeric>
+#include <type_traits>
 
 #include "base/error.h"
 #include "kernels/kernels.h"
@@ -121,25 +122,29 @@ uint64_t Transformer::BatchScratchBytes(const ModelConfig& c, int64_t T, int64_t
   const uint64_t D = c.hidden_size, F = c.MaxFf(), E = c.num_experts, K = c.num_experts_per_tok;
   const uint64_t t = static_cast<uint64_t>(T);
   const uint64_t s = static_cast<uint64_t>(std::max<int64_t>(segments, 1));
-  uint64_t floats = t * D * 3                         // x_, xn_, proj_
-                    + t * c.QDim() + t * c.AttnOutDim()  // q_, att_
-                    + t * D * 2 + t * F * 2;          // ffn_in_, ffn_out_, ffn_gate_, ffn_up_
+  // One [rows, width] float array in huge pages (HugePageVector), as its
+  // allocator reserves it: whole 2 MiB pages from 2 MiB on.
+  auto huge = [](uint64_t rows, uint64_t width) { return HugePageBytes(rows * width * sizeof(float)); };
   // Interleaved gate/up experts multiply into ffn_gate_ at twice the width.
-  if (c.expert_layout == ExpertLayout::kMxfp4Interleaved && c.IsMoe()) floats += t * F;
+  const uint64_t gate_width = c.expert_layout == ExpertLayout::kMxfp4Interleaved && c.IsMoe() ? 2 * F : F;
+  uint64_t bytes = 3 * huge(t, D)                           // x_, xn_, proj_
+                   + huge(t, c.QDim()) + huge(t, c.AttnOutDim())  // q_, att_
+                   + 2 * huge(t, D) + huge(t, gate_width) + huge(t, F);  // ffn_in_, ffn_out_, ffn_gate_, ffn_up_
+  uint64_t floats = 0;
   if (c.Latent()) {
     // k_ holds the latents and rotary keys; qa_ the low-rank queries; each
     // thread's scores_ row is followed by its rotary products, absorbed query
     // and latent context.
-    floats += t * c.CacheKeyDim() + t * c.q_lora_rank +
-              static_cast<uint64_t>(threads) * (capacity + 2 * c.kv_lora_rank);
+    bytes += huge(t, c.CacheKeyDim()) + huge(t, c.q_lora_rank);
+    floats += static_cast<uint64_t>(threads) * (capacity + 2 * c.kv_lora_rank);
   } else {
-    floats += t * c.KvDim() * 2;  // k_, v_
+    bytes += 2 * huge(t, c.KvDim());  // k_, v_
     // scores_: each thread's attention block scratch.
     floats += static_cast<uint64_t>(threads) *
               kernels::AttentionBlockScratchFloats(static_cast<int64_t>(AttentionQueriesBound(c, T)), capacity,
                                                    c.head_dim);
   }
-  uint64_t bytes = floats * sizeof(float);
+  bytes += floats * sizeof(float);
   // attention_slots_: a query and an output pointer per query of an item;
   // attention_ranges_ and attention_sinks_: its key range and sink;
   // attention_row_blocks_: at most one block per row.
@@ -151,14 +156,14 @@ uint64_t Transformer::BatchScratchBytes(const ModelConfig& c, int64_t T, int64_t
   const uint64_t freq_rows = c.rope_scaling.DependsOnLength() ? s : 1;
   bytes += freq_rows * static_cast<uint64_t>(c.head_dim / 2) * sizeof(double);
   bytes += s * sizeof(double);  // rope_amplitude_
-  bytes += t * static_cast<uint64_t>(c.head_dim) * sizeof(float);  // rope_cos_sin_
+  bytes += huge(t, static_cast<uint64_t>(c.head_dim));  // rope_cos_sin_
   // row_pos_, row_seg_, seg_first_, logit_rows_.
   bytes += t * (sizeof(int64_t) + sizeof(int32_t)) + (s + 1) * sizeof(int64_t) +
            static_cast<uint64_t>(logit_rows) * sizeof(int64_t);
   if (c.IsMoe()) {
-    bytes += t * E * sizeof(float)                                     // router_logits_
+    bytes += huge(t, E)                                                // router_logits_
              + t * K * (sizeof(int32_t) + sizeof(float))               // token_experts_/weights_
-             + t * D * sizeof(float)                                   // moe_out_
+             + huge(t, D)                                              // moe_out_
              + t * (sizeof(int64_t) + sizeof(float))                   // rows_token_/weight_
              + E * sizeof(int64_t);                                     // expert_rows_
     // The routing traces: router logits, experts and weights per row and MoE layer.
@@ -167,14 +172,22 @@ uint64_t Transformer::BatchScratchBytes(const ModelConfig& c, int64_t T, int64_t
     // The fused expert path's buffers, for up to kFusedExpertTokens rows.
     if (FusesExperts(c)) {
       const uint64_t routed = std::min<uint64_t>(t, kFusedExpertTokens) * K;
-      bytes += routed * ((2 * D + 2 * F) * sizeof(float) + sizeof(int64_t) + sizeof(float));
+      bytes += 2 * huge(routed, D) + 2 * huge(routed, F)        // fused_in_, fused_out_, fused_gate_, fused_up_
+               + routed * (sizeof(int64_t) + sizeof(float));  // fused_token_, fused_weight_
     }
   }
   return bytes;
 }
 
 uint64_t Transformer::ScratchBytesInUse() const {
-  auto b = [](const auto& v) { return static_cast<uint64_t>(v.capacity() * sizeof(v[0])); };
+  // What each array's allocator holds: its capacity, in whole huge pages for
+  // the large HugePageVectors.
+  auto b = []<typename V>(const V& v) {
+    const uint64_t bytes = static_cast<uint64_t>(v.capacity() * sizeof(typename V::value_type));
+    if constexpr (std::is_same_v<typename V::allocator_type, HugePageAllocator<typename V::value_type>>)
+      return static_cast<uint64_t>(HugePageBytes(bytes));
+    return bytes;
+  };
   return b(fused_token_) + b(fused_weight_) + b(fused_in_) + b(fused_gate_) + b(fused_up_) + b(fused_out_) +
          b(x_) + b(xn_) + b(q_) + b(k_) + b(v_) + b(att_) + b(proj_) + b(router_logits_) +
          b(ffn_in_) + b(ffn_gate_) + b(ffn_up_) + b(ffn_out_) + b(scores_) + b(token_experts_) +

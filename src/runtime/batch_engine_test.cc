@@ -602,6 +602,46 @@ TEST_P(ForwardBatchLayouts, SegmentsMatchSeparateCalls) {
   EXPECT_THROW(model.ForwardBatch(shared, &logits), Error);
 }
 
+// A detection-sized batch (33 texts of 250 tokens: 8,250 rows) makes each
+// [rows, 64] array of the pass just over 2 MiB, so HugePageVector gives it
+// two whole huge pages: the scratch the pass then holds, counted as its
+// allocators hold it, stays within what the planner reserves for such a
+// pass (BatchScratchBytes counts each large array in whole huge pages).
+TEST(ForwardBatchScratch, HugePageArraysStayWithinThePlan) {
+  testing::TempDir dir;
+  SynthOptions so;
+  so.preset = "fixture-olmoe";
+  so.out_dir = dir.path() + "/model";
+  so.dtype = DType::kF32;
+  WriteSynthModel(so);
+  ModelConfig config = LoadModelConfig(so.out_dir);
+  ASSERT_EQ(config.hidden_size, 64);
+  auto store = TensorStore::OpenDir(so.out_dir);
+  ModelWeights weights = BindWeights(config, *store);
+  ThreadPool pool(2);
+  std::vector<MatrixSlot> slots = ListMatrices(config, weights);
+  MaterializeWeights(config, weights, PlanTensors(slots, QuantLevel::kNone, 64), pool, {});
+  Transformer model(config, std::move(weights), pool);
+  constexpr int kTexts = 33, kTokens = 250;
+  std::vector<std::vector<int32_t>> texts(kTexts);
+  std::vector<std::unique_ptr<KVCache>> caches;
+  std::vector<BatchSegment> segments;
+  for (int i = 0; i < kTexts; ++i) {
+    for (int j = 0; j < kTokens; ++j)
+      texts[i].push_back(static_cast<int32_t>(1 + (i * 31 + j * 7) % (config.vocab_size - 1)));
+    caches.push_back(std::make_unique<KVCache>(config, kTokens));
+    segments.push_back({std::span<const int32_t>(texts[i]), 0, caches.back().get(), LogitRows::kLast, nullptr});
+  }
+  std::vector<float> logits;
+  model.ForwardBatch(segments, &logits);
+  const int64_t rows = int64_t{kTexts} * kTokens;
+  // Each [rows, 64] array: past one huge page, well short of two.
+  ASSERT_GT(static_cast<size_t>(rows * 64 * 4), kHugePageBytes);
+  ASSERT_LT(static_cast<size_t>(rows * 64 * 4), 3 * kHugePageBytes / 2);
+  EXPECT_LE(model.ScratchBytesInUse(),
+            Transformer::BatchScratchBytes(config, rows, kTokens, pool.size(), kTexts, kTexts));
+}
+
 INSTANTIATE_TEST_SUITE_P(Fixtures, ForwardBatchLayouts,
                          ::testing::Values("fixture-qwen2-moe", "fixture-olmoe", "fixture-mistral-swa",
                                            "fixture-granite-moe", "fixture-qwen3-moe", "fixture-llama31",
