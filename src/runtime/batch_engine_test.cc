@@ -500,6 +500,31 @@ TEST(BatchEngine, SubmitAndCancelFromOtherThreads) {
   EXPECT_GT(streamed.load(), 0);
 }
 
+// A synthetic fixture model (F32) written to a temporary folder, its weights
+// bound and materialized as they are stored, and a transformer over them on
+// two threads. The folder and the mapping live as long as the model.
+struct FixtureModel {
+  explicit FixtureModel(const char* preset) {
+    SynthOptions so;
+    so.preset = preset;
+    so.out_dir = dir.path() + "/model";
+    so.dtype = DType::kF32;
+    WriteSynthModel(so);
+    config = LoadModelConfig(so.out_dir);
+    store = TensorStore::OpenDir(so.out_dir);
+    ModelWeights weights = BindWeights(config, *store);
+    std::vector<MatrixSlot> slots = ListMatrices(config, weights);
+    MaterializeWeights(config, weights, PlanTensors(slots, QuantLevel::kNone, 64), pool, {});
+    model = std::make_unique<Transformer>(config, std::move(weights), pool);
+  }
+
+  testing::TempDir dir;
+  ModelConfig config;
+  std::unique_ptr<TensorStore> store;
+  ThreadPool pool{2};
+  std::unique_ptr<Transformer> model;
+};
+
 // The forward pass itself, on synthetic fixtures of other layouts: segments
 // of one ForwardBatch call against separate Forward calls. Dynamic NTK
 // (fixture-qwen2-moe, max_position_embeddings 8) gives every sequence its own
@@ -514,19 +539,10 @@ TEST_P(ForwardBatchLayouts, SegmentsMatchSeparateCalls) {
     FloatActivations() { kernels::SetFloatActivations(true); }
     ~FloatActivations() { kernels::SetFloatActivations(false); }
   } exact;
-  testing::TempDir dir;
-  SynthOptions so;
-  so.preset = GetParam();
-  so.out_dir = dir.path() + "/model";
-  so.dtype = DType::kF32;
-  WriteSynthModel(so);
-  ModelConfig config = LoadModelConfig(so.out_dir);
-  auto store = TensorStore::OpenDir(so.out_dir);
-  ModelWeights weights = BindWeights(config, *store);
-  ThreadPool pool(2);
-  std::vector<MatrixSlot> slots = ListMatrices(config, weights);
-  MaterializeWeights(config, weights, PlanTensors(slots, QuantLevel::kNone, 64), pool, {});
-  Transformer model(config, std::move(weights), pool);
+  FixtureModel fixture(GetParam());
+  const ModelConfig& config = fixture.config;
+  ThreadPool& pool = fixture.pool;
+  Transformer& model = *fixture.model;
   const int64_t V = config.vocab_size;
 
   // Three sequences: prefilled alone, then one batched step with a decode
@@ -608,20 +624,10 @@ TEST_P(ForwardBatchLayouts, SegmentsMatchSeparateCalls) {
 // allocators hold it, stays within what the planner reserves for such a
 // pass (BatchScratchBytes counts each large array in whole huge pages).
 TEST(ForwardBatchScratch, HugePageArraysStayWithinThePlan) {
-  testing::TempDir dir;
-  SynthOptions so;
-  so.preset = "fixture-olmoe";
-  so.out_dir = dir.path() + "/model";
-  so.dtype = DType::kF32;
-  WriteSynthModel(so);
-  ModelConfig config = LoadModelConfig(so.out_dir);
+  FixtureModel fixture("fixture-olmoe");
+  const ModelConfig& config = fixture.config;
   ASSERT_EQ(config.hidden_size, 64);
-  auto store = TensorStore::OpenDir(so.out_dir);
-  ModelWeights weights = BindWeights(config, *store);
-  ThreadPool pool(2);
-  std::vector<MatrixSlot> slots = ListMatrices(config, weights);
-  MaterializeWeights(config, weights, PlanTensors(slots, QuantLevel::kNone, 64), pool, {});
-  Transformer model(config, std::move(weights), pool);
+  Transformer& model = *fixture.model;
   constexpr int kTexts = 33, kTokens = 250;
   std::vector<std::vector<int32_t>> texts(kTexts);
   std::vector<std::unique_ptr<KVCache>> caches;
@@ -639,7 +645,7 @@ TEST(ForwardBatchScratch, HugePageArraysStayWithinThePlan) {
   ASSERT_GT(static_cast<size_t>(rows * 64 * 4), kHugePageBytes);
   ASSERT_LT(static_cast<size_t>(rows * 64 * 4), 3 * kHugePageBytes / 2);
   EXPECT_LE(model.ScratchBytesInUse(),
-            Transformer::BatchScratchBytes(config, rows, kTokens, pool.size(), kTexts, kTexts));
+            Transformer::BatchScratchBytes(config, rows, kTokens, fixture.pool.size(), kTexts, kTexts));
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, ForwardBatchLayouts,
