@@ -56,14 +56,6 @@ class AlignedBuffer {
 // without THP (or with it off) leaves the pages as they are.
 void AdviseHugePages(void* p, size_t bytes);
 
-// An allocator for large scratch arrays (a forward pass's activations over
-// thousands of rows, 100 MiB and more each when detection batches a
-// corpus) that asks Linux to back them with transparent huge pages. Debian
-// runs THP in "madvise" mode: only memory that asks gets 2 MiB pages, and
-// in 4 KiB pages first touching such arrays cost a page fault per 4 KiB,
-// which took about a sixth of a detection batch (perf), and their reads a
-// TLB miss per page. Arrays under 2 MiB, and any that madvise refuses,
-// keep ordinary pages; the contents are whatever the container makes them.
 // The bytes HugePageAllocator reserves for a block of `bytes`: blocks of
 // 2 MiB and more take whole huge pages, smaller ones what they ask. The
 // memory planner counts the scratch with it (a 100 MiB array leaves up to
@@ -73,6 +65,14 @@ constexpr size_t HugePageBytes(size_t bytes) {
   return bytes < kHugePageBytes ? bytes : (bytes + kHugePageBytes - 1) / kHugePageBytes * kHugePageBytes;
 }
 
+// An allocator for large scratch arrays (a forward pass's activations over
+// thousands of rows, 100 MiB and more each when detection batches a
+// corpus) that asks Linux to back them with transparent huge pages. Debian
+// runs THP in "madvise" mode: only memory that asks gets 2 MiB pages, and
+// in 4 KiB pages first touching such arrays cost a page fault per 4 KiB,
+// which took about a sixth of a detection batch (perf), and their reads a
+// TLB miss per page. Arrays under 2 MiB, and any that madvise refuses,
+// keep ordinary pages; the contents are whatever the container makes them.
 template <typename T>
 struct HugePageAllocator {
   using value_type = T;
