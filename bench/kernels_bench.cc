@@ -443,7 +443,7 @@ void BM_AttentionDecode(benchmark::State& state) {
   const auto dtype = static_cast<DType>(state.range(0));
   const int64_t positions = state.range(1);
   const int threads = static_cast<int>(state.range(2));
-  constexpr int64_t kHeads = 16, kHeadDim = 128, kLayers = 16, kTile = 64;
+  constexpr int64_t kHeads = 16, kHeadDim = 128, kLayers = 16;
   constexpr int64_t kRow = kHeads * kHeadDim;  // floats (or elements) per cached position
   const int64_t element = dtype == DType::kF32 ? 4 : 2;
   const int64_t layer_bytes = positions * kRow * element;  // one of K or V
