@@ -110,5 +110,63 @@ TEST(WatermarkEval, RoundTripFalseAlarmsAlignmentAndGuard) {
   EXPECT_GT(oracle.info().heldout_accuracy, 3.0 / 8);
 }
 
+// With a plan for several sequences the evaluation generates its texts in
+// one batch (GenerateAll) instead of one by one. The figures must be those
+// of the one-by-one run: every text's z-scores under each detector, the
+// guard and the quality figures. Batched logits equal single ones within
+// rounding, so on these prompts the sampled tokens are the same; a text
+// paired with another's prompt, seed or processor would change its z.
+TEST(WatermarkEval, BatchedGenerationsGiveTheOneByOneFigures) {
+  auto load = [](int parallel) {
+    LoadOptions lo("models/tiny-moe", 1);
+    lo.plan_ctx = 256;
+    lo.parallel = parallel;
+    lo.use_cache = false;
+    return Engine::Load(lo);
+  };
+  auto alone = load(1), batched = load(6);
+  ASSERT_EQ(batched->load_stats().plan_parallel, 6);
+  EvalOptions o;
+  o.schemes = {Scheme::kGsg, Scheme::kEpw2Et};
+  o.human_text = ReadAll("data/heldout/jargon.txt");
+  o.generations = 8;
+  o.null_generations = 10;
+  o.human_paragraphs = 12;
+  o.new_tokens = 48;
+  o.z_lengths = {25, 48};
+  const EvalReport a = EvaluateWatermark(*alone, EvaluationKey(), o);
+  const EvalReport b = EvaluateWatermark(*batched, EvaluationKey(), o);
+  ASSERT_EQ(a.schemes.size(), b.schemes.size());
+  for (size_t k = 0; k < a.schemes.size(); ++k) {
+    const SchemeEval &x = a.schemes[k], &y = b.schemes[k];
+    SCOPED_TRACE(SchemeName(x.scheme));
+    ASSERT_EQ(x.full_prompt.z.size(), 8u);
+    EXPECT_EQ(x.full_prompt.z, y.full_prompt.z);
+    EXPECT_EQ(x.full_no_prompt.z, y.full_no_prompt.z);
+    EXPECT_EQ(x.cspv.z, y.cspv.z);
+    EXPECT_EQ(x.plain.z, y.plain.z);
+    EXPECT_EQ(x.human.z, y.human.z);
+    ASSERT_EQ(x.by_length.size(), y.by_length.size());
+    for (size_t n = 0; n < x.by_length.size(); ++n) EXPECT_EQ(x.by_length[n].z, y.by_length[n].z);
+    EXPECT_EQ(x.identical_to_plain, y.identical_to_plain);
+    EXPECT_DOUBLE_EQ(x.mean_bias, y.mean_bias);
+    EXPECT_GT(y.mean_bias, 0.0);
+    EXPECT_DOUBLE_EQ(x.expert_recovery_prompt, y.expert_recovery_prompt);
+    // Each text's processor saw that text's routing (gsg keys by the expert).
+    if (x.scheme == Scheme::kGsg) {
+      EXPECT_GE(y.expert_recovery_prompt, 0.9);
+    }
+    EXPECT_DOUBLE_EQ(x.distinct2, y.distinct2);
+    EXPECT_NEAR(x.perplexity, y.perplexity, 1e-4 * x.perplexity);
+    // The watermark did something: a scheme whose processors were lost in
+    // the batch would leave the texts unmarked.
+    EXPECT_GT(x.full_prompt.Detected(4.0), 4);
+  }
+  EXPECT_EQ(a.generation_parallel, 1);
+  EXPECT_EQ(b.Json(o)["generation_parallel"], 6);
+  EXPECT_EQ(a.plain_full.z, b.plain_full.z);
+  EXPECT_DOUBLE_EQ(a.plain_distinct2, b.plain_distinct2);
+}
+
 }  // namespace
 }  // namespace epwa::wm

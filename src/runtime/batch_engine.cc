@@ -347,4 +347,25 @@ void BatchEngine::RunUntilIdle() {
   while (!Idle()) Step();
 }
 
+std::vector<GenerateResult> GenerateAll(Engine& engine, std::span<const std::vector<int32_t>> prompts,
+                                        std::vector<GenerateOptions> options) {
+  Require(options.size() == prompts.size(), "GenerateAll needs one set of options per prompt");
+  std::vector<GenerateResult> out(prompts.size());
+  if (engine.load_stats().plan_parallel <= 1) {
+    for (size_t i = 0; i < prompts.size(); ++i) out[i] = engine.Generate(prompts[i], options[i]);
+    return out;
+  }
+  BatchEngine batch(engine);
+  std::vector<std::string> errors(prompts.size());
+  for (size_t i = 0; i < prompts.size(); ++i)
+    batch.Submit(prompts[i], std::move(options[i]), [&out, &errors, i](SequenceResult&& r) {
+      if (r.finish == FinishReason::kError) errors[i] = r.error_message.empty() ? "generation failed" : r.error_message;
+      out[i].tokens = std::move(r.tokens);
+      out[i].stats = std::move(r.stats);
+    });
+  batch.RunUntilIdle();
+  for (const std::string& e : errors) Require(e.empty(), e);
+  return out;
+}
+
 }  // namespace epwa

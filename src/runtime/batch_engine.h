@@ -199,4 +199,15 @@ class BatchEngine {
   BatchStats stats_;
 };
 
+// Generates prompts[i] with options[i] for every i: in one BatchEngine when
+// the engine's plan holds several sequences (`--parallel`), which shares each
+// step's weight reads among them, else one after another with
+// Engine::Generate. Batched logits equal single-sequence ones within
+// rounding (batch_engine_test's BundledBatch), so a sampled token can differ
+// only where two candidates are that close. Each result's stats are its
+// sequence's; a batched sequence's decode time is that of the shared steps.
+// Throws epwa::Error with the first failed generation's message.
+std::vector<GenerateResult> GenerateAll(Engine& engine, std::span<const std::vector<int32_t>> prompts,
+                                        std::vector<GenerateOptions> options);
+
 }  // namespace epwa

@@ -5,6 +5,7 @@
 #include <limits>
 #include <numeric>
 #include <map>
+#include <memory>
 #include <set>
 #include <sstream>
 
@@ -12,6 +13,7 @@
 #include "base/sha256.h"
 #include "base/text.h"
 #include "base/timer.h"
+#include "runtime/batch_engine.h"
 #include "watermark/pipeline.h"
 #include "watermark/stats.h"
 
@@ -355,6 +357,7 @@ nlohmann::json EvalReport::Json(const EvalOptions& o) const {
                    {"human", human},
                    {"unwatermarked_generations", plain},
                    {"plain_decode_ms_per_token", plain_decode_ms_per_token},
+                   {"generation_parallel", generation_parallel},
                    {"plain_perplexity", plain_perplexity},
                    {"plain_distinct2", plain_distinct2},
                    {"seconds", seconds}};
@@ -419,12 +422,18 @@ EvalReport EvaluateWatermark(Engine& engine, const SecretKey& key, const EvalOpt
   std::vector<std::vector<int32_t>> prompt_ids(static_cast<size_t>(n_plain));
   double plain_decode_ms = 0, plain_nll = 0;
   int64_t plain_decoded = 0, plain_nll_n = 0, plain_distinct = 0, plain_bigrams = 0;
+  report.generation_parallel = engine.load_stats().plan_parallel;
   note("unwatermarked generations");
+  // All generated first, batched when the engine holds several sequences
+  // (GenerateAll), then scored one by one.
+  std::vector<GenerateOptions> plain_options(static_cast<size_t>(n_plain), base);
   for (int i = 0; i < n_plain; ++i) {
     prompt_ids[i] = engine.EncodePrompt(prompts[static_cast<size_t>(i) % prompts.size()]);
-    GenerateOptions g = base;
-    g.sampler.seed = o.seed + static_cast<uint64_t>(i);
-    const GenerateResult r = engine.Generate(prompt_ids[i], g);
+    plain_options[i].sampler.seed = o.seed + static_cast<uint64_t>(i);
+  }
+  const std::vector<GenerateResult> plain_results = GenerateAll(engine, prompt_ids, std::move(plain_options));
+  for (int i = 0; i < n_plain; ++i) {
+    const GenerateResult& r = plain_results[i];
     plain_tokens[i] = r.tokens;
     plain_decode_ms += r.stats.decode_ms;
     plain_decoded += std::max<int64_t>(0, r.stats.generated_tokens - 1);
@@ -469,18 +478,29 @@ EvalReport EvaluateWatermark(Engine& engine, const SecretKey& key, const EvalOpt
     double decode_ms = 0, bias = 0, nll = 0;
     int64_t decoded = 0, nll_n = 0, distinct = 0, bigrams = 0;
     std::vector<double> sizes;
+    // Every generation of this scheme first (batched as the unwatermarked
+    // ones), each with its own processor, then each text's detections.
+    WatermarkParams params;
+    params.scheme = scheme;
+    params.gamma = o.gamma;
+    params.delta = o.delta;
+    params.router_layer = o.router_layer;
+    std::vector<std::unique_ptr<WatermarkProcessor>> processors;
+    std::vector<GenerateOptions> marked_options(static_cast<size_t>(o.generations), base);
     for (int i = 0; i < o.generations; ++i) {
-      WatermarkParams p;
-      p.scheme = scheme;
-      p.gamma = o.gamma;
-      p.delta = o.delta;
-      p.router_layer = o.router_layer;
-      WatermarkProcessor proc(key, p, c, hash);
-      GenerateOptions g = base;
-      g.sampler.seed = o.seed + static_cast<uint64_t>(i);
-      g.logits_processor = [&](std::span<float> logits, const RoutingTrace& routing,
-                               std::span<const int32_t> context) { proc.Apply(logits, routing, context); };
-      const GenerateResult r = engine.Generate(prompt_ids[i], g);
+      processors.push_back(std::make_unique<WatermarkProcessor>(key, params, c, hash));
+      WatermarkProcessor* proc = processors.back().get();
+      marked_options[i].sampler.seed = o.seed + static_cast<uint64_t>(i);
+      marked_options[i].logits_processor = [proc](std::span<float> logits, const RoutingTrace& routing,
+                                                  std::span<const int32_t> context) {
+        proc->Apply(logits, routing, context);
+      };
+    }
+    const std::vector<GenerateResult> marked_results = GenerateAll(
+        engine, std::span(prompt_ids).first(static_cast<size_t>(o.generations)), std::move(marked_options));
+    for (int i = 0; i < o.generations; ++i) {
+      const WatermarkProcessor& proc = *processors[i];
+      const GenerateResult& r = marked_results[i];
       decode_ms += r.stats.decode_ms;
       decoded += std::max<int64_t>(0, r.stats.generated_tokens - 1);
       bias += proc.mean_bias();
@@ -528,7 +548,7 @@ EvalReport EvaluateWatermark(Engine& engine, const SecretKey& key, const EvalOpt
         const std::vector<int32_t> emoji_ids = engine.tokenizer().Encode(o.emoji_text);
         Require(!emoji_ids.empty(), "the emoji text tokenizes to nothing");
         const int32_t emoji = emoji_ids[0];
-        WatermarkProcessor eproc(key, p, c, hash);
+        WatermarkProcessor eproc(key, params, c, hash);
         GenerateOptions ge = base;
         ge.max_new_tokens = 2 * o.new_tokens;
         ge.sampler.seed = o.seed + static_cast<uint64_t>(i);

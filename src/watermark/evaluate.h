@@ -141,6 +141,10 @@ struct EvalReport {
   double plain_decode_ms_per_token = 0;
   double plain_perplexity = 0, plain_distinct2 = 0;
   int64_t human_paragraphs_used = 0, human_paragraphs_skipped = 0;
+  // Sequences generated together (the engine's plan, `--parallel`): above 1
+  // the generations ran batched (GenerateAll), and each one's decode time per
+  // token is that of the steps it shared.
+  int generation_parallel = 1;
   double seconds = 0;
   nlohmann::json Json(const EvalOptions& o) const;
 };

@@ -84,26 +84,13 @@ Learned Learn(const Counts& wm, const Counts& base, const StealOptions& o) {
   return learned;
 }
 
-// Generates every (prompt, options) pair: in one BatchEngine when the
-// engine's plan holds several sequences (many short texts on a small model
-// are bound by per-step overhead, which a batch shares), else one by one.
-// Batched and single generation give the same tokens for the same seed.
-std::vector<std::vector<int32_t>> GenerateAll(Engine& engine, const std::vector<std::vector<int32_t>>& prompts,
-                                              std::vector<GenerateOptions> options) {
-  std::vector<std::vector<int32_t>> out(prompts.size());
-  if (engine.load_stats().plan_parallel <= 1) {
-    for (size_t i = 0; i < prompts.size(); ++i) out[i] = engine.Generate(prompts[i], options[i]).tokens;
-    return out;
-  }
-  BatchEngine batch(engine);
-  std::vector<std::string> errors(prompts.size());
-  for (size_t i = 0; i < prompts.size(); ++i)
-    batch.Submit(prompts[i], std::move(options[i]), [&out, &errors, i](SequenceResult&& r) {
-      if (r.finish == FinishReason::kError) errors[i] = r.error_message.empty() ? "generation failed" : r.error_message;
-      out[i] = std::move(r.tokens);
-    });
-  batch.RunUntilIdle();
-  for (const std::string& e : errors) Require(e.empty(), e);
+// The generated ids of every (prompt, options) pair (GenerateAll: batched
+// when the engine's plan holds several sequences).
+std::vector<std::vector<int32_t>> GeneratedIds(Engine& engine, const std::vector<std::vector<int32_t>>& prompts,
+                                               std::vector<GenerateOptions> options) {
+  std::vector<GenerateResult> results = GenerateAll(engine, prompts, std::move(options));
+  std::vector<std::vector<int32_t>> out(results.size());
+  for (size_t i = 0; i < results.size(); ++i) out[i] = std::move(results[i].tokens);
   return out;
 }
 
@@ -137,7 +124,7 @@ std::vector<StealResult> EvaluateStealing(Engine& engine, const SecretKey& key, 
       opts.push_back(base);
       opts.back().sampler.seed = o.seed + 5000000 + static_cast<uint64_t>(i);
     }
-    const auto generated = GenerateAll(engine, base_texts, std::move(opts));
+    const auto generated = GeneratedIds(engine, base_texts, std::move(opts));
     for (int i = 0; i < max_n; ++i) base_texts[i].insert(base_texts[i].end(), generated[i].begin(), generated[i].end());
   }
 
@@ -185,7 +172,7 @@ std::vector<StealResult> EvaluateStealing(Engine& engine, const SecretKey& key, 
                                       std::span<const int32_t> context) { proc->Apply(logits, routing, context); };
           opts.push_back(std::move(g));
         }
-        const auto generated = GenerateAll(engine, prompts, std::move(opts));
+        const auto generated = GeneratedIds(engine, prompts, std::move(opts));
         for (size_t i = 0; i < prompts.size(); ++i) {
           std::vector<int32_t> ids = prompts[i];
           const int64_t first = static_cast<int64_t>(ids.size());
@@ -233,7 +220,7 @@ std::vector<StealResult> EvaluateStealing(Engine& engine, const SecretKey& key, 
         };
         spoof_opts.push_back(std::move(g));
       }
-      const auto spoofs = GenerateAll(engine, spoof_prompts, std::move(spoof_opts));
+      const auto spoofs = GeneratedIds(engine, spoof_prompts, std::move(spoof_opts));
       for (size_t i = 0; i < spoofs.size(); ++i) {
         DetectInput in;
         in.first = static_cast<int64_t>(spoof_prompts[i].size());
