@@ -160,7 +160,7 @@ TEST(WatermarkEval, BatchedGenerationsGiveTheOneByOneFigures) {
     EXPECT_NEAR(x.perplexity, y.perplexity, 1e-4 * x.perplexity);
     // The watermark did something: a scheme whose processors were lost in
     // the batch would leave the texts unmarked.
-    EXPECT_GT(x.full_prompt.Detected(4.0), 4);
+    EXPECT_GT(y.full_prompt.Detected(4.0), 4);
   }
   EXPECT_EQ(a.generation_parallel, 1);
   EXPECT_EQ(b.Json(o)["generation_parallel"], 6);
