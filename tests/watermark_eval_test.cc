@@ -22,6 +22,7 @@
 #include "runtime/engine.h"
 #include "watermark/evaluate.h"
 #include "watermark/pipeline.h"
+#include "watermark/steal.h"
 
 namespace epwa::wm {
 namespace {
@@ -166,6 +167,129 @@ TEST(WatermarkEval, BatchedGenerationsGiveTheOneByOneFigures) {
   EXPECT_EQ(b.Json(o)["generation_parallel"], 6);
   EXPECT_EQ(a.plain_full.z, b.plain_full.z);
   EXPECT_DOUBLE_EQ(a.plain_distinct2, b.plain_distinct2);
+}
+
+// Drops what a run's timing decides (seconds, decode speed, the scoring's
+// own figures) from an evaluation's JSON, leaving every z and rate.
+nlohmann::json WithoutTimings(nlohmann::json j) {
+  if (j.is_object()) {
+    nlohmann::json out = nlohmann::json::object();
+    for (auto& [k, v] : j.items())
+      if (k != "seconds" && k != "scoring" && k != "decode_ms_per_token" && k != "plain_decode_ms_per_token")
+        out[k] = WithoutTimings(v);
+    return out;
+  }
+  if (j.is_array()) {
+    nlohmann::json out = nlohmann::json::array();
+    for (auto& v : j) out.push_back(WithoutTimings(v));
+    return out;
+  }
+  return j;
+}
+
+// The scoring's forward passes run o.score_batch_texts texts at a time
+// (Engine::ScoreBatch). One text per pass is the reference: every figure of
+// the JSON (each z of every set, attacks, PEPI, the other level, expert
+// recovery, perplexity) must be the same with uneven batches of 7.
+TEST(WatermarkEval, ScoringInBatchesGivesTheOneByOneFigures) {
+  auto load = [](QuantLevel quant) {
+    LoadOptions lo("models/tiny-moe", 1);
+    lo.plan_ctx = 256;
+    lo.use_cache = false;
+    lo.quant = quant;
+    return Engine::Load(lo);
+  };
+  auto engine = load(QuantLevel::kFp16), other = load(QuantLevel::kInt4);
+  const std::string human = ReadAll("data/heldout/jargon.txt");
+  std::vector<TopLogprobs> x;
+  std::vector<int32_t> y;
+  CollectOracleExamples(*engine, human.substr(human.size() * 3 / 4), 256, 3000, 3, 20, &x, &y);
+  OracleInfo info;
+  info.router_hash = engine->load_stats().router_hash;
+  info.router_layer = 3;
+  info.num_experts = 8;
+  info.vocab_size = 4096;
+  info.top_k = 20;
+  const ExpertOracle oracle = ExpertOracle::Train(x, y, info, OracleTrainOptions());
+
+  EvalOptions o;
+  o.schemes = {Scheme::kGsg, Scheme::kKgw, Scheme::kEpw2Et};
+  o.human_text = human;
+  o.oracle = &oracle;
+  o.other_engine = other.get();
+  o.generations = 9;
+  o.null_generations = 11;
+  o.human_paragraphs = 20;
+  o.new_tokens = 40;
+  o.z_lengths = {25, 40};
+  o.substitution_rates = {0.2};
+  o.deletion_rates = {0.1};
+  o.insertion_rates = {0.3};
+  o.copy_paste_fractions = {0.5};
+  o.emoji_text = "@";
+  o.raw_z = true;
+  o.score_batch_texts = 1;
+  const EvalReport one = EvaluateWatermark(*engine, EvaluationKey(), o);
+  o.score_batch_texts = 7;
+  const EvalReport batched = EvaluateWatermark(*engine, EvaluationKey(), o);
+  const nlohmann::json a = one.Json(o), b = batched.Json(o);
+  EXPECT_EQ(WithoutTimings(a), WithoutTimings(b));
+  // The comparison covered real sets: every scheme scored its attacks and
+  // PEPI ran on the human texts.
+  EXPECT_EQ(one.human_paragraphs_used, 20);
+  EXPECT_EQ(one.human_pepi.z.size(), 20u);
+  for (const SchemeEval& s : batched.schemes) {
+    SCOPED_TRACE(SchemeName(s.scheme));
+    EXPECT_EQ(s.full_prompt.z.size(), 9u);
+    EXPECT_EQ(s.substituted[0].z.size() + s.substituted[0].too_short, 9u);
+    EXPECT_EQ(s.copy_paste[0].z.size() + s.copy_paste[0].too_short, 9u);
+    EXPECT_EQ(s.emoji.z.size() + s.emoji.too_short, 9u);
+    if (s.scheme != Scheme::kKgw) {
+      EXPECT_EQ(s.other_level.z.size(), 9u);
+    }
+  }
+  // Both runs scored the same texts and tokens, reported as such.
+  EXPECT_GT(one.texts_scored, 9 * 3 * 2 + 11 + 20);
+  EXPECT_EQ(one.texts_scored, batched.texts_scored);
+  EXPECT_EQ(one.tokens_scored, batched.tokens_scored);
+  EXPECT_EQ(b["scoring"]["batch_texts"], 7);
+  EXPECT_EQ(a["scoring"]["texts"], one.texts_scored);
+  EXPECT_GT(b["scoring"]["tokens_per_second"].get<double>(), 0.0);
+}
+
+// The stealing attack runs the attacker's and the watermarked outputs, and
+// the spoofs, through the model in batches of StealOptions::
+// score_batch_texts; one text per pass is the reference.
+TEST(WatermarkEval, StealingScoredInBatchesGivesTheOneByOneFigures) {
+  LoadOptions lo("models/tiny-moe", 1);
+  lo.plan_ctx = 256;
+  lo.use_cache = false;
+  auto engine = Engine::Load(lo);
+  StealOptions so;
+  so.schemes = {Scheme::kKgw, Scheme::kGsg, Scheme::kEpw2Et};
+  so.observed = {6, 13};
+  so.spoof_texts = 7;
+  so.new_tokens = 40;
+  for (const std::string& p : Paragraphs(ReadAll("data/heldout/jargon.txt"))) {
+    std::stringstream words(p);
+    std::string w, prompt;
+    for (int k = 0; k < 8 && words >> w; ++k) prompt += (k ? " " : "") + w;
+    if (!prompt.empty()) so.prompts.push_back(prompt);
+  }
+  so.score_batch_texts = 1;
+  const auto one = EvaluateStealing(*engine, EvaluationKey(), so);
+  so.score_batch_texts = 5;
+  const auto batched = EvaluateStealing(*engine, EvaluationKey(), so);
+  EXPECT_EQ(StealJson(one, so), StealJson(batched, so));
+  ASSERT_EQ(batched.size(), 3u);
+  for (const StealResult& r : batched) {
+    SCOPED_TRACE(SchemeName(r.scheme));
+    EXPECT_EQ(r.attacker_plain.z.size() + r.attacker_plain.too_short, 13u);
+    ASSERT_EQ(r.spoofed.size(), 2u);
+    EXPECT_EQ(r.spoofed[1].z.size() + r.spoofed[1].too_short, 7u);
+    // The attacker learned something from the outputs it saw.
+    EXPECT_GT(r.learned_pairs[1], 0);
+  }
 }
 
 }  // namespace

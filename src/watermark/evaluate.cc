@@ -146,8 +146,8 @@ struct Detectors {
   GreenLists kgw_lists;
   int slot;
   // EPW-A v2 lists, one per v2 scheme evaluated.
-  std::map<Scheme, GreenLists> v2_lists;
-  std::map<Scheme, int> v2_slots;
+  std::map<Scheme, GreenLists> v2_lists{};
+  std::map<Scheme, int> v2_slots{};
   int SlotOf(Scheme s) const { return IsV2(KeyedByOf(s)) ? v2_slots.at(s) : slot; }
 
   GreenLists& ListsOf(Scheme s) {
@@ -161,33 +161,65 @@ struct Detectors {
     if (IsV2(KeyedByOf(s))) return ScoreByContext(in.ids, in.first, pass.routing, SlotOf(s), ListsOf(s));
     return ScoreByRouting(in.ids, in.first, pass.routing, slot, expert_lists);
   }
-  // The same with its own forward pass (none for KGW).
-  std::vector<TokenScore> Tokens(Scheme s, const DetectInput& in, ScoreResult* pass = nullptr) {
-    if (s == Scheme::kKgw && !pass) return FromPass(s, in, ScoreResult{});
-    ScoreResult local;
-    ScoreResult& r = pass ? *pass : local;
-    r = engine.Score(in.ids);
-    return FromPass(s, in, r);
+  // The deepest MoE layer (an index into MoeLayers) whose routing scheme
+  // `s` reads: its detection passes stop there (Engine::ScoreBatch).
+  int64_t DeepestRead(Scheme s) const {
+    return DeepestSlotRead(KeyedByOf(s), SlotOf(s), engine.config().NumMoeLayers());
   }
-  std::optional<double> Z(Scheme s, const DetectInput& in) {
-    return ZOf(Tokens(s, in), ListsOf(s).p0(), o.detect);
+
+  // Every forward pass of the evaluation's scoring goes through here:
+  // Engine::ScoreBatch over o.score_batch_texts inputs at a time, so that
+  // each expert's weights stream once per pass for all of them rather than
+  // once per text. ScoreBatch's results equal Score's bit for bit, so the
+  // batch size changes the time, never a figure. Counted for the report's
+  // scoring throughput.
+  std::vector<ScoreResult> Passes(std::span<const std::vector<int32_t>> texts, bool logits,
+                                  int64_t through_slot = -1) {
+    Stopwatch watch;
+    std::vector<ScoreResult> out;
+    out.reserve(texts.size());
+    const size_t batch = static_cast<size_t>(std::max(1, o.score_batch_texts));
+    for (size_t b = 0; b < texts.size(); b += batch) {
+      std::vector<ScoreResult> part =
+          engine.ScoreBatch(texts.subspan(b, std::min(batch, texts.size() - b)), logits, logits ? -1 : through_slot);
+      for (ScoreResult& r : part) out.push_back(std::move(r));
+    }
+    score_ms += watch.Millis();
+    texts_scored += static_cast<int64_t>(texts.size());
+    for (const std::vector<int32_t>& t : texts) tokens_scored += static_cast<int64_t>(t.size());
+    return out;
   }
-  // Z of each input, the forward passes batched (Engine::ScoreBatch, routing
-  // only): the same values as Z one by one, in fewer passes.
+  std::vector<ScoreResult> Passes(std::span<const DetectInput> ins, bool logits, int64_t through_slot = -1) {
+    std::vector<std::vector<int32_t>> texts;
+    texts.reserve(ins.size());
+    for (const DetectInput& in : ins) texts.push_back(in.ids);
+    return Passes(texts, logits, through_slot);
+  }
+  // How many texts of about `tokens` ids each to hold passes with logits
+  // for at once: o.score_batch_texts, fewer where their logits ([T, vocab]
+  // floats each) would pass kLogitsBudget.
+  size_t TextsWithLogits(int64_t tokens) const {
+    constexpr double kLogitsBudget = 1024.0 * 1024 * 1024;
+    const double per_text = 4.0 * static_cast<double>(std::max<int64_t>(1, tokens)) *
+                            static_cast<double>(engine.config().vocab_size);
+    const double fit = std::max(1.0, std::floor(kLogitsBudget / per_text));
+    return static_cast<size_t>(std::min(fit, static_cast<double>(std::max(1, o.score_batch_texts))));
+  }
+
+  // Z of each input under scheme `s`, the forward passes batched and
+  // stopped at the deepest router the scheme reads (none for KGW).
   std::vector<std::optional<double>> ZMany(Scheme s, const std::vector<DetectInput>& ins) {
     std::vector<std::optional<double>> out;
     if (s == Scheme::kKgw) {
-      for (const DetectInput& in : ins) out.push_back(Z(s, in));
+      for (const DetectInput& in : ins) out.push_back(ZOf(FromPass(s, in, ScoreResult{}), ListsOf(s).p0(), o.detect));
       return out;
     }
-    std::vector<std::vector<int32_t>> texts;
-    for (const DetectInput& in : ins) texts.push_back(in.ids);
-    // The passes stop at the deepest router FromPass reads.
-    const std::vector<ScoreResult> passes =
-        engine.ScoreBatch(texts, /*logits=*/false, DeepestSlotRead(KeyedByOf(s), SlotOf(s), engine.config().NumMoeLayers()));
+    const std::vector<ScoreResult> passes = Passes(ins, /*logits=*/false, DeepestRead(s));
     for (size_t i = 0; i < ins.size(); ++i) out.push_back(ZOf(FromPass(s, ins[i], passes[i]), ListsOf(s).p0(), o.detect));
     return out;
   }
+  int64_t texts_scored = 0, tokens_scored = 0;
+  double score_ms = 0;
 
   // Full, no-dedup, CSPV and PEPI z of one input, plus the per-position
   // experts recovered by the forward pass ([T], -1 where unknown) and the
@@ -198,11 +230,11 @@ struct Detectors {
     int64_t adjacent_same = 0, adjacent = 0;  // positions whose expert equals the previous one's
     std::vector<int32_t> experts, predicted;
   };
-  Result Run(const DetectInput& in, bool all, ScoreResult* pass_out = nullptr) {
+  // From the input's forward pass `pass` (its logits are read for PEPI
+  // only, when `all` and an oracle is given).
+  Result Run(const DetectInput& in, bool all, const ScoreResult& pass) {
     Result r;
-    ScoreResult local;
-    ScoreResult& pass = pass_out ? *pass_out : local;
-    const auto tokens = ScoreInput(engine, in, expert_lists, slot, 1, &pass);
+    const auto tokens = ScoreByRouting(in.ids, in.first, pass.routing, slot, expert_lists);
     const double p0 = expert_lists.p0();
     r.full = ZOf(tokens, p0, o.detect);
     r.scored = ScoredOf(tokens, p0, o.detect);
@@ -358,6 +390,11 @@ nlohmann::json EvalReport::Json(const EvalOptions& o) const {
                    {"unwatermarked_generations", plain},
                    {"plain_decode_ms_per_token", plain_decode_ms_per_token},
                    {"generation_parallel", generation_parallel},
+                   {"scoring", {{"texts", texts_scored},
+                                {"tokens", tokens_scored},
+                                {"seconds", scoring_seconds},
+                                {"tokens_per_second", scoring_seconds > 0 ? tokens_scored / scoring_seconds : 0.0},
+                                {"batch_texts", score_batch_texts}}},
                    {"plain_perplexity", plain_perplexity},
                    {"plain_distinct2", plain_distinct2},
                    {"seconds", seconds}};
@@ -432,28 +469,47 @@ EvalReport EvaluateWatermark(Engine& engine, const SecretKey& key, const EvalOpt
     plain_options[i].sampler.seed = o.seed + static_cast<uint64_t>(i);
   }
   const std::vector<GenerateResult> plain_results = GenerateAll(engine, prompt_ids, std::move(plain_options));
-  for (int i = 0; i < n_plain; ++i) {
-    const GenerateResult& r = plain_results[i];
-    plain_tokens[i] = r.tokens;
-    plain_decode_ms += r.stats.decode_ms;
-    plain_decoded += std::max<int64_t>(0, r.stats.generated_tokens - 1);
-    if (i < o.null_generations) {
-      const DetectInput in = InputFromIds(engine, std::nullopt, r.tokens);
-      ScoreResult pass;
-      const auto res = det.Run(in, true, &pass);
-      AddAll(res, report.plain_full, report.plain_no_dedup, report.plain_cspv, report.plain_pepi,
-             report.plain_kgw, o.oracle != nullptr);
-      add_null(plain_null, in, pass);
+  // Scored a chunk of texts at a time: the negatives without their prompts
+  // (routing; logits for PEPI), the first o.generations with them for the
+  // perplexity (logits).
+  const int64_t text_tokens = (n_plain > 0 ? static_cast<int64_t>(prompt_ids[0].size()) : 0) + o.new_tokens;
+  const size_t plain_chunk = det.TextsWithLogits(text_tokens);
+  for (int c0 = 0; c0 < n_plain; c0 += static_cast<int>(plain_chunk)) {
+    const int c1 = std::min(n_plain, c0 + static_cast<int>(plain_chunk));
+    std::vector<DetectInput> nulls;
+    std::vector<std::vector<int32_t>> with_prompts;
+    for (int i = c0; i < c1; ++i) {
+      const std::vector<int32_t>& tokens = plain_results[i].tokens;
+      if (i < o.null_generations) nulls.push_back(InputFromIds(engine, std::nullopt, tokens));
+      if (i < o.generations) {
+        with_prompts.push_back(prompt_ids[i]);
+        with_prompts.back().insert(with_prompts.back().end(), tokens.begin(), tokens.end());
+      }
     }
-    if (i < o.generations) {
-      std::vector<int32_t> all = prompt_ids[i];
-      all.insert(all.end(), r.tokens.begin(), r.tokens.end());
-      const auto [nll, n] = Nll(engine.Score(all), static_cast<int64_t>(prompt_ids[i].size()), c.vocab_size);
-      plain_nll += nll;
-      plain_nll_n += n;
-      const auto [d2, b2] = Distinct2(r.tokens);
-      plain_distinct += d2;
-      plain_bigrams += b2;
+    const std::vector<ScoreResult> null_passes = det.Passes(nulls, o.oracle != nullptr);
+    const std::vector<ScoreResult> prompt_passes = det.Passes(with_prompts, /*logits=*/true);
+    for (int i = c0; i < c1; ++i) {
+      const GenerateResult& r = plain_results[i];
+      plain_tokens[i] = r.tokens;
+      plain_decode_ms += r.stats.decode_ms;
+      plain_decoded += std::max<int64_t>(0, r.stats.generated_tokens - 1);
+      if (i < o.null_generations) {
+        const DetectInput& in = nulls[static_cast<size_t>(i - c0)];
+        const ScoreResult& pass = null_passes[static_cast<size_t>(i - c0)];
+        const auto res = det.Run(in, true, pass);
+        AddAll(res, report.plain_full, report.plain_no_dedup, report.plain_cspv, report.plain_pepi,
+               report.plain_kgw, o.oracle != nullptr);
+        add_null(plain_null, in, pass);
+      }
+      if (i < o.generations) {
+        const auto [nll, n] = Nll(prompt_passes[static_cast<size_t>(i - c0)],
+                                  static_cast<int64_t>(prompt_ids[i].size()), c.vocab_size);
+        plain_nll += nll;
+        plain_nll_n += n;
+        const auto [d2, b2] = Distinct2(r.tokens);
+        plain_distinct += d2;
+        plain_bigrams += b2;
+      }
     }
   }
   report.plain_decode_ms_per_token = plain_decode_ms / std::max<int64_t>(1, plain_decoded);
@@ -498,211 +554,273 @@ EvalReport EvaluateWatermark(Engine& engine, const SecretKey& key, const EvalOpt
     }
     const std::vector<GenerateResult> marked_results = GenerateAll(
         engine, std::span(prompt_ids).first(static_cast<size_t>(o.generations)), std::move(marked_options));
-    for (int i = 0; i < o.generations; ++i) {
-      const WatermarkProcessor& proc = *processors[i];
-      const GenerateResult& r = marked_results[i];
-      decode_ms += r.stats.decode_ms;
-      decoded += std::max<int64_t>(0, r.stats.generated_tokens - 1);
-      bias += proc.mean_bias();
-      se.identical_to_plain += r.tokens == plain_tokens[i];
-      const auto [d2, b2] = Distinct2(r.tokens);
-      distinct += d2;
-      bigrams += b2;
-
-      const std::string prompt = prompts[static_cast<size_t>(i) % prompts.size()];
-      DetectInput with = InputFromIds(engine, prompt, r.tokens);
-      DetectInput without = InputFromIds(engine, std::nullopt, r.tokens);
-      // The token-level and copy-paste attacks of this text, scored together
-      // in batched passes below.
+    // A chunk of texts at a time: their passes with the prompt (logits, for
+    // the perplexity and PEPI) and without it (routing) batched, then every
+    // attacked copy of the chunk's texts scored in one batch at its end.
+    const size_t scheme_chunk = det.TextsWithLogits(text_tokens);
+    const int64_t scorable = std::min<int64_t>(plan_ctx, engine.max_context());
+    for (int c0 = 0; c0 < o.generations; c0 += static_cast<int>(scheme_chunk)) {
+      const int c1 = std::min(o.generations, c0 + static_cast<int>(scheme_chunk));
+      std::vector<DetectInput> withs, withouts;
+      for (int i = c0; i < c1; ++i) {
+        const std::string& prompt = prompts[static_cast<size_t>(i) % prompts.size()];
+        withs.push_back(InputFromIds(engine, prompt, marked_results[i].tokens));
+        withouts.push_back(InputFromIds(engine, std::nullopt, marked_results[i].tokens));
+      }
+      const std::vector<ScoreResult> with_passes = det.Passes(withs, /*logits=*/true);
+      // KGW reads no routing; the others' passes without the prompt stop at
+      // the router they read.
+      const std::vector<ScoreResult> without_passes =
+          scheme == Scheme::kKgw ? std::vector<ScoreResult>(withs.size())
+                                 : det.Passes(withouts, false, det.DeepestRead(scheme));
+      // The other precision's passes, in batches as ours (not counted in the
+      // report's scoring figures, which are this model's).
+      std::vector<ScoreResult> other_passes;
+      if (o.other_engine && scheme != Scheme::kKgw) {
+        std::vector<std::vector<int32_t>> texts;
+        for (const DetectInput& in : withs) texts.push_back(in.ids);
+        const size_t batch = static_cast<size_t>(std::max(1, o.score_batch_texts));
+        for (size_t b = 0; b < texts.size(); b += batch)
+          for (ScoreResult& pass : o.other_engine->ScoreBatch(
+                   std::span(texts).subspan(b, std::min(batch, texts.size() - b)),
+                   /*logits=*/false, det.DeepestRead(scheme)))
+            other_passes.push_back(std::move(pass));
+      }
+      // Attacked copies of the chunk's texts, scored together at its end: an
+      // input and the set its z joins (each set gets its texts in order).
       std::vector<ZSet*> pending_sets;
       std::vector<DetectInput> pending;
-      // Token-level attacks on the generated ids (the prompt kept), detected
-      // with the prompt: a fraction of the tokens replaced by uniformly
-      // random ids, deleted, or followed by an inserted random id.
-      auto attack = [&](ZSet& out, uint64_t stream, auto edit) {
-        Rng rng(o.seed * 1000003 + static_cast<uint64_t>(i) * 101 + stream);
-        std::vector<int32_t> attacked;
-        for (int32_t id : r.tokens) edit(rng, id, attacked);
-        if (attacked.empty()) {
+      // A copy longer than the plan counts as too short to score, as one
+      // without tokens does.
+      auto pend = [&](ZSet& out, DetectInput in) {
+        if (static_cast<int64_t>(in.ids.size()) > scorable) {
           ++out.too_short;
           return;
         }
         pending_sets.push_back(&out);
-        pending.push_back(InputFromIds(engine, prompt, attacked));
+        pending.push_back(std::move(in));
       };
-      auto random_id = [&](Rng& rng) { return static_cast<int32_t>(rng.Next() % static_cast<uint64_t>(c.vocab_size)); };
-      for (size_t a = 0; a < o.substitution_rates.size(); ++a)
-        attack(se.substituted[a], a, [&](Rng& rng, int32_t id, std::vector<int32_t>& out) {
-          out.push_back(rng.Uniform() < o.substitution_rates[a] ? random_id(rng) : id);
-        });
-      for (size_t a = 0; a < o.deletion_rates.size(); ++a)
-        attack(se.deleted[a], 100 + a, [&](Rng& rng, int32_t id, std::vector<int32_t>& out) {
-          if (rng.Uniform() >= o.deletion_rates[a]) out.push_back(id);
-        });
-      for (size_t a = 0; a < o.insertion_rates.size(); ++a)
-        attack(se.inserted[a], 200 + a, [&](Rng& rng, int32_t id, std::vector<int32_t>& out) {
-          out.push_back(id);
-          if (rng.Uniform() < o.insertion_rates[a]) out.push_back(random_id(rng));
-        });
-      if (!o.emoji_text.empty()) {
-        const std::vector<int32_t> emoji_ids = engine.tokenizer().Encode(o.emoji_text);
-        Require(!emoji_ids.empty(), "the emoji text tokenizes to nothing");
-        const int32_t emoji = emoji_ids[0];
-        WatermarkProcessor eproc(key, params, c, hash);
-        GenerateOptions ge = base;
-        ge.max_new_tokens = 2 * o.new_tokens;
-        ge.sampler.seed = o.seed + static_cast<uint64_t>(i);
-        ge.logits_processor = [&](std::span<float> logits, const RoutingTrace& routing,
-                                  std::span<const int32_t> context) {
-          eproc.Apply(logits, routing, context);
-          // After a token of the answer, the emoji (the model "obeys" the
-          // user's instruction); after the emoji, the answer goes on.
-          if (static_cast<int64_t>(context.size()) > static_cast<int64_t>(prompt_ids[i].size()) &&
-              context.back() != emoji) {
-            std::fill(logits.begin(), logits.end(), -1e30f);
-            logits[static_cast<size_t>(emoji)] = 0.f;
+      for (int i = c0; i < c1; ++i) {
+        const WatermarkProcessor& proc = *processors[i];
+        const GenerateResult& r = marked_results[i];
+        decode_ms += r.stats.decode_ms;
+        decoded += std::max<int64_t>(0, r.stats.generated_tokens - 1);
+        bias += proc.mean_bias();
+        se.identical_to_plain += r.tokens == plain_tokens[i];
+        const auto [d2, b2] = Distinct2(r.tokens);
+        distinct += d2;
+        bigrams += b2;
+
+        const std::string prompt = prompts[static_cast<size_t>(i) % prompts.size()];
+        const DetectInput& with = withs[static_cast<size_t>(i - c0)];
+        const DetectInput& without = withouts[static_cast<size_t>(i - c0)];
+        // Token-level attacks on the generated ids (the prompt kept), detected
+        // with the prompt: a fraction of the tokens replaced by uniformly
+        // random ids, deleted, or followed by an inserted random id.
+        auto attack = [&](ZSet& out, uint64_t stream, auto edit) {
+          Rng rng(o.seed * 1000003 + static_cast<uint64_t>(i) * 101 + stream);
+          std::vector<int32_t> attacked;
+          for (int32_t id : r.tokens) edit(rng, id, attacked);
+          if (attacked.empty()) {
+            ++out.too_short;
+            return;
           }
+          pend(out, InputFromIds(engine, prompt, attacked));
         };
-        const GenerateResult re = engine.Generate(prompt_ids[i], ge);
-        std::vector<int32_t> stripped;
-        for (int32_t id : re.tokens)
-          if (id != emoji) stripped.push_back(id);
-        if (stripped.empty()) ++se.emoji.too_short;
-        else Add(se.emoji, det.Z(scheme, InputFromIds(engine, prompt, stripped)));
-      }
-      // Copy-paste: the first w watermarked tokens inside human text.
-      for (size_t a = 0; a < o.copy_paste_fractions.size(); ++a) {
-        const int64_t total = o.new_tokens;
-        const int64_t w = std::min<int64_t>(static_cast<int64_t>(r.tokens.size()),
-                                            std::llround(o.copy_paste_fractions[a] * static_cast<double>(total)));
-        const int64_t h = total - w;
-        if (static_cast<int64_t>(human_pool.size()) <= h || w <= 0) {
-          ++se.copy_paste[a].too_short;
-          continue;
+        auto random_id = [&](Rng& rng) {
+          return static_cast<int32_t>(rng.Next() % static_cast<uint64_t>(c.vocab_size));
+        };
+        for (size_t a = 0; a < o.substitution_rates.size(); ++a)
+          attack(se.substituted[a], a, [&](Rng& rng, int32_t id, std::vector<int32_t>& out) {
+            out.push_back(rng.Uniform() < o.substitution_rates[a] ? random_id(rng) : id);
+          });
+        for (size_t a = 0; a < o.deletion_rates.size(); ++a)
+          attack(se.deleted[a], 100 + a, [&](Rng& rng, int32_t id, std::vector<int32_t>& out) {
+            if (rng.Uniform() >= o.deletion_rates[a]) out.push_back(id);
+          });
+        for (size_t a = 0; a < o.insertion_rates.size(); ++a)
+          attack(se.inserted[a], 200 + a, [&](Rng& rng, int32_t id, std::vector<int32_t>& out) {
+            out.push_back(id);
+            if (rng.Uniform() < o.insertion_rates[a]) out.push_back(random_id(rng));
+          });
+        if (!o.emoji_text.empty()) {
+          const std::vector<int32_t> emoji_ids = engine.tokenizer().Encode(o.emoji_text);
+          Require(!emoji_ids.empty(), "the emoji text tokenizes to nothing");
+          const int32_t emoji = emoji_ids[0];
+          WatermarkProcessor eproc(key, params, c, hash);
+          GenerateOptions ge = base;
+          ge.max_new_tokens = 2 * o.new_tokens;
+          ge.sampler.seed = o.seed + static_cast<uint64_t>(i);
+          ge.logits_processor = [&](std::span<float> logits, const RoutingTrace& routing,
+                                    std::span<const int32_t> context) {
+            eproc.Apply(logits, routing, context);
+            // After a token of the answer, the emoji (the model "obeys" the
+            // user's instruction); after the emoji, the answer goes on.
+            if (static_cast<int64_t>(context.size()) > static_cast<int64_t>(prompt_ids[i].size()) &&
+                context.back() != emoji) {
+              std::fill(logits.begin(), logits.end(), -1e30f);
+              logits[static_cast<size_t>(emoji)] = 0.f;
+            }
+          };
+          const GenerateResult re = engine.Generate(prompt_ids[i], ge);
+          std::vector<int32_t> stripped;
+          for (int32_t id : re.tokens)
+            if (id != emoji) stripped.push_back(id);
+          if (stripped.empty())
+            ++se.emoji.too_short;
+          else
+            pend(se.emoji, InputFromIds(engine, prompt, stripped));
         }
-        Rng rng(o.seed * 1000003 + static_cast<uint64_t>(i) * 101 + 400 + a);
-        const int64_t from = static_cast<int64_t>(rng.Next() % static_cast<uint64_t>(human_pool.size() - h));
-        const int64_t at = static_cast<int64_t>(rng.Next() % static_cast<uint64_t>(h + 1));
-        std::vector<int32_t> mixed(human_pool.begin() + from, human_pool.begin() + from + at);
-        mixed.insert(mixed.end(), r.tokens.begin(), r.tokens.begin() + w);
-        mixed.insert(mixed.end(), human_pool.begin() + from + at, human_pool.begin() + from + h);
-        pending_sets.push_back(&se.copy_paste[a]);
-        pending.push_back(InputFromIds(engine, std::nullopt, mixed));
+        // Copy-paste: the first w watermarked tokens inside human text.
+        for (size_t a = 0; a < o.copy_paste_fractions.size(); ++a) {
+          const int64_t total = o.new_tokens;
+          const int64_t w = std::min<int64_t>(
+              static_cast<int64_t>(r.tokens.size()),
+              std::llround(o.copy_paste_fractions[a] * static_cast<double>(total)));
+          const int64_t h = total - w;
+          if (static_cast<int64_t>(human_pool.size()) <= h || w <= 0) {
+            ++se.copy_paste[a].too_short;
+            continue;
+          }
+          Rng rng(o.seed * 1000003 + static_cast<uint64_t>(i) * 101 + 400 + a);
+          const int64_t from =
+              static_cast<int64_t>(rng.Next() % static_cast<uint64_t>(human_pool.size() - h));
+          const int64_t at = static_cast<int64_t>(rng.Next() % static_cast<uint64_t>(h + 1));
+          std::vector<int32_t> mixed(human_pool.begin() + from, human_pool.begin() + from + at);
+          mixed.insert(mixed.end(), r.tokens.begin(), r.tokens.begin() + w);
+          mixed.insert(mixed.end(), human_pool.begin() + from + at, human_pool.begin() + from + h);
+          pend(se.copy_paste[a], InputFromIds(engine, std::nullopt, mixed));
+        }
+        // Text-level attacks: the decoded text, edited, then tokenized again
+        // as a detector given text would.
+        if (!o.synonym_rates.empty() || o.synonyms) {
+          const std::string text = engine.tokenizer().Decode(r.tokens);
+          auto detect_text = [&](ZSet& out, const std::string& t) {
+            std::optional<DetectInput> in;
+            try {
+              in = InputFromText(engine, prompt, t);
+            } catch (const Error&) {
+              ++out.too_short;  // nothing left to tokenize
+              return;
+            }
+            pend(out, std::move(*in));
+          };
+          detect_text(se.retokenized, text);
+          for (size_t a = 0; a < o.synonym_rates.size(); ++a) {
+            Require(o.synonyms != nullptr,
+                    "the synonym attack needs WordNet (apt-get install wordnet-base)");
+            detect_text(
+                se.synonyms[a],
+                text::SubstituteSynonyms(
+                    text, o.synonym_rates[a],
+                    o.seed * 1000003 + static_cast<uint64_t>(i) * 101 + 300 + a, *o.synonyms));
+          }
+        }
+        const ScoreResult& pw = with_passes[static_cast<size_t>(i - c0)];
+        const ScoreResult& pn = without_passes[static_cast<size_t>(i - c0)];
+        std::vector<TokenScore> tokens_with;
+        if (scheme == Scheme::kKgw || v2) {
+          tokens_with = det.FromPass(scheme, with, pw);
+          const auto tokens_without = det.FromPass(scheme, without, pn);
+          scored_pairs += ScoredOf(tokens_with, lists.p0(), o.detect);
+          Add(se.full_prompt, ZOf(tokens_with, lists.p0(), o.detect));
+          Add(se.full_no_prompt, ZOf(tokens_without, lists.p0(), o.detect));
+          if (v2) {
+            const CspvResult cs = Cspv(tokens_with, lists.p0(), o.detect, o.cspv_sample, o.seed);
+            if (cs.population >= o.detect.min_tokens)
+              se.cspv.z.push_back(cs.sample.z);
+            else
+              ++se.cspv.too_short;
+            const auto& used = proc.experts_used();
+            for (size_t st = 0; st < used.size(); ++st) {
+              ++steps;
+              const int slot = det.SlotOf(scheme);
+              recovered_p +=
+                  ChooseExpert(pw.routing, with.first + static_cast<int64_t>(st) - 1, slot)
+                      .expert == used[st];
+              if (without.first + static_cast<int64_t>(st) >= 1)
+                recovered_np +=
+                    ChooseExpert(pn.routing, without.first + static_cast<int64_t>(st) - 1, slot)
+                        .expert == used[st];
+            }
+            if (o.other_engine) {
+              const auto other =
+                  det.FromPass(scheme, with, other_passes[static_cast<size_t>(i - c0)]);
+              Add(se.other_level, ZOf(other, lists.p0(), o.detect));
+              DetectOptions margin = o.detect;
+              margin.min_margin = o.other_min_margin;
+              Add(se.other_level_margin, ZOf(other, lists.p0(), margin));
+            }
+          }
+        } else {
+          const auto rw = det.Run(with, true, pw);
+          tokens_with = det.FromPass(scheme, with, pw);
+          const auto rn = det.Run(without, false, pn);
+          scored_pairs += rw.scored;
+          Add(se.full_prompt, rw.full);
+          Add(se.full_no_prompt, rn.full);
+          Add(se.shift0, rw.shift0);
+          Add(se.shift2, rw.shift2);
+          Add(se.shift0_changed, rw.shift0_changed);
+          adjacent_same += rw.adjacent_same;
+          adjacent += rw.adjacent;
+          Add(se.cspv, rw.cspv);
+          if (o.oracle) Add(se.pepi, rw.pepi);
+          // Another precision: the same ids detected by an engine at another
+          // quantization level, whose router may flip on close calls.
+          if (o.other_engine) {
+            const auto tokens =
+                det.FromPass(scheme, with, other_passes[static_cast<size_t>(i - c0)]);
+            Add(se.other_level, ZOf(tokens, det.expert_lists.p0(), o.detect));
+            DetectOptions margin = o.detect;
+            margin.min_margin = o.other_min_margin;
+            Add(se.other_level_margin, ZOf(tokens, det.expert_lists.p0(), margin));
+            for (size_t k = 0; k < tokens.size(); ++k) {
+              other_recovered += tokens[k].seed == rw.experts[tokens[k].position - 1];
+              ++other_n;
+              if (tokens[k].margin >= o.other_min_margin) {
+                other_recovered_margin += tokens[k].seed == rw.experts[tokens[k].position - 1];
+                ++other_n_margin;
+              }
+            }
+          }
+          // Expert recovery: generation step s keyed token s with the expert the
+          // processor saw; detection recovers it at position first + s - 1.
+          const auto& used = proc.experts_used();
+          for (size_t st = 0; st < used.size(); ++st) {
+            ++steps;
+            recovered_p += rw.experts[with.first + st - 1] == used[st];
+            if (without.first + static_cast<int64_t>(st) >= 1)
+              recovered_np += rn.experts[without.first + st - 1] == used[st];
+            if (o.oracle && with.first + static_cast<int64_t>(st) >= 1) {
+              agree += rw.predicted[with.first + st - 1] == used[st];
+              ++agree_n;
+            }
+          }
+        }
+        // Quality and size from the forward pass over prompt + text.
+        const auto [text_nll, text_n] = Nll(pw, with.first, c.vocab_size);
+        nll += text_nll;
+        nll_n += text_n;
+        for (size_t k = 0; k < o.z_lengths.size(); ++k) {
+          if (o.z_lengths[k] > o.new_tokens) continue;
+          std::vector<TokenScore> prefix;
+          for (const TokenScore& ts : tokens_with)
+            if (ts.position - with.first < o.z_lengths[k]) prefix.push_back(ts);
+          Add(se.by_length[k],
+              ZOf(prefix, lists.p0(),
+                  DetectOptions{o.detect.z_threshold, o.detect.dedup, o.detect.min_margin, 1}));
+        }
+        const auto needed =
+            TokensToDetect(tokens_with, with.first, lists.p0(), o.detect, o.size_p_value);
+        sizes.push_back(needed ? static_cast<double>(*needed)
+                               : std::numeric_limits<double>::infinity());
+        se.size_never += needed ? 0 : 1;
       }
       if (!pending.empty()) {
         const std::vector<std::optional<double>> zs = det.ZMany(scheme, pending);
         for (size_t k = 0; k < zs.size(); ++k) Add(*pending_sets[k], zs[k]);
       }
-      // Text-level attacks: the decoded text, edited, then tokenized again
-      // as a detector given text would.
-      if (!o.synonym_rates.empty() || o.synonyms) {
-        const std::string text = engine.tokenizer().Decode(r.tokens);
-        auto detect_text = [&](ZSet& out, const std::string& t) {
-          try {
-            Add(out, det.Z(scheme, InputFromText(engine, prompt, t)));
-          } catch (const Error&) {
-            ++out.too_short;  // nothing left to tokenize
-          }
-        };
-        detect_text(se.retokenized, text);
-        for (size_t a = 0; a < o.synonym_rates.size(); ++a) {
-          Require(o.synonyms != nullptr, "the synonym attack needs WordNet (apt-get install wordnet-base)");
-          detect_text(se.synonyms[a], text::SubstituteSynonyms(text, o.synonym_rates[a],
-                                                               o.seed * 1000003 + static_cast<uint64_t>(i) * 101 + 300 + a,
-                                                               *o.synonyms));
-        }
-      }
-      ScoreResult pw;
-      std::vector<TokenScore> tokens_with;
-      if (scheme == Scheme::kKgw || v2) {
-        tokens_with = det.Tokens(scheme, with, &pw);
-        ScoreResult pn;
-        const auto tokens_without = det.Tokens(scheme, without, &pn);
-        scored_pairs += ScoredOf(tokens_with, lists.p0(), o.detect);
-        Add(se.full_prompt, ZOf(tokens_with, lists.p0(), o.detect));
-        Add(se.full_no_prompt, ZOf(tokens_without, lists.p0(), o.detect));
-        if (v2) {
-          const CspvResult cs = Cspv(tokens_with, lists.p0(), o.detect, o.cspv_sample, o.seed);
-          if (cs.population >= o.detect.min_tokens) se.cspv.z.push_back(cs.sample.z);
-          else ++se.cspv.too_short;
-          const auto& used = proc.experts_used();
-          for (size_t st = 0; st < used.size(); ++st) {
-            ++steps;
-            const int slot = det.SlotOf(scheme);
-            recovered_p += ChooseExpert(pw.routing, with.first + static_cast<int64_t>(st) - 1, slot).expert == used[st];
-            if (without.first + static_cast<int64_t>(st) >= 1)
-              recovered_np +=
-                  ChooseExpert(pn.routing, without.first + static_cast<int64_t>(st) - 1, slot).expert == used[st];
-          }
-          if (o.other_engine) {
-            const auto other = ScoreInput(*o.other_engine, with, lists, det.SlotOf(scheme), 1);
-            Add(se.other_level, ZOf(other, lists.p0(), o.detect));
-            DetectOptions margin = o.detect;
-            margin.min_margin = o.other_min_margin;
-            Add(se.other_level_margin, ZOf(other, lists.p0(), margin));
-          }
-        }
-      } else {
-        const auto rw = det.Run(with, true, &pw);
-        tokens_with = det.FromPass(scheme, with, pw);
-        const auto rn = det.Run(without, false);
-        scored_pairs += rw.scored;
-        Add(se.full_prompt, rw.full);
-        Add(se.full_no_prompt, rn.full);
-        Add(se.shift0, rw.shift0);
-        Add(se.shift2, rw.shift2);
-        Add(se.shift0_changed, rw.shift0_changed);
-        adjacent_same += rw.adjacent_same;
-        adjacent += rw.adjacent;
-        Add(se.cspv, rw.cspv);
-        if (o.oracle) Add(se.pepi, rw.pepi);
-        // Another precision: the same ids detected by an engine at another
-        // quantization level, whose router may flip on close calls.
-        if (o.other_engine) {
-          ScoreResult pass;
-          const auto tokens = ScoreInput(*o.other_engine, with, det.expert_lists, det.slot, 1, &pass);
-          Add(se.other_level, ZOf(tokens, det.expert_lists.p0(), o.detect));
-          DetectOptions margin = o.detect;
-          margin.min_margin = o.other_min_margin;
-          Add(se.other_level_margin, ZOf(tokens, det.expert_lists.p0(), margin));
-          for (size_t k = 0; k < tokens.size(); ++k) {
-            other_recovered += tokens[k].seed == rw.experts[tokens[k].position - 1];
-            ++other_n;
-            if (tokens[k].margin >= o.other_min_margin) {
-              other_recovered_margin += tokens[k].seed == rw.experts[tokens[k].position - 1];
-              ++other_n_margin;
-            }
-          }
-        }
-        // Expert recovery: generation step s keyed token s with the expert the
-        // processor saw; detection recovers it at position first + s - 1.
-        const auto& used = proc.experts_used();
-        for (size_t st = 0; st < used.size(); ++st) {
-          ++steps;
-          recovered_p += rw.experts[with.first + st - 1] == used[st];
-          if (without.first + static_cast<int64_t>(st) >= 1)
-            recovered_np += rn.experts[without.first + st - 1] == used[st];
-          if (o.oracle && with.first + static_cast<int64_t>(st) >= 1) {
-            agree += rw.predicted[with.first + st - 1] == used[st];
-            ++agree_n;
-          }
-        }
-      }
-      // Quality and size from the forward pass over prompt + text.
-      const auto [text_nll, text_n] = Nll(pw, with.first, c.vocab_size);
-      nll += text_nll;
-      nll_n += text_n;
-      for (size_t k = 0; k < o.z_lengths.size(); ++k) {
-        if (o.z_lengths[k] > o.new_tokens) continue;
-        std::vector<TokenScore> prefix;
-        for (const TokenScore& ts : tokens_with)
-          if (ts.position - with.first < o.z_lengths[k]) prefix.push_back(ts);
-        Add(se.by_length[k], ZOf(prefix, lists.p0(), DetectOptions{o.detect.z_threshold, o.detect.dedup,
-                                                                    o.detect.min_margin, 1}));
-      }
-      const auto needed = TokensToDetect(tokens_with, with.first, lists.p0(), o.detect, o.size_p_value);
-      sizes.push_back(needed ? static_cast<double>(*needed) : std::numeric_limits<double>::infinity());
-      se.size_never += needed ? 0 : 1;
     }
     se.expert_recovery_prompt = steps ? static_cast<double>(recovered_p) / steps : 0;
     se.expert_recovery_no_prompt = steps ? static_cast<double>(recovered_np) / steps : 0;
@@ -725,24 +843,34 @@ EvalReport EvaluateWatermark(Engine& engine, const SecretKey& key, const EvalOpt
   }
 
   note("held-out human paragraphs");
-  for (const std::string& p : paragraphs) {
-    if (report.human_paragraphs_used >= o.human_paragraphs) break;
-    DetectInput in = InputFromText(engine, std::nullopt, p);
-    if (static_cast<int64_t>(in.ids.size()) > plan_ctx) in.ids.resize(static_cast<size_t>(plan_ctx));
-    if (static_cast<int64_t>(in.ids.size()) - in.first < o.detect.min_tokens + 1) {
-      ++report.human_paragraphs_skipped;
-      continue;
+  // In chunks of at most the paragraphs still needed, so that no more are
+  // scored than one by one, and the same ones.
+  size_t next_paragraph = 0;
+  while (next_paragraph < paragraphs.size() && report.human_paragraphs_used < o.human_paragraphs) {
+    const size_t per_chunk = o.oracle ? det.TextsWithLogits(plan_ctx) : static_cast<size_t>(std::max(1, o.score_batch_texts));
+    const size_t wanted = std::min(per_chunk, static_cast<size_t>(o.human_paragraphs - report.human_paragraphs_used));
+    std::vector<DetectInput> chunk;
+    while (next_paragraph < paragraphs.size() && chunk.size() < wanted) {
+      DetectInput in = InputFromText(engine, std::nullopt, paragraphs[next_paragraph++]);
+      if (static_cast<int64_t>(in.ids.size()) > plan_ctx) in.ids.resize(static_cast<size_t>(plan_ctx));
+      if (static_cast<int64_t>(in.ids.size()) - in.first < o.detect.min_tokens + 1) {
+        ++report.human_paragraphs_skipped;
+        continue;
+      }
+      chunk.push_back(std::move(in));
     }
-    ScoreResult pass;
-    const auto r = det.Run(in, true, &pass);
-    if (!r.full) {
-      ++report.human_paragraphs_skipped;  // too many repeats to score
-      continue;
+    const std::vector<ScoreResult> passes = det.Passes(chunk, o.oracle != nullptr);
+    for (size_t k = 0; k < chunk.size(); ++k) {
+      const auto r = det.Run(chunk[k], true, passes[k]);
+      if (!r.full) {
+        ++report.human_paragraphs_skipped;  // too many repeats to score
+        continue;
+      }
+      ++report.human_paragraphs_used;
+      AddAll(r, report.human_full, report.human_no_dedup, report.human_cspv, report.human_pepi,
+             report.human_kgw, o.oracle != nullptr);
+      add_null(human_null, chunk[k], passes[k]);
     }
-    ++report.human_paragraphs_used;
-    AddAll(r, report.human_full, report.human_no_dedup, report.human_cspv, report.human_pepi,
-           report.human_kgw, o.oracle != nullptr);
-    add_null(human_null, in, pass);
   }
   for (SchemeEval& se : report.schemes) {
     se.human = human_null[se.scheme];
@@ -759,6 +887,10 @@ EvalReport EvaluateWatermark(Engine& engine, const SecretKey& key, const EvalOpt
     se.tpr_at_fpr_1pct = tpr(se.threshold_fpr_1pct);
     se.tpr_at_fpr_01pct = tpr(se.threshold_fpr_01pct);
   }
+  report.texts_scored = det.texts_scored;
+  report.tokens_scored = det.tokens_scored;
+  report.scoring_seconds = det.score_ms / 1e3;
+  report.score_batch_texts = std::max(1, o.score_batch_texts);
   report.seconds = total.Millis() / 1e3;
   return report;
 }

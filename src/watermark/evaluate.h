@@ -78,6 +78,10 @@ struct EvalOptions {
   // quantization level), with and without a router-margin filter.
   Engine* other_engine = nullptr;
   double other_min_margin = 0.1;
+  // Texts per forward pass of the scoring (Engine::ScoreBatch): human
+  // paragraphs, unwatermarked and watermarked texts and their attacked
+  // copies. Figures do not depend on it, only the time.
+  int score_batch_texts = 32;
   std::function<void(const std::string&)> progress;
 };
 
@@ -145,6 +149,11 @@ struct EvalReport {
   // the generations ran batched (GenerateAll), and each one's decode time per
   // token is that of the steps it shared.
   int generation_parallel = 1;
+  // The scoring's forward passes on the evaluated model (the other level's
+  // are not counted): texts and tokens scored and the time they took.
+  int64_t texts_scored = 0, tokens_scored = 0;
+  double scoring_seconds = 0;
+  int score_batch_texts = 1;
   double seconds = 0;
   nlohmann::json Json(const EvalOptions& o) const;
 };

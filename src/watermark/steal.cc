@@ -109,6 +109,9 @@ std::vector<StealResult> EvaluateStealing(Engine& engine, const SecretKey& key, 
     if (o.progress) o.progress(s);
   };
   const GenerateOptions base = EvaluationGenerateOptions(engine, o.new_tokens);
+  // Outputs run through the model this many at a time (Engine::ScoreBatch
+  // gives each the routing Engine::Score would, bit for bit).
+  const size_t batch = static_cast<size_t>(std::max(1, o.score_batch_texts));
   auto prompt_of = [&](int i) { return engine.EncodePrompt(o.prompts[static_cast<size_t>(i) % o.prompts.size()]); };
 
   // The attacker's own unwatermarked outputs (seeds apart from the ones the
@@ -134,19 +137,30 @@ std::vector<StealResult> EvaluateStealing(Engine& engine, const SecretKey& key, 
     note(std::string("stealing: ") + SchemeName(scheme));
     const int slot = UsesRouter(scheme) ? ResolveRouterLayer(scheme, o.router_layer, c.NumMoeLayers()) : 0;
     GreenLists lists(key, KeyedByOf(scheme), hash, c.vocab_size, o.gamma);
+    // KGW's contexts are tokens: no forward pass at all.
+    const bool reads_routing = KeyedByOf(scheme) != KeyedBy::kPreviousToken;
+    const int64_t deepest = DeepestSlotRead(KeyedByOf(scheme), slot, c.NumMoeLayers());
+    const RoutingTrace no_routing;  // what KGW's counts are given (they read none)
     StealResult res;
     res.scheme = scheme;
+    // The attacker counts its own outputs' contexts from their routing; the
+    // same passes score them under the key (the control).
     Counts base_counts(c.vocab_size);
-    for (size_t i = 0; i < base_texts.size(); ++i) {
-      const ScoreResult pass = engine.Score(base_texts[i]);
-      base_counts.Add(scheme, base_texts[i], base_first[i], pass.routing, slot);
-      DetectInput in;
-      in.ids = base_texts[i];
-      in.first = base_first[i];
-      const auto tokens = ScoreInput(engine, in, lists, slot);
-      const Summary s = Summarize(tokens, lists.p0(), o.detect);
-      if (s.scored >= o.detect.min_tokens) res.attacker_plain.z.push_back(s.z);
-      else ++res.attacker_plain.too_short;
+    for (size_t b = 0; b < base_texts.size(); b += batch) {
+      std::vector<DetectInput> ins;
+      for (size_t i = b; i < std::min(base_texts.size(), b + batch); ++i) {
+        ins.emplace_back();
+        ins.back().ids = base_texts[i];
+        ins.back().first = base_first[i];
+      }
+      std::vector<ScoreResult> passes;
+      const auto tokens = ScoreInputs(engine, ins, lists, slot, /*logits=*/false, reads_routing ? &passes : nullptr);
+      for (size_t k = 0; k < ins.size(); ++k) {
+        base_counts.Add(scheme, ins[k].ids, ins[k].first, reads_routing ? passes[k].routing : no_routing, slot);
+        const Summary s = Summarize(tokens[k], lists.p0(), o.detect);
+        if (s.scored >= o.detect.min_tokens) res.attacker_plain.z.push_back(s.z);
+        else ++res.attacker_plain.too_short;
+      }
     }
     Counts wm_counts(c.vocab_size);
     int seen = 0;
@@ -173,11 +187,18 @@ std::vector<StealResult> EvaluateStealing(Engine& engine, const SecretKey& key, 
           opts.push_back(std::move(g));
         }
         const auto generated = GeneratedIds(engine, prompts, std::move(opts));
-        for (size_t i = 0; i < prompts.size(); ++i) {
-          std::vector<int32_t> ids = prompts[i];
-          const int64_t first = static_cast<int64_t>(ids.size());
-          ids.insert(ids.end(), generated[i].begin(), generated[i].end());
-          wm_counts.Add(scheme, ids, first, engine.Score(ids).routing, slot);
+        for (size_t b = 0; b < prompts.size(); b += batch) {
+          std::vector<std::vector<int32_t>> texts;
+          for (size_t i = b; i < std::min(prompts.size(), b + batch); ++i) {
+            texts.push_back(prompts[i]);
+            texts.back().insert(texts.back().end(), generated[i].begin(), generated[i].end());
+          }
+          // Routing through the deepest router the scheme's contexts read.
+          const std::vector<ScoreResult> passes =
+              reads_routing ? engine.ScoreBatch(texts, /*logits=*/false, deepest) : std::vector<ScoreResult>();
+          for (size_t k = 0; k < texts.size(); ++k)
+            wm_counts.Add(scheme, texts[k], static_cast<int64_t>(prompts[b + k].size()),
+                          reads_routing ? passes[k].routing : no_routing, slot);
         }
         seen = n;
       }
@@ -221,14 +242,19 @@ std::vector<StealResult> EvaluateStealing(Engine& engine, const SecretKey& key, 
         spoof_opts.push_back(std::move(g));
       }
       const auto spoofs = GeneratedIds(engine, spoof_prompts, std::move(spoof_opts));
-      for (size_t i = 0; i < spoofs.size(); ++i) {
-        DetectInput in;
-        in.first = static_cast<int64_t>(spoof_prompts[i].size());
-        in.ids = spoof_prompts[i];
-        in.ids.insert(in.ids.end(), spoofs[i].begin(), spoofs[i].end());
-        const Summary s = Summarize(ScoreInput(engine, in, lists, slot), lists.p0(), o.detect);
-        if (s.scored >= o.detect.min_tokens) spoofed.z.push_back(s.z);
-        else ++spoofed.too_short;
+      for (size_t b = 0; b < spoofs.size(); b += batch) {
+        std::vector<DetectInput> ins;
+        for (size_t i = b; i < std::min(spoofs.size(), b + batch); ++i) {
+          ins.emplace_back();
+          ins.back().first = static_cast<int64_t>(spoof_prompts[i].size());
+          ins.back().ids = spoof_prompts[i];
+          ins.back().ids.insert(ins.back().ids.end(), spoofs[i].begin(), spoofs[i].end());
+        }
+        for (const std::vector<TokenScore>& tokens : ScoreInputs(engine, ins, lists, slot)) {
+          const Summary s = Summarize(tokens, lists.p0(), o.detect);
+          if (s.scored >= o.detect.min_tokens) spoofed.z.push_back(s.z);
+          else ++spoofed.too_short;
+        }
       }
       res.spoofed.push_back(std::move(spoofed));
     }

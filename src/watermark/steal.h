@@ -48,6 +48,9 @@ struct StealOptions {
   uint64_t seed = 1;
   std::vector<std::string> prompts;  // observed outputs use the first ones, spoofs the next
   DetectOptions detect;
+  // Texts per Engine::ScoreBatch call when the outputs are run through the
+  // model (as EvalOptions::score_batch_texts: the time changes, no figure).
+  int score_batch_texts = 32;
   std::function<void(const std::string&)> progress;
 };
 
