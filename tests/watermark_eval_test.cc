@@ -42,6 +42,32 @@ constexpr int kGenerations = 20, kNullGenerations = 40, kHumanParagraphs = 200, 
 constexpr int kGenerations = 100, kNullGenerations = 200, kHumanParagraphs = 1000, kOracleTokens = 20000;
 #endif
 
+// tiny-moe on one thread, planned for `parallel` sequences of 256 tokens.
+std::unique_ptr<Engine> LoadTinyMoe(QuantLevel quant = QuantLevel::kAuto, int parallel = 1) {
+  LoadOptions lo("models/tiny-moe", 1);
+  lo.plan_ctx = 256;
+  lo.parallel = parallel;
+  lo.use_cache = false;
+  lo.quant = quant;
+  return Engine::Load(lo);
+}
+
+// A PEPI oracle for tiny-moe's last router (slot 3), trained on `tokens`
+// positions of the END of the held-out text `human`, so the paragraphs
+// scored as human negatives (the first ones) are not its training text.
+ExpertOracle TinyMoeOracle(Engine& engine, const std::string& human, int64_t tokens) {
+  std::vector<TopLogprobs> x;
+  std::vector<int32_t> y;
+  CollectOracleExamples(engine, human.substr(human.size() * 3 / 4), 256, tokens, 3, 20, &x, &y);
+  OracleInfo info;
+  info.router_hash = engine.load_stats().router_hash;
+  info.router_layer = 3;
+  info.num_experts = 8;
+  info.vocab_size = 4096;
+  info.top_k = 20;
+  return ExpertOracle::Train(x, y, info, OracleTrainOptions());
+}
+
 TEST(WatermarkEval, RoundTripFalseAlarmsAlignmentAndGuard) {
   // One thread: ctest runs tests side by side, and the bundled model is too
   // small for a second thread to pay for its synchronisation under contention.
@@ -52,20 +78,7 @@ TEST(WatermarkEval, RoundTripFalseAlarmsAlignmentAndGuard) {
   const std::string human = ReadAll("data/heldout/jargon.txt");
   ASSERT_FALSE(human.empty());
 
-  // The PEPI oracle learns from the END of the held-out file, so the
-  // paragraphs scored as human negatives (the first 1,000) are not its
-  // training text.
-  const std::string tail = human.substr(human.size() * 3 / 4);
-  std::vector<TopLogprobs> x;
-  std::vector<int32_t> y;
-  CollectOracleExamples(*engine, tail, 256, kOracleTokens, 3, 20, &x, &y);
-  OracleInfo info;
-  info.router_hash = engine->load_stats().router_hash;
-  info.router_layer = 3;
-  info.num_experts = 8;
-  info.vocab_size = 4096;
-  info.top_k = 20;
-  const ExpertOracle oracle = ExpertOracle::Train(x, y, info, OracleTrainOptions());
+  const ExpertOracle oracle = TinyMoeOracle(*engine, human, kOracleTokens);
 
   EvalOptions o;
   o.schemes = {Scheme::kGsg, Scheme::kEwp};
@@ -118,14 +131,7 @@ TEST(WatermarkEval, RoundTripFalseAlarmsAlignmentAndGuard) {
 // rounding, so on these prompts the sampled tokens are the same; a text
 // paired with another's prompt, seed or processor would change its z.
 TEST(WatermarkEval, BatchedGenerationsGiveTheOneByOneFigures) {
-  auto load = [](int parallel) {
-    LoadOptions lo("models/tiny-moe", 1);
-    lo.plan_ctx = 256;
-    lo.parallel = parallel;
-    lo.use_cache = false;
-    return Engine::Load(lo);
-  };
-  auto alone = load(1), batched = load(6);
+  auto alone = LoadTinyMoe(QuantLevel::kAuto, 1), batched = LoadTinyMoe(QuantLevel::kAuto, 6);
   ASSERT_EQ(batched->load_stats().plan_parallel, 6);
   EvalOptions o;
   o.schemes = {Scheme::kGsg, Scheme::kEpw2Et};
@@ -192,25 +198,9 @@ nlohmann::json WithoutTimings(nlohmann::json j) {
 // the JSON (each z of every set, attacks, PEPI, the other level, expert
 // recovery, perplexity) must be the same with uneven batches of 7.
 TEST(WatermarkEval, ScoringInBatchesGivesTheOneByOneFigures) {
-  auto load = [](QuantLevel quant) {
-    LoadOptions lo("models/tiny-moe", 1);
-    lo.plan_ctx = 256;
-    lo.use_cache = false;
-    lo.quant = quant;
-    return Engine::Load(lo);
-  };
-  auto engine = load(QuantLevel::kFp16), other = load(QuantLevel::kInt4);
+  auto engine = LoadTinyMoe(QuantLevel::kFp16), other = LoadTinyMoe(QuantLevel::kInt4);
   const std::string human = ReadAll("data/heldout/jargon.txt");
-  std::vector<TopLogprobs> x;
-  std::vector<int32_t> y;
-  CollectOracleExamples(*engine, human.substr(human.size() * 3 / 4), 256, 3000, 3, 20, &x, &y);
-  OracleInfo info;
-  info.router_hash = engine->load_stats().router_hash;
-  info.router_layer = 3;
-  info.num_experts = 8;
-  info.vocab_size = 4096;
-  info.top_k = 20;
-  const ExpertOracle oracle = ExpertOracle::Train(x, y, info, OracleTrainOptions());
+  const ExpertOracle oracle = TinyMoeOracle(*engine, human, 3000);
 
   EvalOptions o;
   o.schemes = {Scheme::kGsg, Scheme::kKgw, Scheme::kEpw2Et};
@@ -261,10 +251,7 @@ TEST(WatermarkEval, ScoringInBatchesGivesTheOneByOneFigures) {
 // the spoofs, through the model in batches of StealOptions::
 // score_batch_texts; one text per pass is the reference.
 TEST(WatermarkEval, StealingScoredInBatchesGivesTheOneByOneFigures) {
-  LoadOptions lo("models/tiny-moe", 1);
-  lo.plan_ctx = 256;
-  lo.use_cache = false;
-  auto engine = Engine::Load(lo);
+  auto engine = LoadTinyMoe();
   StealOptions so;
   so.schemes = {Scheme::kKgw, Scheme::kGsg, Scheme::kEpw2Et};
   so.observed = {6, 13};
