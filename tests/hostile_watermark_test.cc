@@ -190,6 +190,8 @@ TEST_F(HostileWatermark, EvaluationFlagsAndReportInputsAreChecked) {
   }
   ExpectCleanError(RunEpwa(eval + "--steal 0", scratch_), 1, "--steal takes positive counts");
   ExpectCleanError(RunEpwa(eval + "--steal 10x", scratch_), 1, "--steal takes positive counts");
+  ExpectCleanError(RunEpwa(eval + "--batch-texts 0", scratch_), 2, "--batch-texts");
+  ExpectCleanError(RunEpwa(eval + "--batch-texts 5000", scratch_), 2, "--batch-texts");
   ExpectCleanError(RunEpwa(eval + "--synonym 0.5 --wordnet " + scratch_.path() + "/none", scratch_), 1,
                    "apt-get install wordnet-base");
   const std::string jsonl = Write("human.jsonl", "{\"text\": \"fine\"}\n{\"txt\": 1}\n");
