@@ -146,7 +146,12 @@ struct MatMulJob {
 // MoE layer runs several small products (gate, up and down of each chosen
 // expert, a few MiB each); alone, each pays the threads' start and finish and
 // streams too briefly for the prefetchers, so two threads barely beat one.
-// Jobs must not write where another job reads. Throws as MatMul does.
+// Prefill-sized jobs (an MoE layer's grouped experts) likewise share one
+// region to prepare x and one to multiply, on AVX-512. Under
+// ScopedRowInvariantMatMul every job takes the prefill MatMul takes there,
+// grouped the same way, so scoring keeps both its row invariance and the
+// shared regions. Jobs must not write where another job reads. Throws as
+// MatMul does.
 void MatMulMany(std::span<const MatMulJob> jobs, ThreadPool& pool);
 
 // Quantizes src (F32, F16 or BF16, [rows, cols] with cols % 32 == 0) to

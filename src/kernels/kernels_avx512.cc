@@ -1538,9 +1538,10 @@ enum class ManyPath : uint8_t { kDecodeQuantized, kDecodeFloat, kPrefillInt8, kP
 
 template <DType D>
 ManyPath ManyPathFor(int64_t M, int64_t K) {
-  // MatMulTyped's choice, for a caller that has ruled out RowInvariantMatMul.
+  // MatMulTyped's choice: under ScopedRowInvariantMatMul (read on the
+  // calling thread, whose flag it is) a prefill at every row count.
   const bool int8_x = HasGroupScales(D) && !::epwa::kernels::FloatActivations();
-  if (UsesDecode<D>(M, K) && (int8_x || !HasGroupScales(D)))
+  if (UsesDecode<D>(M, K) && (int8_x || !HasGroupScales(D)) && !::epwa::kernels::RowInvariantMatMul())
     return HasScales(D) ? ManyPath::kDecodeQuantized : ManyPath::kDecodeFloat;
   if (int8_x && internal::HasAvx512Vnni()) return ManyPath::kPrefillInt8;
   if (D == DType::kBF16 && ::epwa::kernels::Bf16Activations() && internal::HasAvx512Bf16() && K % 2 == 0)
@@ -1776,15 +1777,19 @@ bool PrefillManyTyped(const MatMulJob* jobs, int64_t n, ThreadPool& pool) {
   return true;
 }
 
+// Scoring (ScopedRowInvariantMatMul) takes the grouped prefill at every row
+// count, as MatMul takes a prefill: an MoE layer's experts then share two
+// parallel regions per group there too, where one by one each product paid
+// two of its own.
 template <DType D>
 bool ManyTyped(const MatMulJob* jobs, int64_t n, ThreadPool& pool) {
+  if (::epwa::kernels::RowInvariantMatMul()) return PrefillManyTyped<D>(jobs, n, pool);
   for (int64_t j = 0; j < n; ++j)
     if (!UsesDecode<D>(jobs[j].M, jobs[j].w->cols)) return PrefillManyTyped<D>(jobs, n, pool);
   return DecodeManyTyped<D>(jobs, n, pool);
 }
 
 bool MatMulMany(const MatMulJob* jobs, int64_t n, ThreadPool& pool) {
-  if (::epwa::kernels::RowInvariantMatMul()) return false;
   return ForMatrixType(jobs[0].w->dtype, [&](auto type) { return ManyTyped<decltype(type)::value>(jobs, n, pool); });
 }
 

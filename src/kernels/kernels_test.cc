@@ -688,6 +688,14 @@ TEST_P(IsaTest, RowInvariantMatMulGivesEachRowTheSameBits) {
     for (int64_t m = 0; m < M; m += 4) {
       MatMul(x.data() + m * K, 1, w, one.data(), pool);
       EXPECT_TRUE(std::equal(one.begin(), one.end(), all.begin() + m * N)) << DTypeName(dtype) << " row " << m;
+      // MatMulMany too (scoring's grouped experts; q, k and v): all rows in
+      // one job beside row m alone in another.
+      std::vector<float> many(static_cast<size_t>((M + 1) * N), std::numeric_limits<float>::quiet_NaN());
+      const std::vector<MatMulJob> jobs = {{x.data(), M, &w, many.data()},
+                                           {x.data() + m * K, 1, &w, many.data() + M * N}};
+      MatMulMany(jobs, pool);
+      EXPECT_TRUE(std::equal(all.begin(), all.end(), many.begin())) << DTypeName(dtype) << " row " << m;
+      EXPECT_TRUE(std::equal(one.begin(), one.end(), many.begin() + M * N)) << DTypeName(dtype) << " row " << m;
     }
   }
 }

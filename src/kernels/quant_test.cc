@@ -412,6 +412,18 @@ TEST_P(QuantIsaTest, RowInvariantMatMulGivesEachRowTheSameBits) {
         MatMul(x.data() + m * K, 1, q.view, one.data(), TwoThreads());
         EXPECT_TRUE(std::equal(one.begin(), one.end(), all.begin() + m * N))
             << DTypeName(dtype) << " row " << m << (float_x ? " float activations" : "");
+        // MatMulMany too, as scoring's grouped experts take it: the 13 rows
+        // in one job, row m alone in another and rows m.. in a third.
+        const int64_t rest = M - m;
+        std::vector<float> many(static_cast<size_t>((M + 1 + rest) * N), std::numeric_limits<float>::quiet_NaN());
+        const std::vector<MatMulJob> jobs = {{x.data(), M, &q.view, many.data()},
+                                             {x.data() + m * K, 1, &q.view, many.data() + M * N},
+                                             {x.data() + m * K, rest, &q.view, many.data() + (M + 1) * N}};
+        MatMulMany(jobs, TwoThreads());
+        EXPECT_TRUE(std::equal(all.begin(), all.end(), many.begin())) << DTypeName(dtype) << " row " << m;
+        EXPECT_TRUE(std::equal(one.begin(), one.end(), many.begin() + M * N)) << DTypeName(dtype) << " row " << m;
+        EXPECT_TRUE(std::equal(all.begin() + m * N, all.end(), many.begin() + (M + 1) * N))
+            << DTypeName(dtype) << " row " << m;
       }
     }
   }
