@@ -176,24 +176,32 @@ struct Detectors {
   std::vector<ScoreResult> Passes(std::span<const std::vector<int32_t>> texts, bool logits,
                                   int64_t through_slot = -1) {
     Stopwatch watch;
-    std::vector<ScoreResult> out;
-    out.reserve(texts.size());
-    const size_t batch = static_cast<size_t>(std::max(1, o.score_batch_texts));
-    for (size_t b = 0; b < texts.size(); b += batch) {
-      std::vector<ScoreResult> part =
-          engine.ScoreBatch(texts.subspan(b, std::min(batch, texts.size() - b)), logits, logits ? -1 : through_slot);
-      for (ScoreResult& r : part) out.push_back(std::move(r));
-    }
+    std::vector<ScoreResult> out = PassesOn(engine, texts, logits, through_slot);
     score_ms += watch.Millis();
     texts_scored += static_cast<int64_t>(texts.size());
     for (const std::vector<int32_t>& t : texts) tokens_scored += static_cast<int64_t>(t.size());
     return out;
   }
   std::vector<ScoreResult> Passes(std::span<const DetectInput> ins, bool logits, int64_t through_slot = -1) {
+    return Passes(IdsOf(ins), logits, through_slot);
+  }
+  // The same passes on engine `e` (the other precision's), uncounted.
+  std::vector<ScoreResult> PassesOn(Engine& e, std::span<const std::vector<int32_t>> texts, bool logits,
+                                    int64_t through_slot = -1) const {
+    std::vector<ScoreResult> out;
+    out.reserve(texts.size());
+    const size_t batch = static_cast<size_t>(std::max(1, o.score_batch_texts));
+    for (size_t b = 0; b < texts.size(); b += batch)
+      for (ScoreResult& r :
+           e.ScoreBatch(texts.subspan(b, std::min(batch, texts.size() - b)), logits, logits ? -1 : through_slot))
+        out.push_back(std::move(r));
+    return out;
+  }
+  static std::vector<std::vector<int32_t>> IdsOf(std::span<const DetectInput> ins) {
     std::vector<std::vector<int32_t>> texts;
     texts.reserve(ins.size());
     for (const DetectInput& in : ins) texts.push_back(in.ids);
-    return Passes(texts, logits, through_slot);
+    return texts;
   }
   // How many texts of about `tokens` ids each to hold passes with logits
   // for at once: o.score_batch_texts, fewer where their logits ([T, vocab]
@@ -576,16 +584,9 @@ EvalReport EvaluateWatermark(Engine& engine, const SecretKey& key, const EvalOpt
       // The other precision's passes, in batches as ours (not counted in the
       // report's scoring figures, which are this model's).
       std::vector<ScoreResult> other_passes;
-      if (o.other_engine && scheme != Scheme::kKgw) {
-        std::vector<std::vector<int32_t>> texts;
-        for (const DetectInput& in : withs) texts.push_back(in.ids);
-        const size_t batch = static_cast<size_t>(std::max(1, o.score_batch_texts));
-        for (size_t b = 0; b < texts.size(); b += batch)
-          for (ScoreResult& pass : o.other_engine->ScoreBatch(
-                   std::span(texts).subspan(b, std::min(batch, texts.size() - b)),
-                   /*logits=*/false, det.DeepestRead(scheme)))
-            other_passes.push_back(std::move(pass));
-      }
+      if (o.other_engine && scheme != Scheme::kKgw)
+        other_passes = det.PassesOn(*o.other_engine, Detectors::IdsOf(withs), /*logits=*/false,
+                                    det.DeepestRead(scheme));
       // Attacked copies of the chunk's texts, scored together at its end: an
       // input and the set its z joins (each set gets its texts in order).
       std::vector<ZSet*> pending_sets;
