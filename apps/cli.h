@@ -31,6 +31,7 @@ struct ModelFlags {
   int64_t batch_tokens = 0;  // rows per forward pass (--batch-tokens); 0: --ctx
   bool float_activations = false;  // --float-activations (kernels::SetFloatActivations)
   bool bf16_activations = false;   // --bf16-activations (kernels::SetBf16Activations)
+  bool split_activations = false;  // --split-activations (kernels::SetSplitBf16Activations)
   bool int8_lm_head = false;       // --int8-lm-head (PlanContext::int8_lm_head)
   std::string kv_cache = "f32";    // --kv-cache / EPW_KV_CACHE (LoadOptions::kv_cache)
 };

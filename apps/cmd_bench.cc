@@ -77,6 +77,7 @@ struct Peaks {
     switch (dot) {
       case kernels::PrefillDot::kInt8: return int8_gops;
       case kernels::PrefillDot::kBf16: return bf16_gflops;
+      case kernels::PrefillDot::kBf16Split: return bf16_gflops / 3;  // three tile products per multiply-add
       case kernels::PrefillDot::kFp32Fma: break;
     }
     return fma_gflops;

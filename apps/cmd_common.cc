@@ -49,6 +49,12 @@ void AddModelFlags(CLI::App* cmd, ModelFlags* flags) {
                 "prefill with BF16 weights rounds activations to bf16 for AVX512-BF16 dot products, "
                 "or on CPUs with AMX the tile unit (1.3x to 3x the float32 prefill; logits move "
                 "slightly, see the README; EPWA_AMX=0 keeps the tile unit off; default: float32)");
+  cmd->add_flag("--split-activations", flags->split_activations,
+                "prefill with BF16 weights on CPUs with AMX (and AVX512-BF16) splits each float32 "
+                "activation into three bf16 parts for the tile unit: float32's products exactly, summed "
+                "in the tile unit's order (about 2x the float32 prefill; logits and routing in the "
+                "README); results differ in their last bits from CPUs without AMX, so off by default; "
+                "elsewhere the float32 prefill runs");
   cmd->add_flag("--int8-lm-head", flags->int8_lm_head,
                 "at int8/int4/mixed, store an untied lm_head as int8 instead of 16-bit: on large "
                 "vocabularies the largest matrix a decode step reads (logits move slightly, see the README)");
@@ -110,6 +116,7 @@ std::unique_ptr<Engine> LoadEngine(const ModelFlags& flags, bool quiet) {
   ApplyIsaOverride();
   if (flags.float_activations) kernels::SetFloatActivations(true);
   if (flags.bf16_activations) kernels::SetBf16Activations(true);
+  if (flags.split_activations) kernels::SetSplitBf16Activations(true);
   LoadOptions o;
   o.model_dir = flags.model_dir;
   o.threads = flags.threads;

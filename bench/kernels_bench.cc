@@ -59,6 +59,8 @@ double PrefillPeak(DType dtype, int threads) {
   switch (PrefillDotFor(dtype)) {
     case PrefillDot::kInt8: return MeasureInt8DotPeakGops(Pool(threads));
     case PrefillDot::kBf16: return MeasureBf16DotPeakGflops(Pool(threads));
+    // Three tile products per multiply-add (x in three bf16 parts).
+    case PrefillDot::kBf16Split: return MeasureBf16DotPeakGflops(Pool(threads)) / 3;
     case PrefillDot::kFp32Fma: break;
   }
   return Peak(threads);
@@ -690,13 +692,16 @@ BENCHMARK(BM_Prefill)
 
 // EPWA_ISA=avx2 (or scalar) benchmarks a slower path on a faster CPU;
 // EPWA_BF16_ACTIVATIONS=1 the BF16 prefill with bf16 activations
-// (kernels::SetBf16Activations), EPWA_FLOAT_ACTIVATIONS=1 the quantized
-// kernels with float activations.
+// (kernels::SetBf16Activations), EPWA_SPLIT_ACTIVATIONS=1 the BF16 prefill
+// with x in three bf16 parts on AMX (kernels::SetSplitBf16Activations),
+// EPWA_FLOAT_ACTIVATIONS=1 the quantized kernels with float activations.
 int main(int argc, char** argv) {
   if (const char* v = std::getenv("EPWA_BF16_ACTIVATIONS"); v && std::string(v) == "1")
     epwa::kernels::SetBf16Activations(true);
   if (const char* v = std::getenv("EPWA_FLOAT_ACTIVATIONS"); v && std::string(v) == "1")
     epwa::kernels::SetFloatActivations(true);
+  if (const char* v = std::getenv("EPWA_SPLIT_ACTIVATIONS"); v && std::string(v) == "1")
+    epwa::kernels::SetSplitBf16Activations(true);
   if (const char* isa = std::getenv("EPWA_ISA")) {
     using epwa::kernels::Isa;
     for (Isa candidate : {Isa::kAvx512, Isa::kAvx2, Isa::kScalar}) {

@@ -534,6 +534,12 @@ void SetBf16Activations(bool on) { g_bf16_activations.store(on, std::memory_orde
 bool Bf16Activations() { return g_bf16_activations.load(std::memory_order_acquire); }
 
 namespace {
+std::atomic<bool> g_split_bf16_activations{false};
+}  // namespace
+void SetSplitBf16Activations(bool on) { g_split_bf16_activations.store(on, std::memory_order_release); }
+bool SplitBf16Activations() { return g_split_bf16_activations.load(std::memory_order_acquire); }
+
+namespace {
 thread_local int t_row_invariant = 0;
 }  // namespace
 
@@ -927,7 +933,10 @@ uint64_t MatMulScratchBytes(int64_t max_rows, int64_t max_k, int threads) {
   const uint64_t rows = static_cast<uint64_t>(std::clamp<int64_t>(max_rows, 0, 256));
   const uint64_t decode_rows = std::min<uint64_t>(rows, internal::kAvx512MaxQuantDecodeRows);
   const uint64_t quantized_x_row = (k + 127) / 128 * 32 + 2 * ((k / 32 + 15) / 16 * 16);
-  const uint64_t calling_thread = rows * k + decode_rows * std::max(k, quantized_x_row);
+  // The AMX float prefill's x in three bf16 parts takes 1.5 floats per
+  // input of each row, its rows padded to tiles of 16.
+  const uint64_t split_x = (rows + 15) / 16 * 16 * k * 3 / 2;
+  const uint64_t calling_thread = std::max(rows * k, split_x) + decode_rows * std::max(k, quantized_x_row);
   // (The AMX bf16 prefill pads a final block of up to 16 weight rows of k
   // bf16 each in the same buffer: 8 k floats.)
   const uint64_t per_thread = std::max<uint64_t>(256 * 256, 8 * k);
@@ -1013,6 +1022,11 @@ PrefillDot PrefillDotFor(DType dtype) {
   if (HasGroupScales(dtype) && !FloatActivations() && integer_prefill) return PrefillDot::kInt8;
   if (dtype == DType::kBF16 && Bf16Activations() && ActiveIsa() == Isa::kAvx512 && internal::HasAvx512Bf16())
     return PrefillDot::kBf16;
+  // (A model's products whose K is not a multiple of 32 take the FMA
+  // kernels; every bundled and supported family's are.)
+  if (dtype == DType::kBF16 && SplitBf16Activations() && ActiveIsa() == Isa::kAvx512 && internal::HasAvx512Bf16() &&
+      internal::HasAmxBf16())
+    return PrefillDot::kBf16Split;
   return PrefillDot::kFp32Fma;
 }
 
@@ -1024,6 +1038,7 @@ const char* PrefillDotName(PrefillDot dot) {
     case PrefillDot::kBf16:
       return ActiveIsa() == Isa::kAvx512 && internal::HasAvx512Bf16() && internal::HasAmxBf16() ? "AMX bf16 tile"
                                                                                                 : "bf16 dot";
+    case PrefillDot::kBf16Split: return "AMX bf16 tile (x in 3 parts)";
     case PrefillDot::kFp32Fma: break;
   }
   return "fp32 FMA";

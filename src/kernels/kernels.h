@@ -46,6 +46,20 @@ bool FloatActivations();
 void SetBf16Activations(bool on);
 bool Bf16Activations();
 
+// Whether the float prefill with BF16 weights (Bf16Activations off) runs on
+// AMX's tile unit, where the CPU has one and K is a multiple of 32, with
+// each activation split into three bf16 parts, x = a + b + c exactly (a the
+// bf16 rounding of x, b of x - a, c of x - a - b; each difference is exact
+// in float, and three 8-bit significands hold float's 24). Each part times
+// a bf16 weight is exact in float and the tile unit sums in float, so the
+// product is float32's with its terms summed in another order (logits and
+// routing against the float kernels are measured in the README). Off by
+// default: the float kernels sum in one order on every CPU (AVX-512, AVX2),
+// so a prompt gives the same bits everywhere, and the tile unit's order
+// differs. Process-wide.
+void SetSplitBf16Activations(bool on);
+bool SplitBf16Activations();
+
 // While an instance lives, MatMul calls made from this thread take the
 // blocked (prefill) product at every row count, whose output rows do not
 // depend on the other rows of the call: each is computed in the same order
@@ -69,7 +83,9 @@ bool RowInvariantMatMul();
 // AVX2), or bf16 dot products
 // (BF16 weights with SetBf16Activations, on AVX512-BF16). The benchmarks set each
 // prefill against the peak of its own instruction.
-enum class PrefillDot { kFp32Fma, kInt8, kBf16 };
+// kBf16Split: the tile unit's bf16 products with x in three parts
+// (SetSplitBf16Activations), whose peak is a third of the tile unit's.
+enum class PrefillDot { kFp32Fma, kInt8, kBf16, kBf16Split };
 PrefillDot PrefillDotFor(DType dtype);
 const char* PrefillDotName(PrefillDot dot);
 

@@ -1196,6 +1196,44 @@ void PackXBf16Rows(const float* x, int64_t K, int64_t rows, uint32_t* out) {
 
 void PackXBf16(const float* x, int64_t K, int64_t rows, uint32_t* out) { PackXBf16Rows<kBfMr>(x, K, rows, out); }
 
+// Packs `rows` rows of x as `parts` consecutive tiles of [K / 2][MR] words
+// (PackXBf16Rows's layout), part p the bf16 rounding (to nearest) of what
+// parts 0 .. p - 1 left of x. Each residual is exact in float (x minus its
+// rounding to fewer bits of the same binade), and each part carries 8 more
+// significant bits, so three parts sum to x exactly, except where a part
+// falls below bf16's normal range (|x| under about 2^-110, which the tile
+// unit flushes to zero anyway).
+template <int MR>
+void PackXBf16SplitRows(const float* x, int64_t K, int64_t rows, int parts, uint32_t* out) {
+  if (parts <= 1) return PackXBf16Rows<MR>(x, K, rows, out);
+  const int64_t pairs = K / 2, tile_words = pairs * MR;
+  for (int m = 0; m < MR; ++m) {
+    if (m >= rows) {
+      for (int p = 0; p < parts; ++p)
+        for (int64_t q = 0; q < pairs; ++q) out[p * tile_words + q * MR + m] = 0;
+      continue;
+    }
+    const float* xr = x + m * K;
+    for (int64_t k = 0; k < K; k += 32) {
+      const int64_t n = Min(32, K - k);
+      __m512 lo = _mm512_maskz_loadu_ps(FirstLanes(n), xr + k);
+      __m512 hi = _mm512_maskz_loadu_ps(FirstLanes(Max(n - 16, 0)), xr + k + 16);
+      for (int p = 0; p < parts; ++p) {
+        alignas(64) uint32_t words[16];
+        const __m512i packed = (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
+        _mm512_store_si512(words, packed);
+        for (int64_t j = 0; j < n / 2; ++j) out[p * tile_words + (k / 2 + j) * MR + m] = words[j];
+        // The residual, exact in float: what is left minus its bf16 rounding
+        // (a bf16 is the top half of a float).
+        const __m512 lo_b = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(packed)), 16));
+        const __m512 hi_b = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(packed, 1)), 16));
+        lo = _mm512_sub_ps(lo, lo_b);
+        hi = _mm512_sub_ps(hi, hi_b);
+      }
+    }
+  }
+}
+
 // y[0:mr, 0:cols] (+)= one tile of x (from the panel's first pair) times one
 // strip of W, over `pairs` k pairs.
 void Bf16Tile(const uint32_t* xt, const uint32_t* strip, int64_t pairs, float* y, int64_t ldy, int64_t cols,
@@ -1239,7 +1277,12 @@ void Bf16Tile(const uint32_t* xt, const uint32_t* strip, int64_t pairs, float* y
 // dozen rows of x, packing them had cost more than the products); x, small,
 // is packed as PackXBf16Rows<kAmxBfMr> packs it, which is the B layout. The
 // sums stay in the tile unit for the whole of K and leave it once per block
-// of 16 x 16 outputs, transposed on the way to y.
+// of 16 x 16 outputs, transposed on the way to y. With
+// SetSplitBf16Activations the float prefill runs here too, x split into
+// three bf16 parts: three products per tile of x, each exact. 4-layer OLMoE
+// fp16 on the Intel VM (docs/speed-log.md, stop 50): 2.3x the fp32 FMA
+// kernels' prefill at 128 tokens, 1.7x at 512, as those pack every
+// expert's weights for a few dozen rows of x and these read them as stored.
 constexpr int kAmxBfMr = 16;    // Rows of x per tile.
 constexpr int kAmxBfTiles = 5;  // Tiles of x multiplied with each block of W.
 // How far ahead (in 64-byte steps of each weight row) AmxBf16Block
@@ -1291,10 +1334,34 @@ __attribute__((always_inline)) inline void StoreTransposed(const float* sums, in
   for (int m = 0; m < mr; ++m) _mm512_mask_storeu_ps(y + m * ldy, mask, r[m]);
 }
 
-// The sums of T tiles of x (tiles xt, xt + tile_words, ...) times one block
-// of 16 weight rows (w_rows, `stride` bytes apart) over K inputs, into
-// sums[t] ([16 weight rows][16 rows of x] floats each).
-template <int T>
+// tdpbf16ps into sum tile t (0 .. 4) with the weights in tmm5 and x in
+// tmm6 (odd false) or tmm7; the intrinsics take tile numbers as literals.
+__attribute__((always_inline)) inline void AmxBf16Product(int t, bool odd) {
+  if (!odd) {
+    switch (t) {
+      case 0: _tile_dpbf16ps(0, 5, 6); break;
+      case 1: _tile_dpbf16ps(1, 5, 6); break;
+      case 2: _tile_dpbf16ps(2, 5, 6); break;
+      case 3: _tile_dpbf16ps(3, 5, 6); break;
+      default: _tile_dpbf16ps(4, 5, 6); break;
+    }
+  } else {
+    switch (t) {
+      case 0: _tile_dpbf16ps(0, 5, 7); break;
+      case 1: _tile_dpbf16ps(1, 5, 7); break;
+      case 2: _tile_dpbf16ps(2, 5, 7); break;
+      case 3: _tile_dpbf16ps(3, 5, 7); break;
+      default: _tile_dpbf16ps(4, 5, 7); break;
+    }
+  }
+}
+
+// The sums of T tiles of x times one block of 16 weight rows (w_rows,
+// `stride` bytes apart) over K inputs, into sums[t] ([16 weight rows][16
+// rows of x] floats each). Each tile of x comes in P parts (P tiles at
+// xt + (t * P + p) * tile_words) whose products go into the same sums: one
+// part with bf16 activations, three where x is split (AmxParts).
+template <int T, int P>
 void AmxBf16Block(const uint32_t* xt, int64_t tile_words, const uint8_t* w_rows, int64_t stride, int64_t K,
                   float (*sums)[256]) {
   static_assert(T >= 1 && T <= kAmxBfTiles, "tmm0-tmm4 hold the sums");
@@ -1314,23 +1381,16 @@ void AmxBf16Block(const uint32_t* xt, int64_t tile_words, const uint8_t* w_rows,
 #pragma GCC unroll 16
     for (int r = 0; r < 16; ++r) _mm_prefetch(reinterpret_cast<const char*>(lines + r * stride), _MM_HINT_T0);
     _tile_loadd(5, w_rows + k * 2, stride);
-    _tile_loadd(6, xk, 64);
-    _tile_dpbf16ps(0, 5, 6);
-    if constexpr (T > 1) {
-      _tile_loadd(7, xk + tile_words, 64);
-      _tile_dpbf16ps(1, 5, 7);
-    }
-    if constexpr (T > 2) {
-      _tile_loadd(6, xk + 2 * tile_words, 64);
-      _tile_dpbf16ps(2, 5, 6);
-    }
-    if constexpr (T > 3) {
-      _tile_loadd(7, xk + 3 * tile_words, 64);
-      _tile_dpbf16ps(3, 5, 7);
-    }
-    if constexpr (T > 4) {
-      _tile_loadd(6, xk + 4 * tile_words, 64);
-      _tile_dpbf16ps(4, 5, 6);
+    // Tiles of x alternate between tmm6 and tmm7, so that one loads while
+    // the other multiplies.
+#pragma GCC unroll 16
+    for (int q = 0; q < T * P; ++q) {
+      if (q % 2 == 0) {
+        _tile_loadd(6, xk + q * tile_words, 64);
+      } else {
+        _tile_loadd(7, xk + q * tile_words, 64);
+      }
+      AmxBf16Product(q / P, q % 2 != 0);
     }
   }
   _tile_stored(0, sums[0], 64);
@@ -1341,11 +1401,12 @@ void AmxBf16Block(const uint32_t* xt, int64_t tile_words, const uint8_t* w_rows,
 }
 
 // y[0:M, n_begin:n_end] = x W^T for the rows of x packed in xp
-// (ceil(M / kAmxBfMr) tiles of PackXBf16Rows<kAmxBfMr>) and BF16 weights w
-// (K = w.cols a multiple of 32). A final block of fewer than 16 weight rows
-// is copied into zero-padded scratch first, so that no tile load reads past
-// the matrix.
-void AmxBf16Columns(const uint32_t* xp, int64_t M, const WeightView& w, float* y, int64_t n_begin, int64_t n_end) {
+// (ceil(M / kAmxBfMr) tiles of PackXBf16SplitRows<kAmxBfMr> in P parts each)
+// and BF16 weights w (K = w.cols a multiple of 32). A final block of fewer
+// than 16 weight rows is copied into zero-padded scratch first, so that no
+// tile load reads past the matrix.
+template <int P>
+void AmxBf16ColumnsP(const uint32_t* xp, int64_t M, const WeightView& w, float* y, int64_t n_begin, int64_t n_end) {
   const int64_t N = w.rows, K = w.cols;
   const int64_t tile_words = K / 2 * kAmxBfMr;
   const int64_t tiles = (M + kAmxBfMr - 1) / kAmxBfMr;
@@ -1365,19 +1426,39 @@ void AmxBf16Columns(const uint32_t* xp, int64_t M, const WeightView& w, float* y
     }
     for (int64_t t0 = 0; t0 < tiles; t0 += kAmxBfTiles) {
       const int count = static_cast<int>(Min(int64_t{kAmxBfTiles}, tiles - t0));
-      const uint32_t* xt = xp + t0 * tile_words;
+      const uint32_t* xt = xp + t0 * P * tile_words;
       switch (count) {
-        case 1: AmxBf16Block<1>(xt, tile_words, w_rows, stride, K, sums); break;
-        case 2: AmxBf16Block<2>(xt, tile_words, w_rows, stride, K, sums); break;
-        case 3: AmxBf16Block<3>(xt, tile_words, w_rows, stride, K, sums); break;
-        case 4: AmxBf16Block<4>(xt, tile_words, w_rows, stride, K, sums); break;
-        default: AmxBf16Block<5>(xt, tile_words, w_rows, stride, K, sums); break;
+        case 1: AmxBf16Block<1, P>(xt, tile_words, w_rows, stride, K, sums); break;
+        case 2: AmxBf16Block<2, P>(xt, tile_words, w_rows, stride, K, sums); break;
+        case 3: AmxBf16Block<3, P>(xt, tile_words, w_rows, stride, K, sums); break;
+        case 4: AmxBf16Block<4, P>(xt, tile_words, w_rows, stride, K, sums); break;
+        default: AmxBf16Block<5, P>(xt, tile_words, w_rows, stride, K, sums); break;
       }
       for (int t = 0; t < count; ++t) {
         const int64_t m0 = (t0 + t) * kAmxBfMr;
         StoreTransposed(sums[t], static_cast<int>(Min(int64_t{kAmxBfMr}, M - m0)), cols, y + m0 * N + n0, N);
       }
     }
+  }
+}
+
+// How many bf16 parts the AMX prefill splits each activation into: one with
+// bf16 activations, three for the float prefill with
+// SetSplitBf16Activations, 0 where the float prefill keeps the fp32 FMA
+// kernels. (Two parts leave x - a - b, up to 2^-18 of x: measured on the
+// 4-layer OLMoE, 1.15-1.3x as fast as three at 512 tokens, the same at 128,
+// and logits 5x as far from the float kernels'; three are exact.)
+int AmxParts() {
+  if (::epwa::kernels::Bf16Activations()) return 1;
+  return ::epwa::kernels::SplitBf16Activations() ? 3 : 0;
+}
+
+// AmxBf16ColumnsP for x packed in `parts` parts (1 or 3).
+void AmxBf16Columns(const uint32_t* xp, int64_t M, const WeightView& w, float* y, int64_t n_begin, int64_t n_end,
+                    int parts) {
+  switch (parts) {
+    case 3: AmxBf16ColumnsP<3>(xp, M, w, y, n_begin, n_end); break;
+    default: AmxBf16ColumnsP<1>(xp, M, w, y, n_begin, n_end); break;
   }
 }
 
@@ -1499,17 +1580,20 @@ bool PrefillBf16(const float* x, int64_t M, const WeightView& w, float* y, Threa
     return false;
   } else {
     const int64_t K = w.cols;
-    if (!::epwa::kernels::Bf16Activations() || !internal::HasAvx512Bf16() || K % 2 != 0) return false;
+    const int parts = AmxParts();  // 0: neither bf16 activations nor the split
+    if (parts == 0 || !internal::HasAvx512Bf16() || K % 2 != 0) return false;
+    if (parts > 1 && !UsesAmxBf16(K)) return false;  // the split runs on the tile unit only
     if (UsesAmxBf16(K)) {
       const int64_t tile_words = K / 2 * kAmxBfMr;
       auto* xp = reinterpret_cast<uint32_t*>(internal::ThreadScratch(
-          internal::Scratch::kPackedX, static_cast<size_t>(kBfMc / kAmxBfMr * tile_words)));  // [kBfMc / kAmxBfMr][K / 2][kAmxBfMr]
+          internal::Scratch::kPackedX,
+          static_cast<size_t>(kBfMc / kAmxBfMr * parts * tile_words)));  // [kBfMc / kAmxBfMr][parts][K / 2][kAmxBfMr]
       TiledPrefill<kBfMc, kAmxBfMr, 16>(
           x, M, w, y, pool,
           [&](const float* rows, int64_t count, int64_t t) {
-            PackXBf16Rows<kAmxBfMr>(rows, K, count, xp + t * tile_words);
+            PackXBf16SplitRows<kAmxBfMr>(rows, K, count, parts, xp + t * parts * tile_words);
           },
-          [&](int64_t mc, float* yb, int64_t n0, int64_t n1) { AmxBf16Columns(xp, mc, w, yb, n0, n1); });
+          [&](int64_t mc, float* yb, int64_t n0, int64_t n1) { AmxBf16Columns(xp, mc, w, yb, n0, n1, parts); });
       return true;
     }
     const int64_t tile_words = K / 2 * kBfMr;
@@ -1546,18 +1630,20 @@ ManyPath ManyPathFor(int64_t M, int64_t K) {
   if (int8_x && internal::HasAvx512Vnni()) return ManyPath::kPrefillInt8;
   if (D == DType::kBF16 && ::epwa::kernels::Bf16Activations() && internal::HasAvx512Bf16() && K % 2 == 0)
     return UsesAmxBf16(K) ? ManyPath::kPrefillBf16Amx : ManyPath::kPrefillBf16;
+  if (D == DType::kBF16 && AmxParts() > 1 && internal::HasAvx512Bf16() && UsesAmxBf16(K))
+    return ManyPath::kPrefillBf16Amx;
   return ManyPath::kPrefillFloat;
 }
 
 // Floats of scratch for one job's prepared x, and the rows of one unit of
 // preparation (a packed tile; a decode job is prepared whole).
-inline int64_t ManyXFloats(ManyPath path, DType dtype, int64_t M, int64_t K) {
+inline int64_t ManyXFloats(ManyPath path, DType dtype, int64_t M, int64_t K, int amx_parts) {
   switch (path) {
     case ManyPath::kDecodeQuantized: return M * QuantizedXRowFloats(K);
     case ManyPath::kDecodeFloat: return 0;
     case ManyPath::kPrefillInt8: return (M + kI8Mr - 1) / kI8Mr * (K / 32 * kI8XGroupWords);
     case ManyPath::kPrefillBf16: return (M + kBfMr - 1) / kBfMr * (K / 2 * kBfMr);
-    case ManyPath::kPrefillBf16Amx: return (M + kAmxBfMr - 1) / kAmxBfMr * (K / 2 * kAmxBfMr);
+    case ManyPath::kPrefillBf16Amx: return (M + kAmxBfMr - 1) / kAmxBfMr * amx_parts * (K / 2 * kAmxBfMr);
     case ManyPath::kPrefillFloat: return (M + kMr - 1) / kMr * K * kMr;
   }
   return 0;
@@ -1579,6 +1665,7 @@ constexpr int64_t kMaxPrefillJobs = 256;  // an MoE layer's gate and up products
 template <DType D>
 bool PrefillManyTyped(const MatMulJob* jobs, int64_t n, ThreadPool& pool) {
   if (n > kMaxPrefillJobs) return false;
+  const int amx_parts = Max(AmxParts(), 1);  // bf16 parts per activation on the tile unit
   struct JobPlan {
     ManyPath path;
     int64_t owner;   // the job whose prepared x this one uses (itself, or an earlier job with the same x)
@@ -1604,11 +1691,12 @@ bool PrefillManyTyped(const MatMulJob* jobs, int64_t n, ThreadPool& pool) {
         break;
       }
     plan[j].offset = floats;
-    if (plan[j].owner == j) floats += RoundUp(ManyXFloats(plan[j].path, D, job.M, K), 16);
+    if (plan[j].owner == j) floats += RoundUp(ManyXFloats(plan[j].path, D, job.M, K, amx_parts), 16);
     max_k = Max(max_k, K);
   }
-  // The scratch MatMulScratchBytes accounts for: kMc rows of packed x.
-  if (floats > kMc * max_k) return false;
+  // The scratch MatMulScratchBytes accounts for: kMc rows of packed x, or
+  // of x in three bf16 parts (1.5 floats per input).
+  if (floats > kMc * max_k * 3 / 2) return false;
   // The calling thread's buffer, shared with the workers below.
   float* scratch = internal::ThreadScratch(internal::Scratch::kPackedX, static_cast<size_t>(Max(floats, 16)));
 
@@ -1644,8 +1732,8 @@ bool PrefillManyTyped(const MatMulJob* jobs, int64_t n, ThreadPool& pool) {
                       reinterpret_cast<uint32_t*>(base) + t * (K / 2 * kBfMr));
             break;
           case ManyPath::kPrefillBf16Amx:
-            PackXBf16Rows<kAmxBfMr>(job.x + t * kAmxBfMr * K, K, Min(int64_t{kAmxBfMr}, job.M - t * kAmxBfMr),
-                                    reinterpret_cast<uint32_t*>(base) + t * (K / 2 * kAmxBfMr));
+            PackXBf16SplitRows<kAmxBfMr>(job.x + t * kAmxBfMr * K, K, Min(int64_t{kAmxBfMr}, job.M - t * kAmxBfMr),
+                                         amx_parts, reinterpret_cast<uint32_t*>(base) + t * amx_parts * (K / 2 * kAmxBfMr));
             break;
           case ManyPath::kPrefillFloat:
             PackX(job.x + t * kMr * K, K, Min(kMr, job.M - t * kMr), base + t * K * kMr);
@@ -1766,7 +1854,7 @@ bool PrefillManyTyped(const MatMulJob* jobs, int64_t n, ThreadPool& pool) {
           PrefillBf16Range(reinterpret_cast<const uint32_t*>(base), job.M, *job.w, job.y, chunk.n0, chunk.n1, after);
           break;
         case ManyPath::kPrefillBf16Amx:
-          AmxBf16Columns(reinterpret_cast<const uint32_t*>(base), job.M, *job.w, job.y, chunk.n0, chunk.n1);
+          AmxBf16Columns(reinterpret_cast<const uint32_t*>(base), job.M, *job.w, job.y, chunk.n0, chunk.n1, amx_parts);
           break;
         case ManyPath::kPrefillFloat:
           PrefillRange<D>(base, job.M, *job.w, job.y, chunk.n0, chunk.n1, after);

@@ -812,6 +812,95 @@ TEST(AmxBf16Test, AmxPrefillStaysWithinTheBf16BoundAndRowInvariant) {
   }
 }
 
+// SetSplitBf16Activations: on a CPU with AMX the float prefill with BF16
+// weights splits x into three bf16 parts for the tile unit. Three checks
+// that fail for anything short of exact parts: (1) one-hot weights give each
+// input back bit for bit (x = a + b + c exactly, at scales from 2^-100 to
+// 2^100), where bf16 activations (one part) lose its low bits; (2) random
+// weights stay within the float kernels' 1e-5 * sum_k |w x| bound, which
+// bf16 activations (2^-9 per term) break; (3) each row gets the same bits
+// alone or among others and in MatMulMany, under ScopedRowInvariantMatMul
+// (scoring's mode, where one row also takes the tile unit).
+TEST(AmxBf16Test, SplitActivationsGiveFloatProductsOnTheTileUnit) {
+  if (!CpuHasAvx512() || !__builtin_cpu_supports("avx512bf16") || !internal::HasAmxBf16())
+    GTEST_SKIP() << "this CPU lacks AVX512-BF16 or AMX-BF16 (or EPWA_AMX=0)";
+  const ScopedIsa isa(Isa::kAvx512);
+  struct Restore {
+    ~Restore() {
+      SetSplitBf16Activations(false);
+      SetBf16Activations(false);
+    }
+  } restore;
+  EXPECT_EQ(PrefillDotFor(DType::kBF16), PrefillDot::kFp32Fma);
+  SetSplitBf16Activations(true);
+  EXPECT_EQ(PrefillDotFor(DType::kBF16), PrefillDot::kBf16Split);
+  EXPECT_EQ(PrefillDotFor(DType::kF16), PrefillDot::kFp32Fma);
+
+  {  // (1) One-hot rows: y[m, n] = x[m, n].
+    const int64_t M = 37, N = 40, K = 96;
+    TestWeights w = MakeWeights(DType::kBF16, N, K, 1);
+    uint8_t* base = const_cast<uint8_t*>(static_cast<const uint8_t*>(w.view.data));
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t k = 0; k < K; ++k) {
+        const uint16_t h = F32ToBF16(k == n ? 1.f : 0.f);
+        std::memcpy(base + 2 * (n * K + k), &h, 2);
+      }
+    std::vector<float> x = RandomVector(M * K, 7);
+    for (int64_t i = 0; i < M * K; ++i) x[i] = std::ldexp(x[i], static_cast<int>(i % 201) - 100);
+    for (bool bf16 : {false, true}) {
+      SetBf16Activations(bf16);
+      std::vector<float> y(static_cast<size_t>(M * N), std::numeric_limits<float>::quiet_NaN());
+      MatMul(x.data(), M, w.view, y.data(), TwoThreads());
+      int64_t exact = 0;
+      for (int64_t m = 0; m < M; ++m)
+        for (int64_t n = 0; n < N; ++n) exact += y[m * N + n] == x[m * K + n];
+      if (bf16) {
+        EXPECT_LT(exact, M * N / 2) << "bf16 activations kept most inputs whole: the check is too weak";
+      } else {
+        EXPECT_EQ(exact, M * N) << "the three parts did not sum to x";
+      }
+    }
+    SetBf16Activations(false);
+  }
+
+  // (2) and (3): random weights; N ends in a block of 8 weight rows.
+  const int64_t N = 72, K = 800, kMax = 300;
+  const TestWeights w = MakeWeights(DType::kBF16, N, K, 95);
+  const std::vector<float> x = RandomVector(kMax * K, 96);
+  std::vector<float> all(static_cast<size_t>(kMax * N));
+  const ScopedRowInvariantMatMul row_invariant;
+  MatMul(x.data(), kMax, w.view, all.data(), TwoThreads());
+  ExpectMatMulClose(x.data(), kMax, w.view, all, "split activations");
+  SetBf16Activations(true);
+  {
+    std::vector<float> bf16(all.size());
+    MatMul(x.data(), kMax, w.view, bf16.data(), TwoThreads());
+    std::vector<float> want(all.size());
+    reference::MatMul(x.data(), kMax, w.view, want.data());
+    int64_t outside = 0;
+    for (int64_t m = 0; m < kMax; ++m)
+      for (int64_t n = 0; n < N; ++n) {
+        double magnitude = 0;
+        for (int64_t k = 0; k < K; ++k) magnitude += std::fabs(double(x[m * K + k]) * w.view.At(n, k));
+        outside += !(std::fabs(double(bf16[m * N + n]) - want[m * N + n]) <= 1e-5 * magnitude);
+      }
+    EXPECT_GT(outside, 0) << "bf16 activations met the float bound: the bound is too loose to tell";
+  }
+  SetBf16Activations(false);
+  for (int64_t M : std::initializer_list<int64_t>{1, 9, 16, 17, 40, kMax}) {
+    const int64_t first = kMax - M;
+    std::vector<float> alone(static_cast<size_t>(M * N));
+    MatMul(x.data() + first * K, M, w.view, alone.data(), TwoThreads());
+    std::vector<float> many(static_cast<size_t>(M * N + 3 * N));
+    const std::vector<MatMulJob> jobs = {{x.data(), 3, &w.view, many.data() + M * N},
+                                         {x.data() + first * K, M, &w.view, many.data()}};
+    MatMulMany(jobs, TwoThreads());
+    EXPECT_TRUE(std::equal(alone.begin(), alone.end(), all.begin() + first * N)) << "M " << M << " alone";
+    EXPECT_TRUE(std::equal(alone.begin(), alone.end(), many.begin())) << "M " << M << " in MatMulMany";
+    EXPECT_TRUE(std::equal(all.begin(), all.begin() + 3 * N, many.begin() + M * N)) << "M " << M << " other job";
+  }
+}
+
 // The float prefill's exact arithmetic, written out: each output adds its
 // products x[m, k] * w[n, k] with fused multiply-adds in the order k = 0, 1,
 // 2, ... within panels of 256 inputs, starting each panel from zero, and adds
