@@ -1382,15 +1382,19 @@ void AmxBf16Block(const uint32_t* xt, int64_t tile_words, const uint8_t* w_rows,
     for (int r = 0; r < 16; ++r) _mm_prefetch(reinterpret_cast<const char*>(lines + r * stride), _MM_HINT_T0);
     _tile_loadd(5, w_rows + k * 2, stride);
     // Tiles of x alternate between tmm6 and tmm7, so that one loads while
-    // the other multiplies.
+    // the other multiplies. Part by part, each over every tile, so that
+    // consecutive products go to different sums rather than a tile's three
+    // parts waiting on one another's results (each sum gets its parts in
+    // the same order either way: the same bits).
 #pragma GCC unroll 16
     for (int q = 0; q < T * P; ++q) {
+      const int part = q / T, t = q % T;
       if (q % 2 == 0) {
-        _tile_loadd(6, xk + q * tile_words, 64);
+        _tile_loadd(6, xk + (t * P + part) * tile_words, 64);
       } else {
-        _tile_loadd(7, xk + q * tile_words, 64);
+        _tile_loadd(7, xk + (t * P + part) * tile_words, 64);
       }
-      AmxBf16Product(q / P, q % 2 != 0);
+      AmxBf16Product(t, q % 2 != 0);
     }
   }
   _tile_stored(0, sums[0], 64);
@@ -1412,31 +1416,43 @@ void AmxBf16ColumnsP(const uint32_t* xp, int64_t M, const WeightView& w, float* 
   const int64_t tiles = (M + kAmxBfMr - 1) / kAmxBfMr;
   const ScopedAmxBf16Tiles config;
   alignas(64) float sums[kAmxBfTiles][256];
-  for (int64_t n0 = n_begin; n0 < n_end; n0 += 16) {
-    const int cols = static_cast<int>(Min(int64_t{16}, n_end - n0));
-    const uint8_t* w_rows = RowAt(w, n0);
-    int64_t stride = RowStride(w);
-    if (cols < 16) {
-      auto* padded = reinterpret_cast<uint8_t*>(
-          internal::ThreadScratch(internal::Scratch::kPanel, static_cast<size_t>(16 * K / 2)));  // [16][K] bf16
-      std::fill(padded, padded + 16 * K * 2, uint8_t{0});
-      for (int i = 0; i < cols; ++i) std::copy_n(RowAt(w, n0 + i), K * 2, padded + i * K * 2);
-      w_rows = padded;
-      stride = K * 2;
-    }
+  // A final block of fewer than 16 weight rows, zero-padded.
+  const int64_t last_cols = (n_end - n_begin) % 16;
+  const uint8_t* padded = nullptr;
+  if (last_cols != 0) {
+    auto* buffer = reinterpret_cast<uint8_t*>(
+        internal::ThreadScratch(internal::Scratch::kPanel, static_cast<size_t>(16 * K / 2)));  // [16][K] bf16
+    std::fill(buffer, buffer + 16 * K * 2, uint8_t{0});
+    for (int64_t i = 0; i < last_cols; ++i) std::copy_n(RowAt(w, n_end - last_cols + i), K * 2, buffer + i * K * 2);
+    padded = buffer;
+  }
+  // Weight rows in chunks of about 1 MiB (at least one block): each group
+  // of up to kAmxBfTiles tiles of x meets every block of a chunk before the
+  // next group starts, so the chunk, read from memory once, stays in L2
+  // while the groups pass, and x is read once per chunk instead of once per
+  // block of 16 weight rows. Where x has one group (an expert's few dozen
+  // rows) the order is the same as block by block.
+  const int64_t chunk_rows = Max(int64_t{16}, (int64_t{1} << 20) / (K * 2) / 16 * 16);
+  for (int64_t c0 = n_begin; c0 < n_end; c0 += chunk_rows) {
+    const int64_t c1 = Min(c0 + chunk_rows, n_end);
     for (int64_t t0 = 0; t0 < tiles; t0 += kAmxBfTiles) {
       const int count = static_cast<int>(Min(int64_t{kAmxBfTiles}, tiles - t0));
       const uint32_t* xt = xp + t0 * P * tile_words;
-      switch (count) {
-        case 1: AmxBf16Block<1, P>(xt, tile_words, w_rows, stride, K, sums); break;
-        case 2: AmxBf16Block<2, P>(xt, tile_words, w_rows, stride, K, sums); break;
-        case 3: AmxBf16Block<3, P>(xt, tile_words, w_rows, stride, K, sums); break;
-        case 4: AmxBf16Block<4, P>(xt, tile_words, w_rows, stride, K, sums); break;
-        default: AmxBf16Block<5, P>(xt, tile_words, w_rows, stride, K, sums); break;
-      }
-      for (int t = 0; t < count; ++t) {
-        const int64_t m0 = (t0 + t) * kAmxBfMr;
-        StoreTransposed(sums[t], static_cast<int>(Min(int64_t{kAmxBfMr}, M - m0)), cols, y + m0 * N + n0, N);
+      for (int64_t n0 = c0; n0 < c1; n0 += 16) {
+        const int cols = static_cast<int>(Min(int64_t{16}, c1 - n0));
+        const uint8_t* w_rows = cols < 16 ? padded : RowAt(w, n0);
+        const int64_t stride = cols < 16 ? K * 2 : RowStride(w);
+        switch (count) {
+          case 1: AmxBf16Block<1, P>(xt, tile_words, w_rows, stride, K, sums); break;
+          case 2: AmxBf16Block<2, P>(xt, tile_words, w_rows, stride, K, sums); break;
+          case 3: AmxBf16Block<3, P>(xt, tile_words, w_rows, stride, K, sums); break;
+          case 4: AmxBf16Block<4, P>(xt, tile_words, w_rows, stride, K, sums); break;
+          default: AmxBf16Block<5, P>(xt, tile_words, w_rows, stride, K, sums); break;
+        }
+        for (int t = 0; t < count; ++t) {
+          const int64_t m0 = (t0 + t) * kAmxBfMr;
+          StoreTransposed(sums[t], static_cast<int>(Min(int64_t{kAmxBfMr}, M - m0)), cols, y + m0 * N + n0, N);
+        }
       }
     }
   }
