@@ -143,6 +143,46 @@ TEST_F(CliTest, ScoreReportsEveryPositionAndWritesNpy) {
   EXPECT_NE(npy_bytes.find("'shape': (" + std::to_string(T) + ", 768)"), std::string::npos);
 }
 
+// --split-activations: the fp16 prefill on AMX with each activation in
+// three bf16 parts computes float32's products, so a scored text keeps
+// every routing and its log-probabilities move only by float rounding;
+// where the bench names the split (a CPU with AMX) they must move somewhere
+// (the flag took effect), elsewhere the float32 prefill runs unchanged.
+TEST_F(CliTest, SplitActivationsKeepRoutingAndLogprobs) {
+  const std::string text =
+      "'The lighthouse keeper wound the clock at dusk, and the lamp turned over the grey water until morning.'";
+  Result plain = RunEpwa("score -m models/tiny-moe --quant fp16 -p " + text + " --json", scratch_);
+  Result split = RunEpwa("score -m models/tiny-moe --quant fp16 -p " + text + " --json --split-activations", scratch_);
+  Result bench = RunEpwa(
+      "bench -m models/tiny-moe --quant fp16 --no-cache --prompt-tokens 32 --gen-tokens 2 --repeats 1 "
+      "--split-activations",
+      scratch_);
+  ASSERT_EQ(plain.exit_code, 0) << plain.err;
+  ASSERT_EQ(split.exit_code, 0) << split.err;
+  ASSERT_EQ(bench.exit_code, 0) << bench.err;
+  const json a = json::parse(plain.out), b = json::parse(split.out);
+  ASSERT_EQ(a["positions"].size(), b["positions"].size());
+  ASSERT_GT(a["positions"].size(), 16u);
+  int moved = 0;
+  for (size_t i = 0; i < a["positions"].size(); ++i) {
+    const json& pa = a["positions"][i];
+    const json& pb = b["positions"][i];
+    EXPECT_EQ(pa["routing"].size(), pb["routing"].size());
+    for (size_t l = 0; l < pa["routing"].size(); ++l)
+      EXPECT_EQ(pa["routing"][l]["experts"], pb["routing"][l]["experts"]) << "position " << i << " layer " << l;
+    if (pa["logprob"].is_null()) continue;
+    const double da = pa["logprob"].get<double>(), db = pb["logprob"].get<double>();
+    EXPECT_NEAR(da, db, 1e-4) << "position " << i;
+    moved += da != db;
+  }
+  const bool on_amx = bench.out.find("AMX bf16 tile (x in 3 parts)") != std::string::npos;
+  if (on_amx) {
+    EXPECT_GT(moved, 0) << "--split-activations changed no log-probability: did the flag reach the kernels?";
+  } else {
+    EXPECT_EQ(moved, 0) << "without AMX the float32 prefill must run unchanged";
+  }
+}
+
 TEST_F(CliTest, TokenizeRoundTrips) {
   Result r = RunEpwa("tokenize -m " + model_ + " --text 'Hello, clock!' --json", scratch_);
   ASSERT_EQ(r.exit_code, 0) << r.err;

@@ -19,6 +19,8 @@
 #   LLAMA_QUANT_ARGS [--pure --leave-output-tensor]
 #   EPWA_BENCH_ARGS, LLAMA_BENCH_ARGS [none]: extra flags for each side's
 #     bench, e.g. LLAMA_BENCH_ARGS="-fa 1" or EPWA_BENCH_ARGS=--float-activations
+#   LEVELS [fp16 int8 int4]: the levels to run, any of those three, e.g.
+#     LEVELS=fp16 EPWA_BENCH_ARGS=--split-activations
 #
 # Steps:
 #  1. `epwa synth` writes the model (bf16 safetensors, Hugging Face layout).
@@ -147,7 +149,19 @@ run_step() {
 
 MODEL=$OUT/model
 STAMP="preset=$PRESET layers=$LAYERS dtype=bf16"
-LEVELS="fp16:bf16 int8:q8_0 int4:q4_0"
+# Each epwa level with the llama.cpp type that has its bytes per weight.
+LEVELS_WANTED=${LEVELS:-fp16 int8 int4}
+LEVELS=""
+for level in $LEVELS_WANTED; do
+  case $level in
+    fp16) LEVELS="$LEVELS fp16:bf16" ;;
+    int8) LEVELS="$LEVELS int8:q8_0" ;;
+    int4) LEVELS="$LEVELS int4:q4_0" ;;
+    *) die "LEVELS takes fp16, int8 and int4, got '$level'" ;;
+  esac
+done
+LEVELS=${LEVELS# }
+[ -n "$LEVELS" ] || die "LEVELS names no level"
 
 # 1-2. The model in both formats, unless a previous run left the same one.
 if [ "$(cat "$OUT/model.stamp" 2>/dev/null)" != "$STAMP" ]; then
