@@ -180,6 +180,7 @@ fi
 # The quantized GGUFs depend on LLAMA_QUANT_ARGS too (the lm_head's type):
 # each records the arguments it was made with and is remade when they change.
 for type in q8_0 q4_0; do
+  case " $LEVELS " in *":$type "*) ;; *) continue ;; esac  # only the levels asked for
   if [ -s "$OUT/model-$type.gguf" ] && [ "$(cat "$OUT/model-$type.args" 2>/dev/null)" = "$LLAMA_QUANT_ARGS" ]; then
     continue
   fi
@@ -192,6 +193,7 @@ for type in q8_0 q4_0; do
   echo "$LLAMA_QUANT_ARGS" >"$OUT/model-$type.args"
 done
 for type in bf16 q8_0 q4_0; do
+  case " $LEVELS " in *":$type "*) ;; *) continue ;; esac
   [ -s "$OUT/model-$type.gguf" ] || die "$OUT/model-$type.gguf is missing; delete $OUT/model.stamp to rebuild"
 done
 
