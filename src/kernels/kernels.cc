@@ -933,9 +933,11 @@ uint64_t MatMulScratchBytes(int64_t max_rows, int64_t max_k, int threads) {
   const uint64_t rows = static_cast<uint64_t>(std::clamp<int64_t>(max_rows, 0, 256));
   const uint64_t decode_rows = std::min<uint64_t>(rows, internal::kAvx512MaxQuantDecodeRows);
   const uint64_t quantized_x_row = (k + 127) / 128 * 32 + 2 * ((k / 32 + 15) / 16 * 16);
-  // The AMX float prefill's x in three bf16 parts takes 1.5 floats per
-  // input of each row, its rows padded to tiles of 16.
-  const uint64_t split_x = (rows + 15) / 16 * 16 * k * 3 / 2;
+  // The AMX float prefill's x in three bf16 parts (SetSplitBf16Activations,
+  // set before a model is planned) takes 1.5 floats per input of each row,
+  // its rows padded to tiles of 16.
+  const bool split = SplitBf16Activations() && !Bf16Activations() && internal::HasAmxBf16();
+  const uint64_t split_x = split ? (rows + 15) / 16 * 16 * k * 3 / 2 : 0;
   const uint64_t calling_thread = std::max(rows * k, split_x) + decode_rows * std::max(k, quantized_x_row);
   // (The AMX bf16 prefill pads a final block of up to 16 weight rows of k
   // bf16 each in the same buffer: 8 k floats.)

@@ -1205,6 +1205,45 @@ void PackXBf16(const float* x, int64_t K, int64_t rows, uint32_t* out) { PackXBf
 // unit flushes to zero anyway).
 template <int MR>
 void PackXBf16SplitRows(const float* x, int64_t K, int64_t rows, int parts, uint32_t* out) {
+  if constexpr (MR == 16) {
+    // Sixteen rows by 32 inputs at a time, through registers: each part's 16
+    // rows of 16 words are one 16 x 16 block, transposed into the tile's 16
+    // words per input pair and stored whole. (The loop below scatters one
+    // word at a time: 6 % of a split prefill's time at 2,048 tokens, perf.)
+    if (K % 32 == 0) {
+      const int64_t pairs = K / 2, tile_words = pairs * MR;
+      alignas(64) float left[MR][32];  // what the parts so far have left of each row's 32 inputs
+      for (int64_t k = 0; k < K; k += 32) {
+        for (int m = 0; m < MR; ++m) {
+          const __mmask16 live = m < rows ? 0xffff : 0;
+          _mm512_store_ps(left[m], _mm512_maskz_loadu_ps(live, x + m * K + k));
+          _mm512_store_ps(left[m] + 16, _mm512_maskz_loadu_ps(live, x + m * K + k + 16));
+        }
+        for (int p = 0; p < Max(parts, 1); ++p) {
+          __m512 r[MR];
+#pragma GCC unroll 16
+          for (int m = 0; m < MR; ++m) {
+            const __m512 lo = _mm512_load_ps(left[m]), hi = _mm512_load_ps(left[m] + 16);
+            const __m512i packed = (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
+            r[m] = _mm512_castsi512_ps(packed);
+            if (p + 1 < parts) {
+              // The residual, exact in float (a bf16 is the top half of a float).
+              _mm512_store_ps(left[m], _mm512_sub_ps(lo, _mm512_castsi512_ps(_mm512_slli_epi32(
+                                                            _mm512_cvtepu16_epi32(_mm512_castsi512_si256(packed)), 16))));
+              _mm512_store_ps(left[m] + 16,
+                              _mm512_sub_ps(hi, _mm512_castsi512_ps(_mm512_slli_epi32(
+                                                    _mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(packed, 1)), 16))));
+            }
+          }
+          Transpose16x16(r);  // r[j]: the pair k / 2 + j of each of the 16 rows
+          uint32_t* tile = out + p * tile_words + k / 2 * MR;
+#pragma GCC unroll 16
+          for (int j = 0; j < 16; ++j) _mm512_store_si512(tile + j * MR, _mm512_castps_si512(r[j]));
+        }
+      }
+      return;
+    }
+  }
   if (parts <= 1) return PackXBf16Rows<MR>(x, K, rows, out);
   const int64_t pairs = K / 2, tile_words = pairs * MR;
   for (int m = 0; m < MR; ++m) {
@@ -1280,8 +1319,8 @@ void Bf16Tile(const uint32_t* xt, const uint32_t* strip, int64_t pairs, float* y
 // of 16 x 16 outputs, transposed on the way to y. With
 // SetSplitBf16Activations the float prefill runs here too, x split into
 // three bf16 parts: three products per tile of x, each exact. 4-layer OLMoE
-// fp16 on the Intel VM (docs/speed-log.md, stop 50): 2.3x the fp32 FMA
-// kernels' prefill at 128 tokens, 1.7x at 512, as those pack every
+// fp16 on the Intel VM (docs/speed-log.md, stop 50): 1.7-2.2x the fp32 FMA
+// kernels' prefill at 128 tokens, 1.1-1.6x at 512, as those pack every
 // expert's weights for a few dozen rows of x and these read them as stored.
 constexpr int kAmxBfMr = 16;    // Rows of x per tile.
 constexpr int kAmxBfTiles = 5;  // Tiles of x multiplied with each block of W.
