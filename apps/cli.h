@@ -41,6 +41,9 @@ uint64_t ParseByteSize(const std::string& text, const std::string& flag);
 void AddModelFlags(CLI::App* cmd, ModelFlags* flags);
 // --parallel N and --batch-tokens N, for the commands that generate or plan.
 void AddBatchFlags(CLI::App* cmd, ModelFlags* flags);
+// EPWA_ISA and the activation flags, set process-wide in the kernels (the
+// memory plan counts the scratch of the kernels they select).
+void ApplyKernelFlags(const ModelFlags& flags);
 std::unique_ptr<Engine> LoadEngine(const ModelFlags& flags, bool quiet);
 // The KV cache element type --kv-cache (or EPW_KV_CACHE) names; throws
 // epwa::Error for anything but f32, f16 or bf16.

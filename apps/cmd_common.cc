@@ -112,11 +112,15 @@ void ApplyIsaOverride() {
   throw Error(std::string("EPWA_ISA must be avx512, avx2 or scalar, got '") + value + "'");
 }
 
-std::unique_ptr<Engine> LoadEngine(const ModelFlags& flags, bool quiet) {
+void ApplyKernelFlags(const ModelFlags& flags) {
   ApplyIsaOverride();
   if (flags.float_activations) kernels::SetFloatActivations(true);
   if (flags.bf16_activations) kernels::SetBf16Activations(true);
   if (flags.split_activations) kernels::SetSplitBf16Activations(true);
+}
+
+std::unique_ptr<Engine> LoadEngine(const ModelFlags& flags, bool quiet) {
+  ApplyKernelFlags(flags);
   LoadOptions o;
   o.model_dir = flags.model_dir;
   o.threads = flags.threads;

@@ -29,6 +29,7 @@ Runner RegisterPlan(CLI::App& app) {
   cmd->add_flag("--json", f->json, "print one JSON object");
 
   return [f]() {
+    ApplyKernelFlags(f->model);
     const auto getenv = [](const char* n) { return std::getenv(n); };
     const LevelRequest request = ResolveLevel(f->model.quant, getenv);
     const bool force_cpu = EnvForcesCpu(getenv);

@@ -186,6 +186,19 @@ TEST_F(CliTest, SplitActivationsKeepRoutingAndLogprobs) {
   } else {
     EXPECT_EQ(moved, 0) << "without AMX the float32 prefill must run unchanged";
   }
+  // The plan counts the scratch of x in three parts where the split runs.
+  Result plan = RunEpwa("plan -m models/tiny-moe --quant fp16 --json", scratch_);
+  Result plan_split = RunEpwa("plan -m models/tiny-moe --quant fp16 --json --split-activations", scratch_);
+  ASSERT_EQ(plan.exit_code, 0) << plan.err;
+  ASSERT_EQ(plan_split.exit_code, 0) << plan_split.err;
+  const auto scratch = [](const std::string& out) {
+    return json::parse(out)["levels"][0]["scratch_bytes"].get<uint64_t>();
+  };
+  if (on_amx) {
+    EXPECT_GT(scratch(plan_split.out), scratch(plan.out));
+  } else {
+    EXPECT_EQ(scratch(plan_split.out), scratch(plan.out));
+  }
 }
 
 TEST_F(CliTest, TokenizeRoundTrips) {
