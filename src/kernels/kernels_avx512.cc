@@ -1196,79 +1196,49 @@ void PackXBf16Rows(const float* x, int64_t K, int64_t rows, uint32_t* out) {
 
 void PackXBf16(const float* x, int64_t K, int64_t rows, uint32_t* out) { PackXBf16Rows<kBfMr>(x, K, rows, out); }
 
-// Packs `rows` rows of x as `parts` consecutive tiles of [K / 2][MR] words
-// (PackXBf16Rows's layout), part p the bf16 rounding (to nearest) of what
-// parts 0 .. p - 1 left of x. Each residual is exact in float (x minus its
-// rounding to fewer bits of the same binade), and each part carries 8 more
-// significant bits, so three parts sum to x exactly, except where a part
-// falls below bf16's normal range (|x| under about 2^-110, which the tile
-// unit flushes to zero anyway).
-template <int MR>
-void PackXBf16SplitRows(const float* x, int64_t K, int64_t rows, int parts, uint32_t* out) {
-  if constexpr (MR == 16) {
-    // Sixteen rows by 32 inputs at a time, through registers: each part's 16
-    // rows of 16 words are one 16 x 16 block, transposed into the tile's 16
-    // words per input pair and stored whole. (The loop below scatters one
-    // word at a time: 6 % of a split prefill's time at 2,048 tokens, perf.)
-    if (K % 32 == 0) {
-      const int64_t pairs = K / 2, tile_words = pairs * MR;
-      alignas(64) float left[MR][32];  // what the parts so far have left of each row's 32 inputs
-      for (int64_t k = 0; k < K; k += 32) {
-        for (int m = 0; m < MR; ++m) {
-          const __mmask16 live = m < rows ? 0xffff : 0;
-          _mm512_store_ps(left[m], _mm512_maskz_loadu_ps(live, x + m * K + k));
-          _mm512_store_ps(left[m] + 16, _mm512_maskz_loadu_ps(live, x + m * K + k + 16));
-        }
-        for (int p = 0; p < Max(parts, 1); ++p) {
-          __m512 r[MR];
-#pragma GCC unroll 16
-          for (int m = 0; m < MR; ++m) {
-            const __m512 lo = _mm512_load_ps(left[m]), hi = _mm512_load_ps(left[m] + 16);
-            const __m512i packed = (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
-            r[m] = _mm512_castsi512_ps(packed);
-            if (p + 1 < parts) {
-              // The residual, exact in float (a bf16 is the top half of a float).
-              _mm512_store_ps(left[m], _mm512_sub_ps(lo, _mm512_castsi512_ps(_mm512_slli_epi32(
-                                                            _mm512_cvtepu16_epi32(_mm512_castsi512_si256(packed)), 16))));
-              _mm512_store_ps(left[m] + 16,
-                              _mm512_sub_ps(hi, _mm512_castsi512_ps(_mm512_slli_epi32(
-                                                    _mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(packed, 1)), 16))));
-            }
-          }
-          Transpose16x16(r);  // r[j]: the pair k / 2 + j of each of the 16 rows
-          uint32_t* tile = out + p * tile_words + k / 2 * MR;
-#pragma GCC unroll 16
-          for (int j = 0; j < 16; ++j) _mm512_store_si512(tile + j * MR, _mm512_castps_si512(r[j]));
-        }
-      }
-      return;
+// Packs `rows` rows of x (at most 16; K a multiple of 32, as the
+// tile unit needs) as `parts` consecutive tiles of [K / 2][16] words
+// (PackXBf16Rows<16>'s layout), part p the bf16 rounding (to nearest) of
+// what parts 0 .. p - 1 left of x. Each residual is exact in float (x minus
+// its rounding to fewer bits of the same binade), and each part carries 8
+// more significant bits, so three parts sum to x exactly, except where a
+// part falls below bf16's normal range (|x| under about 2^-110, which the
+// tile unit flushes to zero anyway). Sixteen rows by 32 inputs at a time go
+// through registers: each part's 16 rows of 16 words are one 16 x 16 block,
+// transposed into the tile's 16 words per input pair and stored whole (a
+// word at a time, the packing was 6 % of a split prefill's time at 2,048
+// tokens, perf; now about 1 %).
+void PackXBf16AmxParts(const float* x, int64_t K, int64_t rows, int parts, uint32_t* out) {
+  constexpr int kRows = 16;
+  const int64_t tile_words = K / 2 * kRows;
+  alignas(64) float left[kRows][32];  // what the parts so far have left of each row's 32 inputs
+  for (int64_t k = 0; k < K; k += 32) {
+    for (int m = 0; m < kRows; ++m) {
+      const __mmask16 live = m < rows ? 0xffff : 0;
+      _mm512_store_ps(left[m], _mm512_maskz_loadu_ps(live, x + m * K + k));
+      _mm512_store_ps(left[m] + 16, _mm512_maskz_loadu_ps(live, x + m * K + k + 16));
     }
-  }
-  if (parts <= 1) return PackXBf16Rows<MR>(x, K, rows, out);
-  const int64_t pairs = K / 2, tile_words = pairs * MR;
-  for (int m = 0; m < MR; ++m) {
-    if (m >= rows) {
-      for (int p = 0; p < parts; ++p)
-        for (int64_t q = 0; q < pairs; ++q) out[p * tile_words + q * MR + m] = 0;
-      continue;
-    }
-    const float* xr = x + m * K;
-    for (int64_t k = 0; k < K; k += 32) {
-      const int64_t n = Min(32, K - k);
-      __m512 lo = _mm512_maskz_loadu_ps(FirstLanes(n), xr + k);
-      __m512 hi = _mm512_maskz_loadu_ps(FirstLanes(Max(n - 16, 0)), xr + k + 16);
-      for (int p = 0; p < parts; ++p) {
-        alignas(64) uint32_t words[16];
+    for (int p = 0; p < parts; ++p) {
+      __m512 r[kRows];
+#pragma GCC unroll 16
+      for (int m = 0; m < kRows; ++m) {
+        const __m512 lo = _mm512_load_ps(left[m]), hi = _mm512_load_ps(left[m] + 16);
         const __m512i packed = (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
-        _mm512_store_si512(words, packed);
-        for (int64_t j = 0; j < n / 2; ++j) out[p * tile_words + (k / 2 + j) * MR + m] = words[j];
-        // The residual, exact in float: what is left minus its bf16 rounding
-        // (a bf16 is the top half of a float).
-        const __m512 lo_b = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(packed)), 16));
-        const __m512 hi_b = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(packed, 1)), 16));
-        lo = _mm512_sub_ps(lo, lo_b);
-        hi = _mm512_sub_ps(hi, hi_b);
+        r[m] = _mm512_castsi512_ps(packed);
+        if (p + 1 < parts) {
+          // The residual, exact in float (a bf16 is the top half of a float).
+          const __m512 lo_b = _mm512_castsi512_ps(
+              _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(packed)), 16));
+          const __m512 hi_b = _mm512_castsi512_ps(
+              _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(packed, 1)), 16));
+          _mm512_store_ps(left[m], _mm512_sub_ps(lo, lo_b));
+          _mm512_store_ps(left[m] + 16, _mm512_sub_ps(hi, hi_b));
+        }
       }
+      Transpose16x16(r);  // r[j]: the pair k / 2 + j of each of the 16 rows
+      uint32_t* tile = out + p * tile_words + k / 2 * kRows;
+#pragma GCC unroll 16
+      for (int j = 0; j < 16; ++j) _mm512_store_si512(tile + j * kRows, _mm512_castps_si512(r[j]));
     }
   }
 }
@@ -1314,7 +1284,7 @@ void Bf16Tile(const uint32_t* xt, const uint32_t* strip, int64_t pairs, float* y
 // rows as stored, 64 bytes of each of 16 rows at a time, so nothing packs
 // the weights (in an MoE prefill, where each expert's weights meet a few
 // dozen rows of x, packing them had cost more than the products); x, small,
-// is packed as PackXBf16Rows<kAmxBfMr> packs it, which is the B layout. The
+// is packed in the B layout (PackXBf16AmxParts). The
 // sums stay in the tile unit for the whole of K and leave it once per block
 // of 16 x 16 outputs, transposed on the way to y. With
 // SetSplitBf16Activations the float prefill runs here too, x split into
@@ -1444,7 +1414,7 @@ void AmxBf16Block(const uint32_t* xt, int64_t tile_words, const uint8_t* w_rows,
 }
 
 // y[0:M, n_begin:n_end] = x W^T for the rows of x packed in xp
-// (ceil(M / kAmxBfMr) tiles of PackXBf16SplitRows<kAmxBfMr> in P parts each)
+// (ceil(M / kAmxBfMr) tiles of PackXBf16AmxParts, P parts each)
 // and BF16 weights w (K = w.cols a multiple of 32). A final block of fewer
 // than 16 weight rows is copied into zero-padded scratch first, so that no
 // tile load reads past the matrix.
@@ -1646,7 +1616,7 @@ bool PrefillBf16(const float* x, int64_t M, const WeightView& w, float* y, Threa
       TiledPrefill<kBfMc, kAmxBfMr, 16>(
           x, M, w, y, pool,
           [&](const float* rows, int64_t count, int64_t t) {
-            PackXBf16SplitRows<kAmxBfMr>(rows, K, count, parts, xp + t * parts * tile_words);
+            PackXBf16AmxParts(rows, K, count, parts, xp + t * parts * tile_words);
           },
           [&](int64_t mc, float* yb, int64_t n0, int64_t n1) { AmxBf16Columns(xp, mc, w, yb, n0, n1, parts); });
       return true;
@@ -1787,7 +1757,7 @@ bool PrefillManyTyped(const MatMulJob* jobs, int64_t n, ThreadPool& pool) {
                       reinterpret_cast<uint32_t*>(base) + t * (K / 2 * kBfMr));
             break;
           case ManyPath::kPrefillBf16Amx:
-            PackXBf16SplitRows<kAmxBfMr>(job.x + t * kAmxBfMr * K, K, Min(int64_t{kAmxBfMr}, job.M - t * kAmxBfMr),
+            PackXBf16AmxParts(job.x + t * kAmxBfMr * K, K, Min(int64_t{kAmxBfMr}, job.M - t * kAmxBfMr),
                                          amx_parts, reinterpret_cast<uint32_t*>(base) + t * amx_parts * (K / 2 * kAmxBfMr));
             break;
           case ManyPath::kPrefillFloat:
