@@ -50,6 +50,20 @@ wm::SecretKey KeyFrom(const json& j) {
   return wm::SecretKey::FromFile(wm::ResolveKeyPath(key_file, std::getenv("EPWA_KEY_FILE")));
 }
 
+// The kernels' switches and what they select on this CPU, as JSON: the
+// arithmetic of the prefill at each weight type names the instruction that
+// `epwa bench` sets its figures against.
+std::string KernelFlagsJson() {
+  namespace k = epwa::kernels;
+  return json{{"isa", k::IsaName(k::ActiveIsa())},
+              {"float_activations", k::FloatActivations()},
+              {"bf16_activations", k::Bf16Activations()},
+              {"split_activations", k::SplitBf16Activations()},
+              {"prefill_bf16", k::PrefillDotName(k::PrefillDotFor(DType::kBF16))},
+              {"prefill_int", k::PrefillDotName(k::PrefillDotFor(DType::kQ4))}}
+      .dump();
+}
+
 // A loaded model. Python's Engine wraps one.
 class PyEngine {
  public:
@@ -446,4 +460,29 @@ PYBIND11_MODULE(_epwa, m) {
         py::arg("path"), py::arg("overwrite") = false);
   m.def("default_scheme", [] { return std::string(epwa::wm::SchemeName(epwa::wm::kDefaultScheme)); });
   m.def("peak_rss_bytes", [] { return epwa::PeakRssBytes(); });
+  // The kernels' process-wide switches, as the CLI's --float-activations,
+  // --bf16-activations, --split-activations and EPWA_ISA set them. None
+  // leaves a switch as it is. Returns what each was before.
+  m.def(
+      "set_kernel_flags",
+      [](std::optional<bool> float_activations, std::optional<bool> bf16_activations,
+         std::optional<bool> split_activations, const std::optional<std::string>& isa) {
+        const std::string before = KernelFlagsJson();
+        if (isa) {
+          bool known = false;
+          for (epwa::kernels::Isa i : {epwa::kernels::Isa::kAvx512, epwa::kernels::Isa::kAvx2, epwa::kernels::Isa::kScalar})
+            if (*isa == epwa::kernels::IsaName(i)) {
+              epwa::kernels::SetActiveIsa(i);  // throws where the CPU lacks the path
+              known = true;
+            }
+          if (!known) throw epwa::Error("isa must be avx512, avx2 or scalar, got '" + *isa + "'");
+        }
+        if (float_activations) epwa::kernels::SetFloatActivations(*float_activations);
+        if (bf16_activations) epwa::kernels::SetBf16Activations(*bf16_activations);
+        if (split_activations) epwa::kernels::SetSplitBf16Activations(*split_activations);
+        return before;
+      },
+      py::arg("float_activations") = py::none(), py::arg("bf16_activations") = py::none(),
+      py::arg("split_activations") = py::none(), py::arg("isa") = py::none());
+  m.def("kernel_flags", [] { return KernelFlagsJson(); });
 }

@@ -38,6 +38,8 @@ __all__ = [
     "WatermarkDetector",
     "DetectionResult",
     "keygen",
+    "kernel_flags",
+    "set_kernel_flags",
     "DEFAULT_SCHEME",
 ]
 
@@ -351,3 +353,37 @@ class _Item:
 def keygen(path: str, overwrite: bool = False) -> None:
     """Writes a new 32-byte secret key (mode 0600), as `epwa keygen`."""
     _epwa.keygen(str(path), bool(overwrite))
+
+
+def kernel_flags() -> dict:
+    """The kernels' process-wide switches and what they select on this CPU: `isa` ("avx512",
+    "avx2" or "scalar"), `float_activations`, `bf16_activations`, `split_activations`, and the
+    arithmetic the prefill runs with for BF16 weights (`prefill_bf16`) and for the integer levels
+    (`prefill_int`), named as `epwa bench` names them (e.g. "AMX bf16 tile (x in 3 parts)").
+    """
+    return json.loads(_epwa.kernel_flags())
+
+
+def set_kernel_flags(*, float_activations: Optional[bool] = None, bf16_activations: Optional[bool] = None,
+                     split_activations: Optional[bool] = None, isa: Optional[str] = None) -> dict:
+    """Sets the kernels' switches, as the CLI's flags of the same names and EPWA_ISA do; None
+    leaves one as it is. Returns kernel_flags() as it was before, so a caller can restore it.
+
+    float_activations: integer-level weights times float32 activations (exact; slower decode).
+    bf16_activations: the BF16 prefill rounds activations to bf16 (faster; logits and 1-2 % of
+    routings move). split_activations: on CPUs with AMX, the BF16 prefill splits each float32
+    activation into three bf16 parts for the tile unit (float32's products, summed in the tile
+    unit's order; about 2x the float32 prefill). isa: force "avx512", "avx2" or "scalar" (an
+    error where the CPU lacks it).
+
+    The switches are process-wide: they apply to every Engine of the process, and must not change
+    while a call is running on another thread. Set them before loading, so that the memory plan
+    counts the scratch they need.
+    """
+    for name, value in (("float_activations", float_activations), ("bf16_activations", bf16_activations),
+                        ("split_activations", split_activations)):
+        if value is not None and not isinstance(value, bool):
+            raise Error(f"{name} must be True, False or None, got {value!r}")
+    if isa is not None and not isinstance(isa, str):
+        raise Error(f"isa must be a string such as 'avx2', got {isa!r}")
+    return json.loads(_epwa.set_kernel_flags(float_activations, bf16_activations, split_activations, isa))

@@ -54,6 +54,9 @@ def _worker_detector(model: dict, settings: str):
         if state is None:
             _WORKER_STATE.clear()  # one model per process: a new run replaces the old one
             started = time.perf_counter()
+            # The kernels' switches are process-wide: set them as the driver's flags ask before
+            # this worker loads, so that its memory plan counts their scratch.
+            _epwa.set_kernel_flags(**model.get("kernel_flags", {}))
             engine = _epwa._Engine(model["dir"], model["quant"], model["ctx"], model["threads"],
                                    model["mem_budget"], model["cache"], 1, 0, False, model["no_mmap"])
             detector = _epwa._Detector(engine, settings)
@@ -150,6 +153,13 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--no-cache", action="store_true", help="do not read or write the quantized weight cache")
     p.add_argument("--no-mmap", action="store_true",
                    help="copy mapped weights into each worker's memory (as epwa --no-mmap)")
+    p.add_argument("--float-activations", action="store_true",
+                   help="integer levels: float32 activations on every worker (as epwa --float-activations)")
+    p.add_argument("--bf16-activations", action="store_true",
+                   help="BF16 prefill with activations rounded to bf16 (as epwa --bf16-activations)")
+    p.add_argument("--split-activations", action="store_true",
+                   help="BF16 prefill on AMX with float32 activations in three bf16 parts "
+                        "(as epwa --split-activations)")
     p.add_argument("--watermark", default=None, help="scheme to test for (default: epw2-et; gsg for pepi)")
     p.add_argument("--method", default="full", choices=["full", "cspv", "pepi"])
     p.add_argument("--gamma", type=float, default=0.25)
@@ -192,7 +202,10 @@ def run(args: argparse.Namespace) -> int:
         threads = max(1, (os.cpu_count() or 1) // local_workers) if local_workers else 0
     model = {"dir": os.path.abspath(args.model), "quant": args.quant, "ctx": args.ctx, "threads": threads,
              "mem_budget": _byte_size(args.mem_budget), "cache": not args.no_cache,
-             "no_mmap": bool(args.no_mmap)}
+             "no_mmap": bool(args.no_mmap),
+             "kernel_flags": {"float_activations": bool(args.float_activations),
+                              "bf16_activations": bool(args.bf16_activations),
+                              "split_activations": bool(args.split_activations)}}
     # Settings that cannot work (and a missing key) fail here, before a cluster starts.
     _epwa.check_detect_settings(settings)
 
@@ -200,7 +213,8 @@ def run(args: argparse.Namespace) -> int:
     parts_dir = args.out + ".parts"
     manifest = {"input": os.path.abspath(args.input), "input_sha256": input_hash, "texts": total,
                 "settings": json.loads(settings), "model": model["dir"], "quant": args.quant,
-                "partition_texts": args.partition_texts, "prompt": args.prompt}
+                "partition_texts": args.partition_texts, "prompt": args.prompt,
+                "kernel_flags": model["kernel_flags"]}
     manifest_path = os.path.join(parts_dir, "manifest.json")
     if args.restart and os.path.isdir(parts_dir):
         shutil.rmtree(parts_dir)
@@ -232,10 +246,12 @@ def run(args: argparse.Namespace) -> int:
         # Every worker loads the model now, once, so that a model that cannot load fails before any
         # task runs and the throughput below is detection alone. Workers that join later load it
         # on their first task.
-        warm = client.run(_warm_worker, model, settings)  # worker address -> seconds its load took
+        warm = client.run(_warm_worker, model, settings)  # worker address -> its load's seconds and kernels
         workers = max(1, len(warm))
         log(f"detect_corpus: model loaded on {len(warm)} worker(s) in "
-            f"{max(warm.values()) if warm else 0:.2f} s")
+            f"{max(w['load_s'] for w in warm.values()) if warm else 0:.2f} s")
+        for line in sorted({_kernels_line(w["kernels"]) for w in warm.values()}):
+            log(f"detect_corpus: kernels: {line}")
         in_flight_limit = 2 * workers
         log(f"detect_corpus: {total} texts, {len(done)} partitions already done, "
             f"{workers} worker(s), {threads or 'all'} model thread(s) each, "
@@ -301,8 +317,15 @@ def run(args: argparse.Namespace) -> int:
             cluster.close()
 
 
-def _warm_worker(model: dict, settings: str) -> float:
-    return _worker_detector(model, settings)["load_s"]
+def _warm_worker(model: dict, settings: str) -> dict:
+    from . import _epwa
+
+    return {"load_s": _worker_detector(model, settings)["load_s"], "kernels": json.loads(_epwa.kernel_flags())}
+
+
+def _kernels_line(flags: dict) -> str:
+    return (f"{flags['isa']}; BF16 prefill: {flags['prefill_bf16']}; "
+            f"integer prefill: {flags['prefill_int']}")
 
 
 def _indexed(index: int, model: dict, settings: str, lines, prompt):

@@ -117,3 +117,33 @@ def test_other_settings_do_not_mix_with_earlier_parts(corpus, key_file, tmp_path
     assert proc.returncode == 2 and "--restart" in proc.stderr
     proc = run_corpus(corpus, out, key_file, "--method", "cspv", "--watermark", "kgw", "--local-workers", "1")
     assert proc.returncode == 2 and "kgw green lists" in proc.stderr
+
+
+def test_kernel_flags_reach_the_workers(corpus, key_file, tmp_path):
+    # The last 40 lines: watermarked generations and the malformed lines.
+    with open(corpus) as f:
+        lines = f.read().splitlines()[-40:]
+    small = tmp_path / "small.jsonl"
+    small.write_text("\n".join(lines) + "\n")
+    flags = ("--quant", "fp16", "--split-activations")
+    code, stdout, _ = run_cli("detect", "-m", MODEL, "-t", "2", "--key-file", key_file, "--jsonl", str(small),
+                              "--json", *flags, check=False)
+    assert code == 1
+    expected = [without_timing(j) for j in cli_json_lines(stdout)]
+    out = str(tmp_path / "split.jsonl")
+    proc = run_corpus(str(small), out, key_file, "--local-workers", "1", "--threads", "2", *flags)
+    assert proc.returncode == 1, proc.stderr
+    with open(out) as f:
+        assert [without_timing(json.loads(line)) for line in f] == expected
+    # The worker reports the arithmetic it ran (detection's z and counts do not show the split:
+    # it moves no routing), as this process names it with the same switch.
+    from epwa.detect_corpus import _kernels_line
+
+    before = epwa.set_kernel_flags(split_activations=True)
+    try:
+        split_line = "kernels: " + _kernels_line(epwa.kernel_flags())
+    finally:
+        epwa.set_kernel_flags(split_activations=before["split_activations"])
+    assert split_line in proc.stderr, proc.stderr
+    if "AMX" in split_line:  # elsewhere the split is the default's float32 prefill
+        assert "kernels: " + _kernels_line(before) not in proc.stderr

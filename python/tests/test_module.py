@@ -271,3 +271,62 @@ def test_kv_cache_type_rounds_keys_and_values_and_is_reported():
     assert diff.max() < 0.05 * np.abs(np.asarray(a)).max()
     with pytest.raises(epwa.Error, match="unknown KV cache type 'int4'"):
         epwa.Engine(MODEL, quant="fp16", threads=2, cache=False, kv_cache="int4")
+
+
+@pytest.fixture
+def restore_kernel_flags():
+    before = epwa.kernel_flags()
+    yield before
+    epwa.set_kernel_flags(float_activations=before["float_activations"], bf16_activations=before["bf16_activations"],
+                          split_activations=before["split_activations"], isa=before["isa"])
+
+
+def cli_logprobs(*flags):
+    text = "The lighthouse keeper wound the clock at dusk, and the lamp turned over the grey water until morning."
+    _, stdout, _ = run_cli("score", "-m", MODEL, "-t", "2", "-p", text, "--json", "--top", "0", *flags)
+    cli = json.loads(stdout)
+    return (np.array([p["logprob"] for p in cli["positions"][1:]], dtype=np.float32),
+            [[r["experts"] for r in p["routing"]] for p in cli["positions"]])
+
+
+def test_kernel_flags_select_the_cli_flags_arithmetic(restore_kernel_flags):
+    text = "The lighthouse keeper wound the clock at dusk, and the lamp turned over the grey water until morning."
+    defaults = restore_kernel_flags
+    assert not defaults["float_activations"] and not defaults["bf16_activations"] and not defaults["split_activations"]
+    assert defaults["prefill_bf16"] == "fp32 FMA"
+
+    def scored(quant):
+        out = epwa.Engine(MODEL, quant=quant, threads=2, cache=False).score(text)
+        return out["logprobs"][1:], out["experts"].tolist()
+
+    plain, plain_experts = scored("fp16")
+    # Each switch gives, bit for bit, what the CLI's flag of the same name gives.
+    before = epwa.set_kernel_flags(split_activations=True)
+    assert before == defaults and epwa.kernel_flags()["split_activations"]
+    split, split_experts = scored("fp16")
+    cli_split, cli_split_routing = cli_logprobs("--quant", "fp16", "--split-activations")
+    np.testing.assert_array_equal(split, cli_split)
+    # float32's products in another order: every routing kept, log-probs within 1e-4, and moved
+    # only where the tile unit runs them.
+    assert split_experts == plain_experts
+    assert np.abs(split - plain).max() < 1e-4
+    on_amx = epwa.kernel_flags()["prefill_bf16"] == "AMX bf16 tile (x in 3 parts)"
+    assert (np.abs(split - plain).max() > 0) == on_amx
+
+    epwa.set_kernel_flags(split_activations=False, bf16_activations=True)
+    bf16, _ = scored("fp16")
+    np.testing.assert_array_equal(bf16, cli_logprobs("--quant", "fp16", "--bf16-activations")[0])
+    if epwa.kernel_flags()["prefill_bf16"] != "fp32 FMA":
+        assert np.abs(bf16 - plain).max() > np.abs(split - plain).max()
+
+    epwa.set_kernel_flags(bf16_activations=False, float_activations=True)
+    exact, _ = scored("int8")
+    np.testing.assert_array_equal(exact, cli_logprobs("--quant", "int8", "--float-activations")[0])
+    assert epwa.kernel_flags()["prefill_int"] == "fp32 FMA"
+    epwa.set_kernel_flags(float_activations=False)
+    assert not np.array_equal(exact, scored("int8")[0])
+
+    for bad in ({"split_activations": "yes"}, {"bf16_activations": 1}, {"isa": "sse2"}, {"isa": 3}):
+        with pytest.raises(epwa.Error):
+            epwa.set_kernel_flags(**bad)
+    assert epwa.kernel_flags() == defaults
