@@ -570,7 +570,8 @@ void MatMul(const float* x, int64_t M, const WeightView& w, float* y, ThreadPool
   Active().mat_mul(x, M, w, y, pool);
 }
 
-void MatMulMany(std::span<const MatMulJob> jobs, ThreadPool& pool) {
+namespace internal {
+bool MatMulManyFused(std::span<const MatMulJob> jobs, ThreadPool& pool) {
   bool fusable = jobs.size() > 1;
   for (const MatMulJob& j : jobs) {
     const WeightView& w = *j.w;
@@ -579,7 +580,12 @@ void MatMulMany(std::span<const MatMulJob> jobs, ThreadPool& pool) {
       throw Error(std::string("MatMul: a ") + DTypeName(w.dtype) + " weight needs a multiple of 32 columns and its scales.");
     fusable = fusable && j.M > 0 && w.rows > 0 && w.cols > 0 && w.dtype == jobs[0].w->dtype;
   }
-  if (fusable && Active().mat_mul_many(jobs.data(), static_cast<int64_t>(jobs.size()), pool)) return;
+  return fusable && Active().mat_mul_many(jobs.data(), static_cast<int64_t>(jobs.size()), pool);
+}
+}  // namespace internal
+
+void MatMulMany(std::span<const MatMulJob> jobs, ThreadPool& pool) {
+  if (internal::MatMulManyFused(jobs, pool)) return;
   for (const MatMulJob& j : jobs) MatMul(j.x, j.M, *j.w, j.y, pool);
 }
 

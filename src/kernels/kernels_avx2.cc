@@ -9,6 +9,9 @@
 // each file still gets its own copy, compiled with its own flags.
 #if defined(__x86_64__) || defined(__i386__)
 
+#include <algorithm>
+#include <vector>
+
 #include "kernels/kernels_isa_common.h"
 
 namespace epwa::kernels {
@@ -1063,14 +1066,14 @@ void Int8Tile(const int32_t* xt, const uint8_t* strip, int64_t ng, float* y, int
 // for `mc` rows of x packed in xp (ceil(mc / kI8Mr) tiles).
 template <DType D>
 void PrefillInt8Range(const int32_t* xp, int64_t mc, const WeightView& w, float* y, int64_t n_begin, int64_t n_end,
-                      __m256i level_table) {
+                      __m256i level_table, const FollowingWork& after = {}) {
   const int64_t N = w.rows;
   const int64_t tile_words = w.cols / 32 * kI8XGroupWords;
   auto* packed = reinterpret_cast<uint8_t*>(internal::ThreadScratch(
       internal::Scratch::kPanel, static_cast<size_t>(kI8Nb / kI8Nr * kI8Kg * kI8WGroupBytes / 4)));
   // Panels span whole groups: kI8Kg groups of 32 inputs.
   PanelLoop<kI8Nb, kI8Kg * 32, kI8Mr, kI8Nr>(
-      w, mc, n_begin, n_end, FollowingWork{},
+      w, mc, n_begin, n_end, after,
       [&](const Panel& p) { PackPanelInt8<D>(w, p.n0, p.ncols, p.k0 / 32, p.kb / 32, level_table, packed); },
       [&](int64_t m0, int mr, int64_t s, const Panel& p) {
         const int64_t ng = p.kb / 32;
@@ -1092,6 +1095,140 @@ bool PrefillInt8(const float* x, int64_t M, const WeightView& w, float* y, Threa
       [&](int64_t mc, float* yb, int64_t n0, int64_t n1) { PrefillInt8Range<D>(xp, mc, w, yb, n0, n1, level_table); });
   return true;
 }
+
+// ---------------------------------------------------------------------------
+// MatMulMany (kernels_many_inl.h): the paths an expert job can take here, as
+// MatMulTyped chooses them. AVX2 has no bf16 products, so the bf16 paths are
+// never chosen and prepare and run nothing.
+template <DType D>
+ManyPath ManyPathFor(int64_t M, int64_t K) {
+  // MatMulTyped's choice: under ScopedRowInvariantMatMul (read on the
+  // calling thread, whose flag it is) a prefill at every row count. The
+  // integer prefill always runs here (PrefillInt8).
+  const bool int8_x = HasGroupScales(D) && !::epwa::kernels::FloatActivations();
+  if (UsesDecode<D>(M, K) && (int8_x || !HasGroupScales(D)) && !::epwa::kernels::RowInvariantMatMul())
+    return HasScales(D) ? ManyPath::kDecodeQuantized : ManyPath::kDecodeFloat;
+  return int8_x ? ManyPath::kPrefillInt8 : ManyPath::kPrefillFloat;
+}
+
+// One pass over at most kMc rows per job, as the prefills take them.
+template <DType D>
+bool ManyGroupedFits(int64_t M) {
+  return M <= kMc && M <= kI8Mc;
+}
+
+inline int64_t ManyXFloats(ManyPath path, DType dtype, int64_t M, int64_t K, int /*amx_parts*/) {
+  switch (path) {
+    case ManyPath::kDecodeQuantized: return M * QuantizedXRowFloats(K);
+    case ManyPath::kDecodeFloat: return dtype == DType::kBF16 ? M * K : 0;  // deinterleaved (DecodeFloat)
+    case ManyPath::kPrefillInt8: return (M + kI8Mr - 1) / kI8Mr * (K / 32 * kI8XGroupWords);
+    case ManyPath::kPrefillFloat: return (M + kMr - 1) / kMr * K * kMr;
+    case ManyPath::kPrefillBf16:
+    case ManyPath::kPrefillBf16Amx: break;
+  }
+  return 0;
+}
+inline int64_t ManyTileRows(ManyPath path, int64_t M) {
+  switch (path) {
+    case ManyPath::kPrefillInt8: return kI8Mr;
+    case ManyPath::kPrefillFloat: return kMr;
+    case ManyPath::kDecodeQuantized:
+    case ManyPath::kDecodeFloat:
+    case ManyPath::kPrefillBf16:
+    case ManyPath::kPrefillBf16Amx: break;
+  }
+  return Max(M, 1);
+}
+inline int64_t ManyChunkCols(ManyPath path) {
+  switch (path) {
+    case ManyPath::kPrefillInt8: return kI8Nb;
+    case ManyPath::kPrefillFloat: return kNb;
+    case ManyPath::kDecodeQuantized:
+    case ManyPath::kDecodeFloat:
+    case ManyPath::kPrefillBf16:
+    case ManyPath::kPrefillBf16Amx: break;
+  }
+  return 64;
+}
+// The scratch MatMulScratchBytes accounts for: kMc rows of packed x.
+inline int64_t ManyScratchLimit(int64_t max_k) { return kMc * max_k; }
+inline int ManyAmxParts() { return 1; }
+
+template <DType D>
+struct ManyTables {
+  __m256i levels = _mm256_setzero_si256();  // the integer decode's and prefill's (Avx2LevelTable)
+};
+template <DType D>
+ManyTables<D> MakeManyTables() {
+  ManyTables<D> t;
+  if constexpr (HasScales(D)) t.levels = Avx2LevelTable<D>();
+  return t;
+}
+
+template <DType D>
+void PrepareManyUnit(ManyPath path, const MatMulJob& job, int64_t t, float* base, int /*amx_parts*/,
+                     QuantizedX& qx) {
+  const int64_t K = job.w->cols;
+  switch (path) {
+    case ManyPath::kDecodeQuantized:
+      if constexpr (HasScales(D)) qx = QuantizeXInto<D>(job.x, job.M, K, base);
+      break;
+    case ManyPath::kDecodeFloat:
+      if constexpr (D == DType::kBF16) DeinterleaveX(job.x, job.M, K, base);
+      break;
+    case ManyPath::kPrefillInt8:
+      if constexpr (HasScales(D))
+        PackXInt8<D>(job.x + t * kI8Mr * K, K, Min(kI8Mr, job.M - t * kI8Mr),
+                     reinterpret_cast<int32_t*>(base) + t * (K / 32 * kI8XGroupWords));
+      break;
+    case ManyPath::kPrefillFloat:
+      PackX(job.x + t * kMr * K, K, Min(kMr, job.M - t * kMr), base + t * K * kMr);
+      break;
+    case ManyPath::kPrefillBf16:
+    case ManyPath::kPrefillBf16Amx: break;
+  }
+}
+
+template <DType D>
+void RunManyRange(ManyPath path, const MatMulJob& job, const float* base, const QuantizedX& qx, int64_t n0,
+                  int64_t n1, const FollowingWork& after, const ManyTables<D>& tables, int /*amx_parts*/) {
+  const int64_t K = job.w->cols;
+  switch (path) {
+    case ManyPath::kDecodeQuantized:
+      if constexpr (HasScales(D)) {
+        switch (job.M) {
+          case 1: QuantMatVecRange<D, 1>(qx, *job.w, job.y, n0, n1, tables.levels); break;
+          case 2: QuantMatVecRange<D, 2>(qx, *job.w, job.y, n0, n1, tables.levels); break;
+          case 3: QuantMatVecRange<D, 3>(qx, *job.w, job.y, n0, n1, tables.levels); break;
+          default: QuantMatVecRange<D, 4>(qx, *job.w, job.y, n0, n1, tables.levels); break;
+        }
+      }
+      break;
+    case ManyPath::kDecodeFloat:
+      if constexpr (!HasScales(D)) {
+        const float* xd = D == DType::kBF16 ? base : nullptr;
+        switch (job.M) {
+          case 1: MatVecRange<D, 1>(job.x, xd, K, *job.w, job.y, n0, n1); break;
+          case 2: MatVecRange<D, 2>(job.x, xd, K, *job.w, job.y, n0, n1); break;
+          case 3: MatVecRange<D, 3>(job.x, xd, K, *job.w, job.y, n0, n1); break;
+          default: MatVecRange<D, 4>(job.x, xd, K, *job.w, job.y, n0, n1); break;
+        }
+      }
+      break;
+    case ManyPath::kPrefillInt8:
+      if constexpr (HasScales(D))
+        PrefillInt8Range<D>(reinterpret_cast<const int32_t*>(base), job.M, *job.w, job.y, n0, n1, tables.levels,
+                            after);
+      break;
+    case ManyPath::kPrefillFloat:
+      PrefillRange<D>(base, job.M, *job.w, job.y, n0, n1, after);
+      break;
+    case ManyPath::kPrefillBf16:
+    case ManyPath::kPrefillBf16Amx: break;
+  }
+}
+
+#include "kernels/kernels_many_inl.h"
 
 // ---------------------------------------------------------------------------
 // Element-wise kernels.
@@ -1436,15 +1573,6 @@ double Int8DotChains(int64_t iterations) {
 
 // AVX2 has no bf16 dot product.
 double NoDotChains(int64_t) { return 0.0; }
-
-// The fused decode for decode-sized jobs; prefill-sized ones (the grouped
-// MoE prefill is AVX-512 only so far) run one by one, as kernels.cc does
-// when this returns false.
-bool MatMulMany(const MatMulJob* jobs, int64_t n, ThreadPool& pool) {
-  if (::epwa::kernels::RowInvariantMatMul()) return false;
-  return ForMatrixType(jobs[0].w->dtype,
-                       [&](auto type) { return DecodeManyTyped<decltype(type)::value>(jobs, n, pool); });
-}
 
 }  // namespace
 }  // namespace avx2

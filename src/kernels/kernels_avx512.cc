@@ -1632,19 +1632,8 @@ bool PrefillBf16(const float* x, int64_t M, const WeightView& w, float* y, Threa
   }
 }
 
-// MatMulMany where some job has too many rows for the decode: the prefill
-// of an MoE layer, where each of many experts multiplies the 10 to 40 rows
-// routed to it. Run one by one, every job paid two parallel regions (pack x,
-// then multiply) whose start and finish cost as much as a fifth of the
-// products at these sizes. Here every job's x is prepared in one region and
-// every job's output columns are multiplied in a second, each thread taking
-// a contiguous share of the jobs' columns weighted by their rows. Each job
-// takes the path MatMul would take for it (decode or one of the prefills),
-// and an output column's value does not depend on which thread computes it
-// or where its share begins, so every result is exactly MatMul's. Jobs with
-// the same x (an expert's gate and up) share its prepared copy.
-enum class ManyPath : uint8_t { kDecodeQuantized, kDecodeFloat, kPrefillInt8, kPrefillBf16, kPrefillBf16Amx, kPrefillFloat };
-
+// MatMulMany (kernels_many_inl.h): the paths an expert job can take here,
+// as MatMulTyped chooses them.
 template <DType D>
 ManyPath ManyPathFor(int64_t M, int64_t K) {
   // MatMulTyped's choice: under ScopedRowInvariantMatMul (read on the
@@ -1660,9 +1649,16 @@ ManyPath ManyPathFor(int64_t M, int64_t K) {
   return ManyPath::kPrefillFloat;
 }
 
-// Floats of scratch for one job's prepared x, and the rows of one unit of
-// preparation (a packed tile; a decode job is prepared whole).
-inline int64_t ManyXFloats(ManyPath path, DType dtype, int64_t M, int64_t K, int amx_parts) {
+template <DType D>
+bool ManyGroupedFits(int64_t M) {
+  // One pass over at most kMc rows per job, as the prefills take them.
+  if (M > kMc || M > kI8Mc || M > kBfMc) return false;
+  // Without VNNI the quantized decode is AVX2's; MatMul runs it.
+  if constexpr (HasScales(D)) return internal::HasAvx512Vnni();
+  return true;
+}
+
+inline int64_t ManyXFloats(ManyPath path, DType /*dtype*/, int64_t M, int64_t K, int amx_parts) {
   switch (path) {
     case ManyPath::kDecodeQuantized: return M * QuantizedXRowFloats(K);
     case ManyPath::kDecodeFloat: return 0;
@@ -1684,227 +1680,105 @@ inline int64_t ManyTileRows(ManyPath path, int64_t M) {
   }
   return Max(M, 1);
 }
-
-constexpr int64_t kMaxPrefillJobs = 256;  // an MoE layer's gate and up products: 2 per expert
+inline int64_t ManyChunkCols(ManyPath path) {
+  switch (path) {
+    case ManyPath::kPrefillInt8: return kI8Nb;
+    case ManyPath::kPrefillBf16:
+    case ManyPath::kPrefillBf16Amx: return kBfNb;
+    case ManyPath::kPrefillFloat: return kNb;
+    case ManyPath::kDecodeQuantized:
+    case ManyPath::kDecodeFloat: break;
+  }
+  return 64;
+}
+// The scratch MatMulScratchBytes accounts for: kMc rows of packed x, or of x
+// in three bf16 parts (1.5 floats per input).
+inline int64_t ManyScratchLimit(int64_t max_k) { return kMc * max_k * 3 / 2; }
+inline int ManyAmxParts() { return Max(AmxParts(), 1); }
 
 template <DType D>
-bool PrefillManyTyped(const MatMulJob* jobs, int64_t n, ThreadPool& pool) {
-  if (n > kMaxPrefillJobs) return false;
-  const int amx_parts = Max(AmxParts(), 1);  // bf16 parts per activation on the tile unit
-  struct JobPlan {
-    ManyPath path;
-    int64_t owner;   // the job whose prepared x this one uses (itself, or an earlier job with the same x)
-    int64_t offset;  // its prepared x in the scratch buffer, in floats
-    QuantizedX qx;
-  };
-  JobPlan plan[kMaxPrefillJobs];
-  int64_t floats = 0, max_k = 0;
-  for (int64_t j = 0; j < n; ++j) {
-    const MatMulJob& job = jobs[j];
-    const int64_t K = job.w->cols;
-    // One pass over at most kMc rows per job, as the prefills take them.
-    if (job.M > kMc || job.M > kI8Mc || job.M > kBfMc) return false;
-    if constexpr (HasScales(D)) {
-      // Without VNNI the quantized decode is AVX2's; MatMul runs it.
-      if (!internal::HasAvx512Vnni()) return false;
-    }
-    plan[j].path = ManyPathFor<D>(job.M, K);
-    plan[j].owner = j;
-    for (int64_t i = 0; i < j; ++i)
-      if (jobs[i].x == job.x && jobs[i].M == job.M && jobs[i].w->cols == K && plan[i].path == plan[j].path) {
-        plan[j].owner = plan[i].owner;
-        break;
-      }
-    plan[j].offset = floats;
-    if (plan[j].owner == j) floats += RoundUp(ManyXFloats(plan[j].path, D, job.M, K, amx_parts), 16);
-    max_k = Max(max_k, K);
+struct ManyTables {
+  __m512i decode = _mm512_setzero_si512();
+  __m256i prefill = _mm256_setzero_si256();
+};
+template <DType D>
+ManyTables<D> MakeManyTables() {
+  ManyTables<D> t;
+  if constexpr (HasScales(D)) {
+    t.decode = DecodeLevelTable<D>();
+    t.prefill = Int8LevelTable<D>();
   }
-  // The scratch MatMulScratchBytes accounts for: kMc rows of packed x, or
-  // of x in three bf16 parts (1.5 floats per input).
-  if (floats > kMc * max_k * 3 / 2) return false;
-  // The calling thread's buffer, shared with the workers below.
-  float* scratch = internal::ThreadScratch(internal::Scratch::kPackedX, static_cast<size_t>(Max(floats, 16)));
+  return t;
+}
 
-  // Region 1: prepare every distinct x, a packed tile (or a decode job) per unit.
-  int64_t unit_start[kMaxPrefillJobs + 1];
-  unit_start[0] = 0;
-  for (int64_t j = 0; j < n; ++j) {
-    const int64_t tile = ManyTileRows(plan[j].path, jobs[j].M);
-    unit_start[j + 1] = unit_start[j] + (plan[j].owner == j ? (jobs[j].M + tile - 1) / tile : 0);
+template <DType D>
+void PrepareManyUnit(ManyPath path, const MatMulJob& job, int64_t t, float* base, int amx_parts, QuantizedX& qx) {
+  const int64_t K = job.w->cols;
+  switch (path) {
+    case ManyPath::kDecodeQuantized:
+      if constexpr (HasScales(D)) qx = QuantizeXInto<D>(job.x, job.M, K, base);
+      break;
+    case ManyPath::kDecodeFloat:
+      break;
+    case ManyPath::kPrefillInt8:
+      if constexpr (HasScales(D))
+        PackXInt8<D>(job.x + t * kI8Mr * K, K, Min(kI8Mr, job.M - t * kI8Mr),
+                     reinterpret_cast<int32_t*>(base) + t * (K / 32 * kI8XGroupWords));
+      break;
+    case ManyPath::kPrefillBf16:
+      PackXBf16(job.x + t * kBfMr * K, K, Min(kBfMr, job.M - t * kBfMr),
+                reinterpret_cast<uint32_t*>(base) + t * (K / 2 * kBfMr));
+      break;
+    case ManyPath::kPrefillBf16Amx:
+      PackXBf16AmxParts(job.x + t * kAmxBfMr * K, K, Min(int64_t{kAmxBfMr}, job.M - t * kAmxBfMr), amx_parts,
+                        reinterpret_cast<uint32_t*>(base) + t * amx_parts * (K / 2 * kAmxBfMr));
+      break;
+    case ManyPath::kPrefillFloat:
+      PackX(job.x + t * kMr * K, K, Min(kMr, job.M - t * kMr), base + t * K * kMr);
+      break;
   }
-  ParallelRange(pool, unit_start[n], 1, [&](int64_t u0, int64_t u1) {
-    for (int64_t j = 0; j < n; ++j) {
-      const int64_t lo = Max(u0, unit_start[j]), hi = Min(u1, unit_start[j + 1]);
-      const MatMulJob& job = jobs[j];
-      const int64_t K = job.w->cols;
-      float* base = scratch + plan[j].offset;
-      for (int64_t u = lo; u < hi; ++u) {
-        const int64_t t = u - unit_start[j];
-        switch (plan[j].path) {
-          case ManyPath::kDecodeQuantized:
-            // One unit per decode job, so only this thread writes its plan.
-            if constexpr (HasScales(D)) plan[j].qx = QuantizeXInto<D>(job.x, job.M, K, base);
-            break;
-          case ManyPath::kDecodeFloat:
-            break;
-          case ManyPath::kPrefillInt8:
-            if constexpr (HasScales(D))
-              PackXInt8<D>(job.x + t * kI8Mr * K, K, Min(kI8Mr, job.M - t * kI8Mr),
-                           reinterpret_cast<int32_t*>(base) + t * (K / 32 * kI8XGroupWords));
-            break;
-          case ManyPath::kPrefillBf16:
-            PackXBf16(job.x + t * kBfMr * K, K, Min(kBfMr, job.M - t * kBfMr),
-                      reinterpret_cast<uint32_t*>(base) + t * (K / 2 * kBfMr));
-            break;
-          case ManyPath::kPrefillBf16Amx:
-            PackXBf16AmxParts(job.x + t * kAmxBfMr * K, K, Min(int64_t{kAmxBfMr}, job.M - t * kAmxBfMr),
-                                         amx_parts, reinterpret_cast<uint32_t*>(base) + t * amx_parts * (K / 2 * kAmxBfMr));
-            break;
-          case ManyPath::kPrefillFloat:
-            PackX(job.x + t * kMr * K, K, Min(kMr, job.M - t * kMr), base + t * K * kMr);
-            break;
+}
+
+template <DType D>
+void RunManyRange(ManyPath path, const MatMulJob& job, const float* base, const QuantizedX& qx, int64_t n0,
+                  int64_t n1, const FollowingWork& after, const ManyTables<D>& tables, int amx_parts) {
+  switch (path) {
+    case ManyPath::kDecodeQuantized:
+      if constexpr (HasScales(D)) QuantMatVecRangeFor<D>(job.M, qx, *job.w, job.y, n0, n1, tables.decode);
+      break;
+    case ManyPath::kDecodeFloat:
+      if constexpr (!HasScales(D)) {
+        const int64_t K = job.w->cols;
+        switch (job.M) {
+          case 1: MatVecRange<D, 1>(job.x, K, *job.w, job.y, n0, n1); break;
+          case 2: MatVecRange<D, 2>(job.x, K, *job.w, job.y, n0, n1); break;
+          case 3: MatVecRange<D, 3>(job.x, K, *job.w, job.y, n0, n1); break;
+          case 4: MatVecRange<D, 4>(job.x, K, *job.w, job.y, n0, n1); break;
+          case 5: MatVecRange<D, 5>(job.x, K, *job.w, job.y, n0, n1); break;
+          case 6: MatVecRange<D, 6>(job.x, K, *job.w, job.y, n0, n1); break;
+          case 7: MatVecRange<D, 7>(job.x, K, *job.w, job.y, n0, n1); break;
+          default: MatVecRange<D, 8>(job.x, K, *job.w, job.y, n0, n1); break;
         }
       }
-    }
-  });
-  for (int64_t j = 0; j < n; ++j) plan[j].qx = plan[plan[j].owner].qx;
-
-  // Region 2: the products. Output columns are cut into chunks at multiples
-  // of each path's panel width; a chunk's cost is its columns times K times
-  // (its padded rows plus a share for packing or decoding the weights).
-  struct Chunk {
-    int32_t job;
-    int64_t n0, n1;
-  };
-  int64_t chunks = 0;
-  auto chunk_cols = [&](int64_t j) -> int64_t {
-    switch (plan[j].path) {
-      case ManyPath::kPrefillInt8: return kI8Nb;
-      case ManyPath::kPrefillBf16:
-      case ManyPath::kPrefillBf16Amx: return kBfNb;
-      case ManyPath::kPrefillFloat: return kNb;
-      case ManyPath::kDecodeQuantized:
-      case ManyPath::kDecodeFloat: break;
-    }
-    return 64;
-  };
-  for (int64_t j = 0; j < n; ++j) chunks += (jobs[j].w->rows + chunk_cols(j) - 1) / chunk_cols(j);
-  // The calling thread's lists, kept between calls. Named through references
-  // because in the workers' code below a thread_local's name would mean the
-  // worker's own (empty) copy.
-  thread_local std::vector<Chunk> calling_thread_chunks;
-  thread_local std::vector<double> calling_thread_costs;
-  std::vector<Chunk>& list = calling_thread_chunks;
-  std::vector<double>& cost_end = calling_thread_costs;
-  list.clear();
-  cost_end.clear();
-  list.reserve(static_cast<size_t>(chunks));
-  cost_end.reserve(static_cast<size_t>(chunks));
-  double total = 0;
-  for (int64_t j = 0; j < n; ++j) {
-    const int64_t N = jobs[j].w->rows, step = chunk_cols(j);
-    const int64_t tile = ManyTileRows(plan[j].path, jobs[j].M);
-    const double per_col = static_cast<double>(jobs[j].w->cols) *
-                           static_cast<double>((jobs[j].M + tile - 1) / tile * tile + 4);
-    for (int64_t c = 0; c < N; c += step) {
-      list.push_back({static_cast<int32_t>(j), c, Min(c + step, N)});
-      total += per_col * static_cast<double>(Min(c + step, N) - c);
-      cost_end.push_back(total);
-    }
+      break;
+    case ManyPath::kPrefillInt8:
+      if constexpr (HasScales(D))
+        PrefillInt8Range<D>(reinterpret_cast<const int32_t*>(base), job.M, *job.w, job.y, n0, n1, tables.prefill,
+                            after);
+      break;
+    case ManyPath::kPrefillBf16:
+      PrefillBf16Range(reinterpret_cast<const uint32_t*>(base), job.M, *job.w, job.y, n0, n1, after);
+      break;
+    case ManyPath::kPrefillBf16Amx:
+      AmxBf16Columns(reinterpret_cast<const uint32_t*>(base), job.M, *job.w, job.y, n0, n1, amx_parts);
+      break;
+    case ManyPath::kPrefillFloat:
+      PrefillRange<D>(base, job.M, *job.w, job.y, n0, n1, after);
+      break;
   }
-  const int64_t parts = pool.size();
-  // Part p takes the chunks whose cost ends within (p / parts, (p + 1) / parts].
-  auto first_chunk = [&](int64_t p) -> int64_t {
-    if (p >= parts) return static_cast<int64_t>(list.size());
-    const double bound = total * static_cast<double>(p) / static_cast<double>(parts);
-    return std::upper_bound(cost_end.begin(), cost_end.end(), bound) - cost_end.begin();
-  };
-  __m512i decode_table = _mm512_setzero_si512();
-  __m256i prefill_table = _mm256_setzero_si256();
-  if constexpr (HasScales(D)) {
-    decode_table = DecodeLevelTable<D>();
-    prefill_table = Int8LevelTable<D>();
-  }
-  // A thread's consecutive chunks of one job run as one range, whose panels
-  // are then fetched one ahead across chunk boundaries (the results do not
-  // depend on where a range starts: every output column is computed alone),
-  // and each range fetches the first panel of the next one (FollowingWork).
-  ParallelRange(pool, parts, 1, [&](int64_t p0, int64_t p1) {
-    const int64_t end = first_chunk(p1);
-    auto run_end = [&](int64_t c) {
-      while (c + 1 < end && list[static_cast<size_t>(c + 1)].job == list[static_cast<size_t>(c)].job) ++c;
-      return c + 1;
-    };
-    // Chunks [c, next_c) are this range, [next_c, following_end) the next.
-    int64_t c = first_chunk(p0);
-    int64_t next_c = c < end ? run_end(c) : end, following_end = end;
-    for (; c < end; c = next_c, next_c = following_end) {
-      following_end = next_c < end ? run_end(next_c) : end;
-      const Chunk chunk{list[static_cast<size_t>(c)].job, list[static_cast<size_t>(c)].n0,
-                        list[static_cast<size_t>(next_c - 1)].n1};
-      FollowingWork after;
-      if (next_c < end) {
-        const Chunk& following = list[static_cast<size_t>(next_c)];
-        after = {jobs[following.job].w, following.n0, list[static_cast<size_t>(following_end - 1)].n1};
-      }
-      const int64_t j = chunk.job;
-      const MatMulJob& job = jobs[j];
-      const float* base = scratch + plan[plan[j].owner].offset;
-      switch (plan[j].path) {
-        case ManyPath::kDecodeQuantized:
-          if constexpr (HasScales(D))
-            QuantMatVecRangeFor<D>(job.M, plan[j].qx, *job.w, job.y, chunk.n0, chunk.n1, decode_table);
-          break;
-        case ManyPath::kDecodeFloat:
-          if constexpr (!HasScales(D)) {
-            const int64_t K = job.w->cols;
-            switch (job.M) {
-              case 1: MatVecRange<D, 1>(job.x, K, *job.w, job.y, chunk.n0, chunk.n1); break;
-              case 2: MatVecRange<D, 2>(job.x, K, *job.w, job.y, chunk.n0, chunk.n1); break;
-              case 3: MatVecRange<D, 3>(job.x, K, *job.w, job.y, chunk.n0, chunk.n1); break;
-              case 4: MatVecRange<D, 4>(job.x, K, *job.w, job.y, chunk.n0, chunk.n1); break;
-              case 5: MatVecRange<D, 5>(job.x, K, *job.w, job.y, chunk.n0, chunk.n1); break;
-              case 6: MatVecRange<D, 6>(job.x, K, *job.w, job.y, chunk.n0, chunk.n1); break;
-              case 7: MatVecRange<D, 7>(job.x, K, *job.w, job.y, chunk.n0, chunk.n1); break;
-              default: MatVecRange<D, 8>(job.x, K, *job.w, job.y, chunk.n0, chunk.n1); break;
-            }
-          }
-          break;
-        case ManyPath::kPrefillInt8:
-          if constexpr (HasScales(D))
-            PrefillInt8Range<D>(reinterpret_cast<const int32_t*>(base), job.M, *job.w, job.y, chunk.n0, chunk.n1,
-                                prefill_table, after);
-          break;
-        case ManyPath::kPrefillBf16:
-          PrefillBf16Range(reinterpret_cast<const uint32_t*>(base), job.M, *job.w, job.y, chunk.n0, chunk.n1, after);
-          break;
-        case ManyPath::kPrefillBf16Amx:
-          AmxBf16Columns(reinterpret_cast<const uint32_t*>(base), job.M, *job.w, job.y, chunk.n0, chunk.n1, amx_parts);
-          break;
-        case ManyPath::kPrefillFloat:
-          PrefillRange<D>(base, job.M, *job.w, job.y, chunk.n0, chunk.n1, after);
-          break;
-      }
-    }
-  });
-  return true;
 }
 
-// Scoring (ScopedRowInvariantMatMul) takes the grouped prefill at every row
-// count, as MatMul takes a prefill: an MoE layer's experts then share two
-// parallel regions per group there too, where one by one each product paid
-// two of its own.
-template <DType D>
-bool ManyTyped(const MatMulJob* jobs, int64_t n, ThreadPool& pool) {
-  if (::epwa::kernels::RowInvariantMatMul()) return PrefillManyTyped<D>(jobs, n, pool);
-  for (int64_t j = 0; j < n; ++j)
-    if (!UsesDecode<D>(jobs[j].M, jobs[j].w->cols)) return PrefillManyTyped<D>(jobs, n, pool);
-  return DecodeManyTyped<D>(jobs, n, pool);
-}
-
-bool MatMulMany(const MatMulJob* jobs, int64_t n, ThreadPool& pool) {
-  return ForMatrixType(jobs[0].w->dtype, [&](auto type) { return ManyTyped<decltype(type)::value>(jobs, n, pool); });
-}
+#include "kernels/kernels_many_inl.h"
 
 // ---------------------------------------------------------------------------
 // Element-wise kernels.

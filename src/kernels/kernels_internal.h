@@ -8,6 +8,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <span>
 
 #include "base/thread_pool.h"
 #include "tensor/dtype.h"
@@ -89,11 +90,18 @@ struct IsaKernels {
   // The same with bf16 dot products (vdpbf16ps); 0 where the path or the CPU
   // has none.
   double (*bf16_dot_chains)(int64_t iterations);
-  // Runs n MatMul jobs in one parallel region if this path can (decode-sized
-  // jobs of one dtype) and returns true, else returns false having done
-  // nothing. The jobs are validated.
+  // Runs n MatMul jobs of one dtype in shared parallel regions if this path
+  // can (the fused decode, or the grouped prefill of kernels_many_inl.h) and
+  // returns true, else returns false having done nothing. The jobs are
+  // validated.
   bool (*mat_mul_many)(const MatMulJob* jobs, int64_t n, ThreadPool& pool);
 };
+
+// MatMulMany's first step: validates the jobs and runs them in shared
+// parallel regions where the active path can, returning whether it did (if
+// not, nothing was computed and MatMulMany runs them one by one). Tests use it
+// to check that the grouped paths run where they should.
+bool MatMulManyFused(std::span<const MatMulJob> jobs, ThreadPool& pool);
 
 // Scratch space and the thread pool are reached from the instruction-set
 // files only through these plain functions, defined in kernels.cc. Those

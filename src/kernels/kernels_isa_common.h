@@ -403,5 +403,10 @@ __attribute__((always_inline)) inline __m256i GroupBytes(const uint8_t* row, int
   }
 }
 
+// The kernel MatMulMany's grouped prefill (kernels_many_inl.h) runs for one
+// job: the one MatMul would run for it. An instruction-set file picks among
+// those it has (AVX2 has no bf16 products).
+enum class ManyPath : uint8_t { kDecodeQuantized, kDecodeFloat, kPrefillInt8, kPrefillBf16, kPrefillBf16Amx, kPrefillFloat };
+
 }  // namespace
 }  // namespace epwa::kernels

@@ -1051,7 +1051,11 @@ TEST_P(IsaTest, MatMulManyPrefillEqualsEachMatMul) {
         jobs.push_back({xs[e].data(), expert_rows[e], &gate.view, got[2 * e].data()});
         jobs.push_back({xs[e].data(), expert_rows[e], &up.view, got[2 * e + 1].data()});
       }
-      MatMulMany(jobs, TwoThreads());
+      // Grouped in shared parallel regions on AVX-512 and AVX2 (the scalar
+      // path runs the jobs one by one).
+      const bool grouped = internal::MatMulManyFused(jobs, TwoThreads());
+      EXPECT_EQ(grouped, GetParam() != Isa::kScalar) << DTypeName(dtype);
+      if (!grouped) MatMulMany(jobs, TwoThreads());
       for (size_t j = 0; j < jobs.size(); ++j) {
         std::vector<float> want(got[j].size());
         MatMul(jobs[j].x, jobs[j].M, *jobs[j].w, want.data(), TwoThreads());
