@@ -613,18 +613,35 @@ __m256i Avx2LevelTable() {
   return _mm256_broadcastsi128_si256(NibbleLevelTable<D>(static_cast<int>(kAvx2Offset<D>)));
 }
 
+// QuantMatVecRange and MatVecRange for M (1 <= M <= kMaxDecodeRows) rows of x.
+static_assert(kMaxDecodeRows == 4, "The decode has one instantiation per row count.");
+template <DType D>
+void QuantMatVecRangeFor(int64_t M, const QuantizedX& qx, const WeightView& w, float* y, int64_t n0, int64_t n1,
+                         __m256i level_table) {
+  switch (M) {
+    case 1: return QuantMatVecRange<D, 1>(qx, w, y, n0, n1, level_table);
+    case 2: return QuantMatVecRange<D, 2>(qx, w, y, n0, n1, level_table);
+    case 3: return QuantMatVecRange<D, 3>(qx, w, y, n0, n1, level_table);
+    default: return QuantMatVecRange<D, 4>(qx, w, y, n0, n1, level_table);
+  }
+}
+template <DType D>
+void MatVecRangeFor(int64_t M, const float* x, const float* xd, int64_t K, const WeightView& w, float* y,
+                    int64_t n0, int64_t n1) {
+  switch (M) {
+    case 1: return MatVecRange<D, 1>(x, xd, K, w, y, n0, n1);
+    case 2: return MatVecRange<D, 2>(x, xd, K, w, y, n0, n1);
+    case 3: return MatVecRange<D, 3>(x, xd, K, w, y, n0, n1);
+    default: return MatVecRange<D, 4>(x, xd, K, w, y, n0, n1);
+  }
+}
+
 template <DType D>
 void DecodeQuantized(const float* x, int64_t M, const WeightView& w, float* y, ThreadPool& pool) {
   const QuantizedX qx = QuantizeX<D>(x, M, w.cols);
   const __m256i level_table = Avx2LevelTable<D>();
-  ParallelDecodeRange(pool, w.rows, 4, [&](int64_t n0, int64_t n1) {
-    switch (M) {
-      case 1: return QuantMatVecRange<D, 1>(qx, w, y, n0, n1, level_table);
-      case 2: return QuantMatVecRange<D, 2>(qx, w, y, n0, n1, level_table);
-      case 3: return QuantMatVecRange<D, 3>(qx, w, y, n0, n1, level_table);
-      default: return QuantMatVecRange<D, 4>(qx, w, y, n0, n1, level_table);
-    }
-  });
+  ParallelDecodeRange(pool, w.rows, 4,
+                      [&](int64_t n0, int64_t n1) { QuantMatVecRangeFor<D>(M, qx, w, y, n0, n1, level_table); });
 }
 
 template <DType D>
@@ -637,16 +654,9 @@ void DecodeFloat(const float* x, int64_t M, const WeightView& w, float* y, Threa
     DeinterleaveX(x, M, K, deinterleaved);
     xd = deinterleaved;
   }
-  ParallelDecodeRange(pool, w.rows, 4, [&](int64_t n0, int64_t n1) {
-    switch (M) {
-      case 1: MatVecRange<D, 1>(x, xd, K, w, y, n0, n1); break;
-      case 2: MatVecRange<D, 2>(x, xd, K, w, y, n0, n1); break;
-      case 3: MatVecRange<D, 3>(x, xd, K, w, y, n0, n1); break;
-      default: MatVecRange<D, 4>(x, xd, K, w, y, n0, n1); break;
-    }
-  });
+  ParallelDecodeRange(pool, w.rows, 4,
+                      [&](int64_t n0, int64_t n1) { MatVecRangeFor<D>(M, x, xd, K, w, y, n0, n1); });
 }
-static_assert(kMaxDecodeRows == 4, "Decode has one instantiation per row count.");
 
 template <DType D>
 void Decode(const float* x, int64_t M, const WeightView& w, float* y, ThreadPool& pool) {
@@ -703,20 +713,9 @@ bool DecodeManyTyped(const MatMulJob* jobs, int64_t n, ThreadPool& pool) {
     ForJobRows(jobs, n, start, b, e, [&](int64_t j, int64_t n0, int64_t n1) {
       const MatMulJob& job = jobs[j];
       if constexpr (HasScales(D)) {
-        switch (job.M) {
-          case 1: QuantMatVecRange<D, 1>(qx[j], *job.w, job.y, n0, n1, level_table); break;
-          case 2: QuantMatVecRange<D, 2>(qx[j], *job.w, job.y, n0, n1, level_table); break;
-          case 3: QuantMatVecRange<D, 3>(qx[j], *job.w, job.y, n0, n1, level_table); break;
-          default: QuantMatVecRange<D, 4>(qx[j], *job.w, job.y, n0, n1, level_table); break;
-        }
+        QuantMatVecRangeFor<D>(job.M, qx[j], *job.w, job.y, n0, n1, level_table);
       } else {
-        const int64_t K = job.w->cols;
-        switch (job.M) {
-          case 1: MatVecRange<D, 1>(job.x, xd[j], K, *job.w, job.y, n0, n1); break;
-          case 2: MatVecRange<D, 2>(job.x, xd[j], K, *job.w, job.y, n0, n1); break;
-          case 3: MatVecRange<D, 3>(job.x, xd[j], K, *job.w, job.y, n0, n1); break;
-          default: MatVecRange<D, 4>(job.x, xd[j], K, *job.w, job.y, n0, n1); break;
-        }
+        MatVecRangeFor<D>(job.M, job.x, xd[j], job.w->cols, *job.w, job.y, n0, n1);
       }
     });
   });
@@ -1195,25 +1194,12 @@ void RunManyRange(ManyPath path, const MatMulJob& job, const float* base, const 
   const int64_t K = job.w->cols;
   switch (path) {
     case ManyPath::kDecodeQuantized:
-      if constexpr (HasScales(D)) {
-        switch (job.M) {
-          case 1: QuantMatVecRange<D, 1>(qx, *job.w, job.y, n0, n1, tables.levels); break;
-          case 2: QuantMatVecRange<D, 2>(qx, *job.w, job.y, n0, n1, tables.levels); break;
-          case 3: QuantMatVecRange<D, 3>(qx, *job.w, job.y, n0, n1, tables.levels); break;
-          default: QuantMatVecRange<D, 4>(qx, *job.w, job.y, n0, n1, tables.levels); break;
-        }
-      }
+      if constexpr (HasScales(D)) QuantMatVecRangeFor<D>(job.M, qx, *job.w, job.y, n0, n1, tables.levels);
       break;
     case ManyPath::kDecodeFloat:
-      if constexpr (!HasScales(D)) {
-        const float* xd = D == DType::kBF16 ? base : nullptr;
-        switch (job.M) {
-          case 1: MatVecRange<D, 1>(job.x, xd, K, *job.w, job.y, n0, n1); break;
-          case 2: MatVecRange<D, 2>(job.x, xd, K, *job.w, job.y, n0, n1); break;
-          case 3: MatVecRange<D, 3>(job.x, xd, K, *job.w, job.y, n0, n1); break;
-          default: MatVecRange<D, 4>(job.x, xd, K, *job.w, job.y, n0, n1); break;
-        }
-      }
+      // BF16's x is deinterleaved (PrepareManyUnit), as DecodeFloat does.
+      if constexpr (!HasScales(D))
+        MatVecRangeFor<D>(job.M, job.x, D == DType::kBF16 ? base : nullptr, K, *job.w, job.y, n0, n1);
       break;
     case ManyPath::kPrefillInt8:
       if constexpr (HasScales(D))

@@ -774,23 +774,27 @@ void DecodeQuantized(const float* x, int64_t M, const WeightView& w, float* y, T
   });
 }
 
+// MatVecRange for M (1 <= M <= kMaxDecodeRows) rows of x.
+static_assert(kMaxDecodeRows == 8, "MatVecRangeFor has one instantiation per row count.");
+template <DType D>
+void MatVecRangeFor(int64_t M, const float* x, int64_t K, const WeightView& w, float* y, int64_t n0, int64_t n1) {
+  switch (M) {
+    case 1: return MatVecRange<D, 1>(x, K, w, y, n0, n1);
+    case 2: return MatVecRange<D, 2>(x, K, w, y, n0, n1);
+    case 3: return MatVecRange<D, 3>(x, K, w, y, n0, n1);
+    case 4: return MatVecRange<D, 4>(x, K, w, y, n0, n1);
+    case 5: return MatVecRange<D, 5>(x, K, w, y, n0, n1);
+    case 6: return MatVecRange<D, 6>(x, K, w, y, n0, n1);
+    case 7: return MatVecRange<D, 7>(x, K, w, y, n0, n1);
+    default: return MatVecRange<D, 8>(x, K, w, y, n0, n1);
+  }
+}
+
 template <DType D>
 void DecodeFloat(const float* x, int64_t M, const WeightView& w, float* y, ThreadPool& pool) {
-  const int64_t K = w.cols;
-  ParallelDecodeRange(pool, w.rows, 4, [&](int64_t n0, int64_t n1) {
-    switch (M) {
-      case 1: MatVecRange<D, 1>(x, K, w, y, n0, n1); break;
-      case 2: MatVecRange<D, 2>(x, K, w, y, n0, n1); break;
-      case 3: MatVecRange<D, 3>(x, K, w, y, n0, n1); break;
-      case 4: MatVecRange<D, 4>(x, K, w, y, n0, n1); break;
-      case 5: MatVecRange<D, 5>(x, K, w, y, n0, n1); break;
-      case 6: MatVecRange<D, 6>(x, K, w, y, n0, n1); break;
-      case 7: MatVecRange<D, 7>(x, K, w, y, n0, n1); break;
-      default: MatVecRange<D, 8>(x, K, w, y, n0, n1); break;
-    }
-  });
+  ParallelDecodeRange(pool, w.rows, 4,
+                      [&](int64_t n0, int64_t n1) { MatVecRangeFor<D>(M, x, w.cols, w, y, n0, n1); });
 }
-static_assert(kMaxDecodeRows == 8, "Decode has one instantiation per row count.");
 
 // MatMulMany's fused decode for jobs of dtype D (see kernels.h): for the
 // types with group scales every job's x is quantized once into one scratch
@@ -832,17 +836,7 @@ bool DecodeManyTyped(const MatMulJob* jobs, int64_t n, ThreadPool& pool) {
       if constexpr (HasScales(D)) {
         QuantMatVecRangeFor<D>(job.M, qx[j], *job.w, job.y, n0, n1, level_table);
       } else {
-        const int64_t K = job.w->cols;
-        switch (job.M) {
-          case 1: MatVecRange<D, 1>(job.x, K, *job.w, job.y, n0, n1); break;
-          case 2: MatVecRange<D, 2>(job.x, K, *job.w, job.y, n0, n1); break;
-          case 3: MatVecRange<D, 3>(job.x, K, *job.w, job.y, n0, n1); break;
-          case 4: MatVecRange<D, 4>(job.x, K, *job.w, job.y, n0, n1); break;
-          case 5: MatVecRange<D, 5>(job.x, K, *job.w, job.y, n0, n1); break;
-          case 6: MatVecRange<D, 6>(job.x, K, *job.w, job.y, n0, n1); break;
-          case 7: MatVecRange<D, 7>(job.x, K, *job.w, job.y, n0, n1); break;
-          default: MatVecRange<D, 8>(job.x, K, *job.w, job.y, n0, n1); break;
-        }
+        MatVecRangeFor<D>(job.M, job.x, job.w->cols, *job.w, job.y, n0, n1);
       }
     });
   });
@@ -1748,17 +1742,7 @@ void RunManyRange(ManyPath path, const MatMulJob& job, const float* base, const 
       break;
     case ManyPath::kDecodeFloat:
       if constexpr (!HasScales(D)) {
-        const int64_t K = job.w->cols;
-        switch (job.M) {
-          case 1: MatVecRange<D, 1>(job.x, K, *job.w, job.y, n0, n1); break;
-          case 2: MatVecRange<D, 2>(job.x, K, *job.w, job.y, n0, n1); break;
-          case 3: MatVecRange<D, 3>(job.x, K, *job.w, job.y, n0, n1); break;
-          case 4: MatVecRange<D, 4>(job.x, K, *job.w, job.y, n0, n1); break;
-          case 5: MatVecRange<D, 5>(job.x, K, *job.w, job.y, n0, n1); break;
-          case 6: MatVecRange<D, 6>(job.x, K, *job.w, job.y, n0, n1); break;
-          case 7: MatVecRange<D, 7>(job.x, K, *job.w, job.y, n0, n1); break;
-          default: MatVecRange<D, 8>(job.x, K, *job.w, job.y, n0, n1); break;
-        }
+        MatVecRangeFor<D>(job.M, job.x, job.w->cols, *job.w, job.y, n0, n1);
       }
       break;
     case ManyPath::kPrefillInt8:
