@@ -11,12 +11,17 @@
 // Model work runs with the GIL released; an Engine is not thread-safe, so
 // each one has a mutex, taken after the GIL is let go (never the other way
 // round, which could deadlock against a thread that holds the mutex and waits
-// for the GIL).
+// for the GIL). The kernels' switches (set_kernel_flags) are process-wide:
+// model work holds KernelFlagsMutex() shared, taken before the engine's
+// mutex, and a change of switches holds it alone, so that it waits for the
+// calls running on other threads rather than switch a kernel in the middle
+// of a product whose scratch was sized for the old switches.
 #include <cmath>
 #include <cstdlib>
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <shared_mutex>
 #include <string>
 #include <vector>
 
@@ -49,6 +54,21 @@ wm::SecretKey KeyFrom(const json& j) {
   const std::string key_file = j.at("key_file").is_null() ? "" : j.at("key_file").get<std::string>();
   return wm::SecretKey::FromFile(wm::ResolveKeyPath(key_file, std::getenv("EPWA_KEY_FILE")));
 }
+
+std::shared_mutex& KernelFlagsMutex() {
+  static std::shared_mutex mutex;
+  return mutex;
+}
+
+// Held by a call that runs the model: the switches shared, then the engine.
+class ModelWorkLock {
+ public:
+  explicit ModelWorkLock(std::mutex& engine) : flags_(KernelFlagsMutex()), engine_(engine) {}
+
+ private:
+  std::shared_lock<std::shared_mutex> flags_;
+  std::lock_guard<std::mutex> engine_;
+};
 
 // The kernels' switches and what they select on this CPU, as JSON: the
 // arithmetic of the prefill at each weight type names the instruction that
@@ -90,6 +110,7 @@ class PyEngine {
     o.kv_cache = ParseKvCacheType(kv_cache ? *kv_cache : env_kv && *env_kv ? env_kv : "f32");
     o.mem_budget_bytes = mem_budget;
     py::gil_scoped_release release;
+    std::shared_lock<std::shared_mutex> flags(KernelFlagsMutex());
     engine_ = Engine::Load(o);
   }
 
@@ -161,7 +182,7 @@ class PyEngine {
     int64_t moe_layers = 0, top = 0;
     {
       py::gil_scoped_release release;
-      std::lock_guard<std::mutex> lock(mutex_);
+      ModelWorkLock lock(mutex_);
       Engine& e = *engine_;
       // Sampling: generation_config.json's defaults, overridden by what is
       // given, as the CLI's flags override them.
@@ -262,7 +283,7 @@ class PyEngine {
     int64_t V = 0;
     {
       py::gil_scoped_release release;
-      std::lock_guard<std::mutex> lock(mutex_);
+      ModelWorkLock lock(mutex_);
       Engine& e = *engine_;
       if (text) ids = e.EncodePrompt(*text);
       Require(!ids.empty(), "nothing to score: the text has no tokens");
@@ -356,7 +377,7 @@ class PyDetector {
     const wm::DetectSettings s = SettingsFrom(j);
     const wm::SecretKey key = KeyFrom(j);
     py::gil_scoped_release release;
-    std::lock_guard<std::mutex> lock(engine_.mutex());
+    ModelWorkLock lock(engine_.mutex());
     detector_ = std::make_unique<wm::BatchDetector>(engine_.engine(), key, s);
   }
 
@@ -395,7 +416,7 @@ class PyDetector {
   std::vector<std::string> Run(const std::vector<wm::DetectItem>& in) {
     std::vector<std::string> out;
     py::gil_scoped_release release;
-    std::lock_guard<std::mutex> lock(engine_.mutex());
+    ModelWorkLock lock(engine_.mutex());
     for (const json& j : detector_->Detect(in)) out.push_back(Dump(j));
     return out;
   }
@@ -467,6 +488,8 @@ PYBIND11_MODULE(_epwa, m) {
       "set_kernel_flags",
       [](std::optional<bool> float_activations, std::optional<bool> bf16_activations,
          std::optional<bool> split_activations, const std::optional<std::string>& isa) {
+        py::gil_scoped_release release;
+        std::unique_lock<std::shared_mutex> alone(KernelFlagsMutex());
         const std::string before = KernelFlagsJson();
         if (isa) {
           bool known = false;

@@ -376,9 +376,9 @@ def set_kernel_flags(*, float_activations: Optional[bool] = None, bf16_activatio
     unit's order; about 2x the float32 prefill). isa: force "avx512", "avx2" or "scalar" (an
     error where the CPU lacks it).
 
-    The switches are process-wide: they apply to every Engine of the process, and must not change
-    while a call is running on another thread. Set them before loading, so that the memory plan
-    counts the scratch they need.
+    The switches are process-wide: they apply to every Engine of the process. A change waits for
+    the calls running on other threads to finish, so that no forward pass mixes two settings. Set
+    them before loading, so that the memory plan counts the scratch they need.
     """
     for name, value in (("float_activations", float_activations), ("bf16_activations", bf16_activations),
                         ("split_activations", split_activations)):

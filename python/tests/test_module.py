@@ -330,3 +330,33 @@ def test_kernel_flags_select_the_cli_flags_arithmetic(restore_kernel_flags):
         with pytest.raises(epwa.Error):
             epwa.set_kernel_flags(**bad)
     assert epwa.kernel_flags() == defaults
+
+
+def test_kernel_flags_never_change_inside_a_call(restore_kernel_flags):
+    # A change of switches waits for the calls running on other threads: every pass is wholly
+    # the default's or wholly the split's, never a mix of the two within one forward pass.
+    engine = epwa.Engine(MODEL, quant="fp16", threads=2, cache=False)
+    text = " ".join(["The lighthouse keeper wound the clock at dusk, and the lamp turned over the grey water."] * 8)
+    plain = engine.score(text)["logprobs"]
+    epwa.set_kernel_flags(split_activations=True)
+    split = engine.score(text)["logprobs"]
+    epwa.set_kernel_flags(split_activations=False)
+    if np.array_equal(plain, split, equal_nan=True):
+        pytest.skip("without AMX the split is the float32 prefill: a mixed pass would not show")
+    results = []
+    stop = threading.Event()
+
+    def work():
+        while not stop.is_set():
+            results.append(engine.score(text)["logprobs"])
+
+    worker = threading.Thread(target=work)
+    worker.start()
+    for i in range(300):
+        epwa.set_kernel_flags(split_activations=i % 2 == 0)
+        time.sleep(0.0003)
+    stop.set()
+    worker.join()
+    assert len(results) >= 2
+    for r in results:
+        assert np.array_equal(r, plain, equal_nan=True) or np.array_equal(r, split, equal_nan=True)
