@@ -352,7 +352,7 @@ def test_kernel_flags_never_change_inside_a_call(restore_kernel_flags):
 
     worker = threading.Thread(target=work)
     worker.start()
-    for i in range(300):
+    for i in range(120):
         epwa.set_kernel_flags(split_activations=i % 2 == 0)
         time.sleep(0.0003)
     stop.set()
