@@ -491,15 +491,7 @@ PYBIND11_MODULE(_epwa, m) {
         py::gil_scoped_release release;
         std::unique_lock<std::shared_mutex> alone(KernelFlagsMutex());
         const std::string before = KernelFlagsJson();
-        if (isa) {
-          bool known = false;
-          for (epwa::kernels::Isa i : {epwa::kernels::Isa::kAvx512, epwa::kernels::Isa::kAvx2, epwa::kernels::Isa::kScalar})
-            if (*isa == epwa::kernels::IsaName(i)) {
-              epwa::kernels::SetActiveIsa(i);  // throws where the CPU lacks the path
-              known = true;
-            }
-          if (!known) throw epwa::Error("isa must be avx512, avx2 or scalar, got '" + *isa + "'");
-        }
+        if (isa) epwa::kernels::SetActiveIsa(*isa, "isa");  // throws where the CPU lacks the path
         if (float_activations) epwa::kernels::SetFloatActivations(*float_activations);
         if (bf16_activations) epwa::kernels::SetBf16Activations(*bf16_activations);
         if (split_activations) epwa::kernels::SetSplitBf16Activations(*split_activations);

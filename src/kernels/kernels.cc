@@ -555,6 +555,12 @@ void SetActiveIsa(Isa isa) {
   g_active.store(static_cast<int>(isa), std::memory_order_release);
 }
 
+void SetActiveIsa(std::string_view name, std::string_view what) {
+  for (Isa isa : {Isa::kAvx512, Isa::kAvx2, Isa::kScalar})
+    if (name == IsaName(isa)) return SetActiveIsa(isa);
+  throw Error(std::string(what) + " must be avx512, avx2 or scalar, got '" + std::string(name) + "'");
+}
+
 void MatMul(const float* x, int64_t M, const WeightView& w, float* y, ThreadPool& pool) {
   Require(w.dtype != DType::kU8 && w.dtype != DType::kF8E4M3, "MatMul: raw U8 and F8_E4M3 checkpoint bytes (converted at load) are not a weight matrix.");
   if (HasGroupScales(w.dtype) && (w.cols % kQuantGroup != 0 || (w.scales == nullptr && w.rows > 0))) {

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "base/thread_pool.h"
@@ -24,6 +25,10 @@ std::vector<Isa> SupportedIsas();
 Isa ActiveIsa();
 // Forces a path, for tests and benchmarks. Throws epwa::Error if unsupported.
 void SetActiveIsa(Isa isa);
+// The same by name ("avx512", "avx2" or "scalar", as IsaName gives them;
+// EPWA_ISA and Python's set_kernel_flags). `what` names the setting in the
+// error an unknown name throws.
+void SetActiveIsa(std::string_view name, std::string_view what);
 
 // Whether MatMul multiplies quantized and MXFP4 weights with float32
 // activations on every path. Off (the default), the decode paths (up to 8
