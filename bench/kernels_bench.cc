@@ -221,7 +221,11 @@ void BM_ExpertMatVec(benchmark::State& state) {
   const int64_t N = kExpertShapes[state.range(1)][0], K = kExpertShapes[state.range(1)][1];
   const int threads = static_cast<int>(state.range(2));
   const uint64_t bytes = QuantizedBytes(dtype, N, K);
-  // At least 256 MiB in all (8x the L3 of the machines we measure on).
+  // At least 256 MiB in all: several times the L3 of most CPUs, but not of
+  // large server parts (the Emerald Rapids VM of docs/speed-log.md lists 300
+  // MiB), where part of the ring is served by the L3; the rings stay cached
+  // for the whole run, so they are not sized by the cache (kernels::
+  // DramProbeBytes) or the full benchmark would need tens of GB.
   const int copies = static_cast<int>(std::max<uint64_t>(2, (256ull << 20) / bytes + 1));
   std::vector<const WeightView*> experts;
   for (int c = 0; c < copies; ++c) experts.push_back(&Weights(dtype, N, K, c));

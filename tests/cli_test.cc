@@ -4,11 +4,13 @@
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 
 #include <nlohmann/json.hpp>
 
+#include "base/meminfo.h"
 #include "io/safetensors.h"
 #include "cli_util.h"
 #include "test_util.h"
@@ -91,6 +93,28 @@ TEST_F(CliTest, EpwaIsaSelectsThePath) {
   EXPECT_NE(avx2.out.find(" threads, avx2;"), std::string::npos) << avx2.out;
   EXPECT_NE(avx2.out.find("of the int8 dot peak"), std::string::npos) << avx2.out;
   ExpectCleanError(bad, 1, "EPWA_ISA must be avx512, avx2 or scalar, got 'avx9'");
+}
+
+// The bench reports the last-level cache it read from sysfs, and says when a
+// decode step's bytes are few enough for part of them to come from it:
+// tiny-moe's few MB always are, wherever sysfs lists a cache.
+TEST_F(CliTest, BenchSaysWhenADecodeStepFitsTheLastLevelCache) {
+  const char* args = "bench -m models/tiny-moe --quant int8 --no-cache --prompt-tokens 8 --gen-tokens 2 --repeats 1";
+  Result text = RunEpwa(args, scratch_);
+  Result as_json = RunEpwa(std::string(args) + " --json", scratch_);
+  ASSERT_EQ(text.exit_code, 0) << text.err;
+  ASSERT_EQ(as_json.exit_code, 0) << as_json.err;
+  const uint64_t llc = ProbeLastLevelCacheBytes();
+  const json j = json::parse(as_json.out);
+  EXPECT_EQ(j["last_level_cache_bytes"].get<uint64_t>(), llc);
+  EXPECT_EQ(j["decode_step_within_twice_last_level_cache"].get<bool>(), llc > 0);
+  const bool noted = text.out.find("last-level cache: part of them may come from it") != std::string::npos;
+  EXPECT_EQ(noted, llc > 0) << text.out;
+  if (llc > 0) {
+    char mb[64];
+    std::snprintf(mb, sizeof mb, "twice the %.0f MB last-level cache", static_cast<double>(llc) / 1e6);
+    EXPECT_NE(text.out.find(mb), std::string::npos) << text.out;
+  }
 }
 
 // --kv-cache and EPW_KV_CACHE: the load line names a 16-bit cache, the plan

@@ -267,6 +267,61 @@ HostMemory ProbeHostMemory() {
 }
 
 // ---------------------------------------------------------------------------
+// Last-level cache
+
+namespace {
+
+// "307200K", "32M", "1G" or plain bytes (after trimming); nullopt otherwise.
+std::optional<uint64_t> ParseCacheSize(std::string_view s) {
+  s = TrimWhitespace(s);
+  uint64_t scale = 1;
+  if (!s.empty()) {
+    switch (s.back()) {
+      case 'K': scale = uint64_t{1} << 10; break;
+      case 'M': scale = uint64_t{1} << 20; break;
+      case 'G': scale = uint64_t{1} << 30; break;
+      default: break;
+    }
+    if (scale != 1) s.remove_suffix(1);
+  }
+  std::optional<uint64_t> v = ParseU64(s);
+  if (!v || *v > std::numeric_limits<uint64_t>::max() / scale) return std::nullopt;
+  return *v * scale;
+}
+
+}  // namespace
+
+uint64_t LastLevelCacheBytesFromFiles(const ReadFileFn& read_file) {
+  // Linux numbers a CPU's caches index0, index1, ...; a handful exist (L1
+  // data and instruction, L2, L3, sometimes L4), so 16 covers them with room.
+  constexpr int kMaxIndex = 16;
+  uint64_t best_level = 0, best_bytes = 0;
+  try {
+    for (int i = 0; i < kMaxIndex; ++i) {
+      const std::string dir = "/sys/devices/system/cpu/cpu0/cache/index" + std::to_string(i) + "/";
+      const std::optional<std::string> level_text = SafeRead(read_file, dir + "level");
+      const std::optional<std::string> type_text = SafeRead(read_file, dir + "type");
+      const std::optional<std::string> size_text = SafeRead(read_file, dir + "size");
+      if (!level_text || !type_text || !size_text) continue;
+      const std::string_view type = TrimWhitespace(*type_text);
+      if (type != "Unified" && type != "Data") continue;
+      const std::optional<uint64_t> level = ParseU64(*level_text);
+      const std::optional<uint64_t> bytes = ParseCacheSize(*size_text);
+      if (!level || !bytes || *bytes == 0) continue;
+      if (*level > best_level || (*level == best_level && *bytes > best_bytes)) {
+        best_level = *level;
+        best_bytes = *bytes;
+      }
+    }
+  } catch (...) {
+    return 0;
+  }
+  return best_bytes;
+}
+
+uint64_t ProbeLastLevelCacheBytes() { return LastLevelCacheBytesFromFiles(ReadWholeFile); }
+
+// ---------------------------------------------------------------------------
 // GPU
 
 namespace {

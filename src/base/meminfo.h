@@ -70,6 +70,23 @@ HostMemory HostMemoryFromFiles(
     std::string_view proc_meminfo, std::string_view proc_self_cgroup,
     const std::function<std::optional<std::string>(const std::string& path)>& read_file);
 
+// The CPU's last-level cache in bytes: the largest data or unified cache of
+// the highest level that /sys/devices/system/cpu/cpu0/cache/index<i>/ lists
+// (files `level`, `type` and `size`, the size as the kernel prints it, such
+// as "307200K"). 0 when sysfs lists none. The benchmarks use it to read
+// enough memory that the cache cannot serve what they time (a 300 MiB L3
+// holds most of a 256 MiB ring of weights), and `epwa bench` to say when a
+// decode step's bytes are few enough that part of them may come from it.
+// Never throws.
+uint64_t ProbeLastLevelCacheBytes();
+
+// The testable core: the same through `read_file(path)`, which returns the
+// content of an absolute path or nullopt. Entries whose level, type or size
+// is missing or malformed are skipped (instruction caches too); a size is a
+// decimal with an optional K, M or G suffix (powers of 1024).
+uint64_t LastLevelCacheBytesFromFiles(
+    const std::function<std::optional<std::string>(const std::string& path)>& read_file);
+
 struct GpuMemory {
   bool usable = false;
   // When !usable: why, in one sentence (e.g. "libcudart.so not found ...",

@@ -2,10 +2,12 @@
 
 #include <gtest/gtest.h>
 
+#include <array>
 #include <cstdio>
 #include <map>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 namespace epwa {
 namespace {
@@ -317,6 +319,81 @@ TEST(HostMemoryLive, ProbeHostMemoryOnThisMachine) {
   EXPECT_GT(m.free_bytes, 0u);
   EXPECT_LE(m.free_bytes, m.available_bytes);
   EXPECT_FALSE(m.source.empty());
+}
+
+// A cpu0 cache folder of sysfs: index i holds (level, type, size).
+Files CacheFiles(const std::vector<std::array<std::string, 3>>& entries) {
+  Files files;
+  for (size_t i = 0; i < entries.size(); ++i) {
+    const std::string dir = "/sys/devices/system/cpu/cpu0/cache/index" + std::to_string(i) + "/";
+    files[dir + "level"] = entries[i][0];
+    files[dir + "type"] = entries[i][1];
+    files[dir + "size"] = entries[i][2];
+  }
+  return files;
+}
+
+uint64_t CacheFromFixture(const Files& files) {
+  return LastLevelCacheBytesFromFiles([&files](const std::string& path) -> std::optional<std::string> {
+    auto it = files.find(path);
+    if (it == files.end()) return std::nullopt;
+    return it->second;
+  });
+}
+
+TEST(LastLevelCache, TheLargestCacheOfTheHighestLevel) {
+  // As this Emerald Rapids VM lists them (sysfs ends each value in a newline).
+  EXPECT_EQ(CacheFromFixture(CacheFiles({{"1\n", "Data\n", "48K\n"},
+                                         {"1\n", "Instruction\n", "32K\n"},
+                                         {"2\n", "Unified\n", "2048K\n"},
+                                         {"3\n", "Unified\n", "307200K\n"}})),
+            307200 * kKiB);
+  // No L3: the L2. Suffixes M and G, and plain bytes.
+  EXPECT_EQ(CacheFromFixture(CacheFiles({{"1", "Data", "32K"}, {"2", "Unified", "4M"}})), 4 * kMiB);
+  EXPECT_EQ(CacheFromFixture(CacheFiles({{"4", "Unified", "1G"}, {"3", "Unified", "96M"}})), kGiB);
+  EXPECT_EQ(CacheFromFixture(CacheFiles({{"2", "Unified", "1048576"}})), kMiB);
+  // The level decides, not the size: the highest one wins even where a lower
+  // one lists more bytes.
+  EXPECT_EQ(CacheFromFixture(CacheFiles({{"2", "Unified", "8M"}, {"3", "Unified", "6M"}})), 6 * kMiB);
+  // An instruction cache never counts, whatever its level.
+  EXPECT_EQ(CacheFromFixture(CacheFiles({{"2", "Unified", "1M"}, {"3", "Instruction", "64M"}})), kMiB);
+}
+
+TEST(LastLevelCache, MalformedOrMissingEntriesAreSkipped) {
+  EXPECT_EQ(CacheFromFixture({}), 0u);
+  EXPECT_EQ(CacheFromFixture(CacheFiles({{"3", "Unified", "lots"},
+                                         {"x", "Unified", "64M"},
+                                         {"3", "Unified", "-5K"},
+                                         {"3", "Unified", "99999999999999999999K"},
+                                         {"3", "Unified", "18014398509481984K"},  // 2^54 K overflows
+                                         {"3", "Unified", "0K"},
+                                         {"3", "Unified", "K"},
+                                         {"2", "Unified", "2048K"}})),
+            2048 * kKiB);
+  // A missing file (here index1's type) drops that entry only; a gap in the
+  // numbering does not end the walk.
+  Files files = CacheFiles({{"1", "Data", "48K"}, {"3", "Unified", "32M"}});
+  files.erase("/sys/devices/system/cpu/cpu0/cache/index1/type");
+  files["/sys/devices/system/cpu/cpu0/cache/index5/level"] = "2";
+  files["/sys/devices/system/cpu/cpu0/cache/index5/type"] = "Unified";
+  files["/sys/devices/system/cpu/cpu0/cache/index5/size"] = "2M";
+  EXPECT_EQ(CacheFromFixture(files), 2 * kMiB);
+  // A reader that throws is an unreadable file.
+  EXPECT_EQ(LastLevelCacheBytesFromFiles([](const std::string&) -> std::optional<std::string> {
+              throw std::runtime_error("no");
+            }),
+            0u);
+}
+
+TEST(LastLevelCacheLive, ProbeReturns) {
+  const uint64_t bytes = ProbeLastLevelCacheBytes();
+  std::printf("last-level cache: %llu bytes\n", static_cast<unsigned long long>(bytes));
+  // Linux on x86 lists its caches; any CPU this runs on has at least 256 KiB
+  // of last-level cache, and none has more than 64 GiB.
+  if (bytes != 0) {
+    EXPECT_GE(bytes, 256 * kKiB);
+    EXPECT_LE(bytes, 64 * kGiB);
+  }
 }
 
 TEST(GpuMemoryLive, ProbeGpuMemoryReturns) {

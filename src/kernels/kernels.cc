@@ -17,6 +17,7 @@
 
 #include "base/aligned.h"
 #include "base/error.h"
+#include "base/meminfo.h"
 #include "base/timer.h"
 #include "kernels/kernels_internal.h"
 
@@ -975,7 +976,13 @@ float SumFloatsForTesting(const float* p, int64_t n, int streams, bool prefetch)
 }
 }  // namespace internal
 
+size_t DramProbeBytes() {
+  static const size_t bytes = std::max<size_t>(size_t{1} << 30, 4 * ProbeLastLevelCacheBytes());
+  return bytes;
+}
+
 double MeasureReadBandwidthGBs(ThreadPool& pool, size_t bytes) {
+  if (bytes == 0) bytes = DramProbeBytes();
   const IsaKernels& k = Active();
   const int64_t n = static_cast<int64_t>(std::max<size_t>(bytes, 1 << 20) / sizeof(float));
   // AlignedBuffer zero-fills, which also faults every page in before timing.

@@ -328,8 +328,13 @@ void ConvertToF32(DType dtype, const void* src, int64_t n, float* dst);
 //
 // Memory read bandwidth in GB/s (1e9 bytes/s): every thread of `pool` sums its
 // share of a `bytes`-sized buffer with vector loads; best of five passes. The
-// buffer must be far larger than the caches to measure DRAM.
-double MeasureReadBandwidthGBs(ThreadPool& pool, size_t bytes = 1ull << 30);
+// buffer must be far larger than the caches to measure DRAM: 0 (the default)
+// reads DramProbeBytes().
+double MeasureReadBandwidthGBs(ThreadPool& pool, size_t bytes = 0);
+// Bytes a measurement must read for DRAM, not the caches, to serve it: at
+// least 1 GiB and four times the last-level cache (ProbeLastLevelCacheBytes:
+// server CPUs carry 300 MiB and more of L3, and some over 1 GiB).
+size_t DramProbeBytes();
 // Floating-point peak in GFLOP/s (an FMA counts as two operations): every
 // thread of `pool` runs independent FMA chains, enough to hide the latency,
 // on the widest vectors of the active path; best of five runs.
