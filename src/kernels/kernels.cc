@@ -977,7 +977,15 @@ float SumFloatsForTesting(const float* p, int64_t n, int streams, bool prefetch)
 }  // namespace internal
 
 size_t DramProbeBytes() {
-  static const size_t bytes = std::max<size_t>(size_t{1} << 30, 4 * ProbeLastLevelCacheBytes());
+  static const size_t bytes = [] {
+    // Four times the cache, but not more than a quarter of the free memory
+    // (a CPU with 1 GiB of L3 in a small container); never less than the
+    // 1 GiB the probe always read.
+    const uint64_t free_quarter = ProbeHostMemory().free_bytes / 4;
+    uint64_t want = 4 * ProbeLastLevelCacheBytes();
+    if (free_quarter > 0) want = std::min(want, free_quarter);
+    return static_cast<size_t>(std::max<uint64_t>(uint64_t{1} << 30, want));
+  }();
   return bytes;
 }
 

@@ -333,7 +333,8 @@ void ConvertToF32(DType dtype, const void* src, int64_t n, float* dst);
 double MeasureReadBandwidthGBs(ThreadPool& pool, size_t bytes = 0);
 // Bytes a measurement must read for DRAM, not the caches, to serve it: at
 // least 1 GiB and four times the last-level cache (ProbeLastLevelCacheBytes:
-// server CPUs carry 300 MiB and more of L3, and some over 1 GiB).
+// server CPUs carry 300 MiB and more of L3, and some over 1 GiB), the latter
+// bounded by a quarter of the free memory.
 size_t DramProbeBytes();
 // Floating-point peak in GFLOP/s (an FMA counts as two operations): every
 // thread of `pool` runs independent FMA chains, enough to hide the latency,

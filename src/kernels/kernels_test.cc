@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "base/error.h"
+#include "base/meminfo.h"
 #include "kernels/reference.h"
 #include "kernels/scoped_isa_test_util.h"
 
@@ -633,6 +634,18 @@ TEST(AttentionKernels, RejectNonCacheTypes) {
   EXPECT_THROW(AttentionValues(q, 1, 1, q, DType::kQ4, 4, 1, 4, outs), Error);
   EXPECT_THROW(ConvertFromF32(q, 4, DType::kQ8, out), Error);
   EXPECT_THROW(AttentionScores(queries, 1, 4, q, DType::kF32, 2, 1, 1.f, out, 1), Error);  // stride < dim
+}
+
+// The bandwidth probe's default size: 1 GiB at least, and four times the
+// last-level cache wherever a quarter of the free memory allows it.
+TEST(DramProbe, ReadsFourTimesTheLastLevelCache) {
+  const uint64_t llc = ProbeLastLevelCacheBytes(), free_quarter = ProbeHostMemory().free_bytes / 4;
+  const uint64_t bytes = DramProbeBytes();
+  EXPECT_GE(bytes, uint64_t{1} << 30);
+  if (free_quarter >= 4 * llc) EXPECT_GE(bytes, 4 * llc);
+  if (bytes > uint64_t{1} << 30) {
+    EXPECT_EQ(bytes, std::min(4 * llc, free_quarter == 0 ? 4 * llc : free_quarter));
+  }
 }
 
 TEST_P(IsaTest, ProbesReportPositiveRates) {
